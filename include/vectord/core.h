@@ -1,0 +1,175 @@
+/*
+ * vectord core: error codes, contextual errors, logging, hybrid logical clock, point ids and
+ * hashing. Every other module includes this header; it has no dependency beyond libc.
+ */
+#ifndef VECTORD_CORE_H
+#define VECTORD_CORE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+/* Functions return 0 or one of these negative codes. vd_strerror() gives the generic text;
+ * struct vd_err carries the specific message a user reads. */
+enum {
+    VD_OK = 0,
+    VD_EINVAL = -1,    /* malformed input: wrong type, missing field, bad syntax (HTTP 400) */
+    VD_ERANGE = -2,    /* a value out of its allowed range (HTTP 422) */
+    VD_ENOTFOUND = -3, /* HTTP 404 */
+    VD_EEXIST = -4,    /* HTTP 409 */
+    VD_ENOMEM = -5,
+    VD_EIO = -6,       /* disk or OS failure */
+    VD_ETOOBIG = -7,   /* body or value over a limit (HTTP 413) */
+    VD_EAUTH = -8,     /* no or wrong API key (HTTP 401) */
+    VD_EPERM = -9,     /* key lacks the role (HTTP 403) */
+    VD_EUNAVAIL = -10, /* too few replicas / not ready (HTTP 503) */
+    VD_ECORRUPT = -11, /* a file or record failed its checksum or format check */
+    VD_EFULL = -12,    /* storage full */
+    VD_EBUSY = -13,    /* resource locked (e.g. data directory in use) */
+    VD_ECLOSED = -14,  /* object is shutting down or closed */
+    VD_ETIMEOUT = -15,
+    VD_ENOTLEADER = -16,
+    VD_EINTERNAL = -17, /* a bug (HTTP 500) */
+    VD__ECOUNT = 18
+};
+
+/* Generic text of a code; never NULL, static storage. */
+const char *vd_strerror(int code);
+
+/* HTTP status a code maps to (400, 404, ...); 500 for unknown codes. */
+int vd_err_http_status(int code);
+
+/* A code plus the sentence a user reads. Functions that validate user input take a
+ * `struct vd_err *` (may be NULL) and fill it; callers prepend context with vd_err_prefix. */
+struct vd_err {
+    int code;
+    char msg[512];
+};
+
+/* Sets err (if not NULL) to code and the formatted message; returns code. */
+int vd_errf(struct vd_err *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Prepends "<formatted>: " to err->msg (keeps the code). */
+void vd_err_prefix(struct vd_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Resets err to VD_OK with an empty message. */
+void vd_err_clear(struct vd_err *err);
+
+/* ---- logging ----------------------------------------------------------------------------- */
+
+enum vd_log_level { VD_LOG_DEBUG = 0, VD_LOG_INFO, VD_LOG_WARN, VD_LOG_ERROR, VD_LOG_OFF };
+
+/* Parses "debug|info|warn|error|off"; returns 0 or VD_EINVAL. */
+int vd_log_level_parse(const char *s, enum vd_log_level *out);
+void vd_log_set_level(enum vd_log_level lvl);
+enum vd_log_level vd_log_get_level(void);
+/* One line to stderr: "<iso time> <LEVEL> <message>\n", written with a single write(2) so lines
+ * from different threads never interleave. Thread-safe. */
+void vd_log(enum vd_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define vd_log_debug(...) vd_log(VD_LOG_DEBUG, __VA_ARGS__)
+#define vd_log_info(...) vd_log(VD_LOG_INFO, __VA_ARGS__)
+#define vd_log_warn(...) vd_log(VD_LOG_WARN, __VA_ARGS__)
+#define vd_log_error(...) vd_log(VD_LOG_ERROR, __VA_ARGS__)
+
+/* ---- time -------------------------------------------------------------------------------- */
+
+/* Wall clock in ms since the epoch and a monotonic clock in ns. */
+uint64_t vd_wall_ms(void);
+uint64_t vd_mono_ns(void);
+
+/* Hybrid logical clock (Kulkarni et al. 2014): 48-bit physical milliseconds in the high bits,
+ * a 16-bit logical counter in the low bits. Timestamps from one clock strictly increase. */
+#define VD_HLC_PHYS(ts) ((ts) >> 16)
+#define VD_HLC_LOGICAL(ts) ((ts) & 0xffffu)
+#define VD_HLC_MAKE(ms, c) (((uint64_t)(ms) << 16) | ((uint64_t)(c) & 0xffffu))
+
+struct vd_hlc {
+    uint64_t last; /* guarded by the caller for the pure functions below */
+};
+
+/* Pure steps (no clock, no locking): the next timestamp given the physical time now_ms, and the
+ * timestamp after receiving remote timestamp `remote`. */
+uint64_t vd_hlc_tick(struct vd_hlc *c, uint64_t now_ms);
+uint64_t vd_hlc_recv(struct vd_hlc *c, uint64_t remote, uint64_t now_ms);
+/* Process-wide clock, thread-safe, reading the wall clock. */
+uint64_t vd_hlc_now(void);
+void vd_hlc_observe(uint64_t remote);
+
+/* ---- point ids --------------------------------------------------------------------------- */
+
+/* A point id is an unsigned 64-bit integer or a UUID. The stored key is a type byte then the
+ * big-endian integer or the 16 UUID bytes, so integers sort before UUIDs (Qdrant's order). */
+enum { VD_PID_NUM = 1, VD_PID_UUID = 2 };
+#define VD_PID_KEY_MAX 17
+#define VD_PID_STR_MAX 37 /* 36 characters of a UUID or 20 digits, plus NUL */
+
+struct vd_pid {
+    uint8_t type; /* VD_PID_NUM or VD_PID_UUID */
+    union {
+        uint64_t num;
+        uint8_t uuid[16];
+    } u;
+};
+
+/* Encodes the key form into buf (at least VD_PID_KEY_MAX bytes); returns its length (9 or 17). */
+size_t vd_pid_encode(const struct vd_pid *id, uint8_t *buf);
+/* Decodes a key; returns 0 or VD_ECORRUPT. */
+int vd_pid_decode(const uint8_t *buf, size_t len, struct vd_pid *out);
+/* Parses a UUID string (hyphenated 36 chars, or 32 hex digits, any case); 0 or VD_EINVAL. */
+int vd_pid_parse_uuid(const char *s, size_t len, struct vd_pid *out);
+/* Parses decimal digits of a u64 (no sign, no leading zeros unless "0", no overflow). */
+int vd_pid_parse_u64(const char *s, size_t len, uint64_t *out);
+/* Writes the canonical text (decimal or lowercase hyphenated UUID) into buf[VD_PID_STR_MAX]. */
+void vd_pid_format(const struct vd_pid *id, char *buf);
+/* Total order: integers before UUIDs, then by value (the key order). */
+int vd_pid_cmp(const struct vd_pid *a, const struct vd_pid *b);
+bool vd_pid_eq(const struct vd_pid *a, const struct vd_pid *b);
+/* Hash of the key form (stable across versions: the ring depends on it). */
+uint64_t vd_pid_hash(const struct vd_pid *id);
+
+/* ---- hashing ----------------------------------------------------------------------------- */
+
+/* 64-bit non-cryptographic hash (FNV-1a folded through a murmur3 finaliser). Stable forever:
+ * placement on the ring and on-disk checksums of some files depend on it. */
+uint64_t vd_hash64(const void *data, size_t len, uint64_t seed);
+/* CRC-32C (Castagnoli), software table; for file and frame checksums. */
+uint32_t vd_crc32c(uint32_t crc, const void *data, size_t len);
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+/* Big-endian load/store. */
+static inline void vd_be64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+static inline uint64_t vd_be64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+static inline void vd_be32_put(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+static inline uint32_t vd_be32_get(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* malloc that aborts with a log line on failure: for small fixed-size control structures only;
+ * sizes that come from input use plain malloc and report VD_ENOMEM. */
+void *vd_xmalloc(size_t n);
+void *vd_xcalloc(size_t n, size_t sz);
+char *vd_xstrdup(const char *s);
+
+#endif

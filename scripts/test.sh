@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Installs what is missing, then builds and runs the whole test suite:
+#   1. gcc Release build, every test;   2. clang build, every test;
+#   3. clang with AddressSanitizer + UndefinedBehaviorSanitizer, every test (smaller randomized runs);
+#   4. ThreadSanitizer build, the concurrency tests;   5. libFuzzer targets, a bounded time each.
+# Exit status 0 means everything passed. VD_TEST_QUICK=1 stops after step 1.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/deps.sh" --test || exit 1
+jobs=$(nproc)
+failed=()
+
+step() { echo; echo "==== $* ===="; }
+build() { # dir, cmake args...
+    local dir=$1; shift
+    cmake -S "$root" -B "$root/build/$dir" -G Ninja "$@" >/dev/null && cmake --build "$root/build/$dir" -j "$jobs"
+}
+run_ctest() { # dir, ctest args...
+    local dir=$1; shift
+    (cd "$root/build/$dir" && ctest --output-on-failure -j "$jobs" "$@")
+}
+
+step "gcc build and tests"
+if build gcc -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
+    run_ctest gcc || failed+=("gcc tests")
+else
+    failed+=("gcc build")
+fi
+if [ "${VD_TEST_QUICK:-0}" != 1 ]; then
+    step "clang build and tests"
+    if build clang -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
+        run_ctest clang -LE slow || failed+=("clang tests")
+    else
+        failed+=("clang build")
+    fi
+
+    step "AddressSanitizer + UndefinedBehaviorSanitizer"
+    if build asan -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DVD_SANITIZE=address,undefined; then
+        VD_TEST_SCALE=small ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 run_ctest asan -LE slow || failed+=("sanitizer tests")
+    else
+        failed+=("sanitizer build")
+    fi
+
+    step "ThreadSanitizer (concurrency tests)"
+    if build tsan -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVD_TSAN=ON; then
+        VD_TEST_SCALE=small TSAN_OPTIONS=halt_on_error=1 run_ctest tsan -L concurrency || failed+=("tsan tests")
+    else
+        failed+=("tsan build")
+    fi
+
+    step "fuzzing (bounded)"
+    if build fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVD_FUZZ=ON; then
+        for f in "$root"/build/fuzz/tests/fuzz/fuzz_*; do
+            [ -x "$f" ] || continue
+            name=$(basename "$f")
+            corpus="$root/tests/fuzz/corpus/${name#fuzz_}"
+            mkdir -p "$root/build/fuzz/work/$name"
+            echo "-- $name"
+            "$f" -max_total_time="${VD_FUZZ_SECONDS:-30}" -max_len=65536 -print_final_stats=1 \
+                "$root/build/fuzz/work/$name" $( [ -d "$corpus" ] && echo "$corpus" ) 2>&1 | tail -4 \
+                || failed+=("fuzz $name")
+            [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=("fuzz $name")
+        done
+    else
+        failed+=("fuzz build")
+    fi
+fi
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then
+    echo "test.sh: all steps passed"
+    exit 0
+fi
+echo "test.sh: FAILED: ${failed[*]}"
+exit 1
