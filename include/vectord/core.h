@@ -129,6 +129,10 @@ bool vd_pid_eq(const struct vd_pid *a, const struct vd_pid *b);
 /* Hash of the key form (stable across versions: the ring depends on it). */
 uint64_t vd_pid_hash(const struct vd_pid *id);
 
+/* ---- distance metrics (shared by storage, index and API) ---------------------------------- */
+
+enum vd_metric { VD_METRIC_COSINE = 1, VD_METRIC_DOT = 2, VD_METRIC_EUCLID = 3, VD_METRIC_MANHATTAN = 4 };
+
 /* ---- hashing ----------------------------------------------------------------------------- */
 
 /* 64-bit non-cryptographic hash (FNV-1a folded through a murmur3 finaliser). Stable forever:
