@@ -1,0 +1,175 @@
+/*
+ * vectord storage: the node's data environment in LMDB (collections, points, payloads, change
+ * log, node identity). LMDB is the source of truth; the in-memory index is rebuilt or caught up
+ * from it.
+ *
+ * On-disk layout (one LMDB environment in the subdirectory `<dir>/data/`, named tables):
+ *   meta        node identity, last change counter, live and purging incarnations
+ *   collections name -> binary schema (leading format version byte)
+ *   points      incarnation u64 BE ‖ pid key -> header {version u64, node u64, seq u64,
+ *               flags u8, dim u32} ‖ float32[dim] little-endian
+ *   payloads    same key -> JSON object text (separate so vector scans stay compact)
+ *   changes     seq u64 BE -> incarnation u64 BE ‖ pid key
+ *   hints       reserved for hinted handoff (empty for now)
+ *
+ * Threads: every function is thread-safe unless stated. All writes go through one writer thread
+ * that commits every queued batch in one transaction (group commit: one fsync serves many
+ * batches). Reads use short read-only transactions that any thread may begin and end (MDB_NOTLS).
+ * A thread must not wait for a write (vd_store_write, or a done callback) while it holds a read
+ * transaction: growing the map waits for open read transactions to end.
+ */
+#ifndef VECTORD_STORE_H
+#define VECTORD_STORE_H
+
+#include "vectord/core.h"
+
+struct vd_coll_schema {
+    char name[256];
+    uint32_t dim;
+    enum vd_metric metric;
+    uint32_t hnsw_m, hnsw_ef_construct, full_scan_threshold_kb;
+    uint32_t replication_factor, write_consistency_factor;
+    uint64_t incarnation; /* unique per (re)creation; assigned by the store on create if 0 */
+    uint64_t created_hlc; /* set to vd_hlc_now() on create if 0 */
+};
+
+struct vd_store_opts {
+    const char *dir;  /* data directory; created if missing; the environment is `<dir>/data/`
+                         (data.mdb, lock.mdb) and `<dir>/LOCK` guards the directory */
+    uint64_t map_size; /* initial map size; 0 = default (1 TiB virtual; the file is sparse and
+                          grows with use; no MDB_WRITEMAP). Grown on demand when full. */
+    bool no_sync;      /* tests only: skip fsync (a crash may lose acknowledged writes) */
+};
+
+struct vd_store; /* opaque; thread-safe */
+
+/* Opens (creating) the environment `<dir>/data` (MDB_NOTLS, no WRITEMAP, stale readers cleared
+ * with mdb_reader_check), takes an exclusive flock on `<dir>/LOCK` (a second opener, in this or
+ * another process, gets VD_EBUSY naming the directory), creates or reads the persistent node id
+ * (random non-zero 64-bit, in `meta`) and starts the writer thread. Interrupted purges of deleted
+ * collections resume. `o->dir` is copied. On success *out is owned by the caller until
+ * vd_store_close. Errors: VD_EINVAL (no dir), VD_EBUSY, VD_EIO, VD_ECORRUPT, VD_ENOMEM. */
+int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct vd_err *err);
+/* Refuses new batches (VD_ECLOSED), commits every batch already queued (their done callbacks
+ * run), stops the writer, closes the environment and releases the lock. Every read transaction
+ * must have ended. NULL is ignored. */
+void vd_store_close(struct vd_store *s);
+uint64_t vd_store_node_id(const struct vd_store *s);
+/* Highest change counter durably committed (0 when nothing was ever written). */
+uint64_t vd_store_last_seq(const struct vd_store *s);
+
+/* ---- writes: all go through one writer thread with group commit ---- */
+
+enum vd_wop_kind {
+    VD_WOP_UPSERT,      /* vector (+ payload if payload != NULL; payload NULL = keep none) */
+    VD_WOP_DELETE,      /* writes a tombstone with the given version (also for a never-seen id,
+                           so an older upsert arriving later cannot resurrect it) */
+    VD_WOP_SET_PAYLOAD, /* replace payload of an existing live point (new version; payload NULL
+                           removes it); VD_ENOTFOUND fails the batch if the point is absent or
+                           deleted */
+    VD_WOP_COLL_CREATE, /* schema; VD_EEXIST if name exists */
+    VD_WOP_COLL_DELETE, /* by name; VD_ENOTFOUND if absent; points of that incarnation are purged
+                           in the background in chunks (never in one huge txn) */
+};
+
+struct vd_wop {
+    enum vd_wop_kind kind;
+    uint64_t incarnation;  /* point ops: must be a live collection's (else VD_ENOTFOUND) */
+    struct vd_pid id;      /* point ops */
+    uint64_t version;      /* HLC of this write; a point op applies only if (version,node) is
+                              newer than the stored one (last-write-wins), else it is skipped */
+    uint64_t node;         /* writer node id (tie-break) */
+    const float *vec;      /* UPSERT: dim values, must equal the collection's dim (VD_EINVAL) */
+    uint32_t dim;
+    const char *payload;   /* JSON object text, or NULL; not validated here */
+    size_t payload_len;
+    struct vd_coll_schema *schema; /* COLL_CREATE (incarnation, created_hlc filled on success) */
+    const char *coll_name;         /* COLL_DELETE */
+    /* outputs, valid in the done callback: */
+    uint64_t seq;  /* change counter assigned (0 if skipped, and for collection ops) */
+    bool applied;  /* point ops: false when skipped by last-write-wins; collection ops: true */
+};
+
+/* A batch of operations applied atomically. Owned by the caller, who must keep it and everything
+ * it points to (ops, vectors, payloads, schema, names) alive and unchanged until `done` runs. */
+struct vd_wbatch {
+    struct vd_wop *ops;
+    size_t n;
+    /* Called once on the writer thread after the batch's transaction is durable on disk (fsync
+     * done) or has failed; status 0 or VD_E*; the whole batch is atomic (nested txn per batch, so
+     * one failing batch does not fail the others of its group). Keep it short: it must not block
+     * and must not call vd_store_write. May be NULL. */
+    void (*done)(struct vd_wbatch *b, int status, void *ctx);
+    void *ctx;
+    struct vd_err err; /* filled on failure */
+};
+
+/* Queues a batch; returns at once. 0, or VD_ECLOSED after close began (done is not called). */
+int vd_store_submit(struct vd_store *s, struct vd_wbatch *b);
+/* Submits and waits until the batch is durable or failed; returns its status. b->done, if set,
+ * runs first (on the writer thread). Must not be called from a done callback. */
+int vd_store_write(struct vd_store *s, struct vd_wbatch *b);
+
+/* ---- reads: short read-only transactions (never keep one open long) ---- */
+
+struct vd_rtxn;
+/* Begins a snapshot read. *out is owned by the caller until vd_store_read_end (any thread may end
+ * it). Errors: VD_EIO, VD_ENOMEM, VD_EBUSY (too many concurrent readers). */
+int vd_store_read_begin(struct vd_store *s, struct vd_rtxn **out);
+void vd_store_read_end(struct vd_rtxn *t);
+
+struct vd_point_view {
+    struct vd_pid id;
+    uint64_t version, node, seq;
+    bool tombstone;
+    const float *vec;  /* NULL for tombstones; aligned for float access; see lifetime below */
+    uint32_t dim;
+    const char *payload; /* not NUL-terminated; NULL if none */
+    size_t payload_len;
+};
+/* Reads one point (live or tombstone). The view's pointers stay valid until vd_store_read_end.
+ * VD_ENOTFOUND if the id was never written (or was purged). */
+int vd_store_point_get(struct vd_rtxn *t, uint64_t incarnation, const struct vd_pid *id,
+                       struct vd_point_view *out);
+/* Visits points of an incarnation in key order (ints before UUIDs) starting at `from` (inclusive,
+ * NULL = first); tombstones included only if with_tombstones. fn returns nonzero to stop (that
+ * value is returned). The view passed to fn is valid only during that call (its vector may sit in
+ * a scratch buffer reused for the next point). */
+typedef int (*vd_store_point_fn)(const struct vd_point_view *p, void *ctx);
+int vd_store_scan(struct vd_rtxn *t, uint64_t incarnation, const struct vd_pid *from,
+                  bool with_tombstones, vd_store_point_fn fn, void *ctx);
+/* Visits every collection in name order; the schema is valid during the call only. */
+typedef int (*vd_store_coll_fn)(const struct vd_coll_schema *c, void *ctx);
+int vd_store_coll_list(struct vd_rtxn *t, vd_store_coll_fn fn, void *ctx);
+/* VD_ENOTFOUND if absent. */
+int vd_store_coll_get(struct vd_rtxn *t, const char *name, struct vd_coll_schema *out);
+/* Changes with seq > after, in seq order: (incarnation, id, seq) of every point op applied, for
+ * replaying into the in-memory index after restart. The id pointer is valid during the call. */
+typedef int (*vd_store_change_fn)(uint64_t incarnation, const struct vd_pid *id, uint64_t seq,
+                                  void *ctx);
+int vd_store_changes_since(struct vd_rtxn *t, uint64_t after, vd_store_change_fn fn, void *ctx);
+
+/* Storage statistics for /metrics: size of data.mdb on disk, bytes of pages in use (up to the
+ * highest page written; pages on LMDB's free list are counted as used). */
+int vd_store_stats(struct vd_store *s, uint64_t *file_bytes, uint64_t *used_bytes);
+
+/* Writer counters since open (monotonic; for /metrics and tests). */
+struct vd_store_counters {
+    uint64_t batches;      /* batches completed (success or failure) */
+    uint64_t commits;      /* group transactions committed (each one fsync unless no_sync) */
+    uint64_t failed_commits;
+    uint64_t map_grows;    /* times the map was enlarged after MDB_MAP_FULL */
+    uint64_t purged_points;
+    uint64_t map_size;     /* current map size in bytes */
+    uint32_t purges_pending; /* deleted incarnations whose points are not yet all purged */
+};
+void vd_store_counters(struct vd_store *s, struct vd_store_counters *out);
+
+/* Blocks until no purge of a deleted collection is pending or `timeout_ms` elapsed; 0 or
+ * VD_ETIMEOUT. For tests and orderly shutdown. */
+int vd_store_purge_wait(struct vd_store *s, uint64_t timeout_ms);
+
+/* TODO: tombstone purge after a configurable grace period, trimming of the `changes` table below
+ * the index's saved counter, and the `hints` table API are not implemented yet. */
+
+#endif

@@ -1,0 +1,652 @@
+/* Data environment: open/close, directory lock, node identity, encodings and the read side. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store_int.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+/* Vectors are handed out as pointers into the map, which needs the host order to match the
+ * little-endian file format. A big-endian port would convert on read. */
+#error "vectord storage assumes a little-endian host"
+#endif
+
+#define DEFAULT_MAP_SIZE (1ULL << 40)
+#define MAX_READERS 1024
+#define FORMAT_VERSION 1
+
+/* ---- encodings ----------------------------------------------------------------------------- */
+
+void vd__store_le64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+uint64_t vd__store_le64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+void vd__store_le32_put(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+uint32_t vd__store_le32_get(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+int vd__store_mdb_err(int rc)
+{
+    switch (rc) {
+    case 0:
+        return 0;
+    case MDB_NOTFOUND:
+        return VD_ENOTFOUND;
+    case MDB_MAP_FULL:
+        return VD_EFULL;
+    case MDB_READERS_FULL:
+        return VD_EBUSY;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+        return VD_ECORRUPT;
+    case ENOMEM:
+        return VD_ENOMEM;
+    case ENOSPC:
+        return VD_EFULL;
+    default:
+        return VD_EIO;
+    }
+}
+
+size_t vd__store_pt_key(uint64_t inc, const struct vd_pid *id, uint8_t *key)
+{
+    vd_be64_put(key, inc);
+    return 8 + vd_pid_encode(id, key + 8);
+}
+
+int vd__store_pt_decode(const MDB_val *v, struct vd_point_view *out)
+{
+    const uint8_t *p = v->mv_data;
+    if (v->mv_size < VD__PT_HDR)
+        return VD_ECORRUPT;
+    out->version = vd__store_le64_get(p);
+    out->node = vd__store_le64_get(p + 8);
+    out->seq = vd__store_le64_get(p + 16);
+    out->tombstone = (p[24] & VD__PT_TOMB) != 0;
+    out->dim = vd__store_le32_get(p + 25);
+    if (v->mv_size != VD__PT_HDR + (size_t)out->dim * 4 || (out->tombstone && out->dim))
+        return VD_ECORRUPT;
+    out->vec = out->tombstone ? NULL : (const float *)(const void *)(p + VD__PT_HDR);
+    out->payload = NULL;
+    out->payload_len = 0;
+    return 0;
+}
+
+size_t vd__store_schema_encode(const struct vd_coll_schema *c, uint8_t *buf)
+{
+    uint8_t *p = buf;
+    size_t nl = strnlen(c->name, sizeof c->name - 1);
+    *p++ = 1; /* format version */
+    vd__store_le32_put(p, c->dim), p += 4;
+    *p++ = (uint8_t)c->metric;
+    vd__store_le32_put(p, c->hnsw_m), p += 4;
+    vd__store_le32_put(p, c->hnsw_ef_construct), p += 4;
+    vd__store_le32_put(p, c->full_scan_threshold_kb), p += 4;
+    vd__store_le32_put(p, c->replication_factor), p += 4;
+    vd__store_le32_put(p, c->write_consistency_factor), p += 4;
+    vd__store_le64_put(p, c->incarnation), p += 8;
+    vd__store_le64_put(p, c->created_hlc), p += 8;
+    memcpy(p, c->name, nl), p += nl;
+    return (size_t)(p - buf);
+}
+
+int vd__store_schema_decode(const MDB_val *v, struct vd_coll_schema *out)
+{
+    const uint8_t *p = v->mv_data;
+    const size_t fixed = 1 + 4 + 1 + 5 * 4 + 8 + 8;
+    if (v->mv_size < fixed + 1 || v->mv_size > fixed + 255 || p[0] != 1)
+        return VD_ECORRUPT;
+    memset(out, 0, sizeof *out);
+    p++;
+    out->dim = vd__store_le32_get(p), p += 4;
+    out->metric = (enum vd_metric)*p++;
+    out->hnsw_m = vd__store_le32_get(p), p += 4;
+    out->hnsw_ef_construct = vd__store_le32_get(p), p += 4;
+    out->full_scan_threshold_kb = vd__store_le32_get(p), p += 4;
+    out->replication_factor = vd__store_le32_get(p), p += 4;
+    out->write_consistency_factor = vd__store_le32_get(p), p += 4;
+    out->incarnation = vd__store_le64_get(p), p += 8;
+    out->created_hlc = vd__store_le64_get(p), p += 8;
+    memcpy(out->name, p, v->mv_size - fixed);
+    return 0;
+}
+
+/* ---- open / close -------------------------------------------------------------------------- */
+
+static int mkdir_p(const char *dir, struct vd_err *err)
+{
+    char buf[4096];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof buf)
+        return vd_errf(err, VD_EINVAL, "data directory path is empty or too long");
+    memcpy(buf, dir, n + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+            return vd_errf(err, VD_EIO, "cannot create directory '%s': %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+        return vd_errf(err, VD_EIO, "cannot create directory '%s': %s", buf, strerror(errno));
+    return 0;
+}
+
+static int lock_dir(struct vd_store *s, struct vd_err *err)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/LOCK", s->dir);
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lock_fd < 0)
+        return vd_errf(err, VD_EIO, "cannot open '%s': %s", path, strerror(errno));
+    /* flock locks belong to the open file description, so a second open in this same process
+     * conflicts too; LMDB itself must never be opened twice in one process. */
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(s->lock_fd);
+        s->lock_fd = -1;
+        if (e == EWOULDBLOCK)
+            return vd_errf(err, VD_EBUSY,
+                           "data directory '%s' is in use by another vectord process (lock on %s)",
+                           s->dir, path);
+        return vd_errf(err, VD_EIO, "cannot lock '%s': %s", path, strerror(e));
+    }
+    return 0;
+}
+
+static int meta_get_u64(struct vd_store *s, MDB_txn *txn, const char *key, uint64_t *out)
+{
+    MDB_val k = {strlen(key), (void *)key}, v;
+    int rc = mdb_get(txn, s->dbi_meta, &k, &v);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    if (v.mv_size != 8)
+        return VD_ECORRUPT;
+    *out = vd__store_le64_get(v.mv_data);
+    return 0;
+}
+
+static int meta_put_u64(struct vd_store *s, MDB_txn *txn, const char *key, uint64_t val)
+{
+    uint8_t b[8];
+    vd__store_le64_put(b, val);
+    MDB_val k = {strlen(key), (void *)key}, v = {8, b};
+    return vd__store_mdb_err(mdb_put(txn, s->dbi_meta, &k, &v, 0));
+}
+
+/* Opens the tables, reads or creates the node id and format marker, and recovers counters. */
+static int init_tables(struct vd_store *s, struct vd_err *err)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return vd_errf(err, vd__store_mdb_err(rc), "begin: %s", mdb_strerror(rc));
+    struct {
+        const char *name;
+        MDB_dbi *dbi;
+    } t[] = {{"meta", &s->dbi_meta},         {"collections", &s->dbi_colls},
+             {"points", &s->dbi_points},     {"payloads", &s->dbi_payloads},
+             {"changes", &s->dbi_changes},   {"hints", &s->dbi_hints}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        rc = mdb_dbi_open(txn, t[i].name, MDB_CREATE, t[i].dbi);
+        if (rc) {
+            vd_errf(err, vd__store_mdb_err(rc), "table %s: %s", t[i].name, mdb_strerror(rc));
+            goto out_abort;
+        }
+    }
+    uint64_t fmt;
+    int r = meta_get_u64(s, txn, VD__META_FORMAT, &fmt);
+    if (r == VD_ENOTFOUND) {
+        r = meta_put_u64(s, txn, VD__META_FORMAT, FORMAT_VERSION);
+    } else if (r == 0 && fmt != FORMAT_VERSION) {
+        r = vd_errf(err, VD_ECORRUPT, "storage format %llu is not supported (expected %d)",
+                    (unsigned long long)fmt, FORMAT_VERSION);
+        goto out_abort;
+    }
+    if (r)
+        goto out_meta_err;
+    r = meta_get_u64(s, txn, VD__META_NODE, &s->node_id);
+    if (r == VD_ENOTFOUND) {
+        do {
+            if (getrandom(&s->node_id, sizeof s->node_id, 0) != sizeof s->node_id) {
+                r = vd_errf(err, VD_EIO, "getrandom: %s", strerror(errno));
+                goto out_abort;
+            }
+        } while (s->node_id == 0);
+        r = meta_put_u64(s, txn, VD__META_NODE, s->node_id);
+    }
+    if (r)
+        goto out_meta_err;
+    r = meta_get_u64(s, txn, VD__META_SEQ, &s->last_seq);
+    if (r == VD_ENOTFOUND)
+        s->last_seq = 0, r = 0;
+    if (r)
+        goto out_meta_err;
+    r = meta_get_u64(s, txn, VD__META_INC, &s->last_inc);
+    if (r == VD_ENOTFOUND)
+        s->last_inc = 0, r = 0;
+    if (r)
+        goto out_meta_err;
+    r = vd__store_count_purges(s, txn, &s->ctr.purges_pending);
+    if (r)
+        goto out_meta_err;
+    rc = mdb_txn_commit(txn);
+    if (rc)
+        return vd_errf(err, vd__store_mdb_err(rc), "commit: %s", mdb_strerror(rc));
+    s->next_seq = s->last_seq;
+    return 0;
+
+out_meta_err:
+    vd_errf(err, r, "reading storage metadata: %s", vd_strerror(r));
+out_abort:
+    mdb_txn_abort(txn);
+    return err ? err->code : VD_EIO;
+}
+
+int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct vd_err *err)
+{
+    int r, rc;
+    char path[4200];
+    if (!o || !o->dir || !*o->dir)
+        return vd_errf(err, VD_EINVAL, "no data directory given");
+    struct vd_store *s = calloc(1, sizeof *s);
+    if (!s)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    s->lock_fd = -1;
+    s->no_sync = o->no_sync;
+    s->dir = strdup(o->dir);
+    if (!s->dir) {
+        r = vd_errf(err, VD_ENOMEM, "out of memory");
+        goto out_free;
+    }
+    if ((r = mkdir_p(s->dir, err)))
+        goto out_free;
+    if ((r = lock_dir(s, err)))
+        goto out_free;
+    snprintf(path, sizeof path, "%s/data", s->dir);
+    if ((r = mkdir_p(path, err)))
+        goto out_unlock;
+
+    if ((rc = mdb_env_create(&s->env))) {
+        r = vd_errf(err, vd__store_mdb_err(rc), "mdb_env_create: %s", mdb_strerror(rc));
+        goto out_unlock;
+    }
+    s->map_size = o->map_size ? o->map_size : DEFAULT_MAP_SIZE;
+    mdb_env_set_mapsize(s->env, s->map_size);
+    mdb_env_set_maxdbs(s->env, 8);
+    mdb_env_set_maxreaders(s->env, MAX_READERS);
+    /* NOTLS: HTTP threads serve many connections, and a read may end on another thread.
+     * NORDAHEAD: random point reads should not pull neighbouring pages into the cache.
+     * No WRITEMAP: a stray write through a pointer must not corrupt the file, and the file
+     * stays sparse. */
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (o->no_sync ? MDB_NOSYNC : 0);
+    if ((rc = mdb_env_open(s->env, path, flags, 0600))) {
+        r = vd_errf(err, vd__store_mdb_err(rc), "cannot open storage in '%s': %s", path,
+                    mdb_strerror(rc));
+        goto out_env;
+    }
+    int dead = 0;
+    mdb_reader_check(s->env, &dead);
+    if (dead)
+        vd_log_info("storage: cleared %d stale reader slots", dead);
+    /* LMDB may have adopted a larger size written by an earlier run. */
+    MDB_envinfo info;
+    mdb_env_info(s->env, &info);
+    s->map_size = info.me_mapsize;
+    s->ctr.map_size = s->map_size;
+
+    if ((r = init_tables(s, err)))
+        goto out_env;
+
+    pthread_mutex_init(&s->rd_mu, NULL);
+    pthread_cond_init(&s->rd_cv, NULL);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    pthread_cond_init(&s->idle_cv, NULL);
+    if (pthread_create(&s->writer, NULL, vd__store_writer_main, s) != 0) {
+        r = vd_errf(err, VD_ENOMEM, "cannot start the storage writer thread");
+        goto out_sync;
+    }
+    s->writer_started = true;
+    vd_log_info("storage: opened '%s' (node id %016llx, last change %llu)", path,
+                (unsigned long long)s->node_id, (unsigned long long)s->last_seq);
+    *out = s;
+    return 0;
+
+out_sync:
+    pthread_cond_destroy(&s->idle_cv);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->rd_cv);
+    pthread_mutex_destroy(&s->rd_mu);
+out_env:
+    mdb_env_close(s->env);
+out_unlock:
+    close(s->lock_fd); /* releases the flock */
+out_free:
+    free(s->dir);
+    free(s);
+    return r;
+}
+
+void vd_store_close(struct vd_store *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->closing = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->writer_started)
+        pthread_join(s->writer, NULL);
+    if (s->readers)
+        vd_log_error("storage: closing with %u read transactions still open", s->readers);
+    mdb_env_close(s->env);
+    close(s->lock_fd);
+    pthread_cond_destroy(&s->idle_cv);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->rd_cv);
+    pthread_mutex_destroy(&s->rd_mu);
+    free(s->q);
+    free(s->group);
+    free(s->scratch);
+    free(s->dir);
+    free(s);
+}
+
+uint64_t vd_store_node_id(const struct vd_store *s)
+{
+    return s->node_id;
+}
+
+uint64_t vd_store_last_seq(const struct vd_store *s)
+{
+    struct vd_store *m = (struct vd_store *)s; /* the lock is not part of the logical state */
+    pthread_mutex_lock(&m->mu);
+    uint64_t v = m->last_seq;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+int vd_store_stats(struct vd_store *s, uint64_t *file_bytes, uint64_t *used_bytes)
+{
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/data/data.mdb", s->dir);
+    if (stat(path, &st) != 0)
+        return VD_EIO;
+    MDB_envinfo info;
+    MDB_stat mst;
+    mdb_env_info(s->env, &info);
+    mdb_env_stat(s->env, &mst);
+    *file_bytes = (uint64_t)st.st_size;
+    *used_bytes = ((uint64_t)info.me_last_pgno + 1) * mst.ms_psize;
+    return 0;
+}
+
+void vd_store_counters(struct vd_store *s, struct vd_store_counters *out)
+{
+    pthread_mutex_lock(&s->mu);
+    *out = s->ctr;
+    pthread_mutex_unlock(&s->mu);
+}
+
+int vd_store_purge_wait(struct vd_store *s, uint64_t timeout_ms)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += (time_t)(timeout_ms / 1000);
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L)
+        dl.tv_sec++, dl.tv_nsec -= 1000000000L;
+    int r = 0;
+    pthread_mutex_lock(&s->mu);
+    while (s->ctr.purges_pending > 0 && !s->failed) {
+        if (pthread_cond_timedwait(&s->idle_cv, &s->mu, &dl) != 0) {
+            r = s->ctr.purges_pending ? VD_ETIMEOUT : 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+/* ---- reads --------------------------------------------------------------------------------- */
+
+struct vd__chunk {
+    struct vd__chunk *next;
+    float v[];
+};
+
+int vd_store_read_begin(struct vd_store *s, struct vd_rtxn **out)
+{
+    struct vd_rtxn *t = calloc(1, sizeof *t);
+    if (!t)
+        return VD_ENOMEM;
+    t->s = s;
+    pthread_mutex_lock(&s->rd_mu);
+    while (s->resizing)
+        pthread_cond_wait(&s->rd_cv, &s->rd_mu);
+    s->readers++;
+    pthread_mutex_unlock(&s->rd_mu);
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t->txn);
+    if (rc) {
+        pthread_mutex_lock(&s->rd_mu);
+        if (--s->readers == 0)
+            pthread_cond_broadcast(&s->rd_cv);
+        pthread_mutex_unlock(&s->rd_mu);
+        free(t);
+        vd_log_error("storage: read transaction: %s", mdb_strerror(rc));
+        return vd__store_mdb_err(rc);
+    }
+    *out = t;
+    return 0;
+}
+
+void vd_store_read_end(struct vd_rtxn *t)
+{
+    if (!t)
+        return;
+    struct vd_store *s = t->s;
+    mdb_txn_abort(t->txn);
+    pthread_mutex_lock(&s->rd_mu);
+    if (--s->readers == 0)
+        pthread_cond_broadcast(&s->rd_cv);
+    pthread_mutex_unlock(&s->rd_mu);
+    for (struct vd__chunk *c = t->chunks, *n; c; c = n) {
+        n = c->next;
+        free(c);
+    }
+    free(t->scan_buf);
+    free(t);
+}
+
+/* Makes p->vec safe to dereference as float: LMDB aligns values only to 2 bytes inside a page
+ * (large values on overflow pages are page-aligned and used in place). */
+static int align_vec(struct vd_rtxn *t, struct vd_point_view *p, bool for_scan)
+{
+    if (!p->vec || ((uintptr_t)p->vec & (sizeof(float) - 1)) == 0)
+        return 0;
+    size_t bytes = (size_t)p->dim * sizeof(float);
+    float *dst;
+    if (for_scan) {
+        if (t->scan_cap < p->dim) {
+            float *nb = realloc(t->scan_buf, bytes);
+            if (!nb)
+                return VD_ENOMEM;
+            t->scan_buf = nb;
+            t->scan_cap = p->dim;
+        }
+        dst = t->scan_buf;
+    } else {
+        struct vd__chunk *c = malloc(sizeof *c + bytes);
+        if (!c)
+            return VD_ENOMEM;
+        c->next = t->chunks;
+        t->chunks = c;
+        dst = c->v;
+    }
+    memcpy(dst, p->vec, bytes);
+    p->vec = dst;
+    return 0;
+}
+
+static int read_payload(struct vd_rtxn *t, MDB_val *key, struct vd_point_view *out)
+{
+    MDB_val v;
+    int rc = mdb_get(t->txn, t->s->dbi_payloads, key, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return vd__store_mdb_err(rc);
+    out->payload = v.mv_data;
+    out->payload_len = v.mv_size;
+    return 0;
+}
+
+int vd_store_point_get(struct vd_rtxn *t, uint64_t incarnation, const struct vd_pid *id,
+                       struct vd_point_view *out)
+{
+    uint8_t kb[VD__PT_KEY_MAX];
+    MDB_val k = {vd__store_pt_key(incarnation, id, kb), kb}, v;
+    int rc = mdb_get(t->txn, t->s->dbi_points, &k, &v);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    int r = vd__store_pt_decode(&v, out);
+    if (r)
+        return r;
+    out->id = *id;
+    if (out->tombstone)
+        return 0;
+    if ((r = align_vec(t, out, false)))
+        return r;
+    return read_payload(t, &k, out);
+}
+
+int vd_store_scan(struct vd_rtxn *t, uint64_t incarnation, const struct vd_pid *from,
+                  bool with_tombstones, vd_store_point_fn fn, void *ctx)
+{
+    uint8_t kb[VD__PT_KEY_MAX];
+    MDB_val k, v;
+    MDB_cursor *cur;
+    if (from) {
+        k.mv_size = vd__store_pt_key(incarnation, from, kb);
+    } else {
+        vd_be64_put(kb, incarnation);
+        k.mv_size = 8;
+    }
+    k.mv_data = kb;
+    int rc = mdb_cursor_open(t->txn, t->s->dbi_points, &cur);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    int r = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 9 || vd_be64_get(k.mv_data) != incarnation)
+            break;
+        struct vd_point_view p;
+        if ((r = vd__store_pt_decode(&v, &p)) ||
+            (r = vd_pid_decode((const uint8_t *)k.mv_data + 8, k.mv_size - 8, &p.id)))
+            break;
+        if (p.tombstone && !with_tombstones)
+            continue;
+        if (!p.tombstone && ((r = align_vec(t, &p, true)) || (r = read_payload(t, &k, &p))))
+            break;
+        if ((r = fn(&p, ctx)))
+            break;
+    }
+    if (r == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        r = vd__store_mdb_err(rc);
+    mdb_cursor_close(cur);
+    return r;
+}
+
+int vd_store_coll_list(struct vd_rtxn *t, vd_store_coll_fn fn, void *ctx)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(t->txn, t->s->dbi_colls, &cur);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    int r = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        struct vd_coll_schema c;
+        if ((r = vd__store_schema_decode(&v, &c)) || (r = fn(&c, ctx)))
+            break;
+    }
+    if (r == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        r = vd__store_mdb_err(rc);
+    mdb_cursor_close(cur);
+    return r;
+}
+
+int vd_store_coll_get(struct vd_rtxn *t, const char *name, struct vd_coll_schema *out)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 255)
+        return VD_ENOTFOUND;
+    MDB_val k = {n, (void *)name}, v;
+    int rc = mdb_get(t->txn, t->s->dbi_colls, &k, &v);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    return vd__store_schema_decode(&v, out);
+}
+
+int vd_store_changes_since(struct vd_rtxn *t, uint64_t after, vd_store_change_fn fn, void *ctx)
+{
+    if (after == UINT64_MAX)
+        return 0;
+    uint8_t kb[8];
+    vd_be64_put(kb, after + 1);
+    MDB_val k = {8, kb}, v;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(t->txn, t->s->dbi_changes, &cur);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    int r = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        struct vd_pid id;
+        if (k.mv_size != 8 || v.mv_size < 9) {
+            r = VD_ECORRUPT;
+            break;
+        }
+        const uint8_t *p = v.mv_data;
+        if ((r = vd_pid_decode(p + 8, v.mv_size - 8, &id)))
+            break;
+        if ((r = fn(vd_be64_get(p), &id, vd_be64_get(k.mv_data), ctx)))
+            break;
+    }
+    if (r == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        r = vd__store_mdb_err(rc);
+    mdb_cursor_close(cur);
+    return r;
+}

@@ -1,0 +1,93 @@
+/* Internals of the data environment shared by store.c (open, reads) and store_write.c (writer). */
+#ifndef VECTORD_STORE_INT_H
+#define VECTORD_STORE_INT_H
+
+#include <lmdb.h>
+#include <pthread.h>
+
+#include "vectord/store.h"
+
+/* Point record header: version u64, node u64, seq u64, flags u8, dim u32 (all little-endian on
+ * disk, like the floats that follow). */
+#define VD__PT_HDR 29
+#define VD__PT_TOMB 0x01
+/* Key: incarnation u64 BE ‖ pid key. */
+#define VD__PT_KEY_MAX (8 + VD_PID_KEY_MAX)
+
+/* Meta keys. Live incarnations "i"‖inc BE -> dim u32 LE ‖ name; purging ones "p"‖inc BE -> "". */
+#define VD__META_NODE "node_id"
+#define VD__META_SEQ "last_seq"
+#define VD__META_INC "last_incarnation"
+#define VD__META_FORMAT "format"
+#define VD__META_LIVE 'i'
+#define VD__META_PURGE 'p'
+
+struct vd_store {
+    char *dir;
+    int lock_fd;
+    MDB_env *env;
+    MDB_dbi dbi_meta, dbi_colls, dbi_points, dbi_payloads, dbi_changes, dbi_hints;
+    uint64_t node_id;
+    bool no_sync;
+
+    /* Map growth excludes readers: mdb_env_set_mapsize needs no transaction open in the
+     * process. A count (not a rwlock) because a read may end on another thread than it began. */
+    pthread_mutex_t rd_mu;
+    pthread_cond_t rd_cv;
+    unsigned readers;
+    bool resizing;
+    uint64_t map_size;
+
+    /* Writer queue: submitters append to `q`; the writer swaps it with its own array so a group
+     * is taken in one step and no allocation happens once both arrays reached their size. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;      /* writer waits for work */
+    pthread_cond_t idle_cv; /* purge_wait */
+    struct vd_wbatch **q;
+    size_t q_len, q_cap;
+    bool closing;
+    pthread_t writer;
+    bool writer_started;
+
+    /* Guarded by mu; written by the writer thread. */
+    uint64_t last_seq; /* committed */
+    struct vd_store_counters ctr;
+    int failed; /* sticky: after a failed commit (fsync error) every later write fails */
+
+    /* Writer-thread only. */
+    struct vd_wbatch **group;
+    size_t group_cap;
+    uint64_t next_seq; /* counter of the open group transaction */
+    uint64_t last_inc;
+    float *scratch;    /* vector copy for SET_PAYLOAD */
+    size_t scratch_cap;
+};
+
+struct vd_rtxn {
+    struct vd_store *s;
+    MDB_txn *txn;
+    /* Copies of vectors LMDB stores at addresses not aligned for float (values are only 2-byte
+     * aligned inside a page). point_get results live until read_end, so copies are chained. */
+    struct vd__chunk *chunks;
+    float *scan_buf; /* reused per scanned point */
+    size_t scan_cap;
+};
+
+int vd__store_mdb_err(int rc);
+/* Decodes a points record into *out (vec may still be unaligned). VD_ECORRUPT on bad length. */
+int vd__store_pt_decode(const MDB_val *v, struct vd_point_view *out);
+size_t vd__store_pt_key(uint64_t inc, const struct vd_pid *id, uint8_t *key);
+void vd__store_le64_put(uint8_t *p, uint64_t v);
+uint64_t vd__store_le64_get(const uint8_t *p);
+void vd__store_le32_put(uint8_t *p, uint32_t v);
+uint32_t vd__store_le32_get(const uint8_t *p);
+int vd__store_schema_decode(const MDB_val *v, struct vd_coll_schema *out);
+size_t vd__store_schema_encode(const struct vd_coll_schema *c, uint8_t *buf);
+#define VD__SCHEMA_MAX (1 + 4 + 1 + 5 * 4 + 8 + 8 + 256)
+
+/* Writer thread (store_write.c). */
+void *vd__store_writer_main(void *arg);
+/* Counts pending purges in meta at open; resumes them. */
+int vd__store_count_purges(struct vd_store *s, MDB_txn *txn, uint32_t *out);
+
+#endif

@@ -1,0 +1,742 @@
+/* The single writer thread: group commit of queued batches, map growth, background purge of
+ * deleted collections. */
+#include <errno.h>
+#include <stdio.h>
+#include <time.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_int.h"
+
+#define PURGE_CHUNK 512            /* points (and payloads) deleted per purge transaction */
+#define PURGE_EVERY_NS 50000000ULL /* under steady load, still purge a chunk this often */
+#define MAP_MAX (1ULL << 46)       /* 64 TiB: beyond this MDB_MAP_FULL is reported as VD_EFULL */
+#define GROW_RETRIES 8
+
+/* Writer-thread state of one group transaction. */
+struct group_ctx {
+    bool map_full;        /* some LMDB call returned MDB_MAP_FULL: abort, grow, retry */
+    uint64_t cache_inc;   /* last incarnation checked live, and its dimension */
+    uint32_t cache_dim;
+    int32_t purge_delta;  /* change to purges_pending once committed */
+};
+
+static int mdbck(struct group_ctx *g, int rc)
+{
+    if (rc == MDB_MAP_FULL)
+        g->map_full = true;
+    return vd__store_mdb_err(rc);
+}
+
+/* ---- submit / write ------------------------------------------------------------------------ */
+
+int vd_store_submit(struct vd_store *s, struct vd_wbatch *b)
+{
+    vd_err_clear(&b->err);
+    /* Outputs double as the writer's bookkeeping (see reset_outputs): start them clean. */
+    for (size_t i = 0; i < b->n; i++) {
+        b->ops[i].seq = 0;
+        b->ops[i].applied = false;
+    }
+    pthread_mutex_lock(&s->mu);
+    if (s->closing) {
+        pthread_mutex_unlock(&s->mu);
+        return vd_errf(&b->err, VD_ECLOSED, "storage is closing");
+    }
+    if (s->q_len == s->q_cap) {
+        size_t cap = s->q_cap ? s->q_cap * 2 : 64;
+        struct vd_wbatch **nq = realloc(s->q, cap * sizeof *nq);
+        if (!nq) {
+            pthread_mutex_unlock(&s->mu);
+            return vd_errf(&b->err, VD_ENOMEM, "out of memory queueing a write");
+        }
+        s->q = nq;
+        s->q_cap = cap;
+    }
+    s->q[s->q_len++] = b;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+struct waiter {
+    void (*user_done)(struct vd_wbatch *b, int status, void *ctx);
+    void *user_ctx;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool finished;
+    int status;
+};
+
+static void waiter_done(struct vd_wbatch *b, int status, void *ctx)
+{
+    struct waiter *w = ctx;
+    b->done = w->user_done;
+    b->ctx = w->user_ctx;
+    if (b->done)
+        b->done(b, status, b->ctx);
+    /* Signal under the lock: the waiter cannot return and destroy w before we unlock. */
+    pthread_mutex_lock(&w->mu);
+    w->status = status;
+    w->finished = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+int vd_store_write(struct vd_store *s, struct vd_wbatch *b)
+{
+    struct waiter w = {.user_done = b->done, .user_ctx = b->ctx};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    b->done = waiter_done;
+    b->ctx = &w;
+    int r = vd_store_submit(s, b);
+    if (r == 0) {
+        pthread_mutex_lock(&w.mu);
+        while (!w.finished)
+            pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+        r = w.status;
+    } else {
+        b->done = w.user_done;
+        b->ctx = w.user_ctx;
+    }
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    return r;
+}
+
+/* ---- applying operations ------------------------------------------------------------------- */
+
+static bool valid_name(const char *n)
+{
+    size_t len = strnlen(n, 256);
+    if (len == 0 || len > 255)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = n[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static void meta_inc_key(uint8_t *k, char kind, uint64_t inc)
+{
+    k[0] = (uint8_t)kind;
+    vd_be64_put(k + 1, inc);
+}
+
+/* Looks up the dimension of a live incarnation; VD_ENOTFOUND if none (never created, deleted). */
+static int live_dim(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, uint64_t inc,
+                    uint32_t *dim)
+{
+    if (inc && g->cache_inc == inc) {
+        *dim = g->cache_dim;
+        return 0;
+    }
+    uint8_t kb[9];
+    meta_inc_key(kb, VD__META_LIVE, inc);
+    MDB_val k = {9, kb}, v;
+    int rc = mdb_get(txn, s->dbi_meta, &k, &v);
+    if (rc)
+        return mdbck(g, rc);
+    if (v.mv_size < 4)
+        return VD_ECORRUPT;
+    *dim = vd__store_le32_get(v.mv_data);
+    g->cache_inc = inc;
+    g->cache_dim = *dim;
+    return 0;
+}
+
+static void write_hdr(uint8_t *p, const struct vd_wop *op, uint64_t seq, bool tomb, uint32_t dim)
+{
+    vd__store_le64_put(p, op->version);
+    vd__store_le64_put(p + 8, op->node);
+    vd__store_le64_put(p + 16, seq);
+    p[24] = tomb ? VD__PT_TOMB : 0;
+    vd__store_le32_put(p + 25, dim);
+}
+
+static int put_payload(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, MDB_val *k,
+                       const struct vd_wop *op)
+{
+    int rc;
+    if (op->payload) {
+        MDB_val v = {op->payload_len, (void *)op->payload};
+        rc = mdb_put(txn, s->dbi_payloads, k, &v, 0);
+    } else {
+        rc = mdb_del(txn, s->dbi_payloads, k, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    return mdbck(g, rc);
+}
+
+static int apply_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
+                       struct vd_err *err)
+{
+    char ids[VD_PID_STR_MAX];
+    uint32_t dim = 0;
+    int r = live_dim(s, txn, g, op->incarnation, &dim);
+    if (r == VD_ENOTFOUND)
+        return vd_errf(err, r, "collection incarnation %llu does not exist",
+                       (unsigned long long)op->incarnation);
+    if (r)
+        return vd_errf(err, r, "reading collection: %s", vd_strerror(r));
+    if (op->kind == VD_WOP_UPSERT && (op->dim != dim || !op->vec)) {
+        vd_pid_format(&op->id, ids);
+        return vd_errf(err, VD_EINVAL, "point %s: vector has %u values, expected %u", ids,
+                       op->vec ? op->dim : 0, dim);
+    }
+
+    uint8_t kb[VD__PT_KEY_MAX];
+    MDB_val k = {vd__store_pt_key(op->incarnation, &op->id, kb), kb}, cur;
+    struct vd_point_view old;
+    int rc = mdb_get(txn, s->dbi_points, &k, &cur);
+    bool exists = rc == 0;
+    if (rc && rc != MDB_NOTFOUND)
+        return vd_errf(err, mdbck(g, rc), "reading point: %s", mdb_strerror(rc));
+    if (exists && (r = vd__store_pt_decode(&cur, &old)))
+        return vd_errf(err, r, "stored point record is malformed");
+    if (exists && (op->version < old.version ||
+                   (op->version == old.version && op->node <= old.node)))
+        return 0; /* last-write-wins: the stored version is newer or the same write */
+
+    MDB_val v;
+    uint64_t seq = s->next_seq + 1;
+    switch (op->kind) {
+    case VD_WOP_UPSERT:
+        v.mv_size = VD__PT_HDR + (size_t)dim * 4;
+        if ((rc = mdb_put(txn, s->dbi_points, &k, &v, MDB_RESERVE)))
+            break;
+        write_hdr(v.mv_data, op, seq, false, dim);
+        memcpy((uint8_t *)v.mv_data + VD__PT_HDR, op->vec, (size_t)dim * 4);
+        break;
+    case VD_WOP_DELETE:
+        v.mv_size = VD__PT_HDR;
+        if ((rc = mdb_put(txn, s->dbi_points, &k, &v, MDB_RESERVE)))
+            break;
+        write_hdr(v.mv_data, op, seq, true, 0);
+        break;
+    case VD_WOP_SET_PAYLOAD:
+        if (!exists || old.tombstone) {
+            vd_pid_format(&op->id, ids);
+            return vd_errf(err, VD_ENOTFOUND, "point %s not found", ids);
+        }
+        /* The old value may live on a page the reserve below reuses: copy it first. */
+        if (s->scratch_cap < old.dim) {
+            float *nb = realloc(s->scratch, (size_t)old.dim * 4);
+            if (!nb)
+                return vd_errf(err, VD_ENOMEM, "out of memory");
+            s->scratch = nb;
+            s->scratch_cap = old.dim;
+        }
+        memcpy(s->scratch, old.vec, (size_t)old.dim * 4);
+        v.mv_size = VD__PT_HDR + (size_t)old.dim * 4;
+        if ((rc = mdb_put(txn, s->dbi_points, &k, &v, MDB_RESERVE)))
+            break;
+        write_hdr(v.mv_data, op, seq, false, old.dim);
+        memcpy((uint8_t *)v.mv_data + VD__PT_HDR, s->scratch, (size_t)old.dim * 4);
+        break;
+    default:
+        return vd_errf(err, VD_EINTERNAL, "not a point operation");
+    }
+    if (rc)
+        return vd_errf(err, mdbck(g, rc), "writing point: %s", mdb_strerror(rc));
+    if (op->kind == VD_WOP_DELETE) {
+        rc = mdb_del(txn, s->dbi_payloads, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            return vd_errf(err, mdbck(g, rc), "deleting payload: %s", mdb_strerror(rc));
+    } else if ((r = put_payload(s, txn, g, &k, op))) {
+        return vd_errf(err, r, "writing payload: %s", vd_strerror(r));
+    }
+    uint8_t sk[8];
+    vd_be64_put(sk, seq);
+    MDB_val ck = {8, sk};
+    /* Keys only grow, so APPEND skips the search and fills pages completely. */
+    if ((rc = mdb_put(txn, s->dbi_changes, &ck, &k, MDB_APPEND)))
+        return vd_errf(err, mdbck(g, rc), "writing change log: %s", mdb_strerror(rc));
+    s->next_seq = seq;
+    op->seq = seq;
+    op->applied = true;
+    return 0;
+}
+
+/* Marks on a COLL_CREATE op (kept in op->seq until the group commits) which schema fields the
+ * store filled, so a failed or retried group can give the caller back its schema unchanged. */
+#define SET_INC 1u
+#define SET_HLC 2u
+
+static int coll_create(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
+                       struct vd_err *err)
+{
+    struct vd_coll_schema *c = op->schema;
+    if (!c)
+        return vd_errf(err, VD_EINVAL, "no schema given");
+    if (!valid_name(c->name))
+        return vd_errf(err, VD_ERANGE, "collection name must be 1 to 255 of [A-Za-z0-9_-]");
+    if (c->dim < 1 || c->dim > 65536)
+        return vd_errf(err, VD_ERANGE, "collection '%s': vector size %u is not in 1..65536",
+                       c->name, c->dim);
+    if (c->metric < VD_METRIC_COSINE || c->metric > VD_METRIC_MANHATTAN)
+        return vd_errf(err, VD_ERANGE, "collection '%s': unknown distance %d", c->name,
+                       (int)c->metric);
+    size_t nl = strlen(c->name);
+    MDB_val k = {nl, c->name}, v;
+    int rc = mdb_get(txn, s->dbi_colls, &k, &v);
+    if (rc == 0)
+        return vd_errf(err, VD_EEXIST, "collection '%s' already exists", c->name);
+    if (rc != MDB_NOTFOUND)
+        return vd_errf(err, mdbck(g, rc), "reading collections: %s", mdb_strerror(rc));
+
+    uint8_t mk[9];
+    if (c->incarnation == 0) {
+        /* Above every earlier one, and seeded from the clock so that two nodes creating a
+         * collection independently are unlikely to pick the same number. */
+        uint64_t now = vd_hlc_now();
+        c->incarnation = s->last_inc + 1 > now ? s->last_inc + 1 : now;
+        op->seq |= SET_INC;
+    } else {
+        for (int kind = 0; kind < 2; kind++) {
+            meta_inc_key(mk, kind ? VD__META_PURGE : VD__META_LIVE, c->incarnation);
+            MDB_val ik = {9, mk};
+            rc = mdb_get(txn, s->dbi_meta, &ik, &v);
+            if (rc == 0)
+                return vd_errf(err, VD_EEXIST, "collection '%s': incarnation %llu already used",
+                               c->name, (unsigned long long)c->incarnation);
+            if (rc != MDB_NOTFOUND)
+                return vd_errf(err, mdbck(g, rc), "reading meta: %s", mdb_strerror(rc));
+        }
+    }
+    if (c->created_hlc == 0) {
+        c->created_hlc = vd_hlc_now();
+        op->seq |= SET_HLC;
+    }
+    uint8_t sb[VD__SCHEMA_MAX];
+    v.mv_size = vd__store_schema_encode(c, sb);
+    v.mv_data = sb;
+    if ((rc = mdb_put(txn, s->dbi_colls, &k, &v, MDB_NOOVERWRITE)))
+        return vd_errf(err, mdbck(g, rc), "writing collection: %s", mdb_strerror(rc));
+    uint8_t lv[4 + 255];
+    vd__store_le32_put(lv, c->dim);
+    memcpy(lv + 4, c->name, nl);
+    meta_inc_key(mk, VD__META_LIVE, c->incarnation);
+    MDB_val ik = {9, mk}, iv = {4 + nl, lv};
+    if ((rc = mdb_put(txn, s->dbi_meta, &ik, &iv, 0)))
+        return vd_errf(err, mdbck(g, rc), "writing meta: %s", mdb_strerror(rc));
+    if (c->incarnation > s->last_inc) {
+        uint8_t b[8];
+        vd__store_le64_put(b, c->incarnation);
+        MDB_val lk = {strlen(VD__META_INC), VD__META_INC}, lvv = {8, b};
+        if ((rc = mdb_put(txn, s->dbi_meta, &lk, &lvv, 0)))
+            return vd_errf(err, mdbck(g, rc), "writing meta: %s", mdb_strerror(rc));
+        s->last_inc = c->incarnation;
+    }
+    op->applied = true;
+    return 0;
+}
+
+static int coll_delete(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
+                       struct vd_err *err)
+{
+    const char *name = op->coll_name ? op->coll_name : "";
+    size_t nl = strlen(name);
+    if (nl == 0 || nl > 255)
+        return vd_errf(err, VD_ENOTFOUND, "collection '%s' not found", name);
+    MDB_val k = {nl, (void *)name}, v;
+    int rc = mdb_get(txn, s->dbi_colls, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return vd_errf(err, VD_ENOTFOUND, "collection '%s' not found", name);
+    if (rc)
+        return vd_errf(err, mdbck(g, rc), "reading collections: %s", mdb_strerror(rc));
+    struct vd_coll_schema c;
+    int r = vd__store_schema_decode(&v, &c);
+    if (r)
+        return vd_errf(err, r, "collection '%s': stored schema is malformed", name);
+    if ((rc = mdb_del(txn, s->dbi_colls, &k, NULL)))
+        return vd_errf(err, mdbck(g, rc), "deleting collection: %s", mdb_strerror(rc));
+    uint8_t mk[9];
+    meta_inc_key(mk, VD__META_LIVE, c.incarnation);
+    MDB_val ik = {9, mk}, empty = {0, ""};
+    rc = mdb_del(txn, s->dbi_meta, &ik, NULL);
+    if (rc && rc != MDB_NOTFOUND)
+        return vd_errf(err, mdbck(g, rc), "writing meta: %s", mdb_strerror(rc));
+    /* The points go later, in small transactions: deleting millions in this one would hold the
+     * writer (and every other collection's writes) for a long time and grow the file. */
+    meta_inc_key(mk, VD__META_PURGE, c.incarnation);
+    if ((rc = mdb_put(txn, s->dbi_meta, &ik, &empty, 0)))
+        return vd_errf(err, mdbck(g, rc), "writing meta: %s", mdb_strerror(rc));
+    g->purge_delta++;
+    op->applied = true;
+    return 0;
+}
+
+static int apply_batch(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wbatch *b)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        struct vd_wop *op = &b->ops[i];
+        int r;
+        switch (op->kind) {
+        case VD_WOP_UPSERT:
+        case VD_WOP_DELETE:
+        case VD_WOP_SET_PAYLOAD:
+            r = apply_point(s, txn, g, op, &b->err);
+            break;
+        case VD_WOP_COLL_CREATE:
+            g->cache_inc = 0;
+            r = coll_create(s, txn, g, op, &b->err);
+            break;
+        case VD_WOP_COLL_DELETE:
+            g->cache_inc = 0;
+            r = coll_delete(s, txn, g, op, &b->err);
+            break;
+        default:
+            r = vd_errf(&b->err, VD_EINVAL, "unknown write operation %d", (int)op->kind);
+        }
+        if (r) {
+            if (b->n > 1)
+                vd_err_prefix(&b->err, "operation %zu", i);
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* Gives the caller back its ops as submitted (outputs cleared, store-filled schema fields
+ * reset): after a failed batch, or before retrying a group. */
+static void reset_outputs(struct vd_wbatch *b)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        struct vd_wop *op = &b->ops[i];
+        if (op->kind == VD_WOP_COLL_CREATE && op->schema) {
+            if (op->seq & SET_INC)
+                op->schema->incarnation = 0;
+            if (op->seq & SET_HLC)
+                op->schema->created_hlc = 0;
+        }
+        op->seq = 0;
+        op->applied = false;
+    }
+}
+
+static void finish_outputs(struct vd_wbatch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        if (b->ops[i].kind == VD_WOP_COLL_CREATE || b->ops[i].kind == VD_WOP_COLL_DELETE)
+            b->ops[i].seq = 0;
+}
+
+/* Doubles the map. Waits until no read transaction is open (mdb_env_set_mapsize requires it)
+ * while new readers wait in vd_store_read_begin. */
+static int grow_map(struct vd_store *s)
+{
+    uint64_t want = s->map_size * 2;
+    if (want > MAP_MAX || want < s->map_size)
+        return VD_EFULL;
+    pthread_mutex_lock(&s->rd_mu);
+    s->resizing = true;
+    while (s->readers > 0)
+        pthread_cond_wait(&s->rd_cv, &s->rd_mu);
+    int rc = mdb_env_set_mapsize(s->env, want);
+    s->resizing = false;
+    pthread_cond_broadcast(&s->rd_cv);
+    pthread_mutex_unlock(&s->rd_mu);
+    if (rc) {
+        vd_log_error("storage: cannot grow the map to %llu bytes: %s", (unsigned long long)want,
+                     mdb_strerror(rc));
+        return VD_EFULL;
+    }
+    s->map_size = want;
+    pthread_mutex_lock(&s->mu);
+    s->ctr.map_grows++;
+    s->ctr.map_size = want;
+    pthread_mutex_unlock(&s->mu);
+    vd_log_info("storage: map grown to %llu bytes", (unsigned long long)want);
+    return 0;
+}
+
+static void fail_all(struct vd_wbatch **bs, size_t n, int code, const char *msg)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (bs[i]->err.code == 0)
+            vd_errf(&bs[i]->err, code, "%s", msg);
+        reset_outputs(bs[i]);
+    }
+}
+
+/* Applies a group of batches in one transaction (each in its own nested transaction) and commits
+ * once. On return every batch's err.code holds its status. */
+static void run_group(struct vd_store *s, struct vd_wbatch **bs, size_t n, int sticky)
+{
+    const uint64_t committed_seq = s->next_seq, committed_inc = s->last_inc;
+    char msg[300];
+    int rc = 0;
+    if (sticky) {
+        fail_all(bs, n, VD_EIO, "storage failed to commit earlier; writes are refused until restart");
+        return;
+    }
+    for (int attempt = 0;; attempt++) {
+        struct group_ctx g = {0};
+        MDB_txn *txn;
+        bool any = false;
+        s->next_seq = committed_seq;
+        s->last_inc = committed_inc;
+        for (size_t i = 0; i < n; i++) {
+            vd_err_clear(&bs[i]->err);
+            reset_outputs(bs[i]);
+        }
+        rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+        if (rc) {
+            snprintf(msg, sizeof msg, "storage: begin write: %s", mdb_strerror(rc));
+            goto out_fail;
+        }
+        for (size_t i = 0; i < n && !g.map_full; i++) {
+            struct vd_wbatch *b = bs[i];
+            MDB_txn *child;
+            uint64_t seq0 = s->next_seq, inc0 = s->last_inc;
+            int32_t purge0 = g.purge_delta;
+            if ((rc = mdb_txn_begin(s->env, txn, 0, &child))) {
+                mdbck(&g, rc);
+                vd_errf(&b->err, vd__store_mdb_err(rc), "storage: begin: %s", mdb_strerror(rc));
+                continue;
+            }
+            int r = apply_batch(s, child, &g, b);
+            if (r == 0 && (rc = mdb_txn_commit(child)))
+                r = vd_errf(&b->err, mdbck(&g, rc), "storage: %s", mdb_strerror(rc));
+            else if (r)
+                mdb_txn_abort(child);
+            if (r) {
+                s->next_seq = seq0;
+                s->last_inc = inc0;
+                g.purge_delta = purge0;
+                g.cache_inc = 0;
+                reset_outputs(b);
+            } else {
+                any = true;
+            }
+        }
+        if (!g.map_full && any && s->next_seq != committed_seq) {
+            uint8_t v8[8];
+            vd__store_le64_put(v8, s->next_seq);
+            MDB_val k = {strlen(VD__META_SEQ), VD__META_SEQ}, v = {8, v8};
+            mdbck(&g, rc = mdb_put(txn, s->dbi_meta, &k, &v, 0));
+            if (rc && !g.map_full) {
+                mdb_txn_abort(txn);
+                snprintf(msg, sizeof msg, "storage: writing counter: %s", mdb_strerror(rc));
+                goto out_fail;
+            }
+        }
+        if (!g.map_full) {
+            rc = any ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), 0);
+            if (rc == 0) {
+                pthread_mutex_lock(&s->mu);
+                s->last_seq = s->next_seq;
+                if (any)
+                    s->ctr.commits++;
+                s->ctr.purges_pending += (uint32_t)g.purge_delta;
+                pthread_mutex_unlock(&s->mu);
+                for (size_t i = 0; i < n; i++)
+                    if (bs[i]->err.code == 0)
+                        finish_outputs(bs[i]);
+                return;
+            }
+            if (rc != MDB_MAP_FULL) {
+                /* The file may hold pages the kernel failed to write; what the page cache now
+                 * says can no longer be trusted to match the disk, so stop writing. */
+                snprintf(msg, sizeof msg, "storage: commit failed, write not durable: %s",
+                         mdb_strerror(rc));
+                vd_log_error("%s; refusing further writes until restart", msg);
+                pthread_mutex_lock(&s->mu);
+                s->failed = VD_EIO;
+                s->ctr.failed_commits++;
+                pthread_mutex_unlock(&s->mu);
+                rc = EIO;
+                goto out_fail;
+            }
+        } else {
+            mdb_txn_abort(txn);
+        }
+        if (attempt >= GROW_RETRIES || grow_map(s) != 0) {
+            snprintf(msg, sizeof msg, "storage is full: the map cannot grow beyond %llu bytes",
+                     (unsigned long long)s->map_size);
+            rc = MDB_MAP_FULL;
+            goto out_fail;
+        }
+    }
+
+out_fail:
+    s->next_seq = committed_seq;
+    s->last_inc = committed_inc;
+    /* A batch that failed on its own keeps its own error; the rest share the group's. */
+    for (size_t i = 0; i < n; i++) {
+        if (bs[i]->err.code == 0 || rc == MDB_MAP_FULL)
+            vd_errf(&bs[i]->err, rc == MDB_MAP_FULL ? VD_EFULL : VD_EIO, "%s", msg);
+        reset_outputs(bs[i]);
+    }
+}
+
+/* ---- purge --------------------------------------------------------------------------------- */
+
+int vd__store_count_purges(struct vd_store *s, MDB_txn *txn, uint32_t *out)
+{
+    MDB_cursor *cur;
+    uint8_t kb[1] = {VD__META_PURGE};
+    MDB_val k = {1, kb}, v;
+    int rc = mdb_cursor_open(txn, s->dbi_meta, &cur);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    *out = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 9 || ((uint8_t *)k.mv_data)[0] != VD__META_PURGE)
+            break;
+        (*out)++;
+    }
+    mdb_cursor_close(cur);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : vd__store_mdb_err(rc);
+}
+
+/* Deletes up to `max` keys of `dbi` starting with the 8-byte prefix; returns how many, or < 0. */
+static long delete_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, long max)
+{
+    MDB_cursor *cur;
+    uint8_t kb[8];
+    memcpy(kb, prefix, 8);
+    MDB_val k = {8, kb}, v;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc)
+        return -rc;
+    long n = 0;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && n < max && k.mv_size >= 8 && memcmp(k.mv_data, prefix, 8) == 0) {
+        if ((rc = mdb_cursor_del(cur, 0)))
+            break;
+        n++;
+        /* Seek again rather than rely on where a delete leaves the cursor at a page end. */
+        k.mv_size = 8;
+        k.mv_data = kb;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        return rc > 0 ? -rc : rc;
+    return n;
+}
+
+/* One purge step: deletes a chunk of the first deleted incarnation's points and payloads, and
+ * forgets the incarnation once nothing is left. */
+static int purge_chunk(struct vd_store *s)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return VD_EIO;
+    uint8_t kb[1] = {VD__META_PURGE};
+    MDB_val k = {1, kb}, v;
+    if ((rc = mdb_cursor_open(txn, s->dbi_meta, &cur)))
+        goto out_abort;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    if (rc || k.mv_size != 9 || ((uint8_t *)k.mv_data)[0] != VD__META_PURGE) {
+        mdb_cursor_close(cur);
+        mdb_txn_abort(txn);
+        pthread_mutex_lock(&s->mu); /* nothing left: the counter was off (should not happen) */
+        s->ctr.purges_pending = 0;
+        pthread_cond_broadcast(&s->idle_cv);
+        pthread_mutex_unlock(&s->mu);
+        return 0;
+    }
+    uint8_t mk[9];
+    memcpy(mk, k.mv_data, 9);
+    mdb_cursor_close(cur);
+    long np = delete_prefix(txn, s->dbi_points, mk + 1, PURGE_CHUNK);
+    long nl = np < 0 ? np : delete_prefix(txn, s->dbi_payloads, mk + 1, PURGE_CHUNK);
+    if (np < 0 || nl < 0) {
+        rc = (int)(np < 0 ? -np : -nl);
+        goto out_abort;
+    }
+    bool done = np == 0 && nl == 0;
+    if (done) {
+        MDB_val ik = {9, mk};
+        if ((rc = mdb_del(txn, s->dbi_meta, &ik, NULL)))
+            goto out_abort;
+    }
+    if ((rc = mdb_txn_commit(txn))) {
+        if (rc == MDB_MAP_FULL)
+            return grow_map(s);
+        vd_log_warn("storage: purge commit failed: %s", mdb_strerror(rc));
+        return VD_EIO;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->ctr.purged_points += (uint64_t)np;
+    if (done && s->ctr.purges_pending > 0 && --s->ctr.purges_pending == 0)
+        pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+
+out_abort:
+    mdb_txn_abort(txn);
+    if (rc == MDB_MAP_FULL)
+        return grow_map(s);
+    vd_log_warn("storage: purge failed: %s", mdb_strerror(rc));
+    return VD_EIO;
+}
+
+/* ---- the thread ---------------------------------------------------------------------------- */
+
+void *vd__store_writer_main(void *arg)
+{
+    struct vd_store *s = arg;
+    uint64_t last_purge = vd_mono_ns();
+    bool purge_ok = true;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (s->q_len == 0 && !s->closing &&
+               (s->ctr.purges_pending == 0 || s->failed || !purge_ok)) {
+            if (purge_ok) {
+                pthread_cond_wait(&s->cv, &s->mu);
+            } else {
+                /* A purge step failed: retry after a pause instead of spinning on it. */
+                struct timespec dl;
+                clock_gettime(CLOCK_REALTIME, &dl);
+                dl.tv_sec += 1;
+                pthread_cond_timedwait(&s->cv, &s->mu, &dl);
+                purge_ok = true;
+            }
+        }
+        if (s->q_len == 0 && s->closing)
+            break;
+        /* Take every queued batch at once: swapping arrays keeps submitters off the writer's
+         * group while it is being applied. */
+        struct vd_wbatch **g = s->q;
+        size_t n = s->q_len, cap = s->q_cap;
+        s->q = s->group;
+        s->q_cap = s->group_cap;
+        s->q_len = 0;
+        s->group = g;
+        s->group_cap = cap;
+        int sticky = s->failed;
+        bool purge = s->ctr.purges_pending > 0 && !s->failed && !s->closing;
+        pthread_mutex_unlock(&s->mu);
+
+        if (n) {
+            run_group(s, g, n, sticky);
+            for (size_t i = 0; i < n; i++) {
+                struct vd_wbatch *b = g[i];
+                if (b->done)
+                    b->done(b, b->err.code, b->ctx);
+            }
+        }
+        /* Purge when idle, and at a bounded pace under load so it always progresses. */
+        if (purge && (n == 0 || vd_mono_ns() - last_purge > PURGE_EVERY_NS)) {
+            purge_ok = purge_chunk(s) == 0;
+            last_purge = vd_mono_ns();
+        }
+        pthread_mutex_lock(&s->mu);
+        s->ctr.batches += n;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
