@@ -1,0 +1,136 @@
+/*
+ * The local database of one node: collections opened from storage with their in-memory index
+ * and payload columns, the write path (storage group commit, then index), and the read and search
+ * paths. The HTTP layer and, later, the cluster coordinator call this; nothing here does network
+ * I/O.
+ *
+ * Threads: every function is thread-safe. Write completions run on the storage writer thread and
+ * must not block.
+ */
+#ifndef VECTORD_DB_H
+#define VECTORD_DB_H
+
+#include <cjson/cJSON.h>
+
+#include "vectord/core.h"
+#include "vectord/filter.h"
+#include "vectord/json.h"
+#include "vectord/store.h"
+
+struct vd_db_opts {
+    const char *data_dir;
+    bool no_sync;                 /* tests only */
+    unsigned index_threads;       /* background graph-linking threads (0 = automatic) */
+    unsigned index_save_seconds;  /* periodic graph save when changed (0 = only at close) */
+};
+
+struct vd_db;
+struct vd_coll; /* an open collection; reference counted */
+
+/* Opens storage, loads every collection (graph from its saved file plus the changes after it, or
+ * a rebuild), starts the background index threads. */
+int vd_db_open(const struct vd_db_opts *o, struct vd_db **out, struct vd_err *err);
+/* Stops the background threads, saves the graphs, closes storage. No request may be running. */
+void vd_db_close(struct vd_db *db);
+bool vd_db_ready(const struct vd_db *db);
+uint64_t vd_db_node_id(const struct vd_db *db);
+
+/* Validates a collection name ([A-Za-z0-9_-]{1,255}); VD_ERANGE with a message otherwise. */
+int vd_db_check_name(const char *name, struct vd_err *err);
+
+typedef void (*vd_db_done_fn)(int status, const struct vd_err *err, uint64_t op_id, void *ctx);
+
+/* Collection create and delete, applied on this node. Done runs after the change is durable. */
+int vd_db_coll_create(struct vd_db *db, const struct vd_coll_schema *schema, vd_db_done_fn done,
+                      void *ctx, struct vd_err *err);
+int vd_db_coll_delete(struct vd_db *db, const char *name, vd_db_done_fn done, void *ctx,
+                      struct vd_err *err);
+
+/* Looks a collection up; *out holds a reference released with vd_db_coll_put. VD_ENOTFOUND. */
+int vd_db_coll_get(struct vd_db *db, const char *name, struct vd_coll **out);
+void vd_db_coll_put(struct vd_coll *c);
+const struct vd_coll_schema *vd_db_coll_schema(const struct vd_coll *c);
+/* Names of all collections, sorted; caller frees the array and each name. */
+int vd_db_coll_names(struct vd_db *db, char ***names, size_t *n);
+
+struct vd_coll_stats {
+    uint64_t points;      /* live points */
+    uint64_t indexed;     /* linked into the graph */
+    uint64_t pending;     /* stored, searchable by exact scan, not yet linked */
+    size_t index_bytes;
+};
+void vd_db_coll_stats(struct vd_coll *c, struct vd_coll_stats *out);
+
+/* ---- writes ---- */
+
+/* One point of an upsert. The vector is copied; for cosine collections it is normalised (a zero
+ * vector is VD_ERANGE). payload: JSON object text, or NULL for none. */
+struct vd_db_point {
+    struct vd_pid id;
+    const float *vec;
+    const cJSON *payload; /* object or NULL */
+};
+/* Validates every point first (nothing is written when one is bad), then commits the batch
+ * atomically and durably, applies it to the index and calls done. */
+int vd_db_upsert(struct vd_coll *c, const struct vd_db_point *pts, size_t n, vd_db_done_fn done,
+                 void *ctx, struct vd_err *err);
+/* Deletes ids (absent ids are fine). */
+int vd_db_delete(struct vd_coll *c, const struct vd_pid *ids, size_t n, vd_db_done_fn done,
+                 void *ctx, struct vd_err *err);
+/* Deletes every point matching f. */
+int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done_fn done,
+                        void *ctx, struct vd_err *err);
+
+/* Payload edits (by ids, or by filter when ids is NULL). */
+enum vd_db_payload_op {
+    VD_DB_PAYLOAD_SET,       /* merge keys into the payload */
+    VD_DB_PAYLOAD_OVERWRITE, /* replace the whole payload */
+    VD_DB_PAYLOAD_DELETE_KEYS,
+    VD_DB_PAYLOAD_CLEAR,
+};
+int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON *payload_or_keys,
+                       const struct vd_pid *ids, size_t n, const struct vd_filter *f,
+                       vd_db_done_fn done, void *ctx, struct vd_err *err);
+
+/* ---- reads ---- */
+
+/* What to return with each point: payload (all keys, or only those listed in keys), vector. */
+struct vd_db_with {
+    bool payload;
+    const cJSON *payload_keys; /* array of key strings, or NULL for all */
+    const cJSON *payload_exclude; /* array of key strings to drop, or NULL */
+    bool vector;
+};
+
+struct vd_db_search {
+    const float *query;     /* raw query (normalised here for cosine) */
+    uint32_t limit, offset;
+    uint32_t ef;            /* 0 = automatic */
+    bool exact;
+    const struct vd_filter *filter; /* or NULL */
+    bool has_threshold;
+    float score_threshold;
+};
+
+/* Runs a search and appends the JSON array of scored points ([{"id","version","score","payload",
+ * "vector"}]) to out. */
+int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const struct vd_db_with *w,
+                      struct vd_buf *out, struct vd_err *err);
+/* Appends the JSON array of records for ids (missing ids are skipped, as Qdrant does). */
+int vd_db_retrieve_json(struct vd_coll *c, const struct vd_pid *ids, size_t n,
+                        const struct vd_db_with *w, struct vd_buf *out, struct vd_err *err);
+/* Copies the stored vector of one live point into out[dim]; VD_ENOTFOUND. */
+int vd_db_get_vector(struct vd_coll *c, const struct vd_pid *id, float *out);
+
+/* Scroll: up to limit live points in id order from `from` (NULL = first) matching f; appends
+ * "points":[...] records and sets *next (has_next false at the end). */
+int vd_db_scroll_json(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                      const struct vd_filter *f, const struct vd_db_with *w, struct vd_buf *out,
+                      struct vd_pid *next, bool *has_next, struct vd_err *err);
+/* Exact number of live points matching f (NULL = all). */
+int vd_db_count(struct vd_coll *c, const struct vd_filter *f, uint64_t *out);
+
+/* Prometheus text for collections and storage. */
+void vd_db_metrics(struct vd_db *db, struct vd_buf *out);
+
+#endif

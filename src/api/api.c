@@ -1,0 +1,257 @@
+/* Shared request helpers and route registration. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_int.h"
+
+struct vd_api_opts vd__api;
+
+static int local_create(void *impl, const struct vd_coll_schema *s, vd_db_done_fn done, void *ctx,
+                        struct vd_err *err)
+{
+    return vd_db_coll_create(impl, s, done, ctx, err);
+}
+
+static int local_delete(void *impl, const char *name, vd_db_done_fn done, void *ctx,
+                        struct vd_err *err)
+{
+    return vd_db_coll_delete(impl, name, done, ctx, err);
+}
+
+void vd_api_local_meta(struct vd_db *db, struct vd_meta_ops *out)
+{
+    out->create_collection = local_create;
+    out->delete_collection = local_delete;
+    out->impl = db;
+}
+
+int vd_api_register(struct vd_http *h, const struct vd_api_opts *o)
+{
+    vd__api = *o;
+    if (!vd__api.max_import_line)
+        vd__api.max_import_line = 64u << 20;
+    int rc;
+    if ((rc = vd__api_collections_routes(h)) || (rc = vd__api_points_routes(h)) ||
+        (rc = vd__api_search_routes(h)) || (rc = vd__api_bulk_routes(h)))
+        return rc;
+    return 0;
+}
+
+cJSON *vd__api_body(struct vd_http_req *r, bool allow_empty)
+{
+    size_t len;
+    const char *body = vd_http_body(r, &len);
+    if ((!body || len == 0) && allow_empty)
+        return cJSON_CreateObject();
+    cJSON *j = NULL;
+    struct vd_err e;
+    if (!body || len == 0) {
+        vd_http_reply_error(r, 400, "request body is empty; expected a JSON object");
+        return NULL;
+    }
+    if (vd_json_parse(body, len, VD_JSON_MAX_DEPTH, &j, &e)) {
+        vd_http_reply_err(r, &e);
+        return NULL;
+    }
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        vd_http_reply_error(r, 400, "request body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+struct vd_coll *vd__api_coll(struct vd_http_req *r)
+{
+    const char *name = vd_http_param(r, "name");
+    struct vd_err e;
+    if (!name || vd_db_check_name(name, &e)) {
+        vd_http_reply_err(r, &e);
+        return NULL;
+    }
+    struct vd_coll *c;
+    if (vd_db_coll_get(vd__api.db, name, &c)) {
+        vd_http_reply_error(r, 404, "collection '%s' not found", name);
+        return NULL;
+    }
+    return c;
+}
+
+void vd__api_reply_buf(struct vd_http_req *r, struct vd_buf *b)
+{
+    if (!vd_buf_ok(b)) {
+        vd_buf_release(b);
+        vd_http_reply_error(r, 500, "out of memory building the reply");
+        return;
+    }
+    vd_http_reply_ok(r, b->data ? b->data : "null", b->data ? b->len : 4);
+    vd_buf_release(b);
+}
+
+void vd__api_reply_true(struct vd_http_req *r)
+{
+    vd_http_reply_ok(r, "true", 4);
+}
+
+void vd__api_write_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
+{
+    struct vd_http_req *r = ctx;
+    if (status) {
+        if (err && err->msg[0])
+            vd_http_reply_err(r, err);
+        else
+            vd_http_reply_error(r, vd_err_http_status(status), "write failed: %s",
+                                vd_strerror(status));
+        return;
+    }
+    char buf[96];
+    int n = snprintf(buf, sizeof buf, "{\"operation_id\":%llu,\"status\":\"completed\"}",
+                     (unsigned long long)op_id);
+    vd_http_reply_ok(r, buf, (size_t)n);
+}
+
+void vd__api_meta_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
+{
+    struct vd_http_req *r = ctx;
+    if (status) {
+        if (err && err->msg[0])
+            vd_http_reply_err(r, err);
+        else
+            vd_http_reply_error(r, vd_err_http_status(status), "%s", vd_strerror(status));
+        return;
+    }
+    vd__api_reply_true(r);
+}
+
+int vd__api_get_bool(const cJSON *obj, const char *key, bool dflt, bool *out, struct vd_err *err)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it)) {
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsBool(it))
+        return vd_errf(err, VD_EINVAL, "'%s' must be true or false", key);
+    *out = cJSON_IsTrue(it);
+    return 0;
+}
+
+int vd__api_get_u32(const cJSON *obj, const char *key, uint32_t dflt, uint32_t min, uint32_t max,
+                    uint32_t *out, struct vd_err *err)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it)) {
+        *out = dflt;
+        return 0;
+    }
+    uint64_t v;
+    if (!cJSON_IsNumber(it) || vd_json_get_u64(it, &v))
+        return vd_errf(err, VD_EINVAL, "'%s' must be a non-negative integer", key);
+    if (v < min || v > max)
+        return vd_errf(err, VD_ERANGE, "'%s' must be between %u and %u, got %llu", key, min, max,
+                       (unsigned long long)v);
+    *out = (uint32_t)v;
+    return 0;
+}
+
+int vd__api_get_float(const cJSON *obj, const char *key, bool *present, float *out,
+                      struct vd_err *err)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *present = false;
+    if (!it || cJSON_IsNull(it))
+        return 0;
+    if (!cJSON_IsNumber(it) || !isfinite((float)it->valuedouble))
+        return vd_errf(err, VD_EINVAL, "'%s' must be a finite number", key);
+    *out = (float)it->valuedouble;
+    *present = true;
+    return 0;
+}
+
+static bool all_strings(const cJSON *a)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, a)
+    {
+        if (!cJSON_IsString(it))
+            return false;
+    }
+    return true;
+}
+
+int vd__api_get_with(const cJSON *obj, bool payload_dflt, struct vd_db_with *w, struct vd_err *err)
+{
+    memset(w, 0, sizeof *w);
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(obj, "with_payload");
+    if (!p || cJSON_IsNull(p)) {
+        w->payload = payload_dflt;
+    } else if (cJSON_IsBool(p)) {
+        w->payload = cJSON_IsTrue(p);
+    } else if (cJSON_IsArray(p) && all_strings(p)) {
+        w->payload = true;
+        w->payload_keys = p;
+    } else if (cJSON_IsObject(p)) {
+        const cJSON *inc = cJSON_GetObjectItemCaseSensitive(p, "include");
+        const cJSON *exc = cJSON_GetObjectItemCaseSensitive(p, "exclude");
+        if ((inc && !(cJSON_IsArray(inc) && all_strings(inc))) ||
+            (exc && !(cJSON_IsArray(exc) && all_strings(exc))) || (!inc && !exc))
+            return vd_errf(err, VD_EINVAL,
+                           "'with_payload' object must have 'include' or 'exclude': a list of "
+                           "payload keys");
+        w->payload = true;
+        w->payload_keys = inc;
+        w->payload_exclude = exc;
+    } else {
+        return vd_errf(err, VD_EINVAL,
+                       "'with_payload' must be true, false, a list of keys, or {\"include\"|"
+                       "\"exclude\": [...]}");
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "with_vector");
+    if (!v)
+        v = cJSON_GetObjectItemCaseSensitive(obj, "with_vectors");
+    if (!v || cJSON_IsNull(v))
+        w->vector = false;
+    else if (cJSON_IsBool(v))
+        w->vector = cJSON_IsTrue(v);
+    else if (cJSON_IsArray(v) && all_strings(v))
+        w->vector = cJSON_GetArraySize(v) > 0;
+    else
+        return vd_errf(err, VD_EINVAL, "'with_vector' must be true or false");
+    return 0;
+}
+
+int vd__api_get_filter(const cJSON *obj, struct vd_filter **out, struct vd_err *err)
+{
+    *out = NULL;
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(obj, "filter");
+    if (!f || cJSON_IsNull(f))
+        return 0;
+    return vd_filter_parse(f, out, err);
+}
+
+int vd__api_get_ids(const cJSON *arr, const char *what, struct vd_pid **ids, size_t *n,
+                    struct vd_err *err)
+{
+    if (!cJSON_IsArray(arr))
+        return vd_errf(err, VD_EINVAL, "'%s' must be an array of point ids", what);
+    size_t cnt = (size_t)cJSON_GetArraySize(arr);
+    struct vd_pid *v = malloc(sizeof *v * (cnt ? cnt : 1));
+    if (!v)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    size_t i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr)
+    {
+        int rc = vd_json_get_pid(it, &v[i], err);
+        if (rc) {
+            vd_err_prefix(err, "%s[%zu]", what, i);
+            free(v);
+            return rc;
+        }
+        i++;
+    }
+    *ids = v;
+    *n = i;
+    return 0;
+}

@@ -1,0 +1,50 @@
+/* Helpers shared by the API handlers. */
+#ifndef VD_API_INT_H
+#define VD_API_INT_H
+
+#include <stdio.h>
+
+#include <cjson/cJSON.h>
+
+#include "vectord/api.h"
+#include "vectord/json.h"
+
+extern struct vd_api_opts vd__api;
+
+#define VD_API_MAX_LIMIT 10000
+
+/* Parses the request body as a JSON object; on failure replies 400 and returns NULL. An empty
+ * body is an empty object when allow_empty. */
+cJSON *vd__api_body(struct vd_http_req *r, bool allow_empty);
+/* Opens the collection named by the {name} path parameter; replies 404/422 and returns NULL. */
+struct vd_coll *vd__api_coll(struct vd_http_req *r);
+/* Reply helpers. */
+void vd__api_reply_buf(struct vd_http_req *r, struct vd_buf *b); /* {"result": <b>} */
+void vd__api_reply_true(struct vd_http_req *r);
+/* Done callback for writes: replies {"operation_id": N, "status": "completed"} or the error. */
+void vd__api_write_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx);
+/* Done callback for collection changes: replies true or the error. */
+void vd__api_meta_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx);
+
+/* Field readers: absent -> default and 0; wrong type -> VD_EINVAL; out of range -> VD_ERANGE;
+ * messages name the field. */
+int vd__api_get_bool(const cJSON *obj, const char *key, bool dflt, bool *out, struct vd_err *err);
+int vd__api_get_u32(const cJSON *obj, const char *key, uint32_t dflt, uint32_t min, uint32_t max,
+                    uint32_t *out, struct vd_err *err);
+int vd__api_get_float(const cJSON *obj, const char *key, bool *present, float *out,
+                      struct vd_err *err);
+/* with_payload (bool, list of keys, {"include": [...]}, {"exclude": [...]}) and with_vector. */
+int vd__api_get_with(const cJSON *obj, bool payload_dflt, struct vd_db_with *w, struct vd_err *err);
+/* "filter" (absent or null -> NULL). Caller frees with vd_filter_free. */
+int vd__api_get_filter(const cJSON *obj, struct vd_filter **out, struct vd_err *err);
+/* Array of point ids under key (required). *ids malloc'd. */
+int vd__api_get_ids(const cJSON *arr, const char *what, struct vd_pid **ids, size_t *n,
+                    struct vd_err *err);
+
+/* Route registration per resource file. */
+int vd__api_collections_routes(struct vd_http *h);
+int vd__api_points_routes(struct vd_http *h);
+int vd__api_search_routes(struct vd_http *h);
+int vd__api_bulk_routes(struct vd_http *h);
+
+#endif

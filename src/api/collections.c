@@ -1,0 +1,209 @@
+/* /collections: create, info, list, exists, delete. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_int.h"
+
+static const char *metric_name(enum vd_metric m)
+{
+    switch (m) {
+    case VD_METRIC_COSINE:
+        return "Cosine";
+    case VD_METRIC_DOT:
+        return "Dot";
+    case VD_METRIC_EUCLID:
+        return "Euclid";
+    case VD_METRIC_MANHATTAN:
+        return "Manhattan";
+    }
+    return "Unknown";
+}
+
+static int parse_metric(const char *s, enum vd_metric *out)
+{
+    static const struct {
+        const char *name;
+        enum vd_metric m;
+    } t[] = {{"Cosine", VD_METRIC_COSINE},
+             {"Dot", VD_METRIC_DOT},
+             {"Euclid", VD_METRIC_EUCLID},
+             {"Manhattan", VD_METRIC_MANHATTAN}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        if (!strcmp(s, t[i].name)) {
+            *out = t[i].m;
+            return 0;
+        }
+    }
+    return VD_EINVAL;
+}
+
+/* Reads the body of PUT /collections/{name} into a schema. */
+static int parse_schema(const cJSON *body, struct vd_coll_schema *s, struct vd_err *err)
+{
+    const cJSON *vec = cJSON_GetObjectItemCaseSensitive(body, "vectors");
+    if (!vec)
+        return vd_errf(err, VD_EINVAL, "missing field 'vectors' ({\"size\": N, \"distance\": ...})");
+    if (!cJSON_IsObject(vec))
+        return vd_errf(err, VD_EINVAL, "'vectors' must be an object {\"size\": N, \"distance\": ...}");
+    if (!cJSON_GetObjectItemCaseSensitive(vec, "size") &&
+        !cJSON_GetObjectItemCaseSensitive(vec, "distance") && cJSON_GetArraySize(vec) > 0)
+        return vd_errf(err, VD_EINVAL,
+                       "named vectors are not supported: 'vectors' must be {\"size\": N, "
+                       "\"distance\": ...}");
+    const cJSON *size = cJSON_GetObjectItemCaseSensitive(vec, "size");
+    if (!size)
+        return vd_errf(err, VD_EINVAL, "missing field 'vectors.size'");
+    uint64_t dim;
+    if (!cJSON_IsNumber(size) || vd_json_get_u64(size, &dim))
+        return vd_errf(err, VD_EINVAL, "'vectors.size' must be a positive integer");
+    if (dim < 1 || dim > 65536)
+        return vd_errf(err, VD_ERANGE, "'vectors.size' must be between 1 and 65536, got %llu",
+                       (unsigned long long)dim);
+    s->dim = (uint32_t)dim;
+    const cJSON *dist = cJSON_GetObjectItemCaseSensitive(vec, "distance");
+    if (!dist)
+        return vd_errf(err, VD_EINVAL, "missing field 'vectors.distance'");
+    if (!cJSON_IsString(dist) || parse_metric(dist->valuestring, &s->metric))
+        return vd_errf(err, VD_EINVAL,
+                       "'vectors.distance' must be one of \"Cosine\", \"Dot\", \"Euclid\", "
+                       "\"Manhattan\"");
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(body, "hnsw_config");
+    if (!h || cJSON_IsNull(h))
+        h = cJSON_GetObjectItemCaseSensitive(vec, "hnsw_config");
+    if (h && !cJSON_IsNull(h) && !cJSON_IsObject(h))
+        return vd_errf(err, VD_EINVAL, "'hnsw_config' must be an object");
+    int rc;
+    if ((rc = vd__api_get_u32(h, "m", 16, 2, 512, &s->hnsw_m, err)) ||
+        (rc = vd__api_get_u32(h, "ef_construct", 100, 4, 4096, &s->hnsw_ef_construct, err)) ||
+        (rc = vd__api_get_u32(h, "full_scan_threshold", 10000, 0, UINT32_MAX,
+                              &s->full_scan_threshold_kb, err))) {
+        vd_err_prefix(err, "hnsw_config");
+        return rc;
+    }
+    if ((rc = vd__api_get_u32(body, "replication_factor", 1, 1, 64, &s->replication_factor, err)))
+        return rc;
+    uint32_t wdef = s->replication_factor / 2 + 1;
+    if ((rc = vd__api_get_u32(body, "write_consistency_factor", wdef, 1, s->replication_factor,
+                              &s->write_consistency_factor, err)))
+        return rc;
+    return 0;
+}
+
+static void create(struct vd_http_req *r, void *ctx)
+{
+    const char *name = vd_http_param(r, "name");
+    struct vd_err e;
+    if (vd_db_check_name(name, &e)) {
+        vd_http_reply_err(r, &e);
+        return;
+    }
+    cJSON *body = vd__api_body(r, false);
+    if (!body)
+        return;
+    struct vd_coll_schema s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.name, sizeof s.name, "%s", name);
+    int rc = parse_schema(body, &s, &e);
+    cJSON_Delete(body);
+    if (rc) {
+        vd_http_reply_err(r, &e);
+        return;
+    }
+    if (vd__api.meta.create_collection(vd__api.meta.impl, &s, vd__api_meta_done, r, &e))
+        vd_http_reply_err(r, &e);
+}
+
+static void drop(struct vd_http_req *r, void *ctx)
+{
+    const char *name = vd_http_param(r, "name");
+    struct vd_err e;
+    if (vd_db_check_name(name, &e)) {
+        vd_http_reply_err(r, &e);
+        return;
+    }
+    if (vd__api.meta.delete_collection(vd__api.meta.impl, name, vd__api_meta_done, r, &e))
+        vd_http_reply_err(r, &e);
+}
+
+static void list(struct vd_http_req *r, void *ctx)
+{
+    char **names;
+    size_t n;
+    if (vd_db_coll_names(vd__api.db, &names, &n)) {
+        vd_http_reply_error(r, 500, "out of memory");
+        return;
+    }
+    struct vd_buf b;
+    vd_buf_init(&b);
+    vd_buf_puts(&b, "{\"collections\":[");
+    for (size_t i = 0; i < n; i++) {
+        vd_buf_puts(&b, i ? ",{\"name\":" : "{\"name\":");
+        vd_buf_json_string(&b, names[i], strlen(names[i]));
+        vd_buf_puts(&b, "}");
+        free(names[i]);
+    }
+    free(names);
+    vd_buf_puts(&b, "]}");
+    vd__api_reply_buf(r, &b);
+}
+
+static void exists(struct vd_http_req *r, void *ctx)
+{
+    const char *name = vd_http_param(r, "name");
+    struct vd_err e;
+    if (vd_db_check_name(name, &e)) {
+        vd_http_reply_err(r, &e);
+        return;
+    }
+    struct vd_coll *c;
+    bool yes = vd_db_coll_get(vd__api.db, name, &c) == 0;
+    if (yes)
+        vd_db_coll_put(c);
+    const char *res = yes ? "{\"exists\":true}" : "{\"exists\":false}";
+    vd_http_reply_ok(r, res, strlen(res));
+}
+
+static void info(struct vd_http_req *r, void *ctx)
+{
+    struct vd_coll *c = vd__api_coll(r);
+    if (!c)
+        return;
+    const struct vd_coll_schema *s = vd_db_coll_schema(c);
+    struct vd_coll_stats st;
+    vd_db_coll_stats(c, &st);
+    struct vd_buf b;
+    vd_buf_init(&b);
+    /* green: fully indexed; yellow: background linking in progress (Qdrant's meaning) */
+    vd_buf_printf(&b,
+                  "{\"status\":\"%s\",\"optimizer_status\":\"ok\",\"vectors_count\":%llu,"
+                  "\"indexed_vectors_count\":%llu,\"points_count\":%llu,\"segments_count\":1,"
+                  "\"config\":{\"params\":{\"vectors\":{\"size\":%u,\"distance\":\"%s\"},"
+                  "\"shard_number\":1,\"replication_factor\":%u,\"write_consistency_factor\":%u,"
+                  "\"on_disk_payload\":false},"
+                  "\"hnsw_config\":{\"m\":%u,\"ef_construct\":%u,\"full_scan_threshold\":%u,"
+                  "\"max_indexing_threads\":0,\"on_disk\":false},"
+                  "\"optimizer_config\":{\"deleted_threshold\":0.2,\"vacuum_min_vector_number\":1000,"
+                  "\"default_segment_number\":0,\"max_segment_size\":null,\"memmap_threshold\":null,"
+                  "\"indexing_threshold\":20000,\"flush_interval_sec\":5,"
+                  "\"max_optimization_threads\":null},"
+                  "\"wal_config\":{\"wal_capacity_mb\":32,\"wal_segments_ahead\":0},"
+                  "\"quantization_config\":null},\"payload_schema\":{}}",
+                  st.pending ? "yellow" : "green", (unsigned long long)st.points,
+                  (unsigned long long)st.indexed, (unsigned long long)st.points, s->dim,
+                  metric_name(s->metric), s->replication_factor, s->write_consistency_factor,
+                  s->hnsw_m, s->hnsw_ef_construct, s->full_scan_threshold_kb);
+    vd_db_coll_put(c);
+    vd__api_reply_buf(r, &b);
+}
+
+int vd__api_collections_routes(struct vd_http *h)
+{
+    int rc;
+    if ((rc = vd_http_route(h, "GET", "/collections", VD_ROLE_RO, list, NULL)) ||
+        (rc = vd_http_route(h, "PUT", "/collections/{name}", VD_ROLE_ADMIN, create, NULL)) ||
+        (rc = vd_http_route(h, "GET", "/collections/{name}", VD_ROLE_RO, info, NULL)) ||
+        (rc = vd_http_route(h, "DELETE", "/collections/{name}", VD_ROLE_ADMIN, drop, NULL)) ||
+        (rc = vd_http_route(h, "GET", "/collections/{name}/exists", VD_ROLE_RO, exists, NULL)))
+        return rc;
+    return 0;
+}

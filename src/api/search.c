@@ -1,0 +1,336 @@
+/* Search and query: /points/search, /points/search/batch, /points/query, /points/query/batch. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_int.h"
+
+struct sargs {
+    struct vd_db_search s;
+    struct vd_db_with w;
+    float *vec;            /* owned */
+    struct vd_filter *filter;
+    bool scroll;           /* query without a query: scroll order */
+    bool has_exclude;      /* query by point id: that point is not a result */
+    struct vd_pid exclude;
+};
+
+static void sargs_release(struct sargs *a)
+{
+    free(a->vec);
+    vd_filter_free(a->filter);
+    memset(a, 0, sizeof *a);
+}
+
+/* A vector given as an array, or in the named form {"name": "", "vector": [...]}. */
+static int read_query_vector(struct vd_coll *c, const cJSON *v, const char *field, float **out,
+                             struct vd_err *err)
+{
+    uint32_t dim = vd_db_coll_schema(c)->dim, got;
+    if (cJSON_IsObject(v)) {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(v, "name");
+        if (cJSON_IsString(name) && name->valuestring[0])
+            return vd_errf(err, VD_EINVAL, "'%s': named vector '%s' does not exist (collections "
+                                           "have one unnamed vector)",
+                           field, name->valuestring);
+        v = cJSON_GetObjectItemCaseSensitive(v, "vector");
+    }
+    if (!v)
+        return vd_errf(err, VD_EINVAL, "missing field '%s'", field);
+    int rc = vd_json_get_floats(v, dim, NULL, out, &got, err);
+    if (rc)
+        vd_err_prefix(err, "%s", field);
+    return rc;
+}
+
+static int read_common(struct vd_coll *c, const cJSON *b, struct sargs *a, bool payload_dflt,
+                       struct vd_err *err)
+{
+    int rc;
+    if ((rc = vd__api_get_u32(b, "limit", 10, 0, VD_API_MAX_LIMIT, &a->s.limit, err)) ||
+        (rc = vd__api_get_u32(b, "offset", 0, 0, VD_API_MAX_LIMIT, &a->s.offset, err)) ||
+        (rc = vd__api_get_with(b, payload_dflt, &a->w, err)) ||
+        (rc = vd__api_get_filter(b, &a->filter, err)) ||
+        (rc = vd__api_get_float(b, "score_threshold", &a->s.has_threshold,
+                                &a->s.score_threshold, err)))
+        return rc;
+    a->s.filter = a->filter;
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(b, "params");
+    if (p && !cJSON_IsNull(p)) {
+        if (!cJSON_IsObject(p))
+            return vd_errf(err, VD_EINVAL, "'params' must be an object");
+        if ((rc = vd__api_get_u32(p, "hnsw_ef", 0, 1, 100000, &a->s.ef, err)) ||
+            (rc = vd__api_get_bool(p, "exact", false, &a->s.exact, err))) {
+            vd_err_prefix(err, "params");
+            return rc;
+        }
+    }
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(b, "using");
+    if (cJSON_IsString(u) && u->valuestring[0])
+        return vd_errf(err, VD_EINVAL, "'using': named vector '%s' does not exist", u->valuestring);
+    return 0;
+}
+
+static int parse_search(struct vd_coll *c, const cJSON *b, struct sargs *a, struct vd_err *err)
+{
+    memset(a, 0, sizeof *a);
+    if (!cJSON_IsObject(b))
+        return vd_errf(err, VD_EINVAL, "a search request must be a JSON object");
+    int rc = read_common(c, b, a, false, err);
+    if (rc)
+        return rc;
+    if (!cJSON_GetObjectItemCaseSensitive(b, "limit"))
+        return vd_errf(err, VD_EINVAL, "missing field 'limit'");
+    if ((rc = read_query_vector(c, cJSON_GetObjectItemCaseSensitive(b, "vector"), "vector",
+                                &a->vec, err)))
+        return rc;
+    a->s.query = a->vec;
+    return 0;
+}
+
+static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struct vd_err *err)
+{
+    memset(a, 0, sizeof *a);
+    if (!cJSON_IsObject(b))
+        return vd_errf(err, VD_EINVAL, "a query request must be a JSON object");
+    int rc = read_common(c, b, a, false, err);
+    if (rc)
+        return rc;
+    if (cJSON_GetObjectItemCaseSensitive(b, "prefetch"))
+        return vd_errf(err, VD_EINVAL, "'prefetch' is not supported");
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(b, "query");
+    if (cJSON_IsObject(q)) {
+        const cJSON *near = cJSON_GetObjectItemCaseSensitive(q, "nearest");
+        if (!near)
+            return vd_errf(err, VD_EINVAL, "'query' object must be {\"nearest\": vector or point "
+                                           "id}; other query kinds are not supported");
+        q = near;
+    }
+    if (!q || cJSON_IsNull(q)) {
+        a->scroll = true;
+        return 0;
+    }
+    if (cJSON_IsNumber(q) || cJSON_IsString(q)) {
+        if ((rc = vd_json_get_pid(q, &a->exclude, err))) {
+            vd_err_prefix(err, "query");
+            return rc;
+        }
+        a->vec = malloc(sizeof(float) * vd_db_coll_schema(c)->dim);
+        if (!a->vec)
+            return vd_errf(err, VD_ENOMEM, "out of memory");
+        if (vd_db_get_vector(c, &a->exclude, a->vec)) {
+            char s[VD_PID_STR_MAX];
+            vd_pid_format(&a->exclude, s);
+            return vd_errf(err, VD_ENOTFOUND, "query: point %s not found", s);
+        }
+        a->has_exclude = true;
+        a->s.limit += 1; /* room for the point itself, dropped from the results below */
+    } else if ((rc = read_query_vector(c, q, "query", &a->vec, err))) {
+        return rc;
+    }
+    a->s.query = a->vec;
+    return 0;
+}
+
+/* Removes the object whose "id" equals the excluded point from a JSON array of results, or the
+ * last element when the point was not among them (limit was raised by one to make room). */
+static void drop_excluded(struct vd_buf *b, size_t start, const struct vd_pid *ex)
+{
+    struct vd_buf idb;
+    vd_buf_init(&idb);
+    vd_buf_puts(&idb, "{\"id\":");
+    vd_buf_json_pid(&idb, ex);
+    vd_buf_puts(&idb, ",");
+    if (!vd_buf_ok(&idb) || !b->data)
+        goto out;
+    /* find element boundaries at depth 1 */
+    char *arr = b->data + start;
+    size_t len = b->len - start;
+    size_t last_begin = 0, last_end = 0, hit_begin = 0, hit_end = 0;
+    bool hit = false, in_str = false;
+    int depth = 0;
+    size_t elem_begin = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = arr[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = false;
+            continue;
+        }
+        if (ch == '"')
+            in_str = true;
+        else if (ch == '{' || ch == '[') {
+            if (depth == 1 && ch == '{')
+                elem_begin = i;
+            depth++;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+            if (depth == 1 && ch == '}') {
+                last_begin = elem_begin;
+                last_end = i + 1;
+                if (!hit && i + 1 - elem_begin > idb.len &&
+                    !memcmp(arr + elem_begin, idb.data, idb.len)) {
+                    hit = true;
+                    hit_begin = elem_begin;
+                    hit_end = i + 1;
+                }
+            }
+        }
+    }
+    if (!last_end)
+        goto out;
+    size_t bgn = hit ? hit_begin : last_begin, end = hit ? hit_end : last_end;
+    /* take a neighbouring comma with it */
+    if (end < len && arr[end] == ',')
+        end++;
+    else if (bgn > 1 && arr[bgn - 1] == ',')
+        bgn--;
+    memmove(arr + bgn, arr + end, len - end);
+    b->len -= end - bgn;
+out:
+    vd_buf_release(&idb);
+}
+
+static int run(struct vd_coll *c, struct sargs *a, struct vd_buf *out, struct vd_err *err)
+{
+    if (a->scroll) {
+        struct vd_pid from, next;
+        bool has_from = false, has_next;
+        if (a->s.offset) {
+            /* skip `offset` points in scroll order: their records are built and thrown away */
+            struct vd_buf skip;
+            struct vd_db_with none = {0};
+            vd_buf_init(&skip);
+            int rc = vd_db_scroll_json(c, NULL, a->s.offset, a->filter, &none, &skip, &from,
+                                       &has_from, err);
+            vd_buf_release(&skip);
+            if (rc)
+                return rc;
+            if (!has_from) {
+                vd_buf_puts(out, "[]");
+                return 0;
+            }
+        }
+        if (a->s.limit == 0) {
+            vd_buf_puts(out, "[]");
+            return 0;
+        }
+        return vd_db_scroll_json(c, has_from ? &from : NULL, a->s.limit, a->filter, &a->w, out,
+                                 &next, &has_next, err);
+    }
+    size_t start = out->len;
+    int rc = vd_db_search_json(c, &a->s, &a->w, out, err);
+    if (rc == 0 && a->has_exclude)
+        drop_excluded(out, start, &a->exclude);
+    return rc;
+}
+
+typedef int (*parse_fn)(struct vd_coll *, const cJSON *, struct sargs *, struct vd_err *);
+
+static void single(struct vd_http_req *r, parse_fn parse, bool wrap_points)
+{
+    struct vd_coll *c = vd__api_coll(r);
+    if (!c)
+        return;
+    cJSON *body = vd__api_body(r, false);
+    struct sargs a = {0};
+    struct vd_err e;
+    struct vd_buf b;
+    vd_buf_init(&b);
+    if (!body)
+        goto out;
+    if (wrap_points)
+        vd_buf_puts(&b, "{\"points\":");
+    if (parse(c, body, &a, &e) || run(c, &a, &b, &e)) {
+        vd_http_reply_err(r, &e);
+        goto out;
+    }
+    if (wrap_points)
+        vd_buf_puts(&b, "}");
+    vd__api_reply_buf(r, &b);
+out:
+    vd_buf_release(&b);
+    sargs_release(&a);
+    cJSON_Delete(body);
+    vd_db_coll_put(c);
+}
+
+static void batch(struct vd_http_req *r, parse_fn parse, bool wrap_points)
+{
+    struct vd_coll *c = vd__api_coll(r);
+    if (!c)
+        return;
+    cJSON *body = vd__api_body(r, false);
+    struct vd_err e;
+    struct vd_buf b;
+    vd_buf_init(&b);
+    if (!body)
+        goto out;
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(body, "searches");
+    if (!cJSON_IsArray(list)) {
+        vd_http_reply_error(r, 400, "'searches' must be an array of requests");
+        goto out;
+    }
+    vd_buf_puts(&b, "[");
+    size_t i = 0;
+    const cJSON *q;
+    cJSON_ArrayForEach(q, list)
+    {
+        struct sargs a = {0};
+        if (i)
+            vd_buf_puts(&b, ",");
+        if (wrap_points)
+            vd_buf_puts(&b, "{\"points\":");
+        int rc = parse(c, q, &a, &e);
+        if (!rc)
+            rc = run(c, &a, &b, &e);
+        sargs_release(&a);
+        if (rc) {
+            vd_err_prefix(&e, "searches[%zu]", i);
+            vd_http_reply_err(r, &e);
+            goto out;
+        }
+        if (wrap_points)
+            vd_buf_puts(&b, "}");
+        i++;
+    }
+    vd_buf_puts(&b, "]");
+    vd__api_reply_buf(r, &b);
+out:
+    vd_buf_release(&b);
+    cJSON_Delete(body);
+    vd_db_coll_put(c);
+}
+
+static void search(struct vd_http_req *r, void *ctx)
+{
+    single(r, parse_search, false);
+}
+static void search_batch(struct vd_http_req *r, void *ctx)
+{
+    batch(r, parse_search, false);
+}
+static void query(struct vd_http_req *r, void *ctx)
+{
+    single(r, parse_query, true);
+}
+static void query_batch(struct vd_http_req *r, void *ctx)
+{
+    batch(r, parse_query, true);
+}
+
+int vd__api_search_routes(struct vd_http *h)
+{
+    int rc;
+    if ((rc = vd_http_route(h, "POST", "/collections/{name}/points/search", VD_ROLE_RO, search,
+                            NULL)) ||
+        (rc = vd_http_route(h, "POST", "/collections/{name}/points/search/batch", VD_ROLE_RO,
+                            search_batch, NULL)) ||
+        (rc = vd_http_route(h, "POST", "/collections/{name}/points/query", VD_ROLE_RO, query,
+                            NULL)) ||
+        (rc = vd_http_route(h, "POST", "/collections/{name}/points/query/batch", VD_ROLE_RO,
+                            query_batch, NULL)))
+        return rc;
+    return 0;
+}

@@ -1,0 +1,651 @@
+/* Opening and closing the local database, the collection table and the background index work. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "db_int.h"
+#include "vectord/json.h"
+
+/* ---- collection objects ---- */
+
+static struct vd_index_params index_params(const struct vd_coll_schema *s)
+{
+    return (struct vd_index_params){
+        .dim = s->dim,
+        .metric = s->metric,
+        .m = s->hnsw_m,
+        .ef_construct = s->hnsw_ef_construct,
+        .full_scan_threshold_kb = s->full_scan_threshold_kb,
+        .seed = s->incarnation,
+    };
+}
+
+static char *index_path(const struct vd_db *db, uint64_t incarnation)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s/index/%016llx.hnsw", db->dir, (unsigned long long)incarnation) < 0)
+        return NULL;
+    return p;
+}
+
+static struct vd_coll *coll_alloc(struct vd_db *db, const struct vd_coll_schema *s)
+{
+    struct vd_coll *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->db = db;
+    atomic_init(&c->refs, 1);
+    c->schema = *s;
+    pthread_rwlockattr_t a;
+    pthread_rwlockattr_init(&a);
+    /* searches hold the read side for a whole query; the writer thread must not starve */
+    pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&c->plock, &a);
+    pthread_rwlockattr_destroy(&a);
+    pmap_init(&c->pm);
+    c->index_path = index_path(db, s->incarnation);
+    c->last_save_ns = vd_mono_ns();
+    if (!c->index_path) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void vd__db_coll_unref(struct vd_coll *c)
+{
+    if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
+        return;
+    if (atomic_load(&c->dropped))
+        unlink(c->index_path);
+    vd_index_free(c->ix);
+    pmap_release(&c->pm);
+    pthread_rwlock_destroy(&c->plock);
+    free(c->index_path);
+    free(c);
+}
+
+void vd_db_coll_put(struct vd_coll *c)
+{
+    vd__db_coll_unref(c);
+}
+
+const struct vd_coll_schema *vd_db_coll_schema(const struct vd_coll *c)
+{
+    return &c->schema;
+}
+
+int vd_db_coll_get(struct vd_db *db, const char *name, struct vd_coll **out)
+{
+    int rc = VD_ENOTFOUND;
+    pthread_mutex_lock(&db->mu);
+    for (size_t i = 0; i < db->n_colls; i++) {
+        if (!strcmp(db->colls[i]->schema.name, name)) {
+            atomic_fetch_add(&db->colls[i]->refs, 1);
+            *out = db->colls[i];
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int vd_db_coll_names(struct vd_db *db, char ***names, size_t *n)
+{
+    pthread_mutex_lock(&db->mu);
+    char **v = calloc(db->n_colls + 1, sizeof *v);
+    size_t k = 0;
+    for (size_t i = 0; v && i < db->n_colls; i++)
+        if ((v[k] = strdup(db->colls[i]->schema.name)))
+            k++;
+    pthread_mutex_unlock(&db->mu);
+    if (!v)
+        return VD_ENOMEM;
+    qsort(v, k, sizeof *v, name_cmp);
+    *names = v;
+    *n = k;
+    return 0;
+}
+
+void vd_db_coll_stats(struct vd_coll *c, struct vd_coll_stats *out)
+{
+    pthread_rwlock_rdlock(&c->plock);
+    out->points = c->pm.count;
+    pthread_rwlock_unlock(&c->plock);
+    out->pending = vd_index_pending(c->ix);
+    size_t cnt = vd_index_count(c->ix);
+    out->indexed = cnt > out->pending ? cnt - out->pending : 0;
+    out->index_bytes = vd_index_memory(c->ix);
+}
+
+int vd_db_check_name(const char *name, struct vd_err *err)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 255)
+        return vd_errf(err, VD_ERANGE, "collection name must be 1 to 255 characters, got %zu", n);
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '-'))
+            return vd_errf(err, VD_ERANGE,
+                           "collection name may contain only letters, digits, '_' and '-'");
+    }
+    return 0;
+}
+
+/* ---- loading at start ---- */
+
+struct load_ctx {
+    struct vd_coll *c;
+    struct vd_rtxn *t;
+    uint64_t applied;
+    float *scratch; /* dim floats, set when a saved graph was loaded */
+    int rc;
+};
+
+static int fetch_vector(const struct vd_pid *id, float *out, void *arg)
+{
+    struct load_ctx *l = arg;
+    struct vd_point_view v;
+    int rc = vd_store_point_get(l->t, l->c->schema.incarnation, id, &v);
+    if (rc || v.tombstone || v.dim != l->c->schema.dim)
+        return VD_ENOTFOUND;
+    memcpy(out, v.vec, sizeof(float) * v.dim);
+    return 0;
+}
+
+static int encode_payload_text(const char *text, size_t len, uint8_t **bin, size_t *blen)
+{
+    *bin = NULL;
+    *blen = 0;
+    if (!text || !len)
+        return 0;
+    cJSON *j = NULL;
+    struct vd_err e;
+    int rc = vd_json_parse(text, len, VD_JSON_MAX_DEPTH, &j, &e);
+    if (rc)
+        return VD_ECORRUPT;
+    rc = vd_payload_encode(j, bin, blen);
+    cJSON_Delete(j);
+    return rc;
+}
+
+static int load_point(const struct vd_point_view *p, void *arg)
+{
+    struct load_ctx *l = arg;
+    uint8_t *bin;
+    size_t blen;
+    int rc = encode_payload_text(p->payload, p->payload_len, &bin, &blen);
+    if (rc) {
+        char s[VD_PID_STR_MAX];
+        vd_pid_format(&p->id, s);
+        vd_log_warn("collection '%s': point %s has an unreadable payload; serving it without",
+                    l->c->schema.name, s);
+        bin = NULL;
+        blen = 0;
+    }
+    if ((rc = pmap_set(&l->c->pm, &p->id, bin, (uint32_t)blen))) {
+        free(bin);
+        return l->rc = rc;
+    }
+    if (p->dim != l->c->schema.dim)
+        return 0;
+    /* Whatever the saved graph holds is checked against storage rather than trusted by its
+     * change counter: a graph saved while points were still unlinked, or one older than the
+     * last writes, is corrected here point by point. */
+    if (l->scratch && vd_index_get_vector(l->c->ix, &p->id, l->scratch) == 0 &&
+        memcmp(l->scratch, p->vec, sizeof(float) * p->dim) == 0)
+        return 0;
+    if ((rc = vd_index_upsert(l->c->ix, &p->id, p->vec, p->seq)))
+        return l->rc = rc;
+    return 0;
+}
+
+static int load_collection(const struct vd_coll_schema *s, void *arg)
+{
+    struct vd_db *db = arg;
+    struct vd_coll *c = coll_alloc(db, s);
+    if (!c)
+        return VD_ENOMEM;
+    struct vd_index_params p = index_params(s);
+    struct load_ctx l = {.c = c};
+    uint64_t t0 = vd_mono_ns();
+    int rc = vd_store_read_begin(db->store, &l.t);
+    if (rc)
+        goto out_free;
+    rc = vd_index_load(c->index_path, &p, fetch_vector, &l, &c->ix);
+    if (rc == 0) {
+        l.applied = vd_index_applied_seq(c->ix);
+        c->saved_seq = l.applied;
+        l.scratch = malloc(sizeof(float) * s->dim);
+        if (!l.scratch) {
+            rc = VD_ENOMEM;
+            goto out_end;
+        }
+        vd_log_info("collection '%s': loaded saved graph (%zu points, change %llu)", s->name,
+                    vd_index_count(c->ix), (unsigned long long)l.applied);
+    } else {
+        if (rc != VD_ENOTFOUND)
+            vd_log_warn("collection '%s': saved graph unusable (%s); rebuilding from storage",
+                        s->name, vd_strerror(rc));
+        if ((rc = vd_index_new(&p, &c->ix)))
+            goto out_end;
+    }
+    rc = vd_store_scan(l.t, s->incarnation, NULL, false, load_point, &l);
+    free(l.scratch);
+    l.scratch = NULL;
+    if (rc == 0)
+        rc = l.rc;
+    if (rc)
+        goto out_end;
+    vd_store_read_end(l.t);
+    vd_log_info("collection '%s': %zu points ready in %.1f s (%zu to link in the background)",
+                s->name, c->pm.count, (double)(vd_mono_ns() - t0) / 1e9, vd_index_pending(c->ix));
+    pthread_mutex_lock(&db->mu);
+    struct vd_coll **nv = realloc(db->colls, (db->n_colls + 1) * sizeof *nv);
+    if (nv) {
+        db->colls = nv;
+        db->colls[db->n_colls++] = c;
+    }
+    pthread_mutex_unlock(&db->mu);
+    if (!nv) {
+        vd__db_coll_unref(c);
+        return VD_ENOMEM;
+    }
+    return 0;
+out_end:
+    vd_store_read_end(l.t);
+out_free:
+    vd__db_coll_unref(c);
+    return rc;
+}
+
+/* ---- background index work ---- */
+
+static struct vd_coll *next_work(struct vd_db *db, size_t *cursor)
+{
+    for (size_t k = 0; k < db->n_colls; k++) {
+        struct vd_coll *c = db->colls[(*cursor + k) % db->n_colls];
+        if (vd_index_pending(c->ix) > 0) {
+            *cursor = (*cursor + k + 1) % db->n_colls;
+            atomic_fetch_add(&c->refs, 1);
+            return c;
+        }
+    }
+    return NULL;
+}
+
+static void save_one(struct vd_coll *c)
+{
+    uint64_t seq = vd_index_applied_seq(c->ix);
+    if (seq == c->saved_seq || atomic_load(&c->dropped))
+        return;
+    uint64_t t0 = vd_mono_ns();
+    int rc = vd_index_save(c->ix, c->index_path);
+    if (rc) {
+        vd_log_warn("collection '%s': saving the graph failed: %s", c->schema.name,
+                    vd_strerror(rc));
+        return;
+    }
+    c->saved_seq = seq;
+    c->last_save_ns = vd_mono_ns();
+    vd_log_info("collection '%s': graph saved (%zu points) in %.2f s", c->schema.name,
+                vd_index_count(c->ix), (double)(c->last_save_ns - t0) / 1e9);
+}
+
+/* Saves graphs that changed, are fully linked and were last saved long enough ago. Only worker
+ * 0 does this, so saves of one collection never overlap. */
+static void periodic_save(struct vd_db *db)
+{
+    if (!db->save_seconds)
+        return;
+    uint64_t now = vd_mono_ns();
+    pthread_mutex_lock(&db->mu);
+    size_t n = db->n_colls;
+    struct vd_coll **v = calloc(n ? n : 1, sizeof *v);
+    for (size_t i = 0; v && i < n; i++) {
+        v[i] = db->colls[i];
+        atomic_fetch_add(&v[i]->refs, 1);
+    }
+    pthread_mutex_unlock(&db->mu);
+    for (size_t i = 0; v && i < n; i++) {
+        if (now - v[i]->last_save_ns >= (uint64_t)db->save_seconds * 1000000000ull &&
+            vd_index_pending(v[i]->ix) == 0)
+            save_one(v[i]);
+        vd__db_coll_unref(v[i]);
+    }
+    free(v);
+}
+
+struct worker_arg {
+    struct vd_db *db;
+    unsigned idx;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker_arg *wa = arg;
+    struct vd_db *db = wa->db;
+    unsigned idx = wa->idx;
+    free(wa);
+    size_t cursor = idx;
+    uint64_t last_check = vd_mono_ns();
+    pthread_mutex_lock(&db->mu);
+    while (!db->stopping) {
+        struct vd_coll *c = next_work(db, &cursor);
+        if (!c) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&db->work, &db->mu, &ts);
+        } else {
+            pthread_mutex_unlock(&db->mu);
+            if (!atomic_load(&c->dropped))
+                vd_index_link_pending(c->ix, 32);
+            vd__db_coll_unref(c);
+            pthread_mutex_lock(&db->mu);
+        }
+        if (idx == 0 && vd_mono_ns() - last_check > 1000000000ull) {
+            pthread_mutex_unlock(&db->mu);
+            periodic_save(db);
+            last_check = vd_mono_ns();
+            pthread_mutex_lock(&db->mu);
+        }
+    }
+    pthread_mutex_unlock(&db->mu);
+    return NULL;
+}
+
+void vd__db_kick(struct vd_db *db)
+{
+    pthread_cond_signal(&db->work);
+}
+
+/* ---- open / close ---- */
+
+int vd_db_open(const struct vd_db_opts *o, struct vd_db **out, struct vd_err *err)
+{
+    struct vd_db *db = calloc(1, sizeof *db);
+    if (!db)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    pthread_mutex_init(&db->mu, NULL);
+    pthread_cond_init(&db->work, NULL);
+    db->dir = strdup(o->data_dir);
+    db->save_seconds = o->index_save_seconds;
+    atomic_init(&db->ready, false);
+    int rc;
+    if (!db->dir) {
+        rc = vd_errf(err, VD_ENOMEM, "out of memory");
+        goto out_free;
+    }
+    struct vd_store_opts so = {.dir = o->data_dir, .no_sync = o->no_sync};
+    if ((rc = vd_store_open(&so, &db->store, err)))
+        goto out_free;
+    db->node_id = vd_store_node_id(db->store);
+    char *idir = NULL;
+    if (asprintf(&idir, "%s/index", db->dir) < 0) {
+        rc = vd_errf(err, VD_ENOMEM, "out of memory");
+        goto out_close;
+    }
+    if (mkdir(idir, 0755) && errno != EEXIST) {
+        rc = vd_errf(err, VD_EIO, "cannot create '%s': %s", idir, strerror(errno));
+        free(idir);
+        goto out_close;
+    }
+    free(idir);
+    struct vd_rtxn *t;
+    if ((rc = vd_store_read_begin(db->store, &t))) {
+        vd_errf(err, rc, "cannot read storage: %s", vd_strerror(rc));
+        goto out_close;
+    }
+    /* collect schemas first: loading opens its own read transactions */
+    rc = vd_store_coll_list(t, load_collection, db);
+    vd_store_read_end(t);
+    if (rc) {
+        vd_errf(err, rc, "loading collections failed: %s", vd_strerror(rc));
+        goto out_colls;
+    }
+    unsigned nw = o->index_threads;
+    if (!nw) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        nw = cpus > 2 ? (unsigned)cpus - 1 : 1;
+    }
+    db->workers = calloc(nw, sizeof *db->workers);
+    for (unsigned i = 0; db->workers && i < nw; i++) {
+        struct worker_arg *wa = malloc(sizeof *wa);
+        if (!wa)
+            break;
+        wa->db = db;
+        wa->idx = i;
+        if (pthread_create(&db->workers[i], NULL, worker_main, wa)) {
+            free(wa);
+            break;
+        }
+        db->n_workers++;
+    }
+    if (db->n_workers == 0) {
+        rc = vd_errf(err, VD_ENOMEM, "cannot start index threads");
+        goto out_colls;
+    }
+    atomic_store(&db->ready, true);
+    *out = db;
+    return 0;
+out_colls:
+    for (size_t i = 0; i < db->n_colls; i++)
+        vd__db_coll_unref(db->colls[i]);
+    free(db->colls);
+    free(db->workers);
+out_close:
+    vd_store_close(db->store);
+out_free:
+    free(db->dir);
+    free(db);
+    return rc;
+}
+
+void vd_db_close(struct vd_db *db)
+{
+    if (!db)
+        return;
+    pthread_mutex_lock(&db->mu);
+    db->stopping = true;
+    pthread_cond_broadcast(&db->work);
+    pthread_mutex_unlock(&db->mu);
+    for (unsigned i = 0; i < db->n_workers; i++)
+        pthread_join(db->workers[i], NULL);
+    free(db->workers);
+    /* storage first: its last write completions still touch the collections */
+    vd_store_close(db->store);
+    for (size_t i = 0; i < db->n_colls; i++) {
+        /* Points still unlinked are not waited for: the next start finds them by comparing
+         * storage with the saved graph and links them then. */
+        save_one(db->colls[i]);
+        vd__db_coll_unref(db->colls[i]);
+    }
+    free(db->colls);
+    pthread_cond_destroy(&db->work);
+    pthread_mutex_destroy(&db->mu);
+    free(db->dir);
+    free(db);
+}
+
+bool vd_db_ready(const struct vd_db *db)
+{
+    return atomic_load(&db->ready);
+}
+
+uint64_t vd_db_node_id(const struct vd_db *db)
+{
+    return db->node_id;
+}
+
+/* ---- collection create / delete ---- */
+
+struct meta_op {
+    struct vd_db *db;
+    struct vd_wop op;
+    struct vd_wbatch b;
+    struct vd_coll_schema schema;
+    char name[256];
+    vd_db_done_fn done;
+    void *ctx;
+};
+
+static void create_done(struct vd_wbatch *b, int status, void *arg)
+{
+    struct meta_op *m = arg;
+    struct vd_db *db = m->db;
+    if (status == 0) {
+        struct vd_coll *c = coll_alloc(db, &m->schema);
+        struct vd_index_params p = index_params(&m->schema);
+        if (!c || vd_index_new(&p, &c->ix)) {
+            if (c)
+                vd__db_coll_unref(c);
+            status = vd_errf(&b->err, VD_ENOMEM, "out of memory creating collection");
+        } else {
+            unlink(c->index_path); /* a stale file of an older incarnation id: never trust it */
+            pthread_mutex_lock(&db->mu);
+            struct vd_coll **nv = realloc(db->colls, (db->n_colls + 1) * sizeof *nv);
+            if (nv) {
+                db->colls = nv;
+                db->colls[db->n_colls++] = c;
+            }
+            pthread_mutex_unlock(&db->mu);
+            if (!nv) {
+                vd__db_coll_unref(c);
+                status = vd_errf(&b->err, VD_ENOMEM, "out of memory creating collection");
+            }
+        }
+    }
+    m->done(status, status ? &b->err : NULL, m->op.seq, m->ctx);
+    free(m);
+}
+
+int vd_db_coll_create(struct vd_db *db, const struct vd_coll_schema *schema, vd_db_done_fn done,
+                      void *ctx, struct vd_err *err)
+{
+    int rc = vd_db_check_name(schema->name, err);
+    if (rc)
+        return rc;
+    struct vd_coll *existing;
+    if (vd_db_coll_get(db, schema->name, &existing) == 0) {
+        vd_db_coll_put(existing);
+        return vd_errf(err, VD_EEXIST, "collection '%s' already exists", schema->name);
+    }
+    struct meta_op *m = calloc(1, sizeof *m);
+    if (!m)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    m->db = db;
+    m->schema = *schema;
+    m->schema.incarnation = 0;
+    m->schema.created_hlc = vd_hlc_now();
+    m->op.kind = VD_WOP_COLL_CREATE;
+    m->op.schema = &m->schema;
+    m->b.ops = &m->op;
+    m->b.n = 1;
+    m->b.done = create_done;
+    m->b.ctx = m;
+    m->done = done;
+    m->ctx = ctx;
+    if ((rc = vd_store_submit(db->store, &m->b))) {
+        free(m);
+        return vd_errf(err, rc, "cannot write: %s", vd_strerror(rc));
+    }
+    return 0;
+}
+
+static void delete_done(struct vd_wbatch *b, int status, void *arg)
+{
+    struct meta_op *m = arg;
+    struct vd_db *db = m->db;
+    if (status == 0) {
+        struct vd_coll *gone = NULL;
+        pthread_mutex_lock(&db->mu);
+        for (size_t i = 0; i < db->n_colls; i++) {
+            if (!strcmp(db->colls[i]->schema.name, m->name)) {
+                gone = db->colls[i];
+                db->colls[i] = db->colls[--db->n_colls];
+                break;
+            }
+        }
+        pthread_mutex_unlock(&db->mu);
+        if (gone) {
+            atomic_store(&gone->dropped, true);
+            vd__db_coll_unref(gone);
+        }
+    }
+    m->done(status, status ? &b->err : NULL, m->op.seq, m->ctx);
+    free(m);
+}
+
+int vd_db_coll_delete(struct vd_db *db, const char *name, vd_db_done_fn done, void *ctx,
+                      struct vd_err *err)
+{
+    struct vd_coll *c;
+    if (vd_db_coll_get(db, name, &c))
+        return vd_errf(err, VD_ENOTFOUND, "collection '%s' not found", name);
+    vd_db_coll_put(c);
+    struct meta_op *m = calloc(1, sizeof *m);
+    if (!m)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    m->db = db;
+    snprintf(m->name, sizeof m->name, "%s", name);
+    m->op.kind = VD_WOP_COLL_DELETE;
+    m->op.coll_name = m->name;
+    m->b.ops = &m->op;
+    m->b.n = 1;
+    m->b.done = delete_done;
+    m->b.ctx = m;
+    m->done = done;
+    m->ctx = ctx;
+    int rc = vd_store_submit(db->store, &m->b);
+    if (rc) {
+        free(m);
+        return vd_errf(err, rc, "cannot write: %s", vd_strerror(rc));
+    }
+    return 0;
+}
+
+void vd_db_metrics(struct vd_db *db, struct vd_buf *out)
+{
+    uint64_t fb = 0, ub = 0;
+    if (vd_store_stats(db->store, &fb, &ub) == 0) {
+        vd_buf_puts(out, "# HELP vectord_storage_file_bytes Size of the data file.\n"
+                         "# TYPE vectord_storage_file_bytes gauge\n");
+        vd_buf_printf(out, "vectord_storage_file_bytes %llu\n", (unsigned long long)fb);
+        vd_buf_puts(out, "# HELP vectord_storage_used_bytes Bytes of the data file in use.\n"
+                         "# TYPE vectord_storage_used_bytes gauge\n");
+        vd_buf_printf(out, "vectord_storage_used_bytes %llu\n", (unsigned long long)ub);
+    }
+    vd_buf_puts(out, "# HELP vectord_collection_points Live points per collection.\n"
+                     "# TYPE vectord_collection_points gauge\n");
+    pthread_mutex_lock(&db->mu);
+    size_t n = db->n_colls;
+    struct vd_coll **v = calloc(n ? n : 1, sizeof *v);
+    for (size_t i = 0; v && i < n; i++) {
+        v[i] = db->colls[i];
+        atomic_fetch_add(&v[i]->refs, 1);
+    }
+    pthread_mutex_unlock(&db->mu);
+    for (size_t i = 0; v && i < n; i++) {
+        struct vd_coll_stats st;
+        vd_db_coll_stats(v[i], &st);
+        vd_buf_printf(out, "vectord_collection_points{collection=\"%s\"} %llu\n",
+                      v[i]->schema.name, (unsigned long long)st.points);
+        vd_buf_printf(out, "vectord_collection_index_pending{collection=\"%s\"} %llu\n",
+                      v[i]->schema.name, (unsigned long long)st.pending);
+        vd_buf_printf(out, "vectord_collection_index_bytes{collection=\"%s\"} %zu\n",
+                      v[i]->schema.name, st.index_bytes);
+        vd__db_coll_unref(v[i]);
+    }
+    free(v);
+}

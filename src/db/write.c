@@ -1,0 +1,356 @@
+/* The write path: validate, commit durably through the storage writer (group commit), then apply
+ * to the in-memory index and payload columns in commit order, then tell the caller. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "db_int.h"
+#include "vectord/json.h"
+
+struct wreq {
+    struct vd_coll *c;
+    struct vd_wbatch b;
+    struct vd_wop *ops;
+    size_t n;
+    float *vecs;      /* n * dim, UPSERT only */
+    char **texts;     /* payload JSON text per op, or NULL */
+    uint8_t **bins;   /* binary payload per op (ownership moves to the payload map) */
+    size_t *bin_lens;
+    vd_db_done_fn done;
+    void *ctx;
+};
+
+static void wreq_free(struct wreq *w)
+{
+    for (size_t i = 0; i < w->n; i++) {
+        if (w->texts)
+            free(w->texts[i]);
+        if (w->bins)
+            free(w->bins[i]);
+    }
+    free(w->texts);
+    free(w->bins);
+    free(w->bin_lens);
+    free(w->vecs);
+    free(w->ops);
+    vd__db_coll_unref(w->c);
+    free(w);
+}
+
+static struct wreq *wreq_new(struct vd_coll *c, size_t n, bool payloads, vd_db_done_fn done,
+                             void *ctx)
+{
+    struct wreq *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->ops = calloc(n ? n : 1, sizeof *w->ops);
+    if (payloads) {
+        w->texts = calloc(n ? n : 1, sizeof *w->texts);
+        w->bins = calloc(n ? n : 1, sizeof *w->bins);
+        w->bin_lens = calloc(n ? n : 1, sizeof *w->bin_lens);
+    }
+    if (!w->ops || (payloads && (!w->texts || !w->bins || !w->bin_lens))) {
+        free(w->ops);
+        free(w->texts);
+        free(w->bins);
+        free(w->bin_lens);
+        free(w);
+        return NULL;
+    }
+    atomic_fetch_add(&c->refs, 1);
+    w->c = c;
+    w->n = n;
+    w->done = done;
+    w->ctx = ctx;
+    return w;
+}
+
+/* Runs on the storage writer thread, in commit order: so the index sees writes in the same order
+ * storage does, and a later write to an id never loses to an earlier one. */
+static void write_done(struct vd_wbatch *b, int status, void *arg)
+{
+    struct wreq *w = arg;
+    struct vd_coll *c = w->c;
+    uint64_t last = 0;
+    if (status == 0 && !atomic_load(&c->dropped)) {
+        pthread_rwlock_wrlock(&c->plock);
+        for (size_t i = 0; i < w->n; i++) {
+            struct vd_wop *op = &w->ops[i];
+            if (op->seq > last)
+                last = op->seq;
+            if (!op->applied)
+                continue;
+            switch (op->kind) {
+            case VD_WOP_UPSERT:
+                if (vd_index_upsert(c->ix, &op->id, op->vec, op->seq) ||
+                    pmap_set(&c->pm, &op->id, w->bins ? w->bins[i] : NULL,
+                             w->bin_lens ? (uint32_t)w->bin_lens[i] : 0)) {
+                    vd_log_error("collection '%s': out of memory applying a write to the index",
+                                 c->schema.name);
+                    break;
+                }
+                if (w->bins)
+                    w->bins[i] = NULL; /* the map owns it now */
+                break;
+            case VD_WOP_SET_PAYLOAD:
+                if (pmap_get(&c->pm, &op->id) &&
+                    pmap_set(&c->pm, &op->id, w->bins[i], (uint32_t)w->bin_lens[i]) == 0)
+                    w->bins[i] = NULL;
+                break;
+            case VD_WOP_DELETE:
+                vd_index_delete(c->ix, &op->id, op->seq);
+                pmap_del(&c->pm, &op->id);
+                break;
+            default:
+                break;
+            }
+        }
+        pthread_rwlock_unlock(&c->plock);
+        vd__db_kick(c->db);
+    }
+    if (status == 0 && atomic_load(&c->dropped))
+        status = vd_errf(&b->err, VD_ENOTFOUND, "collection '%s' was deleted",
+                         c->schema.name);
+    w->done(status, status ? &b->err : NULL, last, w->ctx);
+    wreq_free(w);
+}
+
+static int submit(struct wreq *w, struct vd_err *err)
+{
+    w->b.ops = w->ops;
+    w->b.n = w->n;
+    w->b.done = write_done;
+    w->b.ctx = w;
+    int rc = vd_store_submit(w->c->db->store, &w->b);
+    if (rc) {
+        wreq_free(w);
+        return vd_errf(err, rc, "cannot write: %s", vd_strerror(rc));
+    }
+    return 0;
+}
+
+/* Serialises and encodes one payload; NULL payload = none. */
+static int prepare_payload(struct wreq *w, size_t i, const cJSON *payload, struct vd_err *err)
+{
+    if (!payload)
+        return 0;
+    struct vd_buf b;
+    vd_buf_init(&b);
+    vd_buf_json(&b, payload);
+    if (!vd_buf_ok(&b)) {
+        vd_buf_release(&b);
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    }
+    size_t len;
+    w->texts[i] = vd_buf_steal(&b, &len);
+    w->ops[i].payload = w->texts[i];
+    w->ops[i].payload_len = len;
+    if (vd_payload_encode(payload, &w->bins[i], &w->bin_lens[i]))
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    return 0;
+}
+
+int vd_db_upsert(struct vd_coll *c, const struct vd_db_point *pts, size_t n, vd_db_done_fn done,
+                 void *ctx, struct vd_err *err)
+{
+    uint32_t dim = c->schema.dim;
+    if (n == 0)
+        return vd_errf(err, VD_EINVAL, "no points given");
+    struct wreq *w = wreq_new(c, n, true, done, ctx);
+    if (!w)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    int rc;
+    w->vecs = malloc(sizeof(float) * dim * n);
+    if (!w->vecs) {
+        rc = vd_errf(err, VD_ENOMEM, "out of memory for %zu vectors", n);
+        goto out_free;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float *v = w->vecs + i * dim;
+        memcpy(v, pts[i].vec, sizeof(float) * dim);
+        if (c->schema.metric == VD_METRIC_COSINE && vd_vec_normalize(v, dim)) {
+            rc = vd_errf(err, VD_EINVAL,
+                         "points[%zu]: a zero vector cannot be used with Cosine distance", i);
+            goto out_free;
+        }
+        struct vd_wop *op = &w->ops[i];
+        op->kind = VD_WOP_UPSERT;
+        op->incarnation = c->schema.incarnation;
+        op->id = pts[i].id;
+        op->version = vd_hlc_now();
+        op->node = c->db->node_id;
+        op->vec = v;
+        op->dim = dim;
+        if ((rc = prepare_payload(w, i, pts[i].payload, err)))
+            goto out_free;
+    }
+    return submit(w, err);
+out_free:
+    wreq_free(w);
+    return rc;
+}
+
+int vd_db_delete(struct vd_coll *c, const struct vd_pid *ids, size_t n, vd_db_done_fn done,
+                 void *ctx, struct vd_err *err)
+{
+    struct wreq *w = wreq_new(c, n, false, done, ctx);
+    if (!w)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        struct vd_wop *op = &w->ops[i];
+        op->kind = VD_WOP_DELETE;
+        op->incarnation = c->schema.incarnation;
+        op->id = ids[i];
+        op->version = vd_hlc_now();
+        op->node = c->db->node_id;
+    }
+    return submit(w, err);
+}
+
+/* Ids of live points matching f (all when f is NULL), in no particular order. */
+static int matching_ids(struct vd_coll *c, const struct vd_filter *f, struct vd_pid **out,
+                        size_t *n)
+{
+    pthread_rwlock_rdlock(&c->plock);
+    struct vd_pid *v = malloc(sizeof *v * (c->pm.count ? c->pm.count : 1));
+    size_t k = 0;
+    for (size_t i = 0; v && i < c->pm.cap; i++) {
+        const struct pmap_entry *e = &c->pm.slots[i];
+        if (e->used && (!f || vd_filter_match_bin(f, &e->id, e->bin, e->len)))
+            v[k++] = e->id;
+    }
+    pthread_rwlock_unlock(&c->plock);
+    if (!v)
+        return VD_ENOMEM;
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+static void noop_done_now(vd_db_done_fn done, void *ctx)
+{
+    done(0, NULL, 0, ctx);
+}
+
+int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done_fn done,
+                        void *ctx, struct vd_err *err)
+{
+    struct vd_pid *ids;
+    size_t n;
+    if (matching_ids(c, f, &ids, &n))
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    int rc;
+    if (n == 0) {
+        noop_done_now(done, ctx);
+        rc = 0;
+    } else {
+        rc = vd_db_delete(c, ids, n, done, ctx, err);
+    }
+    free(ids);
+    return rc;
+}
+
+/* New payload for one point given its current payload text. Returns a cJSON object (caller
+ * deletes) or NULL with err set. */
+static cJSON *edited_payload(enum vd_db_payload_op op, const cJSON *arg, const char *text,
+                             size_t len, struct vd_err *err)
+{
+    cJSON *cur = NULL;
+    if (op != VD_DB_PAYLOAD_OVERWRITE && op != VD_DB_PAYLOAD_CLEAR && text && len) {
+        if (vd_json_parse(text, len, VD_JSON_MAX_DEPTH, &cur, err))
+            return NULL;
+    }
+    if (!cur)
+        cur = cJSON_CreateObject();
+    if (!cur)
+        goto oom;
+    const cJSON *it;
+    switch (op) {
+    case VD_DB_PAYLOAD_SET:
+        cJSON_ArrayForEach(it, arg)
+        {
+            cJSON *dup = cJSON_Duplicate(it, true);
+            if (!dup)
+                goto oom;
+            cJSON_DeleteItemFromObjectCaseSensitive(cur, it->string);
+            cJSON_AddItemToObject(cur, it->string, dup);
+        }
+        break;
+    case VD_DB_PAYLOAD_OVERWRITE:
+        cJSON_Delete(cur);
+        cur = cJSON_Duplicate(arg, true);
+        if (!cur)
+            goto oom;
+        break;
+    case VD_DB_PAYLOAD_DELETE_KEYS:
+        cJSON_ArrayForEach(it, arg) cJSON_DeleteItemFromObjectCaseSensitive(cur, it->valuestring);
+        break;
+    case VD_DB_PAYLOAD_CLEAR:
+        break;
+    }
+    return cur;
+oom:
+    cJSON_Delete(cur);
+    vd_errf(err, VD_ENOMEM, "out of memory");
+    return NULL;
+}
+
+int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON *arg,
+                       const struct vd_pid *ids, size_t n, const struct vd_filter *f,
+                       vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct vd_pid *found = NULL;
+    int rc;
+    if (!ids) {
+        if (matching_ids(c, f, &found, &n))
+            return vd_errf(err, VD_ENOMEM, "out of memory");
+        ids = found;
+    }
+    struct wreq *w = wreq_new(c, n, true, done, ctx);
+    if (!w) {
+        free(found);
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    }
+    struct vd_rtxn *t;
+    if ((rc = vd_store_read_begin(c->db->store, &t))) {
+        vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
+        goto out_free;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct vd_point_view v;
+        if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v) || v.tombstone)
+            continue; /* Qdrant skips ids that do not exist */
+        cJSON *np = edited_payload(op, arg, v.payload, v.payload_len, err);
+        if (!np) {
+            rc = err ? err->code : VD_ENOMEM;
+            vd_store_read_end(t);
+            goto out_free;
+        }
+        struct vd_wop *o = &w->ops[k];
+        o->kind = VD_WOP_SET_PAYLOAD;
+        o->incarnation = c->schema.incarnation;
+        o->id = ids[i];
+        o->version = vd_hlc_now();
+        o->node = c->db->node_id;
+        rc = prepare_payload(w, k, np, err);
+        cJSON_Delete(np);
+        if (rc) {
+            vd_store_read_end(t);
+            goto out_free;
+        }
+        k++;
+    }
+    vd_store_read_end(t);
+    free(found);
+    if (k == 0) {
+        wreq_free(w);
+        noop_done_now(done, ctx);
+        return 0;
+    }
+    w->n = k;
+    return submit(w, err);
+out_free:
+    free(found);
+    wreq_free(w);
+    return rc;
+}

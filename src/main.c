@@ -1,0 +1,126 @@
+/* vectord: flags and config, wiring of the modules, signals. No logic of its own. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vectord/api.h"
+#include "vectord/config.h"
+#include "vectord/db.h"
+#include "vectord/http.h"
+
+#ifndef VD_VERSION
+#define VD_VERSION "0.0.0"
+#endif
+
+static void metrics_hook(struct vd_buf *out, void *ctx)
+{
+    vd_db_metrics(ctx, out);
+}
+
+static bool ready_hook(void *ctx)
+{
+    return vd_db_ready(ctx);
+}
+
+int main(int argc, char **argv)
+{
+    struct vd_config cfg;
+    struct vd_err err = {0};
+    vd_config_init(&cfg);
+    if (vd_config_from_args(&cfg, argc, argv, &err) || vd_config_validate(&cfg, &err)) {
+        fprintf(stderr, "vectord: %s\n", err.msg);
+        vd_config_release(&cfg);
+        return 2;
+    }
+    if (cfg.show_help) {
+        fputs(vd_config_usage(), stdout);
+        vd_config_release(&cfg);
+        return 0;
+    }
+    if (cfg.show_version) {
+        printf("vectord %s\n", VD_VERSION);
+        vd_config_release(&cfg);
+        return 0;
+    }
+    vd_log_set_level(cfg.log_level);
+
+    /* Signals are taken by sigwait in this thread only; every thread started below inherits the
+     * blocked mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int status = 1;
+    struct vd_db *db = NULL;
+    struct vd_http *http = NULL;
+    struct vd_http_key *keys = NULL;
+    vd_log_info("vectord %s starting: data in '%s'", VD_VERSION, cfg.data_dir);
+    struct vd_db_opts dbo = {
+        .data_dir = cfg.data_dir,
+        .index_threads = cfg.index_threads,
+        .index_save_seconds = cfg.index_save_seconds,
+    };
+    if (vd_db_open(&dbo, &db, &err)) {
+        vd_log_error("cannot open the database: %s", err.msg);
+        goto out;
+    }
+    keys = calloc(cfg.n_keys ? cfg.n_keys : 1, sizeof *keys);
+    if (!keys)
+        goto out_db;
+    for (size_t i = 0; i < cfg.n_keys; i++) {
+        keys[i].key = cfg.keys[i].key;
+        keys[i].role = (enum vd_role)cfg.keys[i].role;
+    }
+    struct vd_http_opts ho = {
+        .bind = cfg.bind,
+        .port = cfg.port,
+        .threads = cfg.http_threads,
+        .max_body = cfg.max_body_bytes,
+        .keys = keys,
+        .n_keys = cfg.n_keys,
+        .version = VD_VERSION,
+    };
+    if (vd_http_new(&ho, &http, &err)) {
+        vd_log_error("cannot set up HTTP: %s", err.msg);
+        goto out_db;
+    }
+    struct vd_api_opts ao = {.db = db};
+    vd_api_local_meta(db, &ao.meta);
+    if (vd_api_register(http, &ao)) {
+        vd_log_error("cannot register routes");
+        goto out_http;
+    }
+    vd_http_set_metrics_hook(http, metrics_hook, db);
+    vd_http_set_ready_hook(http, ready_hook, db);
+    if (vd_http_start(http, &err)) {
+        vd_log_error("cannot listen on %s:%u: %s", cfg.bind, cfg.port, err.msg);
+        goto out_http;
+    }
+    vd_log_info("serving REST on %s:%u (%s)", cfg.bind, vd_http_port(http),
+                cfg.n_keys ? "API keys required" : "no API key configured");
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    vd_log_info("received %s: shutting down (send it again to exit at once)",
+                sig == SIGINT ? "SIGINT" : "SIGTERM");
+    /* a second signal takes the default action: immediate exit */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
+    vd_http_stop(http, 10000);
+    status = 0;
+out_http:
+    vd_http_free(http);
+out_db:
+    vd_db_close(db);
+out:
+    free(keys);
+    vd_config_release(&cfg);
+    if (status == 0)
+        vd_log_info("vectord stopped cleanly");
+    return status;
+}
