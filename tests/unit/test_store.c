@@ -1,0 +1,773 @@
+/* Storage: CRUD, last-write-wins, tombstones, scans, collections and their incarnations, the
+ * change log, restart, the directory lock, map growth, and a write-throughput figure. Real LMDB in
+ * a temporary directory. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "vectord/store.h"
+
+/* ---- fixture ------------------------------------------------------------------------------- */
+
+struct fx {
+    char dir[256];
+    struct vd_store *s;
+    uint64_t inc; /* collection "c" (dim 4) */
+};
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    return remove(p);
+}
+
+static void rm_rf(const char *dir)
+{
+    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static bool small_scale(void)
+{
+    const char *e = getenv("VD_TEST_SCALE");
+    return e && strcmp(e, "small") == 0;
+}
+
+static void make_dir(char *buf, size_t n)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(buf, n, "%s/vd-store-XXXXXX", t && *t ? t : "/tmp");
+    assert_non_null(mkdtemp(buf));
+}
+
+static struct vd_store *open_store(const char *dir, bool no_sync, uint64_t map)
+{
+    struct vd_store_opts o = {.dir = dir, .no_sync = no_sync, .map_size = map};
+    struct vd_store *s = NULL;
+    struct vd_err e = {0};
+    int r = vd_store_open(&o, &s, &e);
+    if (r)
+        fprintf(stderr, "open: %s\n", e.msg);
+    assert_int_equal(r, 0);
+    return s;
+}
+
+static int create_coll(struct vd_store *s, const char *name, uint32_t dim, uint64_t *inc)
+{
+    struct vd_coll_schema c = {.dim = dim, .metric = VD_METRIC_DOT, .hnsw_m = 16,
+                               .hnsw_ef_construct = 100, .replication_factor = 1};
+    snprintf(c.name, sizeof c.name, "%s", name);
+    struct vd_wop op = {.kind = VD_WOP_COLL_CREATE, .schema = &c};
+    struct vd_wbatch b = {.ops = &op, .n = 1};
+    int r = vd_store_write(s, &b);
+    if (r == 0) {
+        assert_true(c.incarnation != 0);
+        assert_true(c.created_hlc != 0);
+        if (inc)
+            *inc = c.incarnation;
+    }
+    return r;
+}
+
+static int drop_coll(struct vd_store *s, const char *name)
+{
+    struct vd_wop op = {.kind = VD_WOP_COLL_DELETE, .coll_name = name};
+    struct vd_wbatch b = {.ops = &op, .n = 1};
+    return vd_store_write(s, &b);
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    make_dir(f->dir, sizeof f->dir);
+    f->s = open_store(f->dir, true, 0);
+    assert_int_equal(create_coll(f->s, "c", 4, &f->inc), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    vd_store_close(f->s);
+    rm_rf(f->dir);
+    free(f);
+    return 0;
+}
+
+static struct vd_pid num(uint64_t n)
+{
+    struct vd_pid p = {.type = VD_PID_NUM, .u.num = n};
+    return p;
+}
+
+static struct vd_pid uuid(uint8_t fill)
+{
+    struct vd_pid p = {.type = VD_PID_UUID};
+    memset(p.u.uuid, fill, 16);
+    return p;
+}
+
+/* One point op, written and waited for; returns status, *applied and *seq if not NULL. */
+static int put(struct vd_store *s, enum vd_wop_kind kind, uint64_t inc, struct vd_pid id,
+               uint64_t version, uint64_t node, const float *vec, uint32_t dim, const char *payload,
+               bool *applied, uint64_t *seq)
+{
+    struct vd_wop op = {.kind = kind, .incarnation = inc, .id = id, .version = version,
+                        .node = node, .vec = vec, .dim = dim, .payload = payload,
+                        .payload_len = payload ? strlen(payload) : 0};
+    struct vd_wbatch b = {.ops = &op, .n = 1};
+    int r = vd_store_write(s, &b);
+    if (applied)
+        *applied = op.applied;
+    if (seq)
+        *seq = op.seq;
+    if (r == 0)
+        assert_int_equal(b.err.code, 0);
+    else
+        assert_int_equal(b.err.code, r);
+    return r;
+}
+
+static int upsert(struct vd_store *s, uint64_t inc, struct vd_pid id, uint64_t version,
+                  float base, const char *payload)
+{
+    float v[4] = {base, base + 1, base + 2, base + 3};
+    return put(s, VD_WOP_UPSERT, inc, id, version, 1, v, 4, payload, NULL, NULL);
+}
+
+static int get(struct vd_store *s, uint64_t inc, struct vd_pid id, struct vd_point_view *pv,
+               struct vd_rtxn **t)
+{
+    assert_int_equal(vd_store_read_begin(s, t), 0);
+    return vd_store_point_get(*t, inc, &id, pv);
+}
+
+/* ---- tests --------------------------------------------------------------------------------- */
+
+static void test_crud(void **state)
+{
+    struct fx *f = *state;
+    struct vd_point_view pv;
+    struct vd_rtxn *t;
+    bool applied;
+    uint64_t seq;
+    float v[4] = {0.5f, -1.25f, 3e-7f, 1e30f};
+
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(7), 100, 1, v, 4, "{\"a\":1}", &applied,
+                         &seq), 0);
+    assert_true(applied);
+    assert_int_equal(seq, 1);
+    assert_int_equal(vd_store_last_seq(f->s), 1);
+
+    assert_int_equal(get(f->s, f->inc, num(7), &pv, &t), 0);
+    assert_false(pv.tombstone);
+    assert_int_equal(pv.dim, 4);
+    assert_memory_equal(pv.vec, v, sizeof v); /* bit-exact */
+    assert_int_equal(pv.version, 100);
+    assert_int_equal(pv.node, 1);
+    assert_int_equal(pv.seq, 1);
+    assert_int_equal(pv.payload_len, 7);
+    assert_memory_equal(pv.payload, "{\"a\":1}", 7);
+    struct vd_pid missing = num(8);
+    struct vd_point_view pv2;
+    assert_int_equal(vd_store_point_get(t, f->inc, &missing, &pv2), VD_ENOTFOUND);
+    /* The same id in another incarnation is another point. */
+    assert_int_equal(vd_store_point_get(t, f->inc + 1, &pv.id, &pv2), VD_ENOTFOUND);
+    vd_store_read_end(t);
+
+    /* Upsert without payload drops the old one. */
+    assert_int_equal(upsert(f->s, f->inc, num(7), 101, 9, NULL), 0);
+    assert_int_equal(get(f->s, f->inc, num(7), &pv, &t), 0);
+    assert_null(pv.payload);
+    assert_true(pv.vec[0] == 9 && pv.vec[3] == 12);
+    vd_store_read_end(t);
+
+    /* Set payload keeps the vector. */
+    assert_int_equal(put(f->s, VD_WOP_SET_PAYLOAD, f->inc, num(7), 102, 1, NULL, 0, "{\"b\":2}",
+                         &applied, &seq), 0);
+    assert_true(applied);
+    assert_int_equal(get(f->s, f->inc, num(7), &pv, &t), 0);
+    assert_true(pv.vec[0] == 9 && pv.vec[3] == 12);
+    assert_int_equal(pv.version, 102);
+    assert_int_equal(pv.seq, seq);
+    assert_memory_equal(pv.payload, "{\"b\":2}", 7);
+    vd_store_read_end(t);
+
+    /* Delete leaves a tombstone. */
+    assert_int_equal(put(f->s, VD_WOP_DELETE, f->inc, num(7), 103, 1, NULL, 0, NULL, &applied,
+                         &seq), 0);
+    assert_true(applied);
+    assert_int_equal(get(f->s, f->inc, num(7), &pv, &t), 0);
+    assert_true(pv.tombstone);
+    assert_null(pv.vec);
+    assert_null(pv.payload);
+    assert_int_equal(pv.version, 103);
+    vd_store_read_end(t);
+
+    /* Set payload on a deleted or absent point fails the batch. */
+    assert_int_equal(put(f->s, VD_WOP_SET_PAYLOAD, f->inc, num(7), 104, 1, NULL, 0, "{}", &applied,
+                         &seq), VD_ENOTFOUND);
+    assert_false(applied);
+    assert_int_equal(put(f->s, VD_WOP_SET_PAYLOAD, f->inc, num(99), 104, 1, NULL, 0, "{}",
+                         &applied, &seq), VD_ENOTFOUND);
+
+    /* Wrong dimension and unknown incarnation are refused with a message. */
+    struct vd_wop op = {.kind = VD_WOP_UPSERT, .incarnation = f->inc, .id = num(1),
+                        .version = 1, .vec = v, .dim = 3};
+    struct vd_wbatch b = {.ops = &op, .n = 1};
+    assert_int_equal(vd_store_write(f->s, &b), VD_EINVAL);
+    assert_non_null(strstr(b.err.msg, "expected 4"));
+    op.dim = 4;
+    op.incarnation = f->inc + 12345;
+    assert_int_equal(vd_store_write(f->s, &b), VD_ENOTFOUND);
+    assert_non_null(strstr(b.err.msg, "does not exist"));
+}
+
+static void test_lww(void **state)
+{
+    struct fx *f = *state;
+    struct vd_point_view pv;
+    struct vd_rtxn *t;
+    bool applied;
+    uint64_t seq;
+    float v[4] = {1, 2, 3, 4};
+    uint64_t last;
+
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(1), 50, 5, v, 4, NULL, &applied, &seq), 0);
+    assert_true(applied);
+    last = vd_store_last_seq(f->s);
+    /* Older version: skipped, no change counter. */
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(1), 49, 9, v, 4, NULL, &applied, &seq), 0);
+    assert_false(applied);
+    assert_int_equal(seq, 0);
+    /* Same version: the node id breaks the tie; the very same write is idempotent. */
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(1), 50, 4, v, 4, NULL, &applied, &seq), 0);
+    assert_false(applied);
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(1), 50, 5, v, 4, NULL, &applied, &seq), 0);
+    assert_false(applied);
+    assert_int_equal(vd_store_last_seq(f->s), last);
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(1), 50, 6, v, 4, "{}", &applied, &seq), 0);
+    assert_true(applied);
+    assert_int_equal(seq, last + 1);
+
+    /* An older delete does not remove a newer point. */
+    assert_int_equal(put(f->s, VD_WOP_DELETE, f->inc, num(1), 40, 9, NULL, 0, NULL, &applied, &seq), 0);
+    assert_false(applied);
+    assert_int_equal(get(f->s, f->inc, num(1), &pv, &t), 0);
+    assert_false(pv.tombstone);
+    assert_int_equal(pv.node, 6);
+    vd_store_read_end(t);
+
+    /* A delete of a never-seen id still leaves a tombstone, so a late older upsert cannot
+     * resurrect it; a newer one can. */
+    assert_int_equal(put(f->s, VD_WOP_DELETE, f->inc, num(2), 60, 1, NULL, 0, NULL, &applied, &seq), 0);
+    assert_true(applied);
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(2), 59, 1, v, 4, NULL, &applied, &seq), 0);
+    assert_false(applied);
+    assert_int_equal(get(f->s, f->inc, num(2), &pv, &t), 0);
+    assert_true(pv.tombstone);
+    vd_store_read_end(t);
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(2), 61, 1, v, 4, NULL, &applied, &seq), 0);
+    assert_true(applied);
+    assert_int_equal(get(f->s, f->inc, num(2), &pv, &t), 0);
+    assert_false(pv.tombstone);
+    vd_store_read_end(t);
+}
+
+struct collect {
+    struct vd_pid ids[64];
+    bool tomb[64];
+    size_t n;
+    size_t stop_after;
+};
+
+static int collect_fn(const struct vd_point_view *p, void *ctx)
+{
+    struct collect *c = ctx;
+    c->ids[c->n] = p->id;
+    c->tomb[c->n] = p->tombstone;
+    if (!p->tombstone) {
+        /* Every vector is readable as floats (alignment) and matches what was written. */
+        assert_int_equal(p->dim, 4);
+        assert_true(p->vec[1] == p->vec[0] + 1);
+    }
+    c->n++;
+    return c->stop_after && c->n == c->stop_after ? 77 : 0;
+}
+
+static void test_scan(void **state)
+{
+    struct fx *f = *state;
+    uint64_t inc2;
+    assert_int_equal(create_coll(f->s, "other", 4, &inc2), 0);
+    assert_int_equal(upsert(f->s, f->inc, uuid(0x01), 1, 1, NULL), 0);
+    assert_int_equal(upsert(f->s, f->inc, num(UINT64_MAX), 1, 2, "{\"x\":1}"), 0);
+    assert_int_equal(upsert(f->s, f->inc, num(5), 1, 3, NULL), 0);
+    assert_int_equal(upsert(f->s, f->inc, num(1), 1, 4, NULL), 0);
+    assert_int_equal(upsert(f->s, f->inc, num(3), 1, 5, NULL), 0);
+    assert_int_equal(put(f->s, VD_WOP_DELETE, f->inc, num(3), 2, 1, NULL, 0, NULL, NULL, NULL), 0);
+    assert_int_equal(upsert(f->s, inc2, num(2), 1, 6, NULL), 0);
+
+    struct vd_rtxn *t;
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    struct collect c = {0};
+    assert_int_equal(vd_store_scan(t, f->inc, NULL, false, collect_fn, &c), 0);
+    assert_int_equal(c.n, 4); /* integers in order, then the UUID; tombstone hidden */
+    assert_int_equal(c.ids[0].u.num, 1);
+    assert_int_equal(c.ids[1].u.num, 5);
+    assert_true(c.ids[2].u.num == UINT64_MAX);
+    assert_int_equal(c.ids[3].type, VD_PID_UUID);
+
+    memset(&c, 0, sizeof c);
+    assert_int_equal(vd_store_scan(t, f->inc, NULL, true, collect_fn, &c), 0);
+    assert_int_equal(c.n, 5);
+    assert_int_equal(c.ids[1].u.num, 3);
+    assert_true(c.tomb[1]);
+
+    memset(&c, 0, sizeof c);
+    struct vd_pid from = num(4); /* inclusive lower bound, need not exist */
+    assert_int_equal(vd_store_scan(t, f->inc, &from, false, collect_fn, &c), 0);
+    assert_int_equal(c.n, 3);
+    assert_int_equal(c.ids[0].u.num, 5);
+
+    memset(&c, 0, sizeof c);
+    from = num(5);
+    c.stop_after = 2;
+    assert_int_equal(vd_store_scan(t, f->inc, &from, false, collect_fn, &c), 77);
+    assert_int_equal(c.n, 2);
+    assert_true(c.ids[1].u.num == UINT64_MAX);
+
+    memset(&c, 0, sizeof c);
+    from = uuid(0x01);
+    assert_int_equal(vd_store_scan(t, f->inc, &from, false, collect_fn, &c), 0);
+    assert_int_equal(c.n, 1);
+
+    memset(&c, 0, sizeof c);
+    assert_int_equal(vd_store_scan(t, inc2, NULL, true, collect_fn, &c), 0);
+    assert_int_equal(c.n, 1);
+    assert_int_equal(c.ids[0].u.num, 2);
+    vd_store_read_end(t);
+}
+
+static int count_fn(const struct vd_point_view *p, void *ctx)
+{
+    (*(size_t *)ctx)++;
+    return 0;
+}
+
+static size_t count_points(struct vd_store *s, uint64_t inc, bool tomb)
+{
+    struct vd_rtxn *t;
+    size_t n = 0;
+    assert_int_equal(vd_store_read_begin(s, &t), 0);
+    assert_int_equal(vd_store_scan(t, inc, NULL, tomb, count_fn, &n), 0);
+    vd_store_read_end(t);
+    return n;
+}
+
+struct names {
+    char name[8][256];
+    uint64_t inc[8];
+    size_t n;
+};
+
+static int names_fn(const struct vd_coll_schema *c, void *ctx)
+{
+    struct names *n = ctx;
+    snprintf(n->name[n->n], 256, "%s", c->name);
+    n->inc[n->n++] = c->incarnation;
+    return 0;
+}
+
+static void test_collections(void **state)
+{
+    struct fx *f = *state;
+    uint64_t inc_b, inc_b2;
+    assert_int_equal(create_coll(f->s, "c", 8, NULL), VD_EEXIST);
+    assert_int_equal(create_coll(f->s, "bad name", 8, NULL), VD_ERANGE);
+    assert_int_equal(create_coll(f->s, "zero", 0, NULL), VD_ERANGE);
+    assert_int_equal(create_coll(f->s, "b", 1536, &inc_b), 0);
+    assert_true(inc_b != f->inc);
+
+    struct vd_rtxn *t;
+    struct vd_coll_schema sc;
+    struct names n = {0};
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    assert_int_equal(vd_store_coll_list(t, names_fn, &n), 0);
+    assert_int_equal(n.n, 2);
+    assert_string_equal(n.name[0], "b");
+    assert_string_equal(n.name[1], "c");
+    assert_int_equal(vd_store_coll_get(t, "b", &sc), 0);
+    assert_int_equal(sc.dim, 1536);
+    assert_int_equal(sc.metric, VD_METRIC_DOT);
+    assert_int_equal(sc.hnsw_m, 16);
+    assert_int_equal(sc.hnsw_ef_construct, 100);
+    assert_int_equal(sc.incarnation, inc_b);
+    assert_int_equal(vd_store_coll_get(t, "nope", &sc), VD_ENOTFOUND);
+    vd_store_read_end(t);
+
+    /* Fill "b" with more points than one purge chunk holds. */
+    size_t npts = small_scale() ? 700 : 1500;
+    float *v = calloc(1536, sizeof(float));
+    struct vd_wop *ops = calloc(npts, sizeof *ops);
+    for (size_t i = 0; i < npts; i++) {
+        ops[i] = (struct vd_wop){.kind = VD_WOP_UPSERT, .incarnation = inc_b, .id = num(i),
+                                 .version = 1, .vec = v, .dim = 1536, .payload = "{}",
+                                 .payload_len = 2};
+    }
+    struct vd_wbatch b = {.ops = ops, .n = npts};
+    assert_int_equal(vd_store_write(f->s, &b), 0);
+    assert_int_equal(count_points(f->s, inc_b, true), npts);
+
+    assert_int_equal(drop_coll(f->s, "b"), 0);
+    assert_int_equal(drop_coll(f->s, "b"), VD_ENOTFOUND);
+    /* Writes to the dead incarnation are refused. */
+    assert_int_equal(upsert(f->s, inc_b, num(1), 5, 0, NULL), VD_ENOTFOUND);
+    assert_int_equal(create_coll(f->s, "b", 4, &inc_b2), 0);
+    assert_true(inc_b2 != inc_b);
+    assert_int_equal(count_points(f->s, inc_b2, true), 0); /* recreated empty */
+    assert_int_equal(upsert(f->s, inc_b2, num(1), 1, 0, NULL), 0);
+
+    assert_int_equal(vd_store_purge_wait(f->s, 30000), 0);
+    struct vd_store_counters ctr;
+    vd_store_counters(f->s, &ctr);
+    assert_int_equal(ctr.purges_pending, 0);
+    assert_int_equal(ctr.purged_points, npts);
+    assert_int_equal(count_points(f->s, inc_b, true), 0);
+    assert_int_equal(count_points(f->s, inc_b2, true), 1);
+    assert_int_equal(count_points(f->s, f->inc, true), 0);
+
+    /* A caller-chosen incarnation already used is refused. */
+    struct vd_coll_schema c = {.dim = 4, .metric = VD_METRIC_COSINE, .incarnation = inc_b2};
+    snprintf(c.name, sizeof c.name, "dup");
+    struct vd_wop op = {.kind = VD_WOP_COLL_CREATE, .schema = &c};
+    struct vd_wbatch b1 = {.ops = &op, .n = 1};
+    assert_int_equal(vd_store_write(f->s, &b1), VD_EEXIST);
+    c.incarnation = 424242;
+    assert_int_equal(vd_store_write(f->s, &b1), 0);
+    assert_int_equal(c.incarnation, 424242);
+    free(ops);
+    free(v);
+}
+
+struct changes {
+    uint64_t seq[64], inc[64];
+    struct vd_pid id[64];
+    size_t n;
+};
+
+static int changes_fn(uint64_t inc, const struct vd_pid *id, uint64_t seq, void *ctx)
+{
+    struct changes *c = ctx;
+    c->inc[c->n] = inc;
+    c->id[c->n] = *id;
+    c->seq[c->n++] = seq;
+    return 0;
+}
+
+static void test_changes(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(upsert(f->s, f->inc, num(10), 5, 0, NULL), 0);           /* seq 1 */
+    assert_int_equal(upsert(f->s, f->inc, num(11), 5, 0, NULL), 0);           /* seq 2 */
+    assert_int_equal(upsert(f->s, f->inc, num(10), 4, 0, NULL), 0);           /* skipped */
+    assert_int_equal(put(f->s, VD_WOP_DELETE, f->inc, num(10), 6, 1, NULL, 0, NULL, NULL, NULL),
+                     0);                                                       /* seq 3 */
+    assert_int_equal(upsert(f->s, f->inc, uuid(9), 5, 0, NULL), 0);           /* seq 4 */
+    struct vd_rtxn *t;
+    struct changes c = {0};
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    assert_int_equal(vd_store_changes_since(t, 0, changes_fn, &c), 0);
+    assert_int_equal(c.n, 4);
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(c.seq[i], i + 1);
+        assert_int_equal(c.inc[i], f->inc);
+    }
+    assert_int_equal(c.id[2].u.num, 10);
+    assert_int_equal(c.id[3].type, VD_PID_UUID);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(vd_store_changes_since(t, 2, changes_fn, &c), 0);
+    assert_int_equal(c.n, 2);
+    assert_int_equal(c.seq[0], 3);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(vd_store_changes_since(t, 4, changes_fn, &c), 0);
+    assert_int_equal(c.n, 0);
+    vd_store_read_end(t);
+    assert_int_equal(vd_store_last_seq(f->s), 4);
+}
+
+/* A failing batch does not fail the others committed in the same group, and its partial work
+ * is not visible. */
+struct done_rec {
+    int status;
+    int calls;
+};
+
+static void done_fn(struct vd_wbatch *b, int status, void *ctx)
+{
+    struct done_rec *d = ctx;
+    d->status = status;
+    d->calls++;
+}
+
+static void test_batch_atomic(void **state)
+{
+    struct fx *f = *state;
+    float v[4] = {1, 2, 3, 4};
+    struct vd_wop good1[2] = {
+        {.kind = VD_WOP_UPSERT, .incarnation = f->inc, .id = num(1), .version = 1, .vec = v, .dim = 4},
+        {.kind = VD_WOP_UPSERT, .incarnation = f->inc, .id = num(2), .version = 1, .vec = v, .dim = 4}};
+    struct vd_wop bad[2] = {
+        {.kind = VD_WOP_UPSERT, .incarnation = f->inc, .id = num(3), .version = 1, .vec = v, .dim = 4},
+        {.kind = VD_WOP_UPSERT, .incarnation = f->inc, .id = num(4), .version = 1, .vec = v, .dim = 2}};
+    struct vd_wop good2 = {.kind = VD_WOP_UPSERT, .incarnation = f->inc, .id = num(5),
+                           .version = 1, .vec = v, .dim = 4};
+    struct done_rec d1 = {0}, d2 = {0}, d3 = {0};
+    struct vd_wbatch b1 = {.ops = good1, .n = 2, .done = done_fn, .ctx = &d1};
+    struct vd_wbatch b2 = {.ops = bad, .n = 2, .done = done_fn, .ctx = &d2};
+    struct vd_wbatch b3 = {.ops = &good2, .n = 1, .done = done_fn, .ctx = &d3};
+    assert_int_equal(vd_store_submit(f->s, &b1), 0);
+    assert_int_equal(vd_store_submit(f->s, &b2), 0);
+    assert_int_equal(vd_store_write(f->s, &b3), 0); /* the queue is FIFO: b1, b2 are done too */
+    assert_int_equal(d1.calls, 1);
+    assert_int_equal(d1.status, 0);
+    assert_int_equal(d2.calls, 1);
+    assert_int_equal(d2.status, VD_EINVAL);
+    assert_non_null(strstr(b2.err.msg, "operation 1"));
+    assert_false(bad[0].applied);
+    assert_int_equal(bad[0].seq, 0);
+    assert_int_equal(d3.calls, 1);
+    assert_int_equal(d3.status, 0);
+    assert_true(good1[0].applied && good1[1].applied && good2.applied);
+    /* Sequence numbers stay dense: the failed batch's counters were given back. */
+    assert_int_equal(good1[0].seq + 1, good1[1].seq);
+    assert_int_equal(good1[1].seq + 1, good2.seq);
+    struct vd_point_view pv;
+    struct vd_rtxn *t;
+    assert_int_equal(get(f->s, f->inc, num(3), &pv, &t), VD_ENOTFOUND);
+    vd_store_read_end(t);
+    assert_int_equal(count_points(f->s, f->inc, true), 3);
+}
+
+static void test_restart(void **state)
+{
+    struct fx *f = *state;
+    uint64_t node = vd_store_node_id(f->s);
+    assert_true(node != 0);
+    assert_int_equal(upsert(f->s, f->inc, num(1), 7, 1, "{\"k\":\"v\"}"), 0);
+    assert_int_equal(upsert(f->s, f->inc, num(2), 7, 2, NULL), 0);
+    assert_int_equal(put(f->s, VD_WOP_DELETE, f->inc, num(2), 8, 1, NULL, 0, NULL, NULL, NULL), 0);
+    /* A deleted collection with many points whose purge has not finished at close. */
+    uint64_t inc_d;
+    assert_int_equal(create_coll(f->s, "d", 4, &inc_d), 0);
+    size_t npts = 3000;
+    float v[4] = {0};
+    struct vd_wop *ops = calloc(npts, sizeof *ops);
+    for (size_t i = 0; i < npts; i++)
+        ops[i] = (struct vd_wop){.kind = VD_WOP_UPSERT, .incarnation = inc_d, .id = num(i),
+                                 .version = 1, .vec = v, .dim = 4};
+    struct vd_wbatch b = {.ops = ops, .n = npts};
+    assert_int_equal(vd_store_write(f->s, &b), 0);
+    free(ops);
+    assert_int_equal(drop_coll(f->s, "d"), 0);
+    uint64_t seq = vd_store_last_seq(f->s);
+    vd_store_close(f->s);
+
+    f->s = open_store(f->dir, true, 0);
+    assert_int_equal(vd_store_node_id(f->s), node);
+    assert_int_equal(vd_store_last_seq(f->s), seq);
+    struct vd_point_view pv;
+    struct vd_rtxn *t;
+    assert_int_equal(get(f->s, f->inc, num(1), &pv, &t), 0);
+    assert_int_equal(pv.version, 7);
+    assert_true(pv.vec[0] == 1);
+    assert_memory_equal(pv.payload, "{\"k\":\"v\"}", pv.payload_len);
+    struct vd_pid two = num(2);
+    assert_int_equal(vd_store_point_get(t, f->inc, &two, &pv), 0);
+    assert_true(pv.tombstone);
+    struct vd_coll_schema sc;
+    assert_int_equal(vd_store_coll_get(t, "c", &sc), 0);
+    assert_int_equal(sc.incarnation, f->inc);
+    assert_int_equal(vd_store_coll_get(t, "d", &sc), VD_ENOTFOUND);
+    vd_store_read_end(t);
+    /* The purge resumes after restart and the counter keeps counting up. */
+    assert_int_equal(vd_store_purge_wait(f->s, 30000), 0);
+    assert_int_equal(count_points(f->s, inc_d, true), 0);
+    bool applied;
+    uint64_t s2;
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(3), 1, 1, v, 4, NULL, &applied, &s2), 0);
+    assert_int_equal(s2, seq + 1);
+}
+
+static void test_lock(void **state)
+{
+    struct fx *f = *state;
+    struct vd_store_opts o = {.dir = f->dir, .no_sync = true};
+    struct vd_store *s2 = NULL;
+    struct vd_err e = {0};
+    assert_int_equal(vd_store_open(&o, &s2, &e), VD_EBUSY);
+    assert_null(s2);
+    assert_non_null(strstr(e.msg, f->dir));
+    /* Another process too. */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct vd_err ce = {0};
+        struct vd_store *cs = NULL;
+        int r = vd_store_open(&o, &cs, &ce);
+        _exit(r == VD_EBUSY && strstr(ce.msg, f->dir) ? 0 : 1);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    /* Released on close. */
+    vd_store_close(f->s);
+    f->s = open_store(f->dir, true, 0);
+    assert_int_equal(vd_store_open(&o, &s2, &e), VD_EBUSY);
+}
+
+/* A small initial map forces MDB_MAP_FULL; the writer grows the map and no write fails. */
+static void test_map_growth(void **state)
+{
+    char dir[256];
+    make_dir(dir, sizeof dir);
+    struct vd_store *s = open_store(dir, true, 1 << 20);
+    uint64_t inc;
+    assert_int_equal(create_coll(s, "big", 1536, &inc), 0);
+    float *v = calloc(1536, sizeof(float));
+    struct vd_wop ops[32];
+    int nb = small_scale() ? 8 : 20;
+    for (int b = 0; b < nb; b++) {
+        for (int i = 0; i < 32; i++) {
+            v[0] = (float)(b * 32 + i);
+            ops[i] = (struct vd_wop){.kind = VD_WOP_UPSERT, .incarnation = inc,
+                                     .id = num((uint64_t)(b * 32 + i)), .version = 1, .vec = v,
+                                     .dim = 1536};
+        }
+        struct vd_wbatch wb = {.ops = ops, .n = 32};
+        assert_int_equal(vd_store_write(s, &wb), 0);
+    }
+    struct vd_store_counters ctr;
+    vd_store_counters(s, &ctr);
+    assert_true(ctr.map_grows > 0);
+    assert_true(ctr.map_size > (1 << 20));
+    assert_int_equal(count_points(s, inc, false), (size_t)nb * 32);
+    uint64_t fb, ub;
+    assert_int_equal(vd_store_stats(s, &fb, &ub), 0);
+    assert_true(fb >= (uint64_t)nb * 32 * 6144);
+    assert_true(ub <= fb);
+    vd_store_close(s);
+    /* Reopening with the small size keeps the larger map LMDB recorded. */
+    s = open_store(dir, true, 1 << 20);
+    assert_int_equal(count_points(s, inc, false), (size_t)nb * 32);
+    vd_store_close(s);
+    rm_rf(dir);
+    free(v);
+}
+
+static void test_closed(void **state)
+{
+    char dir[256];
+    make_dir(dir, sizeof dir);
+    struct vd_store *s = open_store(dir, true, 0);
+    uint64_t inc;
+    assert_int_equal(create_coll(s, "c", 4, &inc), 0);
+    /* Batches queued before close are committed by it. */
+    float v[4] = {1, 2, 3, 4};
+    enum { N = 16 };
+    struct vd_wop ops[N];
+    struct vd_wbatch bs[N];
+    struct done_rec d[N];
+    memset(d, 0, sizeof d);
+    for (int i = 0; i < N; i++) {
+        ops[i] = (struct vd_wop){.kind = VD_WOP_UPSERT, .incarnation = inc, .id = num(i),
+                                 .version = 1, .vec = v, .dim = 4};
+        bs[i] = (struct vd_wbatch){.ops = &ops[i], .n = 1, .done = done_fn, .ctx = &d[i]};
+        assert_int_equal(vd_store_submit(s, &bs[i]), 0);
+    }
+    vd_store_close(s);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(d[i].calls, 1);
+        assert_int_equal(d[i].status, 0);
+    }
+    s = open_store(dir, true, 0);
+    assert_int_equal(count_points(s, inc, false), N);
+    vd_store_close(s);
+    rm_rf(dir);
+}
+
+/* Figure, not assertion: points/s for batches of 256 × 1536-d points with and without fsync. */
+static void bench_one(bool no_sync)
+{
+    char dir[256];
+    make_dir(dir, sizeof dir);
+    struct vd_store *s = open_store(dir, no_sync, 0);
+    uint64_t inc;
+    assert_int_equal(create_coll(s, "bench", 1536, &inc), 0);
+    enum { B = 256, D = 1536 };
+    int nb = small_scale() ? 4 : 40;
+    float *vec = malloc((size_t)B * D * sizeof(float));
+    struct vd_wop *ops = calloc(B, sizeof *ops);
+    uint64_t rnd = 42;
+    for (size_t i = 0; i < (size_t)B * D; i++) {
+        rnd = rnd * 6364136223846793005ull + 1442695040888963407ull;
+        vec[i] = (float)((rnd >> 40) & 0xffff) / 65536.0f - 0.5f;
+    }
+    const char *payload = "{\"text\":\"a chunk of a document of some length, as stored with "
+                          "embeddings\",\"source\":\"doc-1\",\"page\":3}";
+    uint64_t t0 = vd_mono_ns();
+    for (int b = 0; b < nb; b++) {
+        for (int i = 0; i < B; i++)
+            ops[i] = (struct vd_wop){.kind = VD_WOP_UPSERT, .incarnation = inc,
+                                     .id = num((uint64_t)b * B + (uint64_t)i), .version = 1,
+                                     .vec = vec + (size_t)i * D, .dim = D, .payload = payload,
+                                     .payload_len = strlen(payload)};
+        struct vd_wbatch wb = {.ops = ops, .n = B};
+        assert_int_equal(vd_store_write(s, &wb), 0);
+    }
+    double secs = (double)(vd_mono_ns() - t0) / 1e9;
+    double pts = (double)nb * B;
+    printf("store write: %d batches of %d x %d-d points, %s: %.0f points/s (%.1f MB/s of vectors, "
+           "%.2f ms per batch)\n",
+           nb, B, D, no_sync ? "no fsync" : "fsync per commit", pts / secs,
+           pts * D * 4 / secs / 1e6, secs * 1e3 / nb);
+    vd_store_close(s);
+    rm_rf(dir);
+    free(ops);
+    free(vec);
+}
+
+static void test_bench_write(void **state)
+{
+    bench_one(false);
+    bench_one(true);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_crud, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lww, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_collections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_changes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_atomic, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+        cmocka_unit_test(test_map_growth),
+        cmocka_unit_test(test_closed),
+        cmocka_unit_test(test_bench_write),
+    };
+    vd_log_set_level(VD_LOG_WARN);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
