@@ -127,6 +127,12 @@ int vd_db_get_vector(struct vd_coll *c, const struct vd_pid *id, float *out);
 int vd_db_scroll_json(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
                       const struct vd_filter *f, const struct vd_db_with *w, struct vd_buf *out,
                       struct vd_pid *next, bool *has_next, struct vd_err *err);
+/* Export page: like scroll, but appends one NDJSON line per point:
+ * {"id": …, "vector": [… shortest round-trip floats …], "payload": {…}} (payload omitted when
+ * the point has none). */
+int vd_db_export_ndjson(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                        const struct vd_filter *f, struct vd_buf *out, struct vd_pid *next,
+                        bool *has_next, struct vd_err *err);
 /* Exact number of live points matching f (NULL = all). */
 int vd_db_count(struct vd_coll *c, const struct vd_filter *f, uint64_t *out);
 

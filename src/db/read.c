@@ -230,6 +230,7 @@ struct scroll_ctx {
     uint32_t limit, emitted;
     struct vd_pid *next;
     bool *has_next;
+    bool ndjson; /* export lines instead of a JSON array of records */
 };
 
 static int scroll_cb(const struct vd_point_view *v, void *arg)
@@ -245,10 +246,49 @@ static int scroll_cb(const struct vd_point_view *v, void *arg)
         *s->has_next = true;
         return 1;
     }
-    if (s->emitted)
-        vd_buf_puts(s->out, ",");
-    put_record(s->out, v, s->w);
+    if (s->ndjson) {
+        vd_buf_puts(s->out, "{\"id\":");
+        vd_buf_json_pid(s->out, &v->id);
+        vd_buf_puts(s->out, ",\"vector\":");
+        vd_buf_json_floats(s->out, v->vec, v->dim);
+        if (v->payload && v->payload_len) {
+            vd_buf_puts(s->out, ",\"payload\":");
+            vd_buf_append(s->out, v->payload, v->payload_len);
+        }
+        vd_buf_puts(s->out, "}\n");
+    } else {
+        if (s->emitted)
+            vd_buf_puts(s->out, ",");
+        put_record(s->out, v, s->w);
+    }
     s->emitted++;
+    return 0;
+}
+
+static int scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                  const struct vd_filter *f, const struct vd_db_with *w, struct vd_buf *out,
+                  struct vd_pid *next, bool *has_next, bool ndjson, struct vd_err *err)
+{
+    struct vd_rtxn *t;
+    int rc = vd_store_read_begin(c->db->store, &t);
+    if (rc)
+        return vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
+    *has_next = false;
+    struct scroll_ctx s = {c, f, w, out, limit, 0, next, has_next, ndjson};
+    if (!ndjson)
+        vd_buf_puts(out, "[");
+    if (f)
+        pthread_rwlock_rdlock(&c->plock);
+    rc = vd_store_scan(t, c->schema.incarnation, from, false, scroll_cb, &s);
+    if (f)
+        pthread_rwlock_unlock(&c->plock);
+    if (!ndjson)
+        vd_buf_puts(out, "]");
+    vd_store_read_end(t);
+    if (rc < 0)
+        return vd_errf(err, rc, "scroll failed: %s", vd_strerror(rc));
+    if (!vd_buf_ok(out))
+        return vd_errf(err, VD_ENOMEM, "out of memory building the reply");
     return 0;
 }
 
@@ -256,25 +296,15 @@ int vd_db_scroll_json(struct vd_coll *c, const struct vd_pid *from, uint32_t lim
                       const struct vd_filter *f, const struct vd_db_with *w, struct vd_buf *out,
                       struct vd_pid *next, bool *has_next, struct vd_err *err)
 {
-    struct vd_rtxn *t;
-    int rc = vd_store_read_begin(c->db->store, &t);
-    if (rc)
-        return vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
-    *has_next = false;
-    struct scroll_ctx s = {c, f, w, out, limit, 0, next, has_next};
-    vd_buf_puts(out, "[");
-    if (f)
-        pthread_rwlock_rdlock(&c->plock);
-    rc = vd_store_scan(t, c->schema.incarnation, from, false, scroll_cb, &s);
-    if (f)
-        pthread_rwlock_unlock(&c->plock);
-    vd_buf_puts(out, "]");
-    vd_store_read_end(t);
-    if (rc < 0)
-        return vd_errf(err, rc, "scroll failed: %s", vd_strerror(rc));
-    if (!vd_buf_ok(out))
-        return vd_errf(err, VD_ENOMEM, "out of memory building the reply");
-    return 0;
+    return scroll(c, from, limit, f, w, out, next, has_next, false, err);
+}
+
+int vd_db_export_ndjson(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                        const struct vd_filter *f, struct vd_buf *out, struct vd_pid *next,
+                        bool *has_next, struct vd_err *err)
+{
+    struct vd_db_with w = {.payload = true, .vector = true};
+    return scroll(c, from, limit, f, &w, out, next, has_next, true, err);
 }
 
 int vd_db_count(struct vd_coll *c, const struct vd_filter *f, uint64_t *out)
