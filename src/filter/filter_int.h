@@ -1,0 +1,186 @@
+/*
+ * Internals of the filter module shared by filter.c (compiling), eval.c (evaluating) and
+ * payload.c (the binary payload form). Nothing outside src/filter includes this.
+ */
+#ifndef VECTORD_FILTER_INT_H
+#define VECTORD_FILTER_INT_H
+
+#include <string.h>
+
+#include "vectord/filter.h"
+
+/* ---- binary payload format ------------------------------------------------------------------
+ * All integers little-endian. A buffer is VD__PAYLOAD_VERSION then one value (the payload
+ * object). A value is a tag byte followed by:
+ *   NULL, FALSE, TRUE   nothing
+ *   INT                 int64
+ *   DBL                 float64 (IEEE bits)
+ *   STR                 u32 length, bytes (not NUL-terminated)
+ *   ARR                 u32 count, u32 body length, the elements back to back
+ *   OBJ                 u32 count, u32 body length, then the body: a table of `count` entries
+ *                       {u32 key offset, u32 key length, u32 value offset} (offsets from the
+ *                       body start) sorted by key bytes (memcmp, shorter first on a tie), then
+ *                       key bytes and values.
+ * Containers record their body length so a reader skips one in O(1). */
+#define VD__PAYLOAD_VERSION 1
+enum {
+    VD__PT_NULL = 0,
+    VD__PT_FALSE = 1,
+    VD__PT_TRUE = 2,
+    VD__PT_INT = 3,
+    VD__PT_DBL = 4,
+    VD__PT_STR = 5,
+    VD__PT_ARR = 6,
+    VD__PT_OBJ = 7,
+};
+#define VD__OBJ_ENTRY 12u
+
+static inline uint32_t vd__le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline uint64_t vd__le64(const uint8_t *p)
+{
+    return (uint64_t)vd__le32(p) | ((uint64_t)vd__le32(p + 4) << 32);
+}
+
+/* ---- a payload value seen through either backend (cJSON tree or binary form) ---------------- */
+enum { VD__FV_NULL, VD__FV_BOOL, VD__FV_INT, VD__FV_DBL, VD__FV_STR, VD__FV_ARR, VD__FV_OBJ };
+
+struct vd__fv {
+    uint8_t t;            /* VD__FV_* */
+    bool b;               /* BOOL */
+    int64_t i;            /* INT */
+    double d;             /* DBL (and INT converted, for ranges) */
+    const char *s;        /* STR bytes, borrowed */
+    uint32_t slen;
+    uint32_t n;           /* ARR / OBJ element count */
+    const cJSON *cj;      /* ARR / OBJ node when the backend is cJSON, else NULL */
+    const uint8_t *body;  /* ARR / OBJ body when the backend is binary, else NULL */
+};
+
+/* Classifies a cJSON number: true and *i set when it is an integer (see vd_payload_encode for
+ * the rule), false otherwise; *d always gets its double value. */
+bool vd__filter_num_is_int(const cJSON *n, int64_t *i, double *d);
+
+/* Views of values; decoding a scalar is done eagerly (it is cheap), containers lazily. */
+void vd__fv_from_cjson(const cJSON *c, struct vd__fv *out);
+/* p points at a tag byte of a well-formed buffer; returns the pointer just past the value. */
+const uint8_t *vd__fv_from_bin(const uint8_t *p, struct vd__fv *out);
+
+struct vd__fv_iter {
+    const cJSON *c;
+    const uint8_t *p;
+    uint32_t left;
+};
+static inline void vd__fv_iter_init(const struct vd__fv *arr, struct vd__fv_iter *it)
+{
+    it->c = arr->cj ? arr->cj->child : NULL;
+    it->p = arr->body;
+    it->left = arr->n;
+}
+static inline bool vd__fv_iter_next(struct vd__fv_iter *it, struct vd__fv *out)
+{
+    if (it->p) {
+        if (it->left == 0)
+            return false;
+        it->left--;
+        it->p = vd__fv_from_bin(it->p, out);
+        return true;
+    }
+    if (!it->c)
+        return false;
+    vd__fv_from_cjson(it->c, out);
+    it->c = it->c->next;
+    return true;
+}
+/* Finds key (len bytes; key[len] must be NUL for the cJSON backend) in an object view. */
+bool vd__fv_obj_find(const struct vd__fv *obj, const char *key, uint32_t len, struct vd__fv *out);
+
+/* ---- compiled filters ------------------------------------------------------------------------ */
+enum { VD__SEG_KEY, VD__SEG_ALL, VD__SEG_INDEX };
+struct vd__seg {
+    uint8_t kind;
+    uint32_t len;  /* KEY: name length */
+    uint32_t idx;  /* INDEX */
+    char *name;    /* KEY: NUL-terminated copy */
+};
+struct vd__path {
+    const char *text; /* the key as written (owned by the filter's key list) */
+    uint32_t nseg;
+    struct vd__seg *segs;
+};
+
+enum {
+    VD__C_FILTER,   /* nested must/should/must_not/min_should */
+    VD__C_FIELD,    /* key + match / range / is_empty / is_null */
+    VD__C_IS_EMPTY, /* {"is_empty": {"key": k}} */
+    VD__C_IS_NULL,  /* {"is_null": {"key": k}} */
+    VD__C_HAS_ID,
+};
+enum {
+    VD__M_NONE,
+    VD__M_STR,
+    VD__M_INT,
+    VD__M_BOOL,
+    VD__M_ANY_STR,
+    VD__M_ANY_INT,
+    VD__M_EXCEPT_STR,
+    VD__M_EXCEPT_INT,
+    VD__M_TEXT,
+};
+struct vd__str {
+    const char *s;
+    uint32_t len;
+};
+
+struct vd__cond;
+struct vd__clause {
+    bool present;
+    uint32_t n;
+    struct vd__cond **c;
+};
+
+struct vd__cond {
+    uint8_t kind;
+    union {
+        struct {
+            struct vd__clause must, should, must_not, min_should;
+            uint32_t min_count;
+        } f;
+        struct {
+            struct vd__path path;
+            uint8_t match;     /* VD__M_* */
+            int8_t is_empty;   /* -1 absent, else 0/1 */
+            int8_t is_null;
+            bool has_range;
+            bool gt_set, gte_set, lt_set, lte_set;
+            double gt, gte, lt, lte;
+            /* match operands: one string / int / bool, or a sorted set */
+            struct vd__str str;
+            int64_t ival;
+            bool bval;
+            uint32_t nset;
+            struct vd__str *strs; /* sorted by (len, bytes) */
+            int64_t *ints;        /* sorted */
+            char *strbuf;         /* owns the bytes of str / strs */
+        } fc;
+        struct {
+            struct vd__path path;
+        } k;
+        struct {
+            uint32_t n;
+            struct vd_pid *ids; /* sorted by vd_pid_cmp */
+        } ids;
+    } u;
+};
+
+struct vd_filter {
+    struct vd__cond *root; /* a VD__C_FILTER */
+    uint32_t nkeys;
+    char **keys;           /* distinct keys in first-seen order */
+};
+
+bool vd__filter_eval(const struct vd__cond *c, const struct vd_pid *id, const struct vd__fv *root);
+
+#endif

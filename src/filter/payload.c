@@ -1,0 +1,513 @@
+/*
+ * The binary payload form (layout in filter_int.h): encoding from cJSON, validation of bytes
+ * read back from elsewhere, decoding to cJSON, and the value views the evaluator reads through.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "filter_int.h"
+
+/* Integers above 2^53 lose digits in a double, so when the strict parser left the literal text
+ * we read integers from it; plain cJSON trees only have the double. */
+bool vd__filter_num_is_int(const cJSON *n, int64_t *i, double *d)
+{
+    *d = n->valuedouble;
+    const char *lit = n->valuestring;
+    if (lit && *lit) {
+        for (const char *q = lit; *q; q++)
+            if (*q == '.' || *q == 'e' || *q == 'E')
+                return false;
+        errno = 0;
+        char *end;
+        long long v = strtoll(lit, &end, 10);
+        if (errno || *end)
+            return false; /* beyond int64: Qdrant cannot read it as an integer either */
+        *i = (int64_t)v;
+        *d = (double)v;
+        return true;
+    }
+    double v = n->valuedouble;
+    if (!(v >= -9223372036854775808.0 && v < 9223372036854775808.0) || v != floor(v))
+        return false;
+    *i = (int64_t)v;
+    return true;
+}
+
+void vd__fv_from_cjson(const cJSON *c, struct vd__fv *out)
+{
+    out->cj = NULL;
+    out->body = NULL;
+    switch (c->type & 0xff) {
+    case cJSON_False:
+    case cJSON_True:
+        out->t = VD__FV_BOOL;
+        out->b = (c->type & 0xff) == cJSON_True;
+        return;
+    case cJSON_Number:
+        out->t = vd__filter_num_is_int(c, &out->i, &out->d) ? VD__FV_INT : VD__FV_DBL;
+        return;
+    case cJSON_String:
+    case cJSON_Raw:
+        out->t = VD__FV_STR;
+        out->s = c->valuestring ? c->valuestring : "";
+        out->slen = (uint32_t)strlen(out->s);
+        return;
+    case cJSON_Array:
+    case cJSON_Object:
+        out->t = (c->type & 0xff) == cJSON_Array ? VD__FV_ARR : VD__FV_OBJ;
+        out->cj = c;
+        out->n = c->child ? 1 : 0; /* only emptiness is read from n on this backend */
+        return;
+    default:
+        out->t = VD__FV_NULL;
+        return;
+    }
+}
+
+const uint8_t *vd__fv_from_bin(const uint8_t *p, struct vd__fv *out)
+{
+    out->cj = NULL;
+    out->body = NULL;
+    switch (*p) {
+    case VD__PT_FALSE:
+    case VD__PT_TRUE:
+        out->t = VD__FV_BOOL;
+        out->b = *p == VD__PT_TRUE;
+        return p + 1;
+    case VD__PT_INT:
+        out->t = VD__FV_INT;
+        out->i = (int64_t)vd__le64(p + 1);
+        out->d = (double)out->i;
+        return p + 9;
+    case VD__PT_DBL: {
+        uint64_t bits = vd__le64(p + 1);
+        out->t = VD__FV_DBL;
+        memcpy(&out->d, &bits, sizeof bits);
+        return p + 9;
+    }
+    case VD__PT_STR:
+        out->t = VD__FV_STR;
+        out->slen = vd__le32(p + 1);
+        out->s = (const char *)p + 5;
+        return p + 5 + out->slen;
+    case VD__PT_ARR:
+    case VD__PT_OBJ:
+        out->t = *p == VD__PT_ARR ? VD__FV_ARR : VD__FV_OBJ;
+        out->n = vd__le32(p + 1);
+        out->body = p + 9;
+        return p + 9 + vd__le32(p + 5);
+    default:
+        out->t = VD__FV_NULL;
+        return p + 1;
+    }
+}
+
+static int key_cmp(const char *a, uint32_t alen, const char *b, uint32_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    if (c)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+bool vd__fv_obj_find(const struct vd__fv *obj, const char *key, uint32_t len, struct vd__fv *out)
+{
+    if (obj->cj) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(obj->cj, key);
+        if (!c)
+            return false;
+        vd__fv_from_cjson(c, out);
+        return true;
+    }
+    const uint8_t *body = obj->body;
+    uint32_t lo = 0, hi = obj->n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        const uint8_t *e = body + (size_t)mid * VD__OBJ_ENTRY;
+        int c = key_cmp((const char *)body + vd__le32(e), vd__le32(e + 4), key, len);
+        if (c == 0) {
+            vd__fv_from_bin(body + vd__le32(e + 8), out);
+            return true;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+/* ---- encoding -------------------------------------------------------------------------------- */
+
+struct buf {
+    uint8_t *p;
+    size_t len, cap;
+    int err;
+};
+
+static bool buf_reserve(struct buf *b, size_t n)
+{
+    if (b->err)
+        return false;
+    if (n > UINT32_MAX - b->len) {
+        b->err = VD_ETOOBIG; /* offsets are u32 */
+        return false;
+    }
+    if (b->len + n <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + n)
+        cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p) {
+        b->err = VD_ENOMEM;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+static void put_u8(struct buf *b, uint8_t v)
+{
+    if (buf_reserve(b, 1))
+        b->p[b->len++] = v;
+}
+
+static void set_le32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static void put_le32(struct buf *b, uint32_t v)
+{
+    if (buf_reserve(b, 4)) {
+        set_le32(b->p + b->len, v);
+        b->len += 4;
+    }
+}
+
+static void put_le64(struct buf *b, uint64_t v)
+{
+    if (buf_reserve(b, 8)) {
+        set_le32(b->p + b->len, (uint32_t)v);
+        set_le32(b->p + b->len + 4, (uint32_t)(v >> 32));
+        b->len += 8;
+    }
+}
+
+static void put_bytes(struct buf *b, const void *s, size_t n)
+{
+    if (buf_reserve(b, n)) {
+        memcpy(b->p + b->len, s, n);
+        b->len += n;
+    }
+}
+
+struct member {
+    const char *key;
+    uint32_t len;
+    uint32_t pos; /* order in the source object: the first of duplicate keys wins */
+    const cJSON *val;
+};
+
+static int member_cmp(const void *a, const void *b)
+{
+    const struct member *x = a, *y = b;
+    int c = key_cmp(x->key, x->len, y->key, y->len);
+    if (c)
+        return c;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+static void encode_value(struct buf *b, const cJSON *c);
+
+static void encode_object(struct buf *b, const cJSON *c)
+{
+    uint32_t n = 0;
+    for (const cJSON *m = c->child; m; m = m->next)
+        n++;
+    struct member *ms = n ? malloc(sizeof *ms * n) : NULL;
+    if (n && !ms) {
+        b->err = VD_ENOMEM;
+        return;
+    }
+    uint32_t k = 0;
+    for (const cJSON *m = c->child; m; m = m->next, k++) {
+        ms[k].key = m->string ? m->string : "";
+        size_t kl = strlen(ms[k].key);
+        if (kl > UINT32_MAX) {
+            b->err = VD_ETOOBIG;
+            goto out_free_members;
+        }
+        ms[k].len = (uint32_t)kl;
+        ms[k].pos = k;
+        ms[k].val = m;
+    }
+    if (n > 1)
+        qsort(ms, n, sizeof *ms, member_cmp);
+    /* cJSON lookups return the first of duplicate keys; keep only that one so both backends
+     * agree. */
+    uint32_t u = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (u == 0 || key_cmp(ms[u - 1].key, ms[u - 1].len, ms[i].key, ms[i].len) != 0)
+            ms[u++] = ms[i];
+
+    put_u8(b, VD__PT_OBJ);
+    put_le32(b, u);
+    size_t len_at = b->len;
+    put_le32(b, 0);
+    size_t body = b->len;
+    if (!buf_reserve(b, (size_t)u * VD__OBJ_ENTRY))
+        goto out_free_members;
+    memset(b->p + b->len, 0, (size_t)u * VD__OBJ_ENTRY);
+    b->len += (size_t)u * VD__OBJ_ENTRY;
+    for (uint32_t i = 0; i < u && !b->err; i++) {
+        size_t off = b->len - body;
+        put_bytes(b, ms[i].key, ms[i].len);
+        if (!b->err) {
+            set_le32(b->p + body + (size_t)i * VD__OBJ_ENTRY, (uint32_t)off);
+            set_le32(b->p + body + (size_t)i * VD__OBJ_ENTRY + 4, ms[i].len);
+        }
+    }
+    for (uint32_t i = 0; i < u && !b->err; i++) {
+        size_t off = b->len - body;
+        encode_value(b, ms[i].val);
+        if (!b->err)
+            set_le32(b->p + body + (size_t)i * VD__OBJ_ENTRY + 8, (uint32_t)off);
+    }
+    if (!b->err)
+        set_le32(b->p + len_at, (uint32_t)(b->len - body));
+out_free_members:
+    free(ms);
+}
+
+static void encode_value(struct buf *b, const cJSON *c)
+{
+    switch (c->type & 0xff) {
+    case cJSON_False:
+        put_u8(b, VD__PT_FALSE);
+        return;
+    case cJSON_True:
+        put_u8(b, VD__PT_TRUE);
+        return;
+    case cJSON_Number: {
+        int64_t i;
+        double d;
+        if (vd__filter_num_is_int(c, &i, &d)) {
+            put_u8(b, VD__PT_INT);
+            put_le64(b, (uint64_t)i);
+        } else {
+            uint64_t bits;
+            memcpy(&bits, &d, sizeof bits);
+            put_u8(b, VD__PT_DBL);
+            put_le64(b, bits);
+        }
+        return;
+    }
+    case cJSON_String:
+    case cJSON_Raw: {
+        const char *s = c->valuestring ? c->valuestring : "";
+        size_t n = strlen(s);
+        if (n > UINT32_MAX) {
+            b->err = VD_ETOOBIG;
+            return;
+        }
+        put_u8(b, VD__PT_STR);
+        put_le32(b, (uint32_t)n);
+        put_bytes(b, s, n);
+        return;
+    }
+    case cJSON_Array: {
+        uint32_t n = 0;
+        for (const cJSON *m = c->child; m; m = m->next)
+            n++;
+        put_u8(b, VD__PT_ARR);
+        put_le32(b, n);
+        size_t len_at = b->len;
+        put_le32(b, 0);
+        size_t body = b->len;
+        for (const cJSON *m = c->child; m && !b->err; m = m->next)
+            encode_value(b, m);
+        if (!b->err)
+            set_le32(b->p + len_at, (uint32_t)(b->len - body));
+        return;
+    }
+    case cJSON_Object:
+        encode_object(b, c);
+        return;
+    default:
+        put_u8(b, VD__PT_NULL);
+        return;
+    }
+}
+
+int vd_payload_encode(const cJSON *payload, uint8_t **out, size_t *out_len)
+{
+    struct buf b = {0};
+    if (payload && !cJSON_IsNull(payload) && !cJSON_IsObject(payload))
+        return VD_EINVAL;
+    put_u8(&b, VD__PAYLOAD_VERSION);
+    if (payload && cJSON_IsObject(payload))
+        encode_value(&b, payload);
+    else
+        encode_value(&b, &(cJSON){.type = cJSON_Object});
+    if (b.err) {
+        free(b.p);
+        return b.err;
+    }
+    *out = b.p;
+    *out_len = b.len;
+    return 0;
+}
+
+/* ---- validation -------------------------------------------------------------------------------- */
+
+#define VALIDATE_MAX_DEPTH 2048 /* deeper than any parser lets through; bounds our stack */
+
+/* Checks the value at p (within [p, end)); returns the pointer past it or NULL. */
+static const uint8_t *validate_value(const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (p >= end || depth > VALIDATE_MAX_DEPTH)
+        return NULL;
+    size_t room = (size_t)(end - p);
+    switch (*p) {
+    case VD__PT_NULL:
+    case VD__PT_FALSE:
+    case VD__PT_TRUE:
+        return p + 1;
+    case VD__PT_INT:
+    case VD__PT_DBL:
+        return room >= 9 ? p + 9 : NULL;
+    case VD__PT_STR:
+        if (room < 5 || vd__le32(p + 1) > room - 5)
+            return NULL;
+        return p + 5 + vd__le32(p + 1);
+    case VD__PT_ARR:
+    case VD__PT_OBJ:
+        break;
+    default:
+        return NULL;
+    }
+    if (room < 9)
+        return NULL;
+    uint32_t n = vd__le32(p + 1), blen = vd__le32(p + 5);
+    if (blen > room - 9)
+        return NULL;
+    const uint8_t *body = p + 9, *bend = body + blen;
+    if (*p == VD__PT_ARR) {
+        const uint8_t *q = body;
+        for (uint32_t i = 0; i < n; i++)
+            if (!(q = validate_value(q, bend, depth + 1)))
+                return NULL;
+        return q == bend ? bend : NULL;
+    }
+    if ((uint64_t)n * VD__OBJ_ENTRY > blen)
+        return NULL;
+    const char *prev = NULL;
+    uint32_t prev_len = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *e = body + (size_t)i * VD__OBJ_ENTRY;
+        uint32_t ko = vd__le32(e), kl = vd__le32(e + 4), vo = vd__le32(e + 8);
+        if (ko > blen || kl > blen - ko || vo >= blen)
+            return NULL;
+        const char *k = (const char *)body + ko;
+        if (prev && key_cmp(prev, prev_len, k, kl) >= 0)
+            return NULL; /* binary search needs strictly sorted keys */
+        prev = k;
+        prev_len = kl;
+        if (!validate_value(body + vo, bend, depth + 1))
+            return NULL;
+    }
+    return bend;
+}
+
+int vd_payload_validate(const uint8_t *bin, size_t len)
+{
+    if (!bin || len == 0)
+        return 0;
+    if (len < 2 || bin[0] != VD__PAYLOAD_VERSION || bin[1] != VD__PT_OBJ)
+        return VD_ECORRUPT;
+    const uint8_t *end = validate_value(bin + 1, bin + len, 0);
+    return end == bin + len ? 0 : VD_ECORRUPT;
+}
+
+/* ---- decoding -------------------------------------------------------------------------------- */
+
+static cJSON *decode_value(const struct vd__fv *v)
+{
+    switch (v->t) {
+    case VD__FV_BOOL:
+        return cJSON_CreateBool(v->b);
+    case VD__FV_INT:
+    case VD__FV_DBL:
+        return cJSON_CreateNumber(v->d);
+    case VD__FV_STR: {
+        char *s = malloc((size_t)v->slen + 1);
+        if (!s)
+            return NULL;
+        memcpy(s, v->s, v->slen);
+        s[v->slen] = 0;
+        cJSON *c = cJSON_CreateString(s);
+        free(s);
+        return c;
+    }
+    case VD__FV_ARR: {
+        cJSON *a = cJSON_CreateArray();
+        struct vd__fv_iter it;
+        struct vd__fv e;
+        vd__fv_iter_init(v, &it);
+        while (a && vd__fv_iter_next(&it, &e)) {
+            cJSON *c = decode_value(&e);
+            if (!c) {
+                cJSON_Delete(a);
+                return NULL;
+            }
+            cJSON_AddItemToArray(a, c);
+        }
+        return a;
+    }
+    case VD__FV_OBJ: {
+        cJSON *o = cJSON_CreateObject();
+        for (uint32_t i = 0; o && i < v->n; i++) {
+            const uint8_t *e = v->body + (size_t)i * VD__OBJ_ENTRY;
+            struct vd__fv m;
+            vd__fv_from_bin(v->body + vd__le32(e + 8), &m);
+            uint32_t kl = vd__le32(e + 4);
+            char *k = malloc((size_t)kl + 1);
+            cJSON *c = k ? decode_value(&m) : NULL;
+            if (!c) {
+                free(k);
+                cJSON_Delete(o);
+                return NULL;
+            }
+            memcpy(k, v->body + vd__le32(e), kl);
+            k[kl] = 0;
+            cJSON_AddItemToObject(o, k, c);
+            free(k);
+        }
+        return o;
+    }
+    default:
+        return cJSON_CreateNull();
+    }
+}
+
+int vd_payload_decode(const uint8_t *bin, size_t len, cJSON **out)
+{
+    if (!bin || len == 0) {
+        *out = cJSON_CreateObject();
+        return *out ? 0 : VD_ENOMEM;
+    }
+    if (vd_payload_validate(bin, len))
+        return VD_ECORRUPT;
+    struct vd__fv v;
+    vd__fv_from_bin(bin + 1, &v);
+    *out = decode_value(&v);
+    return *out ? 0 : VD_ENOMEM;
+}
