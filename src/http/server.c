@@ -1,0 +1,1064 @@
+/*
+ * The libmicrohttpd server: request lifecycle, suspend/resume, replies from any thread, streamed
+ * bodies and replies, built-in routes and the graceful stop.
+ *
+ * Lifetime of a request. A struct vd_http_req is created on the first access-handler call of a
+ * request and is reference counted: one reference belongs to the connection (dropped when
+ * libmicrohttpd reports the request completed), one to the application while it owes a reply
+ * (taken when its handler or stream `begin` is called, dropped by its reply or after `abort`),
+ * one to a streamed reply while libmicrohttpd holds it. So a reply that arrives late, after a
+ * forced 503 at shutdown, still finds the request in memory and is discarded.
+ *
+ * Suspension. libmicrohttpd only lets the connection's own thread queue a response, and only in
+ * an access-handler call. A reply given elsewhere is parked in r->resp; if the connection was
+ * suspended waiting for it, the replier resumes it and libmicrohttpd calls the access handler
+ * again, which queues the parked response. r->mu orders "suspend unless a reply is parked" in the
+ * connection thread against "park, then resume if suspended" in the replier, so no wake-up is lost.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "http_int.h"
+
+#define DEFAULT_MAX_BODY ((size_t)32 << 20)
+
+struct query_kv {
+    char *key, *val;
+};
+
+struct vd_http_req {
+    struct vd_http *h;
+    struct MHD_Connection *conn;
+    struct vd_http_route *route; /* NULL: unmatched */
+    atomic_int refs;
+    uint64_t id;
+    uint64_t t0_ns;
+    char method[16];
+    char *path; /* raw, without the query */
+    struct {
+        const char *name; /* borrowed from the route */
+        char *val;
+    } params[VD_HTTP_MAX_PARAMS];
+    struct query_kv *query;
+    size_t n_query;
+    bool bad_query;
+    enum vd_role role;
+    void *user;
+
+    /* body (connection thread only) */
+    char *body;
+    size_t body_len, body_cap;
+    size_t discarded;
+    bool discard;    /* stop delivering the body; read and drop the rest */
+    bool too_big;
+    bool dispatched; /* handler (or stream end) called, or the server answered */
+
+    /* shared with repliers, guarded by mu */
+    pthread_mutex_t mu;
+    struct MHD_Response *resp; /* parked reply, not yet queued */
+    int resp_status;
+    size_t resp_bytes;
+    bool replied;  /* a reply was given (parked or queued); later ones are discarded */
+    bool forced;   /* that reply was the server's 503 at shutdown */
+    bool user_ref; /* the application holds the request and owes a reply */
+    bool ended;    /* stream end() called: abort no longer applies */
+    bool suspended, paused, resume_pending;
+
+    int status_sent;
+    atomic_uint_fast64_t bytes_out;
+    struct vd_http_req *prev, *next; /* h->live, guarded by h->mu */
+};
+
+static void req_put(struct vd_http_req *r);
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+static double req_seconds(const struct vd_http_req *r)
+{
+    return (double)(vd_mono_ns() - r->t0_ns) / 1e9;
+}
+
+void vd__http_req_set_param(struct vd_http_req *r, unsigned i, const char *name, char *value)
+{
+    free(r->params[i].val);
+    r->params[i].name = name;
+    r->params[i].val = value;
+}
+
+static void req_free(struct vd_http_req *r)
+{
+    for (unsigned i = 0; i < VD_HTTP_MAX_PARAMS; i++)
+        free(r->params[i].val);
+    for (size_t i = 0; i < r->n_query; i++) {
+        free(r->query[i].key);
+        free(r->query[i].val);
+    }
+    free(r->query);
+    free(r->path);
+    free(r->body);
+    if (r->resp)
+        MHD_destroy_response(r->resp);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+static void req_unlink_locked(struct vd_http *h, struct vd_http_req *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        h->live = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+}
+
+static void req_put(struct vd_http_req *r)
+{
+    if (atomic_fetch_sub(&r->refs, 1) != 1)
+        return;
+    struct vd_http *h = r->h;
+    pthread_mutex_lock(&h->mu);
+    req_unlink_locked(h, r);
+    pthread_mutex_unlock(&h->mu);
+    req_free(r);
+}
+
+/* Builds a response around a malloc'd buffer (ownership passes to libmicrohttpd). */
+static struct MHD_Response *resp_from(char *data, size_t len, const char *ctype)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(data);
+        return NULL;
+    }
+    if (ctype)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    return resp;
+}
+
+/* Last resort when a reply cannot be built (allocation failure): an empty 500. */
+static struct MHD_Response *resp_bare(void)
+{
+    return MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+}
+
+/*
+ * Parks `resp` as the request's reply and wakes the connection if it sleeps. The one place
+ * every reply goes through. A second reply is a bug in the caller, except after the server's
+ * forced 503, where the application's late reply is expected and simply dropped.
+ */
+static void deliver(struct vd_http_req *r, struct MHD_Response *resp, int status, size_t nbytes)
+{
+    bool drop_user = false, wake = false;
+    struct MHD_Connection *conn;
+
+    if (!resp) {
+        resp = resp_bare();
+        status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        nbytes = 0;
+    }
+    pthread_mutex_lock(&r->mu);
+    if (r->replied) {
+        bool late = r->forced && r->user_ref;
+        if (late) {
+            r->user_ref = false;
+            drop_user = true;
+        }
+        uint64_t id = r->id;
+        pthread_mutex_unlock(&r->mu);
+        if (!late)
+            vd_log_error("http: second reply to request %llu ignored", (unsigned long long)id);
+        if (resp)
+            MHD_destroy_response(resp);
+        if (drop_user)
+            req_put(r);
+        return;
+    }
+    r->replied = true;
+    r->resp = resp;
+    r->resp_status = status;
+    r->resp_bytes = nbytes;
+    drop_user = r->user_ref;
+    r->user_ref = false;
+    wake = r->suspended;
+    r->suspended = r->paused = false;
+    conn = r->conn;
+    pthread_mutex_unlock(&r->mu);
+    /* The connection cannot progress while suspended, so conn and r stay valid until resumed. */
+    if (wake)
+        MHD_resume_connection(conn);
+    if (drop_user)
+        req_put(r);
+}
+
+static void reply_json_error(struct vd_http_req *r, int status, const char *msg)
+{
+    size_t esc = vd__http_json_escape(NULL, 0, msg);
+    size_t cap = esc + 64;
+    char *buf = malloc(cap);
+    if (!buf) {
+        deliver(r, NULL, 0, 0);
+        return;
+    }
+    int n = snprintf(buf, cap, "{\"status\":{\"error\":");
+    vd__http_json_escape(buf + n, cap - (size_t)n, msg);
+    n += (int)esc;
+    n += snprintf(buf + n, cap - (size_t)n, "},\"time\":%.9g}", req_seconds(r));
+    deliver(r, resp_from(buf, (size_t)n, "application/json"), status, (size_t)n);
+}
+
+/* ---- public replies ---------------------------------------------------------------------- */
+
+void vd_http_reply_ok(struct vd_http_req *r, const char *result_json, size_t len)
+{
+    size_t cap = len + 64;
+    char *buf = malloc(cap);
+    if (!buf) {
+        deliver(r, NULL, 0, 0);
+        return;
+    }
+    memcpy(buf, "{\"result\":", 10);
+    memcpy(buf + 10, result_json, len);
+    int n = snprintf(buf + 10 + len, cap - 10 - len, ",\"status\":\"ok\",\"time\":%.9g}", req_seconds(r));
+    size_t total = 10 + len + (size_t)n;
+    deliver(r, resp_from(buf, total, "application/json"), MHD_HTTP_OK, total);
+}
+
+void vd_http_reply_error(struct vd_http_req *r, int status, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    reply_json_error(r, status, msg);
+}
+
+void vd_http_reply_err(struct vd_http_req *r, const struct vd_err *e)
+{
+    int status = vd_err_http_status(e->code);
+    if (status >= 500)
+        vd_log_error("http: request %llu: %s", (unsigned long long)r->id,
+                     e->msg[0] ? e->msg : vd_strerror(e->code));
+    reply_json_error(r, status, e->msg[0] ? e->msg : vd_strerror(e->code));
+}
+
+void vd_http_reply_raw(struct vd_http_req *r, int status, const char *content_type, struct vd_buf *body)
+{
+    size_t len = 0;
+    char *data = vd_buf_steal(body, &len);
+    if (!data) {
+        reply_json_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory building the reply");
+        return;
+    }
+    struct MHD_Response *resp = resp_from(data, len, content_type);
+    deliver(r, resp, status, len);
+}
+
+struct stream_reply {
+    struct vd_http_req *r; /* holds a reference until libmicrohttpd drops the response */
+    long (*fill)(void *ctx, char *buf, size_t max);
+    void (*free_ctx)(void *ctx);
+    void *ctx;
+};
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct stream_reply *s = cls;
+    long n = s->fill(s->ctx, buf, max);
+    if (n == 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    if (n < 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    if ((size_t)n > max) /* a fill bug must not become an overread */
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    atomic_fetch_add(&s->r->bytes_out, (uint64_t)n);
+    return (ssize_t)n;
+}
+
+static void stream_free(void *cls)
+{
+    struct stream_reply *s = cls;
+    if (s->free_ctx)
+        s->free_ctx(s->ctx);
+    req_put(s->r);
+    free(s);
+}
+
+void vd_http_reply_stream(struct vd_http_req *r, int status, const char *content_type,
+                          long (*fill)(void *ctx, char *buf, size_t max), void (*free_ctx)(void *ctx),
+                          void *ctx)
+{
+    struct stream_reply *s = malloc(sizeof(*s));
+    if (!s) {
+        if (free_ctx)
+            free_ctx(ctx);
+        deliver(r, NULL, 0, 0);
+        return;
+    }
+    s->r = r;
+    s->fill = fill;
+    s->free_ctx = free_ctx;
+    s->ctx = ctx;
+    atomic_fetch_add(&r->refs, 1);
+    /* 64 KiB blocks: large enough that an export is not a storm of tiny chunks. */
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read, s, stream_free);
+    if (!resp) {
+        stream_free(s);
+        deliver(r, NULL, 0, 0);
+        return;
+    }
+    if (content_type)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    deliver(r, resp, status, 0);
+}
+
+void vd_http_resume_body(struct vd_http_req *r)
+{
+    bool wake = false, do_abort = false;
+    struct MHD_Connection *conn;
+    pthread_mutex_lock(&r->mu);
+    if (r->forced) {
+        /* The server answered 503 at shutdown while the body was paused: the application learns
+         * it now, through abort, and lets go of the request. */
+        do_abort = r->user_ref && !r->ended;
+        if (do_abort)
+            r->user_ref = false;
+    } else if (!r->replied) {
+        if (r->suspended && r->paused) {
+            r->suspended = r->paused = false;
+            wake = true;
+        } else {
+            r->resume_pending = true;
+        }
+    }
+    conn = r->conn;
+    pthread_mutex_unlock(&r->mu);
+    if (wake)
+        MHD_resume_connection(conn);
+    if (do_abort) {
+        r->route->ops->abort(r, r->route->ctx);
+        req_put(r);
+    }
+}
+
+/* ---- accessors --------------------------------------------------------------------------- */
+
+const char *vd_http_method(const struct vd_http_req *r) { return r->method; }
+const char *vd_http_path(const struct vd_http_req *r) { return r->path; }
+enum vd_role vd_http_role(const struct vd_http_req *r) { return r->role; }
+uint64_t vd_http_request_id(const struct vd_http_req *r) { return r->id; }
+void vd_http_set_user(struct vd_http_req *r, void *p) { r->user = p; }
+void *vd_http_user(const struct vd_http_req *r) { return r->user; }
+
+const char *vd_http_param(const struct vd_http_req *r, const char *name)
+{
+    for (unsigned i = 0; i < VD_HTTP_MAX_PARAMS; i++)
+        if (r->params[i].name && r->params[i].val && strcmp(r->params[i].name, name) == 0)
+            return r->params[i].val;
+    return NULL;
+}
+
+const char *vd_http_query(const struct vd_http_req *r, const char *name)
+{
+    for (size_t i = 0; i < r->n_query; i++)
+        if (strcmp(r->query[i].key, name) == 0)
+            return r->query[i].val;
+    return NULL;
+}
+
+const char *vd_http_header(const struct vd_http_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *vd_http_body(const struct vd_http_req *r, size_t *len)
+{
+    if (len)
+        *len = r->body_len;
+    return r->body ? r->body : "";
+}
+
+/* ---- the access handler ------------------------------------------------------------------ */
+
+static enum MHD_Result queue_parked(struct vd_http_req *r)
+{
+    pthread_mutex_lock(&r->mu);
+    struct MHD_Response *resp = r->resp;
+    int status = r->resp_status;
+    size_t nbytes = r->resp_bytes;
+    r->resp = NULL;
+    pthread_mutex_unlock(&r->mu);
+    if (!resp)
+        return MHD_YES;
+    r->dispatched = true;
+    r->status_sent = status;
+    atomic_fetch_add(&r->bytes_out, (uint64_t)nbytes);
+    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* Queues the parked reply, or suspends the connection until one is parked. */
+static enum MHD_Result finish_or_suspend(struct vd_http_req *r)
+{
+    pthread_mutex_lock(&r->mu);
+    if (!r->resp) {
+        r->suspended = true;
+        MHD_suspend_connection(r->conn);
+        pthread_mutex_unlock(&r->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return queue_parked(r);
+}
+
+/* Hands the request to the application unless the hard stop has begun. */
+static bool take_user_ref(struct vd_http_req *r)
+{
+    struct vd_http *h = r->h;
+    pthread_mutex_lock(&h->mu);
+    bool ok = !h->hard_stop;
+    if (ok) {
+        pthread_mutex_lock(&r->mu);
+        r->user_ref = true;
+        atomic_fetch_add(&r->refs, 1);
+        pthread_mutex_unlock(&r->mu);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return ok;
+}
+
+static bool has_reply(struct vd_http_req *r)
+{
+    pthread_mutex_lock(&r->mu);
+    bool v = r->replied;
+    pthread_mutex_unlock(&r->mu);
+    return v;
+}
+
+static enum MHD_Result collect_query(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    struct vd_http_req *r = cls;
+    if (r->bad_query)
+        return MHD_NO;
+    if (!value)
+        value = "";
+    size_t kl = strlen(key), vl = strlen(value);
+    struct query_kv *q = realloc(r->query, (r->n_query + 1) * sizeof(*q));
+    if (!q) {
+        r->bad_query = true;
+        return MHD_NO;
+    }
+    r->query = q;
+    char *k = malloc(kl + 1), *v = malloc(vl + 1);
+    if (!k || !v || vd_http_url_decode(key, kl, k, true) < 0 || vd_http_url_decode(value, vl, v, true) < 0) {
+        free(k);
+        free(v);
+        r->bad_query = true;
+        return MHD_NO;
+    }
+    q[r->n_query].key = k;
+    q[r->n_query].val = v;
+    r->n_query++;
+    return MHD_YES;
+}
+
+static const char *presented_key(struct MHD_Connection *conn)
+{
+    const char *k = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "api-key");
+    if (k)
+        return k;
+    const char *a = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (a && strncasecmp(a, "Bearer ", 7) == 0) {
+        a += 7;
+        while (*a == ' ')
+            a++;
+        return a;
+    }
+    return NULL;
+}
+
+static enum MHD_Result on_first(struct vd_http *h, struct MHD_Connection *conn, const char *url,
+                                const char *method, void **con_cls)
+{
+    struct vd_http_req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return MHD_NO;
+    r->path = strdup(url);
+    if (!r->path) {
+        free(r);
+        return MHD_NO;
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    r->h = h;
+    r->conn = conn;
+    atomic_init(&r->refs, 1);
+    atomic_init(&r->bytes_out, 0);
+    r->id = atomic_fetch_add(&h->next_id, 1);
+    r->t0_ns = vd_mono_ns();
+    snprintf(r->method, sizeof(r->method), "%s", method);
+    pthread_mutex_lock(&h->mu);
+    r->next = h->live;
+    if (h->live)
+        h->live->prev = r;
+    h->live = r;
+    h->n_live++;
+    pthread_mutex_unlock(&h->mu);
+    *con_cls = r;
+
+    if (atomic_load(&h->stopping)) {
+        reply_json_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down");
+        MHD_add_response_header(r->resp, MHD_HTTP_HEADER_CONNECTION, "close");
+        return queue_parked(r);
+    }
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, r);
+    bool known = false, bad = false;
+    r->route = vd__http_match(h, method, url, r, &known, &bad);
+    if (bad || r->bad_query) {
+        r->route = NULL;
+        reply_json_error(r, MHD_HTTP_BAD_REQUEST, "malformed percent-encoding in the URL");
+        return queue_parked(r);
+    }
+    if (!r->route) {
+        if (known)
+            vd_http_reply_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method %s not allowed on this path", r->method);
+        else
+            reply_json_error(r, MHD_HTTP_NOT_FOUND, "not found");
+        return queue_parked(r);
+    }
+    struct vd_http_route *rt = r->route;
+    if (h->n_keys == 0) {
+        r->role = VD_ROLE_ADMIN;
+    } else {
+        bool key_known;
+        r->role = vd__http_key_role(h, presented_key(conn), &key_known);
+        if (rt->min_role > VD_ROLE_NONE) {
+            if (!key_known) {
+                reply_json_error(r, MHD_HTTP_UNAUTHORIZED,
+                                 "missing or invalid API key (send it as 'api-key' or 'Authorization: Bearer')");
+                return queue_parked(r);
+            }
+            if (r->role < rt->min_role) {
+                reply_json_error(r, MHD_HTTP_FORBIDDEN, "this API key may not perform this operation");
+                return queue_parked(r);
+            }
+        }
+    }
+    if (rt->ops) {
+        if (!take_user_ref(r)) {
+            reply_json_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down");
+            return queue_parked(r);
+        }
+        rt->fn(r, rt->ctx);
+        /* A reply from begin goes out now; libmicrohttpd then skips the body. */
+        return queue_parked(r);
+    }
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (errno || end == cl || n > h->max_body) {
+            vd_http_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request body is larger than the limit of %zu bytes",
+                                h->max_body);
+            return queue_parked(r);
+        }
+        if (n > 0) {
+            r->body = malloc((size_t)n + 1);
+            if (!r->body)
+                return MHD_NO;
+            r->body_cap = (size_t)n + 1;
+        }
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result on_body(struct vd_http_req *r, const char *data, size_t *size)
+{
+    struct vd_http *h = r->h;
+    size_t n = *size;
+    *size = 0;
+    if (!r->discard && has_reply(r))
+        r->discard = true;
+    if (r->discard) {
+        r->discarded += n;
+        /* Reading a huge body only to drop it helps nobody: past one more limit's worth, close. */
+        return r->discarded > h->max_body ? MHD_NO : MHD_YES;
+    }
+    struct vd_http_route *rt = r->route;
+    if (rt->ops) {
+        int rc = rt->ops->chunk(r, data, n, rt->ctx);
+        if (rc < 0) {
+            r->discard = true;
+        } else if (rc == VD_HTTP_PAUSE) {
+            pthread_mutex_lock(&r->mu);
+            if (r->replied) {
+                r->discard = true;
+            } else if (r->resume_pending) {
+                r->resume_pending = false;
+            } else {
+                r->suspended = r->paused = true;
+                MHD_suspend_connection(r->conn);
+            }
+            pthread_mutex_unlock(&r->mu);
+        }
+        return MHD_YES;
+    }
+    if (r->body_len + n > h->max_body) {
+        /* Chunked bodies have no Content-Length to refuse up front: stop buffering here. */
+        r->too_big = r->discard = true;
+        r->discarded = r->body_len + n;
+        free(r->body);
+        r->body = NULL;
+        r->body_len = r->body_cap = 0;
+        return MHD_YES;
+    }
+    if (r->body_len + n + 1 > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 4096;
+        while (cap < r->body_len + n + 1)
+            cap *= 2;
+        if (cap > h->max_body + 1)
+            cap = h->max_body + 1;
+        char *b = realloc(r->body, cap);
+        if (!b)
+            return MHD_NO;
+        r->body = b;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, data, n);
+    r->body_len += n;
+    r->body[r->body_len] = '\0';
+    return MHD_YES;
+}
+
+static enum MHD_Result on_body_done(struct vd_http_req *r)
+{
+    struct vd_http_route *rt = r->route;
+    if (has_reply(r) || r->dispatched)
+        return finish_or_suspend(r);
+    r->dispatched = true;
+    if (r->too_big) {
+        vd_http_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request body is larger than the limit of %zu bytes",
+                            r->h->max_body);
+        return finish_or_suspend(r);
+    }
+    if (rt->ops) {
+        pthread_mutex_lock(&r->mu);
+        bool held = r->user_ref;
+        bool stop = r->h->hard_stop;
+        if (held && !stop)
+            r->ended = true;
+        pthread_mutex_unlock(&r->mu);
+        if (held && stop) {
+            pthread_mutex_lock(&r->mu);
+            r->user_ref = false;
+            pthread_mutex_unlock(&r->mu);
+            rt->ops->abort(r, rt->ctx);
+            req_put(r);
+            reply_json_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down");
+        } else if (held) {
+            rt->ops->end(r, rt->ctx);
+        }
+        return finish_or_suspend(r);
+    }
+    if (!take_user_ref(r)) {
+        reply_json_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down");
+        return finish_or_suspend(r);
+    }
+    rt->fn(r, rt->ctx);
+    return finish_or_suspend(r);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                 const char *version, const char *upload_data, size_t *upload_data_size,
+                                 void **con_cls)
+{
+    struct vd_http_req *r = *con_cls;
+    if (!r)
+        return on_first(cls, conn, url, method, con_cls);
+    if (*upload_data_size)
+        return on_body(r, upload_data, upload_data_size);
+    return on_body_done(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct vd_http *h = cls;
+    struct vd_http_req *r = *con_cls;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    pthread_mutex_lock(&r->mu);
+    bool do_abort = r->route && r->route->ops && r->user_ref && !r->ended && !r->forced;
+    if (do_abort)
+        r->user_ref = false;
+    pthread_mutex_unlock(&r->mu);
+    if (do_abort) {
+        r->route->ops->abort(r, r->route->ctx);
+        req_put(r);
+    }
+    double secs = req_seconds(r);
+    unsigned long long bytes = atomic_load(&r->bytes_out);
+    int status = r->status_sent;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 0)
+        status = 499; /* closed before a reply, as nginx counts it */
+    vd__http_stats_record(h, r->route, r->method, status, secs);
+    vd_log_info("http %s %s %d %lluB %.3fms id=%llu%s", r->method, r->route ? r->route->pattern : r->path,
+                status, bytes, secs * 1e3, (unsigned long long)r->id,
+                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
+    pthread_mutex_lock(&h->mu);
+    h->n_live--;
+    pthread_cond_broadcast(&h->idle);
+    pthread_mutex_unlock(&h->mu);
+    req_put(r);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    if (toe != MHD_CONNECTION_NOTIFY_STARTED)
+        return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci) {
+        /* Small replies must not wait ~40 ms for the peer's delayed ACK. */
+        int one = 1;
+        setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+}
+
+/* Keeps the URL as received so the router splits segments before decoding them. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    return strlen(s);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char buf[512];
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    size_t n = strlen(buf);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = '\0';
+    /* Mostly client errors (malformed requests, resets): useful when debugging only. */
+    vd_log_debug("http: libmicrohttpd: %s", buf);
+}
+
+/* ---- built-in routes --------------------------------------------------------------------- */
+
+static void reply_text(struct vd_http_req *r, int status, const char *text)
+{
+    size_t n = strlen(text);
+    char *b = malloc(n + 1);
+    if (!b) {
+        deliver(r, NULL, 0, 0);
+        return;
+    }
+    memcpy(b, text, n + 1);
+    deliver(r, resp_from(b, n, "text/plain; charset=utf-8"), status, n);
+}
+
+static void h_root(struct vd_http_req *r, void *ctx)
+{
+    struct vd_http *h = ctx;
+    size_t esc = vd__http_json_escape(NULL, 0, h->version);
+    char *b = malloc(esc + 48);
+    if (!b) {
+        deliver(r, NULL, 0, 0);
+        return;
+    }
+    int n = snprintf(b, esc + 48, "{\"title\":\"vectord\",\"version\":");
+    vd__http_json_escape(b + n, esc + 1, h->version);
+    n += (int)esc;
+    b[n++] = '}';
+    deliver(r, resp_from(b, (size_t)n, "application/json"), MHD_HTTP_OK, (size_t)n);
+}
+
+static void h_healthz(struct vd_http_req *r, void *ctx) { reply_text(r, MHD_HTTP_OK, "healthz check passed"); }
+static void h_livez(struct vd_http_req *r, void *ctx) { reply_text(r, MHD_HTTP_OK, "livez check passed"); }
+
+static void h_readyz(struct vd_http_req *r, void *ctx)
+{
+    struct vd_http *h = ctx;
+    if (!h->ready_fn || h->ready_fn(h->ready_ctx))
+        reply_text(r, MHD_HTTP_OK, "all shards are ready");
+    else
+        reply_text(r, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready");
+}
+
+static void h_metrics(struct vd_http_req *r, void *ctx)
+{
+    struct vd_http *h = ctx;
+    size_t len = 0;
+    char *text = vd__http_metrics_render(h, &len);
+    if (!text) {
+        deliver(r, NULL, 0, 0);
+        return;
+    }
+    if (h->metrics_fn) {
+        struct vd_buf extra;
+        vd_buf_init(&extra);
+        h->metrics_fn(&extra, h->metrics_ctx);
+        if (!extra.oom && extra.len) {
+            char *t = realloc(text, len + extra.len + 1);
+            if (t) {
+                memcpy(t + len, extra.data, extra.len);
+                len += extra.len;
+                t[len] = '\0';
+                text = t;
+            }
+        }
+        vd_buf_release(&extra);
+    }
+    deliver(r, resp_from(text, len, "text/plain; version=0.0.4; charset=utf-8"), MHD_HTTP_OK, len);
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------- */
+
+int vd_http_new(const struct vd_http_opts *o, struct vd_http **out, struct vd_err *err)
+{
+    int rc;
+    *out = NULL;
+    if (sodium_init() < 0)
+        return vd_errf(err, VD_EINTERNAL, "libsodium failed to initialise");
+    struct vd_http *h = calloc(1, sizeof(*h));
+    if (!h)
+        return vd_errf(err, VD_ENOMEM, "http: out of memory");
+    h->routes_tail = &h->routes;
+    const char *bind = o->bind ? o->bind : "127.0.0.1";
+    if (strlen(bind) >= sizeof(h->bind)) {
+        rc = vd_errf(err, VD_EINVAL, "bind address '%s' is too long", bind);
+        goto out_free_h;
+    }
+    strcpy(h->bind, bind);
+    h->port_req = o->port;
+    h->threads = o->threads;
+    if (!h->threads) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        h->threads = n < 2 ? 2 : (unsigned)n;
+    }
+    h->max_body = o->max_body ? o->max_body : DEFAULT_MAX_BODY;
+    snprintf(h->version, sizeof(h->version), "%s", o->version ? o->version : "unknown");
+    atomic_init(&h->next_id, 1);
+    atomic_init(&h->stopping, false);
+    rc = vd__http_keys_load(h, o->keys, o->n_keys, err);
+    if (rc)
+        goto out_free_keys;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->idle, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->metrics_mu, NULL);
+    if (vd__http_route_add(h, "GET", "/", VD_ROLE_NONE, h_root, NULL, h) ||
+        vd__http_route_add(h, "GET", "/healthz", VD_ROLE_NONE, h_healthz, NULL, h) ||
+        vd__http_route_add(h, "GET", "/livez", VD_ROLE_NONE, h_livez, NULL, h) ||
+        vd__http_route_add(h, "GET", "/readyz", VD_ROLE_NONE, h_readyz, NULL, h) ||
+        vd__http_route_add(h, "GET", "/metrics", VD_ROLE_RO, h_metrics, NULL, h)) {
+        rc = vd_errf(err, VD_ENOMEM, "http: out of memory");
+        goto out_free_routes;
+    }
+    *out = h;
+    return 0;
+
+out_free_routes:
+    vd__http_routes_free(h);
+    pthread_mutex_destroy(&h->metrics_mu);
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->idle);
+out_free_keys:
+    free(h->keys);
+out_free_h:
+    free(h);
+    return rc;
+}
+
+int vd_http_route(struct vd_http *h, const char *method, const char *pattern, enum vd_role min_role,
+                  vd_http_handler fn, void *ctx)
+{
+    return vd__http_route_add(h, method, pattern, min_role, fn, NULL, ctx);
+}
+
+int vd_http_route_stream(struct vd_http *h, const char *method, const char *pattern, enum vd_role min_role,
+                         vd_http_handler begin, const struct vd_http_stream_ops *ops, void *ctx)
+{
+    if (!ops)
+        return VD_EINVAL;
+    return vd__http_route_add(h, method, pattern, min_role, begin, ops, ctx);
+}
+
+void vd_http_set_metrics_hook(struct vd_http *h, void (*fn)(struct vd_buf *out, void *ctx), void *ctx)
+{
+    h->metrics_fn = fn;
+    h->metrics_ctx = ctx;
+}
+
+void vd_http_set_ready_hook(struct vd_http *h, bool (*fn)(void *ctx), void *ctx)
+{
+    h->ready_fn = fn;
+    h->ready_ctx = ctx;
+}
+
+int vd_http_start(struct vd_http *h, struct vd_err *err)
+{
+    if (h->started)
+        return vd_errf(err, VD_EINVAL, "http server already started");
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, h->bind, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(h->port_req);
+    } else if (inet_pton(AF_INET6, h->bind, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(h->port_req);
+        flags |= MHD_USE_IPv6;
+    } else {
+        return vd_errf(err, VD_EINVAL, "bind address '%s' is not an IPv4 or IPv6 address", h->bind);
+    }
+    h->started = true;
+    h->daemon = MHD_start_daemon(
+        flags, h->port_req, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)h->threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, h,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+        /* 128 KiB per connection: headers plus body pieces large enough for fast imports. */
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)128 * 1024, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)120, MHD_OPTION_END);
+    if (!h->daemon) {
+        h->started = false;
+        return vd_errf(err, VD_EIO, "cannot listen on %s port %u (address in use or not available)", h->bind,
+                       (unsigned)h->port_req);
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : h->port_req;
+    vd_log_info("http: listening on %s port %u with %u threads", h->bind, (unsigned)h->port, h->threads);
+    return 0;
+}
+
+uint16_t vd_http_port(const struct vd_http *h)
+{
+    return h->port;
+}
+
+/* Answers 503 for a request the application still holds; its own reply comes later and is dropped. */
+static void force_unavailable(struct vd_http_req *r)
+{
+    static const char msg[] = "{\"status\":{\"error\":\"server is shutting down\"},\"time\":0}";
+    struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof(msg) - 1, (void *)msg,
+                                                                MHD_RESPMEM_PERSISTENT);
+    if (resp) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    } else {
+        resp = resp_bare();
+    }
+    bool wake = false;
+    pthread_mutex_lock(&r->mu);
+    if (r->replied || !r->user_ref) {
+        pthread_mutex_unlock(&r->mu);
+        if (resp)
+            MHD_destroy_response(resp);
+        return;
+    }
+    r->replied = r->forced = true;
+    r->resp = resp;
+    r->resp_status = MHD_HTTP_SERVICE_UNAVAILABLE;
+    r->resp_bytes = sizeof(msg) - 1;
+    wake = r->suspended;
+    r->suspended = r->paused = false;
+    pthread_mutex_unlock(&r->mu);
+    if (wake)
+        MHD_resume_connection(r->conn);
+}
+
+void vd_http_stop(struct vd_http *h, unsigned deadline_ms)
+{
+    if (!h->daemon)
+        return;
+    atomic_store(&h->stopping, true);
+    MHD_socket lfd = MHD_quiesce_daemon(h->daemon);
+
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += deadline_ms / 1000;
+    until.tv_nsec += (long)(deadline_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&h->mu);
+    while (h->n_live > 0)
+        if (pthread_cond_timedwait(&h->idle, &h->mu, &until) == ETIMEDOUT)
+            break;
+    /* From here on nothing new reaches the application; what it still holds is answered 503
+     * (libmicrohttpd aborts when stopped with a connection still suspended). */
+    h->hard_stop = true;
+    size_t n = 0;
+    for (struct vd_http_req *r = h->live; r; r = r->next)
+        n++;
+    struct vd_http_req **held = n ? malloc(n * sizeof(*held)) : NULL;
+    size_t k = 0;
+    for (struct vd_http_req *r = h->live; r && held; r = r->next) {
+        pthread_mutex_lock(&r->mu);
+        if (r->user_ref && !r->replied) {
+            atomic_fetch_add(&r->refs, 1);
+            held[k++] = r;
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
+    pthread_mutex_unlock(&h->mu);
+    if (n && !held)
+        vd_log_error("http: out of memory while stopping; suspended requests may abort the process");
+    for (size_t i = 0; i < k; i++) {
+        force_unavailable(held[i]);
+        req_put(held[i]);
+    }
+    free(held);
+    if (k)
+        vd_log_warn("http: %zu request(s) answered 503 at shutdown", k);
+    MHD_stop_daemon(h->daemon);
+    h->daemon = NULL;
+    if (lfd != MHD_INVALID_SOCKET)
+        close(lfd);
+    h->stopped = true;
+}
+
+void vd_http_free(struct vd_http *h)
+{
+    if (!h)
+        return;
+    vd_http_stop(h, 0);
+    /* Left: requests answered 503 whose application never replied. */
+    struct vd_http_req *r = h->live, *next;
+    for (; r; r = next) {
+        next = r->next;
+        if (r->user_ref && r->route && r->route->ops && !r->ended)
+            r->route->ops->abort(r, r->route->ctx);
+        req_free(r);
+    }
+    h->live = NULL;
+    vd__http_routes_free(h);
+    pthread_mutex_destroy(&h->metrics_mu);
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->idle);
+    free(h->keys);
+    free(h);
+}
