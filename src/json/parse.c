@@ -1,0 +1,704 @@
+/*
+ * Strict JSON reader producing cJSON trees (RFC 8259 and nothing more).
+ *
+ * Recursive descent with an explicit depth bound, so the C stack is bounded by max_depth. Nodes
+ * are linked the way cJSON links them (parent->child is the first element, first->prev is the
+ * last one, last->next is NULL) without cJSON_AddItemToArray's walk to the end, which is
+ * quadratic on long arrays in older cJSON releases.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vectord/json.h"
+#include "json_int.h"
+
+struct parser {
+    const unsigned char *p;   /* start of body */
+    const unsigned char *end; /* one past the last byte */
+    const unsigned char *cur;
+    int max_depth;
+    struct vd_err *err;
+    int rc; /* first error code (VD_EINVAL or VD_ENOMEM) */
+};
+
+static int fail(struct parser *ps, const unsigned char *at, const char *what)
+{
+    if (ps->rc == 0) {
+        ps->rc = VD_EINVAL;
+        vd_errf(ps->err, VD_EINVAL, "invalid JSON at byte %zu: %s", (size_t)(at - ps->p), what);
+    }
+    return VD_EINVAL;
+}
+
+static int fail_nomem(struct parser *ps)
+{
+    if (ps->rc == 0) {
+        ps->rc = VD_ENOMEM;
+        vd_errf(ps->err, VD_ENOMEM, "out of memory while parsing JSON");
+    }
+    return VD_ENOMEM;
+}
+
+static void skip_ws(struct parser *ps)
+{
+    const unsigned char *c = ps->cur, *e = ps->end;
+    while (c < e && (*c == ' ' || *c == '\n' || *c == '\r' || *c == '\t'))
+        c++;
+    ps->cur = c;
+}
+
+static cJSON *new_node(struct parser *ps, int type)
+{
+    cJSON *n = cJSON_malloc(sizeof(*n));
+    if (!n) {
+        fail_nomem(ps);
+        return NULL;
+    }
+    memset(n, 0, sizeof(*n));
+    n->type = type;
+    return n;
+}
+
+/* ---- numbers ----------------------------------------------------------------------------- */
+
+/* Exact powers of ten representable in a double (10^22 is the last one). */
+static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                       1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                       1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/*
+ * Correctly rounded double of a number literal already checked against the grammar. The common
+ * case (at most 15 significant digits, small decimal exponent) is exact by Clinger's argument:
+ * the integer mantissa and 10^k are both exact doubles, so one IEEE multiply or divide rounds
+ * once. Anything else goes to strtod.
+ */
+double vd__json_text_to_double(const char *s, size_t n)
+{
+    const char *c = s, *e = s + n;
+    bool neg = false;
+    uint64_t mant = 0;
+    int digits = 0, scale = 0;
+    if (c < e && *c == '-') {
+        neg = true;
+        c++;
+    }
+    while (c < e && *c >= '0' && *c <= '9') {
+        if (digits || *c != '0')
+            digits++;
+        mant = mant * 10 + (uint64_t)(*c - '0');
+        c++;
+        if (digits > 15)
+            goto slow;
+    }
+    if (c < e && *c == '.') {
+        c++;
+        while (c < e && *c >= '0' && *c <= '9') {
+            if (digits || *c != '0')
+                digits++;
+            mant = mant * 10 + (uint64_t)(*c - '0');
+            scale--;
+            c++;
+            if (digits > 15)
+                goto slow;
+        }
+    }
+    if (c < e && (*c == 'e' || *c == 'E')) {
+        c++;
+        bool eneg = false;
+        int ex = 0;
+        if (*c == '-' || *c == '+') {
+            eneg = *c == '-';
+            c++;
+        }
+        while (c < e && *c >= '0' && *c <= '9') {
+            if (ex > 10000)
+                goto slow;
+            ex = ex * 10 + (*c - '0');
+            c++;
+        }
+        scale += eneg ? -ex : ex;
+    }
+    if (mant == 0)
+        return neg ? -0.0 : 0.0;
+    {
+        double v = (double)mant;
+        if (scale < -22 || scale > 22)
+            goto slow;
+        v = scale < 0 ? v / pow10_exact[-scale] : v * pow10_exact[scale];
+        return neg ? -v : v;
+    }
+slow:;
+    /* strtod needs a NUL-terminated string; number texts are short unless someone sends
+     * thousands of digits, which we copy to the heap. */
+    char small[128];
+    char *tmp = n < sizeof(small) ? small : malloc(n + 1);
+    if (!tmp)
+        return NAN; /* treated as invalid by the caller; only on allocation failure */
+    memcpy(tmp, s, n);
+    tmp[n] = 0;
+    double v = strtod(tmp, NULL);
+    if (tmp != small)
+        free(tmp);
+    return v;
+}
+
+static int parse_number(struct parser *ps, cJSON **out)
+{
+    const unsigned char *start = ps->cur, *c = ps->cur, *e = ps->end;
+    if (*c == '-')
+        c++;
+    if (c >= e)
+        return fail(ps, c, "truncated number");
+    if (*c == '0') {
+        c++;
+        if (c < e && *c >= '0' && *c <= '9')
+            return fail(ps, c - 1, "leading zero in number");
+    } else if (*c >= '1' && *c <= '9') {
+        while (c < e && *c >= '0' && *c <= '9')
+            c++;
+    } else if (*c == 'I' || *c == 'N' || *c == 'i' || *c == 'n') {
+        return fail(ps, start, "NaN and Infinity are not JSON");
+    } else {
+        return fail(ps, c, "expected a digit");
+    }
+    if (c < e && *c == '.') {
+        c++;
+        if (c >= e || *c < '0' || *c > '9')
+            return fail(ps, c, "expected a digit after the decimal point");
+        while (c < e && *c >= '0' && *c <= '9')
+            c++;
+    }
+    if (c < e && (*c == 'e' || *c == 'E')) {
+        c++;
+        if (c < e && (*c == '+' || *c == '-'))
+            c++;
+        if (c >= e || *c < '0' || *c > '9')
+            return fail(ps, c, "expected a digit in the exponent");
+        while (c < e && *c >= '0' && *c <= '9')
+            c++;
+    }
+    size_t n = (size_t)(c - start);
+    double v = vd__json_text_to_double((const char *)start, n);
+    if (!isfinite(v))
+        return fail(ps, start, "number is out of range (not a finite double)");
+    cJSON *node = new_node(ps, cJSON_Number);
+    if (!node)
+        return VD_ENOMEM;
+    node->valuestring = cJSON_malloc(n + 1);
+    if (!node->valuestring) {
+        cJSON_free(node);
+        return fail_nomem(ps);
+    }
+    memcpy(node->valuestring, start, n);
+    node->valuestring[n] = 0;
+    node->valuedouble = v;
+    if (v >= 2147483647.0)
+        node->valueint = 2147483647;
+    else if (v <= -2147483648.0)
+        node->valueint = -2147483647 - 1;
+    else
+        node->valueint = (int)v;
+    ps->cur = c;
+    *out = node;
+    return 0;
+}
+
+/* ---- strings ----------------------------------------------------------------------------- */
+
+static int hex4(const unsigned char *c, uint32_t *out)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char h = c[i];
+        v <<= 4;
+        if (h >= '0' && h <= '9')
+            v |= (uint32_t)(h - '0');
+        else if (h >= 'a' && h <= 'f')
+            v |= (uint32_t)(h - 'a' + 10);
+        else if (h >= 'A' && h <= 'F')
+            v |= (uint32_t)(h - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/*
+ * Length of the valid UTF-8 sequence starting at c (lead byte >= 0x80), or 0 if it is invalid
+ * (overlong forms, UTF-16 surrogates, code points above U+10FFFF, truncated). Follows the
+ * well-formed byte sequence table of Unicode 15 §3.9 (table 3-7).
+ */
+size_t vd__json_utf8_len(const unsigned char *c, const unsigned char *e)
+{
+    unsigned char b0 = c[0];
+    size_t avail = (size_t)(e - c);
+    unsigned char lo = 0x80, hi = 0xBF;
+    size_t n;
+    if (b0 >= 0xC2 && b0 <= 0xDF)
+        n = 2;
+    else if (b0 >= 0xE0 && b0 <= 0xEF) {
+        n = 3;
+        if (b0 == 0xE0)
+            lo = 0xA0;
+        else if (b0 == 0xED)
+            hi = 0x9F;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+        n = 4;
+        if (b0 == 0xF0)
+            lo = 0x90;
+        else if (b0 == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if (avail < n)
+        return 0;
+    if (c[1] < lo || c[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (c[i] < 0x80 || c[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+static size_t put_utf8(unsigned char *o, uint32_t cp)
+{
+    if (cp < 0x80) {
+        o[0] = (unsigned char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (unsigned char)(0xC0 | (cp >> 6));
+        o[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (unsigned char)(0xE0 | (cp >> 12));
+        o[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (unsigned char)(0xF0 | (cp >> 18));
+    o[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+    o[3] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/*
+ * Reads a string starting at the opening quote into a cJSON_malloc'd NUL-terminated buffer.
+ * Two passes: the first validates and finds the closing quote, the second copies and decodes
+ * escapes into a buffer of the raw length (escapes only ever shrink).
+ */
+static int parse_string_raw(struct parser *ps, char **out)
+{
+    const unsigned char *c = ps->cur + 1, *e = ps->end, *start = c;
+    bool escapes = false;
+    for (;;) {
+        if (c >= e)
+            return fail(ps, c, "unterminated string");
+        unsigned char ch = *c;
+        if (ch == '"')
+            break;
+        if (ch < 0x20)
+            return fail(ps, c, "control character in string (must be escaped)");
+        if (ch == '\\') {
+            escapes = true;
+            if (c + 1 >= e)
+                return fail(ps, c, "unterminated string");
+            unsigned char x = c[1];
+            if (x == 'u') {
+                uint32_t cp;
+                if (e - c < 6 || hex4(c + 2, &cp))
+                    return fail(ps, c, "bad \\u escape (needs 4 hex digits)");
+                if (cp == 0)
+                    return fail(ps, c, "\\u0000 is not supported in strings");
+                if (cp >= 0xDC00 && cp <= 0xDFFF)
+                    return fail(ps, c, "unpaired low surrogate in \\u escape");
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    uint32_t lo;
+                    if (e - c < 12 || c[6] != '\\' || c[7] != 'u' || hex4(c + 8, &lo) ||
+                        lo < 0xDC00 || lo > 0xDFFF)
+                        return fail(ps, c, "unpaired high surrogate in \\u escape");
+                    c += 12;
+                } else {
+                    c += 6;
+                }
+                continue;
+            }
+            if (x != '"' && x != '\\' && x != '/' && x != 'b' && x != 'f' && x != 'n' &&
+                x != 'r' && x != 't')
+                return fail(ps, c, "bad escape in string");
+            c += 2;
+            continue;
+        }
+        if (ch >= 0x80) {
+            size_t n = vd__json_utf8_len(c, e);
+            if (!n)
+                return fail(ps, c, "invalid UTF-8 in string");
+            c += n;
+            continue;
+        }
+        c++;
+    }
+    size_t raw = (size_t)(c - start);
+    char *s = cJSON_malloc(raw + 1);
+    if (!s)
+        return fail_nomem(ps);
+    if (!escapes) {
+        memcpy(s, start, raw);
+        s[raw] = 0;
+    } else {
+        unsigned char *o = (unsigned char *)s;
+        const unsigned char *r = start;
+        while (r < c) {
+            if (*r != '\\') {
+                *o++ = *r++;
+                continue;
+            }
+            unsigned char x = r[1];
+            switch (x) {
+            case 'b': *o++ = '\b'; r += 2; break;
+            case 'f': *o++ = '\f'; r += 2; break;
+            case 'n': *o++ = '\n'; r += 2; break;
+            case 'r': *o++ = '\r'; r += 2; break;
+            case 't': *o++ = '\t'; r += 2; break;
+            case 'u': {
+                uint32_t cp, lo;
+                hex4(r + 2, &cp);
+                r += 6;
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    hex4(r + 2, &lo);
+                    r += 6;
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                }
+                o += put_utf8(o, cp);
+                break;
+            }
+            default: *o++ = x; r += 2; break; /* " \ / */
+            }
+        }
+        *o = 0;
+    }
+    ps->cur = c + 1;
+    *out = s;
+    return 0;
+}
+
+/* ---- containers -------------------------------------------------------------------------- */
+
+static int parse_value(struct parser *ps, int depth, cJSON **out);
+
+static void link_child(cJSON *parent, cJSON **last, cJSON *item)
+{
+    if (!*last) {
+        parent->child = item;
+    } else {
+        (*last)->next = item;
+        item->prev = *last;
+    }
+    *last = item;
+    parent->child->prev = item;
+}
+
+static int parse_array(struct parser *ps, int depth, cJSON **out)
+{
+    const unsigned char *open = ps->cur;
+    if (depth > ps->max_depth) {
+        char m[96];
+        snprintf(m, sizeof(m), "nesting deeper than the limit of %d levels", ps->max_depth);
+        return fail(ps, open, m);
+    }
+    cJSON *arr = new_node(ps, cJSON_Array), *last = NULL;
+    if (!arr)
+        return VD_ENOMEM;
+    ps->cur++;
+    skip_ws(ps);
+    if (ps->cur < ps->end && *ps->cur == ']') {
+        ps->cur++;
+        *out = arr;
+        return 0;
+    }
+    for (;;) {
+        cJSON *item = NULL;
+        int rc = parse_value(ps, depth, &item);
+        if (rc)
+            goto out_delete_array;
+        link_child(arr, &last, item);
+        skip_ws(ps);
+        if (ps->cur >= ps->end) {
+            rc = fail(ps, ps->cur, "unterminated array");
+            goto out_delete_array;
+        }
+        if (*ps->cur == ',') {
+            ps->cur++;
+            continue;
+        }
+        if (*ps->cur == ']') {
+            ps->cur++;
+            break;
+        }
+        rc = fail(ps, ps->cur, "expected ',' or ']' in array");
+        goto out_delete_array;
+    }
+    *out = arr;
+    return 0;
+
+out_delete_array:
+    cJSON_Delete(arr);
+    return ps->rc;
+}
+
+struct member_ref {
+    cJSON *item;
+    size_t pos;
+};
+
+static int member_cmp(const void *a, const void *b)
+{
+    const struct member_ref *x = a, *y = b;
+    int c = strcmp(x->item->string, y->item->string);
+    if (c)
+        return c;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+static void unlink_member(cJSON *obj, cJSON *item)
+{
+    if (item == obj->child) {
+        obj->child = item->next;
+        if (item->next)
+            item->next->prev = item->prev; /* keep first->prev == last */
+    } else {
+        item->prev->next = item->next;
+        if (item->next)
+            item->next->prev = item->prev;
+        else
+            obj->child->prev = item->prev;
+    }
+    item->next = item->prev = NULL;
+    cJSON_Delete(item);
+}
+
+/*
+ * Drops all but the last member of each key, in place. Small objects compare pairwise; large
+ * ones sort references so a hostile object with many keys costs O(n log n), not O(n^2).
+ */
+static int dedupe_members(struct parser *ps, cJSON *obj, size_t count)
+{
+    if (count < 2)
+        return 0;
+    if (count <= 16) {
+        cJSON *a = obj->child;
+        while (a) {
+            cJSON *next = a->next;
+            for (cJSON *b = a->next; b; b = b->next) {
+                if (strcmp(a->string, b->string) == 0) {
+                    unlink_member(obj, a);
+                    break;
+                }
+            }
+            a = next;
+        }
+        return 0;
+    }
+    struct member_ref *refs = malloc(count * sizeof(*refs));
+    if (!refs)
+        return fail_nomem(ps);
+    size_t i = 0;
+    for (cJSON *a = obj->child; a; a = a->next, i++)
+        refs[i] = (struct member_ref){a, i};
+    qsort(refs, count, sizeof(*refs), member_cmp);
+    for (i = 0; i + 1 < count; i++)
+        if (strcmp(refs[i].item->string, refs[i + 1].item->string) == 0)
+            unlink_member(obj, refs[i].item);
+    free(refs);
+    return 0;
+}
+
+static int parse_object(struct parser *ps, int depth, cJSON **out)
+{
+    const unsigned char *open = ps->cur;
+    if (depth > ps->max_depth) {
+        char m[96];
+        snprintf(m, sizeof(m), "nesting deeper than the limit of %d levels", ps->max_depth);
+        return fail(ps, open, m);
+    }
+    cJSON *obj = new_node(ps, cJSON_Object), *last = NULL;
+    size_t count = 0;
+    int rc;
+    if (!obj)
+        return VD_ENOMEM;
+    ps->cur++;
+    skip_ws(ps);
+    if (ps->cur < ps->end && *ps->cur == '}') {
+        ps->cur++;
+        *out = obj;
+        return 0;
+    }
+    for (;;) {
+        char *key = NULL;
+        cJSON *item = NULL;
+        if (ps->cur >= ps->end) {
+            rc = fail(ps, ps->cur, "unterminated object");
+            goto out_delete_object;
+        }
+        if (*ps->cur != '"') {
+            rc = fail(ps, ps->cur, "expected a string key in object");
+            goto out_delete_object;
+        }
+        rc = parse_string_raw(ps, &key);
+        if (rc)
+            goto out_delete_object;
+        skip_ws(ps);
+        if (ps->cur >= ps->end || *ps->cur != ':') {
+            cJSON_free(key);
+            rc = fail(ps, ps->cur, "expected ':' after object key");
+            goto out_delete_object;
+        }
+        ps->cur++;
+        rc = parse_value(ps, depth, &item);
+        if (rc) {
+            cJSON_free(key);
+            goto out_delete_object;
+        }
+        item->string = key;
+        link_child(obj, &last, item);
+        count++;
+        skip_ws(ps);
+        if (ps->cur >= ps->end) {
+            rc = fail(ps, ps->cur, "unterminated object");
+            goto out_delete_object;
+        }
+        if (*ps->cur == ',') {
+            ps->cur++;
+            skip_ws(ps);
+            continue;
+        }
+        if (*ps->cur == '}') {
+            ps->cur++;
+            break;
+        }
+        rc = fail(ps, ps->cur, "expected ',' or '}' in object");
+        goto out_delete_object;
+    }
+    rc = dedupe_members(ps, obj, count);
+    if (rc)
+        goto out_delete_object;
+    *out = obj;
+    return 0;
+
+out_delete_object:
+    cJSON_Delete(obj);
+    return ps->rc;
+}
+
+static int parse_literal(struct parser *ps, const char *word, size_t n, int type, cJSON **out)
+{
+    if ((size_t)(ps->end - ps->cur) < n || memcmp(ps->cur, word, n) != 0)
+        return fail(ps, ps->cur, "unexpected character");
+    cJSON *node = new_node(ps, type);
+    if (!node)
+        return VD_ENOMEM;
+    if (type == cJSON_True)
+        node->valueint = 1, node->valuedouble = 1;
+    ps->cur += n;
+    *out = node;
+    return 0;
+}
+
+static int parse_value(struct parser *ps, int depth, cJSON **out)
+{
+    skip_ws(ps);
+    if (ps->cur >= ps->end)
+        return fail(ps, ps->cur, "unexpected end of input");
+    unsigned char ch = *ps->cur;
+    switch (ch) {
+    case '{':
+        return parse_object(ps, depth + 1, out);
+    case '[':
+        return parse_array(ps, depth + 1, out);
+    case '"': {
+        char *s;
+        int rc = parse_string_raw(ps, &s);
+        if (rc)
+            return rc;
+        cJSON *node = new_node(ps, cJSON_String);
+        if (!node) {
+            cJSON_free(s);
+            return VD_ENOMEM;
+        }
+        node->valuestring = s;
+        *out = node;
+        return 0;
+    }
+    case 't':
+        return parse_literal(ps, "true", 4, cJSON_True, out);
+    case 'f':
+        return parse_literal(ps, "false", 5, cJSON_False, out);
+    case 'n':
+        if (ps->end - ps->cur >= 3 && memcmp(ps->cur, "nan", 3) == 0)
+            return fail(ps, ps->cur, "NaN and Infinity are not JSON");
+        return parse_literal(ps, "null", 4, cJSON_NULL, out);
+    case 'N':
+    case 'I':
+    case 'i':
+        return fail(ps, ps->cur, "NaN and Infinity are not JSON");
+    case '+':
+        return fail(ps, ps->cur, "'+' sign is not allowed in numbers");
+    case '.':
+        return fail(ps, ps->cur, "number must start with a digit");
+    case '-':
+        if (ps->end - ps->cur >= 2 && (ps->cur[1] == 'I' || ps->cur[1] == 'i' || ps->cur[1] == 'N'))
+            return fail(ps, ps->cur, "NaN and Infinity are not JSON");
+        return parse_number(ps, out);
+    default:
+        if (ch >= '0' && ch <= '9')
+            return parse_number(ps, out);
+        if (ch == ']' || ch == '}')
+            return fail(ps, ps->cur, "expected a value");
+        return fail(ps, ps->cur, "unexpected character");
+    }
+}
+
+int vd_json_parse(const char *body, size_t len, int max_depth, cJSON **out, struct vd_err *err)
+{
+    struct parser ps = {
+        .p = (const unsigned char *)body,
+        .end = (const unsigned char *)body + len,
+        .cur = (const unsigned char *)body,
+        .max_depth = max_depth > 0 ? max_depth : VD_JSON_MAX_DEPTH,
+        .err = err,
+    };
+    cJSON *root = NULL;
+    *out = NULL;
+    if (!body && len)
+        return vd_errf(err, VD_EINVAL, "invalid JSON at byte 0: no body");
+    if (!body)
+        ps.p = ps.end = ps.cur = (const unsigned char *)"";
+    skip_ws(&ps);
+    if (ps.cur >= ps.end)
+        return vd_errf(err, VD_EINVAL, "invalid JSON at byte %zu: empty body", len);
+    if (parse_value(&ps, 0, &root))
+        return ps.rc;
+    skip_ws(&ps);
+    if (ps.cur < ps.end) {
+        cJSON_Delete(root);
+        return fail(&ps, ps.cur, "trailing characters after the JSON value");
+    }
+    *out = root;
+    return 0;
+}
+
+void vd_json_set_number(cJSON *item, double v)
+{
+    if (!item)
+        return;
+    if (item->valuestring && !(item->type & cJSON_IsReference))
+        cJSON_free(item->valuestring);
+    item->valuestring = NULL;
+    cJSON_SetNumberHelper(item, v);
+}
