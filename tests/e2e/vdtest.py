@@ -1,0 +1,201 @@
+"""Helpers for end-to-end tests: start real vectord processes and talk to them over HTTP.
+
+Only the Python standard library (and numpy where a test says so) is used.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+BINARY = os.environ.get("VECTORD_BIN", "")
+SCALE_SMALL = os.environ.get("VD_TEST_SCALE") == "small"
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond, timeout=30.0, what="condition"):
+    """Polls cond() until it returns a true value; fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+class Node:
+    """One vectord process with its own data directory."""
+
+    def __init__(self, data_dir=None, args=(), env=None, host="127.0.0.1", port=None):
+        self.own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="vectord-e2e-")
+        self.host = host
+        self.port = port or free_port(host)
+        self.cluster_port = free_port(host)
+        self.args = list(args)
+        self.env = dict(os.environ, **(env or {}))
+        self.proc = None
+        self.log_path = os.path.join(self.data_dir, "..", os.path.basename(self.data_dir) + ".log")
+        self.api_key = None
+
+    def start(self, wait=True):
+        cmd = [BINARY, "--data-dir", self.data_dir, "--bind", self.host, "--port", str(self.port),
+               "--cluster-port", str(self.cluster_port), "--log-level", "warn"] + self.args
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=self.env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=60):
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vectord exited with {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                st, _ = self.request("GET", "/readyz", raw=True)
+                return st == 200
+            except OSError:
+                return False
+        wait_until(ready, timeout, "vectord to become ready")
+
+    def read_log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("vectord did not stop within %ss" % timeout)
+        rc = self.proc.returncode if self.proc else 0
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+        return rc
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+    def cleanup(self):
+        if self.proc:
+            self.stop()
+        if self.own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
+
+    def conn(self, timeout=60):
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, raw=False, key=None, timeout=120):
+        """Returns (status, parsed JSON or raw bytes)."""
+        c = self.conn(timeout)
+        h = {}
+        if body is not None and not isinstance(body, (bytes, bytearray)):
+            body = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        k = key if key is not None else self.api_key
+        if k:
+            h["api-key"] = k
+        h.update(headers or {})
+        try:
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+        finally:
+            c.close()
+        if raw:
+            return r.status, data
+        try:
+            return r.status, json.loads(data) if data else None
+        except ValueError:
+            raise AssertionError(f"{method} {path}: reply is not JSON: {data[:200]!r}")
+
+    # conveniences that assert success
+    def ok(self, method, path, body=None, **kw):
+        st, j = self.request(method, path, body, **kw)
+        if st != 200:
+            raise AssertionError(f"{method} {path} -> {st}: {j}")
+        assert j["status"] == "ok", j
+        return j["result"]
+
+    def create(self, name, size, distance="Cosine", **extra):
+        body = {"vectors": {"size": size, "distance": distance}}
+        body.update(extra)
+        return self.ok("PUT", f"/collections/{name}", body)
+
+
+class NodeTest(unittest.TestCase):
+    """A test case with one fresh node per test class."""
+    node_args = ()
+    node_env = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node(args=cls.node_args, env=cls.node_env).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.node.stop()
+        log = cls.node.read_log()
+        cls.node.cleanup()
+        if rc != 0:
+            raise AssertionError(f"vectord exited with {rc} on SIGTERM:\n{log}")
+        for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer"):
+            if bad in log:
+                raise AssertionError(f"sanitizer report in the server log:\n{log}")
+
+    def assertError(self, st_j, status, fragment=None):
+        st, j = st_j
+        self.assertEqual(st, status, j)
+        self.assertIsInstance(j, dict, j)
+        self.assertIn("status", j)
+        self.assertIsInstance(j["status"], dict, j)
+        self.assertIn("error", j["status"])
+        if fragment:
+            self.assertIn(fragment.lower(), j["status"]["error"].lower())
+
+
+def main():
+    global BINARY
+    args = sys.argv[1:]
+    if "--binary" in args:
+        i = args.index("--binary")
+        BINARY = args[i + 1]
+        del args[i:i + 2]
+    if not BINARY or not os.path.exists(BINARY):
+        print("vectord binary not found; pass --binary PATH or set VECTORD_BIN", file=sys.stderr)
+        sys.exit(2)
+    os.environ["VECTORD_BIN"] = BINARY
+    prog = unittest.main(argv=[sys.argv[0]] + args, exit=False, verbosity=2)
+    r = prog.result
+    failed = len(r.failures) + len(r.errors)
+    print(f"{r.testsRun - failed - len(r.skipped)} passed, {failed} failed, {len(r.skipped)} skipped")
+    sys.exit(1 if failed or r.testsRun == 0 else 0)
