@@ -3,13 +3,13 @@
  * ("filter.must[1].range: ..."), key paths split into segments once, match sets sorted for
  * binary search, and the list of distinct keys for the planner.
  */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "filter_int.h"
+#include "vectord/json.h"
 
 struct ctx {
     struct vd_filter *f;
@@ -208,20 +208,10 @@ bad:
 
 /* ---- values ---------------------------------------------------------------------------------- */
 
-/* Reads an integer from a number node. With the strict parser's literal text, a fraction or
- * exponent makes it a float; with plain cJSON, an integral value within 2^53 counts. */
+/* An integer filter operand: exact from the literal text; "1.0" or 1.5 is not one. */
 static bool read_int(const cJSON *n, int64_t *out)
 {
-    if (!cJSON_IsNumber(n))
-        return false;
-    double d;
-    if (n->valuestring && *n->valuestring)
-        return vd__filter_num_is_int(n, out, &d);
-    d = n->valuedouble;
-    if (d != floor(d) || fabs(d) > 9007199254740992.0)
-        return false;
-    *out = (int64_t)d;
-    return true;
+    return vd_json_get_i64(n, out) == 0;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -378,23 +368,6 @@ static int parse_key_cond(struct ctx *x, struct vd__cond *c, const cJSON *o, con
     return rc;
 }
 
-static int parse_pid(const cJSON *e, struct vd_pid *out)
-{
-    if (cJSON_IsString(e))
-        return vd_pid_parse_uuid(e->valuestring, strlen(e->valuestring), out);
-    if (!cJSON_IsNumber(e))
-        return VD_EINVAL;
-    out->type = VD_PID_NUM;
-    if (e->valuestring && *e->valuestring) /* literal text from the strict parser: exact */
-        return vd_pid_parse_u64(e->valuestring, strlen(e->valuestring), &out->u.num) ? VD_EINVAL
-                                                                                      : 0;
-    double d = e->valuedouble;
-    if (d < 0 || d != floor(d) || d > 9007199254740992.0)
-        return VD_EINVAL; /* beyond 2^53 a double has already lost digits */
-    out->u.num = (uint64_t)d;
-    return 0;
-}
-
 static int cmp_pid(const void *a, const void *b)
 {
     return vd_pid_cmp(a, b);
@@ -410,7 +383,7 @@ static int parse_has_id(struct ctx *x, struct vd__cond *c, const cJSON *a)
         return vd_errf(x->err, VD_ENOMEM, "out of memory");
     uint32_t i = 0;
     for (const cJSON *e = a->child; e; e = e->next, i++)
-        if (parse_pid(e, &c->u.ids.ids[i]))
+        if (vd_json_get_pid(e, &c->u.ids.ids[i], NULL))
             return fail(x, VD_EINVAL,
                         "has_id[%u]: expected an unsigned integer or a UUID string", i);
     c->u.ids.n = n;

@@ -2,37 +2,22 @@
  * The binary payload form (layout in filter_int.h): encoding from cJSON, validation of bytes
  * read back from elsewhere, decoding to cJSON, and the value views the evaluator reads through.
  */
-#include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "filter_int.h"
+#include "vectord/json.h"
 
-/* Integers above 2^53 lose digits in a double, so when the strict parser left the literal text
- * we read integers from it; plain cJSON trees only have the double. */
+/* Integers above 2^53 lose digits in a double, so the integer is read from the literal text the
+ * strict parser keeps (vd_json_get_i64); "1.0" and "1e3" are floats, as they are for Qdrant. */
 bool vd__filter_num_is_int(const cJSON *n, int64_t *i, double *d)
 {
-    *d = n->valuedouble;
-    const char *lit = n->valuestring;
-    if (lit && *lit) {
-        for (const char *q = lit; *q; q++)
-            if (*q == '.' || *q == 'e' || *q == 'E')
-                return false;
-        errno = 0;
-        char *end;
-        long long v = strtoll(lit, &end, 10);
-        if (errno || *end)
-            return false; /* beyond int64: Qdrant cannot read it as an integer either */
-        *i = (int64_t)v;
-        *d = (double)v;
+    if (vd_json_get_i64(n, i) == 0) {
+        *d = (double)*i;
         return true;
     }
-    double v = n->valuedouble;
-    if (!(v >= -9223372036854775808.0 && v < 9223372036854775808.0) || v != floor(v))
-        return false;
-    *i = (int64_t)v;
-    return true;
+    *d = n->valuedouble;
+    return false;
 }
 
 void vd__fv_from_cjson(const cJSON *c, struct vd__fv *out)
