@@ -205,7 +205,9 @@ void vd_raft_free(struct vd_raft *r);
 void vd_raft_bootstrap_entry(const struct vd_raft_conf *conf, uint8_t *buf,
                              struct vd_raft_entry *out);
 
-/* Feeds one received message. Returns 0, or VD_EINVAL for a malformed message (dropped). */
+/* Feeds one received message. The core stamps it with the time of the last vd_raft_tick, so the
+ * host ticks with the current time before stepping (timers restarted by the message would
+ * otherwise start in the past). Returns 0, or VD_EINVAL for a malformed message (dropped). */
 int vd_raft_step(struct vd_raft *r, const struct vd_raft_msg *m);
 /* Advances the clock (never backwards) and fires due timers. */
 void vd_raft_tick(struct vd_raft *r, uint64_t now_ms);

@@ -82,6 +82,8 @@ struct node {
     size_t n_inbox, cap_inbox, inbox_head;
     /* leader append-only check: the log terms seen while leader of lead_term */
     uint64_t lead_term, lead_first;
+    int last_role;
+    uint64_t last_term;
     uint64_t *lead_terms;
     size_t n_lead_terms, cap_lead_terms;
 };
@@ -100,7 +102,7 @@ struct read_req {
 
 struct sim {
     uint64_t seed;
-    bool verbose;
+    bool verbose, trace;
     enum vd_raft_bug bug;
     uint64_t now, steps, seq;
     int n_nodes;
@@ -129,6 +131,11 @@ struct sim {
 };
 
 static struct sim S;
+
+/* Totals over all seeds, to show the faults and features were exercised. */
+static struct {
+    uint64_t acked, reads, installs, confs, elections, crashes;
+} T;
 
 static void vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void vlog(const char *fmt, ...)
@@ -367,12 +374,16 @@ static void sm_apply(struct node *n, const struct vd_raft_entry *e)
             n->sm.seen[cmd / 8] |= (uint8_t)(1u << (cmd % 8));
             if (!(S.acked[cmd / 8] & (1u << (cmd % 8)))) {
                 S.acked[cmd / 8] |= (uint8_t)(1u << (cmd % 8));
+                T.acked++;
                 vlog("cmd %" PRIu64 " committed at %" PRIu64, cmd, e->index);
             }
         }
         if (e->index > S.max_acked_index)
             S.max_acked_index = e->index;
     }
+    S.chain = grow(S.chain, &S.cap_chain, e->index + 1, sizeof(*S.chain));
+    if (e->type == VD_RAFT_ENTRY_CONF && S.chain[e->index] == 0 && e->index > 1)
+        T.confs++;
     if (e->type == VD_RAFT_ENTRY_CONF && vd_raft_conf_decode(e->data, e->len, &n->applied_conf) != 0)
         violation("node %" PRIu64 " applied an undecodable configuration", n->id);
     check_chain(n);
@@ -410,6 +421,7 @@ static void node_start(struct node *n)
 static void node_crash(struct node *n)
 {
     vlog("crash node %" PRIu64 "%s", n->id, n->busy ? " (losing an unfinished write)" : "");
+    T.crashes++;
     vd_raft_free(n->r);
     n->r = NULL;
     n->alive = false;
@@ -473,6 +485,7 @@ static void finish_update(struct node *n)
         net_send(&u->msgs[i]);
     /* 3. state machine */
     if (u->snapshot) {
+        T.installs++;
         sm_decode(&n->sm, u->snapshot->data, u->snapshot->len);
         n->applied_conf = u->snapshot->conf;
         check_chain(n);
@@ -494,6 +507,7 @@ static void finish_update(struct node *n)
                       " but index %" PRIu64 " was acknowledged before it began",
                       rr->ctx, n->id, u->reads[i].index, rr->min_index);
         S.n_reads_ok++;
+        T.reads++;
     }
     vd_raft_advance(n->r);
     n->busy = false;
@@ -560,12 +574,19 @@ static void check_node(struct node *n)
     struct vd_raft *r = n->r;
     uint64_t first = vd_raft_first_index(r), last = vd_raft_last_index(r);
     uint64_t term = vd_raft_term(r);
+    if (S.verbose && ((int)vd_raft_role(r) != n->last_role || term != n->last_term)) {
+        vlog("node %" PRIu64 " now %s in term %" PRIu64 " (leader %" PRIu64 ")", n->id,
+             vd_raft_role_name(vd_raft_role(r)), term, vd_raft_leader(r));
+        n->last_role = (int)vd_raft_role(r);
+        n->last_term = term;
+    }
 
     /* Election safety: at most one leader per term. */
     if (vd_raft_role(r) == VD_RAFT_LEADER) {
         S.leader_of_term = grow(S.leader_of_term, &S.cap_lot, term + 1, sizeof(uint64_t));
         if (S.leader_of_term[term] == 0) {
             S.leader_of_term[term] = n->id;
+            T.elections++;
             vlog("node %" PRIu64 " is leader of term %" PRIu64, n->id, term);
         } else if (S.leader_of_term[term] != n->id) {
             violation("election safety: nodes %" PRIu64 " and %" PRIu64 " both lead term %" PRIu64,
@@ -872,6 +893,12 @@ static bool step(uint64_t until)
         break;
     case 2: {
         struct qmsg *q = &n->inbox[n->inbox_head++];
+        if (S.trace)
+            vlog("deliver %u %" PRIu64 "->%" PRIu64 " term %" PRIu64 " index %" PRIu64
+                 " logterm %" PRIu64 " commit %" PRIu64 " n %zu reject %d hint %" PRIu64,
+                 q->m.type, q->m.from, q->m.to, q->m.term, q->m.index, q->m.log_term,
+                 q->m.commit, q->m.n_entries, q->m.reject, q->m.hint);
+        vd_raft_tick(n->r, S.now); /* the core's clock must be current for its timers */
         vd_raft_step(n->r, &q->m);
         qmsg_free(q);
         if (n->inbox_head == n->n_inbox)
@@ -930,10 +957,11 @@ static void sim_reset(void)
     free(S.commit_seen_term);
     free(S.chain);
     free(S.logmap);
-    bool verbose = S.verbose;
+    bool verbose = S.verbose, trace = S.trace;
     enum vd_raft_bug bug = S.bug;
     memset(&S, 0, sizeof(S));
     S.verbose = verbose;
+    S.trace = trace;
     S.bug = bug;
 }
 
@@ -993,7 +1021,7 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
     }
     vlog("faults healed");
     uint64_t deadline = S.now + (uint64_t)20 * S.cfg.election_timeout_ms;
-    uint64_t probe_cmd = UINT64_MAX;
+    uint64_t probe_cmd = UINT64_MAX, probe_at = 0;
     S.next_client = UINT64_MAX; /* only the probe command from now on */
     for (;;) {
         if (!step(S.now + 10)) {
@@ -1002,11 +1030,14 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
             S.now += 10;
         }
         struct node *l = find_leader();
-        if (probe_cmd == UINT64_MAX && l && !l->busy && S.next_cmd < MAX_CMDS) {
+        /* A probe lost with a deposed leader's log is proposed again after a while. */
+        bool probe_done = probe_cmd != UINT64_MAX && (S.acked[probe_cmd / 8] & (1u << (probe_cmd % 8)));
+        if (!probe_done && S.now >= probe_at && l && !l->busy && S.next_cmd < MAX_CMDS) {
             uint8_t b[8];
             vd_be64_put(b, S.next_cmd);
             if (vd_raft_propose(l->r, b, 8, NULL, NULL) == 0) {
                 probe_cmd = S.next_cmd++;
+                probe_at = S.now + 2 * S.cfg.election_timeout_ms;
                 start_update(l);
             }
         }
@@ -1031,6 +1062,24 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
                 break;
         }
         if (S.now > deadline) {
+            for (int i = 0; i < S.n_nodes; i++) {
+                struct node *n = &S.nodes[i];
+                if (!n->alive)
+                    continue;
+                const struct vd_raft_conf *c = vd_raft_conf(n->r);
+                char roles[128] = "";
+                size_t o = 0;
+                for (uint32_t k = 0; k < c->n && o < sizeof(roles) - 24; k++)
+                    o += (size_t)snprintf(roles + o, sizeof(roles) - o, " %" PRIu64 "%s", c->nodes[k].id,
+                                          c->nodes[k].role == VD_RAFT_VOTER ? "" : "L");
+                vlog("node %" PRIu64 ": %s term %" PRIu64 " leader %" PRIu64 " first %" PRIu64
+                     " last %" PRIu64 " commit %" PRIu64 " applied %" PRIu64 " match %" PRIu64
+                     " busy %d conf[%s ]",
+                     n->id, vd_raft_role_name(vd_raft_role(n->r)), vd_raft_term(n->r),
+                     vd_raft_leader(n->r), vd_raft_first_index(n->r), vd_raft_last_index(n->r),
+                     vd_raft_commit(n->r), n->sm.index, l ? vd_raft_match(l->r, n->id) : 0,
+                     n->busy, roles);
+            }
             if (!l)
                 violation("liveness: no leader %" PRIu64 " ms after the faults healed",
                           (uint64_t)20 * S.cfg.election_timeout_ms);
@@ -1060,6 +1109,8 @@ int main(int argc, char **argv)
             count = strtoull(argv[++i], NULL, 10);
         } else if (!strcmp(argv[i], "--verbose")) {
             S.verbose = true;
+        } else if (!strcmp(argv[i], "--trace")) {
+            S.verbose = S.trace = true;
         } else if (!strcmp(argv[i], "--expect-violation")) {
             expect_violation = true;
         } else if (!strcmp(argv[i], "--bug") && i + 1 < argc) {
@@ -1111,6 +1162,10 @@ int main(int argc, char **argv)
            "%" PRIu64 " failed, %.2f s\n",
            first, first + ran - 1, ran, total_steps, ran ? (double)total_steps / (double)ran : 0.0,
            failed, wall);
+    printf("sim_raft: %" PRIu64 " commands committed, %" PRIu64 " elections, %" PRIu64
+           " crashes, %" PRIu64 " snapshots installed from a leader, %" PRIu64
+           " membership changes applied, %" PRIu64 " linearizable reads\n",
+           T.acked, T.elections, T.crashes, T.installs, T.confs, T.reads);
     if (expect_violation) {
         if (failed) {
             printf("sim_raft: the planted bug was caught\n");
