@@ -1,0 +1,112 @@
+/*
+ * vectord index: distance kernels, an HNSW graph (Malkov & Yashunin, 2016) with an exact scan of
+ * the not-yet-linked tail, and persistence of the graph.
+ *
+ * Thread rules: one struct vd_index may be used from any number of threads at once. Searches take
+ * no global exclusive lock; upserts and deletes are cheap (memcpy + bookkeeping) and are meant to
+ * be called in commit order from the storage writer thread; vd_index_link_pending() is called by
+ * background workers, several at once. The only exclusive section is the periodic repair of
+ * deleted slots (inside vd_index_link_pending) and vd_index_save(); both are short compared with
+ * a build.
+ */
+#ifndef VECTORD_INDEX_H
+#define VECTORD_INDEX_H
+
+#include "vectord/core.h"
+
+struct vd_index_params {
+    uint32_t dim;
+    enum vd_metric metric;
+    uint32_t m;                      /* default 16 (0 = default) */
+    uint32_t ef_construct;           /* default 100, Qdrant's default (0 = default) */
+    /* Below this many KiB of live vectors, searches are exact (Qdrant semantics). 0 means never
+     * switch to exact automatically; vd_index_params_init() fills Qdrant's default, 10000. */
+    uint32_t full_scan_threshold_kb;
+    uint64_t seed;                   /* levels are drawn from this seed */
+};
+
+/* Fills p with the defaults above for a dim-dimensional index of the given metric. */
+void vd_index_params_init(struct vd_index_params *p, uint32_t dim, enum vd_metric metric);
+
+struct vd_index; /* opaque, thread-safe */
+
+/* Allocates an empty index. Returns 0, VD_ERANGE (dim outside 1..65536, m outside 2..128, unknown
+ * metric) or VD_ENOMEM. The caller owns *out and releases it with vd_index_free(). */
+int vd_index_new(const struct vd_index_params *p, struct vd_index **out);
+/* Frees the index and everything it holds; no other call may be in flight. NULL is a no-op. */
+void vd_index_free(struct vd_index *ix);
+
+/* Normalises v[dim] in place (for cosine). Returns VD_ERANGE for a zero or non-finite vector.
+ * A vector whose squared norm is already 1 within a few ulps is left bit-for-bit unchanged so
+ * that export -> import is exact. */
+int vd_vec_normalize(float *v, uint32_t dim);
+
+/* Stores (or replaces) the vector of `id` (vec[dim], already normalised for cosine; copied).
+ * Visible to searches at once (the unlinked tail is scanned exactly) and linked into the graph
+ * later by vd_index_link_pending(). Replacing an id marks its old slot deleted; deleted slots are
+ * reused after the links that point at them are repaired. `seq` is the storage change counter of
+ * this write; the index remembers the highest applied. Returns 0 or VD_ENOMEM. */
+int vd_index_upsert(struct vd_index *ix, const struct vd_pid *id, const float *vec, uint64_t seq);
+/* Removes id from results at once. Returns 0 or VD_ENOTFOUND (safe to ignore); seq is recorded
+ * either way. */
+int vd_index_delete(struct vd_index *ix, const struct vd_pid *id, uint64_t seq);
+/* Links up to `max` pending points into the graph and, when enough slots are deleted, repairs the
+ * links around them so the slots can be reused. Safe from several threads at once. Returns how
+ * many points it linked (0 when none are pending). */
+size_t vd_index_link_pending(struct vd_index *ix, size_t max);
+size_t vd_index_pending(const struct vd_index *ix);   /* stored but not yet linked */
+size_t vd_index_count(const struct vd_index *ix);     /* live points */
+uint64_t vd_index_applied_seq(const struct vd_index *ix);
+uint32_t vd_index_dim(const struct vd_index *ix);
+/* Copies the stored vector of id into out[dim]. Returns 0 or VD_ENOTFOUND. */
+int vd_index_get_vector(const struct vd_index *ix, const struct vd_pid *id, float *out);
+
+/* Filter predicate evaluated during graph traversal (filtered points are still traversed for
+ * connectivity but not returned) and in exact scans. Called from the searching thread; must be
+ * thread-safe. `id` is only valid during the call. */
+typedef bool (*vd_index_filter_fn)(const struct vd_pid *id, uint32_t slot, void *ctx);
+
+struct vd_search_req {
+    const float *query;        /* dim floats; for cosine the caller normalises it */
+    uint32_t k;                /* results wanted (limit + offset) */
+    uint32_t ef;               /* 0 = max(k, 64); values below k are raised to k */
+    bool exact;                /* force an exact scan */
+    vd_index_filter_fn filter; /* NULL = all points */
+    void *filter_ctx;
+    /* Optional estimate of how many points pass the filter (0 = unknown); when that many vectors
+     * are below full_scan_threshold_kb, the search is exact. */
+    uint32_t filter_estimate;
+};
+
+struct vd_search_hit {
+    struct vd_pid id;
+    float score;
+};
+
+/* Writes up to k hits best-first into out[k]; *n_out = count. Scores as Qdrant reports them:
+ * cosine -> cosine similarity, dot -> dot product (higher first), euclid -> Euclidean distance
+ * (lower first), manhattan -> L1 distance (lower first). Allocates nothing in steady state (search
+ * contexts are pooled). Returns 0, VD_EINVAL (NULL query) or VD_ENOMEM (first use of a context). */
+int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct vd_search_hit *out,
+                    uint32_t *n_out);
+
+/* Persistence. vd_index_save writes the graph, the id map and the applied seq to `path`
+ * (format versioned, CRC32C-checked; written to "<path>.tmp", fsynced, renamed, directory
+ * fsynced). Vectors are not in the file: they live in storage, and load asks fetch(id, out, ctx)
+ * for each stored point (return 0, or VD_ENOTFOUND when the point no longer exists: it is dropped
+ * and the links around it repaired). Points that were still pending when saved come back pending.
+ * vd_index_load returns VD_ENOTFOUND (no file), VD_ECORRUPT (truncated, bad checksum, or params
+ * that do not match p: dim, metric, m), VD_EIO, VD_ENOMEM or a fetch error; the caller rebuilds.
+ * Saving blocks searches and linking for the time it takes to serialise the graph. */
+typedef int (*vd_index_fetch_fn)(const struct vd_pid *id, float *out, void *ctx);
+int vd_index_save(struct vd_index *ix, const char *path);
+int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fetch_fn fetch,
+                  void *ctx, struct vd_index **out);
+
+/* Bytes held by the index (vectors, links, id map, search contexts). */
+size_t vd_index_memory(const struct vd_index *ix);
+
+/* Name of the distance kernel set chosen at start ("avx512", "avx2" or "scalar"). Static. */
+const char *vd_index_kernel_name(void);
+
+#endif

@@ -1,0 +1,723 @@
+/*
+ * Unit tests of the index module: distance kernels against the scalar reference, recall of the
+ * HNSW graph against brute force for every metric, deletes and updates, churn, filtered search,
+ * persistence and its corruption checks.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "hnsw_int.h"
+#include "index_int.h"
+#include "vectord/index.h"
+
+static bool small_scale(void)
+{
+    const char *s = getenv("VD_TEST_SCALE");
+    return s && strcmp(s, "small") == 0;
+}
+
+/* xorshift64* with a fixed seed: deterministic data */
+static uint64_t rng_state;
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 2685821657736338717ull;
+}
+static float frand(void) /* [-1, 1) */
+{
+    return (float)((double)(rnd() >> 11) / 4503599627370496.0 - 1.0);
+}
+static float gauss(void)
+{
+    double u = ((double)(rnd() >> 11) + 1.0) / 9007199254740993.0;
+    double v = (double)(rnd() >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
+}
+
+/* n embedding-like vectors: clusters in a 12-d latent space, projected by a fixed random
+ * matrix into dim dimensions plus a little noise; normalised when cosine. The projection seed is
+ * fixed so that base and query sets share it. */
+static float *make_data(size_t n, uint32_t dim, enum vd_metric metric, uint64_t seed)
+{
+    enum { LAT = 12, NC = 32 };
+    rng_state = 0xabcdef;
+    float *proj = malloc((size_t)LAT * dim * sizeof(float));
+    float cent[NC][LAT];
+    assert_non_null(proj);
+    for (size_t i = 0; i < (size_t)LAT * dim; i++)
+        proj[i] = gauss();
+    for (int c = 0; c < NC; c++)
+        for (int j = 0; j < LAT; j++)
+            cent[c][j] = 2.0f * gauss();
+    rng_state = seed;
+    float *v = malloc(n * dim * sizeof(float));
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++) {
+        size_t c = rnd() % NC;
+        float lat[LAT];
+        for (int j = 0; j < LAT; j++)
+            lat[j] = cent[c][j] + gauss();
+        for (uint32_t d = 0; d < dim; d++) {
+            float x = 0.05f * gauss();
+            for (int j = 0; j < LAT; j++)
+                x += lat[j] * proj[(size_t)j * dim + d];
+            v[i * dim + d] = x;
+        }
+        if (metric == VD_METRIC_COSINE)
+            assert_int_equal(vd_vec_normalize(v + i * dim, dim), 0);
+    }
+    free(proj);
+    return v;
+}
+
+static float ref_dist(enum vd_metric m, const float *a, const float *b, uint32_t dim)
+{
+    double s = 0;
+    for (uint32_t i = 0; i < dim; i++) {
+        double d = (double)a[i] - b[i];
+        if (m == VD_METRIC_EUCLID)
+            s += d * d;
+        else if (m == VD_METRIC_MANHATTAN)
+            s += fabs(d);
+        else
+            s -= (double)a[i] * b[i];
+    }
+    return (float)s;
+}
+
+/* Brute-force top-k ids (indices into v) of q; skip[i] true excludes point i. */
+static void brute_topk(enum vd_metric m, const float *v, size_t n, uint32_t dim, const float *q,
+                       uint32_t k, const bool *skip, uint64_t *ids)
+{
+    float *best = malloc(k * sizeof(float));
+    for (uint32_t i = 0; i < k; i++) {
+        best[i] = INFINITY;
+        ids[i] = UINT64_MAX;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (skip && skip[i])
+            continue;
+        float d = ref_dist(m, q, v + i * dim, dim);
+        if (d >= best[k - 1])
+            continue;
+        uint32_t j = k - 1;
+        while (j > 0 && best[j - 1] > d) {
+            best[j] = best[j - 1];
+            ids[j] = ids[j - 1];
+            j--;
+        }
+        best[j] = d;
+        ids[j] = i;
+    }
+    free(best);
+}
+
+static struct vd_pid num(uint64_t n)
+{
+    struct vd_pid p;
+    memset(&p, 0, sizeof(p));
+    p.type = VD_PID_NUM;
+    p.u.num = n;
+    return p;
+}
+
+static struct vd_index *new_index(uint32_t dim, enum vd_metric m, uint32_t efc)
+{
+    struct vd_index_params p;
+    vd_index_params_init(&p, dim, m);
+    p.ef_construct = efc;
+    p.full_scan_threshold_kb = 0;
+    struct vd_index *ix;
+    assert_int_equal(vd_index_new(&p, &ix), 0);
+    return ix;
+}
+
+static void insert_all(struct vd_index *ix, const float *v, size_t n, uint32_t dim, uint64_t base)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct vd_pid id = num(base + i);
+        assert_int_equal(vd_index_upsert(ix, &id, v + i * dim, base + i + 1), 0);
+    }
+}
+
+/* Mean recall@k of the index over nq queries; ids are base + point index. */
+static double recall(struct vd_index *ix, enum vd_metric m, const float *v, size_t n, uint32_t dim,
+                     const float *qs, size_t nq, uint32_t k, uint32_t ef, const bool *skip,
+                     uint64_t base)
+{
+    uint64_t *truth = malloc(k * sizeof(*truth));
+    struct vd_search_hit *hits = malloc(k * sizeof(*hits));
+    size_t good = 0;
+    for (size_t qi = 0; qi < nq; qi++) {
+        const float *q = qs + qi * dim;
+        brute_topk(m, v, n, dim, q, k, skip, truth);
+        struct vd_search_req r = {.query = q, .k = k, .ef = ef};
+        uint32_t got;
+        assert_int_equal(vd_index_search(ix, &r, hits, &got), 0);
+        for (uint32_t i = 0; i < got; i++)
+            for (uint32_t j = 0; j < k; j++)
+                if (truth[j] != UINT64_MAX && hits[i].id.u.num == truth[j] + base) {
+                    good++;
+                    break;
+                }
+    }
+    free(truth);
+    free(hits);
+    return (double)good / (double)(nq * k);
+}
+
+/* ---- kernels ------------------------------------------------------------------------------ */
+
+static void check_kernels(const struct vd__kernels *k)
+{
+    if (!k) {
+        print_message("kernel set not supported on this CPU, skipped\n");
+        return;
+    }
+    const struct vd__kernels *ref = vd__index_kernels_scalar();
+    rng_state = 42;
+    float *a = malloc((4096 + 8) * sizeof(float)), *b = malloc((4096 + 8) * sizeof(float));
+    for (size_t i = 0; i < 4096 + 8; i++) {
+        a[i] = frand() * 3.0f;
+        b[i] = frand() * 3.0f;
+    }
+    size_t dims[] = {301, 383, 511, 512, 513, 768, 784, 1023, 1024, 1536, 2047, 3072, 4095, 4096};
+    size_t nd = 300 + sizeof(dims) / sizeof(dims[0]);
+    for (size_t di = 0; di < nd; di++) {
+        size_t n = di < 300 ? di + 1 : dims[di - 300];
+        for (size_t off = 0; off < 4; off++) {
+            const float *x = a + off, *y = b + (3 - off);
+            double mag_dot = 0, mag_l2 = 0, mag_l1 = 0;
+            for (size_t i = 0; i < n; i++) {
+                mag_dot += fabs((double)x[i] * y[i]);
+                mag_l2 += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+                mag_l1 += fabs((double)x[i] - y[i]);
+            }
+            float tol_dot = (float)(mag_dot * 1e-5 + 1e-6);
+            float tol_l2 = (float)(mag_l2 * 1e-5 + 1e-6);
+            float tol_l1 = (float)(mag_l1 * 1e-5 + 1e-6);
+            if (fabsf(k->dot(x, y, n) - ref->dot(x, y, n)) > tol_dot ||
+                fabsf(k->l2(x, y, n) - ref->l2(x, y, n)) > tol_l2 ||
+                fabsf(k->l1(x, y, n) - ref->l1(x, y, n)) > tol_l1)
+                fail_msg("%s kernels differ from scalar at dim %zu offset %zu: dot %g/%g l2 %g/%g "
+                         "l1 %g/%g",
+                         k->name, n, off, k->dot(x, y, n), ref->dot(x, y, n), k->l2(x, y, n),
+                         ref->l2(x, y, n), k->l1(x, y, n), ref->l1(x, y, n));
+        }
+    }
+    free(a);
+    free(b);
+}
+
+static void test_kernels_avx2(void **state)
+{
+    (void)state;
+    check_kernels(vd__index_kernels_avx2());
+}
+
+static void test_kernels_avx512(void **state)
+{
+    (void)state;
+    check_kernels(vd__index_kernels_avx512());
+}
+
+static void test_kernels_chosen(void **state)
+{
+    (void)state;
+    assert_non_null(vd__index_kernels());
+    assert_string_equal(vd_index_kernel_name(), vd__index_kernels()->name);
+    check_kernels(vd__index_kernels());
+}
+
+/* ---- normalisation ------------------------------------------------------------------------ */
+
+static void test_normalize(void **state)
+{
+    (void)state;
+    float z[3] = {0, 0, 0};
+    assert_int_equal(vd_vec_normalize(z, 3), VD_ERANGE);
+    float v[4] = {3, 4, 0, 0};
+    assert_int_equal(vd_vec_normalize(v, 4), 0);
+    assert_float_equal(v[0], 0.6f, 1e-7);
+    assert_float_equal(v[1], 0.8f, 1e-7);
+    /* idempotent bit for bit on random vectors */
+    rng_state = 7;
+    for (int t = 0; t < 1000; t++) {
+        float a[100], b[100];
+        for (int i = 0; i < 100; i++)
+            a[i] = frand();
+        assert_int_equal(vd_vec_normalize(a, 100), 0);
+        memcpy(b, a, sizeof(a));
+        assert_int_equal(vd_vec_normalize(b, 100), 0);
+        assert_memory_equal(a, b, sizeof(a));
+    }
+}
+
+/* ---- recall per metric -------------------------------------------------------------------- */
+
+static void check_recall(enum vd_metric m, uint32_t ef)
+{
+    size_t n = small_scale() ? 2000 : 10000, nq = small_scale() ? 50 : 200;
+    uint32_t dim = small_scale() ? 32 : 128;
+    float *v = make_data(n, dim, m, 1234 + (uint64_t)m);
+    float *q = make_data(nq, dim, m, 999 + (uint64_t)m);
+    struct vd_index *ix = new_index(dim, m, 100);
+    insert_all(ix, v, n, dim, 0);
+    assert_int_equal(vd_index_pending(ix), n);
+    while (vd_index_link_pending(ix, 1000) > 0)
+        ;
+    assert_int_equal(vd_index_pending(ix), 0);
+    assert_int_equal(vd_index_count(ix), n);
+    double rc = recall(ix, m, v, n, dim, q, nq, 10, ef, NULL, 0);
+    print_message("metric %d: recall@10 = %.4f (ef %u)\n", (int)m, rc, ef);
+    assert_true(rc >= 0.95);
+
+    /* exact search is exact */
+    struct vd_search_hit hits[10];
+    uint64_t truth[10];
+    uint32_t got;
+    for (size_t i = 0; i < 5; i++) {
+        struct vd_search_req r = {.query = q + i * dim, .k = 10, .exact = true};
+        assert_int_equal(vd_index_search(ix, &r, hits, &got), 0);
+        assert_int_equal(got, 10);
+        brute_topk(m, v, n, dim, q + i * dim, 10, NULL, truth);
+        for (int j = 0; j < 10; j++) {
+            float want = ref_dist(m, q + i * dim, v + truth[j] * dim, dim);
+            float got_d = ref_dist(m, q + i * dim, v + hits[j].id.u.num * dim, dim);
+            assert_true(fabsf(want - got_d) <= 1e-4f * (fabsf(want) + 1.0f));
+        }
+        /* score semantics */
+        float d0 = ref_dist(m, q + i * dim, v + hits[0].id.u.num * dim, dim);
+        float want_score = m == VD_METRIC_EUCLID ? sqrtf(d0) : m == VD_METRIC_MANHATTAN ? d0 : -d0;
+        assert_true(fabsf(hits[0].score - want_score) <= 1e-3f * (fabsf(want_score) + 1.0f));
+    }
+    vd_index_free(ix);
+    free(v);
+    free(q);
+}
+
+static void test_recall_cosine(void **state)
+{
+    (void)state;
+    check_recall(VD_METRIC_COSINE, 64);
+}
+static void test_recall_euclid(void **state)
+{
+    (void)state;
+    check_recall(VD_METRIC_EUCLID, 64);
+}
+static void test_recall_dot(void **state)
+{
+    (void)state;
+    check_recall(VD_METRIC_DOT, 128);
+}
+static void test_recall_manhattan(void **state)
+{
+    (void)state;
+    check_recall(VD_METRIC_MANHATTAN, 64);
+}
+
+/* ---- visibility, deletes, updates --------------------------------------------------------- */
+
+static void test_unlinked_tail_and_updates(void **state)
+{
+    (void)state;
+    uint32_t dim = 16;
+    size_t n = 500;
+    float *v = make_data(n, dim, VD_METRIC_EUCLID, 5);
+    struct vd_index *ix = new_index(dim, VD_METRIC_EUCLID, 64);
+    insert_all(ix, v, n / 2, dim, 0);
+    while (vd_index_link_pending(ix, 100) > 0)
+        ;
+    /* the second half is stored but not linked: still found, exactly */
+    insert_all(ix, v + (n / 2) * dim, n - n / 2, dim, n / 2);
+    assert_int_equal(vd_index_pending(ix), n - n / 2);
+    struct vd_search_hit hits[5];
+    uint32_t got;
+    for (size_t i = 0; i < n; i += 37) {
+        struct vd_search_req r = {.query = v + i * dim, .k = 5, .ef = 64};
+        assert_int_equal(vd_index_search(ix, &r, hits, &got), 0);
+        assert_int_equal(got, 5);
+        assert_int_equal(hits[0].id.u.num, i);
+        assert_float_equal(hits[0].score, 0.0f, 1e-6);
+    }
+    assert_int_equal(vd_index_applied_seq(ix), n);
+
+    /* delete: gone at once */
+    struct vd_pid id7 = num(7), id400 = num(400), none = num(99999);
+    assert_int_equal(vd_index_delete(ix, &id7, 1000), 0);
+    assert_int_equal(vd_index_delete(ix, &id400, 1001), 0);
+    assert_int_equal(vd_index_delete(ix, &none, 1002), VD_ENOTFOUND);
+    assert_int_equal(vd_index_applied_seq(ix), 1002);
+    assert_int_equal(vd_index_count(ix), n - 2);
+    float out[16];
+    assert_int_equal(vd_index_get_vector(ix, &id7, out), VD_ENOTFOUND);
+    struct vd_search_req r7 = {.query = v + 7 * dim, .k = 5, .ef = 64};
+    assert_int_equal(vd_index_search(ix, &r7, hits, &got), 0);
+    for (uint32_t i = 0; i < got; i++)
+        assert_true(hits[i].id.u.num != 7);
+    struct vd_search_req r400 = {.query = v + 400 * dim, .k = 5, .ef = 64};
+    assert_int_equal(vd_index_search(ix, &r400, hits, &got), 0);
+    for (uint32_t i = 0; i < got; i++)
+        assert_true(hits[i].id.u.num != 400);
+
+    /* update: point 3 moves onto point 100's vector */
+    struct vd_pid id3 = num(3);
+    assert_int_equal(vd_index_upsert(ix, &id3, v + 100 * dim, 1003), 0);
+    assert_int_equal(vd_index_count(ix), n - 2);
+    assert_int_equal(vd_index_get_vector(ix, &id3, out), 0);
+    assert_memory_equal(out, v + 100 * dim, dim * sizeof(float));
+    struct vd_search_req r3 = {.query = v + 100 * dim, .k = 2, .ef = 64};
+    assert_int_equal(vd_index_search(ix, &r3, hits, &got), 0);
+    assert_int_equal(got, 2);
+    assert_true((hits[0].id.u.num == 3 && hits[1].id.u.num == 100) ||
+                (hits[0].id.u.num == 100 && hits[1].id.u.num == 3));
+    while (vd_index_link_pending(ix, 100) > 0)
+        ;
+    assert_int_equal(vd_index_pending(ix), 0);
+    assert_int_equal(vd_index_search(ix, &r3, hits, &got), 0);
+    assert_int_equal(got, 2);
+    assert_true(hits[0].score == 0.0f && hits[1].score == 0.0f);
+
+    /* re-insert deleted id */
+    assert_int_equal(vd_index_upsert(ix, &id7, v + 7 * dim, 1004), 0);
+    assert_int_equal(vd_index_search(ix, &r7, hits, &got), 0);
+    assert_int_equal(hits[0].id.u.num, 7);
+    assert_true(vd_index_memory(ix) > n * dim * sizeof(float));
+    vd_index_free(ix);
+    free(v);
+}
+
+static void test_full_scan_threshold(void **state)
+{
+    (void)state;
+    uint32_t dim = 8;
+    struct vd_index_params p;
+    vd_index_params_init(&p, dim, VD_METRIC_EUCLID);
+    assert_int_equal(p.full_scan_threshold_kb, 10000);
+    assert_int_equal(p.m, 16);
+    struct vd_index *ix;
+    assert_int_equal(vd_index_new(&p, &ix), 0);
+    float *v = make_data(300, dim, VD_METRIC_EUCLID, 77);
+    insert_all(ix, v, 300, dim, 0);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    /* below the threshold: exact even with ef = k = 1 */
+    for (size_t i = 0; i < 300; i++) {
+        struct vd_search_hit h;
+        uint32_t got;
+        struct vd_search_req r = {.query = v + i * dim, .k = 1, .ef = 1};
+        assert_int_equal(vd_index_search(ix, &r, &h, &got), 0);
+        assert_int_equal(got, 1);
+        assert_int_equal(h.id.u.num, i);
+    }
+    vd_index_free(ix);
+    p.dim = 0;
+    assert_int_equal(vd_index_new(&p, &ix), VD_ERANGE);
+    p.dim = 4;
+    p.metric = (enum vd_metric)9;
+    assert_int_equal(vd_index_new(&p, &ix), VD_ERANGE);
+    free(v);
+}
+
+/* ---- churn ---------------------------------------------------------------------------------- */
+
+static void test_churn_recall(void **state)
+{
+    (void)state;
+    size_t n = small_scale() ? 4000 : 50000, nq = small_scale() ? 50 : 200;
+    uint32_t dim = small_scale() ? 16 : 32;
+    enum vd_metric m = VD_METRIC_EUCLID;
+    size_t total = n + n / 2;
+    float *v = make_data(total, dim, m, 31337);
+    float *q = make_data(nq, dim, m, 4242);
+    bool *gone = calloc(total, sizeof(bool));
+
+    struct vd_index *ix = new_index(dim, m, 100);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    /* delete every other point, then insert n/2 new ones (which reuse the freed slots) */
+    for (size_t i = 0; i < n; i += 2) {
+        struct vd_pid id = num(i);
+        assert_int_equal(vd_index_delete(ix, &id, 0), 0);
+        gone[i] = true;
+    }
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    insert_all(ix, v + n * dim, n / 2, dim, n);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    assert_int_equal(vd_index_count(ix), n);
+    assert_int_equal(atomic_load(&ix->nslots) <= n + n / 8 + 64, true); /* slots were reused */
+    double r_churn = recall(ix, m, v, total, dim, q, nq, 10, 64, gone, 0);
+
+    struct vd_index *fresh = new_index(dim, m, 100);
+    for (size_t i = 0; i < total; i++) {
+        if (gone[i])
+            continue;
+        struct vd_pid id = num(i);
+        assert_int_equal(vd_index_upsert(fresh, &id, v + i * dim, 1), 0);
+    }
+    while (vd_index_link_pending(fresh, 1000))
+        ;
+    double r_fresh = recall(fresh, m, v, total, dim, q, nq, 10, 64, gone, 0);
+    print_message("churn recall %.4f, fresh build %.4f\n", r_churn, r_fresh);
+    assert_true(r_churn >= r_fresh - 0.01);
+    vd_index_free(ix);
+    vd_index_free(fresh);
+    free(v);
+    free(q);
+    free(gone);
+}
+
+/* ---- filters ------------------------------------------------------------------------------ */
+
+static bool pass_mod(const struct vd_pid *id, uint32_t slot, void *ctx)
+{
+    (void)slot;
+    return id->u.num % *(uint64_t *)ctx == 0;
+}
+
+static void test_filter_traversal(void **state)
+{
+    (void)state;
+    size_t n = small_scale() ? 3000 : 10000;
+    uint32_t dim = 24;
+    float *v = make_data(n, dim, VD_METRIC_COSINE, 11);
+    float *q = make_data(20, dim, VD_METRIC_COSINE, 12);
+    struct vd_index *ix = new_index(dim, VD_METRIC_COSINE, 64);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    bool *skip = calloc(n, sizeof(bool));
+    uint64_t mods[] = {3, 50, 500};
+    for (size_t mi = 0; mi < 3; mi++) {
+        uint64_t mod = mods[mi];
+        for (size_t i = 0; i < n; i++)
+            skip[i] = i % mod != 0;
+        size_t good = 0;
+        for (size_t qi = 0; qi < 20; qi++) {
+            struct vd_search_hit hits[10];
+            uint64_t truth[10];
+            uint32_t got;
+            struct vd_search_req r = {.query = q + qi * dim, .k = 10, .ef = 64,
+                                      .filter = pass_mod, .filter_ctx = &mod};
+            assert_int_equal(vd_index_search(ix, &r, hits, &got), 0);
+            assert_int_equal(got, 10); /* >= 10 points pass: always 10 results */
+            for (uint32_t i = 0; i < got; i++)
+                assert_int_equal(hits[i].id.u.num % mod, 0);
+            brute_topk(VD_METRIC_COSINE, v, n, dim, q + qi * dim, 10, skip, truth);
+            for (uint32_t i = 0; i < got; i++)
+                for (int j = 0; j < 10; j++)
+                    good += hits[i].id.u.num == truth[j];
+        }
+        print_message("filter 1/%lu: recall %.3f\n", (unsigned long)mod, good / 200.0);
+        assert_true(good >= 180);
+    }
+    /* fewer than k pass: all of them */
+    uint64_t big = n / 4;
+    struct vd_search_hit hits[10];
+    uint32_t got;
+    struct vd_search_req r = {.query = q, .k = 10, .filter = pass_mod, .filter_ctx = &big};
+    assert_int_equal(vd_index_search(ix, &r, hits, &got), 0);
+    assert_int_equal(got, 4);
+    free(skip);
+    vd_index_free(ix);
+    free(v);
+    free(q);
+}
+
+/* ---- persistence -------------------------------------------------------------------------- */
+
+struct store {
+    const float *v;
+    uint32_t dim;
+    size_t n;
+    uint64_t missing; /* id that fetch reports as gone */
+};
+
+static int fetch(const struct vd_pid *id, float *out, void *ctx)
+{
+    struct store *s = ctx;
+    if (id->type != VD_PID_NUM || id->u.num >= s->n || id->u.num == s->missing)
+        return VD_ENOTFOUND;
+    memcpy(out, s->v + id->u.num * s->dim, s->dim * sizeof(float));
+    return 0;
+}
+
+static void tmp_path(char *buf, size_t n)
+{
+    snprintf(buf, n, "/tmp/vd_test_index_%d.bin", (int)getpid());
+}
+
+static void test_save_load(void **state)
+{
+    (void)state;
+    size_t n = 3000;
+    uint32_t dim = 20;
+    float *v = make_data(n, dim, VD_METRIC_EUCLID, 21);
+    float *q = make_data(50, dim, VD_METRIC_EUCLID, 22);
+    struct vd_index *ix = new_index(dim, VD_METRIC_EUCLID, 64);
+    insert_all(ix, v, n - 100, dim, 0);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    insert_all(ix, v + (n - 100) * dim, 100, dim, n - 100); /* 100 stay pending */
+    struct vd_pid d5 = num(5);
+    assert_int_equal(vd_index_delete(ix, &d5, 5000), 0);
+    char path[128];
+    tmp_path(path, sizeof(path));
+    assert_int_equal(vd_index_save(ix, path), 0);
+
+    struct vd_index_params p = ix->p;
+    struct store st = {v, dim, n, UINT64_MAX};
+    struct vd_index *lx;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
+    assert_int_equal(vd_index_count(lx), n - 1);
+    assert_int_equal(vd_index_pending(lx), 100);
+    assert_int_equal(vd_index_applied_seq(lx), 5000);
+    for (size_t i = 0; i < 50; i++) {
+        struct vd_search_hit a[10], b[10];
+        uint32_t na, nb;
+        struct vd_search_req r = {.query = q + i * dim, .k = 10, .ef = 32};
+        assert_int_equal(vd_index_search(ix, &r, a, &na), 0);
+        assert_int_equal(vd_index_search(lx, &r, b, &nb), 0);
+        assert_int_equal(na, nb);
+        for (uint32_t j = 0; j < na; j++) {
+            assert_int_equal(a[j].id.u.num, b[j].id.u.num);
+            assert_true(a[j].score == b[j].score);
+        }
+    }
+    while (vd_index_link_pending(lx, 1000))
+        ;
+    assert_int_equal(vd_index_pending(lx), 0);
+    vd_index_free(lx);
+
+    /* a point gone from storage is dropped and its links repaired */
+    st.missing = 10;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
+    assert_int_equal(vd_index_count(lx), n - 2);
+    struct vd_pid i10 = num(10);
+    float out[20];
+    assert_int_equal(vd_index_get_vector(lx, &i10, out), VD_ENOTFOUND);
+    bool *skip = calloc(n, sizeof(bool));
+    skip[5] = skip[10] = true;
+    while (vd_index_link_pending(lx, 1000))
+        ;
+    double rc = recall(lx, VD_METRIC_EUCLID, v, n, dim, q, 50, 10, 64, skip, 0);
+    assert_true(rc >= 0.95);
+    vd_index_free(lx);
+    free(skip);
+
+    /* mismatched params */
+    p.dim = 21;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), VD_ECORRUPT);
+    p.dim = dim;
+    p.metric = VD_METRIC_COSINE;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), VD_ECORRUPT);
+    p.metric = VD_METRIC_EUCLID;
+
+    /* truncations and flipped bytes */
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)len);
+    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    long cuts[] = {0, 1, 8, 47, 48, 60, len / 2, len - 13, len - 12, len - 4, len - 1};
+    for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+        f = fopen(path, "wb");
+        fwrite(buf, 1, (size_t)cuts[i], f);
+        fclose(f);
+        assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), VD_ECORRUPT);
+    }
+    unlink(path);
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), VD_ENOTFOUND);
+    free(buf);
+    vd_index_free(ix);
+    free(v);
+    free(q);
+}
+
+static void test_byte_flips(void **state)
+{
+    (void)state;
+    size_t n = 500;
+    uint32_t dim = 8;
+    float *v = make_data(n, dim, VD_METRIC_DOT, 23);
+    struct vd_index *ix = new_index(dim, VD_METRIC_DOT, 32);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    char path[128];
+    tmp_path(path, sizeof(path));
+    assert_int_equal(vd_index_save(ix, path), 0);
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)len);
+    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    struct store st = {v, dim, n, UINT64_MAX};
+    struct vd_index_params p = ix->p;
+    rng_state = 1;
+    for (int i = 0; i < 300; i++) {
+        size_t pos = rnd() % (size_t)len;
+        uint8_t bit = (uint8_t)(1u << (rnd() % 8));
+        buf[pos] ^= bit;
+        f = fopen(path, "wb");
+        fwrite(buf, 1, (size_t)len, f);
+        fclose(f);
+        struct vd_index *lx = NULL;
+        int rc = vd_index_load(path, &p, fetch, &st, &lx);
+        if (rc != VD_ECORRUPT)
+            fail_msg("flip at %zu accepted (rc %d)", pos, rc);
+        buf[pos] ^= bit;
+    }
+    f = fopen(path, "wb");
+    fwrite(buf, 1, (size_t)len, f);
+    fclose(f);
+    struct vd_index *lx;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
+    assert_int_equal(vd_index_count(lx), n);
+    vd_index_free(lx);
+    unlink(path);
+    free(buf);
+    vd_index_free(ix);
+    free(v);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kernels_avx2),
+        cmocka_unit_test(test_kernels_avx512),
+        cmocka_unit_test(test_kernels_chosen),
+        cmocka_unit_test(test_normalize),
+        cmocka_unit_test(test_recall_cosine),
+        cmocka_unit_test(test_recall_euclid),
+        cmocka_unit_test(test_recall_dot),
+        cmocka_unit_test(test_recall_manhattan),
+        cmocka_unit_test(test_unlinked_tail_and_updates),
+        cmocka_unit_test(test_full_scan_threshold),
+        cmocka_unit_test(test_churn_recall),
+        cmocka_unit_test(test_filter_traversal),
+        cmocka_unit_test(test_save_load),
+        cmocka_unit_test(test_byte_flips),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
