@@ -33,6 +33,7 @@
 #include "http_int.h"
 
 #define DEFAULT_MAX_BODY ((size_t)32 << 20)
+#define FORCED_GRACE_MS 1000
 
 struct query_kv {
     char *key, *val;
@@ -934,14 +935,21 @@ int vd_http_start(struct vd_http *h, struct vd_err *err)
         return vd_errf(err, VD_EINVAL, "bind address '%s' is not an IPv4 or IPv6 address", h->bind);
     }
     h->started = true;
-    h->daemon = MHD_start_daemon(
-        flags, h->port_req, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)h->threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, h,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_SOCK_ADDR, 0, &ss},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, h},
+        {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)no_unescape, h},
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, h},
         /* 128 KiB per connection: headers plus body pieces large enough for fast imports. */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)128 * 1024, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)120, MHD_OPTION_END);
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, 128 * 1024, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, 120, NULL},
+        /* a pool of one is libmicrohttpd's single internal thread: no pool option then */
+        {h->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)h->threads, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    h->daemon = MHD_start_daemon(flags, h->port_req, NULL, NULL, on_access, h, MHD_OPTION_ARRAY, opts,
+                                 MHD_OPTION_END);
     if (!h->daemon) {
         h->started = false;
         return vd_errf(err, VD_EIO, "cannot listen on %s port %u (address in use or not available)", h->bind,
@@ -989,17 +997,13 @@ static void force_unavailable(struct vd_http_req *r)
         MHD_resume_connection(r->conn);
 }
 
-void vd_http_stop(struct vd_http *h, unsigned deadline_ms)
+/* Waits until no request is in flight or `ms` pass. */
+static void wait_idle(struct vd_http *h, unsigned ms)
 {
-    if (!h->daemon)
-        return;
-    atomic_store(&h->stopping, true);
-    MHD_socket lfd = MHD_quiesce_daemon(h->daemon);
-
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += deadline_ms / 1000;
-    until.tv_nsec += (long)(deadline_ms % 1000) * 1000000L;
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
     if (until.tv_nsec >= 1000000000L) {
         until.tv_sec++;
         until.tv_nsec -= 1000000000L;
@@ -1008,6 +1012,18 @@ void vd_http_stop(struct vd_http *h, unsigned deadline_ms)
     while (h->n_live > 0)
         if (pthread_cond_timedwait(&h->idle, &h->mu, &until) == ETIMEDOUT)
             break;
+    pthread_mutex_unlock(&h->mu);
+}
+
+void vd_http_stop(struct vd_http *h, unsigned deadline_ms)
+{
+    if (!h->daemon)
+        return;
+    atomic_store(&h->stopping, true);
+    MHD_socket lfd = MHD_quiesce_daemon(h->daemon);
+
+    wait_idle(h, deadline_ms);
+    pthread_mutex_lock(&h->mu);
     /* From here on nothing new reaches the application; what it still holds is answered 503
      * (libmicrohttpd aborts when stopped with a connection still suspended). */
     h->hard_stop = true;
@@ -1032,8 +1048,12 @@ void vd_http_stop(struct vd_http *h, unsigned deadline_ms)
         req_put(held[i]);
     }
     free(held);
-    if (k)
+    if (k) {
         vd_log_warn("http: %zu request(s) answered 503 at shutdown", k);
+        /* Let the 503s go out: a reply parked mid-body leaves once the client's remaining body has
+         * been read, so give connections a short grace before they are cut. */
+        wait_idle(h, FORCED_GRACE_MS);
+    }
     MHD_stop_daemon(h->daemon);
     h->daemon = NULL;
     if (lfd != MHD_INVALID_SOCKET)
