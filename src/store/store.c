@@ -18,6 +18,7 @@
 #endif
 
 #define DEFAULT_MAP_SIZE (1ULL << 40)
+#define MIN_DEFAULT_MAP (1ULL << 30)
 #define MAX_READERS 1024
 #define FORMAT_VERSION 1
 
@@ -293,23 +294,34 @@ int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct v
     if ((r = mkdir_p(path, err)))
         goto out_unlock;
 
-    if ((rc = mdb_env_create(&s->env))) {
-        r = vd_errf(err, vd__store_mdb_err(rc), "mdb_env_create: %s", mdb_strerror(rc));
-        goto out_unlock;
-    }
-    s->map_size = o->map_size ? o->map_size : DEFAULT_MAP_SIZE;
-    mdb_env_set_mapsize(s->env, s->map_size);
-    mdb_env_set_maxdbs(s->env, 8);
-    mdb_env_set_maxreaders(s->env, MAX_READERS);
     /* NOTLS: HTTP threads serve many connections, and a read may end on another thread.
      * NORDAHEAD: random point reads should not pull neighbouring pages into the cache.
      * No WRITEMAP: a stray write through a pointer must not corrupt the file, and the file
      * stays sparse. */
     unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (o->no_sync ? MDB_NOSYNC : 0);
-    if ((rc = mdb_env_open(s->env, path, flags, 0600))) {
-        r = vd_errf(err, vd__store_mdb_err(rc), "cannot open storage in '%s': %s", path,
-                    mdb_strerror(rc));
-        goto out_env;
+    s->map_size = o->map_size ? o->map_size : DEFAULT_MAP_SIZE;
+    for (;;) {
+        if ((rc = mdb_env_create(&s->env))) {
+            r = vd_errf(err, vd__store_mdb_err(rc), "mdb_env_create: %s", mdb_strerror(rc));
+            goto out_unlock;
+        }
+        mdb_env_set_mapsize(s->env, s->map_size);
+        mdb_env_set_maxdbs(s->env, 8);
+        mdb_env_set_maxreaders(s->env, MAX_READERS);
+        rc = mdb_env_open(s->env, path, flags, 0600);
+        /* The default map is only reserved address space; where less is available (a
+         * sanitizer's layout, a ulimit -v) start smaller: the map grows on demand. */
+        if (rc == ENOMEM && !o->map_size && s->map_size > MIN_DEFAULT_MAP) {
+            mdb_env_close(s->env);
+            s->map_size /= 4;
+            continue;
+        }
+        if (rc) {
+            r = vd_errf(err, vd__store_mdb_err(rc), "cannot open storage in '%s': %s", path,
+                        mdb_strerror(rc));
+            goto out_env;
+        }
+        break;
     }
     int dead = 0;
     mdb_reader_check(s->env, &dead);
