@@ -339,7 +339,8 @@ static void log_compact(struct vd_raft *r, uint64_t index, uint64_t term)
         drop = r->n_ents;
     for (size_t i = 0; i < drop; i++)
         free(r->ents[i].data);
-    memmove(r->ents, r->ents + drop, (r->n_ents - drop) * sizeof(*r->ents));
+    if (drop)
+        memmove(r->ents, r->ents + drop, (r->n_ents - drop) * sizeof(*r->ents));
     r->n_ents -= drop;
     r->snap_index = index;
     r->snap_term = term;
@@ -602,6 +603,8 @@ static void release_reads(struct vd_raft *r)
             break;
         answer_read(r, pr);
     }
+    if (done == 0)
+        return;
     memmove(r->preads, r->preads + done, (r->n_preads - done) * sizeof(*r->preads));
     r->n_preads -= done;
 }

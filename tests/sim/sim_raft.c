@@ -298,7 +298,8 @@ static void disk_set_snapshot(struct disk *d, uint64_t index, uint64_t term,
         drop = d->n_ents;
     for (size_t i = 0; i < drop; i++)
         free(d->ents[i].data);
-    memmove(d->ents, d->ents + drop, (d->n_ents - drop) * sizeof(*d->ents));
+    if (drop)
+        memmove(d->ents, d->ents + drop, (d->n_ents - drop) * sizeof(*d->ents));
     d->n_ents -= drop;
     if (d->n_ents && d->ents[0].index != index + 1) {
         for (size_t i = 0; i < d->n_ents; i++)
