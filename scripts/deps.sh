@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcjson-dev liblmdb-dev
       libuv1-dev libsodium-dev libcmocka-dev)
 if [ "${1:-}" = "--test" ]; then
-    pkgs+=(clang libclang-rt-dev python3 curl)
+    pkgs+=(clang libclang-rt-dev python3 python3-numpy curl)
 fi
 if [ "${1:-}" = "--bench" ]; then
     pkgs+=(clang g++ libhnswlib-dev dataset-fashion-mnist python3 python3-numpy python3-matplotlib
