@@ -15,8 +15,9 @@
  * Threads: every function is thread-safe unless stated. All writes go through one writer thread
  * that commits every queued batch in one transaction (group commit: one fsync serves many
  * batches). Reads use short read-only transactions that any thread may begin and end (MDB_NOTLS).
- * A thread must not wait for a write (vd_store_write, or a done callback) while it holds a read
- * transaction: growing the map waits for open read transactions to end.
+ * A thread must not wait for a write (vd_store_write, or a done callback), nor begin a second
+ * read transaction, while it holds a read transaction: growing the map waits for every open read
+ * transaction to end and holds back new ones meanwhile.
  */
 #ifndef VECTORD_STORE_H
 #define VECTORD_STORE_H
@@ -148,6 +149,11 @@ int vd_store_coll_get(struct vd_rtxn *t, const char *name, struct vd_coll_schema
 typedef int (*vd_store_change_fn)(uint64_t incarnation, const struct vd_pid *id, uint64_t seq,
                                   void *ctx);
 int vd_store_changes_since(struct vd_rtxn *t, uint64_t after, vd_store_change_fn fn, void *ctx);
+/* Lets the writer delete change-log entries with seq <= upto (capped at the last committed
+ * counter) in the background, in small transactions. Call it only with a counter that every
+ * consumer of changes_since has durably absorbed (e.g. the one a saved graph records): entries
+ * below it are gone afterwards. Returns 0, or VD_ECLOSED after close began. */
+int vd_store_changes_trim(struct vd_store *s, uint64_t upto);
 
 /* Storage statistics for /metrics: size of data.mdb on disk, bytes of pages in use (up to the
  * highest page written; pages on LMDB's free list are counted as used). */
@@ -169,7 +175,7 @@ void vd_store_counters(struct vd_store *s, struct vd_store_counters *out);
  * VD_ETIMEOUT. For tests and orderly shutdown. */
 int vd_store_purge_wait(struct vd_store *s, uint64_t timeout_ms);
 
-/* TODO: tombstone purge after a configurable grace period, trimming of the `changes` table below
- * the index's saved counter, and the `hints` table API are not implemented yet. */
+/* TODO: tombstone purge after a configurable grace period and the `hints` table API are not
+ * implemented yet: tombstones are kept forever for now. */
 
 #endif

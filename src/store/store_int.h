@@ -53,6 +53,7 @@ struct vd_store {
     uint64_t last_seq; /* committed */
     struct vd_store_counters ctr;
     int failed; /* sticky: after a failed commit (fsync error) every later write fails */
+    uint64_t trim_upto, trim_done; /* change log: requested and completed trim points */
 
     /* Writer-thread only. */
     struct vd_wbatch **group;

@@ -12,6 +12,7 @@
 #define PURGE_EVERY_NS 50000000ULL /* under steady load, still purge a chunk this often */
 #define MAP_MAX (1ULL << 46)       /* 64 TiB: beyond this MDB_MAP_FULL is reported as VD_EFULL */
 #define GROW_RETRIES 8
+#define TRIM_CHUNK 4096          /* change-log entries deleted per trim transaction */
 
 /* Writer-thread state of one group transaction. */
 struct group_ctx {
@@ -684,6 +685,64 @@ out_abort:
     return VD_EIO;
 }
 
+/* ---- change log trim ----------------------------------------------------------------------- */
+
+int vd_store_changes_trim(struct vd_store *s, uint64_t upto)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->closing) {
+        pthread_mutex_unlock(&s->mu);
+        return VD_ECLOSED;
+    }
+    if (upto > s->last_seq)
+        upto = s->last_seq;
+    if (upto > s->trim_upto) {
+        s->trim_upto = upto;
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* Deletes a chunk of change-log entries with seq <= upto. */
+static int trim_chunk(struct vd_store *s, uint64_t upto)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    long n = 0;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return VD_EIO;
+    if ((rc = mdb_cursor_open(txn, s->dbi_changes, &cur)))
+        goto out_abort;
+    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0 && n < TRIM_CHUNK &&
+           k.mv_size == 8 && vd_be64_get(k.mv_data) <= upto) {
+        if ((rc = mdb_cursor_del(cur, 0)))
+            break;
+        n++;
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        goto out_abort;
+    if ((rc = mdb_txn_commit(txn)))
+        return rc == MDB_MAP_FULL ? grow_map(s) : VD_EIO;
+    if (n < TRIM_CHUNK) {
+        pthread_mutex_lock(&s->mu);
+        if (upto > s->trim_done)
+            s->trim_done = upto;
+        pthread_mutex_unlock(&s->mu);
+    }
+    return 0;
+
+out_abort:
+    mdb_txn_abort(txn);
+    if (rc == MDB_MAP_FULL)
+        return grow_map(s);
+    vd_log_warn("storage: change log trim failed: %s", mdb_strerror(rc));
+    return VD_EIO;
+}
+
 /* ---- the thread ---------------------------------------------------------------------------- */
 
 void *vd__store_writer_main(void *arg)
@@ -694,7 +753,8 @@ void *vd__store_writer_main(void *arg)
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (s->q_len == 0 && !s->closing &&
-               (s->ctr.purges_pending == 0 || s->failed || !purge_ok)) {
+               ((s->ctr.purges_pending == 0 && s->trim_upto <= s->trim_done) || s->failed ||
+                !purge_ok)) {
             if (purge_ok) {
                 pthread_cond_wait(&s->cv, &s->mu);
             } else {
@@ -719,6 +779,7 @@ void *vd__store_writer_main(void *arg)
         s->group_cap = cap;
         int sticky = s->failed;
         bool purge = s->ctr.purges_pending > 0 && !s->failed && !s->closing;
+        uint64_t trim = !s->failed && !s->closing && s->trim_upto > s->trim_done ? s->trim_upto : 0;
         pthread_mutex_unlock(&s->mu);
 
         if (n) {
@@ -732,6 +793,9 @@ void *vd__store_writer_main(void *arg)
         /* Purge when idle, and at a bounded pace under load so it always progresses. */
         if (purge && (n == 0 || vd_mono_ns() - last_purge > PURGE_EVERY_NS)) {
             purge_ok = purge_chunk(s) == 0;
+            last_purge = vd_mono_ns();
+        } else if (trim && (n == 0 || vd_mono_ns() - last_purge > PURGE_EVERY_NS)) {
+            purge_ok = trim_chunk(s, trim) == 0;
             last_purge = vd_mono_ns();
         }
         pthread_mutex_lock(&s->mu);

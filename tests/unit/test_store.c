@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -502,6 +503,31 @@ static void test_changes(void **state)
     assert_int_equal(c.n, 0);
     vd_store_read_end(t);
     assert_int_equal(vd_store_last_seq(f->s), 4);
+
+    /* Trimming below 3 happens in the background; poll until it shows, with a deadline. */
+    assert_int_equal(vd_store_changes_trim(f->s, 2), 0);
+    uint64_t deadline = vd_mono_ns() + 10000000000ull;
+    do {
+        memset(&c, 0, sizeof c);
+        assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+        assert_int_equal(vd_store_changes_since(t, 0, changes_fn, &c), 0);
+        vd_store_read_end(t);
+        if (c.n == 2)
+            break;
+        sched_yield();
+    } while (vd_mono_ns() < deadline);
+    assert_int_equal(c.n, 2);
+    assert_int_equal(c.seq[0], 3);
+    assert_int_equal(c.seq[1], 4);
+    /* The counter itself is unaffected. */
+    assert_int_equal(vd_store_last_seq(f->s), 4);
+    assert_int_equal(upsert(f->s, f->inc, num(12), 5, 0, NULL), 0);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    assert_int_equal(vd_store_changes_since(t, 0, changes_fn, &c), 0);
+    vd_store_read_end(t);
+    assert_int_equal(c.n, 3);
+    assert_int_equal(c.seq[2], 5);
 }
 
 /* A failing batch does not fail the others committed in the same group, and its partial work
