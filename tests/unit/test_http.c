@@ -433,7 +433,7 @@ struct sbody {
     bool paused, ended, aborted, no_pause;
     struct vd_http_req *r;
 };
-static struct sbody sb;
+static struct sbody sb = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void s_begin(struct vd_http_req *r, void *ctx)
 {
@@ -503,6 +503,32 @@ static void *send_thread(void *arg)
     return NULL;
 }
 
+/* Zeroes the shared stream state (the mutex stays). */
+static void sb_reset(void)
+{
+    pthread_mutex_lock(&sb.mu);
+    sb.bytes = sb.sum = sb.chunks = sb.pauses = 0;
+    sb.paused = sb.ended = sb.aborted = sb.no_pause = false;
+    sb.r = NULL;
+    pthread_mutex_unlock(&sb.mu);
+}
+
+static uint64_t sb_u64(uint64_t *v)
+{
+    pthread_mutex_lock(&sb.mu);
+    uint64_t x = *v;
+    pthread_mutex_unlock(&sb.mu);
+    return x;
+}
+
+static struct vd_http_req *sb_req(void)
+{
+    pthread_mutex_lock(&sb.mu);
+    struct vd_http_req *r = sb.r;
+    pthread_mutex_unlock(&sb.mu);
+    return r;
+}
+
 static bool sb_flag(bool *f)
 {
     pthread_mutex_lock(&sb.mu);
@@ -513,8 +539,7 @@ static bool sb_flag(bool *f)
 
 static void test_stream_body_pause_resume(void **state)
 {
-    memset(&sb, 0, sizeof(sb));
-    pthread_mutex_init(&sb.mu, NULL);
+    sb_reset();
     struct vd_http *h = server(2, 1000, NULL, 0); /* the limit does not apply to stream routes */
     assert_int_equal(vd_http_route_stream(h, "POST", "/import", VD_ROLE_RW, s_begin, &sops, NULL), 0);
     start(h);
@@ -546,31 +571,31 @@ static void test_stream_body_pause_resume(void **state)
     char want_s[128];
     snprintf(want_s, sizeof(want_s), "{\"result\":{\"bytes\":%zu,\"sum\":%llu}", s.len, (unsigned long long)want);
     assert_non_null(strstr(s.resp.body, want_s));
-    assert_true(sb.pauses >= 2);
-    assert_false(sb.aborted);
+    assert_true(sb_u64(&sb.pauses) >= 2);
+    assert_false(sb_flag(&sb.aborted));
     hresp_free(&s.resp);
 
     /* begin replies at once: no chunk, no end */
-    memset(&sb, 0, sizeof(sb));
+    sb_reset();
     struct hresp r;
     assert_int_equal(do_req(s.port, "POST", "/import?fail=begin", NULL, "{\"x\":1}\n", &r), 0);
     assert_int_equal(r.status, 404);
-    assert_int_equal(sb.chunks, 0);
-    assert_false(sb.ended);
+    assert_int_equal(sb_u64(&sb.chunks), 0);
+    assert_false(sb_flag(&sb.ended));
     hresp_free(&r);
 
     /* client goes away mid-body: abort, no end */
-    memset(&sb, 0, sizeof(sb));
+    sb_reset();
     int fd = hconnect(s.port);
     const char *head = "POST /import HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nabc";
     assert_int_equal(send_all(fd, head, strlen(head)), 0);
-    WAIT_FOR(sb_flag(&sb.paused) || sb.chunks > 0);
+    WAIT_FOR(sb_flag(&sb.paused) || sb_u64(&sb.chunks) > 0);
     close(fd);
     /* the paused request is resumed by its committer, then the server sees the closed socket */
     if (sb_flag(&sb.paused))
-        vd_http_resume_body(sb.r);
+        vd_http_resume_body(sb_req());
     WAIT_FOR(sb_flag(&sb.aborted));
-    assert_false(sb.ended);
+    assert_false(sb_flag(&sb.ended));
     free(s.body);
     vd_http_free(h);
 }
@@ -684,7 +709,7 @@ static void test_graceful_stop(void **state)
     vd_http_free(h);
 
     /* a paused stream body at the deadline: 503, then abort when its committer resumes */
-    memset(&sb, 0, sizeof(sb));
+    sb_reset();
     h = server(2, 0, NULL, 0);
     assert_int_equal(vd_http_route_stream(h, "POST", "/import", VD_ROLE_RW, s_begin, &sops, NULL), 0);
     start(h);
@@ -698,9 +723,9 @@ static void test_graceful_stop(void **state)
     assert_int_equal(s.resp.status, 503);
     hresp_free(&s.resp);
     free(s.body);
-    assert_false(sb.aborted);
-    vd_http_resume_body(sb.r);
-    assert_true(sb.aborted);
+    assert_false(sb_flag(&sb.aborted));
+    vd_http_resume_body(sb_req());
+    assert_true(sb_flag(&sb.aborted));
     vd_http_free(h);
 }
 
@@ -746,8 +771,10 @@ static void test_metrics(void **state)
 
 static void test_malformed_requests(void **state)
 {
-    memset(&sb, 0, sizeof(sb));
+    sb_reset();
+    pthread_mutex_lock(&sb.mu);
     sb.no_pause = true;
+    pthread_mutex_unlock(&sb.mu);
     struct vd_http *h = server(2, 0, NULL, 0);
     assert_int_equal(vd_http_route(h, "POST", "/echo", VD_ROLE_NONE, h_body_len, NULL), 0);
     assert_int_equal(vd_http_route_stream(h, "POST", "/import", VD_ROLE_NONE, s_begin, &sops, NULL), 0);
