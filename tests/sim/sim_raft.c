@@ -975,7 +975,7 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
     vd_raft_config_default(&S.cfg);
     S.cfg.election_timeout_ms = 150 + (uint32_t)rnd_below(150);
     S.cfg.heartbeat_ms = 30 + (uint32_t)rnd_below(20);
-    S.cfg.max_append_entries = 1 + (uint32_t)rnd_below(16);
+    S.cfg.max_append_entries = chance(0.3) ? 1 : 1 + (uint32_t)rnd_below(16);
     S.cfg.snapshot_chunk = 64 + (uint32_t)rnd_below(256);
     S.cfg.bug = S.bug;
     S.delay_max = 10;
@@ -1000,7 +1000,7 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
          S.cfg.election_timeout_ms, S.cfg.heartbeat_ms);
 
     /* Phase 1: faults. */
-    uint64_t chaos_end = 6000 + rnd_below(6000);
+    uint64_t chaos_end = 10000 + rnd_below(20000);
     S.next_action = 100;
     S.next_client = 50;
     while (step(chaos_end))
