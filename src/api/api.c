@@ -32,8 +32,9 @@ int vd_api_register(struct vd_http *h, const struct vd_api_opts *o)
     if (!vd__api.max_import_line)
         vd__api.max_import_line = 64u << 20;
     int rc;
-    if ((rc = vd__api_collections_routes(h)) || (rc = vd__api_points_routes(h)) ||
-        (rc = vd__api_search_routes(h)) || (rc = vd__api_bulk_routes(h)))
+    /* literal paths before captures: GET .../points/export before GET .../points/{id} */
+    if ((rc = vd__api_bulk_routes(h)) || (rc = vd__api_collections_routes(h)) ||
+        (rc = vd__api_points_routes(h)) || (rc = vd__api_search_routes(h)))
         return rc;
     return 0;
 }
