@@ -19,7 +19,7 @@
  *   ARR                 u32 count, u32 body length, the elements back to back
  *   OBJ                 u32 count, u32 body length, then the body: a table of `count` entries
  *                       {u32 key offset, u32 key length, u32 value offset} (offsets from the
- *                       body start) sorted by key bytes (memcmp, shorter first on a tie), then
+ *                       body start) sorted by key length, then key bytes (memcmp), then
  *                       key bytes and values.
  * Containers record their body length so a reader skips one in O(1). */
 #define VD__PAYLOAD_VERSION 1

@@ -89,12 +89,14 @@ const uint8_t *vd__fv_from_bin(const uint8_t *p, struct vd__fv *out)
     }
 }
 
-static int key_cmp(const char *a, uint32_t alen, const char *b, uint32_t blen)
+/* Key order of object tables: by length, then bytes. Comparing lengths first settles most
+ * probes of a lookup without reading key bytes (measured: fewer instructions per lookup than
+ * byte order, and than a hashed table, on typical payloads of a few short keys). */
+static inline int key_cmp(const char *a, uint32_t alen, const char *b, uint32_t blen)
 {
-    int c = memcmp(a, b, alen < blen ? alen : blen);
-    if (c)
-        return c;
-    return alen < blen ? -1 : alen > blen;
+    if (alen != blen)
+        return alen < blen ? -1 : 1;
+    return memcmp(a, b, alen);
 }
 
 bool vd__fv_obj_find(const struct vd__fv *obj, const char *key, uint32_t len, struct vd__fv *out)
