@@ -367,7 +367,7 @@ static int parse_string_raw(struct parser *ps, char **out)
             case 'r': *o++ = '\r'; r += 2; break;
             case 't': *o++ = '\t'; r += 2; break;
             case 'u': {
-                uint32_t cp, lo;
+                uint32_t cp = 0, lo = 0;
                 hex4(r + 2, &cp);
                 r += 6;
                 if (cp >= 0xD800 && cp <= 0xDBFF) {
@@ -666,6 +666,12 @@ static int parse_value(struct parser *ps, int depth, cJSON **out)
 
 int vd_json_parse(const char *body, size_t len, int max_depth, cJSON **out, struct vd_err *err)
 {
+    cJSON *root = NULL;
+    *out = NULL;
+    if (!body && len)
+        return vd_errf(err, VD_EINVAL, "invalid JSON at byte 0: no body");
+    if (!body)
+        body = "";
     struct parser ps = {
         .p = (const unsigned char *)body,
         .end = (const unsigned char *)body + len,
@@ -673,12 +679,6 @@ int vd_json_parse(const char *body, size_t len, int max_depth, cJSON **out, stru
         .max_depth = max_depth > 0 ? max_depth : VD_JSON_MAX_DEPTH,
         .err = err,
     };
-    cJSON *root = NULL;
-    *out = NULL;
-    if (!body && len)
-        return vd_errf(err, VD_EINVAL, "invalid JSON at byte 0: no body");
-    if (!body)
-        ps.p = ps.end = ps.cur = (const unsigned char *)"";
     skip_ws(&ps);
     if (ps.cur >= ps.end)
         return vd_errf(err, VD_EINVAL, "invalid JSON at byte %zu: empty body", len);
