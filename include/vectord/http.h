@@ -60,7 +60,8 @@ enum { VD_HTTP_STREAM_BODY = 1 }; /* route flag: body delivered in chunks, no si
  *                   vd_http_resume_body(r) is called (from any thread, even before chunk returns).
  *                   The connection is suspended meanwhile; no pool thread waits.
  *   < 0             failure: no further chunk is presented; the rest of the body is read and
- *                   discarded (at most max_body bytes, beyond that the connection is closed);
+ *                   discarded (at most max(max_body, 4 MiB) bytes, beyond that the connection
+ *                   is closed without a reply);
  *                   then end(r) is called if no reply was given yet, and must reply.
  * A reply given at any time during the body (from chunk or another thread) also stops chunk
  * delivery; the reply is sent once the body has been read (discarded).

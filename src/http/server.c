@@ -34,6 +34,7 @@
 
 #define DEFAULT_MAX_BODY ((size_t)32 << 20)
 #define FORCED_GRACE_MS 1000
+#define DISCARD_MIN ((size_t)4 << 20)
 
 struct query_kv {
     char *key, *val;
@@ -597,8 +598,10 @@ static enum MHD_Result on_body(struct vd_http_req *r, const char *data, size_t *
         r->discard = true;
     if (r->discard) {
         r->discarded += n;
-        /* Reading a huge body only to drop it helps nobody: past one more limit's worth, close. */
-        return r->discarded > h->max_body ? MHD_NO : MHD_YES;
+        /* Reading a huge body only to drop it helps nobody: past one more limit's worth (at least
+         * DISCARD_MIN), close the connection instead of answering. */
+        size_t cap = h->max_body > DISCARD_MIN ? h->max_body : DISCARD_MIN;
+        return r->discarded > cap ? MHD_NO : MHD_YES;
     }
     struct vd_http_route *rt = r->route;
     if (rt->ops) {
@@ -622,7 +625,7 @@ static enum MHD_Result on_body(struct vd_http_req *r, const char *data, size_t *
     if (r->body_len + n > h->max_body) {
         /* Chunked bodies have no Content-Length to refuse up front: stop buffering here. */
         r->too_big = r->discard = true;
-        r->discarded = r->body_len + n;
+        r->discarded = 0; /* the cap counts what is dropped beyond the limit */
         free(r->body);
         r->body = NULL;
         r->body_len = r->body_cap = 0;
@@ -708,7 +711,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     bool do_abort = r->route && r->route->ops && r->user_ref && !r->ended && !r->forced;
     if (do_abort)
         r->user_ref = false;
+    /* A reply parked but never queued (the client left first) goes now: a streamed reply holds a
+     * reference on r, which would otherwise never drop to zero. */
+    struct MHD_Response *unsent = r->resp;
+    r->resp = NULL;
     pthread_mutex_unlock(&r->mu);
+    if (unsent)
+        MHD_destroy_response(unsent);
     if (do_abort) {
         r->route->ops->abort(r, r->route->ctx);
         req_put(r);

@@ -378,6 +378,17 @@ static void test_body_limit(void **state)
     close(fd);
     assert_int_equal(r.status, 413);
     hresp_free(&r);
+    /* chunked, many small pieces well past the limit: still a 413, not a cut connection */
+    fd = hconnect(p);
+    req = "POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_int_equal(send_all(fd, req, strlen(req)), 0);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(send_all(fd, "a\r\n0123456789\r\n", 15), 0);
+    assert_int_equal(send_all(fd, "0\r\n\r\n", 5), 0);
+    assert_int_equal(read_resp(fd, &r), 0);
+    close(fd);
+    assert_int_equal(r.status, 413);
+    hresp_free(&r);
     /* exactly at the limit, chunked */
     fd = hconnect(p);
     req = "POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -449,6 +460,13 @@ static void s_begin(struct vd_http_req *r, void *ctx)
 
 static int s_chunk(struct vd_http_req *r, const char *data, size_t len, void *ctx)
 {
+    const char *q = vd_http_query(r, "fail");
+    if (q && !strcmp(q, "chunk")) {
+        pthread_mutex_lock(&sb.mu);
+        sb.chunks++;
+        pthread_mutex_unlock(&sb.mu);
+        return -1;
+    }
     pthread_mutex_lock(&sb.mu);
     for (size_t i = 0; i < len; i++)
         sb.sum = sb.sum * 31 + (unsigned char)data[i];
@@ -467,6 +485,14 @@ static int s_chunk(struct vd_http_req *r, const char *data, size_t len, void *ct
 static void s_end(struct vd_http_req *r, void *ctx)
 {
     char buf[128];
+    const char *q = vd_http_query(r, "fail");
+    if (q && !strcmp(q, "chunk")) {
+        pthread_mutex_lock(&sb.mu);
+        sb.ended = true;
+        pthread_mutex_unlock(&sb.mu);
+        vd_http_reply_error(r, 400, "line %d: \"bad\"", 1);
+        return;
+    }
     pthread_mutex_lock(&sb.mu);
     sb.ended = true;
     snprintf(buf, sizeof(buf), "{\"bytes\":%llu,\"sum\":%llu}", (unsigned long long)sb.bytes,
@@ -582,6 +608,19 @@ static void test_stream_body_pause_resume(void **state)
     assert_int_equal(r.status, 404);
     assert_int_equal(sb_u64(&sb.chunks), 0);
     assert_false(sb_flag(&sb.ended));
+    hresp_free(&r);
+
+    /* chunk fails: the rest is discarded, then end gives the reply */
+    sb_reset();
+    char *big = malloc(200001);
+    memset(big, 'x', 200000);
+    big[200000] = '\0';
+    assert_int_equal(do_req(s.port, "POST", "/import?fail=chunk", "api-key: x\r\n", big, &r), 0);
+    free(big);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "{\"status\":{\"error\":\"line 1: \\\"bad\\\"\"}"));
+    assert_int_equal(sb_u64(&sb.chunks), 1);
+    assert_true(sb_flag(&sb.ended));
     hresp_free(&r);
 
     /* client goes away mid-body: abort, no end */
