@@ -524,6 +524,12 @@ static int parse_filter(struct ctx *x, const cJSON *o, int depth, struct vd__con
         return fail(x, VD_EINVAL, "filters nested deeper than %d levels", VD_FILTER_MAX_DEPTH);
     if (!cJSON_IsObject(o))
         return fail(x, VD_EINVAL, "expected an object with must, should or must_not");
+    /* Qdrant refuses unknown fields in a filter: a misspelt "mustt" must not match everything */
+    for (const cJSON *k = o->child; k; k = k->next)
+        if (strcmp(k->string, "must") && strcmp(k->string, "should") &&
+            strcmp(k->string, "must_not") && strcmp(k->string, "min_should"))
+            return fail(x, VD_EINVAL, "unknown field \"%.60s\" (a filter has must, should, "
+                                      "must_not and min_should)", k->string);
     struct vd__cond *c = calloc(1, sizeof *c);
     if (!c)
         return vd_errf(x->err, VD_ENOMEM, "out of memory");

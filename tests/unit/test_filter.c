@@ -281,6 +281,8 @@ struct bad {
 
 static const struct bad bads[] = {
     {"[]", "filter: expected an object"},
+    {"{\"mustt\":[]}", "filter: unknown field \"mustt\" (a filter has must, should"},
+    {"{\"must\":[{\"should\":[],\"foo\":1}]}", "filter.must[0]: unknown field \"foo\""},
     {"{\"must\":5}", "filter.must: expected an array of conditions or a condition object"},
     {"{\"must\":[5]}", "filter.must[0]: expected a condition object"},
     {"{\"must\":[{\"key\":\"a\",\"match\":{\"value\":1}},{\"key\":\"p\",\"range\":{\"gt\":\"x\"}}]}",
