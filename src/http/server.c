@@ -661,16 +661,17 @@ static enum MHD_Result on_body_done(struct vd_http_req *r)
         return finish_or_suspend(r);
     }
     if (rt->ops) {
+        pthread_mutex_lock(&r->h->mu); /* lock order: server, then request */
+        bool stop = r->h->hard_stop;
         pthread_mutex_lock(&r->mu);
         bool held = r->user_ref;
-        bool stop = r->h->hard_stop;
         if (held && !stop)
             r->ended = true;
-        pthread_mutex_unlock(&r->mu);
-        if (held && stop) {
-            pthread_mutex_lock(&r->mu);
+        if (held && stop)
             r->user_ref = false;
-            pthread_mutex_unlock(&r->mu);
+        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_unlock(&r->h->mu);
+        if (held && stop) {
             rt->ops->abort(r, rt->ctx);
             req_put(r);
             reply_json_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down");

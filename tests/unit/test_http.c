@@ -185,6 +185,15 @@ static void h_echo_params(struct vd_http_req *r, void *ctx)
     vd_http_reply_ok(r, buf, strlen(buf));
 }
 
+static void h_info(struct vd_http_req *r, void *ctx)
+{
+    char buf[256];
+    const char *x = vd_http_header(r, "x-test");
+    snprintf(buf, sizeof(buf), "{\"role\":%d,\"id\":%llu,\"x\":\"%s\",\"m\":\"%s\"}", (int)vd_http_role(r),
+             (unsigned long long)vd_http_request_id(r), x ? x : "(null)", vd_http_method(r));
+    vd_http_reply_ok(r, buf, strlen(buf));
+}
+
 static void h_ok(struct vd_http_req *r, void *ctx)
 {
     vd_http_reply_ok(r, "true", 4);
@@ -248,6 +257,18 @@ static void test_builtin_routes(void **state)
     assert_int_equal(r.status, 200);
     assert_int_equal(r.len, 0);
     hresp_free(&r);
+    /* the port is taken: a second server fails to start with a message */
+    struct vd_http_opts o = {.bind = "127.0.0.1", .port = p, .threads = 2};
+    struct vd_http *h2;
+    struct vd_err e;
+    assert_int_equal(vd_http_new(&o, &h2, &e), 0);
+    assert_int_equal(vd_http_start(h2, &e), VD_EIO);
+    assert_non_null(strstr(e.msg, "cannot listen on 127.0.0.1 port"));
+    vd_http_free(h2);
+    o.bind = "not-an-address";
+    assert_int_equal(vd_http_new(&o, &h2, &e), 0);
+    assert_int_equal(vd_http_start(h2, &e), VD_EINVAL);
+    vd_http_free(h2);
     vd_http_free(h);
 }
 
@@ -302,6 +323,7 @@ static void test_auth_matrix(void **state)
     const char *paths[] = {"/open", "/ro", "/rw", "/admin"};
     for (int i = 0; i < 4; i++)
         assert_int_equal(vd_http_route(h, "GET", paths[i], (enum vd_role)i, h_ok, NULL), 0);
+    assert_int_equal(vd_http_route(h, "GET", "/info", VD_ROLE_NONE, h_info, NULL), 0);
     start(h);
     uint16_t p = vd_http_port(h);
     const char *hdrs[] = {"", "api-key: ro-secret\r\n", "Authorization: Bearer rw-secret\r\n",
@@ -330,6 +352,19 @@ static void test_auth_matrix(void **state)
     assert_int_equal(status_of(p, "GET", "/metrics", "api-key: ro-secret\r\n"), 200);
     assert_int_equal(status_of(p, "GET", "/metrics", NULL), 401);
     assert_int_equal(status_of(p, "GET", "/healthz", NULL), 200);
+
+    /* accessors: the role of the key, request ids, headers case-insensitively */
+    assert_int_equal(do_req(p, "GET", "/info", "api-key: rw-secret\r\nX-Test: hello\r\n", NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "{\"result\":{\"role\":2,\"id\":"));
+    assert_non_null(strstr(r.body, ",\"x\":\"hello\",\"m\":\"GET\"}"));
+    unsigned long long id1 = strtoull(strstr(r.body, "\"id\":") + 5, NULL, 10);
+    hresp_free(&r);
+    assert_int_equal(do_req(p, "GET", "/info", NULL, NULL, &r), 0);
+    assert_non_null(strstr(r.body, "{\"result\":{\"role\":0,\"id\":"));
+    unsigned long long id2 = strtoull(strstr(r.body, "\"id\":") + 5, NULL, 10);
+    assert_true(id2 > id1);
+    hresp_free(&r);
     vd_http_free(h);
 
     /* no keys configured: everyone is admin */
