@@ -700,6 +700,20 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     return on_body_done(r);
 }
 
+/* A raw path for the log: control bytes would let a client forge log lines. */
+static const char *printable(const char *s, char *buf, size_t cap)
+{
+    size_t o = 0;
+    for (; *s && o + 4 < cap; s++)
+        buf[o++] = ((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s;
+    if (*s) {
+        memcpy(buf + o, "...", 3);
+        o += 3;
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -729,7 +743,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 0)
         status = 499; /* closed before a reply, as nginx counts it */
     vd__http_stats_record(h, r->route, r->method, status, secs);
-    vd_log_info("http %s %s %d %lluB %.3fms id=%llu%s", r->method, r->route ? r->route->pattern : r->path,
+    char shown[128];
+    const char *what = r->route ? r->route->pattern : printable(r->path, shown, sizeof(shown));
+    vd_log_info("http %s %s %d %lluB %.3fms id=%llu%s", r->method, what,
                 status, bytes, secs * 1e3, (unsigned long long)r->id,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
     pthread_mutex_lock(&h->mu);

@@ -843,6 +843,24 @@ static void test_metrics(void **state)
     vd_http_free(h);
 }
 
+static void test_url_decode(void **state)
+{
+    char out[64];
+    assert_int_equal(vd_http_url_decode("a%20b%2Fc", 9, out, false), 5);
+    assert_string_equal(out, "a b/c");
+    assert_int_equal(vd_http_url_decode("a+b%2b", 6, out, false), 4);
+    assert_string_equal(out, "a+b+");
+    assert_int_equal(vd_http_url_decode("a+b%2b", 6, out, true), 4);
+    assert_string_equal(out, "a b+");
+    assert_int_equal(vd_http_url_decode("%e2%82%AC", 9, out, false), 3); /* UTF-8 bytes pass */
+    assert_string_equal(out, "\xe2\x82\xac");
+    assert_int_equal(vd_http_url_decode("", 0, out, false), 0);
+    assert_int_equal(vd_http_url_decode("%", 1, out, false), VD_EINVAL);
+    assert_int_equal(vd_http_url_decode("ab%2", 4, out, false), VD_EINVAL);
+    assert_int_equal(vd_http_url_decode("%g0", 3, out, false), VD_EINVAL);
+    assert_int_equal(vd_http_url_decode("a%00b", 5, out, false), VD_EINVAL);
+}
+
 static void test_malformed_requests(void **state)
 {
     sb_reset();
@@ -891,6 +909,7 @@ int main(void)
         cmocka_unit_test(test_stream_reply),
         cmocka_unit_test(test_graceful_stop),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_url_decode),
         cmocka_unit_test(test_malformed_requests),
     };
     vd_log_set_level(VD_LOG_WARN);
