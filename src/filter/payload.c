@@ -455,7 +455,7 @@ static cJSON *decode_value(const struct vd__fv *v)
                 cJSON_Delete(a);
                 return NULL;
             }
-            cJSON_AddItemToArray(a, c);
+            cJSON_AddItemToArray(a, c); /* cannot fail: it only links c in */
         }
         return a;
     }
@@ -475,8 +475,13 @@ static cJSON *decode_value(const struct vd__fv *v)
             }
             memcpy(k, v->body + vd__le32(e), kl);
             k[kl] = 0;
-            cJSON_AddItemToObject(o, k, c);
+            bool added = cJSON_AddItemToObject(o, k, c);
             free(k);
+            if (!added) { /* cJSON could not copy the key; c is still ours */
+                cJSON_Delete(c);
+                cJSON_Delete(o);
+                return NULL;
+            }
         }
         return o;
     }
