@@ -99,7 +99,7 @@ uint16_t vd_http_port(const struct vd_http *h);
  * be answered (new requests on open connections get 503 meanwhile); answer the rest 503; stop
  * the daemon (all suspended connections are resumed first). A late reply from the application
  * to a request that was answered 503 is accepted and discarded, until vd_http_free. Idempotent. */
-void vd_http_stop(struct vd_http *h, unsigned deadline_ms);
+void vd_http_stop(struct vd_http *h, unsigned deadline_ms); /* not from a handler (joins the pool) */
 /* Stops if needed, then frees everything; a stream request still held by the application gets
  * its abort callback. No call on this server or its requests may follow. */
 void vd_http_free(struct vd_http *h);

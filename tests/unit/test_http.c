@@ -194,6 +194,19 @@ static void h_info(struct vd_http_req *r, void *ctx)
     vd_http_reply_ok(r, buf, strlen(buf));
 }
 
+static void h_raw(struct vd_http_req *r, void *ctx)
+{
+    struct vd_buf b;
+    vd_buf_init(&b);
+    if (vd_http_query(r, "oom"))
+        b.oom = 1;
+    else if (!vd_http_query(r, "empty"))
+        vd_buf_puts(&b, "a,b\n1,2\n");
+    vd_http_reply_raw(r, 201, "text/csv", &b);
+    assert_null(b.data);
+    vd_buf_release(&b);
+}
+
 static void h_ok(struct vd_http_req *r, void *ctx)
 {
     vd_http_reply_ok(r, "true", 4);
@@ -235,6 +248,7 @@ static void test_builtin_routes(void **state)
 {
     struct vd_http *h = server(2, 0, NULL, 0);
     vd_http_set_ready_hook(h, ready_hook, NULL);
+    assert_int_equal(vd_http_route(h, "GET", "/raw", VD_ROLE_NONE, h_raw, NULL), 0);
     start(h);
     uint16_t p = vd_http_port(h);
     struct hresp r;
@@ -257,6 +271,17 @@ static void test_builtin_routes(void **state)
     assert_int_equal(r.status, 200);
     assert_int_equal(r.len, 0);
     hresp_free(&r);
+    /* raw replies: body stolen, content type as given; an oom buffer is a 500 */
+    assert_int_equal(do_req(p, "GET", "/raw", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    assert_string_equal(r.body, "a,b\n1,2\n");
+    assert_non_null(strstr(find_header(r.head, "Content-Type"), "text/csv"));
+    hresp_free(&r);
+    assert_int_equal(do_req(p, "GET", "/raw?empty", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    assert_int_equal(r.len, 0);
+    hresp_free(&r);
+    assert_int_equal(status_of(p, "GET", "/raw?oom=1", NULL), 500);
     /* the port is taken: a second server fails to start with a message */
     struct vd_http_opts o = {.bind = "127.0.0.1", .port = p, .threads = 2};
     struct vd_http *h2;
