@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Measures one vectord node over HTTP: upsert throughput (points/s, batches of 256) and exact
+and graph search latency (p50/p95/p99) at N x DIM, with 1 and several concurrent clients.
+
+    scripts/bench_api.py [--binary build/release/vectord] [--n 10000] [--dim 1536]
+
+Starts its own node on a temporary data directory (or uses --url of a running one). Request
+bodies are encoded before the clock starts, so the figures are the server's, not Python's JSON
+encoder's. Prints a table and writes JSON to --out.
+"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+
+
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
+
+
+class Client:
+    def __init__(self, host, port, key=None):
+        self.c = http.client.HTTPConnection(host, port, timeout=600)
+        self.key = key
+
+    def req(self, method, path, body):
+        h = {"Content-Type": "application/json"}
+        if self.key:
+            h["api-key"] = self.key
+        self.c.request(method, path, body=body, headers=h)
+        r = self.c.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{method} {path}: {r.status} {data[:300]!r}")
+        return data
+
+
+def embedding_like(rng, n, dim, latent=32):
+    z = rng.standard_normal((n, latent)).astype(np.float32)
+    proj = np.random.default_rng(1234).standard_normal((latent, dim)).astype(np.float32)
+    x = z @ proj + 0.1 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=os.path.join(os.path.dirname(__file__), "..", "build", "release", "vectord"))
+    ap.add_argument("--url", help="use a running node instead of starting one")
+    ap.add_argument("--api-key")
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--dim", type=int, default=1536)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--clients", type=int, default=4, help="concurrent upload connections")
+    ap.add_argument("--out", default="bench_api.json")
+    a = ap.parse_args()
+
+    proc = tmp = None
+    if a.url:
+        u = urllib.parse.urlparse(a.url)
+        host, port = u.hostname, u.port or 6333
+    else:
+        tmp = tempfile.mkdtemp(prefix="vectord-bench-")
+        host, port = "127.0.0.1", 16333
+        proc = subprocess.Popen([a.binary, "--data-dir", tmp, "--port", str(port), "--cluster-port", "16335",
+                                 "--log-level", "warn"])
+        for _ in range(300):
+            try:
+                Client(host, port).req("GET", "/readyz", None)
+                break
+            except Exception:
+                time.sleep(0.05)
+    try:
+        rng = np.random.default_rng(42)
+        data = embedding_like(rng, a.n + a.queries, a.dim)
+        base, queries = data[:a.n], data[a.n:]
+        c = Client(host, port, a.api_key)
+        coll = "bench"
+        try:
+            c.req("DELETE", f"/collections/{coll}", None)
+        except RuntimeError:
+            pass
+        c.req("PUT", f"/collections/{coll}", json.dumps({"vectors": {"size": a.dim, "distance": "Cosine"}}))
+        bodies = []
+        for s in range(0, a.n, a.batch):
+            pts = [{"id": i, "vector": base[i].tolist(), "payload": {"document": f"chunk {i}"}}
+                   for i in range(s, min(a.n, s + a.batch))]
+            bodies.append(json.dumps({"points": pts}).encode())
+        mb = sum(len(b) for b in bodies) / 1e6
+        # upload with several connections
+        lock = threading.Lock()
+        todo = list(range(len(bodies)))
+
+        def up():
+            cl = Client(host, port, a.api_key)
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    i = todo.pop()
+                cl.req("PUT", f"/collections/{coll}/points?wait=true", bodies[i])
+        t0 = time.perf_counter()
+        th = [threading.Thread(target=up) for _ in range(a.clients)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        up_s = time.perf_counter() - t0
+        up_rate = a.n / up_s
+        # ground truth
+        gt = np.argsort(-(queries @ base.T), axis=1)[:, :10]
+
+        def run(params, clients=1):
+            lat = []
+            hits = 0
+            qb = [json.dumps({"vector": q.tolist(), "limit": 10, "params": params}).encode() for q in queries]
+            idx = list(range(len(qb)))
+            res = [None] * len(qb)
+
+            def worker(my):
+                cl = Client(host, port, a.api_key)
+                for i in my:
+                    t = time.perf_counter()
+                    r = cl.req("POST", f"/collections/{coll}/points/search", qb[i])
+                    lat.append(time.perf_counter() - t)
+                    res[i] = r
+            t0 = time.perf_counter()
+            th = [threading.Thread(target=worker, args=(idx[k::clients],)) for k in range(clients)]
+            for t in th:
+                t.start()
+            for t in th:
+                t.join()
+            wall = time.perf_counter() - t0
+            for i, r in enumerate(res):
+                ids = [p["id"] for p in json.loads(r)["result"]]
+                hits += len(set(ids) & set(gt[i].tolist()))
+            return {"p50_ms": pct(lat, 50) * 1e3, "p95_ms": pct(lat, 95) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
+                    "qps": len(qb) / wall, "recall@10": hits / (10.0 * len(qb))}
+
+        # wait for the background graph build so the graph figures are the graph's
+        t0 = time.perf_counter()
+        while True:
+            info = json.loads(c.req("GET", f"/collections/{coll}", None))["result"]
+            if info["status"] == "green" or time.perf_counter() - t0 > 1800:
+                break
+            time.sleep(0.2)
+        index_wait = time.perf_counter() - t0
+        results = {"n": a.n, "dim": a.dim, "batch": a.batch, "upload_clients": a.clients,
+                   "upsert_points_per_s": up_rate, "upsert_mb_per_s": mb / up_s,
+                   "index_settle_s": index_wait}
+        results["exact_1"] = run({"exact": True}, 1)
+        for ef in (64, 128):
+            results[f"hnsw_ef{ef}_1"] = run({"hnsw_ef": ef}, 1)
+            results[f"hnsw_ef{ef}_8"] = run({"hnsw_ef": ef}, 8)
+        print(f"\nvectord over HTTP, {a.n} x {a.dim} (Cosine)")
+        print(f"upsert: {up_rate:,.0f} points/s ({mb / up_s:.1f} MB/s of JSON), batches of {a.batch}, "
+              f"{a.clients} connections; graph settled {index_wait:.1f} s after the last ack")
+        print(f"{'search':<16}{'clients':>8}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'QPS':>10}{'recall@10':>11}")
+        for k, v in results.items():
+            if isinstance(v, dict):
+                name, cl = k.rsplit("_", 1)
+                print(f"{name:<16}{cl:>8}{v['p50_ms']:>10.2f}{v['p95_ms']:>10.2f}{v['p99_ms']:>10.2f}"
+                      f"{v['qps']:>10.0f}{v['recall@10']:>11.3f}")
+        with open(a.out, "w") as f:
+            json.dump(results, f, indent=2)
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

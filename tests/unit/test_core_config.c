@@ -1,0 +1,158 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "vectord/config.h"
+
+static int parse(struct vd_config *c, struct vd_err *e, int argc, char **argv)
+{
+    vd_config_init(c);
+    int rc = vd_config_from_args(c, argc, argv, e);
+    if (rc == 0)
+        rc = vd_config_validate(c, e);
+    return rc;
+}
+
+static void test_defaults(void **state)
+{
+    struct vd_config c;
+    struct vd_err e = {0};
+    unsetenv("VECTORD_API_KEY");
+    char *argv[] = {"vectord"};
+    assert_int_equal(parse(&c, &e, 1, argv), 0);
+    assert_string_equal(c.data_dir, "./data");
+    assert_string_equal(c.bind, "127.0.0.1");
+    assert_int_equal(c.port, 6333);
+    assert_int_equal(c.cluster_port, 6335);
+    assert_int_equal(c.n_keys, 0);
+    vd_config_release(&c);
+}
+
+static void test_flags(void **state)
+{
+    struct vd_config c;
+    struct vd_err e = {0};
+    char *argv[] = {"vectord", "--port", "7000", "--data-dir=/x", "--api-key", "abcdefgh12",
+                    "--bind", "0.0.0.0", "--log-level", "debug", "--join", "10.0.0.1:6335"};
+    assert_int_equal(parse(&c, &e, 12, argv), 0);
+    assert_int_equal(c.port, 7000);
+    assert_string_equal(c.data_dir, "/x");
+    assert_int_equal(c.n_keys, 1);
+    assert_int_equal(c.keys[0].role, 3);
+    assert_int_equal(c.log_level, VD_LOG_DEBUG);
+    assert_string_equal(c.join, "10.0.0.1:6335");
+    vd_config_release(&c);
+}
+
+static void expect_error(int argc, char **argv, const char *fragment)
+{
+    struct vd_config c;
+    struct vd_err e = {0};
+    assert_int_not_equal(parse(&c, &e, argc, argv), 0);
+    if (!strstr(e.msg, fragment))
+        fail_msg("error '%s' does not mention '%s'", e.msg, fragment);
+    vd_config_release(&c);
+}
+
+static void test_bad_flags(void **state)
+{
+    char *a1[] = {"vectord", "--port", "0"};
+    expect_error(3, a1, "--port");
+    char *a2[] = {"vectord", "--port", "65536"};
+    expect_error(3, a2, "--port");
+    char *a3[] = {"vectord", "--nope", "1"};
+    expect_error(3, a3, "--nope");
+    char *a4[] = {"vectord", "--bind", "0.0.0.0"};
+    expect_error(3, a4, "--bind");
+    char *a5[] = {"vectord", "--port"};
+    expect_error(2, a5, "needs a value");
+    char *a6[] = {"vectord", "--api-key", "short"};
+    expect_error(3, a6, "--api-key");
+    char *a7[] = {"vectord", "--join", "nohost"};
+    expect_error(3, a7, "--join");
+    char *a8[] = {"vectord", "stray"};
+    expect_error(2, a8, "stray");
+    char *a9[] = {"vectord", "--port", "7000", "--cluster-port", "7000"};
+    expect_error(5, a9, "--cluster-port");
+}
+
+static char *write_tmp(const char *text)
+{
+    static char path[64];
+    strcpy(path, "/tmp/vdcfgXXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+static void test_config_file(void **state)
+{
+    struct vd_config c;
+    struct vd_err e = {0};
+    char *p = write_tmp("{\"port\": 7100, \"data_dir\": \"/d\", \"insecure\": true, \"bind\": \"0.0.0.0\","
+                        "\"api_keys\": [{\"key\": \"ro-key-12345\", \"role\": \"ro\"},"
+                        "{\"key\": \"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\","
+                        " \"role\": \"rw\"}]}");
+    char *argv[] = {"vectord", "--port", "7200", "--config", p};
+    assert_int_equal(parse(&c, &e, 5, argv), 0);
+    assert_int_equal(c.port, 7200); /* the flag wins wherever it stands */
+    assert_string_equal(c.data_dir, "/d");
+    assert_true(c.insecure);
+    assert_int_equal(c.n_keys, 2);
+    assert_int_equal(c.keys[0].role, 1);
+    assert_int_equal(c.keys[1].role, 2);
+    vd_config_release(&c);
+    unlink(p);
+
+    const char *bad[][2] = {
+        {"{\"prot\": 1}", "'prot'"},
+        {"{\"port\": \"x\"}", "'port'"},
+        {"{\"port\": 1.5}", "'port'"},
+        {"{\"insecure\": 1}", "'insecure'"},
+        {"{\"api_keys\": [{\"key\": \"abcdefghij\", \"role\": \"god\"}]}", "api_keys[0]"},
+        {"{\"api_keys\": [{\"key\": \"sha256:zz\", \"role\": \"ro\"}]}", "sha256"},
+        {"[1]", "not a JSON object"},
+        {"{", "not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        p = write_tmp(bad[i][0]);
+        char *a[] = {"vectord", "--config", p};
+        expect_error(3, a, bad[i][1]);
+        unlink(p);
+    }
+    char *missing[] = {"vectord", "--config", "/nonexistent/vectord.json"};
+    expect_error(3, missing, "cannot open");
+}
+
+static void test_env_key(void **state)
+{
+    struct vd_config c;
+    struct vd_err e = {0};
+    setenv("VECTORD_API_KEY", "env-key-123456", 1);
+    char *argv[] = {"vectord", "--bind", "0.0.0.0"};
+    assert_int_equal(parse(&c, &e, 3, argv), 0);
+    assert_int_equal(c.n_keys, 1);
+    assert_string_equal(c.keys[0].key, "env-key-123456");
+    vd_config_release(&c);
+    unsetenv("VECTORD_API_KEY");
+    assert_true(vd_config_is_loopback("127.0.0.5"));
+    assert_true(vd_config_is_loopback("::1"));
+    assert_false(vd_config_is_loopback("10.1.1.1"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),   cmocka_unit_test(test_flags),
+        cmocka_unit_test(test_bad_flags),  cmocka_unit_test(test_config_file),
+        cmocka_unit_test(test_env_key),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
