@@ -249,6 +249,24 @@ bool vd_raft_ready(struct vd_raft *r, struct vd_raft_update *u);
 /* Marks the last update as done: persisted, sent and applied. */
 void vd_raft_advance(struct vd_raft *r);
 
+/* ---- wire encoding of messages ------------------------------------------------------------
+ * A message body for the peer transport (which adds its own frame: version, type, length,
+ * CRC32C). Layout, all integers big-endian: version u8, type u8, flags u8 (reject 1, transfer 2,
+ * done 4), from, to, term, index, log_term, commit, hint, ctx, offset (u64 each), conf (count u32
+ * + per node id u64 ‖ role u8), n_entries u32, per entry {term u64, index u64, type u8, len u32,
+ * data}, then len u32 and the snapshot chunk. */
+#define VD_RAFT_WIRE_VERSION 1
+
+/* Bytes vd_raft_msg_encode will write for m. */
+size_t vd_raft_msg_size(const struct vd_raft_msg *m);
+/* Writes m into buf (vd_raft_msg_size(m) bytes); returns the length. */
+size_t vd_raft_msg_encode(const struct vd_raft_msg *m, uint8_t *buf);
+/* Parses a body received from the network. out->entries points into ents (the caller's array of
+ * max_ents) and every data pointer points into buf: both must outlive the use of *out.
+ * Errors: VD_ECORRUPT (malformed, with nothing trusted), VD_ETOOBIG (more than max_ents entries). */
+int vd_raft_msg_decode(const uint8_t *buf, size_t len, struct vd_raft_msg *out,
+                       struct vd_raft_entry *ents, size_t max_ents);
+
 /* ---- read-only accessors (status pages, the simulator's checker) ------------------------ */
 uint64_t vd_raft_id(const struct vd_raft *r);
 enum vd_raft_role vd_raft_role(const struct vd_raft *r);

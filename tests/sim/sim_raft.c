@@ -454,10 +454,22 @@ static void net_send(const struct vd_raft_msg *m)
         return;
     if (S.blocked[from][to] || chance(S.loss))
         return;
+    /* Every message crosses the wire encoding, as it would between processes. */
+    static uint8_t *wire;
+    static size_t wire_cap;
+    static struct vd_raft_entry ents[4096];
+    size_t need = vd_raft_msg_size(m);
+    wire = grow(wire, &wire_cap, need, 1);
+    size_t n = vd_raft_msg_encode(m, wire);
+    struct vd_raft_msg dm;
+    if (n != need || vd_raft_msg_decode(wire, n, &dm, ents, 4096) != 0) {
+        violation("wire: message type %u does not survive encode/decode", m->type);
+        return;
+    }
     int copies = chance(S.dup) ? 2 : 1;
     for (int c = 0; c < copies; c++) {
         struct event e = {.at = S.now + 1 + rnd_below(S.delay_max), .seq = S.seq++, .to = to};
-        qmsg_copy(&e.q, m);
+        qmsg_copy(&e.q, &dm);
         heap_push(&e);
     }
 }
