@@ -1,6 +1,6 @@
 /*
- * Filter evaluation, shared by both payload backends through struct vd__fv. The semantics follow
- * Qdrant's condition checker (lib/segment payload_storage): a key yields zero or more values
+ * Filter evaluation, shared by both payload backends through struct vd__filter_fv. The semantics
+ * follow Qdrant's condition checker (lib/segment payload_storage): a key yields zero or more values
  * (arrays on the path fan out); a field condition holds if any value satisfies it, and a missing
  * key satisfies nothing except is_empty. docs/filters.md states each rule for users.
  * Nothing here allocates: paths are walked recursively and values are handed to a visitor.
@@ -12,53 +12,54 @@
 
 struct visitor {
     /* Returns true to stop the walk early (the answer is known). */
-    bool (*fn)(struct visitor *v, const struct vd__fv *val);
-    const struct vd__cond *c;
+    bool (*fn)(struct visitor *v, const struct vd__filter_fv *val);
+    const struct vd__filter_cond *c;
     uint32_t seen; /* number of values visited */
     bool result;
 };
 
 /* Walks path segments from i on, starting at value v; returns true if the visitor stopped. */
-static bool walk(const struct vd__path *p, uint32_t i, const struct vd__fv *v, struct visitor *vis)
+static bool walk(const struct vd__filter_path *p, uint32_t i, const struct vd__filter_fv *v,
+                 struct visitor *vis)
 {
     if (i == p->nseg) {
         vis->seen++;
         return vis->fn(vis, v);
     }
-    const struct vd__seg *s = &p->segs[i];
-    struct vd__fv child;
+    const struct vd__filter_seg *s = &p->segs[i];
+    struct vd__filter_fv child;
     switch (s->kind) {
     case VD__SEG_KEY:
         if (v->t == VD__FV_OBJ) {
-            if (vd__fv_obj_find(v, s->name, s->len, &child))
+            if (vd__filter_fv_find(v, s->name, s->len, &child))
                 return walk(p, i + 1, &child, vis);
             return false;
         }
         if (v->t == VD__FV_ARR && i > 0) {
             /* "a.b" over an array of objects reads b from each element, as "a[].b" does. */
-            struct vd__fv_iter it;
-            struct vd__fv e;
-            vd__fv_iter_init(v, &it);
-            while (vd__fv_iter_next(&it, &e))
-                if (e.t == VD__FV_OBJ && vd__fv_obj_find(&e, s->name, s->len, &child) &&
+            struct vd__filter_iter it;
+            struct vd__filter_fv e;
+            vd__filter_iter_init(v, &it);
+            while (vd__filter_iter_next(&it, &e))
+                if (e.t == VD__FV_OBJ && vd__filter_fv_find(&e, s->name, s->len, &child) &&
                     walk(p, i + 1, &child, vis))
                     return true;
         }
         return false;
     case VD__SEG_ALL:
         if (v->t == VD__FV_ARR) {
-            struct vd__fv_iter it;
-            vd__fv_iter_init(v, &it);
-            while (vd__fv_iter_next(&it, &child))
+            struct vd__filter_iter it;
+            vd__filter_iter_init(v, &it);
+            while (vd__filter_iter_next(&it, &child))
                 if (walk(p, i + 1, &child, vis))
                     return true;
         }
         return false;
     default: /* VD__SEG_INDEX */
         if (v->t == VD__FV_ARR) {
-            struct vd__fv_iter it;
-            vd__fv_iter_init(v, &it);
-            for (uint32_t k = 0; vd__fv_iter_next(&it, &child); k++)
+            struct vd__filter_iter it;
+            vd__filter_iter_init(v, &it);
+            for (uint32_t k = 0; vd__filter_iter_next(&it, &child); k++)
                 if (k == s->idx)
                     return walk(p, i + 1, &child, vis);
         }
@@ -73,7 +74,7 @@ static int str_cmp(const char *a, uint32_t alen, const char *b, uint32_t blen)
     return memcmp(a, b, alen);
 }
 
-static bool set_has_str(const struct vd__cond *c, const char *s, uint32_t len)
+static bool set_has_str(const struct vd__filter_cond *c, const char *s, uint32_t len)
 {
     uint32_t lo = 0, hi = c->u.fc.nset;
     while (lo < hi) {
@@ -89,7 +90,7 @@ static bool set_has_str(const struct vd__cond *c, const char *s, uint32_t len)
     return false;
 }
 
-static bool set_has_int(const struct vd__cond *c, int64_t x)
+static bool set_has_int(const struct vd__filter_cond *c, int64_t x)
 {
     uint32_t lo = 0, hi = c->u.fc.nset;
     while (lo < hi) {
@@ -105,7 +106,7 @@ static bool set_has_int(const struct vd__cond *c, int64_t x)
     return false;
 }
 
-static bool match_scalar(const struct vd__cond *c, const struct vd__fv *v)
+static bool match_scalar(const struct vd__filter_cond *c, const struct vd__filter_fv *v)
 {
     switch (c->u.fc.match) {
     case VD__M_STR:
@@ -130,15 +131,14 @@ static bool match_scalar(const struct vd__cond *c, const struct vd__fv *v)
             return !set_has_int(c, v->i);
         return v->t != VD__FV_NULL;
     case VD__M_TEXT:
-        return v->t == VD__FV_STR &&
-               (c->u.fc.str.len == 0 ||
-                memmem(v->s, v->slen, c->u.fc.str.s, c->u.fc.str.len) != NULL);
+        return v->t == VD__FV_STR && (c->u.fc.str.len == 0 || memmem(v->s, v->slen, c->u.fc.str.s,
+                                                                     c->u.fc.str.len) != NULL);
     default:
         return false;
     }
 }
 
-static bool range_scalar(const struct vd__cond *c, const struct vd__fv *v)
+static bool range_scalar(const struct vd__filter_cond *c, const struct vd__filter_fv *v)
 {
     double x;
     if (v->t == VD__FV_INT)
@@ -151,27 +151,27 @@ static bool range_scalar(const struct vd__cond *c, const struct vd__fv *v)
            (!c->u.fc.lt_set || x < c->u.fc.lt) && (!c->u.fc.lte_set || x <= c->u.fc.lte);
 }
 
-static bool check_scalar(const struct vd__cond *c, const struct vd__fv *v)
+static bool check_scalar(const struct vd__filter_cond *c, const struct vd__filter_fv *v)
 {
     return (c->u.fc.match != VD__M_NONE && match_scalar(c, v)) ||
            (c->u.fc.has_range && range_scalar(c, v));
 }
 
-static bool value_is_empty(const struct vd__fv *v)
+static bool value_is_empty(const struct vd__filter_fv *v)
 {
     return v->t == VD__FV_NULL || (v->t == VD__FV_ARR && v->n == 0);
 }
 
-static bool value_is_null(const struct vd__fv *v)
+static bool value_is_null(const struct vd__filter_fv *v)
 {
     if (v->t == VD__FV_NULL)
         return true;
     if (v->t != VD__FV_ARR)
         return false;
-    struct vd__fv_iter it;
-    struct vd__fv e;
-    vd__fv_iter_init(v, &it);
-    while (vd__fv_iter_next(&it, &e))
+    struct vd__filter_iter it;
+    struct vd__filter_fv e;
+    vd__filter_iter_init(v, &it);
+    while (vd__filter_iter_next(&it, &e))
         if (e.t == VD__FV_NULL)
             return true;
     return false;
@@ -179,9 +179,9 @@ static bool value_is_null(const struct vd__fv *v)
 
 /* One value of a field condition; an array value matches if any element does (one level:
  * arrays inside arrays are not flattened). */
-static bool field_visit(struct visitor *vis, const struct vd__fv *v)
+static bool field_visit(struct visitor *vis, const struct vd__filter_fv *v)
 {
-    const struct vd__cond *c = vis->c;
+    const struct vd__filter_cond *c = vis->c;
     bool ok;
     if (c->u.fc.is_empty >= 0) {
         ok = value_is_empty(v) == (bool)c->u.fc.is_empty;
@@ -189,10 +189,10 @@ static bool field_visit(struct visitor *vis, const struct vd__fv *v)
         ok = value_is_null(v) == (bool)c->u.fc.is_null;
     } else if (v->t == VD__FV_ARR) {
         ok = false;
-        struct vd__fv_iter it;
-        struct vd__fv e;
-        vd__fv_iter_init(v, &it);
-        while (!ok && vd__fv_iter_next(&it, &e))
+        struct vd__filter_iter it;
+        struct vd__filter_fv e;
+        vd__filter_iter_init(v, &it);
+        while (!ok && vd__filter_iter_next(&it, &e))
             ok = check_scalar(c, &e);
     } else {
         ok = check_scalar(c, v);
@@ -203,7 +203,7 @@ static bool field_visit(struct visitor *vis, const struct vd__fv *v)
 }
 
 /* is_empty: every value is null or [] (true when the key is missing). */
-static bool is_empty_visit(struct visitor *vis, const struct vd__fv *v)
+static bool is_empty_visit(struct visitor *vis, const struct vd__filter_fv *v)
 {
     if (!value_is_empty(v)) {
         vis->result = false;
@@ -213,7 +213,7 @@ static bool is_empty_visit(struct visitor *vis, const struct vd__fv *v)
 }
 
 /* is_null: some value is null or an array holding a null. */
-static bool is_null_visit(struct visitor *vis, const struct vd__fv *v)
+static bool is_null_visit(struct visitor *vis, const struct vd__filter_fv *v)
 {
     if (value_is_null(v)) {
         vis->result = true;
@@ -222,7 +222,7 @@ static bool is_null_visit(struct visitor *vis, const struct vd__fv *v)
     return false;
 }
 
-static bool has_id(const struct vd__cond *c, const struct vd_pid *id)
+static bool has_id(const struct vd__filter_cond *c, const struct vd_pid *id)
 {
     if (!id)
         return false;
@@ -240,12 +240,13 @@ static bool has_id(const struct vd__cond *c, const struct vd_pid *id)
     return false;
 }
 
-bool vd__filter_eval(const struct vd__cond *c, const struct vd_pid *id, const struct vd__fv *root)
+bool vd__filter_eval(const struct vd__filter_cond *c, const struct vd_pid *id,
+                     const struct vd__filter_fv *root)
 {
     struct visitor vis = {.c = c};
     switch (c->kind) {
     case VD__C_FILTER: {
-        const struct vd__clause *cl = &c->u.f.should;
+        const struct vd__filter_clause *cl = &c->u.f.should;
         if (cl->present) {
             bool any = false;
             for (uint32_t i = 0; i < cl->n && !any; i++)
@@ -306,9 +307,9 @@ bool vd__filter_eval(const struct vd__cond *c, const struct vd_pid *id, const st
 
 bool vd_filter_match(const struct vd_filter *f, const struct vd_pid *id, const cJSON *payload)
 {
-    struct vd__fv root;
+    struct vd__filter_fv root;
     if (payload && cJSON_IsObject(payload)) {
-        vd__fv_from_cjson(payload, &root);
+        vd__filter_fv_cjson(payload, &root);
         return vd__filter_eval(f->root, id, &root);
     }
     return vd__filter_eval(f->root, id, NULL);
@@ -317,9 +318,9 @@ bool vd_filter_match(const struct vd_filter *f, const struct vd_pid *id, const c
 bool vd_filter_match_bin(const struct vd_filter *f, const struct vd_pid *id, const uint8_t *bin,
                          size_t len)
 {
-    struct vd__fv root;
+    struct vd__filter_fv root;
     if (bin && len >= 2) {
-        vd__fv_from_bin(bin + 1, &root);
+        vd__filter_fv_bin(bin + 1, &root);
         return vd__filter_eval(f->root, id, &root);
     }
     return vd__filter_eval(f->root, id, NULL);

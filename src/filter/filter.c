@@ -17,7 +17,8 @@ struct ctx {
     char where[400]; /* clause path for messages, e.g. "filter.must[1]" */
 };
 
-static int fail(struct ctx *x, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(struct ctx *x, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int fail(struct ctx *x, int code, const char *fmt, ...)
 {
     char msg[384];
@@ -52,23 +53,23 @@ static void where_pop(struct ctx *x, size_t len)
 
 /* ---- freeing --------------------------------------------------------------------------------- */
 
-static void path_release(struct vd__path *p)
+static void path_release(struct vd__filter_path *p)
 {
     for (uint32_t i = 0; i < p->nseg; i++)
         free(p->segs[i].name);
     free(p->segs);
 }
 
-static void cond_free(struct vd__cond *c);
+static void cond_free(struct vd__filter_cond *c);
 
-static void clause_release(struct vd__clause *cl)
+static void clause_release(struct vd__filter_clause *cl)
 {
     for (uint32_t i = 0; i < cl->n; i++)
         cond_free(cl->c[i]);
     free(cl->c);
 }
 
-static void cond_free(struct vd__cond *c)
+static void cond_free(struct vd__filter_cond *c)
 {
     if (!c)
         return;
@@ -127,7 +128,7 @@ static const char *key_intern(struct ctx *x, const char *key)
 
 /* Splits "a.b[].c[2]" or "a.\"x.y\"" into segments. Bare key names stop at '.', '[', ']' and
  * '"'; quoted names may hold anything but '"'. */
-static int parse_path(struct ctx *x, const cJSON *key, struct vd__path *out)
+static int parse_path(struct ctx *x, const cJSON *key, struct vd__filter_path *out)
 {
     if (!cJSON_IsString(key) || !key->valuestring || !*key->valuestring)
         return fail(x, VD_EINVAL, "key: expected a non-empty string");
@@ -141,7 +142,7 @@ static int parse_path(struct ctx *x, const cJSON *key, struct vd__path *out)
     size_t i = 0;
     bool need_name = true; /* at start and after '.' a name must follow */
     while (i < n) {
-        struct vd__seg *sg = &out->segs[out->nseg];
+        struct vd__filter_seg *sg = &out->segs[out->nseg];
         if (s[i] == '[') {
             if (need_name)
                 goto bad;
@@ -202,8 +203,10 @@ static int parse_path(struct ctx *x, const cJSON *key, struct vd__path *out)
         return vd_errf(x->err, VD_ENOMEM, "out of memory");
     return 0;
 bad:
-    return fail(x, VD_EINVAL, "key: invalid key \"%.100s\" (expected names joined by '.', "
-                              "optionally followed by [] or [index])", s);
+    return fail(x, VD_EINVAL,
+                "key: invalid key \"%.100s\" (expected names joined by '.', "
+                "optionally followed by [] or [index])",
+                s);
 }
 
 /* ---- values ---------------------------------------------------------------------------------- */
@@ -216,7 +219,7 @@ static bool read_int(const cJSON *n, int64_t *out)
 
 static int cmp_str(const void *a, const void *b)
 {
-    const struct vd__str *x = a, *y = b;
+    const struct vd__filter_str *x = a, *y = b;
     if (x->len != y->len)
         return x->len < y->len ? -1 : 1;
     return memcmp(x->s, y->s, x->len);
@@ -229,7 +232,7 @@ static int cmp_i64(const void *a, const void *b)
 }
 
 /* "any" / "except": all strings or all integers (Qdrant has no other list types). */
-static int parse_set(struct ctx *x, struct vd__cond *c, const cJSON *arr, const char *name,
+static int parse_set(struct ctx *x, struct vd__filter_cond *c, const cJSON *arr, const char *name,
                      bool except)
 {
     if (!cJSON_IsArray(arr))
@@ -255,7 +258,8 @@ static int parse_set(struct ctx *x, struct vd__cond *c, const cJSON *arr, const 
             if (!cJSON_IsString(e))
                 return fail(x, VD_EINVAL,
                             "match.%s[%u]: expected a string like the list's first element "
-                            "(lists hold strings or integers)", name, i);
+                            "(lists hold strings or integers)",
+                            name, i);
             bytes += strlen(e->valuestring) + 1;
         }
     }
@@ -268,7 +272,7 @@ static int parse_set(struct ctx *x, struct vd__cond *c, const cJSON *arr, const 
         qsort(c->u.fc.ints, n, sizeof(int64_t), cmp_i64);
         return 0;
     }
-    c->u.fc.strs = malloc(sizeof(struct vd__str) * n);
+    c->u.fc.strs = malloc(sizeof(struct vd__filter_str) * n);
     c->u.fc.strbuf = malloc(bytes);
     if (!c->u.fc.strs || !c->u.fc.strbuf)
         return vd_errf(x->err, VD_ENOMEM, "out of memory");
@@ -281,11 +285,11 @@ static int parse_set(struct ctx *x, struct vd__cond *c, const cJSON *arr, const 
         c->u.fc.strs[i].len = (uint32_t)l;
         p += l + 1;
     }
-    qsort(c->u.fc.strs, n, sizeof(struct vd__str), cmp_str);
+    qsort(c->u.fc.strs, n, sizeof(struct vd__filter_str), cmp_str);
     return 0;
 }
 
-static int copy_str(struct ctx *x, struct vd__cond *c, const char *s)
+static int copy_str(struct ctx *x, struct vd__filter_cond *c, const char *s)
 {
     size_t l = strlen(s);
     if (!(c->u.fc.strbuf = malloc(l + 1)))
@@ -296,7 +300,7 @@ static int copy_str(struct ctx *x, struct vd__cond *c, const char *s)
     return 0;
 }
 
-static int parse_match(struct ctx *x, struct vd__cond *c, const cJSON *m)
+static int parse_match(struct ctx *x, struct vd__filter_cond *c, const cJSON *m)
 {
     const cJSON *v;
     if (!cJSON_IsObject(m))
@@ -315,8 +319,9 @@ static int parse_match(struct ctx *x, struct vd__cond *c, const cJSON *m)
             c->u.fc.match = VD__M_INT;
             return 0;
         }
-        return fail(x, VD_EINVAL, "match.value: expected a string, an integer or a bool "
-                                  "(use range for floats)");
+        return fail(x, VD_EINVAL,
+                    "match.value: expected a string, an integer or a bool "
+                    "(use range for floats)");
     }
     if ((v = cJSON_GetObjectItemCaseSensitive(m, "any")) && !cJSON_IsNull(v))
         return parse_set(x, c, v, "any", false);
@@ -332,7 +337,7 @@ bad:
     return fail(x, VD_EINVAL, "match: expected an object with value, any, except or text");
 }
 
-static int parse_range(struct ctx *x, struct vd__cond *c, const cJSON *r)
+static int parse_range(struct ctx *x, struct vd__filter_cond *c, const cJSON *r)
 {
     static const char *names[4] = {"gt", "gte", "lt", "lte"};
     bool *set[4] = {&c->u.fc.gt_set, &c->u.fc.gte_set, &c->u.fc.lt_set, &c->u.fc.lte_set};
@@ -355,7 +360,8 @@ bad:
 }
 
 /* {"key": k, "is_empty": {"key": k}} style: the object holding the key. */
-static int parse_key_cond(struct ctx *x, struct vd__cond *c, const cJSON *o, const char *name)
+static int parse_key_cond(struct ctx *x, struct vd__filter_cond *c, const cJSON *o,
+                          const char *name)
 {
     size_t w = where_push(x, ".%s", name);
     if (!cJSON_IsObject(o) || !cJSON_GetObjectItemCaseSensitive(o, "key")) {
@@ -373,7 +379,7 @@ static int cmp_pid(const void *a, const void *b)
     return vd_pid_cmp(a, b);
 }
 
-static int parse_has_id(struct ctx *x, struct vd__cond *c, const cJSON *a)
+static int parse_has_id(struct ctx *x, struct vd__filter_cond *c, const cJSON *a)
 {
     if (!cJSON_IsArray(a))
         return fail(x, VD_EINVAL, "has_id: expected an array of point ids");
@@ -384,17 +390,17 @@ static int parse_has_id(struct ctx *x, struct vd__cond *c, const cJSON *a)
     uint32_t i = 0;
     for (const cJSON *e = a->child; e; e = e->next, i++)
         if (vd_json_get_pid(e, &c->u.ids.ids[i], NULL))
-            return fail(x, VD_EINVAL,
-                        "has_id[%u]: expected an unsigned integer or a UUID string", i);
+            return fail(x, VD_EINVAL, "has_id[%u]: expected an unsigned integer or a UUID string",
+                        i);
     c->u.ids.n = n;
     if (n > 1)
         qsort(c->u.ids.ids, n, sizeof(struct vd_pid), cmp_pid);
     return 0;
 }
 
-static int parse_filter(struct ctx *x, const cJSON *o, int depth, struct vd__cond **out);
+static int parse_filter(struct ctx *x, const cJSON *o, int depth, struct vd__filter_cond **out);
 
-static int parse_field(struct ctx *x, struct vd__cond *c, const cJSON *o)
+static int parse_field(struct ctx *x, struct vd__filter_cond *c, const cJSON *o)
 {
     static const char *unsupported[] = {"geo_radius", "geo_bounding_box", "geo_polygon",
                                         "values_count"};
@@ -433,8 +439,10 @@ static int parse_field(struct ctx *x, struct vd__cond *c, const cJSON *o)
         any = true;
     }
     if (!any)
-        return fail(x, VD_EINVAL, "field condition on \"%.100s\" needs match, range, is_empty "
-                                  "or is_null", c->u.fc.path.text);
+        return fail(x, VD_EINVAL,
+                    "field condition on \"%.100s\" needs match, range, is_empty "
+                    "or is_null",
+                    c->u.fc.path.text);
     return 0;
 }
 
@@ -446,13 +454,13 @@ static bool is_filter_object(const cJSON *o)
            cJSON_GetObjectItemCaseSensitive(o, "min_should") || !o->child;
 }
 
-static int parse_cond(struct ctx *x, const cJSON *o, int depth, struct vd__cond **out)
+static int parse_cond(struct ctx *x, const cJSON *o, int depth, struct vd__filter_cond **out)
 {
     if (!cJSON_IsObject(o))
         return fail(x, VD_EINVAL, "expected a condition object");
     if (!cJSON_GetObjectItemCaseSensitive(o, "key") && is_filter_object(o))
         return parse_filter(x, o, depth + 1, out);
-    struct vd__cond *c = calloc(1, sizeof *c);
+    struct vd__filter_cond *c = calloc(1, sizeof *c);
     if (!c)
         return vd_errf(x->err, VD_ENOMEM, "out of memory");
     int rc;
@@ -476,8 +484,9 @@ static int parse_cond(struct ctx *x, const cJSON *o, int depth, struct vd__cond 
                   cJSON_GetObjectItemCaseSensitive(o, "nested") ? "nested" : "has_vector");
     } else {
         c->kind = VD__C_HAS_ID;
-        rc = fail(x, VD_EINVAL, "unknown condition (expected key, is_empty, is_null, has_id or "
-                                "a nested filter with must/should/must_not)");
+        rc = fail(x, VD_EINVAL,
+                  "unknown condition (expected key, is_empty, is_null, has_id or "
+                  "a nested filter with must/should/must_not)");
     }
     if (rc) {
         cond_free(c);
@@ -488,7 +497,7 @@ static int parse_cond(struct ctx *x, const cJSON *o, int depth, struct vd__cond 
 }
 
 /* A clause is an array of conditions, a single condition object, or null (absent). */
-static int parse_clause(struct ctx *x, const cJSON *v, int depth, struct vd__clause *cl)
+static int parse_clause(struct ctx *x, const cJSON *v, int depth, struct vd__filter_clause *cl)
 {
     if (!v || cJSON_IsNull(v))
         return 0;
@@ -518,7 +527,7 @@ static int parse_clause(struct ctx *x, const cJSON *v, int depth, struct vd__cla
     return 0;
 }
 
-static int parse_filter(struct ctx *x, const cJSON *o, int depth, struct vd__cond **out)
+static int parse_filter(struct ctx *x, const cJSON *o, int depth, struct vd__filter_cond **out)
 {
     if (depth > VD_FILTER_MAX_DEPTH)
         return fail(x, VD_EINVAL, "filters nested deeper than %d levels", VD_FILTER_MAX_DEPTH);
@@ -528,14 +537,16 @@ static int parse_filter(struct ctx *x, const cJSON *o, int depth, struct vd__con
     for (const cJSON *k = o->child; k; k = k->next)
         if (strcmp(k->string, "must") && strcmp(k->string, "should") &&
             strcmp(k->string, "must_not") && strcmp(k->string, "min_should"))
-            return fail(x, VD_EINVAL, "unknown field \"%.60s\" (a filter has must, should, "
-                                      "must_not and min_should)", k->string);
-    struct vd__cond *c = calloc(1, sizeof *c);
+            return fail(x, VD_EINVAL,
+                        "unknown field \"%.60s\" (a filter has must, should, "
+                        "must_not and min_should)",
+                        k->string);
+    struct vd__filter_cond *c = calloc(1, sizeof *c);
     if (!c)
         return vd_errf(x->err, VD_ENOMEM, "out of memory");
     c->kind = VD__C_FILTER;
     static const char *names[3] = {"must", "should", "must_not"};
-    struct vd__clause *cls[3] = {&c->u.f.must, &c->u.f.should, &c->u.f.must_not};
+    struct vd__filter_clause *cls[3] = {&c->u.f.must, &c->u.f.should, &c->u.f.must_not};
     int rc = 0;
     for (int i = 0; i < 3 && !rc; i++) {
         size_t w = where_push(x, ".%s", names[i]);
@@ -577,7 +588,8 @@ int vd_filter_parse(const cJSON *json, struct vd_filter **out, struct vd_err *er
         return vd_errf(err, VD_ENOMEM, "out of memory");
     int rc;
     if (!json || cJSON_IsNull(json)) {
-        rc = (x.f->root = calloc(1, sizeof *x.f->root)) ? 0 : vd_errf(err, VD_ENOMEM, "out of memory");
+        rc = (x.f->root = calloc(1, sizeof *x.f->root)) ? 0
+                                                        : vd_errf(err, VD_ENOMEM, "out of memory");
         if (x.f->root)
             x.f->root->kind = VD__C_FILTER;
     } else {
@@ -599,7 +611,7 @@ void vd_filter_keys(const struct vd_filter *f, void (*fn)(const char *key, void 
 
 bool vd_filter_is_empty(const struct vd_filter *f)
 {
-    const struct vd__cond *r = f->root;
+    const struct vd__filter_cond *r = f->root;
     /* must: [] and must_not: [] hold for every point; should: [] holds for none */
     return r->u.f.must.n == 0 && r->u.f.must_not.n == 0 && !r->u.f.should.present &&
            !r->u.f.min_should.present;

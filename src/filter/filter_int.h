@@ -35,28 +35,28 @@ enum {
 };
 #define VD__OBJ_ENTRY 12u
 
-static inline uint32_t vd__le32(const uint8_t *p)
+static inline uint32_t vd__filter_le32(const uint8_t *p)
 {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
-static inline uint64_t vd__le64(const uint8_t *p)
+static inline uint64_t vd__filter_le64(const uint8_t *p)
 {
-    return (uint64_t)vd__le32(p) | ((uint64_t)vd__le32(p + 4) << 32);
+    return (uint64_t)vd__filter_le32(p) | ((uint64_t)vd__filter_le32(p + 4) << 32);
 }
 
 /* ---- a payload value seen through either backend (cJSON tree or binary form) ---------------- */
 enum { VD__FV_NULL, VD__FV_BOOL, VD__FV_INT, VD__FV_DBL, VD__FV_STR, VD__FV_ARR, VD__FV_OBJ };
 
-struct vd__fv {
-    uint8_t t;            /* VD__FV_* */
-    bool b;               /* BOOL */
-    int64_t i;            /* INT */
-    double d;             /* DBL (and INT converted, for ranges) */
-    const char *s;        /* STR bytes, borrowed */
+struct vd__filter_fv {
+    uint8_t t;     /* VD__FV_* */
+    bool b;        /* BOOL */
+    int64_t i;     /* INT */
+    double d;      /* DBL (and INT converted, for ranges) */
+    const char *s; /* STR bytes, borrowed */
     uint32_t slen;
-    uint32_t n;           /* ARR / OBJ element count */
-    const cJSON *cj;      /* ARR / OBJ node when the backend is cJSON, else NULL */
-    const uint8_t *body;  /* ARR / OBJ body when the backend is binary, else NULL */
+    uint32_t n;          /* ARR / OBJ element count */
+    const cJSON *cj;     /* ARR / OBJ node when the backend is cJSON, else NULL */
+    const uint8_t *body; /* ARR / OBJ body when the backend is binary, else NULL */
 };
 
 /* Classifies a cJSON number: true and *i set when it is an integer (see vd_payload_encode for
@@ -64,51 +64,52 @@ struct vd__fv {
 bool vd__filter_num_is_int(const cJSON *n, int64_t *i, double *d);
 
 /* Views of values; decoding a scalar is done eagerly (it is cheap), containers lazily. */
-void vd__fv_from_cjson(const cJSON *c, struct vd__fv *out);
+void vd__filter_fv_cjson(const cJSON *c, struct vd__filter_fv *out);
 /* p points at a tag byte of a well-formed buffer; returns the pointer just past the value. */
-const uint8_t *vd__fv_from_bin(const uint8_t *p, struct vd__fv *out);
+const uint8_t *vd__filter_fv_bin(const uint8_t *p, struct vd__filter_fv *out);
 
-struct vd__fv_iter {
+struct vd__filter_iter {
     const cJSON *c;
     const uint8_t *p;
     uint32_t left;
 };
-static inline void vd__fv_iter_init(const struct vd__fv *arr, struct vd__fv_iter *it)
+static inline void vd__filter_iter_init(const struct vd__filter_fv *arr, struct vd__filter_iter *it)
 {
     it->c = arr->cj ? arr->cj->child : NULL;
     it->p = arr->body;
     it->left = arr->n;
 }
-static inline bool vd__fv_iter_next(struct vd__fv_iter *it, struct vd__fv *out)
+static inline bool vd__filter_iter_next(struct vd__filter_iter *it, struct vd__filter_fv *out)
 {
     if (it->p) {
         if (it->left == 0)
             return false;
         it->left--;
-        it->p = vd__fv_from_bin(it->p, out);
+        it->p = vd__filter_fv_bin(it->p, out);
         return true;
     }
     if (!it->c)
         return false;
-    vd__fv_from_cjson(it->c, out);
+    vd__filter_fv_cjson(it->c, out);
     it->c = it->c->next;
     return true;
 }
 /* Finds key (len bytes; key[len] must be NUL for the cJSON backend) in an object view. */
-bool vd__fv_obj_find(const struct vd__fv *obj, const char *key, uint32_t len, struct vd__fv *out);
+bool vd__filter_fv_find(const struct vd__filter_fv *obj, const char *key, uint32_t len,
+                        struct vd__filter_fv *out);
 
 /* ---- compiled filters ------------------------------------------------------------------------ */
 enum { VD__SEG_KEY, VD__SEG_ALL, VD__SEG_INDEX };
-struct vd__seg {
+struct vd__filter_seg {
     uint8_t kind;
-    uint32_t len;  /* KEY: name length */
-    uint32_t idx;  /* INDEX */
-    char *name;    /* KEY: NUL-terminated copy */
+    uint32_t len; /* KEY: name length */
+    uint32_t idx; /* INDEX */
+    char *name;   /* KEY: NUL-terminated copy */
 };
-struct vd__path {
+struct vd__filter_path {
     const char *text; /* the key as written (owned by the filter's key list) */
     uint32_t nseg;
-    struct vd__seg *segs;
+    struct vd__filter_seg *segs;
 };
 
 enum {
@@ -129,44 +130,44 @@ enum {
     VD__M_EXCEPT_INT,
     VD__M_TEXT,
 };
-struct vd__str {
+struct vd__filter_str {
     const char *s;
     uint32_t len;
 };
 
-struct vd__cond;
-struct vd__clause {
+struct vd__filter_cond;
+struct vd__filter_clause {
     bool present;
     uint32_t n;
-    struct vd__cond **c;
+    struct vd__filter_cond **c;
 };
 
-struct vd__cond {
+struct vd__filter_cond {
     uint8_t kind;
     union {
         struct {
-            struct vd__clause must, should, must_not, min_should;
+            struct vd__filter_clause must, should, must_not, min_should;
             uint32_t min_count;
         } f;
         struct {
-            struct vd__path path;
-            uint8_t match;     /* VD__M_* */
-            int8_t is_empty;   /* -1 absent, else 0/1 */
+            struct vd__filter_path path;
+            uint8_t match;   /* VD__M_* */
+            int8_t is_empty; /* -1 absent, else 0/1 */
             int8_t is_null;
             bool has_range;
             bool gt_set, gte_set, lt_set, lte_set;
             double gt, gte, lt, lte;
             /* match operands: one string / int / bool, or a sorted set */
-            struct vd__str str;
+            struct vd__filter_str str;
             int64_t ival;
             bool bval;
             uint32_t nset;
-            struct vd__str *strs; /* sorted by (len, bytes) */
-            int64_t *ints;        /* sorted */
-            char *strbuf;         /* owns the bytes of str / strs */
+            struct vd__filter_str *strs; /* sorted by (len, bytes) */
+            int64_t *ints;               /* sorted */
+            char *strbuf;                /* owns the bytes of str / strs */
         } fc;
         struct {
-            struct vd__path path;
+            struct vd__filter_path path;
         } k;
         struct {
             uint32_t n;
@@ -176,11 +177,12 @@ struct vd__cond {
 };
 
 struct vd_filter {
-    struct vd__cond *root; /* a VD__C_FILTER */
+    struct vd__filter_cond *root; /* a VD__C_FILTER */
     uint32_t nkeys;
-    char **keys;           /* distinct keys in first-seen order */
+    char **keys; /* distinct keys in first-seen order */
 };
 
-bool vd__filter_eval(const struct vd__cond *c, const struct vd_pid *id, const struct vd__fv *root);
+bool vd__filter_eval(const struct vd__filter_cond *c, const struct vd_pid *id,
+                     const struct vd__filter_fv *root);
 
 #endif

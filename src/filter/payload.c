@@ -20,7 +20,7 @@ bool vd__filter_num_is_int(const cJSON *n, int64_t *i, double *d)
     return false;
 }
 
-void vd__fv_from_cjson(const cJSON *c, struct vd__fv *out)
+void vd__filter_fv_cjson(const cJSON *c, struct vd__filter_fv *out)
 {
     out->cj = NULL;
     out->body = NULL;
@@ -51,7 +51,7 @@ void vd__fv_from_cjson(const cJSON *c, struct vd__fv *out)
     }
 }
 
-const uint8_t *vd__fv_from_bin(const uint8_t *p, struct vd__fv *out)
+const uint8_t *vd__filter_fv_bin(const uint8_t *p, struct vd__filter_fv *out)
 {
     out->cj = NULL;
     out->body = NULL;
@@ -63,26 +63,26 @@ const uint8_t *vd__fv_from_bin(const uint8_t *p, struct vd__fv *out)
         return p + 1;
     case VD__PT_INT:
         out->t = VD__FV_INT;
-        out->i = (int64_t)vd__le64(p + 1);
+        out->i = (int64_t)vd__filter_le64(p + 1);
         out->d = (double)out->i;
         return p + 9;
     case VD__PT_DBL: {
-        uint64_t bits = vd__le64(p + 1);
+        uint64_t bits = vd__filter_le64(p + 1);
         out->t = VD__FV_DBL;
         memcpy(&out->d, &bits, sizeof bits);
         return p + 9;
     }
     case VD__PT_STR:
         out->t = VD__FV_STR;
-        out->slen = vd__le32(p + 1);
+        out->slen = vd__filter_le32(p + 1);
         out->s = (const char *)p + 5;
         return p + 5 + out->slen;
     case VD__PT_ARR:
     case VD__PT_OBJ:
         out->t = *p == VD__PT_ARR ? VD__FV_ARR : VD__FV_OBJ;
-        out->n = vd__le32(p + 1);
+        out->n = vd__filter_le32(p + 1);
         out->body = p + 9;
-        return p + 9 + vd__le32(p + 5);
+        return p + 9 + vd__filter_le32(p + 5);
     default:
         out->t = VD__FV_NULL;
         return p + 1;
@@ -99,13 +99,14 @@ static inline int key_cmp(const char *a, uint32_t alen, const char *b, uint32_t 
     return memcmp(a, b, alen);
 }
 
-bool vd__fv_obj_find(const struct vd__fv *obj, const char *key, uint32_t len, struct vd__fv *out)
+bool vd__filter_fv_find(const struct vd__filter_fv *obj, const char *key, uint32_t len,
+                        struct vd__filter_fv *out)
 {
     if (obj->cj) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(obj->cj, key);
         if (!c)
             return false;
-        vd__fv_from_cjson(c, out);
+        vd__filter_fv_cjson(c, out);
         return true;
     }
     const uint8_t *body = obj->body;
@@ -113,9 +114,9 @@ bool vd__fv_obj_find(const struct vd__fv *obj, const char *key, uint32_t len, st
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
         const uint8_t *e = body + (size_t)mid * VD__OBJ_ENTRY;
-        int c = key_cmp((const char *)body + vd__le32(e), vd__le32(e + 4), key, len);
+        int c = key_cmp((const char *)body + vd__filter_le32(e), vd__filter_le32(e + 4), key, len);
         if (c == 0) {
-            vd__fv_from_bin(body + vd__le32(e + 8), out);
+            vd__filter_fv_bin(body + vd__filter_le32(e + 8), out);
             return true;
         }
         if (c < 0)
@@ -353,7 +354,8 @@ int vd_payload_encode(const cJSON *payload, uint8_t **out, size_t *out_len)
     return 0;
 }
 
-/* ---- validation -------------------------------------------------------------------------------- */
+/* ---- validation --------------------------------------------------------------------------------
+ */
 
 #define VALIDATE_MAX_DEPTH 2048 /* deeper than any parser lets through; bounds our stack */
 
@@ -372,9 +374,9 @@ static const uint8_t *validate_value(const uint8_t *p, const uint8_t *end, int d
     case VD__PT_DBL:
         return room >= 9 ? p + 9 : NULL;
     case VD__PT_STR:
-        if (room < 5 || vd__le32(p + 1) > room - 5)
+        if (room < 5 || vd__filter_le32(p + 1) > room - 5)
             return NULL;
-        return p + 5 + vd__le32(p + 1);
+        return p + 5 + vd__filter_le32(p + 1);
     case VD__PT_ARR:
     case VD__PT_OBJ:
         break;
@@ -383,7 +385,7 @@ static const uint8_t *validate_value(const uint8_t *p, const uint8_t *end, int d
     }
     if (room < 9)
         return NULL;
-    uint32_t n = vd__le32(p + 1), blen = vd__le32(p + 5);
+    uint32_t n = vd__filter_le32(p + 1), blen = vd__filter_le32(p + 5);
     if (blen > room - 9)
         return NULL;
     const uint8_t *body = p + 9, *bend = body + blen;
@@ -400,7 +402,7 @@ static const uint8_t *validate_value(const uint8_t *p, const uint8_t *end, int d
     uint32_t prev_len = 0;
     for (uint32_t i = 0; i < n; i++) {
         const uint8_t *e = body + (size_t)i * VD__OBJ_ENTRY;
-        uint32_t ko = vd__le32(e), kl = vd__le32(e + 4), vo = vd__le32(e + 8);
+        uint32_t ko = vd__filter_le32(e), kl = vd__filter_le32(e + 4), vo = vd__filter_le32(e + 8);
         if (ko > blen || kl > blen - ko || vo >= blen)
             return NULL;
         const char *k = (const char *)body + ko;
@@ -426,7 +428,7 @@ int vd_payload_validate(const uint8_t *bin, size_t len)
 
 /* ---- decoding -------------------------------------------------------------------------------- */
 
-static cJSON *decode_value(const struct vd__fv *v)
+static cJSON *decode_value(const struct vd__filter_fv *v)
 {
     switch (v->t) {
     case VD__FV_BOOL:
@@ -446,10 +448,10 @@ static cJSON *decode_value(const struct vd__fv *v)
     }
     case VD__FV_ARR: {
         cJSON *a = cJSON_CreateArray();
-        struct vd__fv_iter it;
-        struct vd__fv e;
-        vd__fv_iter_init(v, &it);
-        while (a && vd__fv_iter_next(&it, &e)) {
+        struct vd__filter_iter it;
+        struct vd__filter_fv e;
+        vd__filter_iter_init(v, &it);
+        while (a && vd__filter_iter_next(&it, &e)) {
             cJSON *c = decode_value(&e);
             if (!c) {
                 cJSON_Delete(a);
@@ -463,9 +465,9 @@ static cJSON *decode_value(const struct vd__fv *v)
         cJSON *o = cJSON_CreateObject();
         for (uint32_t i = 0; o && i < v->n; i++) {
             const uint8_t *e = v->body + (size_t)i * VD__OBJ_ENTRY;
-            struct vd__fv m;
-            vd__fv_from_bin(v->body + vd__le32(e + 8), &m);
-            uint32_t kl = vd__le32(e + 4);
+            struct vd__filter_fv m;
+            vd__filter_fv_bin(v->body + vd__filter_le32(e + 8), &m);
+            uint32_t kl = vd__filter_le32(e + 4);
             char *k = malloc((size_t)kl + 1);
             cJSON *c = k ? decode_value(&m) : NULL;
             if (!c) {
@@ -473,7 +475,7 @@ static cJSON *decode_value(const struct vd__fv *v)
                 cJSON_Delete(o);
                 return NULL;
             }
-            memcpy(k, v->body + vd__le32(e), kl);
+            memcpy(k, v->body + vd__filter_le32(e), kl);
             k[kl] = 0;
             bool added = cJSON_AddItemToObject(o, k, c);
             free(k);
@@ -498,8 +500,8 @@ int vd_payload_decode(const uint8_t *bin, size_t len, cJSON **out)
     }
     if (vd_payload_validate(bin, len))
         return VD_ECORRUPT;
-    struct vd__fv v;
-    vd__fv_from_bin(bin + 1, &v);
+    struct vd__filter_fv v;
+    vd__filter_fv_bin(bin + 1, &v);
     *out = decode_value(&v);
     return *out ? 0 : VD_ENOMEM;
 }

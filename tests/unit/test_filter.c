@@ -88,20 +88,26 @@ static const struct row rows[] = {
     {"{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":2}}]}", "{\"a\":{\"b\":2}}", true},
     {"{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":2}}]}", "{\"a\":{\"c\":2}}", false},
     {"{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":2}}]}", "{\"a\":2}", false},
-    {"{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}", true},
-    {"{\"must\":[{\"key\":\"a[].b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}", true},
+    {"{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}",
+     true},
+    {"{\"must\":[{\"key\":\"a[].b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}",
+     true},
     {"{\"must\":[{\"key\":\"a[].b\",\"match\":{\"value\":2}}]}", "{\"a\":{\"b\":2}}", false},
-    {"{\"must\":[{\"key\":\"a[1].b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}", true},
-    {"{\"must\":[{\"key\":\"a[0].b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}", false},
+    {"{\"must\":[{\"key\":\"a[1].b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}",
+     true},
+    {"{\"must\":[{\"key\":\"a[0].b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}",
+     false},
     {"{\"must\":[{\"key\":\"a[5]\",\"match\":{\"value\":2}}]}", "{\"a\":[2]}", false},
     {"{\"must\":[{\"key\":\"a.b.c\",\"match\":{\"value\":\"x\"}}]}",
      "{\"a\":[{\"b\":[{\"c\":\"y\"},{\"c\":[\"x\"]}]}]}", true},
-    {"{\"must\":[{\"key\":\"\\\"x.y\\\".z\",\"match\":{\"value\":1}}]}", "{\"x.y\":{\"z\":1}}", true},
+    {"{\"must\":[{\"key\":\"\\\"x.y\\\".z\",\"match\":{\"value\":1}}]}", "{\"x.y\":{\"z\":1}}",
+     true},
     {"{\"must\":[{\"key\":\"x.y\",\"match\":{\"value\":1}}]}", "{\"x.y\":1}", false},
     /* match.any */
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"any\":[\"a\",\"b\"]}}]}", "{\"c\":\"b\"}", true},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"any\":[\"a\",\"b\"]}}]}", "{\"c\":\"z\"}", false},
-    {"{\"must\":[{\"key\":\"c\",\"match\":{\"any\":[\"a\",\"b\"]}}]}", "{\"c\":[\"z\",\"a\"]}", true},
+    {"{\"must\":[{\"key\":\"c\",\"match\":{\"any\":[\"a\",\"b\"]}}]}", "{\"c\":[\"z\",\"a\"]}",
+     true},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"any\":[\"a\",\"b\"]}}]}", "{}", false},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"any\":[1,2]}}]}", "{\"c\":2}", true},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"any\":[1,2]}}]}", "{\"c\":\"2\"}", false},
@@ -109,8 +115,10 @@ static const struct row rows[] = {
     /* match.except: missing, null and [] never match; other types do */
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":\"z\"}", true},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":\"a\"}", false},
-    {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":[\"a\",\"z\"]}", true},
-    {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":[\"a\",\"b\"]}", false},
+    {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":[\"a\",\"z\"]}",
+     true},
+    {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":[\"a\",\"b\"]}",
+     false},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{}", false},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", NULL, false},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":null}", false},
@@ -118,7 +126,8 @@ static const struct row rows[] = {
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":[null]}", false},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":5}", true},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":true}", true},
-    {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":{\"d\":1}}", true},
+    {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\",\"b\"]}}]}", "{\"c\":{\"d\":1}}",
+     true},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[\"a\"]}}]}", "{\"c\":[[\"a\"]]}", true},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[1,2]}}]}", "{\"c\":3}", true},
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[1,2]}}]}", "{\"c\":2}", false},
@@ -127,7 +136,8 @@ static const struct row rows[] = {
     {"{\"must\":[{\"key\":\"c\",\"match\":{\"except\":[]}}]}", "{\"c\":1}", true},
     {"{\"must_not\":[{\"key\":\"c\",\"match\":{\"any\":[\"a\"]}}]}", "{}", true},
     {"{\"must_not\":[{\"key\":\"c\",\"match\":{\"any\":[\"a\"]}}]}", "{\"c\":\"a\"}", false},
-    {"{\"must_not\":[{\"key\":\"c\",\"match\":{\"any\":[\"a\"]}}]}", "{\"c\":[\"a\",\"b\"]}", false},
+    {"{\"must_not\":[{\"key\":\"c\",\"match\":{\"any\":[\"a\"]}}]}", "{\"c\":[\"a\",\"b\"]}",
+     false},
     /* match.text: substring */
     {"{\"must\":[{\"key\":\"t\",\"match\":{\"text\":\"ell\"}}]}", "{\"t\":\"hello\"}", true},
     {"{\"must\":[{\"key\":\"t\",\"match\":{\"text\":\"elk\"}}]}", "{\"t\":\"hello\"}", false},
@@ -173,9 +183,11 @@ static const struct row rows[] = {
     {"{\"must_not\":[]}", "{}", true},
     {"{\"should\":[]}", "{\"a\":1}", false},
     {"{\"should\":null}", "{\"a\":1}", true},
-    {"{\"should\":[{\"key\":\"a\",\"match\":{\"value\":1}},{\"key\":\"a\",\"match\":{\"value\":2}}]}",
+    {"{\"should\":[{\"key\":\"a\",\"match\":{\"value\":1}},{\"key\":\"a\",\"match\":{\"value\":2}}]"
+     "}",
      "{\"a\":2}", true},
-    {"{\"should\":[{\"key\":\"a\",\"match\":{\"value\":1}},{\"key\":\"a\",\"match\":{\"value\":2}}]}",
+    {"{\"should\":[{\"key\":\"a\",\"match\":{\"value\":1}},{\"key\":\"a\",\"match\":{\"value\":2}}]"
+     "}",
      "{\"a\":3}", false},
     {"{\"must\":{\"key\":\"a\",\"match\":{\"value\":1}}}", "{\"a\":1}", true},
     {"{\"must\":[{\"key\":\"a\",\"match\":{\"value\":1}},{\"key\":\"b\",\"match\":{\"value\":1}}]}",
@@ -193,7 +205,8 @@ static const struct row rows[] = {
      "\"min_count\":2}}",
      "{\"a\":1,\"c\":2}", false},
     /* a field condition with match and range holds if either does (Qdrant ORs them) */
-    {"{\"must\":[{\"key\":\"a\",\"match\":{\"value\":\"x\"},\"range\":{\"gt\":5}}]}", "{\"a\":9}", true},
+    {"{\"must\":[{\"key\":\"a\",\"match\":{\"value\":\"x\"},\"range\":{\"gt\":5}}]}", "{\"a\":9}",
+     true},
 };
 
 static void test_table(void **state)
@@ -220,9 +233,9 @@ static void test_int_vs_float(void **state)
         const char *payload;
         bool match, range;
     } cases[] = {
-        {"{\"n\":1}", true, true},          {"{\"n\":1.0}", false, true},
-        {"{\"n\":1e0}", false, true},       {"{\"n\":[1.0,1]}", true, true},
-        {"{\"n\":-0}", false, false},       {"{\"n\":\"1\"}", false, false},
+        {"{\"n\":1}", true, true},    {"{\"n\":1.0}", false, true},
+        {"{\"n\":1e0}", false, true}, {"{\"n\":[1.0,1]}", true, true},
+        {"{\"n\":-0}", false, false}, {"{\"n\":\"1\"}", false, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         cJSON *p = parse_lit(cases[i].payload);
@@ -238,7 +251,8 @@ static void test_int_vs_float(void **state)
     vd_filter_free(r);
 
     /* integers beyond 2^53 compare exactly */
-    f = compile("{\"must\":[{\"key\":\"n\",\"match\":{\"any\":[9007199254740993,-9223372036854775808]}}]}");
+    f = compile(
+        "{\"must\":[{\"key\":\"n\",\"match\":{\"any\":[9007199254740993,-9223372036854775808]}}]}");
     p = parse_lit("{\"n\":9007199254740992}");
     assert_false(eval2(f, NULL, p));
     cJSON_Delete(p);
@@ -259,7 +273,8 @@ static void test_has_id(void **state)
 {
     struct vd_filter *f = compile("{\"must\":[{\"has_id\":[5, 18446744073709551615, "
                                   "\"550E8400-e29b-41d4-a716-446655440000\"]}]}");
-    struct vd_pid a = {.type = VD_PID_NUM, .u.num = 5}, b = {.type = VD_PID_NUM, .u.num = UINT64_MAX},
+    struct vd_pid a = {.type = VD_PID_NUM, .u.num = 5},
+                  b = {.type = VD_PID_NUM, .u.num = UINT64_MAX},
                   c = {.type = VD_PID_NUM, .u.num = UINT64_MAX - 1}, u;
     assert_int_equal(vd_pid_parse_uuid("550e8400e29b41d4a716446655440000", 32, &u), 0);
     assert_true(vd_filter_match(f, &a, NULL));
@@ -285,41 +300,55 @@ static const struct bad bads[] = {
     {"{\"must\":[{\"should\":[],\"foo\":1}]}", "filter.must[0]: unknown field \"foo\""},
     {"{\"must\":5}", "filter.must: expected an array of conditions or a condition object"},
     {"{\"must\":[5]}", "filter.must[0]: expected a condition object"},
-    {"{\"must\":[{\"key\":\"a\",\"match\":{\"value\":1}},{\"key\":\"p\",\"range\":{\"gt\":\"x\"}}]}",
+    {"{\"must\":[{\"key\":\"a\",\"match\":{\"value\":1}},{\"key\":\"p\",\"range\":{\"gt\":\"x\"}}]"
+     "}",
      "filter.must[1].range: expected an object with gt/gte/lt/lte numbers"},
     {"{\"must\":[{\"key\":\"p\",\"range\":5}]}", "filter.must[0].range: expected an object"},
     {"{\"should\":[{\"key\":\"a\",\"match\":{\"value\":1.5}}]}",
      "filter.should[0].match.value: expected a string, an integer or a bool"},
     {"{\"must\":[{\"key\":\"a\",\"match\":{\"value\":[1]}}]}", "match.value: expected a string"},
-    {"{\"must\":[{\"key\":\"a\",\"match\":{}}]}", "filter.must[0].match: expected an object with value"},
-    {"{\"must\":[{\"key\":\"a\",\"match\":{\"any\":[\"x\",1]}}]}", "filter.must[0].match.any[1]: expected a string"},
-    {"{\"must\":[{\"key\":\"a\",\"match\":{\"any\":[1,\"x\"]}}]}", "filter.must[0].match.any[1]: expected an integer"},
-    {"{\"must\":[{\"key\":\"a\",\"match\":{\"except\":\"x\"}}]}", "match.except: expected an array"},
+    {"{\"must\":[{\"key\":\"a\",\"match\":{}}]}",
+     "filter.must[0].match: expected an object with value"},
+    {"{\"must\":[{\"key\":\"a\",\"match\":{\"any\":[\"x\",1]}}]}",
+     "filter.must[0].match.any[1]: expected a string"},
+    {"{\"must\":[{\"key\":\"a\",\"match\":{\"any\":[1,\"x\"]}}]}",
+     "filter.must[0].match.any[1]: expected an integer"},
+    {"{\"must\":[{\"key\":\"a\",\"match\":{\"except\":\"x\"}}]}",
+     "match.except: expected an array"},
     {"{\"must\":[{\"key\":\"a\",\"match\":{\"any\":[true]}}]}", "match.any[0]: expected a string"},
-    {"{\"must\":[{\"key\":\"\",\"match\":{\"value\":1}}]}", "filter.must[0].key: expected a non-empty string"},
-    {"{\"must\":[{\"key\":5,\"match\":{\"value\":1}}]}", "filter.must[0].key: expected a non-empty string"},
-    {"{\"must\":[{\"key\":\"a..b\",\"match\":{\"value\":1}}]}", "filter.must[0].key: invalid key \"a..b\""},
+    {"{\"must\":[{\"key\":\"\",\"match\":{\"value\":1}}]}",
+     "filter.must[0].key: expected a non-empty string"},
+    {"{\"must\":[{\"key\":5,\"match\":{\"value\":1}}]}",
+     "filter.must[0].key: expected a non-empty string"},
+    {"{\"must\":[{\"key\":\"a..b\",\"match\":{\"value\":1}}]}",
+     "filter.must[0].key: invalid key \"a..b\""},
     {"{\"must\":[{\"key\":\"a.\",\"match\":{\"value\":1}}]}", "invalid key"},
     {"{\"must\":[{\"key\":\"[]\",\"match\":{\"value\":1}}]}", "invalid key"},
     {"{\"must\":[{\"key\":\"a[x]\",\"match\":{\"value\":1}}]}", "invalid key"},
     {"{\"must\":[{\"key\":\"a[]b\",\"match\":{\"value\":1}}]}", "invalid key"},
     {"{\"must\":[{\"key\":\"a\\\"b\",\"match\":{\"value\":1}}]}", "invalid key"},
     {"{\"must\":[{\"key\":\"a\"}]}", "filter.must[0]: field condition on \"a\" needs match, range"},
-    {"{\"must\":[{\"key\":\"a\",\"is_empty\":1}]}", "filter.must[0].is_empty: expected true or false"},
+    {"{\"must\":[{\"key\":\"a\",\"is_empty\":1}]}",
+     "filter.must[0].is_empty: expected true or false"},
     {"{\"must\":[{\"is_empty\":{}}]}", "filter.must[0].is_empty: expected an object with a key"},
     {"{\"must\":[{\"is_null\":\"a\"}]}", "filter.must[0].is_null: expected an object with a key"},
     {"{\"must\":[{\"has_id\":5}]}", "filter.must[0].has_id: expected an array of point ids"},
-    {"{\"must\":[{\"has_id\":[1,-2]}]}", "filter.must[0].has_id[1]: expected an unsigned integer or a UUID"},
+    {"{\"must\":[{\"has_id\":[1,-2]}]}",
+     "filter.must[0].has_id[1]: expected an unsigned integer or a UUID"},
     {"{\"must\":[{\"has_id\":[\"nope\"]}]}", "filter.must[0].has_id[0]"},
     {"{\"must\":[{\"has_id\":[1.5]}]}", "filter.must[0].has_id[0]"},
-    {"{\"must\":[{\"nested\":{\"key\":\"a\",\"filter\":{}}}]}", "filter.must[0].nested: condition not supported"},
+    {"{\"must\":[{\"nested\":{\"key\":\"a\",\"filter\":{}}}]}",
+     "filter.must[0].nested: condition not supported"},
     {"{\"must\":[{\"key\":\"a\",\"geo_radius\":{}}]}", "geo_radius: condition not supported"},
     {"{\"must\":[{\"mach\":{\"value\":1}}]}", "filter.must[0]: unknown condition"},
     {"{\"must\":[{\"must_not\":[{\"should\":[{\"key\":\"a\",\"range\":[]}]}]}]}",
      "filter.must[0].must_not[0].should[0].range: expected an object"},
-    {"{\"min_should\":{\"conditions\":[],\"min_count\":-1}}", "filter.min_should.min_count: expected a non-negative integer"},
-    {"{\"min_should\":{\"conditions\":5,\"min_count\":1}}", "filter.min_should: expected an object with conditions"},
-    {"{\"min_should\":{\"conditions\":[5],\"min_count\":1}}", "filter.min_should.conditions[0]: expected a condition object"},
+    {"{\"min_should\":{\"conditions\":[],\"min_count\":-1}}",
+     "filter.min_should.min_count: expected a non-negative integer"},
+    {"{\"min_should\":{\"conditions\":5,\"min_count\":1}}",
+     "filter.min_should: expected an object with conditions"},
+    {"{\"min_should\":{\"conditions\":[5],\"min_count\":1}}",
+     "filter.min_should.conditions[0]: expected a condition object"},
 };
 
 static void test_malformed(void **state)
@@ -393,7 +422,8 @@ static void test_keys(void **state)
 {
     struct vd_filter *f = compile(
         "{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":1}},{\"is_null\":{\"key\":\"c\"}}],"
-        "\"should\":[{\"key\":\"a.b\",\"range\":{\"gt\":1}},{\"must_not\":{\"is_empty\":{\"key\":\"d[]\"}}}]}");
+        "\"should\":[{\"key\":\"a.b\",\"range\":{\"gt\":1}},{\"must_not\":{\"is_empty\":{\"key\":"
+        "\"d[]\"}}}]}");
     struct keyset ks = {0};
     vd_filter_keys(f, collect_key, &ks);
     assert_int_equal(ks.n, 3);
@@ -414,8 +444,9 @@ static void test_keys(void **state)
 static void test_payload_format(void **state)
 {
     /* plain cJSON keeps duplicate keys (the strict parser drops all but the last) */
-    cJSON *p = cJSON_Parse("{\"z\":[1,2.5,\"s\",null,true,false,{\"k\":[]}],\"a\":{\"b\":{\"c\":\"d\"}},"
-                         "\"m\":-9007199254740993,\"e\":{},\"dup\":1,\"dup\":2}");
+    cJSON *p =
+        cJSON_Parse("{\"z\":[1,2.5,\"s\",null,true,false,{\"k\":[]}],\"a\":{\"b\":{\"c\":\"d\"}},"
+                    "\"m\":-9007199254740993,\"e\":{},\"dup\":1,\"dup\":2}");
     uint8_t *bin;
     size_t len;
     assert_int_equal(vd_payload_encode(p, &bin, &len), 0);
@@ -427,7 +458,10 @@ static void test_payload_format(void **state)
     vd_filter_free(f);
     cJSON *back;
     assert_int_equal(vd_payload_decode(bin, len, &back), 0);
-    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(back, "a"), "b"), "c")->valuestring, "d");
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(back, "a"), "b"), "c")
+            ->valuestring,
+        "d");
     assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(back, "z")), 7);
     assert_int_equal(cJSON_GetArraySize(back), 5);
     cJSON_Delete(back);
@@ -520,7 +554,8 @@ static cJSON *rand_value(int depth)
     }
 }
 
-static const char *const KEYS[] = {"a", "b", "c", "a.b", "a.c", "b.a", "a[].b", "c[]", "a.b.c", "b[0]"};
+static const char *const KEYS[] = {"a",   "b",     "c",   "a.b",   "a.c",
+                                   "b.a", "a[].b", "c[]", "a.b.c", "b[0]"};
 
 static cJSON *rand_cond(int depth);
 
@@ -718,7 +753,8 @@ static bool bf_scalar(const cJSON *c, const cJSON *v)
     if (m) {
         const cJSON *x;
         if ((x = cJSON_GetObjectItem(m, "value"))) {
-            if (cJSON_IsString(x) && cJSON_IsString(v) && strcmp(x->valuestring, v->valuestring) == 0)
+            if (cJSON_IsString(x) && cJSON_IsString(v) &&
+                strcmp(x->valuestring, v->valuestring) == 0)
                 return true;
             if (cJSON_IsBool(x) && cJSON_IsBool(v) && cJSON_IsTrue(x) == cJSON_IsTrue(v))
                 return true;
@@ -773,7 +809,8 @@ static bool bf_eval(const cJSON *c, uint64_t id, const cJSON *payload)
     if ((x = cJSON_GetObjectItem(c, "key"))) {
         struct vals vs;
         bf_values(payload, x->valuestring, &vs);
-        const cJSON *ie = cJSON_GetObjectItem(c, "is_empty"), *in = cJSON_GetObjectItem(c, "is_null");
+        const cJSON *ie = cJSON_GetObjectItem(c, "is_empty"),
+                    *in = cJSON_GetObjectItem(c, "is_null");
         if (vs.n == 0)
             return ie ? cJSON_IsTrue(ie) : in ? !cJSON_IsTrue(in) : false;
         for (int i = 0; i < vs.n; i++) {
@@ -887,11 +924,12 @@ static void test_bench(void **state)
     static const char *cats[] = {"books", "music", "games", "film", "tools"};
     for (int i = 0; i < NP; i++) {
         char s[512];
-        snprintf(s, sizeof s,
-                 "{\"title\":\"item %d\",\"category\":\"%s\",\"year\":%d,\"meta\":{\"price\":%d,"
-                 "\"stock\":%d,\"vendor\":\"v%d\"},\"tags\":[\"t%d\",\"%s\",\"new\"],\"rating\":%d.5}",
-                 i, cats[i % 5], 1990 + i % 30, i % 80, i % 7, i % 13, i % 9,
-                 i % 11 == 0 ? "archived" : "fresh", i % 5);
+        snprintf(
+            s, sizeof s,
+            "{\"title\":\"item %d\",\"category\":\"%s\",\"year\":%d,\"meta\":{\"price\":%d,"
+            "\"stock\":%d,\"vendor\":\"v%d\"},\"tags\":[\"t%d\",\"%s\",\"new\"],\"rating\":%d.5}",
+            i, cats[i % 5], 1990 + i % 30, i % 80, i % 7, i % 13, i % 9,
+            i % 11 == 0 ? "archived" : "fresh", i % 5);
         trees[i] = parse_lit(s);
         assert_int_equal(vd_payload_encode(trees[i], &bins[i], &lens[i]), 0);
     }
@@ -930,14 +968,10 @@ static void test_bench(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_table),
-        cmocka_unit_test(test_int_vs_float),
-        cmocka_unit_test(test_has_id),
-        cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_depth_limit),
-        cmocka_unit_test(test_keys),
-        cmocka_unit_test(test_payload_format),
-        cmocka_unit_test(test_random),
+        cmocka_unit_test(test_table),          cmocka_unit_test(test_int_vs_float),
+        cmocka_unit_test(test_has_id),         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_depth_limit),    cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_payload_format), cmocka_unit_test(test_random),
         cmocka_unit_test(test_bench),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

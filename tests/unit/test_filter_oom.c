@@ -20,7 +20,7 @@
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define VD_NO_INTERPOSE 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
     __has_feature(memory_sanitizer)
 #define VD_NO_INTERPOSE 1
 #endif
@@ -80,8 +80,10 @@ static const char *FILTER =
     "{\"must\":[{\"key\":\"a.b[].c\",\"match\":{\"any\":[\"x\",\"y\",\"z\"]}},"
     "{\"key\":\"n\",\"match\":{\"except\":[1,2,3]}},{\"key\":\"s\",\"match\":{\"value\":\"v\"}},"
     "{\"is_empty\":{\"key\":\"e\"}},{\"has_id\":[1,\"550e8400-e29b-41d4-a716-446655440000\"]}],"
-    "\"should\":{\"must_not\":[{\"key\":\"r\",\"range\":{\"gt\":1}},{\"is_null\":{\"key\":\"q\"}}]},"
-    "\"min_should\":{\"conditions\":[{\"key\":\"t\",\"match\":{\"text\":\"abc\"}}],\"min_count\":1}}";
+    "\"should\":{\"must_not\":[{\"key\":\"r\",\"range\":{\"gt\":1}},{\"is_null\":{\"key\":\"q\"}}]}"
+    ","
+    "\"min_should\":{\"conditions\":[{\"key\":\"t\",\"match\":{\"text\":\"abc\"}}],\"min_count\":1}"
+    "}";
 
 static const char *PAYLOAD =
     "{\"a\":{\"b\":[{\"c\":\"x\"},{\"c\":[1,2.5,null,true]}]},\"n\":4,\"s\":\"v\",\"e\":[],"
