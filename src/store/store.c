@@ -20,6 +20,7 @@
 #define DEFAULT_MAP_SIZE (1ULL << 40)
 #define MIN_DEFAULT_MAP (1ULL << 30)
 #define MAX_READERS 1024
+#define RTXN_KEEP_FLOATS 16384
 #define FORMAT_VERSION 1
 
 /* ---- encodings ----------------------------------------------------------------------------- */
@@ -379,6 +380,11 @@ void vd_store_close(struct vd_store *s)
         pthread_join(s->writer, NULL);
     if (s->readers)
         vd_log_error("storage: closing with %u read transactions still open", s->readers);
+    for (unsigned i = 0; i < s->pool_n; i++) {
+        mdb_txn_abort(s->pool[i]->txn);
+        free(s->pool[i]->scan_buf);
+        free(s->pool[i]);
+    }
     mdb_env_close(s->env);
     close(s->lock_fd);
     pthread_cond_destroy(&s->idle_cv);
@@ -459,27 +465,44 @@ struct vd__chunk {
 
 int vd_store_read_begin(struct vd_store *s, struct vd_rtxn **out)
 {
-    struct vd_rtxn *t = calloc(1, sizeof *t);
-    if (!t)
-        return VD_ENOMEM;
-    t->s = s;
     pthread_mutex_lock(&s->rd_mu);
     while (s->resizing)
         pthread_cond_wait(&s->rd_cv, &s->rd_mu);
     s->readers++;
+    struct vd_rtxn *t = s->pool_n ? s->pool[--s->pool_n] : NULL;
     pthread_mutex_unlock(&s->rd_mu);
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t->txn);
-    if (rc) {
-        pthread_mutex_lock(&s->rd_mu);
-        if (--s->readers == 0)
-            pthread_cond_broadcast(&s->rd_cv);
-        pthread_mutex_unlock(&s->rd_mu);
+    int rc;
+    if (t) {
+        /* A reset transaction keeps its reader slot: renewing skips LMDB's reader-table lock. */
+        if ((rc = mdb_txn_renew(t->txn)) == 0) {
+            *out = t;
+            return 0;
+        }
+        mdb_txn_abort(t->txn);
+        free(t->scan_buf);
         free(t);
-        vd_log_error("storage: read transaction: %s", mdb_strerror(rc));
-        return vd__store_mdb_err(rc);
+        goto out_unread;
+    }
+    t = calloc(1, sizeof *t);
+    if (!t) {
+        rc = ENOMEM;
+        goto out_unread;
+    }
+    t->s = s;
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t->txn))) {
+        free(t);
+        goto out_unread;
     }
     *out = t;
     return 0;
+
+out_unread:
+    pthread_mutex_lock(&s->rd_mu);
+    if (--s->readers == 0)
+        pthread_cond_broadcast(&s->rd_cv);
+    pthread_mutex_unlock(&s->rd_mu);
+    vd_log_error("storage: read transaction: %s", mdb_strerror(rc));
+    return vd__store_mdb_err(rc);
 }
 
 void vd_store_read_end(struct vd_rtxn *t)
@@ -487,17 +510,30 @@ void vd_store_read_end(struct vd_rtxn *t)
     if (!t)
         return;
     struct vd_store *s = t->s;
-    mdb_txn_abort(t->txn);
-    pthread_mutex_lock(&s->rd_mu);
-    if (--s->readers == 0)
-        pthread_cond_broadcast(&s->rd_cv);
-    pthread_mutex_unlock(&s->rd_mu);
     for (struct vd__chunk *c = t->chunks, *n; c; c = n) {
         n = c->next;
         free(c);
     }
-    free(t->scan_buf);
-    free(t);
+    t->chunks = NULL;
+    if (t->scan_cap > RTXN_KEEP_FLOATS) { /* do not park big buffers in the pool */
+        free(t->scan_buf);
+        t->scan_buf = NULL;
+        t->scan_cap = 0;
+    }
+    mdb_txn_reset(t->txn);
+    pthread_mutex_lock(&s->rd_mu);
+    if (--s->readers == 0)
+        pthread_cond_broadcast(&s->rd_cv);
+    if (s->pool_n < VD__RTXN_POOL) {
+        s->pool[s->pool_n++] = t;
+        t = NULL;
+    }
+    pthread_mutex_unlock(&s->rd_mu);
+    if (t) {
+        mdb_txn_abort(t->txn);
+        free(t->scan_buf);
+        free(t);
+    }
 }
 
 /* Makes p->vec safe to dereference as float: LMDB aligns values only to 2 bytes inside a page

@@ -13,6 +13,7 @@
 #define VD__PT_TOMB 0x01
 /* Key: incarnation u64 BE ‖ pid key. */
 #define VD__PT_KEY_MAX (8 + VD_PID_KEY_MAX)
+#define VD__RTXN_POOL 64
 
 /* Meta keys. Live incarnations "i"‖inc BE -> dim u32 LE ‖ name; purging ones "p"‖inc BE -> "". */
 #define VD__META_NODE "node_id"
@@ -37,6 +38,9 @@ struct vd_store {
     unsigned readers;
     bool resizing;
     uint64_t map_size;
+    /* Ended read transactions kept reset for reuse (each holds a reader slot, no snapshot). */
+    struct vd_rtxn *pool[VD__RTXN_POOL];
+    unsigned pool_n;
 
     /* Writer queue: submitters append to `q`; the writer swaps it with its own array so a group
      * is taken in one step and no allocation happens once both arrays reached their size. */

@@ -332,12 +332,102 @@ static void test_close_while_submitting(void **state)
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The map grows (MDB_MAP_FULL) while other threads keep beginning and ending reads: growth waits
+ * for open reads, holds new ones back, and every read sees whole points. */
+enum { GDIM = 1536 };
+
+struct grow_arg {
+    struct vd_store *s;
+    uint64_t inc;
+    atomic_int stop;
+    atomic_int errors;
+    atomic_ullong reads;
+};
+
+static int grow_scan_fn(const struct vd_point_view *p, void *ctx)
+{
+    /* Each vector is filled with its id. */
+    if (p->dim != GDIM || p->vec[0] != (float)p->id.u.num || p->vec[GDIM - 1] != (float)p->id.u.num)
+        return 1;
+    return 0;
+}
+
+static void *grow_reader(void *p)
+{
+    struct grow_arg *a = p;
+    while (!atomic_load(&a->stop)) {
+        struct vd_rtxn *t;
+        if (vd_store_read_begin(a->s, &t) != 0) {
+            atomic_fetch_add(&a->errors, 1);
+            break;
+        }
+        struct vd_pid from = {.type = VD_PID_NUM, .u.num = atomic_load(&a->reads) % 64};
+        if (vd_store_scan(t, a->inc, &from, false, grow_scan_fn, NULL) != 0)
+            atomic_fetch_add(&a->errors, 1);
+        vd_store_read_end(t);
+        atomic_fetch_add(&a->reads, 1);
+        nanosleep(&(struct timespec){.tv_nsec = 200000}, NULL); /* pacing only */
+    }
+    return NULL;
+}
+
+static void test_growth_with_readers(void **state)
+{
+    char dir[256];
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/vd-storec-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    assert_non_null(mkdtemp(dir));
+    struct vd_store_opts o = {.dir = dir, .no_sync = true, .map_size = 1 << 20};
+    struct grow_arg a = {0};
+    struct vd_err e;
+    assert_int_equal(vd_store_open(&o, &a.s, &e), 0);
+    struct vd_coll_schema c = {.dim = GDIM, .metric = VD_METRIC_DOT};
+    snprintf(c.name, sizeof c.name, "g");
+    struct vd_wop cop = {.kind = VD_WOP_COLL_CREATE, .schema = &c};
+    struct vd_wbatch cb = {.ops = &cop, .n = 1};
+    assert_int_equal(vd_store_write(a.s, &cb), 0);
+    a.inc = c.incarnation;
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, grow_reader, &a), 0);
+    int nb = small_scale() ? 16 : 32;
+    enum { PB = 16 };
+    float *vecs = malloc((size_t)PB * GDIM * sizeof(float));
+    struct vd_wop ops[PB];
+    for (int b = 0; b < nb; b++) {
+        for (int i = 0; i < PB; i++) {
+            uint64_t id = (uint64_t)(b * PB + i);
+            for (int j = 0; j < GDIM; j++)
+                vecs[(size_t)i * GDIM + (size_t)j] = (float)id;
+            ops[i] = (struct vd_wop){.kind = VD_WOP_UPSERT, .incarnation = a.inc,
+                                     .id = {.type = VD_PID_NUM, .u.num = id}, .version = 1,
+                                     .vec = vecs + (size_t)i * GDIM, .dim = GDIM};
+        }
+        struct vd_wbatch wb = {.ops = ops, .n = PB};
+        assert_int_equal(vd_store_write(a.s, &wb), 0);
+    }
+    atomic_store(&a.stop, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&a.errors), 0);
+    struct vd_store_counters ctr;
+    vd_store_counters(a.s, &ctr);
+    printf("store growth: map grown %llu times to %llu bytes during %llu concurrent reads\n",
+           (unsigned long long)ctr.map_grows, (unsigned long long)ctr.map_size,
+           (unsigned long long)atomic_load(&a.reads));
+    assert_true(ctr.map_grows >= 1);
+    vd_store_close(a.s);
+    free(vecs);
+    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_writers_sync),
         cmocka_unit_test(test_concurrent_writers_nosync),
         cmocka_unit_test(test_close_while_submitting),
+        cmocka_unit_test(test_growth_with_readers),
     };
     vd_log_set_level(VD_LOG_WARN);
     return cmocka_run_group_tests(tests, NULL, NULL);
