@@ -211,10 +211,11 @@ bad:
 
 /* ---- values ---------------------------------------------------------------------------------- */
 
-/* An integer filter operand: exact from the literal text; "1.0" or 1.5 is not one. */
+/* An integer filter operand: exact from the literal text; "1.0", 1.5 and "-0" are not one. */
 static bool read_int(const cJSON *n, int64_t *out)
 {
-    return vd_json_get_i64(n, out) == 0;
+    double d;
+    return cJSON_IsNumber(n) && vd__filter_num_is_int(n, out, &d);
 }
 
 static int cmp_str(const void *a, const void *b)

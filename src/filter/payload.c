@@ -12,7 +12,9 @@
  * strict parser keeps (vd_json_get_i64); "1.0" and "1e3" are floats, as they are for Qdrant. */
 bool vd__filter_num_is_int(const cJSON *n, int64_t *i, double *d)
 {
-    if (vd_json_get_i64(n, i) == 0) {
+    /* "-0" reads as the float -0.0 in Qdrant (serde_json keeps the sign), not as integer 0 */
+    bool minus_zero = n->valuestring && n->valuestring[0] == '-' && n->valuedouble == 0;
+    if (!minus_zero && vd_json_get_i64(n, i) == 0) {
         *d = (double)*i;
         return true;
     }

@@ -235,7 +235,8 @@ static void test_int_vs_float(void **state)
     } cases[] = {
         {"{\"n\":1}", true, true},    {"{\"n\":1.0}", false, true},
         {"{\"n\":1e0}", false, true}, {"{\"n\":[1.0,1]}", true, true},
-        {"{\"n\":-0}", false, false}, {"{\"n\":\"1\"}", false, false},
+        {"{\"n\":-0}", false, false},
+        {"{\"n\":[-0,0]}", false, false}, {"{\"n\":\"1\"}", false, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         cJSON *p = parse_lit(cases[i].payload);
@@ -249,6 +250,22 @@ static void test_int_vs_float(void **state)
     cJSON_Delete(p);
     vd_filter_free(f);
     vd_filter_free(r);
+
+    /* "-0" is the float -0.0 (Qdrant reads it so): it does not match the integer 0, and a
+     * filter cannot ask for it as an integer */
+    f = compile("{\"must\":[{\"key\":\"n\",\"match\":{\"value\":0}}]}");
+    p = parse_lit("{\"n\":-0}");
+    assert_false(eval2(f, NULL, p));
+    cJSON_Delete(p);
+    p = parse_lit("{\"n\":[-0,0]}");
+    assert_true(eval2(f, NULL, p));
+    cJSON_Delete(p);
+    vd_filter_free(f);
+    cJSON *mz = parse_lit("{\"must\":[{\"key\":\"n\",\"match\":{\"value\":-0}}]}");
+    struct vd_err err = {0};
+    f = NULL;
+    assert_int_equal(vd_filter_parse(mz, &f, &err), VD_EINVAL);
+    cJSON_Delete(mz);
 
     /* integers beyond 2^53 compare exactly */
     f = compile(
