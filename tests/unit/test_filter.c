@@ -233,10 +233,10 @@ static void test_int_vs_float(void **state)
         const char *payload;
         bool match, range;
     } cases[] = {
-        {"{\"n\":1}", true, true},    {"{\"n\":1.0}", false, true},
-        {"{\"n\":1e0}", false, true}, {"{\"n\":[1.0,1]}", true, true},
-        {"{\"n\":-0}", false, false},
-        {"{\"n\":[-0,0]}", false, false}, {"{\"n\":\"1\"}", false, false},
+        {"{\"n\":1}", true, true},       {"{\"n\":1.0}", false, true},
+        {"{\"n\":1e0}", false, true},    {"{\"n\":[1.0,1]}", true, true},
+        {"{\"n\":-0}", false, false},    {"{\"n\":[-0,0]}", false, false},
+        {"{\"n\":\"1\"}", false, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         cJSON *p = parse_lit(cases[i].payload);
