@@ -545,7 +545,8 @@ static void run_group(struct vd_store *s, struct vd_wbatch **bs, size_t n, int s
             }
             if (rc != MDB_MAP_FULL) {
                 /* The file may hold pages the kernel failed to write; what the page cache now
-                 * says can no longer be trusted to match the disk, so stop writing. */
+                 * says can no longer be trusted to match the disk, so stop writing. A full disk
+                 * is treated alike (VD_EFULL): the failing call may have been the fsync. */
                 snprintf(msg, sizeof msg, "storage: commit failed, write not durable: %s",
                          mdb_strerror(rc));
                 vd_log_error("%s; refusing further writes until restart", msg);
@@ -553,7 +554,6 @@ static void run_group(struct vd_store *s, struct vd_wbatch **bs, size_t n, int s
                 s->failed = VD_EIO;
                 s->ctr.failed_commits++;
                 pthread_mutex_unlock(&s->mu);
-                rc = EIO;
                 goto out_fail;
             }
         } else {
@@ -571,9 +571,10 @@ out_fail:
     s->next_seq = committed_seq;
     s->last_inc = committed_inc;
     /* A batch that failed on its own keeps its own error; the rest share the group's. */
+    int code = rc == MDB_MAP_FULL || rc == ENOSPC ? VD_EFULL : VD_EIO;
     for (size_t i = 0; i < n; i++) {
         if (bs[i]->err.code == 0 || rc == MDB_MAP_FULL)
-            vd_errf(&bs[i]->err, rc == MDB_MAP_FULL ? VD_EFULL : VD_EIO, "%s", msg);
+            vd_errf(&bs[i]->err, code, "%s", msg);
         reset_outputs(bs[i]);
     }
 }
