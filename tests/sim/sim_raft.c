@@ -115,6 +115,7 @@ struct sim {
     struct event *heap;
     size_t n_heap, cap_heap;
     uint64_t next_action, next_client;
+    uint64_t crash_leader_at; /* a leader crash in the middle of its work; 0 = none */
     /* checker */
     uint64_t *leader_of_term; size_t cap_lot;
     uint64_t *committed_term; size_t cap_ct; uint64_t max_committed;
@@ -724,7 +725,7 @@ static void fault_action(void)
 {
     struct node *n;
     struct node *l = find_leader();
-    switch (rnd_below(14)) {
+    switch (rnd_below(15)) {
     case 0: /* crash */
         n = random_alive();
         if (n)
@@ -830,6 +831,9 @@ static void fault_action(void)
             }
         }
         break;
+    case 12: /* crash whoever leads a few milliseconds from now, mid-replication */
+        S.crash_leader_at = S.now + 1 + rnd_below(2 * S.delay_max + 10);
+        break;
     default: { /* linearizable read on any node */
         n = random_alive();
         if (!n || n->busy)
@@ -889,6 +893,10 @@ static bool step(uint64_t until)
         best = S.next_action;
         kind = 5;
     }
+    if (S.faults && S.crash_leader_at && S.crash_leader_at < best) {
+        best = S.crash_leader_at;
+        kind = 7;
+    }
     if (S.next_client < best) {
         best = S.next_client;
         kind = 6;
@@ -942,6 +950,13 @@ static bool step(uint64_t until)
         for (int i = 0; i < S.n_nodes; i++)
             check_node(&S.nodes[i]);
         break;
+    case 7: {
+        S.crash_leader_at = 0;
+        struct node *l = find_leader();
+        if (l)
+            node_crash(l);
+        break;
+    }
     case 6:
         client_propose();
         S.next_client = S.now + 5 + rnd_below(60);
