@@ -137,6 +137,11 @@ struct vd_point_view {
  * VD_ENOTFOUND if the id was never written (or was purged). */
 int vd_store_point_get(struct vd_rtxn *t, uint64_t incarnation, const struct vd_pid *id,
                        struct vd_point_view *out);
+/* Ends the lifetime of the vectors of every view point_get returned so far in this transaction
+ * (payloads stay valid): a long read that fetches many points and copies each vector right away
+ * calls it now and then so the aligned copies LMDB's 2-byte value alignment forces for small
+ * vectors do not pile up until read_end. */
+void vd_store_read_release_views(struct vd_rtxn *t);
 /* Visits points of an incarnation in key order (ints before UUIDs) starting at `from` (inclusive,
  * NULL = first); tombstones included only if with_tombstones. fn returns nonzero to stop (that
  * value is returned). The view passed to fn is valid only during that call (its vector may sit in

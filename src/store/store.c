@@ -382,6 +382,7 @@ void vd_store_close(struct vd_store *s)
         vd_log_error("storage: closing with %u read transactions still open", s->readers);
     for (unsigned i = 0; i < s->pool_n; i++) {
         mdb_txn_abort(s->pool[i]->txn);
+        free(s->pool[i]->chunks);
         free(s->pool[i]->scan_buf);
         free(s->pool[i]);
     }
@@ -458,10 +459,57 @@ int vd_store_purge_wait(struct vd_store *s, uint64_t timeout_ms)
 
 /* ---- reads --------------------------------------------------------------------------------- */
 
+/* Slab of aligned copies of vectors returned by point_get; bump-allocated so a read that
+ * fetches many small vectors makes few allocations, and one slab stays with a pooled
+ * transaction so steady-state reads make none. */
 struct vd__chunk {
     struct vd__chunk *next;
+    size_t used, cap; /* in floats */
     float v[];
 };
+#define SLAB_FLOATS 16384
+
+static float *slab_alloc(struct vd_rtxn *t, size_t n)
+{
+    struct vd__chunk *c = t->chunks;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = n > SLAB_FLOATS ? n : SLAB_FLOATS;
+        c = malloc(sizeof *c + cap * sizeof(float));
+        if (!c)
+            return NULL;
+        c->used = 0;
+        c->cap = cap;
+        c->next = t->chunks;
+        t->chunks = c;
+    }
+    float *p = c->v + c->used;
+    c->used += n;
+    return p;
+}
+
+/* Frees the slabs except one standard slab, kept empty for reuse. */
+static void slab_reset(struct vd_rtxn *t)
+{
+    struct vd__chunk *keep = NULL;
+    for (struct vd__chunk *c = t->chunks, *n; c; c = n) {
+        n = c->next;
+        if (!keep && c->cap == SLAB_FLOATS) {
+            keep = c;
+            continue;
+        }
+        free(c);
+    }
+    if (keep) {
+        keep->used = 0;
+        keep->next = NULL;
+    }
+    t->chunks = keep;
+}
+
+void vd_store_read_release_views(struct vd_rtxn *t)
+{
+    slab_reset(t);
+}
 
 int vd_store_read_begin(struct vd_store *s, struct vd_rtxn **out)
 {
@@ -479,6 +527,7 @@ int vd_store_read_begin(struct vd_store *s, struct vd_rtxn **out)
             return 0;
         }
         mdb_txn_abort(t->txn);
+        free(t->chunks);
         free(t->scan_buf);
         free(t);
         goto out_unread;
@@ -510,11 +559,7 @@ void vd_store_read_end(struct vd_rtxn *t)
     if (!t)
         return;
     struct vd_store *s = t->s;
-    for (struct vd__chunk *c = t->chunks, *n; c; c = n) {
-        n = c->next;
-        free(c);
-    }
-    t->chunks = NULL;
+    slab_reset(t);
     if (t->scan_cap > RTXN_KEEP_FLOATS) { /* do not park big buffers in the pool */
         free(t->scan_buf);
         t->scan_buf = NULL;
@@ -531,6 +576,7 @@ void vd_store_read_end(struct vd_rtxn *t)
     pthread_mutex_unlock(&s->rd_mu);
     if (t) {
         mdb_txn_abort(t->txn);
+        free(t->chunks);
         free(t->scan_buf);
         free(t);
     }
@@ -554,12 +600,8 @@ static int align_vec(struct vd_rtxn *t, struct vd_point_view *p, bool for_scan)
         }
         dst = t->scan_buf;
     } else {
-        struct vd__chunk *c = malloc(sizeof *c + bytes);
-        if (!c)
+        if (!(dst = slab_alloc(t, p->dim)))
             return VD_ENOMEM;
-        c->next = t->chunks;
-        t->chunks = c;
-        dst = c->v;
     }
     memcpy(dst, p->vec, bytes);
     p->vec = dst;
