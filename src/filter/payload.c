@@ -400,22 +400,34 @@ static const uint8_t *validate_value(const uint8_t *p, const uint8_t *end, int d
     }
     if ((uint64_t)n * VD__OBJ_ENTRY > blen)
         return NULL;
-    const char *prev = NULL;
-    uint32_t prev_len = 0;
+    /* Only the layout the encoder writes is accepted: the table, the keys in table order, then
+     * the values in table order, back to back. Each byte then belongs to one value, so
+     * validation is linear (a table whose entries all pointed at one big value would make it
+     * exponential) and every later read stays inside the value it started in. */
+    uint32_t at = n * VD__OBJ_ENTRY;
     for (uint32_t i = 0; i < n; i++) {
         const uint8_t *e = body + (size_t)i * VD__OBJ_ENTRY;
-        uint32_t ko = vd__filter_le32(e), kl = vd__filter_le32(e + 4), vo = vd__filter_le32(e + 8);
-        if (ko > blen || kl > blen - ko || vo >= blen)
+        uint32_t ko = vd__filter_le32(e), kl = vd__filter_le32(e + 4);
+        if (ko != at || kl > blen - at)
             return NULL;
-        const char *k = (const char *)body + ko;
-        if (prev && key_cmp(prev, prev_len, k, kl) >= 0)
-            return NULL; /* binary search needs strictly sorted keys */
-        prev = k;
-        prev_len = kl;
-        if (!validate_value(body + vo, bend, depth + 1))
-            return NULL;
+        if (i > 0) {
+            const uint8_t *pe = e - VD__OBJ_ENTRY;
+            if (key_cmp((const char *)body + vd__filter_le32(pe), vd__filter_le32(pe + 4),
+                        (const char *)body + ko, kl) >= 0)
+                return NULL; /* binary search needs strictly sorted keys */
+        }
+        at += kl;
     }
-    return bend;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *e = body + (size_t)i * VD__OBJ_ENTRY;
+        if (vd__filter_le32(e + 8) != at || at >= blen)
+            return NULL;
+        const uint8_t *next = validate_value(body + at, bend, depth + 1);
+        if (!next)
+            return NULL;
+        at = (uint32_t)(next - body);
+    }
+    return at == blen ? bend : NULL;
 }
 
 int vd_payload_validate(const uint8_t *bin, size_t len)

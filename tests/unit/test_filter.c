@@ -928,6 +928,53 @@ static void test_random(void **state)
     printf("random: %d filters x payloads, %d matched\n", iters, matched);
 }
 
+/* Damaged binary payloads: validation rejects them or they are safe to read (ASan watches). */
+static void test_payload_mutations(void **state)
+{
+    const char *scale = getenv("VD_TEST_SCALE");
+    int iters = scale && strcmp(scale, "small") == 0 ? 500 : 5000;
+    rng_state = 0xD1B54A32D192ED03ull;
+    int still_valid = 0;
+    for (int it = 0; it < iters; it++) {
+        cJSON *p = cJSON_CreateObject();
+        for (int i = 0; i < 3; i++)
+            cJSON_AddItemToObject(p, NAMES[i], rand_value(0));
+        uint8_t *bin;
+        size_t len;
+        assert_int_equal(vd_payload_encode(p, &bin, &len), 0);
+        size_t mlen = len;
+        for (int m = (int)rnd(4) + 1; m > 0; m--) {
+            if (rnd(5) == 0)
+                mlen = 1 + rnd((uint32_t)mlen);
+            else
+                bin[rnd((uint32_t)mlen)] ^= (uint8_t)(1 + rnd(255));
+        }
+        /* a private copy of exactly mlen bytes, so ASan flags any read past the end */
+        uint8_t *cut = malloc(mlen);
+        memcpy(cut, bin, mlen);
+        if (vd_payload_validate(cut, mlen) == 0) {
+            still_valid++;
+            cJSON *back;
+            assert_int_equal(vd_payload_decode(cut, mlen, &back), 0);
+            cJSON_Delete(back);
+            for (int k = 0; k < 3; k++) {
+                cJSON *fj = rand_filter(1);
+                struct vd_filter *f;
+                assert_int_equal(vd_filter_parse(fj, &f, NULL), 0);
+                struct vd_pid id = {.type = VD_PID_NUM, .u.num = 1};
+                (void)vd_filter_match_bin(f, &id, cut, mlen);
+                vd_filter_free(f);
+                cJSON_Delete(fj);
+            }
+        }
+        free(cut);
+        free(bin);
+        cJSON_Delete(p);
+    }
+    printf("mutations: %d of %d damaged payloads still well-formed\n", still_valid, iters);
+    assert_true(still_valid < iters / 2);
+}
+
 static void test_bench(void **state)
 {
     struct vd_filter *f = compile(
@@ -985,10 +1032,15 @@ static void test_bench(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_table),          cmocka_unit_test(test_int_vs_float),
-        cmocka_unit_test(test_has_id),         cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_depth_limit),    cmocka_unit_test(test_keys),
-        cmocka_unit_test(test_payload_format), cmocka_unit_test(test_random),
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_int_vs_float),
+        cmocka_unit_test(test_has_id),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_depth_limit),
+        cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_payload_format),
+        cmocka_unit_test(test_random),
+        cmocka_unit_test(test_payload_mutations),
         cmocka_unit_test(test_bench),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
