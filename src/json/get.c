@@ -20,7 +20,9 @@ int vd_json_get_pid(const cJSON *item, struct vd_pid *out, struct vd_err *err)
     }
     if (cJSON_IsNumber(item)) {
         uint64_t v;
-        if (vd_json_get_u64(item, &v) != 0)
+        /* "-0" is an integer literal that vd_json_get_u64 reads as 0, but a signed id is a
+         * client mistake worth reporting. */
+        if ((item->valuestring && item->valuestring[0] == '-') || vd_json_get_u64(item, &v) != 0)
             return vd_errf(err, VD_EINVAL, "%s", pid_msg);
         out->type = VD_PID_NUM;
         out->u.num = v;

@@ -182,6 +182,8 @@ static int parse_number(struct parser *ps, cJSON **out)
     }
     size_t n = (size_t)(c - start);
     double v = vd__json_text_to_double((const char *)start, n);
+    if (isnan(v)) /* only from a failed temporary allocation: the grammar admits no NaN */
+        return fail_nomem(ps);
     if (!isfinite(v))
         return fail(ps, start, "number is out of range (not a finite double)");
     cJSON *node = new_node(ps, cJSON_Number);

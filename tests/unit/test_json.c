@@ -265,7 +265,7 @@ static void test_point_ids(void **state)
     assert_string_equal(b.data, "18446744073709551615");
     vd_buf_release(&b);
 
-    static const char *bad[] = {"18446744073709551616", "-1", "-0.0", "1.0", "1e3", "1.5",
+    static const char *bad[] = {"18446744073709551616", "-1", "-0", "-0.0", "1.0", "1e3", "1.5",
                                 "99999999999999999999999", "true", "null", "[1]", "{}",
                                 "\"42\"", "\"not-a-uuid\"", "\"\""};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -758,6 +758,54 @@ static void test_ndjson_stop_and_errors(void **state)
     vd_buf_release(&c.out);
 }
 
+/* ---- allocation failures ----------------------------------------------------------------- */
+
+static long alloc_countdown = -1; /* allocations left before failing; -1 = never fail */
+
+static void *failing_malloc(size_t n)
+{
+    if (alloc_countdown == 0)
+        return NULL;
+    if (alloc_countdown > 0)
+        alloc_countdown--;
+    return malloc(n);
+}
+
+/* Every cJSON allocation the parser makes fails in turn: the result is VD_ENOMEM with nothing
+ * leaked (the sanitizer build checks leaks), or success once the countdown outlasts the parse. */
+static void test_parse_allocation_failures(void **state)
+{
+    const char *doc = "{\"points\":[{\"id\":1,\"vector\":[0.5,1e-3],\"payload\":{\"a\":\"x\\u00e9\","
+                      "\"a\":[true,null,\"y\"]}},{\"id\":\"550e8400e29b41d4a716446655440000\"}]}";
+    cJSON_Hooks hooks = {.malloc_fn = failing_malloc, .free_fn = free};
+    cJSON_InitHooks(&hooks);
+    int failures = 0;
+    for (long k = 0;; k++) {
+        cJSON *j;
+        struct vd_err err;
+        alloc_countdown = k;
+        int rc = vd_json_parse(doc, strlen(doc), 0, &j, &err);
+        alloc_countdown = -1;
+        if (rc == 0) {
+            struct vd_buf b;
+            vd_buf_init(&b);
+            vd_buf_json(&b, j);
+            assert_string_equal(b.data, "{\"points\":[{\"id\":1,\"vector\":[0.5,1e-3],\"payload\":"
+                                        "{\"a\":[true,null,\"y\"]}},{\"id\":"
+                                        "\"550e8400e29b41d4a716446655440000\"}]}");
+            vd_buf_release(&b);
+            cJSON_Delete(j);
+            break;
+        }
+        assert_int_equal(rc, VD_ENOMEM);
+        assert_null(j);
+        assert_int_equal(err.code, VD_ENOMEM);
+        failures++;
+    }
+    cJSON_InitHooks(NULL);
+    assert_true(failures > 20);
+}
+
 /* ---- performance ------------------------------------------------------------------------- */
 
 static void test_parse_big_batch(void **state)
@@ -834,6 +882,7 @@ int main(void)
         cmocka_unit_test(test_buf),
         cmocka_unit_test(test_ndjson_every_split),
         cmocka_unit_test(test_ndjson_stop_and_errors),
+        cmocka_unit_test(test_parse_allocation_failures),
         cmocka_unit_test(test_parse_big_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
