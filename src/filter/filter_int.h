@@ -19,9 +19,12 @@
  *   ARR                 u32 count, u32 body length, the elements back to back
  *   OBJ                 u32 count, u32 body length, then the body: a table of `count` entries
  *                       {u32 key offset, u32 key length, u32 value offset} (offsets from the
- *                       body start) sorted by key length, then key bytes (memcmp), then
- *                       key bytes and values.
- * Containers record their body length so a reader skips one in O(1). */
+ *                       body start) sorted by key length, then key bytes (memcmp); then
+ *                       the keys and then the values, each in table order and back to back
+ *                       (the only layout vd_payload_validate accepts). Duplicate keys are
+ *                       dropped by the encoder: the first one wins, as for cJSON lookups.
+ * Containers record their body length so a reader skips one in O(1); a key lookup is a binary
+ * search of the table, comparing lengths before bytes. */
 #define VD__PAYLOAD_VERSION 1
 enum {
     VD__PT_NULL = 0,
