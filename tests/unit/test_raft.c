@@ -664,6 +664,44 @@ static void test_membership_changes(void **state)
     h_release(&h);
 }
 
+/* §4.2.3: a server removed while cut off never learns of its removal, times out and campaigns
+ * with ever higher terms. Even without pre-vote the members ignore it while they hear a leader. */
+static void test_removed_server_cannot_disrupt(void **state)
+{
+    static struct harness h;
+    h_init(&h, 4, 0);
+    h.cfg.pre_vote = false; /* only the lease protects the cluster in this test */
+    for (int id = 1; id <= 4; id++) {
+        vd_raft_free(h.nodes[id].r);
+        h_start(&h, id);
+    }
+    h_run(&h, 2100);
+    int l = h_leader(&h);
+    assert_true(l >= 1);
+    int gone = l % 4 + 1;
+    h_propose(&h, l, 1);
+    h_run(&h, 100);
+    for (int id = 1; id <= 4; id++)
+        h.cut[gone][id] = h.cut[id][gone] = true;
+    assert_int_equal(vd_raft_change(h.nodes[l].r, VD_RAFT_REMOVE, (uint64_t)gone, NULL), 0);
+    h_process(&h, l);
+    h_run(&h, 200);
+    assert_int_equal(vd_raft_conf_role(vd_raft_conf(h.nodes[gone].r), (uint64_t)gone), VD_RAFT_VOTER);
+    uint64_t term = vd_raft_term(h.nodes[l].r);
+    h_run(&h, 3000); /* the removed server campaigns on its own */
+    assert_true(vd_raft_term(h.nodes[gone].r) > term);
+    memset(h.cut, 0, sizeof(h.cut));
+    h_run(&h, 5000);
+    assert_int_equal(h_leader(&h), l);
+    assert_int_equal(vd_raft_term(h.nodes[l].r), term);
+    h_propose(&h, l, 2);
+    h_run(&h, 100);
+    for (int id = 1; id <= 4; id++)
+        if (id != gone)
+            assert_int_equal(h.nodes[id].sum, 3);
+    h_release(&h);
+}
+
 static void test_change_needs_commit_in_term(void **state)
 {
     struct vd_raft *r = leader_with_old_entry(VD_RAFT_BUG_NONE);
@@ -845,6 +883,7 @@ int main(void)
         cmocka_unit_test(test_conflicting_follower_log_is_repaired),
         cmocka_unit_test(test_snapshot_catch_up_in_chunks),
         cmocka_unit_test(test_membership_changes),
+        cmocka_unit_test(test_removed_server_cannot_disrupt),
         cmocka_unit_test(test_change_needs_commit_in_term),
         cmocka_unit_test(test_leadership_transfer),
         cmocka_unit_test(test_read_index),
