@@ -398,6 +398,8 @@ static void send_append(struct vd_raft *r, struct progress *p);
 static void bcast_append(struct vd_raft *r);
 static void bcast_heartbeat(struct vd_raft *r, uint64_t ctx);
 
+/* Takes office for the current term (votes were counted by the caller): every follower is probed
+ * from our last index, and a no-op of the new term is appended at once. */
 static void become_leader(struct vd_raft *r)
 {
     r->role = VD_RAFT_LEADER;
@@ -417,6 +419,10 @@ static void become_leader(struct vd_raft *r)
     bcast_append(r);
 }
 
+/* Starts an election round. A pre-vote round (§9.6) asks whether a real election could be won,
+ * at term + 1, without bumping our term, so a node that merely lost contact cannot force the
+ * cluster into a new term when it returns. `transfer` marks a round requested by the leader
+ * (TimeoutNow): voters then ignore their leader lease. */
 static void campaign(struct vd_raft *r, bool pre, bool transfer)
 {
     r->n_granted = r->n_rejected = 0;
@@ -470,6 +476,9 @@ static void send_snapshot_chunk(struct vd_raft *r, struct progress *p)
     p->sent_at = r->now;
 }
 
+/* Sends the next APPEND (or snapshot chunk) to one follower according to its progress state:
+ * probe sends one message and pauses until an answer or the next heartbeat; replicate streams
+ * optimistically and advances next at once. */
 static void send_append(struct vd_raft *r, struct progress *p)
 {
     if (p->id == r->cfg.id)
@@ -526,6 +535,8 @@ static void bcast_heartbeat(struct vd_raft *r, uint64_t ctx)
 
 static void release_reads(struct vd_raft *r);
 
+/* Advances the leader's commit index to the highest index stored on a majority of voters (this
+ * node counting only what it has made durable), subject to §3.6.2. */
 static void maybe_commit(struct vd_raft *r)
 {
     uint64_t m[VD_RAFT_MAX_NODES];
@@ -721,6 +732,10 @@ static void snap_install(struct vd_raft *r)
 
 /* ---- message handling -------------------------------------------------------------------- */
 
+/* Follower side of AppendEntries. Always answers: success with the last index now known to
+ * match the leader, or a rejection carrying a hint for fast backoff (the first index of our
+ * conflicting term, or our last index + 1 when our log is too short). Entries already held with
+ * the same term are skipped rather than rewritten, so a delayed duplicate cannot truncate. */
 static void handle_append(struct vd_raft *r, const struct vd_raft_msg *m)
 {
     struct vd_raft_msg *resp;
@@ -768,6 +783,9 @@ static void handle_append(struct vd_raft *r, const struct vd_raft_msg *m)
     resp->index = last_new;
 }
 
+/* Leader side of an APPEND answer: a success raises match (and maybe commit); a rejection jumps
+ * next back past the whole conflicting term in one round trip. Stale answers (reordered or
+ * duplicated) are recognised by their index and ignored. */
 static void handle_append_resp(struct vd_raft *r, const struct vd_raft_msg *m)
 {
     struct progress *p = progress(r, m->from);
@@ -823,6 +841,8 @@ static void handle_append_resp(struct vd_raft *r, const struct vd_raft_msg *m)
         send_append(r, p);
 }
 
+/* Follower side of InstallSnapshot: chunks must arrive in order (offset == bytes held); anything
+ * else is answered with what we hold so the leader resumes from there. The last chunk installs. */
 static void handle_snap(struct vd_raft *r, const struct vd_raft_msg *m)
 {
     struct vd_raft_msg *resp = msg_new(r, VD_RAFT_MSG_SNAP_RESP, m->from);
@@ -894,6 +914,9 @@ static void handle_snap_resp(struct vd_raft *r, const struct vd_raft_msg *m)
     send_snapshot_chunk(r, p);
 }
 
+/* Answers VOTE and PREVOTE (terms already reconciled by vd_raft_step). One vote per term, only
+ * for a candidate whose log is at least as up to date as ours (§3.6.1); a pre-vote is granted
+ * without recording anything. */
 static void handle_vote(struct vd_raft *r, const struct vd_raft_msg *m)
 {
     bool pre = m->type == VD_RAFT_MSG_PREVOTE;
@@ -1000,6 +1023,9 @@ static bool valid_msg(const struct vd_raft_msg *m)
     return true;
 }
 
+/* Reconciles terms first (§3.3), with the exceptions that make pre-vote and the leader lease
+ * work: pre-vote traffic never changes terms, and vote requests inside the lease are dropped
+ * unanswered. Then dispatches on the message type. */
 int vd_raft_step(struct vd_raft *r, const struct vd_raft_msg *m)
 {
     assert(!r->in_update);
@@ -1255,6 +1281,9 @@ bool vd_raft_has_ready(const struct vd_raft *r)
            apply_limit(r) > r->applied;
 }
 
+/* Collects everything pending into *u without changing state; vd_raft_advance settles it. APPEND
+ * messages get their entry pointers only here, because the log array may have moved since they
+ * were queued. */
 bool vd_raft_ready(struct vd_raft *r, struct vd_raft_update *u)
 {
     memset(u, 0, sizeof(*u));
