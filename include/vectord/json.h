@@ -25,6 +25,7 @@
 /* ---- strict reader ----------------------------------------------------------------------- */
 
 #define VD_JSON_MAX_DEPTH 64
+#define VD_JSON_DEPTH_CLAMP 1024 /* larger max_depth values are lowered to this */
 
 /*
  * Parses body[0,len) (RFC 8259, nothing more) into a cJSON tree. On success *out is owned by the
@@ -41,7 +42,8 @@
  *  - "\u0000" inside a string is rejected (cJSON strings are NUL-terminated, it would truncate);
  *  - numbers that underflow (1e-400) read as 0 and are accepted; numbers whose value is not a
  *    finite double (1e999) are rejected;
- *  - max_depth <= 0 means VD_JSON_MAX_DEPTH; an array or object at the top is depth 1.
+ *  - max_depth <= 0 means VD_JSON_MAX_DEPTH, values above VD_JSON_DEPTH_CLAMP are lowered to
+ *    it (the reader recurses); an array or object at the top is depth 1.
  *
  * Errors: VD_EINVAL with err->msg "invalid JSON at byte N: <what>" (N counted from 0) for any
  * syntax error, invalid UTF-8 (overlong forms, surrogates, code points above U+10FFFF), bad or

@@ -678,7 +678,11 @@ int vd_json_parse(const char *body, size_t len, int max_depth, cJSON **out, stru
         .p = (const unsigned char *)body,
         .end = (const unsigned char *)body + len,
         .cur = (const unsigned char *)body,
-        .max_depth = max_depth > 0 ? max_depth : VD_JSON_MAX_DEPTH,
+        /* Each level costs a few C stack frames; the clamp keeps a careless limit from turning
+         * a hostile body into a stack overflow. */
+        .max_depth = max_depth <= 0 ? VD_JSON_MAX_DEPTH
+                                    : max_depth > VD_JSON_DEPTH_CLAMP ? VD_JSON_DEPTH_CLAMP
+                                                                      : max_depth,
         .err = err,
     };
     skip_ws(&ps);

@@ -205,6 +205,8 @@ static void test_depth_limit(void **state)
     /* A very deep hostile body fails fast without exhausting the stack. */
     char *huge = nested(1000000, '[', ']');
     assert_int_equal(vd_json_parse(huge, strlen(huge), VD_JSON_MAX_DEPTH, &j, &err), VD_EINVAL);
+    assert_int_equal(vd_json_parse(huge, strlen(huge), 1 << 30, &j, &err), VD_EINVAL);
+    assert_non_null(strstr(err.msg, "limit of 1024 levels"));
     free(huge);
 }
 
