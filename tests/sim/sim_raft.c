@@ -136,6 +136,7 @@ static struct sim S;
 /* Totals over all seeds, to show the faults and features were exercised. */
 static struct {
     uint64_t acked, reads, installs, confs, elections, crashes;
+    uint64_t heals, leader_ms_sum, leader_ms_max, converge_ms_sum, converge_ms_max;
 } T;
 
 static void vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -1049,7 +1050,7 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
     }
     vlog("faults healed");
     uint64_t deadline = S.now + (uint64_t)20 * S.cfg.election_timeout_ms;
-    uint64_t probe_cmd = UINT64_MAX, probe_at = 0;
+    uint64_t probe_cmd = UINT64_MAX, probe_at = 0, healed_at = S.now, leader_ms = UINT64_MAX;
     S.next_client = UINT64_MAX; /* only the probe command from now on */
     for (;;) {
         if (!step(S.now + 10)) {
@@ -1058,6 +1059,8 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
             S.now += 10;
         }
         struct node *l = find_leader();
+        if (l && leader_ms == UINT64_MAX)
+            leader_ms = S.now - healed_at;
         /* A probe lost with a deposed leader's log is proposed again after a while. */
         bool probe_done = probe_cmd != UINT64_MAX && (S.acked[probe_cmd / 8] & (1u << (probe_cmd % 8)));
         if (!probe_done && S.now >= probe_at && l && !l->busy && S.next_cmd < MAX_CMDS) {
@@ -1086,8 +1089,17 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
                         break;
                     }
             }
-            if (all)
+            if (all) {
+                uint64_t conv = S.now - healed_at;
+                T.heals++;
+                T.leader_ms_sum += leader_ms;
+                T.converge_ms_sum += conv;
+                if (leader_ms > T.leader_ms_max)
+                    T.leader_ms_max = leader_ms;
+                if (conv > T.converge_ms_max)
+                    T.converge_ms_max = conv;
                 break;
+            }
         }
         if (S.now > deadline) {
             for (int i = 0; i < S.n_nodes; i++) {
@@ -1194,6 +1206,11 @@ int main(int argc, char **argv)
            " crashes, %" PRIu64 " snapshots installed from a leader, %" PRIu64
            " membership changes applied, %" PRIu64 " linearizable reads\n",
            T.acked, T.elections, T.crashes, T.installs, T.confs, T.reads);
+    if (T.heals)
+        printf("sim_raft: after healing, a leader within %.0f ms on average (max %" PRIu64
+               " ms), every live member caught up within %.0f ms (max %" PRIu64 " ms)\n",
+               (double)T.leader_ms_sum / (double)T.heals, T.leader_ms_max,
+               (double)T.converge_ms_sum / (double)T.heals, T.converge_ms_max);
     if (expect_violation) {
         if (failed) {
             printf("sim_raft: the planted bug was caught\n");
