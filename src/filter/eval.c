@@ -22,19 +22,23 @@ struct visitor {
 static bool walk(const struct vd__filter_path *p, uint32_t i, const struct vd__filter_fv *v,
                  struct visitor *vis)
 {
+    struct vd__filter_fv cur, child;
+    /* Descending through objects is the common case: do it in a loop, recursing only where an
+     * array fans out. */
+    while (i < p->nseg && v->t == VD__FV_OBJ && p->segs[i].kind == VD__SEG_KEY) {
+        if (!vd__filter_fv_find(v, p->segs[i].name, p->segs[i].len, &child))
+            return false;
+        cur = child;
+        v = &cur;
+        i++;
+    }
     if (i == p->nseg) {
         vis->seen++;
         return vis->fn(vis, v);
     }
     const struct vd__filter_seg *s = &p->segs[i];
-    struct vd__filter_fv child;
     switch (s->kind) {
-    case VD__SEG_KEY:
-        if (v->t == VD__FV_OBJ) {
-            if (vd__filter_fv_find(v, s->name, s->len, &child))
-                return walk(p, i + 1, &child, vis);
-            return false;
-        }
+    case VD__SEG_KEY: /* v is not an object (the loop above took those) */
         if (v->t == VD__FV_ARR && i > 0) {
             /* "a.b" over an array of objects reads b from each element, as "a[].b" does. */
             struct vd__filter_iter it;
