@@ -155,7 +155,9 @@ int vd_store_coll_list(struct vd_rtxn *t, vd_store_coll_fn fn, void *ctx);
 /* VD_ENOTFOUND if absent. */
 int vd_store_coll_get(struct vd_rtxn *t, const char *name, struct vd_coll_schema *out);
 /* Changes with seq > after, in seq order: (incarnation, id, seq) of every point op applied, for
- * replaying into the in-memory index after restart. The id pointer is valid during the call. */
+ * replaying into the in-memory index after restart. The id pointer is valid during the call.
+ * Entries of deleted collections stay until trimmed while their points are purged: a consumer
+ * looks the point up and skips incarnations it does not know or ids that are gone. */
 typedef int (*vd_store_change_fn)(uint64_t incarnation, const struct vd_pid *id, uint64_t seq,
                                   void *ctx);
 int vd_store_changes_since(struct vd_rtxn *t, uint64_t after, vd_store_change_fn fn, void *ctx);
