@@ -161,6 +161,7 @@ struct vd_raft_update {
     size_t n_committed;
     const struct vd_raft_read *reads;
     size_t n_reads;
+    uint64_t deadline; /* when to call vd_raft_tick next (as vd_raft_next_deadline) */
 };
 
 struct vd_raft_config {
@@ -242,7 +243,8 @@ int vd_raft_read_index(struct vd_raft *r, uint64_t ctx);
  * snapshot), VD_ENOMEM. */
 int vd_raft_snapshot(struct vd_raft *r, uint64_t index, const void *data, size_t len);
 
-/* True when vd_raft_ready would return something. */
+/* True when vd_raft_ready would return something. Advancing can itself produce more work (a
+ * leader's own durable write may complete a commit), so hosts loop until this is false. */
 bool vd_raft_has_ready(const struct vd_raft *r);
 /* Fills *u (see struct vd_raft_update). Returns true if there is anything to do. */
 bool vd_raft_ready(struct vd_raft *r, struct vd_raft_update *u);

@@ -1323,6 +1323,7 @@ bool vd_raft_ready(struct vd_raft *r, struct vd_raft_update *u)
     }
     u->reads = r->reads;
     u->n_reads = r->n_reads;
+    u->deadline = vd_raft_next_deadline(r);
     return true;
 }
 
