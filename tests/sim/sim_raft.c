@@ -1006,6 +1006,9 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
     S.cfg.max_append_entries = chance(0.3) ? 1 : 1 + (uint32_t)rnd_below(16);
     S.cfg.snapshot_chunk = 64 + (uint32_t)rnd_below(256);
     S.cfg.bug = S.bug;
+    /* Safety must not depend on the optional protections: some seeds run without them. */
+    S.cfg.pre_vote = !chance(0.1);
+    S.cfg.check_quorum = !chance(0.1);
     S.delay_max = 10;
     S.faults = true;
 
