@@ -17,6 +17,21 @@
  * election timeout of hearing a leader (§4.2.3), leadership transfer (§3.10) and ReadIndex
  * linearizable reads (§6.4).
  *
+ * Host loop, in outline (storage: include/vectord/raftlog.h):
+ *     vd_raftlog_load(log, &st, &err);  vd_raft_new(&cfg, &st, now, &r);
+ *     on a timer, a message or a request:  vd_raft_tick(r, now); then vd_raft_step / _propose ...
+ *     while (vd_raft_ready(r, &u)) {
+ *         vd_raftlog_save(log, &u, &err);        durable first: votes and acks promise it
+ *         send u.msgs (vd_raft_msg_encode);
+ *         install u.snapshot, apply u.committed, answer u.reads once applied;
+ *         vd_raft_advance(r);
+ *     }
+ *     re-arm the timer for vd_raft_next_deadline(r); from time to time vd_raft_snapshot +
+ *     vd_raftlog_save_snapshot to compact the log.
+ * A brand-new cluster stores vd_raft_bootstrap_entry on its first node(s); a joining node starts
+ * with an empty state and waits for the leader, which adds it as a learner (VD_RAFT_ADD_LEARNER)
+ * and promotes it once caught up (VD_RAFT_PROMOTE).
+ *
  * Thread rules: a struct vd_raft is used by one thread at a time; the core takes no locks.
  */
 #ifndef VECTORD_RAFT_H
