@@ -215,15 +215,16 @@ static int init_tables(struct vd_store *s, struct vd_err *err)
     } t[] = {{"meta", &s->dbi_meta},         {"collections", &s->dbi_colls},
              {"points", &s->dbi_points},     {"payloads", &s->dbi_payloads},
              {"changes", &s->dbi_changes},   {"hints", &s->dbi_hints}};
+    int r;
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         rc = mdb_dbi_open(txn, t[i].name, MDB_CREATE, t[i].dbi);
         if (rc) {
-            vd_errf(err, vd__store_mdb_err(rc), "table %s: %s", t[i].name, mdb_strerror(rc));
+            r = vd_errf(err, vd__store_mdb_err(rc), "table %s: %s", t[i].name, mdb_strerror(rc));
             goto out_abort;
         }
     }
     uint64_t fmt;
-    int r = meta_get_u64(s, txn, VD__META_FORMAT, &fmt);
+    r = meta_get_u64(s, txn, VD__META_FORMAT, &fmt);
     if (r == VD_ENOTFOUND) {
         r = meta_put_u64(s, txn, VD__META_FORMAT, FORMAT_VERSION);
     } else if (r == 0 && fmt != FORMAT_VERSION) {
@@ -268,7 +269,7 @@ out_meta_err:
     vd_errf(err, r, "reading storage metadata: %s", vd_strerror(r));
 out_abort:
     mdb_txn_abort(txn);
-    return err ? err->code : VD_EIO;
+    return r;
 }
 
 int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct vd_err *err)
