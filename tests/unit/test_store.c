@@ -17,6 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <lmdb.h>
+
 #include "vectord/store.h"
 
 /* ---- fixture ------------------------------------------------------------------------------- */
@@ -774,6 +776,46 @@ static void test_views(void **state)
     free(ops);
 }
 
+/* A data directory written by an incompatible format is refused, not misread. */
+static void test_format_mismatch(void **state)
+{
+    char dir[256], env_dir[300];
+    make_dir(dir, sizeof dir);
+    vd_store_close(open_store(dir, true, 0));
+    snprintf(env_dir, sizeof env_dir, "%s/data", dir);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    assert_int_equal(mdb_env_open(env, env_dir, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+    uint8_t v8[8] = {99};
+    MDB_val k = {6, "format"}, v = {8, v8};
+    assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    struct vd_store_opts o = {.dir = dir, .no_sync = true};
+    struct vd_store *s = NULL;
+    struct vd_err e = {0};
+    assert_int_equal(vd_store_open(&o, &s, &e), VD_ECORRUPT);
+    assert_non_null(strstr(e.msg, "format 99"));
+    /* The failed open released the directory lock. */
+    v8[0] = 1;
+    assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    assert_int_equal(mdb_env_open(env, env_dir, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+    assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    vd_store_close(open_store(dir, true, 0));
+    rm_rf(dir);
+}
+
 /* A writer process killed with SIGKILL mid-stream: the directory lock and reader slots are
  * recovered on reopen and every write the child saw acknowledged is there. (This alone does not
  * prove durability, the page cache survives the process; test_store_durability does that.) */
@@ -947,6 +989,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_views, setup, teardown),
         cmocka_unit_test(test_map_growth),
         cmocka_unit_test(test_closed),
+        cmocka_unit_test(test_format_mismatch),
         cmocka_unit_test(test_kill9),
         cmocka_unit_test(test_bench_write),
     };
