@@ -57,7 +57,10 @@ int vd_payload_encode(const cJSON *payload, uint8_t **out, size_t *out_len);
 int vd_payload_validate(const uint8_t *bin, size_t len);
 
 /* Rebuilds a cJSON object from a binary payload (a new tree the caller frees with
- * cJSON_Delete; NULL input gives an empty object). Errors: VD_ECORRUPT, VD_ENOMEM. */
+ * cJSON_Delete; NULL input gives an empty object). Object keys come back sorted by length, then
+ * bytes; numbers carry literal text in valuestring as vd_json_parse trees do (integers exact,
+ * floats with a fraction or exponent), so encoding the result gives the same bytes again.
+ * Errors: VD_ECORRUPT, VD_ENOMEM. */
 int vd_payload_decode(const uint8_t *bin, size_t len, cJSON **out);
 
 /* Same result as vd_filter_match on the payload bin was encoded from. bin NULL or len 0 means

@@ -2,6 +2,8 @@
  * The binary payload form (layout in filter_int.h): encoding from cJSON, validation of bytes
  * read back from elsewhere, decoding to cJSON, and the value views the evaluator reads through.
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -448,8 +450,27 @@ static cJSON *decode_value(const struct vd__filter_fv *v)
     case VD__FV_BOOL:
         return cJSON_CreateBool(v->b);
     case VD__FV_INT:
-    case VD__FV_DBL:
-        return cJSON_CreateNumber(v->d);
+    case VD__FV_DBL: {
+        /* Numbers carry their text as the strict parser's do, so writers print integers beyond
+         * 2^53 exactly and a float such as 2.0 stays a float when read back. */
+        char text[VD_JSON_DOUBLE_MAX + 4];
+        if (v->t == VD__FV_INT) {
+            snprintf(text, sizeof text, "%" PRId64, v->i);
+        } else {
+            vd_json_fmt_double(v->d, text);
+            if (!strpbrk(text, ".eE"))
+                strcat(text, ".0");
+        }
+        cJSON *c = cJSON_CreateNumber(v->d);
+        char *lit = c ? cJSON_malloc(strlen(text) + 1) : NULL;
+        if (!lit) {
+            cJSON_Delete(c);
+            return NULL;
+        }
+        strcpy(lit, text);
+        c->valuestring = lit;
+        return c;
+    }
     case VD__FV_STR: {
         char *s = malloc((size_t)v->slen + 1);
         if (!s)

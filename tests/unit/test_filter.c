@@ -502,6 +502,16 @@ static void test_payload_format(void **state)
     assert_true(caught > (int)len / 4);
     free(copy);
     free(bin);
+    /* numbers come back with exact literal text */
+    cJSON *nums = parse_lit("{\"i\":-9223372036854775808,\"f\":2.0,\"g\":0.1}");
+    assert_int_equal(vd_payload_encode(nums, &bin, &len), 0);
+    assert_int_equal(vd_payload_decode(bin, len, &back), 0);
+    assert_string_equal(cJSON_GetObjectItem(back, "i")->valuestring, "-9223372036854775808");
+    assert_string_equal(cJSON_GetObjectItem(back, "f")->valuestring, "2.0");
+    assert_string_equal(cJSON_GetObjectItem(back, "g")->valuestring, "0.1");
+    cJSON_Delete(back);
+    cJSON_Delete(nums);
+    free(bin);
     /* no payload */
     assert_int_equal(vd_payload_encode(NULL, &bin, &len), 0);
     assert_int_equal(vd_payload_validate(bin, len), 0);
@@ -919,6 +929,19 @@ static void test_random(void **state)
                      want, got);
         }
         matched += got;
+        if (payload) { /* decode then encode gives the same bytes */
+            uint8_t *b1, *b2;
+            size_t l1, l2;
+            cJSON *back;
+            assert_int_equal(vd_payload_encode(payload, &b1, &l1), 0);
+            assert_int_equal(vd_payload_decode(b1, l1, &back), 0);
+            assert_int_equal(vd_payload_encode(back, &b2, &l2), 0);
+            assert_int_equal(l1, l2);
+            assert_memory_equal(b1, b2, l1);
+            free(b1);
+            free(b2);
+            cJSON_Delete(back);
+        }
         vd_filter_free(f);
         cJSON_Delete(fj);
         cJSON_Delete(payload);
