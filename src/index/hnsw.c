@@ -504,8 +504,11 @@ static int link_one(struct vd_index *ix, struct vd__sctx *c, uint32_t s)
 
     /* the entry point may be newer than our table snapshot */
     t = tabs_get(ix);
-    if (ctx_tags_fit(c, t->cap << ix->chunk_shift))
+    int rc = 0;
+    if (ctx_tags_fit(c, t->cap << ix->chunk_shift)) {
+        rc = VD_ENOMEM;
         goto out_release_ep;
+    }
     c->lim = t->cap << ix->chunk_shift;
     uint32_t cur = (uint32_t)epv;
     float curd = dist(ix, q, vec_of(ix, t, cur));
@@ -557,7 +560,7 @@ static int link_one(struct vd_index *ix, struct vd__sctx *c, uint32_t s)
 out_release_ep:
     if (hold)
         pthread_mutex_unlock(&ix->ep_mu);
-    return 0;
+    return rc;
 }
 
 /* ---- repair of deleted slots -------------------------------------------------------------- */
@@ -1249,9 +1252,13 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
             cur = greedy_layer(ix, c, &t, r->query, cur, &curd, l);
         bool filtering = r->filter || atomic_load_explicit(&ix->tomb, memory_order_relaxed) > 0;
         search_layer(ix, c, &t, r->query, cur, curd, ef, 0, r->filter, r->filter_ctx, filtering);
-        /* the unlinked tail, exactly */
-        pthread_mutex_lock(&ix->mu);
-        if (ix->npend) {
+        /* The unlinked tail, exactly. The counter is read first so that searches do not all
+         * take mu when nothing is pending; an upsert that returned before this search began
+         * has already raised it. */
+        bool tail = atomic_load(&ix->pending) > 0;
+        if (tail)
+            pthread_mutex_lock(&ix->mu);
+        if (tail && ix->npend) {
             const struct vd__tabs *tn = tabs_get(ix);
             if (ctx_tags_fit(c, tn->cap << ix->chunk_shift) == 0) {
                 float lower = c->ntop ? c->top[0].d : INFINITY;
@@ -1273,7 +1280,8 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
             }
             t = tn;
         }
-        pthread_mutex_unlock(&ix->mu);
+        if (tail)
+            pthread_mutex_unlock(&ix->mu);
     }
     while (c->ntop > keep)
         maxheap_pop(c->top, &c->ntop);
