@@ -958,10 +958,10 @@ int vd_index_new(const struct vd_index_params *p, struct vd_index **out)
     ix->vec_bytes = (size_t)p->dim * sizeof(float);
     ix->link_off = ix->vec_bytes;
     size_t raw = ix->vec_bytes + 4 + 4 * (1 + (size_t)ix->m0);
-    /* 64-byte slots keep every vector on cache-line boundaries once vectors are big enough for
-     * that to matter; small vectors stay densely packed. */
-    size_t align = ix->vec_bytes >= 256 ? 64 : 8;
-    ix->slot_size = (raw + align - 1) / align * align;
+    /* Cache-line aligned slots save split loads, but only when the padding costs little (at most
+     * 1/32 of the slot): the memory budget is 1.25 x the vector bytes plus layer-0 links. */
+    size_t padded = (raw + 63) / 64 * 64;
+    ix->slot_size = padded - raw <= raw / 32 ? padded : (raw + 7) / 8 * 8;
     uint32_t shift = 6;
     while (shift < 14 && ((size_t)2 << shift) * ix->slot_size <= ((size_t)4 << 20))
         shift++;
