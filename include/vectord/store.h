@@ -180,6 +180,8 @@ struct vd_store_counters {
     uint64_t purged_points;
     uint64_t map_size;     /* current map size in bytes */
     uint32_t purges_pending; /* deleted incarnations whose points are not yet all purged */
+    uint64_t tombstones_purged; /* tombstones removed after their grace period */
+    uint64_t sweep_passes;      /* completed passes of the tombstone sweep */
 };
 void vd_store_counters(struct vd_store *s, struct vd_store_counters *out);
 
@@ -187,7 +189,13 @@ void vd_store_counters(struct vd_store *s, struct vd_store_counters *out);
  * VD_ETIMEOUT. For tests and orderly shutdown. */
 int vd_store_purge_wait(struct vd_store *s, uint64_t timeout_ms);
 
-/* TODO: tombstone purge after a configurable grace period and the `hints` table API are not
- * implemented yet: tombstones are kept forever for now. */
+/* Removes tombstones whose version (HLC physical time) is older than grace_ms, in background
+ * passes over the points table in small transactions (a pass starts now, then every
+ * min(60 s, grace / 2), at least 1 s). The grace period must exceed the longest time a replica may
+ * miss a delete (hint replay, repair): after it a stale replica could resurrect the point.
+ * 0 (the default) keeps tombstones forever. */
+void vd_store_set_tombstone_grace(struct vd_store *s, uint64_t grace_ms);
+
+/* TODO: the `hints` table API (hinted handoff) is not implemented yet. */
 
 #endif

@@ -341,7 +341,12 @@ int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct v
     pthread_mutex_init(&s->rd_mu, NULL);
     pthread_cond_init(&s->rd_cv, NULL);
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
+    /* The writer's timed waits (sweep schedule, retry pauses) use the monotonic clock. */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_cond_init(&s->idle_cv, NULL);
     if (pthread_create(&s->writer, NULL, vd__store_writer_main, s) != 0) {
         r = vd_errf(err, VD_ENOMEM, "cannot start the storage writer thread");

@@ -58,12 +58,17 @@ struct vd_store {
     struct vd_store_counters ctr;
     int failed; /* sticky: after a failed commit (fsync error) every later write fails */
     uint64_t trim_upto, trim_done; /* change log: requested and completed trim points */
+    uint64_t tomb_grace_ms;        /* 0: tombstones are kept */
+    uint64_t sweep_next_ns;        /* monotonic time the next sweep pass may start */
+    bool sweep_active;             /* a pass is under way */
 
     /* Writer-thread only. */
     struct vd_wbatch **group;
     size_t group_cap;
     uint64_t next_seq; /* counter of the open group transaction */
     uint64_t last_inc;
+    uint8_t sweep_key[VD__PT_KEY_MAX]; /* where the sweep pass resumes (inclusive) */
+    size_t sweep_klen;
     float *scratch;    /* vector copy for SET_PAYLOAD */
     size_t scratch_cap;
 };

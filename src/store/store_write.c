@@ -9,10 +9,12 @@
 #include "store_int.h"
 
 #define PURGE_CHUNK 512            /* points (and payloads) deleted per purge transaction */
-#define PURGE_EVERY_NS 50000000ULL /* under steady load, still purge a chunk this often */
+#define BG_EVERY_NS 50000000ULL /* under steady load, still run a background step this often */
 #define MAP_MAX (1ULL << 46)       /* 64 TiB: beyond this MDB_MAP_FULL is reported as VD_EFULL */
 #define GROW_RETRIES 8
 #define TRIM_CHUNK 4096          /* change-log entries deleted per trim transaction */
+#define SWEEP_CHUNK 2048         /* points examined per tombstone-sweep transaction */
+#define SWEEP_INTERVAL_MS 60000ULL /* pause between sweep passes (at most grace / 2) */
 
 /* Writer-thread state of one group transaction. */
 struct group_ctx {
@@ -744,28 +746,135 @@ out_abort:
     return VD_EIO;
 }
 
+/* ---- tombstone sweep ----------------------------------------------------------------------- */
+
+void vd_store_set_tombstone_grace(struct vd_store *s, uint64_t grace_ms)
+{
+    pthread_mutex_lock(&s->mu);
+    s->tomb_grace_ms = grace_ms;
+    s->sweep_next_ns = 0; /* start a pass now */
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* One step of a pass over the points table: deletes tombstones whose HLC time is older than the
+ * grace period, resuming where the previous step stopped. A pass ends at the table's end and the
+ * next starts after SWEEP_INTERVAL (or half the grace period if shorter). */
+static int sweep_chunk(struct vd_store *s, uint64_t grace_ms)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    long seen = 0, del = 0;
+    uint64_t now_ms = vd_wall_ms(), cutoff = now_ms > grace_ms ? now_ms - grace_ms : 0;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return VD_EIO;
+    if ((rc = mdb_cursor_open(txn, s->dbi_points, &cur)))
+        goto out_abort;
+    if (s->sweep_klen) {
+        k.mv_size = s->sweep_klen;
+        k.mv_data = s->sweep_key;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    } else {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    }
+    while (rc == 0 && seen < SWEEP_CHUNK) {
+        const uint8_t *h = v.mv_data;
+        seen++;
+        if (v.mv_size == VD__PT_HDR && (h[24] & VD__PT_TOMB) &&
+            VD_HLC_PHYS(vd__store_le64_get(h)) < cutoff && k.mv_size <= VD__PT_KEY_MAX) {
+            uint8_t kb[VD__PT_KEY_MAX];
+            size_t kl = k.mv_size;
+            memcpy(kb, k.mv_data, kl);
+            if ((rc = mdb_cursor_del(cur, 0)))
+                break;
+            del++;
+            /* Seek past the deleted key rather than rely on where a delete leaves the cursor. */
+            k.mv_size = kl;
+            k.mv_data = kb;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        } else {
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+    }
+    bool pass_done = rc == MDB_NOTFOUND;
+    if (rc == 0 && k.mv_size <= VD__PT_KEY_MAX) {
+        memcpy(s->sweep_key, k.mv_data, k.mv_size);
+        s->sweep_klen = k.mv_size;
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        goto out_abort;
+    if ((rc = del ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), 0)))
+        return rc == MDB_MAP_FULL ? grow_map(s) : VD_EIO;
+    pthread_mutex_lock(&s->mu);
+    s->ctr.tombstones_purged += (uint64_t)del;
+    if (pass_done) {
+        uint64_t every = grace_ms / 2 < SWEEP_INTERVAL_MS ? grace_ms / 2 : SWEEP_INTERVAL_MS;
+        s->sweep_klen = 0;
+        s->sweep_active = false;
+        s->sweep_next_ns = vd_mono_ns() + (every < 1000 ? 1000 : every) * 1000000ull;
+        s->ctr.sweep_passes++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+
+out_abort:
+    mdb_txn_abort(txn);
+    if (rc == MDB_MAP_FULL)
+        return grow_map(s);
+    vd_log_warn("storage: tombstone sweep failed: %s", mdb_strerror(rc));
+    return VD_EIO;
+}
+
 /* ---- the thread ---------------------------------------------------------------------------- */
+
+enum bg_job { BG_NONE, BG_PURGE, BG_TRIM, BG_SWEEP };
+
+/* The background job to run now, if any (mu held). Collection purges come first: they free the
+ * most space. */
+static enum bg_job bg_ready(struct vd_store *s, uint64_t now_ns)
+{
+    if (s->failed || s->closing)
+        return BG_NONE;
+    if (s->ctr.purges_pending > 0)
+        return BG_PURGE;
+    if (s->trim_upto > s->trim_done)
+        return BG_TRIM;
+    if (s->tomb_grace_ms && (s->sweep_active || now_ns >= s->sweep_next_ns)) {
+        s->sweep_active = true;
+        return BG_SWEEP;
+    }
+    return BG_NONE;
+}
+
+static void wait_until(struct vd_store *s, uint64_t deadline_ns)
+{
+    struct timespec dl = {.tv_sec = (time_t)(deadline_ns / 1000000000ull),
+                          .tv_nsec = (long)(deadline_ns % 1000000000ull)};
+    pthread_cond_timedwait(&s->cv, &s->mu, &dl); /* s->cv runs on CLOCK_MONOTONIC */
+}
 
 void *vd__store_writer_main(void *arg)
 {
     struct vd_store *s = arg;
-    uint64_t last_purge = vd_mono_ns();
-    bool purge_ok = true;
+    uint64_t last_bg = vd_mono_ns(), retry_ns = 0;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (s->q_len == 0 && !s->closing &&
-               ((s->ctr.purges_pending == 0 && s->trim_upto <= s->trim_done) || s->failed ||
-                !purge_ok)) {
-            if (purge_ok) {
-                pthread_cond_wait(&s->cv, &s->mu);
-            } else {
-                /* A purge step failed: retry after a pause instead of spinning on it. */
-                struct timespec dl;
-                clock_gettime(CLOCK_REALTIME, &dl);
-                dl.tv_sec += 1;
-                pthread_cond_timedwait(&s->cv, &s->mu, &dl);
-                purge_ok = true;
+        enum bg_job job = BG_NONE;
+        while (s->q_len == 0 && !s->closing) {
+            uint64_t now = vd_mono_ns();
+            if (now < retry_ns) { /* a background step failed: pause instead of spinning */
+                wait_until(s, retry_ns);
+                continue;
             }
+            if ((job = bg_ready(s, now)) != BG_NONE)
+                break;
+            if (s->tomb_grace_ms && !s->failed)
+                wait_until(s, s->sweep_next_ns);
+            else
+                pthread_cond_wait(&s->cv, &s->mu);
         }
         if (s->q_len == 0 && s->closing)
             break;
@@ -779,8 +888,12 @@ void *vd__store_writer_main(void *arg)
         s->group = g;
         s->group_cap = cap;
         int sticky = s->failed;
-        bool purge = s->ctr.purges_pending > 0 && !s->failed && !s->closing;
-        uint64_t trim = !s->failed && !s->closing && s->trim_upto > s->trim_done ? s->trim_upto : 0;
+        uint64_t now = vd_mono_ns();
+        if (n && now >= retry_ns && now - last_bg > BG_EVERY_NS)
+            job = bg_ready(s, now); /* under steady load, still progress at a bounded pace */
+        else if (n)
+            job = BG_NONE;
+        uint64_t trim = s->trim_upto, grace = s->tomb_grace_ms;
         pthread_mutex_unlock(&s->mu);
 
         if (n) {
@@ -791,13 +904,23 @@ void *vd__store_writer_main(void *arg)
                     b->done(b, b->err.code, b->ctx);
             }
         }
-        /* Purge when idle, and at a bounded pace under load so it always progresses. */
-        if (purge && (n == 0 || vd_mono_ns() - last_purge > PURGE_EVERY_NS)) {
-            purge_ok = purge_chunk(s) == 0;
-            last_purge = vd_mono_ns();
-        } else if (trim && (n == 0 || vd_mono_ns() - last_purge > PURGE_EVERY_NS)) {
-            purge_ok = trim_chunk(s, trim) == 0;
-            last_purge = vd_mono_ns();
+        int r = 0;
+        switch (job) {
+        case BG_PURGE:
+            r = purge_chunk(s);
+            break;
+        case BG_TRIM:
+            r = trim_chunk(s, trim);
+            break;
+        case BG_SWEEP:
+            r = sweep_chunk(s, grace);
+            break;
+        case BG_NONE:
+            break;
+        }
+        if (job != BG_NONE) {
+            last_bg = vd_mono_ns();
+            retry_ns = r ? last_bg + 1000000000ull : 0;
         }
         pthread_mutex_lock(&s->mu);
         s->ctr.batches += n;

@@ -776,6 +776,51 @@ static void test_views(void **state)
     free(ops);
 }
 
+/* Tombstones older than the grace period are swept in the background over several chunks;
+ * younger tombstones and live points of any age stay. */
+static void test_tombstone_sweep(void **state)
+{
+    struct fx *f = *state;
+    uint64_t now_ms = vd_wall_ms();
+    uint64_t old = VD_HLC_MAKE(now_ms - 120000, 0), recent = VD_HLC_MAKE(now_ms, 0);
+    enum { N = 6000 }; /* spans several sweep transactions */
+    float v[4] = {1, 2, 3, 4};
+    struct vd_wop *ops = calloc(N, sizeof *ops);
+    for (size_t i = 0; i < N; i++) {
+        bool tomb = i % 2 == 0;
+        ops[i] = (struct vd_wop){.kind = tomb ? VD_WOP_DELETE : VD_WOP_UPSERT,
+                                 .incarnation = f->inc, .id = num(i), .version = old, .node = 1,
+                                 .vec = tomb ? NULL : v, .dim = tomb ? 0 : 4};
+    }
+    ops[0].version = recent; /* one young tombstone */
+    struct vd_wbatch b = {.ops = ops, .n = N};
+    assert_int_equal(vd_store_write(f->s, &b), 0);
+    assert_int_equal(count_points(f->s, f->inc, true), N);
+
+    vd_store_set_tombstone_grace(f->s, 60000);
+    struct vd_store_counters ctr;
+    uint64_t deadline = vd_mono_ns() + 20000000000ull;
+    do {
+        vd_store_counters(f->s, &ctr);
+        if (ctr.sweep_passes >= 1)
+            break;
+        sched_yield();
+    } while (vd_mono_ns() < deadline);
+    assert_true(ctr.sweep_passes >= 1);
+    assert_int_equal(ctr.tombstones_purged, N / 2 - 1);
+    assert_int_equal(count_points(f->s, f->inc, true), N / 2 + 1);
+    assert_int_equal(count_points(f->s, f->inc, false), N / 2);
+    struct vd_rtxn *t;
+    struct vd_point_view pv;
+    assert_int_equal(get(f->s, f->inc, num(0), &pv, &t), 0);
+    assert_true(pv.tombstone);
+    struct vd_pid two = num(2);
+    assert_int_equal(vd_store_point_get(t, f->inc, &two, &pv), VD_ENOTFOUND);
+    vd_store_read_end(t);
+    vd_store_set_tombstone_grace(f->s, 0);
+    free(ops);
+}
+
 /* A data directory written by an incompatible format is refused, not misread. */
 static void test_format_mismatch(void **state)
 {
@@ -787,6 +832,7 @@ static void test_format_mismatch(void **state)
     MDB_txn *txn;
     MDB_dbi dbi;
     assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_mapsize(env, 64 << 20); /* not the 1 TiB recorded in the file */
     mdb_env_set_maxdbs(env, 8);
     assert_int_equal(mdb_env_open(env, env_dir, 0, 0600), 0);
     assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
@@ -805,6 +851,7 @@ static void test_format_mismatch(void **state)
     /* The failed open released the directory lock. */
     v8[0] = 1;
     assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_mapsize(env, 64 << 20); /* not the 1 TiB recorded in the file */
     mdb_env_set_maxdbs(env, 8);
     assert_int_equal(mdb_env_open(env, env_dir, 0, 0600), 0);
     assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
@@ -987,6 +1034,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_views, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tombstone_sweep, setup, teardown),
         cmocka_unit_test(test_map_growth),
         cmocka_unit_test(test_closed),
         cmocka_unit_test(test_format_mismatch),
