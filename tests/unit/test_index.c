@@ -539,6 +539,51 @@ static void test_filter_traversal(void **state)
     free(q);
 }
 
+struct count_ctx {
+    uint64_t mod;
+    size_t calls;
+};
+
+static bool count_mod(const struct vd_pid *id, uint32_t slot, void *ctx)
+{
+    (void)slot;
+    struct count_ctx *c = ctx;
+    c->calls++;
+    return id->u.num % c->mod == 0;
+}
+
+/* A small filter_estimate (below full_scan_threshold_kb worth of vectors) makes the search exact:
+ * the exact scan asks the filter about every point, the graph search only about those it visits. */
+static void test_filter_estimate_exact(void **state)
+{
+    (void)state;
+    uint32_t dim = 128;
+    size_t n = 24000; /* 12 MB of vectors: above the 10000 KiB default threshold */
+    float *v = make_data(n, dim, VD_METRIC_EUCLID, 3);
+    struct vd_index_params p;
+    vd_index_params_init(&p, dim, VD_METRIC_EUCLID);
+    p.ef_construct = 32;
+    struct vd_index *ix;
+    assert_int_equal(vd_index_new(&p, &ix), 0);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    struct count_ctx cc = {.mod = 100};
+    struct vd_search_hit hits[10];
+    uint32_t got;
+    struct vd_search_req r = {.query = v, .k = 10, .ef = 32, .filter = count_mod, .filter_ctx = &cc};
+    assert_int_equal(vd_index_search(ix, &r, hits, &got), 0);
+    assert_int_equal(got, 10);
+    assert_true(cc.calls < n / 2);
+    cc.calls = 0;
+    r.filter_estimate = (uint32_t)(n / 100);
+    assert_int_equal(vd_index_search(ix, &r, hits, &got), 0);
+    assert_int_equal(got, 10);
+    assert_int_equal(cc.calls, n);
+    vd_index_free(ix);
+    free(v);
+}
+
 /* ---- persistence -------------------------------------------------------------------------- */
 
 struct store {
@@ -716,6 +761,7 @@ int main(void)
         cmocka_unit_test(test_full_scan_threshold),
         cmocka_unit_test(test_churn_recall),
         cmocka_unit_test(test_filter_traversal),
+        cmocka_unit_test(test_filter_estimate_exact),
         cmocka_unit_test(test_save_load),
         cmocka_unit_test(test_byte_flips),
     };
