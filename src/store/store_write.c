@@ -88,6 +88,9 @@ static void waiter_done(struct vd_wbatch *b, int status, void *ctx)
 
 int vd_store_write(struct vd_store *s, struct vd_wbatch *b)
 {
+    /* From a done callback this would wait for the very thread that runs it. */
+    if (s->writer_started && pthread_equal(pthread_self(), s->writer))
+        return vd_errf(&b->err, VD_EINTERNAL, "vd_store_write called on the storage writer thread");
     struct waiter w = {.user_done = b->done, .user_ctx = b->ctx};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
