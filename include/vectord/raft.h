@@ -230,9 +230,9 @@ void vd_raft_tick(struct vd_raft *r, uint64_t now_ms);
 /* The time at which vd_raft_tick next has work. */
 uint64_t vd_raft_next_deadline(const struct vd_raft *r);
 
-/* Appends a command on the leader; index and term (out, may be NULL) identify the entry, which the
- * state machine will see committed at that index only if its term matches. Errors:
- * VD_ENOTLEADER, VD_EBUSY (leadership transfer in progress), VD_ENOMEM. */
+/* Appends a command on the leader (data is copied). index and term (out, may be NULL) identify
+ * the entry: the state machine sees it committed at that index only if the term matches.
+ * Errors: VD_ENOTLEADER, VD_EBUSY (leadership transfer in progress), VD_ENOMEM. */
 int vd_raft_propose(struct vd_raft *r, const void *data, size_t len, uint64_t *index,
                     uint64_t *term);
 
@@ -298,7 +298,8 @@ uint64_t vd_raft_snapshot_index(const struct vd_raft *r);
 uint64_t vd_raft_term_at(const struct vd_raft *r, uint64_t index);
 /* The entry at index if held in the log, else NULL; valid until the next call on r. */
 const struct vd_raft_entry *vd_raft_entry_at(const struct vd_raft *r, uint64_t index);
-/* The latest configuration (it takes effect when appended, §4.1). */
+/* The latest configuration (it takes effect when appended, §4.1); points into r, valid until the
+ * next call that changes r. */
 const struct vd_raft_conf *vd_raft_conf(const struct vd_raft *r);
 /* Leader only: the highest index known replicated on id; 0 if unknown. */
 uint64_t vd_raft_match(const struct vd_raft *r, uint64_t id);
