@@ -487,6 +487,8 @@ static int link_one(struct vd_index *ix, struct vd__sctx *c, uint32_t s)
         if (!up)
             return VD_ENOMEM;
         mt->upper = up;
+        atomic_fetch_add_explicit(&ix->upper_bytes, (size_t)level * (ix->m + 1) * sizeof(*up),
+                                  memory_order_relaxed);
     }
     mt->level = (uint8_t)level;
 
@@ -690,6 +692,8 @@ out_free_slots:
         struct vd__meta *mt = vd__meta(ix, t, s);
         if (mt->in_graph && c == NULL)
             continue; /* could not repair: keep it as a tombstone */
+        if (mt->upper)
+            atomic_fetch_sub(&ix->upper_bytes, (size_t)mt->level * (ix->m + 1) * sizeof(uint32_t));
         free(mt->upper);
         mt->upper = NULL;
         mt->level = 0;
@@ -1306,12 +1310,7 @@ size_t vd_index_memory(const struct vd_index *ix)
     size_t b = sizeof(*ix) + ix->nchunks * chunk_slots * (ix->slot_size + sizeof(struct vd__meta));
     for (const struct vd__tabs *x = t; x; x = x->prev)
         b += sizeof(*x) + x->cap * (sizeof(*x->blk) + sizeof(*x->meta));
-    uint32_t n = atomic_load(&ix->nslots);
-    for (uint32_t s = 0; s < n; s++) {
-        const struct vd__meta *mt = vd__meta(ix, t, s);
-        if (mt->upper)
-            b += (size_t)mt->level * (ix->m + 1) * 4;
-    }
+    b += atomic_load_explicit(&mix->upper_bytes, memory_order_relaxed);
     b += (ix->free_cap + ix->pend_cap + ix->todo_cap + ix->map_cap) * sizeof(uint32_t);
     pthread_mutex_unlock(&mix->mu);
     pthread_mutex_lock(&mix->pool_mu);

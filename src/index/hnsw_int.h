@@ -96,6 +96,7 @@ struct vd_index {
     size_t map_cap, map_used;
 
     _Atomic size_t live, pending, tomb;
+    _Atomic size_t upper_bytes; /* bytes of upper-layer link arrays (for vd_index_memory) */
     _Atomic uint64_t seq;
     _Atomic uint64_t level_ctr;
 

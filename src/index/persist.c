@@ -269,6 +269,7 @@ static int load_links(struct vd_index *ix, struct rbuf *r, uint32_t s, uint32_t 
         mt->upper = calloc((size_t)level * (ix->m + 1), sizeof(*mt->upper));
         if (!mt->upper)
             return VD_ENOMEM;
+        atomic_fetch_add(&ix->upper_bytes, (size_t)level * (ix->m + 1) * sizeof(uint32_t));
     }
     mt->level = (uint8_t)level;
     mt->in_graph = 1;
