@@ -47,6 +47,35 @@ static inline long bench_rss_bytes(void)
     return rss * 4096L;
 }
 
+/* Streaming read bandwidth of this machine (GB/s) over a buffer of `bytes`: the yardstick for the
+ * exact scan, which should run close to it. Best of three passes. */
+static inline double bench_read_gbs(size_t bytes)
+{
+    size_t n = bytes / 8;
+    uint64_t *p = (uint64_t *)malloc(n * 8);
+    for (size_t i = 0; i < n; i++)
+        p[i] = i;
+    double best = 0;
+    volatile uint64_t sink = 0;
+    for (int r = 0; r < 3; r++) {
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        double t0 = bench_now();
+        for (size_t i = 0; i + 4 <= n; i += 4) {
+            s0 += p[i];
+            s1 += p[i + 1];
+            s2 += p[i + 2];
+            s3 += p[i + 3];
+        }
+        double el = bench_now() - t0;
+        sink += s0 + s1 + s2 + s3;
+        if ((double)bytes / el / 1e9 > best)
+            best = (double)bytes / el / 1e9;
+    }
+    (void)sink;
+    free(p);
+    return best;
+}
+
 /* Reads an .fvecs (int32 dim, then dim floats, per vector) or .ivecs file. */
 static inline void *bench_load_vecs(const char *path, size_t elem, unsigned *dim, size_t *n)
 {

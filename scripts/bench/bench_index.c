@@ -89,6 +89,7 @@ int main(int argc, char **argv)
             });
             printf(",\"exact_qps\":%.2f,\"exact_cpu_qps\":%.2f,\"exact_recall\":%.4f,\"exact_gb_s\":%.2f", qps, cq,
                    bench_recall(res, gt, nx, a.k, gk), qps * (double)n * dim * 4 / 1e9);
+            printf(",\"mem_read_gb_s\":%.2f", bench_read_gbs((size_t)n * dim * 4));
         }
         free(qs);
         free(gt);

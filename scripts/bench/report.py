@@ -48,6 +48,7 @@ def summarise(rows):
         s["exact_qps"] = med([x.get("exact_qps") for x in srch])
         s["exact_cpu_qps"] = med([x.get("exact_cpu_qps") for x in srch])
         s["exact_gb_s"] = med([x.get("exact_gb_s") for x in srch])
+        s["mem_read_gb_s"] = med([x.get("mem_read_gb_s") for x in srch])
         n = srch[0]["n"] if srch else r[0]["n"]
         dim = r[0]["dim"]
         s["n"], s["dim"] = n, dim
@@ -102,6 +103,9 @@ def main():
             # ratios are "vectord is this many times better": throughput ours/theirs, time theirs/ours
             r = ratio(b, a) if lower_better else ratio(a, b)
             print("%-28s %12s %12s %8s" % (label, fmt(a), fmt(b), fmt(r, ".2f")))
+        if v.get("mem_read_gb_s"):
+            print("exact scan reads vectors at %.1f GB/s; a plain streaming read of as many bytes: %.1f GB/s (%.2fx)" % (
+                v["exact_gb_s"], v["mem_read_gb_s"], v["mem_read_gb_s"] / v["exact_gb_s"]))
         print("memory target bytes/vector %.0f; vectord index_bytes/vector %.0f" % (
             v["memory_target_bytes_per_vector"], v["index_bytes_per_vector"]))
         print("%6s | %8s %10s %10s | %8s %10s %10s" % ("ef", "recall", "qps", "cpu_qps", "recall", "qps", "cpu_qps"))
