@@ -163,6 +163,12 @@ char *vd__http_metrics_render(struct vd_http *h, size_t *len)
         render_hist(&o, label(rt->pattern, lb, sizeof(lb)), rt->method, &rt->stats);
     render_hist(&o, "unmatched", "any", &h->unmatched);
     pthread_mutex_unlock(&h->metrics_mu);
+    pthread_mutex_lock(&h->mu);
+    size_t in_flight = h->n_live;
+    pthread_mutex_unlock(&h->mu);
+    outf(&o, "# HELP vectord_http_requests_in_flight Requests received and not yet completed.\n"
+             "# TYPE vectord_http_requests_in_flight gauge\n"
+             "vectord_http_requests_in_flight %zu\n", in_flight);
     if (o.oom) {
         free(o.p);
         return NULL;

@@ -864,6 +864,7 @@ static void test_metrics(void **state)
     assert_true(metrics_has(p, "vectord_http_request_duration_seconds_count{route=\"/collections/{c}/points/{id}\","
                                "method=\"GET\"} 2\n"));
     assert_true(metrics_has(p, "vectord_points{collection=\"c\"} 42\n"));
+    assert_true(metrics_has(p, "vectord_http_requests_in_flight 1\n")); /* the scrape itself */
     assert_false(metrics_has(p, "/collections/a/points")); /* raw paths never become labels */
     vd_http_free(h);
 }
@@ -922,6 +923,64 @@ static void test_malformed_requests(void **state)
     vd_http_free(h);
 }
 
+/* Random damage to well-formed requests: whatever the server answers, it must keep serving. */
+static void test_random_garbage(void **state)
+{
+    const char *env = getenv("VD_TEST_SCALE");
+    int iters = env && !strcmp(env, "small") ? 40 : 300;
+    sb_reset();
+    pthread_mutex_lock(&sb.mu);
+    sb.no_pause = true;
+    pthread_mutex_unlock(&sb.mu);
+    struct vd_http_key keys[] = {{"k", VD_ROLE_ADMIN}};
+    struct vd_http *h = server(2, 256, keys, 1);
+    assert_int_equal(vd_http_route(h, "POST", "/echo", VD_ROLE_NONE, h_body_len, NULL), 0);
+    assert_int_equal(vd_http_route(h, "GET", "/collections/{c}/points/{id}", VD_ROLE_RO, h_echo_params, NULL), 0);
+    assert_int_equal(vd_http_route_stream(h, "POST", "/import", VD_ROLE_NONE, s_begin, &sops, NULL), 0);
+    start(h);
+    uint16_t p = vd_http_port(h);
+    const char *tpl[] = {
+        "POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 10\r\n\r\n0123456789",
+        "POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n3\r\nxyz\r\n0\r\n\r\n",
+        "GET /collections/a%20b/points/7?wait=true&x=%41 HTTP/1.1\r\nHost: t\r\nConnection: close\r\napi-key: k\r\n\r\n",
+        "POST /import HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{}\r\n\r\n0\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer k\r\n\r\n",
+    };
+    unsigned seed = 12345;
+    char req[512];
+    for (int it = 0; it < iters; it++) {
+        const char *t = tpl[rand_r(&seed) % 5];
+        size_t n = strlen(t);
+        memcpy(req, t, n);
+        int damage = 1 + (int)(rand_r(&seed) % 4);
+        for (int d = 0; d < damage; d++) {
+            size_t at = rand_r(&seed) % n;
+            switch (rand_r(&seed) % 4) {
+            case 0: req[at] = (char)(rand_r(&seed) & 0xff); break;        /* any byte */
+            case 1: req[at] = "%\r\n:{} 0f/?&="[rand_r(&seed) % 14]; break; /* syntax */
+            case 2: n = at + 1; break;                                     /* truncate */
+            default: memmove(req + at, req + at + 1, n - at - 1); n--; break; /* drop */
+            }
+        }
+        int fd = hconnect(p);
+        send_all(fd, req, n);
+        if (it % 8 == 0) {
+            /* Read now and then, with a short timeout: a damaged request may leave libmicrohttpd
+             * waiting for bytes that never come (until its idle timeout), which is fine. */
+            struct timeval tv = {.tv_usec = 300000};
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+            shutdown(fd, SHUT_WR);
+            struct hresp r;
+            if (read_resp(fd, &r) == 0)
+                hresp_free(&r);
+        }
+        close(fd);
+    }
+    assert_int_equal(status_of(p, "GET", "/healthz", NULL), 200);
+    assert_int_equal(status_of(p, "GET", "/collections/x/points/1", "api-key: k\r\n"), 200);
+    vd_http_free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -936,6 +995,7 @@ int main(void)
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_url_decode),
         cmocka_unit_test(test_malformed_requests),
+        cmocka_unit_test(test_random_garbage),
     };
     vd_log_set_level(VD_LOG_WARN);
     return cmocka_run_group_tests(tests, NULL, NULL);
