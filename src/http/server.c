@@ -35,6 +35,7 @@
 #define DEFAULT_MAX_BODY ((size_t)32 << 20)
 #define FORCED_GRACE_MS 1000
 #define DISCARD_MIN ((size_t)4 << 20)
+#define PREALLOC_MAX ((unsigned long long)1 << 20)
 
 struct query_kv {
     char *key, *val;
@@ -580,10 +581,13 @@ static enum MHD_Result on_first(struct vd_http *h, struct MHD_Connection *conn, 
             return queue_parked(r);
         }
         if (n > 0) {
-            r->body = malloc((size_t)n + 1);
+            /* Sized from the header, but a header costs nothing to send: past 1 MiB the buffer
+             * grows as the bytes actually arrive. */
+            size_t cap = (size_t)(n < PREALLOC_MAX ? n : PREALLOC_MAX) + 1;
+            r->body = malloc(cap);
             if (!r->body)
                 return MHD_NO;
-            r->body_cap = (size_t)n + 1;
+            r->body_cap = cap;
         }
     }
     return MHD_YES;

@@ -460,6 +460,20 @@ static void test_body_limit(void **state)
     assert_int_equal(r.status, 200);
     hresp_free(&r);
     vd_http_free(h);
+
+    /* a body larger than the up-front allocation grows as it arrives (default 32 MiB limit) */
+    h = server(2, 0, NULL, 0);
+    assert_int_equal(vd_http_route(h, "POST", "/echo", VD_ROLE_NONE, h_body_len, NULL), 0);
+    start(h);
+    char *big = malloc((3 << 20) + 1);
+    memset(big, 'b', 3 << 20);
+    big[3 << 20] = '\0';
+    assert_int_equal(do_req(vd_http_port(h), "POST", "/echo", NULL, big, &r), 0);
+    free(big);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"result\":3145728,"));
+    hresp_free(&r);
+    vd_http_free(h);
 }
 
 /* Deferred replies: the handler parks the request; another thread answers later. */
