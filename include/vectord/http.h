@@ -97,14 +97,19 @@ uint16_t vd_http_port(const struct vd_http *h);
 
 /* Graceful stop: stop accepting; wait up to deadline_ms for in-flight and suspended requests to
  * be answered (new requests on open connections get 503 meanwhile); answer the rest 503; stop
- * the daemon (all suspended connections are resumed first). A late reply from the application
- * to a request that was answered 503 is accepted and discarded, until vd_http_free. Idempotent. */
+ * the daemon (all suspended connections are resumed first). The forced 503s get up to 1 s more to
+ * leave; one parked in the middle of a request body leaves once the client has sent the rest of
+ * it, else the connection is closed. A late reply from the application to a request that was
+ * answered 503 is accepted and discarded, until vd_http_free. Idempotent. */
 void vd_http_stop(struct vd_http *h, unsigned deadline_ms); /* not from a handler (joins the pool) */
 /* Stops if needed, then frees everything; a stream request still held by the application gets
  * its abort callback. No call on this server or its requests may follow. */
 void vd_http_free(struct vd_http *h);
 
-/* Extra Prometheus text appended to GET /metrics (points per collection, storage bytes...).
+/* GET /metrics exposes vectord_http_requests_total{route,method,status} (route = the pattern, or
+ * "unmatched"; status 499 = client gone before the reply), the histogram
+ * vectord_http_request_duration_seconds{route,method,le} and vectord_http_requests_in_flight.
+ * Extra Prometheus text appended to GET /metrics (points per collection, storage bytes...).
  * Called on a pool thread per scrape; fn appends to `out` with the vd_buf functions. */
 void vd_http_set_metrics_hook(struct vd_http *h, void (*fn)(struct vd_buf *out, void *ctx), void *ctx);
 /* Readiness for GET /readyz (200 when fn returns true, else 503). Without a hook: ready. */
