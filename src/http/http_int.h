@@ -69,6 +69,8 @@ struct vd_http {
 
     atomic_uint_fast64_t next_id;
     atomic_bool stopping;  /* no new work: new requests get 503 */
+    atomic_int waking;     /* MHD_resume_connection calls decided and not yet returned */
+    atomic_int wakes_unseen; /* resumed connections libmicrohttpd has not handed back yet */
 
     pthread_mutex_t mu;    /* guards the request list and the counters below */
     pthread_cond_t idle;   /* signalled when n_live drops */

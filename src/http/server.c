@@ -25,6 +25,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +36,7 @@
 #define DEFAULT_MAX_BODY ((size_t)32 << 20)
 #define FORCED_GRACE_MS 1000
 #define DISCARD_MIN ((size_t)4 << 20)
+#define WAKE_WAIT_MS 1000u
 #define PREALLOC_MAX ((unsigned long long)1 << 20)
 
 struct query_kv {
@@ -67,6 +69,7 @@ struct vd_http_req {
     bool discard;    /* stop delivering the body; read and drop the rest */
     bool too_big;
     bool dispatched; /* handler (or stream end) called, or the server answered */
+    bool queued;     /* the reply is with libmicrohttpd: never suspend again */
 
     /* shared with repliers, guarded by mu */
     pthread_mutex_t mu;
@@ -78,6 +81,7 @@ struct vd_http_req {
     bool user_ref; /* the application holds the request and owes a reply */
     bool ended;    /* stream end() called: abort no longer applies */
     bool suspended, paused, resume_pending;
+    atomic_bool wake_pending; /* resumed, libmicrohttpd has not called back yet */
 
     int status_sent;
     atomic_uint_fast64_t bytes_out;
@@ -162,6 +166,31 @@ static struct MHD_Response *resp_bare(void)
  * every reply goes through. A second reply is a bug in the caller, except after the server's
  * forced 503, where the application's late reply is expected and simply dropped.
  */
+/* Resumes a suspended connection; the caller counted itself in h->waking under the request's
+ * lock. vd_http_stop waits for the count to drop: a resume still on its way when libmicrohttpd
+ * stops would leave a suspended connection behind, which libmicrohttpd answers with abort(). */
+/* Under r->mu, when a wake is decided: counted twice, until MHD_resume_connection returns
+ * (h->waking) and until libmicrohttpd has taken the connection back (r->wake_pending, cleared by
+ * the next access-handler call or the completion). */
+static void wake_begin(struct vd_http_req *r)
+{
+    atomic_fetch_add(&r->h->waking, 1);
+    if (!atomic_exchange(&r->wake_pending, true))
+        atomic_fetch_add(&r->h->wakes_unseen, 1);
+}
+
+static void wake_seen(struct vd_http_req *r)
+{
+    if (atomic_exchange(&r->wake_pending, false))
+        atomic_fetch_sub(&r->h->wakes_unseen, 1);
+}
+
+static void wake_conn(struct vd_http *h, struct MHD_Connection *conn)
+{
+    MHD_resume_connection(conn);
+    atomic_fetch_sub(&h->waking, 1);
+}
+
 static void deliver(struct vd_http_req *r, struct MHD_Response *resp, int status, size_t nbytes)
 {
     bool drop_user = false, wake = false;
@@ -197,11 +226,14 @@ static void deliver(struct vd_http_req *r, struct MHD_Response *resp, int status
     r->user_ref = false;
     wake = r->suspended;
     r->suspended = r->paused = false;
+    if (wake)
+        wake_begin(r);
     conn = r->conn;
+    struct vd_http *h = r->h;
     pthread_mutex_unlock(&r->mu);
     /* The connection cannot progress while suspended, so conn and r stay valid until resumed. */
     if (wake)
-        MHD_resume_connection(conn);
+        wake_conn(h, conn);
     if (drop_user)
         req_put(r);
 }
@@ -344,6 +376,7 @@ void vd_http_resume_body(struct vd_http_req *r)
         if (r->suspended && r->paused) {
             r->suspended = r->paused = false;
             wake = true;
+            wake_begin(r);
         } else {
             r->resume_pending = true;
         }
@@ -351,7 +384,7 @@ void vd_http_resume_body(struct vd_http_req *r)
     conn = r->conn;
     pthread_mutex_unlock(&r->mu);
     if (wake)
-        MHD_resume_connection(conn);
+        wake_conn(r->h, conn);
     if (do_abort) {
         r->route->ops->abort(r, r->route->ctx);
         req_put(r);
@@ -407,7 +440,7 @@ static enum MHD_Result queue_parked(struct vd_http_req *r)
     pthread_mutex_unlock(&r->mu);
     if (!resp)
         return MHD_YES;
-    r->dispatched = true;
+    r->dispatched = r->queued = true;
     r->status_sent = status;
     atomic_fetch_add(&r->bytes_out, (uint64_t)nbytes);
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
@@ -418,6 +451,10 @@ static enum MHD_Result queue_parked(struct vd_http_req *r)
 /* Queues the parked reply, or suspends the connection until one is parked. */
 static enum MHD_Result finish_or_suspend(struct vd_http_req *r)
 {
+    /* libmicrohttpd may still deliver the body (and the final call) of a request answered early:
+     * there is nothing left to do, and suspending would strand the connection. */
+    if (r->queued)
+        return MHD_YES;
     pthread_mutex_lock(&r->mu);
     if (!r->resp) {
         r->suspended = true;
@@ -511,6 +548,7 @@ static enum MHD_Result on_first(struct vd_http *h, struct MHD_Connection *conn, 
     r->conn = conn;
     atomic_init(&r->refs, 1);
     atomic_init(&r->bytes_out, 0);
+    atomic_init(&r->wake_pending, false);
     r->id = atomic_fetch_add(&h->next_id, 1);
     r->t0_ns = vd_mono_ns();
     snprintf(r->method, sizeof(r->method), "%s", method);
@@ -699,6 +737,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     struct vd_http_req *r = *con_cls;
     if (!r)
         return on_first(cls, conn, url, method, con_cls);
+    wake_seen(r);
     if (*upload_data_size)
         return on_body(r, upload_data, upload_data_size);
     return on_body_done(r);
@@ -726,6 +765,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     *con_cls = NULL;
+    wake_seen(r);
     pthread_mutex_lock(&r->mu);
     bool do_abort = r->route && r->route->ops && r->user_ref && !r->ended && !r->forced;
     if (do_abort)
@@ -886,6 +926,8 @@ int vd_http_new(const struct vd_http_opts *o, struct vd_http **out, struct vd_er
     snprintf(h->version, sizeof(h->version), "%s", o->version ? o->version : "unknown");
     atomic_init(&h->next_id, 1);
     atomic_init(&h->stopping, false);
+    atomic_init(&h->waking, 0);
+    atomic_init(&h->wakes_unseen, 0);
     rc = vd__http_keys_load(h, o->keys, o->n_keys, err);
     if (rc)
         goto out_free_keys;
@@ -951,7 +993,9 @@ int vd_http_start(struct vd_http *h, struct vd_err *err)
         return vd_errf(err, VD_EINVAL, "http server already started");
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
-    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    /* poll(), not epoll: with a pool, libmicrohttpd 0.9.75's quiesce races the workers over the
+     * listen socket's epoll registration and aborts ("Failed to remove listen FD from epoll set"). */
+    unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, h->bind, &s4->sin_addr) == 1) {
@@ -1022,9 +1066,11 @@ static void force_unavailable(struct vd_http_req *r)
     r->resp_bytes = sizeof(msg) - 1;
     wake = r->suspended;
     r->suspended = r->paused = false;
+    if (wake)
+        wake_begin(r);
     pthread_mutex_unlock(&r->mu);
     if (wake)
-        MHD_resume_connection(r->conn);
+        wake_conn(r->h, r->conn);
 }
 
 /* Waits until no request is in flight or `ms` pass. */
@@ -1078,6 +1124,18 @@ void vd_http_stop(struct vd_http *h, unsigned deadline_ms)
         req_put(held[i]);
     }
     free(held);
+    /* Every request still suspended now was answered above and is being woken; replies decided
+     * just before the hard stop may still be inside MHD_resume_connection: wait them out. No new
+     * wake can start (what is left suspended is already replied). */
+    while (atomic_load(&h->waking) > 0)
+        sched_yield();
+    /* libmicrohttpd 0.9.75 aborts if a connection it was asked to resume is still on its
+     * suspended list when it stops: wait until each woken connection came back to us (a paused
+     * body with no new bytes never calls back, hence the bound; by then the resume is long done). */
+    for (unsigned i = 0; i < WAKE_WAIT_MS * 10 && atomic_load(&h->wakes_unseen) > 0; i++) {
+        struct timespec ts = {.tv_nsec = 100000};
+        nanosleep(&ts, NULL);
+    }
     if (k) {
         vd_log_warn("http: %zu request(s) answered 503 at shutdown", k);
         /* Let the 503s go out: a reply parked mid-body leaves once the client's remaining body has
