@@ -25,7 +25,7 @@ else
     "$PY" "$ROOT/scripts/bench/prepare_data.py" "$DATA"
 fi
 mkdir -p "$OUT"
-rm -f "$OUT"/*.jsonl
+for set in $SETS; do rm -f "$OUT/$set.jsonl"; done
 
 run() { # impl set threads round extra...
     impl=$1 set=$2 th=$3 r=$4
