@@ -386,12 +386,18 @@ static void become_follower(struct vd_raft *r, uint64_t term, uint64_t leader)
     }
     if (r->role == VD_RAFT_LEADER)
         r->n_preads = 0; /* their hosts time out; a new leader confirms afresh */
+    /* A follower that merely learns a higher term (from a candidate it may well reject) keeps
+     * its timer: only a leader's message or a granted vote restarts it (Figure 3.1). Otherwise
+     * two candidates with stale logs, or a removed server, could keep the up-to-date servers
+     * from ever timing out. */
+    bool restart = r->role != VD_RAFT_FOLLOWER || leader != 0;
     r->role = VD_RAFT_FOLLOWER;
     r->leader = leader;
     r->transfer_to = 0;
     if (leader)
         r->leader_contact = r->now;
-    reset_election_timer(r);
+    if (restart)
+        reset_election_timer(r);
 }
 
 static void send_append(struct vd_raft *r, struct progress *p);
@@ -814,19 +820,28 @@ static void handle_append_resp(struct vd_raft *r, const struct vd_raft_msg *m)
             next = p->match + 1;
         if (next < 1)
             next = 1;
+        uint64_t old = p->next;
         p->next = next;
         p->state = PR_PROBE;
         p->paused = false;
-        send_append(r, p);
+        /* A rejection that moves nothing (it contradicts what the follower acknowledged) must
+         * not be answered at once, or the two would echo each other; the heartbeat retries. */
+        if (next < old)
+            send_append(r, p);
+        else
+            p->paused = true;
         return;
     }
-    if (m->index > p->match) {
+    if (m->index > p->match)
         p->match = m->index;
-        if (p->state != PR_SNAPSHOT)
-            p->state = PR_REPLICATE;
-    }
-    if (p->next <= m->index)
+    if (p->state == PR_PROBE) {
+        /* The follower matches up to match: stream from there. Resending only when there is
+         * something new keeps a duplicated or stale acknowledgement from echoing forever. */
+        p->state = PR_REPLICATE;
+        p->next = p->match + 1;
+    } else if (p->next <= m->index) {
         p->next = m->index + 1;
+    }
     p->paused = false;
     if (p->state == PR_SNAPSHOT && p->match >= r->snap_index) {
         p->state = PR_PROBE;

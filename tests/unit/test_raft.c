@@ -97,6 +97,8 @@ struct harness {
     struct hmsg q[4096];
     size_t nq;
     bool cut[H_MAX + 1][H_MAX + 1];
+    /* optional: returns true for messages the network loses; may also shorten m->n_entries */
+    bool (*drop)(struct vd_raft_msg *m);
     struct vd_raft_config cfg;
 };
 
@@ -272,12 +274,21 @@ static void h_deliver(struct harness *h)
     size_t head = 0;
     while (head < h->nq) {
         struct hmsg m = h->q[head++];
+        if (getenv("H_TRACE"))
+            fprintf(stderr, "t=%llu %u %llu->%llu term %llu idx %llu lt %llu n %zu rej %d hint %llu\n",
+                    (unsigned long long)h->now, m.m.type, (unsigned long long)m.m.from,
+                    (unsigned long long)m.m.to, (unsigned long long)m.m.term,
+                    (unsigned long long)m.m.index, (unsigned long long)m.m.log_term, m.m.n_entries,
+                    m.m.reject, (unsigned long long)m.m.hint);
         int to = (int)m.m.to, from = (int)m.m.from;
-        if (to >= 1 && to <= h->n && !h->nodes[to].down && !h->cut[from][to]) {
+        size_t n_entries = m.m.n_entries;
+        if (to >= 1 && to <= h->n && !h->nodes[to].down && !h->cut[from][to] &&
+            !(h->drop && h->drop(&m.m))) {
             vd_raft_tick(h->nodes[to].r, h->now);
             vd_raft_step(h->nodes[to].r, &m.m);
             h_process(h, to);
         }
+        m.m.n_entries = n_entries;
         h_free_msg(&m);
         if (head == h->nq)
             head = h->nq = 0;
@@ -702,6 +713,124 @@ static void test_removed_server_cannot_disrupt(void **state)
     h_release(&h);
 }
 
+/* ---- Figure 8 of the Raft paper (dissertation §3.6.2), played out step by step ----------- */
+
+static uint64_t f8_index, f8_no_entries_from, f8_no_index_to, f8_no_index;
+
+/* Loses every APPEND carrying entries from one node, and keeps entries from f8_no_index on
+ * away from another (the message still arrives, shortened). */
+static bool f8_drop(struct vd_raft_msg *m)
+{
+    if (m->type != VD_RAFT_MSG_APPEND || m->n_entries == 0)
+        return false;
+    if (m->from == f8_no_entries_from)
+        return true;
+    if (m->to == f8_no_index_to) {
+        while (m->n_entries && m->entries[m->n_entries - 1].index >= f8_no_index)
+            m->n_entries--;
+    }
+    return false;
+}
+
+/* Hides from one node that anything reached f8_no_index - 1: as if the leader crashed right
+ * after counting its acknowledgement. */
+static bool f8_drop_commit(struct vd_raft_msg *m)
+{
+    if (m->to == f8_no_index_to && m->commit + 1 >= f8_no_index)
+        m->commit = f8_no_index - 2;
+    return f8_drop(m);
+}
+
+static void link_only(struct harness *h, int a, int b, int c)
+{
+    for (int x = 1; x <= h->n; x++)
+        for (int y = 1; y <= h->n; y++)
+            h->cut[x][y] = true;
+    h->cut[a][b] = h->cut[b][a] = false;
+    h->cut[a][c] = h->cut[c][a] = false;
+}
+
+static void run_until_leader(struct harness *h, int want)
+{
+    for (int i = 0; i < 1000 && h_leader(h) != want; i++)
+        h_run(h, 10);
+    assert_int_equal(h_leader(h), want);
+}
+
+/* Returns true if two nodes applied different entries at index f8_index. */
+static bool figure8(enum vd_raft_bug bug)
+{
+    static struct harness h;
+    h_init(&h, 5, 0);
+    h.cfg.max_append_entries = 1;
+    h.cfg.bug = bug;
+    for (int id = 1; id <= 5; id++) {
+        vd_raft_free(h.nodes[id].r);
+        h_start(&h, id);
+    }
+    h_run(&h, 2100);
+    int s1 = h_leader(&h);
+    assert_true(s1 >= 1);
+    int o[4], k = 0;
+    for (int id = 1; id <= 5; id++)
+        if (id != s1)
+            o[k++] = id;
+    int s2 = o[0], s3 = o[1], s4 = o[2], s5 = o[3];
+    h_propose(&h, s1, 1);
+    h_run(&h, 100);
+
+    /* (a) s1 replicates X only to s2 */
+    link_only(&h, s1, s2, s2);
+    h_propose(&h, s1, 1000);
+    h_run(&h, 50);
+    f8_index = vd_raft_last_index(h.nodes[s1].r);
+    assert_int_equal(vd_raft_last_index(h.nodes[s2].r), f8_index);
+    /* (b) s1 crashes; s5 wins term T2 with s3 and s4 but its no-op at f8_index stays its own */
+    h_crash(&h, s1);
+    link_only(&h, s5, s3, s4);
+    f8_no_entries_from = (uint64_t)s5;
+    h.drop = f8_drop;
+    run_until_leader(&h, s5);
+    assert_int_equal(vd_raft_last_index(h.nodes[s5].r), f8_index);
+    uint64_t t2 = vd_raft_term(h.nodes[s5].r);
+    /* (c) s5 crashes; s1 returns and wins with s2 and s3, and gets X to s3 but not its no-op */
+    h_crash(&h, s5);
+    h_start(&h, s1);
+    link_only(&h, s1, s2, s3);
+    f8_no_entries_from = 0;
+    f8_no_index_to = (uint64_t)s3;
+    f8_no_index = f8_index + 1;
+    h.drop = f8_drop_commit;
+    run_until_leader(&h, s1);
+    h_run(&h, 300);
+    assert_true(vd_raft_term(h.nodes[s1].r) > t2);
+    assert_int_equal(vd_raft_term_at(h.nodes[s3].r, f8_index), vd_raft_term_at(h.nodes[s1].r, f8_index));
+    /* X is now on a majority (s1, s2, s3), but only the planted bug commits it by counting */
+    bool committed_x = vd_raft_commit(h.nodes[s1].r) >= f8_index;
+    assert_int_equal(committed_x, bug == VD_RAFT_BUG_COMMIT_OLD_TERM);
+    /* (d) s1 crashes before its own entry spreads; s5 returns and wins with s3 and s4 (their last
+     * terms are older than T2) and overwrites index f8_index everywhere it reaches */
+    h_crash(&h, s1);
+    h_start(&h, s5);
+    link_only(&h, s5, s3, s4);
+    h.drop = NULL;
+    run_until_leader(&h, s5);
+    h_propose(&h, s5, 7);
+    h_run(&h, 300);
+    assert_true(vd_raft_commit(h.nodes[s5].r) > f8_index);
+    bool diverged = h.nodes[s1].applied >= f8_index && h.nodes[s3].applied >= f8_index &&
+                    (h.nodes[s1].sum >= 1000) != (h.nodes[s3].sum >= 1000);
+    h_release(&h);
+    return diverged;
+}
+
+static void test_figure8_old_term_entries(void **state)
+{
+    assert_false(figure8(VD_RAFT_BUG_NONE));
+    /* the same schedule with counting replicas of an old-term entry loses a committed entry */
+    assert_true(figure8(VD_RAFT_BUG_COMMIT_OLD_TERM));
+}
+
 static void test_change_needs_commit_in_term(void **state)
 {
     struct vd_raft *r = leader_with_old_entry(VD_RAFT_BUG_NONE);
@@ -879,6 +1008,7 @@ int main(void)
         cmocka_unit_test(test_prevote_isolated_node_does_not_inflate_term),
         cmocka_unit_test(test_check_quorum_leader_steps_down),
         cmocka_unit_test(test_commit_only_through_current_term),
+        cmocka_unit_test(test_figure8_old_term_entries),
         cmocka_unit_test(test_vote_rules),
         cmocka_unit_test(test_conflicting_follower_log_is_repaired),
         cmocka_unit_test(test_snapshot_catch_up_in_chunks),
