@@ -258,6 +258,11 @@ int vd_raft_read_index(struct vd_raft *r, uint64_t ctx);
  * snapshot), VD_ENOMEM. */
 int vd_raft_snapshot(struct vd_raft *r, uint64_t index, const void *data, size_t len);
 
+/* The snapshot the core holds (index, term, configuration at that index, data); index 0 when
+ * none. data points into r, valid until the next call that changes r. After vd_raft_snapshot,
+ * this is what the host persists (vd_raftlog_save_snapshot). */
+void vd_raft_current_snapshot(const struct vd_raft *r, struct vd_raft_snapshot *out);
+
 /* True when vd_raft_ready would return something. Advancing can itself produce more work (a
  * leader's own durable write may complete a commit), so hosts loop until this is false. */
 bool vd_raft_has_ready(const struct vd_raft *r);

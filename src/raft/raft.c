@@ -702,6 +702,12 @@ int vd_raft_snapshot(struct vd_raft *r, uint64_t index, const void *data, size_t
     return snap_set(r, index, term_at(r, index), &c, copy, len);
 }
 
+void vd_raft_current_snapshot(const struct vd_raft *r, struct vd_raft_snapshot *out)
+{
+    *out = (struct vd_raft_snapshot){.index = r->snap_index, .term = r->snap_term,
+                                     .conf = r->snap_conf, .data = r->snap_data, .len = r->snap_len};
+}
+
 /* Follower side of a finished InstallSnapshot (§5.3). */
 static void snap_install(struct vd_raft *r)
 {

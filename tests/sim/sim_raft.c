@@ -326,6 +326,16 @@ static void disk_free(struct disk *d)
     memset(d, 0, sizeof(*d));
 }
 
+static bool conf_equal(const struct vd_raft_conf *a, const struct vd_raft_conf *b)
+{
+    if (a->n != b->n)
+        return false;
+    for (uint32_t i = 0; i < a->n; i++)
+        if (a->nodes[i].id != b->nodes[i].id || a->nodes[i].role != b->nodes[i].role)
+            return false;
+    return true;
+}
+
 /* The state machine serialises as index, hash, bitset. */
 static size_t sm_encode(const struct sm *s, uint8_t *buf)
 {
@@ -533,7 +543,14 @@ static void finish_update(struct node *n)
         size_t len = sm_encode(&n->sm, buf);
         uint64_t idx = n->sm.index, term = vd_raft_term_at(n->r, idx);
         if (vd_raft_snapshot(n->r, idx, buf, len) == 0) {
-            disk_set_snapshot(d, idx, term, &n->applied_conf, buf, len);
+            struct vd_raft_snapshot cs;
+            vd_raft_current_snapshot(n->r, &cs);
+            /* the core's idea of the membership at idx must match what the host applied */
+            if (cs.index != idx || cs.term != term || cs.len != len ||
+                !conf_equal(&cs.conf, &n->applied_conf))
+                violation("node %" PRIu64 ": snapshot at %" PRIu64 " disagrees with the applied "
+                          "state (configuration or term)", n->id, idx);
+            disk_set_snapshot(d, idx, term, &cs.conf, cs.data, cs.len);
             vlog("node %" PRIu64 " snapshot at %" PRIu64, n->id, idx);
         }
     }
