@@ -26,8 +26,8 @@
  *         install u.snapshot, apply u.committed, answer u.reads once applied;
  *         vd_raft_advance(r);
  *     }
- *     re-arm the timer for vd_raft_next_deadline(r); from time to time vd_raft_snapshot +
- *     vd_raftlog_save_snapshot to compact the log.
+ *     re-arm the timer for vd_raft_next_deadline(r); from time to time vd_raft_snapshot, then
+ *     vd_raft_current_snapshot + vd_raftlog_save_snapshot, to compact the log.
  * A brand-new cluster stores vd_raft_bootstrap_entry on its first node(s); a joining node starts
  * with an empty state and waits for the leader, which adds it as a learner (VD_RAFT_ADD_LEARNER)
  * and promotes it once caught up (VD_RAFT_PROMOTE).
