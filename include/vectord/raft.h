@@ -248,8 +248,9 @@ int vd_raft_change(struct vd_raft *r, enum vd_raft_change_op op, uint64_t id, ui
 int vd_raft_transfer(struct vd_raft *r, uint64_t id);
 
 /* Requests a linearizable read; the answer arrives as a vd_raft_read with this ctx in a later
- * update (never, if messages are lost: the host applies its own deadline). Errors:
- * VD_ENOTLEADER (no leader known), VD_EUNAVAIL (the leader has not committed in its term yet). */
+ * update (never, if messages are lost or leadership changes: the host applies its own deadline).
+ * A new leader answers only after an entry of its term committed. On a follower the request
+ * goes to the leader. Errors: VD_ENOTLEADER (no leader known), VD_ENOMEM. */
 int vd_raft_read_index(struct vd_raft *r, uint64_t ctx);
 
 /* Hands the core a snapshot the host took of its state machine at applied index `index`; the

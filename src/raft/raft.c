@@ -23,7 +23,7 @@ struct progress {
 };
 
 struct pending_read {
-    uint64_t ctx, index, seq, from;
+    uint64_t ctx, index, seq, from; /* seq 0: waits for the first commit of the leader's term */
 };
 
 struct vd_raft {
@@ -540,6 +540,7 @@ static void bcast_heartbeat(struct vd_raft *r, uint64_t ctx)
 }
 
 static void release_reads(struct vd_raft *r);
+static void assign_reads(struct vd_raft *r);
 
 /* Advances the leader's commit index to the highest index stored on a majority of voters (this
  * node counting only what it has made durable), subject to §3.6.2. */
@@ -568,6 +569,7 @@ static void maybe_commit(struct vd_raft *r)
     if (term_at(r, q) != r->term && r->cfg.bug != VD_RAFT_BUG_COMMIT_OLD_TERM)
         return;
     r->commit = q;
+    assign_reads(r);
     release_reads(r);
     /* §4.2.2: a leader that removed itself steps down once the change is committed. */
     if (r->conf_index <= r->commit && !is_voter(r, r->cfg.id))
@@ -608,6 +610,8 @@ static void release_reads(struct vd_raft *r)
     size_t done = 0;
     for (; done < r->n_preads; done++) {
         struct pending_read *pr = &r->preads[done];
+        if (pr->seq == 0)
+            break;
         uint32_t acks = 0;
         for (uint32_t i = 0; i < r->n_prs; i++) {
             struct progress *p = &r->prs[i];
@@ -626,14 +630,35 @@ static void release_reads(struct vd_raft *r)
     r->n_preads -= done;
 }
 
-static int leader_read(struct vd_raft *r, uint64_t ctx, uint64_t from)
+/* Gives reads that waited for the first commit of this term their index and a heartbeat round. */
+static void assign_reads(struct vd_raft *r)
 {
     if (term_at(r, r->commit) != r->term)
-        return VD_EUNAVAIL; /* commit index may lag the true one until our no-op commits */
-    struct pending_read pr = {.ctx = ctx, .index = r->commit, .seq = ++r->read_seq, .from = from};
-    if (n_voters(r) == 1 && is_voter(r, r->cfg.id)) {
-        answer_read(r, &pr);
-        return 0;
+        return;
+    bool any = false;
+    for (size_t i = 0; i < r->n_preads; i++)
+        if (r->preads[i].seq == 0) {
+            r->preads[i].index = r->commit;
+            r->preads[i].seq = ++r->read_seq;
+            any = true;
+        }
+    if (any)
+        bcast_heartbeat(r, r->read_seq);
+}
+
+/* §6.4: the read index is the commit index once it is known to be current (an entry of this
+ * term committed), confirmed by a heartbeat round that a majority answers. */
+static int leader_read(struct vd_raft *r, uint64_t ctx, uint64_t from)
+{
+    struct pending_read pr = {.ctx = ctx, .from = from};
+    bool current = term_at(r, r->commit) == r->term;
+    if (current) {
+        pr.index = r->commit;
+        pr.seq = ++r->read_seq;
+        if (n_voters(r) == 1 && is_voter(r, r->cfg.id)) {
+            answer_read(r, &pr);
+            return 0;
+        }
     }
     if (r->n_preads == r->cap_preads) {
         size_t cap = r->cap_preads ? r->cap_preads * 2 : 8;
@@ -644,7 +669,8 @@ static int leader_read(struct vd_raft *r, uint64_t ctx, uint64_t from)
         r->cap_preads = cap;
     }
     r->preads[r->n_preads++] = pr;
-    bcast_heartbeat(r, pr.seq);
+    if (current)
+        bcast_heartbeat(r, pr.seq);
     return 0;
 }
 
