@@ -86,7 +86,7 @@ struct vd_raft {
     uint64_t upd_stable, upd_applied;
 };
 
-/* ---- small helpers ----------------------------------------------------------------------- */
+/* ---- log and configuration lookups -------------------------------------------------------- */
 
 static uint64_t rng_next(struct vd_raft *r)
 {
