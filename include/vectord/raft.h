@@ -85,7 +85,7 @@ enum vd_raft_msg_type {
     VD_RAFT_MSG_PREVOTE_RESP,
     VD_RAFT_MSG_HEARTBEAT,
     VD_RAFT_MSG_HEARTBEAT_RESP,
-    VD_RAFT_MSG_SNAP,      /* one chunk of InstallSnapshot */
+    VD_RAFT_MSG_SNAP, /* one chunk of InstallSnapshot */
     VD_RAFT_MSG_SNAP_RESP,
     VD_RAFT_MSG_TIMEOUT_NOW,
     VD_RAFT_MSG_READ_INDEX, /* follower asks the leader for a read index */
@@ -101,7 +101,8 @@ enum vd_raft_msg_type {
  *   VOTE, PREVOTE: index/log_term = candidate's last entry; transfer = leadership transfer
  *   *_RESP of votes: reject
  *   HEARTBEAT:     commit, ctx = newest read sequence;  HEARTBEAT_RESP: ctx echoed
- *   SNAP:          index/log_term = snapshot point, conf, offset, data/len = chunk, done = last chunk
+ *   SNAP:          index/log_term = snapshot point, conf, offset, data/len = chunk,
+ *                  done = last chunk
  *   SNAP_RESP:     index = snapshot point, ctx = offset of the chunk answered, offset = bytes
  *                  the follower holds, done = installed
  *   READ_INDEX:    ctx = caller's context;  READ_INDEX_RESP: ctx, index = read index, reject
@@ -137,18 +138,13 @@ struct vd_raft_read {
     uint64_t index;
 };
 
-enum vd_raft_role {
-    VD_RAFT_FOLLOWER = 1,
-    VD_RAFT_PRECANDIDATE,
-    VD_RAFT_CANDIDATE,
-    VD_RAFT_LEADER
-};
+enum vd_raft_role { VD_RAFT_FOLLOWER = 1, VD_RAFT_PRECANDIDATE, VD_RAFT_CANDIDATE, VD_RAFT_LEADER };
 
 /* Deliberate faults, only for proving that the simulator's checker catches them. */
 enum vd_raft_bug {
     VD_RAFT_BUG_NONE = 0,
-    VD_RAFT_BUG_DOUBLE_VOTE,     /* grant a vote to every up-to-date candidate of a term */
-    VD_RAFT_BUG_COMMIT_OLD_TERM  /* commit any entry replicated on a majority (ignores §3.6.2) */
+    VD_RAFT_BUG_DOUBLE_VOTE,    /* grant a vote to every up-to-date candidate of a term */
+    VD_RAFT_BUG_COMMIT_OLD_TERM /* commit any entry replicated on a majority (ignores §3.6.2) */
 };
 
 /*
@@ -183,12 +179,12 @@ struct vd_raft_config {
     uint64_t id;                  /* this node, non-zero */
     uint32_t election_timeout_ms; /* minimum; each timeout is drawn from [min, 2*min) */
     uint32_t heartbeat_ms;
-    uint32_t max_append_entries;  /* entries per APPEND message */
-    uint32_t snapshot_chunk;      /* bytes per InstallSnapshot chunk */
+    uint32_t max_append_entries; /* entries per APPEND message */
+    uint32_t snapshot_chunk;     /* bytes per InstallSnapshot chunk */
     bool pre_vote;
     bool check_quorum;
-    uint64_t seed;                /* seeds the election-timeout PRNG */
-    enum vd_raft_bug bug;         /* VD_RAFT_BUG_NONE outside the simulator's planted-bug test */
+    uint64_t seed;        /* seeds the election-timeout PRNG */
+    enum vd_raft_bug bug; /* VD_RAFT_BUG_NONE outside the simulator's planted-bug test */
 };
 
 /* Fills defaults: election 1000 ms, heartbeat 100 ms, 64 entries, 64 KiB chunks, pre-vote and
@@ -286,7 +282,8 @@ size_t vd_raft_msg_size(const struct vd_raft_msg *m);
 size_t vd_raft_msg_encode(const struct vd_raft_msg *m, uint8_t *buf);
 /* Parses a body received from the network. out->entries points into ents (the caller's array of
  * max_ents) and every data pointer points into buf: both must outlive the use of *out.
- * Errors: VD_ECORRUPT (malformed, with nothing trusted), VD_ETOOBIG (more than max_ents entries). */
+ * Errors: VD_ECORRUPT (malformed, with nothing trusted), VD_ETOOBIG (more than max_ents entries).
+ */
 int vd_raft_msg_decode(const uint8_t *buf, size_t len, struct vd_raft_msg *out,
                        struct vd_raft_entry *ents, size_t max_ents);
 

@@ -202,7 +202,8 @@ int vd_raft_conf_decode(const uint8_t *buf, size_t len, struct vd_raft_conf *out
     return 0;
 }
 
-void vd_raft_bootstrap_entry(const struct vd_raft_conf *conf, uint8_t *buf, struct vd_raft_entry *out)
+void vd_raft_bootstrap_entry(const struct vd_raft_conf *conf, uint8_t *buf,
+                             struct vd_raft_entry *out)
 {
     out->term = 1;
     out->index = 1;
@@ -687,8 +688,8 @@ int vd_raft_read_index(struct vd_raft *r, uint64_t ctx)
 
 /* ---- snapshots --------------------------------------------------------------------------- */
 
-static int snap_set(struct vd_raft *r, uint64_t index, uint64_t term, const struct vd_raft_conf *conf,
-                    uint8_t *owned_data, size_t len)
+static int snap_set(struct vd_raft *r, uint64_t index, uint64_t term,
+                    const struct vd_raft_conf *conf, uint8_t *owned_data, size_t len)
 {
     free(r->snap_data);
     r->snap_data = owned_data;
@@ -730,8 +731,11 @@ int vd_raft_snapshot(struct vd_raft *r, uint64_t index, const void *data, size_t
 
 void vd_raft_current_snapshot(const struct vd_raft *r, struct vd_raft_snapshot *out)
 {
-    *out = (struct vd_raft_snapshot){.index = r->snap_index, .term = r->snap_term,
-                                     .conf = r->snap_conf, .data = r->snap_data, .len = r->snap_len};
+    *out = (struct vd_raft_snapshot){.index = r->snap_index,
+                                     .term = r->snap_term,
+                                     .conf = r->snap_conf,
+                                     .data = r->snap_data,
+                                     .len = r->snap_len};
 }
 
 /* Follower side of a finished InstallSnapshot (§5.3). */
@@ -967,12 +971,15 @@ static void handle_snap_resp(struct vd_raft *r, const struct vd_raft_msg *m)
 static void handle_vote(struct vd_raft *r, const struct vd_raft_msg *m)
 {
     bool pre = m->type == VD_RAFT_MSG_PREVOTE;
-    bool can_vote = r->vote == m->from || (r->vote == 0 && r->leader == 0) || (pre && m->term > r->term);
-    if (!pre && r->cfg.bug == VD_RAFT_BUG_DOUBLE_VOTE && m->term == r->term && r->role == VD_RAFT_FOLLOWER)
+    bool can_vote =
+        r->vote == m->from || (r->vote == 0 && r->leader == 0) || (pre && m->term > r->term);
+    if (!pre && r->cfg.bug == VD_RAFT_BUG_DOUBLE_VOTE && m->term == r->term &&
+        r->role == VD_RAFT_FOLLOWER)
         can_vote = true;
-    bool up_to_date = m->log_term > last_term(r) ||
-                      (m->log_term == last_term(r) && m->index >= last_index(r));
-    struct vd_raft_msg *resp = msg_new(r, pre ? VD_RAFT_MSG_PREVOTE_RESP : VD_RAFT_MSG_VOTE_RESP, m->from);
+    bool up_to_date =
+        m->log_term > last_term(r) || (m->log_term == last_term(r) && m->index >= last_index(r));
+    struct vd_raft_msg *resp =
+        msg_new(r, pre ? VD_RAFT_MSG_PREVOTE_RESP : VD_RAFT_MSG_VOTE_RESP, m->from);
     if (can_vote && up_to_date) {
         /* A granted pre-vote carries the proposed term so the candidate does not drop it. */
         resp->term = m->term;
@@ -1034,8 +1041,7 @@ static void handle_heartbeat_resp(struct vd_raft *r, const struct vd_raft_msg *m
     if (p->state == PR_SNAPSHOT) {
         if (r->now >= p->sent_at + 2 * (uint64_t)r->cfg.heartbeat_ms)
             send_snapshot_chunk(r, p); /* the chunk or its answer was probably lost */
-    }
-    else if (p->match < last_index(r))
+    } else if (p->match < last_index(r))
         send_append(r, p);
     release_reads(r);
 }
@@ -1084,8 +1090,8 @@ int vd_raft_step(struct vd_raft *r, const struct vd_raft_msg *m)
     if (m->term > r->term) {
         if (is_vote && !m->transfer && in_lease(r))
             return 0;
-        bool keep_term = m->type == VD_RAFT_MSG_PREVOTE ||
-                         (m->type == VD_RAFT_MSG_PREVOTE_RESP && !m->reject);
+        bool keep_term =
+            m->type == VD_RAFT_MSG_PREVOTE || (m->type == VD_RAFT_MSG_PREVOTE_RESP && !m->reject);
         if (!keep_term) {
             bool from_leader = m->type == VD_RAFT_MSG_APPEND || m->type == VD_RAFT_MSG_HEARTBEAT ||
                                m->type == VD_RAFT_MSG_SNAP;
@@ -1219,7 +1225,8 @@ uint64_t vd_raft_next_deadline(const struct vd_raft *r)
 
 /* ---- client requests --------------------------------------------------------------------- */
 
-int vd_raft_propose(struct vd_raft *r, const void *data, size_t len, uint64_t *index, uint64_t *term)
+int vd_raft_propose(struct vd_raft *r, const void *data, size_t len, uint64_t *index,
+                    uint64_t *term)
 {
     assert(!r->in_update);
     if (r->role != VD_RAFT_LEADER)
@@ -1343,8 +1350,10 @@ bool vd_raft_ready(struct vd_raft *r, struct vd_raft_update *u)
         u->vote = r->vote;
     }
     if (r->snap_unsent) {
-        r->snap_out = (struct vd_raft_snapshot){.index = r->snap_index, .term = r->snap_term,
-                                                .conf = r->snap_conf, .data = r->snap_data,
+        r->snap_out = (struct vd_raft_snapshot){.index = r->snap_index,
+                                                .term = r->snap_term,
+                                                .conf = r->snap_conf,
+                                                .data = r->snap_data,
                                                 .len = r->snap_len};
         u->snapshot = &r->snap_out;
     }
@@ -1488,17 +1497,50 @@ void vd_raft_free(struct vd_raft *r)
 
 /* ---- accessors --------------------------------------------------------------------------- */
 
-uint64_t vd_raft_id(const struct vd_raft *r) { return r->cfg.id; }
-enum vd_raft_role vd_raft_role(const struct vd_raft *r) { return r->role; }
-uint64_t vd_raft_term(const struct vd_raft *r) { return r->term; }
-uint64_t vd_raft_leader(const struct vd_raft *r) { return r->leader; }
-uint64_t vd_raft_commit(const struct vd_raft *r) { return r->commit; }
-uint64_t vd_raft_applied(const struct vd_raft *r) { return r->applied; }
-uint64_t vd_raft_first_index(const struct vd_raft *r) { return r->snap_index + 1; }
-uint64_t vd_raft_last_index(const struct vd_raft *r) { return last_index(r); }
-uint64_t vd_raft_snapshot_index(const struct vd_raft *r) { return r->snap_index; }
-uint64_t vd_raft_term_at(const struct vd_raft *r, uint64_t index) { return term_at(r, index); }
-const struct vd_raft_conf *vd_raft_conf(const struct vd_raft *r) { return &r->conf; }
+uint64_t vd_raft_id(const struct vd_raft *r)
+{
+    return r->cfg.id;
+}
+enum vd_raft_role vd_raft_role(const struct vd_raft *r)
+{
+    return r->role;
+}
+uint64_t vd_raft_term(const struct vd_raft *r)
+{
+    return r->term;
+}
+uint64_t vd_raft_leader(const struct vd_raft *r)
+{
+    return r->leader;
+}
+uint64_t vd_raft_commit(const struct vd_raft *r)
+{
+    return r->commit;
+}
+uint64_t vd_raft_applied(const struct vd_raft *r)
+{
+    return r->applied;
+}
+uint64_t vd_raft_first_index(const struct vd_raft *r)
+{
+    return r->snap_index + 1;
+}
+uint64_t vd_raft_last_index(const struct vd_raft *r)
+{
+    return last_index(r);
+}
+uint64_t vd_raft_snapshot_index(const struct vd_raft *r)
+{
+    return r->snap_index;
+}
+uint64_t vd_raft_term_at(const struct vd_raft *r, uint64_t index)
+{
+    return term_at(r, index);
+}
+const struct vd_raft_conf *vd_raft_conf(const struct vd_raft *r)
+{
+    return &r->conf;
+}
 
 const struct vd_raft_entry *vd_raft_entry_at(const struct vd_raft *r, uint64_t index)
 {
@@ -1520,10 +1562,14 @@ uint64_t vd_raft_match(const struct vd_raft *r, uint64_t id)
 const char *vd_raft_role_name(enum vd_raft_role role)
 {
     switch (role) {
-    case VD_RAFT_FOLLOWER: return "follower";
-    case VD_RAFT_PRECANDIDATE: return "precandidate";
-    case VD_RAFT_CANDIDATE: return "candidate";
-    case VD_RAFT_LEADER: return "leader";
+    case VD_RAFT_FOLLOWER:
+        return "follower";
+    case VD_RAFT_PRECANDIDATE:
+        return "precandidate";
+    case VD_RAFT_CANDIDATE:
+        return "candidate";
+    case VD_RAFT_LEADER:
+        return "leader";
     }
     return "unknown";
 }

@@ -25,7 +25,7 @@ size_t vd_raft_msg_encode(const struct vd_raft_msg *m, uint8_t *buf)
     *p++ = m->type;
     *p++ = (uint8_t)((m->reject ? F_REJECT : 0) | (m->transfer ? F_TRANSFER : 0) |
                      (m->done ? F_DONE : 0));
-    const uint64_t fixed[10] = {m->from, m->to,   m->term, m->index, m->log_term,
+    const uint64_t fixed[10] = {m->from,   m->to,   m->term, m->index,  m->log_term,
                                 m->commit, m->hint, m->ctx,  m->offset, 0};
     for (int i = 0; i < 10; i++, p += 8)
         vd_be64_put(p, fixed[i]);
@@ -64,7 +64,7 @@ int vd_raft_msg_decode(const uint8_t *buf, size_t len, struct vd_raft_msg *out,
     out->transfer = p[2] & F_TRANSFER;
     out->done = p[2] & F_DONE;
     p += 3;
-    uint64_t *fixed[10] = {&out->from, &out->to,   &out->term, &out->index,  &out->log_term,
+    uint64_t *fixed[10] = {&out->from,   &out->to,   &out->term, &out->index,  &out->log_term,
                            &out->commit, &out->hint, &out->ctx,  &out->offset, NULL};
     for (int i = 0; i < 10; i++, p += 8)
         if (fixed[i])

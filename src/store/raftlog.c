@@ -240,8 +240,9 @@ int vd_raftlog_load(struct vd_raftlog *l, struct vd_raft_state *out, struct vd_e
             goto out_abort;
         }
         if (vd_crc32c(0, dv.mv_size ? dv.mv_data : "", dv.mv_size) != crc) {
-            rc = vd_errf(err, VD_ECORRUPT, "raft log '%s': snapshot at index %llu fails its checksum",
-                         l->path, (unsigned long long)l->snap.index);
+            rc = vd_errf(err, VD_ECORRUPT,
+                         "raft log '%s': snapshot at index %llu fails its checksum", l->path,
+                         (unsigned long long)l->snap.index);
             goto out_abort;
         }
         if (dv.mv_size) {
@@ -425,8 +426,9 @@ static int run_txn(struct vd_raftlog *l, txn_fn fn, const void *arg, struct vd_e
             uint64_t size = l->map_size * 2;
             int src = mdb_env_set_mapsize(l->env, size);
             if (src)
-                return vd_errf(err, VD_EFULL, "raft log '%s': cannot grow the map to %llu bytes: %s",
-                               l->path, (unsigned long long)size, mdb_strerror(src));
+                return vd_errf(err, VD_EFULL,
+                               "raft log '%s': cannot grow the map to %llu bytes: %s", l->path,
+                               (unsigned long long)size, mdb_strerror(src));
             l->map_size = size;
             continue;
         }
@@ -467,7 +469,8 @@ static int save_snap(struct vd_raftlog *l, MDB_txn *txn, const void *arg)
     return put_snapshot(l, txn, arg);
 }
 
-int vd_raftlog_save_snapshot(struct vd_raftlog *l, const struct vd_raft_snapshot *s, struct vd_err *err)
+int vd_raftlog_save_snapshot(struct vd_raftlog *l, const struct vd_raft_snapshot *s,
+                             struct vd_err *err)
 {
     return run_txn(l, save_snap, s, err);
 }

@@ -194,8 +194,9 @@ int main(void)
         stop(id);
     for (int id = 1; id <= N; id++) {
         start(id);
-        CHECK(vd_raft_last_index(nodes[id].r) == last, "node %d reloaded last index %" PRIu64
-              ", expected %" PRIu64, id, vd_raft_last_index(nodes[id].r), last);
+        CHECK(vd_raft_last_index(nodes[id].r) == last,
+              "node %d reloaded last index %" PRIu64 ", expected %" PRIu64, id,
+              vd_raft_last_index(nodes[id].r), last);
         CHECK(vd_raft_term(nodes[id].r) >= term, "node %d lost its term", id);
         CHECK(vd_raft_snapshot_index(nodes[id].r) > 0, "node %d has no snapshot", id);
     }
@@ -224,10 +225,16 @@ int main(void)
     int n_saves = getenv("VD_TEST_SCALE") ? 20 : 100;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 1; i <= n_saves; i++) {
-        struct vd_raft_entry e = {.index = (uint64_t)i, .term = 1, .type = VD_RAFT_ENTRY_NORMAL,
-                                  .data = payload, .len = sizeof(payload)};
-        struct vd_raft_update u = {.hard_state = i == 1, .term = 1, .first_index = (uint64_t)i,
-                                   .entries = &e, .n_entries = 1};
+        struct vd_raft_entry e = {.index = (uint64_t)i,
+                                  .term = 1,
+                                  .type = VD_RAFT_ENTRY_NORMAL,
+                                  .data = payload,
+                                  .len = sizeof(payload)};
+        struct vd_raft_update u = {.hard_state = i == 1,
+                                   .term = 1,
+                                   .first_index = (uint64_t)i,
+                                   .entries = &e,
+                                   .n_entries = 1};
         CHECK(vd_raftlog_save(log, &u, &err) == 0, "save: %s", err.msg);
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -240,6 +247,7 @@ int main(void)
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
     CHECK(system(cmd) == 0, "cleanup");
     printf("raft_lmdb: 3 nodes committed 101 commands through LMDB, restarted from disk and "
-           "agree (last index %" PRIu64 ")\n", last);
+           "agree (last index %" PRIu64 ")\n",
+           last);
     return 0;
 }

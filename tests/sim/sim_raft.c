@@ -23,10 +23,10 @@
 #include "vectord/core.h"
 #include "vectord/raft.h"
 
-#define MAX_NODES 16   /* nodes ever created in one run (ids 1..16) */
-#define MAX_MEMBERS 7  /* size of the configuration */
-#define MAX_CMDS 4096  /* client commands per run; the state machine is a bitset of them */
-#define SNAP_EVERY 24  /* applied entries between snapshots */
+#define MAX_NODES 16  /* nodes ever created in one run (ids 1..16) */
+#define MAX_MEMBERS 7 /* size of the configuration */
+#define MAX_CMDS 4096 /* client commands per run; the state machine is a bitset of them */
+#define SNAP_EVERY 24 /* applied entries between snapshots */
 
 /* ---- deterministic randomness ------------------------------------------------------------ */
 
@@ -39,8 +39,14 @@ static uint64_t rnd(void)
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
 }
-static uint64_t rnd_below(uint64_t n) { return n ? rnd() % n : 0; }
-static bool chance(double p) { return (double)(rnd() >> 11) / 9007199254740992.0 < p; }
+static uint64_t rnd_below(uint64_t n)
+{
+    return n ? rnd() % n : 0;
+}
+static bool chance(double p)
+{
+    return (double)(rnd() >> 11) / 9007199254740992.0 < p;
+}
 
 /* ---- state ------------------------------------------------------------------------------- */
 
@@ -117,11 +123,19 @@ struct sim {
     uint64_t next_action, next_client;
     uint64_t crash_leader_at; /* a leader crash in the middle of its work; 0 = none */
     /* checker */
-    uint64_t *leader_of_term; size_t cap_lot;
-    uint64_t *committed_term; size_t cap_ct; uint64_t max_committed;
-    uint64_t *commit_seen_term; size_t cap_cst; /* lowest term in which index was seen committed */
-    uint64_t *chain; size_t cap_chain; /* state-machine hash after applying index i */
-    struct kv { uint64_t index, term, hash, prev_term; } *logmap; size_t cap_logmap, n_logmap;
+    uint64_t *leader_of_term;
+    size_t cap_lot;
+    uint64_t *committed_term;
+    size_t cap_ct;
+    uint64_t max_committed;
+    uint64_t *commit_seen_term;
+    size_t cap_cst; /* lowest term in which index was seen committed */
+    uint64_t *chain;
+    size_t cap_chain; /* state-machine hash after applying index i */
+    struct kv {
+        uint64_t index, term, hash, prev_term;
+    } * logmap;
+    size_t cap_logmap, n_logmap;
     uint64_t next_cmd;
     uint8_t acked[MAX_CMDS / 8];
     uint64_t max_acked_index;
@@ -397,7 +411,8 @@ static void sm_apply(struct node *n, const struct vd_raft_entry *e)
     S.chain = grow(S.chain, &S.cap_chain, e->index + 1, sizeof(*S.chain));
     if (e->type == VD_RAFT_ENTRY_CONF && S.chain[e->index] == 0 && e->index > 1)
         T.confs++;
-    if (e->type == VD_RAFT_ENTRY_CONF && vd_raft_conf_decode(e->data, e->len, &n->applied_conf) != 0)
+    if (e->type == VD_RAFT_ENTRY_CONF &&
+        vd_raft_conf_decode(e->data, e->len, &n->applied_conf) != 0)
         violation("node %" PRIu64 " applied an undecodable configuration", n->id);
     check_chain(n);
 }
@@ -408,12 +423,16 @@ static void node_start(struct node *n)
     cfg.id = n->id;
     cfg.seed = S.seed * 131 + n->id + S.now;
     struct vd_raft_snapshot snap;
-    struct vd_raft_state st = {.term = n->disk.term, .vote = n->disk.vote,
-                               .entries = n->disk.ents, .n_entries = n->disk.n_ents};
+    struct vd_raft_state st = {.term = n->disk.term,
+                               .vote = n->disk.vote,
+                               .entries = n->disk.ents,
+                               .n_entries = n->disk.n_ents};
     memset(&n->sm, 0, sizeof(n->sm));
     if (n->disk.has_snap) {
-        snap = (struct vd_raft_snapshot){.index = n->disk.snap_index, .term = n->disk.snap_term,
-                                         .conf = n->disk.snap_conf, .data = n->disk.snap_data,
+        snap = (struct vd_raft_snapshot){.index = n->disk.snap_index,
+                                         .term = n->disk.snap_term,
+                                         .conf = n->disk.snap_conf,
+                                         .data = n->disk.snap_data,
                                          .len = n->disk.snap_len};
         st.snapshot = &snap;
         sm_decode(&n->sm, snap.data, snap.len);
@@ -549,7 +568,8 @@ static void finish_update(struct node *n)
             if (cs.index != idx || cs.term != term || cs.len != len ||
                 !conf_equal(&cs.conf, &n->applied_conf))
                 violation("node %" PRIu64 ": snapshot at %" PRIu64 " disagrees with the applied "
-                          "state (configuration or term)", n->id, idx);
+                          "state (configuration or term)",
+                          n->id, idx);
             disk_set_snapshot(d, idx, term, &cs.conf, cs.data, cs.len);
             vlog("node %" PRIu64 " snapshot at %" PRIu64, n->id, idx);
         }
@@ -680,10 +700,13 @@ static void check_node(struct node *n)
         uint64_t prev_last = n->lead_first + n->n_lead_terms - 1;
         if (last < prev_last)
             violation("leader append-only: leader %" PRIu64 " log shrank from %" PRIu64
-                      " to %" PRIu64, n->id, prev_last, last);
-        for (uint64_t i = first > n->lead_first ? first : n->lead_first; i <= prev_last && i <= last; i++)
+                      " to %" PRIu64,
+                      n->id, prev_last, last);
+        for (uint64_t i = first > n->lead_first ? first : n->lead_first;
+             i <= prev_last && i <= last; i++)
             if (vd_raft_term_at(r, i) != n->lead_terms[i - n->lead_first])
-                violation("leader append-only: leader %" PRIu64 " rewrote entry %" PRIu64, n->id, i);
+                violation("leader append-only: leader %" PRIu64 " rewrote entry %" PRIu64, n->id,
+                          i);
     }
     n->lead_term = term;
     n->lead_first = first;
@@ -733,7 +756,8 @@ static void client_propose(void)
     vd_be64_put(buf, S.next_cmd);
     uint64_t idx;
     if (vd_raft_propose(l->r, buf, 8, &idx, NULL) == 0) {
-        vlog("propose cmd %" PRIu64 " on node %" PRIu64 " at index %" PRIu64, S.next_cmd, l->id, idx);
+        vlog("propose cmd %" PRIu64 " on node %" PRIu64 " at index %" PRIu64, S.next_cmd, l->id,
+             idx);
         S.next_cmd++;
         start_update(l);
     }
@@ -863,7 +887,8 @@ static void fault_action(void)
             break;
         uint64_t ctx = ((uint64_t)k << 32) | (S.seq & 0xffffffff);
         if (vd_raft_read_index(n->r, ctx) == 0) {
-            S.reads[k] = (struct read_req){.ctx = ctx, .min_index = S.max_acked_index, .pending = true};
+            S.reads[k] =
+                (struct read_req){.ctx = ctx, .min_index = S.max_acked_index, .pending = true};
             start_update(n);
         }
         break;
@@ -935,8 +960,8 @@ static bool step(uint64_t until)
         if (S.trace)
             vlog("deliver %u %" PRIu64 "->%" PRIu64 " term %" PRIu64 " index %" PRIu64
                  " logterm %" PRIu64 " commit %" PRIu64 " n %zu reject %d hint %" PRIu64,
-                 q->m.type, q->m.from, q->m.to, q->m.term, q->m.index, q->m.log_term,
-                 q->m.commit, q->m.n_entries, q->m.reject, q->m.hint);
+                 q->m.type, q->m.from, q->m.to, q->m.term, q->m.index, q->m.log_term, q->m.commit,
+                 q->m.n_entries, q->m.reject, q->m.hint);
         vd_raft_tick(n->r, S.now); /* the core's clock must be current for its timers */
         vd_raft_step(n->r, &q->m);
         qmsg_free(q);
@@ -1082,7 +1107,8 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
         if (l && leader_ms == UINT64_MAX)
             leader_ms = S.now - healed_at;
         /* A probe lost with a deposed leader's log is proposed again after a while. */
-        bool probe_done = probe_cmd != UINT64_MAX && (S.acked[probe_cmd / 8] & (1u << (probe_cmd % 8)));
+        bool probe_done =
+            probe_cmd != UINT64_MAX && (S.acked[probe_cmd / 8] & (1u << (probe_cmd % 8)));
         if (!probe_done && S.now >= probe_at && l && !l->busy && S.next_cmd < MAX_CMDS) {
             uint8_t b[8];
             vd_be64_put(b, S.next_cmd);
@@ -1130,15 +1156,16 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
                 char roles[128] = "";
                 size_t o = 0;
                 for (uint32_t k = 0; k < c->n && o < sizeof(roles) - 24; k++)
-                    o += (size_t)snprintf(roles + o, sizeof(roles) - o, " %" PRIu64 "%s", c->nodes[k].id,
+                    o += (size_t)snprintf(roles + o, sizeof(roles) - o, " %" PRIu64 "%s",
+                                          c->nodes[k].id,
                                           c->nodes[k].role == VD_RAFT_VOTER ? "" : "L");
                 vlog("node %" PRIu64 ": %s term %" PRIu64 " leader %" PRIu64 " first %" PRIu64
                      " last %" PRIu64 " commit %" PRIu64 " applied %" PRIu64 " match %" PRIu64
                      " busy %d conf[%s ]",
                      n->id, vd_raft_role_name(vd_raft_role(n->r)), vd_raft_term(n->r),
                      vd_raft_leader(n->r), vd_raft_first_index(n->r), vd_raft_last_index(n->r),
-                     vd_raft_commit(n->r), n->sm.index, l ? vd_raft_match(l->r, n->id) : 0,
-                     n->busy, roles);
+                     vd_raft_commit(n->r), n->sm.index, l ? vd_raft_match(l->r, n->id) : 0, n->busy,
+                     roles);
             }
             if (!l)
                 violation("liveness: no leader %" PRIu64 " ms after the faults healed",
@@ -1152,8 +1179,8 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
     }
 out:
     *steps = S.steps;
-    vlog("seed %" PRIu64 " done: %" PRIu64 " steps, %" PRIu64 " commands, %" PRIu64 " reads",
-         seed, S.steps, S.next_cmd, S.n_reads_ok);
+    vlog("seed %" PRIu64 " done: %" PRIu64 " steps, %" PRIu64 " commands, %" PRIu64 " reads", seed,
+         S.steps, S.next_cmd, S.n_reads_ok);
     return S.violation[0] == 0;
 }
 
@@ -1195,7 +1222,7 @@ int main(int argc, char **argv)
         if (!one && scale && !strcmp(scale, "small"))
             count = 200;
     }
-    const char *bugname = S.bug == VD_RAFT_BUG_DOUBLE_VOTE     ? " --bug double-vote"
+    const char *bugname = S.bug == VD_RAFT_BUG_DOUBLE_VOTE       ? " --bug double-vote"
                           : S.bug == VD_RAFT_BUG_COMMIT_OLD_TERM ? " --bug commit-old-term"
                                                                  : "";
     struct timespec t0, t1;
@@ -1218,7 +1245,8 @@ int main(int argc, char **argv)
     sim_reset();
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double wall = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    printf("sim_raft: seeds %" PRIu64 "..%" PRIu64 " (%" PRIu64 " run), %" PRIu64 " steps (%.0f per seed), "
+    printf("sim_raft: seeds %" PRIu64 "..%" PRIu64 " (%" PRIu64 " run), %" PRIu64
+           " steps (%.0f per seed), "
            "%" PRIu64 " failed, %.2f s\n",
            first, first + ran - 1, ran, total_steps, ran ? (double)total_steps / (double)ran : 0.0,
            failed, wall);

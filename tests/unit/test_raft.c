@@ -19,8 +19,8 @@
 
 static void check_includes(const char *path, int *n_files)
 {
-    static const char *banned[] = {"uv.h", "lmdb.h", "microhttpd.h", "time.h", "unistd.h",
-                                   "pthread.h", "sys/", "stdio.h"};
+    static const char *banned[] = {"uv.h",     "lmdb.h",    "microhttpd.h", "time.h",
+                                   "unistd.h", "pthread.h", "sys/",         "stdio.h"};
     FILE *f = fopen(path, "r");
     assert_non_null(f);
     char line[1024];
@@ -205,10 +205,16 @@ static void h_start(struct harness *h, int id)
     struct vd_raft_config cfg = h->cfg;
     cfg.id = (uint64_t)id;
     cfg.seed = 1000 + (uint64_t)id * 7 + h->now;
-    struct vd_raft_snapshot snap = {.index = n->snap_index, .term = n->snap_term,
-                                    .conf = n->snap_conf, .data = n->snap_data, .len = n->snap_len};
-    struct vd_raft_state st = {.term = n->term, .vote = n->vote, .entries = n->log,
-                               .n_entries = n->n_log, .snapshot = n->snap_index ? &snap : NULL};
+    struct vd_raft_snapshot snap = {.index = n->snap_index,
+                                    .term = n->snap_term,
+                                    .conf = n->snap_conf,
+                                    .data = n->snap_data,
+                                    .len = n->snap_len};
+    struct vd_raft_state st = {.term = n->term,
+                               .vote = n->vote,
+                               .entries = n->log,
+                               .n_entries = n->n_log,
+                               .snapshot = n->snap_index ? &snap : NULL};
     assert_int_equal(vd_raft_new(&cfg, &st, h->now, &n->r), 0);
     n->applied = n->snap_index;
     n->sum = 0;
@@ -275,7 +281,8 @@ static void h_deliver(struct harness *h)
     while (head < h->nq) {
         struct hmsg m = h->q[head++];
         if (getenv("H_TRACE"))
-            fprintf(stderr, "t=%llu %u %llu->%llu term %llu idx %llu lt %llu n %zu rej %d hint %llu\n",
+            fprintf(stderr,
+                    "t=%llu %u %llu->%llu term %llu idx %llu lt %llu n %zu rej %d hint %llu\n",
                     (unsigned long long)h->now, m.m.type, (unsigned long long)m.m.from,
                     (unsigned long long)m.m.to, (unsigned long long)m.m.term,
                     (unsigned long long)m.m.index, (unsigned long long)m.m.log_term, m.m.n_entries,
@@ -442,8 +449,8 @@ static struct vd_raft *leader_with_old_entry(enum vd_raft_bug bug)
     uint8_t buf[64], cmd[8] = {1};
     struct vd_raft_entry ents[2];
     vd_raft_bootstrap_entry(&c, buf, &ents[0]);
-    ents[1] = (struct vd_raft_entry){.term = 2, .index = 2, .type = VD_RAFT_ENTRY_NORMAL,
-                                     .data = cmd, .len = 8};
+    ents[1] = (struct vd_raft_entry){
+        .term = 2, .index = 2, .type = VD_RAFT_ENTRY_NORMAL, .data = cmd, .len = 8};
     struct vd_raft_state st = {.term = 2, .vote = 0, .entries = ents, .n_entries = 2};
     struct vd_raft_config cfg;
     vd_raft_config_default(&cfg);
@@ -478,7 +485,8 @@ static void test_commit_only_through_current_term(void **state)
     struct vd_raft *r = leader_with_old_entry(VD_RAFT_BUG_NONE);
     /* Follower 2 has index 2 (term 2) but not yet the no-op: a majority holds index 2, yet
      * §3.6.2 forbids committing it by counting replicas. */
-    struct vd_raft_msg m = {.type = VD_RAFT_MSG_APPEND_RESP, .from = 2, .to = 1, .term = 3, .index = 2};
+    struct vd_raft_msg m = {
+        .type = VD_RAFT_MSG_APPEND_RESP, .from = 2, .to = 1, .term = 3, .index = 2};
     assert_int_equal(vd_raft_step(r, &m), 0);
     assert_int_equal(vd_raft_commit(r), 0);
     m.index = 3;
@@ -512,7 +520,8 @@ static void test_vote_rules(void **state)
     vd_raft_config_default(&cfg);
     cfg.id = 3;
     assert_int_equal(vd_raft_new(&cfg, &st, 0, &r), 0);
-    struct vd_raft_msg v = {.type = VD_RAFT_MSG_VOTE, .from = 1, .to = 3, .term = 2, .index = 1, .log_term = 1};
+    struct vd_raft_msg v = {
+        .type = VD_RAFT_MSG_VOTE, .from = 1, .to = 3, .term = 2, .index = 1, .log_term = 1};
     assert_int_equal(vd_raft_step(r, &v), 0);
     struct vd_raft_update u;
     assert_true(vd_raft_ready(r, &u));
@@ -527,8 +536,13 @@ static void test_vote_rules(void **state)
     assert_true(u.msgs[0].reject); /* second candidate, same term */
     vd_raft_advance(r);
     /* stale log: term 3 candidate whose last entry is older than ours is refused */
-    struct vd_raft_msg a = {.type = VD_RAFT_MSG_APPEND, .from = 1, .to = 3, .term = 2, .index = 1,
-                            .log_term = 1, .commit = 1};
+    struct vd_raft_msg a = {.type = VD_RAFT_MSG_APPEND,
+                            .from = 1,
+                            .to = 3,
+                            .term = 2,
+                            .index = 1,
+                            .log_term = 1,
+                            .commit = 1};
     struct vd_raft_entry ne = {.term = 2, .index = 2, .type = VD_RAFT_ENTRY_NOOP};
     a.entries = &ne;
     a.n_entries = 1;
@@ -536,7 +550,8 @@ static void test_vote_rules(void **state)
     assert_true(vd_raft_ready(r, &u));
     vd_raft_advance(r);
     /* within the lease of leader 1, a vote request of a higher term is ignored (§4.2.3) */
-    v = (struct vd_raft_msg){.type = VD_RAFT_MSG_VOTE, .from = 2, .to = 3, .term = 9, .index = 5, .log_term = 2};
+    v = (struct vd_raft_msg){
+        .type = VD_RAFT_MSG_VOTE, .from = 2, .to = 3, .term = 9, .index = 5, .log_term = 2};
     assert_int_equal(vd_raft_step(r, &v), 0);
     assert_int_equal(vd_raft_term(r), 2);
     assert_false(vd_raft_has_ready(r));
@@ -633,7 +648,8 @@ static void test_membership_changes(void **state)
     h_run(&h, 100);
     /* a fifth id that does not answer: it can be added as learner but not promoted */
     assert_int_equal(vd_raft_change(lr, VD_RAFT_ADD_LEARNER, 5, NULL), 0);
-    assert_int_equal(vd_raft_change(lr, VD_RAFT_ADD_LEARNER, 4, NULL), VD_EBUSY); /* one at a time */
+    assert_int_equal(vd_raft_change(lr, VD_RAFT_ADD_LEARNER, 4, NULL),
+                     VD_EBUSY); /* one at a time */
     h_process(&h, l);
     h_run(&h, 100);
     assert_int_equal(vd_raft_change(lr, VD_RAFT_PROMOTE, 5, NULL), VD_EBUSY); /* not caught up */
@@ -697,7 +713,8 @@ static void test_removed_server_cannot_disrupt(void **state)
     assert_int_equal(vd_raft_change(h.nodes[l].r, VD_RAFT_REMOVE, (uint64_t)gone, NULL), 0);
     h_process(&h, l);
     h_run(&h, 200);
-    assert_int_equal(vd_raft_conf_role(vd_raft_conf(h.nodes[gone].r), (uint64_t)gone), VD_RAFT_VOTER);
+    assert_int_equal(vd_raft_conf_role(vd_raft_conf(h.nodes[gone].r), (uint64_t)gone),
+                     VD_RAFT_VOTER);
     uint64_t term = vd_raft_term(h.nodes[l].r);
     h_run(&h, 3000); /* the removed server campaigns on its own */
     assert_true(vd_raft_term(h.nodes[gone].r) > term);
@@ -804,7 +821,8 @@ static bool figure8(enum vd_raft_bug bug)
     run_until_leader(&h, s1);
     h_run(&h, 300);
     assert_true(vd_raft_term(h.nodes[s1].r) > t2);
-    assert_int_equal(vd_raft_term_at(h.nodes[s3].r, f8_index), vd_raft_term_at(h.nodes[s1].r, f8_index));
+    assert_int_equal(vd_raft_term_at(h.nodes[s3].r, f8_index),
+                     vd_raft_term_at(h.nodes[s1].r, f8_index));
     /* X is now on a majority (s1, s2, s3), but only the planted bug commits it by counting */
     bool committed_x = vd_raft_commit(h.nodes[s1].r) >= f8_index;
     assert_int_equal(committed_x, bug == VD_RAFT_BUG_COMMIT_OLD_TERM);
@@ -840,7 +858,8 @@ static void test_change_needs_commit_in_term(void **state)
     assert_int_equal(vd_raft_read_index(r, 77), 0);
     struct vd_raft_update u;
     assert_false(vd_raft_has_ready(r));
-    struct vd_raft_msg m = {.type = VD_RAFT_MSG_APPEND_RESP, .from = 2, .to = 1, .term = 3, .index = 3};
+    struct vd_raft_msg m = {
+        .type = VD_RAFT_MSG_APPEND_RESP, .from = 2, .to = 1, .term = 3, .index = 3};
     assert_int_equal(vd_raft_step(r, &m), 0);
     assert_int_equal(vd_raft_commit(r), 3);
     assert_true(vd_raft_ready(r, &u));
@@ -851,7 +870,8 @@ static void test_change_needs_commit_in_term(void **state)
             seq = u.msgs[i].ctx;
     assert_true(seq > 0); /* the confirmation round started with the commit */
     vd_raft_advance(r);
-    struct vd_raft_msg hb = {.type = VD_RAFT_MSG_HEARTBEAT_RESP, .from = 2, .to = 1, .term = 3, .ctx = seq};
+    struct vd_raft_msg hb = {
+        .type = VD_RAFT_MSG_HEARTBEAT_RESP, .from = 2, .to = 1, .term = 3, .ctx = seq};
     assert_int_equal(vd_raft_step(r, &hb), 0);
     assert_true(vd_raft_ready(r, &u));
     assert_int_equal(u.n_reads, 1);
@@ -959,14 +979,34 @@ static void test_rejects_malformed(void **state)
 static void test_wire_roundtrip_and_garbage(void **state)
 {
     struct vd_raft_entry ents[3] = {
-        {.term = 4, .index = 10, .type = VD_RAFT_ENTRY_NORMAL, .data = (uint8_t *)"hello", .len = 5},
+        {.term = 4,
+         .index = 10,
+         .type = VD_RAFT_ENTRY_NORMAL,
+         .data = (uint8_t *)"hello",
+         .len = 5},
         {.term = 4, .index = 11, .type = VD_RAFT_ENTRY_NOOP},
-        {.term = 5, .index = 12, .type = VD_RAFT_ENTRY_CONF, .data = (uint8_t *)"\0\0\0\0", .len = 4},
+        {.term = 5,
+         .index = 12,
+         .type = VD_RAFT_ENTRY_CONF,
+         .data = (uint8_t *)"\0\0\0\0",
+         .len = 4},
     };
-    struct vd_raft_msg m = {.type = VD_RAFT_MSG_SNAP, .reject = true, .done = true, .from = 1,
-                            .to = UINT64_MAX, .term = 9, .index = 9, .log_term = 8, .commit = 7,
-                            .hint = 6, .ctx = 5, .offset = 4, .entries = ents, .n_entries = 3,
-                            .data = (const uint8_t *)"chunk", .len = 5};
+    struct vd_raft_msg m = {.type = VD_RAFT_MSG_SNAP,
+                            .reject = true,
+                            .done = true,
+                            .from = 1,
+                            .to = UINT64_MAX,
+                            .term = 9,
+                            .index = 9,
+                            .log_term = 8,
+                            .commit = 7,
+                            .hint = 6,
+                            .ctx = 5,
+                            .offset = 4,
+                            .entries = ents,
+                            .n_entries = 3,
+                            .data = (const uint8_t *)"chunk",
+                            .len = 5};
     m.conf.n = 2;
     m.conf.nodes[0].id = 1;
     m.conf.nodes[0].role = VD_RAFT_VOTER;

@@ -50,8 +50,14 @@ static int setup_common(void **state, bool no_sync)
     return 0;
 }
 
-static int setup(void **state) { return setup_common(state, true); }
-static int setup_sync(void **state) { return setup_common(state, false); }
+static int setup(void **state)
+{
+    return setup_common(state, true);
+}
+static int setup_sync(void **state)
+{
+    return setup_common(state, false);
+}
 
 static int teardown(void **state)
 {
@@ -79,8 +85,11 @@ static struct vd_raft_entry *make_entries(uint64_t from, uint64_t to, uint64_t t
     for (uint64_t i = from; i <= to; i++) {
         struct vd_raft_entry *x = &e[i - from];
         snprintf(buf[i - from], 16, "e%llu", (unsigned long long)i);
-        *x = (struct vd_raft_entry){.index = i, .term = term, .type = VD_RAFT_ENTRY_NORMAL,
-                                    .data = (uint8_t *)buf[i - from], .len = strlen(buf[i - from])};
+        *x = (struct vd_raft_entry){.index = i,
+                                    .term = term,
+                                    .type = VD_RAFT_ENTRY_NORMAL,
+                                    .data = (uint8_t *)buf[i - from],
+                                    .len = strlen(buf[i - from])};
     }
     return e;
 }
@@ -157,7 +166,8 @@ static void test_snapshot_compacts_and_replaces(void **state)
 {
     struct fix *f = *state;
     save_entries(f, 1, 20, 4);
-    struct vd_raft_snapshot s = {.index = 12, .term = 4, .data = (const uint8_t *)"state@12", .len = 8};
+    struct vd_raft_snapshot s = {
+        .index = 12, .term = 4, .data = (const uint8_t *)"state@12", .len = 8};
     s.conf.n = 2;
     s.conf.nodes[0].id = 1;
     s.conf.nodes[0].role = VD_RAFT_VOTER;
@@ -181,10 +191,10 @@ static void test_snapshot_compacts_and_replaces(void **state)
 
     /* InstallSnapshot that conflicts with the log: the update carries the snapshot and asks for
      * every entry after it to go */
-    struct vd_raft_snapshot s2 = {.index = 30, .term = 6, .conf = s.conf,
-                                  .data = (const uint8_t *)"state@30!", .len = 9};
-    struct vd_raft_update u = {.hard_state = true, .term = 6, .vote = 0, .snapshot = &s2,
-                               .first_index = 31};
+    struct vd_raft_snapshot s2 = {
+        .index = 30, .term = 6, .conf = s.conf, .data = (const uint8_t *)"state@30!", .len = 9};
+    struct vd_raft_update u = {
+        .hard_state = true, .term = 6, .vote = 0, .snapshot = &s2, .first_index = 31};
     assert_int_equal(vd_raftlog_save(f->l, &u, &err), 0);
     reopen(f);
     assert_int_equal(vd_raftlog_load(f->l, &st, &err), 0);
@@ -257,8 +267,8 @@ static void test_map_grows(void **state)
     memset(big, 7, sizeof(big));
     struct vd_err err;
     for (uint64_t i = 1; i <= 40; i++) { /* 8 MB in total */
-        struct vd_raft_entry e = {.index = i, .term = 1, .type = VD_RAFT_ENTRY_NORMAL, .data = big,
-                                  .len = sizeof(big)};
+        struct vd_raft_entry e = {
+            .index = i, .term = 1, .type = VD_RAFT_ENTRY_NORMAL, .data = big, .len = sizeof(big)};
         struct vd_raft_update u = {.first_index = i, .entries = &e, .n_entries = 1};
         assert_int_equal(vd_raftlog_save(f->l, &u, &err), 0);
     }
