@@ -500,6 +500,8 @@ static void send_append(struct vd_raft *r, struct progress *p)
         p->paused = true;
         return;
     }
+    if (p->next > last_index(r) + 1)
+        p->next = last_index(r) + 1;
     uint64_t prev = p->next - 1;
     struct vd_raft_msg *m = msg_new(r, VD_RAFT_MSG_APPEND, p->id);
     m->index = prev;
@@ -831,8 +833,8 @@ static void handle_append(struct vd_raft *r, const struct vd_raft_msg *m)
 static void handle_append_resp(struct vd_raft *r, const struct vd_raft_msg *m)
 {
     struct progress *p = progress(r, m->from);
-    if (!p)
-        return;
+    if (!p || m->index > last_index(r))
+        return; /* an index we never sent: not from a correct follower of this term */
     p->recent_active = true;
     if (m->reject) {
         if (p->state == PR_REPLICATE && m->index <= p->match)
@@ -1159,7 +1161,7 @@ int vd_raft_step(struct vd_raft *r, const struct vd_raft_msg *m)
         }
         break;
     case VD_RAFT_MSG_READ_INDEX_RESP:
-        if (!m->reject)
+        if (!m->reject && m->from == r->leader)
             push_read(r, m->ctx, m->index);
         break;
     default:

@@ -849,6 +849,31 @@ static void test_figure8_old_term_entries(void **state)
     assert_true(figure8(VD_RAFT_BUG_COMMIT_OLD_TERM));
 }
 
+/* Answers no correct follower could send are ignored, not trusted into out-of-range state. */
+static void test_absurd_answers_are_ignored(void **state)
+{
+    struct vd_raft *r = leader_with_old_entry(VD_RAFT_BUG_COMMIT_OLD_TERM);
+    struct vd_raft_msg m = {
+        .type = VD_RAFT_MSG_APPEND_RESP, .from = 2, .to = 1, .term = 3, .index = 1000};
+    assert_int_equal(vd_raft_step(r, &m), 0);
+    m.reject = true;
+    m.hint = 5000;
+    assert_int_equal(vd_raft_step(r, &m), 0);
+    assert_int_equal(vd_raft_match(r, 2), 0);
+    assert_int_equal(vd_raft_commit(r), 0);
+    m = (struct vd_raft_msg){.type = VD_RAFT_MSG_READ_INDEX_RESP, .from = 3, .to = 1, .term = 3};
+    assert_int_equal(vd_raft_step(r, &m), 0);
+    struct vd_raft_update u;
+    vd_raft_tick(r, 2300); /* heartbeats go out; nothing reads past the log */
+    if (vd_raft_ready(r, &u)) {
+        assert_int_equal(u.n_reads, 0);
+        for (size_t i = 0; i < u.n_msgs; i++)
+            assert_true(u.msgs[i].index <= vd_raft_last_index(r));
+        vd_raft_advance(r);
+    }
+    vd_raft_free(r);
+}
+
 static void test_change_needs_commit_in_term(void **state)
 {
     struct vd_raft *r = leader_with_old_entry(VD_RAFT_BUG_NONE);
@@ -1073,6 +1098,7 @@ int main(void)
         cmocka_unit_test(test_snapshot_catch_up_in_chunks),
         cmocka_unit_test(test_membership_changes),
         cmocka_unit_test(test_removed_server_cannot_disrupt),
+        cmocka_unit_test(test_absurd_answers_are_ignored),
         cmocka_unit_test(test_change_needs_commit_in_term),
         cmocka_unit_test(test_leadership_transfer),
         cmocka_unit_test(test_read_index),
