@@ -90,6 +90,7 @@ struct node {
     uint64_t lead_term, lead_first;
     int last_role;
     uint64_t last_term;
+    uint64_t sent_term; /* highest term this node has put on the wire (pre-vote aside) */
     uint64_t *lead_terms;
     size_t n_lead_terms, cap_lead_terms;
 };
@@ -525,8 +526,13 @@ static void finish_update(struct node *n)
             disk_append(d, &u->entries[i]);
     }
     /* 2. messages, only now that what they promise is durable */
-    for (size_t i = 0; i < u->n_msgs; i++)
+    for (size_t i = 0; i < u->n_msgs; i++) {
+        uint8_t t = u->msgs[i].type;
+        if (t != VD_RAFT_MSG_PREVOTE && t != VD_RAFT_MSG_PREVOTE_RESP &&
+            u->msgs[i].term > n->sent_term)
+            n->sent_term = u->msgs[i].term;
         net_send(&u->msgs[i]);
+    }
     /* 3. state machine */
     if (u->snapshot) {
         T.installs++;
@@ -632,6 +638,11 @@ static void check_node(struct node *n)
         n->last_role = (int)vd_raft_role(r);
         n->last_term = term;
     }
+
+    /* Durable terms: a term once announced survives any crash. */
+    if (term < n->sent_term)
+        violation("node %" PRIu64 " is at term %" PRIu64 " after sending messages of term %" PRIu64,
+                  n->id, term, n->sent_term);
 
     /* Election safety: at most one leader per term. */
     if (vd_raft_role(r) == VD_RAFT_LEADER) {
