@@ -110,6 +110,11 @@ struct vd_db_search {
     const struct vd_filter *filter; /* or NULL */
     bool has_threshold;
     float score_threshold;
+    /* Optional subset of the hash ring: only points whose vd_pid_hash() falls in one of the
+     * half-open ranges [lo, hi) are candidates (scatter-gather asks each replica for the ranges
+     * it answers for). n_ranges 0 = all points. */
+    const uint64_t (*ranges)[2];
+    size_t n_ranges;
 };
 
 /* Runs a search and appends the JSON array of scored points ([{"id","version","score","payload",

@@ -71,12 +71,29 @@ static void put_with(struct vd_buf *out, const struct vd_point_view *v, const st
 struct filter_ctx {
     struct vd_coll *c;
     const struct vd_filter *f;
+    const uint64_t (*ranges)[2];
+    size_t n_ranges;
 };
+
+static bool in_ranges(const struct filter_ctx *fc, const struct vd_pid *id)
+{
+    if (!fc->n_ranges)
+        return true;
+    uint64_t h = vd_pid_hash(id);
+    for (size_t i = 0; i < fc->n_ranges; i++)
+        if (h >= fc->ranges[i][0] && h < fc->ranges[i][1])
+            return true;
+    return false;
+}
 
 /* Called during graph traversal with the payload lock held for reading by the searcher. */
 static bool filter_cb(const struct vd_pid *id, uint32_t slot, void *arg)
 {
     struct filter_ctx *fc = arg;
+    if (!in_ranges(fc, id))
+        return false;
+    if (!fc->f)
+        return true;
     const struct pmap_entry *e = pmap_get(&fc->c->pm, id);
     return e && vd_filter_match_bin(fc->f, id, e->bin, e->len);
 }
@@ -111,13 +128,14 @@ int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const str
         rc = vd_errf(err, VD_EINVAL, "a zero query vector cannot be used with Cosine distance");
         goto out_free;
     }
-    struct filter_ctx fc = {.c = c, .f = s->filter};
+    struct filter_ctx fc = {.c = c, .f = s->filter, .ranges = s->ranges, .n_ranges = s->n_ranges};
+    bool filtered = s->filter || s->n_ranges;
     struct vd_search_req r = {
         .query = q,
         .k = k,
         .ef = s->ef ? (s->ef > k ? s->ef : k) : 0,
         .exact = s->exact,
-        .filter = s->filter ? filter_cb : NULL,
+        .filter = filtered ? filter_cb : NULL,
         .filter_ctx = &fc,
     };
     uint32_t nh = 0;

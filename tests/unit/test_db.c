@@ -1,0 +1,254 @@
+/* The local database over real LMDB and the real index: writes through group commit, search,
+ * filters, token ranges, scroll, payload edits, delete, restart with and without a saved graph. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "vectord/db.h"
+#include "vectord/json.h"
+
+struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int status;
+    uint64_t op;
+};
+
+static void on_done(int status, const struct vd_err *err, uint64_t op, void *ctx)
+{
+    struct waiter *w = ctx;
+    pthread_mutex_lock(&w->mu);
+    w->done = true;
+    w->status = status;
+    w->op = op;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static int wait_for(struct waiter *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (!w->done)
+        pthread_cond_wait(&w->cv, &w->mu);
+    w->done = false;
+    pthread_mutex_unlock(&w->mu);
+    return w->status;
+}
+
+static struct waiter W = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, 0};
+static char dir[64];
+
+static struct vd_db *open_db(void)
+{
+    struct vd_db *db;
+    struct vd_err e;
+    struct vd_db_opts o = {.data_dir = dir, .no_sync = true, .index_threads = 1};
+    if (vd_db_open(&o, &db, &e))
+        fail_msg("open: %s", e.msg);
+    return db;
+}
+
+static void create(struct vd_db *db, const char *name, uint32_t dim, enum vd_metric m)
+{
+    struct vd_coll_schema s = {.dim = dim, .metric = m, .hnsw_m = 16, .hnsw_ef_construct = 64,
+                               .full_scan_threshold_kb = 0, .replication_factor = 1,
+                               .write_consistency_factor = 1};
+    snprintf(s.name, sizeof s.name, "%s", name);
+    struct vd_err e;
+    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+}
+
+static void upsert_grid(struct vd_coll *c, int n)
+{
+    float *v = malloc(sizeof(float) * 2 * n);
+    struct vd_db_point *p = calloc(n, sizeof *p);
+    cJSON **pl = calloc(n, sizeof *pl);
+    for (int i = 0; i < n; i++) {
+        v[2 * i] = (float)i;
+        v[2 * i + 1] = 0;
+        p[i].id = (struct vd_pid){.type = VD_PID_NUM, .u.num = (uint64_t)i};
+        p[i].vec = v + 2 * i;
+        pl[i] = cJSON_CreateObject();
+        cJSON_AddNumberToObject(pl[i], "i", i);
+        cJSON_AddStringToObject(pl[i], "parity", i % 2 ? "odd" : "even");
+        p[i].payload = pl[i];
+    }
+    struct vd_err e;
+    assert_int_equal(vd_db_upsert(c, p, n, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    for (int i = 0; i < n; i++)
+        cJSON_Delete(pl[i]);
+    free(pl);
+    free(p);
+    free(v);
+}
+
+static cJSON *search(struct vd_coll *c, struct vd_db_search *s)
+{
+    struct vd_buf b;
+    struct vd_err e;
+    vd_buf_init(&b);
+    struct vd_db_with w = {.payload = true};
+    if (vd_db_search_json(c, s, &w, &b, &e))
+        fail_msg("search: %s", e.msg);
+    cJSON *j = cJSON_ParseWithLength(b.data, b.len);
+    vd_buf_release(&b);
+    assert_non_null(j);
+    return j;
+}
+
+static void test_write_search_restart(void **state)
+{
+    strcpy(dir, "/tmp/vd-test-db-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    struct vd_db *db = open_db();
+    create(db, "g", 2, VD_METRIC_EUCLID);
+    struct vd_err e;
+    struct vd_coll_schema dup = {.dim = 2, .metric = VD_METRIC_EUCLID};
+    strcpy(dup.name, "g");
+    assert_int_equal(vd_db_coll_create(db, &dup, on_done, &W, &e), VD_EEXIST);
+    strcpy(dup.name, "bad/name");
+    assert_int_equal(vd_db_coll_create(db, &dup, on_done, &W, &e), VD_ERANGE);
+
+    struct vd_coll *c;
+    assert_int_equal(vd_db_coll_get(db, "g", &c), 0);
+    upsert_grid(c, 500);
+    uint64_t n;
+    vd_db_count(c, NULL, &n);
+    assert_int_equal(n, 500);
+
+    float q[2] = {100.2f, 0};
+    struct vd_db_search s = {.query = q, .limit = 3};
+    cJSON *r = search(c, &s);
+    assert_int_equal(cJSON_GetArraySize(r), 3);
+    assert_int_equal((int)cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "id")->valuedouble, 100);
+    assert_int_equal((int)cJSON_GetObjectItem(cJSON_GetArrayItem(r, 1), "id")->valuedouble, 101);
+    cJSON_Delete(r);
+
+    /* filter during the search: nearest odd point */
+    cJSON *fj = cJSON_Parse("{\"must\":[{\"key\":\"parity\",\"match\":{\"value\":\"odd\"}}]}");
+    struct vd_filter *f;
+    assert_int_equal(vd_filter_parse(fj, &f, &e), 0);
+    s.filter = f;
+    s.limit = 5;
+    r = search(c, &s);
+    assert_int_equal(cJSON_GetArraySize(r), 5);
+    cJSON *it;
+    cJSON_ArrayForEach(it, r) assert_int_equal((int)cJSON_GetObjectItem(it, "id")->valuedouble % 2, 1);
+    cJSON_Delete(r);
+    vd_db_count(c, f, &n);
+    assert_int_equal(n, 250);
+
+    /* token ranges: only points hashing into the lower half of the ring */
+    const uint64_t half[1][2] = {{0, UINT64_MAX / 2}};
+    s.filter = NULL;
+    s.ranges = half;
+    s.n_ranges = 1;
+    s.limit = 50;
+    r = search(c, &s);
+    assert_int_equal(cJSON_GetArraySize(r), 50);
+    cJSON_ArrayForEach(it, r)
+    {
+        struct vd_pid id = {.type = VD_PID_NUM, .u.num = (uint64_t)cJSON_GetObjectItem(it, "id")->valuedouble};
+        assert_true(vd_pid_hash(&id) < UINT64_MAX / 2);
+    }
+    cJSON_Delete(r);
+    s.n_ranges = 0;
+
+    /* delete by filter, then by id */
+    assert_int_equal(vd_db_delete_filter(c, f, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    vd_db_count(c, NULL, &n);
+    assert_int_equal(n, 250);
+    struct vd_pid id100 = {.type = VD_PID_NUM, .u.num = 100};
+    assert_int_equal(vd_db_delete(c, &id100, 1, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    s.limit = 1;
+    r = search(c, &s);
+    assert_int_not_equal((int)cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "id")->valuedouble, 100);
+    cJSON_Delete(r);
+
+    /* payload edit by id */
+    struct vd_pid id2 = {.type = VD_PID_NUM, .u.num = 2};
+    cJSON *set = cJSON_Parse("{\"color\":\"red\"}");
+    assert_int_equal(vd_db_payload_edit(c, VD_DB_PAYLOAD_SET, set, &id2, 1, NULL, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    cJSON_Delete(set);
+    struct vd_buf b;
+    vd_buf_init(&b);
+    struct vd_db_with w = {.payload = true};
+    assert_int_equal(vd_db_retrieve_json(c, &id2, 1, &w, &b, &e), 0);
+    assert_non_null(strstr(b.data, "\"color\":\"red\""));
+    assert_non_null(strstr(b.data, "\"parity\":\"even\""));
+    vd_buf_release(&b);
+    vd_filter_free(f);
+    cJSON_Delete(fj);
+    vd_db_coll_put(c);
+    vd_db_close(db);
+
+    /* restart: everything back, graph loaded from its file */
+    db = open_db();
+    assert_int_equal(vd_db_coll_get(db, "g", &c), 0);
+    vd_db_count(c, NULL, &n);
+    assert_int_equal(n, 249);
+    q[0] = 100.4f;
+    s.limit = 1;
+    r = search(c, &s); /* 100 deleted, odd ids deleted by the filter: 102 is nearest */
+    assert_int_equal((int)cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "id")->valuedouble, 102);
+    cJSON_Delete(r);
+    vd_db_coll_put(c);
+
+    /* delete and re-create: empty */
+    assert_int_equal(vd_db_coll_delete(db, "g", on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    assert_int_equal(vd_db_coll_get(db, "g", &c), VD_ENOTFOUND);
+    create(db, "g", 2, VD_METRIC_EUCLID);
+    assert_int_equal(vd_db_coll_get(db, "g", &c), 0);
+    vd_db_count(c, NULL, &n);
+    assert_int_equal(n, 0);
+    vd_db_coll_put(c);
+    vd_db_close(db);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_cosine_zero_vector_rejected(void **state)
+{
+    strcpy(dir, "/tmp/vd-test-db-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    struct vd_db *db = open_db();
+    create(db, "c", 3, VD_METRIC_COSINE);
+    struct vd_coll *c;
+    assert_int_equal(vd_db_coll_get(db, "c", &c), 0);
+    float good[3] = {1, 2, 3}, zero[3] = {0, 0, 0};
+    struct vd_db_point p[2] = {{.id = {.type = VD_PID_NUM, .u.num = 1}, .vec = good},
+                               {.id = {.type = VD_PID_NUM, .u.num = 2}, .vec = zero}};
+    struct vd_err e;
+    assert_int_equal(vd_db_upsert(c, p, 2, on_done, &W, &e), VD_EINVAL);
+    assert_non_null(strstr(e.msg, "points[1]"));
+    uint64_t n;
+    vd_db_count(c, NULL, &n);
+    assert_int_equal(n, 0); /* nothing of the rejected batch */
+    vd_db_coll_put(c);
+    vd_db_close(db);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_write_search_restart),
+        cmocka_unit_test(test_cosine_zero_vector_rejected),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
