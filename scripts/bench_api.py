@@ -93,7 +93,7 @@ def main():
         c.req("PUT", f"/collections/{coll}", json.dumps({"vectors": {"size": a.dim, "distance": "Cosine"}}))
         bodies = []
         for s in range(0, a.n, a.batch):
-            pts = [{"id": i, "vector": base[i].tolist(), "payload": {"document": f"chunk {i}"}}
+            pts = [{"id": i, "vector": base[i].tolist(), "payload": {"document": f"chunk {i}", "bucket": i % 1000}}
                    for i in range(s, min(a.n, s + a.batch))]
             bodies.append(json.dumps({"points": pts}).encode())
         mb = sum(len(b) for b in bodies) / 1e6
@@ -120,10 +120,13 @@ def main():
         # ground truth
         gt = np.argsort(-(queries @ base.T), axis=1)[:, :10]
 
-        def run(params, clients=1):
+        def run(params, clients=1, flt=None, truth=None):
             lat = []
             hits = 0
-            qb = [json.dumps({"vector": q.tolist(), "limit": 10, "params": params}).encode() for q in queries]
+            truth = gt if truth is None else truth
+            extra = {"filter": flt} if flt else {}
+            qb = [json.dumps(dict({"vector": q.tolist(), "limit": 10, "params": params}, **extra)).encode()
+                  for q in queries]
             idx = list(range(len(qb)))
             res = [None] * len(qb)
 
@@ -143,7 +146,7 @@ def main():
             wall = time.perf_counter() - t0
             for i, r in enumerate(res):
                 ids = [p["id"] for p in json.loads(r)["result"]]
-                hits += len(set(ids) & set(gt[i].tolist()))
+                hits += len(set(ids) & set(truth[i].tolist()))
             return {"p50_ms": pct(lat, 50) * 1e3, "p95_ms": pct(lat, 95) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
                     "qps": len(qb) / wall, "recall@10": hits / (10.0 * len(qb))}
 
@@ -162,6 +165,14 @@ def main():
         for ef in (64, 128):
             results[f"hnsw_ef{ef}_1"] = run({"hnsw_ef": ef}, 1)
             results[f"hnsw_ef{ef}_8"] = run({"hnsw_ef": ef}, 8)
+        # filtered search: "bucket" is id % 1000, so bucket < b keeps b/1000 of the points
+        sims = queries @ base.T
+        buckets = np.arange(a.n) % 1000
+        for frac, b in (("50%", 500), ("10%", 100), ("1%", 10), ("0.1%", 1)):
+            masked = np.where(buckets[None, :] < b, sims, -np.inf)
+            truth = np.argsort(-masked, axis=1)[:, :10]
+            flt = {"must": [{"key": "bucket", "range": {"lt": b}}]}
+            results[f"filter{frac}_1"] = run({"hnsw_ef": 128}, 1, flt, truth)
         print(f"\nvectord over HTTP, {a.n} x {a.dim} (Cosine)")
         print(f"upsert: {up_rate:,.0f} points/s ({mb / up_s:.1f} MB/s of JSON), batches of {a.batch}, "
               f"{a.clients} connections; graph settled {index_wait:.1f} s after the last ack")
