@@ -70,65 +70,143 @@ static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6, 
                                        1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
 /*
- * Correctly rounded double of a number literal already checked against the grammar. The common
- * case (at most 15 significant digits, small decimal exponent) is exact by Clinger's argument:
- * the integer mantissa and 10^k are both exact doubles, so one IEEE multiply or divide rounds
- * once. Anything else goes to strtod.
+ * Eisel-Lemire: the double nearest to w * 10^q (w != 0), as IEEE bits in *bits, or false when
+ * this method cannot decide (the product is too close to a rounding boundary for the 128-bit
+ * approximation of 5^q to tell, a possible exact halfway case, a subnormal or infinite result,
+ * or q outside the table) and the caller must use an exact method.
+ *
+ * 10^q = 5^q * 2^q, and the table holds 5^q's top 128 bits, so the top bits of w * 5^q come from
+ * one 64x64 multiply (a second one when the first leaves the bits that decide rounding uncertain)
+ * and the power of two only moves the binary exponent. The product is within w units of the
+ * lowest word of the exact value, so when the 9 bits below the 54 kept ones are all ones and
+ * adding w to the low word would carry, the carry might change the kept bits: look at the next
+ * 64 bits of 5^q, and give up if even that leaves a possible carry.
+ */
+static bool eisel_lemire(uint64_t w, int q, uint64_t *bits)
+{
+    if (q < VD__P5_MIN || q > VD__P5_MAX)
+        return false;
+    int lz = __builtin_clzll(w);
+    w <<= lz;
+    const uint64_t *p5 = vd__json_pow5[q - VD__P5_MIN];
+    unsigned __int128 x = (unsigned __int128)w * p5[0];
+    uint64_t hi = (uint64_t)(x >> 64), lo = (uint64_t)x;
+    if ((hi & 0x1FF) == 0x1FF && lo + w < w) {
+        unsigned __int128 y = (unsigned __int128)w * p5[1];
+        uint64_t yhi = (uint64_t)(y >> 64), ylo = (uint64_t)y;
+        uint64_t mlo = lo + yhi, mhi = hi + (mlo < lo);
+        if ((mhi & 0x1FF) == 0x1FF && mlo + 1 == 0 && ylo + w < w)
+            return false;
+        hi = mhi;
+        lo = mlo;
+    }
+    /* 54 bits: the 53 of the result and one for rounding. */
+    uint64_t msb = hi >> 63;
+    uint64_t mant = hi >> (msb + 9);
+    /* floor(q * log2(10)) + 64 + bias - lz, exact for |q| < 1500; the shift is arithmetic with
+     * gcc and clang. */
+    int64_t e2 = ((217706 * (int64_t)q) >> 16) + 64 + 1023 - lz - (int64_t)(1 ^ msb);
+    /* Exactly halfway, as far as these bits show: ties-to-even needs the exact value. */
+    if (lo == 0 && (hi & 0x1FF) == 0 && (mant & 3) == 1)
+        return false;
+    mant += mant & 1;
+    mant >>= 1;
+    if (mant >> 53) {
+        mant >>= 1;
+        e2++;
+    }
+    if (e2 <= 0 || e2 >= 0x7FF)
+        return false;
+    *bits = ((uint64_t)e2 << 52) | (mant & ((UINT64_C(1) << 52) - 1));
+    return true;
+}
+
+/*
+ * Correctly rounded double of a number literal. The text is split into a decimal significand w
+ * of at most 19 digits and an exponent q. With w <= 2^53 and |q| <= 22 both w and 10^|q| are
+ * exact doubles and one IEEE multiply or divide rounds once (Clinger). Otherwise Eisel-Lemire
+ * decides almost always; when it cannot, or the text is not a plain JSON number, strtod reads
+ * it. Beyond 19 digits w is truncated: if w * 10^q and (w + 1) * 10^q round to the same double,
+ * so does everything between them, the literal included.
  */
 double vd__json_text_to_double(const char *s, size_t n)
 {
     const char *c = s, *e = s + n;
-    bool neg = false;
-    uint64_t mant = 0;
-    int digits = 0, scale = 0;
+    bool neg = false, dropped = false;
+    uint64_t w = 0;
+    int sig = 0; /* significant digits kept in w */
+    int64_t q = 0;
     if (c < e && *c == '-') {
         neg = true;
         c++;
     }
+    const char *digits = c;
     while (c < e && *c >= '0' && *c <= '9') {
-        if (digits || *c != '0')
-            digits++;
-        mant = mant * 10 + (uint64_t)(*c - '0');
+        unsigned d = (unsigned)(*c - '0');
+        if (sig < 19) {
+            w = w * 10 + d;
+            sig += w != 0;
+        } else {
+            q++;
+            dropped |= d != 0;
+        }
         c++;
-        if (digits > 15)
-            goto slow;
     }
+    if (c == digits)
+        goto slow;
     if (c < e && *c == '.') {
         c++;
+        const char *frac = c;
         while (c < e && *c >= '0' && *c <= '9') {
-            if (digits || *c != '0')
-                digits++;
-            mant = mant * 10 + (uint64_t)(*c - '0');
-            scale--;
+            unsigned d = (unsigned)(*c - '0');
+            if (sig < 19) {
+                w = w * 10 + d;
+                sig += w != 0;
+                q--;
+            } else {
+                dropped |= d != 0;
+            }
             c++;
-            if (digits > 15)
-                goto slow;
         }
+        if (c == frac)
+            goto slow;
     }
     if (c < e && (*c == 'e' || *c == 'E')) {
         c++;
         bool eneg = false;
-        int ex = 0;
-        if (*c == '-' || *c == '+') {
+        int64_t ex = 0;
+        if (c < e && (*c == '-' || *c == '+')) {
             eneg = *c == '-';
             c++;
         }
+        const char *exd = c;
         while (c < e && *c >= '0' && *c <= '9') {
-            if (ex > 10000)
-                goto slow;
-            ex = ex * 10 + (*c - '0');
+            if (ex < 100000) /* larger exponents all mean 0 or infinity */
+                ex = ex * 10 + (*c - '0');
             c++;
         }
-        scale += eneg ? -ex : ex;
-    }
-    if (mant == 0)
-        return neg ? -0.0 : 0.0;
-    {
-        double v = (double)mant;
-        if (scale < -22 || scale > 22)
+        if (c == exd)
             goto slow;
-        v = scale < 0 ? v / pow10_exact[-scale] : v * pow10_exact[scale];
+        q += eneg ? -ex : ex;
+    }
+    if (c != e)
+        goto slow;
+    if (w == 0)
+        return neg ? -0.0 : 0.0;
+    if (!dropped && w <= (UINT64_C(1) << 53) && q >= -22 && q <= 22) {
+        double v = (double)w;
+        v = q < 0 ? v / pow10_exact[-q] : v * pow10_exact[q];
         return neg ? -v : v;
+    }
+    if (q >= VD__P5_MIN && q <= VD__P5_MAX) {
+        uint64_t bits, bits_up;
+        if (eisel_lemire(w, (int)q, &bits) &&
+            (!dropped || (eisel_lemire(w + 1, (int)q, &bits_up) && bits_up == bits))) {
+            bits |= (uint64_t)neg << 63;
+            double v;
+            memcpy(&v, &bits, sizeof(v));
+            return v;
+        }
     }
 slow:;
     /* strtod needs a NUL-terminated string; number texts are short unless someone sends

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "vectord/json.h"
+#include "json_int.h"
 
 static bool small_scale(void)
 {
@@ -519,6 +520,202 @@ static void test_get_floats(void **state)
     }
 }
 
+/* ---- decimal to double ------------------------------------------------------------------ */
+
+static uint64_t double_bits(double d)
+{
+    uint64_t u;
+    memcpy(&u, &d, sizeof(u));
+    return u;
+}
+
+static double bits_double(uint64_t u)
+{
+    double d;
+    memcpy(&d, &u, sizeof(d));
+    return d;
+}
+
+struct d2d_check {
+    size_t n;
+    size_t via_parse;
+};
+
+/* The reader's double for text must be strtod's, bit for bit; every 61st text also goes through
+ * vd_json_parse, which must keep the literal and the same value. */
+static void d2d_check(struct d2d_check *st, const char *text)
+{
+    size_t len = strlen(text);
+    double want = strtod(text, NULL);
+    double got = vd__json_text_to_double(text, len);
+    if (double_bits(got) != double_bits(want))
+        fail_msg("'%s': got %a (%016llx), strtod gives %a (%016llx)", text, got,
+                 (unsigned long long)double_bits(got), want,
+                 (unsigned long long)double_bits(want));
+    st->n++;
+    if (st->n % 61 == 0) {
+        cJSON *j;
+        struct vd_err err;
+        int rc = vd_json_parse(text, len, 0, &j, &err);
+        if (!isfinite(want)) {
+            assert_int_equal(rc, VD_EINVAL);
+            return;
+        }
+        if (rc)
+            fail_msg("'%s' does not parse: %s", text, err.msg);
+        assert_true(cJSON_IsNumber(j));
+        assert_string_equal(j->valuestring, text);
+        assert_true(double_bits(j->valuedouble) == double_bits(want));
+        cJSON_Delete(j);
+        st->via_parse++;
+    }
+}
+
+/* Digits of u (nonzero) with a decimal point inserted after `point` digits (0 = none). */
+static void d2d_digits(char *o, size_t cap, bool neg, unsigned __int128 u, int point, int exp10)
+{
+    char dig[48];
+    int nd = 0;
+    do {
+        dig[nd++] = (char)('0' + (int)(u % 10));
+        u /= 10;
+    } while (u);
+    size_t k = 0;
+    if (neg)
+        o[k++] = '-';
+    for (int i = nd - 1; i >= 0; i--) {
+        o[k++] = dig[i];
+        if (point && nd - i == point && i > 0)
+            o[k++] = '.';
+    }
+    snprintf(o + k, cap - k, "e%d", exp10);
+}
+
+/*
+ * Millions of decimal texts against strtod: random doubles printed with 17, 16 and 9 digits,
+ * float32 values printed as the shortest float64 text (what clients send), random digit strings
+ * of 1..25 digits with random exponents, exact halfway cases between doubles and their
+ * neighbours, subnormals, and the limits of the double range.
+ */
+static void test_text_to_double_matches_strtod(void **state)
+{
+    (void)state;
+    struct d2d_check st = {0};
+    char t[96];
+    uint64_t t0 = vd_mono_ns();
+
+    static const char *fixed[] = {
+        "0", "-0", "0.0", "-0.0e5", "0e999999", "1", "-1", "9007199254740992", "9007199254740993",
+        "9007199254740994", "9007199254740995", "18014398509481985", "1e22", "1e23", "1e-22",
+        "1e-23", "8.98846567431158e307", "1.7976931348623157e308", "1.7976931348623158e308",
+        "1.7976931348623159e308", "1.797693134862315807e308", "1e308", "1e309", "1e400",
+        "-1e400", "2.2250738585072014e-308", "2.2250738585072011e-308", "2.225073858507201e-308",
+        "4.9406564584124654e-324", "4.9e-324", "5e-324", "2.4703282292062327e-324",
+        "2.4703282292062328e-324", "2.47032822920623272e-324", "1e-324", "1e-400", "1e-99999",
+        "1e99999", "0.000000000000000000000000000000000000001",
+        "123456789012345678901234567890", "1234567890123456789", "12345678901234567890",
+        "9999999999999999999", "99999999999999999999", "10000000000000000000000",
+        "0.1", "0.2", "0.3", "0.012345678901234567", "-1.2345678901234567e-05",
+        "2.0000000000000004", "2.00000000000000044408920985006", "1.00000000000000011102230246251565404236316680908203125",
+        "1.00000000000000011102230246251565404236316680908203124",
+        "1.00000000000000011102230246251565404236316680908203126",
+        "7.3177701707893310e+15", "3.4028234663852886e+38", "1.1754943508222875e-38",
+        "1.401298464324817e-45", "4.35679388e-316", "1.8446744073709552e19",
+    };
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+        d2d_check(&st, fixed[i]);
+
+    size_t iters = small_scale() ? 50000 : 400000;
+    for (size_t it = 0; it < iters; it++) {
+        /* Random finite doubles, any exponent. */
+        uint64_t u = rng();
+        double d = bits_double(u);
+        if (!isfinite(d))
+            d = bits_double(u & ~(UINT64_C(1) << 62));
+        snprintf(t, sizeof(t), "%.17g", d);
+        d2d_check(&st, t);
+        snprintf(t, sizeof(t), "%.16g", d);
+        d2d_check(&st, t);
+        snprintf(t, sizeof(t), "%.9g", d);
+        d2d_check(&st, t);
+
+        /* Subnormals. */
+        double sub = bits_double((rng() & ((UINT64_C(1) << 52) - 1)) >> (rng() % 52));
+        snprintf(t, sizeof(t), "%.17g", sub);
+        d2d_check(&st, t);
+        snprintf(t, sizeof(t), "%.*e", (int)(rng() % 20), sub);
+        d2d_check(&st, t);
+
+        /* float32 vector values as the shortest float64 text, small and ordinary magnitudes. */
+        float f = (float)((double)(int64_t)rng() / 9.2233720368547758e18 *
+                          (it & 1 ? 1.0 : 1e-3 * (double)(rng() % 1000)));
+        for (int prec = 15; prec <= 17; prec++) {
+            snprintf(t, sizeof(t), "%.*g", prec, (double)f);
+            if (strtod(t, NULL) == (double)f)
+                break;
+        }
+        d2d_check(&st, t);
+
+        /* Random digit strings: 1..25 digits, a point somewhere, exponent in [-360, 330]. */
+        {
+            int nd = 1 + (int)(rng() % 25);
+            unsigned __int128 v = 0;
+            for (int i = 0; i < nd; i++)
+                v = v * 10 + rng() % 10;
+            if (v == 0)
+                v = 1;
+            int ex = (int)(rng() % 691) - 360;
+            bool neg = rng() & 1;
+            int point = rng() % 4 == 0 ? 0 : 1;
+            d2d_digits(t, sizeof(t), neg, v, point, ex);
+            d2d_check(&st, t);
+        }
+
+        /* Exact halfway points between neighbouring doubles, m * 2^e with m odd in (2^53, 2^54),
+         * written exactly (m * 5^k e-k for e = -k < 0), and one unit off in the last digit. */
+        {
+            uint64_t m = ((UINT64_C(1) << 53) | (rng() & ((UINT64_C(1) << 53) - 1))) | 1;
+            int e = (int)(rng() % 16) - 5; /* -5..10 */
+            unsigned __int128 v = m;
+            int ex = 0;
+            if (e >= 0)
+                v <<= e;
+            else
+                for (int k = 0; k < -e; k++)
+                    v *= 5, ex--;
+            d2d_digits(t, sizeof(t), false, v, 0, ex);
+            d2d_check(&st, t);
+            d2d_digits(t, sizeof(t), false, v + 1, 0, ex);
+            d2d_check(&st, t);
+            d2d_digits(t, sizeof(t), true, v - 1, 0, ex);
+            d2d_check(&st, t);
+            /* Append zeros so the literal has more than 19 digits but the same value. */
+            d2d_digits(t, sizeof(t), false, v * 10000, 0, ex - 4);
+            d2d_check(&st, t);
+        }
+
+        /* Near the midpoint of a random double and its successor, with 17..25 digits. */
+        {
+            double a = bits_double(rng() >> 2);
+            double b = nextafter(a, INFINITY);
+            long double mid = ((long double)a + (long double)b) / 2;
+            snprintf(t, sizeof(t), "%.*Le", 16 + (int)(rng() % 9), mid);
+            d2d_check(&st, t);
+        }
+    }
+    /* Powers of ten across the whole range, and their neighbours in the 17th digit. */
+    for (int ex = -345; ex <= 310; ex++) {
+        snprintf(t, sizeof(t), "1e%d", ex);
+        d2d_check(&st, t);
+        snprintf(t, sizeof(t), "1.0000000000000001e%d", ex);
+        d2d_check(&st, t);
+        snprintf(t, sizeof(t), "9.9999999999999999e%d", ex);
+        d2d_check(&st, t);
+    }
+    printf("# text_to_double: %zu texts matched strtod (%zu also through vd_json_parse) in %.2f s\n",
+           st.n, st.via_parse, (double)(vd_mono_ns() - t0) / 1e9);
+}
+
 /* Values near midpoints of random floats, written with many digits, must match strtof. */
 static void test_get_floats_matches_strtof(void **state)
 {
@@ -812,7 +1009,12 @@ static void test_parse_allocation_failures(void **state)
 
 /* ---- performance ------------------------------------------------------------------------- */
 
-static void test_parse_big_batch(void **state)
+/*
+ * A 256 x 1536 upsert body. digits17 = false prints the vectors as shortest float32 text (what
+ * vectord itself writes); true prints each float32 widened to double as shortest float64 text,
+ * 16-17 significant digits, which is what clients holding float32 arrays in float64 lists send.
+ */
+static void parse_big_batch(bool digits17)
 {
     const int points = 256, dim = 1536;
     struct vd_buf b;
@@ -823,7 +1025,20 @@ static void test_parse_big_batch(void **state)
         for (int d = 0; d < dim; d++)
             vec[d] = (float)((double)(int64_t)rng() / 9.2233720368547758e18 * 0.1);
         vd_buf_printf(&b, "%s{\"id\":%d,\"vector\":", p ? "," : "", p);
-        vd_buf_json_floats(&b, vec, (size_t)dim);
+        if (!digits17) {
+            vd_buf_json_floats(&b, vec, (size_t)dim);
+        } else {
+            for (int d = 0; d < dim; d++) {
+                char t[32];
+                for (int prec = 15; prec <= 17; prec++) {
+                    snprintf(t, sizeof(t), "%.*g", prec, (double)vec[d]);
+                    if (strtod(t, NULL) == (double)vec[d])
+                        break;
+                }
+                vd_buf_printf(&b, "%s%s", d ? "," : "[", t);
+            }
+            vd_buf_puts(&b, "]");
+        }
         vd_buf_puts(&b, ",\"payload\":{\"text\":\"chunk of a document\",\"n\":1}}");
     }
     vd_buf_puts(&b, "]}");
@@ -859,12 +1074,24 @@ static void test_parse_big_batch(void **state)
         free(all);
         cJSON_Delete(j);
     }
-    printf("# parse of %d x %d floats (%.2f MB): %.1f ms parse, %.1f ms to float arrays (best of "
-           "%d)\n",
-           points, dim, (double)b.len / 1e6, (double)best_parse / 1e6, (double)best_floats / 1e6,
-           reps);
+    printf("# parse of %d x %d floats as %s (%.2f MB): %.1f ms parse, %.1f ms to float arrays "
+           "(best of %d)\n",
+           points, dim, digits17 ? "float64 text" : "float32 text", (double)b.len / 1e6,
+           (double)best_parse / 1e6, (double)best_floats / 1e6, reps);
     free(vec);
     vd_buf_release(&b);
+}
+
+static void test_parse_big_batch(void **state)
+{
+    (void)state;
+    parse_big_batch(false);
+}
+
+static void test_parse_big_batch_17_digits(void **state)
+{
+    (void)state;
+    parse_big_batch(true);
 }
 
 int main(void)
@@ -881,6 +1108,7 @@ int main(void)
         cmocka_unit_test(test_fmt_float_speed),
         cmocka_unit_test(test_get_floats),
         cmocka_unit_test(test_get_floats_matches_strtof),
+        cmocka_unit_test(test_text_to_double_matches_strtod),
         cmocka_unit_test(test_payload_numbers_exact),
         cmocka_unit_test(test_json_string_escaping),
         cmocka_unit_test(test_buf),
@@ -888,6 +1116,7 @@ int main(void)
         cmocka_unit_test(test_ndjson_stop_and_errors),
         cmocka_unit_test(test_parse_allocation_failures),
         cmocka_unit_test(test_parse_big_batch),
+        cmocka_unit_test(test_parse_big_batch_17_digits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
