@@ -457,8 +457,11 @@ static enum MHD_Result finish_or_suspend(struct vd_http_req *r)
         return MHD_YES;
     pthread_mutex_lock(&r->mu);
     if (!r->resp) {
-        r->suspended = true;
-        MHD_suspend_connection(r->conn);
+        /* Never suspend twice: libmicrohttpd would insert the connection twice in its list. */
+        if (!r->suspended) {
+            r->suspended = true;
+            MHD_suspend_connection(r->conn);
+        }
         pthread_mutex_unlock(&r->mu);
         return MHD_YES;
     }
@@ -635,6 +638,16 @@ static enum MHD_Result on_body(struct vd_http_req *r, const char *data, size_t *
 {
     struct vd_http *h = r->h;
     size_t n = *size;
+    /* libmicrohttpd 0.9.75 goes on presenting the pieces of a chunked body already in its buffer
+     * after the handler suspended the connection (its loop over chunks does not look at the
+     * suspension). Leave them unconsumed: it keeps them and presents them again once resumed.
+     * Taking them would hand the application data past its pause, and a second suspend of a
+     * suspended connection corrupts libmicrohttpd's connection lists (abort at stop). */
+    pthread_mutex_lock(&r->mu);
+    bool asleep = r->suspended;
+    pthread_mutex_unlock(&r->mu);
+    if (asleep)
+        return MHD_YES;
     *size = 0;
     if (!r->discard && has_reply(r))
         r->discard = true;

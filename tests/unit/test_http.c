@@ -713,6 +713,154 @@ static void test_stream_body_pause_resume(void **state)
     vd_http_free(h);
 }
 
+/*
+ * The import's pattern on a chunked body whose pieces reach the server together: every piece
+ * pauses, a "writer" thread resumes each pause and, after end, gives the reply. No piece may be
+ * presented while paused, and the server must then stop cleanly (libmicrohttpd aborts at stop if
+ * a connection was suspended twice).
+ */
+struct cbody {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct vd_http_req *r;
+    bool pause_wanted; /* a pause waits for the writer's resume */
+    bool ended, aborted;
+    uint64_t bytes, sum, pieces, pauses, early; /* early: pieces presented while paused */
+};
+static struct cbody cb = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void c_begin(struct vd_http_req *r, void *ctx)
+{
+    pthread_mutex_lock(&cb.mu);
+    cb.r = r;
+    pthread_mutex_unlock(&cb.mu);
+}
+
+static int c_chunk(struct vd_http_req *r, const char *data, size_t len, void *ctx)
+{
+    pthread_mutex_lock(&cb.mu);
+    if (cb.pause_wanted)
+        cb.early++;
+    for (size_t i = 0; i < len; i++)
+        cb.sum = cb.sum * 31 + (unsigned char)data[i];
+    cb.bytes += len;
+    cb.pieces++;
+    cb.pauses++;
+    cb.pause_wanted = true;
+    pthread_cond_broadcast(&cb.cv);
+    pthread_mutex_unlock(&cb.mu);
+    return VD_HTTP_PAUSE;
+}
+
+static void c_end(struct vd_http_req *r, void *ctx)
+{
+    pthread_mutex_lock(&cb.mu);
+    cb.ended = true;
+    pthread_cond_broadcast(&cb.cv);
+    pthread_mutex_unlock(&cb.mu);
+}
+
+static void c_abort(struct vd_http_req *r, void *ctx)
+{
+    pthread_mutex_lock(&cb.mu);
+    cb.aborted = true;
+    pthread_cond_broadcast(&cb.cv);
+    pthread_mutex_unlock(&cb.mu);
+}
+
+static const struct vd_http_stream_ops cops = {c_chunk, c_end, c_abort};
+
+/* The storage writer: resumes every pause, replies once the body has ended. */
+static void *c_writer(void *arg)
+{
+    pthread_mutex_lock(&cb.mu);
+    for (;;) {
+        while (!cb.pause_wanted && !cb.ended && !cb.aborted)
+            pthread_cond_wait(&cb.cv, &cb.mu);
+        struct vd_http_req *r = cb.r;
+        if (cb.aborted)
+            break;
+        if (cb.ended) {
+            char buf[128];
+            snprintf(buf, sizeof(buf), "{\"bytes\":%llu,\"sum\":%llu}", (unsigned long long)cb.bytes,
+                     (unsigned long long)cb.sum);
+            pthread_mutex_unlock(&cb.mu);
+            vd_http_reply_ok(r, buf, strlen(buf));
+            return NULL;
+        }
+        cb.pause_wanted = false;
+        pthread_mutex_unlock(&cb.mu);
+        vd_http_resume_body(r);
+        pthread_mutex_lock(&cb.mu);
+    }
+    pthread_mutex_unlock(&cb.mu);
+    return NULL;
+}
+
+static void test_stream_body_chunked_pauses_then_stop(void **state)
+{
+    const char *env = getenv("VD_TEST_SCALE");
+    int rounds = env && !strcmp(env, "small") ? 2 : 5;
+    struct vd_http *h = server(2, 0, NULL, 0);
+    assert_int_equal(vd_http_route_stream(h, "POST", "/import", VD_ROLE_NONE, c_begin, &cops, NULL), 0);
+    start(h);
+    uint16_t port = vd_http_port(h);
+    /* 150 pieces of 997 bytes sent in one go: libmicrohttpd finds many chunks in one read */
+    enum { PIECES = 150, PIECE = 997 };
+    size_t cap = 256 + (size_t)PIECES * (PIECE + 16);
+    char *req = malloc(cap);
+    uint64_t want = 0;
+    for (int round = 0; round < rounds; round++) {
+        pthread_mutex_lock(&cb.mu);
+        cb.r = NULL;
+        cb.pause_wanted = cb.ended = cb.aborted = false;
+        cb.bytes = cb.sum = cb.pieces = cb.pauses = cb.early = 0;
+        pthread_mutex_unlock(&cb.mu);
+        size_t n = (size_t)snprintf(req, cap, "POST /import HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                                              "Transfer-Encoding: chunked\r\n\r\n");
+        want = 0;
+        for (int i = 0; i < PIECES; i++) {
+            n += (size_t)sprintf(req + n, "%x\r\n", PIECE);
+            for (int k = 0; k < PIECE; k++) {
+                char c = (char)('a' + (i * 13 + k * 7 + round) % 26);
+                req[n++] = c;
+                want = want * 31 + (unsigned char)c;
+            }
+            memcpy(req + n, "\r\n", 2);
+            n += 2;
+        }
+        memcpy(req + n, "0\r\n\r\n", 5);
+        n += 5;
+        pthread_t w;
+        pthread_create(&w, NULL, c_writer, NULL);
+        int fd = hconnect(port);
+        assert_int_equal(send_all(fd, req, n), 0);
+        struct hresp r;
+        int rc = read_resp(fd, &r);
+        close(fd);
+        pthread_mutex_lock(&cb.mu);
+        uint64_t early = cb.early, pauses = cb.pauses;
+        bool aborted = cb.aborted;
+        pthread_mutex_unlock(&cb.mu);
+        if (early)
+            fail_msg("round %d: %llu piece(s) presented while the body was paused", round,
+                     (unsigned long long)early);
+        assert_int_equal(rc, 0);
+        pthread_join(w, NULL);
+        assert_int_equal(r.status, 200);
+        char want_s[128];
+        snprintf(want_s, sizeof(want_s), "{\"result\":{\"bytes\":%d,\"sum\":%llu}", PIECES * PIECE,
+                 (unsigned long long)want);
+        assert_non_null(strstr(r.body, want_s));
+        hresp_free(&r);
+        assert_true(pauses >= 2);
+        assert_false(aborted);
+    }
+    free(req);
+    vd_http_stop(h, 2000); /* aborted the process when a connection had been suspended twice */
+    vd_http_free(h);
+}
+
 /* Streamed reply */
 struct gen {
     int next, n;
@@ -1004,6 +1152,7 @@ int main(void)
         cmocka_unit_test(test_body_limit),
         cmocka_unit_test(test_deferred_reply_pool_of_one),
         cmocka_unit_test(test_stream_body_pause_resume),
+        cmocka_unit_test(test_stream_body_chunked_pauses_then_stop),
         cmocka_unit_test(test_stream_reply),
         cmocka_unit_test(test_graceful_stop),
         cmocka_unit_test(test_metrics),
