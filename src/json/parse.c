@@ -121,94 +121,40 @@ static bool eisel_lemire(uint64_t w, int q, uint64_t *bits)
     return true;
 }
 
+/* A number literal as decimal significand and exponent: the value is (-1)^neg * w * 10^q, with
+ * w holding at most 19 significant digits; dropped says nonzero digits did not fit in w. */
+struct decimal {
+    uint64_t w;
+    int64_t q;
+    bool neg, dropped;
+};
+
 /*
- * Correctly rounded double of a number literal. The text is split into a decimal significand w
- * of at most 19 digits and an exponent q. With w <= 2^53 and |q| <= 22 both w and 10^|q| are
- * exact doubles and one IEEE multiply or divide rounds once (Clinger). Otherwise Eisel-Lemire
- * decides almost always; when it cannot, or the text is not a plain JSON number, strtod reads
- * it. Beyond 19 digits w is truncated: if w * 10^q and (w + 1) * 10^q round to the same double,
- * so does everything between them, the literal included.
+ * Correctly rounded double of d, the literal s[0,n). With w <= 2^53 and |q| <= 22 both w and
+ * 10^|q| are exact doubles and one IEEE multiply or divide rounds once (Clinger). Otherwise
+ * Eisel-Lemire decides almost always; when it cannot, strtod reads the text. Beyond 19 digits w
+ * is truncated: if w * 10^q and (w + 1) * 10^q round to the same double, so does everything
+ * between them, the literal included.
  */
-double vd__json_text_to_double(const char *s, size_t n)
+static double decimal_to_double(const struct decimal *d, const char *s, size_t n)
 {
-    const char *c = s, *e = s + n;
-    bool neg = false, dropped = false;
-    uint64_t w = 0;
-    int sig = 0; /* significant digits kept in w */
-    int64_t q = 0;
-    if (c < e && *c == '-') {
-        neg = true;
-        c++;
+    if (d->w == 0)
+        return d->neg ? -0.0 : 0.0;
+    if (!d->dropped && d->w <= (UINT64_C(1) << 53) && d->q >= -22 && d->q <= 22) {
+        double v = (double)d->w;
+        v = d->q < 0 ? v / pow10_exact[-d->q] : v * pow10_exact[d->q];
+        return d->neg ? -v : v;
     }
-    const char *digits = c;
-    while (c < e && *c >= '0' && *c <= '9') {
-        unsigned d = (unsigned)(*c - '0');
-        if (sig < 19) {
-            w = w * 10 + d;
-            sig += w != 0;
-        } else {
-            q++;
-            dropped |= d != 0;
-        }
-        c++;
-    }
-    if (c == digits)
-        goto slow;
-    if (c < e && *c == '.') {
-        c++;
-        const char *frac = c;
-        while (c < e && *c >= '0' && *c <= '9') {
-            unsigned d = (unsigned)(*c - '0');
-            if (sig < 19) {
-                w = w * 10 + d;
-                sig += w != 0;
-                q--;
-            } else {
-                dropped |= d != 0;
-            }
-            c++;
-        }
-        if (c == frac)
-            goto slow;
-    }
-    if (c < e && (*c == 'e' || *c == 'E')) {
-        c++;
-        bool eneg = false;
-        int64_t ex = 0;
-        if (c < e && (*c == '-' || *c == '+')) {
-            eneg = *c == '-';
-            c++;
-        }
-        const char *exd = c;
-        while (c < e && *c >= '0' && *c <= '9') {
-            if (ex < 100000) /* larger exponents all mean 0 or infinity */
-                ex = ex * 10 + (*c - '0');
-            c++;
-        }
-        if (c == exd)
-            goto slow;
-        q += eneg ? -ex : ex;
-    }
-    if (c != e)
-        goto slow;
-    if (w == 0)
-        return neg ? -0.0 : 0.0;
-    if (!dropped && w <= (UINT64_C(1) << 53) && q >= -22 && q <= 22) {
-        double v = (double)w;
-        v = q < 0 ? v / pow10_exact[-q] : v * pow10_exact[q];
-        return neg ? -v : v;
-    }
-    if (q >= VD__P5_MIN && q <= VD__P5_MAX) {
+    if (d->q >= VD__P5_MIN && d->q <= VD__P5_MAX) {
         uint64_t bits, bits_up;
-        if (eisel_lemire(w, (int)q, &bits) &&
-            (!dropped || (eisel_lemire(w + 1, (int)q, &bits_up) && bits_up == bits))) {
-            bits |= (uint64_t)neg << 63;
+        if (eisel_lemire(d->w, (int)d->q, &bits) &&
+            (!d->dropped || (eisel_lemire(d->w + 1, (int)d->q, &bits_up) && bits_up == bits))) {
+            bits |= (uint64_t)d->neg << 63;
             double v;
             memcpy(&v, &bits, sizeof(v));
             return v;
         }
     }
-slow:;
     /* strtod needs a NUL-terminated string; number texts are short unless someone sends
      * thousands of digits, which we copy to the heap. */
     char small[128];
@@ -223,11 +169,116 @@ slow:;
     return v;
 }
 
+/* Appends the digits at c to d (fraction digits also lower the exponent); returns the first
+ * byte that is not a digit. */
+static const unsigned char *scan_digits(const unsigned char *c, const unsigned char *e,
+                                        struct decimal *d, bool fraction)
+{
+    uint64_t w = d->w;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    /* Eight digits at a time while they still fit in 19: vector texts have 9 to 17 digits, and
+     * the one-at-a-time loop is a chain of dependent multiplies. */
+    while (e - c >= 8 && w < UINT64_C(100000000000)) {
+        uint64_t v;
+        memcpy(&v, c, 8);
+        /* Every byte in '0'..'9': high nibble 3, and adding 6 must not carry into it. */
+        if (((v & UINT64_C(0xF0F0F0F0F0F0F0F0)) |
+             (((v + UINT64_C(0x0606060606060606)) & UINT64_C(0xF0F0F0F0F0F0F0F0)) >> 4)) !=
+            UINT64_C(0x3333333333333333))
+            break;
+        v -= UINT64_C(0x3030303030303030);
+        /* Pairs, then quads, then the whole: the first byte is the most significant digit. */
+        v = (v * 10) + (v >> 8);             /* bytes 0,2,4,6 hold 2-digit values */
+        v = (((v & UINT64_C(0x000000FF000000FF)) * (100 + (UINT64_C(1000000) << 32))) +
+             (((v >> 16) & UINT64_C(0x000000FF000000FF)) * (1 + (UINT64_C(10000) << 32)))) >>
+            32;
+        w = w * 100000000 + (uint32_t)v;
+        d->q -= fraction ? 8 : 0;
+        c += 8;
+    }
+#endif
+    while (c < e && *c >= '0' && *c <= '9') {
+        unsigned dig = (unsigned)(*c - '0');
+        if (w < UINT64_C(1000000000000000000)) { /* fewer than 19 digits so far */
+            w = w * 10 + dig;
+            d->q -= fraction;
+        } else {
+            d->q += !fraction;
+            d->dropped |= dig != 0;
+        }
+        c++;
+    }
+    d->w = w;
+    return c;
+}
+
+/* Reads the exponent digits at c into *ex, saturating (larger exponents all mean 0 or
+ * infinity); returns the first byte that is not a digit. */
+static const unsigned char *scan_exponent(const unsigned char *c, const unsigned char *e,
+                                          int64_t *ex)
+{
+    int64_t v = 0;
+    while (c < e && *c >= '0' && *c <= '9') {
+        if (v < 100000)
+            v = v * 10 + (*c - '0');
+        c++;
+    }
+    *ex = v;
+    return c;
+}
+
+double vd__json_text_to_double(const char *s, size_t n)
+{
+    const unsigned char *c = (const unsigned char *)s, *e = c + n, *p;
+    struct decimal d = {0};
+    if (c < e && *c == '-') {
+        d.neg = true;
+        c++;
+    }
+    p = c;
+    c = scan_digits(c, e, &d, false);
+    if (c == p)
+        goto slow;
+    if (c < e && *c == '.') {
+        p = ++c;
+        c = scan_digits(c, e, &d, true);
+        if (c == p)
+            goto slow;
+    }
+    if (c < e && (*c == 'e' || *c == 'E')) {
+        bool eneg = false;
+        int64_t ex;
+        c++;
+        if (c < e && (*c == '-' || *c == '+'))
+            eneg = *c++ == '-';
+        p = c;
+        c = scan_exponent(c, e, &ex);
+        if (c == p)
+            goto slow;
+        d.q += eneg ? -ex : ex;
+    }
+    if (c != e)
+        goto slow;
+    return decimal_to_double(&d, s, n);
+slow:
+    d = (struct decimal){.w = 1, .q = VD__P5_MAX + 1}; /* out of every fast range */
+    return decimal_to_double(&d, s, n);
+}
+
+/*
+ * Number nodes carry their literal in the same allocation, right after the cJSON struct, and are
+ * flagged cJSON_IsReference so cJSON_Delete frees the block once instead of also freeing
+ * valuestring (the flag means nothing else for an item without children; cJSON_Duplicate
+ * clears it and copies the text). A 1536-float vector thus costs 1536 allocations, not 3072.
+ */
 static int parse_number(struct parser *ps, cJSON **out)
 {
     const unsigned char *start = ps->cur, *c = ps->cur, *e = ps->end;
-    if (*c == '-')
+    struct decimal d = {0};
+    if (*c == '-') {
+        d.neg = true;
         c++;
+    }
     if (c >= e)
         return fail(ps, c, "truncated number");
     if (*c == '0') {
@@ -235,8 +286,7 @@ static int parse_number(struct parser *ps, cJSON **out)
         if (c < e && *c >= '0' && *c <= '9')
             return fail(ps, c - 1, "leading zero in number");
     } else if (*c >= '1' && *c <= '9') {
-        while (c < e && *c >= '0' && *c <= '9')
-            c++;
+        c = scan_digits(c, e, &d, false);
     } else if (*c == 'I' || *c == 'N' || *c == 'i' || *c == 'n') {
         return fail(ps, start, "NaN and Infinity are not JSON");
     } else {
@@ -246,32 +296,31 @@ static int parse_number(struct parser *ps, cJSON **out)
         c++;
         if (c >= e || *c < '0' || *c > '9')
             return fail(ps, c, "expected a digit after the decimal point");
-        while (c < e && *c >= '0' && *c <= '9')
-            c++;
+        c = scan_digits(c, e, &d, true);
     }
     if (c < e && (*c == 'e' || *c == 'E')) {
+        bool eneg = false;
+        int64_t ex;
         c++;
         if (c < e && (*c == '+' || *c == '-'))
-            c++;
+            eneg = *c++ == '-';
         if (c >= e || *c < '0' || *c > '9')
             return fail(ps, c, "expected a digit in the exponent");
-        while (c < e && *c >= '0' && *c <= '9')
-            c++;
+        c = scan_exponent(c, e, &ex);
+        d.q += eneg ? -ex : ex;
     }
     size_t n = (size_t)(c - start);
-    double v = vd__json_text_to_double((const char *)start, n);
+    double v = decimal_to_double(&d, (const char *)start, n);
     if (isnan(v)) /* only from a failed temporary allocation: the grammar admits no NaN */
         return fail_nomem(ps);
     if (!isfinite(v))
         return fail(ps, start, "number is out of range (not a finite double)");
-    cJSON *node = new_node(ps, cJSON_Number);
+    cJSON *node = cJSON_malloc(sizeof(*node) + n + 1);
     if (!node)
-        return VD_ENOMEM;
-    node->valuestring = cJSON_malloc(n + 1);
-    if (!node->valuestring) {
-        cJSON_free(node);
         return fail_nomem(ps);
-    }
+    memset(node, 0, sizeof(*node));
+    node->type = cJSON_Number | cJSON_IsReference;
+    node->valuestring = (char *)(node + 1);
     memcpy(node->valuestring, start, n);
     node->valuestring[n] = 0;
     node->valuedouble = v;
@@ -783,6 +832,8 @@ void vd_json_set_number(cJSON *item, double v)
         return;
     if (item->valuestring && !(item->type & cJSON_IsReference))
         cJSON_free(item->valuestring);
+    else if (cJSON_IsNumber(item))
+        item->type &= ~cJSON_IsReference; /* the literal was part of the node (parse_number) */
     item->valuestring = NULL;
     cJSON_SetNumberHelper(item, v);
 }
