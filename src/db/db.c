@@ -142,6 +142,41 @@ int vd_db_check_name(const char *name, struct vd_err *err)
     return 0;
 }
 
+/* Adds an open collection to the table (the table takes the caller's reference). */
+static int table_add(struct vd_db *db, struct vd_coll *c)
+{
+    pthread_mutex_lock(&db->mu);
+    struct vd_coll **nv = realloc(db->colls, (db->n_colls + 1) * sizeof *nv);
+    if (nv) {
+        db->colls = nv;
+        db->colls[db->n_colls++] = c;
+    }
+    pthread_mutex_unlock(&db->mu);
+    return nv ? 0 : VD_ENOMEM;
+}
+
+/* A referenced copy of the table, for work done without holding mu; release with
+ * snapshot_put. NULL with *n = 0 when empty or out of memory. */
+static struct vd_coll **snapshot(struct vd_db *db, size_t *n)
+{
+    pthread_mutex_lock(&db->mu);
+    struct vd_coll **v = db->n_colls ? calloc(db->n_colls, sizeof *v) : NULL;
+    *n = v ? db->n_colls : 0;
+    for (size_t i = 0; i < *n; i++) {
+        v[i] = db->colls[i];
+        atomic_fetch_add(&v[i]->refs, 1);
+    }
+    pthread_mutex_unlock(&db->mu);
+    return v;
+}
+
+static void snapshot_put(struct vd_coll **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        vd__db_coll_unref(v[i]);
+    free(v);
+}
+
 /* ---- loading at start ---- */
 
 struct load_ctx {
@@ -250,14 +285,7 @@ static int load_collection(const struct vd_coll_schema *s, void *arg)
     vd_store_read_end(l.t);
     vd_log_info("collection '%s': %zu points ready in %.1f s (%zu to link in the background)",
                 s->name, c->pm.count, (double)(vd_mono_ns() - t0) / 1e9, vd_index_pending(c->ix));
-    pthread_mutex_lock(&db->mu);
-    struct vd_coll **nv = realloc(db->colls, (db->n_colls + 1) * sizeof *nv);
-    if (nv) {
-        db->colls = nv;
-        db->colls[db->n_colls++] = c;
-    }
-    pthread_mutex_unlock(&db->mu);
-    if (!nv) {
+    if (table_add(db, c)) {
         vd__db_coll_unref(c);
         return VD_ENOMEM;
     }
@@ -309,21 +337,14 @@ static void periodic_save(struct vd_db *db)
     if (!db->save_seconds)
         return;
     uint64_t now = vd_mono_ns();
-    pthread_mutex_lock(&db->mu);
-    size_t n = db->n_colls;
-    struct vd_coll **v = calloc(n ? n : 1, sizeof *v);
-    for (size_t i = 0; v && i < n; i++) {
-        v[i] = db->colls[i];
-        atomic_fetch_add(&v[i]->refs, 1);
-    }
-    pthread_mutex_unlock(&db->mu);
-    for (size_t i = 0; v && i < n; i++) {
+    size_t n;
+    struct vd_coll **v = snapshot(db, &n);
+    for (size_t i = 0; i < n; i++) {
         if (now - v[i]->last_save_ns >= (uint64_t)db->save_seconds * 1000000000ull &&
             vd_index_pending(v[i]->ix) == 0)
             save_one(v[i]);
-        vd__db_coll_unref(v[i]);
     }
-    free(v);
+    snapshot_put(v, n);
 }
 
 struct worker_arg {
@@ -513,14 +534,7 @@ static void create_done(struct vd_wbatch *b, int status, void *arg)
             status = vd_errf(&b->err, VD_ENOMEM, "out of memory creating collection");
         } else {
             unlink(c->index_path); /* a stale file of an older incarnation id: never trust it */
-            pthread_mutex_lock(&db->mu);
-            struct vd_coll **nv = realloc(db->colls, (db->n_colls + 1) * sizeof *nv);
-            if (nv) {
-                db->colls = nv;
-                db->colls[db->n_colls++] = c;
-            }
-            pthread_mutex_unlock(&db->mu);
-            if (!nv) {
+            if (table_add(db, c)) {
                 vd__db_coll_unref(c);
                 status = vd_errf(&b->err, VD_ENOMEM, "out of memory creating collection");
             }
@@ -628,15 +642,9 @@ void vd_db_metrics(struct vd_db *db, struct vd_buf *out)
     }
     vd_buf_puts(out, "# HELP vectord_collection_points Live points per collection.\n"
                      "# TYPE vectord_collection_points gauge\n");
-    pthread_mutex_lock(&db->mu);
-    size_t n = db->n_colls;
-    struct vd_coll **v = calloc(n ? n : 1, sizeof *v);
-    for (size_t i = 0; v && i < n; i++) {
-        v[i] = db->colls[i];
-        atomic_fetch_add(&v[i]->refs, 1);
-    }
-    pthread_mutex_unlock(&db->mu);
-    for (size_t i = 0; v && i < n; i++) {
+    size_t n;
+    struct vd_coll **v = snapshot(db, &n);
+    for (size_t i = 0; i < n; i++) {
         struct vd_coll_stats st;
         vd_db_coll_stats(v[i], &st);
         vd_buf_printf(out, "vectord_collection_points{collection=\"%s\"} %llu\n",
@@ -645,7 +653,6 @@ void vd_db_metrics(struct vd_db *db, struct vd_buf *out)
                       v[i]->schema.name, (unsigned long long)st.pending);
         vd_buf_printf(out, "vectord_collection_index_bytes{collection=\"%s\"} %zu\n",
                       v[i]->schema.name, st.index_bytes);
-        vd__db_coll_unref(v[i]);
     }
-    free(v);
+    snapshot_put(v, n);
 }
