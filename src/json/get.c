@@ -137,6 +137,16 @@ static float item_float(const cJSON *item)
         return f;
     if (isinf(f))
         return strtof(item->valuestring, NULL);
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof(bits));
+    unsigned ex = (unsigned)(bits >> 52) & 0x7FF;
+    if (ex >= 1023 - 126 && ex <= 1023 + 127) {
+        /* d in the normal float range: a midpoint has the bit just below float precision set
+         * and the 28 bits under it clear. */
+        if ((bits & 0x1FFFFFFF) == 0x10000000)
+            return strtof(item->valuestring, NULL);
+        return f;
+    }
     if ((double)f != d) {
         float g = nextafterf(f, d > (double)f ? INFINITY : -INFINITY);
         double mid = isinf(g) ? (double)f + ((double)f - (double)nextafterf(f, 0.0f)) * 0.5

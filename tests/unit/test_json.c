@@ -716,6 +716,47 @@ static void test_text_to_double_matches_strtod(void **state)
            st.n, st.via_parse, (double)(vd_mono_ns() - t0) / 1e9);
 }
 
+/* A parsed number keeps its literal inside its own node: setting, duplicating, detaching and
+ * moving it must neither leak nor free the text twice (the sanitizer build checks both). */
+static void test_number_node_ownership(void **state)
+{
+    (void)state;
+    const char *doc = "{\"a\":0.012345678901234567,\"b\":[1e-5,18446744073709551615],\"c\":\"s\"}";
+    cJSON *j, *a, *b, *dup;
+    struct vd_err err;
+    assert_int_equal(vd_json_parse(doc, strlen(doc), 0, &j, &err), 0);
+    a = cJSON_GetObjectItemCaseSensitive(j, "a");
+    assert_true(cJSON_IsNumber(a));
+    assert_string_equal(a->valuestring, "0.012345678901234567");
+    assert_true(a->valuedouble == 0.012345678901234567);
+
+    dup = cJSON_Duplicate(a, true);
+    assert_non_null(dup);
+    assert_true(cJSON_IsNumber(dup));
+    assert_string_equal(dup->valuestring, "0.012345678901234567");
+    assert_ptr_not_equal(dup->valuestring, a->valuestring);
+
+    vd_json_set_number(a, 2.5);
+    assert_null(a->valuestring);
+    struct vd_buf out;
+    vd_buf_init(&out);
+    vd_buf_json(&out, j);
+    assert_string_equal(out.data, "{\"a\":2.5,\"b\":[1e-5,18446744073709551615],\"c\":\"s\"}");
+    vd_buf_release(&out);
+
+    /* Moved to another tree, the number keeps its text and is freed with that tree. */
+    b = cJSON_DetachItemFromArray(cJSON_GetObjectItemCaseSensitive(j, "b"), 1);
+    cJSON *other = cJSON_CreateArray();
+    cJSON_AddItemToArray(other, b);
+    cJSON_AddItemToArray(other, dup);
+    cJSON_Delete(j);
+    vd_buf_init(&out);
+    vd_buf_json(&out, other);
+    assert_string_equal(out.data, "[18446744073709551615,0.012345678901234567]");
+    vd_buf_release(&out);
+    cJSON_Delete(other);
+}
+
 /* Values near midpoints of random floats, written with many digits, must match strtof. */
 static void test_get_floats_matches_strtof(void **state)
 {
@@ -1109,6 +1150,7 @@ int main(void)
         cmocka_unit_test(test_get_floats),
         cmocka_unit_test(test_get_floats_matches_strtof),
         cmocka_unit_test(test_text_to_double_matches_strtod),
+        cmocka_unit_test(test_number_node_ownership),
         cmocka_unit_test(test_payload_numbers_exact),
         cmocka_unit_test(test_json_string_escaping),
         cmocka_unit_test(test_buf),
