@@ -188,7 +188,7 @@ static const unsigned char *scan_digits(const unsigned char *c, const unsigned c
             break;
         v -= UINT64_C(0x3030303030303030);
         /* Pairs, then quads, then the whole: the first byte is the most significant digit. */
-        v = (v * 10) + (v >> 8);             /* bytes 0,2,4,6 hold 2-digit values */
+        v = (v * 10) + (v >> 8); /* bytes 0,2,4,6 hold 2-digit values */
         v = (((v & UINT64_C(0x000000FF000000FF)) * (100 + (UINT64_C(1000000) << 32))) +
              (((v >> 16) & UINT64_C(0x000000FF000000FF)) * (1 + (UINT64_C(10000) << 32)))) >>
             32;
