@@ -62,6 +62,9 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--clients", type=int, default=4, help="concurrent upload connections")
+    ap.add_argument("--digits", type=int, default=0,
+                    help="round vector values to this many decimals in the request bodies (0 = "
+                         "shortest float64 text, as most clients send); smaller bodies for big runs")
     ap.add_argument("--out", default="bench_api.json")
     a = ap.parse_args()
 
@@ -83,6 +86,8 @@ def main():
     try:
         rng = np.random.default_rng(42)
         data = embedding_like(rng, a.n + a.queries, a.dim)
+        if a.digits:
+            data = np.round(data, a.digits).astype(np.float32)
         base, queries = data[:a.n], data[a.n:]
         c = Client(host, port, a.api_key)
         coll = "bench"
