@@ -35,6 +35,9 @@ struct vd_http_opts {
     const struct vd_http_key *keys;
     size_t n_keys;       /* none = auth disabled (everyone is admin) */
     const char *version; /* for GET /; NULL = "unknown" */
+    /* seconds a connection may stay silent (no byte in or out) before it is closed, e.g. a
+     * malformed request whose body never comes; 0 = default 30 */
+    unsigned idle_timeout_s;
 };
 
 struct vd_http;     /* server */

@@ -55,6 +55,7 @@ struct vd_http {
     uint16_t port_req, port;
     unsigned threads;
     size_t max_body;
+    unsigned idle_timeout_s;
     char version[64];
     struct vd_http_authkey *keys;
     size_t n_keys;

@@ -37,6 +37,7 @@
 #define FORCED_GRACE_MS 1000
 #define DISCARD_MIN ((size_t)4 << 20)
 #define WAKE_WAIT_MS 1000u
+#define DEFAULT_IDLE_TIMEOUT_S 30u
 #define PREALLOC_MAX ((unsigned long long)1 << 20)
 
 struct query_kv {
@@ -936,6 +937,7 @@ int vd_http_new(const struct vd_http_opts *o, struct vd_http **out, struct vd_er
         h->threads = n < 2 ? 2 : (unsigned)n;
     }
     h->max_body = o->max_body ? o->max_body : DEFAULT_MAX_BODY;
+    h->idle_timeout_s = o->idle_timeout_s ? o->idle_timeout_s : DEFAULT_IDLE_TIMEOUT_S;
     snprintf(h->version, sizeof(h->version), "%s", o->version ? o->version : "unknown");
     atomic_init(&h->next_id, 1);
     atomic_init(&h->stopping, false);
@@ -1030,7 +1032,9 @@ int vd_http_start(struct vd_http *h, struct vd_err *err)
         {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, h},
         /* 128 KiB per connection: headers plus body pieces large enough for fast imports. */
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, 128 * 1024, NULL},
-        {MHD_OPTION_CONNECTION_TIMEOUT, 120, NULL},
+        /* A damaged request (body shorter than announced, client half-closed) is never completed
+         * and libmicrohttpd holds its connection until this idle timeout. */
+        {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)h->idle_timeout_s, NULL},
         /* a pool of one is libmicrohttpd's single internal thread: no pool option then */
         {h->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)h->threads, NULL},
         {MHD_OPTION_END, 0, NULL},
@@ -1145,7 +1149,9 @@ void vd_http_stop(struct vd_http *h, unsigned deadline_ms)
     /* libmicrohttpd 0.9.75 aborts if a connection it was asked to resume is still on its
      * suspended list when it stops: wait until each woken connection came back to us (a paused
      * body with no new bytes never calls back, hence the bound; by then the resume is long done). */
-    for (unsigned i = 0; i < WAKE_WAIT_MS * 10 && atomic_load(&h->wakes_unseen) > 0; i++) {
+    /* Bounded by the clock, not by a count of naps: on a loaded machine each nap lasts far longer. */
+    uint64_t wake_until = vd_mono_ns() + (uint64_t)WAKE_WAIT_MS * 1000000u;
+    while (atomic_load(&h->wakes_unseen) > 0 && vd_mono_ns() < wake_until) {
         struct timespec ts = {.tv_nsec = 100000};
         nanosleep(&ts, NULL);
     }

@@ -48,6 +48,9 @@ static int hconnect(uint16_t port)
     assert_true(fd >= 0);
     struct timeval tv = {.tv_sec = 30};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    /* also bounds connect(): with a full accept queue it would retry SYNs for about two minutes */
+    struct timeval stv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof(stv));
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
@@ -995,14 +998,19 @@ static void extra_metrics(struct vd_buf *out, void *ctx)
     vd_buf_puts(out, "vectord_points{collection=\"c\"} 42\n");
 }
 
-static bool metrics_has(uint16_t port, const char *needle)
+static bool metrics_has_h(uint16_t port, const char *hdrs, const char *needle)
 {
     struct hresp r;
-    if (do_req(port, "GET", "/metrics", NULL, NULL, &r))
+    if (do_req(port, "GET", "/metrics", hdrs, NULL, &r))
         return false;
     bool ok = r.status == 200 && strstr(r.body, needle);
     hresp_free(&r);
     return ok;
+}
+
+static bool metrics_has(uint16_t port, const char *needle)
+{
+    return metrics_has_h(port, NULL, needle);
 }
 
 static void test_metrics(void **state)
@@ -1095,7 +1103,12 @@ static void test_random_garbage(void **state)
     sb.no_pause = true;
     pthread_mutex_unlock(&sb.mu);
     struct vd_http_key keys[] = {{"k", VD_ROLE_ADMIN}};
-    struct vd_http *h = server(2, 256, keys, 1);
+    /* a short idle timeout: the server must let go of what the damage left incomplete */
+    struct vd_http_opts o = {.bind = "127.0.0.1", .threads = 2, .max_body = 256, .keys = keys, .n_keys = 1,
+                             .idle_timeout_s = 1};
+    struct vd_http *h;
+    struct vd_err e;
+    assert_int_equal(vd_http_new(&o, &h, &e), 0);
     assert_int_equal(vd_http_route(h, "POST", "/echo", VD_ROLE_NONE, h_body_len, NULL), 0);
     assert_int_equal(vd_http_route(h, "GET", "/collections/{c}/points/{id}", VD_ROLE_RO, h_echo_params, NULL), 0);
     assert_int_equal(vd_http_route_stream(h, "POST", "/import", VD_ROLE_NONE, s_begin, &sops, NULL), 0);
@@ -1128,7 +1141,7 @@ static void test_random_garbage(void **state)
         send_all(fd, req, n);
         if (it % 8 == 0) {
             /* Read now and then, with a short timeout: a damaged request may leave libmicrohttpd
-             * waiting for bytes that never come (until its idle timeout), which is fine. */
+             * waiting for bytes that never come (until its idle timeout, checked below). */
             struct timeval tv = {.tv_usec = 300000};
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
             shutdown(fd, SHUT_WR);
@@ -1138,8 +1151,24 @@ static void test_random_garbage(void **state)
         }
         close(fd);
     }
+    /* a body that never comes, from a client that stays connected: the server closes the
+     * connection at its idle timeout instead of holding it */
+    int fd = hconnect(p);
+    const char *partial = "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234";
+    assert_int_equal(send_all(fd, partial, strlen(partial)), 0);
+    uint64_t t0 = vd_mono_ns();
+    struct hresp r;
+    if (read_resp(fd, &r) == 0) /* returns once the server closes (or after 30 s) */
+        hresp_free(&r);
+    close(fd);
+    double waited = (double)(vd_mono_ns() - t0) / 1e9;
+    if (waited > 10)
+        fail_msg("a stalled request held its connection for %.1f s (idle timeout 1 s)", waited);
     assert_int_equal(status_of(p, "GET", "/healthz", NULL), 200);
     assert_int_equal(status_of(p, "GET", "/collections/x/points/1", "api-key: k\r\n"), 200);
+    /* every connection the damage left waiting is closed by the idle timeout: only the scrape
+     * itself is in flight then */
+    WAIT_FOR(metrics_has_h(p, "api-key: k\r\n", "vectord_http_requests_in_flight 1\n"));
     vd_http_free(h);
 }
 
