@@ -33,6 +33,7 @@ struct import {
     struct vd_err commit_err;
     struct vd_buf errors; /* JSON array body of the first IMPORT_MAX_ERRORS line errors */
     bool ended;
+    bool aborted; /* the client went away: the request is gone, nothing may reply */
 };
 
 static void import_free(struct import *im)
@@ -111,11 +112,14 @@ static void batch_done(int status, const struct vd_err *err, uint64_t op_id, voi
     if (op_id > im->last_op)
         im->last_op = op_id;
     bool done = finish_ready(im);
-    bool resume = !done && im->paused && im->inflight == 0;
+    bool aborted = im->aborted;
+    bool resume = !done && !aborted && im->paused && im->inflight == 0;
     if (resume)
         im->paused = false;
     pthread_mutex_unlock(&im->mu);
-    if (done)
+    if (done && aborted)
+        import_free(im); /* the last commit of an abandoned import lets go of it */
+    else if (done)
         reply(im);
     else if (resume)
         vd_http_resume_body(im->r);
@@ -291,6 +295,7 @@ static void import_abort(struct vd_http_req *r, void *ctx)
     pthread_mutex_lock(&im->mu);
     bool free_now = im->inflight == 0;
     im->ended = true;
+    im->aborted = true;
     pthread_mutex_unlock(&im->mu);
     if (free_now)
         import_free(im);
