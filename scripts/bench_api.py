@@ -37,8 +37,14 @@ class Client:
         h = {"Content-Type": "application/json"}
         if self.key:
             h["api-key"] = self.key
-        self.c.request(method, path, body=body, headers=h)
-        r = self.c.getresponse()
+        try:
+            self.c.request(method, path, body=body, headers=h)
+            r = self.c.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            # the server closes connections idle for longer than its timeout: reconnect once
+            self.c.close()
+            self.c.request(method, path, body=body, headers=h)
+            r = self.c.getresponse()
         data = r.read()
         if r.status != 200:
             raise RuntimeError(f"{method} {path}: {r.status} {data[:300]!r}")
