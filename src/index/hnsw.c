@@ -562,6 +562,14 @@ static int link_one(struct vd_index *ix, struct vd__sctx *c, uint32_t s)
 out_release_ep:
     if (hold)
         pthread_mutex_unlock(&ix->ep_mu);
+    if (rc && mt->upper) {
+        /* s goes back to pending and draws a new level when retried; no link names it yet */
+        atomic_fetch_sub_explicit(&ix->upper_bytes, (size_t)level * (ix->m + 1) * sizeof(uint32_t),
+                                  memory_order_relaxed);
+        free(mt->upper);
+        mt->upper = NULL;
+        mt->level = 0;
+    }
     return rc;
 }
 

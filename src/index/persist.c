@@ -322,10 +322,18 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
         goto out_free_buf;
     atomic_store(&ix->seq, seq);
     bool dropped = false;
+    /* Record s goes to slot s, since links name slots. Free slots join the free list only after
+     * the loop: alloc_slot hands out free-list slots first, so pushing them here would give a
+     * later record an earlier slot and leave nslots short of the slots actually in use (which
+     * then the repair, save, free and the next upserts would not see as taken). */
     for (uint32_t s = 0; s < nslots; s++) {
         uint32_t got;
         if ((rc = vd__index_alloc_slot(ix, &got)) != 0)
             goto out_free_index;
+        if (got != s) {
+            rc = VD_ECORRUPT; /* cannot happen: the free list is empty while loading */
+            goto out_free_index;
+        }
         const struct vd__tabs *t = atomic_load(&ix->tabs);
         uint8_t *b = vd__blk(ix, t, s);
         struct vd__meta *mt = vd__meta(ix, t, s);
@@ -333,11 +341,8 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
         uint8_t kind = get_u8(&r);
         if (r.bad || kind > K_TOMB)
             goto out_free_index;
-        if (kind == K_FREE) {
-            if ((rc = vd__index_free_push(ix, s)) != 0)
-                goto out_free_index;
+        if (kind == K_FREE)
             continue;
-        }
         uint8_t kl = get_u8(&r);
         const uint8_t *key = get(&r, kl);
         if (!key || vd_pid_decode(key, kl, &mt->id) != 0)
@@ -348,11 +353,8 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
         }
         int fr = kind == K_TOMB ? VD_ENOTFOUND : fetch(&mt->id, (float *)b, ctx);
         if (fr == VD_ENOTFOUND) {
-            if (kind == K_PENDING) {
-                if ((rc = vd__index_free_push(ix, s)) != 0)
-                    goto out_free_index;
-                continue;
-            }
+            if (kind == K_PENDING)
+                continue; /* never linked: simply free, pushed after the loop */
             /* still linked: a tombstone until the repair below */
             memset(b, 0, ix->vec_bytes);
             atomic_store(vd__state(ix, b), ST_DELETED);
@@ -381,6 +383,13 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
     if (r.off != r.n) {
         rc = VD_ECORRUPT;
         goto out_free_index;
+    }
+    {
+        const struct vd__tabs *t = atomic_load(&ix->tabs);
+        for (uint32_t s = 0; s < nslots; s++)
+            if (atomic_load(vd__state(ix, vd__blk(ix, t, s))) == ST_FREE &&
+                (rc = vd__index_free_push(ix, s)) != 0)
+                goto out_free_index;
     }
     if (ep != UINT32_MAX) {
         const struct vd__tabs *t = atomic_load(&ix->tabs);
