@@ -71,6 +71,7 @@ def main():
     ap.add_argument("--digits", type=int, default=0,
                     help="round vector values to this many decimals in the request bodies (0 = "
                          "shortest float64 text, as most clients send); smaller bodies for big runs")
+    ap.add_argument("--efs", default="64,128", help="hnsw_ef values to measure, comma-separated")
     ap.add_argument("--out", default="bench_api.json")
     a = ap.parse_args()
 
@@ -173,7 +174,7 @@ def main():
                    "upsert_points_per_s": up_rate, "upsert_mb_per_s": mb / up_s,
                    "index_settle_s": index_wait}
         results["exact_1"] = run({"exact": True}, 1)
-        for ef in (64, 128):
+        for ef in (int(x) for x in a.efs.split(",")):
             results[f"hnsw_ef{ef}_1"] = run({"hnsw_ef": ef}, 1)
             results[f"hnsw_ef{ef}_8"] = run({"hnsw_ef": ef}, 8)
         # filtered search: "bucket" is id % 1000, so bucket < b keeps b/1000 of the points
