@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "store_int.h"
 #include "vectord/raftlog.h"
 
 #define FORMAT 1
@@ -50,26 +51,6 @@ static int mdb_to_vd(int rc)
     default:
         return VD_EIO;
     }
-}
-
-static int mkdir_p(const char *dir, struct vd_err *err)
-{
-    char buf[4096];
-    size_t n = strlen(dir);
-    if (n == 0 || n >= sizeof(buf))
-        return vd_errf(err, VD_EINVAL, "raft directory path is empty or too long");
-    memcpy(buf, dir, n + 1);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-            return vd_errf(err, VD_EIO, "cannot create directory '%s': %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-        return vd_errf(err, VD_EIO, "cannot create directory '%s': %s", buf, strerror(errno));
-    return 0;
 }
 
 /* ---- encodings --------------------------------------------------------------------------- */
@@ -117,7 +98,7 @@ int vd_raftlog_open(const struct vd_raftlog_opts *o, struct vd_raftlog **out, st
         goto out_free_log;
     }
     snprintf(l->path, plen, "%s/raft", o->dir);
-    if ((rc = mkdir_p(l->path, err)))
+    if ((rc = vd__store_mkdir_p(l->path, err)))
         goto out_free_log;
     l->no_sync = o->no_sync;
     l->map_size = o->map_size ? o->map_size : DEFAULT_MAP;

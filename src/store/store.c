@@ -140,12 +140,12 @@ int vd__store_schema_decode(const MDB_val *v, struct vd_coll_schema *out)
 
 /* ---- open / close -------------------------------------------------------------------------- */
 
-static int mkdir_p(const char *dir, struct vd_err *err)
+int vd__store_mkdir_p(const char *dir, struct vd_err *err)
 {
     char buf[4096];
     size_t n = strlen(dir);
     if (n == 0 || n >= sizeof buf)
-        return vd_errf(err, VD_EINVAL, "data directory path is empty or too long");
+        return vd_errf(err, VD_EINVAL, "directory path is empty or too long");
     memcpy(buf, dir, n + 1);
     for (char *p = buf + 1; *p; p++) {
         if (*p != '/')
@@ -288,12 +288,12 @@ int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct v
         r = vd_errf(err, VD_ENOMEM, "out of memory");
         goto out_free;
     }
-    if ((r = mkdir_p(s->dir, err)))
+    if ((r = vd__store_mkdir_p(s->dir, err)))
         goto out_free;
     if ((r = lock_dir(s, err)))
         goto out_free;
     snprintf(path, sizeof path, "%s/data", s->dir);
-    if ((r = mkdir_p(path, err)))
+    if ((r = vd__store_mkdir_p(path, err)))
         goto out_unlock;
 
     /* NOTLS: HTTP threads serve many connections, and a read may end on another thread.

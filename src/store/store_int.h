@@ -100,4 +100,8 @@ void *vd__store_writer_main(void *arg);
 /* Counts pending purges in meta at open; resumes them. */
 int vd__store_count_purges(struct vd_store *s, MDB_txn *txn, uint32_t *out);
 
+/* Creates dir and its missing parents (mode 0700); VD_EINVAL for an empty or over-long path,
+ * VD_EIO naming the directory that could not be made. Shared by the data and Raft environments. */
+int vd__store_mkdir_p(const char *dir, struct vd_err *err);
+
 #endif
