@@ -115,6 +115,9 @@ struct vd_db_search {
      * it answers for). n_ranges 0 = all points. */
     const uint64_t (*ranges)[2];
     size_t n_ranges;
+    /* A point that is never a result (a query by point id does not answer with that point), or
+     * NULL. */
+    const struct vd_pid *exclude;
 };
 
 /* Runs a search and appends the JSON array of scored points ([{"id","version","score","payload",

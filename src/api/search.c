@@ -10,8 +10,7 @@ struct sargs {
     float *vec;            /* owned */
     struct vd_filter *filter;
     bool scroll;           /* query without a query: scroll order */
-    bool has_exclude;      /* query by point id: that point is not a result */
-    struct vd_pid exclude;
+    struct vd_pid exclude; /* query by point id: that point (s.exclude points here) */
 };
 
 static void sargs_release(struct sargs *a)
@@ -122,74 +121,12 @@ static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struc
             vd_pid_format(&a->exclude, s);
             return vd_errf(err, VD_ENOTFOUND, "query: point %s not found", s);
         }
-        a->has_exclude = true;
-        a->s.limit += 1; /* room for the point itself, dropped from the results below */
+        a->s.exclude = &a->exclude;
     } else if ((rc = read_query_vector(c, q, "query", &a->vec, err))) {
         return rc;
     }
     a->s.query = a->vec;
     return 0;
-}
-
-/* Removes the object whose "id" equals the excluded point from a JSON array of results, or the
- * last element when the point was not among them (limit was raised by one to make room). */
-static void drop_excluded(struct vd_buf *b, size_t start, const struct vd_pid *ex)
-{
-    struct vd_buf idb;
-    vd_buf_init(&idb);
-    vd_buf_puts(&idb, "{\"id\":");
-    vd_buf_json_pid(&idb, ex);
-    vd_buf_puts(&idb, ",");
-    if (!vd_buf_ok(&idb) || !b->data)
-        goto out;
-    /* find element boundaries at depth 1 */
-    char *arr = b->data + start;
-    size_t len = b->len - start;
-    size_t last_begin = 0, last_end = 0, hit_begin = 0, hit_end = 0;
-    bool hit = false, in_str = false;
-    int depth = 0;
-    size_t elem_begin = 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = arr[i];
-        if (in_str) {
-            if (ch == '\\')
-                i++;
-            else if (ch == '"')
-                in_str = false;
-            continue;
-        }
-        if (ch == '"')
-            in_str = true;
-        else if (ch == '{' || ch == '[') {
-            if (depth == 1 && ch == '{')
-                elem_begin = i;
-            depth++;
-        } else if (ch == '}' || ch == ']') {
-            depth--;
-            if (depth == 1 && ch == '}') {
-                last_begin = elem_begin;
-                last_end = i + 1;
-                if (!hit && i + 1 - elem_begin > idb.len &&
-                    !memcmp(arr + elem_begin, idb.data, idb.len)) {
-                    hit = true;
-                    hit_begin = elem_begin;
-                    hit_end = i + 1;
-                }
-            }
-        }
-    }
-    if (!last_end)
-        goto out;
-    size_t bgn = hit ? hit_begin : last_begin, end = hit ? hit_end : last_end;
-    /* take a neighbouring comma with it */
-    if (end < len && arr[end] == ',')
-        end++;
-    else if (bgn > 1 && arr[bgn - 1] == ',')
-        bgn--;
-    memmove(arr + bgn, arr + end, len - end);
-    b->len -= end - bgn;
-out:
-    vd_buf_release(&idb);
 }
 
 static int run(struct vd_coll *c, struct sargs *a, struct vd_buf *out, struct vd_err *err)
@@ -219,11 +156,7 @@ static int run(struct vd_coll *c, struct sargs *a, struct vd_buf *out, struct vd
         return vd_db_scroll_json(c, has_from ? &from : NULL, a->s.limit, a->filter, &a->w, out,
                                  &next, &has_next, err);
     }
-    size_t start = out->len;
-    int rc = vd_db_search_json(c, &a->s, &a->w, out, err);
-    if (rc == 0 && a->has_exclude)
-        drop_excluded(out, start, &a->exclude);
-    return rc;
+    return vd_db_search_json(c, &a->s, &a->w, out, err);
 }
 
 typedef int (*parse_fn)(struct vd_coll *, const cJSON *, struct sargs *, struct vd_err *);

@@ -73,6 +73,7 @@ struct filter_ctx {
     const struct vd_filter *f;
     const uint64_t (*ranges)[2];
     size_t n_ranges;
+    const struct vd_pid *exclude;
 };
 
 static bool in_ranges(const struct filter_ctx *fc, const struct vd_pid *id)
@@ -90,7 +91,7 @@ static bool in_ranges(const struct filter_ctx *fc, const struct vd_pid *id)
 static bool filter_cb(const struct vd_pid *id, uint32_t slot, void *arg)
 {
     struct filter_ctx *fc = arg;
-    if (!in_ranges(fc, id))
+    if (!in_ranges(fc, id) || (fc->exclude && vd_pid_eq(fc->exclude, id)))
         return false;
     if (!fc->f)
         return true;
@@ -155,8 +156,9 @@ int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const str
         rc = vd_errf(err, VD_EINVAL, "a zero query vector cannot be used with Cosine distance");
         goto out_free;
     }
-    struct filter_ctx fc = {.c = c, .f = s->filter, .ranges = s->ranges, .n_ranges = s->n_ranges};
-    bool filtered = s->filter || s->n_ranges;
+    struct filter_ctx fc = {.c = c, .f = s->filter, .ranges = s->ranges, .n_ranges = s->n_ranges,
+                            .exclude = s->exclude};
+    bool filtered = s->filter || s->n_ranges || s->exclude;
     struct vd_search_req r = {
         .query = q,
         .k = k,
