@@ -124,6 +124,12 @@ class FilterTest(NodeTest):
             with self.subTest(flt=flt):
                 self.assertError(n.request("POST", "/collections/f/points/scroll", {"filter": flt}), 400)
                 self.assertError(n.request("POST", "/collections/f/points/count", {"filter": flt}), 400)
+                self.assertError(n.request("POST", "/collections/f/points/export", {"filter": flt}), 400)
+                self.assertError(n.request("POST", "/collections/f/points/search",
+                                           {"vector": [0, 0, 0], "limit": 1, "filter": flt}), 400)
+                self.assertError(n.request("POST", "/collections/f/points/delete", {"filter": flt}), 400)
+        self.assertError(n.request("POST", "/collections/f/points/export", b"{oops"), 400)
+        self.assertError(n.request("GET", "/collections/none/points/export"), 404)
 
 
 class PointsEditTest(NodeTest):
