@@ -1,0 +1,83 @@
+/*
+ * vectord cluster: the node's membership in a cluster. A loop thread (libuv) drives the Raft core
+ * (include/vectord/raft.h) with its log in LMDB (include/vectord/raftlog.h), talks to peers over
+ * the framed TCP transport, and applies the metadata state machine (members, ring tokens,
+ * collection schemas) to the local database. HTTP threads call the functions below; they never
+ * block: each takes a completion that runs later, on the loop thread or on the storage writer
+ * thread, and must not block either.
+ *
+ * Lifecycle: a node with no Raft state and no join address bootstraps a one-node cluster with
+ * itself as the only voter, adopting the collections it already holds. With a join address it
+ * starts empty and asks that member to add it; the leader adds it as a non-voter, promotes it
+ * once it has caught up, and every node learns its address through the state machine. Node
+ * identity (the data environment's node id) and membership survive restarts.
+ *
+ * Metadata changes (collections, members) may be asked of any node: a follower forwards them to
+ * the leader and waits through elections up to the request deadline; the completion runs once
+ * the change is applied on this node, so a client that got 200 from node A finds the collection
+ * on A at once.
+ */
+#ifndef VECTORD_CLUSTER_H
+#define VECTORD_CLUSTER_H
+
+#include "vectord/core.h"
+#include "vectord/db.h"
+#include "vectord/json.h"
+
+struct vd_cluster_opts {
+    struct vd_db *db;           /* not owned; outlives the cluster */
+    const char *data_dir;       /* the Raft environment is <data_dir>/raft */
+    const char *bind;           /* address to listen on for peers */
+    uint16_t port;              /* cluster port (0 = ephemeral, tests) */
+    const char *advertise;      /* host:port peers use to reach this node; NULL = bind:port
+                                   (or 127.0.0.1:port when bind is a wildcard) */
+    const char *http_advertise; /* host:port of this node's REST API, shown in GET /cluster */
+    const char *join;           /* cluster address of a member, or NULL */
+    const char *secret;         /* cluster secret, or NULL (loopback peers only) */
+    uint32_t election_timeout_ms; /* 0 = 1000 */
+    uint32_t heartbeat_ms;        /* 0 = 100 */
+    uint32_t request_timeout_ms;  /* deadline of a metadata change or sync; 0 = 10000 */
+    bool no_sync;                 /* tests only */
+};
+
+struct vd_cluster; /* opaque; thread-safe */
+
+/* Opens the Raft log, starts the transport and the loop thread, bootstraps or joins as above.
+ * Returns once the loop runs (joining continues in the background). Errors: VD_EIO (cannot
+ * listen, storage), VD_EINVAL (bad address; a join asked of a node that already belongs to a
+ * cluster of more than itself or holds collections: err says which), VD_ENOMEM. */
+int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, struct vd_err *err);
+/* Stops the loop thread, fails pending requests with VD_ECLOSED, closes the log. NULL ignored. */
+void vd_cluster_stop(struct vd_cluster *c);
+
+/* Completion of the asynchronous calls: the same shape as the database's. status 0 or a VD_E*
+ * code with err's message; op_id is the Raft index of the change (0 for sync). */
+typedef vd_db_done_fn vd_cluster_done_fn;
+
+/* Collection create and delete through Raft. Outcomes: 0; VD_EEXIST / VD_ENOTFOUND as decided
+ * when the leader applied the change; VD_ETIMEOUT (no leader within the deadline: HTTP 503 is
+ * the caller's choice); VD_ECLOSED. The schema is copied. Returns VD_ENOMEM (done not called)
+ * or 0 (done will be called exactly once). */
+int vd_cluster_create_collection(struct vd_cluster *c, const struct vd_coll_schema *s,
+                                 vd_cluster_done_fn done, void *ctx, struct vd_err *err);
+int vd_cluster_delete_collection(struct vd_cluster *c, const char *name, vd_cluster_done_fn done,
+                                 void *ctx, struct vd_err *err);
+/* Linearizable barrier (ReadIndex): done once this node has applied everything committed before
+ * the call, so a collection created anywhere before is visible here. */
+int vd_cluster_sync(struct vd_cluster *c, vd_cluster_done_fn done, void *ctx, struct vd_err *err);
+/* Adds the node listening at addr (its cluster address): the leader contacts it, and the node
+ * joins if it is fresh (no collections, alone in its own cluster). Done once it is a voter.
+ * Errors through done: VD_EINVAL (not reachable or not fresh: err says which), VD_EEXIST. */
+int vd_cluster_add_node(struct vd_cluster *c, const char *addr, vd_cluster_done_fn done, void *ctx,
+                        struct vd_err *err);
+/* Removes member id (a leader hands leadership over first). VD_ENOTFOUND for an unknown id,
+ * VD_EINVAL for the last voter. */
+int vd_cluster_remove_node(struct vd_cluster *c, uint64_t id, vd_cluster_done_fn done, void *ctx,
+                           struct vd_err *err);
+
+/* Appends the `result` object of GET /cluster (Qdrant's shape plus `nodes`, see
+ * docs/cluster.md) as seen by this node right now. */
+void vd_cluster_status_json(struct vd_cluster *c, struct vd_buf *out);
+uint64_t vd_cluster_node_id(const struct vd_cluster *c);
+
+#endif

@@ -1,0 +1,202 @@
+/*
+ * Internals of the cluster module, shared by its files and its unit tests:
+ *   - frames and the peer transport (transport.c): framed binary messages over libuv TCP;
+ *   - the metadata state machine (meta.c): members, ring tokens and collection schemas, pure;
+ *   - the node (node.c): the loop thread that drives Raft, the transport and the state machine.
+ */
+#ifndef VECTORD_CLUSTER_INT_H
+#define VECTORD_CLUSTER_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vectord/core.h"
+#include "vectord/json.h"
+#include "vectord/store.h"
+
+/* ---- frames ---------------------------------------------------------------------------------
+ * Every message between nodes is one frame:
+ *   magic u16 BE 0x7664 ("vd") ‖ version u8 ‖ type u8 ‖ length u32 BE of the body ‖
+ *   crc32c u32 BE over the 8 header bytes before it and the body ‖ body
+ * A frame with a bad magic, version, checksum or a length above the receiver's limit closes the
+ * connection (nothing of it is trusted). */
+#define VD_FRAME_MAGIC 0x7664u
+#define VD_FRAME_VERSION 1
+#define VD_FRAME_HDR 12
+#define VD_FRAME_MAX_DEFAULT (64u << 20)
+
+/* Frame types 1..15 belong to the transport (handshake); 16 and up are delivered to the user. */
+enum vd_frame_type {
+    VD_FRAME_CHALLENGE = 1, /* acceptor -> dialer: nonce */
+    VD_FRAME_HELLO = 2,     /* dialer -> acceptor: id, advertised address, nonce, proof */
+    VD_FRAME_WELCOME = 3,   /* acceptor -> dialer: id, advertised address, proof */
+    VD_FRAME_USER = 16,
+    VD_FRAME_RAFT = 16,       /* body: vd_raft_msg_encode */
+    VD_FRAME_CALL = 17,       /* body: call id u64 BE ‖ JSON request (forwarded to the leader) */
+    VD_FRAME_CALL_REPLY = 18, /* body: call id u64 BE ‖ JSON reply */
+};
+
+struct vd_frame {
+    uint8_t type;
+    const uint8_t *body; /* points into the decoded buffer */
+    uint32_t len;
+};
+
+/* Writes the 12-byte header for a body of len bytes into hdr. */
+void vd__frame_header(uint8_t type, const void *body, uint32_t len, uint8_t hdr[VD_FRAME_HDR]);
+/*
+ * Decodes one frame at the start of buf[0..n). Returns 0 with *used = 0 when more bytes are
+ * needed, 0 with *used = header + body and *out filled when a whole frame is there (out->body
+ * points into buf), or VD_ECORRUPT (bad magic, version or checksum) / VD_ETOOBIG (length above
+ * max_body). Never reads past buf[n).
+ */
+int vd__frame_decode(const uint8_t *buf, size_t n, uint32_t max_body, struct vd_frame *out,
+                     size_t *used);
+
+/* ---- peer transport -------------------------------------------------------------------------
+ * One libuv TCP listener plus one connection per peer, all on the caller's loop; every function
+ * is called on the loop thread and every callback runs there.
+ *
+ * Handshake, with a cluster secret: the acceptor sends CHALLENGE (random nonce); the dialer
+ * answers HELLO with its id, advertised address, its own nonce and HMAC-SHA256(secret, ...) over
+ * both nonces and its fields; the acceptor checks it and answers WELCOME with its id, address and
+ * an HMAC over the dialer's nonce, which the dialer checks (mutual authentication; a replayed
+ * HELLO fails because the nonce is fresh). Without a secret the same exchange runs with empty
+ * proofs, and both ends accept only peers whose socket address is loopback. A peer that fails the
+ * handshake is logged (once per address per minute) and closed.
+ *
+ * After the handshake a connection carries frames both ways, whichever end dialed. Sending to a
+ * peer id uses an established connection to it, else dials its known address; frames queued
+ * while a peer is unreachable are kept up to a bounded number of bytes (older ones are dropped:
+ * Raft retransmits), and redialing backs off from 50 ms to 2 s.
+ */
+struct vd_transport;
+
+typedef void (*vd_transport_frame_fn)(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
+                                      const uint8_t *body, size_t len);
+
+struct vd_transport_opts {
+    void *loop;            /* uv_loop_t * of the caller's loop thread */
+    uint64_t self_id;      /* non-zero */
+    const char *bind;      /* address to listen on */
+    uint16_t port;         /* 0 = ephemeral (tests) */
+    const char *advertise; /* host:port sent to peers */
+    const char *secret;    /* NULL or "": loopback peers only */
+    uint32_t max_frame;    /* 0 = VD_FRAME_MAX_DEFAULT */
+    size_t max_queue;      /* bytes queued per unreachable peer; 0 = 64 MiB */
+    vd_transport_frame_fn on_frame; /* user frames (type >= VD_FRAME_USER) */
+    void *ctx;
+};
+
+/* Starts listening. Strings are copied. Errors: VD_EINVAL (bad address), VD_EIO (bind failed:
+ * err names address and reason), VD_ENOMEM. */
+int vd_transport_start(const struct vd_transport_opts *o, struct vd_transport **out,
+                       struct vd_err *err);
+/* The port listened on (useful with port 0). */
+uint16_t vd_transport_port(const struct vd_transport *t);
+/* Sets or changes the address of peer id (copied). */
+void vd_transport_set_peer(struct vd_transport *t, uint64_t id, const char *addr);
+/* Forgets a peer: closes its connections and drops its queue. */
+void vd_transport_remove_peer(struct vd_transport *t, uint64_t id);
+/* Queues one frame for peer id (body copied). VD_ENOTFOUND when neither a connection nor an
+ * address is known for id. */
+int vd_transport_send(struct vd_transport *t, uint64_t to, uint8_t type, const void *body,
+                      size_t len);
+/* Queues one frame for whoever listens at addr (used to join before the peer's id is known; the
+ * connection is registered under the id learnt in the handshake, so replies find their way). */
+int vd_transport_send_addr(struct vd_transport *t, const char *addr, uint8_t type,
+                           const void *body, size_t len);
+/* True when a handshaken connection to id is open. */
+bool vd_transport_connected(const struct vd_transport *t, uint64_t id);
+/* Closes the listener and every connection; frees t once the handles have closed (the caller
+ * keeps running its loop until uv_run returns). */
+void vd_transport_close(struct vd_transport *t);
+
+/* ---- metadata state machine -----------------------------------------------------------------
+ * Pure: no I/O, no clock, no randomness; every node applies the same committed commands in the
+ * same order and ends with the same state. Commands and snapshots are JSON text (small, rare,
+ * readable in a debugger); apply never trusts them (they come from disk and network). */
+
+enum vd_meta_state { VD_MEMBER_JOINING = 1, VD_MEMBER_UP, VD_MEMBER_LEAVING };
+
+#define VD_META_TOKENS 16 /* virtual nodes per member on the ring */
+
+struct vd_meta_member {
+    uint64_t id;
+    char addr[256];       /* cluster address host:port */
+    char http_addr[256];  /* REST address host:port ("" when unknown) */
+    uint8_t state;        /* enum vd_meta_state */
+    uint64_t tokens[VD_META_TOKENS]; /* ring positions, derived from id at add time */
+};
+
+struct vd_meta; /* opaque */
+
+int vd_meta_new(struct vd_meta **out);
+void vd_meta_free(struct vd_meta *m);
+
+/* Command builders: append the JSON text of one command to out. */
+void vd_meta_cmd_create_collection(const struct vd_coll_schema *s, struct vd_buf *out);
+void vd_meta_cmd_delete_collection(const char *name, struct vd_buf *out);
+void vd_meta_cmd_add_member(uint64_t id, const char *addr, const char *http_addr,
+                            struct vd_buf *out);
+void vd_meta_cmd_set_member(uint64_t id, enum vd_meta_state state, const char *addr,
+                            const char *http_addr, struct vd_buf *out);
+void vd_meta_cmd_remove_member(uint64_t id, struct vd_buf *out);
+
+/*
+ * Applies the command committed at raft index `index`. Returns the command's outcome, identical
+ * on every node: 0; VD_EEXIST (collection or member exists); VD_ENOTFOUND; VD_EINVAL (malformed
+ * command: nothing changes). res (may be NULL) gets the message a user reads. A created
+ * collection whose schema has incarnation 0 gets incarnation (1 << 63) | index, so every node
+ * stores the same incarnation for it. m's applied index becomes `index` in every case.
+ */
+int vd_meta_apply(struct vd_meta *m, uint64_t index, const uint8_t *cmd, size_t len,
+                  struct vd_err *res);
+/* Marks index as applied without a command (no-op and configuration entries). */
+void vd_meta_skip(struct vd_meta *m, uint64_t index);
+uint64_t vd_meta_applied(const struct vd_meta *m);
+
+/* Whole state as JSON (snapshot), and back. Restore replaces m's state; VD_ECORRUPT on bad input
+ * (m unchanged). */
+int vd_meta_snapshot(const struct vd_meta *m, struct vd_buf *out);
+int vd_meta_restore(struct vd_meta *m, const uint8_t *data, size_t len, struct vd_err *err);
+
+/* Lookups. Returned pointers point into m and stay valid until the next apply/restore. */
+const struct vd_coll_schema *vd_meta_collection(const struct vd_meta *m, const char *name);
+size_t vd_meta_n_collections(const struct vd_meta *m);
+const struct vd_coll_schema *vd_meta_collection_at(const struct vd_meta *m, size_t i); /* by name */
+const struct vd_meta_member *vd_meta_member(const struct vd_meta *m, uint64_t id);
+size_t vd_meta_n_members(const struct vd_meta *m);
+const struct vd_meta_member *vd_meta_member_at(const struct vd_meta *m, size_t i); /* by id */
+
+/* The ring: up to rf distinct member ids, clockwise from hash (members in state UP or LEAVING
+ * own tokens; JOINING ones do not yet). Returns how many were written to out. */
+size_t vd_meta_replicas(const struct vd_meta *m, uint64_t hash, unsigned rf, uint64_t *out);
+
+/*
+ * Reconciliation of the local database with the state machine. Given what the node holds
+ * (local[i] = name and incarnation), lists the actions that make it match: first deletes of local
+ * collections that the state machine does not have (or has under another incarnation), then
+ * creates of collections it has that are missing locally (or were just deleted for having another
+ * incarnation). One exception keeps a lagging state machine from destroying newer data: a local
+ * collection whose incarnation has the top bit set and whose creation index (incarnation without
+ * the top bit) is above the applied index is left alone. Incarnations without the top bit come
+ * from collections created before the node was in a cluster; the node adopts those into the
+ * state machine before it reconciles, so they are treated like any other.
+ */
+struct vd_meta_local {
+    const char *name;
+    uint64_t incarnation;
+};
+struct vd_meta_action {
+    bool create;                   /* else delete */
+    char name[256];
+    struct vd_coll_schema schema;  /* create: the schema to create with */
+    uint64_t incarnation;          /* delete: the incarnation to delete */
+};
+/* Fills out (caller frees *out). Errors: VD_ENOMEM. */
+int vd_meta_plan(const struct vd_meta *m, const struct vd_meta_local *local, size_t n_local,
+                 struct vd_meta_action **out, size_t *n_out);
+
+#endif
