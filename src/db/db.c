@@ -560,8 +560,10 @@ int vd_db_coll_create(struct vd_db *db, const struct vd_coll_schema *schema, vd_
         return vd_errf(err, VD_ENOMEM, "out of memory");
     m->db = db;
     m->schema = *schema;
-    m->schema.incarnation = 0;
-    m->schema.created_hlc = vd_hlc_now();
+    /* A cluster passes the incarnation and creation time its state machine assigned, so every
+     * node stores the same; a single node leaves them 0 and the store assigns them. */
+    if (!m->schema.created_hlc)
+        m->schema.created_hlc = vd_hlc_now();
     m->op.kind = VD_WOP_COLL_CREATE;
     m->op.schema = &m->schema;
     m->b.ops = &m->op;
