@@ -123,6 +123,7 @@ struct vd_cluster {
     uint64_t catchup; /* last log index at start-up: reconcile once applied reaches it */
     uint64_t synced;  /* the database reflects the state machine up to this index */
     uint64_t last_ping, last_join, last_status;
+    uint64_t seen_term, seen_leader;
     char *join; /* where to send join requests (NULL once a member) */
     bool was_member;
     struct {
@@ -559,6 +560,13 @@ static void drive(struct vd_cluster *c)
         ops_progress(c);
     } while (c->need_drive && !c->broken);
     c->driving = false;
+    /* a new term or leader shows in GET /cluster at once, not at the next periodic refresh */
+    uint64_t term = vd_raft_term(c->raft), leader = vd_raft_leader(c->raft);
+    if (term != c->seen_term || leader != c->seen_leader) {
+        c->seen_term = term;
+        c->seen_leader = leader;
+        status_refresh(c);
+    }
     arm_raft_timer(c);
 }
 
