@@ -77,4 +77,80 @@ void vd_filter_keys(const struct vd_filter *f, void (*fn)(const char *key, void 
 /* True if the filter matches every point whatever its payload (no conditions). */
 bool vd_filter_is_empty(const struct vd_filter *f);
 
+/* ---- payload indexes ---------------------------------------------------------------------------
+ * A payload index keeps, for one key, the values every point yields under that key; the planner
+ * asks it for the points satisfying a condition. Both sides use the same walk as evaluation, so an
+ * index answers a condition exactly as vd_filter_match_bin would. */
+
+/* A compiled key (e.g. "meta.tags[]"): immutable, shareable between threads like a filter. */
+struct vd_filter_key;
+
+/* Compiles a key with the syntax filters use (docs/filters.md, "Keys"). *out is owned by the
+ * caller and released with vd_filter_key_free. Errors: VD_EINVAL naming the key, VD_ENOMEM. */
+int vd_filter_key_parse(const char *key, struct vd_filter_key **out, struct vd_err *err);
+void vd_filter_key_free(struct vd_filter_key *k);
+
+/* One scalar payload value. Strings are borrowed from the payload and live as long as it. */
+enum vd_filter_vtype { VD_FILTER_V_BOOL, VD_FILTER_V_INT, VD_FILTER_V_DBL, VD_FILTER_V_STR };
+struct vd_filter_value {
+    enum vd_filter_vtype t;
+    bool b;
+    int64_t i;
+    double d; /* DBL; also INT converted to double, as range compares */
+    const char *s;
+    uint32_t slen;
+};
+
+/* Calls fn for every scalar value key yields in a binary payload (NULL / len 0: none), walking as a
+ * field condition does: arrays on the path fan out, and a value that is an array yields its
+ * elements (one level). null, objects and arrays inside arrays are skipped; a value may come more
+ * than once. bin must be well formed (see vd_filter_match_bin). Allocation-free. */
+void vd_filter_key_values(const struct vd_filter_key *k, const uint8_t *bin, size_t len,
+                          void (*fn)(const struct vd_filter_value *v, void *ctx), void *ctx);
+
+struct vd_filter_str {
+    const char *s;
+    uint32_t len;
+};
+
+/* One field condition (or has_id) as a payload index sees it, for vd_filter_bound. The condition
+ * holds for a point when its match part or its range part holds for some value the key yields. */
+enum vd_filter_match {
+    VD_FILTER_MATCH_NONE,  /* no match part */
+    VD_FILTER_MATCH_STR,   /* value or any: the value equals one of strs[n] */
+    VD_FILTER_MATCH_INT,   /* value or any: an integer value (not a float) equals one of ints[n] */
+    VD_FILTER_MATCH_BOOL,  /* value: the bool b */
+    VD_FILTER_MATCH_OTHER, /* except, text, is_empty, is_null: no value index answers it */
+};
+struct vd_filter_field {
+    const char *key; /* as written in the filter; NULL for has_id */
+    enum vd_filter_match match;
+    uint32_t n;
+    const struct vd_filter_str *strs;
+    const int64_t *ints;
+    bool b;
+    bool has_range; /* some number x (integers as doubles) within every bound given */
+    bool gt_set, gte_set, lt_set, lte_set;
+    double gt, gte, lt, lte;
+    const struct vd_pid *ids; /* has_id: the listed ids (key NULL) */
+    uint32_t n_ids;
+};
+
+/* Set operations of the caller's point-set type, for vd_filter_bound. */
+struct vd_filter_sets {
+    /* A new set holding at least the points satisfying c; *exact is set true when it holds
+     * exactly those. NULL when no index answers c (or out of memory): no bound. */
+    void *(*field)(const struct vd_filter_field *c, bool *exact, void *ctx);
+    void (*intersect)(void *acc, const void *other, void *ctx); /* acc = acc AND other */
+    void (*unite)(void *acc, const void *other, void *ctx);     /* acc = acc OR other */
+    void (*free)(void *set, void *ctx);
+    void *ctx;
+};
+
+/* Bounds the points f matches with the sets that ops->field gives for its conditions: must
+ * intersects, should unites (only when every one of its conditions is answered), must_not and
+ * min_should give no bound. Returns a new set (caller frees with ops->free) that holds every
+ * matching point, *exact true when it holds only those; or NULL when nothing bounds f. */
+void *vd_filter_bound(const struct vd_filter *f, const struct vd_filter_sets *ops, bool *exact);
+
 #endif

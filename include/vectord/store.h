@@ -11,6 +11,8 @@
  *   payloads    same key -> JSON object text (separate so vector scans stay compact)
  *   changes     seq u64 BE -> incarnation u64 BE ‖ pid key
  *   hints       reserved for hinted handoff (empty for now)
+ *   payload_indexes incarnation u64 BE ‖ field name -> {format u8 = 1, type u8}: the payload
+ *               indexes declared on a collection (the indexes themselves live in memory)
  *
  * Threads: every function is thread-safe unless stated. All writes go through one writer thread
  * that commits every queued batch in one transaction (group commit: one fsync serves many
@@ -71,7 +73,14 @@ enum vd_wop_kind {
     VD_WOP_COLL_CREATE, /* schema; VD_EEXIST if name exists */
     VD_WOP_COLL_DELETE, /* by name; VD_ENOTFOUND if absent; points of that incarnation are purged
                            in the background in chunks (never in one huge txn) */
+    VD_WOP_PINDEX_PUT,  /* declare (or retype) the payload index `field` of incarnation with
+                           field_type; VD_ENOTFOUND if the collection is gone, VD_ERANGE for an
+                           empty name or one over VD_STORE_PINDEX_NAME_MAX bytes */
+    VD_WOP_PINDEX_DELETE, /* drop the payload index `field`; VD_ENOTFOUND if absent */
 };
+
+/* Longest payload index field name: the key (8-byte incarnation + name) fits LMDB's 511. */
+#define VD_STORE_PINDEX_NAME_MAX 500
 
 struct vd_wop {
     enum vd_wop_kind kind;
@@ -86,6 +95,8 @@ struct vd_wop {
     size_t payload_len;
     struct vd_coll_schema *schema; /* COLL_CREATE (incarnation, created_hlc filled on success) */
     const char *coll_name;         /* COLL_DELETE */
+    const char *field;             /* PINDEX_*: NUL-terminated field name */
+    uint8_t field_type;            /* PINDEX_PUT: the caller's type code (1..255, opaque here) */
     /* outputs, valid in the done callback: */
     uint64_t seq;  /* change counter assigned (0 if skipped, and for collection ops) */
     bool applied;  /* point ops: false when skipped by last-write-wins; collection ops: true */
@@ -154,6 +165,12 @@ typedef int (*vd_store_coll_fn)(const struct vd_coll_schema *c, void *ctx);
 int vd_store_coll_list(struct vd_rtxn *t, vd_store_coll_fn fn, void *ctx);
 /* VD_ENOTFOUND if absent. */
 int vd_store_coll_get(struct vd_rtxn *t, const char *name, struct vd_coll_schema *out);
+/* Visits the payload indexes declared on an incarnation in field-name byte order; the name is
+ * NUL-terminated and valid during the call only. fn returns nonzero to stop (that value is
+ * returned). */
+typedef int (*vd_store_pindex_fn)(const char *field, uint8_t type, void *ctx);
+int vd_store_pindex_list(struct vd_rtxn *t, uint64_t incarnation, vd_store_pindex_fn fn,
+                         void *ctx);
 /* Changes with seq > after, in seq order: (incarnation, id, seq) of every point op applied, for
  * replaying into the in-memory index after restart. The id pointer is valid during the call.
  * Entries of deleted collections stay until trimmed while their points are purged: a consumer

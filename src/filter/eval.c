@@ -329,3 +329,64 @@ bool vd_filter_match_bin(const struct vd_filter *f, const struct vd_pid *id, con
     }
     return vd__filter_eval(f->root, id, NULL);
 }
+
+struct values_visitor {
+    struct visitor v; /* first: walk hands this back */
+    void (*fn)(const struct vd_filter_value *v, void *ctx);
+    void *ctx;
+};
+
+static void emit_scalar(struct values_visitor *vv, const struct vd__filter_fv *v)
+{
+    struct vd_filter_value o = {0};
+    switch (v->t) {
+    case VD__FV_BOOL:
+        o.t = VD_FILTER_V_BOOL;
+        o.b = v->b;
+        break;
+    case VD__FV_INT:
+        o.t = VD_FILTER_V_INT;
+        o.i = v->i;
+        o.d = (double)v->i;
+        break;
+    case VD__FV_DBL:
+        o.t = VD_FILTER_V_DBL;
+        o.d = v->d;
+        break;
+    case VD__FV_STR:
+        o.t = VD_FILTER_V_STR;
+        o.s = v->s;
+        o.slen = v->slen;
+        break;
+    default:
+        return; /* null, objects and nested arrays satisfy no match or range */
+    }
+    vv->fn(&o, vv->ctx);
+}
+
+/* Mirrors field_visit: an array value stands for its elements. */
+static bool values_visit(struct visitor *vis, const struct vd__filter_fv *v)
+{
+    struct values_visitor *vv = (struct values_visitor *)vis;
+    if (v->t == VD__FV_ARR) {
+        struct vd__filter_iter it;
+        struct vd__filter_fv e;
+        vd__filter_iter_init(v, &it);
+        while (vd__filter_iter_next(&it, &e))
+            emit_scalar(vv, &e);
+    } else {
+        emit_scalar(vv, v);
+    }
+    return false;
+}
+
+void vd_filter_key_values(const struct vd_filter_key *k, const uint8_t *bin, size_t len,
+                          void (*fn)(const struct vd_filter_value *v, void *ctx), void *ctx)
+{
+    if (!bin || len < 2)
+        return;
+    struct vd__filter_fv root;
+    vd__filter_fv_bin(bin + 1, &root);
+    struct values_visitor vv = {.v = {.fn = values_visit}, .fn = fn, .ctx = ctx};
+    walk(&k->path, 0, &root, &vv.v);
+}

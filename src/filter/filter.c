@@ -128,11 +128,8 @@ static const char *key_intern(struct ctx *x, const char *key)
 
 /* Splits "a.b[].c[2]" or "a.\"x.y\"" into segments. Bare key names stop at '.', '[', ']' and
  * '"'; quoted names may hold anything but '"'. */
-static int parse_path(struct ctx *x, const cJSON *key, struct vd__filter_path *out)
+static int parse_path_str(struct ctx *x, const char *s, struct vd__filter_path *out)
 {
-    if (!cJSON_IsString(key) || !key->valuestring || !*key->valuestring)
-        return fail(x, VD_EINVAL, "key: expected a non-empty string");
-    const char *s = key->valuestring;
     size_t n = strlen(s);
     memset(out, 0, sizeof *out);
     /* at most one segment per character: size the array once */
@@ -209,6 +206,49 @@ bad:
                 s);
 }
 
+static int parse_path(struct ctx *x, const cJSON *key, struct vd__filter_path *out)
+{
+    if (!cJSON_IsString(key) || !key->valuestring || !*key->valuestring)
+        return fail(x, VD_EINVAL, "key: expected a non-empty string");
+    return parse_path_str(x, key->valuestring, out);
+}
+
+int vd_filter_key_parse(const char *key, struct vd_filter_key **out, struct vd_err *err)
+{
+    struct vd_filter_key *k = calloc(1, sizeof *k);
+    struct ctx x = {.err = err, .where = "key"};
+    if (!k || !(x.f = calloc(1, sizeof *x.f))) {
+        free(k);
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    }
+    k->owner = x.f;
+    if (!key || !*key) {
+        vd_filter_key_free(k);
+        return vd_errf(err, VD_EINVAL, "key: expected a non-empty string");
+    }
+    int rc = parse_path_str(&x, key, &k->path);
+    if (rc) {
+        vd_filter_key_free(k);
+        if (rc == VD_EINVAL) /* the clause-path prefix of filter messages means nothing here */
+            vd_errf(err, rc,
+                    "invalid key \"%.100s\" (expected names joined by '.', optionally followed "
+                    "by [] or [index])",
+                    key);
+        return rc;
+    }
+    *out = k;
+    return 0;
+}
+
+void vd_filter_key_free(struct vd_filter_key *k)
+{
+    if (!k)
+        return;
+    path_release(&k->path);
+    vd_filter_free(k->owner);
+    free(k);
+}
+
 /* ---- values ---------------------------------------------------------------------------------- */
 
 /* An integer filter operand: exact from the literal text; "1.0", 1.5 and "-0" are not one. */
@@ -220,7 +260,7 @@ static bool read_int(const cJSON *n, int64_t *out)
 
 static int cmp_str(const void *a, const void *b)
 {
-    const struct vd__filter_str *x = a, *y = b;
+    const struct vd_filter_str *x = a, *y = b;
     if (x->len != y->len)
         return x->len < y->len ? -1 : 1;
     return memcmp(x->s, y->s, x->len);
@@ -273,7 +313,7 @@ static int parse_set(struct ctx *x, struct vd__filter_cond *c, const cJSON *arr,
         qsort(c->u.fc.ints, n, sizeof(int64_t), cmp_i64);
         return 0;
     }
-    c->u.fc.strs = malloc(sizeof(struct vd__filter_str) * n);
+    c->u.fc.strs = malloc(sizeof(struct vd_filter_str) * n);
     c->u.fc.strbuf = malloc(bytes);
     if (!c->u.fc.strs || !c->u.fc.strbuf)
         return vd_errf(x->err, VD_ENOMEM, "out of memory");
@@ -286,7 +326,7 @@ static int parse_set(struct ctx *x, struct vd__filter_cond *c, const cJSON *arr,
         c->u.fc.strs[i].len = (uint32_t)l;
         p += l + 1;
     }
-    qsort(c->u.fc.strs, n, sizeof(struct vd__filter_str), cmp_str);
+    qsort(c->u.fc.strs, n, sizeof(struct vd_filter_str), cmp_str);
     return 0;
 }
 
@@ -616,4 +656,136 @@ bool vd_filter_is_empty(const struct vd_filter *f)
     /* must: [] and must_not: [] hold for every point; should: [] holds for none */
     return r->u.f.must.n == 0 && r->u.f.must_not.n == 0 && !r->u.f.should.present &&
            !r->u.f.min_should.present;
+}
+
+/* ---- bounds from payload indexes ------------------------------------------------------------- */
+
+static void *bound_cond(const struct vd__filter_cond *c, const struct vd_filter_sets *ops,
+                        bool *exact);
+
+/* The field condition as an index sees it. */
+static void *bound_field(const struct vd__filter_cond *c, const struct vd_filter_sets *ops,
+                         bool *exact)
+{
+    struct vd_filter_field v = {.key = c->u.fc.path.text};
+    if (c->u.fc.is_empty >= 0 || c->u.fc.is_null >= 0)
+        return NULL;
+    switch (c->u.fc.match) {
+    case VD__M_NONE:
+        v.match = VD_FILTER_MATCH_NONE;
+        break;
+    case VD__M_STR:
+        v.match = VD_FILTER_MATCH_STR;
+        v.n = 1;
+        v.strs = &c->u.fc.str;
+        break;
+    case VD__M_ANY_STR:
+        v.match = VD_FILTER_MATCH_STR;
+        v.n = c->u.fc.nset;
+        v.strs = c->u.fc.strs;
+        break;
+    case VD__M_INT:
+        v.match = VD_FILTER_MATCH_INT;
+        v.n = 1;
+        v.ints = &c->u.fc.ival;
+        break;
+    case VD__M_ANY_INT:
+        v.match = VD_FILTER_MATCH_INT;
+        v.n = c->u.fc.nset;
+        v.ints = c->u.fc.ints;
+        break;
+    case VD__M_BOOL:
+        v.match = VD_FILTER_MATCH_BOOL;
+        v.b = c->u.fc.bval;
+        break;
+    default:
+        return NULL; /* except holds on values of any other type; text is a substring test */
+    }
+    v.has_range = c->u.fc.has_range;
+    v.gt_set = c->u.fc.gt_set;
+    v.gte_set = c->u.fc.gte_set;
+    v.lt_set = c->u.fc.lt_set;
+    v.lte_set = c->u.fc.lte_set;
+    v.gt = c->u.fc.gt;
+    v.gte = c->u.fc.gte;
+    v.lt = c->u.fc.lt;
+    v.lte = c->u.fc.lte;
+    if (v.match == VD_FILTER_MATCH_NONE && !v.has_range)
+        return NULL;
+    return ops->field(&v, exact, ops->ctx);
+}
+
+static void *bound_filter(const struct vd__filter_cond *c, const struct vd_filter_sets *ops,
+                          bool *exact)
+{
+    void *acc = NULL;
+    bool ex = true, e;
+    const struct vd__filter_clause *cl = &c->u.f.should;
+    if (cl->present) {
+        /* a union bounds only when every alternative is bounded */
+        void *u = NULL;
+        for (uint32_t i = 0; i < cl->n; i++) {
+            e = false;
+            void *s = bound_cond(cl->c[i], ops, &e);
+            if (!s) {
+                if (u)
+                    ops->free(u, ops->ctx);
+                u = NULL;
+                break;
+            }
+            ex = ex && e;
+            if (!u) {
+                u = s;
+            } else {
+                ops->unite(u, s, ops->ctx);
+                ops->free(s, ops->ctx);
+            }
+        }
+        if (!u)
+            ex = false; /* should: [] (matches nothing) is left to evaluation too */
+        acc = u;
+    }
+    if (c->u.f.min_should.present || c->u.f.must_not.n > 0)
+        ex = false;
+    cl = &c->u.f.must;
+    for (uint32_t i = 0; i < cl->n; i++) {
+        e = false;
+        void *s = bound_cond(cl->c[i], ops, &e);
+        if (!s) {
+            ex = false;
+            continue;
+        }
+        ex = ex && e;
+        if (!acc) {
+            acc = s;
+        } else {
+            ops->intersect(acc, s, ops->ctx);
+            ops->free(s, ops->ctx);
+        }
+    }
+    *exact = acc && ex;
+    return acc;
+}
+
+static void *bound_cond(const struct vd__filter_cond *c, const struct vd_filter_sets *ops,
+                        bool *exact)
+{
+    *exact = false;
+    switch (c->kind) {
+    case VD__C_FILTER:
+        return bound_filter(c, ops, exact);
+    case VD__C_FIELD:
+        return bound_field(c, ops, exact);
+    case VD__C_HAS_ID: {
+        struct vd_filter_field v = {.ids = c->u.ids.ids, .n_ids = c->u.ids.n};
+        return ops->field(&v, exact, ops->ctx);
+    }
+    default:
+        return NULL;
+    }
+}
+
+void *vd_filter_bound(const struct vd_filter *f, const struct vd_filter_sets *ops, bool *exact)
+{
+    return bound_cond(f->root, ops, exact);
 }

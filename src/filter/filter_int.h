@@ -133,10 +133,6 @@ enum {
     VD__M_EXCEPT_INT,
     VD__M_TEXT,
 };
-struct vd__filter_str {
-    const char *s;
-    uint32_t len;
-};
 
 struct vd__filter_cond;
 struct vd__filter_clause {
@@ -161,11 +157,11 @@ struct vd__filter_cond {
             bool gt_set, gte_set, lt_set, lte_set;
             double gt, gte, lt, lte;
             /* match operands: one string / int / bool, or a sorted set */
-            struct vd__filter_str str;
+            struct vd_filter_str str;
             int64_t ival;
             bool bval;
             uint32_t nset;
-            struct vd__filter_str *strs; /* sorted by (len, bytes) */
+            struct vd_filter_str *strs; /* sorted by (len, bytes) */
             int64_t *ints;               /* sorted */
             char *strbuf;                /* owns the bytes of str / strs */
         } fc;
@@ -183,6 +179,11 @@ struct vd_filter {
     struct vd__filter_cond *root; /* a VD__C_FILTER */
     uint32_t nkeys;
     char **keys; /* distinct keys in first-seen order */
+};
+
+struct vd_filter_key {
+    struct vd_filter *owner; /* holds the key text */
+    struct vd__filter_path path;
 };
 
 bool vd__filter_eval(const struct vd__filter_cond *c, const struct vd_pid *id,

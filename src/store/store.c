@@ -126,7 +126,7 @@ int vd__store_schema_decode(const MDB_val *v, struct vd_coll_schema *out)
     memset(out, 0, sizeof *out);
     p++;
     out->dim = vd__store_le32_get(p), p += 4;
-    out->metric = (enum vd_metric)*p++;
+    out->metric = (enum vd_metric) * p++;
     out->hnsw_m = vd__store_le32_get(p), p += 4;
     out->hnsw_ef_construct = vd__store_le32_get(p), p += 4;
     out->full_scan_threshold_kb = vd__store_le32_get(p), p += 4;
@@ -212,9 +212,13 @@ static int init_tables(struct vd_store *s, struct vd_err *err)
     struct {
         const char *name;
         MDB_dbi *dbi;
-    } t[] = {{"meta", &s->dbi_meta},         {"collections", &s->dbi_colls},
-             {"points", &s->dbi_points},     {"payloads", &s->dbi_payloads},
-             {"changes", &s->dbi_changes},   {"hints", &s->dbi_hints}};
+    } t[] = {{"meta", &s->dbi_meta},
+             {"collections", &s->dbi_colls},
+             {"points", &s->dbi_points},
+             {"payloads", &s->dbi_payloads},
+             {"changes", &s->dbi_changes},
+             {"hints", &s->dbi_hints},
+             {"payload_indexes", &s->dbi_pindex}};
     int r;
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         rc = mdb_dbi_open(txn, t[i].name, MDB_CREATE, t[i].dbi);
@@ -714,6 +718,38 @@ int vd_store_coll_get(struct vd_rtxn *t, const char *name, struct vd_coll_schema
     if (rc)
         return vd__store_mdb_err(rc);
     return vd__store_schema_decode(&v, out);
+}
+
+int vd_store_pindex_list(struct vd_rtxn *t, uint64_t incarnation, vd_store_pindex_fn fn, void *ctx)
+{
+    uint8_t kb[8];
+    vd_be64_put(kb, incarnation);
+    MDB_val k = {8, kb}, v;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(t->txn, t->s->dbi_pindex, &cur);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    int r = 0;
+    char name[VD_STORE_PINDEX_NAME_MAX + 1];
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 8 || memcmp(k.mv_data, kb, 8) != 0)
+            break;
+        size_t nl = k.mv_size - 8;
+        if (nl == 0 || nl > VD_STORE_PINDEX_NAME_MAX || v.mv_size < 2 ||
+            ((const uint8_t *)v.mv_data)[0] != 1) {
+            r = VD_ECORRUPT;
+            break;
+        }
+        memcpy(name, (const char *)k.mv_data + 8, nl);
+        name[nl] = 0;
+        if ((r = fn(name, ((const uint8_t *)v.mv_data)[1], ctx)))
+            break;
+    }
+    if (r == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        r = vd__store_mdb_err(rc);
+    mdb_cursor_close(cur);
+    return r;
 }
 
 int vd_store_changes_since(struct vd_rtxn *t, uint64_t after, vd_store_change_fn fn, void *ctx)

@@ -27,7 +27,8 @@ struct vd_store {
     char *dir;
     int lock_fd;
     MDB_env *env;
-    MDB_dbi dbi_meta, dbi_colls, dbi_points, dbi_payloads, dbi_changes, dbi_hints;
+    MDB_dbi dbi_meta, dbi_colls, dbi_points, dbi_payloads, dbi_changes, dbi_hints,
+        dbi_pindex;
     uint64_t node_id;
     bool no_sync;
 

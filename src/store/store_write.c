@@ -8,20 +8,20 @@
 
 #include "store_int.h"
 
-#define PURGE_CHUNK 512            /* points (and payloads) deleted per purge transaction */
+#define PURGE_CHUNK 512         /* points (and payloads) deleted per purge transaction */
 #define BG_EVERY_NS 50000000ULL /* under steady load, still run a background step this often */
-#define MAP_MAX (1ULL << 46)       /* 64 TiB: beyond this MDB_MAP_FULL is reported as VD_EFULL */
+#define MAP_MAX (1ULL << 46)    /* 64 TiB: beyond this MDB_MAP_FULL is reported as VD_EFULL */
 #define GROW_RETRIES 8
-#define TRIM_CHUNK 4096          /* change-log entries deleted per trim transaction */
-#define SWEEP_CHUNK 2048         /* points examined per tombstone-sweep transaction */
+#define TRIM_CHUNK 4096            /* change-log entries deleted per trim transaction */
+#define SWEEP_CHUNK 2048           /* points examined per tombstone-sweep transaction */
 #define SWEEP_INTERVAL_MS 60000ULL /* pause between sweep passes (at most grace / 2) */
 
 /* Writer-thread state of one group transaction. */
 struct group_ctx {
-    bool map_full;        /* some LMDB call returned MDB_MAP_FULL: abort, grow, retry */
-    uint64_t cache_inc;   /* last incarnation checked live, and its dimension */
+    bool map_full;      /* some LMDB call returned MDB_MAP_FULL: abort, grow, retry */
+    uint64_t cache_inc; /* last incarnation checked live, and its dimension */
     uint32_t cache_dim;
-    int32_t purge_delta;  /* change to purges_pending once committed */
+    int32_t purge_delta; /* change to purges_pending once committed */
 };
 
 static int mdbck(struct group_ctx *g, int rc)
@@ -206,8 +206,8 @@ static int apply_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
         return vd_errf(err, mdbck(g, rc), "reading point: %s", mdb_strerror(rc));
     if (exists && (r = vd__store_pt_decode(&cur, &old)))
         return vd_errf(err, r, "stored point record is malformed");
-    if (exists && (op->version < old.version ||
-                   (op->version == old.version && op->node <= old.node)))
+    if (exists &&
+        (op->version < old.version || (op->version == old.version && op->node <= old.node)))
         return 0; /* last-write-wins: the stored version is newer or the same write */
 
     MDB_val v;
@@ -375,6 +375,59 @@ static int coll_delete(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
     if ((rc = mdb_put(txn, s->dbi_meta, &ik, &empty, 0)))
         return vd_errf(err, mdbck(g, rc), "writing meta: %s", mdb_strerror(rc));
     g->purge_delta++;
+    /* the few index declarations go now: a re-created name must start without them */
+    uint8_t pk[8];
+    vd_be64_put(pk, c.incarnation);
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, s->dbi_pindex, &cur)))
+        return vd_errf(err, mdbck(g, rc), "reading payload indexes: %s", mdb_strerror(rc));
+    MDB_val xk = {8, pk}, xv;
+    for (rc = mdb_cursor_get(cur, &xk, &xv, MDB_SET_RANGE);
+         rc == 0 && xk.mv_size >= 8 && memcmp(xk.mv_data, pk, 8) == 0;
+         rc = mdb_cursor_get(cur, &xk, &xv, MDB_NEXT))
+        if ((rc = mdb_cursor_del(cur, 0)))
+            break;
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        return vd_errf(err, mdbck(g, rc), "deleting payload indexes: %s", mdb_strerror(rc));
+    op->applied = true;
+    return 0;
+}
+
+/* PINDEX_PUT and PINDEX_DELETE: one row per declared index, keyed by incarnation and name. */
+static int pindex_op(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
+                     struct vd_err *err)
+{
+    const char *name = op->field ? op->field : "";
+    size_t nl = strlen(name);
+    if (nl == 0 || nl > VD_STORE_PINDEX_NAME_MAX)
+        return vd_errf(err, VD_ERANGE, "field name must be 1 to %d bytes, got %zu",
+                       VD_STORE_PINDEX_NAME_MAX, nl);
+    uint32_t dim;
+    int r = live_dim(s, txn, g, op->incarnation, &dim);
+    if (r == VD_ENOTFOUND)
+        return vd_errf(err, r, "collection incarnation %llu does not exist",
+                       (unsigned long long)op->incarnation);
+    if (r)
+        return vd_errf(err, r, "reading collection: %s", vd_strerror(r));
+    uint8_t kb[8 + VD_STORE_PINDEX_NAME_MAX];
+    vd_be64_put(kb, op->incarnation);
+    memcpy(kb + 8, name, nl);
+    MDB_val k = {8 + nl, kb};
+    int rc;
+    if (op->kind == VD_WOP_PINDEX_PUT) {
+        if (op->field_type == 0)
+            return vd_errf(err, VD_EINVAL, "payload index '%s': no type given", name);
+        uint8_t vb[2] = {1, op->field_type};
+        MDB_val v = {2, vb};
+        rc = mdb_put(txn, s->dbi_pindex, &k, &v, 0);
+    } else {
+        rc = mdb_del(txn, s->dbi_pindex, &k, NULL);
+        if (rc == MDB_NOTFOUND)
+            return vd_errf(err, VD_ENOTFOUND, "payload index '%s' not found", name);
+    }
+    if (rc)
+        return vd_errf(err, mdbck(g, rc), "writing payload index: %s", mdb_strerror(rc));
     op->applied = true;
     return 0;
 }
@@ -397,6 +450,10 @@ static int apply_batch(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
         case VD_WOP_COLL_DELETE:
             g->cache_inc = 0;
             r = coll_delete(s, txn, g, op, &b->err);
+            break;
+        case VD_WOP_PINDEX_PUT:
+        case VD_WOP_PINDEX_DELETE:
+            r = pindex_op(s, txn, g, op, &b->err);
             break;
         default:
             r = vd_errf(&b->err, VD_EINVAL, "unknown write operation %d", (int)op->kind);
@@ -480,7 +537,8 @@ static void run_group(struct vd_store *s, struct vd_wbatch **bs, size_t n, int s
     char msg[300];
     int rc = 0;
     if (sticky) {
-        fail_all(bs, n, VD_EIO, "storage failed to commit earlier; writes are refused until restart");
+        fail_all(bs, n, VD_EIO,
+                 "storage failed to commit earlier; writes are refused until restart");
         return;
     }
     for (int attempt = 0;; attempt++) {
@@ -722,8 +780,8 @@ static int trim_chunk(struct vd_store *s, uint64_t upto)
         return VD_EIO;
     if ((rc = mdb_cursor_open(txn, s->dbi_changes, &cur)))
         goto out_abort;
-    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0 && n < TRIM_CHUNK &&
-           k.mv_size == 8 && vd_be64_get(k.mv_data) <= upto) {
+    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0 && n < TRIM_CHUNK && k.mv_size == 8 &&
+           vd_be64_get(k.mv_data) <= upto) {
         if ((rc = mdb_cursor_del(cur, 0)))
             break;
         n++;
