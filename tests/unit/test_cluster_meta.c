@@ -636,7 +636,7 @@ static void random_command(struct vd_buf *b)
 
 static void test_determinism(void **state)
 {
-    struct vd_meta *a = new_meta(), *b = new_meta();
+    struct vd_meta *a = new_meta(), *b = new_meta(), *c = NULL;
     rng_state = 11;
     int outcomes[20] = {0};
     for (int i = 0; i < 3000; i++) {
@@ -649,6 +649,16 @@ static void test_determinism(void **state)
         assert_int_equal(x, y);
         assert_string_equal(ra.msg, rb.msg);
         outcomes[-x]++;
+        /* A third machine joins half-way from a snapshot and applies the rest. */
+        if (c)
+            assert_int_equal(
+                vd_meta_apply(c, (uint64_t)i + 1, (const uint8_t *)cmd.data, cmd.len, NULL), x);
+        if (i == 1500) {
+            char *sa = snap(a);
+            c = new_meta();
+            assert_int_equal(vd_meta_restore(c, (const uint8_t *)sa, strlen(sa), NULL), 0);
+            free(sa);
+        }
         vd_buf_release(&cmd);
         if (i % 100 == 99) {
             char *sa = snap(a), *sb = snap(b);
@@ -663,7 +673,11 @@ static void test_determinism(void **state)
     assert_true(outcomes[-VD_EEXIST] > 50);
     assert_true(outcomes[-VD_ENOTFOUND] > 50);
     assert_true(outcomes[-VD_EINVAL] > 50);
-    /* A third machine that restores a mid-way snapshot and applies the rest ends the same. */
+    char *sa = snap(a), *sc = snap(c);
+    assert_string_equal(sa, sc);
+    free(sa);
+    free(sc);
+    vd_meta_free(c);
     vd_meta_free(a);
     vd_meta_free(b);
 }
@@ -741,7 +755,50 @@ static void test_snapshot_roundtrip(void **state)
     s2 = snap(r);
     assert_string_equal(s, s2);
     assert_true(vd_meta_collection(r, "after")->incarnation == (TOP | 1236));
-    /* Member order in the text does not matter; an empty state round-trips too. */
+    /* Order in the text does not matter: restore sorts (two one-member, one-collection
+     * snapshots spliced in the wrong order give the canonical text of both). */
+    {
+        struct vd_meta *p = new_meta(), *q = new_meta(), *both = new_meta();
+        struct vd_coll_schema cp = schema("p"), cq = schema("q");
+        cp.incarnation = 1;
+        cq.incarnation = 2;
+        assert_int_equal(create(p, &cp, NULL), 0);
+        assert_int_equal(add(p, 5, "p:1", "", NULL), 0);
+        assert_int_equal(create(q, &cq, NULL), 0);
+        assert_int_equal(add(q, 3, "q:1", "", NULL), 0);
+        assert_int_equal(create(both, &cp, NULL), 0);
+        assert_int_equal(create(both, &cq, NULL), 0);
+        assert_int_equal(add(both, 5, "p:1", "", NULL), 0);
+        assert_int_equal(add(both, 3, "q:1", "", NULL), 0);
+        char *tp = snap(p), *tq = snap(q), *tb = snap(both);
+        /* Each is {"version":1,"applied":2,"collections":[C],"members":[M]}. */
+        char *cpx = strstr(tp, "\"collections\":[") + 15, *mpx = strstr(tp, "],\"members\":[");
+        char *cqx = strstr(tq, "\"collections\":[") + 15, *mqx = strstr(tq, "],\"members\":[");
+        char spliced[4096];
+        snprintf(
+            spliced, sizeof spliced,
+            "{\"version\":1,\"applied\":4,\"collections\":[%.*s,%.*s],\"members\":[%.*s,%.*s]}",
+            (int)(mqx - cqx), cqx, (int)(mpx - cpx), cpx, (int)(strlen(mpx + 13) - 2), mpx + 13,
+            (int)(strlen(mqx + 13) - 2), mqx + 13);
+        struct vd_meta *r2 = new_meta();
+        struct vd_err e2;
+        int rc2 = vd_meta_restore(r2, (const uint8_t *)spliced, strlen(spliced), &e2);
+        if (rc2)
+            print_error("%s: %s\n", spliced, e2.msg);
+        assert_int_equal(rc2, 0);
+        char *tr = snap(r2);
+        assert_string_equal(tr, tb);
+        assert_true(strcmp(spliced, tb) != 0);
+        free(tp);
+        free(tq);
+        free(tb);
+        free(tr);
+        vd_meta_free(p);
+        vd_meta_free(q);
+        vd_meta_free(both);
+        vd_meta_free(r2);
+    }
+    /* An empty state round-trips too. */
     struct vd_meta *empty = new_meta();
     char *se = snap(empty);
     assert_int_equal(vd_meta_restore(r, (const uint8_t *)se, strlen(se), NULL), 0);
