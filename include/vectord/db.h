@@ -19,9 +19,9 @@
 
 struct vd_db_opts {
     const char *data_dir;
-    bool no_sync;                 /* tests only */
-    unsigned index_threads;       /* background graph-linking threads (0 = automatic) */
-    unsigned index_save_seconds;  /* periodic graph save when changed (0 = only at close) */
+    bool no_sync;                /* tests only */
+    unsigned index_threads;      /* background graph-linking threads (0 = automatic) */
+    unsigned index_save_seconds; /* periodic graph save when changed (0 = only at close) */
 };
 
 struct vd_db;
@@ -54,9 +54,9 @@ const struct vd_coll_schema *vd_db_coll_schema(const struct vd_coll *c);
 int vd_db_coll_names(struct vd_db *db, char ***names, size_t *n);
 
 struct vd_coll_stats {
-    uint64_t points;      /* live points */
-    uint64_t indexed;     /* linked into the graph */
-    uint64_t pending;     /* stored, searchable by exact scan, not yet linked */
+    uint64_t points;  /* live points */
+    uint64_t indexed; /* linked into the graph */
+    uint64_t pending; /* stored, searchable by exact scan, not yet linked */
     size_t index_bytes;
 };
 void vd_db_coll_stats(struct vd_coll *c, struct vd_coll_stats *out);
@@ -78,8 +78,8 @@ int vd_db_upsert(struct vd_coll *c, const struct vd_db_point *pts, size_t n, vd_
 int vd_db_delete(struct vd_coll *c, const struct vd_pid *ids, size_t n, vd_db_done_fn done,
                  void *ctx, struct vd_err *err);
 /* Deletes every point matching f. */
-int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done_fn done,
-                        void *ctx, struct vd_err *err);
+int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done_fn done, void *ctx,
+                        struct vd_err *err);
 
 /* Payload edits (by ids, or by filter when ids is NULL). */
 enum vd_db_payload_op {
@@ -92,20 +92,56 @@ int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON 
                        const struct vd_pid *ids, size_t n, const struct vd_filter *f,
                        vd_db_done_fn done, void *ctx, struct vd_err *err);
 
+/* ---- payload indexes ----
+ * An index on a payload key answers filter conditions on that key from memory (see
+ * docs/filters.md, "Payload indexes"). The declaration is durable; the index is rebuilt from the
+ * payloads at every start and kept in step with every write. Results never depend on whether a
+ * key is indexed, only their speed does. */
+enum vd_db_pindex_type {
+    VD_DB_PINDEX_KEYWORD = 1, /* string values: match value / any */
+    VD_DB_PINDEX_INTEGER = 2, /* numbers: match value / any on integers, range */
+    VD_DB_PINDEX_FLOAT = 3,   /* numbers: range (and integer match) */
+    VD_DB_PINDEX_BOOL = 4,    /* bool values: match value */
+};
+/* "keyword", "integer", "float", "bool"; NULL for an unknown code. Static strings. */
+const char *vd_db_pindex_type_name(enum vd_db_pindex_type t);
+/* Parses one of the names above: 0 or VD_EINVAL. */
+int vd_db_pindex_type_parse(const char *name, enum vd_db_pindex_type *out);
+
+/* Declares (or retypes) the index on key `field` (filter key syntax, 1 to
+ * VD_STORE_PINDEX_NAME_MAX bytes) durably, then builds it and calls done with the store's last
+ * change counter as op id. Creating an index that exists with the same type is a no-op that
+ * still succeeds. Errors (returned, or through done): VD_EINVAL (bad key or type, naming it),
+ * VD_ERANGE (name too long), VD_ENOTFOUND (collection deleted), VD_ENOMEM, storage errors. */
+int vd_db_pindex_create(struct vd_coll *c, const char *field, enum vd_db_pindex_type type,
+                        vd_db_done_fn done, void *ctx, struct vd_err *err);
+/* Drops the index on `field`: VD_ENOTFOUND (naming it) when there is none. */
+int vd_db_pindex_delete(struct vd_coll *c, const char *field, vd_db_done_fn done, void *ctx,
+                        struct vd_err *err);
+
+struct vd_db_pindex_info {
+    char *field; /* owned by the array */
+    enum vd_db_pindex_type type;
+    uint64_t points; /* points holding at least one indexed value */
+};
+/* The indexes of c sorted by field name; free with vd_db_pindex_list_free. VD_ENOMEM. */
+int vd_db_pindex_list(struct vd_coll *c, struct vd_db_pindex_info **out, size_t *n);
+void vd_db_pindex_list_free(struct vd_db_pindex_info *v, size_t n);
+
 /* ---- reads ---- */
 
 /* What to return with each point: payload (all keys, or only those listed in keys), vector. */
 struct vd_db_with {
     bool payload;
-    const cJSON *payload_keys; /* array of key strings, or NULL for all */
+    const cJSON *payload_keys;    /* array of key strings, or NULL for all */
     const cJSON *payload_exclude; /* array of key strings to drop, or NULL */
     bool vector;
 };
 
 struct vd_db_search {
-    const float *query;     /* raw query (normalised here for cosine) */
+    const float *query; /* raw query (normalised here for cosine) */
     uint32_t limit, offset;
-    uint32_t ef;            /* 0 = automatic */
+    uint32_t ef; /* 0 = automatic */
     bool exact;
     const struct vd_filter *filter; /* or NULL */
     bool has_threshold;

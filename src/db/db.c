@@ -46,6 +46,7 @@ static struct vd_coll *coll_alloc(struct vd_db *db, const struct vd_coll_schema 
     pthread_rwlock_init(&c->plock, &a);
     pthread_rwlockattr_destroy(&a);
     pmap_init(&c->pm);
+    pidx_init(&c->px);
     c->index_path = index_path(db, s->incarnation);
     c->last_save_ns = vd_mono_ns();
     if (!c->index_path) {
@@ -62,6 +63,7 @@ void vd__db_coll_unref(struct vd_coll *c)
     if (atomic_load(&c->dropped))
         unlink(c->index_path);
     vd_index_free(c->ix);
+    pidx_release(&c->px);
     pmap_release(&c->pm);
     pthread_rwlock_destroy(&c->plock);
     free(c->index_path);
@@ -245,6 +247,25 @@ static int load_point(const struct vd_point_view *p, void *arg)
     return 0;
 }
 
+/* Rebuilds one declared payload index from the payloads just loaded. A declaration that cannot
+ * be built (a key this version cannot read) is logged and skipped rather than failing the start:
+ * searches stay correct without it. */
+static int load_pindex(const char *field, uint8_t type, void *arg)
+{
+    struct load_ctx *l = arg;
+    struct pidx_field *f;
+    struct vd_err e;
+    int rc = pidx_build(field, (enum vd_db_pindex_type)type, &l->c->pm, &f, &e);
+    if (rc == 0 && (rc = pidx_put(&l->c->px, f)))
+        pidx_field_free(f);
+    if (rc == VD_ENOMEM)
+        return rc;
+    if (rc)
+        vd_log_warn("collection '%s': payload index '%s' skipped: %s", l->c->schema.name, field,
+                    e.msg);
+    return 0;
+}
+
 static int load_collection(const struct vd_coll_schema *s, void *arg)
 {
     struct vd_db *db = arg;
@@ -280,6 +301,8 @@ static int load_collection(const struct vd_coll_schema *s, void *arg)
     l.scratch = NULL;
     if (rc == 0)
         rc = l.rc;
+    if (rc == 0)
+        rc = vd_store_pindex_list(l.t, s->incarnation, load_pindex, &l);
     if (rc)
         goto out_end;
     vd_store_read_end(l.t);
@@ -649,8 +672,8 @@ void vd_db_metrics(struct vd_db *db, struct vd_buf *out)
     for (size_t i = 0; i < n; i++) {
         struct vd_coll_stats st;
         vd_db_coll_stats(v[i], &st);
-        vd_buf_printf(out, "vectord_collection_points{collection=\"%s\"} %llu\n",
-                      v[i]->schema.name, (unsigned long long)st.points);
+        vd_buf_printf(out, "vectord_collection_points{collection=\"%s\"} %llu\n", v[i]->schema.name,
+                      (unsigned long long)st.points);
         vd_buf_printf(out, "vectord_collection_index_pending{collection=\"%s\"} %llu\n",
                       v[i]->schema.name, (unsigned long long)st.pending);
         vd_buf_printf(out, "vectord_collection_index_bytes{collection=\"%s\"} %zu\n",

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "pidx.h"
 #include "pmap.h"
 #include "vectord/db.h"
 #include "vectord/index.h"
@@ -14,10 +15,11 @@ struct vd_coll {
     atomic_int refs;
     struct vd_coll_schema schema;
     struct vd_index *ix;
-    pthread_rwlock_t plock; /* guards pm */
+    pthread_rwlock_t plock; /* guards pm and px */
     struct pmap pm;         /* live points and their binary payloads */
+    struct pidx px;         /* payload indexes over pm */
     atomic_bool dropped;
-    uint64_t saved_seq;     /* applied seq of the last saved graph (link thread only) */
+    uint64_t saved_seq; /* applied seq of the last saved graph (link thread only) */
     uint64_t last_save_ns;
     char *index_path;
 };

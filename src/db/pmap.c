@@ -15,6 +15,8 @@ void pmap_release(struct pmap *m)
         if (m->slots[i].used)
             free(m->slots[i].bin);
     free(m->slots);
+    free(m->sid);
+    free(m->free);
     memset(m, 0, sizeof *m);
 }
 
@@ -58,6 +60,27 @@ static int grow(struct pmap *m)
     return 0;
 }
 
+/* Makes room for one more slot; the free stack is as large as the slot table so that pmap_del
+ * never allocates. */
+static int slots_reserve(struct pmap *m)
+{
+    if (m->nfree || m->nslots < m->slot_cap)
+        return 0;
+    if (m->slot_cap >= UINT32_MAX / 2)
+        return VD_ENOMEM;
+    uint32_t ncap = m->slot_cap ? m->slot_cap * 2 : 64;
+    struct vd_pid *ns = realloc(m->sid, sizeof *ns * ncap);
+    if (!ns)
+        return VD_ENOMEM;
+    m->sid = ns;
+    uint32_t *nf = realloc(m->free, sizeof *nf * ncap);
+    if (!nf)
+        return VD_ENOMEM;
+    m->free = nf;
+    m->slot_cap = ncap;
+    return 0;
+}
+
 int pmap_set(struct pmap *m, const struct vd_pid *id, uint8_t *bin, uint32_t len)
 {
     struct pmap_entry *e = find(m, id);
@@ -69,10 +92,14 @@ int pmap_set(struct pmap *m, const struct vd_pid *id, uint8_t *bin, uint32_t len
     }
     if ((m->count + 1) * 4 > m->cap * 3 && grow(m))
         return VD_ENOMEM;
+    if (slots_reserve(m))
+        return VD_ENOMEM;
+    uint32_t slot = m->nfree ? m->free[--m->nfree] : m->nslots++;
+    m->sid[slot] = *id;
     size_t i = home(m, id);
     while (m->slots[i].used)
         i = (i + 1) & (m->cap - 1);
-    m->slots[i] = (struct pmap_entry){.id = *id, .used = 1, .len = len, .bin = bin};
+    m->slots[i] = (struct pmap_entry){.id = *id, .used = 1, .len = len, .slot = slot, .bin = bin};
     m->count++;
     return 0;
 }
@@ -83,6 +110,8 @@ void pmap_del(struct pmap *m, const struct vd_pid *id)
     if (!e)
         return;
     free(e->bin);
+    m->sid[e->slot].type = 0;
+    m->free[m->nfree++] = e->slot;
     size_t i = (size_t)(e - m->slots), mask = m->cap - 1;
     /* shift back every following entry that would be unreachable across the hole */
     for (size_t j = (i + 1) & mask; m->slots[j].used; j = (j + 1) & mask) {

@@ -18,7 +18,8 @@ static bool key_listed(const cJSON *list, const char *key)
 }
 
 /* Appends the payload: stored text as is, or a selection of its top-level keys. */
-static void put_payload(struct vd_buf *out, const struct vd_point_view *v, const struct vd_db_with *w)
+static void put_payload(struct vd_buf *out, const struct vd_point_view *v,
+                        const struct vd_db_with *w)
 {
     if (!v->payload || !v->payload_len) {
         vd_buf_puts(out, "{}");
@@ -68,13 +69,68 @@ static void put_with(struct vd_buf *out, const struct vd_point_view *v, const st
         vd_buf_puts(out, "null");
 }
 
+/* The matching points of a small candidate set, as a hash set of ids: the exact scan asks about
+ * every stored point, and a probe into this table (a few KiB, cache-resident) costs far less than
+ * a lookup in the payload map and an evaluation of the filter. */
+struct idset {
+    struct vd_pid *t; /* type 0: empty */
+    size_t mask;
+};
+
+static size_t idset_home(const struct idset *x, const struct vd_pid *id)
+{
+    uint64_t h = id->type == VD_PID_NUM ? id->u.num * 0x9e3779b97f4a7c15ull : vd_pid_hash(id);
+    return (size_t)(h ^ (h >> 31)) & x->mask;
+}
+
+/* Fills x with the ids of the slots in b; VD_ENOMEM. */
+static int idset_fill(struct idset *x, const struct pidx_bits *b, uint64_t n, const struct pmap *m)
+{
+    size_t cap = 16;
+    while (cap < n * 2)
+        cap *= 2;
+    if (!(x->t = calloc(cap, sizeof *x->t)))
+        return VD_ENOMEM;
+    x->mask = cap - 1;
+    for (size_t i = 0; i < b->nw; i++) {
+        for (uint64_t w = b->w[i]; w; w &= w - 1) {
+            uint32_t s = (uint32_t)(i * 64 + (size_t)__builtin_ctzll(w));
+            if (s >= m->nslots || !m->sid[s].type)
+                continue;
+            size_t j = idset_home(x, &m->sid[s]);
+            while (x->t[j].type)
+                j = (j + 1) & x->mask;
+            x->t[j] = m->sid[s];
+        }
+    }
+    return 0;
+}
+
+static bool idset_has(const struct idset *x, const struct vd_pid *id)
+{
+    for (size_t j = idset_home(x, id);; j = (j + 1) & x->mask) {
+        if (!x->t[j].type)
+            return false;
+        if (vd_pid_eq(&x->t[j], id))
+            return true;
+    }
+}
+
 struct filter_ctx {
     struct vd_coll *c;
     const struct vd_filter *f;
     const uint64_t (*ranges)[2];
     size_t n_ranges;
     const struct vd_pid *exclude;
+    const struct pidx_bits *bits; /* from the payload indexes: the matches, or a superset */
+    bool bits_exact;
+    const struct idset *ids; /* exactly the matches, when few */
 };
+
+static bool bit_has(const struct pidx_bits *b, uint32_t s)
+{
+    return s / 64 < b->nw && (b->w[s / 64] >> (s % 64)) & 1;
+}
 
 static bool in_ranges(const struct filter_ctx *fc, const struct vd_pid *id)
 {
@@ -95,8 +151,26 @@ static bool filter_cb(const struct vd_pid *id, uint32_t slot, void *arg)
         return false;
     if (!fc->f)
         return true;
+    if (fc->ids)
+        return idset_has(fc->ids, id);
     const struct pmap_entry *e = pmap_get(&fc->c->pm, id);
-    return e && vd_filter_match_bin(fc->f, id, e->bin, e->len);
+    if (!e)
+        return false;
+    if (fc->bits) {
+        if (!bit_has(fc->bits, e->slot))
+            return false;
+        if (fc->bits_exact)
+            return true;
+    }
+    return vd_filter_match_bin(fc->f, id, e->bin, e->len);
+}
+
+/* Few enough matches that scoring each beats walking the graph: the index's own rule for its
+ * full-scan threshold, and at least a couple of hundred points whatever the threshold. */
+static bool few(const struct vd_coll *c, uint64_t n)
+{
+    uint64_t thr = (uint64_t)c->schema.full_scan_threshold_kb * 1024;
+    return n <= 256 || n * c->schema.dim * sizeof(float) < thr;
 }
 
 /* How many live points pass the filter: exact for small collections, else from a sample of
@@ -156,7 +230,10 @@ int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const str
         rc = vd_errf(err, VD_EINVAL, "a zero query vector cannot be used with Cosine distance");
         goto out_free;
     }
-    struct filter_ctx fc = {.c = c, .f = s->filter, .ranges = s->ranges, .n_ranges = s->n_ranges,
+    struct filter_ctx fc = {.c = c,
+                            .f = s->filter,
+                            .ranges = s->ranges,
+                            .n_ranges = s->n_ranges,
                             .exclude = s->exclude};
     bool filtered = s->filter || s->n_ranges || s->exclude;
     struct vd_search_req r = {
@@ -168,13 +245,39 @@ int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const str
         .filter_ctx = &fc,
     };
     uint32_t nh = 0;
+    struct pidx_bits *bits = NULL;
+    struct idset ids = {0};
+    bool none = false;
     if (s->filter) {
         pthread_rwlock_rdlock(&c->plock);
-        r.filter_estimate = filter_estimate(c, &fc);
+        /* Indexed conditions give the matching set (or a superset) at once: its size replaces
+         * the sampled estimate, and a small exact set becomes the candidate list. */
+        bool exact;
+        pidx_plan(&c->px, &c->pm, s->filter, &bits, &exact);
+        if (bits) {
+            uint64_t n = pidx_bits_count(bits);
+            if (!exact && few(c, n)) {
+                pidx_bits_refine(bits, &c->pm, s->filter);
+                n = pidx_bits_count(bits);
+                exact = true;
+            }
+            fc.bits = bits;
+            fc.bits_exact = exact;
+            none = exact && n == 0;
+            if (exact && few(c, n) && idset_fill(&ids, bits, n, &c->pm) == 0) {
+                fc.ids = &ids;
+                r.exact = true;
+            }
+            r.filter_estimate = n == 0 ? 1 : n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+        } else {
+            r.filter_estimate = filter_estimate(c, &fc);
+        }
     }
-    rc = vd_index_search(c->ix, &r, hits, &nh);
+    rc = none ? 0 : vd_index_search(c->ix, &r, hits, &nh);
     if (s->filter)
         pthread_rwlock_unlock(&c->plock);
+    pidx_bits_free(bits);
+    free(ids.t);
     if (rc) {
         vd_errf(err, rc, "search failed: %s", vd_strerror(rc));
         goto out_free;
@@ -216,7 +319,8 @@ out_free:
     return rc;
 }
 
-static void put_record(struct vd_buf *out, const struct vd_point_view *v, const struct vd_db_with *w)
+static void put_record(struct vd_buf *out, const struct vd_point_view *v,
+                       const struct vd_db_with *w)
 {
     vd_buf_puts(out, "{\"id\":");
     vd_buf_json_pid(out, &v->id);
@@ -314,23 +418,96 @@ static int scroll_cb(const struct vd_point_view *v, void *arg)
     return 0;
 }
 
+static int pid_qcmp(const void *a, const void *b)
+{
+    return vd_pid_cmp(a, b);
+}
+
+/* The matching ids from the payload indexes, sorted, when they are few compared with the
+ * collection (then reading them one by one beats scanning storage from `from` on). *ids NULL
+ * when the indexes do not bound f that tightly. Called with plock held. */
+static int scroll_plan(struct vd_coll *c, const struct vd_filter *f, struct vd_pid **ids, size_t *n)
+{
+    *ids = NULL;
+    *n = 0;
+    struct pidx_bits *bits;
+    bool exact;
+    pidx_plan(&c->px, &c->pm, f, &bits, &exact);
+    if (!bits)
+        return 0;
+    uint64_t k = pidx_bits_count(bits);
+    if (k * 16 > c->pm.count) {
+        pidx_bits_free(bits);
+        return 0;
+    }
+    if (!exact)
+        pidx_bits_refine(bits, &c->pm, f);
+    struct vd_pid *v = malloc(sizeof *v * (k ? k : 1));
+    if (!v) {
+        pidx_bits_free(bits);
+        return VD_ENOMEM;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < bits->nw; i++)
+        for (uint64_t w = bits->w[i]; w; w &= w - 1) {
+            uint32_t s = (uint32_t)(i * 64 + (size_t)__builtin_ctzll(w));
+            if (s < c->pm.nslots && c->pm.sid[s].type)
+                v[m++] = c->pm.sid[s];
+        }
+    pidx_bits_free(bits);
+    qsort(v, m, sizeof *v, pid_qcmp);
+    *ids = v;
+    *n = m;
+    return 0;
+}
+
 static int scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
                   const struct vd_filter *f, const struct vd_db_with *w, struct vd_buf *out,
                   struct vd_pid *next, bool *has_next, bool ndjson, struct vd_err *err)
 {
+    struct vd_pid *ids = NULL;
+    size_t nids = 0;
+    int rc;
+    if (f) {
+        pthread_rwlock_rdlock(&c->plock);
+        rc = scroll_plan(c, f, &ids, &nids);
+        pthread_rwlock_unlock(&c->plock);
+        if (rc)
+            return vd_errf(err, rc, "out of memory");
+    }
     struct vd_rtxn *t;
-    int rc = vd_store_read_begin(c->db->store, &t);
-    if (rc)
+    if ((rc = vd_store_read_begin(c->db->store, &t))) {
+        free(ids);
         return vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
+    }
     *has_next = false;
     struct scroll_ctx s = {c, f, w, out, limit, 0, next, has_next, ndjson};
     if (!ndjson)
         vd_buf_puts(out, "[");
-    if (f)
-        pthread_rwlock_rdlock(&c->plock);
-    rc = vd_store_scan(t, c->schema.incarnation, from, false, scroll_cb, &s);
-    if (f)
-        pthread_rwlock_unlock(&c->plock);
+    if (ids) {
+        /* the filter was applied by the plan; a point deleted since is skipped */
+        s.f = NULL;
+        rc = 0;
+        for (size_t i = 0; i < nids && rc == 0; i++) {
+            struct vd_point_view v;
+            if (from && vd_pid_cmp(&ids[i], from) < 0)
+                continue;
+            if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v) || v.tombstone)
+                continue;
+            rc = scroll_cb(&v, &s);
+            if (rc == 0 && (i & 255) == 255)
+                vd_store_read_release_views(t);
+        }
+        if (rc > 0)
+            rc = 0;
+        free(ids);
+    } else {
+        if (f)
+            pthread_rwlock_rdlock(&c->plock);
+        rc = vd_store_scan(t, c->schema.incarnation, from, false, scroll_cb, &s);
+        if (f)
+            pthread_rwlock_unlock(&c->plock);
+    }
     if (!ndjson)
         vd_buf_puts(out, "]");
     vd_store_read_end(t);
@@ -360,8 +537,17 @@ int vd_db_count(struct vd_coll *c, const struct vd_filter *f, uint64_t *out)
 {
     pthread_rwlock_rdlock(&c->plock);
     uint64_t n = 0;
+    struct pidx_bits *bits = NULL;
+    bool exact = false;
+    if (f)
+        pidx_plan(&c->px, &c->pm, f, &bits, &exact);
     if (!f) {
         n = c->pm.count;
+    } else if (bits) {
+        if (!exact)
+            pidx_bits_refine(bits, &c->pm, f);
+        n = pidx_bits_count(bits);
+        pidx_bits_free(bits);
     } else {
         for (size_t i = 0; i < c->pm.cap; i++) {
             const struct pmap_entry *e = &c->pm.slots[i];

@@ -11,9 +11,9 @@ struct wreq {
     struct vd_wbatch b;
     struct vd_wop *ops;
     size_t n;
-    float *vecs;      /* n * dim, UPSERT only */
-    char **texts;     /* payload JSON text per op, or NULL */
-    uint8_t **bins;   /* binary payload per op (ownership moves to the payload map) */
+    float *vecs;    /* n * dim, UPSERT only */
+    char **texts;   /* payload JSON text per op, or NULL */
+    uint8_t **bins; /* binary payload per op (ownership moves to the payload map) */
     size_t *bin_lens;
     vd_db_done_fn done;
     void *ctx;
@@ -64,6 +64,26 @@ static struct wreq *wreq_new(struct vd_coll *c, size_t n, bool payloads, vd_db_d
     return w;
 }
 
+/* Replaces a point's payload in the map and the payload indexes (plock held for writing); takes
+ * bin on success. VD_ENOMEM changes nothing. */
+static int set_payload(struct vd_coll *c, const struct vd_pid *id, uint8_t *bin, uint32_t len)
+{
+    const struct pmap_entry *e = pmap_get(&c->pm, id);
+    if (e) {
+        /* the old payload is freed by pmap_set: take its values out of the indexes first */
+        pidx_point_remove(&c->px, e->slot, e->bin, e->len);
+        uint32_t slot = e->slot;
+        pmap_set(&c->pm, id, bin, len); /* replacing never allocates */
+        pidx_point_add(&c->px, slot, bin, len);
+        return 0;
+    }
+    int rc = pmap_set(&c->pm, id, bin, len);
+    if (rc)
+        return rc;
+    pidx_point_add(&c->px, pmap_get(&c->pm, id)->slot, bin, len);
+    return 0;
+}
+
 /* Runs on the storage writer thread, in commit order: so the index sees writes in the same order
  * storage does, and a later write to an id never loses to an earlier one. */
 static void write_done(struct vd_wbatch *b, int status, void *arg)
@@ -82,8 +102,8 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
             switch (op->kind) {
             case VD_WOP_UPSERT:
                 if (vd_index_upsert(c->ix, &op->id, op->vec, op->seq) ||
-                    pmap_set(&c->pm, &op->id, w->bins ? w->bins[i] : NULL,
-                             w->bin_lens ? (uint32_t)w->bin_lens[i] : 0)) {
+                    set_payload(c, &op->id, w->bins ? w->bins[i] : NULL,
+                                w->bin_lens ? (uint32_t)w->bin_lens[i] : 0)) {
                     vd_log_error("collection '%s': out of memory applying a write to the index",
                                  c->schema.name);
                     break;
@@ -93,13 +113,17 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
                 break;
             case VD_WOP_SET_PAYLOAD:
                 if (pmap_get(&c->pm, &op->id) &&
-                    pmap_set(&c->pm, &op->id, w->bins[i], (uint32_t)w->bin_lens[i]) == 0)
+                    set_payload(c, &op->id, w->bins[i], (uint32_t)w->bin_lens[i]) == 0)
                     w->bins[i] = NULL;
                 break;
-            case VD_WOP_DELETE:
+            case VD_WOP_DELETE: {
                 vd_index_delete(c->ix, &op->id, op->seq);
+                const struct pmap_entry *e = pmap_get(&c->pm, &op->id);
+                if (e)
+                    pidx_point_remove(&c->px, e->slot, e->bin, e->len);
                 pmap_del(&c->pm, &op->id);
                 break;
+            }
             default:
                 break;
             }
@@ -108,8 +132,7 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
         vd__db_kick(c->db);
     }
     if (status == 0 && atomic_load(&c->dropped))
-        status = vd_errf(&b->err, VD_ENOTFOUND, "collection '%s' was deleted",
-                         c->schema.name);
+        status = vd_errf(&b->err, VD_ENOTFOUND, "collection '%s' was deleted", c->schema.name);
     w->done(status, status ? &b->err : NULL, last, w->ctx);
     wreq_free(w);
 }
@@ -213,7 +236,24 @@ static int matching_ids(struct vd_coll *c, const struct vd_filter *f, struct vd_
     pthread_rwlock_rdlock(&c->plock);
     struct vd_pid *v = malloc(sizeof *v * (c->pm.count ? c->pm.count : 1));
     size_t k = 0;
-    for (size_t i = 0; v && i < c->pm.cap; i++) {
+    struct pidx_bits *bits = NULL;
+    bool exact;
+    if (f)
+        pidx_plan(&c->px, &c->pm, f, &bits, &exact);
+    bool planned = bits != NULL;
+    if (bits) {
+        /* only the points the payload indexes leave are read */
+        if (!exact)
+            pidx_bits_refine(bits, &c->pm, f);
+        for (size_t i = 0; v && i < bits->nw; i++)
+            for (uint64_t w = bits->w[i]; w; w &= w - 1) {
+                uint32_t s = (uint32_t)(i * 64 + (size_t)__builtin_ctzll(w));
+                if (s < c->pm.nslots && c->pm.sid[s].type)
+                    v[k++] = c->pm.sid[s];
+            }
+        pidx_bits_free(bits);
+    }
+    for (size_t i = 0; v && !planned && i < c->pm.cap; i++) {
         const struct pmap_entry *e = &c->pm.slots[i];
         if (e->used && (!f || vd_filter_match_bin(f, &e->id, e->bin, e->len)))
             v[k++] = e->id;
@@ -231,8 +271,8 @@ static void noop_done_now(vd_db_done_fn done, void *ctx)
     done(0, NULL, 0, ctx);
 }
 
-int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done_fn done,
-                        void *ctx, struct vd_err *err)
+int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done_fn done, void *ctx,
+                        struct vd_err *err)
 {
     struct vd_pid *ids;
     size_t n;
