@@ -1,0 +1,799 @@
+/*
+ * Frame codec and peer transport. The transport tests run real transports on 127.0.0.1 with
+ * ephemeral ports on a libuv loop owned by the test thread, driven until a polled condition
+ * holds or a deadline passes; raw sockets play broken or hostile peers.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <sodium.h>
+#include <uv.h>
+
+#include "cluster_int.h"
+
+/* ---- frame codec ----------------------------------------------------------------------------- */
+
+static size_t make_frame(uint8_t *buf, uint8_t type, const uint8_t *body, uint32_t len)
+{
+    memcpy(buf + VD_FRAME_HDR, body, len);
+    vd__frame_header(type, buf + VD_FRAME_HDR, len, buf);
+    return VD_FRAME_HDR + (size_t)len;
+}
+
+static void test_frame_roundtrip(void **state)
+{
+    static const uint32_t lens[] = {0, 1, 7, 12, 100, 65536};
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        uint32_t len = lens[i];
+        uint8_t *body = malloc(len + 1), *buf = malloc(VD_FRAME_HDR + len);
+        randombytes_buf(body, len);
+        size_t n = make_frame(buf, (uint8_t)(16 + i), body, len);
+        assert_int_equal(vd_be32_get(buf) >> 16, VD_FRAME_MAGIC);
+        assert_int_equal(buf[2], VD_FRAME_VERSION);
+        struct vd_frame f;
+        size_t used = 99;
+        assert_int_equal(vd__frame_decode(buf, n, len, &f, &used), 0);
+        assert_int_equal(used, n);
+        assert_int_equal(f.type, 16 + i);
+        assert_int_equal(f.len, len);
+        assert_ptr_equal(f.body, buf + VD_FRAME_HDR);
+        assert_memory_equal(f.body, body, len);
+        if (len) /* one byte over the limit */
+            assert_int_equal(vd__frame_decode(buf, n, len - 1, &f, &used), VD_ETOOBIG);
+        free(body);
+        free(buf);
+    }
+}
+
+/* Every proper prefix of a frame asks for more bytes and never reads past it (ASan). */
+static void test_frame_truncation(void **state)
+{
+    uint8_t body[200];
+    for (size_t i = 0; i < sizeof(body); i++)
+        body[i] = (uint8_t)(i * 7);
+    uint8_t full[VD_FRAME_HDR + sizeof(body)];
+    size_t n = make_frame(full, 17, body, sizeof(body));
+    for (size_t k = 0; k < n; k++) {
+        uint8_t *p = malloc(k ? k : 1); /* exact size: a read past k bytes is an ASan error */
+        memcpy(p, full, k);
+        struct vd_frame f;
+        size_t used = 99;
+        assert_int_equal(vd__frame_decode(p, k, 1 << 20, &f, &used), 0);
+        assert_int_equal(used, 0);
+        free(p);
+    }
+}
+
+/*
+ * Every single-bit flip is rejected: an error, or (a length made larger) a request for more
+ * bytes that ends in an error once those bytes arrive.
+ */
+static void test_frame_bitflip(void **state)
+{
+    const uint32_t max = 1 << 20;
+    uint8_t body[100];
+    randombytes_buf(body, sizeof(body));
+    uint8_t full[VD_FRAME_HDR + sizeof(body)];
+    size_t n = make_frame(full, 16, body, sizeof(body));
+    for (size_t bit = 0; bit < n * 8; bit++) {
+        uint8_t p[sizeof(full)];
+        memcpy(p, full, n);
+        p[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        struct vd_frame f;
+        size_t used = 99;
+        int r = vd__frame_decode(p, n, max, &f, &used);
+        if (r == 0) {
+            assert_int_equal(used, 0);
+            uint32_t len = vd_be32_get(p + 4);
+            assert_true(len > sizeof(body) && len <= max);
+            uint8_t *big = calloc(1, VD_FRAME_HDR + len);
+            memcpy(big, p, n);
+            r = vd__frame_decode(big, VD_FRAME_HDR + len, max, &f, &used);
+            free(big);
+        }
+        assert_true(r == VD_ECORRUPT || r == VD_ETOOBIG);
+    }
+}
+
+/* Frames back to back decode one by one; garbage and an oversized length are refused from the
+ * header alone. */
+static void test_frame_stream(void **state)
+{
+    uint8_t buf[4096];
+    size_t n = 0;
+    for (uint32_t i = 0; i < 20; i++) {
+        uint8_t body[64];
+        memset(body, (int)i, sizeof(body));
+        n += make_frame(buf + n, (uint8_t)(16 + i), body, i * 3);
+    }
+    size_t off = 0;
+    for (uint32_t i = 0; i < 20; i++) {
+        struct vd_frame f;
+        size_t used;
+        assert_int_equal(vd__frame_decode(buf + off, n - off, 1024, &f, &used), 0);
+        assert_int_equal(f.type, 16 + i);
+        assert_int_equal(f.len, i * 3);
+        off += used;
+    }
+    assert_int_equal(off, n);
+
+    struct vd_frame f;
+    size_t used;
+    uint8_t g = 'G';
+    assert_int_equal(vd__frame_decode(&g, 1, 1024, &f, &used), VD_ECORRUPT);
+    uint8_t hdr[VD_FRAME_HDR];
+    vd__frame_header(16, NULL, 0, hdr);
+    vd_be32_put(hdr + 4, 0xfffffff0u);
+    assert_int_equal(vd__frame_decode(hdr, sizeof(hdr), 1024, &f, &used), VD_ETOOBIG);
+    vd__frame_header(16, NULL, 0, hdr);
+    hdr[2] = VD_FRAME_VERSION + 1;
+    assert_int_equal(vd__frame_decode(hdr, 3, 1024, &f, &used), VD_ECORRUPT);
+}
+
+/* ---- transport harness ----------------------------------------------------------------------- */
+
+struct rx {
+    uint64_t from;
+    char from_addr[64];
+    uint8_t type;
+    uint8_t *body;
+    size_t len;
+};
+
+struct node {
+    struct vd_transport *t;
+    uint64_t id;
+    uint16_t port;
+    char addr[64];
+    struct rx *rx;
+    size_t n_rx, cap_rx;
+    bool remove_sender; /* the frame callback forgets the sender (re-entrancy) */
+};
+
+struct fx {
+    uv_loop_t loop;
+    uv_timer_t tick;
+};
+
+static void on_rx(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
+                  const uint8_t *body, size_t len)
+{
+    struct node *n = ctx;
+    if (n->n_rx == n->cap_rx) {
+        n->cap_rx = n->cap_rx ? 2 * n->cap_rx : 64;
+        n->rx = realloc(n->rx, n->cap_rx * sizeof(*n->rx));
+        assert_non_null(n->rx);
+    }
+    struct rx *r = &n->rx[n->n_rx++];
+    r->from = from;
+    snprintf(r->from_addr, sizeof(r->from_addr), "%s", from_addr);
+    r->type = type;
+    r->len = len;
+    r->body = malloc(len ? len : 1);
+    memcpy(r->body, body, len);
+    if (n->remove_sender)
+        vd_transport_remove_peer(n->t, from);
+}
+
+static void rx_clear(struct node *n)
+{
+    for (size_t i = 0; i < n->n_rx; i++)
+        free(n->rx[i].body);
+    n->n_rx = 0;
+}
+
+static void node_start_opts(struct fx *fx, struct node *n, uint64_t id, uint16_t port,
+                            const char *secret, uint32_t max_frame)
+{
+    struct vd_transport_opts o = {
+        .loop = &fx->loop,
+        .self_id = id,
+        .bind = "127.0.0.1",
+        .port = port,
+        .secret = secret,
+        .max_frame = max_frame,
+        .on_frame = on_rx,
+        .ctx = n,
+    };
+    struct vd_err err;
+    n->id = id;
+    int r = vd_transport_start(&o, &n->t, &err);
+    if (r)
+        print_error("start: %s\n", err.msg);
+    assert_int_equal(r, 0);
+    n->port = vd_transport_port(n->t);
+    assert_true(n->port != 0);
+    if (port)
+        assert_int_equal(n->port, port);
+    snprintf(n->addr, sizeof(n->addr), "127.0.0.1:%u", (unsigned)n->port);
+}
+
+static void node_start(struct fx *fx, struct node *n, uint64_t id, const char *secret)
+{
+    node_start_opts(fx, n, id, 0, secret, 0);
+}
+
+/* Closes the transport (the loop frees it later) and the received frames. */
+static void node_stop(struct node *n)
+{
+    if (n->t)
+        vd_transport_close(n->t);
+    n->t = NULL;
+    rx_clear(n);
+    free(n->rx);
+    n->rx = NULL;
+    n->cap_rx = 0;
+}
+
+static void on_tick(uv_timer_t *h)
+{
+    (void)h;
+}
+
+static int fx_setup(void **state)
+{
+    struct fx *fx = calloc(1, sizeof(*fx));
+    assert_int_equal(uv_loop_init(&fx->loop), 0);
+    /* bounds each UV_RUN_ONCE, so conditions that depend on raw sockets are polled too */
+    uv_timer_init(&fx->loop, &fx->tick);
+    uv_timer_start(&fx->tick, on_tick, 2, 2);
+    *state = fx;
+    return 0;
+}
+
+/* Every transport must be closed by now: the loop must then end with no handle left. */
+static int fx_teardown(void **state)
+{
+    struct fx *fx = *state;
+    uv_close((uv_handle_t *)&fx->tick, NULL);
+    uint64_t deadline = uv_hrtime() + 10000000000ull;
+    while (uv_run(&fx->loop, UV_RUN_NOWAIT))
+        assert_true(uv_hrtime() < deadline);
+    assert_int_equal(uv_loop_close(&fx->loop), 0);
+    free(fx);
+    return 0;
+}
+
+#define WAIT_FOR(fx, cond, ms)                                                                     \
+    do {                                                                                           \
+        uint64_t dl_ = uv_hrtime() + (uint64_t)(ms)*1000000u;                                      \
+        while (!(cond)) {                                                                          \
+            if (uv_hrtime() > dl_)                                                                 \
+                fail_msg("timed out after %d ms waiting for %s", (int)(ms), #cond);                \
+            uv_run(&(fx)->loop, UV_RUN_ONCE);                                                      \
+        }                                                                                          \
+    } while (0)
+
+/* Runs the loop for a while when what is checked is that something does NOT happen. */
+static void run_for(struct fx *fx, unsigned ms)
+{
+    uint64_t end = uv_hrtime() + (uint64_t)ms * 1000000u;
+    while (uv_hrtime() < end)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+}
+
+static int send_str(struct node *n, uint64_t to, const char *s)
+{
+    return vd_transport_send(n->t, to, VD_FRAME_USER, s, strlen(s));
+}
+
+static void assert_rx(const struct node *n, size_t i, uint64_t from, const char *from_addr,
+                      const char *s)
+{
+    assert_true(i < n->n_rx);
+    assert_int_equal(n->rx[i].from, from);
+    assert_string_equal(n->rx[i].from_addr, from_addr);
+    assert_int_equal(n->rx[i].type, VD_FRAME_USER);
+    assert_int_equal(n->rx[i].len, strlen(s));
+    assert_memory_equal(n->rx[i].body, s, strlen(s));
+}
+
+/* A port nothing listens on (bound, read, released). */
+static uint16_t dead_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t l = sizeof(a);
+    getsockname(fd, (struct sockaddr *)&a, &l);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* ---- transport tests ------------------------------------------------------------------------- */
+
+static void test_both_ways(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0};
+    node_start(fx, &a, 1, NULL);
+    node_start(fx, &b, 2, NULL);
+    assert_int_equal(send_str(&a, 2, "x"), VD_ENOTFOUND); /* no address yet */
+    vd_transport_set_peer(a.t, 2, b.addr);
+    assert_int_equal(send_str(&a, 2, "ping"), 0);
+    WAIT_FOR(fx, b.n_rx == 1, 5000);
+    assert_rx(&b, 0, 1, a.addr, "ping");
+    assert_true(vd_transport_connected(a.t, 2));
+    assert_true(vd_transport_connected(b.t, 1));
+    /* b never had an address for 1: the reply rides the accepted connection */
+    assert_int_equal(send_str(&b, 1, "pong"), 0);
+    WAIT_FOR(fx, a.n_rx == 1, 5000);
+    assert_rx(&a, 0, 2, b.addr, "pong");
+    /* handshake types are not for users */
+    assert_int_equal(vd_transport_send(a.t, 2, VD_FRAME_HELLO, "x", 1), VD_EINVAL);
+
+    /* forgetting a peer from inside the frame callback closes the connection under it */
+    b.remove_sender = true;
+    assert_int_equal(send_str(&a, 2, "bye"), 0);
+    WAIT_FOR(fx, b.n_rx == 2 && !vd_transport_connected(a.t, 2), 5000);
+    assert_false(vd_transport_connected(b.t, 1));
+    assert_int_equal(send_str(&b, 1, "x"), VD_ENOTFOUND);
+    node_stop(&a);
+    node_stop(&b);
+}
+
+static void test_thousand_in_order(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0};
+    node_start(fx, &a, 1, NULL);
+    node_start(fx, &b, 2, NULL);
+    vd_transport_set_peer(a.t, 2, b.addr);
+    for (uint32_t i = 0; i < 1000; i++) {
+        uint8_t body[4 + 300];
+        vd_be32_put(body, i);
+        memset(body + 4, (int)i, sizeof(body) - 4);
+        assert_int_equal(vd_transport_send(a.t, 2, VD_FRAME_USER + 1, body, 4 + i % 300), 0);
+    }
+    WAIT_FOR(fx, b.n_rx == 1000, 10000);
+    for (uint32_t i = 0; i < 1000; i++) {
+        assert_int_equal(b.rx[i].len, 4 + i % 300);
+        assert_int_equal(vd_be32_get(b.rx[i].body), i);
+        assert_int_equal(b.rx[i].type, VD_FRAME_USER + 1);
+        for (size_t k = 4; k < b.rx[i].len; k++)
+            assert_int_equal(b.rx[i].body[k], (uint8_t)i);
+    }
+    node_stop(&a);
+    node_stop(&b);
+}
+
+static void test_big_frame(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0};
+    node_start(fx, &a, 1, NULL);
+    node_start(fx, &b, 2, NULL);
+    vd_transport_set_peer(a.t, 2, b.addr);
+    size_t len = 4u << 20;
+    uint8_t *big = malloc(len);
+    randombytes_buf(big, len);
+    assert_int_equal(vd_transport_send(a.t, 2, VD_FRAME_USER, big, len), 0);
+    assert_int_equal(send_str(&a, 2, "after"), 0);
+    WAIT_FOR(fx, b.n_rx == 2, 10000);
+    assert_int_equal(b.rx[0].len, len);
+    assert_memory_equal(b.rx[0].body, big, len);
+    assert_rx(&b, 1, 1, a.addr, "after");
+    free(big);
+    node_stop(&a);
+    node_stop(&b);
+}
+
+static void test_send_addr_then_reply(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0};
+    node_start(fx, &a, 1, "s3cret");
+    node_start(fx, &b, 2, "s3cret");
+    assert_int_equal(vd_transport_send_addr(a.t, "127.0.0.1", VD_FRAME_USER, "x", 1), VD_EINVAL);
+    assert_int_equal(vd_transport_send_addr(a.t, a.addr, VD_FRAME_USER, "x", 1), VD_EINVAL);
+    assert_int_equal(vd_transport_send_addr(a.t, b.addr, VD_FRAME_USER, "join", 4), 0);
+    WAIT_FOR(fx, b.n_rx == 1, 5000);
+    assert_rx(&b, 0, 1, a.addr, "join");
+    assert_int_equal(send_str(&b, 1, "welcome"), 0);
+    WAIT_FOR(fx, a.n_rx == 1, 5000);
+    assert_rx(&a, 0, 2, b.addr, "welcome");
+    /* the connection is now a's connection to node 2 */
+    assert_true(vd_transport_connected(a.t, 2));
+    assert_int_equal(send_str(&a, 2, "by id"), 0);
+    assert_int_equal(vd_transport_send_addr(a.t, b.addr, VD_FRAME_USER, "by addr", 7), 0);
+    WAIT_FOR(fx, b.n_rx == 3, 5000);
+    assert_rx(&b, 1, 1, a.addr, "by id");
+    assert_rx(&b, 2, 1, a.addr, "by addr");
+    node_stop(&a);
+    node_stop(&b);
+}
+
+/* A name resolved with getaddrinfo (the host's own name, when it resolves to loopback). */
+static void test_resolved_name(void **state)
+{
+    struct fx *fx = *state;
+    char host[256];
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    bool loop_ok = false;
+    if (gethostname(host, sizeof(host)) == 0 && getaddrinfo(host, NULL, &hints, &res) == 0) {
+        loop_ok = (ntohl(((struct sockaddr_in *)res->ai_addr)->sin_addr.s_addr) >> 24) == 127;
+        freeaddrinfo(res);
+    }
+    if (!loop_ok)
+        skip();
+    struct node a = {0}, b = {0};
+    node_start(fx, &a, 1, NULL);
+    node_start(fx, &b, 2, NULL);
+    char addr[300];
+    snprintf(addr, sizeof(addr), "%s:%u", host, (unsigned)b.port);
+    vd_transport_set_peer(a.t, 2, addr);
+    assert_int_equal(send_str(&a, 2, "named"), 0);
+    WAIT_FOR(fx, b.n_rx == 1, 5000);
+    assert_rx(&b, 0, 1, a.addr, "named");
+    node_stop(&a);
+    node_stop(&b);
+}
+
+/* A fake acceptor that cannot know the secret: it answers the HELLO with a WELCOME carrying a
+ * made-up proof, then a user frame. The dialer must close without delivering anything. */
+struct fake {
+    int lfd;
+    atomic_int closed;
+};
+
+static int read_full(int fd, uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t r = recv(fd, p, n, 0);
+        if (r <= 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static void *fake_acceptor(void *arg)
+{
+    struct fake *fk = arg;
+    int fd = accept(fk->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    uint8_t buf[2048];
+    uint8_t nonce[32];
+    randombytes_buf(nonce, sizeof(nonce));
+    size_t n = make_frame(buf, VD_FRAME_CHALLENGE, nonce, sizeof(nonce));
+    send(fd, buf, n, MSG_NOSIGNAL);
+    if (read_full(fd, buf, VD_FRAME_HDR) == 0 && buf[3] == VD_FRAME_HELLO &&
+        vd_be32_get(buf + 4) < sizeof(buf) - VD_FRAME_HDR &&
+        read_full(fd, buf + VD_FRAME_HDR, vd_be32_get(buf + 4)) == 0) {
+        uint8_t w[8 + 2 + 11 + 32];
+        vd_be64_put(w, 9);
+        w[8] = 0;
+        w[9] = 11;
+        memcpy(w + 10, "127.0.0.1:9", 11);
+        randombytes_buf(w + 21, 32);
+        n = make_frame(buf, VD_FRAME_WELCOME, w, sizeof(w));
+        n += make_frame(buf + n, VD_FRAME_USER, (const uint8_t *)"evil", 4);
+        send(fd, buf, n, MSG_NOSIGNAL);
+        while (recv(fd, buf, sizeof(buf), 0) > 0)
+            ;
+        atomic_store(&fk->closed, 1);
+    }
+    close(fd);
+    return NULL;
+}
+
+static int raw_connect(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    return fd;
+}
+
+/* Bytes read without blocking (0 when none are there yet). */
+static size_t raw_recv(int fd, uint8_t *p, size_t n)
+{
+    ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
+    return r > 0 ? (size_t)r : 0;
+}
+
+/* True once the other end has closed fd (EOF or reset); drains whatever it sent before. */
+static bool raw_closed(int fd)
+{
+    char b[512];
+    for (;;) {
+        ssize_t r = recv(fd, b, sizeof(b), MSG_DONTWAIT);
+        if (r > 0)
+            continue;
+        if (r == 0)
+            return true;
+        return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    }
+}
+
+static void test_wrong_secret(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0}, c = {0};
+    node_start(fx, &a, 1, "alpha");
+    node_start(fx, &b, 2, "bravo");
+    node_start(fx, &c, 3, NULL);
+    /* both directions between different secrets, and secret against no secret */
+    vd_transport_set_peer(a.t, 2, b.addr);
+    vd_transport_set_peer(b.t, 1, a.addr);
+    vd_transport_set_peer(a.t, 3, c.addr);
+    vd_transport_set_peer(c.t, 1, a.addr);
+    assert_int_equal(send_str(&a, 2, "a->b"), 0);
+    assert_int_equal(send_str(&b, 1, "b->a"), 0);
+    assert_int_equal(send_str(&a, 3, "a->c"), 0);
+    assert_int_equal(send_str(&c, 1, "c->a"), 0);
+    run_for(fx, 400); /* several redials */
+    assert_int_equal(a.n_rx + b.n_rx + c.n_rx, 0);
+    assert_false(vd_transport_connected(a.t, 2));
+    assert_false(vd_transport_connected(b.t, 1));
+    assert_false(vd_transport_connected(a.t, 3));
+    assert_false(vd_transport_connected(c.t, 1));
+
+    /* an acceptor that fakes its proof is refused by the dialer */
+    struct fake fk = {.lfd = socket(AF_INET, SOCK_STREAM, 0)};
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fk.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(fk.lfd, 4), 0);
+    socklen_t sl = sizeof(sa);
+    getsockname(fk.lfd, (struct sockaddr *)&sa, &sl);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, fake_acceptor, &fk), 0);
+    char faddr[64];
+    snprintf(faddr, sizeof(faddr), "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+    vd_transport_set_peer(a.t, 9, faddr);
+    assert_int_equal(send_str(&a, 9, "to the fake"), 0);
+    WAIT_FOR(fx, atomic_load(&fk.closed), 5000);
+    pthread_join(th, NULL);
+    close(fk.lfd);
+    assert_int_equal(a.n_rx, 0);
+    assert_false(vd_transport_connected(a.t, 9));
+
+    /* and a dialer that fakes its proof is refused by the acceptor, frames after it unread */
+    int raw = raw_connect(a.port);
+    uint8_t ch[VD_FRAME_HDR + 32];
+    size_t got = 0;
+    WAIT_FOR(fx, (got += raw_recv(raw, ch + got, sizeof(ch) - got)) == sizeof(ch), 5000);
+    assert_int_equal(ch[3], VD_FRAME_CHALLENGE);
+    uint8_t h[8 + 2 + 11 + 32 + 32], out[256];
+    vd_be64_put(h, 7);
+    h[8] = 0;
+    h[9] = 11;
+    memcpy(h + 10, "127.0.0.1:7", 11);
+    randombytes_buf(h + 21, 64); /* nonce and a made-up proof */
+    size_t n = make_frame(out, VD_FRAME_HELLO, h, sizeof(h));
+    n += make_frame(out + n, VD_FRAME_USER, (const uint8_t *)"evil", 4);
+    assert_int_equal(send(raw, out, n, MSG_NOSIGNAL), (ssize_t)n);
+    WAIT_FOR(fx, raw_closed(raw), 5000);
+    close(raw);
+    assert_int_equal(a.n_rx, 0);
+    assert_false(vd_transport_connected(a.t, 7));
+
+    /* the same secret on both ends works */
+    struct node d = {0};
+    node_start(fx, &d, 4, "alpha");
+    vd_transport_set_peer(d.t, 1, a.addr);
+    assert_int_equal(send_str(&d, 1, "friend"), 0);
+    WAIT_FOR(fx, a.n_rx == 1, 5000);
+    assert_rx(&a, 0, 4, d.addr, "friend");
+    node_stop(&a);
+    node_stop(&b);
+    node_stop(&c);
+    node_stop(&d);
+}
+
+static void test_peer_restart(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0};
+    node_start(fx, &a, 1, NULL);
+    node_start(fx, &b, 2, NULL);
+    vd_transport_set_peer(a.t, 2, b.addr);
+    assert_int_equal(send_str(&a, 2, "first"), 0);
+    WAIT_FOR(fx, b.n_rx == 1, 5000);
+    uint16_t port = b.port;
+    node_stop(&b);
+    WAIT_FOR(fx, !vd_transport_connected(a.t, 2), 5000);
+    char msg[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(msg, sizeof(msg), "queued %d", i);
+        assert_int_equal(send_str(&a, 2, msg), 0);
+    }
+    run_for(fx, 300); /* the peer stays down while a's dials fail and back off */
+    node_start_opts(fx, &b, 2, port, NULL, 0);
+    WAIT_FOR(fx, b.n_rx == 5, 10000);
+    for (int i = 0; i < 5; i++) {
+        snprintf(msg, sizeof(msg), "queued %d", i);
+        assert_rx(&b, (size_t)i, 1, a.addr, msg);
+    }
+    assert_true(vd_transport_connected(a.t, 2));
+    node_stop(&a);
+    node_stop(&b);
+}
+
+static void test_garbage_and_oversize(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0}, small = {0};
+    node_start(fx, &a, 1, NULL);
+    node_start(fx, &b, 2, NULL);
+    node_start_opts(fx, &small, 3, 0, NULL, 1024);
+    vd_transport_set_peer(a.t, 2, b.addr);
+    vd_transport_set_peer(a.t, 3, small.addr);
+
+    int g = raw_connect(a.port);
+    const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(send(g, junk, sizeof(junk) - 1, MSG_NOSIGNAL), (ssize_t)sizeof(junk) - 1);
+    int o = raw_connect(a.port);
+    uint8_t hdr[VD_FRAME_HDR];
+    vd__frame_header(VD_FRAME_HELLO, NULL, 0, hdr);
+    vd_be32_put(hdr + 4, 0x7ffffff0u);
+    assert_int_equal(send(o, hdr, sizeof(hdr), MSG_NOSIGNAL), (ssize_t)sizeof(hdr));
+    WAIT_FOR(fx, raw_closed(g) && raw_closed(o), 5000);
+    close(g);
+    close(o);
+
+    /* a frame over the receiver's limit closes the connection; the next one gets through */
+    uint8_t big[2048];
+    memset(big, 7, sizeof(big));
+    assert_int_equal(send_str(&a, 3, "hello"), 0);
+    WAIT_FOR(fx, small.n_rx == 1 && vd_transport_connected(a.t, 3), 5000);
+    assert_int_equal(vd_transport_send(a.t, 3, VD_FRAME_USER, big, sizeof(big)), 0);
+    WAIT_FOR(fx, !vd_transport_connected(a.t, 3), 5000);
+    assert_int_equal(send_str(&a, 3, "again"), 0);
+    WAIT_FOR(fx, small.n_rx == 2, 5000);
+    assert_rx(&small, 1, 1, a.addr, "again");
+    /* the sender refuses what it would itself refuse */
+    assert_int_equal(vd_transport_send(small.t, 1, VD_FRAME_USER, big, sizeof(big)), VD_ETOOBIG);
+
+    /* and a still serves real peers */
+    assert_int_equal(send_str(&a, 2, "still here"), 0);
+    WAIT_FOR(fx, b.n_rx == 1, 5000);
+    assert_int_equal(send_str(&b, 1, "me too"), 0);
+    WAIT_FOR(fx, a.n_rx == 1, 5000);
+    assert_rx(&a, 0, 2, b.addr, "me too");
+    node_stop(&a);
+    node_stop(&b);
+    node_stop(&small);
+}
+
+/* The per-peer queue keeps the newest frames within its byte bound. */
+static void test_queue_bound(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0};
+    struct vd_transport_opts o = {.loop = &fx->loop, .self_id = 1, .bind = "127.0.0.1",
+                                  .max_queue = 10 * (VD_FRAME_HDR + 100), .on_frame = on_rx,
+                                  .ctx = &a};
+    struct vd_err err;
+    assert_int_equal(vd_transport_start(&o, &a.t, &err), 0);
+    snprintf(a.addr, sizeof(a.addr), "127.0.0.1:%u", (unsigned)vd_transport_port(a.t));
+    uint16_t port = dead_port();
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", (unsigned)port);
+    vd_transport_set_peer(a.t, 2, addr);
+    for (uint32_t i = 0; i < 25; i++) {
+        uint8_t body[100] = {0};
+        vd_be32_put(body, i);
+        assert_int_equal(vd_transport_send(a.t, 2, VD_FRAME_USER, body, sizeof(body)), 0);
+    }
+    run_for(fx, 100);
+    node_start_opts(fx, &b, 2, port, NULL, 0);
+    WAIT_FOR(fx, b.n_rx == 10, 10000);
+    run_for(fx, 50);
+    assert_int_equal(b.n_rx, 10);
+    for (uint32_t i = 0; i < 10; i++)
+        assert_int_equal(vd_be32_get(b.rx[i].body), 15 + i);
+    node_stop(&a);
+    node_stop(&b);
+}
+
+/* Closing with frames queued, in flight, dialing and half-handshaken frees everything (the
+ * sanitizer build checks for leaks; the loop must end with no handle left). */
+static void test_close_pending(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0};
+    node_start(fx, &a, 1, NULL);
+    node_start(fx, &b, 2, NULL);
+    vd_transport_set_peer(a.t, 2, b.addr);
+    assert_int_equal(send_str(&a, 2, "up"), 0);
+    WAIT_FOR(fx, b.n_rx == 1, 5000);
+    uint8_t *chunk = calloc(1, 256 << 10);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(vd_transport_send(a.t, 2, VD_FRAME_USER, chunk, 256 << 10), 0);
+    free(chunk);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", (unsigned)dead_port());
+    vd_transport_set_peer(a.t, 3, addr);
+    assert_int_equal(send_str(&a, 3, "nobody"), 0);
+    assert_int_equal(vd_transport_send_addr(a.t, "localhost:1", VD_FRAME_USER, "x", 1), 0);
+    char host[256];
+    if (gethostname(host, sizeof(host)) == 0) {
+        snprintf(addr, sizeof(addr), "%s:1", host);
+        vd_transport_send_addr(a.t, addr, VD_FRAME_USER, "x", 1); /* resolving when closed */
+    }
+    int raw = raw_connect(a.port); /* accepted, never answers the challenge */
+    uv_run(&fx->loop, UV_RUN_NOWAIT);
+    node_stop(&a);
+    node_stop(&b);
+    close(raw);
+}
+
+static void test_start_errors(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0};
+    node_start(fx, &a, 1, NULL);
+    struct vd_transport *t = NULL;
+    struct vd_err err;
+    struct vd_transport_opts o = {.loop = &fx->loop, .self_id = 2, .bind = "127.0.0.1",
+                                  .port = a.port};
+    assert_int_equal(vd_transport_start(&o, &t, &err), VD_EIO);
+    assert_null(t);
+    assert_non_null(strstr(err.msg, "127.0.0.1"));
+    o.port = 0;
+    o.bind = "not an address!";
+    assert_true(vd_transport_start(&o, &t, &err) != 0);
+    o.bind = "127.0.0.1";
+    o.self_id = 0;
+    assert_int_equal(vd_transport_start(&o, &t, &err), VD_EINVAL);
+    /* IPv6 loopback with a bracketed address, when the host has it */
+    o.self_id = 2;
+    o.bind = "::1";
+    o.on_frame = on_rx;
+    struct node b = {0};
+    o.ctx = &b;
+    if (vd_transport_start(&o, &b.t, &err) == 0) {
+        snprintf(b.addr, sizeof(b.addr), "[::1]:%u", (unsigned)vd_transport_port(b.t));
+        vd_transport_set_peer(a.t, 2, b.addr);
+        assert_int_equal(send_str(&a, 2, "six"), 0);
+        WAIT_FOR(fx, b.n_rx == 1, 5000);
+        assert_rx(&b, 0, 1, a.addr, "six");
+        node_stop(&b);
+    }
+    node_stop(&a);
+}
+
+int main(void)
+{
+    if (sodium_init() < 0)
+        return 1;
+    vd_log_set_level(VD_LOG_WARN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_frame_roundtrip),
+        cmocka_unit_test(test_frame_truncation),
+        cmocka_unit_test(test_frame_bitflip),
+        cmocka_unit_test(test_frame_stream),
+        cmocka_unit_test_setup_teardown(test_both_ways, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_thousand_in_order, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_big_frame, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_send_addr_then_reply, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_resolved_name, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_wrong_secret, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_peer_restart, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_and_oversize, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_close_pending, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_start_errors, fx_setup, fx_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
