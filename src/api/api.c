@@ -34,7 +34,8 @@ int vd_api_register(struct vd_http *h, const struct vd_api_opts *o)
     int rc;
     /* literal paths before captures: GET .../points/export before GET .../points/{id} */
     if ((rc = vd__api_bulk_routes(h)) || (rc = vd__api_collections_routes(h)) ||
-        (rc = vd__api_points_routes(h)) || (rc = vd__api_search_routes(h)))
+        (rc = vd__api_points_routes(h)) || (rc = vd__api_search_routes(h)) ||
+        (rc = vd__api_payload_index_routes(h)))
         return rc;
     return 0;
 }

@@ -46,5 +46,6 @@ int vd__api_collections_routes(struct vd_http *h);
 int vd__api_points_routes(struct vd_http *h);
 int vd__api_search_routes(struct vd_http *h);
 int vd__api_bulk_routes(struct vd_http *h);
+int vd__api_payload_index_routes(struct vd_http *h);
 
 #endif

@@ -163,6 +163,25 @@ static void exists(struct vd_http_req *r, void *ctx)
     vd_http_reply_ok(r, res, strlen(res));
 }
 
+/* {"<field>": {"data_type": "keyword", "points": N}, …}, as Qdrant reports payload indexes. */
+static void put_payload_schema(struct vd_buf *b, struct vd_coll *c)
+{
+    struct vd_db_pindex_info *v;
+    size_t n;
+    vd_buf_puts(b, "{");
+    if (vd_db_pindex_list(c, &v, &n) == 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                vd_buf_puts(b, ",");
+            vd_buf_json_string(b, v[i].field, strlen(v[i].field));
+            vd_buf_printf(b, ":{\"data_type\":\"%s\",\"points\":%llu}",
+                          vd_db_pindex_type_name(v[i].type), (unsigned long long)v[i].points);
+        }
+        vd_db_pindex_list_free(v, n);
+    }
+    vd_buf_puts(b, "}");
+}
+
 static void info(struct vd_http_req *r, void *ctx)
 {
     struct vd_coll *c = vd__api_coll(r);
@@ -187,11 +206,13 @@ static void info(struct vd_http_req *r, void *ctx)
                   "\"indexing_threshold\":20000,\"flush_interval_sec\":5,"
                   "\"max_optimization_threads\":null},"
                   "\"wal_config\":{\"wal_capacity_mb\":32,\"wal_segments_ahead\":0},"
-                  "\"quantization_config\":null},\"payload_schema\":{}}",
+                  "\"quantization_config\":null},\"payload_schema\":",
                   st.pending ? "yellow" : "green", (unsigned long long)st.points,
                   (unsigned long long)st.indexed, (unsigned long long)st.points, s->dim,
                   metric_name(s->metric), s->replication_factor, s->write_consistency_factor,
                   s->hnsw_m, s->hnsw_ef_construct, s->full_scan_threshold_kb);
+    put_payload_schema(&b, c);
+    vd_buf_puts(&b, "}");
     vd_db_coll_put(c);
     vd__api_reply_buf(r, &b);
 }
