@@ -85,9 +85,9 @@ struct dial_req {
 struct peer {
     struct peer *prev, *next;
     struct vd_transport *t;
-    uint64_t id; /* 0: known only by address */
-    char *addr;  /* dial address, or NULL */
-    bool addr_learnt; /* addr came from the peer's handshake, not from set_peer */
+    uint64_t id;       /* 0: known only by address */
+    char *addr;        /* dial address, or NULL */
+    bool addr_learnt;  /* addr came from the peer's handshake, not from set_peer */
     struct conn *conn; /* open connection */
     struct conn *dial; /* our connection to it while connecting and handshaking */
     struct dial_req *resolving;
@@ -106,7 +106,7 @@ struct wreq {
 };
 
 struct fail_slot {
-    char ip[INET6_ADDRSTRLEN];
+    char key[ADDR_MAX + 1];
     uint64_t last_ms;
 };
 
@@ -296,17 +296,19 @@ static bool literal_addr(const char *host, uint16_t port, struct sockaddr_storag
     return false;
 }
 
-/* A failed handshake or a refused frame is logged once per remote IP per minute: a scanner or a
- * misconfigured node retrying every few seconds must not flood the log. */
+/* A failed handshake or a refused frame is logged once per address per minute (the address
+ * dialed, or the remote IP of an accepted connection): a scanner or a misconfigured node
+ * retrying every few seconds must not flood the log. */
 static void refuse(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void refuse(struct conn *c, const char *fmt, ...)
 {
     struct vd_transport *t = c->t;
     uint64_t now = uv_now(t->loop);
+    const char *key = c->dialer && c->peer && c->peer->addr ? c->peer->addr : c->remote_ip;
     struct fail_slot *slot = NULL, *oldest = &t->fails[0];
     for (int i = 0; i < FAIL_SLOTS; i++) {
         struct fail_slot *s = &t->fails[i];
-        if (s->ip[0] && strcmp(s->ip, c->remote_ip) == 0) {
+        if (s->key[0] && strcmp(s->key, key) == 0) {
             slot = s;
             break;
         }
@@ -318,7 +320,7 @@ static void refuse(struct conn *c, const char *fmt, ...)
         log = now - slot->last_ms >= FAIL_LOG_MS;
     } else {
         slot = oldest;
-        snprintf(slot->ip, sizeof(slot->ip), "%s", c->remote_ip);
+        snprintf(slot->key, sizeof(slot->key), "%s", key);
     }
     if (log) {
         char msg[256];
@@ -326,10 +328,9 @@ static void refuse(struct conn *c, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        vd_log_warn("cluster: %s connection %s %s refused: %s (further refusals from this address "
+        vd_log_warn("cluster: %s connection %s %s refused: %s (further refusals for this address "
                     "are not logged for a minute)",
-                    c->dialer ? "outgoing" : "incoming", c->dialer ? "to" : "from", c->remote_ip,
-                    msg);
+                    c->dialer ? "outgoing" : "incoming", c->dialer ? "to" : "from", key, msg);
         slot->last_ms = now;
     }
     conn_close(c);
@@ -542,8 +543,8 @@ static void connect_to(struct peer *p, const struct sockaddr *sa)
     c->peer = p;
     p->dial = c;
     struct sockaddr_storage ss;
-    memcpy(&ss, sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                              : sizeof(struct sockaddr_in));
+    memcpy(&ss, sa,
+           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     sockaddr_ip(&ss, c->remote_ip, sizeof(c->remote_ip));
     int r = uv_tcp_connect(&c->connect, &c->tcp, sa, on_connect);
     if (r) {
@@ -1052,7 +1053,6 @@ static void on_sweep(uv_timer_t *h)
             } else {
                 refuse(c, "handshake timed out");
             }
-            next = t->conns; /* closing may have closed others; restart (closed ones left) */
         }
     }
 }
@@ -1112,8 +1112,8 @@ int vd_transport_start(const struct vd_transport_opts *o, struct vd_transport **
     int r = bind_addr(where, o->port, &ss, err);
     if (r)
         return r;
-    socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                            : sizeof(struct sockaddr_in);
+    socklen_t sl =
+        ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return vd_errf(err, VD_EIO, "cluster port %s:%u: socket: %s", where, (unsigned)o->port,
@@ -1256,8 +1256,8 @@ int vd_transport_send(struct vd_transport *t, uint64_t to, uint8_t type, const v
     return enqueue(t, p, type, body, len);
 }
 
-int vd_transport_send_addr(struct vd_transport *t, const char *addr, uint8_t type,
-                           const void *body, size_t len)
+int vd_transport_send_addr(struct vd_transport *t, const char *addr, uint8_t type, const void *body,
+                           size_t len)
 {
     int r = check_send(t, type, len);
     if (r)

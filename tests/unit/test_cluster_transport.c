@@ -680,8 +680,11 @@ static void test_queue_bound(void **state)
 {
     struct fx *fx = *state;
     struct node a = {0}, b = {0};
-    struct vd_transport_opts o = {.loop = &fx->loop, .self_id = 1, .bind = "127.0.0.1",
-                                  .max_queue = 10 * (VD_FRAME_HDR + 100), .on_frame = on_rx,
+    struct vd_transport_opts o = {.loop = &fx->loop,
+                                  .self_id = 1,
+                                  .bind = "127.0.0.1",
+                                  .max_queue = 10 * (VD_FRAME_HDR + 100),
+                                  .on_frame = on_rx,
                                   .ctx = &a};
     struct vd_err err;
     assert_int_equal(vd_transport_start(&o, &a.t, &err), 0);
@@ -745,8 +748,8 @@ static void test_start_errors(void **state)
     node_start(fx, &a, 1, NULL);
     struct vd_transport *t = NULL;
     struct vd_err err;
-    struct vd_transport_opts o = {.loop = &fx->loop, .self_id = 2, .bind = "127.0.0.1",
-                                  .port = a.port};
+    struct vd_transport_opts o = {
+        .loop = &fx->loop, .self_id = 2, .bind = "127.0.0.1", .port = a.port};
     assert_int_equal(vd_transport_start(&o, &t, &err), VD_EIO);
     assert_null(t);
     assert_non_null(strstr(err.msg, "127.0.0.1"));
