@@ -13,6 +13,7 @@
 
 struct bench_args {
     const char *base, *query, *gt, *metric; /* metric: l2 | ip (vectors already normalised) */
+    const char *graph; /* load the index from here if it exists, else build and save it here */
     unsigned m, efc, threads, k;
     int search, exact;
     unsigned efs[32];
@@ -120,6 +121,7 @@ static inline void bench_parse(int argc, char **argv, struct bench_args *a)
         else if (!strcmp(argv[i], "--query")) a->query = v, i++;
         else if (!strcmp(argv[i], "--gt")) a->gt = v, i++;
         else if (!strcmp(argv[i], "--metric")) a->metric = v, i++;
+        else if (!strcmp(argv[i], "--graph")) a->graph = v, i++;
         else if (!strcmp(argv[i], "--m")) a->m = (unsigned)atoi(v), i++;
         else if (!strcmp(argv[i], "--efc")) a->efc = (unsigned)atoi(v), i++;
         else if (!strcmp(argv[i], "--threads")) a->threads = (unsigned)atoi(v), i++;
@@ -138,7 +140,7 @@ static inline void bench_parse(int argc, char **argv, struct bench_args *a)
     }
     if (!a->base || (a->search && (!a->query || !a->gt))) {
         fprintf(stderr, "usage: %s --base F [--query F --gt F --search] [--metric l2|ip] "
-                        "[--m 16] [--efc 200] [--threads 1] [--efs 10,20,..] [--exact]\n", argv[0]);
+                        "[--m 16] [--efc 200] [--threads 1] [--efs 10,20,..] [--exact] [--graph FILE]\n", argv[0]);
         exit(2);
     }
 }

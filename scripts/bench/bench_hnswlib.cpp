@@ -5,6 +5,7 @@
 #include <vector>
 
 #include <hnswlib/hnswlib.h>
+#include <unistd.h>
 
 #include "bench_common.h"
 
@@ -20,10 +21,17 @@ int main(int argc, char **argv)
         space = new hnswlib::InnerProductSpace(dim);
     else
         space = new hnswlib::L2Space(dim);
+    unsigned nt = a.threads ? a.threads : 1;
+    hnswlib::HierarchicalNSW<float> *ix;
+    if (a.graph && access(a.graph, R_OK) == 0) {
+        ix = new hnswlib::HierarchicalNSW<float>(space, a.graph, false, n);
+        printf("{\"impl\":\"hnswlib\",\"n\":%zu,\"dim\":%u,\"threads\":%u,\"loaded\":true", n, dim, nt);
+        goto search;
+    }
+    {
     long rss0 = bench_rss_bytes();
     double t0 = bench_now(), c0 = bench_cpu();
-    auto *ix = new hnswlib::HierarchicalNSW<float>(space, n, a.m, a.efc, 100);
-    unsigned nt = a.threads ? a.threads : 1;
+    ix = new hnswlib::HierarchicalNSW<float>(space, n, a.m, a.efc, 100);
     std::atomic<size_t> next(0);
     auto work = [&]() {
         for (;;) {
@@ -44,6 +52,10 @@ int main(int argc, char **argv)
     printf("{\"impl\":\"hnswlib\",\"n\":%zu,\"dim\":%u,\"threads\":%u,\"build_s\":%.3f,\"build_cpu_s\":%.3f,"
            "\"rss_delta_bytes\":%ld",
            n, dim, nt, build, build_cpu, rss1 - rss0);
+    if (a.graph)
+        ix->saveIndex(a.graph);
+    }
+search:
     if (a.search) {
         unsigned qd, gk;
         size_t nq, ng;

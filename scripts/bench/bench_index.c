@@ -1,9 +1,11 @@
 /*
  * Benchmark driver for vectord's index, in-process: builds from an .fvecs base set with N link
  * threads, then measures single-thread recall@10 and QPS for each ef, and the exact-scan QPS.
- * Prints one JSON object on stdout.
+ * Prints one JSON object on stdout. With --graph FILE, a graph saved there by an earlier run is
+ * loaded instead of built (search-only rounds: "loaded":true and no build figures).
  */
 #include <pthread.h>
+#include <unistd.h>
 
 #include "bench_common.h"
 #include "vectord/index.h"
@@ -14,6 +16,21 @@ static void *link_worker(void *arg)
     while (vd_index_link_pending(ix, 64) > 0)
         ;
     return NULL;
+}
+
+struct fetch_ctx {
+    const float *base;
+    size_t n;
+    unsigned dim;
+};
+
+static int fetch_base(const struct vd_pid *id, float *out, void *ctx)
+{
+    const struct fetch_ctx *f = ctx;
+    if (id->type != VD_PID_NUM || id->u.num >= f->n)
+        return VD_ENOTFOUND;
+    memcpy(out, f->base + id->u.num * f->dim, sizeof(float) * f->dim);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -30,6 +47,18 @@ int main(int argc, char **argv)
     p.full_scan_threshold_kb = 0;
     p.seed = 100;
     struct vd_index *ix;
+    unsigned nt = a.threads ? (a.threads > 64 ? 64 : a.threads) : 1;
+    if (a.graph && access(a.graph, R_OK) == 0) {
+        struct fetch_ctx fc = {base, n, dim};
+        if (vd_index_load(a.graph, &p, fetch_base, &fc, &ix) != 0) {
+            fprintf(stderr, "cannot load %s\n", a.graph);
+            return 1;
+        }
+        printf("{\"impl\":\"vectord\",\"kernel\":\"%s\",\"n\":%zu,\"dim\":%u,\"threads\":%u,"
+               "\"loaded\":true",
+               vd_index_kernel_name(), n, dim, nt);
+        goto search;
+    }
     if (vd_index_new(&p, &ix) != 0) {
         fprintf(stderr, "vd_index_new failed\n");
         return 1;
@@ -44,7 +73,6 @@ int main(int argc, char **argv)
         }
     }
     pthread_t th[64];
-    unsigned nt = a.threads ? (a.threads > 64 ? 64 : a.threads) : 1;
     for (unsigned i = 1; i < nt; i++)
         pthread_create(&th[i], NULL, link_worker, ix);
     link_worker(ix);
@@ -55,6 +83,9 @@ int main(int argc, char **argv)
     printf("{\"impl\":\"vectord\",\"kernel\":\"%s\",\"n\":%zu,\"dim\":%u,\"threads\":%u,"
            "\"build_s\":%.3f,\"build_cpu_s\":%.3f,\"rss_delta_bytes\":%ld,\"index_bytes\":%zu",
            vd_index_kernel_name(), n, dim, nt, build, build_cpu, rss1 - rss0, vd_index_memory(ix));
+    if (a.graph && vd_index_save(ix, a.graph) != 0)
+        fprintf(stderr, "cannot save %s\n", a.graph);
+search:
     if (a.search) {
         unsigned qd, gk;
         size_t nq, ng;

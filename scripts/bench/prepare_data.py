@@ -6,8 +6,12 @@ fashion:  Fashion-MNIST (Debian dataset-fashion-mnist), 60,000 train images as b
 synth1536: 100,000 x 1536 embedding-like vectors (seeded): cluster centres in a 64-d latent
           space, per-point latent noise, a fixed random projection to 1536-d, a little
           ambient noise, normalised (cosine); 1,000 queries from the same distribution.
+gauss1536: the vectors scripts/bench_api.py generates by default (100,000 + 500 queries, one
+          isotropic Gaussian in a 32-d latent space, no clusters, rounded to 7 decimals as the
+          HTTP runs send them), so the in-process and HTTP figures can be compared on one set.
 
-Usage: prepare_data.py WORKDIR [--small]   (--small: 20k x 1536 for a quick run)
+Usage: prepare_data.py WORKDIR [--small] [--sets fashion,synth1536,gauss1536]
+       (--small: 20k x 1536 for a quick run; default sets: fashion,synth1536)
 """
 import gzip
 import os
@@ -92,12 +96,43 @@ def prep_synth(work, n):
     return out
 
 
+def prep_gauss(work, n, nq=500, dim=1536, digits=7):
+    """bench_api.py's embedding_like(): keep the two in step."""
+    out = os.path.join(work, "gauss1536" if n == 100000 else "gauss1536_%d" % n)
+    os.makedirs(out, exist_ok=True)
+    if os.path.exists(os.path.join(out, "gt.ivecs")):
+        return out
+    rng = np.random.default_rng(42)
+    z = rng.standard_normal((n + nq, 32)).astype(np.float32)
+    proj = np.random.default_rng(1234).standard_normal((32, dim)).astype(np.float32)
+    x = z @ proj + 0.1 * rng.standard_normal((n + nq, dim)).astype(np.float32)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.round(x, digits).astype(np.float32)
+    # the server stores cosine vectors normalised; so does the index benchmark's reader
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    base, queries = x[:n], x[n:]
+    write_vecs(os.path.join(out, "base.fvecs"), base, np.float32)
+    write_vecs(os.path.join(out, "query.fvecs"), queries, np.float32)
+    gt = ground_truth(base, queries, 100, "ip")
+    write_vecs(os.path.join(out, "gt.ivecs"), gt, np.int32)
+    return out
+
+
 def main():
     work = sys.argv[1]
     small = "--small" in sys.argv
+    sets = "fashion,synth1536"
+    if "--sets" in sys.argv:
+        sets = sys.argv[sys.argv.index("--sets") + 1]
+    sets = sets.replace(" ", ",").split(",")
     os.makedirs(work, exist_ok=True)
-    prep_fashion(work)
-    prep_synth(work, 20000 if small else 100000)
+    n = 20000 if small else 100000
+    if "fashion" in sets:
+        prep_fashion(work)
+    if "synth1536" in sets:
+        prep_synth(work, n)
+    if "gauss1536" in sets:
+        prep_gauss(work, n)
 
 
 if __name__ == "__main__":
