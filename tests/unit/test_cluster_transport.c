@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ifaddrs.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -154,8 +155,12 @@ struct rx {
     size_t len;
 };
 
+struct fx;
+
 struct node {
     struct vd_transport *t;
+    struct fx *fx; /* registered for teardown while open */
+    int slot;
     uint64_t id;
     uint16_t port;
     char addr[64];
@@ -167,7 +172,23 @@ struct node {
 struct fx {
     uv_loop_t loop;
     uv_timer_t tick;
+    /* transports still open: teardown closes them when a test fails half-way (the nodes live
+     * on the failed test's stack, so only the transport pointers are kept here) */
+    struct vd_transport *live[16];
 };
+
+static void adopt(struct fx *fx, struct node *n)
+{
+    for (int i = 0; i < 16; i++) {
+        if (!fx->live[i]) {
+            fx->live[i] = n->t;
+            n->fx = fx;
+            n->slot = i;
+            return;
+        }
+    }
+    fail_msg("too many transports");
+}
 
 static void on_rx(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
                   const uint8_t *body, size_t len)
@@ -215,6 +236,7 @@ static void node_start_opts(struct fx *fx, struct node *n, uint64_t id, uint16_t
     if (r)
         print_error("start: %s\n", err.msg);
     assert_int_equal(r, 0);
+    adopt(fx, n);
     n->port = vd_transport_port(n->t);
     assert_true(n->port != 0);
     if (port)
@@ -232,6 +254,9 @@ static void node_stop(struct node *n)
 {
     if (n->t)
         vd_transport_close(n->t);
+    if (n->fx)
+        n->fx->live[n->slot] = NULL;
+    n->fx = NULL;
     n->t = NULL;
     rx_clear(n);
     free(n->rx);
@@ -259,6 +284,8 @@ static int fx_setup(void **state)
 static int fx_teardown(void **state)
 {
     struct fx *fx = *state;
+    for (int i = 0; i < 16; i++)
+        vd_transport_close(fx->live[i]);
     uv_close((uv_handle_t *)&fx->tick, NULL);
     uint64_t deadline = uv_hrtime() + 10000000000ull;
     while (uv_run(&fx->loop, UV_RUN_NOWAIT))
@@ -494,13 +521,18 @@ static void *fake_acceptor(void *arg)
     return NULL;
 }
 
-static int raw_connect(uint16_t port)
+static int raw_connect_ip(const char *ip, uint16_t port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(inet_pton(AF_INET, ip, &a.sin_addr), 1);
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
     return fd;
+}
+
+static int raw_connect(uint16_t port)
+{
+    return raw_connect_ip("127.0.0.1", port);
 }
 
 /* Bytes read without blocking (0 when none are there yet). */
@@ -510,18 +542,27 @@ static size_t raw_recv(int fd, uint8_t *p, size_t n)
     return r > 0 ? (size_t)r : 0;
 }
 
-/* True once the other end has closed fd (EOF or reset); drains whatever it sent before. */
-static bool raw_closed(int fd)
+/* True once the other end has closed fd (EOF or reset); drains whatever it sent before and
+ * adds its size to *got. */
+static bool raw_gone(int fd, size_t *got)
 {
     char b[512];
     for (;;) {
         ssize_t r = recv(fd, b, sizeof(b), MSG_DONTWAIT);
-        if (r > 0)
+        if (r > 0) {
+            *got += (size_t)r;
             continue;
+        }
         if (r == 0)
             return true;
         return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
     }
+}
+
+static bool raw_closed(int fd)
+{
+    size_t got = 0;
+    return raw_gone(fd, &got);
 }
 
 static void test_wrong_secret(void **state)
@@ -598,6 +639,118 @@ static void test_wrong_secret(void **state)
     node_stop(&b);
     node_stop(&c);
     node_stop(&d);
+}
+
+/* A non-loopback IPv4 address of this host into buf, or false when it has none. */
+static bool other_ip(char *buf, size_t cap)
+{
+    struct ifaddrs *ifs, *i;
+    bool found = false;
+    if (getifaddrs(&ifs))
+        return false;
+    for (i = ifs; i && !found; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET)
+            continue;
+        struct in_addr a = ((struct sockaddr_in *)i->ifa_addr)->sin_addr;
+        if ((ntohl(a.s_addr) >> 24) != 127 && inet_ntop(AF_INET, &a, buf, (socklen_t)cap))
+            found = true;
+    }
+    freeifaddrs(ifs);
+    return found;
+}
+
+/* Without a secret only loopback peers are accepted, on both ends; with one, any address. */
+static void test_loopback_only(void **state)
+{
+    struct fx *fx = *state;
+    char ip[INET_ADDRSTRLEN];
+    if (!other_ip(ip, sizeof(ip)))
+        skip();
+    struct vd_err err;
+    struct node a = {0}, b = {0}, c = {0}, d = {0};
+    struct vd_transport_opts o = {.loop = &fx->loop, .bind = ip, .on_frame = on_rx};
+    /* b, without a secret, on a non-loopback address: a connection from there is refused
+     * before a byte is sent */
+    o.self_id = 2;
+    o.ctx = &b;
+    assert_int_equal(vd_transport_start(&o, &b.t, &err), 0);
+    adopt(fx, &b);
+    int raw = raw_connect_ip(ip, vd_transport_port(b.t));
+    size_t got = 0;
+    WAIT_FOR(fx, raw_gone(raw, &got), 5000);
+    assert_int_equal(got, 0);
+    close(raw);
+
+    /* a, without a secret, dialing a non-loopback address hangs up without a HELLO */
+    node_start(fx, &a, 1, NULL);
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    inet_pton(AF_INET, ip, &sa.sin_addr);
+    assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(l, 4), 0);
+    socklen_t sl = sizeof(sa);
+    getsockname(l, (struct sockaddr *)&sa, &sl);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "%s:%u", ip, (unsigned)ntohs(sa.sin_port));
+    vd_transport_set_peer(a.t, 5, addr);
+    assert_int_equal(send_str(&a, 5, "a->5"), 0);
+    int fd = -1;
+    WAIT_FOR(fx, (fd = accept(l, NULL, NULL)) >= 0, 5000);
+    uint8_t ch[VD_FRAME_HDR + 32] = {0};
+    size_t n = make_frame(ch, VD_FRAME_CHALLENGE, ch + VD_FRAME_HDR, 32);
+    assert_int_equal(send(fd, ch, n, MSG_NOSIGNAL), (ssize_t)n);
+    got = 0;
+    WAIT_FOR(fx, raw_gone(fd, &got), 5000);
+    assert_int_equal(got, 0);
+    close(fd);
+    close(l);
+    assert_false(vd_transport_connected(a.t, 5));
+
+    node_start(fx, &c, 3, "shared");
+    o.self_id = 4;
+    o.ctx = &d;
+    o.secret = "shared";
+    assert_int_equal(vd_transport_start(&o, &d.t, &err), 0);
+    adopt(fx, &d);
+    snprintf(d.addr, sizeof(d.addr), "%s:%u", ip, (unsigned)vd_transport_port(d.t));
+    vd_transport_set_peer(c.t, 4, d.addr);
+    assert_int_equal(send_str(&c, 4, "c->d"), 0);
+    WAIT_FOR(fx, d.n_rx == 1, 5000);
+    assert_rx(&d, 0, 3, c.addr, "c->d");
+    node_stop(&a);
+    node_stop(&b);
+    node_stop(&c);
+    node_stop(&d);
+}
+
+/* Two nodes dialing each other at once end with one connection both keep: after it settles,
+ * nothing is lost and nobody redials. */
+static void test_simultaneous_dial(void **state)
+{
+    struct fx *fx = *state;
+    struct node a = {0}, b = {0};
+    node_start(fx, &a, 1, "k");
+    node_start(fx, &b, 2, "k");
+    vd_transport_set_peer(a.t, 2, b.addr);
+    vd_transport_set_peer(b.t, 1, a.addr);
+    assert_int_equal(send_str(&a, 2, "hi"), 0);
+    assert_int_equal(send_str(&b, 1, "hi"), 0);
+    WAIT_FOR(fx, vd_transport_connected(a.t, 2) && vd_transport_connected(b.t, 1), 5000);
+    run_for(fx, 200); /* the losing connection closes on both ends */
+    size_t a0 = a.n_rx, b0 = b.n_rx;
+    for (int i = 0; i < 20; i++) {
+        char m[16];
+        snprintf(m, sizeof(m), "round %d", i);
+        assert_int_equal(send_str(&a, 2, m), 0);
+        assert_int_equal(send_str(&b, 1, m), 0);
+        WAIT_FOR(fx, a.n_rx == a0 + (size_t)i + 1 && b.n_rx == b0 + (size_t)i + 1, 5000);
+        assert_rx(&a, a0 + (size_t)i, 2, b.addr, m);
+        assert_rx(&b, b0 + (size_t)i, 1, a.addr, m);
+        run_for(fx, 10);
+    }
+    assert_true(vd_transport_connected(a.t, 2) && vd_transport_connected(b.t, 1));
+    node_stop(&a);
+    node_stop(&b);
 }
 
 static void test_peer_restart(void **state)
@@ -688,6 +841,7 @@ static void test_queue_bound(void **state)
                                   .ctx = &a};
     struct vd_err err;
     assert_int_equal(vd_transport_start(&o, &a.t, &err), 0);
+    adopt(fx, &a);
     snprintf(a.addr, sizeof(a.addr), "127.0.0.1:%u", (unsigned)vd_transport_port(a.t));
     uint16_t port = dead_port();
     char addr[64];
@@ -766,6 +920,7 @@ static void test_start_errors(void **state)
     struct node b = {0};
     o.ctx = &b;
     if (vd_transport_start(&o, &b.t, &err) == 0) {
+        adopt(fx, &b);
         snprintf(b.addr, sizeof(b.addr), "[::1]:%u", (unsigned)vd_transport_port(b.t));
         vd_transport_set_peer(a.t, 2, b.addr);
         assert_int_equal(send_str(&a, 2, "six"), 0);
@@ -792,6 +947,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_addr_then_reply, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_resolved_name, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_wrong_secret, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_loopback_only, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_simultaneous_dial, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_peer_restart, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_garbage_and_oversize, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
