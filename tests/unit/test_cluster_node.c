@@ -1,0 +1,301 @@
+/* Three cluster nodes in one process, each with its own database and Raft log on disk, talking
+ * over real TCP on 127.0.0.1: bootstrap and join, collection changes through followers, a
+ * duplicate refused everywhere, ReadIndex before a lookup, leader loss and restart with catch-up,
+ * removal of a node. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+
+#include "vectord/cluster.h"
+#include "vectord/db.h"
+
+#define N 3
+
+struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int status;
+    char msg[512];
+};
+
+static void on_done(int status, const struct vd_err *err, uint64_t op, void *ctx)
+{
+    struct waiter *w = ctx;
+    (void)op;
+    pthread_mutex_lock(&w->mu);
+    w->done = true;
+    w->status = status;
+    snprintf(w->msg, sizeof w->msg, "%s", err ? err->msg : "");
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static int wait_for(struct waiter *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (!w->done)
+        pthread_cond_wait(&w->cv, &w->mu);
+    w->done = false;
+    pthread_mutex_unlock(&w->mu);
+    return w->status;
+}
+
+static struct waiter W = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, ""};
+
+struct node {
+    char dir[64];
+    uint16_t port;
+    struct vd_db *db;
+    struct vd_cluster *c;
+};
+static struct node nodes[N + 1];
+static char root[64];
+
+static void start(int i, const char *join)
+{
+    struct node *n = &nodes[i];
+    struct vd_err e;
+    struct vd_db_opts o = {.data_dir = n->dir, .no_sync = true, .index_threads = 1};
+    if (vd_db_open(&o, &n->db, &e))
+        fail_msg("open %d: %s", i, e.msg);
+    char http[32];
+    snprintf(http, sizeof http, "127.0.0.1:%u", 7000 + i);
+    struct vd_cluster_opts co = {
+        .db = n->db,
+        .data_dir = n->dir,
+        .bind = "127.0.0.1",
+        .port = n->port,
+        .http_advertise = http,
+        .join = join,
+        .election_timeout_ms = 300,
+        .heartbeat_ms = 50,
+        .request_timeout_ms = 10000,
+        .no_sync = true,
+    };
+    if (vd_cluster_start(&co, &n->c, &e))
+        fail_msg("cluster start %d: %s", i, e.msg);
+}
+
+static void stop(int i)
+{
+    vd_cluster_stop(nodes[i].c);
+    nodes[i].c = NULL;
+    vd_db_close(nodes[i].db);
+    nodes[i].db = NULL;
+}
+
+static cJSON *status(int i)
+{
+    struct vd_buf b = {0};
+    vd_cluster_status_json(nodes[i].c, &b);
+    cJSON *j = NULL;
+    struct vd_err e;
+    /* the strict parser keeps the number text: node ids are above 2^53 */
+    if (vd_json_parse(b.data, b.len, 0, &j, &e))
+        fail_msg("GET /cluster result does not parse: %s", e.msg);
+    vd_buf_release(&b);
+    return j;
+}
+
+/* Leader id as node i sees it (0 if none). */
+static uint64_t leader_of(int i)
+{
+    cJSON *j = status(i);
+    const cJSON *l = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "raft_info"), "leader");
+    uint64_t id = 0;
+    if (l && !cJSON_IsNull(l) && vd_json_get_u64(l, &id))
+        fail_msg("raft_info.leader is not a u64");
+    cJSON_Delete(j);
+    return id;
+}
+
+/* Number of voters in state up that node i sees. */
+static int voters_up(int i)
+{
+    cJSON *j = status(i);
+    int n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "nodes"))
+    {
+        const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(it, "state"));
+        const char *role = cJSON_GetStringValue(cJSON_GetObjectItem(it, "role"));
+        if (st && role && !strcmp(st, "up") && !strcmp(role, "voter"))
+            n++;
+    }
+    cJSON_Delete(j);
+    return n;
+}
+
+static uint64_t ms(void)
+{
+    return vd_mono_ns() / 1000000u;
+}
+
+/* Polls cond for up to limit_ms; returns the time it took, or fails the test. */
+#define POLL(cond, limit_ms, what)                                                             \
+    ({                                                                                         \
+        uint64_t t0_ = ms();                                                                   \
+        while (!(cond)) {                                                                      \
+            if (ms() - t0_ > (limit_ms))                                                       \
+                fail_msg("timed out after %u ms waiting for %s", (unsigned)(limit_ms), what);  \
+            usleep(10000);                                                                     \
+        }                                                                                      \
+        ms() - t0_;                                                                            \
+    })
+
+static bool has_coll(int i, const char *name)
+{
+    struct vd_coll *c;
+    if (vd_db_coll_get(nodes[i].db, name, &c))
+        return false;
+    vd_db_coll_put(c);
+    return true;
+}
+
+static int create(int i, const char *name)
+{
+    struct vd_coll_schema s = {.dim = 4, .metric = VD_METRIC_COSINE, .hnsw_m = 16,
+                               .hnsw_ef_construct = 64, .replication_factor = 1,
+                               .write_consistency_factor = 1};
+    snprintf(s.name, sizeof s.name, "%s", name);
+    struct vd_err e;
+    assert_int_equal(vd_cluster_create_collection(nodes[i].c, &s, on_done, &W, &e), 0);
+    return wait_for(&W);
+}
+
+static int delete(int i, const char *name)
+{
+    struct vd_err e;
+    assert_int_equal(vd_cluster_delete_collection(nodes[i].c, name, on_done, &W, &e), 0);
+    return wait_for(&W);
+}
+
+static int sync_node(int i)
+{
+    struct vd_err e;
+    assert_int_equal(vd_cluster_sync(nodes[i].c, on_done, &W, &e), 0);
+    return wait_for(&W);
+}
+
+static int index_of_leader(void)
+{
+    for (int i = 0; i < N; i++)
+        if (nodes[i].c && leader_of(i) == vd_cluster_node_id(nodes[i].c))
+            return i;
+    return -1;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(root, sizeof root, "/tmp/vd_cluster_node_XXXXXX");
+    assert_non_null(mkdtemp(root));
+    uint16_t base = (uint16_t)(21000 + (getpid() % 4000) * 8);
+    for (int i = 0; i <= N; i++) {
+        snprintf(nodes[i].dir, sizeof nodes[i].dir, "%s/n%d", root, i);
+        nodes[i].port = (uint16_t)(base + i);
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i <= N; i++)
+        if (nodes[i].c)
+            stop(i);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void test_form_create_failover(void **state)
+{
+    (void)state;
+    char join[32];
+    snprintf(join, sizeof join, "127.0.0.1:%u", nodes[0].port);
+    start(0, NULL);
+    start(1, join);
+    start(2, join);
+    for (int i = 0; i < N; i++)
+        POLL(voters_up(i) == N && leader_of(i) != 0, 15000, "three voters up");
+    uint64_t l = leader_of(0);
+    for (int i = 1; i < N; i++)
+        assert_true(leader_of(i) == l);
+
+    /* through a follower: visible there when the call returns, and everywhere after a sync */
+    int f = index_of_leader() == 1 ? 2 : 1;
+    assert_int_equal(create(f, "docs"), 0);
+    assert_true(has_coll(f, "docs"));
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(sync_node(i), 0);
+        assert_true(has_coll(i, "docs"));
+    }
+    /* a duplicate through any node is refused with the same answer */
+    assert_int_equal(create((f + 1) % N, "docs"), VD_EEXIST);
+    assert_int_equal(create(0, "gone"), 0);
+    assert_int_equal(delete(2, "gone"), 0);
+    assert_int_equal(delete(1, "gone"), VD_ENOTFOUND);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(sync_node(i), 0);
+        assert_false(has_coll(i, "gone"));
+    }
+
+    /* the leader stops: the others elect a new one and keep taking changes */
+    int old = index_of_leader();
+    assert_true(old >= 0);
+    stop(old);
+    int a = (old + 1) % N, b = (old + 2) % N;
+    uint64_t took = POLL(leader_of(a) != 0 && leader_of(a) != l && leader_of(a) == leader_of(b),
+                         5000, "a new leader");
+    print_message("new leader after %llu ms (election timeout 300 ms)\n",
+                  (unsigned long long)took);
+    assert_int_equal(create(a, "while_down"), 0);
+
+    /* the old leader restarts from its directory and catches up */
+    start(old, NULL);
+    POLL(has_coll(old, "while_down"), 10000, "catch-up of the restarted node");
+    assert_true(has_coll(old, "docs"));
+    assert_int_equal(sync_node(old), 0);
+}
+
+static void test_remove_and_add(void **state)
+{
+    (void)state;
+    /* a fourth node joins, then one of the first three is removed */
+    char join[32];
+    snprintf(join, sizeof join, "127.0.0.1:%u", nodes[1].port);
+    start(N, join);
+    POLL(voters_up(0) == N + 1, 15000, "four voters");
+    assert_int_equal(sync_node(N), 0);
+    assert_true(has_coll(N, "docs"));
+    int victim = index_of_leader() == 2 ? 1 : 2;
+    uint64_t vid = vd_cluster_node_id(nodes[victim].c);
+    struct vd_err e;
+    int asker = victim == 0 ? 1 : 0;
+    assert_int_equal(vd_cluster_remove_node(nodes[asker].c, vid, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    POLL(voters_up(asker) == N, 10000, "three voters after the removal");
+    assert_int_equal(vd_cluster_remove_node(nodes[asker].c, vid, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), VD_ENOTFOUND);
+    stop(victim);
+    assert_int_equal(create(N, "after_removal"), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_form_create_failover),
+        cmocka_unit_test(test_remove_and_add),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
