@@ -1506,6 +1506,19 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
         rc = vd_errf(err, rc, "cluster: the stored Raft state does not load");
         goto fail;
     }
+    const struct vd_raft_conf *conf = vd_raft_conf(c->raft);
+    if (conf->n == 1 && conf->nodes[0].id == c->id) {
+        /* The only voter need not wait an election timeout for peers that do not exist: start
+         * its clock two timeouts in the past so that the first tick elects it. */
+        vd_raft_free(c->raft);
+        c->raft = NULL;
+        uint64_t now = now_ms(), back = 2 * (uint64_t)c->election_ms;
+        if ((rc = vd_raft_new(&cfg, &st, now > back ? now - back : 0, &c->raft))) {
+            rc = vd_errf(err, rc, "cluster: the stored Raft state does not load");
+            goto fail;
+        }
+        vd_raft_tick(c->raft, now);
+    }
 
     if (uv_loop_init(&c->loop)) {
         rc = vd_errf(err, VD_EIO, "cluster: cannot start the event loop");
