@@ -301,8 +301,12 @@ static int load_collection(const struct vd_coll_schema *s, void *arg)
     l.scratch = NULL;
     if (rc == 0)
         rc = l.rc;
-    if (rc == 0)
-        rc = vd_store_pindex_list(l.t, s->incarnation, load_pindex, &l);
+    if (rc == 0 &&
+        (rc = vd_store_pindex_list(l.t, s->incarnation, load_pindex, &l)) == VD_ECORRUPT) {
+        /* the points are intact; serve them, filtered without the indexes not yet read */
+        vd_log_warn("collection '%s': a payload index declaration is unreadable; skipped", s->name);
+        rc = 0;
+    }
     if (rc)
         goto out_end;
     vd_store_read_end(l.t);
