@@ -31,11 +31,18 @@ int vd_api_register(struct vd_http *h, const struct vd_api_opts *o)
     vd__api = *o;
     if (!vd__api.max_import_line)
         vd__api.max_import_line = 64u << 20;
+    /* with a cluster, every collection change must go through Raft or nodes would diverge */
+    if (vd__api.cluster)
+        vd_api_cluster_meta(vd__api.cluster, &vd__api.meta);
+    else if (!vd__api.meta.create_collection)
+        vd_api_local_meta(vd__api.db, &vd__api.meta);
     int rc;
     /* literal paths before captures: GET .../points/export before GET .../points/{id} */
     if ((rc = vd__api_bulk_routes(h)) || (rc = vd__api_collections_routes(h)) ||
         (rc = vd__api_points_routes(h)) || (rc = vd__api_search_routes(h)) ||
         (rc = vd__api_payload_index_routes(h)))
+        return rc;
+    if (vd__api.cluster && (rc = vd__api_cluster_routes(h)))
         return rc;
     return 0;
 }
@@ -73,11 +80,32 @@ struct vd_coll *vd__api_coll(struct vd_http_req *r)
         return NULL;
     }
     struct vd_coll *c;
-    if (vd_db_coll_get(vd__api.db, name, &c)) {
-        vd_http_reply_error(r, 404, "collection '%s' not found", name);
+    if (vd__api_coll_lookup(name, &c, &e)) {
+        vd_http_reply_err(r, &e);
         return NULL;
     }
     return c;
+}
+
+int vd__api_coll_lookup(const char *name, struct vd_coll **out, struct vd_err *err)
+{
+    if (vd_db_coll_get(vd__api.db, name, out) == 0)
+        return 0;
+    if (vd__api.cluster) {
+        /* the collection may have been created through another node and not be applied here
+         * yet: a 404 is only given once this node has caught up with the cluster */
+        int rc = vd__api_cluster_catch_up(err);
+        if (rc) {
+            vd_err_prefix(err,
+                          "collection '%s' is not on this node and the cluster could not "
+                          "confirm it is missing",
+                          name);
+            return rc;
+        }
+        if (vd_db_coll_get(vd__api.db, name, out) == 0)
+            return 0;
+    }
+    return vd_errf(err, VD_ENOTFOUND, "collection '%s' not found", name);
 }
 
 void vd__api_reply_buf(struct vd_http_req *r, struct vd_buf *b)

@@ -16,8 +16,17 @@ extern struct vd_api_opts vd__api;
 /* Parses the request body as a JSON object; on failure replies 400 and returns NULL. An empty
  * body is an empty object when allow_empty. */
 cJSON *vd__api_body(struct vd_http_req *r, bool allow_empty);
-/* Opens the collection named by the {name} path parameter; replies 404/422 and returns NULL. */
+/* Opens the collection named by the {name} path parameter; replies 404/422/503 and returns
+ * NULL. A miss goes through vd__api_coll_lookup. */
 struct vd_coll *vd__api_coll(struct vd_http_req *r);
+/* Looks a collection up by (valid) name. On a miss in a cluster, first waits until this node has
+ * applied everything the cluster committed before the call (vd__api_cluster_catch_up) and looks
+ * again. Returns 0 (*out referenced: vd_db_coll_put it), VD_ENOTFOUND, or VD_EUNAVAIL when the
+ * cluster could not confirm the miss in time; err says which, naming the collection. Blocks the
+ * calling thread for up to 2 s, on the miss path only. */
+int vd__api_coll_lookup(const char *name, struct vd_coll **out, struct vd_err *err);
+/* Waits (up to 2 s) for vd_cluster_sync on vd__api.cluster. 0, or VD_EUNAVAIL with err set. */
+int vd__api_cluster_catch_up(struct vd_err *err);
 /* Reply helpers. */
 void vd__api_reply_buf(struct vd_http_req *r, struct vd_buf *b); /* {"result": <b>} */
 void vd__api_reply_true(struct vd_http_req *r);
@@ -47,5 +56,6 @@ int vd__api_points_routes(struct vd_http *h);
 int vd__api_search_routes(struct vd_http *h);
 int vd__api_bulk_routes(struct vd_http *h);
 int vd__api_payload_index_routes(struct vd_http *h);
+int vd__api_cluster_routes(struct vd_http *h); /* only with vd__api.cluster set */
 
 #endif

@@ -1,0 +1,327 @@
+/* /cluster: status, node addition and removal; collection changes and lookups through the
+ * cluster's Raft group. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "vectord/cluster.h"
+
+#include "api_int.h"
+
+/* How long a lookup miss waits for this node to catch up before giving up. It blocks a pool
+ * thread, so it is short; it covers a leader election with the default timeouts. */
+#define CATCH_UP_MS 2000u
+
+/* ---- completions ------------------------------------------------------------------------- */
+
+/* A cluster completion carried to the caller's own, with VD_ETIMEOUT (no leader within the
+ * cluster's deadline) turned into VD_EUNAVAIL: HTTP 503, the status Qdrant's clients expect for
+ * "try again later", rather than the generic 504. */
+struct relay {
+    vd_db_done_fn done;
+    void *ctx;
+};
+
+static void relay_done(int status, const struct vd_err *err, uint64_t op_id, void *p)
+{
+    struct relay rl = *(struct relay *)p;
+    free(p);
+    if (status == VD_ETIMEOUT) {
+        /* the cluster's own message says which wait ran out (leader, invited node, apply) */
+        struct vd_err e;
+        if (err && err->msg[0])
+            vd_errf(&e, VD_EUNAVAIL, "%s", err->msg);
+        else
+            vd_errf(&e, VD_EUNAVAIL,
+                    "no cluster leader was reachable within the request deadline; try again "
+                    "later");
+        rl.done(VD_EUNAVAIL, &e, op_id, rl.ctx);
+        return;
+    }
+    rl.done(status, err, op_id, rl.ctx);
+}
+
+static struct relay *relay_new(vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct relay *rl = malloc(sizeof *rl);
+    if (!rl) {
+        vd_errf(err, VD_ENOMEM, "out of memory");
+        return NULL;
+    }
+    rl->done = done;
+    rl->ctx = ctx;
+    return rl;
+}
+
+/* ---- metadata adapter -------------------------------------------------------------------- */
+
+static int cluster_create(void *impl, const struct vd_coll_schema *s, vd_db_done_fn done, void *ctx,
+                          struct vd_err *err)
+{
+    struct relay *rl = relay_new(done, ctx, err);
+    if (!rl)
+        return VD_ENOMEM;
+    int rc = vd_cluster_create_collection(impl, s, relay_done, rl, err);
+    if (rc)
+        free(rl);
+    return rc;
+}
+
+static int cluster_delete(void *impl, const char *name, vd_db_done_fn done, void *ctx,
+                          struct vd_err *err)
+{
+    struct relay *rl = relay_new(done, ctx, err);
+    if (!rl)
+        return VD_ENOMEM;
+    int rc = vd_cluster_delete_collection(impl, name, relay_done, rl, err);
+    if (rc)
+        free(rl);
+    return rc;
+}
+
+void vd_api_cluster_meta(struct vd_cluster *c, struct vd_meta_ops *out)
+{
+    out->create_collection = cluster_create;
+    out->delete_collection = cluster_delete;
+    out->impl = c;
+}
+
+/* ---- catching up before a 404 ------------------------------------------------------------ */
+
+/* Shared by the waiting thread and the sync completion; whichever lets go last frees it, so a
+ * completion that arrives after the wait gave up touches live memory. */
+struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    bool done;
+    int status;
+    struct vd_err err;
+};
+
+static void waiter_unref_locked(struct waiter *w)
+{
+    bool last = --w->refs == 0;
+    pthread_mutex_unlock(&w->mu);
+    if (last) {
+        pthread_cond_destroy(&w->cv);
+        pthread_mutex_destroy(&w->mu);
+        free(w);
+    }
+}
+
+static void sync_done(int status, const struct vd_err *err, uint64_t op_id, void *p)
+{
+    struct waiter *w = p;
+    pthread_mutex_lock(&w->mu);
+    w->done = true;
+    w->status = status;
+    if (err)
+        w->err = *err;
+    pthread_cond_signal(&w->cv);
+    waiter_unref_locked(w);
+}
+
+/*
+ * Blocks the calling (pool) thread until vd_cluster_sync completes or CATCH_UP_MS pass. Only the
+ * 404 path calls it, so the blocked thread is rare and short-lived. Returns 0, or VD_EUNAVAIL
+ * with err saying why (timeout, no leader, shutting down, out of memory).
+ */
+int vd__api_cluster_catch_up(struct vd_err *err)
+{
+    struct waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return vd_errf(err, VD_EUNAVAIL, "out of memory");
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->refs = 2;
+    struct vd_err e;
+    vd_err_clear(&e);
+    if (vd_cluster_sync(vd__api.cluster, sync_done, w, &e)) {
+        pthread_mutex_lock(&w->mu);
+        w->refs--; /* the completion will never run */
+        waiter_unref_locked(w);
+        return vd_errf(err, VD_EUNAVAIL, "%s", e.msg[0] ? e.msg : "out of memory");
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += CATCH_UP_MS / 1000;
+    until.tv_nsec += (long)(CATCH_UP_MS % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&w->mu);
+    while (!w->done) {
+        if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)
+            break;
+    }
+    int rc = 0;
+    if (!w->done)
+        rc = vd_errf(err, VD_EUNAVAIL, "no cluster leader answered within %u ms", CATCH_UP_MS);
+    else if (w->status)
+        rc = vd_errf(err, VD_EUNAVAIL, "%s", w->err.msg[0] ? w->err.msg : vd_strerror(w->status));
+    waiter_unref_locked(w);
+    return rc;
+}
+
+/* ---- routes ------------------------------------------------------------------------------ */
+
+static void status(struct vd_http_req *r, void *ctx)
+{
+    struct vd_buf b;
+    vd_buf_init(&b);
+    vd_cluster_status_json(vd__api.cluster, &b);
+    vd__api_reply_buf(r, &b);
+}
+
+static bool all_digits(const char *s, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    }
+    return true;
+}
+
+/* Decimal u64 without sign, spaces or leading zeros (ids are always printed that way). */
+static int parse_u64(const char *s, uint64_t *out)
+{
+    size_t n = strlen(s);
+    if (!all_digits(s, n) || n > 20 || (n > 1 && s[0] == '0'))
+        return VD_EINVAL;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d = (unsigned)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return VD_EINVAL;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+/*
+ * Checks a cluster address "host:port": host is an IPv4 address, a DNS name, or an IPv6 address
+ * in brackets; port is 1-65535. Returns 0 or VD_EINVAL with err naming what is wrong.
+ */
+static int check_hostport(const char *a, struct vd_err *err)
+{
+    size_t n = strlen(a);
+    if (n == 0 || n > 261)
+        return vd_errf(err, VD_EINVAL, "'address' must be \"host:port\" (1-261 characters)");
+    const char *colon, *host = a;
+    size_t hlen;
+    if (a[0] == '[') {
+        const char *close = strchr(a, ']');
+        if (!close || close[1] != ':')
+            return vd_errf(err, VD_EINVAL,
+                           "'address' '%s': an IPv6 address must be written [addr]:port", a);
+        char ip[64];
+        hlen = (size_t)(close - a - 1);
+        if (hlen == 0 || hlen >= sizeof ip)
+            return vd_errf(err, VD_EINVAL, "'address' '%s': bad IPv6 address", a);
+        memcpy(ip, a + 1, hlen);
+        ip[hlen] = 0;
+        struct in6_addr a6;
+        if (inet_pton(AF_INET6, ip, &a6) != 1)
+            return vd_errf(err, VD_EINVAL, "'address' '%s': bad IPv6 address", a);
+        colon = close + 1;
+    } else {
+        colon = strrchr(a, ':');
+        if (!colon)
+            return vd_errf(err, VD_EINVAL, "'address' '%s' has no port: expected \"host:port\"", a);
+        hlen = (size_t)(colon - a);
+        if (memchr(a, ':', hlen))
+            return vd_errf(err, VD_EINVAL,
+                           "'address' '%s': an IPv6 address must be written [addr]:port", a);
+        if (hlen == 0 || hlen > 253)
+            return vd_errf(err, VD_EINVAL, "'address' '%s' has no host: expected \"host:port\"", a);
+        for (size_t i = 0; i < hlen; i++) {
+            char ch = host[i];
+            bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                      (ch >= '0' && ch <= '9') || ch == '.' || ch == '-';
+            if (!ok || (i == 0 && ch == '-'))
+                return vd_errf(err, VD_EINVAL,
+                               "'address' '%s': the host must be an IP address or a DNS name", a);
+        }
+    }
+    const char *port = colon + 1;
+    uint64_t p;
+    if (parse_u64(port, &p) || p < 1 || p > 65535)
+        return vd_errf(err, VD_EINVAL, "'address' '%s': the port must be a number 1-65535", a);
+    return 0;
+}
+
+static void add_node(struct vd_http_req *r, void *ctx)
+{
+    cJSON *body = vd__api_body(r, false);
+    if (!body)
+        return;
+    struct vd_err e;
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(body, "address");
+    if (!a || cJSON_IsNull(a)) {
+        vd_errf(&e, VD_EINVAL,
+                "missing field 'address' (the new node's cluster address, "
+                "\"host:port\")");
+        goto out_reply_err;
+    }
+    if (!cJSON_IsString(a)) {
+        vd_errf(&e, VD_EINVAL, "'address' must be a string \"host:port\"");
+        goto out_reply_err;
+    }
+    if (check_hostport(a->valuestring, &e))
+        goto out_reply_err;
+    struct relay *rl = relay_new(vd__api_meta_done, r, &e);
+    if (!rl)
+        goto out_reply_err;
+    if (vd_cluster_add_node(vd__api.cluster, a->valuestring, relay_done, rl, &e)) {
+        free(rl);
+        goto out_reply_err;
+    }
+    cJSON_Delete(body);
+    return;
+out_reply_err:
+    cJSON_Delete(body);
+    vd_http_reply_err(r, &e);
+}
+
+static void remove_node(struct vd_http_req *r, void *ctx)
+{
+    const char *s = vd_http_param(r, "id");
+    uint64_t id;
+    if (!s || parse_u64(s, &id)) {
+        vd_http_reply_error(r, 400, "node id '%s' is not a decimal unsigned 64-bit integer",
+                            s ? s : "");
+        return;
+    }
+    struct vd_err e;
+    struct relay *rl = relay_new(vd__api_meta_done, r, &e);
+    if (!rl) {
+        vd_http_reply_err(r, &e);
+        return;
+    }
+    if (vd_cluster_remove_node(vd__api.cluster, id, relay_done, rl, &e)) {
+        free(rl);
+        vd_http_reply_err(r, &e);
+    }
+}
+
+int vd__api_cluster_routes(struct vd_http *h)
+{
+    int rc;
+    if ((rc = vd_http_route(h, "GET", "/cluster", VD_ROLE_RO, status, NULL)) ||
+        (rc = vd_http_route(h, "POST", "/cluster/nodes", VD_ROLE_ADMIN, add_node, NULL)) ||
+        (rc = vd_http_route(h, "DELETE", "/cluster/nodes/{id}", VD_ROLE_ADMIN, remove_node, NULL)))
+        return rc;
+    return 0;
+}
