@@ -156,7 +156,12 @@ static void exists(struct vd_http_req *r, void *ctx)
         return;
     }
     struct vd_coll *c;
-    bool yes = vd_db_coll_get(vd__api.db, name, &c) == 0;
+    int rc = vd__api_coll_lookup(name, &c, &e);
+    if (rc && rc != VD_ENOTFOUND) {
+        vd_http_reply_err(r, &e);
+        return;
+    }
+    bool yes = rc == 0;
     if (yes)
         vd_db_coll_put(c);
     const char *res = yes ? "{\"exists\":true}" : "{\"exists\":false}";
