@@ -123,7 +123,7 @@ struct vd_cluster {
     uint64_t catchup; /* last log index at start-up: reconcile once applied reaches it */
     uint64_t synced;  /* the database reflects the state machine up to this index */
     uint64_t last_ping, last_join, last_status;
-    uint64_t seen_term, seen_leader;
+    uint64_t seen_term, seen_leader, last_addr_fix;
     char *join; /* where to send join requests (NULL once a member) */
     bool was_member;
     struct {
@@ -1200,6 +1200,45 @@ static void on_frame(void *ctx, uint64_t from, const char *from_addr, uint8_t ty
 
 /* ---- housekeeping ---------------------------------------------------------------------------- */
 
+static int entry_data(uint64_t origin, uint64_t seq, const struct vd_buf *cmd, uint8_t **out,
+                      size_t *len);
+
+/* A node restarted with another --advertise or REST address tells the cluster, so that peers
+ * and GET /cluster use the new one. */
+static void address_check(struct vd_cluster *c, uint64_t now)
+{
+    const struct vd_meta_member *m = vd_meta_member(c->meta, c->id);
+    if (!m || !vd_raft_leader(c->raft) || now - c->last_addr_fix < 5000 ||
+        (!strcmp(m->addr, c->advertise) && !strcmp(m->http_addr, c->http_advertise)))
+        return;
+    for (struct op *o = c->ops; o; o = o->next)
+        if (o->kind == OP_INTERNAL)
+            return;
+    c->last_addr_fix = now;
+    struct op *o = calloc(1, sizeof *o);
+    if (!o)
+        return;
+    struct vd_buf cmd = {0};
+    vd_meta_cmd_set_member(c->id, (enum vd_meta_state)m->state, c->advertise, c->http_advertise,
+                           &cmd);
+    o->kind = OP_INTERNAL;
+    o->state = ST_NEW;
+    o->deadline = now + c->request_ms;
+    pthread_mutex_lock(&c->mu);
+    o->seq = c->next_seq++;
+    pthread_mutex_unlock(&c->mu);
+    int rc = entry_data(c->id, o->seq, &cmd, &o->data, &o->len);
+    vd_buf_release(&cmd);
+    if (rc) {
+        free(o);
+        return;
+    }
+    vd_log_info("cluster: this node's address changed to %s (REST %s); telling the cluster",
+                c->advertise, c->http_advertise);
+    o->next = c->ops;
+    c->ops = o;
+}
+
 static void on_house(uv_timer_t *t)
 {
     struct vd_cluster *c = t->data;
@@ -1241,6 +1280,7 @@ static void on_house(uv_timer_t *t)
         c->was_member = false;
     }
     membership_step(c, now);
+    address_check(c, now);
     ops_progress(c);
     if (now - c->last_status >= 200)
         status_refresh(c);

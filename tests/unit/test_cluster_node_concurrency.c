@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <cmocka.h>
 
 #include <cjson/cJSON.h>
@@ -141,15 +144,15 @@ static uint64_t ms(void)
 }
 
 /* Polls cond for up to limit_ms; returns the time it took, or fails the test. */
-#define POLL(cond, limit_ms, what)                                                             \
-    ({                                                                                         \
-        uint64_t t0_ = ms();                                                                   \
-        while (!(cond)) {                                                                      \
-            if (ms() - t0_ > (limit_ms))                                                       \
-                fail_msg("timed out after %u ms waiting for %s", (unsigned)(limit_ms), what);  \
-            usleep(10000);                                                                     \
-        }                                                                                      \
-        ms() - t0_;                                                                            \
+#define POLL(cond, limit_ms, what)                                                                 \
+    ({                                                                                             \
+        uint64_t t0_ = ms();                                                                       \
+        while (!(cond)) {                                                                          \
+            if (ms() - t0_ > (limit_ms))                                                           \
+                fail_msg("timed out after %u ms waiting for %s", (unsigned)(limit_ms), what);      \
+            usleep(10000);                                                                         \
+        }                                                                                          \
+        ms() - t0_;                                                                                \
     })
 
 static bool has_coll(int i, const char *name)
@@ -163,8 +166,11 @@ static bool has_coll(int i, const char *name)
 
 static int create(int i, const char *name)
 {
-    struct vd_coll_schema s = {.dim = 4, .metric = VD_METRIC_COSINE, .hnsw_m = 16,
-                               .hnsw_ef_construct = 64, .replication_factor = 1,
+    struct vd_coll_schema s = {.dim = 4,
+                               .metric = VD_METRIC_COSINE,
+                               .hnsw_m = 16,
+                               .hnsw_ef_construct = 64,
+                               .replication_factor = 1,
                                .write_consistency_factor = 1};
     snprintf(s.name, sizeof s.name, "%s", name);
     struct vd_err e;
@@ -172,7 +178,7 @@ static int create(int i, const char *name)
     return wait_for(&W);
 }
 
-static int delete(int i, const char *name)
+static int delete (int i, const char *name)
 {
     struct vd_err e;
     assert_int_equal(vd_cluster_delete_collection(nodes[i].c, name, on_done, &W, &e), 0);
@@ -194,15 +200,27 @@ static int index_of_leader(void)
     return -1;
 }
 
+/* A port nobody listens on now: the kernel picks it for a socket bound to port 0. */
+static uint16_t free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
 static int setup(void **state)
 {
     (void)state;
     snprintf(root, sizeof root, "/tmp/vd_cluster_node_XXXXXX");
     assert_non_null(mkdtemp(root));
-    uint16_t base = (uint16_t)(21000 + (getpid() % 4000) * 8);
     for (int i = 0; i <= N; i++) {
         snprintf(nodes[i].dir, sizeof nodes[i].dir, "%s/n%d", root, i);
-        nodes[i].port = (uint16_t)(base + i);
+        nodes[i].port = free_port();
     }
     return 0;
 }
@@ -243,8 +261,8 @@ static void test_form_create_failover(void **state)
     /* a duplicate through any node is refused with the same answer */
     assert_int_equal(create((f + 1) % N, "docs"), VD_EEXIST);
     assert_int_equal(create(0, "gone"), 0);
-    assert_int_equal(delete(2, "gone"), 0);
-    assert_int_equal(delete(1, "gone"), VD_ENOTFOUND);
+    assert_int_equal(delete (2, "gone"), 0);
+    assert_int_equal(delete (1, "gone"), VD_ENOTFOUND);
     for (int i = 0; i < N; i++) {
         assert_int_equal(sync_node(i), 0);
         assert_false(has_coll(i, "gone"));
@@ -257,8 +275,7 @@ static void test_form_create_failover(void **state)
     int a = (old + 1) % N, b = (old + 2) % N;
     uint64_t took = POLL(leader_of(a) != 0 && leader_of(a) != l && leader_of(a) == leader_of(b),
                          5000, "a new leader");
-    print_message("new leader after %llu ms (election timeout 300 ms)\n",
-                  (unsigned long long)took);
+    print_message("new leader after %llu ms (election timeout 300 ms)\n", (unsigned long long)took);
     assert_int_equal(create(a, "while_down"), 0);
 
     /* the old leader restarts from its directory and catches up */
