@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "vectord/api.h"
+#include "vectord/cluster.h"
 #include "vectord/config.h"
 #include "vectord/db.h"
 #include "vectord/http.h"
@@ -21,6 +22,29 @@ static void metrics_hook(struct vd_buf *out, void *ctx)
 static bool ready_hook(void *ctx)
 {
     return vd_db_ready(ctx);
+}
+
+static bool is_wildcard(const char *addr)
+{
+    return !strcmp(addr, "0.0.0.0") || !strcmp(addr, "::");
+}
+
+/* The REST address other nodes show for this one in GET /cluster: the bind address, or the
+ * advertised cluster host when bound to a wildcard. */
+static void rest_address(const struct vd_config *cfg, char *out, size_t cap)
+{
+    char host[300];
+    if (!is_wildcard(cfg->bind)) {
+        snprintf(host, sizeof host, strchr(cfg->bind, ':') ? "[%s]" : "%s", cfg->bind);
+    } else if (cfg->advertise) {
+        snprintf(host, sizeof host, "%s", cfg->advertise);
+        char *colon = strrchr(host, ':');
+        if (colon)
+            *colon = 0;
+    } else {
+        snprintf(host, sizeof host, "127.0.0.1");
+    }
+    snprintf(out, cap, "%s:%u", host, cfg->port);
 }
 
 int main(int argc, char **argv)
@@ -56,6 +80,7 @@ int main(int argc, char **argv)
 
     int status = 1;
     struct vd_db *db = NULL;
+    struct vd_cluster *cluster = NULL;
     struct vd_http *http = NULL;
     struct vd_http_key *keys = NULL;
     vd_log_info("vectord %s starting: data in '%s'", VD_VERSION, cfg.data_dir);
@@ -68,9 +93,27 @@ int main(int argc, char **argv)
         vd_log_error("cannot open the database: %s", err.msg);
         goto out;
     }
+    char rest_addr[320];
+    rest_address(&cfg, rest_addr, sizeof rest_addr);
+    struct vd_cluster_opts co = {
+        .db = db,
+        .data_dir = cfg.data_dir,
+        .bind = cfg.bind,
+        .port = cfg.cluster_port,
+        .advertise = cfg.advertise,
+        .http_advertise = rest_addr,
+        .join = cfg.join,
+        .secret = cfg.cluster_secret,
+        .election_timeout_ms = cfg.raft_election_ms,
+    };
+    if (vd_cluster_start(&co, &cluster, &err)) {
+        vd_log_error("cannot start the cluster node on %s:%u: %s", cfg.bind, cfg.cluster_port,
+                     err.msg);
+        goto out_db;
+    }
     keys = calloc(cfg.n_keys ? cfg.n_keys : 1, sizeof *keys);
     if (!keys)
-        goto out_db;
+        goto out_cluster;
     for (size_t i = 0; i < cfg.n_keys; i++) {
         keys[i].key = cfg.keys[i].key;
         keys[i].role = (enum vd_role)cfg.keys[i].role;
@@ -86,10 +129,9 @@ int main(int argc, char **argv)
     };
     if (vd_http_new(&ho, &http, &err)) {
         vd_log_error("cannot set up HTTP: %s", err.msg);
-        goto out_db;
+        goto out_cluster;
     }
-    struct vd_api_opts ao = {.db = db};
-    vd_api_local_meta(db, &ao.meta);
+    struct vd_api_opts ao = {.db = db, .cluster = cluster};
     if (vd_api_register(http, &ao)) {
         vd_log_error("cannot register routes");
         goto out_http;
@@ -115,6 +157,10 @@ int main(int argc, char **argv)
     status = 0;
 out_http:
     vd_http_free(http);
+out_cluster:
+    /* after HTTP: no handler may be waiting on a cluster completion; before the db: the state
+     * machine applies changes to it */
+    vd_cluster_stop(cluster);
 out_db:
     vd_db_close(db);
 out:

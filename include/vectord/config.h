@@ -21,6 +21,7 @@ struct vd_config {
     char *join;              /* host:port or NULL */
     char *advertise;         /* host:port or NULL */
     char *cluster_secret;    /* or NULL */
+    unsigned raft_election_ms; /* config file key only: Raft election timeout, default 1000 */
     bool insecure;
     enum vd_log_level log_level;
     unsigned http_threads;   /* 0 = automatic */

@@ -19,6 +19,7 @@ void vd_config_init(struct vd_config *c)
     c->log_level = VD_LOG_INFO;
     c->max_body_bytes = 32u << 20;
     c->index_save_seconds = 300;
+    c->raft_election_ms = 1000;
 }
 
 static void free_keys(struct vd_config *c)
@@ -155,6 +156,12 @@ static int apply(struct vd_config *c, const char *opt, const char *v, const char
             return vd_errf(err, VD_EINVAL, "%s: the cluster secret must be at least 8 characters",
                            name);
         set_str(&c->cluster_secret, v);
+    } else if (!strcmp(opt, "raft_election_ms")) {
+        /* config file only: a cluster-wide tuning that should not differ per start */
+        if (parse_uint(v, 100, 60000, &n))
+            return vd_errf(err, VD_EINVAL, "%s: '%s' is not a number of milliseconds (100-60000)",
+                           name, v);
+        c->raft_election_ms = (unsigned)n;
     } else if (!strcmp(opt, "api-key") || !strcmp(opt, "api_key")) {
         return add_key(c, v, 3, name, err);
     } else if (!strcmp(opt, "log-level") || !strcmp(opt, "log_level")) {
