@@ -156,10 +156,13 @@ int main(int argc, char **argv)
     vd_http_stop(http, 10000);
     status = 0;
 out_http:
+    /* After HTTP stopped accepting, before the server is freed: the requests the cluster fails
+     * on its way out (VD_ECLOSED) reply to requests the server still owns, which it discards.
+     * Before the db: the state machine applies changes to it. */
+    vd_cluster_stop(cluster);
+    cluster = NULL;
     vd_http_free(http);
 out_cluster:
-    /* after HTTP: no handler may be waiting on a cluster completion; before the db: the state
-     * machine applies changes to it */
     vd_cluster_stop(cluster);
 out_db:
     vd_db_close(db);
