@@ -1,0 +1,419 @@
+"""Cluster metadata over real processes: forming, collection changes through any node, leader
+failover, restart and catch-up, membership changes under load, node identity, bad input, and the
+cluster secret.
+
+Every wait polls a condition with a deadline; nothing sleeps for a fixed time to synchronise.
+"""
+import random
+import threading
+import time
+import unittest
+
+import vdtest
+from vdtest import Node, wait_until
+
+SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+VEC = {"vectors": {"size": 4, "distance": "Dot"}}
+
+
+def info(node, timeout=2.0):
+    """GET /cluster result of node, or None when it does not answer (down, starting)."""
+    if node.proc is None:
+        return None
+    try:
+        st, j = node.request("GET", "/cluster", timeout=timeout)
+    except (OSError, AssertionError):
+        return None
+    return j["result"] if st == 200 else None
+
+
+def agreed(nodes, voters):
+    """When every node in nodes reports the same leader and term, that leader among nodes, and
+    `voters` voting members all up: returns (leader_id, term), else None."""
+    seen = []
+    for n in nodes:
+        r = info(n)
+        if r is None:
+            return None
+        seen.append(r)
+    leaders = {r["raft_info"]["leader"] for r in seen}
+    terms = {r["raft_info"]["term"] for r in seen}
+    if len(leaders) != 1 or len(terms) != 1 or None in leaders:
+        return None
+    leader = leaders.pop()
+    if [r["raft_info"]["role"] for r in seen].count("Leader") != 1:
+        return None
+    if leader not in {r["peer_id"] for r in seen}:
+        return None
+    for r in seen:
+        vs = [m for m in r["nodes"] if m["role"] == "voter"]
+        if len(vs) != voters or any(m["state"] != "up" for m in vs):
+            return None
+        if not all(r["raft_info"]["is_voter"] for r in seen):
+            return None
+    return leader, terms.pop()
+
+
+def eventually_found(testcase, node, path, timeout=30):
+    """GET path on node until 200. A 503 (the node could not confirm yet) is retried; a 404 is a
+    failure: a node must never report a committed collection missing."""
+    def found():
+        st, j = node.request("GET", path, timeout=10)
+        testcase.assertIn(st, (200, 503), f"GET {path} on {node.port}: {st} {j}")
+        return st == 200
+    wait_until(found, timeout, f"GET {path} on the node on port {node.port}")
+
+
+def peer_id(node):
+    return info(node)["peer_id"]
+
+
+def check_log(testcase, node):
+    log = node.read_log()
+    for bad in SANITIZER_MARKS:
+        testcase.assertNotIn(bad, log, f"sanitizer report in a server log:\n{log}")
+
+
+class ClusterCase(unittest.TestCase):
+    """Nodes started by a test class are stopped (SIGTERM, exit 0, clean log) at its end."""
+    nodes = []
+
+    @classmethod
+    def make(cls, join=None, args=()):
+        a = list(args)
+        if join is not None:
+            a += ["--join", f"127.0.0.1:{join.cluster_port}"]
+        n = Node(args=a)
+        cls.nodes.append(n)
+        return n
+
+    @classmethod
+    def tearDownClass(cls):
+        problems = []
+        for n in cls.nodes:
+            if n.proc is None:
+                n.cleanup()
+                continue
+            rc = n.stop()
+            log = n.read_log()
+            if rc != 0:
+                problems.append(f"node on {n.port} exited with {rc} on SIGTERM:\n{log}")
+            if any(b in log for b in SANITIZER_MARKS):
+                problems.append(f"sanitizer report in the log of the node on {n.port}:\n{log}")
+            n.cleanup()
+        cls.nodes = []
+        if problems:
+            raise AssertionError("\n".join(problems))
+
+    def by_id(self, nodes, ident):
+        for n in nodes:
+            if n.proc is not None and info(n) and info(n)["peer_id"] == ident:
+                return n
+        return None
+
+    def assertError(self, st_j, statuses, fragment=None):
+        st, j = st_j
+        if isinstance(statuses, int):
+            statuses = (statuses,)
+        self.assertIn(st, statuses, j)
+        self.assertIsInstance(j, dict, j)
+        self.assertIsInstance(j.get("status"), dict, j)
+        self.assertIn("error", j["status"])
+        if fragment:
+            self.assertIn(fragment.lower(), j["status"]["error"].lower())
+
+
+class ThreeNodeTest(ClusterCase):
+    """One cluster for the whole class; tests run in name order and build on each other."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.nodes = []
+        cls.n1 = cls.make().start()
+        cls.n2 = cls.make(join=cls.n1).start()
+        cls.n3 = cls.make(join=cls.n1).start()
+        cls.members = [cls.n1, cls.n2, cls.n3]
+
+    def live(self):
+        return [n for n in self.members if n.proc is not None]
+
+    def leader_and_followers(self):
+        leader_id, _ = wait_until(lambda: agreed(self.live(), len(self.members)), 30,
+                                  "the cluster to agree on a leader")
+        leader = self.by_id(self.live(), leader_id)
+        return leader, [n for n in self.live() if n is not leader]
+
+    def test_01_formed(self):
+        leader_id, term = wait_until(lambda: agreed(self.members, 3), 60,
+                                     "three nodes to form a cluster")
+        ids = set()
+        for n in self.members:
+            r = info(n)
+            self.assertEqual(r["status"], "enabled")
+            self.assertEqual(r["raft_info"]["leader"], leader_id)
+            self.assertEqual(r["raft_info"]["term"], term)
+            self.assertIn(r["raft_info"]["role"], ("Leader", "Follower"))
+            self.assertEqual(r["consensus_thread_status"]["consensus_thread_status"], "working")
+            self.assertEqual(len(r["peers"]), 3, r)
+            for pid, p in r["peers"].items():
+                self.assertTrue(p["uri"].startswith("http://127.0.0.1:"), p)
+            self.assertEqual(len(r["nodes"]), 3, r)
+            mine = [m for m in r["nodes"] if m["id"] == r["peer_id"]]
+            self.assertEqual(len(mine), 1, r)
+            self.assertEqual(mine[0]["rest_address"], f"127.0.0.1:{n.port}")
+            self.assertEqual(mine[0]["address"], f"127.0.0.1:{n.cluster_port}")
+            self.assertEqual([m["id"] for m in r["nodes"] if m["leader"]], [leader_id])
+            ids.add(r["peer_id"])
+        self.assertEqual(len(ids), 3)
+
+    def test_02_create_through_follower(self):
+        leader, followers = self.leader_and_followers()
+        f = followers[0]
+        self.assertTrue(f.ok("PUT", "/collections/via_follower", VEC))
+        # the follower applied it before answering; the others catch up on a miss before a 404
+        for n in self.members:
+            info_ = n.ok("GET", "/collections/via_follower")
+            self.assertEqual(info_["config"]["params"]["vectors"], {"size": 4, "distance": "Dot"})
+            self.assertEqual(n.ok("GET", "/collections/via_follower/exists"), {"exists": True})
+        # and it is listed everywhere once applied
+        for n in self.members:
+            wait_until(lambda: "via_follower" in
+                       [c["name"] for c in n.ok("GET", "/collections")["collections"]],
+                       10, "the collection to be listed on every node")
+        # a collection nobody created is still 404 / false on every node
+        for n in self.members:
+            self.assertError(n.request("GET", "/collections/never_made"), 404, "not found")
+            self.assertEqual(n.ok("GET", "/collections/never_made/exists"), {"exists": False})
+
+    def test_03_conflict_through_another_node(self):
+        leader, followers = self.leader_and_followers()
+        followers[0].ok("PUT", "/collections/taken", VEC)
+        for n in (leader, followers[-1]):
+            self.assertError(n.request("PUT", "/collections/taken", VEC), 409, "exists")
+
+    def test_04_delete_through_follower(self):
+        leader, followers = self.leader_and_followers()
+        leader.ok("PUT", "/collections/doomed", VEC)
+        self.assertTrue(followers[-1].ok("DELETE", "/collections/doomed"))
+        for n in self.members:
+            self.assertError(n.request("GET", "/collections/doomed"), 404)
+            self.assertEqual(n.ok("GET", "/collections/doomed/exists"), {"exists": False})
+        self.assertError(followers[0].request("DELETE", "/collections/doomed"), 404)
+        # the name is free again, through any node
+        followers[0].ok("PUT", "/collections/doomed", VEC)
+        for n in self.members:
+            self.assertEqual(n.ok("GET", "/collections/doomed")["points_count"], 0)
+
+    def test_05_bad_input(self):
+        n = self.live()[0]
+        bad_posts = [
+            (b"", 400, None),
+            (b"{", 400, None),
+            (b"[]", 400, None),
+            ({}, 400, "address"),
+            ({"address": None}, 400, "address"),
+            ({"address": 6335}, 400, "address"),
+            ({"address": ["127.0.0.1:6335"]}, 400, "address"),
+            ({"address": ""}, 400, "address"),
+            ({"address": "127.0.0.1"}, 400, "port"),
+            ({"address": "127.0.0.1:"}, 400, "port"),
+            ({"address": ":6335"}, 400, "host"),
+            ({"address": "127.0.0.1:0"}, 400, "port"),
+            ({"address": "127.0.0.1:65536"}, 400, "port"),
+            ({"address": "127.0.0.1:-1"}, 400, "port"),
+            ({"address": "127.0.0.1:63a"}, 400, "port"),
+            ({"address": "::1:6335"}, 400, "ipv6"),
+            ({"address": "[::1:6335"}, 400, "ipv6"),
+            ({"address": "[zz]:6335"}, 400, "ipv6"),
+            ({"address": "bad host:6335"}, 400, "host"),
+            ({"address": "a" * 300 + ":1"}, 400, "address"),
+        ]
+        for body, status, frag in bad_posts:
+            with self.subTest(body=body):
+                self.assertError(n.request("POST", "/cluster/nodes", body), status, frag)
+        for ident in ("abc", "-1", "1.5", "18446744073709551616", "99999999999999999999",
+                      "0x10", "%20", "01"):
+            with self.subTest(id=ident):
+                self.assertError(n.request("DELETE", f"/cluster/nodes/{ident}"), 400, "node id")
+        # a well-formed id nobody has
+        ids = {m["id"] for m in info(n)["nodes"]}
+        ghost = next(i for i in (18446744073709551615, 1, 2, 3) if i not in ids)
+        self.assertError(n.request("DELETE", f"/cluster/nodes/{ghost}"), 404)
+        # adding an existing member is a conflict or a refusal, never a success
+        st, j = n.request("POST", "/cluster/nodes",
+                          {"address": f"127.0.0.1:{self.n2.cluster_port}"})
+        self.assertIn(st, (400, 409), j)
+        # wrong methods
+        self.assertEqual(n.request("PUT", "/cluster")[0], 405)
+        self.assertEqual(n.request("GET", "/cluster/nodes/1")[0], 405)
+        # nothing changed
+        wait_until(lambda: agreed(self.members, 3), 30, "the cluster to be unchanged")
+
+    def test_06_failover_restart_and_identity(self):
+        leader, followers = self.leader_and_followers()
+        old_id = peer_id(leader)
+        ids_before = {n.port: peer_id(n) for n in self.members}
+        t0 = time.monotonic()
+        leader.kill9()
+
+        def new_leader():
+            seen = [info(n, timeout=0.5) for n in followers]
+            if any(s is None for s in seen):
+                return None
+            leaders = {s["raft_info"]["leader"] for s in seen}
+            if len(leaders) != 1 or None in leaders or old_id in leaders:
+                return None
+            lid = leaders.pop()
+            if lid not in {s["peer_id"] for s in seen}:
+                return None
+            return lid
+
+        new_id = wait_until(new_leader, 30, "a new leader after the old one was killed")
+        failover = time.monotonic() - t0
+        print(f"\nfailover: new leader agreed by both survivors {failover * 1000:.0f} ms "
+              f"after kill -9 of the leader")
+        self.assertLess(failover, 3.0)
+        self.assertNotEqual(new_id, old_id)
+
+        # creates through either survivor keep working
+        for i, n in enumerate(followers):
+            n.ok("PUT", f"/collections/while_down_{i}", VEC)
+        for n in followers:
+            for i in range(len(followers)):
+                n.ok("GET", f"/collections/while_down_{i}")
+        # the killed node seen as down by the survivors
+        wait_until(lambda: all(
+            [m for m in info(n)["nodes"] if m["id"] == old_id][0]["state"] == "down"
+            for n in followers), 30, "the killed node to be shown down")
+
+        # restart from its data dir: same identity, catches up with what it missed
+        leader.start()
+        self.assertEqual(peer_id(leader), old_id)
+        for i in range(len(followers)):
+            eventually_found(self, leader, f"/collections/while_down_{i}")
+        wait_until(lambda: agreed(self.members, 3), 30, "the restarted node to rejoin")
+        # every node keeps its id across a graceful restart too
+        n = followers[0]
+        self.assertEqual(n.stop(), 0)
+        n.start()
+        wait_until(lambda: agreed(self.members, 3), 30, "the cluster after a graceful restart")
+        self.assertEqual({m.port: peer_id(m) for m in self.members}, ids_before)
+
+    def test_07_membership_under_load(self):
+        cls = type(self)
+        leader, followers = self.leader_and_followers()
+        stop = threading.Event()
+        lock = threading.Lock()
+        targets = list(self.members)
+        made, errors = [], []
+
+        def client():
+            rnd = random.Random(7)
+            i = 0
+            while not stop.is_set():
+                with lock:
+                    n = rnd.choice(targets)
+                name = f"load_{i}"
+                try:
+                    st, j = n.request("PUT", f"/collections/{name}", VEC, timeout=30)
+                except OSError as e:
+                    errors.append(f"{name} via {n.port}: {e}")
+                    continue
+                if st != 200:
+                    errors.append(f"{name} via {n.port}: {st} {j}")
+                else:
+                    made.append(name)
+                i += 1
+                stop.wait(0.02)  # pacing, so the run creates hundreds of collections, not more
+
+        t = threading.Thread(target=client)
+        t.start()
+        try:
+            wait_until(lambda: len(made) >= 3, 30, "the client to get going")
+            # a fourth node through --join
+            n4 = cls.make(join=followers[0]).start()
+            self.members.append(n4)
+            wait_until(lambda: agreed(self.members, 4), 60, "the fourth node to become a voter")
+            with lock:
+                targets.append(n4)
+            # a fifth, fresh and alone, added through POST /cluster/nodes
+            n5 = cls.make().start()
+            st, j = leader.request("POST", "/cluster/nodes",
+                                   {"address": f"127.0.0.1:{n5.cluster_port}"}, timeout=60)
+            self.assertEqual(st, 200, j)
+            self.members.append(n5)
+            wait_until(lambda: agreed(self.members, 5), 60, "the fifth node to become a voter")
+            with lock:
+                targets.append(n5)
+            mark = len(made)
+            wait_until(lambda: len(made) >= mark + 3, 30, "creates to continue after the adds")
+            # remove a follower (not the node we ask)
+            lid, _ = agreed(self.members, 5) or wait_until(lambda: agreed(self.members, 5), 30,
+                                                           "agreement")
+            victim = next(n for n in self.members if peer_id(n) != lid and n is not leader)
+            vid = peer_id(victim)
+            with lock:
+                targets.remove(victim)
+            # let a request the client may have sent to the victim just before finish first
+            mark = len(made) + len(errors)
+            wait_until(lambda: len(made) + len(errors) >= mark + 2, 30, "in-flight creates")
+            self.members.remove(victim)
+            asked = next(n for n in self.members if peer_id(n) == lid)
+            st, j = asked.request("DELETE", f"/cluster/nodes/{vid}", timeout=60)
+            self.assertEqual(st, 200, j)
+            wait_until(lambda: agreed(self.members, 4), 60, "four voters after the removal")
+            # the removal is applied on the node asked before it answers, on the others soon
+            wait_until(lambda: all(vid not in [m["id"] for m in info(n)["nodes"]] and
+                                   str(vid) not in info(n)["peers"] for n in self.members),
+                       30, "every member to forget the removed node")
+            self.assertError(asked.request("DELETE", f"/cluster/nodes/{vid}"), 404)
+            mark = len(made)
+            wait_until(lambda: len(made) >= mark + 3, 30, "creates to continue after removal")
+        finally:
+            stop.set()
+            t.join(120)
+        self.assertEqual(errors, [])
+        print(f"\nmembership changes: {len(made)} collections created meanwhile, no error")
+        for n in self.members:
+            names = {c["name"] for c in n.ok("GET", "/collections")["collections"]}
+            for name in set(made) - names:  # not applied yet: a lookup catches up first
+                eventually_found(self, n, f"/collections/{name}")
+
+
+class SecretTest(ClusterCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.nodes = []
+        secret = ["--cluster-secret", "correct horse battery"]
+        cls.a = cls.make(args=secret).start()
+        cls.b = cls.make(join=cls.a, args=secret).start()
+
+    def test_same_secret_forms_a_cluster(self):
+        wait_until(lambda: agreed([self.a, self.b], 2), 60, "two nodes with one secret to form")
+        self.a.ok("PUT", "/collections/secret_ok", VEC)
+        self.b.ok("GET", "/collections/secret_ok")
+
+    def test_wrong_secret_cannot_join(self):
+        wait_until(lambda: agreed([self.a, self.b], 2), 60, "two nodes with one secret to form")
+        # by --join: the stranger never becomes a member and says why in its log
+        c = self.make(join=self.a, args=["--cluster-secret", "wrong secret value"]).start()
+        wait_until(lambda: "wrong cluster secret" in (self.a.read_log() + c.read_log()), 30,
+                   "the refused join to be logged")
+        for n in (self.a, self.b):
+            self.assertEqual(len(info(n)["nodes"]), 2, info(n))
+        cid = peer_id(c)
+        self.assertNotIn(cid, [m["id"] for m in info(self.a)["nodes"]])
+        # by POST /cluster/nodes: the add fails with an error
+        d = self.make(args=["--cluster-secret", "another wrong one"]).start()
+        # (the cluster gives an invited node 60 s to answer: a refused one never does)
+        st, j = self.a.request("POST", "/cluster/nodes",
+                               {"address": f"127.0.0.1:{d.cluster_port}"}, timeout=120)
+        self.assertNotEqual(st, 200, j)
+        self.assertIn("error", j["status"])
+        print(f"\nadd with a wrong secret: {st} {j['status']['error']}")
+        for n in (self.a, self.b):
+            self.assertEqual(len(info(n)["nodes"]), 2, info(n))
+
+
+if __name__ == "__main__":
+    vdtest.main()
