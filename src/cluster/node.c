@@ -759,12 +759,13 @@ static void propose_or_forward(struct vd_cluster *c, struct op *o, uint64_t lead
     o->last_try = now;
 }
 
-static void op_start(struct vd_cluster *c, struct op *o, uint64_t leader, uint64_t now)
+/* Returns true when the op was finished (and freed) here. */
+static bool op_start(struct vd_cluster *c, struct op *o, uint64_t leader, uint64_t now)
 {
     switch (o->kind) {
     case OP_SYNC:
         if (!leader)
-            return;
+            return false;
         o->read_ctx = ++c->next_ctx;
         if (vd_raft_read_index(c->raft, o->read_ctx) == 0) {
             o->state = ST_READ;
@@ -772,13 +773,13 @@ static void op_start(struct vd_cluster *c, struct op *o, uint64_t leader, uint64
             o->last_try = now;
             c->need_drive = true;
         }
-        return;
+        return false;
     case OP_ADD_NODE: {
         size_t n = vd_meta_n_members(c->meta);
         for (size_t i = 0; i < n; i++)
             if (!strcmp(vd_meta_member_at(c->meta, i)->addr, o->addr)) {
                 op_fail(c, o, VD_EEXIST, "node %s is already a member of this cluster", o->addr);
-                return;
+                return true;
             }
         struct vd_buf args = {0};
         wr_str(&args, c->advertise);
@@ -787,20 +788,21 @@ static void op_start(struct vd_cluster *c, struct op *o, uint64_t leader, uint64
         vd_buf_release(&args);
         o->state = ST_INVITE;
         o->last_try = now;
-        return;
+        return false;
     }
     case OP_REMOVE_NODE: {
         const struct vd_meta_member *m = vd_meta_member(c->meta, o->node_id);
         if (m && vd_meta_n_members(c->meta) <= 1) {
             op_fail(c, o, VD_EINVAL, "%s", "cannot remove the last node of a cluster");
-            return;
+            return true;
         }
         propose_or_forward(c, o, leader, now);
-        return;
+        return false;
     }
     default:
         propose_or_forward(c, o, leader, now);
     }
+    return false;
 }
 
 /* Moves every pending operation on as far as it can go; called after anything changed. */
@@ -867,8 +869,8 @@ static void ops_progress(struct vd_cluster *c)
                 continue;
             }
         }
-        if (o->state == ST_NEW)
-            op_start(c, o, leader, now);
+        if (o->state == ST_NEW && op_start(c, o, leader, now))
+            continue;
         if (now >= o->deadline) {
             bool waiting_leader = o->state == ST_NEW || o->state == ST_SENT || o->state == ST_READ;
             char msg[160];
