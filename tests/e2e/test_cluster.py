@@ -338,6 +338,8 @@ class ThreeNodeTest(ClusterCase):
                 targets.append(n4)
             # a fifth, fresh and alone, added through POST /cluster/nodes
             n5 = cls.make().start()
+            # alone, it refuses to remove its only voter
+            self.assertError(n5.request("DELETE", f"/cluster/nodes/{peer_id(n5)}"), 400, "last")
             st, j = leader.request("POST", "/cluster/nodes",
                                    {"address": f"127.0.0.1:{n5.cluster_port}"}, timeout=60)
             self.assertEqual(st, 200, j)
