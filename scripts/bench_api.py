@@ -78,6 +78,45 @@ def embedding_like(rng, n, dim, latent=32):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def upload(a, c, host, port, coll, base, text):
+    """(Re)creates the collection and uploads base with a.clients connections; returns
+    (seconds, MB of JSON sent)."""
+    try:
+        c.req("DELETE", f"/collections/{coll}", None)
+    except RuntimeError:
+        pass
+    spec = {"vectors": {"size": a.dim, "distance": "Cosine"}}
+    hnsw = {k: v for k, v in (("m", a.m), ("ef_construct", a.ef_construct)) if v}
+    if hnsw:
+        spec["hnsw_config"] = hnsw
+    c.req("PUT", f"/collections/{coll}", json.dumps(spec))
+    bodies = []
+    for s in range(0, a.n, a.batch):
+        pts = [{"id": i, "vector": text(base[i]), "payload": {"document": f"chunk {i}", "bucket": i % 1000}}
+               for i in range(s, min(a.n, s + a.batch))]
+        bodies.append(json.dumps({"points": pts}).encode())
+    mb = sum(len(b) for b in bodies) / 1e6
+    # upload with several connections
+    lock = threading.Lock()
+    todo = list(range(len(bodies)))
+
+    def up():
+        cl = Client(host, port, a.api_key)
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i = todo.pop()
+            cl.req("PUT", f"/collections/{coll}/points?wait=true", bodies[i])
+    t0 = time.perf_counter()
+    th = [threading.Thread(target=up) for _ in range(a.clients)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    return time.perf_counter() - t0, mb
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=os.path.join(os.path.dirname(__file__), "..", "build", "release", "vectord"))
@@ -102,6 +141,8 @@ def main():
     ap.add_argument("--no-exact", action="store_true", help="skip the exact search")
     ap.add_argument("--repeat", type=int, default=1,
                     help="measure every hnsw_ef this many times (rounds interleaved)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --url: keep collection 'bench' if it already holds --n points (no upload)")
     ap.add_argument("--target", type=float, default=0.95, help="recall@10 the report looks for")
     ap.add_argument("--out", default="bench_api.json")
     a = ap.parse_args()
@@ -131,9 +172,6 @@ def main():
             else:
                 gt = load_vecs(os.path.join(a.data, "gt.ivecs"), np.int32)[:len(queries), :10]
             a.n, a.dim = len(base), base.shape[1]
-            if a.digits:
-                base = np.round(base, a.digits).astype(np.float32)
-                queries = np.round(queries, a.digits).astype(np.float32)
         else:
             a.n = a.n or 10000
             rng = np.random.default_rng(42)
@@ -141,43 +179,25 @@ def main():
             if a.digits:
                 data = np.round(data, a.digits).astype(np.float32)
             base, queries = data[:a.n], data[a.n:]
+
+        def text(v):
+            # Rounded in float64: a rounded float32 prints as its full 17-digit float64 value, so
+            # rounding in float32 would leave the bodies as long as unrounded ones.
+            return np.round(v.astype(np.float64), a.digits).tolist() if a.digits else v.tolist()
+
         c = Client(host, port, a.api_key)
         coll = "bench"
-        try:
-            c.req("DELETE", f"/collections/{coll}", None)
-        except RuntimeError:
-            pass
-        spec = {"vectors": {"size": a.dim, "distance": "Cosine"}}
-        hnsw = {k: v for k, v in (("m", a.m), ("ef_construct", a.ef_construct)) if v}
-        if hnsw:
-            spec["hnsw_config"] = hnsw
-        c.req("PUT", f"/collections/{coll}", json.dumps(spec))
-        bodies = []
-        for s in range(0, a.n, a.batch):
-            pts = [{"id": i, "vector": base[i].tolist(), "payload": {"document": f"chunk {i}", "bucket": i % 1000}}
-                   for i in range(s, min(a.n, s + a.batch))]
-            bodies.append(json.dumps({"points": pts}).encode())
-        mb = sum(len(b) for b in bodies) / 1e6
-        # upload with several connections
-        lock = threading.Lock()
-        todo = list(range(len(bodies)))
-
-        def up():
-            cl = Client(host, port, a.api_key)
-            while True:
-                with lock:
-                    if not todo:
-                        return
-                    i = todo.pop()
-                cl.req("PUT", f"/collections/{coll}/points?wait=true", bodies[i])
-        t0 = time.perf_counter()
-        th = [threading.Thread(target=up) for _ in range(a.clients)]
-        for t in th:
-            t.start()
-        for t in th:
-            t.join()
-        up_s = time.perf_counter() - t0
-        up_rate = a.n / up_s
+        reuse = False
+        if a.reuse:
+            try:
+                info = json.loads(c.req("GET", f"/collections/{coll}", None))["result"]
+                reuse = info["points_count"] == a.n
+            except RuntimeError:
+                pass
+        mb = up_s = up_rate = 0.0
+        if not reuse:
+            up_s, mb = upload(a, c, host, port, coll, base, text)
+            up_rate = a.n / up_s
         # ground truth (given with --data when the whole base set is used)
         if gt is None:
             gt = np.argsort(-(queries @ base.T), axis=1)[:, :10]
@@ -187,7 +207,7 @@ def main():
             hits = 0
             truth = gt if truth is None else truth
             extra = {"filter": flt} if flt else {}
-            qb = [json.dumps(dict({"vector": q.tolist(), "limit": 10, "params": params}, **extra)).encode()
+            qb = [json.dumps(dict({"vector": text(q), "limit": 10, "params": params}, **extra)).encode()
                   for q in queries]
             idx = list(range(len(qb)))
             res = [None] * len(qb)
@@ -223,7 +243,7 @@ def main():
         info = json.loads(c.req("GET", f"/collections/{coll}", None))["result"]
         results = {"n": a.n, "dim": a.dim, "batch": a.batch, "upload_clients": a.clients,
                    "data": a.data or "embedding_like", "hnsw_config": info["config"].get("hnsw_config"),
-                   "upsert_points_per_s": up_rate, "upsert_mb_per_s": mb / up_s,
+                   "upsert_points_per_s": up_rate, "upsert_mb_per_s": mb / up_s if up_s else 0.0,
                    "index_settle_s": index_wait}
         if not a.no_exact:
             results["exact_1"] = run({"exact": True}, 1)
@@ -243,8 +263,11 @@ def main():
             flt = {"must": [{"key": "bucket", "range": {"lt": b}}]}
             results[f"filter{frac}_1"] = run({"hnsw_ef": 128}, 1, flt, truth)
         print(f"\nvectord over HTTP, {a.n} x {a.dim} (Cosine)")
-        print(f"upsert: {up_rate:,.0f} points/s ({mb / up_s:.1f} MB/s of JSON), batches of {a.batch}, "
-              f"{a.clients} connections; graph settled {index_wait:.1f} s after the last ack")
+        if reuse:
+            print("upsert: skipped (--reuse: collection already loaded)")
+        else:
+            print(f"upsert: {up_rate:,.0f} points/s ({mb / up_s:.1f} MB/s of JSON), batches of {a.batch}, "
+                  f"{a.clients} connections; graph settled {index_wait:.1f} s after the last ack")
         print(f"data {results['data']}, hnsw_config {results['hnsw_config']}")
         print(f"{'search':<16}{'clients':>8}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'QPS':>10}{'recall@10':>11}"
               f"{'load1':>7}")

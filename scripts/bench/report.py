@@ -67,6 +67,19 @@ def ratio(a, b):
     return a / b if a and b else None
 
 
+def round_ratios(rows, key):
+    """Ours/theirs QPS at recall >= 0.95 within each round: drift on a shared machine hits both
+    runs of a round alike, so these ratios are steadier than a ratio of medians."""
+    out = []
+    for r in sorted({x["round"] for x in rows}):
+        q = {}
+        for impl in ("vectord", "hnswlib"):
+            srch = [x for x in rows if x["round"] == r and x["impl"] == impl and "search" in x]
+            q[impl] = qps_at(srch[0]["search"], 0.95, key) if srch else None
+        out.append(ratio(q["vectord"], q["hnswlib"]))
+    return [x for x in out if x is not None]
+
+
 def fmt(x, spec=".3g"):
     return "-" if x is None else format(x, spec)
 
@@ -78,6 +91,8 @@ def main():
         name = os.path.basename(path)[:-6]
         rows = [json.loads(l) for l in open(path) if l.startswith("{")]
         summary[name] = summarise(rows)
+        summary[name]["round_ratios_cpu"] = round_ratios(rows, "cpu_qps")
+        summary[name]["round_ratios_wall"] = round_ratios(rows, "qps")
     try:
         import hnswlib  # noqa: F401
         summary["python3_hnswlib"] = "installed (not measured by this script)"
@@ -103,6 +118,11 @@ def main():
             # ratios are "vectord is this many times better": throughput ours/theirs, time theirs/ours
             r = ratio(b, a) if lower_better else ratio(a, b)
             print("%-28s %12s %12s %8s" % (label, fmt(a), fmt(b), fmt(r, ".2f")))
+        for key in ("cpu", "wall"):
+            rr = s["round_ratios_" + key]
+            if rr:
+                print("QPS @recall>=0.95 ratio per round (%s): %s; median %.2f" % (
+                    key, " ".join("%.2f" % x for x in rr), med(rr)))
         if v.get("mem_read_gb_s"):
             print("exact scan reads vectors at %.1f GB/s; a plain streaming read of as many bytes: %.1f GB/s (%.2fx)" % (
                 v["exact_gb_s"], v["mem_read_gb_s"], v["mem_read_gb_s"] / v["exact_gb_s"]))
