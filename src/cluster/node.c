@@ -41,6 +41,7 @@
 #define APPLIED_MEMORY 4096 /* recent request headers remembered against duplicates */
 #define MAX_MEMBERS VD_RAFT_MAX_NODES
 #define ADD_NODE_TIMEOUT_MS 60000
+#define INVITE_ANSWER_MS 10000 /* an invited node must answer by then */
 
 enum call_op { CALL_PROPOSE = 1, CALL_JOIN = 2, CALL_INVITE = 3 };
 enum { FRAME_PING = 19 };
@@ -63,7 +64,7 @@ struct op {
     uint64_t seq;
     uint8_t *data; /* entry data: header and command (proposals) */
     size_t len;
-    uint64_t deadline, last_try, try_leader, read_ctx, call_id, index, node_id;
+    uint64_t deadline, last_try, first_try, try_leader, read_ctx, call_id, index, node_id;
     int result;
     struct vd_err err;
     char addr[256];
@@ -788,6 +789,8 @@ static bool op_start(struct vd_cluster *c, struct op *o, uint64_t leader, uint64
         vd_buf_release(&args);
         o->state = ST_INVITE;
         o->last_try = now;
+        if (!o->first_try)
+            o->first_try = now;
         return false;
     }
     case OP_REMOVE_NODE: {
@@ -850,6 +853,17 @@ static void ops_progress(struct vd_cluster *c)
                 o->state = ST_NEW;
             break;
         case ST_INVITE:
+            if (now - o->first_try >= INVITE_ANSWER_MS) {
+                /* a node that does not answer at all is most likely not running there, or
+                 * refuses our handshake: say so now rather than at the end of the deadline */
+                char msg[400];
+                snprintf(msg, sizeof msg,
+                         "node at '%s' did not answer within %u s: check that it runs, that this "
+                         "is its cluster port and that it uses the same cluster secret",
+                         o->addr, INVITE_ANSWER_MS / 1000);
+                op_fail(c, o, VD_EUNAVAIL, "%s", msg);
+                continue;
+            }
             if (now - o->last_try >= RETRY_MS)
                 o->state = ST_NEW;
             break;
