@@ -133,6 +133,11 @@ uint64_t vd_pid_hash(const struct vd_pid *id);
 
 enum vd_metric { VD_METRIC_COSINE = 1, VD_METRIC_DOT = 2, VD_METRIC_EUCLID = 3, VD_METRIC_MANHATTAN = 4 };
 
+/* "Cosine", "Dot", "Euclid", "Manhattan" (static storage; "Unknown" for other values), and back
+ * (exact spelling; VD_EINVAL otherwise). */
+const char *vd_metric_name(enum vd_metric m);
+int vd_metric_parse(const char *s, enum vd_metric *out);
+
 /* ---- hashing ----------------------------------------------------------------------------- */
 
 /* 64-bit non-cryptographic hash (FNV-1a folded through a murmur3 finaliser). Stable forever:

@@ -4,47 +4,16 @@
 
 #include "api_int.h"
 
-static const char *metric_name(enum vd_metric m)
-{
-    switch (m) {
-    case VD_METRIC_COSINE:
-        return "Cosine";
-    case VD_METRIC_DOT:
-        return "Dot";
-    case VD_METRIC_EUCLID:
-        return "Euclid";
-    case VD_METRIC_MANHATTAN:
-        return "Manhattan";
-    }
-    return "Unknown";
-}
-
-static int parse_metric(const char *s, enum vd_metric *out)
-{
-    static const struct {
-        const char *name;
-        enum vd_metric m;
-    } t[] = {{"Cosine", VD_METRIC_COSINE},
-             {"Dot", VD_METRIC_DOT},
-             {"Euclid", VD_METRIC_EUCLID},
-             {"Manhattan", VD_METRIC_MANHATTAN}};
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-        if (!strcmp(s, t[i].name)) {
-            *out = t[i].m;
-            return 0;
-        }
-    }
-    return VD_EINVAL;
-}
-
 /* Reads the body of PUT /collections/{name} into a schema. */
 static int parse_schema(const cJSON *body, struct vd_coll_schema *s, struct vd_err *err)
 {
     const cJSON *vec = cJSON_GetObjectItemCaseSensitive(body, "vectors");
     if (!vec)
-        return vd_errf(err, VD_EINVAL, "missing field 'vectors' ({\"size\": N, \"distance\": ...})");
+        return vd_errf(err, VD_EINVAL,
+                       "missing field 'vectors' ({\"size\": N, \"distance\": ...})");
     if (!cJSON_IsObject(vec))
-        return vd_errf(err, VD_EINVAL, "'vectors' must be an object {\"size\": N, \"distance\": ...}");
+        return vd_errf(err, VD_EINVAL,
+                       "'vectors' must be an object {\"size\": N, \"distance\": ...}");
     if (!cJSON_GetObjectItemCaseSensitive(vec, "size") &&
         !cJSON_GetObjectItemCaseSensitive(vec, "distance") && cJSON_GetArraySize(vec) > 0)
         return vd_errf(err, VD_EINVAL,
@@ -63,7 +32,7 @@ static int parse_schema(const cJSON *body, struct vd_coll_schema *s, struct vd_e
     const cJSON *dist = cJSON_GetObjectItemCaseSensitive(vec, "distance");
     if (!dist)
         return vd_errf(err, VD_EINVAL, "missing field 'vectors.distance'");
-    if (!cJSON_IsString(dist) || parse_metric(dist->valuestring, &s->metric))
+    if (!cJSON_IsString(dist) || vd_metric_parse(dist->valuestring, &s->metric))
         return vd_errf(err, VD_EINVAL,
                        "'vectors.distance' must be one of \"Cosine\", \"Dot\", \"Euclid\", "
                        "\"Manhattan\"");
@@ -198,24 +167,25 @@ static void info(struct vd_http_req *r, void *ctx)
     struct vd_buf b;
     vd_buf_init(&b);
     /* green: fully indexed; yellow: background linking in progress (Qdrant's meaning) */
-    vd_buf_printf(&b,
-                  "{\"status\":\"%s\",\"optimizer_status\":\"ok\",\"vectors_count\":%llu,"
-                  "\"indexed_vectors_count\":%llu,\"points_count\":%llu,\"segments_count\":1,"
-                  "\"config\":{\"params\":{\"vectors\":{\"size\":%u,\"distance\":\"%s\"},"
-                  "\"shard_number\":1,\"replication_factor\":%u,\"write_consistency_factor\":%u,"
-                  "\"on_disk_payload\":false},"
-                  "\"hnsw_config\":{\"m\":%u,\"ef_construct\":%u,\"full_scan_threshold\":%u,"
-                  "\"max_indexing_threads\":0,\"on_disk\":false},"
-                  "\"optimizer_config\":{\"deleted_threshold\":0.2,\"vacuum_min_vector_number\":1000,"
-                  "\"default_segment_number\":0,\"max_segment_size\":null,\"memmap_threshold\":null,"
-                  "\"indexing_threshold\":20000,\"flush_interval_sec\":5,"
-                  "\"max_optimization_threads\":null},"
-                  "\"wal_config\":{\"wal_capacity_mb\":32,\"wal_segments_ahead\":0},"
-                  "\"quantization_config\":null},\"payload_schema\":",
-                  st.pending ? "yellow" : "green", (unsigned long long)st.points,
-                  (unsigned long long)st.indexed, (unsigned long long)st.points, s->dim,
-                  metric_name(s->metric), s->replication_factor, s->write_consistency_factor,
-                  s->hnsw_m, s->hnsw_ef_construct, s->full_scan_threshold_kb);
+    vd_buf_printf(
+        &b,
+        "{\"status\":\"%s\",\"optimizer_status\":\"ok\",\"vectors_count\":%llu,"
+        "\"indexed_vectors_count\":%llu,\"points_count\":%llu,\"segments_count\":1,"
+        "\"config\":{\"params\":{\"vectors\":{\"size\":%u,\"distance\":\"%s\"},"
+        "\"shard_number\":1,\"replication_factor\":%u,\"write_consistency_factor\":%u,"
+        "\"on_disk_payload\":false},"
+        "\"hnsw_config\":{\"m\":%u,\"ef_construct\":%u,\"full_scan_threshold\":%u,"
+        "\"max_indexing_threads\":0,\"on_disk\":false},"
+        "\"optimizer_config\":{\"deleted_threshold\":0.2,\"vacuum_min_vector_number\":1000,"
+        "\"default_segment_number\":0,\"max_segment_size\":null,\"memmap_threshold\":null,"
+        "\"indexing_threshold\":20000,\"flush_interval_sec\":5,"
+        "\"max_optimization_threads\":null},"
+        "\"wal_config\":{\"wal_capacity_mb\":32,\"wal_segments_ahead\":0},"
+        "\"quantization_config\":null},\"payload_schema\":",
+        st.pending ? "yellow" : "green", (unsigned long long)st.points,
+        (unsigned long long)st.indexed, (unsigned long long)st.points, s->dim,
+        vd_metric_name(s->metric), s->replication_factor, s->write_consistency_factor, s->hnsw_m,
+        s->hnsw_ef_construct, s->full_scan_threshold_kb);
     put_payload_schema(&b, c);
     vd_buf_puts(&b, "}");
     vd_db_coll_put(c);

@@ -39,33 +39,6 @@ struct vd_meta {
 
 /* ---- names of enums in JSON ----------------------------------------------------------------- */
 
-static const char *metric_name(enum vd_metric m)
-{
-    switch (m) {
-    case VD_METRIC_COSINE:
-        return "Cosine";
-    case VD_METRIC_DOT:
-        return "Dot";
-    case VD_METRIC_EUCLID:
-        return "Euclid";
-    case VD_METRIC_MANHATTAN:
-        return "Manhattan";
-    }
-    return "Unknown";
-}
-
-static int metric_parse(const char *s, enum vd_metric *out)
-{
-    static const enum vd_metric all[] = {VD_METRIC_COSINE, VD_METRIC_DOT, VD_METRIC_EUCLID,
-                                         VD_METRIC_MANHATTAN};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (!strcmp(s, metric_name(all[i]))) {
-            *out = all[i];
-            return 0;
-        }
-    return VD_EINVAL;
-}
-
 static const char *state_name(unsigned st)
 {
     switch (st) {
@@ -112,7 +85,7 @@ static void put_schema(struct vd_buf *b, const struct vd_coll_schema *s)
                   ",\"dim\":%u,\"metric\":\"%s\",\"hnsw_m\":%u,\"hnsw_ef_construct\":%u,"
                   "\"full_scan_threshold_kb\":%u,\"replication_factor\":%u,"
                   "\"write_consistency_factor\":%u,\"incarnation\":",
-                  s->dim, metric_name(s->metric), s->hnsw_m, s->hnsw_ef_construct,
+                  s->dim, vd_metric_name(s->metric), s->hnsw_m, s->hnsw_ef_construct,
                   s->full_scan_threshold_kb, s->replication_factor, s->write_consistency_factor);
     put_u64(b, s->incarnation);
     vd_buf_puts(b, ",\"created_hlc\":");
@@ -273,7 +246,7 @@ static int parse_schema(const cJSON *o, struct vd_coll_schema *s, struct vd_err 
     if ((rc = get_u32_range(o, "dim", 1, 65536, &s->dim, e)) ||
         (rc = get_str(o, "metric", true, &metric, e)))
         return rc;
-    if (metric_parse(metric, &s->metric))
+    if (vd_metric_parse(metric, &s->metric))
         return vd_errf(e, VD_EINVAL,
                        "'metric' must be one of \"Cosine\", \"Dot\", \"Euclid\", \"Manhattan\"");
     if ((rc = get_u32_range(o, "hnsw_m", 2, 512, &s->hnsw_m, e)) ||

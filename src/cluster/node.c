@@ -987,6 +987,28 @@ static void membership_step(struct vd_cluster *c, uint64_t now)
 
 /* ---- calls between nodes --------------------------------------------------------------------- */
 
+/* Number of collections in the local database. */
+static size_t local_collections(struct vd_cluster *c)
+{
+    char **names = NULL;
+    size_t n = 0;
+    if (vd_db_coll_names(c->db, &names, &n))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return n;
+}
+
+static void raft_config(const struct vd_cluster *c, struct vd_raft_config *cfg)
+{
+    vd_raft_config_default(cfg);
+    cfg->id = c->id;
+    cfg->seed = c->id ^ vd_mono_ns();
+    cfg->election_timeout_ms = c->election_ms;
+    cfg->heartbeat_ms = c->heartbeat_ms;
+}
+
 static bool node_is_fresh(struct vd_cluster *c, char *why, size_t cap)
 {
     const struct vd_raft_conf *conf = vd_raft_conf(c->raft);
@@ -996,14 +1018,7 @@ static bool node_is_fresh(struct vd_cluster *c, char *why, size_t cap)
                  (unsigned long long)c->id, conf->n);
         return false;
     }
-    char **names = NULL;
-    size_t n = 0;
-    if (vd_db_coll_names(c->db, &names, &n) == 0) {
-        for (size_t i = 0; i < n; i++)
-            free(names[i]);
-        free(names);
-    }
-    if (n || vd_meta_n_collections(c->meta)) {
+    if (local_collections(c) || vd_meta_n_collections(c->meta)) {
         snprintf(why, cap, "node %llu holds collections; only an empty node can join a cluster",
                  (unsigned long long)c->id);
         return false;
@@ -1031,11 +1046,7 @@ static int reset_raft(struct vd_cluster *c, struct vd_err *err)
     if (rc)
         return rc;
     struct vd_raft_config cfg;
-    vd_raft_config_default(&cfg);
-    cfg.id = c->id;
-    cfg.seed = c->id ^ vd_mono_ns();
-    cfg.election_timeout_ms = c->election_ms;
-    cfg.heartbeat_ms = c->heartbeat_ms;
+    raft_config(c, &cfg);
     if ((rc = vd_raft_new(&cfg, NULL, now_ms(), &c->raft)))
         return vd_errf(err, rc, "cannot start Raft");
     vd_meta_free(c->meta);
@@ -1517,20 +1528,12 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
         goto fail;
     bool fresh = !st.snapshot && st.n_entries == 0 && st.term == 0;
     if (fresh && o->join && o->join[0]) {
-        char why[200];
-        char **names = NULL;
-        size_t n = 0;
-        if (vd_db_coll_names(c->db, &names, &n) == 0) {
-            for (size_t i = 0; i < n; i++)
-                free(names[i]);
-            free(names);
-        }
+        size_t n = local_collections(c);
         if (n) {
-            snprintf(why, sizeof why,
-                     "--join: this node holds %zu collection(s); only an empty node can join a "
-                     "cluster",
-                     n);
-            rc = vd_errf(err, VD_EINVAL, "%s", why);
+            rc = vd_errf(err, VD_EINVAL,
+                         "--join: this node holds %zu collection(s); only an empty node can join "
+                         "a cluster",
+                         n);
             goto fail;
         }
         c->join = vd_xstrdup(o->join);
@@ -1553,11 +1556,7 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
                  : st.snapshot ? st.snapshot->index
                                : 0;
     struct vd_raft_config cfg;
-    vd_raft_config_default(&cfg);
-    cfg.id = c->id;
-    cfg.seed = c->id ^ vd_mono_ns();
-    cfg.election_timeout_ms = c->election_ms;
-    cfg.heartbeat_ms = c->heartbeat_ms;
+    raft_config(c, &cfg);
     if ((rc = vd_raft_new(&cfg, c->join ? NULL : &st, now_ms(), &c->raft))) {
         rc = vd_errf(err, rc, "cluster: the stored Raft state does not load");
         goto fail;
