@@ -22,37 +22,9 @@
 
 #define N 3
 
-struct waiter {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done;
-    int status;
-    char msg[512];
-};
+#include "unit/waiter.h"
 
-static void on_done(int status, const struct vd_err *err, uint64_t op, void *ctx)
-{
-    struct waiter *w = ctx;
-    (void)op;
-    pthread_mutex_lock(&w->mu);
-    w->done = true;
-    w->status = status;
-    snprintf(w->msg, sizeof w->msg, "%s", err ? err->msg : "");
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
-static int wait_for(struct waiter *w)
-{
-    pthread_mutex_lock(&w->mu);
-    while (!w->done)
-        pthread_cond_wait(&w->cv, &w->mu);
-    w->done = false;
-    pthread_mutex_unlock(&w->mu);
-    return w->status;
-}
-
-static struct waiter W = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, ""};
+static struct waiter W = WAITER_INIT;
 
 struct node {
     char dir[64];

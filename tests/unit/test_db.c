@@ -12,36 +12,9 @@
 #include "vectord/db.h"
 #include "vectord/json.h"
 
-struct waiter {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done;
-    int status;
-    uint64_t op;
-};
+#include "unit/waiter.h"
 
-static void on_done(int status, const struct vd_err *err, uint64_t op, void *ctx)
-{
-    struct waiter *w = ctx;
-    pthread_mutex_lock(&w->mu);
-    w->done = true;
-    w->status = status;
-    w->op = op;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
-static int wait_for(struct waiter *w)
-{
-    pthread_mutex_lock(&w->mu);
-    while (!w->done)
-        pthread_cond_wait(&w->cv, &w->mu);
-    w->done = false;
-    pthread_mutex_unlock(&w->mu);
-    return w->status;
-}
-
-static struct waiter W = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, 0};
+static struct waiter W = WAITER_INIT;
 static char dir[64];
 
 static struct vd_db *open_db(void)
