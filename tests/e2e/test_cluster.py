@@ -255,6 +255,11 @@ class ThreeNodeTest(ClusterCase):
         ids_before = {n.port: peer_id(n) for n in self.members}
         t0 = time.monotonic()
         leader.kill9()
+        # a create sent while there is no leader waits through the election instead of failing
+        during = {}
+        th = threading.Thread(target=lambda: during.update(
+            r=followers[0].request("PUT", "/collections/during_election", VEC, timeout=30)))
+        th.start()
 
         def new_leader():
             seen = [info(n, timeout=0.5) for n in followers]
@@ -274,6 +279,10 @@ class ThreeNodeTest(ClusterCase):
               f"after kill -9 of the leader")
         self.assertLess(failover, 3.0)
         self.assertNotEqual(new_id, old_id)
+        th.join(30)
+        self.assertEqual(during["r"][0], 200, during)
+        for n in followers:
+            n.ok("GET", "/collections/during_election")
 
         # creates through either survivor keep working
         for i, n in enumerate(followers):
