@@ -37,6 +37,7 @@ struct vd_cluster_opts {
     uint32_t election_timeout_ms; /* 0 = 1000 */
     uint32_t heartbeat_ms;        /* 0 = 100 */
     uint32_t request_timeout_ms;  /* deadline of a metadata change or sync; 0 = 10000 */
+    uint32_t snapshot_every;      /* applied entries between log compactions; 0 = 1024 */
     bool no_sync;                 /* tests only */
 };
 

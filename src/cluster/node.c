@@ -37,7 +37,6 @@
 #define RETRY_MS 3000      /* a forwarded proposal not applied by then is sent again */
 #define READ_RETRY_MS 1000 /* a ReadIndex not answered by then is asked again */
 #define JOIN_RETRY_MS 500
-#define SNAPSHOT_EVERY 1024 /* applied entries between state machine snapshots */
 #define APPLIED_MEMORY 4096 /* recent request headers remembered against duplicates */
 #define MAX_MEMBERS VD_RAFT_MAX_NODES
 #define ADD_NODE_TIMEOUT_MS 60000
@@ -96,7 +95,7 @@ struct vd_cluster {
     char *data_dir, *advertise, *http_advertise, *bind, *secret;
     uint64_t id;
     uint16_t port;
-    uint32_t election_ms, heartbeat_ms, request_ms;
+    uint32_t election_ms, heartbeat_ms, request_ms, snapshot_every;
     bool no_sync;
 
     /* shared with other threads, under mu */
@@ -490,7 +489,7 @@ static void send_msg(struct vd_cluster *c, const struct vd_raft_msg *m)
 static void take_snapshot(struct vd_cluster *c)
 {
     uint64_t applied = vd_raft_applied(c->raft);
-    if (applied < vd_raft_snapshot_index(c->raft) + SNAPSHOT_EVERY ||
+    if (applied < vd_raft_snapshot_index(c->raft) + c->snapshot_every ||
         vd_meta_applied(c->meta) != applied)
         return;
     struct vd_buf b;
@@ -539,6 +538,9 @@ static void drive(struct vd_cluster *c)
                 if (vd_meta_restore(c->meta, u.snapshot->data, u.snapshot->len, &err))
                     vd_log_error("cluster: snapshot at %llu does not restore: %s",
                                  (unsigned long long)u.snapshot->index, err.msg);
+                else
+                    vd_log_info("cluster: installed the leader's metadata snapshot at index %llu",
+                                (unsigned long long)u.snapshot->index);
                 members_changed = true;
             }
             for (size_t i = 0; i < u.n_committed; i++) {
@@ -1505,6 +1507,7 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     c->election_ms = o->election_timeout_ms ? o->election_timeout_ms : 1000;
     c->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 100;
     c->request_ms = o->request_timeout_ms ? o->request_timeout_ms : 10000;
+    c->snapshot_every = o->snapshot_every ? o->snapshot_every : 1024;
     c->no_sync = o->no_sync;
     c->data_dir = vd_xstrdup(o->data_dir);
     c->bind = vd_xstrdup(o->bind ? o->bind : "127.0.0.1");

@@ -32,7 +32,8 @@ struct node {
     struct vd_db *db;
     struct vd_cluster *c;
 };
-static struct node nodes[N + 1];
+static struct node nodes[N + 4];
+static uint32_t snap_every; /* 0 = the default */
 static char root[64];
 
 static void start(int i, const char *join)
@@ -54,6 +55,7 @@ static void start(int i, const char *join)
         .election_timeout_ms = 300,
         .heartbeat_ms = 50,
         .request_timeout_ms = 10000,
+        .snapshot_every = snap_every,
         .no_sync = true,
     };
     if (vd_cluster_start(&co, &n->c, &e))
@@ -190,7 +192,7 @@ static int setup(void **state)
     (void)state;
     snprintf(root, sizeof root, "/tmp/vd_cluster_node_XXXXXX");
     assert_non_null(mkdtemp(root));
-    for (int i = 0; i <= N; i++) {
+    for (int i = 0; i < N + 4; i++) {
         snprintf(nodes[i].dir, sizeof nodes[i].dir, "%s/n%d", root, i);
         nodes[i].port = free_port();
     }
@@ -200,7 +202,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i <= N; i++)
+    for (int i = 0; i < N + 4; i++)
         if (nodes[i].c)
             stop(i);
     char cmd[128];
@@ -280,11 +282,55 @@ static void test_remove_and_add(void **state)
     assert_int_equal(create(N, "after_removal"), 0);
 }
 
+/* With the log compacted every 8 entries, a node that joins late gets the state machine as an
+ * InstallSnapshot, and restarts load it from the Raft log's snapshot. */
+static void test_snapshots(void **state)
+{
+    (void)state;
+    for (int i = 0; i < N + 1; i++)
+        if (nodes[i].c)
+            stop(i);
+    snap_every = 8;
+    int a = N + 1, b = N + 2;
+    start(a, NULL);
+    char name[32];
+    for (int i = 0; i < 30; i++) {
+        snprintf(name, sizeof name, "s%d", i);
+        assert_int_equal(create(a, name), 0);
+    }
+    assert_int_equal(delete (a, "s3"), 0);
+    char join[32];
+    snprintf(join, sizeof join, "127.0.0.1:%u", nodes[a].port);
+    start(b, join);
+    POLL(voters_up(a) == 2 && voters_up(b) == 2, 15000, "two voters");
+    assert_int_equal(sync_node(b), 0);
+    for (int i = 0; i < 30; i++) {
+        snprintf(name, sizeof name, "s%d", i);
+        assert_true(has_coll(b, name) == (i != 3));
+    }
+    /* restarts read the snapshot back from the Raft log and keep every collection */
+    assert_int_equal(delete (b, "s4"), 0);
+    for (int k = 0; k < 2; k++) {
+        int who = k ? a : b;
+        stop(who);
+        start(who, NULL);
+        POLL(leader_of(a) != 0 && leader_of(a) == leader_of(b), 15000, "a leader again");
+        assert_int_equal(sync_node(who), 0);
+        for (int i = 0; i < 30; i++) {
+            snprintf(name, sizeof name, "s%d", i);
+            assert_true(has_coll(who, name) == (i != 3 && i != 4));
+        }
+    }
+    assert_int_equal(create(b, "after"), 0);
+    snap_every = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_form_create_failover),
         cmocka_unit_test(test_remove_and_add),
+        cmocka_unit_test(test_snapshots),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
