@@ -328,6 +328,41 @@ static void test_recall_manhattan(void **state)
     check_recall(VD_METRIC_MANHATTAN, 64);
 }
 
+/* The search gathers a node's unvisited neighbours into a buffer sized for the widest list
+ * (m = 128: 256 links on layer 0) and prefetches a window of each next vector: both ends of the
+ * shapes must still find the neighbours, a vector shorter than one cache line and one far longer
+ * than the prefetch window. */
+static void check_shape(uint32_t dim, uint32_t m, size_t n, uint32_t ef)
+{
+    size_t nq = 50;
+    float *v = make_data(n, dim, VD_METRIC_COSINE, 4242);
+    float *q = make_data(nq, dim, VD_METRIC_COSINE, 4343);
+    struct vd_index_params p;
+    vd_index_params_init(&p, dim, VD_METRIC_COSINE);
+    p.m = m;
+    p.ef_construct = 100;
+    p.full_scan_threshold_kb = 0;
+    struct vd_index *ix;
+    assert_int_equal(vd_index_new(&p, &ix), 0);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000) > 0)
+        ;
+    assert_int_equal(vd_index_pending(ix), 0);
+    double rc = recall(ix, VD_METRIC_COSINE, v, n, dim, q, nq, 10, ef, NULL, 0);
+    print_message("dim %u, m %u: recall@10 = %.4f (ef %u)\n", dim, m, rc, ef);
+    assert_true(rc >= 0.95);
+    vd_index_free(ix);
+    free(v);
+    free(q);
+}
+
+static void test_recall_shapes(void **state)
+{
+    (void)state;
+    check_shape(4, 128, small_scale() ? 1500 : 3000, 32);
+    check_shape(1536, 16, small_scale() ? 500 : 2000, 32);
+}
+
 /* ---- visibility, deletes, updates --------------------------------------------------------- */
 
 static void test_unlinked_tail_and_updates(void **state)
@@ -844,6 +879,7 @@ int main(void)
         cmocka_unit_test(test_recall_euclid),
         cmocka_unit_test(test_recall_dot),
         cmocka_unit_test(test_recall_manhattan),
+        cmocka_unit_test(test_recall_shapes),
         cmocka_unit_test(test_unlinked_tail_and_updates),
         cmocka_unit_test(test_full_scan_threshold),
         cmocka_unit_test(test_churn_recall),
