@@ -115,6 +115,11 @@ int vd_db_pindex_type_parse(const char *name, enum vd_db_pindex_type *out);
  * VD_ERANGE (name too long), VD_ENOTFOUND (collection deleted), VD_ENOMEM, storage errors. */
 int vd_db_pindex_create(struct vd_coll *c, const char *field, enum vd_db_pindex_type type,
                         vd_db_done_fn done, void *ctx, struct vd_err *err);
+/* Checks a payload index key as vd_db_pindex_create does, without touching any collection:
+ * 0, VD_EINVAL (empty or not a filter key, naming it) or VD_ERANGE (over
+ * VD_STORE_PINDEX_NAME_MAX bytes). Lets a caller that declares indexes elsewhere first (the
+ * cluster) refuse exactly what the database would refuse. */
+int vd_db_pindex_check_field(const char *field, struct vd_err *err);
 /* Drops the index on `field`: VD_ENOTFOUND (naming it) when there is none. */
 int vd_db_pindex_delete(struct vd_coll *c, const char *field, vd_db_done_fn done, void *ctx,
                         struct vd_err *err);

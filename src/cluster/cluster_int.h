@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "vectord/core.h"
+#include "vectord/db.h"
 #include "vectord/json.h"
 #include "vectord/store.h"
 
@@ -130,6 +131,14 @@ struct vd_meta_member {
     uint64_t tokens[VD_META_TOKENS]; /* ring positions, derived from id at add time */
 };
 
+/* A payload index declared on a collection: every node keeps the same indexes (see the
+ * reconciliation below). Fields are validated as vd_db_pindex_check_field does. */
+#define VD_META_MAX_PINDEXES 64 /* per collection */
+struct vd_meta_pindex {
+    char field[VD_STORE_PINDEX_NAME_MAX + 1];
+    uint8_t type; /* enum vd_db_pindex_type */
+};
+
 struct vd_meta; /* opaque */
 
 int vd_meta_new(struct vd_meta **out);
@@ -143,11 +152,17 @@ void vd_meta_cmd_add_member(uint64_t id, const char *addr, const char *http_addr
 void vd_meta_cmd_set_member(uint64_t id, enum vd_meta_state state, const char *addr,
                             const char *http_addr, struct vd_buf *out);
 void vd_meta_cmd_remove_member(uint64_t id, struct vd_buf *out);
+/* Declares (or retypes) the payload index on `field` of collection `coll`, and drops it. */
+void vd_meta_cmd_set_payload_index(const char *coll, const char *field, enum vd_db_pindex_type type,
+                                   struct vd_buf *out);
+void vd_meta_cmd_drop_payload_index(const char *coll, const char *field, struct vd_buf *out);
 
 /*
  * Applies the command committed at raft index `index`. Returns the command's outcome, identical
- * on every node: 0; VD_EEXIST (collection or member exists); VD_ENOTFOUND; VD_EINVAL (malformed
- * command: nothing changes). res (may be NULL) gets the message a user reads. A created
+ * on every node: 0; VD_EEXIST (collection or member exists); VD_ENOTFOUND (collection, member,
+ * or payload index to drop); VD_ERANGE (a collection already has VD_META_MAX_PINDEXES payload
+ * indexes and one more is declared); VD_EINVAL (malformed command: nothing changes).
+ * Declaring a payload index that exists with the same type changes nothing and succeeds. res (may be NULL) gets the message a user reads. A created
  * collection whose schema has incarnation 0 gets incarnation (1 << 63) | index, so every node
  * stores the same incarnation for it. m's applied index becomes `index` in every case.
  */
@@ -166,6 +181,10 @@ int vd_meta_restore(struct vd_meta *m, const uint8_t *data, size_t len, struct v
 const struct vd_coll_schema *vd_meta_collection(const struct vd_meta *m, const char *name);
 size_t vd_meta_n_collections(const struct vd_meta *m);
 const struct vd_coll_schema *vd_meta_collection_at(const struct vd_meta *m, size_t i); /* by name */
+/* The payload indexes of collection name, sorted by field (*out points into m, NULL when there
+ * are none or no such collection); returns how many. */
+size_t vd_meta_payload_indexes(const struct vd_meta *m, const char *name,
+                               const struct vd_meta_pindex **out);
 const struct vd_meta_member *vd_meta_member(const struct vd_meta *m, uint64_t id);
 size_t vd_meta_n_members(const struct vd_meta *m);
 const struct vd_meta_member *vd_meta_member_at(const struct vd_meta *m, size_t i); /* by id */

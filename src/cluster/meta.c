@@ -27,9 +27,16 @@ struct ring_tok {
     uint64_t id;
 };
 
+/* A collection: its schema and its payload indexes (sorted by field). */
+struct coll {
+    struct vd_coll_schema s;
+    struct vd_meta_pindex *idx; /* owned; NULL when n_idx is 0 */
+    size_t n_idx;
+};
+
 struct vd_meta {
     uint64_t applied;
-    struct vd_coll_schema *colls; /* sorted by name */
+    struct coll *colls; /* sorted by name */
     size_t n_colls, cap_colls;
     struct vd_meta_member *members; /* sorted by id */
     size_t n_members, cap_members;
@@ -77,7 +84,7 @@ static void put_str(struct vd_buf *b, const char *s)
 
 /* Every schema field, so a command or snapshot carries the whole schema and no node fills in a
  * default of its own. */
-static void put_schema(struct vd_buf *b, const struct vd_coll_schema *s)
+static void put_schema_fields(struct vd_buf *b, const struct vd_coll_schema *s)
 {
     vd_buf_puts(b, "{\"name\":");
     put_str(b, s->name);
@@ -90,6 +97,28 @@ static void put_schema(struct vd_buf *b, const struct vd_coll_schema *s)
     put_u64(b, s->incarnation);
     vd_buf_puts(b, ",\"created_hlc\":");
     put_u64(b, s->created_hlc);
+}
+
+static void put_schema(struct vd_buf *b, const struct vd_coll_schema *s)
+{
+    put_schema_fields(b, s);
+    vd_buf_puts(b, "}");
+}
+
+/* A collection in a snapshot: its schema fields, then its payload indexes in field order (left
+ * out when there are none, which is also how snapshots written before indexes read). */
+static void put_coll(struct vd_buf *b, const struct coll *c)
+{
+    put_schema_fields(b, &c->s);
+    if (c->n_idx) {
+        vd_buf_puts(b, ",\"payload_indexes\":[");
+        for (size_t i = 0; i < c->n_idx; i++) {
+            vd_buf_puts(b, i ? ",{\"field\":" : "{\"field\":");
+            put_str(b, c->idx[i].field);
+            vd_buf_printf(b, ",\"type\":\"%s\"}", vd_db_pindex_type_name(c->idx[i].type));
+        }
+        vd_buf_puts(b, "]");
+    }
     vd_buf_puts(b, "}");
 }
 
@@ -121,6 +150,28 @@ void vd_meta_cmd_delete_collection(const char *name, struct vd_buf *out)
 {
     vd_buf_puts(out, "{\"op\":\"delete_collection\",\"name\":");
     put_str(out, name);
+    vd_buf_puts(out, "}");
+}
+
+void vd_meta_cmd_set_payload_index(const char *coll, const char *field, enum vd_db_pindex_type type,
+                                   struct vd_buf *out)
+{
+    const char *tn = vd_db_pindex_type_name(type);
+    vd_buf_puts(out, "{\"op\":\"set_payload_index\",\"collection\":");
+    put_str(out, coll);
+    vd_buf_puts(out, ",\"field\":");
+    put_str(out, field);
+    vd_buf_puts(out, ",\"type\":");
+    put_str(out, tn ? tn : "");
+    vd_buf_puts(out, "}");
+}
+
+void vd_meta_cmd_drop_payload_index(const char *coll, const char *field, struct vd_buf *out)
+{
+    vd_buf_puts(out, "{\"op\":\"drop_payload_index\",\"collection\":");
+    put_str(out, coll);
+    vd_buf_puts(out, ",\"field\":");
+    put_str(out, field);
     vd_buf_puts(out, "}");
 }
 
@@ -273,7 +324,7 @@ static size_t coll_find(const struct vd_meta *m, const char *name, bool *found)
     size_t lo = 0, hi = m->n_colls;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(m->colls[mid].name, name);
+        int c = strcmp(m->colls[mid].s.name, name);
         if (c == 0) {
             *found = true;
             return mid;
@@ -371,6 +422,8 @@ static int ring_rebuild(struct vd_meta *m)
 
 static void state_release(struct vd_meta *m)
 {
+    for (size_t i = 0; i < m->n_colls; i++)
+        free(m->colls[i].idx);
     free(m->colls);
     free(m->members);
     free(m->ring);
@@ -398,8 +451,8 @@ void vd_meta_free(struct vd_meta *m)
 static const struct vd_coll_schema *coll_by_incarnation(const struct vd_meta *m, uint64_t inc)
 {
     for (size_t i = 0; i < m->n_colls; i++)
-        if (m->colls[i].incarnation == inc)
-            return &m->colls[i];
+        if (m->colls[i].s.incarnation == inc)
+            return &m->colls[i].s;
     return NULL;
 }
 
@@ -431,7 +484,7 @@ static int op_create_collection(struct vd_meta *m, uint64_t index, const cJSON *
     if (grow((void **)&m->colls, &m->cap_colls, m->n_colls, sizeof *m->colls))
         return vd_errf(e, VD_ENOMEM, "out of memory");
     memmove(&m->colls[at + 1], &m->colls[at], (m->n_colls - at) * sizeof *m->colls);
-    m->colls[at] = s;
+    m->colls[at] = (struct coll){.s = s};
     m->n_colls++;
     return 0;
 }
@@ -448,8 +501,109 @@ static int op_delete_collection(struct vd_meta *m, const cJSON *cmd, struct vd_e
     size_t at = coll_find(m, name, &found);
     if (!found)
         return vd_errf(e, VD_ENOTFOUND, "collection '%s' not found", name);
+    free(m->colls[at].idx);
     memmove(&m->colls[at], &m->colls[at + 1], (m->n_colls - at - 1) * sizeof *m->colls);
     m->n_colls--;
+    return 0;
+}
+
+/* Index of field in c's sorted payload indexes, or where it would go (*found false). */
+static size_t idx_find(const struct coll *c, const char *field, bool *found)
+{
+    size_t lo = 0, hi = c->n_idx;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int r = strcmp(c->idx[mid].field, field);
+        if (r == 0) {
+            *found = true;
+            return mid;
+        }
+        if (r < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+/* The collection and field of a payload index command, validated; *c is NULL (with
+ * VD_ENOTFOUND) when the collection does not exist. */
+static int get_pindex_target(struct vd_meta *m, const cJSON *cmd, struct coll **c,
+                             const char **field, struct vd_err *e)
+{
+    const char *name;
+    int rc;
+    *c = NULL;
+    if ((rc = get_str(cmd, "collection", true, &name, e)) ||
+        (rc = get_str(cmd, "field", true, field, e)))
+        return rc;
+    if (vd_db_check_name(name, e))
+        return e->code = VD_EINVAL;
+    /* the database refuses these keys, so the state machine must too or reconciliation would
+     * retry a change it can never make */
+    if (vd_db_pindex_check_field(*field, e))
+        return e->code = VD_EINVAL;
+    bool found;
+    size_t at = coll_find(m, name, &found);
+    if (!found)
+        return vd_errf(e, VD_ENOTFOUND, "collection '%s' not found", name);
+    *c = &m->colls[at];
+    return 0;
+}
+
+static int op_set_payload_index(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
+{
+    struct coll *c;
+    const char *field, *tn;
+    int rc;
+    if ((rc = get_str(cmd, "type", true, &tn, e)))
+        return rc;
+    enum vd_db_pindex_type type;
+    if (vd_db_pindex_type_parse(tn, &type))
+        return vd_errf(e, VD_EINVAL,
+                       "'type' must be one of \"keyword\", \"integer\", \"float\", \"bool\"");
+    if ((rc = get_pindex_target(m, cmd, &c, &field, e)))
+        return rc;
+    bool found;
+    size_t at = idx_find(c, field, &found);
+    if (found) {
+        c->idx[at].type = (uint8_t)type; /* retype, or the same type again: nothing to do */
+        return 0;
+    }
+    if (c->n_idx >= VD_META_MAX_PINDEXES)
+        return vd_errf(e, VD_ERANGE,
+                       "collection '%s' already has %d payload indexes, at most %d allowed",
+                       c->s.name, VD_META_MAX_PINDEXES, VD_META_MAX_PINDEXES);
+    struct vd_meta_pindex *v = realloc(c->idx, (c->n_idx + 1) * sizeof *v);
+    if (!v)
+        return vd_errf(e, VD_ENOMEM, "out of memory");
+    c->idx = v;
+    memmove(&v[at + 1], &v[at], (c->n_idx - at) * sizeof *v);
+    memset(&v[at], 0, sizeof v[at]);
+    memcpy(v[at].field, field, strlen(field) + 1); /* length checked against the field's size */
+    v[at].type = (uint8_t)type;
+    c->n_idx++;
+    return 0;
+}
+
+static int op_drop_payload_index(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
+{
+    struct coll *c;
+    const char *field;
+    int rc = get_pindex_target(m, cmd, &c, &field, e);
+    if (rc)
+        return rc;
+    bool found;
+    size_t at = idx_find(c, field, &found);
+    if (!found)
+        return vd_errf(e, VD_ENOTFOUND, "collection '%s' has no payload index on '%s'", c->s.name,
+                       field);
+    memmove(&c->idx[at], &c->idx[at + 1], (c->n_idx - at - 1) * sizeof *c->idx);
+    if (--c->n_idx == 0) {
+        free(c->idx);
+        c->idx = NULL;
+    }
     return 0;
 }
 
@@ -579,6 +733,10 @@ int vd_meta_apply(struct vd_meta *m, uint64_t index, const uint8_t *cmd, size_t 
         rc = op_create_collection(m, index, root, &e);
     else if (!strcmp(op, "delete_collection"))
         rc = op_delete_collection(m, root, &e);
+    else if (!strcmp(op, "set_payload_index"))
+        rc = op_set_payload_index(m, root, &e);
+    else if (!strcmp(op, "drop_payload_index"))
+        rc = op_drop_payload_index(m, root, &e);
     else if (!strcmp(op, "add_member"))
         rc = op_add_member(m, root, &e);
     else if (!strcmp(op, "set_member"))
@@ -624,7 +782,7 @@ int vd_meta_snapshot(const struct vd_meta *m, struct vd_buf *out)
     for (size_t i = 0; i < m->n_colls; i++) {
         if (i)
             vd_buf_puts(out, ",");
-        put_schema(out, &m->colls[i]);
+        put_coll(out, &m->colls[i]);
     }
     vd_buf_puts(out, "],\"members\":[");
     for (size_t i = 0; i < m->n_members; i++) {
@@ -638,8 +796,60 @@ int vd_meta_snapshot(const struct vd_meta *m, struct vd_buf *out)
 
 static int coll_cmp(const void *a, const void *b)
 {
-    return strcmp(((const struct vd_coll_schema *)a)->name,
-                  ((const struct vd_coll_schema *)b)->name);
+    return strcmp(((const struct coll *)a)->s.name, ((const struct coll *)b)->s.name);
+}
+
+static int pindex_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct vd_meta_pindex *)a)->field,
+                  ((const struct vd_meta_pindex *)b)->field);
+}
+
+/* The optional payload_indexes of a collection in a snapshot, into c (allocated; the caller
+ * releases it with the rest of the state on error). */
+static int restore_pindexes(const cJSON *o, struct coll *c, struct vd_err *e)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, "payload_indexes");
+    if (!arr)
+        return 0;
+    if (!cJSON_IsArray(arr))
+        return vd_errf(e, VD_EINVAL, "'payload_indexes' must be an array");
+    size_t n = (size_t)cJSON_GetArraySize(arr);
+    if (n > VD_META_MAX_PINDEXES)
+        return vd_errf(e, VD_EINVAL, "%zu payload indexes, at most %d allowed", n,
+                       VD_META_MAX_PINDEXES);
+    if (n == 0)
+        return 0;
+    if (!(c->idx = calloc(n, sizeof *c->idx)))
+        return vd_errf(e, VD_ENOMEM, "out of memory");
+    for (const cJSON *it = arr->child; it; it = it->next) {
+        struct vd_meta_pindex *p = &c->idx[c->n_idx];
+        const char *field, *tn;
+        enum vd_db_pindex_type type;
+        int rc;
+        if (!cJSON_IsObject(it))
+            return vd_errf(e, VD_EINVAL, "payload_indexes[%zu] must be an object", c->n_idx);
+        if ((rc = get_str(it, "field", true, &field, e)) ||
+            (rc = get_str(it, "type", true, &tn, e))) {
+            vd_err_prefix(e, "payload_indexes[%zu]", c->n_idx);
+            return rc;
+        }
+        if (vd_db_pindex_check_field(field, e)) {
+            vd_err_prefix(e, "payload_indexes[%zu]", c->n_idx);
+            return e->code = VD_EINVAL;
+        }
+        if (vd_db_pindex_type_parse(tn, &type))
+            return vd_errf(e, VD_EINVAL, "payload_indexes[%zu]: unknown type", c->n_idx);
+        memcpy(p->field, field, strlen(field) + 1);
+        p->type = (uint8_t)type;
+        c->n_idx++;
+    }
+    if (c->n_idx > 1)
+        qsort(c->idx, c->n_idx, sizeof *c->idx, pindex_cmp);
+    for (size_t i = 1; i < c->n_idx; i++)
+        if (!strcmp(c->idx[i - 1].field, c->idx[i].field))
+            return vd_errf(e, VD_EINVAL, "payload index '%s' appears twice", c->idx[i].field);
+    return 0;
 }
 
 static int member_cmp(const void *a, const void *b)
@@ -721,14 +931,15 @@ static int restore_into(struct vd_meta *s, const cJSON *root, struct vd_err *e)
         s->cap_members = nm;
     }
     for (const cJSON *it = colls->child; it; it = it->next) {
-        if ((rc = parse_schema(it, &s->colls[s->n_colls], e))) {
-            vd_err_prefix(e, "collections[%zu]", s->n_colls);
+        /* counted before its indexes are read, so that a failure releases them */
+        struct coll *c = &s->colls[s->n_colls++];
+        if ((rc = parse_schema(it, &c->s, e)) || (rc = restore_pindexes(it, c, e))) {
+            vd_err_prefix(e, "collections[%zu]", s->n_colls - 1);
             return rc;
         }
         /* Only a create assigns an incarnation; a stored collection always has one. */
-        if (s->colls[s->n_colls].incarnation == 0)
-            return vd_errf(e, VD_EINVAL, "collections[%zu]: incarnation 0", s->n_colls);
-        s->n_colls++;
+        if (c->s.incarnation == 0)
+            return vd_errf(e, VD_EINVAL, "collections[%zu]: incarnation 0", s->n_colls - 1);
     }
     for (const cJSON *it = members->child; it; it = it->next) {
         if ((rc = restore_member(it, &s->members[s->n_members], e))) {
@@ -741,14 +952,14 @@ static int restore_into(struct vd_meta *s, const cJSON *root, struct vd_err *e)
     if (s->n_colls > 1)
         qsort(s->colls, s->n_colls, sizeof *s->colls, coll_cmp);
     for (size_t i = 1; i < s->n_colls; i++)
-        if (!strcmp(s->colls[i - 1].name, s->colls[i].name))
-            return vd_errf(e, VD_EINVAL, "collection '%s' appears twice", s->colls[i].name);
+        if (!strcmp(s->colls[i - 1].s.name, s->colls[i].s.name))
+            return vd_errf(e, VD_EINVAL, "collection '%s' appears twice", s->colls[i].s.name);
     if (s->n_colls > 1) {
         uint64_t *incs = malloc(s->n_colls * sizeof *incs);
         if (!incs)
             return vd_errf(e, VD_ENOMEM, "out of memory");
         for (size_t i = 0; i < s->n_colls; i++)
-            incs[i] = s->colls[i].incarnation;
+            incs[i] = s->colls[i].s.incarnation;
         qsort(incs, s->n_colls, sizeof *incs, inc_cmp);
         uint64_t dup = 0;
         for (size_t i = 1; i < s->n_colls && !dup; i++)
@@ -805,7 +1016,16 @@ const struct vd_coll_schema *vd_meta_collection(const struct vd_meta *m, const c
 {
     bool found;
     size_t at = coll_find(m, name, &found);
-    return found ? &m->colls[at] : NULL;
+    return found ? &m->colls[at].s : NULL;
+}
+
+size_t vd_meta_payload_indexes(const struct vd_meta *m, const char *name,
+                               const struct vd_meta_pindex **out)
+{
+    bool found;
+    size_t at = coll_find(m, name, &found);
+    *out = found ? m->colls[at].idx : NULL;
+    return found ? m->colls[at].n_idx : 0;
 }
 
 size_t vd_meta_n_collections(const struct vd_meta *m)
@@ -815,7 +1035,7 @@ size_t vd_meta_n_collections(const struct vd_meta *m)
 
 const struct vd_coll_schema *vd_meta_collection_at(const struct vd_meta *m, size_t i)
 {
-    return i < m->n_colls ? &m->colls[i] : NULL;
+    return i < m->n_colls ? &m->colls[i].s : NULL;
 }
 
 const struct vd_meta_member *vd_meta_member(const struct vd_meta *m, uint64_t id)
@@ -912,7 +1132,7 @@ int vd_meta_plan(const struct vd_meta *m, const struct vd_meta_local *local, siz
     if (n_kept > 1)
         qsort(kept, n_kept, sizeof *kept, local_cmp);
     for (size_t i = 0; i < m->n_colls; i++) {
-        const struct vd_coll_schema *s = &m->colls[i];
+        const struct vd_coll_schema *s = &m->colls[i].s;
         struct vd_meta_local key = {.name = s->name};
         const struct vd_meta_local *kp = &key;
         if (n_kept && bsearch(&kp, kept, n_kept, sizeof *kept, local_cmp))

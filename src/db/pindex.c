@@ -93,11 +93,8 @@ static int submit(struct vd_coll *c, enum vd_wop_kind kind, const char *field,
     return 0;
 }
 
-int vd_db_pindex_create(struct vd_coll *c, const char *field, enum vd_db_pindex_type type,
-                        vd_db_done_fn done, void *ctx, struct vd_err *err)
+int vd_db_pindex_check_field(const char *field, struct vd_err *err)
 {
-    if (!vd_db_pindex_type_name(type))
-        return vd_errf(err, VD_EINVAL, "unknown payload index type %d", (int)type);
     size_t n = field ? strlen(field) : 0;
     if (n == 0)
         return vd_errf(err, VD_EINVAL, "field_name: expected a non-empty string");
@@ -111,6 +108,17 @@ int vd_db_pindex_create(struct vd_coll *c, const char *field, enum vd_db_pindex_
         return rc;
     }
     vd_filter_key_free(k);
+    return 0;
+}
+
+int vd_db_pindex_create(struct vd_coll *c, const char *field, enum vd_db_pindex_type type,
+                        vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    if (!vd_db_pindex_type_name(type))
+        return vd_errf(err, VD_EINVAL, "unknown payload index type %d", (int)type);
+    int rc = vd_db_pindex_check_field(field, err);
+    if (rc)
+        return rc;
     return submit(c, VD_WOP_PINDEX_PUT, field, type, done, ctx, err);
 }
 

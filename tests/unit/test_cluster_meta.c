@@ -114,6 +114,32 @@ static int drop(struct vd_meta *m, const char *name, struct vd_err *res)
     return apply_buf(m, &b, res);
 }
 
+static int set_pidx(struct vd_meta *m, const char *coll, const char *field,
+                    enum vd_db_pindex_type type, struct vd_err *res)
+{
+    struct vd_buf b = {0};
+    vd_meta_cmd_set_payload_index(coll, field, type, &b);
+    return apply_buf(m, &b, res);
+}
+
+static int drop_pidx(struct vd_meta *m, const char *coll, const char *field, struct vd_err *res)
+{
+    struct vd_buf b = {0};
+    vd_meta_cmd_drop_payload_index(coll, field, &b);
+    return apply_buf(m, &b, res);
+}
+
+/* The indexes of coll as "field:type,..." in the state machine's order. */
+static void pidx_text(const struct vd_meta *m, const char *coll, char *out, size_t cap)
+{
+    const struct vd_meta_pindex *v;
+    size_t n = vd_meta_payload_indexes(m, coll, &v), k = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < n; i++)
+        k += (size_t)snprintf(out + k, cap - k, "%s%s:%s", i ? "," : "", v[i].field,
+                              vd_db_pindex_type_name(v[i].type));
+}
+
 static int add(struct vd_meta *m, uint64_t id, const char *addr, const char *http,
                struct vd_err *res)
 {
@@ -604,7 +630,9 @@ static void random_command(struct vd_buf *b)
     uint64_t r = rng();
     const char *name = names[r % 6];
     uint64_t id = ids[(r >> 8) % 6];
-    switch ((r >> 16) % 6) {
+    static const char *fields[] = {"f", "g.h", "k"};
+    const char *field = fields[(r >> 50) % 3];
+    switch ((r >> 16) % 8) {
     case 0: {
         struct vd_coll_schema s = schema(name);
         s.dim = (uint32_t)(1 + (r >> 24) % 2048);
@@ -627,6 +655,12 @@ static void random_command(struct vd_buf *b)
         break;
     case 4:
         vd_meta_cmd_remove_member(id, b);
+        break;
+    case 5:
+        vd_meta_cmd_set_payload_index(name, field, (enum vd_db_pindex_type)(1 + (r >> 24) % 4), b);
+        break;
+    case 6:
+        vd_meta_cmd_drop_payload_index(name, field, b);
         break;
     default:
         vd_buf_puts(b, "{\"op\":\"nonsense\"}");
@@ -1389,6 +1423,206 @@ static size_t mutate(char *t, size_t len, size_t cap)
     return len;
 }
 
+/* ---- payload indexes ------------------------------------------------------------------------- */
+
+static void test_payload_indexes(void **state)
+{
+    struct vd_meta *m = new_meta();
+    struct vd_coll_schema s = schema("docs"), t = schema("other");
+    assert_int_equal(create(m, &s, NULL), 0);
+    assert_int_equal(create(m, &t, NULL), 0);
+    char txt[4096];
+    const struct vd_meta_pindex *v;
+    assert_int_equal(vd_meta_payload_indexes(m, "docs", &v), 0);
+    assert_null(v);
+    assert_int_equal(vd_meta_payload_indexes(m, "nope", &v), 0);
+    assert_null(v);
+
+    /* create, in field order whatever the order of commands */
+    struct vd_err res;
+    assert_int_equal(set_pidx(m, "docs", "tag", VD_DB_PINDEX_KEYWORD, &res), 0);
+    assert_int_equal(set_pidx(m, "docs", "meta.year", VD_DB_PINDEX_INTEGER, NULL), 0);
+    assert_int_equal(set_pidx(m, "docs", "active", VD_DB_PINDEX_BOOL, NULL), 0);
+    pidx_text(m, "docs", txt, sizeof txt);
+    assert_string_equal(txt, "active:bool,meta.year:integer,tag:keyword");
+    pidx_text(m, "other", txt, sizeof txt);
+    assert_string_equal(txt, "");
+
+    /* the same declaration again changes nothing; another type retypes */
+    char *before = state_text(m);
+    assert_int_equal(set_pidx(m, "docs", "tag", VD_DB_PINDEX_KEYWORD, NULL), 0);
+    char *after = state_text(m);
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+    assert_int_equal(set_pidx(m, "docs", "meta.year", VD_DB_PINDEX_FLOAT, NULL), 0);
+    pidx_text(m, "docs", txt, sizeof txt);
+    assert_string_equal(txt, "active:bool,meta.year:float,tag:keyword");
+
+    /* drop */
+    assert_int_equal(drop_pidx(m, "docs", "active", NULL), 0);
+    pidx_text(m, "docs", txt, sizeof txt);
+    assert_string_equal(txt, "meta.year:float,tag:keyword");
+    check_consistent(m);
+
+    /* errors leave the state as it was and name what is wrong */
+    expect_reject(m,
+                  "{\"op\":\"set_payload_index\",\"collection\":\"nope\",\"field\":\"a\","
+                  "\"type\":\"keyword\"}",
+                  VD_ENOTFOUND, "collection 'nope' not found");
+    expect_reject(m, "{\"op\":\"drop_payload_index\",\"collection\":\"nope\",\"field\":\"a\"}",
+                  VD_ENOTFOUND, "collection 'nope' not found");
+    expect_reject(m, "{\"op\":\"drop_payload_index\",\"collection\":\"docs\",\"field\":\"active\"}",
+                  VD_ENOTFOUND, "no payload index on 'active'");
+    expect_reject(m,
+                  "{\"op\":\"set_payload_index\",\"collection\":\"docs\",\"field\":\"a\","
+                  "\"type\":\"geo\"}",
+                  VD_EINVAL, "'type'");
+    expect_reject(m, "{\"op\":\"set_payload_index\",\"collection\":\"docs\",\"field\":\"a\"}",
+                  VD_EINVAL, "'type'");
+    expect_reject(m, "{\"op\":\"set_payload_index\",\"collection\":\"docs\",\"type\":\"bool\"}",
+                  VD_EINVAL, "'field'");
+    expect_reject(m, "{\"op\":\"set_payload_index\",\"field\":\"a\",\"type\":\"bool\"}", VD_EINVAL,
+                  "'collection'");
+    expect_reject(m,
+                  "{\"op\":\"set_payload_index\",\"collection\":\"docs\",\"field\":\"\","
+                  "\"type\":\"bool\"}",
+                  VD_EINVAL, "field_name");
+    expect_reject(m,
+                  "{\"op\":\"set_payload_index\",\"collection\":\"docs\",\"field\":7,"
+                  "\"type\":\"bool\"}",
+                  VD_EINVAL, "'field' must be a string");
+    expect_reject(m,
+                  "{\"op\":\"set_payload_index\",\"collection\":\"bad name\",\"field\":\"a\","
+                  "\"type\":\"bool\"}",
+                  VD_EINVAL, NULL);
+    expect_reject(m, "{\"op\":\"drop_payload_index\",\"collection\":\"docs\",\"field\":\"\"}",
+                  VD_EINVAL, "field_name");
+    /* a key the database would refuse (too long) is refused here too */
+    char *longcmd = malloc(1200);
+    char longf[VD_STORE_PINDEX_NAME_MAX + 2];
+    memset(longf, 'a', sizeof longf - 1);
+    longf[sizeof longf - 1] = 0;
+    snprintf(longcmd, 1200,
+             "{\"op\":\"set_payload_index\",\"collection\":\"docs\",\"field\":\"%s\","
+             "\"type\":\"bool\"}",
+             longf);
+    expect_reject(m, longcmd, VD_EINVAL, "at most");
+    /* the longest allowed key is fine */
+    longf[VD_STORE_PINDEX_NAME_MAX] = 0;
+    assert_int_equal(set_pidx(m, "other", longf, VD_DB_PINDEX_BOOL, NULL), 0);
+    free(longcmd);
+
+    /* at most VD_META_MAX_PINDEXES per collection; retyping one at the limit still works */
+    for (int i = 0; vd_meta_payload_indexes(m, "docs", &v) < VD_META_MAX_PINDEXES; i++) {
+        char f[32];
+        snprintf(f, sizeof f, "f%03d", i);
+        assert_int_equal(set_pidx(m, "docs", f, VD_DB_PINDEX_KEYWORD, NULL), 0);
+    }
+    expect_reject(m,
+                  "{\"op\":\"set_payload_index\",\"collection\":\"docs\",\"field\":\"zz\","
+                  "\"type\":\"bool\"}",
+                  VD_ERANGE, "at most 64");
+    assert_int_equal(set_pidx(m, "docs", "tag", VD_DB_PINDEX_INTEGER, NULL), 0);
+    check_consistent(m);
+
+    /* deleting the collection drops its indexes; a new one of that name starts with none */
+    assert_int_equal(drop(m, "docs", NULL), 0);
+    assert_int_equal(vd_meta_payload_indexes(m, "docs", &v), 0);
+    assert_int_equal(create(m, &s, NULL), 0);
+    assert_int_equal(vd_meta_payload_indexes(m, "docs", &v), 0);
+    vd_meta_free(m);
+}
+
+static void test_payload_index_snapshots(void **state)
+{
+    struct vd_meta *m = new_meta();
+    struct vd_coll_schema s = schema("docs"), t = schema("plain");
+    assert_int_equal(create(m, &s, NULL), 0);
+    assert_int_equal(create(m, &t, NULL), 0);
+    assert_int_equal(set_pidx(m, "docs", "z", VD_DB_PINDEX_FLOAT, NULL), 0);
+    assert_int_equal(set_pidx(m, "docs", "a.b", VD_DB_PINDEX_KEYWORD, NULL), 0);
+    char *sn = snap(m);
+    /* indexes in field order; a collection without any has no field for them */
+    assert_non_null(strstr(sn, "\"payload_indexes\":[{\"field\":\"a.b\",\"type\":\"keyword\"},"
+                               "{\"field\":\"z\",\"type\":\"float\"}]"));
+    assert_int_equal(strstr(strstr(sn, "\"plain\""), "payload_indexes") == NULL, 1);
+    struct vd_meta *r = new_meta();
+    assert_int_equal(vd_meta_restore(r, (const uint8_t *)sn, strlen(sn), NULL), 0);
+    char a[256], b[256];
+    pidx_text(m, "docs", a, sizeof a);
+    pidx_text(r, "docs", b, sizeof b);
+    assert_string_equal(a, b);
+    assert_string_equal(a, "a.b:keyword,z:float");
+    check_consistent(m);
+
+    /* a snapshot without the field (as written before indexes existed) reads with none */
+    assert_int_equal(drop_pidx(r, "docs", "z", NULL), 0);
+    assert_int_equal(drop_pidx(r, "docs", "a.b", NULL), 0);
+    char *old = snap(r);
+    assert_null(strstr(old, "payload_indexes"));
+    struct vd_meta *o = new_meta();
+    assert_int_equal(set_pidx(o, "x", "y", VD_DB_PINDEX_BOOL, NULL), VD_ENOTFOUND);
+    assert_int_equal(vd_meta_restore(o, (const uint8_t *)old, strlen(old), NULL), 0);
+    const struct vd_meta_pindex *v;
+    assert_non_null(vd_meta_collection(o, "docs"));
+    assert_int_equal(vd_meta_payload_indexes(o, "docs", &v), 0);
+
+    /* bad index entries are refused, naming the collection and the entry */
+    static const char *bad[] = {
+        "\"payload_indexes\":7",
+        "\"payload_indexes\":[7]",
+        "\"payload_indexes\":[{\"field\":\"a\"}]",
+        "\"payload_indexes\":[{\"type\":\"bool\"}]",
+        "\"payload_indexes\":[{\"field\":\"a\",\"type\":\"geo\"}]",
+        "\"payload_indexes\":[{\"field\":\"\",\"type\":\"bool\"}]",
+        ("\"payload_indexes\":[{\"field\":\"a\",\"type\":\"bool\"},{\"field\":\"a\",\"type\":"
+         "\"keyword\"}]"),
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        /* splice the field into the first collection object, before its closing brace */
+        const char *hlc = strstr(sn, "\"created_hlc\":");
+        assert_non_null(hlc);
+        size_t cut = (size_t)(strchr(hlc, ',') - sn); /* after created_hlc's value */
+        struct vd_buf t2 = {0};
+        vd_buf_append(&t2, sn, cut);
+        vd_buf_puts(&t2, ",");
+        vd_buf_puts(&t2, bad[i]);
+        /* drop the collection's own payload_indexes so the bad one is the only one */
+        const char *rest = strstr(sn + cut, "]}");
+        vd_buf_puts(&t2, rest + 1);
+        struct vd_err e;
+        struct vd_meta *x = new_meta();
+        int rc = vd_meta_restore(x, (const uint8_t *)t2.data, t2.len, &e);
+        if (rc != VD_ECORRUPT)
+            print_error("accepted: %.*s\n", (int)t2.len, t2.data);
+        assert_int_equal(rc, VD_ECORRUPT);
+        assert_non_null(strstr(e.msg, "collections[0]"));
+        vd_meta_free(x);
+        vd_buf_release(&t2);
+    }
+    /* more than the limit */
+    struct vd_buf big = {0};
+    const char *hlc = strstr(sn, "\"created_hlc\":");
+    size_t cut = (size_t)(strchr(hlc, ',') - sn);
+    vd_buf_append(&big, sn, cut);
+    vd_buf_puts(&big, ",\"payload_indexes\":[");
+    for (int i = 0; i <= VD_META_MAX_PINDEXES; i++)
+        vd_buf_printf(&big, "%s{\"field\":\"f%d\",\"type\":\"bool\"}", i ? "," : "", i);
+    vd_buf_puts(&big, "]");
+    vd_buf_puts(&big, strstr(sn + cut, "]}") + 1);
+    struct vd_meta *x = new_meta();
+    assert_int_equal(vd_meta_restore(x, (const uint8_t *)big.data, big.len, NULL), VD_ECORRUPT);
+    vd_meta_free(x);
+    vd_buf_release(&big);
+
+    free(old);
+    free(sn);
+    vd_meta_free(o);
+    vd_meta_free(r);
+    vd_meta_free(m);
+}
+
 static void test_fuzz_apply_and_restore(void **state)
 {
     rng_state = 99;
@@ -1489,6 +1723,8 @@ int main(void)
         cmocka_unit_test(test_ring_rf_covers_all),
         cmocka_unit_test(test_ring_stability),
         cmocka_unit_test(test_plan),
+        cmocka_unit_test(test_payload_indexes),
+        cmocka_unit_test(test_payload_index_snapshots),
         cmocka_unit_test(test_fuzz_apply_and_restore),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
