@@ -2,9 +2,9 @@
  * vectord cluster: the node's membership in a cluster. A loop thread (libuv) drives the Raft core
  * (include/vectord/raft.h) with its log in LMDB (include/vectord/raftlog.h), talks to peers over
  * the framed TCP transport, and applies the metadata state machine (members, ring tokens,
- * collection schemas) to the local database. HTTP threads call the functions below; they never
- * block: each takes a completion that runs later, on the loop thread or on the storage writer
- * thread, and must not block either.
+ * collection schemas and their payload indexes) to the local database. HTTP threads call the
+ * functions below; they never block: each takes a completion that runs later, on the loop thread
+ * or on the storage writer thread, and must not block either.
  *
  * Lifecycle: a node with no Raft state and no join address bootstraps a one-node cluster with
  * itself as the only voter, adopting the collections it already holds. With a join address it
@@ -63,6 +63,18 @@ int vd_cluster_create_collection(struct vd_cluster *c, const struct vd_coll_sche
                                  vd_cluster_done_fn done, void *ctx, struct vd_err *err);
 int vd_cluster_delete_collection(struct vd_cluster *c, const char *name, vd_cluster_done_fn done,
                                  void *ctx, struct vd_err *err);
+/* Payload index declarations through Raft, so every node holds the same indexes: set declares
+ * (or retypes) the index on `field` of collection `coll`, drop removes it. Done runs once the
+ * change is applied on this node, its local index included (built or dropped). Outcomes: 0;
+ * VD_ENOTFOUND (no such collection; drop: no such index, naming it); VD_ERANGE (the collection
+ * already has 64 indexes); VD_EINVAL (a key the database refuses: check it first with
+ * vd_db_pindex_check_field); VD_ETIMEOUT; VD_ECLOSED. Strings are copied. Returns VD_ENOMEM
+ * (done not called) or 0 (done will be called exactly once). */
+int vd_cluster_set_payload_index(struct vd_cluster *c, const char *coll, const char *field,
+                                 enum vd_db_pindex_type type, vd_cluster_done_fn done, void *ctx,
+                                 struct vd_err *err);
+int vd_cluster_drop_payload_index(struct vd_cluster *c, const char *coll, const char *field,
+                                  vd_cluster_done_fn done, void *ctx, struct vd_err *err);
 /* Linearizable barrier (ReadIndex): done once this node has applied everything committed before
  * the call, so a collection created anywhere before is visible here. */
 int vd_cluster_sync(struct vd_cluster *c, vd_cluster_done_fn done, void *ctx, struct vd_err *err);

@@ -27,6 +27,13 @@ struct vd_coll *vd__api_coll(struct vd_http_req *r);
 int vd__api_coll_lookup(const char *name, struct vd_coll **out, struct vd_err *err);
 /* Waits (up to 2 s) for vd_cluster_sync on vd__api.cluster. 0, or VD_EUNAVAIL with err set. */
 int vd__api_cluster_catch_up(struct vd_err *err);
+/* Payload index declarations through vd__api.cluster (which must be set), so every node gets
+ * them: done runs once the change is applied on this node, with a cluster timeout turned into
+ * VD_EUNAVAIL (503). Returns 0 (done will run) or an error (done will not run). */
+int vd__api_cluster_set_pindex(const char *coll, const char *field, enum vd_db_pindex_type type,
+                               vd_db_done_fn done, void *ctx, struct vd_err *err);
+int vd__api_cluster_drop_pindex(const char *coll, const char *field, vd_db_done_fn done, void *ctx,
+                                struct vd_err *err);
 /* Reply helpers. */
 void vd__api_reply_buf(struct vd_http_req *r, struct vd_buf *b); /* {"result": <b>} */
 void vd__api_reply_true(struct vd_http_req *r);

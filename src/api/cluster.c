@@ -82,6 +82,30 @@ static int cluster_delete(void *impl, const char *name, vd_db_done_fn done, void
     return rc;
 }
 
+int vd__api_cluster_set_pindex(const char *coll, const char *field, enum vd_db_pindex_type type,
+                               vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct relay *rl = relay_new(done, ctx, err);
+    if (!rl)
+        return VD_ENOMEM;
+    int rc = vd_cluster_set_payload_index(vd__api.cluster, coll, field, type, relay_done, rl, err);
+    if (rc)
+        free(rl);
+    return rc;
+}
+
+int vd__api_cluster_drop_pindex(const char *coll, const char *field, vd_db_done_fn done, void *ctx,
+                                struct vd_err *err)
+{
+    struct relay *rl = relay_new(done, ctx, err);
+    if (!rl)
+        return VD_ENOMEM;
+    int rc = vd_cluster_drop_payload_index(vd__api.cluster, coll, field, relay_done, rl, err);
+    if (rc)
+        free(rl);
+    return rc;
+}
+
 void vd_api_cluster_meta(struct vd_cluster *c, struct vd_meta_ops *out)
 {
     out->create_collection = cluster_create;

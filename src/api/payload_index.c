@@ -1,5 +1,7 @@
 /* /collections/{name}/index: payload indexes as Qdrant declares them (PUT with field_name and
- * field_schema, DELETE by field name), and the payload_schema part of collection info. */
+ * field_schema, DELETE by field name), and the payload_schema part of collection info. In a
+ * cluster a declaration goes through the cluster's Raft group, so that every node holds the same
+ * indexes; the reply comes once this node's own index is built (or dropped). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,13 +46,19 @@ static void create_index(struct vd_http_req *r, void *ctx)
     int rc;
     enum vd_db_pindex_type type;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(body, "field_name");
+    const cJSON *fs = cJSON_GetObjectItemCaseSensitive(body, "field_schema");
     if (!name)
         rc = vd_errf(&e, VD_EINVAL, "missing field 'field_name'");
     else if (!cJSON_IsString(name))
         rc = vd_errf(&e, VD_EINVAL, "'field_name' must be a string");
-    else if (!(rc =
-                   parse_schema(cJSON_GetObjectItemCaseSensitive(body, "field_schema"), &type, &e)))
+    else
+        rc = parse_schema(fs, &type, &e);
+    if (rc == 0 && !vd__api.cluster)
         rc = vd_db_pindex_create(c, name->valuestring, type, vd__api_write_done, r, &e);
+    /* the database's own check first, so that a cluster refuses a key with the same answer */
+    else if (rc == 0 && !(rc = vd_db_pindex_check_field(name->valuestring, &e)))
+        rc = vd__api_cluster_set_pindex(vd_db_coll_schema(c)->name, name->valuestring, type,
+                                        vd__api_write_done, r, &e);
     if (rc)
         vd_http_reply_err(r, &e);
     cJSON_Delete(body);
@@ -63,7 +71,18 @@ static void delete_index(struct vd_http_req *r, void *ctx)
     if (!c)
         return;
     struct vd_err e;
-    if (vd_db_pindex_delete(c, vd_http_param(r, "field"), vd__api_write_done, r, &e))
+    const char *field = vd_http_param(r, "field");
+    int rc;
+    if (!vd__api.cluster)
+        rc = vd_db_pindex_delete(c, field, vd__api_write_done, r, &e);
+    else if (vd_db_pindex_check_field(field, &e))
+        /* no index can have that key: the answer a single node gives */
+        rc = vd_errf(&e, VD_ENOTFOUND, "collection '%s' has no payload index on '%s'",
+                     vd_db_coll_schema(c)->name, field ? field : "");
+    else
+        rc = vd__api_cluster_drop_pindex(vd_db_coll_schema(c)->name, field, vd__api_write_done, r,
+                                         &e);
+    if (rc)
         vd_http_reply_err(r, &e);
     vd_db_coll_put(c);
 }

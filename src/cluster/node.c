@@ -45,7 +45,15 @@
 enum call_op { CALL_PROPOSE = 1, CALL_JOIN = 2, CALL_INVITE = 3 };
 enum { FRAME_PING = 19 };
 
-enum op_kind { OP_CREATE = 1, OP_DELETE, OP_SYNC, OP_ADD_NODE, OP_REMOVE_NODE, OP_INTERNAL };
+enum op_kind {
+    OP_CREATE = 1,
+    OP_DELETE,
+    OP_SYNC,
+    OP_ADD_NODE,
+    OP_REMOVE_NODE,
+    OP_INTERNAL,
+    OP_PINDEX, /* payload index set or drop */
+};
 enum op_state {
     ST_NEW = 1,     /* to propose (or forward), or to ask a read index for */
     ST_SENT,        /* proposed here or forwarded to try_leader at last_try */
@@ -81,6 +89,13 @@ struct ev {
 
 struct applied_req {
     uint64_t origin, seq;
+};
+
+/* One change to a local payload index that reconciliation makes (type 0: drop). */
+struct idx_action {
+    char coll[256];
+    char field[VD_STORE_PINDEX_NAME_MAX + 1];
+    uint8_t type;
 };
 
 struct member_clock {
@@ -130,6 +145,10 @@ struct vd_cluster {
         bool running;
         struct vd_meta_action *acts;
         size_t n, i;
+        /* second phase, once the collections match: their payload indexes */
+        bool idx_phase;
+        struct idx_action *iacts;
+        size_t in, ii;
         uint64_t target, retry_at;
     } rec;
     struct applied_req applied[APPLIED_MEMORY];
@@ -640,6 +659,9 @@ static void rec_finish(struct vd_cluster *c, bool ok)
 {
     free(c->rec.acts);
     c->rec.acts = NULL;
+    free(c->rec.iacts);
+    c->rec.iacts = NULL;
+    c->rec.idx_phase = false;
     c->rec.running = false;
     if (ok) {
         c->synced = c->rec.target;
@@ -649,9 +671,131 @@ static void rec_finish(struct vd_cluster *c, bool ok)
     }
 }
 
-/* Starts actions from rec.i on until one is in flight or all are done. */
+/* Appends one index action to *v (growing it); VD_ENOMEM. */
+static int idx_push(struct idx_action **v, size_t *n, size_t *cap, const char *coll,
+                    const char *field, uint8_t type)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 8;
+        struct idx_action *p = realloc(*v, nc * sizeof *p);
+        if (!p)
+            return VD_ENOMEM;
+        *v = p;
+        *cap = nc;
+    }
+    struct idx_action *a = &(*v)[(*n)++];
+    snprintf(a->coll, sizeof a->coll, "%s", coll);
+    snprintf(a->field, sizeof a->field, "%s", field);
+    a->type = type;
+    return 0;
+}
+
+/*
+ * The payload index changes that make every local collection's indexes those the state machine
+ * lists for it: creates of missing ones, retypes, drops of extra ones. Only a local collection
+ * of the state machine's incarnation is looked at; any other is the collection actions' business
+ * (or, created by an entry not applied yet, waits for the log). Errors: VD_ENOMEM.
+ */
+static int idx_plan(struct vd_cluster *c, struct idx_action **out, size_t *n_out)
+{
+    struct idx_action *v = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    size_t nc = vd_meta_n_collections(c->meta);
+    for (size_t i = 0; i < nc && !rc; i++) {
+        const struct vd_coll_schema *s = vd_meta_collection_at(c->meta, i);
+        struct vd_coll *coll;
+        if (vd_db_coll_get(c->db, s->name, &coll))
+            continue;
+        struct vd_db_pindex_info *loc = NULL;
+        size_t nl = 0;
+        if (vd_db_coll_schema(coll)->incarnation != s->incarnation) {
+            vd_db_coll_put(coll);
+            continue;
+        }
+        rc = vd_db_pindex_list(coll, &loc, &nl);
+        vd_db_coll_put(coll);
+        if (rc)
+            break;
+        const struct vd_meta_pindex *want;
+        size_t nw = vd_meta_payload_indexes(c->meta, s->name, &want);
+        /* both lists are sorted by field (strcmp): one merge pass */
+        size_t a = 0, b = 0;
+        while (!rc && (a < nw || b < nl)) {
+            int cmp = a == nw ? 1 : b == nl ? -1 : strcmp(want[a].field, loc[b].field);
+            if (cmp < 0) {
+                rc = idx_push(&v, &n, &cap, s->name, want[a].field, want[a].type);
+                a++;
+            } else if (cmp > 0) {
+                rc = idx_push(&v, &n, &cap, s->name, loc[b].field, 0);
+                b++;
+            } else {
+                if (want[a].type != (uint8_t)loc[b].type)
+                    rc = idx_push(&v, &n, &cap, s->name, want[a].field, want[a].type);
+                a++;
+                b++;
+            }
+        }
+        vd_db_pindex_list_free(loc, nl);
+    }
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+/* Starts payload index actions from rec.ii on until one is in flight (rec keeps running) or
+ * all are done or one failed (rec finished). */
+static void rec_step_idx(struct vd_cluster *c)
+{
+    while (c->rec.ii < c->rec.in) {
+        struct idx_action *a = &c->rec.iacts[c->rec.ii];
+        struct vd_err err = {0};
+        struct vd_coll *coll;
+        int rc = vd_db_coll_get(c->db, a->coll, &coll);
+        if (rc == 0) {
+            pthread_mutex_lock(&c->mu);
+            c->db_inflight++;
+            pthread_mutex_unlock(&c->mu);
+            if (a->type) {
+                vd_log_info("cluster: collection '%s': payload index on '%s' (%s)", a->coll,
+                            a->field, vd_db_pindex_type_name((enum vd_db_pindex_type)a->type));
+                rc = vd_db_pindex_create(coll, a->field, (enum vd_db_pindex_type)a->type, rec_done,
+                                         c, &err);
+            } else {
+                vd_log_info("cluster: collection '%s': dropping payload index on '%s'", a->coll,
+                            a->field);
+                rc = vd_db_pindex_delete(coll, a->field, rec_done, c, &err);
+            }
+            vd_db_coll_put(coll);
+            if (rc == 0)
+                return;
+            pthread_mutex_lock(&c->mu);
+            c->db_inflight--;
+            pthread_mutex_unlock(&c->mu);
+        }
+        /* a collection or index that went away meanwhile: the next pass sees the new state */
+        if (rc != VD_ENOTFOUND) {
+            vd_log_error("cluster: cannot apply a payload index change locally: %s", err.msg);
+            rec_finish(c, false);
+            return;
+        }
+        c->rec.ii++;
+    }
+    rec_finish(c, true);
+}
+
+/* Starts actions from rec.i on until one is in flight or all are done: first the collection
+ * actions, then the payload index actions planned once the collections match. */
 static void rec_step(struct vd_cluster *c)
 {
+    if (c->rec.idx_phase) {
+        rec_step_idx(c);
+        return;
+    }
     while (c->rec.i < c->rec.n) {
         struct vd_meta_action *a = &c->rec.acts[c->rec.i];
         struct vd_err err = {0};
@@ -680,7 +824,13 @@ static void rec_step(struct vd_cluster *c)
         }
         c->rec.i++;
     }
-    rec_finish(c, true);
+    c->rec.idx_phase = true;
+    c->rec.ii = c->rec.in = 0;
+    if (idx_plan(c, &c->rec.iacts, &c->rec.in)) {
+        rec_finish(c, false);
+        return;
+    }
+    rec_step_idx(c);
 }
 
 static void rec_event(struct vd_cluster *c, int status, const char *msg)
@@ -688,11 +838,15 @@ static void rec_event(struct vd_cluster *c, int status, const char *msg)
     if (!c->rec.running)
         return;
     if (status && status != VD_EEXIST && status != VD_ENOTFOUND) {
-        vd_log_error("cluster: cannot apply a collection change locally: %s", msg);
+        vd_log_error("cluster: cannot apply a %s change locally: %s",
+                     c->rec.idx_phase ? "payload index" : "collection", msg);
         rec_finish(c, false);
         return;
     }
-    c->rec.i++;
+    if (c->rec.idx_phase)
+        c->rec.ii++;
+    else
+        c->rec.i++;
     rec_step(c);
 }
 
@@ -733,6 +887,7 @@ static void reconcile_kick(struct vd_cluster *c)
     c->rec.acts = acts;
     c->rec.n = na;
     c->rec.i = 0;
+    c->rec.idx_phase = false;
     c->rec.target = applied;
     rec_step(c);
 }
@@ -1412,6 +1567,8 @@ static int bootstrap(struct vd_cluster *c, struct vd_err *err)
         return vd_errf(err, rc, "listing collections");
     size_t cap = n + 3, ne = 0;
     struct vd_raft_entry *ents = calloc(cap, sizeof *ents);
+    struct vd_db_pindex_info *idx = NULL;
+    size_t n_idx = 0;
     struct vd_raft_conf conf = {.n = 1};
     conf.nodes[0].id = c->id;
     conf.nodes[0].role = VD_RAFT_VOTER;
@@ -1441,13 +1598,41 @@ static int bootstrap(struct vd_cluster *c, struct vd_err *err)
             continue;
         vd_buf_init(&cmd);
         vd_meta_cmd_create_collection(vd_db_coll_schema(coll), &cmd);
+        rc = vd_db_pindex_list(coll, &idx, &n_idx);
         vd_db_coll_put(coll);
+        if (rc) {
+            vd_buf_release(&cmd);
+            goto out_nomem;
+        }
         rc = entry_data(0, 0, &cmd, &ents[ne].data, &ents[ne].len);
         vd_buf_release(&cmd);
         if (rc)
             goto out_nomem;
         ne++;
         vd_log_info("cluster: adopting collection '%s'", names[i]);
+        /* its payload indexes too, or the first reconciliation would drop them */
+        if (n_idx) {
+            struct vd_raft_entry *p = realloc(ents, (cap + n_idx) * sizeof *ents);
+            if (!p)
+                goto out_nomem;
+            memset(p + cap, 0, n_idx * sizeof *p);
+            ents = p;
+            cap += n_idx;
+        }
+        for (size_t k = 0; k < n_idx; k++) {
+            vd_buf_init(&cmd);
+            vd_meta_cmd_set_payload_index(names[i], idx[k].field, idx[k].type, &cmd);
+            rc = entry_data(0, 0, &cmd, &ents[ne].data, &ents[ne].len);
+            vd_buf_release(&cmd);
+            if (rc)
+                goto out_nomem;
+            ne++;
+            vd_log_info("cluster: adopting payload index '%s' of collection '%s'", idx[k].field,
+                        names[i]);
+        }
+        vd_db_pindex_list_free(idx, n_idx);
+        idx = NULL;
+        n_idx = 0;
     }
     for (size_t i = 1; i < ne; i++) {
         ents[i].term = 1;
@@ -1463,6 +1648,7 @@ static int bootstrap(struct vd_cluster *c, struct vd_err *err)
 out_nomem:
     rc = vd_errf(err, VD_ENOMEM, "out of memory");
 out:
+    vd_db_pindex_list_free(idx, n_idx);
     for (size_t i = 1; ents && i < ne; i++)
         free(ents[i].data);
     free(ents);
@@ -1487,6 +1673,7 @@ static void cluster_free(struct vd_cluster *c)
     free(c->join);
     free(c->status);
     free(c->rec.acts);
+    free(c->rec.iacts);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->inflight_cv);
     free(c);
@@ -1735,6 +1922,23 @@ int vd_cluster_delete_collection(struct vd_cluster *c, const char *name, vd_clus
     struct vd_buf cmd = {0};
     vd_meta_cmd_delete_collection(name, &cmd);
     return submit_change(c, OP_DELETE, &cmd, 0, done, ctx, err);
+}
+
+int vd_cluster_set_payload_index(struct vd_cluster *c, const char *coll, const char *field,
+                                 enum vd_db_pindex_type type, vd_cluster_done_fn done, void *ctx,
+                                 struct vd_err *err)
+{
+    struct vd_buf cmd = {0};
+    vd_meta_cmd_set_payload_index(coll, field, type, &cmd);
+    return submit_change(c, OP_PINDEX, &cmd, 0, done, ctx, err);
+}
+
+int vd_cluster_drop_payload_index(struct vd_cluster *c, const char *coll, const char *field,
+                                  vd_cluster_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct vd_buf cmd = {0};
+    vd_meta_cmd_drop_payload_index(coll, field, &cmd);
+    return submit_change(c, OP_PINDEX, &cmd, 0, done, ctx, err);
 }
 
 int vd_cluster_sync(struct vd_cluster *c, vd_cluster_done_fn done, void *ctx, struct vd_err *err)

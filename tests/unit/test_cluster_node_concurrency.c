@@ -1,7 +1,7 @@
 /* Three cluster nodes in one process, each with its own database and Raft log on disk, talking
  * over real TCP on 127.0.0.1: bootstrap and join, collection changes through followers, a
  * duplicate refused everywhere, ReadIndex before a lookup, leader loss and restart with catch-up,
- * removal of a node. */
+ * payload index declarations on every node (and adopted at bootstrap), removal of a node. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -166,6 +166,47 @@ static int sync_node(int i)
     return wait_for(&W);
 }
 
+/* The local payload indexes of collection name on node i as "field:type,..." ("-" when the
+ * collection is missing). */
+static void idx_text(int i, const char *name, char *out, size_t cap)
+{
+    struct vd_coll *c;
+    snprintf(out, cap, "-");
+    if (vd_db_coll_get(nodes[i].db, name, &c))
+        return;
+    struct vd_db_pindex_info *v;
+    size_t n, k = 0;
+    assert_int_equal(vd_db_pindex_list(c, &v, &n), 0);
+    vd_db_coll_put(c);
+    out[0] = 0;
+    for (size_t j = 0; j < n; j++)
+        k += (size_t)snprintf(out + k, cap - k, "%s%s:%s", j ? "," : "", v[j].field,
+                              vd_db_pindex_type_name(v[j].type));
+    vd_db_pindex_list_free(v, n);
+}
+
+static void expect_idx(int i, const char *name, const char *want)
+{
+    char got[512];
+    idx_text(i, name, got, sizeof got);
+    if (strcmp(got, want))
+        fail_msg("node %d, collection '%s': indexes '%s', expected '%s'", i, name, got, want);
+}
+
+static int set_idx(int i, const char *coll, const char *field, enum vd_db_pindex_type t)
+{
+    struct vd_err e;
+    assert_int_equal(vd_cluster_set_payload_index(nodes[i].c, coll, field, t, on_done, &W, &e), 0);
+    return wait_for(&W);
+}
+
+static int drop_idx(int i, const char *coll, const char *field)
+{
+    struct vd_err e;
+    assert_int_equal(vd_cluster_drop_payload_index(nodes[i].c, coll, field, on_done, &W, &e), 0);
+    return wait_for(&W);
+}
+
 static int index_of_leader(void)
 {
     for (int i = 0; i < N; i++)
@@ -259,6 +300,110 @@ static void test_form_create_failover(void **state)
     assert_int_equal(sync_node(old), 0);
 }
 
+/* Index declarations through any node reach every node's database, and a node that was down
+ * meanwhile catches up when it restarts. */
+static void test_payload_indexes(void **state)
+{
+    (void)state;
+    for (int i = 0; i < N; i++)
+        POLL(leader_of(i) != 0 && leader_of(i) == leader_of((i + 1) % N), 10000, "a leader");
+    int l = index_of_leader();
+    assert_true(l >= 0);
+    int f = (l + 1) % N, g = (l + 2) % N;
+
+    /* through a follower: present there when the call returns, everywhere after a sync */
+    assert_int_equal(set_idx(f, "docs", "tag", VD_DB_PINDEX_KEYWORD), 0);
+    expect_idx(f, "docs", "tag:keyword");
+    assert_int_equal(set_idx(g, "docs", "n", VD_DB_PINDEX_FLOAT), 0);
+    expect_idx(g, "docs", "n:float,tag:keyword");
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(sync_node(i), 0);
+        expect_idx(i, "docs", "n:float,tag:keyword");
+    }
+    /* retype through the leader; the same declaration again is fine */
+    assert_int_equal(set_idx(l, "docs", "tag", VD_DB_PINDEX_INTEGER), 0);
+    assert_int_equal(set_idx(f, "docs", "tag", VD_DB_PINDEX_INTEGER), 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(sync_node(i), 0);
+        expect_idx(i, "docs", "n:float,tag:integer");
+    }
+    /* errors are decided once, for every node alike */
+    assert_int_equal(set_idx(f, "nope", "tag", VD_DB_PINDEX_KEYWORD), VD_ENOTFOUND);
+    assert_int_equal(drop_idx(g, "docs", "absent"), VD_ENOTFOUND);
+    assert_int_equal(drop_idx(f, "nope", "tag"), VD_ENOTFOUND);
+
+    /* dropped through one node: gone everywhere */
+    assert_int_equal(drop_idx(g, "docs", "n"), 0);
+    expect_idx(g, "docs", "tag:integer");
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(sync_node(i), 0);
+        expect_idx(i, "docs", "tag:integer");
+    }
+
+    /* a follower is down while indexes change; it restarts and converges */
+    stop(g);
+    assert_int_equal(set_idx(l, "docs", "k", VD_DB_PINDEX_BOOL), 0);
+    assert_int_equal(drop_idx(f, "docs", "tag"), 0);
+    start(g, NULL);
+    POLL(leader_of(g) != 0, 10000, "the restarted node sees a leader");
+    assert_int_equal(sync_node(g), 0);
+    expect_idx(g, "docs", "k:bool");
+    /* and its indexes survive another restart as they are */
+    stop(g);
+    start(g, NULL);
+    POLL(leader_of(g) != 0, 10000, "the restarted node sees a leader");
+    assert_int_equal(sync_node(g), 0);
+    expect_idx(g, "docs", "k:bool");
+    for (int i = 0; i < N; i++)
+        expect_idx(i, "docs", "k:bool");
+    /* a collection deleted and created again starts without indexes */
+    assert_int_equal(delete (f, "docs"), 0);
+    assert_int_equal(create(g, "docs"), 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(sync_node(i), 0);
+        expect_idx(i, "docs", "");
+    }
+}
+
+/* A node that bootstraps a cluster over a database that already has collections adopts their
+ * payload indexes: reconciliation keeps them, and they reach a node that joins. */
+static void test_bootstrap_adopts_indexes(void **state)
+{
+    (void)state;
+    int a = N + 3;
+    struct node *n = &nodes[a];
+    struct vd_err e;
+    struct vd_db_opts o = {.data_dir = n->dir, .no_sync = true, .index_threads = 1};
+    assert_int_equal(vd_db_open(&o, &n->db, &e), 0);
+    struct vd_coll_schema s = {.dim = 4,
+                               .metric = VD_METRIC_DOT,
+                               .hnsw_m = 16,
+                               .hnsw_ef_construct = 64,
+                               .replication_factor = 1,
+                               .write_consistency_factor = 1};
+    snprintf(s.name, sizeof s.name, "old");
+    assert_int_equal(vd_db_coll_create(n->db, &s, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    struct vd_coll *c;
+    assert_int_equal(vd_db_coll_get(n->db, "old", &c), 0);
+    assert_int_equal(vd_db_pindex_create(c, "city", VD_DB_PINDEX_KEYWORD, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    assert_int_equal(vd_db_pindex_create(c, "a.b", VD_DB_PINDEX_INTEGER, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    vd_db_coll_put(c);
+    vd_db_close(n->db);
+    n->db = NULL;
+
+    start(a, NULL);
+    POLL(leader_of(a) != 0, 10000, "the bootstrapped node leads");
+    assert_int_equal(sync_node(a), 0);
+    expect_idx(a, "old", "a.b:integer,city:keyword");
+    /* the adopted declarations are the cluster's: a drop through it works */
+    assert_int_equal(drop_idx(a, "old", "a.b"), 0);
+    expect_idx(a, "old", "city:keyword");
+    stop(a);
+}
+
 static void test_remove_and_add(void **state)
 {
     (void)state;
@@ -329,6 +474,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_form_create_failover),
+        cmocka_unit_test(test_payload_indexes),
+        cmocka_unit_test(test_bootstrap_adopts_indexes),
         cmocka_unit_test(test_remove_and_add),
         cmocka_unit_test(test_snapshots),
     };
