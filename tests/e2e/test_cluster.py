@@ -1,6 +1,6 @@
 """Cluster metadata over real processes: forming, collection changes through any node, leader
-failover, restart and catch-up, membership changes under load, node identity, bad input, and the
-cluster secret.
+failover, restart and catch-up, membership changes under load, node identity, bad input, payload
+index declarations reaching every node, and the cluster secret.
 
 Every wait polls a condition with a deadline; nothing sleeps for a fixed time to synchronise.
 """
@@ -390,6 +390,72 @@ class ThreeNodeTest(ClusterCase):
             for name in set(made) - names:  # not applied yet: a lookup catches up first
                 eventually_found(self, n, f"/collections/{name}")
 
+
+    def test_08_payload_index_through_follower(self):
+        leader, followers = self.leader_and_followers()
+        live = self.live()
+        f, g = followers[0], followers[-1]
+        f.ok("PUT", "/collections/pidx", VEC)
+        rnd = random.Random(3)
+        pts = [{"id": i, "vector": [rnd.random() for _ in range(4)],
+                "payload": {"color": rnd.choice(["red", "blue"]), "n": i}} for i in range(60)]
+        # the same points through every node, so that every node holds them all and each node's
+        # own index covers the same points
+        for n in live:
+            eventually_found(self, n, "/collections/pidx")
+            n.ok("PUT", "/collections/pidx/points?wait=true", {"points": pts})
+        red = sorted(p["id"] for p in pts if p["payload"]["color"] == "red")
+
+        def schema(n):
+            return n.ok("GET", "/collections/pidx")["payload_schema"]
+
+        def check_search(n):
+            flt = {"must": [{"key": "color", "match": {"value": "red"}}]}
+            res = n.ok("POST", "/collections/pidx/points/search",
+                       {"vector": [1, 1, 1, 1], "limit": 100, "filter": flt})
+            self.assertEqual(sorted(r["id"] for r in res), red, f"node on {n.port}")
+            self.assertEqual(n.ok("POST", "/collections/pidx/points/count",
+                                  {"filter": flt, "exact": True})["count"], len(red))
+
+        # declared through a follower: there at once, on every node once applied
+        r = f.ok("PUT", "/collections/pidx/index", {"field_name": "color",
+                                                     "field_schema": "keyword"})
+        self.assertEqual(r["status"], "completed")
+        self.assertEqual(schema(f), {"color": {"data_type": "keyword", "points": 60}})
+        g.ok("PUT", "/collections/pidx/index",
+             {"field_name": "n", "field_schema": {"type": "integer"}})
+        want = {"color": {"data_type": "keyword", "points": 60},
+                "n": {"data_type": "integer", "points": 60}}
+        for n in live:
+            try:
+                wait_until(lambda: schema(n) == want, 20, f"the indexes on the node on {n.port}")
+            except AssertionError:
+                self.assertEqual(schema(n), want, f"node on {n.port}")
+            check_search(n)
+        # the same answers as a single node for bad declarations, whichever node is asked
+        for n in (leader, f):
+            self.assertError(n.request("PUT", "/collections/nope/index",
+                                       {"field_name": "color", "field_schema": "keyword"}), 404)
+            self.assertError(n.request("PUT", "/collections/pidx/index",
+                                       {"field_name": "color", "field_schema": "geo"}), 400,
+                             "field_schema")
+            self.assertError(n.request("PUT", "/collections/pidx/index",
+                                       {"field_name": "", "field_schema": "keyword"}), 400,
+                             "field_name")
+            self.assertError(n.request("PUT", "/collections/pidx/index",
+                                       {"field_name": "x" * 501, "field_schema": "keyword"}), 422,
+                             "field_name")
+            self.assertError(n.request("DELETE", "/collections/pidx/index/absent"), 404, "absent")
+        # dropped through another follower: gone everywhere, results unchanged
+        r = g.ok("DELETE", "/collections/pidx/index/color")
+        self.assertEqual(r["status"], "completed")
+        self.assertEqual(set(schema(g)), {"n"})
+        for n in live:
+            wait_until(lambda: set(schema(n)) == {"n"}, 20, f"the drop on the node on {n.port}")
+            check_search(n)
+        leader.ok("DELETE", "/collections/pidx/index/n")
+        for n in live:
+            wait_until(lambda: schema(n) == {}, 20, f"the second drop on the node on {n.port}")
 
 class SecretTest(ClusterCase):
     @classmethod
