@@ -131,8 +131,9 @@ struct vd_meta_member {
     uint64_t tokens[VD_META_TOKENS]; /* ring positions, derived from id at add time */
 };
 
-/* A payload index declared on a collection: every node keeps the same indexes (see the
- * reconciliation below). Fields are validated as vd_db_pindex_check_field does. */
+/* A payload index declared on a collection. Every node makes its local indexes match these once
+ * its collections match (the node's reconciliation, after the collection actions planned below).
+ * Fields are validated as vd_db_pindex_check_field does. */
 #define VD_META_MAX_PINDEXES 64 /* per collection */
 struct vd_meta_pindex {
     char field[VD_STORE_PINDEX_NAME_MAX + 1];
