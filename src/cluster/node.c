@@ -409,15 +409,14 @@ static void send_call(struct vd_cluster *c, uint64_t to, const char *addr, uint6
     vd_buf_release(&b);
 }
 
-/* Reply: call id, status (as u64 of the negative code), index, node id, message, address. */
+/* Reply: call id, status (as u64 of the negative code), node id, message, address. */
 static void send_reply(struct vd_cluster *c, uint64_t to, uint64_t call_id, int status,
-                       uint64_t index, uint64_t node, const char *msg, const char *addr)
+                       uint64_t node, const char *msg, const char *addr)
 {
     struct vd_buf b;
     vd_buf_init(&b);
     wr_u64(&b, call_id);
     wr_u64(&b, (uint64_t)(int64_t)status);
-    wr_u64(&b, index);
     wr_u64(&b, node);
     wr_str(&b, msg);
     wr_str(&b, addr);
@@ -1004,9 +1003,8 @@ static void ops_progress(struct vd_cluster *c)
                 o->state = ST_NEW;
             break;
         case ST_READ:
-            if (leader != o->try_leader && now - o->last_try >= READ_RETRY_MS)
-                o->state = ST_NEW;
-            else if (now - o->last_try >= READ_RETRY_MS)
+            /* lost with a leader change or a dropped message: ask again */
+            if (now - o->last_try >= READ_RETRY_MS)
                 o->state = ST_NEW;
             break;
         case ST_INVITE:
@@ -1230,7 +1228,7 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
         if (r.n < REQ_HDR)
             return;
         if (leader != c->id) {
-            send_reply(c, from, call_id, VD_ENOTLEADER, 0, leader, "not the leader",
+            send_reply(c, from, call_id, VD_ENOTLEADER, leader, "not the leader",
                        lm ? lm->addr : "");
             return;
         }
@@ -1238,7 +1236,7 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
         int rc = 0;
         if (!recently_applied(c, origin, seq) && !in_log_unapplied(c, origin, seq))
             rc = vd_raft_propose(c->raft, r.p, r.n, NULL, NULL);
-        send_reply(c, from, call_id, rc, 0, leader, rc ? vd_strerror(rc) : "", "");
+        send_reply(c, from, call_id, rc, leader, rc ? vd_strerror(rc) : "", "");
         c->need_drive = true;
         return;
     }
@@ -1250,7 +1248,7 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
         if (r.bad || !id || !addr[0])
             return;
         if (leader != c->id) {
-            send_reply(c, from, call_id, leader ? VD_ENOTLEADER : VD_EUNAVAIL, 0, leader,
+            send_reply(c, from, call_id, leader ? VD_ENOTLEADER : VD_EUNAVAIL, leader,
                        leader ? "not the leader" : "no leader yet", lm ? lm->addr : "");
             return;
         }
@@ -1266,7 +1264,7 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
                 mc->last_action = now;
             }
         } else if (vd_meta_n_members(c->meta) >= MAX_MEMBERS) {
-            send_reply(c, from, call_id, VD_ERANGE, 0, leader, "the cluster is full", "");
+            send_reply(c, from, call_id, VD_ERANGE, leader, "the cluster is full", "");
             return;
         } else if (!mc->last_action || now - mc->last_action >= 1000) {
             vd_log_info("cluster: node %llu (%s) asks to join", (unsigned long long)id, addr);
@@ -1275,7 +1273,7 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
             mc->last_action = now;
         }
         vd_buf_release(&cmd);
-        send_reply(c, from, call_id, 0, 0, leader, "", "");
+        send_reply(c, from, call_id, 0, leader, "", "");
         return;
     }
     case CALL_INVITE: {
@@ -1285,7 +1283,7 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
             return;
         char why[200];
         if (!node_is_fresh(c, why, sizeof why)) {
-            send_reply(c, from, call_id, VD_EINVAL, 0, 0, why, "");
+            send_reply(c, from, call_id, VD_EINVAL, 0, why, "");
             return;
         }
         struct vd_err err = {0};
@@ -1296,14 +1294,14 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
             if (reset_raft(c, &err)) {
                 vd_log_error("cluster: cannot reset the Raft state: %s", err.msg);
                 c->broken = true;
-                send_reply(c, from, call_id, VD_EIO, 0, 0, err.msg, "");
+                send_reply(c, from, call_id, VD_EIO, 0, err.msg, "");
                 return;
             }
         }
         free(c->join);
         c->join = vd_xstrdup(join);
         c->last_join = 0;
-        send_reply(c, from, call_id, 0, 0, c->id, "", "");
+        send_reply(c, from, call_id, 0, c->id, "", "");
         return;
     }
     default:
@@ -1316,11 +1314,10 @@ static void on_reply(struct vd_cluster *c, const uint8_t *body, size_t len)
     struct rd r = {body, len, false};
     uint64_t call_id = rd_u64(&r);
     int status = (int)(int64_t)rd_u64(&r);
-    uint64_t index = rd_u64(&r), node = rd_u64(&r);
+    uint64_t node = rd_u64(&r);
     char msg[256], addr[256];
     rd_str(&r, msg, sizeof msg);
     rd_str(&r, addr, sizeof addr);
-    (void)index;
     if (r.bad)
         return;
     for (struct op *o = c->ops; o; o = o->next) {
