@@ -121,7 +121,7 @@ void vd_transport_close(struct vd_transport *t);
 
 enum vd_meta_state { VD_MEMBER_JOINING = 1, VD_MEMBER_UP, VD_MEMBER_LEAVING };
 
-#define VD_META_TOKENS 16 /* virtual nodes per member on the ring */
+#define VD_META_TOKENS 64 /* virtual nodes per member on the ring */
 
 struct vd_meta_member {
     uint64_t id;
