@@ -108,6 +108,18 @@ int vd__api_coll_lookup(const char *name, struct vd_coll **out, struct vd_err *e
     return vd_errf(err, VD_ENOTFOUND, "collection '%s' not found", name);
 }
 
+struct vd_coll *vd__api_coll_body(struct vd_http_req *r, bool allow_empty, cJSON **body)
+{
+    struct vd_coll *c = vd__api_coll(r);
+    if (!c)
+        return NULL;
+    if (!(*body = vd__api_body(r, allow_empty))) {
+        vd_db_coll_put(c);
+        return NULL;
+    }
+    return c;
+}
+
 void vd__api_reply_buf(struct vd_http_req *r, struct vd_buf *b)
 {
     if (!vd_buf_ok(b)) {

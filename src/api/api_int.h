@@ -19,6 +19,9 @@ cJSON *vd__api_body(struct vd_http_req *r, bool allow_empty);
 /* Opens the collection named by the {name} path parameter; replies 404/422/503 and returns
  * NULL. A miss goes through vd__api_coll_lookup. */
 struct vd_coll *vd__api_coll(struct vd_http_req *r);
+/* Both of the above: the collection and its request's JSON body (*body, freed by the caller with
+ * cJSON_Delete), or NULL once a reply was sent. */
+struct vd_coll *vd__api_coll_body(struct vd_http_req *r, bool allow_empty, cJSON **body);
 /* Looks a collection up by (valid) name. On a miss in a cluster, first waits until this node has
  * applied everything the cluster committed before the call (vd__api_cluster_catch_up) and looks
  * again. Returns 0 (*out referenced: vd_db_coll_put it), VD_ENOTFOUND, or VD_EUNAVAIL when the

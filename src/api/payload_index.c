@@ -34,14 +34,10 @@ static int parse_schema(const cJSON *fs, enum vd_db_pindex_type *out, struct vd_
 
 static void create_index(struct vd_http_req *r, void *ctx)
 {
-    struct vd_coll *c = vd__api_coll(r);
+    cJSON *body;
+    struct vd_coll *c = vd__api_coll_body(r, false, &body);
     if (!c)
         return;
-    cJSON *body = vd__api_body(r, false);
-    if (!body) {
-        vd_db_coll_put(c);
-        return;
-    }
     struct vd_err e;
     int rc;
     enum vd_db_pindex_type type;

@@ -139,14 +139,10 @@ static int parse_batch(const cJSON *batch, uint32_t dim, struct upsert *u, struc
 
 static void upsert(struct vd_http_req *r, void *ctx)
 {
-    struct vd_coll *c = vd__api_coll(r);
+    cJSON *body;
+    struct vd_coll *c = vd__api_coll_body(r, false, &body);
     if (!c)
         return;
-    cJSON *body = vd__api_body(r, false);
-    if (!body) {
-        vd_db_coll_put(c);
-        return;
-    }
     uint32_t dim = vd_db_coll_schema(c)->dim;
     struct upsert u = {0};
     struct vd_err e;

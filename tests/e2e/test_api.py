@@ -5,7 +5,7 @@ import random
 import uuid
 
 import vdtest
-from vdtest import NodeTest
+from vdtest import KeyedNodeTest, NodeTest
 
 
 class CollectionsTest(NodeTest):
@@ -248,24 +248,7 @@ class PointsTest(NodeTest):
             n.cleanup()
 
 
-class AuthTest(NodeTest):
-    keys = {"admin": "admin-key-123456", "rw": "rw-key-1234567", "ro": "ro-key-1234567"}
-
-    @classmethod
-    def setUpClass(cls):
-        import hashlib
-        import tempfile
-        cfg = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        json.dump({"api_keys": [
-            {"key": cls.keys["admin"], "role": "admin"},
-            {"key": "sha256:" + hashlib.sha256(cls.keys["rw"].encode()).hexdigest(), "role": "rw"},
-            {"key": cls.keys["ro"], "role": "ro"}]}, cfg)
-        cfg.close()
-        cls.node_args = ["--config", cfg.name]
-        super().setUpClass()
-        cls.node.api_key = cls.keys["admin"]
-        cls.node.create("a", 2, "Dot")
-
+class AuthTest(KeyedNodeTest):
     def test_matrix(self):
         n = self.node
         upsert = ("PUT", "/collections/a/points", {"points": [{"id": 1, "vector": [1, 2]}]})

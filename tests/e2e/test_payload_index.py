@@ -1,13 +1,11 @@
 """Payload indexes over HTTP: PUT/DELETE /collections/{c}/index, payload_schema in collection
 info, bad input on every endpoint, roles, persistence across a restart, and filtered results that
 are the same with and without the indexes."""
-import hashlib
 import json
 import random
-import tempfile
 
 import vdtest
-from vdtest import NodeTest
+from vdtest import KeyedNodeTest, NodeTest
 
 COLORS = ["red", "green", "blue", "Red", ""]
 
@@ -228,22 +226,7 @@ class PayloadIndexTest(NodeTest):
         n.ok("DELETE", "/collections/tmp")
 
 
-class PayloadIndexAuthTest(NodeTest):
-    keys = {"admin": "admin-key-123456", "rw": "rw-key-1234567", "ro": "ro-key-1234567"}
-
-    @classmethod
-    def setUpClass(cls):
-        cfg = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        json.dump({"api_keys": [
-            {"key": cls.keys["admin"], "role": "admin"},
-            {"key": "sha256:" + hashlib.sha256(cls.keys["rw"].encode()).hexdigest(), "role": "rw"},
-            {"key": cls.keys["ro"], "role": "ro"}]}, cfg)
-        cfg.close()
-        cls.node_args = ["--config", cfg.name]
-        super().setUpClass()
-        cls.node.api_key = cls.keys["admin"]
-        cls.node.create("a", 2, "Dot")
-
+class PayloadIndexAuthTest(KeyedNodeTest):
     def test_roles(self):
         n = self.node
         body = {"field_name": "x", "field_schema": "keyword"}

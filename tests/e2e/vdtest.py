@@ -183,6 +183,26 @@ class NodeTest(unittest.TestCase):
             self.assertIn(fragment.lower(), j["status"]["error"].lower())
 
 
+class KeyedNodeTest(NodeTest):
+    """One node with an admin, an rw (stored as its SHA-256 digest) and an ro key from a config
+    file; the node's requests use the admin key, and collection 'a' (2-d, Dot) exists."""
+    keys = {"admin": "admin-key-123456", "rw": "rw-key-1234567", "ro": "ro-key-1234567"}
+
+    @classmethod
+    def setUpClass(cls):
+        import hashlib
+        cfg = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump({"api_keys": [
+            {"key": cls.keys["admin"], "role": "admin"},
+            {"key": "sha256:" + hashlib.sha256(cls.keys["rw"].encode()).hexdigest(), "role": "rw"},
+            {"key": cls.keys["ro"], "role": "ro"}]}, cfg)
+        cfg.close()
+        cls.node_args = ["--config", cfg.name]
+        super().setUpClass()
+        cls.node.api_key = cls.keys["admin"]
+        cls.node.create("a", 2, "Dot")
+
+
 def main():
     global BINARY
     args = sys.argv[1:]
