@@ -76,6 +76,15 @@ struct vd_search_req {
     /* Optional estimate of how many points pass the filter (0 = unknown); when that many vectors
      * are below full_scan_threshold_kb, the search is exact. */
     uint32_t filter_estimate;
+    /* Optional candidate list (NULL = none): when set, the search scores exactly the points with
+     * these ids instead of walking the graph or scanning every point, whatever `exact`, `ef` and
+     * `filter_estimate` say. The filter, if set, is still asked about each. Ids that are not in
+     * the index (never stored, or deleted or replaced before the search reads them) are skipped,
+     * an id listed more than once counts once, and pending (not yet linked) points are scored
+     * like linked ones. Scores and order are those of the exact scan over the same points. The
+     * list is read only during the call and stays owned by the caller. */
+    const struct vd_pid *candidates;
+    uint32_t n_candidates;
 };
 
 struct vd_search_hit {

@@ -69,51 +69,25 @@ static void put_with(struct vd_buf *out, const struct vd_point_view *v, const st
         vd_buf_puts(out, "null");
 }
 
-/* The matching points of a small candidate set, as a hash set of ids: the exact scan asks about
- * every stored point, and a probe into this table (a few KiB, cache-resident) costs far less than
- * a lookup in the payload map and an evaluation of the filter. */
-struct idset {
-    struct vd_pid *t; /* type 0: empty */
-    size_t mask;
-};
-
-static size_t idset_home(const struct idset *x, const struct vd_pid *id)
+/* The ids of the map slots set in b, at most n of them, into a new array *out (caller frees) of
+ * *n_out ids: the index scores just these, where an exact scan would ask the filter about every
+ * stored point. Called with plock held. Returns 0 or VD_ENOMEM. */
+static int cands_fill(struct vd_pid **out, uint32_t *n_out, const struct pidx_bits *b, uint64_t n,
+                      const struct pmap *m)
 {
-    uint64_t h = id->type == VD_PID_NUM ? id->u.num * 0x9e3779b97f4a7c15ull : vd_pid_hash(id);
-    return (size_t)(h ^ (h >> 31)) & x->mask;
-}
-
-/* Fills x with the ids of the slots in b; VD_ENOMEM. */
-static int idset_fill(struct idset *x, const struct pidx_bits *b, uint64_t n, const struct pmap *m)
-{
-    size_t cap = 16;
-    while (cap < n * 2)
-        cap *= 2;
-    if (!(x->t = calloc(cap, sizeof *x->t)))
+    *n_out = 0;
+    if (!(*out = malloc(sizeof **out * (n ? n : 1))))
         return VD_ENOMEM;
-    x->mask = cap - 1;
+    uint32_t k = 0;
     for (size_t i = 0; i < b->nw; i++) {
-        for (uint64_t w = b->w[i]; w; w &= w - 1) {
+        for (uint64_t w = b->w[i]; w && k < n; w &= w - 1) {
             uint32_t s = (uint32_t)(i * 64 + (size_t)__builtin_ctzll(w));
-            if (s >= m->nslots || !m->sid[s].type)
-                continue;
-            size_t j = idset_home(x, &m->sid[s]);
-            while (x->t[j].type)
-                j = (j + 1) & x->mask;
-            x->t[j] = m->sid[s];
+            if (s < m->nslots && m->sid[s].type)
+                (*out)[k++] = m->sid[s];
         }
     }
+    *n_out = k;
     return 0;
-}
-
-static bool idset_has(const struct idset *x, const struct vd_pid *id)
-{
-    for (size_t j = idset_home(x, id);; j = (j + 1) & x->mask) {
-        if (!x->t[j].type)
-            return false;
-        if (vd_pid_eq(&x->t[j], id))
-            return true;
-    }
 }
 
 struct filter_ctx {
@@ -124,7 +98,6 @@ struct filter_ctx {
     const struct vd_pid *exclude;
     const struct pidx_bits *bits; /* from the payload indexes: the matches, or a superset */
     bool bits_exact;
-    const struct idset *ids; /* exactly the matches, when few */
 };
 
 static bool bit_has(const struct pidx_bits *b, uint32_t s)
@@ -151,8 +124,6 @@ static bool filter_cb(const struct vd_pid *id, uint32_t slot, void *arg)
         return false;
     if (!fc->f)
         return true;
-    if (fc->ids)
-        return idset_has(fc->ids, id);
     const struct pmap_entry *e = pmap_get(&fc->c->pm, id);
     if (!e)
         return false;
@@ -246,7 +217,7 @@ int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const str
     };
     uint32_t nh = 0;
     struct pidx_bits *bits = NULL;
-    struct idset ids = {0};
+    struct vd_pid *cands = NULL;
     bool none = false;
     if (s->filter) {
         pthread_rwlock_rdlock(&c->plock);
@@ -264,9 +235,13 @@ int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const str
             fc.bits = bits;
             fc.bits_exact = exact;
             none = exact && n == 0;
-            if (exact && few(c, n) && idset_fill(&ids, bits, n, &c->pm) == 0) {
-                fc.ids = &ids;
-                r.exact = true;
+            if (!none && exact && few(c, n) && n <= UINT32_MAX &&
+                cands_fill(&cands, &r.n_candidates, bits, n, &c->pm) == 0) {
+                /* the candidates are exactly the matches: only ranges and exclude remain */
+                r.candidates = cands;
+                fc.f = NULL;
+                if (!s->n_ranges && !s->exclude)
+                    r.filter = NULL;
             }
             r.filter_estimate = n == 0 ? 1 : n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
         } else {
@@ -277,7 +252,7 @@ int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const str
     if (s->filter)
         pthread_rwlock_unlock(&c->plock);
     pidx_bits_free(bits);
-    free(ids.t);
+    free(cands);
     if (rc) {
         vd_errf(err, rc, "search failed: %s", vd_strerror(rc));
         goto out_free;

@@ -1245,6 +1245,99 @@ static void exact_scan(struct vd_index *ix, struct vd__sctx *c, const struct vd_
     }
 }
 
+/* Sorts a[n] ascending in place (heapsort: no allocation, unlike qsort). */
+static void sort_u32(uint32_t *a, uint32_t n)
+{
+    for (uint32_t end = n, start = n / 2; end > 1;) {
+        uint32_t root;
+        if (start > 0) {
+            root = --start;
+        } else {
+            uint32_t x = a[0];
+            a[0] = a[--end];
+            a[end] = x;
+            root = 0;
+        }
+        for (uint32_t ch; (ch = 2 * root + 1) < end; root = ch) {
+            if (ch + 1 < end && a[ch + 1] > a[ch])
+                ch++;
+            if (a[root] >= a[ch])
+                break;
+            uint32_t x = a[root];
+            a[root] = a[ch];
+            a[ch] = x;
+        }
+    }
+}
+
+/* Top-k over the slots of the listed ids only (c->top holds the result; *tp becomes a table that
+ * covers every slot kept). The id map is read under mu, as upserts change it; the slots are
+ * copied into the pooled c->ids so that scoring runs without mu and concurrent candidate searches
+ * do not queue behind each other. A slot found under mu stays readable after mu is released: it
+ * is reused only after repair, which needs the gate this search holds shared; if it was deleted
+ * since, its state says so and it is skipped. Ids listed twice are scored once (visited tags).
+ * Returns 0 or VD_ENOMEM (growing the pooled scratch). */
+static int candidate_scan(struct vd_index *ix, struct vd__sctx *c, const struct vd__tabs **tp,
+                          const struct vd_search_req *r)
+{
+    c->ntop = 0;
+    pthread_mutex_lock(&ix->mu);
+    const struct vd__tabs *t = tabs_get(ix);
+    uint32_t slots = t->cap << ix->chunk_shift;
+    if (ctx_tags_fit(c, slots)) {
+        pthread_mutex_unlock(&ix->mu);
+        return VD_ENOMEM;
+    }
+    c->lim = slots;
+    if (c->ids_cap < r->n_candidates) {
+        uint32_t *p = realloc(c->ids, (size_t)r->n_candidates * sizeof(*p));
+        if (!p) {
+            pthread_mutex_unlock(&ix->mu);
+            return VD_ENOMEM;
+        }
+        c->ids = p;
+        c->ids_cap = r->n_candidates;
+    }
+    ctx_new_epoch(c);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < r->n_candidates; i++) {
+        bool found;
+        size_t pos = map_find(ix, t, &r->candidates[i], &found);
+        if (!found)
+            continue;
+        uint32_t s = ix->map[pos];
+        if (c->tags[s] == c->epoch)
+            continue;
+        c->tags[s] = c->epoch;
+        c->ids[n++] = s;
+    }
+    pthread_mutex_unlock(&ix->mu);
+    /* Slot order, as the exact scan visits them, so that equal scores resolve the same way and
+     * neighbouring vectors are read in memory order. */
+    sort_u32(c->ids, n);
+    float lower = INFINITY;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t s = c->ids[i];
+        if (i + 2 < n)
+            prefetch_vec(ix, vec_of(ix, t, c->ids[i + 2]));
+        if (!visible(state_of(ix, t, s)))
+            continue;
+        if (r->filter && !r->filter(&vd__meta(ix, t, s)->id, s, r->filter_ctx))
+            continue;
+        float d = dist(ix, r->query, vec_of(ix, t, s));
+        if (c->ntop < r->k) {
+            maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
+            lower = c->top[0].d;
+        } else if (d < lower) {
+            maxheap_pop(c->top, &c->ntop);
+            maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
+            lower = c->top[0].d;
+        }
+    }
+    *tp = t;
+    return 0;
+}
+
 int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct vd_search_hit *out,
                     uint32_t *n_out)
 {
@@ -1271,7 +1364,14 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
                  (r->filter && r->filter_estimate &&
                   (uint64_t)r->filter_estimate * ix->vec_bytes < thr);
     uint32_t keep = r->k;
-    if (exact) {
+    if (r->candidates) {
+        int rc = candidate_scan(ix, c, &t, r);
+        if (rc) {
+            ctx_put(ix, c);
+            pthread_rwlock_unlock(&ix->gate);
+            return rc;
+        }
+    } else if (exact) {
         exact_scan(ix, c, t, r->query, r->k, r->filter, r->filter_ctx);
     } else {
         uint32_t cur = (uint32_t)epv;

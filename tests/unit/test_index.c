@@ -619,6 +619,107 @@ static void test_filter_estimate_exact(void **state)
     free(v);
 }
 
+/* Membership in a candidate list, optionally narrowed to odd ids, counting the calls. */
+struct member_ctx {
+    const bool *in; /* by id */
+    size_t n;
+    bool odd_only;
+    size_t calls;
+};
+
+static bool is_member(const struct vd_pid *id, uint32_t slot, void *ctx)
+{
+    (void)slot;
+    struct member_ctx *m = ctx;
+    m->calls++;
+    if (m->odd_only && id->u.num % 2 == 0)
+        return false;
+    return id->u.num < m->n && m->in[id->u.num];
+}
+
+/* A candidate list scores exactly the listed points: the same hits, scores and order as the
+ * exact scan with a filter that passes just those points, for every metric, with listed ids
+ * that were deleted, replaced, never stored or listed twice, and with points still pending. */
+static void test_candidates_match_exact(void **state)
+{
+    (void)state;
+    enum vd_metric ms[] = {VD_METRIC_COSINE, VD_METRIC_DOT, VD_METRIC_EUCLID,
+                           VD_METRIC_MANHATTAN};
+    size_t n = 3000, span = n + 300; /* ids at or above n were never stored */
+    uint32_t dim = 40;
+    for (size_t mi = 0; mi < 4; mi++) {
+        enum vd_metric m = ms[mi];
+        float *v = make_data(n, dim, m, 21 + mi);
+        float *q = make_data(10, dim, m, 31 + mi);
+        struct vd_index *ix = new_index(dim, m, 32);
+        insert_all(ix, v, n / 2, dim, 0);
+        while (vd_index_link_pending(ix, 1000))
+            ;
+        /* the second half stays pending (scored by the tail scan, not the graph) */
+        for (size_t i = n / 2; i < n; i++) {
+            struct vd_pid id = num(i);
+            assert_int_equal(vd_index_upsert(ix, &id, v + i * dim, i + 1), 0);
+        }
+        /* deletes, and replacements that move a point to a new (pending) slot */
+        for (size_t i = 0; i < n; i += 7) {
+            struct vd_pid id = num(i);
+            assert_int_equal(vd_index_delete(ix, &id, n + i), 0);
+        }
+        for (size_t i = 3; i < n; i += 11) {
+            struct vd_pid id = num(i);
+            assert_int_equal(vd_index_upsert(ix, &id, v + ((i + 1) % n) * dim, 2 * n + i), 0);
+        }
+        assert_true(vd_index_pending(ix) > 0);
+        bool *in = calloc(span, sizeof(bool));
+        struct vd_pid cands[400];
+        for (int round = 0; round < 20; round++) {
+            memset(in, 0, span * sizeof(bool));
+            uint32_t nc = round == 0 ? 5 : (uint32_t)(50 + rnd() % 350);
+            for (uint32_t i = 0; i < nc; i++) {
+                /* every fifth a repeat of an earlier one */
+                uint64_t id = i && i % 5 == 0 ? cands[rnd() % i].u.num : rnd() % span;
+                cands[i] = num(id);
+                in[id] = true;
+            }
+            uint32_t k = round == 0 ? 10 : 1 + (uint32_t)(rnd() % 40);
+            const float *qv = q + (size_t)(round % 10) * dim;
+            for (int odd = 0; odd < 2; odd++) {
+                struct member_ctx want_ctx = {.in = in, .n = span, .odd_only = odd};
+                struct vd_search_req want_r = {.query = qv, .k = k, .exact = true,
+                                               .filter = is_member, .filter_ctx = &want_ctx};
+                struct vd_search_hit want[40], got[40];
+                uint32_t nwant, ngot;
+                assert_int_equal(vd_index_search(ix, &want_r, want, &nwant), 0);
+                struct member_ctx got_ctx = {.in = in, .n = span, .odd_only = true};
+                struct vd_search_req got_r = {.query = qv, .k = k, .ef = 16,
+                                              .filter = odd ? is_member : NULL,
+                                              .filter_ctx = &got_ctx,
+                                              .candidates = cands, .n_candidates = nc};
+                assert_int_equal(vd_index_search(ix, &got_r, got, &ngot), 0);
+                assert_int_equal(ngot, nwant);
+                for (uint32_t i = 0; i < ngot; i++) {
+                    assert_int_equal(got[i].id.u.num, want[i].id.u.num);
+                    assert_true(got[i].score == want[i].score);
+                }
+                /* only the listed points were looked at, each once */
+                assert_true(got_ctx.calls <= nc);
+                if (round == 0 && !odd)
+                    assert_true(nwant > 0 && nwant <= 5);
+            }
+        }
+        /* an empty list finds nothing, even with the graph able to */
+        struct vd_search_hit h[4];
+        uint32_t nh = 9;
+        struct vd_search_req er = {.query = q, .k = 4, .candidates = cands, .n_candidates = 0};
+        assert_int_equal(vd_index_search(ix, &er, h, &nh), 0);
+        assert_int_equal(nh, 0);
+        free(in);
+        vd_index_free(ix);
+        free(v);
+        free(q);
+    }
+}
+
 /* ---- persistence -------------------------------------------------------------------------- */
 
 struct store {
@@ -885,6 +986,7 @@ int main(void)
         cmocka_unit_test(test_churn_recall),
         cmocka_unit_test(test_filter_traversal),
         cmocka_unit_test(test_filter_estimate_exact),
+        cmocka_unit_test(test_candidates_match_exact),
         cmocka_unit_test(test_save_load),
         cmocka_unit_test(test_byte_flips),
         cmocka_unit_test(test_load_free_slots_reuse),
