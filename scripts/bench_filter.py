@@ -21,10 +21,7 @@ import urllib.parse
 
 import numpy as np
 
-
-def pct(v, p):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
+from bench_api import embedding_like, pct  # the same data generator and percentiles
 
 
 class Client:
@@ -50,13 +47,6 @@ class Client:
         if r.status != 200:
             raise RuntimeError(f"{method} {path}: {r.status} {data[:300]!r}")
         return json.loads(data)["result"]
-
-
-def embedding_like(rng, n, dim, latent=32):
-    z = rng.standard_normal((n, latent)).astype(np.float32)
-    proj = np.random.default_rng(1234).standard_normal((latent, dim)).astype(np.float32)
-    x = z @ proj + 0.1 * rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def main():

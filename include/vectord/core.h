@@ -78,6 +78,10 @@ void vd_log(enum vd_log_level lvl, const char *fmt, ...) __attribute__((format(p
 /* Wall clock in ms since the epoch and a monotonic clock in ns. */
 uint64_t vd_wall_ms(void);
 uint64_t vd_mono_ns(void);
+struct timespec;
+/* The CLOCK_MONOTONIC time `ms` from now, for pthread_cond_timedwait on a condition variable
+ * created with the monotonic clock. */
+void vd_mono_deadline(struct timespec *ts, unsigned ms);
 
 /* Hybrid logical clock (Kulkarni et al. 2014): 48-bit physical milliseconds in the high bits,
  * a 16-bit logical counter in the low bits. Timestamps from one clock strictly increase. */

@@ -175,13 +175,7 @@ int vd__api_cluster_catch_up(struct vd_err *err)
         return vd_errf(err, VD_EUNAVAIL, "%s", e.msg[0] ? e.msg : "out of memory");
     }
     struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += CATCH_UP_MS / 1000;
-    until.tv_nsec += (long)(CATCH_UP_MS % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    vd_mono_deadline(&until, CATCH_UP_MS);
     pthread_mutex_lock(&w->mu);
     while (!w->done) {
         if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)
@@ -204,34 +198,6 @@ static void status(struct vd_http_req *r, void *ctx)
     vd_buf_init(&b);
     vd_cluster_status_json(vd__api.cluster, &b);
     vd__api_reply_buf(r, &b);
-}
-
-static bool all_digits(const char *s, size_t n)
-{
-    if (n == 0)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-    }
-    return true;
-}
-
-/* Decimal u64 without sign, spaces or leading zeros (ids are always printed that way). */
-static int parse_u64(const char *s, uint64_t *out)
-{
-    size_t n = strlen(s);
-    if (!all_digits(s, n) || n > 20 || (n > 1 && s[0] == '0'))
-        return VD_EINVAL;
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned d = (unsigned)(s[i] - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return VD_EINVAL;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return 0;
 }
 
 /*
@@ -281,7 +247,7 @@ static int check_hostport(const char *a, struct vd_err *err)
     }
     const char *port = colon + 1;
     uint64_t p;
-    if (parse_u64(port, &p) || p < 1 || p > 65535)
+    if (vd_pid_parse_u64(port, strlen(port), &p) || p < 1 || p > 65535)
         return vd_errf(err, VD_EINVAL, "'address' '%s': the port must be a number 1-65535", a);
     return 0;
 }
@@ -323,7 +289,7 @@ static void remove_node(struct vd_http_req *r, void *ctx)
 {
     const char *s = vd_http_param(r, "id");
     uint64_t id;
-    if (!s || parse_u64(s, &id)) {
+    if (!s || vd_pid_parse_u64(s, strlen(s), &id)) {
         vd_http_reply_error(r, 400, "node id '%s' is not a decimal unsigned 64-bit integer",
                             s ? s : "");
         return;

@@ -18,6 +18,17 @@ uint64_t vd_mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+void vd_mono_deadline(struct timespec *ts, unsigned ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(ms / 1000);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
 /* When the counter would overflow 16 bits we borrow the next millisecond: timestamps stay
  * strictly increasing and run at most briefly ahead of the wall clock. */
 static uint64_t advance(uint64_t last, uint64_t cand)

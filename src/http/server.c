@@ -1094,13 +1094,7 @@ static void force_unavailable(struct vd_http_req *r)
 static void wait_idle(struct vd_http *h, unsigned ms)
 {
     struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    vd_mono_deadline(&until, ms);
     pthread_mutex_lock(&h->mu);
     while (h->n_live > 0)
         if (pthread_cond_timedwait(&h->idle, &h->mu, &until) == ETIMEDOUT)

@@ -345,13 +345,14 @@ int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct v
     pthread_mutex_init(&s->rd_mu, NULL);
     pthread_cond_init(&s->rd_cv, NULL);
     pthread_mutex_init(&s->mu, NULL);
-    /* The writer's timed waits (sweep schedule, retry pauses) use the monotonic clock. */
+    /* Timed waits (the writer's sweep schedule and retry pauses, waiting for purges) use the
+     * monotonic clock. */
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cv, &ca);
+    pthread_cond_init(&s->idle_cv, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_cond_init(&s->idle_cv, NULL);
     if (pthread_create(&s->writer, NULL, vd__store_writer_main, s) != 0) {
         r = vd_errf(err, VD_ENOMEM, "cannot start the storage writer thread");
         goto out_sync;
@@ -450,11 +451,7 @@ void vd_store_counters(struct vd_store *s, struct vd_store_counters *out)
 int vd_store_purge_wait(struct vd_store *s, uint64_t timeout_ms)
 {
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += (time_t)(timeout_ms / 1000);
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L)
-        dl.tv_sec++, dl.tv_nsec -= 1000000000L;
+    vd_mono_deadline(&dl, timeout_ms > UINT32_MAX ? UINT32_MAX : (unsigned)timeout_ms);
     int r = 0;
     pthread_mutex_lock(&s->mu);
     while (s->ctr.purges_pending > 0 && !s->failed) {
