@@ -10,6 +10,7 @@
  * Every uv handle is freed in its close callback; the transport itself is freed when the last
  * handle has closed and the last name resolution has called back (t->pending reaches zero).
  */
+#include <signal.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -1102,6 +1103,9 @@ int vd_transport_start(const struct vd_transport_opts *o, struct vd_transport **
     *out = NULL;
     if (!o->loop || !o->self_id)
         return vd_errf(err, VD_EINVAL, "cluster transport needs a loop and a non-zero node id");
+    /* libuv writes to sockets with plain write(2): a peer that hangs up mid-write would raise
+     * SIGPIPE and kill the process. The write error is handled per connection instead. */
+    signal(SIGPIPE, SIG_IGN);
     const char *where = o->bind && o->bind[0] ? o->bind : "127.0.0.1";
     if (o->advertise && strlen(o->advertise) > ADDR_MAX)
         return vd_errf(err, VD_EINVAL, "cluster advertise address is longer than %d bytes",
