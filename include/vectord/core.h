@@ -101,6 +101,24 @@ uint64_t vd_hlc_recv(struct vd_hlc *c, uint64_t remote, uint64_t now_ms);
 uint64_t vd_hlc_now(void);
 void vd_hlc_observe(uint64_t remote);
 
+/* A version of a point: the HLC of the write and the id of the node that stamped it. The newer
+ * version wins everywhere (last-write-wins); equal HLCs are ordered by node id, so two writes
+ * never tie unless they are the same write. Replicas, the coordinator and its simulator all use
+ * this one rule. */
+struct vd_version {
+    uint64_t hlc;
+    uint64_t node;
+};
+/* <0, 0, >0 as a is older than, the same as, or newer than b. */
+static inline int vd_version_cmp(struct vd_version a, struct vd_version b)
+{
+    if (a.hlc != b.hlc)
+        return a.hlc < b.hlc ? -1 : 1;
+    if (a.node != b.node)
+        return a.node < b.node ? -1 : 1;
+    return 0;
+}
+
 /* ---- point ids --------------------------------------------------------------------------- */
 
 /* A point id is an unsigned 64-bit integer or a UUID. The stored key is a type byte then the

@@ -207,7 +207,8 @@ static int apply_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
     if (exists && (r = vd__store_pt_decode(&cur, &old)))
         return vd_errf(err, r, "stored point record is malformed");
     if (exists &&
-        (op->version < old.version || (op->version == old.version && op->node <= old.node)))
+        vd_version_cmp((struct vd_version){op->version, op->node},
+                       (struct vd_version){old.version, old.node}) <= 0)
         return 0; /* last-write-wins: the stored version is newer or the same write */
 
     MDB_val v;
