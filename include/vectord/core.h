@@ -165,6 +165,25 @@ int vd_metric_parse(const char *s, enum vd_metric *out);
 /* 64-bit non-cryptographic hash (FNV-1a folded through a murmur3 finaliser). Stable forever:
  * placement on the ring and on-disk checksums of some files depend on it. */
 uint64_t vd_hash64(const void *data, size_t len, uint64_t seed);
+/* Where a point lives: the one hash of (collection name, stored key encoding as vd_pid_encode
+ * writes it) that placement, range-restricted search, streaming and repair all use, so a point
+ * is found on the ring where it was written. Hashing the collection too spreads two collections'
+ * equal ids over different replicas. Stable forever, like vd_hash64. collection is a
+ * NUL-terminated name; key is key_len bytes (not owned, only read). */
+uint64_t vd_place_hash(const char *collection, const uint8_t *key, size_t key_len);
+
+/* Whether h lies on the ring arc (start, end]: the arc a token `end` owns when `start` is the
+ * token before it. The arc wraps past 2^64-1 when end < start (then it is (start, 2^64-1] and
+ * [0, end]), and start == end is the whole ring (the arc of a ring with a single token). */
+static inline bool vd_ring_contains(uint64_t start, uint64_t end, uint64_t h)
+{
+    if (start < end)
+        return h > start && h <= end;
+    if (start > end)
+        return h > start || h <= end;
+    return true;
+}
+
 /* CRC-32C (Castagnoli), software table; for file and frame checksums. */
 uint32_t vd_crc32c(uint32_t crc, const void *data, size_t len);
 

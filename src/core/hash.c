@@ -1,4 +1,6 @@
 /* Stable 64-bit hash and CRC-32C. */
+#include <string.h>
+
 #include "vectord/core.h"
 
 uint64_t vd_hash64(const void *data, size_t len, uint64_t seed)
@@ -16,6 +18,16 @@ uint64_t vd_hash64(const void *data, size_t len, uint64_t seed)
     h *= 0xc4ceb9fe1a85ec53ull;
     h ^= h >> 33;
     return h;
+}
+
+#define PLACE_SEED UINT64_C(0x7664706c61636521) /* "vdplace!": changing it moves every point */
+
+/* The name's hash seeds the key's, so no separator is needed: a (collection, key) pair cannot
+ * be rebuilt from another split of the same bytes. */
+uint64_t vd_place_hash(const char *collection, const uint8_t *key, size_t key_len)
+{
+    uint64_t seed = vd_hash64(collection, strlen(collection), PLACE_SEED);
+    return vd_hash64(key, key_len, seed);
 }
 
 static uint32_t crc_table[8][256];
