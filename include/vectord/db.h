@@ -151,9 +151,10 @@ struct vd_db_search {
     const struct vd_filter *filter; /* or NULL */
     bool has_threshold;
     float score_threshold;
-    /* Optional subset of the hash ring: only points whose vd_pid_hash() falls in one of the
-     * half-open ranges [lo, hi) are candidates (scatter-gather asks each replica for the ranges
-     * it answers for). n_ranges 0 = all points. */
+    /* Optional subset of the hash ring: only points whose vd_place_hash() (collection name,
+     * stored key) falls in one of the ring arcs (start, end] are candidates, as vd_ring_contains
+     * decides (end < start wraps past 2^64-1; start == end is the whole ring), so a replica is
+     * asked for exactly the arcs it owns. n_ranges 0 = all points. */
     const uint64_t (*ranges)[2];
     size_t n_ranges;
     /* A point that is never a result (a query by point id does not answer with that point), or

@@ -109,9 +109,11 @@ static bool in_ranges(const struct filter_ctx *fc, const struct vd_pid *id)
 {
     if (!fc->n_ranges)
         return true;
-    uint64_t h = vd_pid_hash(id);
+    uint8_t key[VD_PID_KEY_MAX];
+    size_t n = vd_pid_encode(id, key);
+    uint64_t h = vd_place_hash(fc->c->schema.name, key, n);
     for (size_t i = 0; i < fc->n_ranges; i++)
-        if (h >= fc->ranges[i][0] && h < fc->ranges[i][1])
+        if (vd_ring_contains(fc->ranges[i][0], fc->ranges[i][1], h))
             return true;
     return false;
 }

@@ -119,8 +119,9 @@ static void test_write_search_restart(void **state)
     vd_db_count(c, f, &n);
     assert_int_equal(n, 250);
 
-    /* token ranges: only points hashing into the lower half of the ring */
-    const uint64_t half[1][2] = {{0, UINT64_MAX / 2}};
+    /* token ranges: only points hashing into the arc (UINT64_MAX / 2, UINT64_MAX / 4], which
+     * wraps past the top of the ring */
+    const uint64_t half[1][2] = {{UINT64_MAX / 2, UINT64_MAX / 4}};
     s.filter = NULL;
     s.ranges = half;
     s.n_ranges = 1;
@@ -130,7 +131,10 @@ static void test_write_search_restart(void **state)
     cJSON_ArrayForEach(it, r)
     {
         struct vd_pid id = {.type = VD_PID_NUM, .u.num = (uint64_t)cJSON_GetObjectItem(it, "id")->valuedouble};
-        assert_true(vd_pid_hash(&id) < UINT64_MAX / 2);
+        uint8_t key[VD_PID_KEY_MAX];
+        size_t kn = vd_pid_encode(&id, key);
+        uint64_t h = vd_place_hash(vd_db_coll_schema(c)->name, key, kn);
+        assert_true(vd_ring_contains(UINT64_MAX / 2, UINT64_MAX / 4, h));
     }
     cJSON_Delete(r);
     s.n_ranges = 0;
