@@ -58,7 +58,8 @@ size_t vd_index_pending(const struct vd_index *ix);   /* stored but not yet link
 size_t vd_index_count(const struct vd_index *ix);     /* live points */
 uint64_t vd_index_applied_seq(const struct vd_index *ix);
 uint32_t vd_index_dim(const struct vd_index *ix);
-/* Copies the stored vector of id into out[dim]. Returns 0 or VD_ENOTFOUND. */
+/* Copies the stored vector of id into out[dim] (out NULL: only says whether id is stored).
+ * Returns 0 or VD_ENOTFOUND. */
 int vd_index_get_vector(const struct vd_index *ix, const struct vd_pid *id, float *out);
 
 /* Filter predicate evaluated during graph traversal (filtered points are still traversed for

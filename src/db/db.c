@@ -184,8 +184,8 @@ static void snapshot_put(struct vd_coll **v, size_t n)
 struct load_ctx {
     struct vd_coll *c;
     struct vd_rtxn *t;
-    uint64_t applied;
-    float *scratch; /* dim floats, set when a saved graph was loaded */
+    uint64_t applied;  /* change counter of the saved graph */
+    bool graph_loaded; /* a saved graph was loaded (else every point is inserted) */
     int rc;
 };
 
@@ -236,11 +236,11 @@ static int load_point(const struct vd_point_view *p, void *arg)
     }
     if (p->dim != l->c->schema.dim)
         return 0;
-    /* Whatever the saved graph holds is checked against storage rather than trusted by its
-     * change counter: a graph saved while points were still unlinked, or one older than the
-     * last writes, is corrected here point by point. */
-    if (l->scratch && vd_index_get_vector(l->c->ix, &p->id, l->scratch) == 0 &&
-        memcmp(l->scratch, p->vec, sizeof(float) * p->dim) == 0)
+    /* The saved graph holds every write up to its change counter (l->applied) and nothing
+     * after. A point written later is re-inserted whatever its vector looks like: the graph's
+     * slot was filled from storage by fetch_vector, so comparing vectors would always find them
+     * equal and keep the links of the vector the point had when the graph was saved. */
+    if (l->graph_loaded && p->seq <= l->applied && vd_index_get_vector(l->c->ix, &p->id, NULL) == 0)
         return 0;
     if ((rc = vd_index_upsert(l->c->ix, &p->id, p->vec, p->seq)))
         return l->rc = rc;
@@ -282,11 +282,7 @@ static int load_collection(const struct vd_coll_schema *s, void *arg)
     if (rc == 0) {
         l.applied = vd_index_applied_seq(c->ix);
         c->saved_seq = l.applied;
-        l.scratch = malloc(sizeof(float) * s->dim);
-        if (!l.scratch) {
-            rc = VD_ENOMEM;
-            goto out_end;
-        }
+        l.graph_loaded = true;
         vd_log_info("collection '%s': loaded saved graph (%zu points, change %llu)", s->name,
                     vd_index_count(c->ix), (unsigned long long)l.applied);
     } else {
@@ -297,8 +293,6 @@ static int load_collection(const struct vd_coll_schema *s, void *arg)
             goto out_end;
     }
     rc = vd_store_scan(l.t, s->incarnation, NULL, false, load_point, &l);
-    free(l.scratch);
-    l.scratch = NULL;
     if (rc == 0)
         rc = l.rc;
     if (rc == 0 &&
@@ -514,8 +508,8 @@ void vd_db_close(struct vd_db *db)
     /* storage first: its last write completions still touch the collections */
     vd_store_close(db->store);
     for (size_t i = 0; i < db->n_colls; i++) {
-        /* Points still unlinked are not waited for: the next start finds them by comparing
-         * storage with the saved graph and links them then. */
+        /* Points still unlinked are not waited for: the saved graph keeps them as pending and
+         * the next start links them. */
         save_one(db->colls[i]);
         vd__db_coll_unref(db->colls[i]);
     }

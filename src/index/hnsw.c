@@ -1203,7 +1203,7 @@ int vd_index_get_vector(const struct vd_index *ix, const struct vd_pid *id, floa
     const struct vd__tabs *t = tabs_get(ix);
     bool found;
     size_t pos = map_find(ix, t, id, &found);
-    if (found)
+    if (found && out)
         memcpy(out, vec_of(ix, t, ix->map[pos]), ix->vec_bytes);
     pthread_mutex_unlock(&mix->mu);
     return found ? 0 : VD_ENOTFOUND;
