@@ -97,17 +97,46 @@ static void reply(struct import *im)
     vd__api_reply_buf(r, &b);
 }
 
+/* Records the first failure of the import (mu held); later ones add nothing the user needs. */
+static void set_error(struct import *im, int status, const struct vd_err *err)
+{
+    if (im->commit_error)
+        return;
+    im->commit_error = status;
+    if (err)
+        im->commit_err = *err;
+    else
+        vd_errf(&im->commit_err, status, "%s", vd_strerror(status));
+}
+
+/* Whether a batch or the body failed; commits report on the storage thread, hence the lock. */
+static bool has_failed(struct import *im)
+{
+    pthread_mutex_lock(&im->mu);
+    bool f = im->commit_error != 0;
+    pthread_mutex_unlock(&im->mu);
+    return f;
+}
+
+/* One submitted batch: its size is counted as imported only once it has committed. */
+struct batch {
+    struct import *im;
+    size_t n;
+};
+
 static void batch_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
 {
-    struct import *im = ctx;
+    struct batch *bt = ctx;
+    struct import *im = bt->im;
+    size_t n = bt->n;
+    free(bt);
     pthread_mutex_lock(&im->mu);
     im->inflight--;
-    if (status && !im->commit_error) {
-        im->commit_error = status;
-        if (err)
-            im->commit_err = *err;
-        else
-            vd_errf(&im->commit_err, status, "%s", vd_strerror(status));
+    if (status) {
+        set_error(im, status, err);
+    } else {
+        im->imported += n;
+        im->batches++;
     }
     if (op_id > im->last_op)
         im->last_op = op_id;
@@ -132,33 +161,37 @@ static int flush(struct import *im)
     if (im->n == 0)
         return 0;
     struct vd_err e;
-    pthread_mutex_lock(&im->mu);
-    im->inflight++;
-    pthread_mutex_unlock(&im->mu);
     size_t n = im->n;
-    int rc = vd_db_upsert(im->c, im->pts, n, batch_done, im, &e);
+    int rc;
+    struct batch *bt = malloc(sizeof *bt);
+    if (!bt) {
+        rc = vd_errf(&e, VD_ENOMEM, "out of memory");
+    } else {
+        bt->im = im;
+        bt->n = n;
+        pthread_mutex_lock(&im->mu);
+        im->inflight++;
+        pthread_mutex_unlock(&im->mu);
+        rc = vd_db_upsert(im->c, im->pts, n, batch_done, bt, &e);
+    }
     for (size_t i = 0; i < n; i++)
         cJSON_Delete(im->docs[i]);
     im->n = 0;
-    pthread_mutex_lock(&im->mu);
     if (rc) {
-        im->inflight--;
-        if (!im->commit_error) {
-            im->commit_error = rc;
-            im->commit_err = e;
-        }
-    } else {
-        im->imported += n;
-        im->batches++;
+        free(bt);
+        pthread_mutex_lock(&im->mu);
+        if (bt)
+            im->inflight--;
+        set_error(im, rc, &e);
+        pthread_mutex_unlock(&im->mu);
     }
-    pthread_mutex_unlock(&im->mu);
     return rc;
 }
 
 static int on_line(const char *line, size_t len, uint64_t lineno, void *ctx)
 {
     struct import *im = ctx;
-    if (im->stopped || im->commit_error)
+    if (im->stopped || has_failed(im))
         return 0;
     if (!line) {
         char msg[128];
@@ -257,8 +290,10 @@ static int import_chunk(struct vd_http_req *r, const char *data, size_t len, voi
     struct import *im = vd_http_user(r);
     if (!im)
         return -1;
-    vd_ndjson_feed(im->nd, data, len);
+    int frc = vd_ndjson_feed(im->nd, data, len);
     pthread_mutex_lock(&im->mu);
+    if (frc) /* the splitter is stuck: no later line can be read, so the import stops here */
+        set_error(im, frc, NULL);
     /* wait for every batch of this chunk before reading more: bounded memory, and the
      * client sees backpressure instead of a growing queue */
     int ret = 0;
@@ -275,10 +310,12 @@ static void import_end(struct vd_http_req *r, void *ctx)
     struct import *im = vd_http_user(r);
     if (!im)
         return;
-    vd_ndjson_finish(im->nd);
-    if (!im->stopped && !im->commit_error)
+    int frc = vd_ndjson_finish(im->nd);
+    if (!im->stopped && !has_failed(im))
         flush(im);
     pthread_mutex_lock(&im->mu);
+    if (frc)
+        set_error(im, frc, NULL);
     im->ended = true;
     bool done = finish_ready(im);
     pthread_mutex_unlock(&im->mu);
