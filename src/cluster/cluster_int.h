@@ -2,7 +2,8 @@
  * Internals of the cluster module, shared by its files and its unit tests:
  *   - frames and the peer transport (transport.c): framed binary messages over libuv TCP;
  *   - the metadata state machine (meta.c): members, ring tokens and collection schemas, pure;
- *   - the node (node.c): the loop thread that drives Raft, the transport and the state machine.
+ *   - the node (node*.c, internals in node_int.h): the loop thread that drives Raft, the
+ *     transport and the state machine.
  */
 #ifndef VECTORD_CLUSTER_INT_H
 #define VECTORD_CLUSTER_INT_H

@@ -1,0 +1,219 @@
+/*
+ * Internals of the cluster node, shared by its files:
+ *   node.c           the loop thread, housekeeping, GET /cluster status, start and stop;
+ *   node_raft.c      driving the Raft core: persist, send, apply, snapshots; membership steps;
+ *   node_reconcile.c making the local database follow the state machine;
+ *   node_ops.c       operations asked by other threads, carried to completion on the loop;
+ *   node_call.c      calls between nodes (forwarded proposals, joins, invitations) and their codec.
+ * Everything here is used on the loop thread only, except where a field says otherwise.
+ */
+#ifndef VECTORD_NODE_INT_H
+#define VECTORD_NODE_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "cluster_int.h"
+#include "vectord/cluster.h"
+#include "vectord/raft.h"
+#include "vectord/raftlog.h"
+
+#define REQ_HDR 16
+#define HOUSEKEEPING_MS 50
+#define PING_MS 500
+#define DOWN_AFTER_MS 2500
+#define RETRY_MS 3000      /* a forwarded proposal not applied by then is sent again */
+#define READ_RETRY_MS 1000 /* a ReadIndex not answered by then is asked again */
+#define JOIN_RETRY_MS 500
+#define APPLIED_MEMORY 4096 /* recent request headers remembered against duplicates */
+#define MAX_MEMBERS VD_RAFT_MAX_NODES
+#define ADD_NODE_TIMEOUT_MS 60000
+#define INVITE_ANSWER_MS 10000 /* an invited node must answer by then */
+
+enum call_op { CALL_PROPOSE = 1, CALL_JOIN = 2, CALL_INVITE = 3 };
+enum { FRAME_PING = 19 };
+
+enum op_kind {
+    OP_CREATE = 1,
+    OP_DELETE,
+    OP_SYNC,
+    OP_ADD_NODE,
+    OP_REMOVE_NODE,
+    OP_INTERNAL,
+    OP_PINDEX, /* payload index set or drop */
+};
+enum op_state {
+    ST_NEW = 1,     /* to propose (or forward), or to ask a read index for */
+    ST_SENT,        /* proposed here or forwarded to try_leader at last_try */
+    ST_WAIT_APPLY,  /* applied in the state machine at index; waits for the database */
+    ST_READ,        /* read index asked with read_ctx */
+    ST_WAIT_SYNC,   /* read index known (index); waits for the database */
+    ST_INVITE,      /* add node: invitation sent, waiting for the reply */
+    ST_WAIT_MEMBER, /* add node: waiting for node_id to be UP; remove: to be gone */
+};
+
+struct op {
+    struct op *next;
+    enum op_kind kind;
+    enum op_state state;
+    uint64_t seq;
+    uint8_t *data; /* entry data: header and command (proposals) */
+    size_t len;
+    uint64_t deadline, last_try, first_try, try_leader, read_ctx, call_id, index, node_id;
+    int result;
+    struct vd_err err;
+    char addr[256];
+    vd_cluster_done_fn done;
+    void *ctx;
+};
+
+/* An event from another thread: a new operation, or the completion of a database change. */
+struct ev {
+    struct ev *next;
+    struct op *op;
+    int status;
+    char msg[256];
+};
+
+struct applied_req {
+    uint64_t origin, seq;
+};
+
+/* One change to a local payload index that reconciliation makes (type 0: drop). */
+struct idx_action {
+    char coll[256];
+    char field[VD_STORE_PINDEX_NAME_MAX + 1];
+    uint8_t type;
+};
+
+struct member_clock {
+    uint64_t id;
+    uint64_t heard;       /* last frame from it (monotonic ms) */
+    uint64_t last_action; /* leader: last membership step taken for it */
+};
+
+struct vd_cluster {
+    /* set at start, read-only afterwards */
+    struct vd_db *db;
+    char *data_dir, *advertise, *http_advertise, *bind, *secret;
+    uint64_t id;
+    uint16_t port;
+    uint32_t election_ms, heartbeat_ms, request_ms, snapshot_every;
+    bool no_sync;
+
+    /* shared with other threads, under mu */
+    pthread_mutex_t mu;
+    struct ev *q_head, *q_tail;
+    bool stopping;
+    char *status;    /* cached GET /cluster result */
+    int db_inflight; /* database changes started by reconciliation, not yet completed */
+    pthread_cond_t inflight_cv;
+    uint64_t next_seq;
+
+    /* loop thread only */
+    pthread_t thread;
+    uv_loop_t loop;
+    uv_async_t async;
+    uv_timer_t raft_timer, house_timer;
+    struct vd_transport *tp;
+    struct vd_raftlog *log;
+    struct vd_raft *raft;
+    struct vd_meta *meta;
+    bool broken; /* the Raft log failed: nothing more is promised */
+    bool driving, need_drive;
+    struct op *ops; /* pending operations */
+    uint64_t next_ctx, next_call;
+    uint64_t catchup; /* last log index at start-up: reconcile once applied reaches it */
+    uint64_t synced;  /* the database reflects the state machine up to this index */
+    uint64_t last_ping, last_join, last_status;
+    uint64_t seen_term, seen_leader, last_addr_fix;
+    char *join; /* where to send join requests (NULL once a member) */
+    bool was_member;
+    struct {
+        bool running;
+        struct vd_meta_action *acts;
+        size_t n, i;
+        /* second phase, once the collections match: their payload indexes */
+        bool idx_phase;
+        struct idx_action *iacts;
+        size_t in, ii;
+        uint64_t target, retry_at;
+    } rec;
+    struct applied_req applied[APPLIED_MEMORY];
+    size_t applied_pos;
+    struct member_clock clocks[MAX_MEMBERS * 2];
+    size_t n_clocks;
+};
+
+static inline uint64_t vd__cluster_now_ms(void)
+{
+    return vd_mono_ns() / 1000000u;
+}
+
+/* ---- node_call.c: the codec of CALL bodies (big-endian integers, u16-prefixed strings) ---- */
+struct rd {
+    const uint8_t *p;
+    size_t n;
+    bool bad; /* a read ran past the end or met bad input: everything read is to be dropped */
+};
+uint64_t vd__cluster_rd_u64(struct rd *r);
+uint8_t vd__cluster_rd_u8(struct rd *r);
+/* A length-prefixed string (u16) copied into out[cap] with a NUL; too long is bad input. */
+void vd__cluster_rd_str(struct rd *r, char *out, size_t cap);
+void vd__cluster_wr_u64(struct vd_buf *b, uint64_t v);
+void vd__cluster_wr_str(struct vd_buf *b, const char *s);
+
+/* ---- node_call.c: calls between nodes ---- */
+/* Tells the transport the address of every member (the state machine is the directory). */
+void vd__cluster_peers_refresh(struct vd_cluster *c);
+/* Sends a CALL with op and args to node `to`, or to whoever listens at addr when addr is set. */
+void vd__cluster_send_call(struct vd_cluster *c, uint64_t to, const char *addr, uint64_t call_id,
+                           uint8_t op, const struct vd_buf *args);
+/* Number of collections in the local database. */
+size_t vd__cluster_local_collections(struct vd_cluster *c);
+void vd__cluster_raft_config(const struct vd_cluster *c, struct vd_raft_config *cfg);
+/* The transport's frame callback (vd_transport_frame_fn). */
+void vd__cluster_on_frame(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
+                          const uint8_t *body, size_t len);
+
+/* ---- node_raft.c ---- */
+/* Runs the Raft core's updates until it has none: persist, send, apply, advance. */
+void vd__cluster_drive(struct vd_cluster *c);
+void vd__cluster_arm_raft_timer(struct vd_cluster *c);
+bool vd__cluster_recently_applied(const struct vd_cluster *c, uint64_t origin, uint64_t seq);
+/* True when an entry with this header sits in the log after the applied index. */
+bool vd__cluster_in_log_unapplied(struct vd_cluster *c, uint64_t origin, uint64_t seq);
+/* Proposes a change of the leader's own making; no operation waits for it. */
+void vd__cluster_propose_internal(struct vd_cluster *c, const struct vd_buf *cmd);
+/* One step of the leader's membership plan. */
+void vd__cluster_membership_step(struct vd_cluster *c, uint64_t now);
+
+/* ---- node_reconcile.c ---- */
+/* Starts a reconciliation when the state machine moved past what the database reflects. */
+void vd__cluster_reconcile_kick(struct vd_cluster *c);
+/* The completion of a database change that reconciliation started (from the queue). */
+void vd__cluster_rec_event(struct vd_cluster *c, int status, const char *msg);
+
+/* ---- node_ops.c ---- */
+void vd__cluster_op_free(struct op *o);
+/* Unlinks o from the pending list, calls its completion with an error and frees it. */
+void vd__cluster_op_fail(struct vd_cluster *c, struct op *o, int code, const char *fmt,
+                         const char *arg);
+/* Moves every pending operation on as far as it can go; called after anything changed. */
+void vd__cluster_ops_progress(struct vd_cluster *c);
+/* Entry data: header (origin, seq) then the command (*out: caller frees). VD_ENOMEM. */
+int vd__cluster_entry_data(uint64_t origin, uint64_t seq, const struct vd_buf *cmd, uint8_t **out,
+                           size_t *len);
+
+/* ---- node.c ---- */
+/* The member's liveness record (created on first use; the least recently heard is forgotten
+ * when the table is full). */
+struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id);
+/* Rebuilds the cached GET /cluster result. */
+void vd__cluster_status_refresh(struct vd_cluster *c);
+
+#endif

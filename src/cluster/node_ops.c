@@ -1,0 +1,371 @@
+/*
+ * Operations: changes and reads asked by other threads (HTTP handlers), queued to the loop and
+ * carried there to completion: proposed or forwarded to the leader, retried through leader
+ * changes, finished once the local database reflects them.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "node_int.h"
+
+/* ---- completion of operations ---------------------------------------------------------------- */
+
+void vd__cluster_op_free(struct op *o)
+{
+    free(o->data);
+    free(o);
+}
+
+/* Unlinks o from the pending list, calls its completion and frees it. */
+static void op_finish(struct vd_cluster *c, struct op *o, int status, const struct vd_err *err)
+{
+    for (struct op **pp = &c->ops; *pp; pp = &(*pp)->next)
+        if (*pp == o) {
+            *pp = o->next;
+            break;
+        }
+    if (o->done)
+        o->done(status, status ? err : NULL, o->index, o->ctx);
+    vd__cluster_op_free(o);
+}
+
+void vd__cluster_op_fail(struct vd_cluster *c, struct op *o, int code, const char *fmt,
+                         const char *arg)
+{
+    struct vd_err e;
+    vd_errf(&e, code, fmt, arg);
+    op_finish(c, o, code, &e);
+}
+
+/* Entry data: header (origin, seq) then the command. */
+int vd__cluster_entry_data(uint64_t origin, uint64_t seq, const struct vd_buf *cmd, uint8_t **out,
+                           size_t *len)
+{
+    if (!vd_buf_ok(cmd))
+        return VD_ENOMEM;
+    uint8_t *d = malloc(REQ_HDR + cmd->len);
+    if (!d)
+        return VD_ENOMEM;
+    vd_be64_put(d, origin);
+    vd_be64_put(d + 8, seq);
+    memcpy(d + REQ_HDR, cmd->data, cmd->len);
+    *out = d;
+    *len = REQ_HDR + cmd->len;
+    return 0;
+}
+
+/* ---- operations ------------------------------------------------------------------------------ */
+
+static void propose_or_forward(struct vd_cluster *c, struct op *o, uint64_t leader, uint64_t now)
+{
+    if (!leader)
+        return;
+    if (leader == c->id) {
+        uint64_t origin = vd_be64_get(o->data), seq = vd_be64_get(o->data + 8);
+        if (!vd__cluster_recently_applied(c, origin, seq) &&
+            !vd__cluster_in_log_unapplied(c, origin, seq)) {
+            if (vd_raft_propose(c->raft, o->data, o->len, NULL, NULL))
+                return; /* not leader any more, or a transfer: next pass */
+            c->need_drive = true;
+        }
+    } else {
+        struct vd_buf args = {0};
+        vd_buf_append(&args, o->data, o->len);
+        o->call_id = ++c->next_call;
+        vd__cluster_send_call(c, leader, NULL, o->call_id, CALL_PROPOSE, &args);
+        vd_buf_release(&args);
+    }
+    o->state = ST_SENT;
+    o->try_leader = leader;
+    o->last_try = now;
+}
+
+/* Returns true when the op was finished (and freed) here. */
+static bool op_start(struct vd_cluster *c, struct op *o, uint64_t leader, uint64_t now)
+{
+    switch (o->kind) {
+    case OP_SYNC:
+        if (!leader)
+            return false;
+        o->read_ctx = ++c->next_ctx;
+        if (vd_raft_read_index(c->raft, o->read_ctx) == 0) {
+            o->state = ST_READ;
+            o->try_leader = leader;
+            o->last_try = now;
+            c->need_drive = true;
+        }
+        return false;
+    case OP_ADD_NODE: {
+        size_t n = vd_meta_n_members(c->meta);
+        for (size_t i = 0; i < n; i++)
+            if (!strcmp(vd_meta_member_at(c->meta, i)->addr, o->addr)) {
+                vd__cluster_op_fail(c, o, VD_EEXIST, "node %s is already a member of this cluster",
+                                    o->addr);
+                return true;
+            }
+        struct vd_buf args = {0};
+        vd__cluster_wr_str(&args, c->advertise);
+        o->call_id = ++c->next_call;
+        vd__cluster_send_call(c, 0, o->addr, o->call_id, CALL_INVITE, &args);
+        vd_buf_release(&args);
+        o->state = ST_INVITE;
+        o->last_try = now;
+        if (!o->first_try)
+            o->first_try = now;
+        return false;
+    }
+    case OP_REMOVE_NODE: {
+        const struct vd_meta_member *m = vd_meta_member(c->meta, o->node_id);
+        if (m && vd_meta_n_members(c->meta) <= 1) {
+            vd__cluster_op_fail(c, o, VD_EINVAL, "%s", "cannot remove the last node of a cluster");
+            return true;
+        }
+        propose_or_forward(c, o, leader, now);
+        return false;
+    }
+    default:
+        propose_or_forward(c, o, leader, now);
+    }
+    return false;
+}
+
+/* Moves every pending operation on as far as it can go; called after anything changed. */
+void vd__cluster_ops_progress(struct vd_cluster *c)
+{
+    uint64_t now = vd__cluster_now_ms(), leader = vd_raft_leader(c->raft);
+    struct op *next;
+    for (struct op *o = c->ops; o; o = next) {
+        next = o->next;
+        if (c->broken) {
+            vd__cluster_op_fail(c, o, VD_EIO, "%s",
+                                "the cluster log failed on this node; see its log");
+            continue;
+        }
+        const struct vd_meta_member *m;
+        switch (o->state) {
+        case ST_WAIT_APPLY:
+            if (o->result) {
+                op_finish(c, o, o->result, &o->err);
+                continue;
+            }
+            if (o->kind == OP_REMOVE_NODE) {
+                o->state = ST_WAIT_MEMBER;
+                break;
+            }
+            if (c->synced >= o->index) {
+                op_finish(c, o, 0, NULL);
+                continue;
+            }
+            break;
+        case ST_WAIT_SYNC:
+            if (c->synced >= o->index && vd_meta_applied(c->meta) >= o->index) {
+                o->index = 0;
+                op_finish(c, o, 0, NULL);
+                continue;
+            }
+            break;
+        case ST_SENT:
+            if (leader != o->try_leader || now - o->last_try >= RETRY_MS)
+                o->state = ST_NEW;
+            break;
+        case ST_READ:
+            /* lost with a leader change or a dropped message: ask again */
+            if (now - o->last_try >= READ_RETRY_MS)
+                o->state = ST_NEW;
+            break;
+        case ST_INVITE:
+            if (now - o->first_try >= INVITE_ANSWER_MS) {
+                /* a node that does not answer at all is most likely not running there, or
+                 * refuses our handshake: say so now rather than at the end of the deadline */
+                char msg[400];
+                snprintf(msg, sizeof msg,
+                         "node at '%s' did not answer within %u s: check that it runs, that this "
+                         "is its cluster port and that it uses the same cluster secret",
+                         o->addr, INVITE_ANSWER_MS / 1000);
+                vd__cluster_op_fail(c, o, VD_EUNAVAIL, "%s", msg);
+                continue;
+            }
+            if (now - o->last_try >= RETRY_MS)
+                o->state = ST_NEW;
+            break;
+        default:
+            break;
+        }
+        if (o->state == ST_WAIT_MEMBER) {
+            m = vd_meta_member(c->meta, o->node_id);
+            if (o->kind == OP_ADD_NODE && m && m->state == VD_MEMBER_UP) {
+                o->index = vd_meta_applied(c->meta);
+                op_finish(c, o, 0, NULL);
+                continue;
+            }
+            if (o->kind == OP_REMOVE_NODE &&
+                (!m || (o->node_id == c->id && m->state == VD_MEMBER_LEAVING))) {
+                op_finish(c, o, 0, NULL);
+                continue;
+            }
+        }
+        if (o->state == ST_NEW && op_start(c, o, leader, now))
+            continue;
+        if (now >= o->deadline) {
+            bool waiting_leader = o->state == ST_NEW || o->state == ST_SENT || o->state == ST_READ;
+            char msg[160];
+            if (waiting_leader)
+                snprintf(msg, sizeof msg,
+                         "no cluster leader could be reached within %u ms; try again later",
+                         o->kind == OP_ADD_NODE ? ADD_NODE_TIMEOUT_MS : c->request_ms);
+            else if (o->state == ST_INVITE)
+                snprintf(msg, sizeof msg, "no answer from '%s' within the deadline", o->addr);
+            else
+                snprintf(msg, sizeof msg,
+                         "the change was not completed on this node within the deadline");
+            vd__cluster_op_fail(c, o, VD_ETIMEOUT, "%s", msg);
+            continue;
+        }
+    }
+}
+
+/* ---- requests from other threads --------------------------------------------------------------
+ */
+
+static struct op *op_new(struct vd_cluster *c, enum op_kind kind, uint32_t timeout_ms,
+                         vd_cluster_done_fn done, void *ctx)
+{
+    struct op *o = calloc(1, sizeof *o);
+    if (!o)
+        return NULL;
+    o->kind = kind;
+    o->state = ST_NEW;
+    o->deadline = vd__cluster_now_ms() + timeout_ms;
+    o->done = done;
+    o->ctx = ctx;
+    return o;
+}
+
+static int op_submit(struct vd_cluster *c, struct op *o, struct vd_err *err)
+{
+    struct ev *e = calloc(1, sizeof *e);
+    if (!e) {
+        vd__cluster_op_free(o);
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    }
+    e->op = o;
+    pthread_mutex_lock(&c->mu);
+    if (c->stopping) {
+        pthread_mutex_unlock(&c->mu);
+        free(e);
+        vd__cluster_op_free(o);
+        return vd_errf(err, VD_ECLOSED, "the node is shutting down");
+    }
+    if (c->q_tail)
+        c->q_tail->next = e;
+    else
+        c->q_head = e;
+    c->q_tail = e;
+    pthread_mutex_unlock(&c->mu);
+    uv_async_send(&c->async);
+    return 0;
+}
+
+/* A proposal operation: the command behind this node's header and a fresh sequence number. */
+static int submit_change(struct vd_cluster *c, enum op_kind kind, struct vd_buf *cmd,
+                         uint64_t node_id, vd_cluster_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct op *o = op_new(c, kind, c->request_ms, done, ctx);
+    if (!o) {
+        vd_buf_release(cmd);
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&c->mu);
+    o->seq = c->next_seq++;
+    pthread_mutex_unlock(&c->mu);
+    o->node_id = node_id;
+    int rc = vd__cluster_entry_data(c->id, o->seq, cmd, &o->data, &o->len);
+    vd_buf_release(cmd);
+    if (rc) {
+        vd__cluster_op_free(o);
+        return vd_errf(err, rc, "out of memory");
+    }
+    return op_submit(c, o, err);
+}
+
+int vd_cluster_create_collection(struct vd_cluster *c, const struct vd_coll_schema *s,
+                                 vd_cluster_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct vd_coll_schema sc = *s;
+    sc.incarnation = 0; /* the state machine assigns it from the entry's index */
+    if (!sc.created_hlc)
+        sc.created_hlc = vd_hlc_now();
+    struct vd_buf cmd = {0};
+    vd_meta_cmd_create_collection(&sc, &cmd);
+    return submit_change(c, OP_CREATE, &cmd, 0, done, ctx, err);
+}
+
+int vd_cluster_delete_collection(struct vd_cluster *c, const char *name, vd_cluster_done_fn done,
+                                 void *ctx, struct vd_err *err)
+{
+    struct vd_buf cmd = {0};
+    vd_meta_cmd_delete_collection(name, &cmd);
+    return submit_change(c, OP_DELETE, &cmd, 0, done, ctx, err);
+}
+
+int vd_cluster_set_payload_index(struct vd_cluster *c, const char *coll, const char *field,
+                                 enum vd_db_pindex_type type, vd_cluster_done_fn done, void *ctx,
+                                 struct vd_err *err)
+{
+    struct vd_buf cmd = {0};
+    vd_meta_cmd_set_payload_index(coll, field, type, &cmd);
+    return submit_change(c, OP_PINDEX, &cmd, 0, done, ctx, err);
+}
+
+int vd_cluster_drop_payload_index(struct vd_cluster *c, const char *coll, const char *field,
+                                  vd_cluster_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct vd_buf cmd = {0};
+    vd_meta_cmd_drop_payload_index(coll, field, &cmd);
+    return submit_change(c, OP_PINDEX, &cmd, 0, done, ctx, err);
+}
+
+int vd_cluster_sync(struct vd_cluster *c, vd_cluster_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct op *o = op_new(c, OP_SYNC, c->request_ms, done, ctx);
+    if (!o)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    return op_submit(c, o, err);
+}
+
+int vd_cluster_add_node(struct vd_cluster *c, const char *addr, vd_cluster_done_fn done, void *ctx,
+                        struct vd_err *err)
+{
+    if (!addr || !addr[0] || strlen(addr) >= sizeof(((struct op *)0)->addr))
+        return vd_errf(err, VD_EINVAL, "'address' must be host:port");
+    struct op *o = op_new(c, OP_ADD_NODE, ADD_NODE_TIMEOUT_MS, done, ctx);
+    if (!o)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    snprintf(o->addr, sizeof o->addr, "%s", addr);
+    return op_submit(c, o, err);
+}
+
+int vd_cluster_remove_node(struct vd_cluster *c, uint64_t id, vd_cluster_done_fn done, void *ctx,
+                           struct vd_err *err)
+{
+    struct vd_buf cmd = {0};
+    vd_meta_cmd_set_member(id, VD_MEMBER_LEAVING, NULL, NULL, &cmd);
+    return submit_change(c, OP_REMOVE_NODE, &cmd, id, done, ctx, err);
+}
+
+void vd_cluster_status_json(struct vd_cluster *c, struct vd_buf *out)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->status)
+        vd_buf_puts(out, c->status);
+    else
+        vd_buf_puts(out, "{\"status\":\"enabled\"}");
+    pthread_mutex_unlock(&c->mu);
+}
+
+uint64_t vd_cluster_node_id(const struct vd_cluster *c)
+{
+    return c->id;
+}
