@@ -47,6 +47,9 @@ int vd_vec_normalize(float *v, uint32_t dim);
  * reused after the links that point at them are repaired. `seq` is the storage change counter of
  * this write; the index remembers the highest applied. Returns 0 or VD_ENOMEM. */
 int vd_index_upsert(struct vd_index *ix, const struct vd_pid *id, const float *vec, uint64_t seq);
+/* Tests only: the n-th vd_index_upsert from now (on any index) fails with VD_ENOMEM before it
+ * changes anything, as an allocation failure would; 0 turns the countdown off. */
+void vd_index_test_fail_upsert_after(unsigned n);
 /* Removes id from results at once. Returns 0 or VD_ENOTFOUND (safe to ignore); seq is recorded
  * either way. */
 int vd_index_delete(struct vd_index *ix, const struct vd_pid *id, uint64_t seq);

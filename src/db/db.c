@@ -318,13 +318,98 @@ out_free:
     return rc;
 }
 
+/* ---- catching up after a write that could not be applied in memory ---- */
+
+void vd__db_note_lag(struct vd_coll *c, uint64_t seq)
+{
+    uint64_t cur = atomic_load(&c->catchup_from);
+    if (seq && (!cur || seq < cur))
+        atomic_store(&c->catchup_from, seq);
+}
+
+struct catchup_ctx {
+    struct vd_coll *c;
+    struct vd_rtxn *t;
+    int rc;
+};
+
+/* Re-applies one change from the log: the point as storage holds it now. */
+static int catchup_change(uint64_t incarnation, const struct vd_pid *id, uint64_t seq, void *arg)
+{
+    struct catchup_ctx *k = arg;
+    struct vd_coll *c = k->c;
+    if (incarnation != c->schema.incarnation)
+        return 0;
+    struct vd_point_view v;
+    int rc = vd_store_point_get(k->t, incarnation, id, &v);
+    if (rc == 0 && v.seq != seq)
+        return 0; /* a later change of this point comes up further on */
+    if (rc == VD_ENOTFOUND || (rc == 0 && v.tombstone)) {
+        vd_index_delete(c->ix, id, seq);
+        vd__db_drop_payload(c, id);
+        return 0;
+    }
+    if (rc)
+        return k->rc = rc;
+    uint8_t *bin;
+    size_t blen;
+    if (encode_payload_text(v.payload, v.payload_len, &bin, &blen) == VD_ENOMEM)
+        return k->rc = VD_ENOMEM;
+    if (v.dim == c->schema.dim && (rc = vd_index_upsert(c->ix, id, v.vec, v.seq)))
+        goto out_free;
+    if ((rc = vd__db_set_payload(c, id, bin, (uint32_t)blen)))
+        goto out_free;
+    vd_store_read_release_views(k->t);
+    return 0;
+out_free:
+    free(bin);
+    return k->rc = rc;
+}
+
+/* Re-applies the change log from the first write that failed to reach memory, under plock so
+ * no newer write is applied in between; the write completions that wait meanwhile re-apply only
+ * what storage already holds. On failure the point stays where it was and is retried later. */
+static void catch_up(struct vd_coll *c)
+{
+    pthread_rwlock_wrlock(&c->plock);
+    uint64_t from = atomic_load(&c->catchup_from);
+    if (!from || atomic_load(&c->dropped)) {
+        pthread_rwlock_unlock(&c->plock);
+        return;
+    }
+    struct catchup_ctx k = {.c = c};
+    int rc = vd_store_read_begin(c->db->store, &k.t);
+    if (rc == 0) {
+        rc = vd_store_changes_since(k.t, from - 1, catchup_change, &k);
+        vd_store_read_end(k.t);
+        if (rc == 0)
+            rc = k.rc;
+    }
+    if (rc == 0)
+        atomic_store(&c->catchup_from, 0);
+    else
+        atomic_store(&c->catchup_next_ns, vd_mono_ns() + 1000000000ull);
+    pthread_rwlock_unlock(&c->plock);
+    if (rc)
+        vd_log_warn("collection '%s': catching up the index failed (%s); retrying",
+                    c->schema.name, vd_strerror(rc));
+    else
+        vd_log_info("collection '%s': index caught up from change %llu", c->schema.name,
+                    (unsigned long long)from);
+}
+
+static bool catchup_due(struct vd_coll *c)
+{
+    return atomic_load(&c->catchup_from) && vd_mono_ns() >= atomic_load(&c->catchup_next_ns);
+}
+
 /* ---- background index work ---- */
 
 static struct vd_coll *next_work(struct vd_db *db, size_t *cursor)
 {
     for (size_t k = 0; k < db->n_colls; k++) {
         struct vd_coll *c = db->colls[(*cursor + k) % db->n_colls];
-        if (vd_index_pending(c->ix) > 0) {
+        if (vd_index_pending(c->ix) > 0 || catchup_due(c)) {
             *cursor = (*cursor + k + 1) % db->n_colls;
             atomic_fetch_add(&c->refs, 1);
             return c;
@@ -336,7 +421,8 @@ static struct vd_coll *next_work(struct vd_db *db, size_t *cursor)
 static void save_one(struct vd_coll *c)
 {
     uint64_t seq = vd_index_applied_seq(c->ix);
-    if (seq == c->saved_seq || atomic_load(&c->dropped))
+    /* while catching up, the index's counter is past a write it lacks */
+    if (seq == c->saved_seq || atomic_load(&c->dropped) || atomic_load(&c->catchup_from))
         return;
     uint64_t t0 = vd_mono_ns();
     int rc = vd_index_save(c->ix, c->index_path);
@@ -391,6 +477,8 @@ static void *worker_main(void *arg)
             pthread_cond_timedwait(&db->work, &db->mu, &ts);
         } else {
             pthread_mutex_unlock(&db->mu);
+            if (catchup_due(c))
+                catch_up(c);
             if (!atomic_load(&c->dropped))
                 vd_index_link_pending(c->ix, 32);
             vd__db_coll_unref(c);

@@ -20,6 +20,12 @@ struct vd_coll {
     struct pidx px;         /* payload indexes over pm */
     atomic_bool dropped;
     uint64_t saved_seq; /* applied seq of the last saved graph (link thread only) */
+    /* Lowest change counter a committed write failed to apply to the index or payload columns
+     * (out of memory), 0 when none: a worker re-applies the change log from there, and the
+     * graph is not saved meanwhile, since its counter would claim the missing write. Changed
+     * with plock held for writing. */
+    _Atomic uint64_t catchup_from;
+    _Atomic uint64_t catchup_next_ns; /* no retry of a failed catch-up before this time */
     uint64_t last_save_ns;
     char *index_path;
 };
@@ -40,6 +46,12 @@ struct vd_db {
 };
 
 void vd__db_coll_unref(struct vd_coll *c);
+/* Apply one point's state to the payload columns (plock held for writing). set takes bin on
+ * success (VD_ENOMEM changes nothing); drop forgets the point. */
+int vd__db_set_payload(struct vd_coll *c, const struct vd_pid *id, uint8_t *bin, uint32_t len);
+void vd__db_drop_payload(struct vd_coll *c, const struct vd_pid *id);
+/* Records that the committed change `seq` is missing from memory (plock held for writing). */
+void vd__db_note_lag(struct vd_coll *c, uint64_t seq);
 void vd__db_kick(struct vd_db *db);
 
 #endif

@@ -66,7 +66,7 @@ static struct wreq *wreq_new(struct vd_coll *c, size_t n, bool payloads, vd_db_d
 
 /* Replaces a point's payload in the map and the payload indexes (plock held for writing); takes
  * bin on success. VD_ENOMEM changes nothing. */
-static int set_payload(struct vd_coll *c, const struct vd_pid *id, uint8_t *bin, uint32_t len)
+int vd__db_set_payload(struct vd_coll *c, const struct vd_pid *id, uint8_t *bin, uint32_t len)
 {
     const struct pmap_entry *e = pmap_get(&c->pm, id);
     if (e) {
@@ -82,6 +82,14 @@ static int set_payload(struct vd_coll *c, const struct vd_pid *id, uint8_t *bin,
         return rc;
     pidx_point_add(&c->px, pmap_get(&c->pm, id)->slot, bin, len);
     return 0;
+}
+
+void vd__db_drop_payload(struct vd_coll *c, const struct vd_pid *id)
+{
+    const struct pmap_entry *e = pmap_get(&c->pm, id);
+    if (e)
+        pidx_point_remove(&c->px, e->slot, e->bin, e->len);
+    pmap_del(&c->pm, id);
 }
 
 /* Runs on the storage writer thread, in commit order: so the index sees writes in the same order
@@ -102,10 +110,13 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
             switch (op->kind) {
             case VD_WOP_UPSERT:
                 if (vd_index_upsert(c->ix, &op->id, op->vec, op->seq) ||
-                    set_payload(c, &op->id, w->bins ? w->bins[i] : NULL,
-                                w->bin_lens ? (uint32_t)w->bin_lens[i] : 0)) {
-                    vd_log_error("collection '%s': out of memory applying a write to the index",
+                    vd__db_set_payload(c, &op->id, w->bins ? w->bins[i] : NULL,
+                                       w->bin_lens ? (uint32_t)w->bin_lens[i] : 0)) {
+                    /* the write is durable: it must become searchable without a restart */
+                    vd_log_error("collection '%s': out of memory applying a write to the index; "
+                                 "catching up from the change log",
                                  c->schema.name);
+                    vd__db_note_lag(c, op->seq);
                     break;
                 }
                 if (w->bins)
@@ -113,17 +124,13 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
                 break;
             case VD_WOP_SET_PAYLOAD:
                 if (pmap_get(&c->pm, &op->id) &&
-                    set_payload(c, &op->id, w->bins[i], (uint32_t)w->bin_lens[i]) == 0)
+                    vd__db_set_payload(c, &op->id, w->bins[i], (uint32_t)w->bin_lens[i]) == 0)
                     w->bins[i] = NULL;
                 break;
-            case VD_WOP_DELETE: {
+            case VD_WOP_DELETE:
                 vd_index_delete(c->ix, &op->id, op->seq);
-                const struct pmap_entry *e = pmap_get(&c->pm, &op->id);
-                if (e)
-                    pidx_point_remove(&c->px, e->slot, e->bin, e->len);
-                pmap_del(&c->pm, &op->id);
+                vd__db_drop_payload(c, &op->id);
                 break;
-            }
             default:
                 break;
             }

@@ -1066,9 +1066,30 @@ int vd_vec_normalize(float *v, uint32_t dim)
     return 0;
 }
 
+/* Test hook: the countdown of upserts before one fails as if out of memory (0 = off). */
+static atomic_uint fail_countdown;
+
+void vd_index_test_fail_upsert_after(unsigned n)
+{
+    atomic_store(&fail_countdown, n);
+}
+
+/* True when the test hook says this upsert's allocation fails. */
+static bool injected_failure(void)
+{
+    unsigned n = atomic_load(&fail_countdown);
+    while (n) {
+        if (atomic_compare_exchange_weak(&fail_countdown, &n, n - 1))
+            return n == 1;
+    }
+    return false;
+}
+
 int vd_index_upsert(struct vd_index *ix, const struct vd_pid *id, const float *vec, uint64_t seq)
 {
     int rc;
+    if (injected_failure())
+        return VD_ENOMEM;
     pthread_mutex_lock(&ix->mu);
     const struct vd__tabs *t = tabs_get(ix);
     bool found;

@@ -1,5 +1,7 @@
-/* Restarts of the local database against a saved graph: points whose vector changed after the
- * graph was saved must be re-linked at load, or graph search (not the exact scan) misses them. */
+/* The in-memory index against storage: after a restart on a saved graph, points whose vector
+ * changed after the graph was saved must be re-linked at load, or graph search (not the exact
+ * scan) misses them; and a committed write the index failed to take (out of memory) must become
+ * searchable without a restart. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +14,7 @@
 #include <cmocka.h>
 
 #include "vectord/db.h"
+#include "vectord/index.h"
 #include "vectord/json.h"
 
 #include "unit/waiter.h"
@@ -163,10 +166,78 @@ static void test_moved_points_relinked_after_crash(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* First hit of an exact search for (x, 0), or -1 when there is none. */
+static int nearest_exact(struct vd_coll *c, float x)
+{
+    float q[2] = {x, 0};
+    struct vd_db_search s = {.query = q, .limit = 1, .exact = true};
+    struct vd_db_with w = {0};
+    struct vd_buf b;
+    struct vd_err e;
+    vd_buf_init(&b);
+    if (vd_db_search_json(c, &s, &w, &b, &e))
+        fail_msg("search: %s", e.msg);
+    cJSON *r = cJSON_ParseWithLength(b.data, b.len);
+    vd_buf_release(&b);
+    assert_non_null(r);
+    cJSON *first = cJSON_GetArrayItem(r, 0);
+    int id = first ? (int)cJSON_GetObjectItem(first, "id")->valuedouble : -1;
+    cJSON_Delete(r);
+    return id;
+}
+
+static void test_index_catches_up_after_failed_apply(void **state)
+{
+    strcpy(dir, "/tmp/vd-test-dbr-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    struct vd_db *db = open_db();
+    struct vd_coll_schema s = {.dim = 2, .metric = VD_METRIC_EUCLID, .hnsw_m = 16,
+                               .hnsw_ef_construct = 64, .replication_factor = 1,
+                               .write_consistency_factor = 1};
+    strcpy(s.name, "oom");
+    struct vd_err e;
+    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    struct vd_coll *c;
+    assert_int_equal(vd_db_coll_get(db, "oom", &c), 0);
+
+    float v[5][2];
+    struct vd_db_point p[5];
+    for (int i = 0; i < 5; i++) {
+        v[i][0] = 1000.0f + (float)i;
+        v[i][1] = 0;
+        p[i] = (struct vd_db_point){.id = {.type = VD_PID_NUM, .u.num = 100 + (uint64_t)i},
+                                    .vec = v[i]};
+    }
+    /* the third point of the batch cannot be applied to the index */
+    vd_index_test_fail_upsert_after(3);
+    assert_int_equal(vd_db_upsert(c, p, 5, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0); /* durable: the reply says success */
+    vd_index_test_fail_upsert_after(0);
+    int found = -1;
+    for (int i = 0; i < 1000 && found != 102; i++) {
+        found = nearest_exact(c, 1002.0f);
+        if (found != 102)
+            usleep(10000);
+    }
+    assert_int_equal(found, 102);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(nearest_exact(c, 1000.0f + (float)i), 100 + i);
+    uint64_t n;
+    assert_int_equal(vd_db_count(c, NULL, &n), 0);
+    assert_int_equal(n, 5);
+    vd_db_coll_put(c);
+    vd_db_close(db);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_moved_points_relinked_after_crash),
+        cmocka_unit_test(test_index_catches_up_after_failed_apply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
