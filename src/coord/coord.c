@@ -614,7 +614,8 @@ static int range_verify(struct vd_coord_op *op, uint32_t r)
     for (unsigned i = 0; i < g->n; i++)
         for (size_t j = 0; g->s[i].st == S_OK && j < g->s[i].n_list; j++)
             g->cands[n++].id = g->s[i].list[j].id;
-    qsort(g->cands, n, sizeof(*g->cands), cand_cmp);
+    if (n)
+        qsort(g->cands, n, sizeof(*g->cands), cand_cmp);
     size_t u = 0;
     for (size_t j = 0; j < n; j++)
         if (u == 0 || !vd_pid_eq(&g->cands[u - 1].id, &g->cands[j].id))
@@ -709,7 +710,8 @@ static int search_merge(struct vd_coord_op *op)
             if (rc->live)
                 op->items[n++] = (struct vd_coord_item){rc->id, rc->newest, rc->score, rc->holder};
         }
-    qsort(op->items, n, sizeof(*op->items), item_cmp);
+    if (n)
+        qsort(op->items, n, sizeof(*op->items), item_cmp);
     size_t want = (size_t)op->offset + op->limit;
     bool again = false, short_any = false;
     for (uint32_t r = 0; r < op->n_ranges; r++) {
@@ -820,7 +822,8 @@ static int search_verify(struct vd_coord_op *op, const struct vd_coord_reply *r,
         return 0;
     unsigned i = (unsigned)(s - g->s);
     struct rcand key = {.id = r->id};
-    struct rcand *rc = bsearch(&key, g->cands, g->n_cands, sizeof(*g->cands), cand_cmp);
+    struct rcand *rc =
+        g->n_cands ? bsearch(&key, g->cands, g->n_cands, sizeof(*g->cands), cand_cmp) : NULL;
     if (!rc || !(rc->pending >> i & 1))
         return 0;
     uint8_t status = r->status;
