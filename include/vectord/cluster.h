@@ -92,5 +92,7 @@ int vd_cluster_remove_node(struct vd_cluster *c, uint64_t id, vd_cluster_done_fn
  * docs/cluster.md) as seen by this node right now. */
 void vd_cluster_status_json(struct vd_cluster *c, struct vd_buf *out);
 uint64_t vd_cluster_node_id(const struct vd_cluster *c);
+/* The cluster port this node listens on (the kernel's choice when opts.port was 0). */
+uint16_t vd_cluster_port(const struct vd_cluster *c);
 
 #endif

@@ -83,7 +83,8 @@ struct vd_transport_opts {
     uint64_t self_id;      /* non-zero */
     const char *bind;      /* address to listen on */
     uint16_t port;         /* 0 = ephemeral (tests) */
-    const char *advertise; /* host:port sent to peers */
+    const char *advertise; /* host:port sent to peers; NULL = bind:port as listened on (a
+                              wildcard bind: 127.0.0.1:port) */
     const char *secret;    /* NULL or "": loopback peers only */
     uint32_t max_frame;    /* 0 = VD_FRAME_MAX_DEFAULT */
     size_t max_queue;      /* bytes queued per unreachable peer; 0 = 64 MiB */
@@ -97,6 +98,8 @@ int vd_transport_start(const struct vd_transport_opts *o, struct vd_transport **
                        struct vd_err *err);
 /* The port listened on (useful with port 0). */
 uint16_t vd_transport_port(const struct vd_transport *t);
+/* The address sent to peers (owned by t, lives as long as t). */
+const char *vd_transport_advertise(const struct vd_transport *t);
 /* Sets or changes the address of peer id (copied). */
 void vd_transport_set_peer(struct vd_transport *t, uint64_t id, const char *addr);
 /* Forgets a peer: closes its connections and drops its queue. */

@@ -289,11 +289,6 @@ static void *loop_main(void *arg)
 
 /* ---- start and stop -------------------------------------------------------------------------- */
 
-static bool wildcard(const char *a)
-{
-    return !a || !a[0] || !strcmp(a, "0.0.0.0") || !strcmp(a, "::") || !strcmp(a, "[::]");
-}
-
 /*
  * A brand-new cluster of this one node: the configuration entry, then the node itself as a
  * member and the collections it already holds (adopted with their incarnations), all stored in
@@ -431,7 +426,6 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     pthread_cond_init(&c->inflight_cv, NULL);
     c->db = o->db;
     c->id = vd_db_node_id(o->db);
-    c->port = o->port ? o->port : 6335;
     c->election_ms = o->election_timeout_ms ? o->election_timeout_ms : 1000;
     c->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 100;
     c->request_ms = o->request_timeout_ms ? o->request_timeout_ms : 10000;
@@ -440,16 +434,33 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     c->data_dir = vd_xstrdup(o->data_dir);
     c->bind = vd_xstrdup(o->bind ? o->bind : "127.0.0.1");
     c->secret = o->secret && o->secret[0] ? vd_xstrdup(o->secret) : NULL;
-    if (o->advertise && o->advertise[0]) {
-        c->advertise = vd_xstrdup(o->advertise);
-    } else {
-        char a[300];
-        snprintf(a, sizeof a, "%s:%u", wildcard(c->bind) ? "127.0.0.1" : c->bind, c->port);
-        c->advertise = vd_xstrdup(a);
-    }
     c->http_advertise = vd_xstrdup(o->http_advertise ? o->http_advertise : "");
     c->next_seq = vd_wall_ms() << 16; /* unique across restarts of this node */
     int rc;
+
+    /* Listen first: with port 0 the port is known only once bound, and the node's own member
+     * entry (bootstrap) must carry the address it really listens on. The loop does not run
+     * before the thread starts, so no frame arrives before the node is ready. */
+    if (uv_loop_init(&c->loop)) {
+        rc = vd_errf(err, VD_EIO, "cluster: cannot start the event loop");
+        goto fail_free;
+    }
+    struct vd_transport_opts to = {
+        .loop = &c->loop,
+        .self_id = c->id,
+        .bind = c->bind,
+        .port = o->port,
+        .advertise = o->advertise && o->advertise[0] ? o->advertise : NULL,
+        .secret = c->secret,
+        .on_frame = vd__cluster_on_frame,
+        .ctx = c,
+    };
+    if ((rc = vd_transport_start(&to, &c->tp, err))) {
+        uv_loop_close(&c->loop);
+        goto fail_free;
+    }
+    c->port = vd_transport_port(c->tp);
+    c->advertise = vd_xstrdup(vd_transport_advertise(c->tp));
 
     struct vd_raftlog_opts lo = {.dir = c->data_dir, .no_sync = c->no_sync};
     if ((rc = vd_raftlog_open(&lo, &c->log, err)))
@@ -506,24 +517,6 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
         vd_raft_tick(c->raft, now);
     }
 
-    if (uv_loop_init(&c->loop)) {
-        rc = vd_errf(err, VD_EIO, "cluster: cannot start the event loop");
-        goto fail;
-    }
-    struct vd_transport_opts to = {
-        .loop = &c->loop,
-        .self_id = c->id,
-        .bind = c->bind,
-        .port = o->port,
-        .advertise = c->advertise,
-        .secret = c->secret,
-        .on_frame = vd__cluster_on_frame,
-        .ctx = c,
-    };
-    if ((rc = vd_transport_start(&to, &c->tp, err))) {
-        uv_loop_close(&c->loop);
-        goto fail;
-    }
     uv_async_init(&c->loop, &c->async, on_async);
     c->async.data = c;
     uv_timer_init(&c->loop, &c->raft_timer);
@@ -539,7 +532,7 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
         uv_run(&c->loop, UV_RUN_DEFAULT);
         uv_loop_close(&c->loop);
         rc = vd_errf(err, VD_ENOMEM, "cluster: cannot start the loop thread");
-        goto fail;
+        goto fail_free;
     }
     vd_log_info("cluster: node %llu listening for peers on %s:%u (advertised as %s)%s",
                 (unsigned long long)c->id, c->bind, vd_transport_port(c->tp), c->advertise,
@@ -547,6 +540,12 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     *out = c;
     return 0;
 fail:
+    /* the transport's handles close through the loop, which has not run yet */
+    vd_transport_close(c->tp);
+    c->tp = NULL;
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&c->loop);
+fail_free:
     cluster_free(c);
     return rc;
 }

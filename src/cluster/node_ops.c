@@ -369,3 +369,8 @@ uint64_t vd_cluster_node_id(const struct vd_cluster *c)
 {
     return c->id;
 }
+
+uint16_t vd_cluster_port(const struct vd_cluster *c)
+{
+    return c->port;
+}

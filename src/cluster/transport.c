@@ -1152,10 +1152,13 @@ int vd_transport_start(const struct vd_transport_opts *o, struct vd_transport **
     if (o->advertise && o->advertise[0]) {
         t->advertise = strdup(o->advertise);
     } else {
-        /* the address bound, with the port actually listened on (port 0 in tests) */
+        /* the address bound, with the port actually listened on (port 0 in tests); a wildcard
+         * bind is reachable on loopback at least */
         char a[ADDR_MAX + 16];
-        bool v6 = strchr(where, ':') && where[0] != '[';
-        snprintf(a, sizeof(a), "%s%s%s:%u", v6 ? "[" : "", where, v6 ? "]" : "", (unsigned)port);
+        bool any = !strcmp(where, "0.0.0.0") || !strcmp(where, "::") || !strcmp(where, "[::]");
+        const char *host = any ? "127.0.0.1" : where;
+        bool v6 = strchr(host, ':') && host[0] != '[';
+        snprintf(a, sizeof(a), "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", (unsigned)port);
         t->advertise = strdup(a);
     }
     if (o->secret && o->secret[0]) {
@@ -1197,6 +1200,11 @@ int vd_transport_start(const struct vd_transport_opts *o, struct vd_transport **
 uint16_t vd_transport_port(const struct vd_transport *t)
 {
     return t->port;
+}
+
+const char *vd_transport_advertise(const struct vd_transport *t)
+{
+    return t->advertise;
 }
 
 void vd_transport_set_peer(struct vd_transport *t, uint64_t id, const char *addr)

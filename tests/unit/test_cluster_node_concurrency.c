@@ -470,6 +470,51 @@ static void test_snapshots(void **state)
     snap_every = 0;
 }
 
+/* The cluster address node i lists for itself in GET /cluster; false while it is not listed. */
+static bool self_address(int i, char *out, size_t cap)
+{
+    cJSON *j = status(i);
+    const cJSON *it;
+    bool found = false;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "nodes"))
+    {
+        uint64_t id = 0;
+        const char *a = cJSON_GetStringValue(cJSON_GetObjectItem(it, "address"));
+        if (!vd_json_get_u64(cJSON_GetObjectItem(it, "id"), &id) &&
+            id == vd_cluster_node_id(nodes[i].c) && a) {
+            snprintf(out, cap, "%s", a);
+            found = true;
+        }
+    }
+    cJSON_Delete(j);
+    return found;
+}
+
+/* With port 0 (an ephemeral port) and no advertise address, the node advertises the port it
+ * really listens on, and something answers there. */
+static void test_ephemeral_port_advertised(void **state)
+{
+    (void)state;
+    int a = N + 3;
+    snprintf(nodes[a].dir, sizeof nodes[a].dir, "%s/ephemeral", root);
+    nodes[a].port = 0;
+    start(a, NULL);
+    uint16_t port = vd_cluster_port(nodes[a].c);
+    assert_true(port != 0);
+    char want[32], got[300] = "";
+    snprintf(want, sizeof want, "127.0.0.1:%u", port);
+    POLL(self_address(a, got, sizeof got), 5000, "the node listed as a member");
+    if (strcmp(got, want))
+        fail_msg("node advertises '%s', listens on %s", got, want);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    close(fd);
+    stop(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -478,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_bootstrap_adopts_indexes),
         cmocka_unit_test(test_remove_and_add),
         cmocka_unit_test(test_snapshots),
+        cmocka_unit_test(test_ephemeral_port_advertised),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
