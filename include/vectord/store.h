@@ -116,11 +116,11 @@ struct vd_wbatch {
     struct vd_err err; /* filled on failure */
 };
 
-/* Failure of a group's commit (an fsync or write error, a full disk) is sticky: its batches fail
- * with VD_EIO (VD_EFULL for a full disk) and every later one with VD_EIO until the store is
- * reopened,
- * because after a failed fsync the page cache no longer tells what is on disk. A full map that
- * cannot grow (VD_EFULL) is not sticky. */
+/* Failure of a group's commit on an fsync or write error is sticky: its batches fail with VD_EIO
+ * and every later one too until the store is reopened, because after a failed fsync the page
+ * cache no longer tells what is on disk. A full disk (ENOSPC) fails the group's batches with
+ * VD_EFULL and is not sticky: later batches commit once space is freed. Nor is a full map that
+ * cannot grow (VD_EFULL). */
 /* Queues a batch; returns at once. 0, or VD_ECLOSED after close began (done is not called). */
 int vd_store_submit(struct vd_store *s, struct vd_wbatch *b);
 /* Submits and waits until the batch is durable or failed; returns its status. b->done, if set,

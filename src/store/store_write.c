@@ -1,6 +1,7 @@
 /* The single writer thread: group commit of queued batches, map growth, background purge of
  * deleted collections. */
 #include <errno.h>
+#include <sys/statvfs.h>
 #include <stdio.h>
 #include <time.h>
 #include <stdlib.h>
@@ -530,6 +531,21 @@ static void fail_all(struct vd_wbatch **bs, size_t n, int code, const char *msg)
     }
 }
 
+/* Below this much free space a failed commit is taken for a full disk. */
+#define FULL_SLACK (1u << 20)
+
+/* Whether the filesystem of the data file is (nearly) out of space. LMDB reports a short write,
+ * which is what a disk filling up in the middle of a commit gives, as EIO rather than ENOSPC;
+ * a short write is found before the fsync and the meta page, so it leaves nothing behind. */
+static bool disk_full(struct vd_store *s)
+{
+    mdb_filehandle_t fd;
+    struct statvfs st;
+    if (mdb_env_get_fd(s->env, &fd) || fstatvfs(fd, &st))
+        return false;
+    return (uint64_t)st.f_bavail * st.f_frsize < FULL_SLACK;
+}
+
 /* Applies a group of batches in one transaction (each in its own nested transaction) and commits
  * once. On return every batch's err.code holds its status. */
 static void run_group(struct vd_store *s, struct vd_wbatch **bs, size_t n, int sticky)
@@ -607,10 +623,25 @@ static void run_group(struct vd_store *s, struct vd_wbatch **bs, size_t n, int s
                         finish_outputs(bs[i]);
                 return;
             }
+            if (rc == ENOSPC || (rc == EIO && disk_full(s))) {
+                rc = ENOSPC;
+                /* A full disk refuses the write of a new page before the fsync and before the
+                 * meta page that would reference it (the file only grows on writes of new
+                 * pages), so the committed state on disk is the previous one and the aborted
+                 * transaction left nothing behind: later groups may try again once space is
+                 * freed. */
+                snprintf(msg, sizeof msg,
+                         "storage: the disk is full; the write was not committed (free space "
+                         "and retry)");
+                vd_log_error("%s", msg);
+                pthread_mutex_lock(&s->mu);
+                s->ctr.failed_commits++;
+                pthread_mutex_unlock(&s->mu);
+                goto out_fail;
+            }
             if (rc != MDB_MAP_FULL) {
                 /* The file may hold pages the kernel failed to write; what the page cache now
-                 * says can no longer be trusted to match the disk, so stop writing. A full disk
-                 * is treated alike (VD_EFULL): the failing call may have been the fsync. */
+                 * says can no longer be trusted to match the disk, so stop writing. */
                 snprintf(msg, sizeof msg, "storage: commit failed, write not durable: %s",
                          mdb_strerror(rc));
                 vd_log_error("%s; refusing further writes until restart", msg);
