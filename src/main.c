@@ -95,6 +95,27 @@ int main(int argc, char **argv)
     }
     char rest_addr[320];
     rest_address(&cfg, rest_addr, sizeof rest_addr);
+    /* With API keys and no cluster secret, peers prove knowledge of the admin key (a secret
+     * derived from it); with keys but no admin key there is nothing to prove, so no peer. */
+    const char *secret = cfg.cluster_secret;
+    char derived[VD_CLUSTER_DERIVED_SECRET_LEN + 1];
+    bool refuse_peers = false;
+    if ((!secret || !secret[0]) && cfg.n_keys) {
+        const char *admin = NULL;
+        for (size_t i = 0; i < cfg.n_keys && !admin; i++)
+            if (cfg.keys[i].role == VD_ROLE_ADMIN)
+                admin = cfg.keys[i].key;
+        if (admin && vd_cluster_derive_secret(admin, derived) == 0) {
+            secret = derived;
+            vd_log_info("cluster: no --cluster-secret: peers must prove a secret derived from the "
+                        "first admin API key");
+        } else {
+            refuse_peers = true;
+            vd_log_warn("cluster: API keys are set but no --cluster-secret and no admin key to "
+                        "derive one from: every peer is refused (set --cluster-secret to form a "
+                        "cluster)");
+        }
+    }
     struct vd_cluster_opts co = {
         .db = db,
         .data_dir = cfg.data_dir,
@@ -103,7 +124,8 @@ int main(int argc, char **argv)
         .advertise = cfg.advertise,
         .http_advertise = rest_addr,
         .join = cfg.join,
-        .secret = cfg.cluster_secret,
+        .secret = secret,
+        .refuse_peers = refuse_peers,
         .election_timeout_ms = cfg.raft_election_ms,
     };
     if (vd_cluster_start(&co, &cluster, &err)) {

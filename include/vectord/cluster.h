@@ -34,6 +34,7 @@ struct vd_cluster_opts {
     const char *http_advertise; /* host:port of this node's REST API, shown in GET /cluster */
     const char *join;           /* cluster address of a member, or NULL */
     const char *secret;         /* cluster secret, or NULL (loopback peers only) */
+    bool refuse_peers;          /* accept no peer at all (API keys but no secret to use) */
     uint32_t election_timeout_ms; /* 0 = 1000 */
     uint32_t heartbeat_ms;        /* 0 = 100 */
     uint32_t request_timeout_ms;  /* deadline of a metadata change or sync; 0 = 10000 */
@@ -42,6 +43,18 @@ struct vd_cluster_opts {
 };
 
 struct vd_cluster; /* opaque; thread-safe */
+
+/* Hex length of a secret from vd_cluster_derive_secret. */
+#define VD_CLUSTER_DERIVED_SECRET_LEN 64
+/*
+ * The cluster secret of a node that has API keys but no --cluster-secret: BLAKE2b-256 keyed with
+ * SHA-256(admin_key) over the fixed context "vectord cluster secret v1", as lowercase hex, so that
+ * peers prove knowledge of the admin key (never the key itself) and the cluster port is no weaker
+ * than the REST port. admin_key is the configured text: a plain key, or "sha256:<hex>" (its
+ * digest), which derive the same secret. Writes out (NUL-terminated). VD_EINVAL for a malformed
+ * digest form, VD_EINTERNAL when libsodium cannot start.
+ */
+int vd_cluster_derive_secret(const char *admin_key, char out[VD_CLUSTER_DERIVED_SECRET_LEN + 1]);
 
 /* Opens the Raft log, starts the transport and the loop thread, bootstraps or joins as above.
  * Returns once the loop runs (joining continues in the background). Errors: VD_EIO (cannot

@@ -86,6 +86,7 @@ struct vd_transport_opts {
     const char *advertise; /* host:port sent to peers; NULL = bind:port as listened on (a
                               wildcard bind: 127.0.0.1:port) */
     const char *secret;    /* NULL or "": loopback peers only */
+    bool refuse_all;       /* keep no connection at all (API keys but no secret: cluster.h) */
     uint32_t max_frame;    /* 0 = VD_FRAME_MAX_DEFAULT */
     size_t max_queue;      /* bytes queued per unreachable peer; 0 = 64 MiB */
     vd_transport_frame_fn on_frame; /* user frames (type >= VD_FRAME_USER) */

@@ -452,6 +452,7 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
         .port = o->port,
         .advertise = o->advertise && o->advertise[0] ? o->advertise : NULL,
         .secret = c->secret,
+        .refuse_all = o->refuse_peers,
         .on_frame = vd__cluster_on_frame,
         .ctx = c,
     };

@@ -25,6 +25,7 @@
 #include <uv.h>
 
 #include "cluster_int.h"
+#include "vectord/cluster.h"
 
 #define NONCE_LEN 32
 #define PROOF_LEN crypto_auth_hmacsha256_BYTES
@@ -121,6 +122,7 @@ struct vd_transport {
     size_t secret_len;
     uint32_t max_frame;
     size_t max_queue;
+    bool refuse_all;
     vd_transport_frame_fn on_frame;
     void *ctx;
     struct peer *peers;
@@ -1006,6 +1008,10 @@ static void conn_ready(struct conn *c)
         return;
     }
     sockaddr_ip(&ss, c->remote_ip, sizeof(c->remote_ip));
+    if (t->refuse_all) {
+        conn_close(c); /* said once at start: a line per attempt would flood the log */
+        return;
+    }
     if (!t->secret && !is_loopback(&ss)) {
         refuse(c, "no cluster secret is set, so only loopback peers are allowed");
         return;
@@ -1149,6 +1155,7 @@ int vd_transport_start(const struct vd_transport_opts *o, struct vd_transport **
     t->max_queue = o->max_queue ? o->max_queue : QUEUE_DEFAULT;
     t->on_frame = o->on_frame;
     t->ctx = o->ctx;
+    t->refuse_all = o->refuse_all;
     if (o->advertise && o->advertise[0]) {
         t->advertise = strdup(o->advertise);
     } else {
@@ -1194,6 +1201,29 @@ int vd_transport_start(const struct vd_transport_opts *o, struct vd_transport **
     vd_log_info("cluster: listening on %s port %u (advertised as %s)%s", where, (unsigned)port,
                 t->advertise, t->secret ? "" : ", no cluster secret: loopback peers only");
     *out = t;
+    return 0;
+}
+
+int vd_cluster_derive_secret(const char *admin_key, char out[VD_CLUSTER_DERIVED_SECRET_LEN + 1])
+{
+    static const char ctx[] = "vectord cluster secret v1";
+    uint8_t digest[crypto_hash_sha256_BYTES], secret[VD_CLUSTER_DERIVED_SECRET_LEN / 2];
+    if (sodium_init() < 0)
+        return VD_EINTERNAL;
+    if (!strncmp(admin_key, "sha256:", 7)) {
+        size_t n = 0;
+        if (sodium_hex2bin(digest, sizeof(digest), admin_key + 7, strlen(admin_key + 7), NULL, &n,
+                           NULL) ||
+            n != sizeof(digest))
+            return VD_EINVAL;
+    } else {
+        crypto_hash_sha256(digest, (const unsigned char *)admin_key, strlen(admin_key));
+    }
+    crypto_generichash(secret, sizeof(secret), (const unsigned char *)ctx, sizeof(ctx) - 1, digest,
+                       sizeof(digest));
+    sodium_bin2hex(out, VD_CLUSTER_DERIVED_SECRET_LEN + 1, secret, sizeof(secret));
+    sodium_memzero(digest, sizeof(digest));
+    sodium_memzero(secret, sizeof(secret));
     return 0;
 }
 

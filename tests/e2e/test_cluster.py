@@ -4,7 +4,14 @@ index declarations reaching every node, and the cluster secret.
 
 Every wait polls a condition with a deadline; nothing sleeps for a fixed time to synchronise.
 """
+import hashlib
+import hmac
+import json
+import os
 import random
+import socket
+import struct
+import tempfile
 import threading
 import time
 import unittest
@@ -492,6 +499,220 @@ class SecretTest(ClusterCase):
         print(f"\nadd with a wrong secret: {st} {j['status']['error']}")
         for n in (self.a, self.b):
             self.assertEqual(len(info(n)["nodes"]), 2, info(n))
+
+
+# ---- a raw peer: speaks the cluster protocol from a plain socket ----------------------------
+
+def _crc32c_table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        t.append(c)
+    return t
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+FRAME_CHALLENGE, FRAME_HELLO, FRAME_WELCOME, FRAME_CALL, FRAME_CALL_REPLY = 1, 2, 3, 17, 18
+CALL_PROPOSE, CALL_JOIN = 1, 2
+
+
+def derived_secret(admin_key):
+    """The cluster secret a node derives from its admin API key when it has no --cluster-secret
+    (docs/cluster.md): BLAKE2b keyed with SHA-256(key), over a fixed context, as hex."""
+    digest = hashlib.sha256(admin_key.encode()).digest()
+    return hashlib.blake2b(b"vectord cluster secret v1", key=digest, digest_size=32).hexdigest()
+
+
+class RawPeer:
+    """One TCP connection to a node's cluster port that runs the dialer's side of the handshake
+    with or without a proof, then sends frames. recv_frame returns None once the node closed."""
+
+    def __init__(self, port, node_id=0x1234567890ABCDEF, addr="127.0.0.1:1", secret=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.id, self.addr, self.secret = node_id, addr, secret
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def send_frame(self, ftype, body):
+        hdr = struct.pack(">HBBI", 0x7664, 1, ftype, len(body))
+        self.sock.sendall(hdr + struct.pack(">I", crc32c(hdr + body)) + body)
+
+    def recv_frame(self):
+        while True:
+            if len(self.buf) >= 12:
+                magic, ver, ftype, n = struct.unpack(">HBBI", self.buf[:8])
+                if len(self.buf) >= 12 + n:
+                    body = self.buf[12:12 + n]
+                    self.buf = self.buf[12 + n:]
+                    return ftype, body
+            try:
+                d = self.sock.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                return None
+            if not d:
+                return None
+            self.buf += d
+
+    def _proof(self, label, *parts):
+        h = hmac.new(self.secret.encode(), label + b"\0", hashlib.sha256)
+        for p in parts:
+            h.update(p)
+        return h.digest()
+
+    def handshake(self):
+        """Returns the node's id from WELCOME, or None when the node refused (closed)."""
+        f = self.recv_frame()
+        if f is None or f[0] != FRAME_CHALLENGE:
+            return None
+        challenge = f[1]
+        ident = struct.pack(">QH", self.id, len(self.addr)) + self.addr.encode()
+        body = ident + os.urandom(32)
+        if self.secret is not None:
+            body += self._proof(b"vectord hello", challenge, body)
+        self.send_frame(FRAME_HELLO, body)
+        f = self.recv_frame()
+        if f is None or f[0] != FRAME_WELCOME:
+            return None
+        return struct.unpack(">Q", f[1][:8])[0]
+
+    def call(self, call_id, op, args):
+        self.send_frame(FRAME_CALL, struct.pack(">QB", call_id, op) + args)
+
+    def propose(self, call_id, origin, seq, command):
+        self.call(call_id, CALL_PROPOSE, struct.pack(">QQ", origin, seq) + command.encode())
+
+    def join(self, call_id, node_id, addr, http=""):
+        def s(x):
+            return struct.pack(">H", len(x)) + x.encode()
+        self.call(call_id, CALL_JOIN, struct.pack(">Q", node_id) + s(addr) + s(http))
+
+    def reply(self, call_id):
+        """The status of the reply to call_id (0 or a negative code), None if the node closed."""
+        while True:
+            f = self.recv_frame()
+            if f is None:
+                return None
+            if f[0] == FRAME_CALL_REPLY and struct.unpack(">Q", f[1][:8])[0] == call_id:
+                return struct.unpack(">q", f[1][8:16])[0]
+
+
+class KeyedPeerTest(ClusterCase):
+    """A node with an API key and no cluster secret: the cluster port is no weaker than the REST
+    port. A peer without the secret derived from the admin key is refused at the handshake; a
+    peer with it that is not a member cannot propose, and a member speaks only for itself."""
+    ADMIN = "cluster-admin-key-1"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.nodes = []
+        cls.a = cls.make(args=["--api-key", cls.ADMIN])
+        cls.a.api_key = cls.ADMIN
+        cls.a.start()
+        wait_until(lambda: info(cls.a) and info(cls.a)["raft_info"]["role"] == "Leader", 30,
+                   "the keyed node to lead its one-node cluster")
+        cls.a.ok("PUT", "/collections/victim", VEC)
+
+    def delete_cmd(self):
+        return json.dumps({"op": "delete_collection", "name": "victim"})
+
+    def assertVictimSurvives(self):
+        self.a.ok("GET", "/collections/victim")
+        # a proposal that got through would be applied by now: one more change orders after it
+        self.a.ok("PUT", "/collections/after_probe_" + str(random.randrange(1 << 30)), VEC)
+        self.a.ok("GET", "/collections/victim")
+
+    def test_keyless_peer_refused(self):
+        p = RawPeer(self.a.cluster_port)
+        try:
+            got = p.handshake()
+            if got is not None:
+                # what an attacker does once in: propose a delete as the node itself
+                p.propose(1, got, 1, self.delete_cmd())
+                p.reply(1)
+            self.assertIsNone(got, "a peer without a proof completed the handshake")
+        finally:
+            p.close()
+        self.assertVictimSurvives()
+
+    def test_non_member_cannot_propose(self):
+        me = 0x0BADC0DE0BADC0DE
+        p = RawPeer(self.a.cluster_port, node_id=me, secret=derived_secret(self.ADMIN))
+        try:
+            leader = p.handshake()
+            self.assertIsNotNone(leader, "a peer with the derived secret was refused")
+            p.propose(7, me, 1, self.delete_cmd())
+            st = p.reply(7)
+            self.assertIsNotNone(st, "the node closed instead of answering")
+            self.assertNotEqual(st, 0, "a non-member's proposal was accepted")
+            # nor may it speak for the leader itself
+            p.propose(8, leader, 2, self.delete_cmd())
+            st = p.reply(8)
+            self.assertNotEqual(st, 0, "a proposal with another node as its origin was accepted")
+            # a join must name the sender itself
+            p.join(9, 0x1111222233334444, "127.0.0.1:2")
+            st = p.reply(9)
+            self.assertNotEqual(st, 0, "a join for another node id was accepted")
+        finally:
+            p.close()
+        self.assertVictimSurvives()
+        ids = [m["id"] for m in info(self.a)["nodes"]]
+        self.assertNotIn(0x1111222233334444, ids)
+
+    def test_member_speaks_only_for_itself(self):
+        me = 0x0C0FFEE00C0FFEE0
+        p = RawPeer(self.a.cluster_port, node_id=me, secret=derived_secret(self.ADMIN))
+        try:
+            leader = p.handshake()
+            self.assertIsNotNone(leader, "a peer with the derived secret was refused")
+            p.join(1, me, "127.0.0.1:3")
+            self.assertEqual(p.reply(1), 0)
+            wait_until(lambda: me in [m["id"] for m in info(self.a)["nodes"]], 20,
+                       "the raw peer to be listed as a member")
+            p.propose(2, leader, 5, self.delete_cmd())
+            st = p.reply(2)
+            self.assertNotEqual(st, 0, "a member's proposal in another node's name was accepted")
+        finally:
+            p.close()
+        self.assertVictimSurvives()
+        self.a.ok("DELETE", f"/cluster/nodes/{me}")
+
+
+class NoAdminKeyTest(ClusterCase):
+    """API keys but no admin key and no cluster secret: there is no secret to derive, so the node
+    refuses every peer and says so once in its log."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.nodes = []
+        cfg = os.path.join(tempfile.mkdtemp(prefix="vectord-e2e-cfg-"), "c.json")
+        with open(cfg, "w") as f:
+            json.dump({"api_keys": [{"key": "read-only-key-1", "role": "ro"}]}, f)
+        cls.a = cls.make(args=["--config", cfg])
+        cls.a.api_key = "read-only-key-1"
+        cls.a.start()
+
+    def test_every_peer_refused(self):
+        for secret in (None, "anything at all"):
+            p = RawPeer(self.a.cluster_port, secret=secret)
+            try:
+                self.assertIsNone(p.handshake(), "a peer was accepted")
+            finally:
+                p.close()
+        log = self.a.read_log()
+        self.assertEqual(log.count("every peer is refused"), 1, log)
 
 
 if __name__ == "__main__":
