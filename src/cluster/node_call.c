@@ -207,12 +207,22 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
     case CALL_PROPOSE: {
         if (r.n < REQ_HDR)
             return;
+        uint64_t origin = vd_be64_get(r.p), seq = vd_be64_get(r.p + 8);
+        /* Only a member proposes, and only in its own name: the handshake proved who the sender
+         * is, the entry header says on whose behalf it asks (and who learns the outcome). */
+        if (!vd_meta_member(c->meta, from) || origin != from) {
+            vd_log_warn("cluster: proposal from node %llu refused: %s", (unsigned long long)from,
+                        origin != from ? "it names another node as its origin"
+                                       : "it is not a member");
+            send_reply(c, from, call_id, VD_EPERM, leader,
+                       origin != from ? "origin is not the sender" : "not a member", "");
+            return;
+        }
         if (leader != c->id) {
             send_reply(c, from, call_id, VD_ENOTLEADER, leader, "not the leader",
                        lm ? lm->addr : "");
             return;
         }
-        uint64_t origin = vd_be64_get(r.p), seq = vd_be64_get(r.p + 8);
         int rc = 0;
         if (!vd__cluster_recently_applied(c, origin, seq) &&
             !vd__cluster_in_log_unapplied(c, origin, seq))
@@ -228,6 +238,13 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
         vd__cluster_rd_str(&r, http, sizeof http);
         if (r.bad || !id || !addr[0])
             return;
+        if (id != from) {
+            /* a node asks to join for itself only: its id is the one its handshake proved */
+            vd_log_warn("cluster: node %llu asked to join as node %llu: refused",
+                        (unsigned long long)from, (unsigned long long)id);
+            send_reply(c, from, call_id, VD_EPERM, leader, "a node joins only as itself", "");
+            return;
+        }
         if (leader != c->id) {
             send_reply(c, from, call_id, leader ? VD_ENOTLEADER : VD_EUNAVAIL, leader,
                        leader ? "not the leader" : "no leader yet", lm ? lm->addr : "");
