@@ -91,13 +91,13 @@ static inline unsigned vd_coord_quorum(unsigned rf)
 /* Deliberate faults, only for proving that the simulator's checker catches them. */
 enum vd_coord_bug {
     VD_COORD_BUG_NONE = 0,
-    VD_COORD_BUG_ACK_AT_W_MINUS_1,  /* a write succeeds one ack early */
-    VD_COORD_BUG_DUP_ACK,           /* a duplicated ack counts again */
-    VD_COORD_BUG_HINT_AS_ACK,       /* a stored hint counts toward W */
-    VD_COORD_BUG_NO_NODE_TIEBREAK,  /* versions compared by HLC only */
+    VD_COORD_BUG_ACK_AT_W_MINUS_1,   /* a write succeeds one ack early */
+    VD_COORD_BUG_DUP_ACK,            /* a duplicated ack counts again */
+    VD_COORD_BUG_HINT_AS_ACK,        /* a stored hint counts toward W */
+    VD_COORD_BUG_NO_NODE_TIEBREAK,   /* versions compared by HLC only */
     VD_COORD_BUG_REPAIR_NEW_VERSION, /* read repair writes the record under a newer version */
-    VD_COORD_BUG_SEARCH_NO_VERIFY,  /* search merges phase-1 lists without verification */
-    VD_COORD_BUG_IGNORE_WRONG_RING, /* a wrong-ring answer is taken as an ordinary answer */
+    VD_COORD_BUG_SEARCH_NO_VERIFY,   /* search merges phase-1 lists without verification */
+    VD_COORD_BUG_IGNORE_WRONG_RING,  /* a wrong-ring answer is taken as an ordinary answer */
     VD_COORD__BUG_COUNT
 };
 
@@ -162,29 +162,29 @@ struct vd_coord_reply {
     uint32_t range; /* SEARCH */
     const struct vd_coord_cand *cands;
     size_t n_cands;
-    bool complete; /* SEARCH: the replica has no more matching points in the range */
+    bool complete;    /* SEARCH: the replica has no more matching points in the range */
     struct vd_pid id; /* VERIFY */
     bool match;       /* VERIFY: the held version is live and matches the filter */
     float score;      /* VERIFY: its score when match */
 };
 
 enum vd_coord_action_type {
-    VD_COORD_SEND = 1, /* write: the record to node; read: a read; search: phase 1 of range, k */
-    VD_COORD_VERIFY,   /* search: ask node about id (version, tombstone, match, score) */
-    VD_COORD_REPAIR,   /* send node the record `src` holds at `version` (id for searches) */
-    VD_COORD_HINT,     /* store a hint of the record for node, then call vd_coord_hinted */
+    VD_COORD_SEND = 1,  /* write: the record to node; read: a read; search: phase 1 of range, k */
+    VD_COORD_VERIFY,    /* search: ask node about id (version, tombstone, match, score) */
+    VD_COORD_REPAIR,    /* send node the record `src` holds at `version` (id for searches) */
+    VD_COORD_HINT,      /* store a hint of the record for node, then call vd_coord_hinted */
     VD_COORD_NEED_RING, /* catch up to a ring newer than ring_version, then vd_coord_reroute */
-    VD_COORD_REPLY     /* the client's answer is ready (vd_coord_result) */
+    VD_COORD_REPLY      /* the client's answer is ready (vd_coord_result) */
 };
 
 struct vd_coord_action {
-    uint8_t type;     /* enum vd_coord_action_type */
-    uint64_t node;    /* the replica (SEND, VERIFY, REPAIR, HINT) */
-    uint32_t attempt; /* echo it in the reply */
-    uint64_t ring_version; /* every request carries it */
-    uint32_t range, k;     /* search SEND: the range and how many candidates */
-    struct vd_pid id;      /* VERIFY; REPAIR of a search */
-    uint64_t src;          /* REPAIR: the replica whose copy is sent */
+    uint8_t type;              /* enum vd_coord_action_type */
+    uint64_t node;             /* the replica (SEND, VERIFY, REPAIR, HINT) */
+    uint32_t attempt;          /* echo it in the reply */
+    uint64_t ring_version;     /* every request carries it */
+    uint32_t range, k;         /* search SEND: the range and how many candidates */
+    struct vd_pid id;          /* VERIFY; REPAIR of a search */
+    uint64_t src;              /* REPAIR: the replica whose copy is sent */
     struct vd_version version; /* REPAIR: the version sent, the one src answered */
 };
 
@@ -234,8 +234,7 @@ bool vd_coord_done(const struct vd_coord_op *op);
 int vd_coord_result(const struct vd_coord_op *op, struct vd_err *err);
 /* A read's answer: the newest copy the replicas hold (present false, or tombstone: not found)
  * and a node holding it. */
-void vd_coord_read_newest(const struct vd_coord_op *op, struct vd_coord_copy *copy,
-                          uint64_t *node);
+void vd_coord_read_newest(const struct vd_coord_op *op, struct vd_coord_copy *copy, uint64_t *node);
 /* A search's answer: the verified items, best first, offset already skipped; points into op.
  * *complete is false when a range still needed items below its floor after the last round. */
 void vd_coord_search_items(const struct vd_coord_op *op, const struct vd_coord_item **items,

@@ -29,8 +29,8 @@ struct slot {
     bool hint_asked, hinted;
     /* reads */
     struct vd_coord_copy copy;
-    bool has_newest;      /* counted toward the repair quorum */
-    uint32_t repair_gen;  /* 0: no repair sent */
+    bool has_newest;     /* counted toward the repair quorum */
+    uint32_t repair_gen; /* 0: no repair sent */
     /* searches */
     struct vd_coord_cand *list;
     size_t n_list;
@@ -234,6 +234,14 @@ static void wrong_ring(struct vd_coord_op *op, struct slot *s, uint64_t their_ve
     s->retry_at = op->now + (op->p.retry_ms ? op->p.retry_ms : 1);
 }
 
+/* Asks again every replica that was behind on the ring once its retry time has come. */
+static void retry_due(struct vd_coord_op *op)
+{
+    for (unsigned i = 0; i < op->n; i++)
+        if (op->s[i].st == S_RETRY && op->now >= op->s[i].retry_at)
+            ask(op, &op->s[i], 0, 0, 0);
+}
+
 static int place(struct vd_coord_op *op, const struct vd_coord_ring *ring)
 {
     uint64_t ids[VD_COORD_MAX_RF];
@@ -295,8 +303,8 @@ static void write_check(struct vd_coord_op *op)
     if (!op->replied && op->acks >= write_need(op))
         reply(op, 0);
     if (!op->replied && op->acks + open < op->p.need && !op->need_ring)
-        FAIL(op, "write needs %u of %u replicas, %u answered and %u refused", op->p.need,
-             op->p.rf, op->acks, failed);
+        FAIL(op, "write needs %u of %u replicas, %u answered and %u refused", op->p.need, op->p.rf,
+             op->acks, failed);
     if (op->replied && settled == op->n)
         op->finished = true;
 }
@@ -341,8 +349,8 @@ static void write_tick(struct vd_coord_op *op)
 {
     if (op->now >= op->deadline) {
         if (!op->replied)
-            FAIL(op, "write needs %u of %u replicas, %u answered within %" PRIu64 " ms",
-                 op->p.need, op->p.rf, op->acks, op->p.timeout_ms);
+            FAIL(op, "write needs %u of %u replicas, %u answered within %" PRIu64 " ms", op->p.need,
+                 op->p.rf, op->acks, op->p.timeout_ms);
         for (unsigned i = 0; i < op->n; i++)
             if (op->s[i].st != S_OK)
                 ask_hint(op, &op->s[i]);
@@ -350,9 +358,7 @@ static void write_tick(struct vd_coord_op *op)
         op->finished = true;
         return;
     }
-    for (unsigned i = 0; i < op->n; i++)
-        if (op->s[i].st == S_RETRY && op->now >= op->s[i].retry_at)
-            ask(op, &op->s[i], 0, 0, 0);
+    retry_due(op);
 }
 
 void vd_coord_hinted(struct vd_coord_op *op, uint64_t node)
@@ -501,8 +507,8 @@ static void read_tick(struct vd_coord_op *op)
 {
     if (op->now >= op->deadline) {
         if (!op->merged)
-            FAIL(op, "read needs %u of %u replicas, %u answered within %" PRIu64 " ms",
-                 op->p.need, op->p.rf, op->acks, op->p.timeout_ms);
+            FAIL(op, "read needs %u of %u replicas, %u answered within %" PRIu64 " ms", op->p.need,
+                 op->p.rf, op->acks, op->p.timeout_ms);
         else
             FAIL(op,
                  "read repair needs the newest version on %u of %u replicas, %u held it within "
@@ -511,9 +517,7 @@ static void read_tick(struct vd_coord_op *op)
         op->finished = true;
         return;
     }
-    for (unsigned i = 0; i < op->n; i++)
-        if (op->s[i].st == S_RETRY && op->now >= op->s[i].retry_at)
-            ask(op, &op->s[i], 0, 0, 0);
+    retry_due(op);
     if (!op->merged && op->now >= op->spec_at) {
         /* A silent replica (stopped process, cut link: no reset) must not turn reads into
          * 503s: after the speculative delay one more replica is asked. */
@@ -720,8 +724,8 @@ static int search_merge(struct vd_coord_op *op)
         struct vd_pid fid = {0};
         if (!range_floor(g, &fs, &fid))
             continue;
-        bool needs = n < want || rank_cmp(op->items[want - 1].score, &op->items[want - 1].id, fs,
-                                          &fid) > 0;
+        bool needs =
+            n < want || rank_cmp(op->items[want - 1].score, &op->items[want - 1].id, fs, &fid) > 0;
         if (!needs)
             continue;
         if (g->round >= VD_COORD_MAX_ROUNDS) {
@@ -1205,8 +1209,7 @@ int vd_coord_result(const struct vd_coord_op *op, struct vd_err *err)
     return op->result;
 }
 
-void vd_coord_read_newest(const struct vd_coord_op *op, struct vd_coord_copy *copy,
-                          uint64_t *node)
+void vd_coord_read_newest(const struct vd_coord_op *op, struct vd_coord_copy *copy, uint64_t *node)
 {
     *copy = op->merged ? op->newest : (struct vd_coord_copy){0};
     *node = op->merged ? op->newest_node : 0;

@@ -72,7 +72,7 @@ static void violation(const char *fmt, ...)
     va_end(ap);
 }
 
-static void *grow(void *p, size_t *cap, size_t need, size_t elem)
+void *sim_grow(void *p, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap)
         return p;
@@ -149,7 +149,7 @@ static bool acked_floor(unsigned key, unsigned r, struct vd_version *out)
 void chk_write_begin(uint32_t wid, unsigned key, struct vd_version v, const struct chk_rec *rec,
                      unsigned w, uint64_t now)
 {
-    C.w = grow(C.w, &C.cap_w, (size_t)wid + 1, sizeof(*C.w));
+    C.w = sim_grow(C.w, &C.cap_w, (size_t)wid + 1, sizeof(*C.w));
     while (C.n_w <= wid)
         memset(&C.w[C.n_w++], 0, sizeof(*C.w));
     /* Two writes never share a version: one (key, HLC, node) names one write's bytes (I4). */
@@ -228,7 +228,7 @@ void chk_apply(unsigned node, unsigned key, const struct chk_copy *c)
 
 void chk_read_begin(uint32_t rid, unsigned key, unsigned r, uint64_t now)
 {
-    C.rd = grow(C.rd, &C.cap_rd, C.n_rd + 1, sizeof(*C.rd));
+    C.rd = sim_grow(C.rd, &C.cap_rd, C.n_rd + 1, sizeof(*C.rd));
     struct rd *x = &C.rd[C.n_rd++];
     memset(x, 0, sizeof(*x));
     x->id = rid;
@@ -278,7 +278,7 @@ void chk_read_end(uint32_t rid, const struct chk_copy *c, uint64_t now)
 void chk_search_begin(uint32_t sid, unsigned r, const float q[2], int filter, uint32_t offset,
                       uint32_t limit, uint64_t now)
 {
-    C.sr = grow(C.sr, &C.cap_sr, C.n_sr + 1, sizeof(*C.sr));
+    C.sr = sim_grow(C.sr, &C.cap_sr, C.n_sr + 1, sizeof(*C.sr));
     struct sr *x = &C.sr[C.n_sr++];
     memset(x, 0, sizeof(*x));
     x->id = sid;
@@ -311,8 +311,8 @@ static int bf_cmp(const void *pa, const void *pb)
     return a->key < b->key ? -1 : a->key > b->key;
 }
 
-void chk_search_end(uint32_t sid, const struct vd_coord_item *items, const unsigned *keys,
-                    size_t n, bool complete, uint64_t now)
+void chk_search_end(uint32_t sid, const struct vd_coord_item *items, const unsigned *keys, size_t n,
+                    bool complete, uint64_t now)
 {
     struct sr *x = NULL;
     for (size_t i = 0; i < C.n_sr; i++)
@@ -331,8 +331,7 @@ void chk_search_end(uint32_t sid, const struct vd_coord_item *items, const unsig
             break;
         }
         if (!matches(x, &w->rec))
-            violation("I5: search %u returned key %u at %" PRIu64 ".%" PRIu64 "@%" PRIu64
-                      ", a %s",
+            violation("I5: search %u returned key %u at %" PRIu64 ".%" PRIu64 "@%" PRIu64 ", a %s",
                       sid, k, V(items[i].version), w->rec.tomb ? "tombstone" : "filter non-match");
         else if (chk_score(x->q, w->rec.vec) != items[i].score)
             violation("I5: search %u scored key %u %g, its version scores %g", sid, k,
@@ -386,9 +385,8 @@ void chk_final(void)
             const struct chk_copy *c = &C.store[C.replicas[k][i]][k];
             chk_checks++;
             if (!c->present || vd_version_cmp(c->v, C.max_durable[k]) != 0)
-                violation("I6: after healing, node %" PRIu64 " holds key %u at %" PRIu64
-                          ".%" PRIu64 "@%" PRIu64 ", not the newest durable %" PRIu64
-                          ".%" PRIu64 "@%" PRIu64,
+                violation("I6: after healing, node %" PRIu64 " holds key %u at %" PRIu64 ".%" PRIu64
+                          "@%" PRIu64 ", not the newest durable %" PRIu64 ".%" PRIu64 "@%" PRIu64,
                           C.replicas[k][i], k, V(c->v), V(C.max_durable[k]));
         }
     }

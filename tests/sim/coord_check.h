@@ -9,6 +9,7 @@
 #define SIM_COORD_CHECK_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "vectord/coord.h"
@@ -45,10 +46,13 @@ void chk_read_end(uint32_t rid, const struct chk_copy *c, uint64_t now);
 void chk_search_begin(uint32_t sid, unsigned r, const float q[2], int filter, uint32_t offset,
                       uint32_t limit, uint64_t now);
 /* keys[i] is the key of items[i]. */
-void chk_search_end(uint32_t sid, const struct vd_coord_item *items, const unsigned *keys,
-                    size_t n, bool complete, uint64_t now);
+void chk_search_end(uint32_t sid, const struct vd_coord_item *items, const unsigned *keys, size_t n,
+                    bool complete, uint64_t now);
 /* I6, after healing, hint drain and one read-all sweep. */
 void chk_final(void);
+
+/* Grows an array to hold need elements (doubling); aborts when memory runs out. */
+void *sim_grow(void *p, size_t *cap, size_t need, size_t elem);
 
 /* The score replicas and the checker both use: negated squared distance (higher is better). */
 static inline float chk_score(const float q[2], const float v[2])

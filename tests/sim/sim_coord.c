@@ -58,8 +58,17 @@ static float rnd_unit(void)
 
 /* ---- state ------------------------------------------------------------------------------- */
 
-enum { M_WRITE = 1, M_READ, M_SEARCH, M_VERIFY, M_REPLY, E_DISK, E_HINT_SYNC, E_RING_LEARN,
-       E_RING_FETCH };
+enum {
+    M_WRITE = 1,
+    M_READ,
+    M_SEARCH,
+    M_VERIFY,
+    M_REPLY,
+    E_DISK,
+    E_HINT_SYNC,
+    E_RING_LEARN,
+    E_RING_FETCH
+};
 enum { W_CLIENT = 0, W_REPAIR, W_HINT, W_BG_REPAIR }; /* what a M_WRITE carries */
 
 struct msg {
@@ -116,6 +125,7 @@ struct sop {
     uint32_t wid;
     float q[2];
     int filter;
+    uint32_t want;                         /* searches: offset + limit, the first round's k */
     struct chk_copy ans[MAX_NODES + 1][8]; /* reads: the copies each replica answered */
     unsigned n_ans[MAX_NODES + 1];
 };
@@ -142,14 +152,14 @@ static struct {
     struct sop ops[MAX_OPS];
     uint32_t next_op, next_hint;
     uint64_t next_client, next_fault, next_hint_replay;
-    bool sweep_failed;
 } S;
 
 /* Totals over all seeds. */
 static struct {
     uint64_t lost, duplicated, partition_drops, closed, crashes, restarts, partitions, heals,
         skew_within, skew_beyond, refused_skew, ring_bumps, wrong_ring, net_changes;
-    uint64_t w_acked, w_503, r_ok, r_503, s_ok, s_503, s_incomplete, repairs, hints, hints_replayed;
+    uint64_t w_acked, w_503, r_ok, r_503, s_ok, s_503, s_incomplete, s_reasked, repairs, hints,
+        hints_replayed;
 } T;
 
 static void vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -165,20 +175,6 @@ static void vlog(const char *fmt, ...)
     va_end(ap);
 }
 
-static void *grow(void *p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return p;
-    size_t c = *cap ? *cap * 2 : 64;
-    while (c < need)
-        c *= 2;
-    void *q = realloc(p, c * elem);
-    if (!q)
-        abort();
-    *cap = c;
-    return q;
-}
-
 /* ---- event heap -------------------------------------------------------------------------- */
 
 static bool ev_less(const struct event *a, const struct event *b)
@@ -188,7 +184,7 @@ static bool ev_less(const struct event *a, const struct event *b)
 
 static void push_event(uint64_t at, const struct msg *m)
 {
-    S.heap = grow(S.heap, &S.cap_heap, S.n_heap + 1, sizeof(*S.heap));
+    S.heap = sim_grow(S.heap, &S.cap_heap, S.n_heap + 1, sizeof(*S.heap));
     size_t i = S.n_heap++;
     S.heap[i] = (struct event){at, S.seq++, *m};
     while (i > 0) {
@@ -266,9 +262,13 @@ static void send(struct msg *m)
     if (!S.nodes[m->to].alive) {
         if (request && m->op && chance(0.5)) {
             struct msg r = {.type = M_REPLY, .from = m->to, .to = m->from, .op = m->op};
-            r.r = (struct vd_coord_reply){.status = VD_COORD_CLOSED, .from = (uint64_t)m->to,
-                                          .attempt = m->attempt, .range = m->range, .id = m->id};
-            r.r.type = m->type == M_WRITE    ? (m->sub == W_REPAIR ? VD_COORD_R_REPAIR : VD_COORD_R_WRITE)
+            r.r = (struct vd_coord_reply){.status = VD_COORD_CLOSED,
+                                          .from = (uint64_t)m->to,
+                                          .attempt = m->attempt,
+                                          .range = m->range,
+                                          .id = m->id};
+            r.r.type = m->type == M_WRITE
+                           ? (m->sub == W_REPAIR ? VD_COORD_R_REPAIR : VD_COORD_R_WRITE)
                        : m->type == M_READ   ? VD_COORD_R_READ
                        : m->type == M_SEARCH ? VD_COORD_R_SEARCH
                                              : VD_COORD_R_VERIFY;
@@ -326,7 +326,9 @@ static uint8_t reply_type(const struct msg *m)
 {
     if (m->type == M_WRITE || m->type == E_DISK)
         return m->sub == W_REPAIR || m->sub == W_BG_REPAIR ? VD_COORD_R_REPAIR : VD_COORD_R_WRITE;
-    return m->type == M_READ ? VD_COORD_R_READ : m->type == M_SEARCH ? VD_COORD_R_SEARCH : VD_COORD_R_VERIFY;
+    return m->type == M_READ     ? VD_COORD_R_READ
+           : m->type == M_SEARCH ? VD_COORD_R_SEARCH
+                                 : VD_COORD_R_VERIFY;
 }
 
 static bool rec_matches(const struct chk_copy *c, int filter)
@@ -374,8 +376,8 @@ static void replica_receive(struct msg *m)
     }
     case M_READ:
         reply_to(m, VD_COORD_R_READ, VD_COORD_OK, &r);
-        r.r.copy = (struct vd_coord_copy){c->present, c->present && S.writes[c->wid].rec.tomb,
-                                          c->v};
+        r.r.copy =
+            (struct vd_coord_copy){c->present, c->present && S.writes[c->wid].rec.tomb, c->v};
         r.rec = *c;
         send(&r);
         return;
@@ -388,9 +390,11 @@ static void replica_receive(struct msg *m)
         size_t na = 0;
         for (unsigned k = 0; k < S.n_keys; k++) {
             const struct chk_copy *x = &n->store[k];
-            if (!rec_matches(x, o->filter) || !vd_coord_search_in_range(o->op, m->range, key_hash(k)))
+            if (!rec_matches(x, o->filter) ||
+                !vd_coord_search_in_range(o->op, m->range, key_hash(k)))
                 continue;
-            all[na++] = (struct vd_coord_cand){{.type = VD_PID_NUM, .u.num = k + 1}, x->v,
+            all[na++] = (struct vd_coord_cand){{.type = VD_PID_NUM, .u.num = k + 1},
+                                               x->v,
                                                chk_score(o->q, S.writes[x->wid].rec.vec)};
         }
         qsort(all, na, sizeof(all[0]), cand_rank);
@@ -412,8 +416,8 @@ static void replica_receive(struct msg *m)
         unsigned k = (unsigned)(m->id.u.num - 1);
         c = &n->store[k];
         reply_to(m, VD_COORD_R_VERIFY, VD_COORD_OK, &r);
-        r.r.copy = (struct vd_coord_copy){c->present, c->present && S.writes[c->wid].rec.tomb,
-                                          c->v};
+        r.r.copy =
+            (struct vd_coord_copy){c->present, c->present && S.writes[c->wid].rec.tomb, c->v};
         r.r.match = rec_matches(c, o->filter);
         r.r.score = r.r.match ? chk_score(o->q, S.writes[c->wid].rec.vec) : 0;
         send(&r);
@@ -486,8 +490,10 @@ static void op_replied(struct sop *o)
         }
         struct chk_copy got = c.present ? answered(o, node, c.version) : (struct chk_copy){0};
         vlog("read %u of key %u: %s %" PRIu64 "@%" PRIu64, o->id, o->key,
-             !c.present ? "absent" : c.tombstone ? "tombstone" : "found", c.version.hlc >> 16,
-             c.version.node);
+             !c.present    ? "absent"
+             : c.tombstone ? "tombstone"
+                           : "found",
+             c.version.hlc >> 16, c.version.node);
         chk_read_end(o->id, &got, S.now);
     } else {
         rc ? T.s_503++ : T.s_ok++;
@@ -519,15 +525,23 @@ static void op_run(struct sop *o)
         memcpy(a, acts, na * sizeof(a[0]));
         vd_coord_advance(o->op);
         for (size_t i = 0; i < na; i++) {
-            struct msg m = {.from = o->coord, .to = (int)a[i].node, .op = o->id,
-                            .attempt = a[i].attempt, .ring_version = a[i].ring_version,
-                            .key = o->key, .range = a[i].range, .k = a[i].k, .id = a[i].id};
+            struct msg m = {.from = o->coord,
+                            .to = (int)a[i].node,
+                            .op = o->id,
+                            .attempt = a[i].attempt,
+                            .ring_version = a[i].ring_version,
+                            .key = o->key,
+                            .range = a[i].range,
+                            .k = a[i].k,
+                            .id = a[i].id};
             switch (a[i].type) {
             case VD_COORD_SEND:
                 m.type = o->kind;
                 m.sub = W_CLIENT;
                 if (o->kind == M_WRITE)
                     m.rec = (struct chk_copy){true, wversions[o->wid], o->wid};
+                if (o->kind == M_SEARCH && a[i].k > o->want)
+                    T.s_reasked++;
                 send(&m);
                 break;
             case VD_COORD_VERIFY:
@@ -556,9 +570,10 @@ static void op_run(struct sop *o)
                 break;
             case VD_COORD_HINT: {
                 struct node *c = &S.nodes[o->coord];
-                c->hints = grow(c->hints, &c->cap_hints, c->n_hints + 1, sizeof(*c->hints));
-                struct hint h = {++S.next_hint, (int)a[i].node, o->key,
-                                 {true, wversions[o->wid], o->wid}, false, 0};
+                c->hints = sim_grow(c->hints, &c->cap_hints, c->n_hints + 1, sizeof(*c->hints));
+                struct hint h = {++S.next_hint, (int)a[i].node,
+                                 o->key,        {true, wversions[o->wid], o->wid},
+                                 false,         0};
                 c->hints[c->n_hints++] = h;
                 struct msg d = {.type = E_HINT_SYNC, .to = o->coord, .epoch = c->epoch};
                 d.attempt = h.id;
@@ -623,8 +638,8 @@ static void start_write(int coord, unsigned key, uint64_t stamp_hlc)
         return;
     struct node *n = &S.nodes[coord];
     uint32_t wid = (uint32_t)S.n_writes++;
-    S.writes = grow(S.writes, &S.cap_writes, S.n_writes, sizeof(*S.writes));
-    wversions = grow(wversions, &cap_wversions, S.n_writes, sizeof(*wversions));
+    S.writes = sim_grow(S.writes, &S.cap_writes, S.n_writes, sizeof(*S.writes));
+    wversions = sim_grow(wversions, &cap_wversions, S.n_writes, sizeof(*wversions));
     struct chk_rec rec = {chance(0.15), {rnd_unit(), rnd_unit()}, (uint8_t)rnd_below(2)};
     S.writes[wid] = (struct write){key, rec};
     struct vd_version v = {stamp_hlc ? stamp_hlc : vd_hlc_tick(&n->hlc, wall(coord)),
@@ -682,6 +697,7 @@ static void start_search(int coord)
     o->filter = chance(0.3) ? (int)rnd_below(2) : -1;
     unsigned r = pick_level();
     uint32_t offset = (uint32_t)rnd_below(2), limit = 1 + (uint32_t)rnd_below(3);
+    o->want = offset + limit;
     struct vd_coord_params p = op_params(coord, r);
     struct vd_coord_ring ring = ring_at(n->ring_ver);
     if (vd_coord_search_new(&p, &ring, offset, limit, &o->op)) {
@@ -734,8 +750,13 @@ static void replay_hints(void)
             if (!x->durable || x->inflight_until > S.now)
                 continue;
             x->inflight_until = S.now + 300;
-            struct msg m = {.type = M_WRITE, .sub = W_HINT, .from = (int)i, .to = x->target,
-                            .attempt = x->id, .ring_version = n->ring_ver, .key = x->key,
+            struct msg m = {.type = M_WRITE,
+                            .sub = W_HINT,
+                            .from = (int)i,
+                            .to = x->target,
+                            .attempt = x->id,
+                            .ring_version = n->ring_ver,
+                            .key = x->key,
                             .rec = x->rec};
             send(&m);
         }
@@ -1073,7 +1094,8 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
         if (!step(S.now + 100))
             S.now += 100;
     if (!chk_violation[0] && (hints_left() || !ops_idle()))
-        snprintf(chk_violation, sizeof(chk_violation), "hints did not drain within 30 s of healing");
+        snprintf(chk_violation, sizeof(chk_violation),
+                 "hints did not drain within 30 s of healing");
     /* One read-all sweep, then I6. */
     for (unsigned k = 0; k < S.n_keys && !chk_violation[0]; k++) {
         start_read(1 + (int)rnd_below(S.n_nodes), k, RF);
@@ -1142,8 +1164,7 @@ int main(int argc, char **argv)
         if (!ok) {
             failed++;
             printf("%s seed %" PRIu64 " after %" PRIu64 " steps at %" PRIu64 " ms: %s\n",
-                   expect_violation ? "caught:" : "FAIL", s, steps, S.now - BASE_MS,
-                   chk_violation);
+                   expect_violation ? "caught:" : "FAIL", s, steps, S.now - BASE_MS, chk_violation);
             printf("  replay: sim_coord --seed %" PRIu64 "%s --verbose\n", s, bugarg);
             if (expect_violation)
                 break;
@@ -1163,15 +1184,15 @@ int main(int argc, char **argv)
            " network changes, %" PRIu64 " clock offsets within and %" PRIu64
            " beyond max-offset, %" PRIu64 " frames refused for skew, %" PRIu64
            " ring versions, %" PRIu64 " wrong-ring answers\n",
-           T.lost, T.duplicated, T.partition_drops, T.closed, T.crashes, T.restarts,
-           T.partitions, T.heals, T.net_changes, T.skew_within, T.skew_beyond, T.refused_skew,
-           T.ring_bumps, T.wrong_ring);
+           T.lost, T.duplicated, T.partition_drops, T.closed, T.crashes, T.restarts, T.partitions,
+           T.heals, T.net_changes, T.skew_within, T.skew_beyond, T.refused_skew, T.ring_bumps,
+           T.wrong_ring);
     printf("sim_coord: writes %" PRIu64 " acknowledged, %" PRIu64 " answered 503; reads %" PRIu64
            " answered, %" PRIu64 " 503; searches %" PRIu64 " answered (%" PRIu64
-           " incomplete after 3 rounds), %" PRIu64 " 503; %" PRIu64 " repairs, %" PRIu64
-           " hints stored, %" PRIu64 " replayed\n",
-           T.w_acked, T.w_503, T.r_ok, T.r_503, T.s_ok, T.s_incomplete, T.s_503, T.repairs,
-           T.hints, T.hints_replayed);
+           " incomplete after 3 rounds, %" PRIu64 " phase-1 requests at twice the limit), %" PRIu64
+           " 503; %" PRIu64 " repairs, %" PRIu64 " hints stored, %" PRIu64 " replayed\n",
+           T.w_acked, T.w_503, T.r_ok, T.r_503, T.s_ok, T.s_incomplete, T.s_reasked, T.s_503,
+           T.repairs, T.hints, T.hints_replayed);
     if (expect_violation) {
         if (failed) {
             printf("sim_coord: the planted bug %s was caught\n", vd_coord_bug_name(bug));

@@ -10,57 +10,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
-#include <dirent.h>
 
 #include "vectord/coord.h"
+#include "unit/purity.h"
 
 /* ---- purity: convention 8 --------------------------------------------------------------- */
 
 static void test_core_is_pure(void **state)
 {
     /* The simulator replays a run from its seed only if time and randomness come in through
-     * the API: the core reaches for no I/O, clock or thread. */
-    static const char *banned[] = {"uv.h",     "lmdb.h",    "microhttpd.h", "time.h",
-                                   "unistd.h", "pthread.h", "sys/",         "stdio.h"};
-    char root[1024], path[1400];
-    snprintf(root, sizeof(root), "%s", __FILE__);
-    char *cut = strstr(root, "tests/unit/");
-    assert_non_null(cut);
-    *cut = 0;
-    const char *files[64];
-    int n_files = 0;
-    char names[64][256];
-    snprintf(path, sizeof(path), "%ssrc/coord", root);
-    DIR *d = opendir(path);
-    assert_non_null(d);
-    struct dirent *de;
-    while ((de = readdir(d)) && n_files < 63) {
-        size_t len = strlen(de->d_name);
-        if (len < 3 || (strcmp(de->d_name + len - 2, ".c") && strcmp(de->d_name + len - 2, ".h")))
-            continue;
-        snprintf(names[n_files], sizeof(names[0]), "src/coord/%s", de->d_name);
-        files[n_files] = names[n_files];
-        n_files++;
-    }
-    closedir(d);
-    files[n_files++] = "include/vectord/coord.h";
-    assert_true(n_files >= 3); /* ring.c, coord.c and the header: the scan saw the code */
-    for (int f = 0; f < n_files; f++) {
-        snprintf(path, sizeof(path), "%s%s", root, files[f]);
-        FILE *fp = fopen(path, "r");
-        assert_non_null(fp);
-        char line[1024];
-        while (fgets(line, sizeof(line), fp)) {
-            if (strncmp(line, "#include", 8) != 0)
-                continue;
-            for (size_t b = 0; b < sizeof(banned) / sizeof(banned[0]); b++)
-                if (strstr(line, banned[b])) {
-                    print_error("%s: %s", path, line);
-                    fail();
-                }
-        }
-        fclose(fp);
-    }
+     * the API: the core reaches for no I/O, clock or thread (ring.c, coord.c, coord.h). */
+    purity_check_module(__FILE__, "coord", 3);
 }
 
 /* ---- the ring ---------------------------------------------------------------------------- */
@@ -190,12 +150,8 @@ static size_t count(const struct acts *x, uint8_t type)
 
 static struct vd_coord_params params(unsigned need)
 {
-    return (struct vd_coord_params){.rf = 3,
-                                    .need = need,
-                                    .now_ms = 1000,
-                                    .timeout_ms = 2000,
-                                    .spec_ms = 20,
-                                    .retry_ms = 10};
+    return (struct vd_coord_params){
+        .rf = 3, .need = need, .now_ms = 1000, .timeout_ms = 2000, .spec_ms = 20, .retry_ms = 10};
 }
 
 static struct vd_coord_reply ack_of(const struct vd_coord_action *a, uint8_t type, uint8_t status)
@@ -285,7 +241,8 @@ static void test_write_fails_fast_when_w_unreachable(void **state)
     assert_int_equal(vd_coord_write_new(&p, &ring3, 150, (struct vd_version){77, 1}, &op), 0);
     struct acts x;
     drain(op, &x);
-    struct vd_coord_reply r = ack_of(find(&x, VD_COORD_SEND, 1), VD_COORD_R_WRITE, VD_COORD_REFUSED);
+    struct vd_coord_reply r =
+        ack_of(find(&x, VD_COORD_SEND, 1), VD_COORD_R_WRITE, VD_COORD_REFUSED);
     step_ok(op, &r);
     drain(op, &x);
     struct vd_err e;
@@ -651,7 +608,8 @@ static void test_search_timeout(void **state)
     struct vd_err e;
     assert_int_equal(vd_coord_result(op, &e), VD_EUNAVAIL);
     assert_string_equal(
-        e.msg, "search needs 2 of 3 replicas of every range, 0 of 1 ranges answered within 2000 ms");
+        e.msg,
+        "search needs 2 of 3 replicas of every range, 0 of 1 ranges answered within 2000 ms");
     vd_coord_op_free(op);
 }
 

@@ -10,58 +10,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
-#include <dirent.h>
 
 #include "vectord/core.h"
 #include "vectord/raft.h"
+#include "unit/purity.h"
 
 /* ---- purity: convention 8 --------------------------------------------------------------- */
-
-static void check_includes(const char *path, int *n_files)
-{
-    static const char *banned[] = {"uv.h",     "lmdb.h",    "microhttpd.h", "time.h",
-                                   "unistd.h", "pthread.h", "sys/",         "stdio.h"};
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    char line[1024];
-    while (fgets(line, sizeof(line), f)) {
-        if (strncmp(line, "#include", 8) != 0)
-            continue;
-        for (size_t b = 0; b < sizeof(banned) / sizeof(banned[0]); b++)
-            if (strstr(line, banned[b])) {
-                print_error("%s: %s", path, line);
-                fail();
-            }
-    }
-    fclose(f);
-    (*n_files)++;
-}
 
 static void test_core_is_pure(void **state)
 {
     /* Convention 8: the core reaches for no I/O, clock or thread; the simulator replays a run
      * from its seed only if time and randomness come in through the API. */
-    char root[1024], path[1400];
-    snprintf(root, sizeof(root), "%s", __FILE__);
-    char *cut = strstr(root, "tests/unit/");
-    assert_non_null(cut);
-    *cut = 0;
-    int n_files = 0;
-    snprintf(path, sizeof(path), "%ssrc/raft", root);
-    DIR *d = opendir(path);
-    assert_non_null(d);
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        size_t len = strlen(de->d_name);
-        if (len < 3 || (strcmp(de->d_name + len - 2, ".c") && strcmp(de->d_name + len - 2, ".h")))
-            continue;
-        snprintf(path, sizeof(path), "%ssrc/raft/%s", root, de->d_name);
-        check_includes(path, &n_files);
-    }
-    closedir(d);
-    snprintf(path, sizeof(path), "%sinclude/vectord/raft.h", root);
-    check_includes(path, &n_files);
-    assert_true(n_files >= 2);
+    purity_check_module(__FILE__, "raft", 2);
 }
 
 /* ---- harness ----------------------------------------------------------------------------- */
