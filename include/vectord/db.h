@@ -81,6 +81,20 @@ int vd_db_delete(struct vd_coll *c, const struct vd_pid *ids, size_t n, vd_db_do
 int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done_fn done, void *ctx,
                         struct vd_err *err);
 
+/* The entries above serve a local client: each stamps a new version (vd_hlc_now(), this node)
+ * on what it writes. A payload edit reads the stored point and writes it whole (its vector,
+ * the edited payload) under a new version; ids that are absent or deleted are skipped. */
+
+/* Applies whole point records as they are, each under the version it carries (the replica
+ * path: replication, hints, repair), stamping nothing. recs[i] is an encoded record
+ * (vectord/record.h) of lens[i] bytes, copied here; it must belong to this collection's
+ * incarnation and, when live, hold the unnamed dense vector of the collection's size (already
+ * normalised for Cosine) and a JSON object payload or none. Per id, the newer version by
+ * vd_version_cmp is kept: an older one is skipped (not an error), and a tombstone for an id
+ * never seen is stored. Errors: VD_EINVAL naming the record, VD_ENOMEM, storage errors. */
+int vd_db_apply(struct vd_coll *c, const uint8_t *const *recs, const size_t *lens, size_t n,
+                vd_db_done_fn done, void *ctx, struct vd_err *err);
+
 /* Payload edits (by ids, or by filter when ids is NULL). */
 enum vd_db_payload_op {
     VD_DB_PAYLOAD_SET,       /* merge keys into the payload */

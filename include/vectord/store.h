@@ -3,16 +3,24 @@
  * log, node identity). LMDB is the source of truth; the in-memory index is rebuilt or caught up
  * from it.
  *
- * On-disk layout (one LMDB environment in the subdirectory `<dir>/data/`, named tables):
- *   meta        node identity, last change counter, live and purging incarnations
+ * On-disk layout (one LMDB environment in the subdirectory `<dir>/data/`, named tables; storage
+ * format 2, recorded in `meta`):
+ *   meta        node identity, format, last change counter, HLC floor (the highest version HLC
+ *               durably written), live and purging incarnations
  *   collections name -> binary schema (leading format version byte)
- *   points      incarnation u64 BE ‖ pid key -> header {version u64, node u64, seq u64,
- *               flags u8, dim u32} ‖ float32[dim] little-endian
- *   payloads    same key -> JSON object text (separate so vector scans stay compact)
+ *   points      incarnation u64 BE ‖ pid key -> change counter u64 LE ‖ point record
+ *               (include/vectord/record.h: version, tombstone flag, vectors and payload, the
+ *               same bytes a replica receives)
+ *   points_by_hash incarnation u64 BE ‖ vd_place_hash(collection name, pid key) u64 BE ‖ pid key
+ *               -> empty: the same points in ring order, so a token range is a key range
+ *   payloads    format 1 only (payload text apart from the vector); emptied by the migration
  *   changes     seq u64 BE -> incarnation u64 BE ‖ pid key
  *   hints       reserved for hinted handoff (empty for now)
  *   payload_indexes incarnation u64 BE ‖ field name -> {format u8 = 1, type u8}: the payload
  *               indexes declared on a collection (the indexes themselves live in memory)
+ *
+ * A data directory of format 1 is converted on open in transactions of a bounded number of points;
+ * a conversion cut short (a crash, a kill) resumes where its last transaction ended.
  *
  * Threads: every function is thread-safe unless stated. All writes go through one writer thread
  * that commits every queued batch in one transaction (group commit: one fsync serves many
@@ -49,8 +57,9 @@ struct vd_store; /* opaque; thread-safe */
 /* Opens (creating) the environment `<dir>/data` (MDB_NOTLS, no WRITEMAP, stale readers cleared
  * with mdb_reader_check), takes an exclusive flock on `<dir>/LOCK` (a second opener, in this or
  * another process, gets VD_EBUSY naming the directory), creates or reads the persistent node id
- * (random non-zero 64-bit, in `meta`) and starts the writer thread. Interrupted purges of deleted
- * collections resume. `o->dir` is copied. On success *out is owned by the caller until
+ * (random non-zero 64-bit, in `meta`), converts a format 1 environment, passes the persisted HLC
+ * floor to vd_hlc_observe (so vd_hlc_now() stays above every version this node made durable
+ * before) and starts the writer thread. Interrupted purges of deleted collections resume. `o->dir` is copied. On success *out is owned by the caller until
  * vd_store_close. Errors: VD_EINVAL (no dir), VD_EBUSY, VD_EIO, VD_ECORRUPT, VD_ENOMEM. */
 int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct vd_err *err);
 /* Refuses new batches (VD_ECLOSED), commits every batch already queued (their done callbacks
@@ -64,12 +73,17 @@ uint64_t vd_store_last_seq(const struct vd_store *s);
 /* ---- writes: all go through one writer thread with group commit ---- */
 
 enum vd_wop_kind {
-    VD_WOP_UPSERT,      /* vector (+ payload if payload != NULL; payload NULL = keep none) */
+    /* Point operations write one whole record and keep, per id, the newer version by
+     * vd_version_cmp (an older or equal one is skipped, applied = false); none reads a stored
+     * record to build the new one. */
+    VD_WOP_UPSERT,      /* the record of (id, version, node, vec, payload): vector under the
+                           unnamed name (payload NULL = none) */
     VD_WOP_DELETE,      /* writes a tombstone with the given version (also for a never-seen id,
                            so an older upsert arriving later cannot resurrect it) */
-    VD_WOP_SET_PAYLOAD, /* replace payload of an existing live point (new version; payload NULL
-                           removes it); VD_ENOTFOUND fails the batch if the point is absent or
-                           deleted */
+    VD_WOP_APPLY,       /* the encoded record rec[rec_len] as it is (upsert or tombstone), with
+                           the version it carries; incarnation, id, version and node are taken
+                           from it (written back into the op). VD_EINVAL for a malformed record
+                           or, on a live one, no unnamed dense vector of the collection's size */
     VD_WOP_COLL_CREATE, /* schema; VD_EEXIST if name exists */
     VD_WOP_COLL_DELETE, /* by name; VD_ENOTFOUND if absent; points of that incarnation are purged
                            in the background in chunks (never in one huge txn) */
@@ -89,10 +103,13 @@ struct vd_wop {
     uint64_t version;      /* HLC of this write; a point op applies only if (version,node) is
                               newer than the stored one (last-write-wins), else it is skipped */
     uint64_t node;         /* writer node id (tie-break) */
-    const float *vec;      /* UPSERT: dim values, must equal the collection's dim (VD_EINVAL) */
+    const float *vec;      /* UPSERT: dim finite values, dim must equal the collection's
+                              (VD_EINVAL) */
     uint32_t dim;
     const char *payload;   /* JSON object text, or NULL; not validated here */
     size_t payload_len;
+    const uint8_t *rec;    /* APPLY: an encoded point record */
+    size_t rec_len;
     struct vd_coll_schema *schema; /* COLL_CREATE (incarnation, created_hlc filled on success) */
     const char *coll_name;         /* COLL_DELETE */
     const char *field;             /* PINDEX_*: NUL-terminated field name */
@@ -116,6 +133,8 @@ struct vd_wbatch {
     struct vd_err err; /* filled on failure */
 };
 
+/* Every group commit also records in meta the highest version HLC it wrote (the HLC floor that
+ * vd_store_open restores). */
 /* Failure of a group's commit on an fsync or write error is sticky: its batches fail with VD_EIO
  * and every later one too until the store is reopened, because after a failed fsync the page
  * cache no longer tells what is on disk. A full disk (ENOSPC) fails the group's batches with
@@ -137,12 +156,16 @@ void vd_store_read_end(struct vd_rtxn *t);
 
 struct vd_point_view {
     struct vd_pid id;
-    uint64_t version, node, seq;
+    uint64_t version, node, seq; /* version: HLC; (version, node) is the struct vd_version */
     bool tombstone;
-    const float *vec;  /* NULL for tombstones; aligned for float access; see lifetime below */
+    const float *vec;  /* the unnamed dense vector, NULL for tombstones; aligned for float
+                          access; see lifetime below */
     uint32_t dim;
     const char *payload; /* not NUL-terminated; NULL if none */
     size_t payload_len;
+    const uint8_t *rec; /* the whole stored record (vd_record_decode), rec_len bytes; its
+                           pointers may be unaligned; lives as long as payload */
+    size_t rec_len;
 };
 /* Reads one point (live or tombstone). The view's pointers stay valid until vd_store_read_end.
  * VD_ENOTFOUND if the id was never written (or was purged). */
@@ -160,6 +183,12 @@ void vd_store_read_release_views(struct vd_rtxn *t);
 typedef int (*vd_store_point_fn)(const struct vd_point_view *p, void *ctx);
 int vd_store_scan(struct vd_rtxn *t, uint64_t incarnation, const struct vd_pid *from,
                   bool with_tombstones, vd_store_point_fn fn, void *ctx);
+/* Visits the points of an incarnation whose placement hash (vd_place_hash of the collection
+ * name and the stored key) lies on the ring arc (start, end], in hash order (an arc that wraps
+ * past 2^64-1 is visited from start onwards, then from 0; start == end is the whole ring, as in
+ * vd_ring_contains). Otherwise as vd_store_scan. */
+int vd_store_scan_hash_range(struct vd_rtxn *t, uint64_t incarnation, uint64_t start,
+                             uint64_t end, bool with_tombstones, vd_store_point_fn fn, void *ctx);
 /* Visits every collection in name order; the schema is valid during the call only. */
 typedef int (*vd_store_coll_fn)(const struct vd_coll_schema *c, void *ctx);
 int vd_store_coll_list(struct vd_rtxn *t, vd_store_coll_fn fn, void *ctx);

@@ -5,13 +5,16 @@
 
 #include "db_int.h"
 #include "vectord/json.h"
+#include "vectord/record.h"
 
 struct wreq {
     struct vd_coll *c;
     struct vd_wbatch b;
     struct vd_wop *ops;
     size_t n;
-    float *vecs;    /* n * dim, UPSERT only */
+    float *vecs;    /* n * dim: the vector of each UPSERT and live APPLY op */
+    uint8_t *recs;  /* APPLY: the records, back to back (the store reads them until done) */
+    bool payload_only; /* payload edits: the vector is the stored one, the index keeps it */
     char **texts;   /* payload JSON text per op, or NULL */
     uint8_t **bins; /* binary payload per op (ownership moves to the payload map) */
     size_t *bin_lens;
@@ -31,6 +34,7 @@ static void wreq_free(struct wreq *w)
     free(w->bins);
     free(w->bin_lens);
     free(w->vecs);
+    free(w->recs);
     free(w->ops);
     vd__db_coll_unref(w->c);
     free(w);
@@ -107,8 +111,23 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
                 last = op->seq;
             if (!op->applied)
                 continue;
-            switch (op->kind) {
+            bool live = op->kind == VD_WOP_UPSERT || (op->kind == VD_WOP_APPLY && op->vec);
+            if (live && w->payload_only && pmap_get(&c->pm, &op->id)) {
+                /* same vector: only the payload changes */
+                if (vd__db_set_payload(c, &op->id, w->bins[i], (uint32_t)w->bin_lens[i]) == 0) {
+                    w->bins[i] = NULL;
+                } else {
+                    vd_log_error("collection '%s': out of memory applying a payload edit; "
+                                 "catching up from the change log",
+                                 c->schema.name);
+                    vd__db_note_lag(c, op->seq);
+                }
+                continue;
+            }
+            switch (live ? VD_WOP_UPSERT : VD_WOP_DELETE) {
             case VD_WOP_UPSERT:
+                /* (an edit whose point was deleted after it was read comes here too: the
+                 * newer record made it live again, so the index must hold it) */
                 if (vd_index_upsert(c->ix, &op->id, op->vec, op->seq) ||
                     vd__db_set_payload(c, &op->id, w->bins ? w->bins[i] : NULL,
                                        w->bin_lens ? (uint32_t)w->bin_lens[i] : 0)) {
@@ -121,11 +140,6 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
                 }
                 if (w->bins)
                     w->bins[i] = NULL; /* the map owns it now */
-                break;
-            case VD_WOP_SET_PAYLOAD:
-                if (pmap_get(&c->pm, &op->id) &&
-                    vd__db_set_payload(c, &op->id, w->bins[i], (uint32_t)w->bin_lens[i]) == 0)
-                    w->bins[i] = NULL;
                 break;
             case VD_WOP_DELETE:
                 vd_index_delete(c->ix, &op->id, op->seq);
@@ -357,15 +371,25 @@ int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON 
         free(found);
         return vd_errf(err, VD_ENOMEM, "out of memory");
     }
+    uint32_t dim = c->schema.dim;
+    w->payload_only = true;
+    if (!(w->vecs = malloc(sizeof(float) * dim * (n ? n : 1)))) {
+        rc = vd_errf(err, VD_ENOMEM, "out of memory for %zu vectors", n);
+        goto out_free;
+    }
     struct vd_rtxn *t;
     if ((rc = vd_store_read_begin(c->db->store, &t))) {
         vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
         goto out_free;
     }
+    /* Each edited point is written whole: the stored vector, the edited payload, a new
+     * version. The store never combines a write with what it holds, so every copy of one
+     * version is the same record. */
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         struct vd_point_view v;
-        if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v) || v.tombstone)
+        if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v) || v.tombstone ||
+            v.dim != dim)
             continue; /* Qdrant skips ids that do not exist */
         cJSON *np = edited_payload(op, arg, v.payload, v.payload_len, err);
         if (!np) {
@@ -374,11 +398,16 @@ int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON 
             goto out_free;
         }
         struct vd_wop *o = &w->ops[k];
-        o->kind = VD_WOP_SET_PAYLOAD;
+        float *vec = w->vecs + k * dim;
+        memcpy(vec, v.vec, sizeof(float) * dim);
+        vd_store_read_release_views(t);
+        o->kind = VD_WOP_UPSERT;
         o->incarnation = c->schema.incarnation;
         o->id = ids[i];
         o->version = vd_hlc_now();
         o->node = c->db->node_id;
+        o->vec = vec;
+        o->dim = dim;
         rc = prepare_payload(w, k, np, err);
         cJSON_Delete(np);
         if (rc) {
@@ -398,6 +427,85 @@ int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON 
     return submit(w, err);
 out_free:
     free(found);
+    wreq_free(w);
+    return rc;
+}
+
+int vd_db_apply(struct vd_coll *c, const uint8_t *const *recs, const size_t *lens, size_t n,
+                vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    uint32_t dim = c->schema.dim;
+    if (n == 0)
+        return vd_errf(err, VD_EINVAL, "no records given");
+    struct wreq *w = wreq_new(c, n, true, done, ctx);
+    if (!w)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    int rc;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += lens[i];
+    w->vecs = malloc(sizeof(float) * dim * n);
+    w->recs = malloc(total ? total : 1);
+    if (!w->vecs || !w->recs) {
+        rc = vd_errf(err, VD_ENOMEM, "out of memory for %zu records", n);
+        goto out_free;
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct vd_record r;
+        struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+        uint8_t *b = w->recs + off;
+        memcpy(b, recs[i], lens[i]);
+        off += lens[i];
+        if (vd_record_decode(b, lens[i], &r, vecs)) {
+            rc = vd_errf(err, VD_EINVAL, "records[%zu]: malformed point record", i);
+            goto out_free;
+        }
+        if (r.incarnation != c->schema.incarnation) {
+            rc = vd_errf(err, VD_EINVAL, "records[%zu]: incarnation %llu is not the collection's",
+                         i, (unsigned long long)r.incarnation);
+            goto out_free;
+        }
+        struct vd_wop *op = &w->ops[i];
+        op->kind = VD_WOP_APPLY;
+        op->rec = b;
+        op->rec_len = lens[i];
+        op->id = r.id; /* the store fills these too; set now for the index */
+        if (r.tombstone)
+            continue;
+        const struct vd_rvec *u = vd_record_vector(&r, "", 0);
+        if (!u || u->kind != VD_RVEC_DENSE || u->n != dim) {
+            rc = vd_errf(err, VD_EINVAL, "records[%zu]: vector has %u values, expected %u", i,
+                         u ? u->n : 0, dim);
+            goto out_free;
+        }
+        float *v = w->vecs + i * dim;
+        vd_record_copy_values(u, v);
+        op->vec = v;
+        op->dim = dim;
+        if (r.payload_len) {
+            cJSON *j = NULL;
+            if (vd_json_parse(r.payload, r.payload_len, VD_JSON_MAX_DEPTH, &j, err) == 0 &&
+                !cJSON_IsObject(j)) {
+                cJSON_Delete(j);
+                j = NULL;
+                vd_errf(err, VD_EINVAL, "payload is not a JSON object");
+            }
+            if (!j) {
+                vd_err_prefix(err, "records[%zu]", i);
+                rc = VD_EINVAL;
+                goto out_free;
+            }
+            rc = vd_payload_encode(j, &w->bins[i], &w->bin_lens[i]);
+            cJSON_Delete(j);
+            if (rc) {
+                rc = vd_errf(err, rc, "records[%zu]: payload: %s", i, vd_strerror(rc));
+                goto out_free;
+            }
+        }
+    }
+    return submit(w, err);
+out_free:
     wreq_free(w);
     return rc;
 }

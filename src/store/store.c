@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "store_int.h"
+#include "vectord/record.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 /* Vectors are handed out as pointers into the map, which needs the host order to match the
@@ -21,7 +22,9 @@
 #define MIN_DEFAULT_MAP (1ULL << 30)
 #define MAX_READERS 1024
 #define RTXN_KEEP_FLOATS 16384
-#define FORMAT_VERSION 1
+/* 1: vector header + float32 in `points`, payload text in `payloads`. 2: one point record
+ * (record.h) per point, a points_by_hash table and an HLC floor in meta. */
+#define FORMAT_VERSION 2
 
 /* ---- encodings ----------------------------------------------------------------------------- */
 
@@ -84,18 +87,67 @@ size_t vd__store_pt_key(uint64_t inc, const struct vd_pid *id, uint8_t *key)
 int vd__store_pt_decode(const MDB_val *v, struct vd_point_view *out)
 {
     const uint8_t *p = v->mv_data;
-    if (v->mv_size < VD__PT_HDR)
+    struct vd_record r;
+    struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+    if (v->mv_size < VD__PT_SEQ)
         return VD_ECORRUPT;
-    out->version = vd__store_le64_get(p);
-    out->node = vd__store_le64_get(p + 8);
-    out->seq = vd__store_le64_get(p + 16);
-    out->tombstone = (p[24] & VD__PT_TOMB) != 0;
-    out->dim = vd__store_le32_get(p + 25);
-    if (v->mv_size != VD__PT_HDR + (size_t)out->dim * 4 || (out->tombstone && out->dim))
+    out->seq = vd__store_le64_get(p);
+    out->rec = p + VD__PT_SEQ;
+    out->rec_len = v->mv_size - VD__PT_SEQ;
+    if (vd_record_decode(out->rec, out->rec_len, &r, vecs))
         return VD_ECORRUPT;
-    out->vec = out->tombstone ? NULL : (const float *)(const void *)(p + VD__PT_HDR);
-    out->payload = NULL;
-    out->payload_len = 0;
+    out->id = r.id;
+    out->version = r.version.hlc;
+    out->node = r.version.node;
+    out->tombstone = r.tombstone;
+    const struct vd_rvec *u = vd_record_vector(&r, "", 0);
+    bool dense = u && u->kind == VD_RVEC_DENSE;
+    out->vec = dense ? u->values : NULL;
+    out->dim = dense ? u->n : 0;
+    out->payload = r.payload;
+    out->payload_len = r.payload_len;
+    return 0;
+}
+
+int vd__store_pt_version(const MDB_val *v, struct vd_version *ver, bool *tomb)
+{
+    const uint8_t *p = v->mv_data;
+    if (v->mv_size < VD__PT_SEQ + 3)
+        return VD_ECORRUPT;
+    size_t off = VD__PT_SEQ + 3 + p[VD__PT_SEQ + 2] + 8; /* past the key and incarnation */
+    if (v->mv_size < off + 16 || p[VD__PT_SEQ] != VD_RECORD_FORMAT)
+        return VD_ECORRUPT;
+    ver->hlc = vd__store_le64_get(p + off);
+    ver->node = vd__store_le64_get(p + off + 8);
+    *tomb = (p[VD__PT_SEQ + 1] & VD_RECORD_FLAG_TOMB) != 0;
+    return 0;
+}
+
+size_t vd__store_hash_key(uint64_t inc, const char *name, const struct vd_pid *id, uint8_t *key)
+{
+    size_t kl = vd_pid_encode(id, key + 16);
+    vd_be64_put(key, inc);
+    vd_be64_put(key + 8, vd_place_hash(name, key + 16, kl));
+    return 16 + kl;
+}
+
+int vd__store_live_get(struct vd_store *s, MDB_txn *txn, uint64_t inc, uint32_t *dim, char *name)
+{
+    uint8_t kb[9];
+    kb[0] = VD__META_LIVE;
+    vd_be64_put(kb + 1, inc);
+    MDB_val k = {9, kb}, v;
+    int rc = mdb_get(txn, s->dbi_meta, &k, &v);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    if (v.mv_size < 4 || v.mv_size > 4 + 255)
+        return VD_ECORRUPT;
+    if (dim)
+        *dim = vd__store_le32_get(v.mv_data);
+    if (name) {
+        memcpy(name, (const char *)v.mv_data + 4, v.mv_size - 4);
+        name[v.mv_size - 4] = 0;
+    }
     return 0;
 }
 
@@ -202,8 +254,9 @@ static int meta_put_u64(struct vd_store *s, MDB_txn *txn, const char *key, uint6
     return vd__store_mdb_err(mdb_put(txn, s->dbi_meta, &k, &v, 0));
 }
 
-/* Opens the tables, reads or creates the node id and format marker, and recovers counters. */
-static int init_tables(struct vd_store *s, struct vd_err *err)
+/* Opens the tables, reads or creates the node id and format marker, and recovers counters;
+ * *migrate tells whether the points are still in format 1. */
+static int init_tables(struct vd_store *s, bool *migrate, struct vd_err *err)
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
@@ -218,7 +271,8 @@ static int init_tables(struct vd_store *s, struct vd_err *err)
              {"payloads", &s->dbi_payloads},
              {"changes", &s->dbi_changes},
              {"hints", &s->dbi_hints},
-             {"payload_indexes", &s->dbi_pindex}};
+             {"payload_indexes", &s->dbi_pindex},
+             {"points_by_hash", &s->dbi_hash}};
     int r;
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         rc = mdb_dbi_open(txn, t[i].name, MDB_CREATE, t[i].dbi);
@@ -230,7 +284,17 @@ static int init_tables(struct vd_store *s, struct vd_err *err)
     uint64_t fmt;
     r = meta_get_u64(s, txn, VD__META_FORMAT, &fmt);
     if (r == VD_ENOTFOUND) {
-        r = meta_put_u64(s, txn, VD__META_FORMAT, FORMAT_VERSION);
+        /* a new environment, or one of format 1 from before the marker existed: the points
+         * table tells which */
+        MDB_stat st;
+        if ((rc = mdb_stat(txn, s->dbi_points, &st))) {
+            r = vd_errf(err, vd__store_mdb_err(rc), "points: %s", mdb_strerror(rc));
+            goto out_abort;
+        }
+        *migrate = st.ms_entries > 0;
+        r = meta_put_u64(s, txn, VD__META_FORMAT, *migrate ? 1 : FORMAT_VERSION);
+    } else if (r == 0 && fmt == 1) {
+        *migrate = true;
     } else if (r == 0 && fmt != FORMAT_VERSION) {
         r = vd_errf(err, VD_ECORRUPT, "storage format %llu is not supported (expected %d)",
                     (unsigned long long)fmt, FORMAT_VERSION);
@@ -258,6 +322,11 @@ static int init_tables(struct vd_store *s, struct vd_err *err)
     r = meta_get_u64(s, txn, VD__META_INC, &s->last_inc);
     if (r == VD_ENOTFOUND)
         s->last_inc = 0, r = 0;
+    if (r)
+        goto out_meta_err;
+    r = meta_get_u64(s, txn, VD__META_HLC, &s->hlc_floor);
+    if (r == VD_ENOTFOUND)
+        s->hlc_floor = 0, r = 0;
     if (r)
         goto out_meta_err;
     r = vd__store_count_purges(s, txn, &s->ctr.purges_pending);
@@ -312,7 +381,7 @@ int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct v
             goto out_unlock;
         }
         mdb_env_set_mapsize(s->env, s->map_size);
-        mdb_env_set_maxdbs(s->env, 8);
+        mdb_env_set_maxdbs(s->env, 12);
         mdb_env_set_maxreaders(s->env, MAX_READERS);
         rc = mdb_env_open(s->env, path, flags, 0600);
         /* The default map is only reserved address space; where less is available (a
@@ -339,8 +408,15 @@ int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct v
     s->map_size = info.me_mapsize;
     s->ctr.map_size = s->map_size;
 
-    if ((r = init_tables(s, err)))
+    bool migrate = false;
+    if ((r = init_tables(s, &migrate, err)))
         goto out_env;
+    if (migrate && (r = vd__store_migrate(s, err)))
+        goto out_env;
+    /* A restarted node must never stamp a version at or below one it already made durable,
+     * even when its wall clock went back (or ran ahead before the restart). */
+    if (s->hlc_floor)
+        vd_hlc_observe(s->hlc_floor);
 
     pthread_mutex_init(&s->rd_mu, NULL);
     pthread_cond_init(&s->rd_cv, NULL);
@@ -406,7 +482,6 @@ void vd_store_close(struct vd_store *s)
     pthread_mutex_destroy(&s->rd_mu);
     free(s->q);
     free(s->group);
-    free(s->scratch);
     free(s->dir);
     free(s);
 }
@@ -615,19 +690,6 @@ static int align_vec(struct vd_rtxn *t, struct vd_point_view *p, bool for_scan)
     return 0;
 }
 
-static int read_payload(struct vd_rtxn *t, MDB_val *key, struct vd_point_view *out)
-{
-    MDB_val v;
-    int rc = mdb_get(t->txn, t->s->dbi_payloads, key, &v);
-    if (rc == MDB_NOTFOUND)
-        return 0;
-    if (rc)
-        return vd__store_mdb_err(rc);
-    out->payload = v.mv_data;
-    out->payload_len = v.mv_size;
-    return 0;
-}
-
 int vd_store_point_get(struct vd_rtxn *t, uint64_t incarnation, const struct vd_pid *id,
                        struct vd_point_view *out)
 {
@@ -639,12 +701,29 @@ int vd_store_point_get(struct vd_rtxn *t, uint64_t incarnation, const struct vd_
     int r = vd__store_pt_decode(&v, out);
     if (r)
         return r;
-    out->id = *id;
-    if (out->tombstone)
-        return 0;
-    if ((r = align_vec(t, out, false)))
+    if (!vd_pid_eq(&out->id, id))
+        return VD_ECORRUPT;
+    return align_vec(t, out, false);
+}
+
+/* Decodes the value under points key k and passes it to fn; VD_ECORRUPT when the record does
+ * not belong to the key. */
+static int visit(struct vd_rtxn *t, const MDB_val *k, const MDB_val *v, bool with_tombstones,
+                 vd_store_point_fn fn, void *ctx)
+{
+    struct vd_point_view p;
+    struct vd_pid id;
+    int r;
+    if ((r = vd__store_pt_decode(v, &p)) ||
+        (r = vd_pid_decode((const uint8_t *)k->mv_data + 8, k->mv_size - 8, &id)))
         return r;
-    return read_payload(t, &k, out);
+    if (!vd_pid_eq(&p.id, &id))
+        return VD_ECORRUPT;
+    if (p.tombstone && !with_tombstones)
+        return 0;
+    if ((r = align_vec(t, &p, true)))
+        return r;
+    return fn(&p, ctx);
 }
 
 int vd_store_scan(struct vd_rtxn *t, uint64_t incarnation, const struct vd_pid *from,
@@ -668,19 +747,63 @@ int vd_store_scan(struct vd_rtxn *t, uint64_t incarnation, const struct vd_pid *
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size < 9 || vd_be64_get(k.mv_data) != incarnation)
             break;
-        struct vd_point_view p;
-        if ((r = vd__store_pt_decode(&v, &p)) ||
-            (r = vd_pid_decode((const uint8_t *)k.mv_data + 8, k.mv_size - 8, &p.id)))
-            break;
-        if (p.tombstone && !with_tombstones)
-            continue;
-        if (!p.tombstone && ((r = align_vec(t, &p, true)) || (r = read_payload(t, &k, &p))))
-            break;
-        if ((r = fn(&p, ctx)))
+        if ((r = visit(t, &k, &v, with_tombstones, fn, ctx)))
             break;
     }
     if (r == 0 && rc != 0 && rc != MDB_NOTFOUND)
         r = vd__store_mdb_err(rc);
+    mdb_cursor_close(cur);
+    return r;
+}
+
+/* Visits the points of inc whose hash is in [lo, hi] in hash order. */
+static int scan_hash_seg(struct vd_rtxn *t, MDB_cursor *cur, uint64_t inc, uint64_t lo,
+                         uint64_t hi, bool with_tombstones, vd_store_point_fn fn, void *ctx)
+{
+    uint8_t kb[16];
+    vd_be64_put(kb, inc);
+    vd_be64_put(kb + 8, lo);
+    MDB_val k = {16, kb}, v;
+    int rc, r = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        const uint8_t *hk = k.mv_data;
+        if (k.mv_size < 17 || vd_be64_get(hk) != inc || vd_be64_get(hk + 8) > hi)
+            break;
+        uint8_t pk[VD__PT_KEY_MAX];
+        if (k.mv_size - 16 > VD_PID_KEY_MAX)
+            return VD_ECORRUPT;
+        memcpy(pk, hk, 8);
+        memcpy(pk + 8, hk + 16, k.mv_size - 16);
+        MDB_val ptk = {k.mv_size - 8, pk}, ptv;
+        int grc = mdb_get(t->txn, t->s->dbi_points, &ptk, &ptv);
+        if (grc) /* every hash entry has its point, in the same transaction */
+            return grc == MDB_NOTFOUND ? VD_ECORRUPT : vd__store_mdb_err(grc);
+        if ((r = visit(t, &ptk, &ptv, with_tombstones, fn, ctx)))
+            return r;
+    }
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : vd__store_mdb_err(rc);
+}
+
+int vd_store_scan_hash_range(struct vd_rtxn *t, uint64_t incarnation, uint64_t start,
+                             uint64_t end, bool with_tombstones, vd_store_point_fn fn, void *ctx)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(t->txn, t->s->dbi_hash, &cur);
+    if (rc)
+        return vd__store_mdb_err(rc);
+    int r;
+    if (start < end) {
+        r = scan_hash_seg(t, cur, incarnation, start + 1, end, with_tombstones, fn, ctx);
+    } else if (start > end) { /* the arc wraps: (start, 2^64-1] then [0, end] */
+        r = start == UINT64_MAX ? 0
+                                : scan_hash_seg(t, cur, incarnation, start + 1, UINT64_MAX,
+                                                with_tombstones, fn, ctx);
+        if (r == 0)
+            r = scan_hash_seg(t, cur, incarnation, 0, end, with_tombstones, fn, ctx);
+    } else {
+        r = scan_hash_seg(t, cur, incarnation, 0, UINT64_MAX, with_tombstones, fn, ctx);
+    }
     mdb_cursor_close(cur);
     return r;
 }

@@ -7,12 +7,17 @@
 
 #include "vectord/store.h"
 
-/* Point record header: version u64, node u64, seq u64, flags u8, dim u32 (all little-endian on
- * disk, like the floats that follow). */
-#define VD__PT_HDR 29
-#define VD__PT_TOMB 0x01
+/* Points table value (format 2): the local change counter (u64 LE) then the point record
+ * (include/vectord/record.h), payload included. */
+#define VD__PT_SEQ 8
+/* Format 1 value, read only by the migration: version u64, node u64, seq u64, flags u8, dim u32
+ * (little-endian) then float32[dim]; the payload sat in the `payloads` table. */
+#define VD__PT1_HDR 29
+#define VD__PT1_TOMB 0x01
 /* Key: incarnation u64 BE ‖ pid key. */
 #define VD__PT_KEY_MAX (8 + VD_PID_KEY_MAX)
+/* points_by_hash key: incarnation u64 BE ‖ placement hash u64 BE ‖ pid key; empty value. */
+#define VD__HK_MAX (16 + VD_PID_KEY_MAX)
 #define VD__RTXN_POOL 64
 
 /* Meta keys. Live incarnations "i"‖inc BE -> dim u32 LE ‖ name; purging ones "p"‖inc BE -> "". */
@@ -20,6 +25,8 @@
 #define VD__META_SEQ "last_seq"
 #define VD__META_INC "last_incarnation"
 #define VD__META_FORMAT "format"
+#define VD__META_HLC "hlc_floor"       /* highest version HLC durably written (u64 LE) */
+#define VD__META_MIGRATE "migrate_pos" /* format 1 -> 2: the next points key to convert */
 #define VD__META_LIVE 'i'
 #define VD__META_PURGE 'p'
 
@@ -28,7 +35,7 @@ struct vd_store {
     int lock_fd;
     MDB_env *env;
     MDB_dbi dbi_meta, dbi_colls, dbi_points, dbi_payloads, dbi_changes, dbi_hints,
-        dbi_pindex;
+        dbi_pindex, dbi_hash;
     uint64_t node_id;
     bool no_sync;
 
@@ -70,8 +77,7 @@ struct vd_store {
     uint64_t last_inc;
     uint8_t sweep_key[VD__PT_KEY_MAX]; /* where the sweep pass resumes (inclusive) */
     size_t sweep_klen;
-    float *scratch;    /* vector copy for SET_PAYLOAD */
-    size_t scratch_cap;
+    uint64_t hlc_floor; /* highest version HLC committed (meta VD__META_HLC) */
 };
 
 struct vd_rtxn {
@@ -85,8 +91,13 @@ struct vd_rtxn {
 };
 
 int vd__store_mdb_err(int rc);
-/* Decodes a points record into *out (vec may still be unaligned). VD_ECORRUPT on bad length. */
+/* Decodes a points value into *out (vec may still be unaligned; id and the rest come from the
+ * record). VD_ECORRUPT for anything but a valid value. */
 int vd__store_pt_decode(const MDB_val *v, struct vd_point_view *out);
+/* Reads only the version and tombstone flag of a points value; VD_ECORRUPT if too short. */
+int vd__store_pt_version(const MDB_val *v, struct vd_version *ver, bool *tomb);
+/* The points_by_hash key of (inc, id) in a collection named name; returns its length. */
+size_t vd__store_hash_key(uint64_t inc, const char *name, const struct vd_pid *id, uint8_t *key);
 size_t vd__store_pt_key(uint64_t inc, const struct vd_pid *id, uint8_t *key);
 void vd__store_le64_put(uint8_t *p, uint64_t v);
 uint64_t vd__store_le64_get(const uint8_t *p);
@@ -98,6 +109,15 @@ size_t vd__store_schema_encode(const struct vd_coll_schema *c, uint8_t *buf);
 
 /* Writer thread (store_write.c). */
 void *vd__store_writer_main(void *arg);
+/* Looks up a live incarnation in meta: its dimension and name (name[256], NUL-terminated; either
+ * out may be NULL). VD_ENOTFOUND if not live. */
+int vd__store_live_get(struct vd_store *s, MDB_txn *txn, uint64_t inc, uint32_t *dim, char *name);
+/* Converts a format 1 data environment to format 2 in bounded transactions (store_migrate.c). */
+int vd__store_migrate(struct vd_store *s, struct vd_err *err);
+/* Tests: points converted per migration transaction, and a number of transactions after which the
+ * migration stops with VD_EIO as if the process died (0: never). */
+extern unsigned vd__store_migrate_chunk;
+extern unsigned vd__store_migrate_stop_after;
 /* Counts pending purges in meta at open; resumes them. */
 int vd__store_count_purges(struct vd_store *s, MDB_txn *txn, uint32_t *out);
 

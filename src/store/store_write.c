@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "store_int.h"
+#include "vectord/record.h"
 
 #define PURGE_CHUNK 512         /* points (and payloads) deleted per purge transaction */
 #define BG_EVERY_NS 50000000ULL /* under steady load, still run a background step this often */
@@ -20,9 +21,11 @@
 /* Writer-thread state of one group transaction. */
 struct group_ctx {
     bool map_full;      /* some LMDB call returned MDB_MAP_FULL: abort, grow, retry */
-    uint64_t cache_inc; /* last incarnation checked live, and its dimension */
+    uint64_t cache_inc; /* last incarnation checked live, its dimension and name */
     uint32_t cache_dim;
+    char cache_name[256];
     int32_t purge_delta; /* change to purges_pending once committed */
+    uint64_t max_hlc;    /* highest version HLC written in this group */
 };
 
 static int mdbck(struct group_ctx *g, int rc)
@@ -135,7 +138,8 @@ static void meta_inc_key(uint8_t *k, char kind, uint64_t inc)
     vd_be64_put(k + 1, inc);
 }
 
-/* Looks up the dimension of a live incarnation; VD_ENOTFOUND if none (never created, deleted). */
+/* Looks up the dimension and name of a live incarnation; VD_ENOTFOUND if none (never created,
+ * deleted). */
 static int live_dim(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, uint64_t inc,
                     uint32_t *dim)
 {
@@ -143,122 +147,62 @@ static int live_dim(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, uint6
         *dim = g->cache_dim;
         return 0;
     }
-    uint8_t kb[9];
-    meta_inc_key(kb, VD__META_LIVE, inc);
-    MDB_val k = {9, kb}, v;
-    int rc = mdb_get(txn, s->dbi_meta, &k, &v);
-    if (rc)
-        return mdbck(g, rc);
-    if (v.mv_size < 4)
-        return VD_ECORRUPT;
-    *dim = vd__store_le32_get(v.mv_data);
+    int r = vd__store_live_get(s, txn, inc, dim, g->cache_name);
+    if (r)
+        return r;
     g->cache_inc = inc;
     g->cache_dim = *dim;
     return 0;
 }
 
-static void write_hdr(uint8_t *p, const struct vd_wop *op, uint64_t seq, bool tomb, uint32_t dim)
+static void max_hlc(struct group_ctx *g, uint64_t hlc)
 {
-    vd__store_le64_put(p, op->version);
-    vd__store_le64_put(p + 8, op->node);
-    vd__store_le64_put(p + 16, seq);
-    p[24] = tomb ? VD__PT_TOMB : 0;
-    vd__store_le32_put(p + 25, dim);
+    if (hlc > g->max_hlc)
+        g->max_hlc = hlc;
 }
 
-static int put_payload(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, MDB_val *k,
-                       const struct vd_wop *op)
+/* Writes one whole record under the points key of (op->incarnation, op->id), keeping the newer
+ * version; r is the decoded record, enc its encoding when the caller already has it (APPLY) or
+ * NULL to encode r here. */
+static int put_record(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
+                      const struct vd_record *r, const uint8_t *enc, size_t enc_len,
+                      struct vd_err *err)
 {
-    int rc;
-    if (op->payload) {
-        MDB_val v = {op->payload_len, (void *)op->payload};
-        rc = mdb_put(txn, s->dbi_payloads, k, &v, 0);
-    } else {
-        rc = mdb_del(txn, s->dbi_payloads, k, NULL);
-        if (rc == MDB_NOTFOUND)
-            rc = 0;
-    }
-    return mdbck(g, rc);
-}
-
-static int apply_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
-                       struct vd_err *err)
-{
-    char ids[VD_PID_STR_MAX];
-    uint32_t dim = 0;
-    int r = live_dim(s, txn, g, op->incarnation, &dim);
-    if (r == VD_ENOTFOUND)
-        return vd_errf(err, r, "collection incarnation %llu does not exist",
-                       (unsigned long long)op->incarnation);
-    if (r)
-        return vd_errf(err, r, "reading collection: %s", vd_strerror(r));
-    if (op->kind == VD_WOP_UPSERT && (op->dim != dim || !op->vec)) {
-        vd_pid_format(&op->id, ids);
-        return vd_errf(err, VD_EINVAL, "point %s: vector has %u values, expected %u", ids,
-                       op->vec ? op->dim : 0, dim);
-    }
-
     uint8_t kb[VD__PT_KEY_MAX];
     MDB_val k = {vd__store_pt_key(op->incarnation, &op->id, kb), kb}, cur;
-    struct vd_point_view old;
     int rc = mdb_get(txn, s->dbi_points, &k, &cur);
     bool exists = rc == 0;
     if (rc && rc != MDB_NOTFOUND)
         return vd_errf(err, mdbck(g, rc), "reading point: %s", mdb_strerror(rc));
-    if (exists && (r = vd__store_pt_decode(&cur, &old)))
-        return vd_errf(err, r, "stored point record is malformed");
-    if (exists &&
-        vd_version_cmp((struct vd_version){op->version, op->node},
-                       (struct vd_version){old.version, old.node}) <= 0)
-        return 0; /* last-write-wins: the stored version is newer or the same write */
-
-    MDB_val v;
-    uint64_t seq = s->next_seq + 1;
-    switch (op->kind) {
-    case VD_WOP_UPSERT:
-        v.mv_size = VD__PT_HDR + (size_t)dim * 4;
-        if ((rc = mdb_put(txn, s->dbi_points, &k, &v, MDB_RESERVE)))
-            break;
-        write_hdr(v.mv_data, op, seq, false, dim);
-        memcpy((uint8_t *)v.mv_data + VD__PT_HDR, op->vec, (size_t)dim * 4);
-        break;
-    case VD_WOP_DELETE:
-        v.mv_size = VD__PT_HDR;
-        if ((rc = mdb_put(txn, s->dbi_points, &k, &v, MDB_RESERVE)))
-            break;
-        write_hdr(v.mv_data, op, seq, true, 0);
-        break;
-    case VD_WOP_SET_PAYLOAD:
-        if (!exists || old.tombstone) {
-            vd_pid_format(&op->id, ids);
-            return vd_errf(err, VD_ENOTFOUND, "point %s not found", ids);
-        }
-        /* The old value may live on a page the reserve below reuses: copy it first. */
-        if (s->scratch_cap < old.dim) {
-            float *nb = realloc(s->scratch, (size_t)old.dim * 4);
-            if (!nb)
-                return vd_errf(err, VD_ENOMEM, "out of memory");
-            s->scratch = nb;
-            s->scratch_cap = old.dim;
-        }
-        memcpy(s->scratch, old.vec, (size_t)old.dim * 4);
-        v.mv_size = VD__PT_HDR + (size_t)old.dim * 4;
-        if ((rc = mdb_put(txn, s->dbi_points, &k, &v, MDB_RESERVE)))
-            break;
-        write_hdr(v.mv_data, op, seq, false, old.dim);
-        memcpy((uint8_t *)v.mv_data + VD__PT_HDR, s->scratch, (size_t)old.dim * 4);
-        break;
-    default:
-        return vd_errf(err, VD_EINTERNAL, "not a point operation");
+    if (exists) {
+        struct vd_version old;
+        bool tomb;
+        if (vd__store_pt_version(&cur, &old, &tomb))
+            return vd_errf(err, VD_ECORRUPT, "stored point record is malformed");
+        if (vd_version_cmp(r->version, old) <= 0)
+            return 0; /* last-write-wins: the stored version is newer or the same write */
     }
-    if (rc)
+    uint64_t seq = s->next_seq + 1;
+    size_t len = enc ? enc_len : vd_record_size(r);
+    MDB_val v = {VD__PT_SEQ + len, NULL};
+    if ((rc = mdb_put(txn, s->dbi_points, &k, &v, MDB_RESERVE)))
         return vd_errf(err, mdbck(g, rc), "writing point: %s", mdb_strerror(rc));
-    if (op->kind == VD_WOP_DELETE) {
-        rc = mdb_del(txn, s->dbi_payloads, &k, NULL);
-        if (rc && rc != MDB_NOTFOUND)
-            return vd_errf(err, mdbck(g, rc), "deleting payload: %s", mdb_strerror(rc));
-    } else if ((r = put_payload(s, txn, g, &k, op))) {
-        return vd_errf(err, r, "writing payload: %s", vd_strerror(r));
+    uint8_t *p = v.mv_data;
+    vd__store_le64_put(p, seq);
+    if (enc) {
+        memcpy(p + VD__PT_SEQ, enc, len);
+    } else if (vd_record_encode(r, p + VD__PT_SEQ, len, &len)) {
+        /* the nested transaction is aborted with the batch: the reserved space goes too */
+        char ids[VD_PID_STR_MAX];
+        vd_pid_format(&op->id, ids);
+        return vd_errf(err, VD_EINVAL, "point %s: the vector holds a non-finite value", ids);
+    }
+    if (!exists) { /* the hash of a key never changes: its ring entry is made once */
+        uint8_t hk[VD__HK_MAX];
+        MDB_val hkv = {vd__store_hash_key(op->incarnation, g->cache_name, &op->id, hk), hk},
+                empty = {0, NULL};
+        if ((rc = mdb_put(txn, s->dbi_hash, &hkv, &empty, 0)))
+            return vd_errf(err, mdbck(g, rc), "writing hash entry: %s", mdb_strerror(rc));
     }
     uint8_t sk[8];
     vd_be64_put(sk, seq);
@@ -266,10 +210,57 @@ static int apply_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
     /* Keys only grow, so APPEND skips the search and fills pages completely. */
     if ((rc = mdb_put(txn, s->dbi_changes, &ck, &k, MDB_APPEND)))
         return vd_errf(err, mdbck(g, rc), "writing change log: %s", mdb_strerror(rc));
+    max_hlc(g, r->version.hlc);
     s->next_seq = seq;
     op->seq = seq;
     op->applied = true;
     return 0;
+}
+
+static int apply_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
+                       struct vd_err *err)
+{
+    char ids[VD_PID_STR_MAX];
+    struct vd_record r;
+    struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+    if (op->kind == VD_WOP_APPLY) {
+        if (!op->rec || vd_record_decode(op->rec, op->rec_len, &r, vecs))
+            return vd_errf(err, VD_EINVAL, "malformed point record");
+        op->incarnation = r.incarnation;
+        op->id = r.id;
+        op->version = r.version.hlc;
+        op->node = r.version.node;
+    } else {
+        r = (struct vd_record){.id = op->id,
+                               .incarnation = op->incarnation,
+                               .version = {op->version, op->node},
+                               .tombstone = op->kind == VD_WOP_DELETE};
+        if (op->kind == VD_WOP_UPSERT) {
+            vecs[0] = (struct vd_rvec){.kind = VD_RVEC_DENSE, .n = op->dim, .values = op->vec};
+            r.n_vectors = 1;
+            r.vectors = vecs;
+            r.payload = op->payload;
+            r.payload_len = op->payload ? op->payload_len : 0;
+        }
+    }
+    uint32_t dim = 0;
+    int rc = live_dim(s, txn, g, op->incarnation, &dim);
+    if (rc == VD_ENOTFOUND)
+        return vd_errf(err, rc, "collection incarnation %llu does not exist",
+                       (unsigned long long)op->incarnation);
+    if (rc)
+        return vd_errf(err, rc, "reading collection: %s", vd_strerror(rc));
+    if (!r.tombstone) {
+        const struct vd_rvec *u = vd_record_vector(&r, "", 0);
+        if (!u || u->kind != VD_RVEC_DENSE || u->n != dim || !u->values) {
+            vd_pid_format(&op->id, ids);
+            return vd_errf(err, VD_EINVAL, "point %s: vector has %u values, expected %u", ids,
+                           u && u->values ? u->n : 0, dim);
+        }
+    }
+    if (op->kind == VD_WOP_APPLY)
+        return put_record(s, txn, g, op, &r, op->rec, op->rec_len, err);
+    return put_record(s, txn, g, op, &r, NULL, 0, err);
 }
 
 /* Marks on a COLL_CREATE op (kept in op->seq until the group commits) which schema fields the
@@ -322,6 +313,7 @@ static int coll_create(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
         c->created_hlc = vd_hlc_now();
         op->seq |= SET_HLC;
     }
+    max_hlc(g, c->created_hlc);
     uint8_t sb[VD__SCHEMA_MAX];
     v.mv_size = vd__store_schema_encode(c, sb);
     v.mv_data = sb;
@@ -442,7 +434,7 @@ static int apply_batch(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
         switch (op->kind) {
         case VD_WOP_UPSERT:
         case VD_WOP_DELETE:
-        case VD_WOP_SET_PAYLOAD:
+        case VD_WOP_APPLY:
             r = apply_point(s, txn, g, op, &b->err);
             break;
         case VD_WOP_COLL_CREATE:
@@ -609,9 +601,25 @@ static void run_group(struct vd_store *s, struct vd_wbatch **bs, size_t n, int s
                 goto out_fail;
             }
         }
+        /* The floor goes with the versions it covers: in the same commit, so after a restart
+         * no version the clock hands out again can be at or below one already on disk. A
+         * failed batch's HLC may count too: a floor a little high is harmless. */
+        if (!g.map_full && any && g.max_hlc > s->hlc_floor) {
+            uint8_t v8[8];
+            vd__store_le64_put(v8, g.max_hlc);
+            MDB_val k = {strlen(VD__META_HLC), VD__META_HLC}, v = {8, v8};
+            mdbck(&g, rc = mdb_put(txn, s->dbi_meta, &k, &v, 0));
+            if (rc && !g.map_full) {
+                mdb_txn_abort(txn);
+                snprintf(msg, sizeof msg, "storage: writing HLC floor: %s", mdb_strerror(rc));
+                goto out_fail;
+            }
+        }
         if (!g.map_full) {
             rc = any ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), 0);
             if (rc == 0) {
+                if (any && g.max_hlc > s->hlc_floor)
+                    s->hlc_floor = g.max_hlc;
                 pthread_mutex_lock(&s->mu);
                 s->last_seq = s->next_seq;
                 if (any)
@@ -722,7 +730,7 @@ static long delete_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, long
     return n;
 }
 
-/* One purge step: deletes a chunk of the first deleted incarnation's points and payloads, and
+/* One purge step: deletes a chunk of the first deleted incarnation's points and hash entries, and
  * forgets the incarnation once nothing is left. */
 static int purge_chunk(struct vd_store *s)
 {
@@ -749,7 +757,7 @@ static int purge_chunk(struct vd_store *s)
     memcpy(mk, k.mv_data, 9);
     mdb_cursor_close(cur);
     long np = delete_prefix(txn, s->dbi_points, mk + 1, PURGE_CHUNK);
-    long nl = np < 0 ? np : delete_prefix(txn, s->dbi_payloads, mk + 1, PURGE_CHUNK);
+    long nl = np < 0 ? np : delete_prefix(txn, s->dbi_hash, mk + 1, PURGE_CHUNK);
     if (np < 0 || nl < 0) {
         rc = (int)(np < 0 ? -np : -nl);
         goto out_abort;
@@ -850,6 +858,23 @@ void vd_store_set_tombstone_grace(struct vd_store *s, uint64_t grace_ms)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Removes the points_by_hash entry of the points key kb[kl]. Only a live incarnation has a name
+ * to hash; a purging one loses its entries with its points. */
+static int del_hash_entry(struct vd_store *s, MDB_txn *txn, const uint8_t *kb, size_t kl)
+{
+    char name[256];
+    struct vd_pid id;
+    if (vd_pid_decode(kb + 8, kl - 8, &id))
+        return 0;
+    int r = vd__store_live_get(s, txn, vd_be64_get(kb), NULL, name);
+    if (r)
+        return r == VD_ENOTFOUND || r == VD_ECORRUPT ? 0 : MDB_PANIC;
+    uint8_t hk[VD__HK_MAX];
+    MDB_val k = {vd__store_hash_key(vd_be64_get(kb), name, &id, hk), hk};
+    int rc = mdb_del(txn, s->dbi_hash, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 /* One step of a pass over the points table: deletes tombstones whose HLC time is older than the
  * grace period, resuming where the previous step stopped. A pass ends at the table's end and the
  * next starts after SWEEP_INTERVAL (or half the grace period if shorter). */
@@ -873,14 +898,15 @@ static int sweep_chunk(struct vd_store *s, uint64_t grace_ms)
         rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     }
     while (rc == 0 && seen < SWEEP_CHUNK) {
-        const uint8_t *h = v.mv_data;
+        struct vd_version ver;
+        bool tomb = false;
         seen++;
-        if (v.mv_size == VD__PT_HDR && (h[24] & VD__PT_TOMB) &&
-            VD_HLC_PHYS(vd__store_le64_get(h)) < cutoff && k.mv_size <= VD__PT_KEY_MAX) {
+        if (vd__store_pt_version(&v, &ver, &tomb) == 0 && tomb &&
+            VD_HLC_PHYS(ver.hlc) < cutoff && k.mv_size <= VD__PT_KEY_MAX && k.mv_size > 8) {
             uint8_t kb[VD__PT_KEY_MAX];
             size_t kl = k.mv_size;
             memcpy(kb, k.mv_data, kl);
-            if ((rc = mdb_cursor_del(cur, 0)))
+            if ((rc = mdb_cursor_del(cur, 0)) || (rc = del_hash_entry(s, txn, kb, kl)))
                 break;
             del++;
             /* Seek past the deleted key rather than rely on where a delete leaves the cursor. */

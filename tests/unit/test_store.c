@@ -19,6 +19,7 @@
 
 #include <lmdb.h>
 
+#include "vectord/record.h"
 #include "vectord/store.h"
 
 /* ---- fixture ------------------------------------------------------------------------------- */
@@ -141,6 +142,19 @@ static int put(struct vd_store *s, enum vd_wop_kind kind, uint64_t inc, struct v
     return r;
 }
 
+/* Applies one encoded record; as put. */
+static int apply(struct vd_store *s, const uint8_t *rec, size_t len, bool *applied,
+                 uint64_t *seq)
+{
+    struct vd_wop op = {.kind = VD_WOP_APPLY, .rec = rec, .rec_len = len};
+    struct vd_wbatch b = {.ops = &op, .n = 1};
+    int r = vd_store_write(s, &b);
+    *applied = op.applied;
+    *seq = op.seq;
+    assert_int_equal(b.err.code, r);
+    return r;
+}
+
 static int upsert(struct vd_store *s, uint64_t inc, struct vd_pid id, uint64_t version,
                   float base, const char *payload)
 {
@@ -195,16 +209,41 @@ static void test_crud(void **state)
     assert_true(pv.vec[0] == 9 && pv.vec[3] == 12);
     vd_store_read_end(t);
 
-    /* Set payload keeps the vector. */
-    assert_int_equal(put(f->s, VD_WOP_SET_PAYLOAD, f->inc, num(7), 102, 1, NULL, 0, "{\"b\":2}",
-                         &applied, &seq), 0);
+    /* A whole record is stored as its very bytes, with the version it carries. */
+    float nv[4] = {-0.0f, 1, 2, 3};
+    struct vd_rvec rv = {.kind = VD_RVEC_DENSE, .n = 4, .values = nv};
+    struct vd_record rec = {.id = num(7), .incarnation = f->inc, .version = {102, 3},
+                            .n_vectors = 1, .vectors = &rv, .payload = "{\"b\":2}",
+                            .payload_len = 7};
+    uint8_t rb[256];
+    size_t rl;
+    assert_int_equal(vd_record_encode(&rec, rb, sizeof rb, &rl), 0);
+    assert_int_equal(apply(f->s, rb, rl, &applied, &seq), 0);
     assert_true(applied);
     assert_int_equal(get(f->s, f->inc, num(7), &pv, &t), 0);
-    assert_true(pv.vec[0] == 9 && pv.vec[3] == 12);
+    assert_memory_equal(pv.vec, nv, sizeof nv);
     assert_int_equal(pv.version, 102);
+    assert_int_equal(pv.node, 3);
     assert_int_equal(pv.seq, seq);
     assert_memory_equal(pv.payload, "{\"b\":2}", 7);
+    assert_int_equal(pv.rec_len, rl);
+    assert_memory_equal(pv.rec, rb, rl);
     vd_store_read_end(t);
+    /* an older record is skipped; so is the same one again */
+    rec.version = (struct vd_version){101, 9};
+    assert_int_equal(vd_record_encode(&rec, rb, sizeof rb, &rl), 0);
+    assert_int_equal(apply(f->s, rb, rl, &applied, &seq), 0);
+    assert_false(applied);
+    rec.version = (struct vd_version){102, 3};
+    assert_int_equal(vd_record_encode(&rec, rb, sizeof rb, &rl), 0);
+    assert_int_equal(apply(f->s, rb, rl, &applied, &seq), 0);
+    assert_false(applied);
+    /* malformed bytes and a vector of the wrong size fail the batch */
+    assert_int_equal(apply(f->s, rb, rl - 1, &applied, &seq), VD_EINVAL);
+    rv.n = 3;
+    rec.version.hlc = 200;
+    assert_int_equal(vd_record_encode(&rec, rb, sizeof rb, &rl), 0);
+    assert_int_equal(apply(f->s, rb, rl, &applied, &seq), VD_EINVAL);
 
     /* Delete leaves a tombstone. */
     assert_int_equal(put(f->s, VD_WOP_DELETE, f->inc, num(7), 103, 1, NULL, 0, NULL, &applied,
@@ -217,12 +256,12 @@ static void test_crud(void **state)
     assert_int_equal(pv.version, 103);
     vd_store_read_end(t);
 
-    /* Set payload on a deleted or absent point fails the batch. */
-    assert_int_equal(put(f->s, VD_WOP_SET_PAYLOAD, f->inc, num(7), 104, 1, NULL, 0, "{}", &applied,
-                         &seq), VD_ENOTFOUND);
-    assert_false(applied);
-    assert_int_equal(put(f->s, VD_WOP_SET_PAYLOAD, f->inc, num(99), 104, 1, NULL, 0, "{}",
-                         &applied, &seq), VD_ENOTFOUND);
+    /* A tombstone record for an id never seen is applied, not refused. */
+    struct vd_record tr = {.id = num(99), .incarnation = f->inc, .version = {104, 1},
+                           .tombstone = true};
+    assert_int_equal(vd_record_encode(&tr, rb, sizeof rb, &rl), 0);
+    assert_int_equal(apply(f->s, rb, rl, &applied, &seq), 0);
+    assert_true(applied);
 
     /* Wrong dimension and unknown incarnation are refused with a message. */
     struct vd_wop op = {.kind = VD_WOP_UPSERT, .incarnation = f->inc, .id = num(1),
@@ -1022,6 +1061,153 @@ static void test_bench_write(void **state)
     bench_one(true, 4);
 }
 
+
+/* ---- hash-ordered table -------------------------------------------------------------------- */
+
+struct hvisit {
+    struct vd_pid ids[1200];
+    uint64_t hash[1200];
+    size_t n;
+};
+
+static struct vd_pid uuid16(uint16_t n)
+{
+    struct vd_pid p = uuid(0xab);
+    p.u.uuid[0] = (uint8_t)(n >> 8);
+    p.u.uuid[1] = (uint8_t)n;
+    return p;
+}
+
+static uint64_t place(const struct vd_pid *id)
+{
+    uint8_t kb[VD_PID_KEY_MAX];
+    size_t kl = vd_pid_encode(id, kb);
+    return vd_place_hash("c", kb, kl);
+}
+
+static int hvisit_fn(const struct vd_point_view *p, void *ctx)
+{
+    struct hvisit *h = ctx;
+    assert_true(h->n < 1200);
+    h->ids[h->n] = p->id;
+    h->hash[h->n++] = place(&p->id);
+    return 0;
+}
+
+/* A token range scanned through points_by_hash is exactly the points a full scan finds on that
+ * arc, in ring order, for plain, wrapping, whole-ring and edge arcs; deletes and purges keep the
+ * table in step. */
+static void test_hash_range(void **state)
+{
+    struct fx *f = *state;
+    enum { N = 600 };
+    static struct vd_wop ops[N];
+    float v[4] = {1, 2, 3, 4};
+    for (int i = 0; i < N; i++)
+        ops[i] = (struct vd_wop){.kind = i % 7 == 3 ? VD_WOP_DELETE : VD_WOP_UPSERT,
+                                 .incarnation = f->inc,
+                                 .id = i % 2 ? uuid16((uint16_t)i) : num((uint64_t)i * 977),
+                                 .version = 10, .node = 1, .vec = v, .dim = 4};
+    struct vd_wbatch b = {.ops = ops, .n = N};
+    assert_int_equal(vd_store_write(f->s, &b), 0);
+    /* a second write to the same ids adds no second entry */
+    for (int i = 0; i < N; i++)
+        ops[i].version = 11;
+    assert_int_equal(vd_store_write(f->s, &b), 0);
+
+    static struct hvisit all, got;
+    struct vd_rtxn *t;
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    all.n = 0;
+    assert_int_equal(vd_store_scan(t, f->inc, NULL, true, hvisit_fn, &all), 0);
+    assert_int_equal(all.n, N);
+    uint64_t mid = all.hash[7];
+    const uint64_t arcs[][2] = {{0, UINT64_MAX},      {UINT64_MAX, 0},   {mid, mid},
+                                {mid, mid + 1},       {mid - 1, mid},    {UINT64_MAX / 3, 0},
+                                {UINT64_MAX / 2, 7},  {1ull << 63, 1ull << 62},
+                                {12345, UINT64_MAX},  {UINT64_MAX - 1, UINT64_MAX},
+                                {0, 0}};
+    for (size_t a = 0; a < sizeof arcs / sizeof arcs[0]; a++) {
+        uint64_t s0 = arcs[a][0], e0 = arcs[a][1];
+        got.n = 0;
+        assert_int_equal(vd_store_scan_hash_range(t, f->inc, s0, e0, true, hvisit_fn, &got), 0);
+        size_t expect = 0;
+        for (size_t i = 0; i < all.n; i++)
+            expect += vd_ring_contains(s0, e0, all.hash[i]);
+        assert_int_equal(got.n, expect);
+        for (size_t i = 0; i < got.n; i++) {
+            assert_true(vd_ring_contains(s0, e0, got.hash[i]));
+            /* ring order: from start onwards, wrapping once */
+            if (i) {
+                bool wrapped = got.hash[i] < got.hash[i - 1];
+                assert_true(!wrapped || (s0 >= e0 && got.hash[i - 1] > s0 && got.hash[i] <= e0));
+            }
+        }
+    }
+    /* without tombstones */
+    got.n = 0;
+    assert_int_equal(vd_store_scan_hash_range(t, f->inc, 9, 9, false, hvisit_fn, &got), 0);
+    size_t live_n = 0;
+    for (int i = 0; i < N; i++)
+        live_n += i % 7 != 3;
+    assert_int_equal(got.n, live_n);
+    vd_store_read_end(t);
+
+    /* a deleted collection's entries go with its points */
+    assert_int_equal(drop_coll(f->s, "c"), 0);
+    assert_int_equal(vd_store_purge_wait(f->s, 30000), 0);
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    got.n = 0;
+    assert_int_equal(vd_store_scan_hash_range(t, f->inc, 0, 0, true, hvisit_fn, &got), 0);
+    assert_int_equal(got.n, 0);
+    vd_store_read_end(t);
+}
+
+/* A restarted node's clock starts above every version it made durable: a write stamped by a
+ * clock far ahead (in a child process, so this one's clock never saw it) lifts the next
+ * vd_hlc_now() of the process that reopens the directory. */
+static void test_hlc_floor(void **state)
+{
+    char dir[256];
+    make_dir(dir, sizeof dir);
+    uint64_t ahead = VD_HLC_MAKE(vd_wall_ms() + 3600 * 1000, 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct vd_store_opts o = {.dir = dir};
+        struct vd_store *s;
+        uint64_t inc;
+        if (vd_store_open(&o, &s, NULL) || create_coll(s, "c", 4, &inc))
+            _exit(1);
+        vd_hlc_observe(ahead);
+        float v[4] = {1, 2, 3, 4};
+        struct vd_wop op = {.kind = VD_WOP_UPSERT, .incarnation = inc, .id = num(1),
+                            .version = vd_hlc_now(), .node = 1, .vec = v, .dim = 4};
+        struct vd_wbatch b = {.ops = &op, .n = 1};
+        int r = vd_store_write(s, &b);
+        vd_store_close(s);
+        _exit(r || !op.applied || op.version <= ahead ? 1 : 0);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_true(vd_hlc_now() < ahead); /* this process never saw the fast clock */
+    struct vd_store *s = open_store(dir, true, 0);
+    uint64_t now = vd_hlc_now();
+    assert_true(now > ahead);
+    struct vd_rtxn *t;
+    struct vd_coll_schema cs;
+    assert_int_equal(vd_store_read_begin(s, &t), 0);
+    assert_int_equal(vd_store_coll_get(t, "c", &cs), 0);
+    struct vd_pid one = num(1);
+    struct vd_point_view pv;
+    assert_int_equal(vd_store_point_get(t, cs.incarnation, &one, &pv), 0);
+    assert_true(now > pv.version);
+    vd_store_read_end(t);
+    vd_store_close(s);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1038,6 +1224,8 @@ int main(void)
         cmocka_unit_test(test_map_growth),
         cmocka_unit_test(test_closed),
         cmocka_unit_test(test_format_mismatch),
+        cmocka_unit_test_setup_teardown(test_hash_range, setup, teardown),
+        cmocka_unit_test(test_hlc_floor),
         cmocka_unit_test(test_kill9),
         cmocka_unit_test(test_bench_write),
     };
