@@ -9,6 +9,7 @@
 #include "vectord/config.h"
 #include "vectord/db.h"
 #include "vectord/http.h"
+#include "vd_commit.h"
 
 #ifndef VD_VERSION
 #define VD_VERSION "0.0.0"
@@ -148,6 +149,7 @@ int main(int argc, char **argv)
         .keys = keys,
         .n_keys = cfg.n_keys,
         .version = VD_VERSION,
+        .commit = VD_COMMIT,
     };
     if (vd_http_new(&ho, &http, &err)) {
         vd_log_error("cannot set up HTTP: %s", err.msg);

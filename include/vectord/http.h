@@ -27,6 +27,10 @@ struct vd_http_key {
     enum vd_role role;
 };
 
+/* The version of Qdrant's REST API that vectord follows: GET / reports it as "version", the
+ * field Qdrant's clients check their own version against. */
+#define VD_HTTP_QDRANT_VERSION "1.19.0"
+
 struct vd_http_opts {
     const char *bind;   /* "127.0.0.1", "0.0.0.0", "::1", ...; NULL = "127.0.0.1" */
     uint16_t port;      /* 0 = ephemeral (tests); vd_http_port() tells the bound one */
@@ -34,7 +38,8 @@ struct vd_http_opts {
     size_t max_body;    /* bytes, 0 = default 32 MiB; over it -> 413 */
     const struct vd_http_key *keys;
     size_t n_keys;       /* none = auth disabled (everyone is admin) */
-    const char *version; /* for GET /; NULL = "unknown" */
+    const char *version; /* vectord's, for GET /; NULL = "unknown" */
+    const char *commit;  /* the git commit built, for GET /; NULL = "unknown" */
     /* seconds a connection may stay silent (no byte in or out) before it is closed, e.g. a
      * malformed request whose body never comes; 0 = default 30 */
     unsigned idle_timeout_s;

@@ -182,19 +182,36 @@ int vd__api_get_bool(const cJSON *obj, const char *key, bool dflt, bool *out, st
 int vd__api_get_u32(const cJSON *obj, const char *key, uint32_t dflt, uint32_t min, uint32_t max,
                     uint32_t *out, struct vd_err *err)
 {
+    return vd__api_get_u32_at(obj, NULL, key, dflt, min, max, out, err);
+}
+
+int vd__api_get_u32_at(const cJSON *obj, const char *path, const char *key, uint32_t dflt,
+                       uint32_t min, uint32_t max, uint32_t *out, struct vd_err *err)
+{
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!it || cJSON_IsNull(it)) {
         *out = dflt;
         return 0;
     }
+    const char *dot = path ? "." : "";
+    path = path ? path : "";
     uint64_t v;
     if (!cJSON_IsNumber(it) || vd_json_get_u64(it, &v))
-        return vd_errf(err, VD_EINVAL, "'%s' must be a non-negative integer", key);
-    if (v < min || v > max)
-        return vd_errf(err, VD_ERANGE, "'%s' must be between %u and %u, got %llu", key, min, max,
-                       (unsigned long long)v);
-    *out = (uint32_t)v;
-    return 0;
+        return vd_errf(err, VD_EINVAL, "'%s%s%s' must be a non-negative integer", path, dot, key);
+    if (v >= min && v <= max) {
+        *out = (uint32_t)v;
+        return 0;
+    }
+    /* Qdrant's wording for a value out of range, which clients and its tests match on */
+    if (max == UINT32_MAX)
+        return vd_errf(err, VD_ERANGE,
+                       "Validation error in JSON body: [%s%s%s: value %llu invalid, must be %u or "
+                       "larger]",
+                       path, dot, key, (unsigned long long)v, min);
+    return vd_errf(err, VD_ERANGE,
+                   "Validation error in JSON body: [%s%s%s: value %llu invalid, must be from %u to "
+                   "%u]",
+                   path, dot, key, (unsigned long long)v, min, max);
 }
 
 int vd__api_get_float(const cJSON *obj, const char *key, bool *present, float *out,

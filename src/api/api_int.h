@@ -50,6 +50,12 @@ void vd__api_meta_done(int status, const struct vd_err *err, uint64_t op_id, voi
 int vd__api_get_bool(const cJSON *obj, const char *key, bool dflt, bool *out, struct vd_err *err);
 int vd__api_get_u32(const cJSON *obj, const char *key, uint32_t dflt, uint32_t min, uint32_t max,
                     uint32_t *out, struct vd_err *err);
+/* The same for obj[key] where obj sits at `path` in the body (e.g. "hnsw_config"; NULL: at the
+ * top): messages name the field as "path.key". A value out of range is a 422 worded as Qdrant
+ * words it: "Validation error in JSON body: [path.key: value V invalid, must be from A to B]"
+ * ("must be A or larger" when max is UINT32_MAX). */
+int vd__api_get_u32_at(const cJSON *obj, const char *path, const char *key, uint32_t dflt,
+                       uint32_t min, uint32_t max, uint32_t *out, struct vd_err *err);
 int vd__api_get_float(const cJSON *obj, const char *key, bool *present, float *out,
                       struct vd_err *err);
 /* with_payload (bool, list of keys, {"include": [...]}, {"exclude": [...]}) and with_vector. */

@@ -20,15 +20,11 @@ static int parse_schema(const cJSON *body, struct vd_coll_schema *s, struct vd_e
                        "named vectors are not supported: 'vectors' must be {\"size\": N, "
                        "\"distance\": ...}");
     const cJSON *size = cJSON_GetObjectItemCaseSensitive(vec, "size");
-    if (!size)
+    if (!size || cJSON_IsNull(size))
         return vd_errf(err, VD_EINVAL, "missing field 'vectors.size'");
-    uint64_t dim;
-    if (!cJSON_IsNumber(size) || vd_json_get_u64(size, &dim))
-        return vd_errf(err, VD_EINVAL, "'vectors.size' must be a positive integer");
-    if (dim < 1 || dim > 65536)
-        return vd_errf(err, VD_ERANGE, "'vectors.size' must be between 1 and 65536, got %llu",
-                       (unsigned long long)dim);
-    s->dim = (uint32_t)dim;
+    int rc;
+    if ((rc = vd__api_get_u32_at(vec, "vectors", "size", 0, 1, 65536, &s->dim, err)))
+        return rc;
     const cJSON *dist = cJSON_GetObjectItemCaseSensitive(vec, "distance");
     if (!dist)
         return vd_errf(err, VD_EINVAL, "missing field 'vectors.distance'");
@@ -36,19 +32,20 @@ static int parse_schema(const cJSON *body, struct vd_coll_schema *s, struct vd_e
         return vd_errf(err, VD_EINVAL,
                        "'vectors.distance' must be one of \"Cosine\", \"Dot\", \"Euclid\", "
                        "\"Manhattan\"");
+    const char *hpath = "hnsw_config";
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(body, "hnsw_config");
-    if (!h || cJSON_IsNull(h))
+    if (!h || cJSON_IsNull(h)) {
         h = cJSON_GetObjectItemCaseSensitive(vec, "hnsw_config");
-    if (h && !cJSON_IsNull(h) && !cJSON_IsObject(h))
-        return vd_errf(err, VD_EINVAL, "'hnsw_config' must be an object");
-    int rc;
-    if ((rc = vd__api_get_u32(h, "m", 16, 2, 512, &s->hnsw_m, err)) ||
-        (rc = vd__api_get_u32(h, "ef_construct", 100, 4, 4096, &s->hnsw_ef_construct, err)) ||
-        (rc = vd__api_get_u32(h, "full_scan_threshold", 10000, 0, UINT32_MAX,
-                              &s->full_scan_threshold_kb, err))) {
-        vd_err_prefix(err, "hnsw_config");
-        return rc;
+        hpath = "vectors.hnsw_config";
     }
+    if (h && !cJSON_IsNull(h) && !cJSON_IsObject(h))
+        return vd_errf(err, VD_EINVAL, "'%s' must be an object", hpath);
+    if ((rc = vd__api_get_u32_at(h, hpath, "m", 16, 2, 512, &s->hnsw_m, err)) ||
+        (rc = vd__api_get_u32_at(h, hpath, "ef_construct", 100, 4, 4096, &s->hnsw_ef_construct,
+                                 err)) ||
+        (rc = vd__api_get_u32_at(h, hpath, "full_scan_threshold", 10000, 0, UINT32_MAX,
+                                 &s->full_scan_threshold_kb, err)))
+        return rc;
     if ((rc = vd__api_get_u32(body, "replication_factor", 1, 1, 64, &s->replication_factor, err)))
         return rc;
     uint32_t wdef = s->replication_factor / 2 + 1;
@@ -82,6 +79,18 @@ static void create(struct vd_http_req *r, void *ctx)
         vd_http_reply_err(r, &e);
 }
 
+/* DELETE of a collection that does not exist answers 200 {"result": false}, as Qdrant does: its
+ * clients (and test fixtures) drop a collection before creating it and treat only an error as
+ * a failure. */
+static void drop_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
+{
+    if (status == VD_ENOTFOUND) {
+        vd_http_reply_ok(ctx, "false", 5);
+        return;
+    }
+    vd__api_meta_done(status, err, op_id, ctx);
+}
+
 static void drop(struct vd_http_req *r, void *ctx)
 {
     const char *name = vd_http_param(r, "name");
@@ -90,7 +99,10 @@ static void drop(struct vd_http_req *r, void *ctx)
         vd_http_reply_err(r, &e);
         return;
     }
-    if (vd__api.meta.delete_collection(vd__api.meta.impl, name, vd__api_meta_done, r, &e))
+    int rc = vd__api.meta.delete_collection(vd__api.meta.impl, name, drop_done, r, &e);
+    if (rc == VD_ENOTFOUND)
+        vd_http_reply_ok(r, "false", 5);
+    else if (rc)
         vd_http_reply_err(r, &e);
 }
 

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "node_int.h"
 
@@ -108,10 +109,23 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
         vd_buf_puts(&b, "null");
     vd_buf_printf(&b, ",\"role\":\"%s\",\"is_voter\":%s},", raft_role_name(vd_raft_role(c->raft)),
                   vd_raft_conf_role(conf, c->id) == VD_RAFT_VOTER ? "true" : "false");
-    vd_buf_printf(&b,
-                  "\"consensus_thread_status\":{\"consensus_thread_status\":\"%s\"},"
-                  "\"message_send_failures\":{},\"nodes\":[",
-                  c->broken ? "stopped" : "working");
+    if (c->broken) {
+        vd_buf_puts(&b, "\"consensus_thread_status\":{\"consensus_thread_status\":\"stopped\"},");
+    } else {
+        /* Qdrant's "working" state carries the time the loop last went round (RFC 3339, UTC):
+         * this cache is rebuilt by the loop, so a stalled loop shows as an old time */
+        uint64_t wall = vd_wall_ms();
+        time_t secs = (time_t)(wall / 1000);
+        struct tm tm;
+        char when[40] = "1970-01-01T00:00:00";
+        if (gmtime_r(&secs, &tm))
+            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+        vd_buf_printf(&b,
+                      "\"consensus_thread_status\":{\"consensus_thread_status\":\"working\","
+                      "\"last_update\":\"%s.%03uZ\"},",
+                      when, (unsigned)(wall % 1000));
+    }
+    vd_buf_puts(&b, "\"message_send_failures\":{},\"nodes\":[");
     for (size_t i = 0; i < n; i++) {
         const struct vd_meta_member *m = vd_meta_member_at(c->meta, i);
         int role = vd_raft_conf_role(conf, m->id);

@@ -475,8 +475,9 @@ int vd_db_apply(struct vd_coll *c, const uint8_t *const *recs, const size_t *len
             continue;
         const struct vd_rvec *u = vd_record_vector(&r, "", 0);
         if (!u || u->kind != VD_RVEC_DENSE || u->n != dim) {
-            rc = vd_errf(err, VD_EINVAL, "records[%zu]: vector has %u values, expected %u", i,
-                         u ? u->n : 0, dim);
+            rc = vd_errf(err, VD_EINVAL,
+                         "records[%zu]: Vector dimension error: expected dim: %u, got %u", i, dim,
+                         u ? u->n : 0);
             goto out_free;
         }
         float *v = w->vecs + i * dim;

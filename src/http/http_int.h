@@ -57,6 +57,7 @@ struct vd_http {
     size_t max_body;
     unsigned idle_timeout_s;
     char version[64];
+    char commit[64];
     struct vd_http_authkey *keys;
     size_t n_keys;
 

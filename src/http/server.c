@@ -857,24 +857,32 @@ static void reply_text(struct vd_http_req *r, int status, const char *text)
     deliver(r, resp_from(b, n, "text/plain; charset=utf-8"), status, n);
 }
 
+/* GET /: Qdrant's shape ({"title", "version", "commit"}) with the Qdrant API version vectord
+ * follows as "version", so that Qdrant's clients, which compare it with their own, accept the
+ * server; vectord's own version in a field of its own. */
 static void h_root(struct vd_http_req *r, void *ctx)
 {
     struct vd_http *h = ctx;
-    size_t esc = vd__http_json_escape(NULL, 0, h->version);
-    char *b = malloc(esc + 48);
+    size_t ev = vd__http_json_escape(NULL, 0, h->version);
+    size_t ec = vd__http_json_escape(NULL, 0, h->commit);
+    size_t cap = ev + ec + 128;
+    char *b = malloc(cap);
     if (!b) {
         deliver(r, NULL, 0, 0);
         return;
     }
-    int n = snprintf(b, esc + 48, "{\"title\":\"vectord\",\"version\":");
-    vd__http_json_escape(b + n, esc + 1, h->version);
-    n += (int)esc;
+    int n = snprintf(b, cap, "{\"title\":\"vectord\",\"version\":\"%s\",\"commit\":",
+                     VD_HTTP_QDRANT_VERSION);
+    n += (int)vd__http_json_escape(b + n, cap - (size_t)n, h->commit);
+    n += snprintf(b + n, cap - (size_t)n, ",\"vectord_version\":");
+    n += (int)vd__http_json_escape(b + n, cap - (size_t)n, h->version);
     b[n++] = '}';
     deliver(r, resp_from(b, (size_t)n, "application/json"), MHD_HTTP_OK, (size_t)n);
 }
 
 static void h_healthz(struct vd_http_req *r, void *ctx) { reply_text(r, MHD_HTTP_OK, "healthz check passed"); }
-static void h_livez(struct vd_http_req *r, void *ctx) { reply_text(r, MHD_HTTP_OK, "livez check passed"); }
+/* Qdrant answers /livez with the same text as /healthz */
+static void h_livez(struct vd_http_req *r, void *ctx) { reply_text(r, MHD_HTTP_OK, "healthz check passed"); }
 
 static void h_readyz(struct vd_http_req *r, void *ctx)
 {
@@ -939,6 +947,7 @@ int vd_http_new(const struct vd_http_opts *o, struct vd_http **out, struct vd_er
     h->max_body = o->max_body ? o->max_body : DEFAULT_MAX_BODY;
     h->idle_timeout_s = o->idle_timeout_s ? o->idle_timeout_s : DEFAULT_IDLE_TIMEOUT_S;
     snprintf(h->version, sizeof(h->version), "%s", o->version ? o->version : "unknown");
+    snprintf(h->commit, sizeof(h->commit), "%s", o->commit ? o->commit : "unknown");
     atomic_init(&h->next_id, 1);
     atomic_init(&h->stopping, false);
     atomic_init(&h->waking, 0);

@@ -169,8 +169,10 @@ int vd_json_get_floats(const cJSON *item, uint32_t expect_dim, float *dst, float
         return vd_errf(err, VD_EINVAL, "vector is empty");
     if (n > UINT32_MAX)
         return vd_errf(err, VD_EINVAL, "vector has too many values");
+    /* Qdrant's wording: clients and its tests look for it */
     if (expect_dim && n != expect_dim)
-        return vd_errf(err, VD_EINVAL, "vector has %zu values, expected %u", n, expect_dim);
+        return vd_errf(err, VD_EINVAL, "Vector dimension error: expected dim: %u, got %zu",
+                       expect_dim, n);
     if (dst && !expect_dim)
         return vd_errf(err, VD_EINTERNAL, "vector destination given without a dimension");
     float *v = dst ? dst : malloc(n * sizeof(float));

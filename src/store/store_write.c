@@ -254,8 +254,9 @@ static int apply_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
         const struct vd_rvec *u = vd_record_vector(&r, "", 0);
         if (!u || u->kind != VD_RVEC_DENSE || u->n != dim || !u->values) {
             vd_pid_format(&op->id, ids);
-            return vd_errf(err, VD_EINVAL, "point %s: vector has %u values, expected %u", ids,
-                           u && u->values ? u->n : 0, dim);
+            return vd_errf(err, VD_EINVAL,
+                           "point %s: Vector dimension error: expected dim: %u, got %u", ids, dim,
+                           u && u->values ? u->n : 0);
         }
     }
     if (op->kind == VD_WOP_APPLY)

@@ -261,7 +261,7 @@ class BulkTest(NodeTest):
         self.assertEqual(r["imported"], 2996)
         self.assertEqual(r["failed"], 3)
         self.assertEqual([e["line"] for e in r["errors"]], [11, 21, 31])
-        self.assertIn("expected 32", r["errors"][1]["error"])
+        self.assertIn("Vector dimension error: expected dim: 32, got 2", r["errors"][1]["error"])
         self.assertEqual(n.ok("POST", "/collections/big/points/count", {})["count"], 2996)
         # abort mode: nothing after the first bad line
         n.create("ab", 32, "Euclid")

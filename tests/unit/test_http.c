@@ -228,7 +228,8 @@ static void h_body_len(struct vd_http_req *r, void *ctx)
 static struct vd_http *server(unsigned threads, size_t max_body, const struct vd_http_key *keys, size_t n_keys)
 {
     struct vd_http_opts o = {.bind = "127.0.0.1", .threads = threads, .max_body = max_body, .keys = keys,
-                             .n_keys = n_keys, .version = "1.2.3"};
+                             .n_keys = n_keys, .version = "1.2.3",
+                             .commit = "0123456789abcdef0123456789abcdef01234567"};
     struct vd_http *h;
     struct vd_err e;
     assert_int_equal(vd_http_new(&o, &h, &e), 0);
@@ -257,14 +258,20 @@ static void test_builtin_routes(void **state)
     struct hresp r;
     assert_int_equal(do_req(p, "GET", "/", NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
-    assert_string_equal(r.body, "{\"title\":\"vectord\",\"version\":\"1.2.3\"}");
+    /* Qdrant's shape: version is the Qdrant API version followed, vectord's own is apart */
+    assert_string_equal(r.body, "{\"title\":\"vectord\",\"version\":\"" VD_HTTP_QDRANT_VERSION
+                                "\",\"commit\":\"0123456789abcdef0123456789abcdef01234567\","
+                                "\"vectord_version\":\"1.2.3\"}");
     assert_non_null(strstr(find_header(r.head, "Content-Type"), "application/json"));
     hresp_free(&r);
     assert_int_equal(do_req(p, "GET", "/healthz", NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "healthz check passed");
     hresp_free(&r);
-    assert_int_equal(status_of(p, "GET", "/livez", NULL), 200);
+    assert_int_equal(do_req(p, "GET", "/livez", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "healthz check passed"); /* Qdrant's text for both */
+    hresp_free(&r);
     ready_flag = false;
     assert_int_equal(status_of(p, "GET", "/readyz", NULL), 503);
     ready_flag = true;

@@ -498,7 +498,7 @@ static void test_get_floats(void **state)
     assert_int_equal(vd_json_get_floats(j, 8, dst, &got, NULL, &err), 0);
     assert_ptr_equal(got, dst);
     assert_int_equal(vd_json_get_floats(j, 4, NULL, &v, &n, &err), VD_EINVAL);
-    assert_string_equal(err.msg, "vector has 8 values, expected 4");
+    assert_string_equal(err.msg, "Vector dimension error: expected dim: 4, got 8");
     cJSON_Delete(j);
 
     static const struct {

@@ -268,7 +268,7 @@ static void test_crud(void **state)
                         .version = 1, .vec = v, .dim = 3};
     struct vd_wbatch b = {.ops = &op, .n = 1};
     assert_int_equal(vd_store_write(f->s, &b), VD_EINVAL);
-    assert_non_null(strstr(b.err.msg, "expected 4"));
+    assert_non_null(strstr(b.err.msg, "Vector dimension error: expected dim: 4, got"));
     op.dim = 4;
     op.incarnation = f->inc + 12345;
     assert_int_equal(vd_store_write(f->s, &b), VD_ENOTFOUND);
