@@ -38,17 +38,10 @@ static bool walk(const struct vd__filter_path *p, uint32_t i, const struct vd__f
     }
     const struct vd__filter_seg *s = &p->segs[i];
     switch (s->kind) {
-    case VD__SEG_KEY: /* v is not an object (the loop above took those) */
-        if (v->t == VD__FV_ARR && i > 0) {
-            /* "a.b" over an array of objects reads b from each element, as "a[].b" does. */
-            struct vd__filter_iter it;
-            struct vd__filter_fv e;
-            vd__filter_iter_init(v, &it);
-            while (vd__filter_iter_next(&it, &e))
-                if (e.t == VD__FV_OBJ && vd__filter_fv_find(&e, s->name, s->len, &child) &&
-                    walk(p, i + 1, &child, vis))
-                    return true;
-        }
+    case VD__SEG_KEY:
+        /* v is not an object (the loop above took those): a name reads nothing from it. Over an
+         * array of objects too, as in Qdrant: "a.b" does not look inside the elements of an
+         * array "a"; "a[].b" does. */
         return false;
     case VD__SEG_ALL:
         if (v->t == VD__FV_ARR) {

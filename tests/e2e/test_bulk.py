@@ -56,21 +56,30 @@ class FilterTest(NodeTest):
                 p["meta"] = {"level": rnd.randint(1, 3), "ok": rnd.random() < 0.5}
             if rnd.random() < 0.1:
                 p["color"] = None
+            if rnd.random() < 0.4:
+                p["cities"] = [{"pop": rnd.randint(0, 12)} for _ in range(rnd.randint(0, 3))]
             cls.points.append({"id": i, "vector": [rnd.random(), rnd.random(), rnd.random()],
                                "payload": p})
         n.ok("PUT", "/collections/f/points?wait=true", {"points": cls.points})
 
     @staticmethod
     def values(payload, key):
+        """The values a key yields, by Qdrant's rules: a name reads from an object only (not
+        from the elements of an array), "[]" takes every element of an array, and an array at
+        the end of the path stands for its elements."""
         cur = [payload]
-        for part in key.split("."):
+        for part in key.replace("[]", ".[]").split("."):
             nxt = []
             for c in cur:
-                if isinstance(c, dict) and part in c:
-                    v = c[part]
-                    nxt.extend(v if isinstance(v, list) else [v])
+                if part == "[]":
+                    nxt.extend(c if isinstance(c, list) else [])
+                elif isinstance(c, dict) and part in c:
+                    nxt.append(c[part])
             cur = nxt
-        return cur
+        out = []
+        for v in cur:
+            out.extend(v if isinstance(v, list) else [v])
+        return out
 
     def check(self, flt, expect_fn):
         n = self.node
@@ -111,6 +120,13 @@ class FilterTest(NodeTest):
                    lambda p, i: not [x for x in V(p, "tags") if x is not None])
         self.check({"must": [{"is_null": {"key": "color"}}]},
                    lambda p, i: "color" in p and p["color"] is None)
+        # a plain name does not look inside an array of objects; "[]" does (Qdrant's rule)
+        self.check({"must": [{"key": "cities.pop", "range": {"gte": 9}}]}, lambda p, i: False)
+        self.check({"must": [{"key": "cities[].pop", "range": {"gte": 9}}]},
+                   lambda p, i: any(x >= 9 for x in V(p, "cities[].pop")))
+        self.check({"must": [{"is_empty": {"key": "cities.pop"}}]}, lambda p, i: True)
+        self.check({"must": [{"is_empty": {"key": "cities[].pop"}}]},
+                   lambda p, i: not V(p, "cities[].pop"))
         self.check({"must": [{"must": [{"key": "color", "match": {"value": "blue"}}]},
                              {"should": [{"key": "tags", "match": {"value": "c"}}]}]},
                    lambda p, i: "blue" in V(p, "color") and "c" in V(p, "tags"))

@@ -84,12 +84,19 @@ static const struct row rows[] = {
     {"{\"must\":[{\"key\":\"b\",\"match\":{\"value\":true}}]}", "{\"b\":true}", true},
     {"{\"must\":[{\"key\":\"b\",\"match\":{\"value\":true}}]}", "{\"b\":1}", false},
     {"{\"must\":[{\"key\":\"b\",\"match\":{\"value\":false}}]}", "{\"b\":[true,false]}", true},
-    /* dotted keys, fan-out over arrays (implicit and with []), indexes, quoted names */
+    /* dotted keys, fan-out over arrays (only with []: a plain name does not look inside the
+     * elements of an array, as in Qdrant), indexes, quoted names */
     {"{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":2}}]}", "{\"a\":{\"b\":2}}", true},
     {"{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":2}}]}", "{\"a\":{\"c\":2}}", false},
     {"{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":2}}]}", "{\"a\":2}", false},
     {"{\"must\":[{\"key\":\"a.b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}",
+     false},
+    {"{\"must\":[{\"key\":\"a.b\",\"range\":{\"gte\":9}}]}", "{\"a\":[{\"b\":3},{\"b\":10}]}",
+     false},
+    {"{\"must\":[{\"key\":\"a[].b\",\"range\":{\"gte\":9}}]}", "{\"a\":[{\"b\":3},{\"b\":10}]}",
      true},
+    {"{\"must\":[{\"is_empty\":{\"key\":\"a.b\"}}]}", "{\"a\":[{\"b\":3}]}", true},
+    {"{\"must\":[{\"key\":\"a.b[]\",\"match\":{\"value\":2}}]}", "{\"a\":{\"b\":[1,2]}}", true},
     {"{\"must\":[{\"key\":\"a[].b\",\"match\":{\"value\":2}}]}", "{\"a\":[{\"b\":1},{\"b\":2}]}",
      true},
     {"{\"must\":[{\"key\":\"a[].b\",\"match\":{\"value\":2}}]}", "{\"a\":{\"b\":2}}", false},
@@ -99,7 +106,11 @@ static const struct row rows[] = {
      false},
     {"{\"must\":[{\"key\":\"a[5]\",\"match\":{\"value\":2}}]}", "{\"a\":[2]}", false},
     {"{\"must\":[{\"key\":\"a.b.c\",\"match\":{\"value\":\"x\"}}]}",
+     "{\"a\":[{\"b\":[{\"c\":\"y\"},{\"c\":[\"x\"]}]}]}", false},
+    {"{\"must\":[{\"key\":\"a[].b[].c\",\"match\":{\"value\":\"x\"}}]}",
      "{\"a\":[{\"b\":[{\"c\":\"y\"},{\"c\":[\"x\"]}]}]}", true},
+    {"{\"must\":[{\"key\":\"a[].b.c\",\"match\":{\"value\":\"x\"}}]}",
+     "{\"a\":[{\"b\":[{\"c\":\"y\"},{\"c\":[\"x\"]}]}]}", false},
     {"{\"must\":[{\"key\":\"\\\"x.y\\\".z\",\"match\":{\"value\":1}}]}", "{\"x.y\":{\"z\":1}}",
      true},
     {"{\"must\":[{\"key\":\"x.y\",\"match\":{\"value\":1}}]}", "{\"x.y\":1}", false},
@@ -713,11 +724,8 @@ static void bf_collect(const cJSON *v, char **tok, int ntok, int i, struct vals 
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(v, t);
         if (c)
             bf_collect(c, tok, ntok, i + 1, out);
-    } else if (cJSON_IsArray(v) && i > 0) {
-        for (const cJSON *e = v->child; e; e = e->next)
-            if (cJSON_IsObject(e) && cJSON_GetObjectItemCaseSensitive(e, t))
-                bf_collect(cJSON_GetObjectItemCaseSensitive(e, t), tok, ntok, i + 1, out);
     }
+    /* a name over anything but an object (an array of objects included) yields nothing */
 }
 
 static void bf_values(const cJSON *payload, const char *key, struct vals *out)
