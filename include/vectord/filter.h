@@ -77,6 +77,23 @@ void vd_filter_keys(const struct vd_filter *f, void (*fn)(const char *key, void 
 /* True if the filter matches every point whatever its payload (no conditions). */
 bool vd_filter_is_empty(const struct vd_filter *f);
 
+/* ---- with_payload: include / exclude ------------------------------------------------------------
+ * Qdrant's payload selector. include keeps the parts of a payload a listed key leads to: the
+ * objects on the way with just the keys on the way, everything below the key whole; exclude
+ * drops everything at and below a listed key. Keys use the filter syntax ("a.b", "a[].b",
+ * "\"x.y\""); a plain name does not reach into the elements of an array (write "a[].b").
+ * docs/api.md gives examples. */
+
+/* Checks that keys (what names it in messages, e.g. "with_payload.include") is an array of
+ * well-formed payload keys. Returns 0 or VD_EINVAL naming the bad element. */
+int vd_payload_keys_check(const cJSON *keys, const char *what, struct vd_err *err);
+
+/* Prunes payload (a cJSON object, changed in place) to what the lists select: include NULL
+ * keeps everything, exclude NULL drops nothing; both are borrowed arrays of key strings that
+ * passed vd_payload_keys_check (a malformed key selects nothing). Allocation-free (the removed
+ * items are freed). */
+void vd_payload_select(cJSON *payload, const cJSON *include, const cJSON *exclude);
+
 /* ---- payload indexes ---------------------------------------------------------------------------
  * A payload index keeps, for one key, the values every point yields under that key; the planner
  * asks it for the points satisfying a condition. Both sides use the same walk as evaluation, so an

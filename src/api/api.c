@@ -248,6 +248,9 @@ int vd__api_get_with(const cJSON *obj, bool payload_dflt, struct vd_db_with *w, 
     } else if (cJSON_IsBool(p)) {
         w->payload = cJSON_IsTrue(p);
     } else if (cJSON_IsArray(p) && all_strings(p)) {
+        int rc = vd_payload_keys_check(p, "with_payload", err);
+        if (rc)
+            return rc;
         w->payload = true;
         w->payload_keys = p;
     } else if (cJSON_IsObject(p)) {
@@ -258,6 +261,10 @@ int vd__api_get_with(const cJSON *obj, bool payload_dflt, struct vd_db_with *w, 
             return vd_errf(err, VD_EINVAL,
                            "'with_payload' object must have 'include' or 'exclude': a list of "
                            "payload keys");
+        int rc;
+        if ((inc && (rc = vd_payload_keys_check(inc, "with_payload.include", err))) ||
+            (exc && (rc = vd_payload_keys_check(exc, "with_payload.exclude", err))))
+            return rc;
         w->payload = true;
         w->payload_keys = inc;
         w->payload_exclude = exc;

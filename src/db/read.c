@@ -6,18 +6,8 @@
 #include "db_int.h"
 #include "vectord/json.h"
 
-static bool key_listed(const cJSON *list, const char *key)
-{
-    const cJSON *it;
-    cJSON_ArrayForEach(it, list)
-    {
-        if (cJSON_IsString(it) && !strcmp(it->valuestring, key))
-            return true;
-    }
-    return false;
-}
-
-/* Appends the payload: stored text as is, or a selection of its top-level keys. */
+/* Appends the payload: stored text as is, or the parts with_payload's include / exclude keys
+ * select (vd_payload_select). */
 static void put_payload(struct vd_buf *out, const struct vd_point_view *v,
                         const struct vd_db_with *w)
 {
@@ -35,23 +25,8 @@ static void put_payload(struct vd_buf *out, const struct vd_point_view *v,
         vd_buf_puts(out, "{}");
         return;
     }
-    vd_buf_puts(out, "{");
-    bool first = true;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, j)
-    {
-        if (w->payload_keys && !key_listed(w->payload_keys, it->string))
-            continue;
-        if (w->payload_exclude && key_listed(w->payload_exclude, it->string))
-            continue;
-        if (!first)
-            vd_buf_puts(out, ",");
-        first = false;
-        vd_buf_json_string(out, it->string, strlen(it->string));
-        vd_buf_puts(out, ":");
-        vd_buf_json(out, it);
-    }
-    vd_buf_puts(out, "}");
+    vd_payload_select(j, w->payload_keys, w->payload_exclude);
+    vd_buf_json(out, j);
     cJSON_Delete(j);
 }
 

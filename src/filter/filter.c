@@ -126,84 +126,87 @@ static const char *key_intern(struct ctx *x, const char *key)
     return k[f->nkeys++];
 }
 
-/* Splits "a.b[].c[2]" or "a.\"x.y\"" into segments. Bare key names stop at '.', '[', ']' and
- * '"'; quoted names may hold anything but '"'. */
+int vd__filter_seg_next(const char *s, size_t n, size_t *pos, struct vd__filter_segv *out)
+{
+    size_t i = *pos;
+    if (i == n)
+        return 0;
+    if (i > 0 && s[i] == '[') {
+        size_t j = i + 1;
+        if (j < n && s[j] == ']') {
+            out->kind = VD__SEG_ALL;
+        } else {
+            uint64_t v = 0;
+            while (j < n && s[j] >= '0' && s[j] <= '9' && v <= UINT32_MAX)
+                v = v * 10 + (uint64_t)(s[j++] - '0');
+            if (j == i + 1 || j == n || s[j] != ']' || v > UINT32_MAX)
+                return -1;
+            out->kind = VD__SEG_INDEX;
+            out->idx = (uint32_t)v;
+        }
+        *pos = j + 1;
+        return 1;
+    }
+    if (i > 0) {
+        /* after a segment only ".name" or "[...]" may follow (e.g. not "a[]b") */
+        if (s[i] != '.')
+            return -1;
+        i++;
+    }
+    size_t start, end;
+    if (i < n && s[i] == '"') {
+        start = i + 1;
+        end = start;
+        while (end < n && s[end] != '"')
+            end++;
+        if (end == n)
+            return -1;
+        i = end + 1;
+    } else {
+        start = i;
+        end = i;
+        while (end < n && s[end] != '.' && s[end] != '[' && s[end] != ']' && s[end] != '"')
+            end++;
+        if (end == start)
+            return -1;
+        i = end;
+    }
+    out->kind = VD__SEG_KEY;
+    out->name = s + start;
+    out->len = (uint32_t)(end - start);
+    *pos = i;
+    return 1;
+}
+
+/* Splits "a.b[].c[2]" or "a.\"x.y\"" into segments (syntax: vd__filter_seg_next). */
 static int parse_path_str(struct ctx *x, const char *s, struct vd__filter_path *out)
 {
-    size_t n = strlen(s);
+    size_t n = strlen(s), pos = 0;
     memset(out, 0, sizeof *out);
     /* at most one segment per character: size the array once */
-    out->segs = calloc(n, sizeof *out->segs);
+    out->segs = calloc(n ? n : 1, sizeof *out->segs);
     if (!out->segs)
         return vd_errf(x->err, VD_ENOMEM, "out of memory");
-    size_t i = 0;
-    bool need_name = true; /* at start and after '.' a name must follow */
-    while (i < n) {
-        struct vd__filter_seg *sg = &out->segs[out->nseg];
-        if (s[i] == '[') {
-            if (need_name)
-                goto bad;
-            size_t j = i + 1;
-            if (s[j] == ']') {
-                sg->kind = VD__SEG_ALL;
-                i = j + 1;
-            } else {
-                uint64_t v = 0;
-                while (j < n && s[j] >= '0' && s[j] <= '9' && v <= UINT32_MAX)
-                    v = v * 10 + (uint64_t)(s[j++] - '0');
-                if (j == i + 1 || s[j] != ']' || v > UINT32_MAX)
-                    goto bad;
-                sg->kind = VD__SEG_INDEX;
-                sg->idx = (uint32_t)v;
-                i = j + 1;
-            }
-            out->nseg++;
-            continue;
+    struct vd__filter_segv sv;
+    int r;
+    while ((r = vd__filter_seg_next(s, n, &pos, &sv)) == 1) {
+        struct vd__filter_seg *sg = &out->segs[out->nseg++];
+        sg->kind = sv.kind;
+        sg->idx = sv.idx;
+        if (sv.kind == VD__SEG_KEY) {
+            sg->len = sv.len;
+            if (!(sg->name = strndup(sv.name, sv.len)))
+                return vd_errf(x->err, VD_ENOMEM, "out of memory");
         }
-        if (s[i] == '.') {
-            if (need_name)
-                goto bad;
-            need_name = true;
-            i++;
-            continue;
-        }
-        if (!need_name)
-            goto bad; /* e.g. "a[]b" */
-        size_t start, end;
-        if (s[i] == '"') {
-            start = i + 1;
-            end = start;
-            while (end < n && s[end] != '"')
-                end++;
-            if (end == n)
-                goto bad;
-            i = end + 1;
-        } else {
-            start = i;
-            end = i;
-            while (end < n && s[end] != '.' && s[end] != '[' && s[end] != ']' && s[end] != '"')
-                end++;
-            if (end == start)
-                goto bad;
-            i = end;
-        }
-        sg->kind = VD__SEG_KEY;
-        sg->len = (uint32_t)(end - start);
-        if (!(sg->name = strndup(s + start, end - start)))
-            return vd_errf(x->err, VD_ENOMEM, "out of memory");
-        out->nseg++;
-        need_name = false;
     }
-    if (need_name)
-        goto bad;
+    if (r < 0 || out->nseg == 0)
+        return fail(x, VD_EINVAL,
+                    "key: invalid key \"%.100s\" (expected names joined by '.', "
+                    "optionally followed by [] or [index])",
+                    s);
     if (!(out->text = key_intern(x, s)))
         return vd_errf(x->err, VD_ENOMEM, "out of memory");
     return 0;
-bad:
-    return fail(x, VD_EINVAL,
-                "key: invalid key \"%.100s\" (expected names joined by '.', "
-                "optionally followed by [] or [index])",
-                s);
 }
 
 static int parse_path(struct ctx *x, const cJSON *key, struct vd__filter_path *out)

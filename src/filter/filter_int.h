@@ -109,6 +109,19 @@ struct vd__filter_seg {
     uint32_t idx; /* INDEX */
     char *name;   /* KEY: NUL-terminated copy */
 };
+/* One segment of a key as written, borrowed from the key text. */
+struct vd__filter_segv {
+    uint8_t kind;     /* VD__SEG_* */
+    const char *name; /* KEY: the name, without quotes (not NUL-terminated) */
+    uint32_t len;     /* KEY: name length */
+    uint32_t idx;     /* INDEX */
+};
+/* Reads the segment of key s (n bytes) at *pos and moves *pos past it. Syntax: a name first,
+ * then ".name", "[]" or "[index]" any number of times; a name is bare (stops at '.', '[', ']'
+ * and '"') or double-quoted (may hold anything but '"'). Returns 1 (*out filled), 0 at the end,
+ * -1 when the key is malformed there. Allocation-free. */
+int vd__filter_seg_next(const char *s, size_t n, size_t *pos, struct vd__filter_segv *out);
+
 struct vd__filter_path {
     const char *text; /* the key as written (owned by the filter's key list) */
     uint32_t nseg;
