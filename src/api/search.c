@@ -41,12 +41,20 @@ static int read_query_vector(struct vd_coll *c, const cJSON *v, const char *fiel
     return rc;
 }
 
+/* vpath: where Qdrant's validation messages place the request's fields ("search_request" for a
+ * search, "internal" for a query), so that a limit of 0 reads as Qdrant's does. */
 static int read_common(struct vd_coll *c, const cJSON *b, struct sargs *a, bool payload_dflt,
-                       struct vd_err *err)
+                       const char *vpath, struct vd_err *err)
 {
     int rc;
-    if ((rc = vd__api_get_u32(b, "limit", 10, 0, VD_API_MAX_LIMIT, &a->s.limit, err)) ||
-        (rc = vd__api_get_u32(b, "offset", 0, 0, VD_API_MAX_LIMIT, &a->s.offset, err)) ||
+    if ((rc = vd__api_get_u32_at(b, vpath, "limit", 10, 1, UINT32_MAX, &a->s.limit, err)))
+        return rc;
+    if (a->s.limit > VD_API_MAX_LIMIT)
+        return vd_errf(err, VD_ERANGE,
+                       "Validation error in JSON body: [%s.limit: value %u invalid, must be %u or "
+                       "smaller]",
+                       vpath, a->s.limit, VD_API_MAX_LIMIT);
+    if ((rc = vd__api_get_u32(b, "offset", 0, 0, VD_API_MAX_LIMIT, &a->s.offset, err)) ||
         (rc = vd__api_get_with(b, payload_dflt, &a->w, err)) ||
         (rc = vd__api_get_filter(b, &a->filter, err)) ||
         (rc = vd__api_get_float(b, "score_threshold", &a->s.has_threshold,
@@ -57,8 +65,11 @@ static int read_common(struct vd_coll *c, const cJSON *b, struct sargs *a, bool 
     if (p && !cJSON_IsNull(p)) {
         if (!cJSON_IsObject(p))
             return vd_errf(err, VD_EINVAL, "'params' must be an object");
-        if ((rc = vd__api_get_u32(p, "hnsw_ef", 0, 1, 100000, &a->s.ef, err)) ||
-            (rc = vd__api_get_bool(p, "exact", false, &a->s.exact, err))) {
+        char ppath[64];
+        snprintf(ppath, sizeof ppath, "%s.params", vpath);
+        if ((rc = vd__api_get_u32_at(p, ppath, "hnsw_ef", 0, 1, 100000, &a->s.ef, err)))
+            return rc;
+        if ((rc = vd__api_get_bool(p, "exact", false, &a->s.exact, err))) {
             vd_err_prefix(err, "params");
             return rc;
         }
@@ -74,7 +85,7 @@ static int parse_search(struct vd_coll *c, const cJSON *b, struct sargs *a, stru
     memset(a, 0, sizeof *a);
     if (!cJSON_IsObject(b))
         return vd_errf(err, VD_EINVAL, "a search request must be a JSON object");
-    int rc = read_common(c, b, a, false, err);
+    int rc = read_common(c, b, a, false, "search_request", err);
     if (rc)
         return rc;
     if (!cJSON_GetObjectItemCaseSensitive(b, "limit"))
@@ -91,7 +102,7 @@ static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struc
     memset(a, 0, sizeof *a);
     if (!cJSON_IsObject(b))
         return vd_errf(err, VD_EINVAL, "a query request must be a JSON object");
-    int rc = read_common(c, b, a, false, err);
+    int rc = read_common(c, b, a, false, "internal", err);
     if (rc)
         return rc;
     if (cJSON_GetObjectItemCaseSensitive(b, "prefetch"))
@@ -119,7 +130,8 @@ static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struc
         if (vd_db_get_vector(c, &a->exclude, a->vec)) {
             char s[VD_PID_STR_MAX];
             vd_pid_format(&a->exclude, s);
-            return vd_errf(err, VD_ENOTFOUND, "query: point %s not found", s);
+            /* Qdrant's words for a query by an id that is not stored */
+            return vd_errf(err, VD_ENOTFOUND, "Not found: No point with id %s found", s);
         }
         a->s.exclude = &a->exclude;
     } else if ((rc = read_query_vector(c, q, "query", &a->vec, err))) {

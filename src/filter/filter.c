@@ -482,11 +482,12 @@ static int parse_field(struct ctx *x, struct vd__filter_cond *c, const cJSON *o)
         c->u.fc.is_null = cJSON_IsTrue(v);
         any = true;
     }
-    if (!any)
-        return fail(x, VD_EINVAL,
-                    "field condition on \"%.100s\" needs match, range, is_empty "
-                    "or is_null",
-                    c->u.fc.path.text);
+    if (!any) /* a 422 in Qdrant's words, which its clients match on */
+        return vd_errf(x->err, VD_ERANGE,
+                       "Validation error in JSON body: [%s: At least one field condition must be "
+                       "specified (the condition on \"%.100s\" needs match, range, is_empty or "
+                       "is_null)]",
+                       x->where, c->u.fc.path.text);
     return 0;
 }
 

@@ -166,6 +166,32 @@ class QdrantCompatTest(vdtest.NodeTest):
         self.assertIn("hnsw_config.ef_construct", j["status"]["error"])
         self.assertIs(n.ok("GET", "/collections/huge/exists")["exists"], False)
 
+    def test_request_texts_matched_by_qdrant_tests(self):
+        n = self.node
+        st, j = n.request("POST", "/collections/geo/points/query",
+                          {"query": [1, 1, 1, 1], "limit": 0})
+        self.assertEqual(st, 422, j)
+        self.assertEqual(j["status"]["error"], "Validation error in JSON body: "
+                         "[internal.limit: value 0 invalid, must be 1 or larger]")
+        st, j = n.request("POST", "/collections/geo/points/search",
+                          {"vector": [1, 1, 1, 1], "limit": 0})
+        self.assertEqual(st, 422, j)
+        self.assertIn("Validation error in JSON body: [search_request.limit: value 0 invalid",
+                      j["status"]["error"])
+        st, j = n.request("POST", "/collections/geo/points/query",
+                          {"query": [1, 1, 1, 1], "limit": 3, "params": {"hnsw_ef": 0}})
+        self.assertEqual(st, 422, j)
+        self.assertIn("Validation error", j["status"]["error"])
+        self.assertIn("hnsw_ef", j["status"]["error"])
+        st, j = n.request("POST", "/collections/geo/points/query", {"query": 424242, "limit": 3})
+        self.assertEqual(st, 404, j)
+        self.assertEqual(j["status"]["error"], "Not found: No point with id 424242 found")
+        st, j = n.request("POST", "/collections/geo/points/query",
+                          {"query": [1, 1, 1, 1], "limit": 3, "filter": {"must": [{"key": "city"}]}})
+        self.assertEqual(st, 422, j)
+        self.assertIn("Validation error in JSON body", j["status"]["error"])
+        self.assertIn("At least one field condition must be specified", j["status"]["error"])
+
     # 7. service endpoints
     def test_root(self):
         st, j = self.node.request("GET", "/")

@@ -355,7 +355,6 @@ static const struct bad bads[] = {
     {"{\"must\":[{\"key\":\"a[x]\",\"match\":{\"value\":1}}]}", "invalid key"},
     {"{\"must\":[{\"key\":\"a[]b\",\"match\":{\"value\":1}}]}", "invalid key"},
     {"{\"must\":[{\"key\":\"a\\\"b\",\"match\":{\"value\":1}}]}", "invalid key"},
-    {"{\"must\":[{\"key\":\"a\"}]}", "filter.must[0]: field condition on \"a\" needs match, range"},
     {"{\"must\":[{\"key\":\"a\",\"is_empty\":1}]}",
      "filter.must[0].is_empty: expected true or false"},
     {"{\"must\":[{\"is_empty\":{}}]}", "filter.must[0].is_empty: expected an object with a key"},
@@ -398,6 +397,14 @@ static void test_malformed(void **state)
     struct vd_filter *f = NULL;
     struct vd_err err = {0};
     assert_int_equal(vd_filter_parse(j, &f, &err), VD_ERANGE);
+    cJSON_Delete(j);
+    /* a key without a condition: Qdrant's 422 and the words its clients look for */
+    j = cJSON_Parse("{\"must\":[{\"key\":\"city\"}]}");
+    assert_int_equal(vd_filter_parse(j, &f, &err), VD_ERANGE);
+    assert_non_null(strstr(err.msg, "Validation error in JSON body: [filter.must[0]: At least one "
+                                    "field condition must be specified"));
+    assert_non_null(strstr(err.msg, "\"city\""));
+    assert_null(f);
     cJSON_Delete(j);
 }
 
