@@ -1,5 +1,4 @@
 /* The point record's binary encoding (format described in include/vectord/record.h). */
-#include <math.h>
 #include <string.h>
 
 #include "vectord/record.h"
@@ -42,13 +41,21 @@ size_t vd_record_size(const struct vd_record *r)
 static bool finite_all(const void *p, uint32_t n)
 {
     const uint8_t *b = p;
-    for (uint32_t i = 0; i < n; i++) {
-        float f;
-        memcpy(&f, b + (size_t)i * 4, 4);
-        if (!isfinite(f))
-            return false;
+    uint32_t bad = 0, i = 0;
+    /* Branch-free so it vectorises: an all-ones exponent (Inf, NaN) plus one exponent step
+     * carries into the sign bit. Blocks of 8 keep the compiler's cheap cost model willing. */
+    for (; i + 8 <= n; i += 8) {
+        uint32_t x[8];
+        memcpy(x, b + (size_t)i * 4, sizeof x);
+        for (int k = 0; k < 8; k++)
+            bad |= ((x[k] & 0x7f800000u) + 0x00800000u) & 0x80000000u;
     }
-    return true;
+    for (; i < n; i++) {
+        uint32_t x;
+        memcpy(&x, b + (size_t)i * 4, 4);
+        bad |= ((x & 0x7f800000u) + 0x00800000u) & 0x80000000u;
+    }
+    return bad == 0;
 }
 
 static bool increasing_u32(const void *p, uint32_t n)
