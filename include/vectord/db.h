@@ -180,7 +180,29 @@ struct vd_db_search {
  * "vector"}]) to out. */
 int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const struct vd_db_with *w,
                       struct vd_buf *out, struct vd_err *err);
-/* Appends the JSON array of records for ids (missing ids are skipped, as Qdrant does). */
+/* A point as stored, with its version: what reads return before JSON is made of it. */
+struct vd_db_record {
+    struct vd_pid id;
+    struct vd_version version; /* (HLC, node) of the write that made this record */
+    uint64_t seq;              /* this node's change counter of it */
+    bool tombstone;
+    float *vec;        /* dim values; NULL when not asked for, and for tombstones */
+    uint32_t dim;
+    char *payload;     /* JSON object text, payload_len bytes, not NUL-terminated; NULL if none */
+    size_t payload_len;
+};
+/* The records of ids in request order, each id once; ids never written are skipped, and deleted
+ * ones unless with_tombstones. *out (n_out records) is the caller's, freed with
+ * vd_db_records_free. Errors: VD_ENOMEM, storage errors. */
+int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool with_vector,
+                   bool with_tombstones, struct vd_db_record **out, size_t *n_out,
+                   struct vd_err *err);
+void vd_db_records_free(struct vd_db_record *r, size_t n);
+/* Appends one record as Qdrant's JSON ({"id", "payload", "vector"} as w selects). */
+void vd_db_record_json(struct vd_buf *out, const struct vd_db_record *r,
+                       const struct vd_db_with *w);
+/* Appends the JSON array of records for ids (missing ids are skipped, as Qdrant does): the
+ * records of vd_db_retrieve, rendered by vd_db_record_json. */
 int vd_db_retrieve_json(struct vd_coll *c, const struct vd_pid *ids, size_t n,
                         const struct vd_db_with *w, struct vd_buf *out, struct vd_err *err);
 /* Copies the stored vector of one live point into out[dim]; VD_ENOTFOUND. */

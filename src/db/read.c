@@ -280,18 +280,35 @@ static void put_record(struct vd_buf *out, const struct vd_point_view *v,
     vd_buf_puts(out, "}");
 }
 
-int vd_db_retrieve_json(struct vd_coll *c, const struct vd_pid *ids, size_t n,
-                        const struct vd_db_with *w, struct vd_buf *out, struct vd_err *err)
+void vd_db_records_free(struct vd_db_record *r, size_t n)
 {
+    for (size_t i = 0; r && i < n; i++) {
+        free(r[i].vec);
+        free(r[i].payload);
+    }
+    free(r);
+}
+
+int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool with_vector,
+                   bool with_tombstones, struct vd_db_record **out, size_t *n_out,
+                   struct vd_err *err)
+{
+    *out = NULL;
+    *n_out = 0;
+    struct vd_db_record *r = calloc(n ? n : 1, sizeof *r);
+    if (!r)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
     struct vd_rtxn *t;
     int rc = vd_store_read_begin(c->db->store, &t);
-    if (rc)
+    if (rc) {
+        free(r);
         return vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
-    vd_buf_puts(out, "[");
-    bool first = true;
+    }
+    size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         struct vd_point_view v;
-        if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v) || v.tombstone)
+        if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v) ||
+            (v.tombstone && !with_tombstones))
             continue;
         /* the same id twice in a request is answered once, as Qdrant does */
         bool dup = false;
@@ -299,13 +316,56 @@ int vd_db_retrieve_json(struct vd_coll *c, const struct vd_pid *ids, size_t n,
             dup = vd_pid_eq(&ids[j], &ids[i]);
         if (dup)
             continue;
-        if (!first)
+        struct vd_db_record *d = &r[k++];
+        *d = (struct vd_db_record){.id = v.id, .version = {v.version, v.node}, .seq = v.seq,
+                                   .tombstone = v.tombstone, .payload_len = v.payload_len};
+        if ((v.payload && !(d->payload = malloc(v.payload_len ? v.payload_len : 1))) ||
+            (with_vector && v.vec && !(d->vec = malloc(sizeof(float) * v.dim)))) {
+            rc = vd_errf(err, VD_ENOMEM, "out of memory");
+            break;
+        }
+        if (d->payload)
+            memcpy(d->payload, v.payload, v.payload_len);
+        if (d->vec) {
+            memcpy(d->vec, v.vec, sizeof(float) * v.dim);
+            d->dim = v.dim;
+        }
+        vd_store_read_release_views(t);
+    }
+    vd_store_read_end(t);
+    if (rc) {
+        vd_db_records_free(r, k);
+        return rc;
+    }
+    *out = r;
+    *n_out = k;
+    return 0;
+}
+
+void vd_db_record_json(struct vd_buf *out, const struct vd_db_record *r,
+                       const struct vd_db_with *w)
+{
+    struct vd_point_view v = {.id = r->id, .vec = r->vec, .dim = r->dim, .payload = r->payload,
+                              .payload_len = r->payload_len};
+    put_record(out, &v, w);
+}
+
+int vd_db_retrieve_json(struct vd_coll *c, const struct vd_pid *ids, size_t n,
+                        const struct vd_db_with *w, struct vd_buf *out, struct vd_err *err)
+{
+    struct vd_db_record *r;
+    size_t k;
+    int rc = vd_db_retrieve(c, ids, n, w->vector, false, &r, &k, err);
+    if (rc)
+        return rc;
+    vd_buf_puts(out, "[");
+    for (size_t i = 0; i < k; i++) {
+        if (i)
             vd_buf_puts(out, ",");
-        first = false;
-        put_record(out, &v, w);
+        vd_db_record_json(out, &r[i], w);
     }
     vd_buf_puts(out, "]");
-    vd_store_read_end(t);
+    vd_db_records_free(r, k);
     if (!vd_buf_ok(out))
         return vd_errf(err, VD_ENOMEM, "out of memory building the reply");
     return 0;

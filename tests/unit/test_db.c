@@ -304,6 +304,19 @@ static void test_apply_records(void **state)
     j = retrieve(c, 1);
     assert_string_equal(j, "[{\"id\":1,\"payload\":{\"z\":true},\"vector\":[3.0,4.0]}]");
     free(j);
+    /* structured reads carry the version the record was written with */
+    struct vd_db_record *rr;
+    size_t nr;
+    struct vd_pid one_and_500[3] = {{.type = VD_PID_NUM, .u.num = 1},
+                                    {.type = VD_PID_NUM, .u.num = 77},
+                                    {.type = VD_PID_NUM, .u.num = 1}};
+    assert_int_equal(vd_db_retrieve(c, one_and_500, 3, true, false, &rr, &nr, &e), 0);
+    assert_int_equal(nr, 1);
+    assert_true(rr[0].version.hlc == now + 10 && rr[0].version.node == 7);
+    assert_true(rr[0].dim == 2 && rr[0].vec[0] == 3 && rr[0].vec[1] == 4);
+    assert_int_equal(rr[0].payload_len, 10);
+    assert_memory_equal(rr[0].payload, "{\"z\":true}", 10);
+    vd_db_records_free(rr, nr);
     struct vd_db_search s = {.query = v2, .limit = 1, .exact = true};
     cJSON *r = search(c, &s);
     assert_int_equal(cJSON_GetArraySize(r), 1);
@@ -323,6 +336,12 @@ static void test_apply_records(void **state)
     assert_int_equal(apply_rec(c, 1, (struct vd_version){now + 12, 7}, NULL, NULL, &st), 0);
     vd_db_count(c, NULL, &n);
     assert_int_equal(n, 0);
+    assert_int_equal(vd_db_retrieve(c, one_and_500, 1, true, true, &rr, &nr, &e), 0);
+    assert_true(nr == 1 && rr[0].tombstone && !rr[0].vec && rr[0].version.hlc == now + 12);
+    vd_db_records_free(rr, nr);
+    assert_int_equal(vd_db_retrieve(c, one_and_500, 1, true, false, &rr, &nr, &e), 0);
+    assert_int_equal(nr, 0);
+    vd_db_records_free(rr, nr);
     r = search(c, &s);
     assert_int_equal(cJSON_GetArraySize(r), 0);
     cJSON_Delete(r);
