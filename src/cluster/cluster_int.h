@@ -8,6 +8,7 @@
 #ifndef VECTORD_CLUSTER_INT_H
 #define VECTORD_CLUSTER_INT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -198,6 +199,72 @@ const struct vd_meta_member *vd_meta_member_at(const struct vd_meta *m, size_t i
 /* The ring: up to rf distinct member ids, clockwise from hash (members in state UP or LEAVING
  * own tokens; JOINING ones do not yet). Returns how many were written to out. */
 size_t vd_meta_replicas(const struct vd_meta *m, uint64_t hash, unsigned rf, uint64_t *out);
+
+/* Placement of one hash (vd_place_hash of collection and stored key) on the ring of
+ * `ring_version`, the Raft index of the command that last changed the ring (0 before any did):
+ * the natural replicas clockwise from the hash, and the pending ones that will own it once
+ * ranges in motion have moved (none yet: members take ranges at once). A data request carries
+ * the ring version, so a replica can tell it was placed on another ring. */
+#define VD_PLACE_MAX_RF 64 /* the largest replication_factor a schema may have */
+struct vd_placement {
+    uint64_t ring_version;
+    size_t n_natural, n_pending;
+    uint64_t natural[VD_PLACE_MAX_RF];
+    uint64_t pending[VD_PLACE_MAX_RF];
+};
+/* Pure function of m's ring; rf above VD_PLACE_MAX_RF is taken as VD_PLACE_MAX_RF. */
+void vd_meta_place(const struct vd_meta *m, uint64_t hash, unsigned rf, struct vd_placement *out);
+/* The same for the point of stored key `key` in `collection`, with the collection's
+ * replication factor. VD_ENOTFOUND when m has no such collection (out untouched). */
+int vd_meta_place_point(const struct vd_meta *m, const char *collection, const uint8_t *key,
+                        size_t key_len, struct vd_placement *out);
+uint64_t vd_meta_ring_version(const struct vd_meta *m);
+/* Number of tokens on the ring (members UP or LEAVING times VD_META_TOKENS). */
+size_t vd_meta_ring_size(const struct vd_meta *m);
+/* The ring's arcs (start, end], one per distinct token `end`, in token order, into out (room for
+ * vd_meta_ring_size entries); returns how many. Every hash lies on exactly one arc
+ * (vd_ring_contains), and every hash on an arc is placed as its end is; a ring with one distinct
+ * token has the single arc (t, t], the whole ring. */
+size_t vd_meta_arcs(const struct vd_meta *m, uint64_t (*out)[2]);
+
+/* ---- published views ------------------------------------------------------------------------
+ * The loop thread owns struct vd_meta and changes it with every applied command; other threads
+ * (HTTP handlers, the coordinator) read an immutable copy of it instead, a view: a reference-
+ * counted deep copy that the loop publishes after each change. A reader acquires the current
+ * view, reads it (every const vd_meta_* lookup and placement works on vd_meta_view_state), and
+ * releases it; a view lives until its last reference is released, however many newer views were
+ * published meanwhile. */
+struct vd_meta_view;
+/* A view of m's state now, holding one reference. Errors: VD_ENOMEM. */
+int vd_meta_view_new(const struct vd_meta *m, struct vd_meta_view **out);
+/* The state the view holds: valid while the caller holds a reference; never changes. */
+const struct vd_meta *vd_meta_view_state(const struct vd_meta_view *v);
+/* Takes one more reference (any thread); returns v. */
+struct vd_meta_view *vd_meta_view_ref(struct vd_meta_view *v);
+/* Drops one reference (any thread); the last one frees the view. NULL ignored. */
+void vd_meta_view_release(struct vd_meta_view *v);
+
+/* The publish point: one current view. Readers on any thread; vd_meta_pub_set, vd_meta_publish
+ * and vd_meta_pub_release from one thread at a time (the loop). Fields are private. */
+struct vd_meta_pub {
+    _Atomic(struct vd_meta_view *) cur;
+    atomic_uint epoch;
+    atomic_size_t pins[2];
+};
+/* An empty publish point (acquire gives NULL until the first publish). */
+void vd_meta_pub_init(struct vd_meta_pub *p);
+/* A reference to the current view (the caller releases it), or NULL when none was published.
+ * Lock-free for readers. */
+struct vd_meta_view *vd_meta_pub_acquire(struct vd_meta_pub *p);
+/* Makes v (its reference passes to p; may be NULL) the current view and releases the previous
+ * one once no reader can be taking a reference to it: waits, spinning, at most for readers that
+ * are between loading the pointer and taking their reference. */
+void vd_meta_pub_set(struct vd_meta_pub *p, struct vd_meta_view *v);
+/* Builds a view of m and publishes it: the call after every applied command or restore. VD_ENOMEM
+ * keeps the previous view published. */
+int vd_meta_publish(struct vd_meta_pub *p, const struct vd_meta *m);
+/* Drops the current view (shutdown: no reader may acquire afterwards). */
+void vd_meta_pub_release(struct vd_meta_pub *p);
 
 /*
  * Reconciliation of the local database with the state machine. Given what the node holds

@@ -9,6 +9,7 @@
  * was. u64 fields (ids, incarnations, tokens, indexes) are read from the number's literal text,
  * never through a double, so values near 2^64 survive.
  */
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,6 +37,7 @@ struct coll {
 
 struct vd_meta {
     uint64_t applied;
+    uint64_t ring_version; /* the index of the command that last changed the ring */
     struct coll *colls; /* sorted by name */
     size_t n_colls, cap_colls;
     struct vd_meta_member *members; /* sorted by id */
@@ -649,7 +651,7 @@ static int op_add_member(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
     return 0;
 }
 
-static int op_set_member(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
+static int op_set_member(struct vd_meta *m, uint64_t index, const cJSON *cmd, struct vd_err *e)
 {
     uint64_t id;
     const char *st, *addr, *http;
@@ -675,14 +677,18 @@ static int op_set_member(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
         memcpy(mb->addr, addr, strlen(addr) + 1);
     if (http)
         memcpy(mb->http_addr, http, strlen(http) + 1);
-    if ((old.state == VD_MEMBER_JOINING) != (mb->state == VD_MEMBER_JOINING) && ring_rebuild(m)) {
-        *mb = old;
-        return vd_errf(e, VD_ENOMEM, "out of memory");
+    if ((old.state == VD_MEMBER_JOINING) != (mb->state == VD_MEMBER_JOINING)) {
+        if (ring_rebuild(m)) {
+            *mb = old;
+            return vd_errf(e, VD_ENOMEM, "out of memory");
+        }
+        m->ring_version = index;
     }
     return 0;
 }
 
-static int op_remove_member(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
+static int op_remove_member(struct vd_meta *m, uint64_t index, const cJSON *cmd,
+                            struct vd_err *e)
 {
     uint64_t id;
     int rc = get_member_id(cmd, &id, e);
@@ -702,6 +708,8 @@ static int op_remove_member(struct vd_meta *m, const cJSON *cmd, struct vd_err *
         m->n_members++;
         return vd_errf(e, VD_ENOMEM, "out of memory");
     }
+    if (old.state != VD_MEMBER_JOINING)
+        m->ring_version = index;
     return 0;
 }
 
@@ -740,9 +748,9 @@ int vd_meta_apply(struct vd_meta *m, uint64_t index, const uint8_t *cmd, size_t 
     else if (!strcmp(op, "add_member"))
         rc = op_add_member(m, root, &e);
     else if (!strcmp(op, "set_member"))
-        rc = op_set_member(m, root, &e);
+        rc = op_set_member(m, index, root, &e);
     else if (!strcmp(op, "remove_member"))
-        rc = op_remove_member(m, root, &e);
+        rc = op_remove_member(m, index, root, &e);
     else
         rc = vd_errf(&e, VD_EINVAL, "unknown operation");
 out_free_root:
@@ -778,6 +786,8 @@ int vd_meta_snapshot(const struct vd_meta *m, struct vd_buf *out)
 {
     vd_buf_printf(out, "{\"version\":%d,\"applied\":", SNAPSHOT_VERSION);
     put_u64(out, m->applied);
+    vd_buf_puts(out, ",\"ring_version\":");
+    put_u64(out, m->ring_version);
     vd_buf_puts(out, ",\"collections\":[");
     for (size_t i = 0; i < m->n_colls; i++) {
         if (i)
@@ -910,6 +920,13 @@ static int restore_into(struct vd_meta *s, const cJSON *root, struct vd_err *e)
         return vd_errf(e, VD_EINVAL, "unknown snapshot version %llu", (unsigned long long)version);
     if ((rc = get_u64(root, "applied", &s->applied, e)))
         return rc;
+    /* Snapshots written before rings were versioned lack it: 0, a version no ring change ever
+     * gets, until the next change of members gives every node the same one again. */
+    if (cJSON_GetObjectItemCaseSensitive(root, "ring_version") &&
+        (rc = get_u64(root, "ring_version", &s->ring_version, e)))
+        return rc;
+    if (s->ring_version > s->applied)
+        return vd_errf(e, VD_EINVAL, "'ring_version' is above 'applied'");
     const cJSON *colls = cJSON_GetObjectItemCaseSensitive(root, "collections");
     const cJSON *members = cJSON_GetObjectItemCaseSensitive(root, "members");
     if (!cJSON_IsArray(colls))
@@ -1057,8 +1074,9 @@ const struct vd_meta_member *vd_meta_member_at(const struct vd_meta *m, size_t i
 
 /*
  * Owners of hash: the member of the first token at or after hash (wrapping past the top), then
- * the next distinct members clockwise. A token owns the arc ending at it, so a new member takes
- * keys only from the arcs its tokens split. out holds at least rf ids.
+ * the next distinct members clockwise. A token owns the arc ending at it, (previous token, token],
+ * which is what vd_ring_contains tests, so a new member takes keys only from the arcs its tokens
+ * split. out holds at least rf ids.
  */
 size_t vd_meta_replicas(const struct vd_meta *m, uint64_t hash, unsigned rf, uint64_t *out)
 {
@@ -1082,6 +1100,184 @@ size_t vd_meta_replicas(const struct vd_meta *m, uint64_t hash, unsigned rf, uin
             out[n++] = id;
     }
     return n;
+}
+
+/* Contract in cluster_int.h. Pending replicas stay empty until ranges move between members. */
+void vd_meta_place(const struct vd_meta *m, uint64_t hash, unsigned rf, struct vd_placement *out)
+{
+    out->ring_version = m->ring_version;
+    out->n_pending = 0;
+    out->n_natural =
+        vd_meta_replicas(m, hash, rf > VD_PLACE_MAX_RF ? VD_PLACE_MAX_RF : rf, out->natural);
+}
+
+int vd_meta_place_point(const struct vd_meta *m, const char *collection, const uint8_t *key,
+                        size_t key_len, struct vd_placement *out)
+{
+    const struct vd_coll_schema *s = vd_meta_collection(m, collection);
+    if (!s)
+        return VD_ENOTFOUND;
+    vd_meta_place(m, vd_place_hash(collection, key, key_len), s->replication_factor, out);
+    return 0;
+}
+
+uint64_t vd_meta_ring_version(const struct vd_meta *m)
+{
+    return m->ring_version;
+}
+
+size_t vd_meta_ring_size(const struct vd_meta *m)
+{
+    return m->n_ring;
+}
+
+/* Equal tokens (two members hashing to one position) make one arc, owned as placement decides:
+ * by the first of them in (token, id) order. */
+size_t vd_meta_arcs(const struct vd_meta *m, uint64_t (*out)[2])
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->n_ring; i++) {
+        if (n && out[n - 1][1] == m->ring[i].token)
+            continue;
+        out[n][1] = m->ring[i].token;
+        n++;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i][0] = out[(i + n - 1) % n][1];
+    return n;
+}
+
+/* ---- published views ------------------------------------------------------------------------
+ */
+
+struct vd_meta_view {
+    atomic_size_t refs;
+    struct vd_meta st; /* a deep copy, never changed after vd_meta_view_new */
+};
+
+/* Copies src's state into the empty dst. VD_ENOMEM leaves partial contents to state_release. */
+static int state_copy(struct vd_meta *dst, const struct vd_meta *src)
+{
+    dst->applied = src->applied;
+    dst->ring_version = src->ring_version;
+    if (src->n_colls) {
+        if (!(dst->colls = calloc(src->n_colls, sizeof *dst->colls)))
+            return VD_ENOMEM;
+        dst->cap_colls = src->n_colls;
+        for (size_t i = 0; i < src->n_colls; i++) {
+            const struct coll *c = &src->colls[i];
+            dst->colls[i].s = c->s;
+            dst->n_colls++;
+            if (c->n_idx) {
+                if (!(dst->colls[i].idx = malloc(c->n_idx * sizeof *c->idx)))
+                    return VD_ENOMEM;
+                memcpy(dst->colls[i].idx, c->idx, c->n_idx * sizeof *c->idx);
+                dst->colls[i].n_idx = c->n_idx;
+            }
+        }
+    }
+    if (src->n_members) {
+        if (!(dst->members = malloc(src->n_members * sizeof *dst->members)))
+            return VD_ENOMEM;
+        memcpy(dst->members, src->members, src->n_members * sizeof *dst->members);
+        dst->n_members = dst->cap_members = src->n_members;
+    }
+    if (src->n_ring) {
+        if (!(dst->ring = malloc(src->n_ring * sizeof *dst->ring)))
+            return VD_ENOMEM;
+        memcpy(dst->ring, src->ring, src->n_ring * sizeof *dst->ring);
+        dst->n_ring = src->n_ring;
+    }
+    return 0;
+}
+
+int vd_meta_view_new(const struct vd_meta *m, struct vd_meta_view **out)
+{
+    struct vd_meta_view *v = calloc(1, sizeof *v);
+    if (!v)
+        return VD_ENOMEM;
+    if (state_copy(&v->st, m)) {
+        state_release(&v->st);
+        free(v);
+        return VD_ENOMEM;
+    }
+    atomic_init(&v->refs, 1);
+    *out = v;
+    return 0;
+}
+
+const struct vd_meta *vd_meta_view_state(const struct vd_meta_view *v)
+{
+    return &v->st;
+}
+
+struct vd_meta_view *vd_meta_view_ref(struct vd_meta_view *v)
+{
+    atomic_fetch_add_explicit(&v->refs, 1, memory_order_relaxed);
+    return v;
+}
+
+void vd_meta_view_release(struct vd_meta_view *v)
+{
+    if (!v)
+        return;
+    /* acq_rel: every reader's use of the view happens before the last one frees it */
+    if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    state_release(&v->st);
+    free(v);
+}
+
+void vd_meta_pub_init(struct vd_meta_pub *p)
+{
+    atomic_init(&p->cur, NULL);
+    atomic_init(&p->epoch, 0);
+    atomic_init(&p->pins[0], 0);
+    atomic_init(&p->pins[1], 0);
+}
+
+/*
+ * A reader pins the epoch it saw for the few instructions between loading the pointer and taking
+ * its reference, so the publisher knows when no reader can still be about to reference the view
+ * it replaced. The publisher flips the epoch after swapping the pointer and waits only for the
+ * old epoch's pins: a reader that pins after the flip loads the new pointer, so a steady stream
+ * of readers cannot keep the publisher waiting. Every operation on cur, epoch and pins is
+ * sequentially consistent, which the argument needs: a reader that loaded the old pointer pinned
+ * before the publisher read the pins.
+ */
+struct vd_meta_view *vd_meta_pub_acquire(struct vd_meta_pub *p)
+{
+    unsigned e = atomic_load(&p->epoch) & 1;
+    atomic_fetch_add(&p->pins[e], 1);
+    struct vd_meta_view *v = atomic_load(&p->cur);
+    if (v)
+        vd_meta_view_ref(v);
+    atomic_fetch_sub(&p->pins[e], 1);
+    return v;
+}
+
+void vd_meta_pub_set(struct vd_meta_pub *p, struct vd_meta_view *v)
+{
+    struct vd_meta_view *old = atomic_exchange(&p->cur, v);
+    unsigned e = atomic_fetch_add(&p->epoch, 1) & 1;
+    while (atomic_load(&p->pins[e]))
+        ; /* a pinned reader is a handful of instructions from unpinning */
+    vd_meta_view_release(old);
+}
+
+int vd_meta_publish(struct vd_meta_pub *p, const struct vd_meta *m)
+{
+    struct vd_meta_view *v;
+    int rc = vd_meta_view_new(m, &v);
+    if (rc)
+        return rc;
+    vd_meta_pub_set(p, v);
+    return 0;
+}
+
+void vd_meta_pub_release(struct vd_meta_pub *p)
+{
+    vd_meta_pub_set(p, NULL);
 }
 
 /* ---- reconciliation ---------------------------------------------------------------------------
