@@ -69,6 +69,10 @@ int main(int argc, char **argv)
         return 0;
     }
     vd_log_set_level(cfg.log_level);
+    vd_clock_set_test_offset_ms(cfg.test_clock_offset_ms);
+    if (cfg.test_clock_offset_ms)
+        vd_log_warn("wall clock shifted by %lld ms for tests (VECTORD_TEST_CLOCK_OFFSET_MS)",
+                    (long long)cfg.test_clock_offset_ms);
 
     /* Signals are taken by sigwait in this thread only; every thread started below inherits the
      * blocked mask. */

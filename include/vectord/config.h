@@ -28,6 +28,8 @@ struct vd_config {
     uint64_t max_body_bytes; /* default 32 MiB */
     unsigned index_threads;  /* background graph-linking threads, 0 = automatic */
     unsigned index_save_seconds; /* periodic graph save interval, default 300 */
+    uint64_t max_clock_offset_ms; /* peers' clocks this far ahead are refused, default 500 */
+    int64_t test_clock_offset_ms; /* tests only: VECTORD_TEST_CLOCK_OFFSET_MS, default 0 */
     struct vd_config_key *keys;
     size_t n_keys;
     bool show_help, show_version;
@@ -38,7 +40,8 @@ void vd_config_init(struct vd_config *c);
 /* Frees every string the config owns. */
 void vd_config_release(struct vd_config *c);
 /* Applies argv (argv[0] skipped): first finds --config and loads that file, then applies the
- * flags, then VD environment (VECTORD_API_KEY when no --api-key). Errors: VD_EINVAL with a
+ * flags, then VD environment (VECTORD_API_KEY when no --api-key; VECTORD_TEST_CLOCK_OFFSET_MS, a
+ * signed number of ms that tests use to skew a node's clock, left out of --help). Errors: VD_EINVAL with a
  * message naming the flag or key, e.g. "--port: 'abc' is not a port number (1-65535)". */
 int vd_config_from_args(struct vd_config *c, int argc, char **argv, struct vd_err *err);
 /* Loads a JSON config text (unknown keys are errors). */

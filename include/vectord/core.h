@@ -75,8 +75,14 @@ void vd_log(enum vd_log_level lvl, const char *fmt, ...) __attribute__((format(p
 
 /* ---- time -------------------------------------------------------------------------------- */
 
-/* Wall clock in ms since the epoch and a monotonic clock in ns. */
+/* Wall clock in ms since the epoch (plus the test offset below) and a monotonic clock in ns. */
 uint64_t vd_wall_ms(void);
+/* Tests only: shifts vd_wall_ms, and so every HLC this process stamps, by offset_ms (negative =
+ * behind), to play a node whose clock is wrong; a time namespace cannot shift CLOCK_REALTIME.
+ * Thread-safe; 0 (the default) is the true clock. vectord takes it from the environment variable
+ * VECTORD_TEST_CLOCK_OFFSET_MS. */
+void vd_clock_set_test_offset_ms(int64_t offset_ms);
+int64_t vd_clock_test_offset_ms(void);
 uint64_t vd_mono_ns(void);
 struct timespec;
 /* The CLOCK_MONOTONIC time `ms` from now, for pthread_cond_timedwait on a condition variable
@@ -100,6 +106,52 @@ uint64_t vd_hlc_recv(struct vd_hlc *c, uint64_t remote, uint64_t now_ms);
 /* Process-wide clock, thread-safe, reading the wall clock. */
 uint64_t vd_hlc_now(void);
 void vd_hlc_observe(uint64_t remote);
+
+/* Default of --max-clock-offset: how far ahead of this node's wall clock a peer's HLC may be. */
+#define VD_MAX_CLOCK_OFFSET_MS_DEFAULT 500
+
+/* Pure check of a data frame's HLC against this node's wall clock now_ms: 0 when its physical
+ * part is at most max_offset_ms ahead, else VD_EUNAVAIL (clock skew: the frame is refused, not
+ * observed, so one fast clock cannot drag every HLC of the cluster into its future). A remote
+ * clock behind ours is never refused: its writes simply lose to newer ones. */
+int vd_hlc_check_skew(uint64_t remote_hlc, uint64_t now_ms, uint64_t max_offset_ms);
+
+/*
+ * Offset of a peer's clock, estimated from ping round trips as NTP does: a ping leaves at local
+ * wall time t_send, the reply carries the peer's HLC at the moment it answered, and arrives at
+ * t_recv; assuming the two legs took equally long, the peer's clock read remote when ours read
+ * t_send + rtt / 2, so offset = remote - (t_send + rtt / 2), wrong by at most rtt / 2. Of the last
+ * VD_CLOCK_SAMPLES samples the one with the shortest round trip is kept as the estimate: queueing
+ * delays make legs unequal, and the fastest trip had the least of them. Pure; the caller guards
+ * a struct used from several threads.
+ */
+#define VD_CLOCK_SAMPLES 8
+struct vd_clock_peer {
+    struct {
+        int64_t offset_ms;
+        uint64_t rtt_ms;
+    } s[VD_CLOCK_SAMPLES];
+    unsigned n, next; /* samples held; where the next one goes */
+};
+/* An estimator with no samples (a zeroed struct is one too). */
+void vd_clock_peer_init(struct vd_clock_peer *p);
+/* Adds one round trip (times in local wall ms, remote as an HLC). VD_EINVAL, and nothing kept,
+ * when t_recv < t_send (the local clock stepped back during the trip) or remote_hlc is 0. */
+int vd_clock_peer_sample(struct vd_clock_peer *p, uint64_t t_send_ms, uint64_t remote_hlc,
+                         uint64_t t_recv_ms);
+/* The estimate: the peer's clock minus ours in ms, and the round trip it came from (its error
+ * bound is rtt / 2). VD_ENOTFOUND when there is no sample yet. */
+int vd_clock_peer_offset(const struct vd_clock_peer *p, int64_t *offset_ms, uint64_t *rtt_ms);
+/* True when the peer's clock is certainly more than max_offset_ms away from ours, either way:
+ * |offset| - rtt / 2 > max_offset_ms. False without samples. */
+bool vd_clock_peer_far(const struct vd_clock_peer *p, uint64_t max_offset_ms);
+/* The write rule: true when this node's clock is far (vd_clock_peer_far) from a majority of the
+ * n_members members (itself included, never far from itself); peers[0..n_peers) are the
+ * estimators of the other members (a member without samples counts as near). Such a node
+ * answers writes 503 (clock skew): its HLCs would order its writes wrongly against the others'. A
+ * node alone is never skewed. */
+bool vd_clock_skewed(const struct vd_clock_peer *const *peers, size_t n_peers, size_t n_members,
+                     uint64_t max_offset_ms);
 
 /* A version of a point: the HLC of the write and the id of the node that stamped it. The newer
  * version wins everywhere (last-write-wins); equal HLCs are ordered by node id, so two writes

@@ -1,14 +1,30 @@
 /* Wall and monotonic clocks, and the hybrid logical clock. */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
 #include <time.h>
 
 #include "vectord/core.h"
+
+static _Atomic int64_t test_offset_ms;
+
+void vd_clock_set_test_offset_ms(int64_t offset_ms)
+{
+    atomic_store_explicit(&test_offset_ms, offset_ms, memory_order_relaxed);
+}
+
+int64_t vd_clock_test_offset_ms(void)
+{
+    return atomic_load_explicit(&test_offset_ms, memory_order_relaxed);
+}
 
 uint64_t vd_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    /* unsigned wrap-around adds a negative offset */
+    return ms + (uint64_t)atomic_load_explicit(&test_offset_ms, memory_order_relaxed);
 }
 
 uint64_t vd_mono_ns(void)
@@ -67,4 +83,66 @@ void vd_hlc_observe(uint64_t remote)
     pthread_mutex_lock(&global_mu);
     vd_hlc_recv(&global_hlc, remote, now);
     pthread_mutex_unlock(&global_mu);
+}
+
+int vd_hlc_check_skew(uint64_t remote_hlc, uint64_t now_ms, uint64_t max_offset_ms)
+{
+    uint64_t phys = VD_HLC_PHYS(remote_hlc);
+    return phys > now_ms && phys - now_ms > max_offset_ms ? VD_EUNAVAIL : 0;
+}
+
+void vd_clock_peer_init(struct vd_clock_peer *p)
+{
+    memset(p, 0, sizeof *p);
+}
+
+int vd_clock_peer_sample(struct vd_clock_peer *p, uint64_t t_send_ms, uint64_t remote_hlc,
+                         uint64_t t_recv_ms)
+{
+    if (t_recv_ms < t_send_ms || remote_hlc == 0)
+        return VD_EINVAL;
+    uint64_t rtt = t_recv_ms - t_send_ms;
+    /* the midpoint in doubled units keeps the half millisecond of an odd round trip */
+    int64_t remote2 = (int64_t)VD_HLC_PHYS(remote_hlc) * 2;
+    int64_t mid2 = (int64_t)t_send_ms * 2 + (int64_t)rtt;
+    int64_t d = remote2 - mid2;
+    p->s[p->next].offset_ms = d >= 0 ? (d + 1) / 2 : -((-d + 1) / 2); /* half away from 0 */
+    p->s[p->next].rtt_ms = rtt;
+    p->next = (p->next + 1) % VD_CLOCK_SAMPLES;
+    if (p->n < VD_CLOCK_SAMPLES)
+        p->n++;
+    return 0;
+}
+
+int vd_clock_peer_offset(const struct vd_clock_peer *p, int64_t *offset_ms, uint64_t *rtt_ms)
+{
+    if (p->n == 0)
+        return VD_ENOTFOUND;
+    unsigned best = 0;
+    for (unsigned i = 1; i < p->n; i++)
+        if (p->s[i].rtt_ms < p->s[best].rtt_ms)
+            best = i;
+    *offset_ms = p->s[best].offset_ms;
+    if (rtt_ms)
+        *rtt_ms = p->s[best].rtt_ms;
+    return 0;
+}
+
+bool vd_clock_peer_far(const struct vd_clock_peer *p, uint64_t max_offset_ms)
+{
+    int64_t off;
+    uint64_t rtt;
+    if (vd_clock_peer_offset(p, &off, &rtt))
+        return false;
+    uint64_t mag = off < 0 ? (uint64_t)0 - (uint64_t)off : (uint64_t)off;
+    return mag > max_offset_ms + rtt / 2;
+}
+
+bool vd_clock_skewed(const struct vd_clock_peer *const *peers, size_t n_peers, size_t n_members,
+                     uint64_t max_offset_ms)
+{
+    size_t far = 0;
+    for (size_t i = 0; i < n_peers; i++)
+        far += vd_clock_peer_far(peers[i], max_offset_ms);
+    return n_members > 1 && far >= n_members / 2 + 1;
 }

@@ -20,6 +20,7 @@ void vd_config_init(struct vd_config *c)
     c->max_body_bytes = 32u << 20;
     c->index_save_seconds = 300;
     c->raft_election_ms = 1000;
+    c->max_clock_offset_ms = VD_MAX_CLOCK_OFFSET_MS_DEFAULT;
 }
 
 static void free_keys(struct vd_config *c)
@@ -121,6 +122,22 @@ static bool valid_hostport(const char *s)
     return colon && colon != s && parse_uint(colon + 1, 1, 65535, &p) == 0;
 }
 
+/* The hidden clock skew of tests: a signed number of ms, at most a day either way. */
+static int test_clock_offset(struct vd_config *c, const char *v, struct vd_err *err)
+{
+    if (!v || !*v)
+        return 0;
+    bool neg = *v == '-';
+    uint64_t n;
+    if (parse_uint(v + neg, 0, 86400000, &n))
+        return vd_errf(err, VD_EINVAL,
+                       "VECTORD_TEST_CLOCK_OFFSET_MS: '%s' is not a number of milliseconds "
+                       "(-86400000 to 86400000)",
+                       v);
+    c->test_clock_offset_ms = neg ? -(int64_t)n : (int64_t)n;
+    return 0;
+}
+
 /* One option, from a flag or a config key. `name` is how the user wrote it ("--port" or
  * "config key 'port'") so errors name it. */
 static int apply(struct vd_config *c, const char *opt, const char *v, const char *name,
@@ -181,6 +198,11 @@ static int apply(struct vd_config *c, const char *opt, const char *v, const char
             return vd_errf(err, VD_EINVAL, "%s: '%s' is not a number of seconds (1-604800)", name,
                            v);
         c->index_save_seconds = (unsigned)n;
+    } else if (!strcmp(opt, "max-clock-offset") || !strcmp(opt, "max_clock_offset")) {
+        if (parse_uint(v, 1, 3600000, &n))
+            return vd_errf(err, VD_EINVAL,
+                           "%s: '%s' is not a number of milliseconds (1-3600000)", name, v);
+        c->max_clock_offset_ms = n;
     } else if (!strcmp(opt, "max-body-bytes") || !strcmp(opt, "max_body_bytes")) {
         if (parse_uint(v, 1024, (uint64_t)1 << 34, &n))
             return vd_errf(err, VD_EINVAL, "%s: '%s' is not a size in bytes (1024-17179869184)",
@@ -309,6 +331,7 @@ static const char *usage_text =
     "  --index-threads N      background index-building threads (default: CPUs - 1, at least 1)\n"
     "  --index-save-seconds N how often the index graph is saved when it changed (default 300)\n"
     "  --max-body-bytes N     request body limit (default 33554432)\n"
+    "  --max-clock-offset MS  refuse peers whose clock is further ahead (default 500)\n"
     "  --help                 this text\n"
     "  --version              print the version\n";
 
@@ -386,7 +409,7 @@ int vd_config_from_args(struct vd_config *c, int argc, char **argv, struct vd_er
         if (rc)
             return rc;
     }
-    return 0;
+    return test_clock_offset(c, getenv("VECTORD_TEST_CLOCK_OFFSET_MS"), err);
 }
 
 int vd_config_validate(const struct vd_config *c, struct vd_err *err)

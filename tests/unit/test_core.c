@@ -137,6 +137,158 @@ static void test_ring_contains(void **state)
     }
 }
 
+/* A node whose wall clock jumps back an hour: its HLC keeps the order it had (every timestamp
+ * after the jump is above every one before), and last-write-wins between its writes and another
+ * node's decides exactly as the two versions' HLCs say, whatever the wall clocks said. */
+static void test_hlc_clock_jumps_back_an_hour(void **state)
+{
+    const uint64_t t0 = UINT64_C(1764900000000), hour = 3600000;
+    struct vd_hlc a = {0}, b = {0}; /* node 1 (jumps), node 2 (correct) */
+    uint64_t last = 0;
+    for (uint64_t ms = t0; ms < t0 + 100; ms++) {
+        uint64_t ts = vd_hlc_tick(&a, ms);
+        assert_true(ts > last);
+        last = ts;
+    }
+    uint64_t before_jump = last;
+    struct vd_version w1 = {.hlc = before_jump, .node = 1};
+    /* the jump: an hour back, then the clock runs on; 200,000 writes in its first ms overflow the
+     * 16-bit counter several times and must still strictly increase */
+    uint64_t now = t0 + 100 - hour;
+    for (int i = 0; i < 200000; i++) {
+        uint64_t ts = vd_hlc_tick(&a, now + (uint64_t)(i / 100000));
+        assert_true(ts > last);
+        last = ts;
+    }
+    /* the physical part stays at the pre-jump time, running ahead only by the overflow */
+    assert_true(VD_HLC_PHYS(last) >= t0 + 99 && VD_HLC_PHYS(last) <= t0 + 99 + 4);
+    struct vd_version w2 = {.hlc = last, .node = 1};
+    assert_true(vd_version_cmp(w2, w1) > 0); /* its own later write wins */
+
+    /* node 2, with a correct clock, writes the same id 50 ms after the jump: its HLC is above
+     * node 1's stalled one, so it wins, as its HLC says */
+    struct vd_version w3 = {.hlc = vd_hlc_tick(&b, t0 + 150), .node = 2};
+    assert_true(vd_version_cmp(w3, w2) > 0);
+    /* node 1 writes again later in real time without having heard from node 2: its HLC is still
+     * the stalled one, lower than node 2's, so it loses (the write order of wall time does not
+     * count, only HLCs do) */
+    struct vd_version w4 = {.hlc = vd_hlc_tick(&a, t0 + 200 - hour), .node = 1};
+    assert_true(w4.hlc > w2.hlc);
+    assert_true(w4.hlc < w3.hlc);
+    assert_true(vd_version_cmp(w4, w3) < 0);
+    /* once node 1 has observed node 2's timestamp its next write wins over it */
+    vd_hlc_recv(&a, w3.hlc, t0 + 201 - hour);
+    struct vd_version w5 = {.hlc = vd_hlc_tick(&a, t0 + 202 - hour), .node = 1};
+    assert_true(vd_version_cmp(w5, w3) > 0);
+    /* equal HLCs from two nodes: the node id decides, the same way both ways round */
+    struct vd_version x = {.hlc = w3.hlc, .node = 1}, y = {.hlc = w3.hlc, .node = 2};
+    assert_true(vd_version_cmp(y, x) > 0 && vd_version_cmp(x, y) < 0);
+
+    /* the process-wide clock through the test offset: an hour back, then forward again */
+    uint64_t g1 = vd_hlc_now();
+    uint64_t w_before = vd_wall_ms();
+    vd_clock_set_test_offset_ms(-(int64_t)hour);
+    uint64_t w_after = vd_wall_ms();
+    assert_true(w_after + hour >= w_before && w_after + hour < w_before + 5000);
+    assert_true(vd_clock_test_offset_ms() == -(int64_t)hour);
+    uint64_t prev = g1;
+    for (int i = 0; i < 1000; i++) {
+        uint64_t g = vd_hlc_now();
+        assert_true(g > prev);
+        prev = g;
+    }
+    assert_true(VD_HLC_PHYS(prev) >= VD_HLC_PHYS(g1)); /* not an hour back */
+    vd_clock_set_test_offset_ms(0);
+    assert_true(vd_hlc_now() > prev);
+}
+
+static void test_hlc_check_skew(void **state)
+{
+    const uint64_t now = UINT64_C(1764900000000);
+    assert_int_equal(vd_hlc_check_skew(VD_HLC_MAKE(now, 5), now, 500), 0);
+    assert_int_equal(vd_hlc_check_skew(VD_HLC_MAKE(now + 500, 0xffff), now, 500), 0);
+    assert_int_equal(vd_hlc_check_skew(VD_HLC_MAKE(now + 501, 0), now, 500), VD_EUNAVAIL);
+    assert_int_equal(vd_hlc_check_skew(VD_HLC_MAKE(now + 3600000, 0), now, 500), VD_EUNAVAIL);
+    /* behind is never refused, however far */
+    assert_int_equal(vd_hlc_check_skew(VD_HLC_MAKE(now - 3600000, 0), now, 500), 0);
+    assert_int_equal(vd_hlc_check_skew(0, now, 500), 0);
+    assert_int_equal(vd_hlc_check_skew(VD_HLC_MAKE(now + 1, 0), now, 0), VD_EUNAVAIL);
+}
+
+static void test_clock_peer_offset(void **state)
+{
+    struct vd_clock_peer p;
+    vd_clock_peer_init(&p);
+    int64_t off;
+    uint64_t rtt;
+    assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), VD_ENOTFOUND);
+    assert_false(vd_clock_peer_far(&p, 0));
+    const uint64_t t = UINT64_C(1764900000000);
+    /* peer 300 ms ahead, symmetric 20 ms trip: it read t + 10 + 300 at the midpoint */
+    assert_int_equal(vd_clock_peer_sample(&p, t, VD_HLC_MAKE(t + 310, 3), t + 20), 0);
+    assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), 0);
+    assert_true(off == 300 && rtt == 20);
+    /* a slow trip with its delay all on the way back suggests a wrong offset; the faster earlier
+     * sample is kept */
+    assert_int_equal(vd_clock_peer_sample(&p, t + 1000, VD_HLC_MAKE(t + 1301, 0), t + 1400), 0);
+    assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), 0);
+    assert_true(off == 300 && rtt == 20);
+    /* a faster one replaces it; an odd round trip keeps its half millisecond, rounded */
+    assert_int_equal(vd_clock_peer_sample(&p, t + 2000, VD_HLC_MAKE(t + 2302, 0), t + 2005), 0);
+    assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), 0);
+    assert_true(off == 300 && rtt == 5); /* 2302 - 2002.5 = 299.5 -> 300 */
+    /* samples age out: after VD_CLOCK_SAMPLES slower ones the fast one is gone */
+    for (int i = 0; i < VD_CLOCK_SAMPLES; i++)
+        assert_int_equal(vd_clock_peer_sample(&p, t + 5000 + (uint64_t)i * 100,
+                                              VD_HLC_MAKE(t + 5000 + (uint64_t)i * 100 - 40 + 25, 0),
+                                              t + 5000 + (uint64_t)i * 100 + 50),
+                         0);
+    assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), 0);
+    assert_true(off == -40 && rtt == 50);
+    /* a trip the local clock stepped back during is no sample */
+    assert_int_equal(vd_clock_peer_sample(&p, t + 10, VD_HLC_MAKE(t, 0), t + 9), VD_EINVAL);
+    assert_int_equal(vd_clock_peer_sample(&p, t, 0, t + 1), VD_EINVAL);
+    assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), 0);
+    assert_true(off == -40 && rtt == 50);
+    /* far: only beyond max-offset plus the error bound, either way */
+    struct vd_clock_peer q = {0};
+    assert_int_equal(vd_clock_peer_sample(&q, t, VD_HLC_MAKE(t - 700 + 5, 0), t + 10), 0);
+    assert_false(vd_clock_peer_far(&q, 700)); /* -700 is not more than 700 */
+    assert_true(vd_clock_peer_far(&q, 694));
+    assert_false(vd_clock_peer_far(&q, 695)); /* within rtt / 2 of the limit: not certain */
+}
+
+/* A node among peers: near (offset 0), far ahead and far behind ones; skewed exactly when a
+ * majority of the members (itself included) is far from it. */
+static void test_clock_skewed_majority(void **state)
+{
+    const uint64_t t = UINT64_C(1764900000000);
+    struct vd_clock_peer near = {0}, ahead = {0}, behind = {0}, unknown = {0};
+    assert_int_equal(vd_clock_peer_sample(&near, t, VD_HLC_MAKE(t + 1, 0), t + 2), 0);
+    assert_int_equal(vd_clock_peer_sample(&ahead, t, VD_HLC_MAKE(t + 2001, 0), t + 2), 0);
+    assert_int_equal(vd_clock_peer_sample(&behind, t, VD_HLC_MAKE(t - 1999, 0), t + 2), 0);
+    const struct vd_clock_peer *p1[] = {&ahead, &near};
+    assert_false(vd_clock_skewed(p1, 2, 3, 500)); /* 1 of 3 far: the fast one is the odd one */
+    const struct vd_clock_peer *p2[] = {&ahead, &behind};
+    assert_true(vd_clock_skewed(p2, 2, 3, 500)); /* 2 of 3 */
+    assert_false(vd_clock_skewed(p2, 2, 3, 3000)); /* within a wider max-offset */
+    const struct vd_clock_peer *p3[] = {&ahead, &behind, &near};
+    assert_false(vd_clock_skewed(p3, 3, 4, 500)); /* 2 of 4 is no majority */
+    const struct vd_clock_peer *p4[] = {&ahead, &behind, &unknown};
+    assert_false(vd_clock_skewed(p4, 3, 4, 500)); /* a member not yet measured counts as near */
+    const struct vd_clock_peer *p5[] = {&ahead};
+    /* of two members neither can tell which clock is wrong, and itself makes half: no majority
+     * (the correct one still refuses the fast one's frames) */
+    assert_false(vd_clock_skewed(p5, 1, 2, 500));
+    assert_false(vd_clock_skewed(NULL, 0, 1, 500)); /* alone */
+    /* the view from the fast node itself: both others are 2 s behind it */
+    struct vd_clock_peer s1 = {0}, s2 = {0};
+    assert_int_equal(vd_clock_peer_sample(&s1, t, VD_HLC_MAKE(t - 2000, 0), t + 2), 0);
+    assert_int_equal(vd_clock_peer_sample(&s2, t, VD_HLC_MAKE(t - 2000, 0), t + 2), 0);
+    const struct vd_clock_peer *p6[] = {&s1, &s2};
+    assert_true(vd_clock_skewed(p6, 2, 3, 500));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -146,6 +298,10 @@ int main(void)
         cmocka_unit_test(test_crc),
         cmocka_unit_test(test_place_hash),
         cmocka_unit_test(test_ring_contains),
+        cmocka_unit_test(test_hlc_clock_jumps_back_an_hour),
+        cmocka_unit_test(test_hlc_check_skew),
+        cmocka_unit_test(test_clock_peer_offset),
+        cmocka_unit_test(test_clock_skewed_majority),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -147,12 +147,54 @@ static void test_env_key(void **state)
     assert_false(vd_config_is_loopback("10.1.1.1"));
 }
 
+static void test_clock_options(void **state)
+{
+    struct vd_config c;
+    struct vd_err e = {0};
+    unsetenv("VECTORD_TEST_CLOCK_OFFSET_MS");
+    char *a0[] = {"vectord"};
+    assert_int_equal(parse(&c, &e, 1, a0), 0);
+    assert_true(c.max_clock_offset_ms == 500);
+    assert_true(c.test_clock_offset_ms == 0);
+    vd_config_release(&c);
+    char *a1[] = {"vectord", "--max-clock-offset", "250"};
+    assert_int_equal(parse(&c, &e, 3, a1), 0);
+    assert_true(c.max_clock_offset_ms == 250);
+    vd_config_release(&c);
+    char *p = write_tmp("{\"max_clock_offset\": 1500}");
+    char *a2[] = {"vectord", "--config", p};
+    assert_int_equal(parse(&c, &e, 3, a2), 0);
+    assert_true(c.max_clock_offset_ms == 1500);
+    vd_config_release(&c);
+    unlink(p);
+    char *b1[] = {"vectord", "--max-clock-offset", "0"};
+    expect_error(3, b1, "--max-clock-offset");
+    char *b2[] = {"vectord", "--max-clock-offset", "1s"};
+    expect_error(3, b2, "--max-clock-offset");
+    assert_non_null(strstr(vd_config_usage(), "--max-clock-offset"));
+    /* the hidden skew of tests, from the environment only, and not in --help */
+    setenv("VECTORD_TEST_CLOCK_OFFSET_MS", "-3600000", 1);
+    assert_int_equal(parse(&c, &e, 1, a0), 0);
+    assert_true(c.test_clock_offset_ms == -3600000);
+    vd_config_release(&c);
+    setenv("VECTORD_TEST_CLOCK_OFFSET_MS", "700", 1);
+    assert_int_equal(parse(&c, &e, 1, a0), 0);
+    assert_true(c.test_clock_offset_ms == 700);
+    vd_config_release(&c);
+    setenv("VECTORD_TEST_CLOCK_OFFSET_MS", "soon", 1);
+    expect_error(1, a0, "VECTORD_TEST_CLOCK_OFFSET_MS");
+    setenv("VECTORD_TEST_CLOCK_OFFSET_MS", "--5", 1);
+    expect_error(1, a0, "VECTORD_TEST_CLOCK_OFFSET_MS");
+    unsetenv("VECTORD_TEST_CLOCK_OFFSET_MS");
+    assert_null(strstr(vd_config_usage(), "CLOCK_OFFSET"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),   cmocka_unit_test(test_flags),
         cmocka_unit_test(test_bad_flags),  cmocka_unit_test(test_config_file),
-        cmocka_unit_test(test_env_key),
+        cmocka_unit_test(test_env_key),    cmocka_unit_test(test_clock_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
