@@ -69,6 +69,12 @@ int vd__frame_decode(const uint8_t *buf, size_t n, uint32_t max_body, struct vd_
  * proofs, and both ends accept only peers whose socket address is loopback. A peer that fails the
  * handshake is logged (once per address per minute) and closed.
  *
+ * With a secret, each end then derives one session key per direction from the secret and both
+ * nonces, and every frame after the handshake ends with an HMAC-SHA256 tag (inside the frame's
+ * body, so the frame codec does not change) over the frame's number in its direction, its type
+ * and its body: an altered, replayed or reordered frame fails, and the connection is closed.
+ * Without a secret frames carry their CRC only.
+ *
  * After the handshake a connection carries frames both ways, whichever end dialed. Sending to a
  * peer id uses an established connection to it, else dials its known address; frames queued
  * while a peer is unreachable are kept up to a bounded number of bytes (older ones are dropped:

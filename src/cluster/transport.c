@@ -29,6 +29,8 @@
 
 #define NONCE_LEN 32
 #define PROOF_LEN crypto_auth_hmacsha256_BYTES
+/* With a secret, every frame after the handshake ends with this MAC (see session_keys). */
+#define TAG_LEN crypto_auth_hmacsha256_BYTES
 #define ADDR_MAX 255
 /* Handshake frames are tiny; until a peer has proved itself it may not make us buffer more. */
 #define HS_MAX_BODY 1024
@@ -74,6 +76,9 @@ struct conn {
     char remote_adv[ADDR_MAX + 1]; /* address the peer advertised in the handshake */
     char remote_ip[INET6_ADDRSTRLEN];
     uint8_t nonce_local[NONCE_LEN], nonce_remote[NONCE_LEN];
+    bool auth; /* frames carry a MAC under the session keys */
+    uint8_t k_send[TAG_LEN], k_recv[TAG_LEN];
+    uint64_t n_send, n_recv; /* frames sealed and opened so far, one counter per direction */
     uint8_t *rbuf;
     size_t rlen, rcap, rwant;
 };
@@ -198,7 +203,8 @@ static void fqueue_push(struct fqueue *q, struct qframe *f, size_t max)
 
 static struct qframe *frame_new(uint8_t type, const void *body, size_t len)
 {
-    struct qframe *f = malloc(sizeof(*f) + VD_FRAME_HDR + len);
+    /* room for a MAC, added when the frame is written to an authenticated connection */
+    struct qframe *f = malloc(sizeof(*f) + VD_FRAME_HDR + len + TAG_LEN);
     if (!f)
         return NULL;
     f->next = NULL;
@@ -398,6 +404,35 @@ static int send_ctrl(struct conn *c, uint8_t type, const void *body, size_t len)
     return write_frames(c, &f, 1);
 }
 
+/* The MAC of one frame: HMAC-SHA256 under the direction's session key over the frame's number
+ * in that direction, its type and its body. The number is never sent: a replayed, dropped or
+ * reordered frame is checked against another number and fails. */
+static void frame_tag(const uint8_t key[TAG_LEN], uint64_t n, uint8_t type, const uint8_t *body,
+                      size_t len, uint8_t out[TAG_LEN])
+{
+    uint8_t pre[9];
+    vd_be64_put(pre, n);
+    pre[8] = type;
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, key, TAG_LEN);
+    crypto_auth_hmacsha256_update(&st, pre, sizeof(pre));
+    crypto_auth_hmacsha256_update(&st, body, len);
+    crypto_auth_hmacsha256_final(&st, out);
+    sodium_memzero(&st, sizeof(st));
+}
+
+/* Appends the MAC to a queued frame (frame_new left room) and rewrites its header. A frame is
+ * written to one connection only, so it is sealed once. */
+static void seal(struct conn *c, struct qframe *f)
+{
+    uint8_t type = f->data[3];
+    uint8_t *body = f->data + VD_FRAME_HDR;
+    size_t len = f->len - VD_FRAME_HDR;
+    frame_tag(c->k_send, c->n_send++, type, body, len, body + len);
+    vd__frame_header(type, body, (uint32_t)(len + TAG_LEN), f->data);
+    f->len += TAG_LEN;
+}
+
 /* Moves queued frames onto the socket while libuv holds less than WRITE_HIGH unsent bytes. */
 static void flush(struct conn *c, struct fqueue *q)
 {
@@ -408,6 +443,8 @@ static void flush(struct conn *c, struct fqueue *q)
         size_t bytes = 0;
         while (n < WRITE_BATCH && q->head && bytes < WRITE_HIGH) {
             batch[n] = fqueue_pop(q);
+            if (c->auth)
+                seal(c, batch[n]);
             bytes += batch[n++]->len;
         }
         if (write_frames(c, batch, n))
@@ -682,6 +719,8 @@ static void on_conn_closed(uv_handle_t *h)
     struct conn *c = h->data;
     struct vd_transport *t = c->t;
     free(c->rbuf);
+    sodium_memzero(c->k_send, sizeof(c->k_send));
+    sodium_memzero(c->k_recv, sizeof(c->k_recv));
     free(c);
     t->pending--;
     maybe_free(t);
@@ -737,6 +776,30 @@ static void proof(const struct vd_transport *t, const char *label, const uint8_t
     crypto_auth_hmacsha256_update(&st, fields, flen);
     crypto_auth_hmacsha256_final(&st, out);
     sodium_memzero(&st, sizeof(st));
+}
+
+/*
+ * Session keys, one per direction, from the secret and both handshake nonces (fresh on every
+ * connection, so frames recorded on one connection mean nothing on another). Without a secret
+ * there is nothing to key them with: frames carry their CRC only, and only loopback peers are
+ * accepted.
+ */
+static void session_keys(struct conn *c)
+{
+    struct vd_transport *t = c->t;
+    if (!t->secret)
+        return;
+    const uint8_t *na = c->dialer ? c->nonce_remote : c->nonce_local; /* acceptor's */
+    const uint8_t *nd = c->dialer ? c->nonce_local : c->nonce_remote; /* dialer's */
+    uint8_t d2a[TAG_LEN], a2d[TAG_LEN];
+    proof(t, "vectord session dialer->acceptor", na, nd, (const uint8_t *)"", 0, d2a);
+    proof(t, "vectord session acceptor->dialer", na, nd, (const uint8_t *)"", 0, a2d);
+    memcpy(c->k_send, c->dialer ? d2a : a2d, TAG_LEN);
+    memcpy(c->k_recv, c->dialer ? a2d : d2a, TAG_LEN);
+    sodium_memzero(d2a, sizeof(d2a));
+    sodium_memzero(a2d, sizeof(a2d));
+    c->n_send = c->n_recv = 0;
+    c->auth = true;
 }
 
 static size_t proof_len(const struct vd_transport *t)
@@ -826,6 +889,7 @@ static void on_hello(struct conn *c, const struct vd_frame *f)
     }
     if (send_ctrl(c, VD_FRAME_WELCOME, b, (size_t)(e - b)))
         return;
+    session_keys(c);
     c->state = C_OPEN;
     struct peer *p = peer_by_id(t, c->remote_id);
     if (!p)
@@ -872,6 +936,7 @@ static void on_welcome(struct conn *c, const struct vd_frame *f)
         conn_close(c);
         return;
     }
+    session_keys(c);
     c->state = C_OPEN;
     if (!p->id) {
         struct peer *q = peer_by_id(t, c->remote_id);
@@ -932,6 +997,21 @@ static void on_frame_in(struct conn *c, const struct vd_frame *f)
             refuse(c, "handshake frame type %u on an open connection", f->type);
             break;
         }
+        if (c->auth) {
+            uint8_t want[TAG_LEN];
+            size_t len = f->len >= TAG_LEN ? f->len - TAG_LEN : 0;
+            if (f->len >= TAG_LEN)
+                frame_tag(c->k_recv, c->n_recv, f->type, f->body, len, want);
+            if (f->len < TAG_LEN || sodium_memcmp(want, f->body + len, TAG_LEN) != 0) {
+                refuse(c, "frame %llu failed authentication (altered, replayed or reordered)",
+                       (unsigned long long)c->n_recv);
+                break;
+            }
+            c->n_recv++;
+            if (t->on_frame)
+                t->on_frame(t->ctx, c->remote_id, c->remote_adv, f->type, f->body, len);
+            break;
+        }
         if (t->on_frame)
             t->on_frame(t->ctx, c->remote_id, c->remote_adv, f->type, f->body, f->len);
         break;
@@ -964,7 +1044,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     while (!c->closing) {
         struct vd_frame f;
         size_t used;
-        uint32_t lim = c->state == C_OPEN ? t->max_frame : HS_MAX_BODY;
+        uint32_t lim = c->state != C_OPEN ? HS_MAX_BODY : t->max_frame + (c->auth ? TAG_LEN : 0);
         int r = vd__frame_decode(c->rbuf + off, c->rlen - off, lim, &f, &used);
         if (r == VD_ETOOBIG) {
             refuse(c, "frame of %u bytes is over the limit of %u",

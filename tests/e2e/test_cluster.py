@@ -543,11 +543,19 @@ class RawPeer:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.id, self.addr, self.secret = node_id, addr, secret
         self.buf = b""
+        self.keys = None  # (send, receive) session keys once the handshake is done
+        self.n_send = self.n_recv = 0
 
     def close(self):
         self.sock.close()
 
+    def _tag(self, key, n, ftype, body):
+        return hmac.new(key, struct.pack(">QB", n, ftype) + body, hashlib.sha256).digest()
+
     def send_frame(self, ftype, body):
+        if self.keys and ftype >= 16:
+            body += self._tag(self.keys[0], self.n_send, ftype, body)
+            self.n_send += 1
         hdr = struct.pack(">HBBI", 0x7664, 1, ftype, len(body))
         self.sock.sendall(hdr + struct.pack(">I", crc32c(hdr + body)) + body)
 
@@ -558,6 +566,11 @@ class RawPeer:
                 if len(self.buf) >= 12 + n:
                     body = self.buf[12:12 + n]
                     self.buf = self.buf[12 + n:]
+                    if self.keys and ftype >= 16:
+                        body, tag = body[:-32], body[-32:]
+                        want = self._tag(self.keys[1], self.n_recv, ftype, body)
+                        assert hmac.compare_digest(tag, want), "a frame from the node fails its MAC"
+                        self.n_recv += 1
                     return ftype, body
             try:
                 d = self.sock.recv(65536)
@@ -580,13 +593,19 @@ class RawPeer:
             return None
         challenge = f[1]
         ident = struct.pack(">QH", self.id, len(self.addr)) + self.addr.encode()
-        body = ident + os.urandom(32)
+        nonce = os.urandom(32)
+        body = ident + nonce
         if self.secret is not None:
             body += self._proof(b"vectord hello", challenge, body)
         self.send_frame(FRAME_HELLO, body)
         f = self.recv_frame()
         if f is None or f[0] != FRAME_WELCOME:
             return None
+        if self.secret is not None:
+            # session keys: per direction, over the acceptor's then the dialer's nonce
+            send = self._proof(b"vectord session dialer->acceptor", challenge, nonce)
+            recv = self._proof(b"vectord session acceptor->dialer", challenge, nonce)
+            self.keys = (send, recv)
         return struct.unpack(">Q", f[1][:8])[0]
 
     def call(self, call_id, op, args):

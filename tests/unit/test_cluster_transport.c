@@ -13,6 +13,7 @@
 #include <ifaddrs.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -641,6 +642,175 @@ static void test_wrong_secret(void **state)
     node_stop(&d);
 }
 
+/* ---- a man in the middle ---------------------------------------------------------------------
+ * A proxy thread between a dialer and an acceptor: it relays bytes both ways, and on the
+ * dialer -> acceptor direction it parses frames so that it can change the k-th user frame as an
+ * attacker who knows the frame format would (fixing the CRC), or send it twice (replay). */
+enum mitm_mode { MITM_PASS, MITM_TAMPER, MITM_REPLAY };
+
+struct mitm {
+    int lfd;
+    uint16_t port, upstream;
+    atomic_int mode;   /* enum mitm_mode, for the frame numbered `target` */
+    atomic_int target; /* 1-based index of the user frame to act on, counted over all conns */
+    atomic_int seen;   /* user frames relayed dialer -> acceptor */
+    atomic_int conns;  /* connections accepted */
+    atomic_int stop;
+    pthread_t th;
+};
+
+static bool send_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t r = send(fd, p, n, MSG_NOSIGNAL);
+        if (r <= 0)
+            return false;
+        p += r;
+        n -= (size_t)r;
+    }
+    return true;
+}
+
+/* Relays whole frames from buf[0..*len) to fd, acting on the target frame; keeps the rest. */
+static bool mitm_frames(struct mitm *m, int fd, uint8_t *buf, size_t *len)
+{
+    size_t off = 0;
+    while (*len - off >= VD_FRAME_HDR) {
+        size_t flen = VD_FRAME_HDR + vd_be32_get(buf + off + 4);
+        if (*len - off < flen)
+            break;
+        uint8_t *f = buf + off;
+        int copies = 1;
+        if (f[3] >= VD_FRAME_USER) {
+            int k = atomic_fetch_add(&m->seen, 1) + 1;
+            if (k == atomic_load(&m->target)) {
+                if (atomic_load(&m->mode) == MITM_TAMPER && flen > VD_FRAME_HDR) {
+                    f[VD_FRAME_HDR] ^= 0x20; /* "m2" becomes "M2" */
+                    vd__frame_header(f[3], f + VD_FRAME_HDR, (uint32_t)(flen - VD_FRAME_HDR), f);
+                } else if (atomic_load(&m->mode) == MITM_REPLAY) {
+                    copies = 2;
+                }
+            }
+        }
+        for (int i = 0; i < copies; i++)
+            if (!send_all(fd, f, flen))
+                return false;
+        off += flen;
+    }
+    memmove(buf, buf + off, *len - off);
+    *len -= off;
+    return true;
+}
+
+static void *mitm_main(void *arg)
+{
+    struct mitm *m = arg;
+    static uint8_t buf[1 << 20];
+    while (!atomic_load(&m->stop)) {
+        struct pollfd lp = {.fd = m->lfd, .events = POLLIN};
+        if (poll(&lp, 1, 20) <= 0)
+            continue;
+        int a = accept(m->lfd, NULL, NULL);
+        if (a < 0)
+            continue;
+        atomic_fetch_add(&m->conns, 1);
+        int b = raw_connect(m->upstream);
+        size_t len = 0;
+        for (bool open = true; open && !atomic_load(&m->stop);) {
+            struct pollfd p[2] = {{.fd = a, .events = POLLIN}, {.fd = b, .events = POLLIN}};
+            if (poll(p, 2, 20) <= 0)
+                continue;
+            if (p[0].revents) {
+                ssize_t r = recv(a, buf + len, sizeof(buf) - len, 0);
+                open = r > 0;
+                if (open) {
+                    len += (size_t)r;
+                    open = mitm_frames(m, b, buf, &len);
+                }
+            }
+            if (open && p[1].revents) {
+                uint8_t tmp[65536];
+                ssize_t r = recv(b, tmp, sizeof(tmp), 0);
+                open = r > 0 && send_all(a, tmp, (size_t)r);
+            }
+        }
+        close(a);
+        close(b);
+    }
+    return NULL;
+}
+
+static void mitm_start(struct mitm *m, uint16_t upstream)
+{
+    m->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(m->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(m->lfd, 4), 0);
+    socklen_t sl = sizeof(sa);
+    getsockname(m->lfd, (struct sockaddr *)&sa, &sl);
+    m->port = ntohs(sa.sin_port);
+    m->upstream = upstream;
+    assert_int_equal(pthread_create(&m->th, NULL, mitm_main, m), 0);
+}
+
+static void mitm_stop(struct mitm *m)
+{
+    atomic_store(&m->stop, 1);
+    pthread_join(m->th, NULL);
+    close(m->lfd);
+}
+
+static size_t rx_count(const struct node *n, const char *s)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n->n_rx; i++)
+        k += n->rx[i].len == strlen(s) && !memcmp(n->rx[i].body, s, n->rx[i].len);
+    return k;
+}
+
+/* With a secret, a frame altered in flight (its CRC fixed up) or replayed is refused: the
+ * connection drops, nothing altered or repeated is delivered, and the peers reconnect. */
+static void mitm_case(struct fx *fx, enum mitm_mode mode)
+{
+    struct node a = {0}, b = {0};
+    struct mitm m = {0};
+    node_start(fx, &a, 1, "shared secret");
+    node_start(fx, &b, 2, "shared secret");
+    mitm_start(&m, b.port);
+    char via[64];
+    snprintf(via, sizeof(via), "127.0.0.1:%u", (unsigned)m.port);
+    vd_transport_set_peer(a.t, 2, via);
+    atomic_store(&m.mode, mode);
+    atomic_store(&m.target, 2);
+    assert_int_equal(send_str(&a, 2, "m1"), 0);
+    WAIT_FOR(fx, b.n_rx == 1, 5000);
+    assert_int_equal(send_str(&a, 2, "m2"), 0); /* altered or replayed by the proxy */
+    WAIT_FOR(fx, !vd_transport_connected(a.t, 2) || rx_count(&b, "M2") || rx_count(&b, "m2") > 1,
+             5000);
+    assert_int_equal(rx_count(&b, "M2"), 0);
+    assert_true(rx_count(&b, "m2") <= 1);
+    /* the connection was dropped; a new one through the same proxy carries the next frame */
+    assert_int_equal(send_str(&a, 2, "m3"), 0);
+    WAIT_FOR(fx, rx_count(&b, "m3") == 1, 5000);
+    assert_true(atomic_load(&m.conns) >= 2);
+    assert_int_equal(rx_count(&b, "M2"), 0);
+    assert_true(rx_count(&b, "m2") <= 1);
+    mitm_stop(&m);
+    node_stop(&a);
+    node_stop(&b);
+}
+
+static void test_tampered_frame(void **state)
+{
+    mitm_case(*state, MITM_TAMPER);
+}
+
+static void test_replayed_frame(void **state)
+{
+    mitm_case(*state, MITM_REPLAY);
+}
+
 /* A non-loopback IPv4 address of this host into buf, or false when it has none. */
 static bool other_ip(char *buf, size_t cap)
 {
@@ -947,6 +1117,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_addr_then_reply, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_resolved_name, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_wrong_secret, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tampered_frame, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_replayed_frame, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_loopback_only, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_simultaneous_dial, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_peer_restart, fx_setup, fx_teardown),
