@@ -271,6 +271,11 @@ void vd_meta_pub_set(struct vd_meta_pub *p, struct vd_meta_view *v);
 int vd_meta_publish(struct vd_meta_pub *p, const struct vd_meta *m);
 /* Drops the current view (shutdown: no reader may acquire afterwards). */
 void vd_meta_pub_release(struct vd_meta_pub *p);
+/* The node's current metadata view (any thread; the caller releases it with
+ * vd_meta_view_release): published once the node has opened its state, then after every batch
+ * of applied entries or installed snapshot. NULL only after vd_cluster_stop began. */
+struct vd_cluster;
+struct vd_meta_view *vd__cluster_view_acquire(struct vd_cluster *c);
 
 /*
  * Reconciliation of the local database with the state machine. Given what the node holds

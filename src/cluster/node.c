@@ -414,6 +414,7 @@ static void cluster_free(struct vd_cluster *c)
         return;
     vd_raft_free(c->raft);
     vd_raftlog_close(c->log);
+    vd_meta_pub_release(&c->meta_pub);
     vd_meta_free(c->meta);
     free(c->data_dir);
     free(c->advertise);
@@ -509,6 +510,10 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     }
     if (st.snapshot && (rc = vd_meta_restore(c->meta, st.snapshot->data, st.snapshot->len, err)))
         goto fail;
+    if ((rc = vd_meta_publish(&c->meta_pub, c->meta))) {
+        rc = vd_errf(err, rc, "out of memory");
+        goto fail;
+    }
     c->catchup = st.n_entries  ? st.entries[st.n_entries - 1].index
                  : st.snapshot ? st.snapshot->index
                                : 0;
@@ -593,4 +598,9 @@ void vd_cluster_stop(struct vd_cluster *c)
         e = next;
     }
     cluster_free(c);
+}
+
+struct vd_meta_view *vd__cluster_view_acquire(struct vd_cluster *c)
+{
+    return vd_meta_pub_acquire(&c->meta_pub);
 }

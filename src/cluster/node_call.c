@@ -186,7 +186,7 @@ static int reset_raft(struct vd_cluster *c, struct vd_err *err)
         return vd_errf(err, rc, "cannot start Raft");
     vd_meta_free(c->meta);
     c->meta = NULL;
-    if ((rc = vd_meta_new(&c->meta)))
+    if ((rc = vd_meta_new(&c->meta)) || (rc = vd_meta_publish(&c->meta_pub, c->meta)))
         return vd_errf(err, rc, "out of memory");
     c->catchup = 0;
     c->synced = 0;

@@ -123,6 +123,7 @@ struct vd_cluster {
     struct vd_raftlog *log;
     struct vd_raft *raft;
     struct vd_meta *meta;
+    struct vd_meta_pub meta_pub; /* a copy of meta for other threads, published after changes */
     bool broken; /* the Raft log failed: nothing more is promised */
     bool driving, need_drive;
     struct op *ops; /* pending operations */

@@ -153,6 +153,8 @@ void vd__cluster_drive(struct vd_cluster *c)
         }
         if (members_changed)
             vd__cluster_peers_refresh(c);
+        if (members_changed && vd_meta_publish(&c->meta_pub, c->meta))
+            vd_log_warn("cluster: out of memory publishing the metadata; readers see older");
         if (!c->broken)
             take_snapshot(c);
         vd__cluster_reconcile_kick(c);

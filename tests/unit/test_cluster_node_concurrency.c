@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "vectord/cluster.h"
+#include "cluster_int.h"
 #include "vectord/db.h"
 
 #define N 3
@@ -272,6 +273,14 @@ static void test_form_create_failover(void **state)
     for (int i = 0; i < N; i++) {
         assert_int_equal(sync_node(i), 0);
         assert_true(has_coll(i, "docs"));
+        /* the published view other threads read has it too, on the same ring everywhere */
+        struct vd_meta_view *v = vd__cluster_view_acquire(nodes[i].c);
+        assert_non_null(v);
+        const struct vd_meta *st = vd_meta_view_state(v);
+        assert_non_null(vd_meta_collection(st, "docs"));
+        assert_int_equal(vd_meta_n_members(st), N);
+        assert_true(vd_meta_ring_version(st) > 0);
+        vd_meta_view_release(v);
     }
     /* a duplicate through any node is refused with the same answer */
     assert_int_equal(create((f + 1) % N, "docs"), VD_EEXIST);
