@@ -21,7 +21,7 @@
  *
  * Rules the core enforces (DESIGN §6):
  *   - Placement: the replicas of a hash are the next rf distinct members clockwise on the ring of
- *     one ring_version. A token owns the arc (previous token, token].
+ *     one ring_version. A token owns the arc (previous token, token] (vd_ring_contains).
  *   - A write succeeds at W durable acknowledgements from distinct replicas; a duplicated ack
  *     counts once, a stored hint counts zero, a replica answering wrong-ring counts nothing and
  *     makes the operation catch up with the ring and try again. At the deadline it fails with the
@@ -67,16 +67,14 @@ struct vd_coord_ring {
     size_t n_tokens;
 };
 
-/*
- * Whether h lies on the arc (start, end], the arc wrapping past UINT64_MAX when end <= start.
- * start == end is the whole ring (a ring of one token owns everything). This is the one
- * ownership test for placement, range-restricted search, streaming and repair; it stays here,
- * in the pure core, until the shared ring helpers exist beside the metadata state machine.
- */
-bool vd_coord_ring_contains(uint64_t start, uint64_t end, uint64_t h);
+/* Sorts tokens in place by (token, node), the order struct vd_coord_ring requires. Equal tokens
+ * (two members hashing to one position) are ordered by node, so every node breaks the tie alike. */
+void vd_coord_ring_sort(struct vd_coord_token *tokens, size_t n);
 
-/* The natural replicas of hash: up to rf distinct nodes clockwise from the arc containing hash.
- * out holds rf ids; returns how many were found (fewer when the ring has fewer members). */
+/* The natural replicas of hash: up to rf distinct nodes clockwise from the arc containing hash,
+ * the arc being (previous token, token] as vd_ring_contains reads it. This is the one placement
+ * walk: the metadata state machine (vd_meta_replicas) places by it too. out holds rf ids;
+ * returns how many were found (fewer when the ring has fewer members). */
 size_t vd_coord_ring_replicas(const struct vd_coord_ring *ring, uint64_t hash, unsigned rf,
                               uint64_t *out);
 

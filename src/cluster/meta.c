@@ -16,17 +16,13 @@
 #include <string.h>
 
 #include "cluster_int.h"
+#include "vectord/coord.h"
 #include "vectord/db.h"
 
 #define TOP_BIT (UINT64_C(1) << 63)
 #define SNAPSHOT_VERSION 1
 #define CMD_MAX_DEPTH 8
 #define TOKEN_SEED UINT64_C(0x7664746f6b656e73) /* "vdtokens": changing it moves every key */
-
-struct ring_tok {
-    uint64_t token;
-    uint64_t id;
-};
 
 /* A collection: its schema and its payload indexes (sorted by field). */
 struct coll {
@@ -42,7 +38,7 @@ struct vd_meta {
     size_t n_colls, cap_colls;
     struct vd_meta_member *members; /* sorted by id */
     size_t n_members, cap_members;
-    struct ring_tok *ring; /* tokens of UP and LEAVING members, sorted by (token, id) */
+    struct vd_coord_token *ring; /* tokens of UP and LEAVING members, sorted by (token, id) */
     size_t n_ring;
 };
 
@@ -384,15 +380,6 @@ static void derive_tokens(uint64_t id, uint64_t tokens[VD_META_TOKENS])
     }
 }
 
-static int ring_cmp(const void *a, const void *b)
-{
-    const struct ring_tok *x = a, *y = b;
-    if (x->token != y->token)
-        return x->token < y->token ? -1 : 1;
-    /* Equal tokens (vanishingly rare) are ordered by id so every node breaks the tie alike. */
-    return x->id < y->id ? -1 : x->id > y->id;
-}
-
 /* Rebuilds the sorted token array from the members. VD_ENOMEM leaves the old ring in place. */
 static int ring_rebuild(struct vd_meta *m)
 {
@@ -400,7 +387,7 @@ static int ring_rebuild(struct vd_meta *m)
     for (size_t i = 0; i < m->n_members; i++)
         if (m->members[i].state != VD_MEMBER_JOINING)
             n += VD_META_TOKENS;
-    struct ring_tok *r = NULL;
+    struct vd_coord_token *r = NULL;
     if (n) {
         r = malloc(n * sizeof *r);
         if (!r)
@@ -412,10 +399,9 @@ static int ring_rebuild(struct vd_meta *m)
         if (mb->state == VD_MEMBER_JOINING)
             continue;
         for (int t = 0; t < VD_META_TOKENS; t++)
-            r[k++] = (struct ring_tok){mb->tokens[t], mb->id};
+            r[k++] = (struct vd_coord_token){mb->tokens[t], mb->id};
     }
-    if (n)
-        qsort(r, n, sizeof *r, ring_cmp);
+    vd_coord_ring_sort(r, n);
     free(m->ring);
     m->ring = r;
     m->n_ring = n;
@@ -1073,33 +1059,17 @@ const struct vd_meta_member *vd_meta_member_at(const struct vd_meta *m, size_t i
 }
 
 /*
- * Owners of hash: the member of the first token at or after hash (wrapping past the top), then
- * the next distinct members clockwise. A token owns the arc ending at it, (previous token, token],
- * which is what vd_ring_contains tests, so a new member takes keys only from the arcs its tokens
- * split. out holds at least rf ids.
+ * Owners of hash, by the coordinator's placement walk (vd_coord_ring_replicas), so the cluster
+ * and the coordinator cannot disagree on a replica: the member of the first token at or after
+ * hash (wrapping past the top), then the next distinct members clockwise. A token owns the arc
+ * ending at it, (previous token, token], which is what vd_ring_contains tests, so a new member
+ * takes keys only from the arcs its tokens split. out holds at least rf ids.
  */
 size_t vd_meta_replicas(const struct vd_meta *m, uint64_t hash, unsigned rf, uint64_t *out)
 {
-    if (rf == 0 || m->n_ring == 0)
-        return 0;
-    size_t lo = 0, hi = m->n_ring;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (m->ring[mid].token < hash)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    size_t n = 0;
-    for (size_t step = 0; step < m->n_ring && n < rf; step++) {
-        uint64_t id = m->ring[(lo + step) % m->n_ring].id;
-        bool seen = false;
-        for (size_t k = 0; k < n && !seen; k++)
-            seen = out[k] == id;
-        if (!seen)
-            out[n++] = id;
-    }
-    return n;
+    struct vd_coord_ring ring = {
+        .version = m->ring_version, .tokens = m->ring, .n_tokens = m->n_ring};
+    return vd_coord_ring_replicas(&ring, hash, rf, out);
 }
 
 /* Contract in cluster_int.h. Pending replicas stay empty until ranges move between members. */

@@ -964,7 +964,7 @@ bool vd_coord_search_in_range(const struct vd_coord_op *op, uint32_t range, uint
 {
     for (size_t i = 0; i < op->n_arcs; i++)
         if (op->arcs[i].range == range &&
-            vd_coord_ring_contains(op->arcs[i].start, op->arcs[i].end, hash))
+            vd_ring_contains(op->arcs[i].start, op->arcs[i].end, hash))
             return true;
     return false;
 }

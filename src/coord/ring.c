@@ -1,18 +1,27 @@
 /*
- * Placement on the consistent-hash ring, pure. A token owns the arc (previous token, token], so
- * the first replica of a hash is the member of the first token at or after it, wrapping past the
- * top; the others are the next distinct members clockwise.
+ * Placement on the consistent-hash ring, pure: the one replica walk that the coordinator and the
+ * metadata state machine (vd_meta_replicas) both place by. A token owns the arc (previous token,
+ * token] (vd_ring_contains), so the first replica of a hash is the member of the first token at or
+ * after it, wrapping past the top; the others are the next distinct members clockwise.
  */
+#include <stdlib.h>
+
 #include "vectord/coord.h"
 
-bool vd_coord_ring_contains(uint64_t start, uint64_t end, uint64_t h)
+/* Equal tokens (two members hashing to one position) are ordered by node, so every node that
+ * sorts the same tokens walks them alike. */
+static int token_cmp(const void *a, const void *b)
 {
-    if (start == end)
-        return true;
-    if (start < end)
-        return h > start && h <= end;
-    /* The arc wraps past UINT64_MAX: (start, UINT64_MAX] then [0, end]. */
-    return h > start || h <= end;
+    const struct vd_coord_token *x = a, *y = b;
+    if (x->token != y->token)
+        return x->token < y->token ? -1 : 1;
+    return x->node < y->node ? -1 : x->node > y->node;
+}
+
+void vd_coord_ring_sort(struct vd_coord_token *tokens, size_t n)
+{
+    if (n > 1)
+        qsort(tokens, n, sizeof(*tokens), token_cmp);
 }
 
 /* Index of the token whose arc holds hash: the first token >= hash, or 0 past the last one. */

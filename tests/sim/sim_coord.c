@@ -1018,14 +1018,6 @@ static void sim_reset(void)
     S.bug = bug;
 }
 
-static int tok_cmp(const void *a, const void *b)
-{
-    const struct vd_coord_token *x = a, *y = b;
-    if (x->token != y->token)
-        return x->token < y->token ? -1 : 1;
-    return x->node < y->node ? -1 : x->node > y->node;
-}
-
 static bool ops_idle(void)
 {
     for (int i = 0; i < MAX_OPS; i++)
@@ -1059,7 +1051,7 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
         for (unsigned t = 0; t < per; t++)
             S.tokens[S.n_tokens++] = (struct vd_coord_token){rnd(), i};
     }
-    qsort(S.tokens, S.n_tokens, sizeof(S.tokens[0]), tok_cmp);
+    vd_coord_ring_sort(S.tokens, S.n_tokens);
     S.ring_ver = 1;
     S.delay_max = 5;
     struct vd_coord_ring ring = ring_at(1);
