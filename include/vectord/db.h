@@ -102,9 +102,19 @@ enum vd_db_payload_op {
     VD_DB_PAYLOAD_DELETE_KEYS,
     VD_DB_PAYLOAD_CLEAR,
 };
+/* Each point is read and written whole on the condition that it is still the version read
+ * (vd_wop.if_version): one changed in between is read and edited again, one deleted in between
+ * is skipped like an absent id, so an edit never resurrects a point nor undoes a write it did not
+ * see. The filter is evaluated once, when the edit begins; payload_or_keys is copied. Errors:
+ * returned (nothing written), or through done: storage errors, VD_EBUSY when points kept being
+ * rewritten by other writes through many rounds. */
 int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON *payload_or_keys,
                        const struct vd_pid *ids, size_t n, const struct vd_filter *f,
                        vd_db_done_fn done, void *ctx, struct vd_err *err);
+/* Tests only: fn(arg) runs once, in the next payload edit round that has read its points, just
+ * before it submits their writes (from the caller's thread in a first round). */
+typedef void (*vd_db_test_fn)(void *arg);
+void vd_db_test_after_edit_read(vd_db_test_fn fn, void *arg);
 
 /* ---- payload indexes ----
  * An index on a payload key answers filter conditions on that key from memory (see

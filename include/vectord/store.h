@@ -110,6 +110,13 @@ struct vd_wop {
     size_t payload_len;
     const uint8_t *rec;    /* APPLY: an encoded point record */
     size_t rec_len;
+    /* UPSERT and APPLY, the write of a read-modify-write: when if_version is set the op applies
+     * only if the id's stored record is live and carries exactly `expect` (the version that was
+     * read); an absent id, a tombstone or any other version skips it with conflict = true, and
+     * the rest of the batch still commits. Decided inside the write transaction, so a point
+     * deleted or rewritten after the read is never overwritten by what was built from it. */
+    bool if_version;
+    struct vd_version expect;
     struct vd_coll_schema *schema; /* COLL_CREATE (incarnation, created_hlc filled on success) */
     const char *coll_name;         /* COLL_DELETE */
     const char *field;             /* PINDEX_*: NUL-terminated field name */
@@ -117,6 +124,7 @@ struct vd_wop {
     /* outputs, valid in the done callback: */
     uint64_t seq;  /* change counter assigned (0 if skipped, and for collection ops) */
     bool applied;  /* point ops: false when skipped by last-write-wins; collection ops: true */
+    bool conflict; /* if_version ops: skipped because the stored record is not `expect` */
 };
 
 /* A batch of operations applied atomically. Owned by the caller, who must keep it and everything
@@ -127,7 +135,8 @@ struct vd_wbatch {
     /* Called once on the writer thread after the batch's transaction is durable on disk (fsync
      * done) or has failed; status 0 or VD_E*; the whole batch is atomic (nested txn per batch, so
      * one failing batch does not fail the others of its group). Keep it short: it must not block
-     * and must not call vd_store_write. May be NULL. */
+     * and must not call vd_store_write; it may read (the map never grows while a callback runs)
+     * and vd_store_submit another batch. May be NULL. */
     void (*done)(struct vd_wbatch *b, int status, void *ctx);
     void *ctx;
     struct vd_err err; /* filled on failure */

@@ -7,8 +7,11 @@
 #include "vectord/json.h"
 #include "vectord/record.h"
 
+struct edit;
+
 struct wreq {
     struct vd_coll *c;
+    struct edit *ed; /* a round of a payload edit: the edit goes on when this write is done */
     struct vd_wbatch b;
     struct vd_wop *ops;
     size_t n;
@@ -96,6 +99,8 @@ void vd__db_drop_payload(struct vd_coll *c, const struct vd_pid *id)
     pmap_del(&c->pm, id);
 }
 
+static void edit_continue(struct wreq *w, int status, const struct vd_err *err, uint64_t last);
+
 /* Runs on the storage writer thread, in commit order: so the index sees writes in the same order
  * storage does, and a later write to an id never loses to an earlier one. */
 static void write_done(struct vd_wbatch *b, int status, void *arg)
@@ -126,8 +131,8 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
             }
             switch (live ? VD_WOP_UPSERT : VD_WOP_DELETE) {
             case VD_WOP_UPSERT:
-                /* (an edit whose point was deleted after it was read comes here too: the
-                 * newer record made it live again, so the index must hold it) */
+                /* (a payload edit comes here only when an earlier write of its point failed
+                 * to reach the payload columns: the edit wrote over the live version it read) */
                 if (vd_index_upsert(c->ix, &op->id, op->vec, op->seq) ||
                     vd__db_set_payload(c, &op->id, w->bins ? w->bins[i] : NULL,
                                        w->bin_lens ? (uint32_t)w->bin_lens[i] : 0)) {
@@ -154,7 +159,10 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
     }
     if (status == 0 && atomic_load(&c->dropped))
         status = vd_errf(&b->err, VD_ENOTFOUND, "collection '%s' was deleted", c->schema.name);
-    w->done(status, status ? &b->err : NULL, last, w->ctx);
+    if (w->ed)
+        edit_continue(w, status, &b->err, last);
+    else
+        w->done(status, status ? &b->err : NULL, last, w->ctx);
     wreq_free(w);
 }
 
@@ -355,23 +363,69 @@ oom:
     return NULL;
 }
 
-int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON *arg,
-                       const struct vd_pid *ids, size_t n, const struct vd_filter *f,
-                       vd_db_done_fn done, void *ctx, struct vd_err *err)
+/* A payload edit in flight. Each round reads the points still to edit and writes each one whole
+ * on the condition that the store still holds the version it read (vd_wop.if_version): a point
+ * another write changed in between comes back as a conflict and is read again in the next
+ * round, where one deleted meanwhile is skipped like any absent id. So an edit never brings a
+ * deleted point back and never undoes a write it did not see. Rounds after the first run on the
+ * storage writer thread, in the completion of the round before. */
+struct edit {
+    struct vd_coll *c; /* referenced */
+    enum vd_db_payload_op op;
+    cJSON *arg;      /* owned copy: later rounds run after the caller has returned */
+    unsigned rounds; /* rounds done */
+    uint64_t last;   /* highest change counter the rounds wrote */
+    vd_db_done_fn done;
+    void *ctx;
+};
+
+/* Rounds before an edit whose points keep changing under it gives up (VD_EBUSY). */
+#define EDIT_ROUNDS_MAX 64
+
+static vd_db_test_fn _Atomic edit_read_hook;
+static void *edit_read_hook_arg;
+
+void vd_db_test_after_edit_read(vd_db_test_fn fn, void *arg)
 {
-    struct vd_pid *found = NULL;
-    int rc;
-    if (!ids) {
-        if (matching_ids(c, f, &found, &n))
-            return vd_errf(err, VD_ENOMEM, "out of memory");
-        ids = found;
+    edit_read_hook_arg = arg;
+    atomic_store(&edit_read_hook, fn);
+}
+
+static void edit_free(struct edit *ed)
+{
+    vd__db_coll_unref(ed->c);
+    cJSON_Delete(ed->arg);
+    free(ed);
+}
+
+static void edit_finish(struct edit *ed, int status, const struct vd_err *err)
+{
+    ed->done(status, status ? err : NULL, status ? 0 : ed->last, ed->ctx);
+    edit_free(ed);
+}
+
+/* A version newer than `read` from this node's clock: the conditional write of an edit must
+ * win over the version it replaces even when that came from a node whose clock is ahead. */
+static uint64_t version_after(uint64_t read)
+{
+    uint64_t v = vd_hlc_now();
+    if (v <= read) {
+        vd_hlc_observe(read);
+        v = vd_hlc_now();
     }
-    struct wreq *w = wreq_new(c, n, true, done, ctx);
-    if (!w) {
-        free(found);
-        return vd_errf(err, VD_ENOMEM, "out of memory");
-    }
+    return v;
+}
+
+/* One round: reads ids[n], submits the edited records of those live now, or finishes the edit
+ * when none is. On an error nothing was submitted and ed still belongs to the caller. */
+static int edit_round(struct edit *ed, const struct vd_pid *ids, size_t n, struct vd_err *err)
+{
+    struct vd_coll *c = ed->c;
     uint32_t dim = c->schema.dim;
+    int rc;
+    struct wreq *w = wreq_new(c, n, true, NULL, NULL);
+    if (!w)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
     w->payload_only = true;
     if (!(w->vecs = malloc(sizeof(float) * dim * (n ? n : 1)))) {
         rc = vd_errf(err, VD_ENOMEM, "out of memory for %zu vectors", n);
@@ -391,7 +445,7 @@ int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON 
         if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v) || v.tombstone ||
             v.dim != dim)
             continue; /* Qdrant skips ids that do not exist */
-        cJSON *np = edited_payload(op, arg, v.payload, v.payload_len, err);
+        cJSON *np = edited_payload(ed->op, ed->arg, v.payload, v.payload_len, err);
         if (!np) {
             rc = err ? err->code : VD_ENOMEM;
             vd_store_read_end(t);
@@ -404,7 +458,9 @@ int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON 
         o->kind = VD_WOP_UPSERT;
         o->incarnation = c->schema.incarnation;
         o->id = ids[i];
-        o->version = vd_hlc_now();
+        o->if_version = true;
+        o->expect = (struct vd_version){v.version, v.node};
+        o->version = version_after(v.version);
         o->node = c->db->node_id;
         o->vec = vec;
         o->dim = dim;
@@ -417,17 +473,89 @@ int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON 
         k++;
     }
     vd_store_read_end(t);
-    free(found);
+    vd_db_test_fn hook = atomic_exchange(&edit_read_hook, NULL);
+    if (hook)
+        hook(edit_read_hook_arg);
     if (k == 0) {
         wreq_free(w);
-        noop_done_now(done, ctx);
+        edit_finish(ed, 0, NULL);
         return 0;
     }
     w->n = k;
+    w->ed = ed;
     return submit(w, err);
 out_free:
-    free(found);
     wreq_free(w);
+    return rc;
+}
+
+/* The completion of an edit round (writer thread): the points written under a version other
+ * than the one read are read and edited again; the edit finishes when none is left. */
+static void edit_continue(struct wreq *w, int status, const struct vd_err *err, uint64_t last)
+{
+    struct edit *ed = w->ed;
+    w->ed = NULL;
+    if (status) {
+        edit_finish(ed, status, err);
+        return;
+    }
+    if (last > ed->last)
+        ed->last = last;
+    size_t nc = 0;
+    for (size_t i = 0; i < w->n; i++)
+        nc += w->ops[i].conflict;
+    if (nc == 0) {
+        edit_finish(ed, 0, NULL);
+        return;
+    }
+    struct vd_err e;
+    vd_err_clear(&e);
+    struct vd_pid *again = NULL;
+    int rc;
+    if (++ed->rounds >= EDIT_ROUNDS_MAX) {
+        rc = vd_errf(&e, VD_EBUSY,
+                     "payload edit: %zu points were changed by other writes %u times while "
+                     "being edited; retry",
+                     nc, ed->rounds);
+    } else if (!(again = malloc(nc * sizeof *again))) {
+        rc = vd_errf(&e, VD_ENOMEM, "out of memory");
+    } else {
+        size_t k = 0;
+        for (size_t i = 0; i < w->n; i++)
+            if (w->ops[i].conflict)
+                again[k++] = w->ops[i].id;
+        rc = edit_round(ed, again, nc, &e);
+    }
+    free(again);
+    if (rc)
+        edit_finish(ed, rc, &e);
+}
+
+int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON *arg,
+                       const struct vd_pid *ids, size_t n, const struct vd_filter *f,
+                       vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct vd_pid *found = NULL;
+    int rc;
+    if (!ids) {
+        if (matching_ids(c, f, &found, &n))
+            return vd_errf(err, VD_ENOMEM, "out of memory");
+        ids = found;
+    }
+    struct edit *ed = calloc(1, sizeof *ed);
+    if (!ed || (arg && !(ed->arg = cJSON_Duplicate(arg, true)))) {
+        free(ed);
+        free(found);
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    }
+    atomic_fetch_add(&c->refs, 1);
+    ed->c = c;
+    ed->op = op;
+    ed->done = done;
+    ed->ctx = ctx;
+    if ((rc = edit_round(ed, ids, n, err)))
+        edit_free(ed);
+    free(found);
     return rc;
 }
 

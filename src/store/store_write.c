@@ -44,6 +44,7 @@ int vd_store_submit(struct vd_store *s, struct vd_wbatch *b)
     for (size_t i = 0; i < b->n; i++) {
         b->ops[i].seq = 0;
         b->ops[i].applied = false;
+        b->ops[i].conflict = false;
     }
     pthread_mutex_lock(&s->mu);
     if (s->closing) {
@@ -174,13 +175,19 @@ static int put_record(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, str
     bool exists = rc == 0;
     if (rc && rc != MDB_NOTFOUND)
         return vd_errf(err, mdbck(g, rc), "reading point: %s", mdb_strerror(rc));
-    if (exists) {
-        struct vd_version old;
-        bool tomb;
-        if (vd__store_pt_version(&cur, &old, &tomb))
-            return vd_errf(err, VD_ECORRUPT, "stored point record is malformed");
-        if (vd_version_cmp(r->version, old) <= 0)
-            return 0; /* last-write-wins: the stored version is newer or the same write */
+    struct vd_version old = {0, 0};
+    bool tomb = false;
+    if (exists && vd__store_pt_version(&cur, &old, &tomb))
+        return vd_errf(err, VD_ECORRUPT, "stored point record is malformed");
+    if (op->if_version && (!exists || tomb || vd_version_cmp(old, op->expect) != 0)) {
+        op->conflict = true; /* changed since it was read: the caller reads it again */
+        return 0;
+    }
+    if (exists && vd_version_cmp(r->version, old) <= 0) {
+        /* last-write-wins: the stored version is newer or the same write; a read-modify-write
+         * must be newer than what it read, so for it this is a conflict too */
+        op->conflict = op->if_version;
+        return 0;
     }
     uint64_t seq = s->next_seq + 1;
     size_t len = enc ? enc_len : vd_record_size(r);
@@ -476,6 +483,7 @@ static void reset_outputs(struct vd_wbatch *b)
         }
         op->seq = 0;
         op->applied = false;
+        op->conflict = false;
     }
 }
 

@@ -376,12 +376,153 @@ static void test_apply_records(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- a payload edit racing other writes of its points ---- */
+
+static struct waiter W2 = WAITER_INIT;
+
+struct race {
+    struct vd_coll *c;
+    uint64_t id;
+    bool edit; /* edit the point's payload (else delete it) */
+};
+
+/* Runs between the edit's read of its points and its write. The delete carries a version older
+ * than the edit's and newer than the one read: stamped before the edit read the point (a
+ * delete still on its way to storage, or one a replica receives late), committed after. */
+static void race_write(void *arg)
+{
+    struct race *r = arg;
+    struct vd_pid id = {.type = VD_PID_NUM, .u.num = r->id};
+    struct vd_err e;
+    if (r->edit) {
+        cJSON *set = cJSON_Parse("{\"other\":true}");
+        assert_int_equal(
+            vd_db_payload_edit(r->c, VD_DB_PAYLOAD_SET, set, &id, 1, NULL, on_done, &W2, &e), 0);
+        cJSON_Delete(set);
+    } else {
+        struct vd_db_record *rr;
+        size_t nr;
+        assert_int_equal(vd_db_retrieve(r->c, &id, 1, false, false, &rr, &nr, &e), 0);
+        assert_int_equal(nr, 1);
+        struct vd_record t = {.id = id,
+                              .incarnation = vd_db_coll_schema(r->c)->incarnation,
+                              .version = {rr[0].version.hlc + 1, rr[0].version.node},
+                              .tombstone = true};
+        vd_db_records_free(rr, nr);
+        uint8_t buf[128];
+        size_t len;
+        assert_int_equal(vd_record_encode(&t, buf, sizeof buf, &len), 0);
+        const uint8_t *recs[1] = {buf};
+        assert_int_equal(vd_db_apply(r->c, recs, &len, 1, on_done, &W2, &e), 0);
+    }
+    assert_int_equal(wait_for(&W2), 0);
+}
+
+/* Edits {"b":2} into points (by ids, or by a has_id filter of the same ids) while race_write
+ * runs between the edit's read and its write; returns the edit's status. */
+static int edit_raced(struct vd_coll *c, const uint64_t *idv, size_t n, bool by_filter,
+                      struct race *r)
+{
+    struct vd_pid ids[8];
+    char fs[256] = "{\"must\":[{\"has_id\":[";
+    for (size_t i = 0; i < n; i++) {
+        ids[i] = (struct vd_pid){.type = VD_PID_NUM, .u.num = idv[i]};
+        snprintf(fs + strlen(fs), sizeof fs - strlen(fs), "%s%llu", i ? "," : "",
+                 (unsigned long long)idv[i]);
+    }
+    strcat(fs, "]}]}");
+    cJSON *fj = cJSON_Parse(fs), *set = cJSON_Parse("{\"b\":2}");
+    struct vd_filter *f = NULL;
+    struct vd_err e;
+    if (by_filter)
+        assert_int_equal(vd_filter_parse(fj, &f, &e), 0);
+    vd_db_test_after_edit_read(race_write, r);
+    int rc = vd_db_payload_edit(c, VD_DB_PAYLOAD_SET, set, by_filter ? NULL : ids, n, f, on_done,
+                                &W, &e);
+    vd_db_test_after_edit_read(NULL, NULL);
+    if (rc == 0)
+        rc = wait_for(&W);
+    vd_filter_free(f);
+    cJSON_Delete(fj);
+    cJSON_Delete(set);
+    return rc;
+}
+
+/* A point deleted between a payload edit's read and its write stays deleted (in storage, in
+ * counts and in searches) and does not fail the edit, by ids and by filter alike; a point
+ * another edit changed in between gets both edits, not only the later one. */
+static void test_edit_races(void **state)
+{
+    strcpy(dir, "/tmp/vd-test-db-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    struct vd_db *db = open_db();
+    create(db, "e", 2, VD_METRIC_EUCLID);
+    struct vd_coll *c;
+    assert_int_equal(vd_db_coll_get(db, "e", &c), 0);
+    upsert_grid(c, 10);
+    float q[2] = {1, 0};
+    struct vd_db_search s = {.query = q, .limit = 1, .exact = true};
+    for (int by_filter = 0; by_filter < 2; by_filter++) {
+        uint64_t gone = by_filter ? 3 : 1, kept = gone + 1, idv[2] = {gone, kept};
+        struct race r = {.c = c, .id = gone};
+        assert_int_equal(edit_raced(c, idv, 2, by_filter, &r), 0);
+        char *j = retrieve(c, gone);
+        assert_string_equal(j, "[]");
+        free(j);
+        j = retrieve(c, kept);
+        assert_non_null(strstr(j, "\"b\":2"));
+        free(j);
+        q[0] = (float)gone;
+        cJSON *res = search(c, &s);
+        assert_int_not_equal(
+            (int)cJSON_GetObjectItem(cJSON_GetArrayItem(res, 0), "id")->valuedouble, (int)gone);
+        cJSON_Delete(res);
+    }
+    uint64_t n;
+    vd_db_count(c, NULL, &n);
+    assert_int_equal(n, 8);
+
+    /* only raced points: nothing is left to write, still a success */
+    uint64_t five = 5;
+    struct race r = {.c = c, .id = 5};
+    assert_int_equal(edit_raced(c, &five, 1, true, &r), 0);
+    vd_db_count(c, NULL, &n);
+    assert_int_equal(n, 7);
+
+    /* another edit in between: the edit is redone over it */
+    uint64_t six = 6;
+    r = (struct race){.c = c, .id = 6, .edit = true};
+    assert_int_equal(edit_raced(c, &six, 1, false, &r), 0);
+    char *j = retrieve(c, 6);
+    assert_non_null(strstr(j, "\"other\":true"));
+    assert_non_null(strstr(j, "\"b\":2"));
+    assert_non_null(strstr(j, "\"parity\":\"even\""));
+    free(j);
+
+    /* and all of it is what storage holds after a restart */
+    vd_db_coll_put(c);
+    vd_db_close(db);
+    db = open_db();
+    assert_int_equal(vd_db_coll_get(db, "e", &c), 0);
+    vd_db_count(c, NULL, &n);
+    assert_int_equal(n, 7);
+    j = retrieve(c, 1);
+    assert_string_equal(j, "[]");
+    free(j);
+    vd_db_coll_put(c);
+    vd_db_close(db);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_search_restart),
         cmocka_unit_test(test_cosine_zero_vector_rejected),
         cmocka_unit_test(test_apply_records),
+        cmocka_unit_test(test_edit_races),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -326,6 +326,70 @@ static void test_lww(void **state)
     vd_store_read_end(t);
 }
 
+/* One conditional upsert of id (the write of a read-modify-write that read version `expect`),
+ * batched with a plain upsert of id 9 that must commit whatever the condition gives. */
+static int put_if(struct fx *f, struct vd_pid id, struct vd_version expect, uint64_t version,
+                  bool *applied, bool *conflict)
+{
+    static uint64_t other = 1000; /* id 9: a newer version each call */
+    float v[4] = {7, 8, 9, 10};
+    struct vd_wop ops[2] = {
+        {.kind = VD_WOP_UPSERT, .incarnation = f->inc, .id = id, .version = version, .node = 1,
+         .vec = v, .dim = 4, .payload = "{\"e\":1}", .payload_len = 7, .if_version = true,
+         .expect = expect},
+        {.kind = VD_WOP_UPSERT, .incarnation = f->inc, .id = num(9), .version = ++other,
+         .node = 1, .vec = v, .dim = 4},
+    };
+    struct vd_wbatch b = {.ops = ops, .n = 2};
+    int r = vd_store_write(f->s, &b);
+    *applied = ops[0].applied;
+    *conflict = ops[0].conflict;
+    assert_true(ops[1].applied || r != 0);
+    assert_false(ops[1].conflict);
+    return r;
+}
+
+/* A conditional write applies only over the very version it names: not over a newer one, a
+ * tombstone or an absent id, and a refused one does not fail its batch. */
+static void test_if_version(void **state)
+{
+    struct fx *f = *state;
+    struct vd_point_view pv;
+    struct vd_rtxn *t;
+    bool applied, conflict;
+    float v[4] = {1, 2, 3, 4};
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(1), 50, 5, v, 4, NULL, NULL, NULL), 0);
+    /* read at (50, 5), then someone else writes (60, 5): the edit must not land */
+    assert_int_equal(put(f->s, VD_WOP_UPSERT, f->inc, num(1), 60, 5, v, 4, "{\"o\":1}", NULL,
+                         NULL), 0);
+    assert_int_equal(put_if(f, num(1), (struct vd_version){50, 5}, 70, &applied, &conflict), 0);
+    assert_true(!applied && conflict);
+    assert_int_equal(get(f->s, f->inc, num(1), &pv, &t), 0);
+    assert_true(pv.version == 60 && pv.payload_len == 7 && !memcmp(pv.payload, "{\"o\":1}", 7));
+    vd_store_read_end(t);
+    /* over the version it read: applied */
+    assert_int_equal(put_if(f, num(1), (struct vd_version){60, 5}, 70, &applied, &conflict), 0);
+    assert_true(applied && !conflict);
+    assert_int_equal(get(f->s, f->inc, num(1), &pv, &t), 0);
+    assert_true(pv.version == 70 && !memcmp(pv.payload, "{\"e\":1}", 7));
+    vd_store_read_end(t);
+    /* not newer than what it names: refused as a conflict, not silently dropped */
+    assert_int_equal(put_if(f, num(1), (struct vd_version){70, 1}, 70, &applied, &conflict), 0);
+    assert_true(!applied && conflict);
+    /* deleted after the read: the tombstone stays */
+    assert_int_equal(put(f->s, VD_WOP_DELETE, f->inc, num(1), 80, 5, NULL, 0, NULL, NULL, NULL), 0);
+    assert_int_equal(put_if(f, num(1), (struct vd_version){70, 1}, 90, &applied, &conflict), 0);
+    assert_true(!applied && conflict);
+    assert_int_equal(get(f->s, f->inc, num(1), &pv, &t), 0);
+    assert_true(pv.tombstone && pv.version == 80);
+    vd_store_read_end(t);
+    /* never written (or purged): nothing is created */
+    assert_int_equal(put_if(f, num(2), (struct vd_version){70, 1}, 90, &applied, &conflict), 0);
+    assert_true(!applied && conflict);
+    assert_int_equal(get(f->s, f->inc, num(2), &pv, &t), VD_ENOTFOUND);
+    vd_store_read_end(t);
+}
+
 struct collect {
     struct vd_pid ids[64];
     bool tomb[64];
@@ -1213,6 +1277,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_crud, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lww, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_if_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_collections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_changes, setup, teardown),
