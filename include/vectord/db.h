@@ -115,6 +115,9 @@ int vd_db_payload_edit(struct vd_coll *c, enum vd_db_payload_op op, const cJSON 
  * before it submits their writes (from the caller's thread in a first round). */
 typedef void (*vd_db_test_fn)(void *arg);
 void vd_db_test_after_edit_read(vd_db_test_fn fn, void *arg);
+/* Tests only: while paused, the background threads link no point into any graph (pending
+ * points stay pending, as under writes faster than linking). */
+void vd_db_test_pause_linking(bool paused);
 
 /* ---- payload indexes ----
  * An index on a payload key answers filter conditions on that key from memory (see

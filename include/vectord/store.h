@@ -221,6 +221,8 @@ int vd_store_changes_since(struct vd_rtxn *t, uint64_t after, vd_store_change_fn
  * consumer of changes_since has durably absorbed (e.g. the one a saved graph records): entries
  * below it are gone afterwards. Returns 0, or VD_ECLOSED after close began. */
 int vd_store_changes_trim(struct vd_store *s, uint64_t upto);
+/* How many entries the change log holds and the lowest counter among them (0 when empty). */
+int vd_store_changes_stat(struct vd_rtxn *t, uint64_t *entries, uint64_t *first);
 
 /* Storage statistics for /metrics: size of data.mdb on disk, bytes of pages in use (up to the
  * highest page written; pages on LMDB's free list are counted as used). */

@@ -405,11 +405,19 @@ static bool catchup_due(struct vd_coll *c)
 
 /* ---- background index work ---- */
 
+static atomic_bool linking_paused;
+
+void vd_db_test_pause_linking(bool paused)
+{
+    atomic_store(&linking_paused, paused);
+}
+
 static struct vd_coll *next_work(struct vd_db *db, size_t *cursor)
 {
+    bool link = !atomic_load(&linking_paused);
     for (size_t k = 0; k < db->n_colls; k++) {
         struct vd_coll *c = db->colls[(*cursor + k) % db->n_colls];
-        if (vd_index_pending(c->ix) > 0 || catchup_due(c)) {
+        if ((link && vd_index_pending(c->ix) > 0) || catchup_due(c)) {
             *cursor = (*cursor + k + 1) % db->n_colls;
             atomic_fetch_add(&c->refs, 1);
             return c;
@@ -418,12 +426,22 @@ static struct vd_coll *next_work(struct vd_db *db, size_t *cursor)
     return NULL;
 }
 
+/* Saves the graph of c if it changed since its last save, and moves c->durable_through up to
+ * what the saved graph now holds. */
 static void save_one(struct vd_coll *c)
 {
+    /* Read first: every change up to `through` reached the index (or catchup_from) before the
+     * reads below, so the graph saved after them holds all of c's changes up to it. */
+    uint64_t through = atomic_load(&c->db->applied_through);
     uint64_t seq = vd_index_applied_seq(c->ix);
     /* while catching up, the index's counter is past a write it lacks */
-    if (seq == c->saved_seq || atomic_load(&c->dropped) || atomic_load(&c->catchup_from))
+    if (atomic_load(&c->dropped) || atomic_load(&c->catchup_from))
         return;
+    if (seq == c->saved_seq) {
+        /* nothing since the last save: the file already holds every change of c up to now */
+        c->durable_through = through;
+        return;
+    }
     uint64_t t0 = vd_mono_ns();
     int rc = vd_index_save(c->ix, c->index_path);
     if (rc) {
@@ -432,26 +450,38 @@ static void save_one(struct vd_coll *c)
         return;
     }
     c->saved_seq = seq;
+    c->durable_through = through;
     c->last_save_ns = vd_mono_ns();
     vd_log_info("collection '%s': graph saved (%zu points) in %.2f s", c->schema.name,
                 vd_index_count(c->ix), (double)(c->last_save_ns - t0) / 1e9);
 }
 
-/* Saves graphs that changed, are fully linked and were last saved long enough ago. Only worker
- * 0 does this, so saves of one collection never overlap. */
+/* Saves graphs that changed and were last saved long enough ago, then lets storage trim the
+ * change log up to what every saved graph holds. A graph with points still unlinked waits for
+ * them one more period at most: under steady writes the linkers may never catch up, and an
+ * unsaved graph would keep the change log (and the file) growing; the points are saved as
+ * pending and linked after a restart. Only worker 0 does this, so saves of one collection never
+ * overlap. */
 static void periodic_save(struct vd_db *db)
 {
     if (!db->save_seconds)
         return;
-    uint64_t now = vd_mono_ns();
+    uint64_t now = vd_mono_ns(), period = (uint64_t)db->save_seconds * 1000000000ull;
+    /* with no collection left, every entry belongs to a deleted one */
+    uint64_t trim = atomic_load(&db->applied_through);
     size_t n;
     struct vd_coll **v = snapshot(db, &n);
     for (size_t i = 0; i < n; i++) {
-        if (now - v[i]->last_save_ns >= (uint64_t)db->save_seconds * 1000000000ull &&
-            vd_index_pending(v[i]->ix) == 0)
+        uint64_t age = now - v[i]->last_save_ns;
+        if (age >= period && (vd_index_pending(v[i]->ix) == 0 || age >= 2 * period))
             save_one(v[i]);
+        /* the log is shared by all collections: it can go only as far as the least saved */
+        if (v[i]->durable_through < trim)
+            trim = v[i]->durable_through;
     }
     snapshot_put(v, n);
+    if (trim)
+        vd_store_changes_trim(db->store, trim);
 }
 
 struct worker_arg {
@@ -566,6 +596,8 @@ int vd_db_open(const struct vd_db_opts *o, struct vd_db **out, struct vd_err *er
         rc = vd_errf(err, VD_ENOMEM, "cannot start index threads");
         goto out_colls;
     }
+    /* loading read every committed point into memory */
+    atomic_store(&db->applied_through, vd_store_last_seq(db->store));
     atomic_store(&db->ready, true);
     *out = db;
     return 0;
@@ -742,7 +774,19 @@ int vd_db_coll_delete(struct vd_db *db, const char *name, vd_db_done_fn done, vo
 
 void vd_db_metrics(struct vd_db *db, struct vd_buf *out)
 {
-    uint64_t fb = 0, ub = 0;
+    uint64_t fb = 0, ub = 0, ce = 0, cf = 0;
+    struct vd_rtxn *t;
+    if (vd_store_read_begin(db->store, &t) == 0) {
+        int rc = vd_store_changes_stat(t, &ce, &cf);
+        vd_store_read_end(t);
+        if (rc == 0) {
+            vd_buf_puts(out, "# HELP vectord_storage_change_log_entries Changes kept for the "
+                             "index to catch up from (trimmed once the graphs are saved).\n"
+                             "# TYPE vectord_storage_change_log_entries gauge\n");
+            vd_buf_printf(out, "vectord_storage_change_log_entries %llu\n",
+                          (unsigned long long)ce);
+        }
+    }
     if (vd_store_stats(db->store, &fb, &ub) == 0) {
         vd_buf_puts(out, "# HELP vectord_storage_file_bytes Size of the data file.\n"
                          "# TYPE vectord_storage_file_bytes gauge\n");

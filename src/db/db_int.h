@@ -20,6 +20,9 @@ struct vd_coll {
     struct pidx px;         /* payload indexes over pm */
     atomic_bool dropped;
     uint64_t saved_seq; /* applied seq of the last saved graph (link thread only) */
+    /* Every change of this collection at or below this counter is in its saved graph (worker 0
+     * and close only): what the change log may be trimmed to as far as this collection goes. */
+    uint64_t durable_through;
     /* Lowest change counter a committed write failed to apply to the index or payload columns
      * (out of memory), 0 when none: a worker re-applies the change log from there, and the
      * graph is not saved meanwhile, since its counter would claim the missing write. Changed
@@ -43,6 +46,9 @@ struct vd_db {
     bool stopping;
     unsigned save_seconds;
     atomic_bool ready;
+    /* Highest change counter whose write completion has run (stored by the storage writer
+     * thread only): every change at or below it is in memory, or noted for catch-up. */
+    _Atomic uint64_t applied_through;
 };
 
 void vd__db_coll_unref(struct vd_coll *c);

@@ -155,6 +155,9 @@ static void write_done(struct vd_wbatch *b, int status, void *arg)
             }
         }
         pthread_rwlock_unlock(&c->plock);
+        /* completions run in commit order, so every change up to `last` has been through one */
+        if (last > atomic_load(&c->db->applied_through))
+            atomic_store(&c->db->applied_through, last);
         vd__db_kick(c->db);
     }
     if (status == 0 && atomic_load(&c->dropped))

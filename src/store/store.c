@@ -902,3 +902,20 @@ int vd_store_changes_since(struct vd_rtxn *t, uint64_t after, vd_store_change_fn
     mdb_cursor_close(cur);
     return r;
 }
+
+int vd_store_changes_stat(struct vd_rtxn *t, uint64_t *entries, uint64_t *first)
+{
+    MDB_stat st;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_stat(t->txn, t->s->dbi_changes, &st);
+    if (rc || (rc = mdb_cursor_open(t->txn, t->s->dbi_changes, &cur)))
+        return vd__store_mdb_err(rc);
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND)
+        return vd__store_mdb_err(rc);
+    *entries = st.ms_entries;
+    *first = rc == 0 && k.mv_size == 8 ? vd_be64_get(k.mv_data) : 0;
+    return 0;
+}

@@ -16,6 +16,7 @@
 #include "vectord/db.h"
 #include "vectord/index.h"
 #include "vectord/json.h"
+#include "vectord/store.h"
 
 #include "unit/waiter.h"
 
@@ -233,11 +234,132 @@ static void test_index_catches_up_after_failed_apply(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Value of the metric line `name` in the database's metrics, or -1 when absent. */
+static long long metric(struct vd_db *db, const char *name)
+{
+    struct vd_buf b;
+    vd_buf_init(&b);
+    vd_db_metrics(db, &b);
+    long long v = -1;
+    size_t nl = strlen(name);
+    for (const char *p = b.data; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (!strncmp(p, name, nl) && p[nl] == ' ')
+            v = atoll(p + nl + 1);
+    vd_buf_release(&b);
+    return v;
+}
+
+struct changes {
+    uint64_t n, min;
+};
+
+static int count_change(uint64_t incarnation, const struct vd_pid *id, uint64_t seq, void *arg)
+{
+    struct changes *k = arg;
+    k->n++;
+    if (!k->min || seq < k->min)
+        k->min = seq;
+    return 0;
+}
+
+/* Under steady overwrites the change log must not grow without bound: once the graph is saved
+ * (also while the linkers lag behind, so points stay pending) the entries it holds are trimmed,
+ * and a crash after that still restarts into the right graph from storage. */
+static void test_change_log_trimmed_after_save(void **state)
+{
+    enum { N = 1000, ROUNDS = 3 };
+    strcpy(dir, "/tmp/vd-test-dbr-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    /* the linkers never catch up while the points are written: a save must not wait for them */
+    vd_db_test_pause_linking(true);
+    struct vd_db *db;
+    struct vd_err e;
+    struct vd_db_opts o = {.data_dir = dir, .no_sync = true, .index_threads = 1,
+                           .index_save_seconds = 1};
+    if (vd_db_open(&o, &db, &e))
+        fail_msg("open: %s", e.msg);
+    struct vd_coll_schema s = {.dim = DIM, .metric = VD_METRIC_EUCLID, .hnsw_m = 16,
+                               .hnsw_ef_construct = 100, .full_scan_threshold_kb = 10,
+                               .replication_factor = 1, .write_consistency_factor = 1};
+    strcpy(s.name, "t");
+    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    struct vd_coll *c;
+    assert_int_equal(vd_db_coll_get(db, "t", &c), 0);
+    for (int r = 0; r < ROUNDS; r++)
+        upsert_range(c, 0, N, false);
+    uint64_t last = W.op; /* the change counter of the last overwrite */
+    assert_true(last >= (uint64_t)N * ROUNDS);
+    long long left = -1;
+    for (int i = 0; i < 3000 && left != 0; i++) {
+        if ((left = metric(db, "vectord_storage_change_log_entries")) != 0)
+            usleep(10000);
+    }
+    struct vd_coll_stats st;
+    vd_db_coll_stats(c, &st);
+    print_message("change log entries after %d overwrites and a save: %lld (%llu points pending)\n",
+                  N * ROUNDS, left, (unsigned long long)st.pending);
+    assert_true(st.pending > 0); /* the save did not wait for the linkers */
+    assert_int_equal(left, 0);
+    vd_db_coll_put(c);
+    vd_db_close(db);
+    vd_db_test_pause_linking(false);
+
+    /* A child moves the first N_MOVED points and dies without closing, as kill -9 would. */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct vd_db *cdb;
+        struct vd_coll *cc;
+        if (vd_db_open(&o, &cdb, &e) || vd_db_coll_get(cdb, "t", &cc))
+            _exit(2);
+        upsert_range(cc, 0, N_MOVED, true);
+        _exit(0);
+    }
+    int wst;
+    assert_int_equal(waitpid(pid, &wst, 0), pid);
+    assert_true(WIFEXITED(wst));
+    assert_int_equal(WEXITSTATUS(wst), 0);
+
+    /* the log holds the crashed process's writes only, nothing the saved graph holds */
+    struct vd_store *store;
+    struct vd_store_opts so = {.dir = dir, .no_sync = true};
+    assert_int_equal(vd_store_open(&so, &store, &e), 0);
+    struct vd_rtxn *t;
+    struct changes k = {0};
+    assert_int_equal(vd_store_read_begin(store, &t), 0);
+    assert_int_equal(vd_store_changes_since(t, 0, count_change, &k), 0);
+    vd_store_read_end(t);
+    vd_store_close(store);
+    print_message("change log after the crash: %llu entries from %llu (last saved write %llu)\n",
+                  (unsigned long long)k.n, (unsigned long long)k.min, (unsigned long long)last);
+    assert_int_equal(k.n, N_MOVED);
+    assert_true(k.min > last);
+
+    /* and the restart replays them: the moved points are found where they are now */
+    db = open_db();
+    assert_int_equal(vd_db_coll_get(db, "t", &c), 0);
+    uint64_t n;
+    assert_int_equal(vd_db_count(c, NULL, &n), 0);
+    assert_int_equal(n, N);
+    wait_linked(c);
+    int missed = moved_not_first(c);
+    print_message("moved points not found first after the restart: %d of %d\n", missed, N_MOVED);
+    assert_true(missed <= N_MOVED / 100);
+    vd_db_coll_put(c);
+    vd_db_close(db);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_moved_points_relinked_after_crash),
         cmocka_unit_test(test_index_catches_up_after_failed_apply),
+        cmocka_unit_test(test_change_log_trimmed_after_save),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
