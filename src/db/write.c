@@ -71,6 +71,20 @@ static struct wreq *wreq_new(struct vd_coll *c, size_t n, bool payloads, vd_db_d
     return w;
 }
 
+/* A request of n ops with room for their payloads and n vectors, or NULL with err set. */
+static struct wreq *wreq_with_vecs(struct vd_coll *c, size_t n, vd_db_done_fn done, void *ctx,
+                                   struct vd_err *err)
+{
+    struct wreq *w = wreq_new(c, n, true, done, ctx);
+    if (w && !(w->vecs = malloc(sizeof(float) * c->schema.dim * (n ? n : 1)))) {
+        wreq_free(w);
+        w = NULL;
+    }
+    if (!w)
+        vd_errf(err, VD_ENOMEM, "out of memory for %zu points", n);
+    return w;
+}
+
 /* Replaces a point's payload in the map and the payload indexes (plock held for writing); takes
  * bin on success. VD_ENOMEM changes nothing. */
 int vd__db_set_payload(struct vd_coll *c, const struct vd_pid *id, uint8_t *bin, uint32_t len)
@@ -210,15 +224,10 @@ int vd_db_upsert(struct vd_coll *c, const struct vd_db_point *pts, size_t n, vd_
     uint32_t dim = c->schema.dim;
     if (n == 0)
         return vd_errf(err, VD_EINVAL, "no points given");
-    struct wreq *w = wreq_new(c, n, true, done, ctx);
+    struct wreq *w = wreq_with_vecs(c, n, done, ctx, err);
     if (!w)
-        return vd_errf(err, VD_ENOMEM, "out of memory");
+        return VD_ENOMEM;
     int rc;
-    w->vecs = malloc(sizeof(float) * dim * n);
-    if (!w->vecs) {
-        rc = vd_errf(err, VD_ENOMEM, "out of memory for %zu vectors", n);
-        goto out_free;
-    }
     for (size_t i = 0; i < n; i++) {
         float *v = w->vecs + i * dim;
         memcpy(v, pts[i].vec, sizeof(float) * dim);
@@ -426,14 +435,10 @@ static int edit_round(struct edit *ed, const struct vd_pid *ids, size_t n, struc
     struct vd_coll *c = ed->c;
     uint32_t dim = c->schema.dim;
     int rc;
-    struct wreq *w = wreq_new(c, n, true, NULL, NULL);
+    struct wreq *w = wreq_with_vecs(c, n, NULL, NULL, err);
     if (!w)
-        return vd_errf(err, VD_ENOMEM, "out of memory");
+        return VD_ENOMEM;
     w->payload_only = true;
-    if (!(w->vecs = malloc(sizeof(float) * dim * (n ? n : 1)))) {
-        rc = vd_errf(err, VD_ENOMEM, "out of memory for %zu vectors", n);
-        goto out_free;
-    }
     struct vd_rtxn *t;
     if ((rc = vd_store_read_begin(c->db->store, &t))) {
         vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
@@ -568,16 +573,14 @@ int vd_db_apply(struct vd_coll *c, const uint8_t *const *recs, const size_t *len
     uint32_t dim = c->schema.dim;
     if (n == 0)
         return vd_errf(err, VD_EINVAL, "no records given");
-    struct wreq *w = wreq_new(c, n, true, done, ctx);
+    struct wreq *w = wreq_with_vecs(c, n, done, ctx, err);
     if (!w)
-        return vd_errf(err, VD_ENOMEM, "out of memory");
+        return VD_ENOMEM;
     int rc;
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += lens[i];
-    w->vecs = malloc(sizeof(float) * dim * n);
-    w->recs = malloc(total ? total : 1);
-    if (!w->vecs || !w->recs) {
+    if (!(w->recs = malloc(total ? total : 1))) {
         rc = vd_errf(err, VD_ENOMEM, "out of memory for %zu records", n);
         goto out_free;
     }

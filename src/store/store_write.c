@@ -156,6 +156,19 @@ static int live_dim(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, uint6
     return 0;
 }
 
+/* live_dim for an op of incarnation inc, with the error said for the caller. */
+static int live_dim_of(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, uint64_t inc,
+                       uint32_t *dim, struct vd_err *err)
+{
+    int rc = live_dim(s, txn, g, inc, dim);
+    if (rc == VD_ENOTFOUND)
+        return vd_errf(err, rc, "collection incarnation %llu does not exist",
+                       (unsigned long long)inc);
+    if (rc)
+        return vd_errf(err, rc, "reading collection: %s", vd_strerror(rc));
+    return 0;
+}
+
 static void max_hlc(struct group_ctx *g, uint64_t hlc)
 {
     if (hlc > g->max_hlc)
@@ -251,12 +264,9 @@ static int apply_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
         }
     }
     uint32_t dim = 0;
-    int rc = live_dim(s, txn, g, op->incarnation, &dim);
-    if (rc == VD_ENOTFOUND)
-        return vd_errf(err, rc, "collection incarnation %llu does not exist",
-                       (unsigned long long)op->incarnation);
+    int rc = live_dim_of(s, txn, g, op->incarnation, &dim, err);
     if (rc)
-        return vd_errf(err, rc, "reading collection: %s", vd_strerror(rc));
+        return rc;
     if (!r.tombstone) {
         const struct vd_rvec *u = vd_record_vector(&r, "", 0);
         if (!u || u->kind != VD_RVEC_DENSE || u->n != dim || !u->values) {
@@ -406,12 +416,9 @@ static int pindex_op(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, stru
         return vd_errf(err, VD_ERANGE, "field name must be 1 to %d bytes, got %zu",
                        VD_STORE_PINDEX_NAME_MAX, nl);
     uint32_t dim;
-    int r = live_dim(s, txn, g, op->incarnation, &dim);
-    if (r == VD_ENOTFOUND)
-        return vd_errf(err, r, "collection incarnation %llu does not exist",
-                       (unsigned long long)op->incarnation);
+    int r = live_dim_of(s, txn, g, op->incarnation, &dim, err);
     if (r)
-        return vd_errf(err, r, "reading collection: %s", vd_strerror(r));
+        return r;
     uint8_t kb[8 + VD_STORE_PINDEX_NAME_MAX];
     vd_be64_put(kb, op->incarnation);
     memcpy(kb + 8, name, nl);
@@ -547,6 +554,18 @@ static bool disk_full(struct vd_store *s)
     return (uint64_t)st.f_bavail * st.f_frsize < FULL_SLACK;
 }
 
+/* Writes val (u64 LE) under the meta key `key`; an LMDB code (MDB_MAP_FULL also marks g). */
+static int put_meta_u64(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, const char *key,
+                        uint64_t val)
+{
+    uint8_t v8[8];
+    vd__store_le64_put(v8, val);
+    MDB_val k = {strlen(key), (void *)key}, v = {8, v8};
+    int rc = mdb_put(txn, s->dbi_meta, &k, &v, 0);
+    mdbck(g, rc);
+    return rc;
+}
+
 /* Applies a group of batches in one transaction (each in its own nested transaction) and commits
  * once. On return every batch's err.code holds its status. */
 static void run_group(struct vd_store *s, struct vd_wbatch **bs, size_t n, int sticky)
@@ -599,30 +618,20 @@ static void run_group(struct vd_store *s, struct vd_wbatch **bs, size_t n, int s
                 any = true;
             }
         }
-        if (!g.map_full && any && s->next_seq != committed_seq) {
-            uint8_t v8[8];
-            vd__store_le64_put(v8, s->next_seq);
-            MDB_val k = {strlen(VD__META_SEQ), VD__META_SEQ}, v = {8, v8};
-            mdbck(&g, rc = mdb_put(txn, s->dbi_meta, &k, &v, 0));
-            if (rc && !g.map_full) {
-                mdb_txn_abort(txn);
-                snprintf(msg, sizeof msg, "storage: writing counter: %s", mdb_strerror(rc));
-                goto out_fail;
-            }
+        if (!g.map_full && any && s->next_seq != committed_seq &&
+            (rc = put_meta_u64(s, txn, &g, VD__META_SEQ, s->next_seq)) && !g.map_full) {
+            mdb_txn_abort(txn);
+            snprintf(msg, sizeof msg, "storage: writing counter: %s", mdb_strerror(rc));
+            goto out_fail;
         }
         /* The floor goes with the versions it covers: in the same commit, so after a restart
          * no version the clock hands out again can be at or below one already on disk. A
          * failed batch's HLC may count too: a floor a little high is harmless. */
-        if (!g.map_full && any && g.max_hlc > s->hlc_floor) {
-            uint8_t v8[8];
-            vd__store_le64_put(v8, g.max_hlc);
-            MDB_val k = {strlen(VD__META_HLC), VD__META_HLC}, v = {8, v8};
-            mdbck(&g, rc = mdb_put(txn, s->dbi_meta, &k, &v, 0));
-            if (rc && !g.map_full) {
-                mdb_txn_abort(txn);
-                snprintf(msg, sizeof msg, "storage: writing HLC floor: %s", mdb_strerror(rc));
-                goto out_fail;
-            }
+        if (!g.map_full && any && g.max_hlc > s->hlc_floor &&
+            (rc = put_meta_u64(s, txn, &g, VD__META_HLC, g.max_hlc)) && !g.map_full) {
+            mdb_txn_abort(txn);
+            snprintf(msg, sizeof msg, "storage: writing HLC floor: %s", mdb_strerror(rc));
+            goto out_fail;
         }
         if (!g.map_full) {
             rc = any ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), 0);

@@ -13,31 +13,7 @@
 #include "vectord/json.h"
 #include "vectord/record.h"
 
-#include "unit/waiter.h"
-
-static struct waiter W = WAITER_INIT;
-static char dir[64];
-
-static struct vd_db *open_db(void)
-{
-    struct vd_db *db;
-    struct vd_err e;
-    struct vd_db_opts o = {.data_dir = dir, .no_sync = true, .index_threads = 1};
-    if (vd_db_open(&o, &db, &e))
-        fail_msg("open: %s", e.msg);
-    return db;
-}
-
-static void create(struct vd_db *db, const char *name, uint32_t dim, enum vd_metric m)
-{
-    struct vd_coll_schema s = {.dim = dim, .metric = m, .hnsw_m = 16, .hnsw_ef_construct = 64,
-                               .full_scan_threshold_kb = 0, .replication_factor = 1,
-                               .write_consistency_factor = 1};
-    snprintf(s.name, sizeof s.name, "%s", name);
-    struct vd_err e;
-    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
-    assert_int_equal(wait_for(&W), 0);
-}
+#include "unit/db_fixture.h"
 
 static void upsert_grid(struct vd_coll *c, int n)
 {
@@ -64,26 +40,11 @@ static void upsert_grid(struct vd_coll *c, int n)
     free(v);
 }
 
-static cJSON *search(struct vd_coll *c, struct vd_db_search *s)
-{
-    struct vd_buf b;
-    struct vd_err e;
-    vd_buf_init(&b);
-    struct vd_db_with w = {.payload = true};
-    if (vd_db_search_json(c, s, &w, &b, &e))
-        fail_msg("search: %s", e.msg);
-    cJSON *j = cJSON_ParseWithLength(b.data, b.len);
-    vd_buf_release(&b);
-    assert_non_null(j);
-    return j;
-}
-
 static void test_write_search_restart(void **state)
 {
-    strcpy(dir, "/tmp/vd-test-db-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    fixture_mkdir();
     struct vd_db *db = open_db();
-    create(db, "g", 2, VD_METRIC_EUCLID);
+    struct vd_coll *c = create_coll(db, "g", 2, VD_METRIC_EUCLID, 64, 0);
     struct vd_err e;
     struct vd_coll_schema dup = {.dim = 2, .metric = VD_METRIC_EUCLID};
     strcpy(dup.name, "g");
@@ -91,8 +52,6 @@ static void test_write_search_restart(void **state)
     strcpy(dup.name, "bad/name");
     assert_int_equal(vd_db_coll_create(db, &dup, on_done, &W, &e), VD_ERANGE);
 
-    struct vd_coll *c;
-    assert_int_equal(vd_db_coll_get(db, "g", &c), 0);
     upsert_grid(c, 500);
     uint64_t n;
     vd_db_count(c, NULL, &n);
@@ -102,8 +61,8 @@ static void test_write_search_restart(void **state)
     struct vd_db_search s = {.query = q, .limit = 3};
     cJSON *r = search(c, &s);
     assert_int_equal(cJSON_GetArraySize(r), 3);
-    assert_int_equal((int)cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "id")->valuedouble, 100);
-    assert_int_equal((int)cJSON_GetObjectItem(cJSON_GetArrayItem(r, 1), "id")->valuedouble, 101);
+    assert_int_equal(hit_id(r, 0), 100);
+    assert_int_equal(hit_id(r, 1), 101);
     cJSON_Delete(r);
 
     /* filter during the search: nearest odd point */
@@ -149,9 +108,7 @@ static void test_write_search_restart(void **state)
     assert_int_equal(vd_db_delete(c, &id100, 1, on_done, &W, &e), 0);
     assert_int_equal(wait_for(&W), 0);
     s.limit = 1;
-    r = search(c, &s);
-    assert_int_not_equal((int)cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "id")->valuedouble, 100);
-    cJSON_Delete(r);
+    assert_int_not_equal(first_id(c, &s), 100);
 
     /* payload edit by id */
     struct vd_pid id2 = {.type = VD_PID_NUM, .u.num = 2};
@@ -168,45 +125,35 @@ static void test_write_search_restart(void **state)
     vd_buf_release(&b);
     vd_filter_free(f);
     cJSON_Delete(fj);
-    vd_db_coll_put(c);
-    vd_db_close(db);
 
     /* restart: everything back, graph loaded from its file */
-    db = open_db();
-    assert_int_equal(vd_db_coll_get(db, "g", &c), 0);
+    reopen(&db, &c, "g");
     vd_db_count(c, NULL, &n);
     assert_int_equal(n, 249);
     q[0] = 100.4f;
     s.limit = 1;
     s.exact = true; /* the point is what storage and the loaded graph hold, not graph recall */
-    r = search(c, &s); /* 100 deleted, odd ids deleted by the filter: 102 is nearest */
-    assert_int_equal((int)cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "id")->valuedouble, 102);
-    cJSON_Delete(r);
+    /* 100 deleted, odd ids deleted by the filter: 102 is nearest */
+    assert_int_equal(first_id(c, &s), 102);
     vd_db_coll_put(c);
 
     /* delete and re-create: empty */
     assert_int_equal(vd_db_coll_delete(db, "g", on_done, &W, &e), 0);
     assert_int_equal(wait_for(&W), 0);
     assert_int_equal(vd_db_coll_get(db, "g", &c), VD_ENOTFOUND);
-    create(db, "g", 2, VD_METRIC_EUCLID);
-    assert_int_equal(vd_db_coll_get(db, "g", &c), 0);
+    c = create_coll(db, "g", 2, VD_METRIC_EUCLID, 64, 0);
     vd_db_count(c, NULL, &n);
     assert_int_equal(n, 0);
     vd_db_coll_put(c);
     vd_db_close(db);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    fixture_rmdir();
 }
 
 static void test_cosine_zero_vector_rejected(void **state)
 {
-    strcpy(dir, "/tmp/vd-test-db-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    fixture_mkdir();
     struct vd_db *db = open_db();
-    create(db, "c", 3, VD_METRIC_COSINE);
-    struct vd_coll *c;
-    assert_int_equal(vd_db_coll_get(db, "c", &c), 0);
+    struct vd_coll *c = create_coll(db, "c", 3, VD_METRIC_COSINE, 64, 0);
     float good[3] = {1, 2, 3}, zero[3] = {0, 0, 0};
     struct vd_db_point p[2] = {{.id = {.type = VD_PID_NUM, .u.num = 1}, .vec = good},
                                {.id = {.type = VD_PID_NUM, .u.num = 2}, .vec = zero}};
@@ -218,9 +165,7 @@ static void test_cosine_zero_vector_rejected(void **state)
     assert_int_equal(n, 0); /* nothing of the rejected batch */
     vd_db_coll_put(c);
     vd_db_close(db);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    fixture_rmdir();
 }
 
 static char *retrieve(struct vd_coll *c, uint64_t id)
@@ -235,9 +180,10 @@ static char *retrieve(struct vd_coll *c, uint64_t id)
     return vd_buf_steal(&b, &n);
 }
 
-/* Encodes a record of collection c for id (tombstone when vec is NULL) and applies it. */
-static int apply_rec(struct vd_coll *c, uint64_t id, struct vd_version ver, const float *vec,
-                     const char *payload, int *status)
+/* Encodes a record of collection c for id (tombstone when vec is NULL), applies it and waits on
+ * wt for its status. */
+static int apply_with(struct vd_coll *c, uint64_t id, struct vd_version ver, const float *vec,
+                      const char *payload, struct waiter *wt, int *status)
 {
     struct vd_rvec rv = {.kind = VD_RVEC_DENSE, .n = 2, .values = vec};
     struct vd_record r = {.id = {.type = VD_PID_NUM, .u.num = id},
@@ -253,10 +199,16 @@ static int apply_rec(struct vd_coll *c, uint64_t id, struct vd_version ver, cons
     assert_int_equal(vd_record_encode(&r, buf, sizeof buf, &len), 0);
     const uint8_t *recs[1] = {buf};
     struct vd_err e;
-    int rc = vd_db_apply(c, recs, &len, 1, on_done, &W, &e);
+    int rc = vd_db_apply(c, recs, &len, 1, on_done, wt, &e);
     if (rc == 0)
-        *status = wait_for(&W);
+        *status = wait_for(wt);
     return rc;
+}
+
+static int apply_rec(struct vd_coll *c, uint64_t id, struct vd_version ver, const float *vec,
+                     const char *payload, int *status)
+{
+    return apply_with(c, id, ver, vec, payload, &W, status);
 }
 
 /* The replica entry applies whole records under the versions they carry (older ones skipped,
@@ -264,12 +216,9 @@ static int apply_rec(struct vd_coll *c, uint64_t id, struct vd_version ver, cons
  * and skips absent ids. */
 static void test_apply_records(void **state)
 {
-    strcpy(dir, "/tmp/vd-test-db-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    fixture_mkdir();
     struct vd_db *db = open_db();
-    create(db, "r", 2, VD_METRIC_EUCLID);
-    struct vd_coll *c;
-    assert_int_equal(vd_db_coll_get(db, "r", &c), 0);
+    struct vd_coll *c = create_coll(db, "r", 2, VD_METRIC_EUCLID, 64, 0);
     float v1[2] = {1, 0};
     cJSON *pl = cJSON_Parse("{\"a\":1}");
     struct vd_db_point p = {.id = {.type = VD_PID_NUM, .u.num = 1}, .vec = v1, .payload = pl};
@@ -360,10 +309,7 @@ static void test_apply_records(void **state)
     assert_int_equal(vd_db_apply(c, recs, &len, 1, on_done, &W, &e), VD_EINVAL);
 
     /* all of it survives a restart */
-    vd_db_coll_put(c);
-    vd_db_close(db);
-    db = open_db();
-    assert_int_equal(vd_db_coll_get(db, "r", &c), 0);
+    reopen(&db, &c, "r");
     vd_db_count(c, NULL, &n);
     assert_int_equal(n, 0);
     assert_int_equal(apply_rec(c, 500, (struct vd_version){now + 6, 9}, v1, NULL, &st), 0);
@@ -371,9 +317,7 @@ static void test_apply_records(void **state)
     assert_int_equal(n, 0);
     vd_db_coll_put(c);
     vd_db_close(db);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    fixture_rmdir();
 }
 
 /* ---- a payload edit racing other writes of its points ---- */
@@ -399,23 +343,18 @@ static void race_write(void *arg)
         assert_int_equal(
             vd_db_payload_edit(r->c, VD_DB_PAYLOAD_SET, set, &id, 1, NULL, on_done, &W2, &e), 0);
         cJSON_Delete(set);
+        assert_int_equal(wait_for(&W2), 0);
     } else {
         struct vd_db_record *rr;
         size_t nr;
+        int st;
         assert_int_equal(vd_db_retrieve(r->c, &id, 1, false, false, &rr, &nr, &e), 0);
         assert_int_equal(nr, 1);
-        struct vd_record t = {.id = id,
-                              .incarnation = vd_db_coll_schema(r->c)->incarnation,
-                              .version = {rr[0].version.hlc + 1, rr[0].version.node},
-                              .tombstone = true};
+        struct vd_version v = {rr[0].version.hlc + 1, rr[0].version.node};
         vd_db_records_free(rr, nr);
-        uint8_t buf[128];
-        size_t len;
-        assert_int_equal(vd_record_encode(&t, buf, sizeof buf, &len), 0);
-        const uint8_t *recs[1] = {buf};
-        assert_int_equal(vd_db_apply(r->c, recs, &len, 1, on_done, &W2, &e), 0);
+        assert_int_equal(apply_with(r->c, r->id, v, NULL, NULL, &W2, &st), 0);
+        assert_int_equal(st, 0);
     }
-    assert_int_equal(wait_for(&W2), 0);
 }
 
 /* Edits {"b":2} into points (by ids, or by a has_id filter of the same ids) while race_write
@@ -453,12 +392,9 @@ static int edit_raced(struct vd_coll *c, const uint64_t *idv, size_t n, bool by_
  * another edit changed in between gets both edits, not only the later one. */
 static void test_edit_races(void **state)
 {
-    strcpy(dir, "/tmp/vd-test-db-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    fixture_mkdir();
     struct vd_db *db = open_db();
-    create(db, "e", 2, VD_METRIC_EUCLID);
-    struct vd_coll *c;
-    assert_int_equal(vd_db_coll_get(db, "e", &c), 0);
+    struct vd_coll *c = create_coll(db, "e", 2, VD_METRIC_EUCLID, 64, 0);
     upsert_grid(c, 10);
     float q[2] = {1, 0};
     struct vd_db_search s = {.query = q, .limit = 1, .exact = true};
@@ -473,10 +409,7 @@ static void test_edit_races(void **state)
         assert_non_null(strstr(j, "\"b\":2"));
         free(j);
         q[0] = (float)gone;
-        cJSON *res = search(c, &s);
-        assert_int_not_equal(
-            (int)cJSON_GetObjectItem(cJSON_GetArrayItem(res, 0), "id")->valuedouble, (int)gone);
-        cJSON_Delete(res);
+        assert_int_not_equal(first_id(c, &s), (int)gone);
     }
     uint64_t n;
     vd_db_count(c, NULL, &n);
@@ -500,10 +433,7 @@ static void test_edit_races(void **state)
     free(j);
 
     /* and all of it is what storage holds after a restart */
-    vd_db_coll_put(c);
-    vd_db_close(db);
-    db = open_db();
-    assert_int_equal(vd_db_coll_get(db, "e", &c), 0);
+    reopen(&db, &c, "e");
     vd_db_count(c, NULL, &n);
     assert_int_equal(n, 7);
     j = retrieve(c, 1);
@@ -511,9 +441,7 @@ static void test_edit_races(void **state)
     free(j);
     vd_db_coll_put(c);
     vd_db_close(db);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    fixture_rmdir();
 }
 
 int main(void)

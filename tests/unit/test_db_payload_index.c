@@ -466,37 +466,11 @@ static void test_type_mismatch(void **state)
 
 /* ---- through the database ---- */
 
-#include "unit/waiter.h"
-
-static struct waiter W = WAITER_INIT;
-static char dir[64];
-
-static struct vd_db *open_db(void)
-{
-    struct vd_db *db;
-    struct vd_err e;
-    struct vd_db_opts o = {.data_dir = dir, .no_sync = true, .index_threads = 1};
-    if (vd_db_open(&o, &db, &e))
-        fail_msg("open: %s", e.msg);
-    return db;
-}
+#include "unit/db_fixture.h"
 
 static struct vd_coll *create(struct vd_db *db, const char *name)
 {
-    struct vd_coll_schema s = {.dim = 2,
-                               .metric = VD_METRIC_EUCLID,
-                               .hnsw_m = 16,
-                               .hnsw_ef_construct = 64,
-                               .full_scan_threshold_kb = 10000,
-                               .replication_factor = 1,
-                               .write_consistency_factor = 1};
-    snprintf(s.name, sizeof s.name, "%s", name);
-    struct vd_err e;
-    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
-    assert_int_equal(wait_for(&W), 0);
-    struct vd_coll *c;
-    assert_int_equal(vd_db_coll_get(db, name, &c), 0);
-    return c;
+    return create_coll(db, name, 2, VD_METRIC_EUCLID, 64, 10000);
 }
 
 /* The same random write to both collections. */
@@ -660,8 +634,7 @@ static void create_indexes(struct vd_coll *c)
 
 static void test_db_maintains_and_restores(void **state)
 {
-    strcpy(dir, "/tmp/vd-test-pidx-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    fixture_mkdir();
     struct vd_db *db = open_db();
     struct vd_coll *ix = create(db, "ix"), *plain = create(db, "plain");
     for (int i = 0; i < 10; i++)
@@ -735,19 +708,14 @@ static void test_db_maintains_and_restores(void **state)
     assert_int_equal(vd_db_pindex_list(ix, &info, &n), 0);
     assert_int_equal(n, 0);
     vd_db_pindex_list_free(info, n);
-    vd_db_coll_put(ix);
     vd_db_coll_put(plain);
-    vd_db_close(db);
-    db = open_db();
-    assert_int_equal(vd_db_coll_get(db, "ix", &ix), 0);
+    reopen(&db, &ix, "ix");
     assert_int_equal(vd_db_pindex_list(ix, &info, &n), 0);
     assert_int_equal(n, 0);
     vd_db_pindex_list_free(info, n);
     vd_db_coll_put(ix);
     vd_db_close(db);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    fixture_rmdir();
 }
 
 int main(void)

@@ -18,24 +18,11 @@
 #include "vectord/json.h"
 #include "vectord/store.h"
 
-#include "unit/waiter.h"
+#include "unit/db_fixture.h"
 
 #define N_POINTS 5000
 #define N_MOVED 1000
 #define DIM 48
-
-static struct waiter W = WAITER_INIT;
-static char dir[64];
-
-static struct vd_db *open_db(void)
-{
-    struct vd_db *db;
-    struct vd_err e;
-    struct vd_db_opts o = {.data_dir = dir, .no_sync = true, .index_threads = 1};
-    if (vd_db_open(&o, &db, &e))
-        fail_msg("open: %s", e.msg);
-    return db;
-}
 
 /* Deterministic pseudo-random floats in [0, 1). */
 static float rnd(uint64_t *s)
@@ -95,52 +82,24 @@ static int moved_not_first(struct vd_coll *c)
     for (int i = 0; i < N_MOVED; i++) {
         vec_of(i, true, q);
         struct vd_db_search s = {.query = q, .limit = 1, .ef = 64};
-        struct vd_db_with w = {0};
-        struct vd_buf b;
-        struct vd_err e;
-        vd_buf_init(&b);
-        if (vd_db_search_json(c, &s, &w, &b, &e))
-            fail_msg("search: %s", e.msg);
-        cJSON *r = cJSON_ParseWithLength(b.data, b.len);
-        vd_buf_release(&b);
-        assert_non_null(r);
-        cJSON *first = cJSON_GetArrayItem(r, 0);
-        if (!first || (int)cJSON_GetObjectItem(first, "id")->valuedouble != i)
-            missed++;
-        cJSON_Delete(r);
+        missed += first_id(c, &s) != i;
     }
     return missed;
 }
 
-static void test_moved_points_relinked_after_crash(void **state)
+/* A child process opens the database, moves the first N_MOVED points of collection `name` far
+ * away and dies without closing, as kill -9 would: the saved graph still holds their old links. */
+static void crash_after_moving(const char *name)
 {
-    strcpy(dir, "/tmp/vd-test-dbr-XXXXXX");
-    assert_non_null(mkdtemp(dir));
-    struct vd_db *db = open_db();
-    struct vd_coll_schema s = {.dim = DIM, .metric = VD_METRIC_EUCLID, .hnsw_m = 16,
-                               .hnsw_ef_construct = 100, .full_scan_threshold_kb = 10,
-                               .replication_factor = 1, .write_consistency_factor = 1};
-    strcpy(s.name, "r");
-    struct vd_err e;
-    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
-    assert_int_equal(wait_for(&W), 0);
-    struct vd_coll *c;
-    assert_int_equal(vd_db_coll_get(db, "r", &c), 0);
-    upsert_range(c, 0, N_POINTS, false);
-    wait_linked(c);
-    vd_db_coll_put(c);
-    vd_db_close(db); /* clean stop: the graph is saved with every point linked */
-
-    /* A child process moves the first N_MOVED points far away and dies without closing, as
-     * kill -9 would: the saved graph still holds their old links. */
     fflush(NULL);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         struct vd_db *cdb;
+        struct vd_err e;
         struct vd_db_opts o = {.data_dir = dir, .no_sync = true, .index_threads = 1};
         struct vd_coll *cc;
-        if (vd_db_open(&o, &cdb, &e) || vd_db_coll_get(cdb, "r", &cc))
+        if (vd_db_open(&o, &cdb, &e) || vd_db_coll_get(cdb, name, &cc))
             _exit(2);
         upsert_range(cc, 0, N_MOVED, true);
         _exit(0);
@@ -149,12 +108,18 @@ static void test_moved_points_relinked_after_crash(void **state)
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
+}
 
-    db = open_db();
-    assert_int_equal(vd_db_coll_get(db, "r", &c), 0);
+/* Reopens the database after crash_after_moving: all n points are there and graph search finds
+ * the moved ones where they are now. */
+static void check_moved_after_restart(const char *name, uint64_t n_points)
+{
+    struct vd_db *db = open_db();
+    struct vd_coll *c;
+    assert_int_equal(vd_db_coll_get(db, name, &c), 0);
     uint64_t n;
     assert_int_equal(vd_db_count(c, NULL, &n), 0);
-    assert_int_equal(n, N_POINTS);
+    assert_int_equal(n, n_points);
     wait_linked(c);
     int missed = moved_not_first(c);
     print_message("moved points not found first by graph search after the restart: %d of %d\n",
@@ -162,9 +127,20 @@ static void test_moved_points_relinked_after_crash(void **state)
     assert_true(missed <= N_MOVED / 100);
     vd_db_coll_put(c);
     vd_db_close(db);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+}
+
+static void test_moved_points_relinked_after_crash(void **state)
+{
+    fixture_mkdir();
+    struct vd_db *db = open_db();
+    struct vd_coll *c = create_coll(db, "r", DIM, VD_METRIC_EUCLID, 100, 10);
+    upsert_range(c, 0, N_POINTS, false);
+    wait_linked(c);
+    vd_db_coll_put(c);
+    vd_db_close(db); /* clean stop: the graph is saved with every point linked */
+    crash_after_moving("r");
+    check_moved_after_restart("r", N_POINTS);
+    fixture_rmdir();
 }
 
 /* First hit of an exact search for (x, 0), or -1 when there is none. */
@@ -172,35 +148,15 @@ static int nearest_exact(struct vd_coll *c, float x)
 {
     float q[2] = {x, 0};
     struct vd_db_search s = {.query = q, .limit = 1, .exact = true};
-    struct vd_db_with w = {0};
-    struct vd_buf b;
-    struct vd_err e;
-    vd_buf_init(&b);
-    if (vd_db_search_json(c, &s, &w, &b, &e))
-        fail_msg("search: %s", e.msg);
-    cJSON *r = cJSON_ParseWithLength(b.data, b.len);
-    vd_buf_release(&b);
-    assert_non_null(r);
-    cJSON *first = cJSON_GetArrayItem(r, 0);
-    int id = first ? (int)cJSON_GetObjectItem(first, "id")->valuedouble : -1;
-    cJSON_Delete(r);
-    return id;
+    return first_id(c, &s);
 }
 
 static void test_index_catches_up_after_failed_apply(void **state)
 {
-    strcpy(dir, "/tmp/vd-test-dbr-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    fixture_mkdir();
     struct vd_db *db = open_db();
-    struct vd_coll_schema s = {.dim = 2, .metric = VD_METRIC_EUCLID, .hnsw_m = 16,
-                               .hnsw_ef_construct = 64, .replication_factor = 1,
-                               .write_consistency_factor = 1};
-    strcpy(s.name, "oom");
+    struct vd_coll *c = create_coll(db, "oom", 2, VD_METRIC_EUCLID, 64, 0);
     struct vd_err e;
-    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
-    assert_int_equal(wait_for(&W), 0);
-    struct vd_coll *c;
-    assert_int_equal(vd_db_coll_get(db, "oom", &c), 0);
 
     float v[5][2];
     struct vd_db_point p[5];
@@ -229,9 +185,7 @@ static void test_index_catches_up_after_failed_apply(void **state)
     assert_int_equal(n, 5);
     vd_db_coll_put(c);
     vd_db_close(db);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    fixture_rmdir();
 }
 
 /* Value of the metric line `name` in the database's metrics, or -1 when absent. */
@@ -268,24 +222,11 @@ static int count_change(uint64_t incarnation, const struct vd_pid *id, uint64_t 
 static void test_change_log_trimmed_after_save(void **state)
 {
     enum { N = 1000, ROUNDS = 3 };
-    strcpy(dir, "/tmp/vd-test-dbr-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    fixture_mkdir();
     /* the linkers never catch up while the points are written: a save must not wait for them */
     vd_db_test_pause_linking(true);
-    struct vd_db *db;
-    struct vd_err e;
-    struct vd_db_opts o = {.data_dir = dir, .no_sync = true, .index_threads = 1,
-                           .index_save_seconds = 1};
-    if (vd_db_open(&o, &db, &e))
-        fail_msg("open: %s", e.msg);
-    struct vd_coll_schema s = {.dim = DIM, .metric = VD_METRIC_EUCLID, .hnsw_m = 16,
-                               .hnsw_ef_construct = 100, .full_scan_threshold_kb = 10,
-                               .replication_factor = 1, .write_consistency_factor = 1};
-    strcpy(s.name, "t");
-    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
-    assert_int_equal(wait_for(&W), 0);
-    struct vd_coll *c;
-    assert_int_equal(vd_db_coll_get(db, "t", &c), 0);
+    struct vd_db *db = open_db_saving(1);
+    struct vd_coll *c = create_coll(db, "t", DIM, VD_METRIC_EUCLID, 100, 10);
     for (int r = 0; r < ROUNDS; r++)
         upsert_range(c, 0, N, false);
     uint64_t last = W.op; /* the change counter of the last overwrite */
@@ -305,26 +246,12 @@ static void test_change_log_trimmed_after_save(void **state)
     vd_db_close(db);
     vd_db_test_pause_linking(false);
 
-    /* A child moves the first N_MOVED points and dies without closing, as kill -9 would. */
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        struct vd_db *cdb;
-        struct vd_coll *cc;
-        if (vd_db_open(&o, &cdb, &e) || vd_db_coll_get(cdb, "t", &cc))
-            _exit(2);
-        upsert_range(cc, 0, N_MOVED, true);
-        _exit(0);
-    }
-    int wst;
-    assert_int_equal(waitpid(pid, &wst, 0), pid);
-    assert_true(WIFEXITED(wst));
-    assert_int_equal(WEXITSTATUS(wst), 0);
+    crash_after_moving("t");
 
     /* the log holds the crashed process's writes only, nothing the saved graph holds */
     struct vd_store *store;
     struct vd_store_opts so = {.dir = dir, .no_sync = true};
+    struct vd_err e;
     assert_int_equal(vd_store_open(&so, &store, &e), 0);
     struct vd_rtxn *t;
     struct changes k = {0};
@@ -338,20 +265,8 @@ static void test_change_log_trimmed_after_save(void **state)
     assert_true(k.min > last);
 
     /* and the restart replays them: the moved points are found where they are now */
-    db = open_db();
-    assert_int_equal(vd_db_coll_get(db, "t", &c), 0);
-    uint64_t n;
-    assert_int_equal(vd_db_count(c, NULL, &n), 0);
-    assert_int_equal(n, N);
-    wait_linked(c);
-    int missed = moved_not_first(c);
-    print_message("moved points not found first after the restart: %d of %d\n", missed, N_MOVED);
-    assert_true(missed <= N_MOVED / 100);
-    vd_db_coll_put(c);
-    vd_db_close(db);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    check_moved_after_restart("t", N);
+    fixture_rmdir();
 }
 
 int main(void)
