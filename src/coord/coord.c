@@ -198,6 +198,15 @@ static void fail_oom(struct vd_coord_op *op)
     op->finished = true;
 }
 
+/* The status an answer is taken with: a wrong-ring answer taken as an ordinary one is a planted
+ * bug, which the simulator's checker must catch. */
+static uint8_t answer_status(const struct vd_coord_op *op, const struct vd_coord_reply *r)
+{
+    if (r->status == VD_COORD_WRONG_RING && op->p.bug == VD_COORD_BUG_IGNORE_WRONG_RING)
+        return VD_COORD_OK;
+    return r->status;
+}
+
 /* Sends the operation's request to a slot's replica; gen 0 starts a new attempt. */
 static void ask(struct vd_coord_op *op, struct slot *s, uint32_t range, uint32_t k, uint32_t gen)
 {
@@ -209,6 +218,17 @@ static void ask(struct vd_coord_op *op, struct slot *s, uint32_t range, uint32_t
         a->range = range;
         a->k = k;
     }
+}
+
+/* Asks the first slot of s[0..n) not asked yet, if any (as ask does). */
+static void ask_next(struct vd_coord_op *op, struct slot *s, unsigned n, uint32_t range, uint32_t k,
+                     uint32_t gen)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (s[i].st == S_IDLE) {
+            ask(op, &s[i], range, k, gen);
+            return;
+        }
 }
 
 static void ask_hint(struct vd_coord_op *op, struct slot *s)
@@ -273,6 +293,13 @@ static const char *kind_name(const struct vd_coord_op *op)
     return op->kind == OP_WRITE ? "write" : op->kind == OP_READ ? "read" : "search";
 }
 
+/* A write or read at its deadline with fewer than `need` answers (acks) fails with the numbers. */
+static void fail_unanswered(struct vd_coord_op *op)
+{
+    FAIL(op, "%s needs %u of %u replicas, %u answered within %" PRIu64 " ms", kind_name(op),
+         op->p.need, op->p.rf, op->acks, op->p.timeout_ms);
+}
+
 /* ---- writes ------------------------------------------------------------------------------ */
 
 static unsigned write_need(const struct vd_coord_op *op)
@@ -313,9 +340,7 @@ static int write_step(struct vd_coord_op *op, const struct vd_coord_reply *r, st
 {
     if (r->type != VD_COORD_R_WRITE)
         return VD_EINVAL;
-    uint8_t status = r->status;
-    if (status == VD_COORD_WRONG_RING && op->p.bug == VD_COORD_BUG_IGNORE_WRONG_RING)
-        status = VD_COORD_OK;
+    uint8_t status = answer_status(op, r);
     switch (status) {
     case VD_COORD_OK:
         if (s->st == S_OK) {
@@ -348,9 +373,7 @@ static int write_step(struct vd_coord_op *op, const struct vd_coord_reply *r, st
 static void write_tick(struct vd_coord_op *op)
 {
     if (op->now >= op->deadline) {
-        if (!op->replied)
-            FAIL(op, "write needs %u of %u replicas, %u answered within %" PRIu64 " ms", op->p.need,
-                 op->p.rf, op->acks, op->p.timeout_ms);
+        fail_unanswered(op);
         for (unsigned i = 0; i < op->n; i++)
             if (op->s[i].st != S_OK)
                 ask_hint(op, &op->s[i]);
@@ -380,11 +403,7 @@ void vd_coord_hinted(struct vd_coord_op *op, uint64_t node)
 
 static void read_ask_next(struct vd_coord_op *op)
 {
-    for (unsigned i = 0; i < op->n; i++)
-        if (op->s[i].st == S_IDLE) {
-            ask(op, &op->s[i], 0, 0, 0);
-            return;
-        }
+    ask_next(op, op->s, op->n, 0, 0, 0);
 }
 
 static void read_start(struct vd_coord_op *op)
@@ -419,18 +438,23 @@ static void repair(struct vd_coord_op *op, struct slot *s)
         a->version.hlc++;
 }
 
+/* A replica holds the newest version (it answered it, or acknowledged its repair): it counts
+ * once toward the repair quorum. */
+static void read_has_newest(struct vd_coord_op *op, struct slot *s)
+{
+    if (s->has_newest)
+        return;
+    s->has_newest = true;
+    op->have++;
+}
+
 /* Weighs one answer against the merged newest: counts it or repairs it. */
 static void read_weigh(struct vd_coord_op *op, struct slot *s)
 {
-    int c = copy_cmp(op, &s->copy, &op->newest);
-    if (c >= 0) {
-        if (!s->has_newest) {
-            s->has_newest = true;
-            op->have++;
-        }
-    } else {
+    if (copy_cmp(op, &s->copy, &op->newest) >= 0)
+        read_has_newest(op, s);
+    else
         repair(op, s);
-    }
 }
 
 static void read_check(struct vd_coord_op *op)
@@ -464,16 +488,12 @@ static void read_check(struct vd_coord_op *op)
 
 static int read_step(struct vd_coord_op *op, const struct vd_coord_reply *r, struct slot *s)
 {
-    uint8_t status = r->status;
-    if (status == VD_COORD_WRONG_RING && op->p.bug == VD_COORD_BUG_IGNORE_WRONG_RING)
-        status = VD_COORD_OK;
+    uint8_t status = answer_status(op, r);
     if (r->type == VD_COORD_R_REPAIR) {
         if (!s->repair_gen || r->attempt != s->repair_gen)
             return 0;
-        if (status == VD_COORD_OK && !s->has_newest) {
-            s->has_newest = true;
-            op->have++;
-        }
+        if (status == VD_COORD_OK)
+            read_has_newest(op, s);
         read_check(op);
         return 0;
     }
@@ -507,8 +527,7 @@ static void read_tick(struct vd_coord_op *op)
 {
     if (op->now >= op->deadline) {
         if (!op->merged)
-            FAIL(op, "read needs %u of %u replicas, %u answered within %" PRIu64 " ms", op->p.need,
-                 op->p.rf, op->acks, op->p.timeout_ms);
+            fail_unanswered(op);
         else
             FAIL(op,
                  "read repair needs the newest version on %u of %u replicas, %u held it within "
@@ -564,13 +583,10 @@ static void search_free_ranges(struct vd_coord_op *op)
     op->n_items = 0;
 }
 
+/* Every request of a round shares the round's attempt. */
 static void range_ask_next(struct vd_coord_op *op, struct range *g, uint32_t r)
 {
-    for (unsigned i = 0; i < g->n; i++)
-        if (g->s[i].st == S_IDLE) {
-            ask(op, &g->s[i], r, g->k, g->gen);
-            return;
-        }
+    ask_next(op, g->s, g->n, r, g->k, g->gen);
 }
 
 /* Starts a round of phase 1 for range r: the first R replicas that have not failed are asked
@@ -787,9 +803,7 @@ static int search_check(struct vd_coord_op *op)
 static int search_phase1(struct vd_coord_op *op, const struct vd_coord_reply *r, struct range *g,
                          struct slot *s)
 {
-    uint8_t status = r->status;
-    if (status == VD_COORD_WRONG_RING && op->p.bug == VD_COORD_BUG_IGNORE_WRONG_RING)
-        status = VD_COORD_OK;
+    uint8_t status = answer_status(op, r);
     if (s->st != S_ASKED || r->attempt != g->gen || g->listed)
         return 0;
     switch (status) {
@@ -830,9 +844,7 @@ static int search_verify(struct vd_coord_op *op, const struct vd_coord_reply *r,
         g->n_cands ? bsearch(&key, g->cands, g->n_cands, sizeof(*g->cands), cand_cmp) : NULL;
     if (!rc || !(rc->pending >> i & 1))
         return 0;
-    uint8_t status = r->status;
-    if (status == VD_COORD_WRONG_RING && op->p.bug == VD_COORD_BUG_IGNORE_WRONG_RING)
-        status = VD_COORD_OK;
+    uint8_t status = answer_status(op, r);
     if (status != VD_COORD_OK) {
         /* The range cannot be verified with this replica: run its round again, without it
          * when it refused, after catching up when the ring moved. */
@@ -866,6 +878,29 @@ static int search_verify(struct vd_coord_op *op, const struct vd_coord_reply *r,
     return search_check(op);
 }
 
+/* The range whose replicas are those of the arc ending at token end, added when no range has
+ * that replica set yet. */
+static uint32_t range_of(struct vd_coord_op *op, const struct vd_coord_ring *ring, uint64_t end)
+{
+    uint64_t ids[VD_COORD_MAX_RF];
+    size_t n = vd_coord_ring_replicas(ring, end, op->p.rf, ids);
+    for (uint32_t r = 0; r < op->n_ranges; r++) {
+        struct range *g = &op->ranges[r];
+        bool same = g->n == n;
+        for (size_t a = 0; a < n && same; a++)
+            same = find_slot(g->s, g->n, ids[a]) != NULL;
+        if (same)
+            return r;
+    }
+    struct range *g = &op->ranges[op->n_ranges];
+    for (size_t a = 0; a < n; a++)
+        g->s[a].node = ids[a];
+    g->n = (unsigned)n;
+    g->k = op->offset + op->limit;
+    g->round = 1;
+    return op->n_ranges++;
+}
+
 /* Splits the ring into arcs and groups the arcs by replica set: one phase-1 request per replica
  * per group rather than per token. */
 static int search_place(struct vd_coord_op *op, const struct vd_coord_ring *ring)
@@ -880,38 +915,12 @@ static int search_place(struct vd_coord_op *op, const struct vd_coord_ring *ring
         uint64_t start = ring->tokens[(i + nt - 1) % nt].token, end = ring->tokens[i].token;
         if (nt > 1 && start == end)
             continue; /* equal tokens: an empty arc, not the whole ring */
-        uint64_t ids[VD_COORD_MAX_RF];
-        size_t n = vd_coord_ring_replicas(ring, end, op->p.rf, ids);
-        uint32_t r;
-        for (r = 0; r < op->n_ranges; r++) {
-            struct range *g = &op->ranges[r];
-            bool same = g->n == n;
-            for (size_t a = 0; a < n && same; a++)
-                same = find_slot(g->s, g->n, ids[a]) != NULL;
-            if (same)
-                break;
-        }
-        if (r == op->n_ranges) {
-            struct range *g = &op->ranges[op->n_ranges++];
-            for (size_t a = 0; a < n; a++)
-                g->s[a].node = ids[a];
-            g->n = (unsigned)n;
-            g->k = op->offset + op->limit;
-            g->round = 1;
-        }
-        op->arcs[op->n_arcs++] = (struct arc){start, end, r};
+        op->arcs[op->n_arcs++] = (struct arc){start, end, range_of(op, ring, end)};
     }
     if (op->n_arcs == 0 && nt) {
         /* Every token at one position: one arc, the whole ring. */
-        uint64_t ids[VD_COORD_MAX_RF];
-        size_t n = vd_coord_ring_replicas(ring, ring->tokens[0].token, op->p.rf, ids);
-        struct range *g = &op->ranges[op->n_ranges++];
-        for (size_t a = 0; a < n; a++)
-            g->s[a].node = ids[a];
-        g->n = (unsigned)n;
-        g->k = op->offset + op->limit;
-        g->round = 1;
-        op->arcs[op->n_arcs++] = (struct arc){ring->tokens[0].token, ring->tokens[0].token, 0};
+        uint64_t t = ring->tokens[0].token;
+        op->arcs[op->n_arcs++] = (struct arc){t, t, range_of(op, ring, t)};
     }
     op->ring_version = ring->version;
     return 0;
@@ -1015,33 +1024,37 @@ static bool enough_replicas(struct vd_coord_op *op, unsigned have)
     return false;
 }
 
-int vd_coord_write_new(const struct vd_coord_params *p, const struct vd_coord_ring *ring,
-                       uint64_t hash, struct vd_version version, struct vd_coord_op **out)
+/* A write or a read of one hash: placed, and its first replicas asked. */
+static int point_new(const struct vd_coord_params *p, const struct vd_coord_ring *ring,
+                     uint8_t kind, uint64_t hash, struct vd_version version,
+                     struct vd_coord_op **out)
 {
-    int rc = op_new(p, ring, OP_WRITE, out);
+    int rc = op_new(p, ring, kind, out);
     if (rc)
         return rc;
     struct vd_coord_op *op = *out;
     op->hash = hash;
     op->version = version;
     place(op, ring);
-    if (enough_replicas(op, op->n))
+    if (!enough_replicas(op, op->n))
+        return 0;
+    if (kind == OP_WRITE)
         write_start(op);
+    else
+        read_start(op);
     return 0;
+}
+
+int vd_coord_write_new(const struct vd_coord_params *p, const struct vd_coord_ring *ring,
+                       uint64_t hash, struct vd_version version, struct vd_coord_op **out)
+{
+    return point_new(p, ring, OP_WRITE, hash, version, out);
 }
 
 int vd_coord_read_new(const struct vd_coord_params *p, const struct vd_coord_ring *ring,
                       uint64_t hash, struct vd_coord_op **out)
 {
-    int rc = op_new(p, ring, OP_READ, out);
-    if (rc)
-        return rc;
-    struct vd_coord_op *op = *out;
-    op->hash = hash;
-    place(op, ring);
-    if (enough_replicas(op, op->n))
-        read_start(op);
-    return 0;
+    return point_new(p, ring, OP_READ, hash, (struct vd_version){0}, out);
 }
 
 int vd_coord_search_new(const struct vd_coord_params *p, const struct vd_coord_ring *ring,
@@ -1162,6 +1175,15 @@ int vd_coord_reroute(struct vd_coord_op *op, const struct vd_coord_ring *ring)
     return 0;
 }
 
+/* The earlier of t and the first retry time among s[0..n). */
+static uint64_t first_retry(const struct slot *s, unsigned n, uint64_t t)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (s[i].st == S_RETRY && s[i].retry_at < t)
+            t = s[i].retry_at;
+    return t;
+}
+
 uint64_t vd_coord_next_deadline(const struct vd_coord_op *op)
 {
     if (op->finished)
@@ -1169,16 +1191,13 @@ uint64_t vd_coord_next_deadline(const struct vd_coord_op *op)
     uint64_t t = op->deadline;
     if (op->kind == OP_READ && !op->merged && op->spec_at < t)
         t = op->spec_at;
-    for (unsigned i = 0; op->kind != OP_SEARCH && i < op->n; i++)
-        if (op->s[i].st == S_RETRY && op->s[i].retry_at < t)
-            t = op->s[i].retry_at;
+    if (op->kind != OP_SEARCH)
+        t = first_retry(op->s, op->n, t);
     for (uint32_t r = 0; op->kind == OP_SEARCH && r < op->n_ranges; r++) {
         const struct range *g = &op->ranges[r];
         if (!g->listed && g->spec_at < t)
             t = g->spec_at;
-        for (unsigned i = 0; i < g->n; i++)
-            if (g->s[i].st == S_RETRY && g->s[i].retry_at < t)
-                t = g->s[i].retry_at;
+        t = first_retry(g->s, g->n, t);
     }
     return t;
 }
