@@ -140,15 +140,72 @@ static void step_ok(struct vd_coord_op *op, const struct vd_coord_reply *r)
     assert_int_equal(vd_coord_step(op, r), 0);
 }
 
+/* A write of hash 150 (replicas 2, 3, 1) at W = need, its first actions drained into x. */
+static struct vd_coord_op *write_150(unsigned need, struct acts *x)
+{
+    struct vd_coord_params p = params(need);
+    struct vd_coord_op *op;
+    assert_int_equal(vd_coord_write_new(&p, &ring3, 150, (struct vd_version){77, 1}, &op), 0);
+    drain(op, x);
+    return op;
+}
+
+/* A read of hash 150 at R = need, preferring node prefer (0: none), first actions in x. */
+static struct vd_coord_op *read_150(unsigned need, uint64_t prefer, struct acts *x)
+{
+    struct vd_coord_params p = params(need);
+    p.prefer = prefer;
+    struct vd_coord_op *op;
+    assert_int_equal(vd_coord_read_new(&p, &ring3, 150, &op), 0);
+    drain(op, x);
+    return op;
+}
+
+/* A search of ring3 at R = 2 for offset + limit, its first actions drained into x. */
+static struct vd_coord_op *search_ring3(uint32_t offset, uint32_t limit, struct acts *x)
+{
+    struct vd_coord_params p = params(2);
+    struct vd_coord_op *op;
+    assert_int_equal(vd_coord_search_new(&p, &ring3, offset, limit, &op), 0);
+    drain(op, x);
+    return op;
+}
+
+/* The operation answered the client VD_EUNAVAIL with exactly msg. */
+static void assert_unavailable(const struct vd_coord_op *op, const char *msg)
+{
+    struct vd_err e;
+    assert_int_equal(vd_coord_result(op, &e), VD_EUNAVAIL);
+    assert_string_equal(e.msg, msg);
+}
+
+/* A replica answers phase 1 of a search request a with the list l[0..n). */
+static void list_reply(struct vd_coord_op *op, const struct vd_coord_action *a,
+                       struct vd_coord_cand *l, size_t n, bool complete)
+{
+    struct vd_coord_reply r = ack_of(a, VD_COORD_R_SEARCH, VD_COORD_OK);
+    r.cands = l;
+    r.n_cands = n;
+    r.complete = complete;
+    step_ok(op, &r);
+}
+
+/* A replica answers the verify request a: it holds copy c of the point a names. */
+static void verify_reply(struct vd_coord_op *op, const struct vd_coord_action *a,
+                         struct vd_coord_copy c)
+{
+    struct vd_coord_reply r = ack_of(a, VD_COORD_R_VERIFY, VD_COORD_OK);
+    r.id = a->id;
+    r.copy = c;
+    step_ok(op, &r);
+}
+
 /* ---- writes ------------------------------------------------------------------------------ */
 
 static void test_write_quorum_and_hints(void **state)
 {
-    struct vd_coord_params p = params(2);
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_write_new(&p, &ring3, 150, (struct vd_version){77, 1}, &op), 0);
     struct acts x;
-    drain(op, &x);
+    struct vd_coord_op *op = write_150(2, &x);
     assert_int_equal(count(&x, VD_COORD_SEND), 3);
     assert_int_equal(x.a[0].node, 2);
     assert_int_equal(x.a[0].ring_version, 5);
@@ -182,11 +239,8 @@ static void test_write_quorum_and_hints(void **state)
 
 static void test_write_fails_at_deadline_with_numbers(void **state)
 {
-    struct vd_coord_params p = params(2);
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_write_new(&p, &ring3, 150, (struct vd_version){77, 1}, &op), 0);
     struct acts x;
-    drain(op, &x);
+    struct vd_coord_op *op = write_150(2, &x);
     struct vd_coord_reply r = ack_of(find(&x, VD_COORD_SEND, 3), VD_COORD_R_WRITE, VD_COORD_OK);
     step_ok(op, &r);
     /* A replica whose connection closed gets its hint at once; the hint is no ack. */
@@ -203,37 +257,27 @@ static void test_write_fails_at_deadline_with_numbers(void **state)
     assert_non_null(find(&x, VD_COORD_REPLY, 0));
     assert_non_null(find(&x, VD_COORD_HINT, 1));
     assert_null(find(&x, VD_COORD_HINT, 2)); /* hinted once */
-    struct vd_err e;
-    assert_int_equal(vd_coord_result(op, &e), VD_EUNAVAIL);
-    assert_string_equal(e.msg, "write needs 2 of 3 replicas, 1 answered within 2000 ms");
+    assert_unavailable(op, "write needs 2 of 3 replicas, 1 answered within 2000 ms");
     vd_coord_op_free(op);
 }
 
 static void test_write_fails_fast_when_w_unreachable(void **state)
 {
-    struct vd_coord_params p = params(3);
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_write_new(&p, &ring3, 150, (struct vd_version){77, 1}, &op), 0);
     struct acts x;
-    drain(op, &x);
+    struct vd_coord_op *op = write_150(3, &x);
     struct vd_coord_reply r =
         ack_of(find(&x, VD_COORD_SEND, 1), VD_COORD_R_WRITE, VD_COORD_REFUSED);
     step_ok(op, &r);
     drain(op, &x);
-    struct vd_err e;
-    assert_int_equal(vd_coord_result(op, &e), VD_EUNAVAIL);
-    assert_string_equal(e.msg, "write needs 3 of 3 replicas, 0 answered and 1 refused");
+    assert_unavailable(op, "write needs 3 of 3 replicas, 0 answered and 1 refused");
     assert_non_null(find(&x, VD_COORD_HINT, 1));
     vd_coord_op_free(op);
 }
 
 static void test_write_wrong_ring(void **state)
 {
-    struct vd_coord_params p = params(2);
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_write_new(&p, &ring3, 150, (struct vd_version){77, 1}, &op), 0);
     struct acts x;
-    drain(op, &x);
+    struct vd_coord_op *op = write_150(2, &x);
     struct vd_coord_action s1 = *find(&x, VD_COORD_SEND, 1), s2 = *find(&x, VD_COORD_SEND, 2);
     /* A replica ahead of us: it counts nothing, and the operation catches up. */
     struct vd_coord_reply r = ack_of(&s2, VD_COORD_R_WRITE, VD_COORD_WRONG_RING);
@@ -294,9 +338,7 @@ static void test_bad_params(void **state)
     struct vd_coord_ring ring1 = {.version = 1, .tokens = one, .n_tokens = 1};
     p = params(2);
     assert_int_equal(vd_coord_write_new(&p, &ring1, 1, (struct vd_version){1, 1}, &op), 0);
-    struct vd_err e;
-    assert_int_equal(vd_coord_result(op, &e), VD_EUNAVAIL);
-    assert_string_equal(e.msg, "write needs 2 of 3 replicas, the ring has 1");
+    assert_unavailable(op, "write needs 2 of 3 replicas, the ring has 1");
     assert_true(vd_coord_ready(op, &(const struct vd_coord_action *){0}, &(size_t){0}));
     vd_coord_advance(op);
     assert_true(vd_coord_done(op));
@@ -315,12 +357,8 @@ static struct vd_coord_reply read_reply(const struct vd_coord_action *a, bool pr
 
 static void test_read_blocking_repair(void **state)
 {
-    struct vd_coord_params p = params(2);
-    p.prefer = 1; /* the coordinator is replica 1: asked first */
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_read_new(&p, &ring3, 150, &op), 0);
     struct acts x;
-    drain(op, &x);
+    struct vd_coord_op *op = read_150(2, 1, &x); /* the coordinator is replica 1: asked first */
     assert_int_equal(count(&x, VD_COORD_SEND), 2);
     assert_int_equal(x.a[0].node, 1);
     assert_int_equal(x.a[1].node, 2);
@@ -353,11 +391,8 @@ static void test_read_blocking_repair(void **state)
 
 static void test_read_background_repair_and_tombstone(void **state)
 {
-    struct vd_coord_params p = params(1);
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_read_new(&p, &ring3, 150, &op), 0);
     struct acts x;
-    drain(op, &x);
+    struct vd_coord_op *op = read_150(1, 0, &x);
     assert_int_equal(count(&x, VD_COORD_SEND), 1);
     /* Silent for the speculative delay: one more replica is asked. */
     vd_coord_tick(op, 1019);
@@ -393,11 +428,8 @@ static void test_read_background_repair_and_tombstone(void **state)
 
 static void test_read_timeout(void **state)
 {
-    struct vd_coord_params p = params(3);
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_read_new(&p, &ring3, 150, &op), 0);
     struct acts x;
-    drain(op, &x);
+    struct vd_coord_op *op = read_150(3, 0, &x);
     struct vd_coord_reply r = read_reply(&x.a[0], false, false, 0, 0);
     step_ok(op, &r);
     /* A wrong-ring answer from a replica ahead counts nothing. */
@@ -408,9 +440,7 @@ static void test_read_timeout(void **state)
     assert_non_null(find(&x, VD_COORD_NEED_RING, 0));
     vd_coord_tick(op, 3000);
     drain(op, &x);
-    struct vd_err e;
-    assert_int_equal(vd_coord_result(op, &e), VD_EUNAVAIL);
-    assert_string_equal(e.msg, "read needs 3 of 3 replicas, 1 answered within 2000 ms");
+    assert_unavailable(op, "read needs 3 of 3 replicas, 1 answered within 2000 ms");
     vd_coord_op_free(op);
 }
 
@@ -424,28 +454,19 @@ static struct vd_pid pid(uint64_t n)
 static void test_search_verifies_disagreement(void **state)
 {
     /* One range (every arc has replicas {1, 2, 3}), R = 2. */
-    struct vd_coord_params p = params(2);
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_search_new(&p, &ring3, 0, 2, &op), 0);
+    struct acts x;
+    struct vd_coord_op *op = search_ring3(0, 2, &x);
     assert_int_equal(vd_coord_search_n_ranges(op), 1);
     assert_true(vd_coord_search_in_range(op, 0, 0));
     assert_true(vd_coord_search_in_range(op, 0, UINT64_MAX));
-    struct acts x;
-    drain(op, &x);
     assert_int_equal(count(&x, VD_COORD_SEND), 2);
     assert_int_equal(x.a[0].k, 2);
     struct vd_coord_action a = x.a[0], b = x.a[1];
     /* a is stale: it still lists point 7 at an old version with a high score; b lists 8, 9. */
     struct vd_coord_cand la[] = {{pid(7), {10, 1}, 0.9f}, {pid(8), {20, 1}, 0.5f}};
     struct vd_coord_cand lb[] = {{pid(8), {20, 1}, 0.5f}, {pid(9), {30, 1}, 0.4f}};
-    struct vd_coord_reply r = ack_of(&a, VD_COORD_R_SEARCH, VD_COORD_OK);
-    r.cands = la;
-    r.n_cands = 2;
-    step_ok(op, &r);
-    r = ack_of(&b, VD_COORD_R_SEARCH, VD_COORD_OK);
-    r.cands = lb;
-    r.n_cands = 2;
-    step_ok(op, &r);
+    list_reply(op, &a, la, 2, false);
+    list_reply(op, &b, lb, 2, false);
     drain(op, &x);
     /* 8 agreed; 7 is verified with b and 9 with a. */
     assert_int_equal(count(&x, VD_COORD_VERIFY), 2);
@@ -461,14 +482,8 @@ static void test_search_verifies_disagreement(void **state)
     assert_int_equal(v7->node, b.node);
     assert_int_equal(v9->node, a.node);
     /* b holds a newer tombstone of 7: dropped. a lacks 9: 9 stands, a is stale. */
-    r = ack_of(v7, VD_COORD_R_VERIFY, VD_COORD_OK);
-    r.id = pid(7);
-    r.copy = (struct vd_coord_copy){true, true, {40, 2}};
-    step_ok(op, &r);
-    r = ack_of(v9, VD_COORD_R_VERIFY, VD_COORD_OK);
-    r.id = pid(9);
-    r.copy = (struct vd_coord_copy){false, false, {0, 0}};
-    step_ok(op, &r);
+    verify_reply(op, v7, (struct vd_coord_copy){true, true, {40, 2}});
+    verify_reply(op, v9, (struct vd_coord_copy){false, false, {0, 0}});
     drain(op, &x);
     /* a's list was truncated at 0.5, and the result reaches 0.4 (below it): asked again, twice
      * the limit. */
@@ -477,25 +492,15 @@ static void test_search_verifies_disagreement(void **state)
     assert_int_equal(x.a[0].k, 4);
     a = x.a[0];
     b = x.a[1];
-    r = ack_of(&a, VD_COORD_R_SEARCH, VD_COORD_OK);
-    r.cands = la;
-    r.n_cands = 2;
-    r.complete = true;
-    step_ok(op, &r);
-    r = ack_of(&b, VD_COORD_R_SEARCH, VD_COORD_OK);
-    r.cands = lb;
-    r.n_cands = 2;
-    r.complete = true;
-    step_ok(op, &r);
+    list_reply(op, &a, la, 2, true);
+    list_reply(op, &b, lb, 2, true);
     drain(op, &x);
     for (size_t i = 0; i < x.n; i++) {
         if (x.a[i].type != VD_COORD_VERIFY)
             continue;
-        r = ack_of(&x.a[i], VD_COORD_R_VERIFY, VD_COORD_OK);
-        r.id = x.a[i].id;
-        r.copy = x.a[i].id.u.num == 7 ? (struct vd_coord_copy){true, true, {40, 2}}
-                                      : (struct vd_coord_copy){false, false, {0, 0}};
-        step_ok(op, &r);
+        verify_reply(op, &x.a[i],
+                     x.a[i].id.u.num == 7 ? (struct vd_coord_copy){true, true, {40, 2}}
+                                          : (struct vd_coord_copy){false, false, {0, 0}});
     }
     drain(op, &x);
     assert_non_null(find(&x, VD_COORD_REPLY, 0));
@@ -517,11 +522,8 @@ static void test_search_verifies_disagreement(void **state)
 
 static void test_search_rounds_capped(void **state)
 {
-    struct vd_coord_params p = params(2);
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_search_new(&p, &ring3, 0, 2, &op), 0);
     struct acts x;
-    drain(op, &x);
+    struct vd_coord_op *op = search_ring3(0, 2, &x);
     /* Replica a keeps listing stale points that b holds as newer tombstones, and b lists
      * nothing: every round verifies to an empty result while a's list was truncated, so the
      * range is asked again with 4, then 8, and after the third round the (empty) answer is
@@ -534,22 +536,13 @@ static void test_search_rounds_capped(void **state)
         struct vd_coord_cand l[8];
         for (uint32_t i = 0; i < a.k; i++)
             l[i] = (struct vd_coord_cand){pid(i + 1), {1, 1}, 1.0f - (float)i * 0.1f};
-        struct vd_coord_reply r = ack_of(&a, VD_COORD_R_SEARCH, VD_COORD_OK);
-        r.cands = l;
-        r.n_cands = a.k;
-        step_ok(op, &r);
-        r = ack_of(&b, VD_COORD_R_SEARCH, VD_COORD_OK);
-        r.complete = true;
-        step_ok(op, &r);
+        list_reply(op, &a, l, a.k, false);
+        list_reply(op, &b, NULL, 0, true);
         drain(op, &x);
         assert_int_equal(count(&x, VD_COORD_VERIFY), a.k);
         struct acts v = x;
-        for (size_t i = 0; i < v.n; i++) {
-            r = ack_of(&v.a[i], VD_COORD_R_VERIFY, VD_COORD_OK);
-            r.id = v.a[i].id;
-            r.copy = (struct vd_coord_copy){true, true, {2, 2}};
-            step_ok(op, &r);
-        }
+        for (size_t i = 0; i < v.n; i++)
+            verify_reply(op, &v.a[i], (struct vd_coord_copy){true, true, {2, 2}});
         drain(op, &x);
     }
     assert_int_equal(ks[0], 2);
@@ -568,11 +561,8 @@ static void test_search_rounds_capped(void **state)
 
 static void test_search_timeout(void **state)
 {
-    struct vd_coord_params p = params(2);
-    struct vd_coord_op *op;
-    assert_int_equal(vd_coord_search_new(&p, &ring3, 0, 5, &op), 0);
     struct acts x;
-    drain(op, &x);
+    struct vd_coord_op *op = search_ring3(0, 5, &x);
     /* One replica refuses: the next one is asked in its place. */
     struct vd_coord_reply r = ack_of(&x.a[0], VD_COORD_R_SEARCH, VD_COORD_REFUSED);
     step_ok(op, &r);
@@ -580,11 +570,8 @@ static void test_search_timeout(void **state)
     assert_int_equal(count(&x, VD_COORD_SEND), 1);
     vd_coord_tick(op, 3000);
     drain(op, &x);
-    struct vd_err e;
-    assert_int_equal(vd_coord_result(op, &e), VD_EUNAVAIL);
-    assert_string_equal(
-        e.msg,
-        "search needs 2 of 3 replicas of every range, 0 of 1 ranges answered within 2000 ms");
+    assert_unavailable(
+        op, "search needs 2 of 3 replicas of every range, 0 of 1 ranges answered within 2000 ms");
     vd_coord_op_free(op);
 }
 
