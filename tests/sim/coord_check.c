@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "coord_check.h"
+#include "sim_common.h"
 
 char chk_violation[512];
 uint64_t chk_checks;
@@ -70,20 +71,6 @@ static void violation(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(chk_violation, sizeof(chk_violation), fmt, ap);
     va_end(ap);
-}
-
-void *sim_grow(void *p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return p;
-    size_t c = *cap ? *cap * 2 : 64;
-    while (c < need)
-        c *= 2;
-    void *q = realloc(p, c * elem);
-    if (!q)
-        abort();
-    *cap = c;
-    return q;
 }
 
 #define V(v) (v).hlc >> 16, (v).hlc & 0xffff, (v).node

@@ -51,9 +51,6 @@ void chk_search_end(uint32_t sid, const struct vd_coord_item *items, const unsig
 /* I6, after healing, hint drain and one read-all sweep. */
 void chk_final(void);
 
-/* Grows an array to hold need elements (doubling); aborts when memory runs out. */
-void *sim_grow(void *p, size_t *cap, size_t need, size_t elem);
-
 /* The score replicas and the checker both use: negated squared distance (higher is better). */
 static inline float chk_score(const float q[2], const float v[2])
 {

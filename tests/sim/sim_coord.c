@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "coord_check.h"
+#include "sim_common.h"
 #include "vectord/coord.h"
 #include "vectord/core.h"
 
@@ -34,23 +35,6 @@
 
 /* ---- deterministic randomness ------------------------------------------------------------ */
 
-static uint64_t rng_state;
-
-static uint64_t rnd(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-static uint64_t rnd_below(uint64_t n)
-{
-    return n ? rnd() % n : 0;
-}
-static bool chance(double p)
-{
-    return (double)(rnd() >> 11) / 9007199254740992.0 < p;
-}
 static float rnd_unit(void)
 {
     return (float)((double)(rnd() >> 40) / (double)(1u << 24)) * 2.0f - 1.0f;
@@ -84,7 +68,7 @@ struct msg {
 };
 
 struct event {
-    uint64_t at, seq;
+    uint64_t at, seq; /* struct sim_when */
     struct msg m;
 };
 
@@ -145,8 +129,7 @@ static struct {
     struct vd_coord_token tokens[MAX_NODES * 4];
     size_t n_tokens;
     uint64_t ring_ver; /* the newest ring version */
-    struct event *heap;
-    size_t n_heap, cap_heap;
+    struct sim_heap events;
     struct write *writes;
     size_t n_writes, cap_writes;
     struct sop ops[MAX_OPS];
@@ -175,48 +158,19 @@ static void vlog(const char *fmt, ...)
     va_end(ap);
 }
 
-/* ---- event heap -------------------------------------------------------------------------- */
-
-static bool ev_less(const struct event *a, const struct event *b)
-{
-    return a->at < b->at || (a->at == b->at && a->seq < b->seq);
-}
+/* ---- event queue ------------------------------------------------------------------------- */
 
 static void push_event(uint64_t at, const struct msg *m)
 {
-    S.heap = sim_grow(S.heap, &S.cap_heap, S.n_heap + 1, sizeof(*S.heap));
-    size_t i = S.n_heap++;
-    S.heap[i] = (struct event){at, S.seq++, *m};
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!ev_less(&S.heap[i], &S.heap[p]))
-            break;
-        struct event t = S.heap[i];
-        S.heap[i] = S.heap[p];
-        S.heap[p] = t;
-        i = p;
-    }
+    struct event e = {at, S.seq++, *m};
+    sim_heap_push(&S.events, &e, sizeof(e));
 }
 
 static struct event pop_event(void)
 {
-    struct event top = S.heap[0];
-    S.heap[0] = S.heap[--S.n_heap];
-    size_t i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < S.n_heap && ev_less(&S.heap[l], &S.heap[m]))
-            m = l;
-        if (r < S.n_heap && ev_less(&S.heap[r], &S.heap[m]))
-            m = r;
-        if (m == i)
-            break;
-        struct event t = S.heap[i];
-        S.heap[i] = S.heap[m];
-        S.heap[m] = t;
-        i = m;
-    }
-    return top;
+    struct event e;
+    sim_heap_pop(&S.events, &e);
+    return e;
 }
 
 /* ---- nodes, ring, network ---------------------------------------------------------------- */
@@ -915,8 +869,8 @@ static bool step(uint64_t until)
                 kind = 1;
             }
         }
-    if (S.n_heap && S.heap[0].at < best) {
-        best = S.heap[0].at;
+    if (sim_heap_next(&S.events) < best) {
+        best = sim_heap_next(&S.events);
         kind = 2;
     }
     if (S.clients && S.next_client < best) {
@@ -1005,11 +959,11 @@ static void sim_reset(void)
     for (int i = 0; i < MAX_OPS; i++)
         if (S.ops[i].used)
             op_finish(&S.ops[i]);
-    for (size_t i = 0; i < S.n_heap; i++)
-        free_msg(&S.heap[i].m);
+    for (size_t i = 0; i < S.events.n; i++)
+        free_msg(&((struct event *)sim_heap_at(&S.events, i))->m);
     for (unsigned i = 0; i <= MAX_NODES; i++)
         free(S.nodes[i].hints);
-    free(S.heap);
+    sim_heap_free(&S.events);
     free(S.writes);
     bool verbose = S.verbose;
     enum vd_coord_bug bug = S.bug;
@@ -1038,7 +992,7 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
 {
     sim_reset();
     S.seed = seed;
-    rng_state = seed * 0x2545F4914F6CDD1DULL + 1;
+    sim_seed(seed);
     S.now = BASE_MS;
     S.n_nodes = 3 + (unsigned)rnd_below(3);
     S.n_keys = 3 + (unsigned)rnd_below(6);

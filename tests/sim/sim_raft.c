@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sim_common.h"
 #include "vectord/core.h"
 #include "vectord/raft.h"
 
@@ -27,26 +28,6 @@
 #define MAX_MEMBERS 7 /* size of the configuration */
 #define MAX_CMDS 4096 /* client commands per run; the state machine is a bitset of them */
 #define SNAP_EVERY 24 /* applied entries between snapshots */
-
-/* ---- deterministic randomness ------------------------------------------------------------ */
-
-static uint64_t rng_state;
-
-static uint64_t rnd(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-static uint64_t rnd_below(uint64_t n)
-{
-    return n ? rnd() % n : 0;
-}
-static bool chance(double p)
-{
-    return (double)(rnd() >> 11) / 9007199254740992.0 < p;
-}
 
 /* ---- state ------------------------------------------------------------------------------- */
 
@@ -96,7 +77,7 @@ struct node {
 };
 
 struct event {
-    uint64_t at, seq;
+    uint64_t at, seq; /* struct sim_when */
     int to;
     struct qmsg q;
 };
@@ -118,9 +99,7 @@ struct sim {
     double loss, dup;
     uint32_t delay_max;
     struct vd_raft_config cfg;
-    /* event heap */
-    struct event *heap;
-    size_t n_heap, cap_heap;
+    struct sim_heap events;
     uint64_t next_action, next_client;
     uint64_t crash_leader_at; /* a leader crash in the middle of its work; 0 = none */
     /* checker */
@@ -178,21 +157,6 @@ static void violation(const char *fmt, ...)
     va_end(ap);
 }
 
-static void *grow(void *p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return p;
-    size_t c = *cap ? *cap : 64;
-    while (c < need)
-        c *= 2;
-    uint8_t *q = realloc(p, c * elem);
-    if (!q)
-        abort();
-    memset(q + *cap * elem, 0, (c - *cap) * elem);
-    *cap = c;
-    return q;
-}
-
 static uint8_t *dup_bytes(const void *p, size_t n)
 {
     if (!n)
@@ -202,50 +166,6 @@ static uint8_t *dup_bytes(const void *p, size_t n)
         abort();
     memcpy(q, p, n);
     return q;
-}
-
-/* ---- event heap -------------------------------------------------------------------------- */
-
-static bool ev_less(const struct event *a, const struct event *b)
-{
-    return a->at < b->at || (a->at == b->at && a->seq < b->seq);
-}
-
-static void heap_push(struct event *e)
-{
-    S.heap = grow(S.heap, &S.cap_heap, S.n_heap + 1, sizeof(*S.heap));
-    size_t i = S.n_heap++;
-    S.heap[i] = *e;
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!ev_less(&S.heap[i], &S.heap[p]))
-            break;
-        struct event t = S.heap[i];
-        S.heap[i] = S.heap[p];
-        S.heap[p] = t;
-        i = p;
-    }
-}
-
-static struct event heap_pop(void)
-{
-    struct event top = S.heap[0];
-    S.heap[0] = S.heap[--S.n_heap];
-    size_t i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < S.n_heap && ev_less(&S.heap[l], &S.heap[m]))
-            m = l;
-        if (r < S.n_heap && ev_less(&S.heap[r], &S.heap[m]))
-            m = r;
-        if (m == i)
-            break;
-        struct event t = S.heap[i];
-        S.heap[i] = S.heap[m];
-        S.heap[m] = t;
-        i = m;
-    }
-    return top;
 }
 
 static void qmsg_copy(struct qmsg *q, const struct vd_raft_msg *m)
@@ -299,7 +219,7 @@ static void disk_append(struct disk *d, const struct vd_raft_entry *e)
                   d->snap_index + d->n_ents);
         return;
     }
-    d->ents = grow(d->ents, &d->cap, d->n_ents + 1, sizeof(*d->ents));
+    d->ents = sim_grow(d->ents, &d->cap, d->n_ents + 1, sizeof(*d->ents));
     d->ents[d->n_ents] = *e;
     d->ents[d->n_ents].data = dup_bytes(e->data, e->len);
     d->n_ents++;
@@ -374,7 +294,7 @@ static void sm_decode(struct sm *s, const uint8_t *buf, size_t len)
 
 static void check_chain(struct node *n)
 {
-    S.chain = grow(S.chain, &S.cap_chain, n->sm.index + 1, sizeof(*S.chain));
+    S.chain = sim_grow(S.chain, &S.cap_chain, n->sm.index + 1, sizeof(*S.chain));
     if (S.chain[n->sm.index] == 0)
         S.chain[n->sm.index] = n->sm.hash;
     else if (S.chain[n->sm.index] != n->sm.hash)
@@ -409,7 +329,7 @@ static void sm_apply(struct node *n, const struct vd_raft_entry *e)
         if (e->index > S.max_acked_index)
             S.max_acked_index = e->index;
     }
-    S.chain = grow(S.chain, &S.cap_chain, e->index + 1, sizeof(*S.chain));
+    S.chain = sim_grow(S.chain, &S.cap_chain, e->index + 1, sizeof(*S.chain));
     if (e->type == VD_RAFT_ENTRY_CONF && S.chain[e->index] == 0 && e->index > 1)
         T.confs++;
     if (e->type == VD_RAFT_ENTRY_CONF &&
@@ -491,7 +411,7 @@ static void net_send(const struct vd_raft_msg *m)
     static size_t wire_cap;
     static struct vd_raft_entry ents[4096];
     size_t need = vd_raft_msg_size(m);
-    wire = grow(wire, &wire_cap, need, 1);
+    wire = sim_grow(wire, &wire_cap, need, 1);
     size_t n = vd_raft_msg_encode(m, wire);
     struct vd_raft_msg dm;
     if (n != need || vd_raft_msg_decode(wire, n, &dm, ents, 4096) != 0) {
@@ -502,7 +422,7 @@ static void net_send(const struct vd_raft_msg *m)
     for (int c = 0; c < copies; c++) {
         struct event e = {.at = S.now + 1 + rnd_below(S.delay_max), .seq = S.seq++, .to = to};
         qmsg_copy(&e.q, &dm);
-        heap_push(&e);
+        sim_heap_push(&S.events, &e, sizeof(e));
     }
 }
 
@@ -646,7 +566,7 @@ static void check_node(struct node *n)
 
     /* Election safety: at most one leader per term. */
     if (vd_raft_role(r) == VD_RAFT_LEADER) {
-        S.leader_of_term = grow(S.leader_of_term, &S.cap_lot, term + 1, sizeof(uint64_t));
+        S.leader_of_term = sim_grow(S.leader_of_term, &S.cap_lot, term + 1, sizeof(uint64_t));
         if (S.leader_of_term[term] == 0) {
             S.leader_of_term[term] = n->id;
             T.elections++;
@@ -674,8 +594,8 @@ static void check_node(struct node *n)
 
     /* Committed entries: one term per index, ever. */
     uint64_t commit = vd_raft_commit(r);
-    S.committed_term = grow(S.committed_term, &S.cap_ct, commit + 1, sizeof(uint64_t));
-    S.commit_seen_term = grow(S.commit_seen_term, &S.cap_cst, commit + 1, sizeof(uint64_t));
+    S.committed_term = sim_grow(S.committed_term, &S.cap_ct, commit + 1, sizeof(uint64_t));
+    S.commit_seen_term = sim_grow(S.commit_seen_term, &S.cap_cst, commit + 1, sizeof(uint64_t));
     for (uint64_t i = first; i <= commit && i <= last; i++) {
         uint64_t t = vd_raft_term_at(r, i);
         if (S.commit_seen_term[i] == 0 || term < S.commit_seen_term[i])
@@ -722,7 +642,7 @@ static void check_node(struct node *n)
     n->lead_term = term;
     n->lead_first = first;
     n->n_lead_terms = 0;
-    n->lead_terms = grow(n->lead_terms, &n->cap_lead_terms, last - first + 2, sizeof(uint64_t));
+    n->lead_terms = sim_grow(n->lead_terms, &n->cap_lead_terms, last - first + 2, sizeof(uint64_t));
     for (uint64_t i = first; i <= last; i++)
         n->lead_terms[n->n_lead_terms++] = vd_raft_term_at(r, i);
     if (n->n_lead_terms == 0) { /* empty log after a snapshot: remember the snapshot point */
@@ -939,8 +859,8 @@ static bool step(uint64_t until)
             kind = k;
         }
     }
-    if (S.n_heap && S.heap[0].at < best) {
-        best = S.heap[0].at;
+    if (sim_heap_next(&S.events) < best) {
+        best = sim_heap_next(&S.events);
         kind = 4;
     }
     if (S.faults && S.next_action < best) {
@@ -988,13 +908,14 @@ static bool step(uint64_t until)
         check_node(n);
         break;
     case 4: {
-        struct event e = heap_pop();
+        struct event e;
+        sim_heap_pop(&S.events, &e);
         struct node *d = &S.nodes[e.to];
         if (!d->alive) {
             qmsg_free(&e.q);
             break;
         }
-        d->inbox = grow(d->inbox, &d->cap_inbox, d->n_inbox + 1, sizeof(*d->inbox));
+        d->inbox = sim_grow(d->inbox, &d->cap_inbox, d->n_inbox + 1, sizeof(*d->inbox));
         d->inbox[d->n_inbox++] = e.q;
         break;
     }
@@ -1031,9 +952,9 @@ static void sim_reset(void)
         free(n->lead_terms);
         disk_free(&n->disk);
     }
-    for (size_t i = 0; i < S.n_heap; i++)
-        qmsg_free(&S.heap[i].q);
-    free(S.heap);
+    for (size_t i = 0; i < S.events.n; i++)
+        qmsg_free(&((struct event *)sim_heap_at(&S.events, i))->q);
+    sim_heap_free(&S.events);
     free(S.leader_of_term);
     free(S.committed_term);
     free(S.commit_seen_term);
@@ -1052,7 +973,7 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
 {
     sim_reset();
     S.seed = seed;
-    rng_state = seed * 0x2545F4914F6CDD1DULL + 1;
+    sim_seed(seed);
     vd_raft_config_default(&S.cfg);
     S.cfg.election_timeout_ms = 150 + (uint32_t)rnd_below(150);
     S.cfg.heartbeat_ms = 30 + (uint32_t)rnd_below(20);
