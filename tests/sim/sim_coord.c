@@ -566,6 +566,20 @@ static struct sop *op_slot(void)
     return NULL;
 }
 
+/* A new operation of this kind coordinated by node coord, for key (0 for a search); NULL when
+ * every slot is taken. */
+static struct sop *op_begin(uint8_t kind, int coord, unsigned key)
+{
+    struct sop *o = op_slot();
+    if (!o)
+        return NULL;
+    o->kind = kind;
+    o->coord = coord;
+    o->epoch = S.nodes[coord].epoch;
+    o->key = key;
+    return o;
+}
+
 static struct vd_coord_params op_params(int coord, unsigned need)
 {
     return (struct vd_coord_params){.rf = RF,
@@ -587,7 +601,7 @@ static unsigned pick_level(void)
 
 static void start_write(int coord, unsigned key, uint64_t stamp_hlc)
 {
-    struct sop *o = op_slot();
+    struct sop *o = op_begin(M_WRITE, coord, key);
     if (!o)
         return;
     struct node *n = &S.nodes[coord];
@@ -601,10 +615,6 @@ static void start_write(int coord, unsigned key, uint64_t stamp_hlc)
     wversions[wid] = v;
     unsigned w = pick_level();
     chk_write_begin(wid, key, v, &rec, w, S.now);
-    o->kind = M_WRITE;
-    o->coord = coord;
-    o->epoch = n->epoch;
-    o->key = key;
     o->wid = wid;
     struct vd_coord_params p = op_params(coord, w);
     struct vd_coord_ring ring = ring_at(n->ring_ver);
@@ -619,14 +629,10 @@ static void start_write(int coord, unsigned key, uint64_t stamp_hlc)
 
 static void start_read(int coord, unsigned key, unsigned r)
 {
-    struct sop *o = op_slot();
+    struct sop *o = op_begin(M_READ, coord, key);
     if (!o)
         return;
     struct node *n = &S.nodes[coord];
-    o->kind = M_READ;
-    o->coord = coord;
-    o->epoch = n->epoch;
-    o->key = key;
     struct vd_coord_params p = op_params(coord, r);
     struct vd_coord_ring ring = ring_at(n->ring_ver);
     if (vd_coord_read_new(&p, &ring, key_hash(key), &o->op)) {
@@ -639,13 +645,10 @@ static void start_read(int coord, unsigned key, unsigned r)
 
 static void start_search(int coord)
 {
-    struct sop *o = op_slot();
+    struct sop *o = op_begin(M_SEARCH, coord, 0);
     if (!o)
         return;
     struct node *n = &S.nodes[coord];
-    o->kind = M_SEARCH;
-    o->coord = coord;
-    o->epoch = n->epoch;
     o->q[0] = rnd_unit();
     o->q[1] = rnd_unit();
     o->filter = chance(0.3) ? (int)rnd_below(2) : -1;
