@@ -23,13 +23,29 @@
  *   magic u16 BE 0x7664 ("vd") ‖ version u8 ‖ type u8 ‖ length u32 BE of the body ‖
  *   crc32c u32 BE over the 8 header bytes before it and the body ‖ body
  * A frame with a bad magic, version, checksum or a length above the receiver's limit closes the
- * connection (nothing of it is trusted). */
+ * connection (nothing of it is trusted). A peer of another frame version fails at the handshake,
+ * and the log says which version it speaks.
+ *
+ * Version 2: the body of every frame after the handshake begins with the sender's hybrid logical
+ * clock (u64 BE, VD_FRAME_HLC bytes), stamped with vd_hlc_now() as the frame is handed to the
+ * socket; with a cluster secret the frame's MAC covers it. The transport takes it off and hands
+ * it to the receiver beside the rest of the body. */
 #define VD_FRAME_MAGIC 0x7664u
-#define VD_FRAME_VERSION 1
+#define VD_FRAME_VERSION 2
 #define VD_FRAME_HDR 12
+#define VD_FRAME_HLC 8
 #define VD_FRAME_MAX_DEFAULT (64u << 20)
 
-/* Frame types 1..15 belong to the transport (handshake); 16 and up are delivered to the user. */
+/*
+ * Frame types 1..15 belong to the transport (handshake); 16 and up are delivered to the user.
+ * Of those, 16..31 are control frames: Raft, metadata calls (forwarded proposals, joins,
+ * invitations) and clock pings. Their HLC is neither checked nor observed, so one fast clock
+ * can neither stall metadata nor hide its own offset. Types from VD_FRAME_DATA up are data
+ * frames: the transport refuses one whose HLC is more than the maximum clock offset ahead of
+ * this node's wall clock (vd_hlc_check_skew) and answers VD_FRAME_SKEW, else observes its HLC
+ * (vd_hlc_observe) and delivers it. A data frame's body begins with a u64 BE request id, so a
+ * refusal names what it refuses.
+ */
 enum vd_frame_type {
     VD_FRAME_CHALLENGE = 1, /* acceptor -> dialer: nonce */
     VD_FRAME_HELLO = 2,     /* dialer -> acceptor: id, advertised address, nonce, proof */
@@ -38,7 +54,20 @@ enum vd_frame_type {
     VD_FRAME_RAFT = 16,       /* body: vd_raft_msg_encode */
     VD_FRAME_CALL = 17,       /* body: call id u64 BE ‖ JSON request (forwarded to the leader) */
     VD_FRAME_CALL_REPLY = 18, /* body: call id u64 BE ‖ JSON reply */
+    VD_FRAME_PING = 19,       /* body: the sender's wall clock u64 BE (ms), echoed by the PONG */
+    VD_FRAME_PONG = 20,       /* body: the PING's body; the frame's HLC is the answerer's clock */
+    /* body: refused type u8 ‖ its request id u64 ‖ how far ahead its HLC was (ms) u64 ‖ the
+     * refuser's max clock offset (ms) u64 */
+    VD_FRAME_SKEW = 21,
+    VD_FRAME_DATA = 32,
 };
+#define VD_FRAME_SKEW_LEN 25
+
+/* True for the frame types whose HLC is checked against the clock offset and observed. */
+static inline bool vd__frame_is_data(uint8_t type)
+{
+    return type >= VD_FRAME_DATA;
+}
 
 struct vd_frame {
     uint8_t type;
@@ -72,8 +101,12 @@ int vd__frame_decode(const uint8_t *buf, size_t n, uint32_t max_body, struct vd_
  * With a secret, each end then derives one session key per direction from the secret and both
  * nonces, and every frame after the handshake ends with an HMAC-SHA256 tag (inside the frame's
  * body, so the frame codec does not change) over the frame's number in its direction, its type
- * and its body: an altered, replayed or reordered frame fails, and the connection is closed.
- * Without a secret frames carry their CRC only.
+ * and its body (the sender's HLC included): an altered, replayed or reordered frame fails, and
+ * the connection is closed. Without a secret frames carry their CRC only.
+ *
+ * Clock gate (see enum vd_frame_type): a data frame stamped more than max_clock_offset_ms ahead of
+ * this node's wall clock is not delivered; the transport answers it with VD_FRAME_SKEW and logs
+ * the peer and the offset (once a minute per peer). Control frames are always delivered.
  *
  * After the handshake a connection carries frames both ways, whichever end dialed. Sending to a
  * peer id uses an established connection to it, else dials its known address; frames queued
@@ -82,8 +115,10 @@ int vd__frame_decode(const uint8_t *buf, size_t n, uint32_t max_body, struct vd_
  */
 struct vd_transport;
 
+/* A user frame from node `from` (at from_addr, as it advertised itself), stamped `hlc` by its
+ * sender; body excludes the HLC and the MAC and is valid during the call only. */
 typedef void (*vd_transport_frame_fn)(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
-                                      const uint8_t *body, size_t len);
+                                      uint64_t hlc, const uint8_t *body, size_t len);
 
 struct vd_transport_opts {
     void *loop;            /* uv_loop_t * of the caller's loop thread */
@@ -96,6 +131,8 @@ struct vd_transport_opts {
     bool refuse_all;       /* keep no connection at all (API keys but no secret: cluster.h) */
     uint32_t max_frame;    /* 0 = VD_FRAME_MAX_DEFAULT */
     size_t max_queue;      /* bytes queued per unreachable peer; 0 = 64 MiB */
+    uint64_t max_clock_offset_ms;   /* data frames further ahead are refused; 0 = the default,
+                                       VD_MAX_CLOCK_OFFSET_MS_DEFAULT */
     vd_transport_frame_fn on_frame; /* user frames (type >= VD_FRAME_USER) */
     void *ctx;
 };

@@ -209,7 +209,7 @@ static void on_house(uv_timer_t *t)
         for (size_t i = 0; i < n; i++) {
             const struct vd_meta_member *m = vd_meta_member_at(c->meta, i);
             if (m->id != c->id)
-                vd_transport_send(c->tp, m->id, FRAME_PING, NULL, 0);
+                vd_transport_send(c->tp, m->id, VD_FRAME_PING, NULL, 0);
         }
     }
     if (c->join) {

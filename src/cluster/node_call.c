@@ -344,11 +344,15 @@ static void on_reply(struct vd_cluster *c, const uint8_t *body, size_t len)
     }
 }
 
+/* Raft frames and metadata calls never look at the sender's HLC (the transport neither checks nor
+ * observes it for control frames): a member with a fast clock still votes, replicates and asks
+ * for metadata changes. */
 void vd__cluster_on_frame(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
-                          const uint8_t *body, size_t len)
+                          uint64_t hlc, const uint8_t *body, size_t len)
 {
     struct vd_cluster *c = ctx;
     (void)from_addr;
+    (void)hlc;
     if (c->broken)
         return;
     uint64_t now = vd__cluster_now_ms();

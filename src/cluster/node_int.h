@@ -35,7 +35,6 @@
 #define INVITE_ANSWER_MS 10000 /* an invited node must answer by then */
 
 enum call_op { CALL_PROPOSE = 1, CALL_JOIN = 2, CALL_INVITE = 3 };
-enum { FRAME_PING = 19 };
 
 enum op_kind {
     OP_CREATE = 1,
@@ -179,7 +178,7 @@ size_t vd__cluster_local_collections(struct vd_cluster *c);
 void vd__cluster_raft_config(const struct vd_cluster *c, struct vd_raft_config *cfg);
 /* The transport's frame callback (vd_transport_frame_fn). */
 void vd__cluster_on_frame(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
-                          const uint8_t *body, size_t len);
+                          uint64_t hlc, const uint8_t *body, size_t len);
 
 /* ---- node_raft.c ---- */
 /* Runs the Raft core's updates until it has none: persist, send, apply, advance. */

@@ -46,6 +46,7 @@
 #define READ_CHUNK 65536
 #define FAIL_SLOTS 32
 #define FAIL_LOG_MS 60000
+#define SKEW_LOG_MS 60000
 #define QUEUE_DEFAULT ((size_t)64 << 20)
 
 struct qframe {
@@ -103,6 +104,7 @@ struct peer {
     bool timer_armed;
     bool up; /* last state logged */
     unsigned backoff_ms;
+    uint64_t skew_logged; /* loop time of the last clock-skew refusal logged; 0: none */
 };
 
 struct wreq {
@@ -127,6 +129,7 @@ struct vd_transport {
     size_t secret_len;
     uint32_t max_frame;
     size_t max_queue;
+    uint64_t max_offset_ms;
     bool refuse_all;
     vd_transport_frame_fn on_frame;
     void *ctx;
@@ -140,6 +143,8 @@ struct vd_transport {
 
 static void pump(struct peer *p);
 static void conn_close(struct conn *c);
+static int enqueue(struct vd_transport *t, struct peer *p, uint8_t type, const void *body,
+                   size_t len);
 
 /* ---- small helpers --------------------------------------------------------------------------- */
 
@@ -201,17 +206,25 @@ static void fqueue_push(struct fqueue *q, struct qframe *f, size_t max)
     q->bytes += f->len;
 }
 
+/*
+ * A handshake frame is complete at once. A user frame gets room for the sender's HLC in front of
+ * its body and for a MAC behind it; both, and its header, are filled in by finish() as it goes
+ * to the socket (until then data[3] holds its type).
+ */
 static struct qframe *frame_new(uint8_t type, const void *body, size_t len)
 {
-    /* room for a MAC, added when the frame is written to an authenticated connection */
-    struct qframe *f = malloc(sizeof(*f) + VD_FRAME_HDR + len + TAG_LEN);
+    size_t pre = type >= VD_FRAME_USER ? VD_FRAME_HLC : 0;
+    struct qframe *f = malloc(sizeof(*f) + VD_FRAME_HDR + pre + len + TAG_LEN);
     if (!f)
         return NULL;
     f->next = NULL;
-    f->len = VD_FRAME_HDR + len;
+    f->len = VD_FRAME_HDR + pre + len;
     if (len)
-        memcpy(f->data + VD_FRAME_HDR, body, len);
-    vd__frame_header(type, f->data + VD_FRAME_HDR, (uint32_t)len, f->data);
+        memcpy(f->data + VD_FRAME_HDR + pre, body, len);
+    if (pre)
+        f->data[3] = type;
+    else
+        vd__frame_header(type, f->data + VD_FRAME_HDR, (uint32_t)len, f->data);
     return f;
 }
 
@@ -421,16 +434,23 @@ static void frame_tag(const uint8_t key[TAG_LEN], uint64_t n, uint8_t type, cons
     sodium_memzero(&st, sizeof(st));
 }
 
-/* Appends the MAC to a queued frame (frame_new left room) and rewrites its header. A frame is
- * written to one connection only, so it is sealed once. */
-static void seal(struct conn *c, struct qframe *f)
+/* Stamps a queued user frame with this node's HLC now, appends its MAC on an authenticated
+ * connection (frame_new left room for both) and writes its header. A frame is written to one
+ * connection only, so it is finished once; stamping at the socket rather than when queued keeps
+ * a frame that waited out a reconnection from carrying an old time into a peer's offset
+ * estimate. */
+static void finish(struct conn *c, struct qframe *f)
 {
     uint8_t type = f->data[3];
     uint8_t *body = f->data + VD_FRAME_HDR;
     size_t len = f->len - VD_FRAME_HDR;
-    frame_tag(c->k_send, c->n_send++, type, body, len, body + len);
-    vd__frame_header(type, body, (uint32_t)(len + TAG_LEN), f->data);
-    f->len += TAG_LEN;
+    vd_be64_put(body, vd_hlc_now());
+    if (c->auth) {
+        frame_tag(c->k_send, c->n_send++, type, body, len, body + len);
+        len += TAG_LEN;
+        f->len += TAG_LEN;
+    }
+    vd__frame_header(type, body, (uint32_t)len, f->data);
 }
 
 /* Moves queued frames onto the socket while libuv holds less than WRITE_HIGH unsent bytes. */
@@ -443,8 +463,7 @@ static void flush(struct conn *c, struct fqueue *q)
         size_t bytes = 0;
         while (n < WRITE_BATCH && q->head && bytes < WRITE_HIGH) {
             batch[n] = fqueue_pop(q);
-            if (c->auth)
-                seal(c, batch[n]);
+            finish(c, batch[n]);
             bytes += batch[n++]->len;
         }
         if (write_frames(c, batch, n))
@@ -979,9 +998,54 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init((char *)c->rbuf + c->rlen, (unsigned)(c->rcap - c->rlen));
 }
 
-static void on_frame_in(struct conn *c, const struct vd_frame *f)
+/*
+ * Answers a data frame refused for its clock with VD_FRAME_SKEW, through the peer's queue so
+ * that the answer is numbered and sealed like any frame, and logs it once a minute per peer.
+ */
+static void refuse_skewed(struct conn *c, uint8_t type, uint64_t ahead_ms, const uint8_t *body,
+                          size_t len)
 {
     struct vd_transport *t = c->t;
+    struct peer *p = c->peer;
+    uint64_t now = uv_now(t->loop);
+    if (!p || !p->skew_logged || now - p->skew_logged >= SKEW_LOG_MS) {
+        vd_log_warn("cluster: data frame (type %u) from node %llu at %s refused: its clock is "
+                    "%llu ms ahead of this node's (max-clock-offset %llu ms); further refusals "
+                    "from it are logged once a minute",
+                    type, (unsigned long long)c->remote_id,
+                    c->remote_adv[0] ? c->remote_adv : c->remote_ip, (unsigned long long)ahead_ms,
+                    (unsigned long long)t->max_offset_ms);
+        if (p)
+            p->skew_logged = now ? now : 1;
+    }
+    if (!p)
+        return;
+    uint8_t b[VD_FRAME_SKEW_LEN];
+    b[0] = type;
+    vd_be64_put(b + 1, len >= 8 ? vd_be64_get(body) : 0);
+    vd_be64_put(b + 9, ahead_ms);
+    vd_be64_put(b + 17, t->max_offset_ms);
+    enqueue(t, p, VD_FRAME_SKEW, b, sizeof(b));
+}
+
+/* The clock gate (cluster_int.h), then the user's callback. */
+static void deliver(struct conn *c, uint8_t type, uint64_t hlc, const uint8_t *body, size_t len)
+{
+    struct vd_transport *t = c->t;
+    if (vd__frame_is_data(type)) {
+        uint64_t now = vd_wall_ms();
+        if (vd_hlc_check_skew(hlc, now, t->max_offset_ms)) {
+            refuse_skewed(c, type, VD_HLC_PHYS(hlc) - now, body, len);
+            return;
+        }
+        vd_hlc_observe(hlc);
+    }
+    if (t->on_frame)
+        t->on_frame(t->ctx, c->remote_id, c->remote_adv, type, hlc, body, len);
+}
+
+static void on_frame_in(struct conn *c, const struct vd_frame *f)
+{
     switch (c->state) {
     case C_WAIT_CHALLENGE:
         on_challenge(c, f);
@@ -997,9 +1061,10 @@ static void on_frame_in(struct conn *c, const struct vd_frame *f)
             refuse(c, "handshake frame type %u on an open connection", f->type);
             break;
         }
+        size_t len = f->len;
         if (c->auth) {
             uint8_t want[TAG_LEN];
-            size_t len = f->len >= TAG_LEN ? f->len - TAG_LEN : 0;
+            len = f->len >= TAG_LEN ? f->len - TAG_LEN : 0;
             if (f->len >= TAG_LEN)
                 frame_tag(c->k_recv, c->n_recv, f->type, f->body, len, want);
             if (f->len < TAG_LEN || sodium_memcmp(want, f->body + len, TAG_LEN) != 0) {
@@ -1008,12 +1073,12 @@ static void on_frame_in(struct conn *c, const struct vd_frame *f)
                 break;
             }
             c->n_recv++;
-            if (t->on_frame)
-                t->on_frame(t->ctx, c->remote_id, c->remote_adv, f->type, f->body, len);
+        }
+        if (len < VD_FRAME_HLC) {
+            refuse(c, "frame of type %u has no clock stamp", f->type);
             break;
         }
-        if (t->on_frame)
-            t->on_frame(t->ctx, c->remote_id, c->remote_adv, f->type, f->body, f->len);
+        deliver(c, f->type, vd_be64_get(f->body), f->body + VD_FRAME_HLC, len - VD_FRAME_HLC);
         break;
     default:
         conn_close(c);
@@ -1044,11 +1109,20 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     while (!c->closing) {
         struct vd_frame f;
         size_t used;
-        uint32_t lim = c->state != C_OPEN ? HS_MAX_BODY : t->max_frame + (c->auth ? TAG_LEN : 0);
+        uint32_t lim = c->state != C_OPEN ? HS_MAX_BODY
+                                          : t->max_frame + VD_FRAME_HLC + (c->auth ? TAG_LEN : 0);
         int r = vd__frame_decode(c->rbuf + off, c->rlen - off, lim, &f, &used);
         if (r == VD_ETOOBIG) {
             refuse(c, "frame of %u bytes is over the limit of %u",
                    (unsigned)vd_be32_get(c->rbuf + off + 4), (unsigned)lim);
+            return;
+        }
+        if (r && c->rlen - off >= 3 && c->rbuf[off] == (uint8_t)(VD_FRAME_MAGIC >> 8) &&
+            c->rbuf[off + 1] == (uint8_t)VD_FRAME_MAGIC && c->rbuf[off + 2] != VD_FRAME_VERSION) {
+            refuse(c,
+                   "the peer speaks frame version %u, this node version %u (every member must "
+                   "run a vectord of the same cluster protocol)",
+                   c->rbuf[off + 2], VD_FRAME_VERSION);
             return;
         }
         if (r) {
@@ -1233,6 +1307,8 @@ int vd_transport_start(const struct vd_transport_opts *o, struct vd_transport **
     t->port = port;
     t->max_frame = o->max_frame ? o->max_frame : VD_FRAME_MAX_DEFAULT;
     t->max_queue = o->max_queue ? o->max_queue : QUEUE_DEFAULT;
+    t->max_offset_ms =
+        o->max_clock_offset_ms ? o->max_clock_offset_ms : VD_MAX_CLOCK_OFFSET_MS_DEFAULT;
     t->on_frame = o->on_frame;
     t->ctx = o->ctx;
     t->refuse_all = o->refuse_all;

@@ -524,6 +524,7 @@ def crc32c(data):
     return c ^ 0xFFFFFFFF
 
 
+FRAME_VERSION = 2
 FRAME_CHALLENGE, FRAME_HELLO, FRAME_WELCOME, FRAME_CALL, FRAME_CALL_REPLY = 1, 2, 3, 17, 18
 CALL_PROPOSE, CALL_JOIN = 1, 2
 
@@ -553,10 +554,13 @@ class RawPeer:
         return hmac.new(key, struct.pack(">QB", n, ftype) + body, hashlib.sha256).digest()
 
     def send_frame(self, ftype, body):
+        if ftype >= 16:
+            # after the handshake a body starts with the sender's HLC (ms << 16 | counter)
+            body = struct.pack(">Q", int(time.time() * 1000) << 16) + body
         if self.keys and ftype >= 16:
             body += self._tag(self.keys[0], self.n_send, ftype, body)
             self.n_send += 1
-        hdr = struct.pack(">HBBI", 0x7664, 1, ftype, len(body))
+        hdr = struct.pack(">HBBI", 0x7664, FRAME_VERSION, ftype, len(body))
         self.sock.sendall(hdr + struct.pack(">I", crc32c(hdr + body)) + body)
 
     def recv_frame(self):
@@ -571,6 +575,8 @@ class RawPeer:
                         want = self._tag(self.keys[1], self.n_recv, ftype, body)
                         assert hmac.compare_digest(tag, want), "a frame from the node fails its MAC"
                         self.n_recv += 1
+                    if ftype >= 16:
+                        body = body[8:]  # the node's HLC
                     return ftype, body
             try:
                 d = self.sock.recv(65536)

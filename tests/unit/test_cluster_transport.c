@@ -152,6 +152,7 @@ struct rx {
     uint64_t from;
     char from_addr[64];
     uint8_t type;
+    uint64_t hlc;
     uint8_t *body;
     size_t len;
 };
@@ -191,7 +192,7 @@ static void adopt(struct fx *fx, struct node *n)
     fail_msg("too many transports");
 }
 
-static void on_rx(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
+static void on_rx(void *ctx, uint64_t from, const char *from_addr, uint8_t type, uint64_t hlc,
                   const uint8_t *body, size_t len)
 {
     struct node *n = ctx;
@@ -204,6 +205,7 @@ static void on_rx(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
     r->from = from;
     snprintf(r->from_addr, sizeof(r->from_addr), "%s", from_addr);
     r->type = type;
+    r->hlc = hlc;
     r->len = len;
     r->body = malloc(len ? len : 1);
     memcpy(r->body, body, len);
@@ -353,9 +355,12 @@ static void test_both_ways(void **state)
     node_start(fx, &b, 2, NULL);
     assert_int_equal(send_str(&a, 2, "x"), VD_ENOTFOUND); /* no address yet */
     vd_transport_set_peer(a.t, 2, b.addr);
+    uint64_t before = vd_hlc_now();
     assert_int_equal(send_str(&a, 2, "ping"), 0);
     WAIT_FOR(fx, b.n_rx == 1, 5000);
     assert_rx(&b, 0, 1, a.addr, "ping");
+    /* stamped with the sender's HLC on its way out */
+    assert_true(b.rx[0].hlc > before && b.rx[0].hlc < vd_hlc_now());
     assert_true(vd_transport_connected(a.t, 2));
     assert_true(vd_transport_connected(b.t, 1));
     /* b never had an address for 1: the reply rides the accepted connection */
@@ -998,6 +1003,195 @@ static void test_garbage_and_oversize(void **state)
     node_stop(&small);
 }
 
+/* ---- the clock gate: a raw peer stamps its frames with whatever HLC a test wants ----------- */
+
+struct rawp {
+    int fd;
+    uint8_t buf[4096];
+    size_t n;
+};
+
+/* Runs the loop until the next whole frame from the node is in; returns its type and copies its
+ * body (HLC included for a user frame) into body[*len]. */
+static uint8_t rawp_next(struct fx *fx, struct rawp *p, uint8_t *body, size_t *len)
+{
+    struct vd_frame f;
+    size_t used = 0;
+    WAIT_FOR(fx,
+             (p->n += raw_recv(p->fd, p->buf + p->n, sizeof(p->buf) - p->n),
+              vd__frame_decode(p->buf, p->n, 2048, &f, &used) == 0 && used),
+             5000);
+    uint8_t type = f.type;
+    memcpy(body, f.body, f.len);
+    *len = f.len;
+    memmove(p->buf, p->buf + used, p->n - used);
+    p->n -= used;
+    return type;
+}
+
+/* One user frame: hlc ‖ body. */
+static void rawp_send(struct rawp *p, uint8_t type, uint64_t hlc, const void *body, size_t len)
+{
+    uint8_t inner[VD_FRAME_HLC + 64], out[VD_FRAME_HDR + sizeof(inner)];
+    assert_true(len <= 64);
+    vd_be64_put(inner, hlc);
+    memcpy(inner + VD_FRAME_HLC, body, len);
+    size_t n = make_frame(out, type, inner, (uint32_t)(VD_FRAME_HLC + len));
+    assert_int_equal(send(p->fd, out, n, MSG_NOSIGNAL), (ssize_t)n);
+}
+
+/* Dials port and runs the dialer's handshake as node id without a secret (a loopback peer). */
+static void rawp_open(struct fx *fx, struct rawp *p, uint16_t port, uint64_t id)
+{
+    memset(p, 0, sizeof(*p));
+    p->fd = raw_connect(port);
+    uint8_t b[512], hello[8 + 2 + 11 + 32], out[VD_FRAME_HDR + sizeof(hello)];
+    size_t len;
+    assert_int_equal(rawp_next(fx, p, b, &len), VD_FRAME_CHALLENGE);
+    vd_be64_put(hello, id);
+    hello[8] = 0;
+    hello[9] = 11;
+    memcpy(hello + 10, "127.0.0.1:7", 11);
+    randombytes_buf(hello + 21, 32);
+    size_t n = make_frame(out, VD_FRAME_HELLO, hello, sizeof(hello));
+    assert_int_equal(send(p->fd, out, n, MSG_NOSIGNAL), (ssize_t)n);
+    assert_int_equal(rawp_next(fx, p, b, &len), VD_FRAME_WELCOME);
+}
+
+/* Lines of stderr written while the capture runs, into a temporary file. */
+struct capture {
+    int saved;
+    FILE *f;
+};
+
+static void capture_start(struct capture *c)
+{
+    c->f = tmpfile();
+    assert_non_null(c->f);
+    c->saved = dup(STDERR_FILENO);
+    assert_true(c->saved >= 0);
+    assert_true(dup2(fileno(c->f), STDERR_FILENO) >= 0);
+}
+
+/* Stops capturing; returns how many captured lines contain every one of the n words. */
+static int capture_stop(struct capture *c, const char *const *words, size_t n)
+{
+    dup2(c->saved, STDERR_FILENO);
+    close(c->saved);
+    rewind(c->f);
+    char line[1024];
+    int hits = 0;
+    while (fgets(line, sizeof(line), c->f)) {
+        fputs(line, stderr);
+        bool all = true;
+        for (size_t i = 0; i < n; i++)
+            all = all && strstr(line, words[i]);
+        hits += all;
+    }
+    fclose(c->f);
+    return hits;
+}
+
+/*
+ * A data frame stamped more than the maximum offset ahead of the receiver's wall clock is not
+ * delivered: the sender gets VD_FRAME_SKEW naming the frame's request id and the offset, and the
+ * receiver logs the peer and the offset once (not once per frame), and does not observe the
+ * HLC. A Raft frame with the same stamp is delivered and not observed either. A data frame
+ * within the offset is delivered and observed. None of it closes the connection.
+ */
+static void test_clock_gate(void **state)
+{
+    struct fx *fx = *state;
+    struct node b = {0};
+    node_start(fx, &b, 2, NULL);
+    struct rawp p;
+    rawp_open(fx, &p, b.port, 7);
+
+    uint64_t now = vd_wall_ms();
+    uint64_t far = VD_HLC_MAKE(now + 5000, 3);
+    uint8_t req[9];
+    vd_be64_put(req, 77);
+    req[8] = 'x';
+    struct capture cap;
+    capture_start(&cap);
+    rawp_send(&p, VD_FRAME_DATA, far, req, sizeof(req));
+    rawp_send(&p, VD_FRAME_DATA + 1, far, req, sizeof(req));
+    uint8_t body[512];
+    size_t len;
+    uint8_t types[2];
+    uint64_t ahead[2];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(rawp_next(fx, &p, body, &len), VD_FRAME_SKEW);
+        assert_int_equal(len, VD_FRAME_HLC + VD_FRAME_SKEW_LEN);
+        const uint8_t *s = body + VD_FRAME_HLC;
+        types[i] = s[0];
+        assert_int_equal(vd_be64_get(s + 1), 77);
+        ahead[i] = vd_be64_get(s + 9);
+        assert_int_equal(vd_be64_get(s + 17), VD_MAX_CLOCK_OFFSET_MS_DEFAULT);
+    }
+    static const char *const words[] = {"refused", "node 7", "ms ahead", "max-clock-offset 500"};
+    int logged = capture_stop(&cap, words, 4);
+    assert_int_equal(types[0], VD_FRAME_DATA);
+    assert_int_equal(types[1], VD_FRAME_DATA + 1);
+    for (int i = 0; i < 2; i++)
+        assert_true(ahead[i] > 4000 && ahead[i] <= 5000);
+    assert_int_equal(logged, 1);
+    assert_int_equal(b.n_rx, 0);
+    assert_true(vd_hlc_now() < far);
+
+    /* Raft: delivered with its stamp, which is not observed */
+    rawp_send(&p, VD_FRAME_RAFT, far, "raft", 4);
+    WAIT_FOR(fx, b.n_rx == 1, 5000);
+    assert_int_equal(b.rx[0].type, VD_FRAME_RAFT);
+    assert_int_equal(b.rx[0].hlc, far);
+    assert_memory_equal(b.rx[0].body, "raft", 4);
+    assert_true(vd_hlc_now() < far);
+
+    /* within the offset: delivered and observed */
+    uint64_t near = VD_HLC_MAKE(vd_wall_ms() + 300, 9);
+    rawp_send(&p, VD_FRAME_DATA, near, req, sizeof(req));
+    WAIT_FOR(fx, b.n_rx == 2, 5000);
+    assert_int_equal(b.rx[1].type, VD_FRAME_DATA);
+    assert_int_equal(b.rx[1].hlc, near);
+    assert_int_equal(b.rx[1].len, sizeof(req));
+    assert_true(vd_hlc_now() > near);
+    assert_false(raw_closed(p.fd));
+
+    /* a user frame too short to hold a stamp is refused with the connection */
+    uint8_t out[VD_FRAME_HDR + 4];
+    size_t n = make_frame(out, VD_FRAME_RAFT, (const uint8_t *)"abcd", 4);
+    assert_int_equal(send(p.fd, out, n, MSG_NOSIGNAL), (ssize_t)n);
+    WAIT_FOR(fx, raw_closed(p.fd), 5000);
+    assert_int_equal(b.n_rx, 2);
+    close(p.fd);
+    node_stop(&b);
+}
+
+/* A peer of another frame version is refused at the handshake, and the log says so. */
+static void test_other_version(void **state)
+{
+    struct fx *fx = *state;
+    struct node b = {0};
+    node_start(fx, &b, 2, NULL);
+    struct rawp p;
+    memset(&p, 0, sizeof(p));
+    p.fd = raw_connect(b.port);
+    uint8_t body[512];
+    size_t len;
+    assert_int_equal(rawp_next(fx, &p, body, &len), VD_FRAME_CHALLENGE);
+    uint8_t hello[VD_FRAME_HDR + 8];
+    make_frame(hello, VD_FRAME_HELLO, (const uint8_t *)"12345678", 8);
+    hello[2] = 1;
+    struct capture cap;
+    capture_start(&cap);
+    assert_int_equal(send(p.fd, hello, sizeof(hello), MSG_NOSIGNAL), (ssize_t)sizeof(hello));
+    WAIT_FOR(fx, raw_closed(p.fd), 5000);
+    static const char *const words[] = {"refused", "frame version 1", "version 2"};
+    assert_int_equal(capture_stop(&cap, words, 3), 1);
+    close(p.fd);
+    node_stop(&b);
+}
+
 /* The per-peer queue keeps the newest frames within its byte bound. */
 static void test_queue_bound(void **state)
 {
@@ -1006,7 +1200,7 @@ static void test_queue_bound(void **state)
     struct vd_transport_opts o = {.loop = &fx->loop,
                                   .self_id = 1,
                                   .bind = "127.0.0.1",
-                                  .max_queue = 10 * (VD_FRAME_HDR + 100),
+                                  .max_queue = 10 * (VD_FRAME_HDR + VD_FRAME_HLC + 100),
                                   .on_frame = on_rx,
                                   .ctx = &a};
     struct vd_err err;
@@ -1124,6 +1318,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_restart, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_garbage_and_oversize, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_queue_bound, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_clock_gate, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_other_version, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_close_pending, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_start_errors, fx_setup, fx_teardown),
     };
