@@ -132,6 +132,7 @@ int main(int argc, char **argv)
         .secret = secret,
         .refuse_peers = refuse_peers,
         .election_timeout_ms = cfg.raft_election_ms,
+        .max_clock_offset_ms = cfg.max_clock_offset_ms,
     };
     if (vd_cluster_start(&co, &cluster, &err)) {
         vd_log_error("cannot start the cluster node on %s:%u: %s", cfg.bind, cfg.cluster_port,

@@ -39,6 +39,7 @@ struct vd_cluster_opts {
     uint32_t heartbeat_ms;        /* 0 = 100 */
     uint32_t request_timeout_ms;  /* deadline of a metadata change or sync; 0 = 10000 */
     uint32_t snapshot_every;      /* applied entries between log compactions; 0 = 1024 */
+    uint64_t max_clock_offset_ms; /* --max-clock-offset; 0 = VD_MAX_CLOCK_OFFSET_MS_DEFAULT */
     bool no_sync;                 /* tests only */
 };
 
@@ -100,6 +101,12 @@ int vd_cluster_add_node(struct vd_cluster *c, const char *addr, vd_cluster_done_
  * VD_EINVAL for the last voter. */
 int vd_cluster_remove_node(struct vd_cluster *c, uint64_t id, vd_cluster_done_fn done, void *ctx,
                            struct vd_err *err);
+
+/* The clock rule for data writes (docs/cluster.md, "The clock guarantee"): 0 while this node's
+ * clock is within max_clock_offset_ms of a majority of the members, as estimated from pings to
+ * the members heard from in the last few seconds; else VD_EUNAVAIL (HTTP 503) with err saying
+ * "clock skew: ..." and the offset. Any thread; does not block. A node alone is never skewed. */
+int vd_cluster_clock_check(struct vd_cluster *c, struct vd_err *err);
 
 /* Appends the `result` object of GET /cluster (Qdrant's shape plus `nodes`, see
  * docs/cluster.md) as seen by this node right now. */

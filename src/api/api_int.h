@@ -37,6 +37,10 @@ int vd__api_cluster_set_pindex(const char *coll, const char *field, enum vd_db_p
                                vd_db_done_fn done, void *ctx, struct vd_err *err);
 int vd__api_cluster_drop_pindex(const char *coll, const char *field, vd_db_done_fn done, void *ctx,
                                 struct vd_err *err);
+/* The shared check of every data write (upsert, delete, payload edits, import) before it starts:
+ * true, with a 503 already sent, while this node's clock is skewed from the cluster's
+ * (vd_cluster_clock_check); false (nothing sent) otherwise and without a cluster. */
+bool vd__api_write_refused(struct vd_http_req *r);
 /* Reply helpers. */
 void vd__api_reply_buf(struct vd_http_req *r, struct vd_buf *b); /* {"result": <b>} */
 void vd__api_reply_true(struct vd_http_req *r);

@@ -254,6 +254,8 @@ static int on_line(const char *line, size_t len, uint64_t lineno, void *ctx)
 
 static void import_begin(struct vd_http_req *r, void *ctx)
 {
+    if (vd__api_write_refused(r))
+        return;
     struct vd_coll *c = vd__api_coll(r);
     if (!c)
         return;

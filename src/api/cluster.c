@@ -56,6 +56,19 @@ static struct relay *relay_new(vd_db_done_fn done, void *ctx, struct vd_err *err
     return rl;
 }
 
+/* ---- data writes ------------------------------------------------------------------------- */
+
+/* A skewed clock would stamp versions that order wrongly against the other members' writes;
+ * metadata changes go through Raft and carry no such version, so they are not checked. */
+bool vd__api_write_refused(struct vd_http_req *r)
+{
+    struct vd_err e;
+    if (!vd__api.cluster || vd_cluster_clock_check(vd__api.cluster, &e) == 0)
+        return false;
+    vd_http_reply_err(r, &e);
+    return true;
+}
+
 /* ---- metadata adapter -------------------------------------------------------------------- */
 
 static int cluster_create(void *impl, const struct vd_coll_schema *s, vd_db_done_fn done, void *ctx,

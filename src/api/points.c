@@ -139,6 +139,8 @@ static int parse_batch(const cJSON *batch, uint32_t dim, struct upsert *u, struc
 
 static void upsert(struct vd_http_req *r, void *ctx)
 {
+    if (vd__api_write_refused(r))
+        return;
     cJSON *body;
     struct vd_coll *c = vd__api_coll_body(r, false, &body);
     if (!c)
@@ -265,6 +267,8 @@ static void selector_release(struct selector *s)
 
 static void delete_points(struct vd_http_req *r, void *ctx)
 {
+    if (vd__api_write_refused(r))
+        return;
     struct vd_coll *c = vd__api_coll(r);
     if (!c)
         return;
@@ -291,6 +295,8 @@ static void delete_points(struct vd_http_req *r, void *ctx)
 
 static void payload_edit(struct vd_http_req *r, enum vd_db_payload_op op)
 {
+    if (vd__api_write_refused(r))
+        return;
     struct vd_coll *c = vd__api_coll(r);
     if (!c)
         return;

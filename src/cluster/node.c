@@ -26,11 +26,19 @@
 
 /* ---- status ---------------------------------------------------------------------------------- */
 
-struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id)
+struct member_clock *vd__cluster_clock_find(struct vd_cluster *c, uint64_t id)
 {
     for (size_t i = 0; i < c->n_clocks; i++)
         if (c->clocks[i].id == id)
             return &c->clocks[i];
+    return NULL;
+}
+
+struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id)
+{
+    struct member_clock *found = vd__cluster_clock_find(c, id);
+    if (found)
+        return found;
     if (c->n_clocks == sizeof c->clocks / sizeof c->clocks[0]) {
         /* forget the one heard from least recently */
         size_t old = 0;
@@ -42,6 +50,7 @@ struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id)
     struct member_clock *m = &c->clocks[c->n_clocks++];
     memset(m, 0, sizeof *m);
     m->id = id;
+    vd_clock_peer_init(&m->est);
     return m;
 }
 
@@ -137,11 +146,18 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
         vd_buf_json_string(&b, m->addr, strlen(m->addr));
         vd_buf_puts(&b, ",\"rest_address\":");
         vd_buf_json_string(&b, m->http_addr, strlen(m->http_addr));
-        vd_buf_printf(&b, ",\"state\":\"%s\",\"role\":\"%s\",\"leader\":%s}", state,
+        vd_buf_printf(&b, ",\"state\":\"%s\",\"role\":\"%s\",\"leader\":%s", state,
                       role == VD_RAFT_VOTER     ? "voter"
                       : role == VD_RAFT_LEARNER ? "learner"
                                                 : "none",
                       m->id == leader ? "true" : "false");
+        /* the member's clock minus ours, as estimated from pings (null before the first) */
+        int64_t off = 0;
+        const struct member_clock *mc = vd__cluster_clock_find(c, m->id);
+        if (m->id == c->id || (mc && vd_clock_peer_offset(&mc->est, &off, NULL) == 0))
+            vd_buf_printf(&b, ",\"clock_offset_ms\":%lld}", (long long)off);
+        else
+            vd_buf_puts(&b, ",\"clock_offset_ms\":null}");
     }
     vd_buf_puts(&b, "]}");
     if (!vd_buf_ok(&b)) {
@@ -195,6 +211,56 @@ static void address_check(struct vd_cluster *c, uint64_t now)
     c->ops = o;
 }
 
+/*
+ * The write rule (vd_clock_skewed in core.h) over the members heard from recently: a member that
+ * is down has no fresh samples, one never heard from none at all, and neither is taken as a
+ * witness. Publishes the outcome for vd_cluster_clock_check and logs each change.
+ */
+static void clock_refresh(struct vd_cluster *c, uint64_t now)
+{
+    const struct vd_clock_peer *peers[MAX_MEMBERS * 2];
+    size_t np = 0, n = vd_meta_n_members(c->meta);
+    uint64_t nearest = UINT64_MAX;
+    int64_t ours = 0; /* our clock minus the nearest far member's */
+    for (size_t i = 0; i < n && np < sizeof peers / sizeof peers[0]; i++) {
+        const struct vd_meta_member *m = vd_meta_member_at(c->meta, i);
+        const struct member_clock *mc = vd__cluster_clock_find(c, m->id);
+        if (m->id == c->id || !mc || !mc->heard || now - mc->heard >= DOWN_AFTER_MS)
+            continue;
+        peers[np++] = &mc->est;
+        int64_t off;
+        if (vd_clock_peer_far(&mc->est, c->max_offset_ms) &&
+            vd_clock_peer_offset(&mc->est, &off, NULL) == 0) {
+            uint64_t mag = off < 0 ? (uint64_t)0 - (uint64_t)off : (uint64_t)off;
+            if (mag < nearest) {
+                nearest = mag;
+                ours = -off;
+            }
+        }
+    }
+    int64_t skew = vd_clock_skewed(peers, np, n, c->max_offset_ms) ? (ours ? ours : 1) : 0;
+    int64_t was = atomic_exchange(&c->skew_ms, skew);
+    if (skew && !was)
+        vd_log_warn("cluster: this node's clock is %lld ms %s a majority of the members "
+                    "(max-clock-offset %llu ms): data writes are refused until it is back",
+                    (long long)(skew < 0 ? -skew : skew), skew < 0 ? "behind" : "ahead of",
+                    (unsigned long long)c->max_offset_ms);
+    else if (!skew && was)
+        vd_log_info("cluster: this node's clock is back within max-clock-offset of a majority of "
+                    "the members: data writes are accepted again");
+}
+
+int vd_cluster_clock_check(struct vd_cluster *c, struct vd_err *err)
+{
+    int64_t skew = atomic_load(&c->skew_ms);
+    if (!skew)
+        return 0;
+    return vd_errf(err, VD_EUNAVAIL,
+                   "clock skew: this node's clock is %lld ms from the majority of members "
+                   "(max-clock-offset %llu ms)",
+                   (long long)(skew < 0 ? -skew : skew), (unsigned long long)c->max_offset_ms);
+}
+
 static void on_house(uv_timer_t *t)
 {
     struct vd_cluster *c = t->data;
@@ -205,13 +271,16 @@ static void on_house(uv_timer_t *t)
     uint64_t now = vd__cluster_now_ms();
     if (now - c->last_ping >= PING_MS) {
         c->last_ping = now;
+        uint8_t sent[8];
+        vd_be64_put(sent, vd_wall_ms());
         size_t n = vd_meta_n_members(c->meta);
         for (size_t i = 0; i < n; i++) {
             const struct vd_meta_member *m = vd_meta_member_at(c->meta, i);
             if (m->id != c->id)
-                vd_transport_send(c->tp, m->id, VD_FRAME_PING, NULL, 0);
+                vd_transport_send(c->tp, m->id, VD_FRAME_PING, sent, sizeof sent);
         }
     }
+    clock_refresh(c, now);
     if (c->join) {
         if (vd_meta_member(c->meta, c->id) && vd_raft_leader(c->raft)) {
             vd_log_info("cluster: joined; leader is node %llu",
@@ -445,6 +514,8 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     c->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 100;
     c->request_ms = o->request_timeout_ms ? o->request_timeout_ms : 10000;
     c->snapshot_every = o->snapshot_every ? o->snapshot_every : 1024;
+    c->max_offset_ms =
+        o->max_clock_offset_ms ? o->max_clock_offset_ms : VD_MAX_CLOCK_OFFSET_MS_DEFAULT;
     c->no_sync = o->no_sync;
     c->data_dir = vd_xstrdup(o->data_dir);
     c->bind = vd_xstrdup(o->bind ? o->bind : "127.0.0.1");
@@ -468,6 +539,7 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
         .advertise = o->advertise && o->advertise[0] ? o->advertise : NULL,
         .secret = c->secret,
         .refuse_all = o->refuse_peers,
+        .max_clock_offset_ms = c->max_offset_ms,
         .on_frame = vd__cluster_on_frame,
         .ctx = c,
     };

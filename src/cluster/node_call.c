@@ -344,20 +344,31 @@ static void on_reply(struct vd_cluster *c, const uint8_t *body, size_t len)
     }
 }
 
-/* Raft frames and metadata calls never look at the sender's HLC (the transport neither checks nor
+/*
+ * Raft frames and metadata calls never look at the sender's HLC (the transport neither checks nor
  * observes it for control frames): a member with a fast clock still votes, replicates and asks
- * for metadata changes. */
+ * for metadata changes. Pings measure the clock offsets the write rule needs.
+ */
 void vd__cluster_on_frame(void *ctx, uint64_t from, const char *from_addr, uint8_t type,
                           uint64_t hlc, const uint8_t *body, size_t len)
 {
     struct vd_cluster *c = ctx;
     (void)from_addr;
-    (void)hlc;
     if (c->broken)
         return;
     uint64_t now = vd__cluster_now_ms();
-    vd__cluster_clock_of(c, from)->heard = now;
+    struct member_clock *mc = vd__cluster_clock_of(c, from);
+    mc->heard = now;
     switch (type) {
+    case VD_FRAME_PING:
+        /* the answer's own HLC, stamped as it leaves, is what the pinger measures */
+        vd_transport_send(c->tp, from, VD_FRAME_PONG, body, len);
+        return;
+    case VD_FRAME_PONG:
+        /* refused (VD_EINVAL) when our wall clock stepped back during the trip */
+        if (len == 8)
+            vd_clock_peer_sample(&mc->est, vd_be64_get(body), hlc, vd_wall_ms());
+        return;
     case VD_FRAME_RAFT: {
         struct vd_raft_entry ents[256];
         struct vd_raft_msg m;

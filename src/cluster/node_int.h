@@ -24,7 +24,7 @@
 
 #define REQ_HDR 16
 #define HOUSEKEEPING_MS 50
-#define PING_MS 500
+#define PING_MS 250 /* liveness and clock offsets (vd_clock_peer): a few samples a second */
 #define DOWN_AFTER_MS 2500
 #define RETRY_MS 3000      /* a forwarded proposal not applied by then is sent again */
 #define READ_RETRY_MS 1000 /* a ReadIndex not answered by then is asked again */
@@ -93,6 +93,7 @@ struct member_clock {
     uint64_t id;
     uint64_t heard;       /* last frame from it (monotonic ms) */
     uint64_t last_action; /* leader: last membership step taken for it */
+    struct vd_clock_peer est; /* its wall clock's offset from ours, from ping round trips */
 };
 
 struct vd_cluster {
@@ -102,7 +103,12 @@ struct vd_cluster {
     uint64_t id;
     uint16_t port;
     uint32_t election_ms, heartbeat_ms, request_ms, snapshot_every;
+    uint64_t max_offset_ms; /* --max-clock-offset */
     bool no_sync;
+
+    /* written by the loop, read by any thread: 0 while this node's clock is within max_offset_ms
+     * of a majority of the members, else its offset from them in ms (vd_cluster_clock_check) */
+    _Atomic int64_t skew_ms;
 
     /* shared with other threads, under mu */
     pthread_mutex_t mu;
@@ -213,6 +219,8 @@ int vd__cluster_entry_data(uint64_t origin, uint64_t seq, const struct vd_buf *c
 /* The member's liveness record (created on first use; the least recently heard is forgotten
  * when the table is full). */
 struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id);
+/* The member's record if there is one (never creates or evicts: pointers stay valid). */
+struct member_clock *vd__cluster_clock_find(struct vd_cluster *c, uint64_t id);
 /* Rebuilds the cached GET /cluster result. */
 void vd__cluster_status_refresh(struct vd_cluster *c);
 

@@ -19,7 +19,7 @@ import unittest
 import vdtest
 from vdtest import Node, wait_until
 
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+SANITIZER_MARKS = vdtest.SANITIZER_MARKS
 VEC = {"vectors": {"size": 4, "distance": "Dot"}}
 
 
@@ -96,21 +96,8 @@ class ClusterCase(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        problems = []
-        for n in cls.nodes:
-            if n.proc is None:
-                n.cleanup()
-                continue
-            rc = n.stop()
-            log = n.read_log()
-            if rc != 0:
-                problems.append(f"node on {n.port} exited with {rc} on SIGTERM:\n{log}")
-            if any(b in log for b in SANITIZER_MARKS):
-                problems.append(f"sanitizer report in the log of the node on {n.port}:\n{log}")
-            n.cleanup()
-        cls.nodes = []
-        if problems:
-            raise AssertionError("\n".join(problems))
+        nodes, cls.nodes = cls.nodes, []
+        vdtest.stop_nodes(nodes)
 
     def by_id(self, nodes, ident):
         for n in nodes:

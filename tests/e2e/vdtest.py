@@ -152,6 +152,28 @@ class Node:
         return self.ok("PUT", f"/collections/{name}", body)
 
 
+SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+
+
+def stop_nodes(nodes):
+    """Stops every node still running (SIGTERM) and removes every node's data; then fails if one
+    did not exit with 0 or its log holds a sanitizer report."""
+    problems = []
+    for n in nodes:
+        if n.proc is None:
+            n.cleanup()
+            continue
+        rc = n.stop()
+        log = n.read_log()
+        if rc != 0:
+            problems.append(f"node on {n.port} exited with {rc} on SIGTERM:\n{log}")
+        if any(b in log for b in SANITIZER_MARKS):
+            problems.append(f"sanitizer report in the log of the node on {n.port}:\n{log}")
+        n.cleanup()
+    if problems:
+        raise AssertionError("\n".join(problems))
+
+
 class NodeTest(unittest.TestCase):
     """A test case with one fresh node per test class."""
     node_args = ()

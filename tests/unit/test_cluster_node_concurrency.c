@@ -113,6 +113,22 @@ static int voters_up(int i)
     return n;
 }
 
+/* Members whose clock offset node i has estimated, within 100 ms of its own (one process, one
+ * clock: every estimate is its round trip's error). */
+static int offsets_near(int i)
+{
+    cJSON *j = status(i);
+    int n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "nodes"))
+    {
+        const cJSON *off = cJSON_GetObjectItem(it, "clock_offset_ms");
+        n += cJSON_IsNumber(off) && off->valuedouble > -100 && off->valuedouble < 100;
+    }
+    cJSON_Delete(j);
+    return n;
+}
+
 static uint64_t ms(void)
 {
     return vd_mono_ns() / 1000000u;
@@ -265,6 +281,13 @@ static void test_form_create_failover(void **state)
     uint64_t l = leader_of(0);
     for (int i = 1; i < N; i++)
         assert_true(leader_of(i) == l);
+    /* pings measure every member's clock; none is skewed, so each node takes data writes (the
+     * check reads what the loop thread publishes) */
+    for (int i = 0; i < N; i++) {
+        POLL(offsets_near(i) == N, 5000, "clock offsets of every member");
+        struct vd_err e;
+        assert_int_equal(vd_cluster_clock_check(nodes[i].c, &e), 0);
+    }
 
     /* through a follower: visible there when the call returns, and everywhere after a sync */
     int f = index_of_leader() == 1 ? 2 : 1;
