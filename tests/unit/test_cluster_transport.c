@@ -10,7 +10,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <ifaddrs.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -26,6 +25,7 @@
 #include <uv.h>
 
 #include "cluster_int.h"
+#include "skip.h"
 
 /* ---- frame codec ----------------------------------------------------------------------------- */
 
@@ -451,19 +451,26 @@ static void test_send_addr_then_reply(void **state)
     node_stop(&b);
 }
 
-/* A name resolved with getaddrinfo (the host's own name, when it resolves to loopback). */
+/* A name resolved with getaddrinfo: the host's own name when it resolves to loopback, else
+ * localhost (a host's name often resolves to its network address, which a transport without a
+ * secret refuses). */
 static void test_resolved_name(void **state)
 {
     struct fx *fx = *state;
-    char host[256];
+    char own[256];
+    const char *names[] = {gethostname(own, sizeof(own)) == 0 ? own : "localhost", "localhost"};
+    const char *host = NULL;
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
     bool loop_ok = false;
-    if (gethostname(host, sizeof(host)) == 0 && getaddrinfo(host, NULL, &hints, &res) == 0) {
-        loop_ok = (ntohl(((struct sockaddr_in *)res->ai_addr)->sin_addr.s_addr) >> 24) == 127;
-        freeaddrinfo(res);
+    for (int i = 0; i < 2 && !loop_ok; i++) {
+        host = names[i];
+        if (getaddrinfo(host, NULL, &hints, &res) == 0) {
+            loop_ok = (ntohl(((struct sockaddr_in *)res->ai_addr)->sin_addr.s_addr) >> 24) == 127;
+            freeaddrinfo(res);
+        }
     }
     if (!loop_ok)
-        skip();
+        VD_SKIP("neither this host's name nor localhost resolves to a loopback address");
     struct node a = {0}, b = {0};
     node_start(fx, &a, 1, NULL);
     node_start(fx, &b, 2, NULL);
@@ -816,31 +823,85 @@ static void test_replayed_frame(void **state)
     mitm_case(*state, MITM_REPLAY);
 }
 
-/* A non-loopback IPv4 address of this host into buf, or false when it has none. */
-static bool other_ip(char *buf, size_t cap)
+/* A non-loopback address for test_loopback_only. A machine may have no address but loopback (a
+ * container), so the test makes one: a veth pair whose far end lives in a network namespace of
+ * its own and whose near end gets 10.200.N.1/24, N from the process id so that concurrent runs
+ * use different subnets. Needs root and iproute2's ip; removed again in the teardown. */
+static struct {
+    char ns[32], ip[INET_ADDRSTRLEN], why[512];
+    bool made;
+} veth;
+
+/* Runs a shell command; on failure returns nonzero and keeps its output in veth.why. */
+static int veth_sh(const char *fmt, ...)
 {
-    struct ifaddrs *ifs, *i;
-    bool found = false;
-    if (getifaddrs(&ifs))
-        return false;
-    for (i = ifs; i && !found; i = i->ifa_next) {
-        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET)
-            continue;
-        struct in_addr a = ((struct sockaddr_in *)i->ifa_addr)->sin_addr;
-        if ((ntohl(a.s_addr) >> 24) != 127 && inet_ntop(AF_INET, &a, buf, (socklen_t)cap))
-            found = true;
+    char cmd[512], out[256] = "";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    size_t len = strlen(cmd);
+    snprintf(cmd + len, sizeof(cmd) - len, " 2>&1");
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        snprintf(veth.why, sizeof(veth.why), "%s: %s", cmd, strerror(errno));
+        return -1;
     }
-    freeifaddrs(ifs);
-    return found;
+    size_t n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = 0;
+    int rc = pclose(p);
+    if (rc != 0) {
+        out[strcspn(out, "\n")] = 0;
+        snprintf(veth.why, sizeof(veth.why), "`%.*s` failed (status %d): %s", (int)(len), cmd, rc,
+                 out);
+    }
+    return rc;
+}
+
+static void veth_remove(void)
+{
+    /* deleting one end deletes the pair; the namespace goes with its name */
+    veth_sh("ip link del %sa", veth.ns);
+    veth_sh("ip netns del %s", veth.ns);
+}
+
+static int veth_setup(void **state)
+{
+    unsigned pid = (unsigned)getpid();
+    snprintf(veth.ns, sizeof(veth.ns), "vdt%u", pid);
+    snprintf(veth.ip, sizeof(veth.ip), "10.200.%u.1", pid % 254 + 1);
+    veth.made = false;
+    veth_remove(); /* left over by a crashed run with the same process id */
+    veth.why[0] = 0;
+    if (veth_sh("ip netns add %s", veth.ns) ||
+        veth_sh("ip link add %sa type veth peer name %sb netns %s", veth.ns, veth.ns, veth.ns) ||
+        veth_sh("ip addr add %s/24 dev %sa", veth.ip, veth.ns) ||
+        veth_sh("ip link set %sa up", veth.ns) || veth_sh("ip -n %s link set %sb up", veth.ns, veth.ns)) {
+        char why[sizeof(veth.why)];
+        snprintf(why, sizeof(why), "%s", veth.why);
+        veth_remove();
+        snprintf(veth.why, sizeof(veth.why), "%s", why);
+    } else {
+        veth.made = true;
+    }
+    return fx_setup(state);
+}
+
+static int veth_teardown(void **state)
+{
+    int rc = fx_teardown(state);
+    if (veth.made)
+        veth_remove();
+    return rc;
 }
 
 /* Without a secret only loopback peers are accepted, on both ends; with one, any address. */
 static void test_loopback_only(void **state)
 {
     struct fx *fx = *state;
-    char ip[INET_ADDRSTRLEN];
-    if (!other_ip(ip, sizeof(ip)))
-        skip();
+    if (!veth.made)
+        VD_SKIP("no non-loopback address could be made (root and iproute2 are needed): %s", veth.why);
+    const char *ip = veth.ip;
     struct vd_err err;
     struct node a = {0}, b = {0}, c = {0}, d = {0};
     struct vd_transport_opts o = {.loop = &fx->loop, .bind = ip, .on_frame = on_rx};
@@ -1313,7 +1374,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wrong_secret, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tampered_frame, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_replayed_frame, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_loopback_only, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_loopback_only, veth_setup, veth_teardown),
         cmocka_unit_test_setup_teardown(test_simultaneous_dial, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_peer_restart, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_garbage_and_oversize, fx_setup, fx_teardown),

@@ -282,7 +282,11 @@ static void test_parallel_build_recall(void **state)
     double rs = recall_vs_brute(serial, v, n, dim, q, nq);
     double rp = recall_vs_brute(par, v, n, dim, q, nq);
     print_message("recall@10 at ef 16: serial %.4f, 4 link threads %.4f\n", rs, rp);
+    /* relative to the serial build, and absolute, so that a change that spoils both builds
+     * alike cannot pass (measured: 0.98 for both at ef 16) */
     assert_true(rp >= rs - 0.01);
+    assert_true(rs >= 0.95);
+    assert_true(rp >= 0.95);
     vd_index_free(serial);
     vd_index_free(par);
     free(v);

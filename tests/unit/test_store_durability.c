@@ -3,26 +3,22 @@
  * returned, and a failed fsync is reported as VD_EIO, never acknowledged, and the write is absent
  * after a restart. A kill -9 test cannot show this (the page cache survives the process).
  *
- * The binary re-executes itself with LD_PRELOAD set when the shim is not loaded yet. The shim is
- * found through VD_FSYNC_SHIM or next to this binary at tests/shim/libvd_fsync_count.so. */
+ * The binary re-executes itself with LD_PRELOAD set when the shim is not loaded yet
+ * (tests/shim/preload.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
-#include <dlfcn.h>
 #include <ftw.h>
-#include <libgen.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "shim/preload.h"
 #include "vectord/store.h"
-
-static uint64_t (*shim_count)(void);
-static void (*shim_fail)(int on);
 
 static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -77,7 +73,7 @@ static int setup_nosync(void **state)
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    shim_fail(0);
+    vd_shim_fail(0);
     vd_store_close(f->s);
     nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     free(f);
@@ -101,7 +97,7 @@ struct seen {
 static void record_done(struct vd_wbatch *b, int status, void *ctx)
 {
     struct seen *s = ctx;
-    s->fsyncs_at_done = shim_count();
+    s->fsyncs_at_done = vd_shim_count();
     s->status = status;
 }
 
@@ -114,11 +110,11 @@ static void test_ack_after_fsync(void **state)
         fill(f, &op, i);
         struct seen seen = {0};
         struct vd_wbatch b = {.ops = &op, .n = 1, .done = record_done, .ctx = &seen};
-        uint64_t before = shim_count();
+        uint64_t before = vd_shim_count();
         assert_int_equal(vd_store_write(f->s, &b), 0);
         assert_int_equal(seen.status, 0);
         assert_true(seen.fsyncs_at_done > before); /* done ran after the sync */
-        assert_true(shim_count() > before);
+        assert_true(vd_shim_count() > before);
     }
 }
 
@@ -147,7 +143,7 @@ static void test_group_commit_syncs(void **state)
     struct fx *f = *state;
     struct vd_store_counters c0, c1;
     vd_store_counters(f->s, &c0);
-    uint64_t before = shim_count();
+    uint64_t before = vd_shim_count();
     pthread_t th[4];
     struct thr a[4];
     for (int i = 0; i < 4; i++) {
@@ -159,7 +155,7 @@ static void test_group_commit_syncs(void **state)
         assert_int_equal(a[i].errors, 0);
     }
     vd_store_counters(f->s, &c1);
-    uint64_t commits = c1.commits - c0.commits, syncs = shim_count() - before;
+    uint64_t commits = c1.commits - c0.commits, syncs = vd_shim_count() - before;
     printf("durability: 100 acknowledged writes from 4 threads, %llu commits, %llu sync calls\n",
            (unsigned long long)commits, (unsigned long long)syncs);
     assert_true(commits >= 1 && commits <= 100);
@@ -170,14 +166,14 @@ static void test_group_commit_syncs(void **state)
 static void test_no_sync_control(void **state)
 {
     struct fx *f = *state;
-    uint64_t before = shim_count();
+    uint64_t before = vd_shim_count();
     for (uint64_t i = 0; i < 10; i++) {
         struct vd_wop op;
         fill(f, &op, i);
         struct vd_wbatch b = {.ops = &op, .n = 1};
         assert_int_equal(vd_store_write(f->s, &b), 0);
     }
-    assert_int_equal(shim_count(), before);
+    assert_int_equal(vd_shim_count(), before);
 }
 
 /* A failed fsync: the write is reported VD_EIO, not acknowledged, later writes are refused, and
@@ -191,7 +187,7 @@ static void test_fsync_failure(void **state)
     assert_int_equal(vd_store_write(f->s, &b), 0);
 
     vd_log_set_level(VD_LOG_OFF); /* the expected error lines */
-    shim_fail(1);
+    vd_shim_fail(1);
     struct seen seen = {.status = 12345};
     fill(f, &op, 2);
     b = (struct vd_wbatch){.ops = &op, .n = 1, .done = record_done, .ctx = &seen};
@@ -205,7 +201,7 @@ static void test_fsync_failure(void **state)
     assert_int_equal(vd_store_last_seq(f->s), seq_before);
 
     /* Sticky: even with fsync working again, this open store refuses writes. */
-    shim_fail(0);
+    vd_shim_fail(0);
     fill(f, &op, 3);
     b = (struct vd_wbatch){.ops = &op, .n = 1};
     assert_int_equal(vd_store_write(f->s, &b), VD_EIO);
@@ -233,54 +229,10 @@ static void test_fsync_failure(void **state)
     assert_int_equal(vd_store_write(f->s, &b), 0);
 }
 
-/* Finds the shim and re-executes this binary with it preloaded; returns only on failure. */
-static int reexec_with_shim(char **argv)
-{
-    char path[4096];
-    const char *env = getenv("VD_FSYNC_SHIM");
-    if (env && *env) {
-        snprintf(path, sizeof path, "%s", env);
-    } else {
-        char exe[4096];
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-        if (n <= 0)
-            return fprintf(stderr, "cannot locate this binary\n"), 1;
-        exe[n] = 0;
-        snprintf(path, sizeof path, "%s/tests/shim/libvd_fsync_count.so", dirname(exe));
-    }
-    if (getenv("VD_SHIM_REEXEC")) {
-        fprintf(stderr, "LD_PRELOAD=%s did not provide vd_shim_fsync_count\n", path);
-        return 1;
-    }
-    if (access(path, R_OK) != 0) {
-        fprintf(stderr,
-                "fsync shim not found at %s: build the vd_fsync_count target (tests/shim) or set "
-                "VD_FSYNC_SHIM; durability cannot be proven without it\n",
-                path);
-        return 1;
-    }
-    char pre[8192], asan[4096];
-    const char *old = getenv("LD_PRELOAD");
-    snprintf(pre, sizeof pre, "%s%s%s", path, old && *old ? ":" : "", old ? old : "");
-    const char *ao = getenv("ASAN_OPTIONS");
-    /* The sanitizer runtime is linked into this binary; a preloaded library ahead of it is fine
-     * here because the shim itself is not instrumented. */
-    snprintf(asan, sizeof asan, "%s%sverify_asan_link_order=0", ao && *ao ? ao : "",
-             ao && *ao ? ":" : "");
-    setenv("LD_PRELOAD", pre, 1);
-    setenv("ASAN_OPTIONS", asan, 1);
-    setenv("VD_SHIM_REEXEC", "1", 1);
-    execv("/proc/self/exe", argv);
-    perror("execv");
-    return 1;
-}
-
 int main(int argc, char **argv)
 {
-    shim_count = (uint64_t(*)(void))dlsym(RTLD_DEFAULT, "vd_shim_fsync_count");
-    shim_fail = (void (*)(int))dlsym(RTLD_DEFAULT, "vd_shim_fsync_fail");
-    if (!shim_count || !shim_fail)
-        return reexec_with_shim(argv);
+    if (vd_test_shim_preload(argv))
+        return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_ack_after_fsync, setup_sync, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_syncs, setup_sync, teardown),

@@ -1,11 +1,10 @@
 /*
  * Raft log storage on a real LMDB environment in a temporary directory: round trips across
  * close/reopen (a restart), truncation of conflicting suffixes, snapshots that compact or replace
- * the log, checksums that catch corruption, and (under the fsync-counting shim, when it is built)
- * that a save returns only after its commit was synced and that a failed sync is sticky.
+ * the log, checksums that catch corruption, and (under the fsync-counting shim, which the binary
+ * loads itself: without it the test fails) that a save returns only after its commit was synced
+ * and that a failed sync is sticky.
  */
-#include <dlfcn.h>
-#include <libgen.h>
 #include <lmdb.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,10 +15,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "shim/preload.h"
 #include "vectord/raftlog.h"
-
-static uint64_t (*shim_count)(void);
-static void (*shim_fail)(int on);
 
 struct fix {
     char dir[256];
@@ -282,77 +279,39 @@ static void test_map_grows(void **state)
 static void test_save_is_synced(void **state)
 {
     struct fix *f = *state;
-    if (!shim_count)
-        skip();
-    uint64_t before = shim_count();
+    uint64_t before = vd_shim_count();
     struct vd_raft_update u = {.hard_state = true, .term = 2, .vote = 1};
     struct vd_err err;
     assert_int_equal(vd_raftlog_save(f->l, &u, &err), 0);
-    assert_true(shim_count() > before); /* the vote is on disk before anyone hears of it */
-    before = shim_count();
+    assert_true(vd_shim_count() > before); /* the vote is on disk before anyone hears of it */
+    before = vd_shim_count();
     save_entries(f, 1, 3, 2);
-    assert_true(shim_count() > before);
+    assert_true(vd_shim_count() > before);
     /* an update with nothing durable in it costs no sync */
-    before = shim_count();
+    before = vd_shim_count();
     struct vd_raft_update none = {0};
     assert_int_equal(vd_raftlog_save(f->l, &none, &err), 0);
-    assert_int_equal(shim_count(), before);
+    assert_int_equal(vd_shim_count(), before);
 }
 
 static void test_failed_sync_is_sticky(void **state)
 {
     struct fix *f = *state;
-    if (!shim_fail)
-        skip();
     save_entries(f, 1, 2, 1);
-    shim_fail(1);
+    vd_shim_fail(1);
     struct vd_raft_update u = {.hard_state = true, .term = 5, .vote = 2};
     struct vd_err err;
     assert_int_equal(vd_raftlog_save(f->l, &u, &err), VD_EIO);
-    shim_fail(0);
+    vd_shim_fail(0);
     /* the promise was never acknowledged; nothing more is written through this handle */
     assert_int_equal(vd_raftlog_save(f->l, &u, &err), VD_EIO);
     assert_non_null(strstr(err.msg, "earlier commit failed"));
 }
 
-/* Re-executes under the fsync-counting shim when it was built; without it the sync tests skip. */
-static void maybe_reexec(char **argv)
-{
-    if (getenv("VD_SHIM_REEXEC"))
-        return;
-    char path[4096];
-    const char *env = getenv("VD_FSYNC_SHIM");
-    if (env && *env) {
-        snprintf(path, sizeof(path), "%s", env);
-    } else {
-        char exe[4096];
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-        if (n <= 0)
-            return;
-        exe[n] = 0;
-        snprintf(path, sizeof(path), "%s/tests/shim/libvd_fsync_count.so", dirname(exe));
-    }
-    if (access(path, R_OK) != 0)
-        return;
-    char pre[8192], asan[4096];
-    const char *old = getenv("LD_PRELOAD"), *ao = getenv("ASAN_OPTIONS");
-    snprintf(pre, sizeof(pre), "%s%s%s", path, old && *old ? ":" : "", old ? old : "");
-    snprintf(asan, sizeof(asan), "%s%sverify_asan_link_order=0", ao && *ao ? ao : "",
-             ao && *ao ? ":" : "");
-    setenv("LD_PRELOAD", pre, 1);
-    setenv("ASAN_OPTIONS", asan, 1);
-    setenv("VD_SHIM_REEXEC", "1", 1);
-    execv("/proc/self/exe", argv);
-}
-
 int main(int argc, char **argv)
 {
-    shim_count = (uint64_t(*)(void))dlsym(RTLD_DEFAULT, "vd_shim_fsync_count");
-    shim_fail = (void (*)(int))dlsym(RTLD_DEFAULT, "vd_shim_fsync_fail");
-    if (!shim_count)
-        maybe_reexec(argv);
-    if (!shim_count)
-        fprintf(stderr, "fsync shim not loaded: the two sync tests are skipped\n");
+    if (vd_test_shim_preload(argv))
+        return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_fresh_is_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roundtrip_across_restart, setup, teardown),
