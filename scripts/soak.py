@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""Soak: one vectord node under mixed load from several clients for a long time.
+
+Each client loops over upserts (small batches, some with wait=true), deletes, payload edits,
+filtered searches and scrolls on one collection whose ids come from a fixed range, so the data
+stays about the same size and memory should stay flat once the node is warm. It checks what
+comes back (every hit of a filtered search matches the filter, scroll pages are in id order),
+and reports:
+  - errors (any non-200 reply, malformed reply or connection failure): must be 0;
+  - resident memory (VmRSS) after the warm-up and at the end: growth must stay under --max-growth;
+  - per minute: operations, errors, p50 and p99 latency, RSS;
+  - the node's exit status on SIGTERM and sanitizer reports in its log (run against an
+    AddressSanitizer build, LeakSanitizer checks for leaks when the node exits).
+Exit status 0 when every check passed.
+
+  scripts/soak.py --binary build/rel/vectord                       # 30 minutes, 8 clients
+  scripts/soak.py --binary build/asan/vectord --seconds 75 --warmup 20 --max-growth 0
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
+import vdtest  # noqa: E402
+from vdtest import Node  # noqa: E402
+
+SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+COLL = "soak"
+CATS = 10
+
+
+def rss_kib(pid):
+    """VmRSS, RssAnon and RssFile of pid in KiB (None when the process is gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "RssAnon", "RssFile"):
+                    out[k] = int(v.split()[0])
+    except OSError:
+        return None
+    return out
+
+
+def pct(xs, p):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100.0 * len(xs)))]
+
+
+class Client(threading.Thread):
+    """One load generator with its own keep-alive connection and random stream."""
+
+    def __init__(self, soak, idx):
+        super().__init__(daemon=True)
+        self.soak = soak
+        self.idx = idx
+        self.rnd = random.Random(1000 + idx)
+        self.conn = None
+
+    def some_ids(self, lo, hi):
+        """lo..hi ids this client writes: ids are split among the clients by id modulo their
+        number, so no other client deletes a point between this one's delete and edit (searches
+        and scrolls read every id)."""
+        n = self.soak.args.clients
+        return [self.rnd.randrange(self.soak.ids // n) * n + self.idx
+                for _ in range(self.rnd.randint(lo, hi))]
+
+    def vec(self):
+        return [self.rnd.uniform(-1, 1) for _ in range(self.soak.dim)]
+
+    def payload(self, pid):
+        return {"cat": f"c{pid % CATS}", "n": pid, "tag": "x" * self.rnd.randrange(0, 200)}
+
+    def call(self, method, path, body):
+        """(status, parsed reply); reconnects after a failed connection."""
+        node = self.soak.node
+        data = json.dumps(body).encode()
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = node.conn(timeout=60)
+            try:
+                self.conn.request(method, path, body=data,
+                                  headers={"Content-Type": "application/json"})
+                r = self.conn.getresponse()
+                raw = r.read()
+                if r.getheader("Connection", "").lower() == "close":
+                    self.conn.close()
+                    self.conn = None
+                return r.status, json.loads(raw) if raw else None
+            except (OSError, ValueError) as e:
+                self.conn.close()
+                self.conn = None
+                # a keep-alive connection the server closed between requests is retried once
+                # on a new connection; any other failure, or a second one, is an error
+                if attempt or not isinstance(e, (ConnectionResetError, BrokenPipeError)):
+                    raise
+                self.soak.reconnects += 1
+
+    def op_upsert(self):
+        ids = self.some_ids(1, 10)
+        wait = "?wait=true" if self.rnd.random() < 0.5 else ""
+        pts = [{"id": i, "vector": self.vec(), "payload": self.payload(i)} for i in ids]
+        return self.call("PUT", f"/collections/{COLL}/points{wait}", {"points": pts}), None
+
+    def op_delete(self):
+        ids = self.some_ids(1, 5)
+        return self.call("POST", f"/collections/{COLL}/points/delete", {"points": ids}), None
+
+    def op_payload(self):
+        ids = self.some_ids(1, 5)
+        # by filter: a point this client deleted earlier is no error (by ids it would be a 404)
+        body = {"payload": {"tag": "y" * self.rnd.randrange(0, 300), "edited": True},
+                "filter": {"must": [{"has_id": ids}]}}
+        return self.call("POST", f"/collections/{COLL}/points/payload", body), None
+
+    def op_search(self):
+        cat = f"c{self.rnd.randrange(CATS)}"
+        body = {"vector": self.vec(), "limit": 10, "with_payload": ["cat"],
+                "filter": {"must": [{"key": "cat", "match": {"value": cat}}]}}
+        st_j = self.call("POST", f"/collections/{COLL}/points/search", body)
+
+        def check(j):
+            for h in j["result"]:
+                if h["payload"].get("cat") != cat:
+                    return f"search for cat {cat} returned {h}"
+            return None
+        return st_j, check
+
+    def op_scroll(self):
+        lo = self.rnd.randrange(self.soak.ids)
+        body = {"limit": 50, "offset": lo, "with_payload": False}
+        if self.rnd.random() < 0.5:
+            body["filter"] = {"must": [{"key": "n", "range": {"gte": lo, "lt": lo + 2000}}]}
+        st_j = self.call("POST", f"/collections/{COLL}/points/scroll", body)
+
+        def check(j):
+            ids = [p["id"] for p in j["result"]["points"]]
+            if ids != sorted(ids) or any(i < lo for i in ids):
+                return f"scroll from {lo} returned ids out of order: {ids[:10]}"
+            return None
+        return st_j, check
+
+    def run(self):
+        ops = [(self.op_upsert, 30), (self.op_delete, 10), (self.op_payload, 10),
+               (self.op_search, 35), (self.op_scroll, 15)]
+        fns = [f for f, w in ops for _ in range(w)]
+        s = self.soak
+        while not s.stop.is_set():
+            fn = self.rnd.choice(fns)
+            name = fn.__name__[3:]
+            t0 = time.monotonic()
+            err = None
+            try:
+                (st, j), check = fn()
+                if st != 200:
+                    err = f"{name}: HTTP {st}: {j}"
+                elif not isinstance(j, dict) or j.get("status") != "ok":
+                    err = f"{name}: reply {j}"
+                elif check:
+                    err = check(j)
+            except Exception as e:  # every failure counts; the loop goes on
+                err = f"{name}: {type(e).__name__}: {e}"
+            s.record(t0, time.monotonic() - t0, name, err)
+        if self.conn:
+            self.conn.close()
+
+
+class Soak:
+    def __init__(self, args):
+        self.args = args
+        self.dim = args.dim
+        self.ids = args.points
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.minutes = {}  # minute -> {"lat": [...], "ops": n, "errors": n}
+        self.errors = []
+        self.n_errors = 0
+        self.reconnects = 0
+        self.rss = []  # (seconds since start, {VmRSS, RssAnon, RssFile})
+        self.t0 = None
+        self.node = None
+
+    def record(self, t0, dt, name, err):
+        m = int((t0 - self.t0) // 60)
+        with self.lock:
+            b = self.minutes.setdefault(m, {"lat": [], "ops": 0, "errors": 0})
+            b["ops"] += 1
+            b["lat"].append(dt)
+            if err:
+                b["errors"] += 1
+                self.n_errors += 1
+                if len(self.errors) < 20:
+                    self.errors.append(err)
+
+    def preload(self):
+        n = self.node
+        n.ok("PUT", f"/collections/{COLL}", {"vectors": {"size": self.dim, "distance": "Cosine"}})
+        n.ok("PUT", f"/collections/{COLL}/index?wait=true", {"field_name": "cat",
+                                                            "field_schema": "keyword"})
+        n.ok("PUT", f"/collections/{COLL}/index?wait=true", {"field_name": "n",
+                                                            "field_schema": "integer"})
+        rnd = random.Random(1)
+        for lo in range(0, self.ids, 500):
+            pts = [{"id": i, "vector": [rnd.uniform(-1, 1) for _ in range(self.dim)],
+                    "payload": {"cat": f"c{i % CATS}", "n": i, "tag": ""}}
+                   for i in range(lo, min(lo + 500, self.ids))]
+            n.ok("PUT", f"/collections/{COLL}/points?wait=true", {"points": pts})
+
+    def sample_rss(self):
+        while True:
+            r = rss_kib(self.node.proc.pid)
+            if r:
+                with self.lock:
+                    self.rss.append((time.monotonic() - self.t0, r))
+            if self.stop.wait(2.0):
+                return
+
+    def rss_at(self, t):
+        """The first RSS sample taken at or after t seconds."""
+        for s, r in self.rss:
+            if s >= t:
+                return r
+        return self.rss[-1][1] if self.rss else None
+
+    def run(self):
+        a = self.args
+        vdtest.BINARY = a.binary
+        self.node = Node(args=a.node_args)
+        self.node.start()
+        ok = True
+        try:
+            t = time.monotonic()
+            self.preload()
+            print(f"soak: {self.ids} points of {self.dim} dims loaded in {time.monotonic() - t:.1f}s; "
+                  f"{a.clients} clients for {a.seconds}s (warm-up {a.warmup}s), node pid "
+                  f"{self.node.proc.pid}", flush=True)
+            self.t0 = time.monotonic()
+            sampler = threading.Thread(target=self.sample_rss, daemon=True)
+            sampler.start()
+            clients = [Client(self, i) for i in range(a.clients)]
+            for c in clients:
+                c.start()
+            last = 0
+            print(f"{'minute':>6} {'ops':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8}",
+                  flush=True)
+            while True:
+                el = time.monotonic() - self.t0
+                if el >= a.seconds:
+                    break
+                time.sleep(min(1.0, a.seconds - el))
+                m = int((time.monotonic() - self.t0) // 60)
+                if m > last:  # print each minute once it is complete
+                    self.print_minute(last)
+                    last = m
+            self.stop.set()
+            for c in clients:
+                c.join(120)
+            sampler.join(10)
+            for m in range(last, max(self.minutes, default=-1) + 1):
+                self.print_minute(m)
+            end = rss_kib(self.node.proc.pid)
+        finally:
+            self.stop.set()
+            rc = self.node.stop(timeout=120)
+            log = self.node.read_log()
+            self.node.cleanup()
+
+        total_ops = sum(b["ops"] for b in self.minutes.values())
+        lat = [x for b in self.minutes.values() for x in b["lat"]]
+        print(f"soak: {total_ops} operations in {a.seconds}s ({total_ops / a.seconds:.0f}/s), "
+              f"p50 {pct(lat, 50) * 1000:.2f} ms, p99 {pct(lat, 99) * 1000:.2f} ms")
+        print(f"soak: errors {self.n_errors} (idle keep-alive connections reopened: {self.reconnects})")
+        for e in self.errors:
+            print(f"  {e}")
+        if self.n_errors:
+            ok = False
+        warm = self.rss_at(a.warmup)
+        if warm and end:
+            growth = (end["VmRSS"] - warm["VmRSS"]) / warm["VmRSS"] * 100.0
+            print(f"soak: RSS after warm-up {warm['VmRSS'] / 1024:.1f} MiB "
+                  f"(anon {warm['RssAnon'] / 1024:.1f}, file {warm['RssFile'] / 1024:.1f}), "
+                  f"at the end {end['VmRSS'] / 1024:.1f} MiB (anon {end['RssAnon'] / 1024:.1f}, "
+                  f"file {end['RssFile'] / 1024:.1f}): growth {growth:+.2f} %"
+                  + (f" (limit {a.max_growth} %)" if a.max_growth > 0 else " (not checked)"))
+            if a.max_growth > 0 and growth >= a.max_growth:
+                ok = False
+        else:
+            print("soak: no RSS samples")
+            ok = False
+        print(f"soak: node exit status on SIGTERM {rc}")
+        if rc != 0:
+            ok = False
+        marks = [m for m in SANITIZER_MARKS if m in log]
+        if marks:
+            print(f"soak: sanitizer report in the node's log:\n{log}")
+            ok = False
+        print("soak: PASSED" if ok else "soak: FAILED")
+        return 0 if ok else 1
+
+    def print_minute(self, m):
+        b = self.minutes.get(m)
+        if not b:
+            return
+        r = self.rss_at((m + 1) * 60) or {"VmRSS": 0}
+        print(f"{m + 1:>6} {b['ops']:>8} {b['errors']:>6} {pct(b['lat'], 50) * 1000:>8.2f} "
+              f"{pct(b['lat'], 99) * 1000:>8.2f} {r['VmRSS'] / 1024:>8.1f}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--binary", required=True, help="the vectord executable")
+    ap.add_argument("--minutes", type=float, default=30, help="length of the run (default 30)")
+    ap.add_argument("--seconds", type=float, help="length of the run in seconds (overrides --minutes)")
+    ap.add_argument("--warmup", type=float, help="seconds before the reference RSS sample "
+                    "(default: a sixth of the run)")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--points", type=int, default=20000, help="size of the id range")
+    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--max-growth", type=float, default=5.0,
+                    help="RSS growth after warm-up that fails the run, in %% (0: report only)")
+    ap.add_argument("--node-arg", action="append", dest="node_args", default=[],
+                    help="extra vectord flag (repeatable)")
+    a = ap.parse_args()
+    if a.seconds is None:
+        a.seconds = a.minutes * 60
+    if a.warmup is None:
+        a.warmup = a.seconds / 6
+    if not os.path.exists(a.binary):
+        print(f"soak: {a.binary} not found", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return Soak(a).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
