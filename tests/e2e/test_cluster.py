@@ -14,51 +14,11 @@ import struct
 import tempfile
 import threading
 import time
-import unittest
 
 import vdtest
-from vdtest import Node, wait_until
+from vdtest import ClusterCase, agreed, info, wait_until
 
-SANITIZER_MARKS = vdtest.SANITIZER_MARKS
 VEC = {"vectors": {"size": 4, "distance": "Dot"}}
-
-
-def info(node, timeout=2.0):
-    """GET /cluster result of node, or None when it does not answer (down, starting)."""
-    if node.proc is None:
-        return None
-    try:
-        st, j = node.request("GET", "/cluster", timeout=timeout)
-    except (OSError, AssertionError):
-        return None
-    return j["result"] if st == 200 else None
-
-
-def agreed(nodes, voters):
-    """When every node in nodes reports the same leader and term, that leader among nodes, and
-    `voters` voting members all up: returns (leader_id, term), else None."""
-    seen = []
-    for n in nodes:
-        r = info(n)
-        if r is None:
-            return None
-        seen.append(r)
-    leaders = {r["raft_info"]["leader"] for r in seen}
-    terms = {r["raft_info"]["term"] for r in seen}
-    if len(leaders) != 1 or len(terms) != 1 or None in leaders:
-        return None
-    leader = leaders.pop()
-    if [r["raft_info"]["role"] for r in seen].count("Leader") != 1:
-        return None
-    if leader not in {r["peer_id"] for r in seen}:
-        return None
-    for r in seen:
-        vs = [m for m in r["nodes"] if m["role"] == "voter"]
-        if len(vs) != voters or any(m["state"] != "up" for m in vs):
-            return None
-        if not all(r["raft_info"]["is_voter"] for r in seen):
-            return None
-    return leader, terms.pop()
 
 
 def eventually_found(testcase, node, path, timeout=30):
@@ -75,58 +35,12 @@ def peer_id(node):
     return info(node)["peer_id"]
 
 
-def check_log(testcase, node):
-    log = node.read_log()
-    for bad in SANITIZER_MARKS:
-        testcase.assertNotIn(bad, log, f"sanitizer report in a server log:\n{log}")
-
-
-class ClusterCase(unittest.TestCase):
-    """Nodes started by a test class are stopped (SIGTERM, exit 0, clean log) at its end."""
-    nodes = []
-
-    @classmethod
-    def make(cls, join=None, args=()):
-        a = list(args)
-        if join is not None:
-            a += ["--join", f"127.0.0.1:{join.cluster_port}"]
-        n = Node(args=a)
-        cls.nodes.append(n)
-        return n
-
-    @classmethod
-    def tearDownClass(cls):
-        nodes, cls.nodes = cls.nodes, []
-        vdtest.stop_nodes(nodes)
-
-    def by_id(self, nodes, ident):
-        for n in nodes:
-            if n.proc is not None and info(n) and info(n)["peer_id"] == ident:
-                return n
-        return None
-
-    def assertError(self, st_j, statuses, fragment=None):
-        st, j = st_j
-        if isinstance(statuses, int):
-            statuses = (statuses,)
-        self.assertIn(st, statuses, j)
-        self.assertIsInstance(j, dict, j)
-        self.assertIsInstance(j.get("status"), dict, j)
-        self.assertIn("error", j["status"])
-        if fragment:
-            self.assertIn(fragment.lower(), j["status"]["error"].lower())
-
-
 class ThreeNodeTest(ClusterCase):
     """One cluster for the whole class; tests run in name order and build on each other."""
 
     @classmethod
     def setUpClass(cls):
-        cls.nodes = []
-        cls.n1 = cls.make().start()
-        cls.n2 = cls.make(join=cls.n1).start()
-        cls.n3 = cls.make(join=cls.n1).start()
-        cls.members = [cls.n1, cls.n2, cls.n3]
+        cls.n1, cls.n2, cls.n3 = cls.start_cluster(3)
 
     def live(self):
         return [n for n in self.members if n.proc is not None]

@@ -11,8 +11,7 @@ import threading
 import time
 
 import vdtest
-from test_cluster import ClusterCase, agreed, info, check_log
-from vdtest import wait_until
+from vdtest import ClusterCase, agreed, check_log, info, wait_until
 
 VEC = {"vectors": {"size": 4, "distance": "Dot"}}
 FREEZE_S = 30
@@ -25,15 +24,11 @@ def names_on(node):
 class SigstopTest(ClusterCase):
     @classmethod
     def setUpClass(cls):
-        cls.nodes = []
-        cls.n1 = cls.make().start()
-        cls.n2 = cls.make(join=cls.n1).start()
-        cls.n3 = cls.make(join=cls.n1).start()
-        cls.members = [cls.n1, cls.n2, cls.n3]
+        # three voters first: before that a frozen member could be the one the cluster needs
+        cls.start_cluster(3)
 
     def test_frozen_member_rejoins(self):
-        # three voters first: before that a frozen member could be the one the cluster needs
-        leader_id, _ = wait_until(lambda: agreed(self.members, 3), 60, "three voters")
+        leader_id, _ = wait_until(lambda: agreed(self.members, 3), 30, "three voters")
         victim = next(n for n in self.members if info(n)["peer_id"] != leader_id)
         victim_id = info(victim)["peer_id"]
         others = [n for n in self.members if n is not victim]
@@ -113,7 +108,8 @@ class SigstopTest(ClusterCase):
         self.assertEqual(errors, [])
         r = info(victim)
         self.assertIsNotNone(r)
-        self.assertEqual(r["raft_info"]["leader"], agreed(self.members, 3)[0])
+        self.assertEqual(r["raft_info"]["leader"],
+                         wait_until(lambda: agreed(self.members, 3), 30, "three voters")[0])
         self.assertTrue(r["raft_info"]["is_voter"])
         # it caught up the collections: the same set as the others, created ones in, deleted out
         with lock:

@@ -190,7 +190,7 @@ class NodeTest(unittest.TestCase):
         cls.node.cleanup()
         if rc != 0:
             raise AssertionError(f"vectord exited with {rc} on SIGTERM:\n{log}")
-        for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer"):
+        for bad in SANITIZER_MARKS:
             if bad in log:
                 raise AssertionError(f"sanitizer report in the server log:\n{log}")
 
@@ -223,6 +223,109 @@ class KeyedNodeTest(NodeTest):
         super().setUpClass()
         cls.node.api_key = cls.keys["admin"]
         cls.node.create("a", 2, "Dot")
+
+
+def info(node, timeout=2.0):
+    """GET /cluster result of node, or None when it does not answer (down, starting)."""
+    if node.proc is None:
+        return None
+    try:
+        st, j = node.request("GET", "/cluster", timeout=timeout)
+    except (OSError, AssertionError):
+        return None
+    return j["result"] if st == 200 else None
+
+
+def agreed(nodes, voters):
+    """When every node in nodes reports the same leader and term, that leader among nodes, and
+    `voters` voting members all up: returns (leader_id, term), else None."""
+    seen = []
+    for n in nodes:
+        r = info(n)
+        if r is None:
+            return None
+        seen.append(r)
+    leaders = {r["raft_info"]["leader"] for r in seen}
+    terms = {r["raft_info"]["term"] for r in seen}
+    if len(leaders) != 1 or len(terms) != 1 or None in leaders:
+        return None
+    leader = leaders.pop()
+    if [r["raft_info"]["role"] for r in seen].count("Leader") != 1:
+        return None
+    if leader not in {r["peer_id"] for r in seen}:
+        return None
+    for r in seen:
+        vs = [m for m in r["nodes"] if m["role"] == "voter"]
+        if len(vs) != voters or any(m["state"] != "up" for m in vs):
+            return None
+        if not all(r["raft_info"]["is_voter"] for r in seen):
+            return None
+    return leader, terms.pop()
+
+
+def check_log(testcase, node):
+    log = node.read_log()
+    for bad in SANITIZER_MARKS:
+        testcase.assertNotIn(bad, log, f"sanitizer report in a server log:\n{log}")
+
+
+class ClusterCase(unittest.TestCase):
+    """Nodes started by a test class are stopped (SIGTERM, exit 0, clean log) at its end."""
+    nodes = []
+
+    @classmethod
+    def make(cls, join=None, args=()):
+        a = list(args)
+        if join is not None:
+            a += ["--join", f"127.0.0.1:{join.cluster_port}"]
+        n = Node(args=a)
+        cls.nodes.append(n)
+        return n
+
+    @classmethod
+    def start_cluster(cls, count=3, args=()):
+        """Starts count nodes, the others joining the first, as cls.members, and returns them once
+        every one reports the same leader and count voting members up (GET /cluster): a joining
+        node is a non-voter until it has caught up, and only then is the cluster fault-tolerant.
+        When a node does not start or the cluster does not form, the nodes started so far are
+        stopped before the failure is raised (tearDownClass does not run after setUpClass fails)."""
+        cls.nodes = []
+        try:
+            first = cls.make(args=args).start()
+            cls.members = [first] + [cls.make(join=first, args=args).start()
+                                     for _ in range(count - 1)]
+            wait_until(lambda: agreed(cls.members, count), 60,
+                       f"{count} nodes to form a cluster of {count} voters")
+        except BaseException:
+            nodes, cls.nodes = cls.nodes, []
+            try:
+                stop_nodes(nodes)
+            except AssertionError as e:  # the first failure is the one raised; this one is shown
+                print(e, file=sys.stderr)
+            raise
+        return cls.members
+
+    @classmethod
+    def tearDownClass(cls):
+        nodes, cls.nodes = cls.nodes, []
+        stop_nodes(nodes)
+
+    def by_id(self, nodes, ident):
+        for n in nodes:
+            if n.proc is not None and info(n) and info(n)["peer_id"] == ident:
+                return n
+        return None
+
+    def assertError(self, st_j, statuses, fragment=None):
+        st, j = st_j
+        if isinstance(statuses, int):
+            statuses = (statuses,)
+        self.assertIn(st, statuses, j)
+        self.assertIsInstance(j, dict, j)
+        self.assertIsInstance(j.get("status"), dict, j)
+        self.assertIn("error", j["status"])
+        if fragment:
+            self.assertIn(fragment.lower(), j["status"]["error"].lower())
 
 
 def main():
