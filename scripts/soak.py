@@ -3,12 +3,17 @@
 
 Each client loops over upserts (small batches, some with wait=true), deletes, payload edits,
 filtered searches and scrolls on one collection whose ids come from a fixed range, so the data
-stays about the same size and memory should stay flat once the node is warm. It checks what
-comes back (every hit of a filtered search matches the filter, scroll pages are in id order),
-and reports:
+stays about the same size and memory should stay flat once the node is warm. By default every
+client draws from the whole range, so writes to one point from different clients race (a
+delete against an upsert or a filtered payload edit of the same point), as they do in real use;
+--ids split gives each client its own ids, to tell such races apart from other faults. It checks
+what comes back (every hit of a filtered search matches the filter, scroll pages are in id
+order), and reports:
   - errors (any non-200 reply, malformed reply or connection failure): must be 0;
-  - resident memory (VmRSS) after the warm-up and at the end: growth must stay under --max-growth;
-  - per minute: operations, errors, p50 and p99 latency, RSS;
+  - the node's resident memory (VmRSS) after the warm-up and at the end: its growth must stay
+    under --max-growth; the anonymous part (heap, index) and the file-backed part (LMDB's
+    mapped pages) are reported apart, as are their growths, to say where growth comes from;
+  - per minute: operations, errors, p50 and p99 latency, RSS (total, anonymous, file-backed);
   - the node's exit status on SIGTERM and sanitizer reports in its log (run against an
     AddressSanitizer build, LeakSanitizer checks for leaks when the node exits).
 Exit status 0 when every check passed.
@@ -18,6 +23,7 @@ Exit status 0 when every check passed.
 """
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -27,25 +33,32 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
 import vdtest  # noqa: E402
-from vdtest import Node  # noqa: E402
-
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+from vdtest import SANITIZER_MARKS, Node  # noqa: E402
 COLL = "soak"
 CATS = 10
 
 
+# /proc/<pid>/status fields: VmRSS is the resident memory the check is on; it is the sum of the
+# other three (RssShmem: shared anonymous and tmpfs pages, none expected here).
+RSS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
 def rss_kib(pid):
-    """VmRSS, RssAnon and RssFile of pid in KiB (None when the process is gone)."""
+    """RSS_FIELDS of pid in KiB (None when the process is gone)."""
     out = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 k, _, v = line.partition(":")
-                if k in ("VmRSS", "RssAnon", "RssFile"):
+                if k in RSS_FIELDS:
                     out[k] = int(v.split()[0])
     except OSError:
         return None
-    return out
+    return out if len(out) == len(RSS_FIELDS) else None
+
+
+def growth_pct(before, after):
+    return (after - before) / before * 100.0 if before else float("nan")
 
 
 def pct(xs, p):
@@ -66,12 +79,14 @@ class Client(threading.Thread):
         self.conn = None
 
     def some_ids(self, lo, hi):
-        """lo..hi ids this client writes: ids are split among the clients by id modulo their
-        number, so no other client deletes a point between this one's delete and edit (searches
-        and scrolls read every id)."""
+        """lo..hi ids for a write: from the whole range (--ids shared), or with --ids split only
+        those equal to this client's index modulo the number of clients, so that no other
+        client writes them. Searches and scrolls read every id either way."""
+        k = self.rnd.randint(lo, hi)
+        if self.soak.args.ids == "shared":
+            return [self.rnd.randrange(self.soak.ids) for _ in range(k)]
         n = self.soak.args.clients
-        return [self.rnd.randrange(self.soak.ids // n) * n + self.idx
-                for _ in range(self.rnd.randint(lo, hi))]
+        return [self.rnd.randrange(self.soak.ids // n) * n + self.idx for _ in range(k)]
 
     def vec(self):
         return [self.rnd.uniform(-1, 1) for _ in range(self.soak.dim)]
@@ -116,7 +131,8 @@ class Client(threading.Thread):
 
     def op_payload(self):
         ids = self.some_ids(1, 5)
-        # by filter: a point this client deleted earlier is no error (by ids it would be a 404)
+        # by filter, so a point deleted earlier (by any client) is no error: by ids it would be
+        # a 404. A delete racing the edit must not make it fail either.
         body = {"payload": {"tag": "y" * self.rnd.randrange(0, 300), "edited": True},
                 "filter": {"must": [{"has_id": ids}]}}
         return self.call("POST", f"/collections/{COLL}/points/payload", body), None
@@ -189,7 +205,9 @@ class Soak:
         self.node = None
 
     def record(self, t0, dt, name, err):
-        m = int((t0 - self.t0) // 60)
+        # an operation started in the moments between the end of the run and the clients seeing
+        # it counts in the last minute, not in one of its own
+        m = min(int((t0 - self.t0) // 60), max(0, math.ceil(self.args.seconds / 60) - 1))
         with self.lock:
             b = self.minutes.setdefault(m, {"lat": [], "ops": 0, "errors": 0})
             b["ops"] += 1
@@ -240,8 +258,8 @@ class Soak:
             t = time.monotonic()
             self.preload()
             print(f"soak: {self.ids} points of {self.dim} dims loaded in {time.monotonic() - t:.1f}s; "
-                  f"{a.clients} clients for {a.seconds}s (warm-up {a.warmup}s), node pid "
-                  f"{self.node.proc.pid}", flush=True)
+                  f"{a.clients} clients ({a.ids} ids) for {a.seconds}s (warm-up {a.warmup}s), "
+                  f"node pid {self.node.proc.pid}", flush=True)
             self.t0 = time.monotonic()
             sampler = threading.Thread(target=self.sample_rss, daemon=True)
             sampler.start()
@@ -249,8 +267,8 @@ class Soak:
             for c in clients:
                 c.start()
             last = 0
-            print(f"{'minute':>6} {'ops':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8}",
-                  flush=True)
+            print(f"{'minute':>6} {'ops':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} "
+                  f"{'anon':>8} {'file':>8}", flush=True)
             while True:
                 el = time.monotonic() - self.t0
                 if el >= a.seconds:
@@ -284,12 +302,18 @@ class Soak:
             ok = False
         warm = self.rss_at(a.warmup)
         if warm and end:
-            growth = (end["VmRSS"] - warm["VmRSS"]) / warm["VmRSS"] * 100.0
-            print(f"soak: RSS after warm-up {warm['VmRSS'] / 1024:.1f} MiB "
-                  f"(anon {warm['RssAnon'] / 1024:.1f}, file {warm['RssFile'] / 1024:.1f}), "
-                  f"at the end {end['VmRSS'] / 1024:.1f} MiB (anon {end['RssAnon'] / 1024:.1f}, "
-                  f"file {end['RssFile'] / 1024:.1f}): growth {growth:+.2f} %"
+            growth = growth_pct(warm["VmRSS"], end["VmRSS"])
+            print(f"soak: RSS after warm-up {warm['VmRSS'] / 1024:.1f} MiB, at the end "
+                  f"{end['VmRSS'] / 1024:.1f} MiB: growth {growth:+.2f} %"
                   + (f" (limit {a.max_growth} %)" if a.max_growth > 0 else " (not checked)"))
+            for k, what in (("RssAnon", "anonymous"), ("RssFile", "file-backed"),
+                            ("RssShmem", "shared")):
+                if not warm[k]:
+                    print(f"soak:   {what:<11} {warm[k] / 1024:8.1f} -> {end[k] / 1024:8.1f} MiB")
+                    continue
+                print(f"soak:   {what:<11} {warm[k] / 1024:8.1f} -> {end[k] / 1024:8.1f} MiB "
+                      f"({(end[k] - warm[k]) / 1024:+.1f} MiB, {growth_pct(warm[k], end[k]):+.2f} %, "
+                      f"{(end[k] - warm[k]) / warm['VmRSS'] * 100.0:+.2f} points of the total)")
             if a.max_growth > 0 and growth >= a.max_growth:
                 ok = False
         else:
@@ -309,9 +333,10 @@ class Soak:
         b = self.minutes.get(m)
         if not b:
             return
-        r = self.rss_at((m + 1) * 60) or {"VmRSS": 0}
+        r = self.rss_at((m + 1) * 60) or dict.fromkeys(RSS_FIELDS, 0)
         print(f"{m + 1:>6} {b['ops']:>8} {b['errors']:>6} {pct(b['lat'], 50) * 1000:>8.2f} "
-              f"{pct(b['lat'], 99) * 1000:>8.2f} {r['VmRSS'] / 1024:>8.1f}", flush=True)
+              f"{pct(b['lat'], 99) * 1000:>8.2f} {r['VmRSS'] / 1024:>8.1f} "
+              f"{r['RssAnon'] / 1024:>8.1f} {r['RssFile'] / 1024:>8.1f}", flush=True)
 
 
 def main():
@@ -324,6 +349,9 @@ def main():
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--points", type=int, default=20000, help="size of the id range")
     ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--ids", choices=("shared", "split"), default="shared",
+                    help="shared: every client writes any id, so writes to one point race "
+                    "(default); split: each client writes its own ids")
     ap.add_argument("--max-growth", type=float, default=5.0,
                     help="RSS growth after warm-up that fails the run, in %% (0: report only)")
     ap.add_argument("--node-arg", action="append", dest="node_args", default=[],
