@@ -16,7 +16,15 @@ jobs=$(nproc)
 failed=()
 export VD_TEST_NO_SKIP=1
 
-step() { echo; echo "==== $* ===="; }
+# The wall time of each step and of the whole run is printed at the end, to help keep the run
+# well inside CI's time limit.
+times=()
+step_name=""
+step_end() {
+    [ -n "$step_name" ] && times+=("$(printf '%5d s  %s' $((SECONDS - step_t0)) "$step_name")")
+    step_name=""
+}
+step() { step_end; step_name="$*"; step_t0=$SECONDS; echo; echo "==== $* ===="; }
 build() { # dir, cmake args...
     local dir=$1; shift
     cmake -S "$root" -B "$root/build/$dir" -G Ninja "$@" >/dev/null && cmake --build "$root/build/$dir" -j "$jobs"
@@ -88,7 +96,10 @@ if [ "${VD_TEST_QUICK:-0}" != 1 ]; then
     fi
 fi
 
+step_end
 echo
+printf '%s\n' "${times[@]}"
+printf '%5d s  in all\n' "$SECONDS"
 if [ ${#failed[@]} -eq 0 ]; then
     echo "test.sh: all steps passed"
     exit 0
