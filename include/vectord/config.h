@@ -26,6 +26,9 @@ struct vd_config {
     enum vd_log_level log_level;
     unsigned http_threads;   /* 0 = automatic */
     uint64_t max_body_bytes; /* default 32 MiB */
+    unsigned max_connections;          /* 0 = the HTTP server's default (1024) */
+    uint64_t max_inflight_body_bytes;  /* 0 = the HTTP server's default (512 MiB) */
+    unsigned header_timeout_seconds;   /* 0 = the HTTP server's default (30) */
     unsigned index_threads;  /* background graph-linking threads, 0 = automatic */
     unsigned index_save_seconds; /* periodic graph save interval, default 300 */
     uint64_t max_clock_offset_ms; /* peers' clocks this far ahead are refused, default 500 */

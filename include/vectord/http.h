@@ -43,6 +43,18 @@ struct vd_http_opts {
     /* seconds a connection may stay silent (no byte in or out) before it is closed, e.g. a
      * malformed request whose body never comes; 0 = default 30 */
     unsigned idle_timeout_s;
+    /* Open connections answered normally; a request on a connection past it is answered 503 and
+     * the connection closed (0 = default 1024). Past twice that (plus 64) connections are
+     * closed at accept, unanswered. */
+    unsigned max_connections;
+    /* Total bytes of request bodies buffered at once, over every connection; a request that
+     * would go over it is answered 503 (0 = default 512 MiB). Streamed bodies (import) are not
+     * buffered and not counted. */
+    size_t max_inflight_body;
+    /* Seconds a connection may take to send a request's headers, counted from the connection or
+     * from the end of its previous request: a client that trickles them (slowloris) or sits idle
+     * is disconnected then (0 = default 30). */
+    unsigned header_timeout_s;
 };
 
 struct vd_http;     /* server */
@@ -161,6 +173,13 @@ void vd_http_reply_stream(struct vd_http_req *r, int status, const char *content
                           void *ctx);
 /* Streamed body routes: continue after VD_HTTP_PAUSE. Any thread. */
 void vd_http_resume_body(struct vd_http_req *r);
+/* Non-stream routes: a handler that must wait for something (a cluster catch-up) returns
+ * without replying; the completion calls vd_http_redispatch(r, note) from any thread, and the
+ * route's handler runs again from the start on a pool thread, where vd_http_redispatched tells
+ * it how often that happened and the last note. No pool thread waits meanwhile. Ignored once a
+ * reply was given (the server's 503 at shutdown). */
+void vd_http_redispatch(struct vd_http_req *r, int note);
+unsigned vd_http_redispatched(struct vd_http_req *r, int *note);
 
 /* ---- helpers also used by tests and other modules ----------------------------------------- */
 

@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vectord/cluster.h"
+
 #include "api_int.h"
 
 struct vd_api_opts vd__api;
@@ -80,11 +82,52 @@ struct vd_coll *vd__api_coll(struct vd_http_req *r)
         return NULL;
     }
     struct vd_coll *c;
-    if (vd__api_coll_lookup(name, &c, &e)) {
+    int rc = vd__api_coll_find(r, name, &c, &e);
+    if (rc == VD__API_PENDING)
+        return NULL;
+    if (rc) {
         vd_http_reply_err(r, &e);
         return NULL;
     }
     return c;
+}
+
+static void caught_up(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
+{
+    vd_http_redispatch(ctx, status);
+}
+
+static int not_confirmed(const char *name, int status, const char *why, struct vd_err *err)
+{
+    return vd_errf(err, VD_EUNAVAIL,
+                   "collection '%s' is not on this node and the cluster could not confirm it is "
+                   "missing: %s",
+                   name, why ? why : vd_strerror(status));
+}
+
+int vd__api_coll_find(struct vd_http_req *r, const char *name, struct vd_coll **out,
+                      struct vd_err *err)
+{
+    if (vd_db_coll_get(vd__api.db, name, out) == 0)
+        return 0;
+    if (vd__api.cluster) {
+        int status;
+        if (!vd_http_redispatched(r, &status)) {
+            /* the collection may have been created through another node and not be applied
+             * here yet: a 404 is only given once this node has caught up with the cluster,
+             * and the wait for that holds no pool thread */
+            struct vd_err e;
+            vd_err_clear(&e);
+            if (vd_cluster_sync(vd__api.cluster, caught_up, r, &e))
+                return not_confirmed(name, VD_EUNAVAIL, e.msg[0] ? e.msg : NULL, err);
+            return VD__API_PENDING;
+        }
+        if (status)
+            return not_confirmed(name, status, NULL, err);
+        if (vd_db_coll_get(vd__api.db, name, out) == 0)
+            return 0;
+    }
+    return vd_errf(err, VD_ENOTFOUND, "collection '%s' not found", name);
 }
 
 int vd__api_coll_lookup(const char *name, struct vd_coll **out, struct vd_err *err)

@@ -17,16 +17,28 @@ extern struct vd_api_opts vd__api;
  * body is an empty object when allow_empty. */
 cJSON *vd__api_body(struct vd_http_req *r, bool allow_empty);
 /* Opens the collection named by the {name} path parameter; replies 404/422/503 and returns
- * NULL. A miss goes through vd__api_coll_lookup. */
+ * NULL, or returns NULL without a reply when the handler is to run again after a catch-up (see
+ * vd__api_coll_find); callers return at once on NULL either way. For non-stream routes only. */
 struct vd_coll *vd__api_coll(struct vd_http_req *r);
 /* Both of the above: the collection and its request's JSON body (*body, freed by the caller with
  * cJSON_Delete), or NULL once a reply was sent. */
 struct vd_coll *vd__api_coll_body(struct vd_http_req *r, bool allow_empty, cJSON **body);
+/* Returned by vd__api_coll_find when the handler must return at once without replying: it runs
+ * again from the start, on a pool thread, once the wait is over. */
+#define VD__API_PENDING 1
+/* Looks a collection up by (valid) name for request r (a non-stream route) without blocking. On
+ * a miss in a cluster, starts a catch-up with the cluster (vd_cluster_sync) and returns
+ * VD__API_PENDING; the handler then runs again (vd_http_redispatch) and this call looks again,
+ * giving VD_ENOTFOUND, or VD_EUNAVAIL when the cluster could not confirm the miss. Returns 0
+ * (*out referenced: vd_db_coll_put it); errors named in err. */
+int vd__api_coll_find(struct vd_http_req *r, const char *name, struct vd_coll **out,
+                      struct vd_err *err);
 /* Looks a collection up by (valid) name. On a miss in a cluster, first waits until this node has
  * applied everything the cluster committed before the call (vd__api_cluster_catch_up) and looks
  * again. Returns 0 (*out referenced: vd_db_coll_put it), VD_ENOTFOUND, or VD_EUNAVAIL when the
  * cluster could not confirm the miss in time; err says which, naming the collection. Blocks the
- * calling thread for up to 2 s, on the miss path only. */
+ * calling thread for up to 2 s, on the miss path only: only the streamed import's `begin`, which
+ * cannot run twice, uses it; every other route uses vd__api_coll_find. */
 int vd__api_coll_lookup(const char *name, struct vd_coll **out, struct vd_err *err);
 /* Waits (up to 2 s) for vd_cluster_sync on vd__api.cluster. 0, or VD_EUNAVAIL with err set. */
 int vd__api_cluster_catch_up(struct vd_err *err);

@@ -256,9 +256,14 @@ static void import_begin(struct vd_http_req *r, void *ctx)
 {
     if (vd__api_write_refused(r))
         return;
-    struct vd_coll *c = vd__api_coll(r);
-    if (!c)
+    /* a stream's begin cannot run twice, so its lookup may still wait for a catch-up */
+    const char *name = vd_http_param(r, "name");
+    struct vd_err e;
+    struct vd_coll *c;
+    if (!name || vd_db_check_name(name, &e) || vd__api_coll_lookup(name, &c, &e)) {
+        vd_http_reply_err(r, &e);
         return;
+    }
     const char *oe = vd_http_query(r, "on_error");
     if (oe && strcmp(oe, "skip") && strcmp(oe, "abort")) {
         vd_http_reply_error(r, 400, "on_error must be 'skip' or 'abort'");

@@ -137,7 +137,9 @@ static void exists(struct vd_http_req *r, void *ctx)
         return;
     }
     struct vd_coll *c;
-    int rc = vd__api_coll_lookup(name, &c, &e);
+    int rc = vd__api_coll_find(r, name, &c, &e);
+    if (rc == VD__API_PENDING)
+        return;
     if (rc && rc != VD_ENOTFOUND) {
         vd_http_reply_err(r, &e);
         return;

@@ -208,6 +208,23 @@ static int apply(struct vd_config *c, const char *opt, const char *v, const char
             return vd_errf(err, VD_EINVAL, "%s: '%s' is not a size in bytes (1024-17179869184)",
                            name, v);
         c->max_body_bytes = n;
+    } else if (!strcmp(opt, "max-connections") || !strcmp(opt, "max_connections")) {
+        if (parse_uint(v, 1, 1000000, &n))
+            return vd_errf(err, VD_EINVAL, "%s: '%s' is not a connection count (1-1000000)",
+                           name, v);
+        c->max_connections = (unsigned)n;
+    } else if (!strcmp(opt, "max-inflight-body-bytes") ||
+               !strcmp(opt, "max_inflight_body_bytes")) {
+        if (parse_uint(v, 1024, (uint64_t)1 << 40, &n))
+            return vd_errf(err, VD_EINVAL, "%s: '%s' is not a size in bytes (1024-1099511627776)",
+                           name, v);
+        c->max_inflight_body_bytes = n;
+    } else if (!strcmp(opt, "header-timeout-seconds") ||
+               !strcmp(opt, "header_timeout_seconds")) {
+        if (parse_uint(v, 1, 3600, &n))
+            return vd_errf(err, VD_EINVAL, "%s: '%s' is not a number of seconds (1-3600)", name,
+                           v);
+        c->header_timeout_seconds = (unsigned)n;
     } else {
         return vd_errf(err, VD_EINVAL, "%s: unknown option", name);
     }
@@ -332,6 +349,12 @@ static const char *usage_text =
     "  --index-save-seconds N how often the index graph is saved when it changed (default 300)\n"
     "  --max-body-bytes N     request body limit (default 33554432)\n"
     "  --max-clock-offset MS  refuse peers whose clock is further ahead (default 500)\n"
+    "  --max-connections N    open HTTP connections served; requests past it get 503 (default 1024)\n"
+    "  --max-inflight-body-bytes N\n"
+    "                         request body bytes buffered at once over all connections; 503\n"
+    "                         past it (default 536870912)\n"
+    "  --header-timeout-seconds N\n"
+    "                         time a connection has to send a request's headers (default 30)\n"
     "  --help                 this text\n"
     "  --version              print the version\n";
 

@@ -56,6 +56,9 @@ struct vd_http {
     unsigned threads;
     size_t max_body;
     unsigned idle_timeout_s;
+    unsigned max_conns;
+    size_t body_budget;
+    unsigned header_timeout_s;
     char version[64];
     char commit[64];
     struct vd_http_authkey *keys;
@@ -83,6 +86,24 @@ struct vd_http {
 
     pthread_mutex_t metrics_mu;
     struct vd_http_stats unmatched;
+
+    atomic_size_t body_inflight; /* bytes reserved by buffered bodies */
+    /* open connections, for the connection limit and the header deadline */
+    pthread_mutex_t conn_mu;
+    pthread_cond_t conn_cv;        /* wakes the reaper at stop */
+    struct vd_http_conn *conns;    /* guarded by conn_mu */
+    unsigned n_conns;              /* guarded by conn_mu */
+    pthread_t reaper;
+    bool reaper_started, reaper_stop; /* reaper_stop guarded by conn_mu */
+};
+
+/* One open connection (libmicrohttpd's socket context). */
+struct vd_http_conn {
+    int fd;
+    uint64_t since_ns; /* when the wait for the next request's headers began */
+    bool in_request;   /* headers received, request not completed: no header deadline */
+    bool cut;          /* the reaper shut it down */
+    struct vd_http_conn *prev, *next;
 };
 
 /* route.c */

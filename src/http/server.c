@@ -38,6 +38,10 @@
 #define DISCARD_MIN ((size_t)4 << 20)
 #define WAKE_WAIT_MS 1000u
 #define DEFAULT_IDLE_TIMEOUT_S 30u
+#define DEFAULT_MAX_CONNS 1024u
+#define DEFAULT_BODY_BUDGET ((size_t)512 << 20)
+#define DEFAULT_HEADER_TIMEOUT_S 30u
+#define REAPER_PERIOD_MS 250u
 #define PREALLOC_MAX ((unsigned long long)1 << 20)
 
 struct query_kv {
@@ -69,6 +73,8 @@ struct vd_http_req {
     size_t discarded;
     bool discard;    /* stop delivering the body; read and drop the rest */
     bool too_big;
+    bool over_budget;     /* the body would exceed the server's in-flight body budget */
+    size_t body_reserved; /* bytes of h->body_inflight this request holds */
     bool dispatched; /* handler (or stream end) called, or the server answered */
     bool queued;     /* the reply is with libmicrohttpd: never suspend again */
 
@@ -82,6 +88,9 @@ struct vd_http_req {
     bool user_ref; /* the application holds the request and owes a reply */
     bool ended;    /* stream end() called: abort no longer applies */
     bool suspended, paused, resume_pending;
+    bool redo;            /* vd_http_redispatch: run the handler again instead of suspending */
+    unsigned redispatches;
+    int redo_note;
     atomic_bool wake_pending; /* resumed, libmicrohttpd has not called back yet */
 
     int status_sent;
@@ -362,6 +371,37 @@ void vd_http_reply_stream(struct vd_http_req *r, int status, const char *content
     deliver(r, resp, status, 0);
 }
 
+void vd_http_redispatch(struct vd_http_req *r, int note)
+{
+    pthread_mutex_lock(&r->mu);
+    if (r->replied) { /* the server's 503 at shutdown came first */
+        pthread_mutex_unlock(&r->mu);
+        return;
+    }
+    r->redo = true;
+    r->redo_note = note;
+    r->redispatches++;
+    bool wake = r->suspended;
+    r->suspended = false;
+    if (wake)
+        wake_begin(r);
+    struct MHD_Connection *conn = r->conn;
+    struct vd_http *h = r->h;
+    pthread_mutex_unlock(&r->mu);
+    if (wake)
+        wake_conn(h, conn);
+}
+
+unsigned vd_http_redispatched(struct vd_http_req *r, int *note)
+{
+    pthread_mutex_lock(&r->mu);
+    unsigned n = r->redispatches;
+    if (note)
+        *note = r->redo_note;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
 void vd_http_resume_body(struct vd_http_req *r)
 {
     bool wake = false, do_abort = false;
@@ -457,6 +497,14 @@ static enum MHD_Result finish_or_suspend(struct vd_http_req *r)
     if (r->queued)
         return MHD_YES;
     pthread_mutex_lock(&r->mu);
+    while (!r->resp && r->redo) {
+        /* the application asked for its handler again (vd_http_redispatch), here on a pool
+         * thread rather than on the thread its wait completed on */
+        r->redo = false;
+        pthread_mutex_unlock(&r->mu);
+        r->route->fn(r, r->route->ctx);
+        pthread_mutex_lock(&r->mu);
+    }
     if (!r->resp) {
         /* Never suspend twice: libmicrohttpd would insert the connection twice in its list. */
         if (!r->suspended) {
@@ -536,6 +584,50 @@ static const char *presented_key(struct MHD_Connection *conn)
     return NULL;
 }
 
+/* Reserves room for `total` body bytes of r in the server's in-flight budget (connection
+ * thread). False, reserving nothing more, when that would go over the budget. */
+static bool body_reserve(struct vd_http_req *r, size_t total)
+{
+    struct vd_http *h = r->h;
+    if (total <= r->body_reserved)
+        return true;
+    size_t more = total - r->body_reserved;
+    if (atomic_fetch_add(&h->body_inflight, more) + more > h->body_budget) {
+        atomic_fetch_sub(&h->body_inflight, more);
+        return false;
+    }
+    r->body_reserved = total;
+    return true;
+}
+
+static void body_release(struct vd_http_req *r)
+{
+    atomic_fetch_sub(&r->h->body_inflight, r->body_reserved);
+    r->body_reserved = 0;
+}
+
+static struct vd_http_conn *conn_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Marks the connection's request begun (its headers are in) or over; tells whether the server
+ * holds more connections than its limit. */
+static bool conn_mark(struct vd_http *h, struct MHD_Connection *conn, bool in_request)
+{
+    struct vd_http_conn *c = conn_of(conn);
+    pthread_mutex_lock(&h->conn_mu);
+    if (c) {
+        c->in_request = in_request;
+        c->since_ns = vd_mono_ns();
+    }
+    bool over = h->n_conns > h->max_conns;
+    pthread_mutex_unlock(&h->conn_mu);
+    return over;
+}
+
 static enum MHD_Result on_first(struct vd_http *h, struct MHD_Connection *conn, const char *url,
                                 const char *method, void **con_cls)
 {
@@ -565,9 +657,17 @@ static enum MHD_Result on_first(struct vd_http *h, struct MHD_Connection *conn, 
     pthread_mutex_unlock(&h->mu);
     *con_cls = r;
 
+    bool too_many = conn_mark(h, conn, true);
     if (atomic_load(&h->stopping)) {
         reply_json_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down");
         MHD_add_response_header(r->resp, MHD_HTTP_HEADER_CONNECTION, "close");
+        return queue_parked(r);
+    }
+    if (too_many) {
+        vd_http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE,
+                            "too many connections (the limit is %u); retry later", h->max_conns);
+        if (r->resp)
+            MHD_add_response_header(r->resp, MHD_HTTP_HEADER_CONNECTION, "close");
         return queue_parked(r);
     }
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, r);
@@ -620,6 +720,15 @@ static enum MHD_Result on_first(struct vd_http *h, struct MHD_Connection *conn, 
         if (errno || end == cl || n > h->max_body) {
             vd_http_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request body is larger than the limit of %zu bytes",
                                 h->max_body);
+            return queue_parked(r);
+        }
+        if (!body_reserve(r, (size_t)n)) {
+            vd_http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                "request bodies in flight are over the server's budget of %zu "
+                                "bytes; retry later",
+                                h->body_budget);
+            if (r->resp)
+                MHD_add_response_header(r->resp, MHD_HTTP_HEADER_CONNECTION, "close");
             return queue_parked(r);
         }
         if (n > 0) {
@@ -687,6 +796,16 @@ static enum MHD_Result on_body(struct vd_http_req *r, const char *data, size_t *
         r->body_len = r->body_cap = 0;
         return MHD_YES;
     }
+    if (!body_reserve(r, r->body_len + n)) {
+        /* a chunked body announced no size: it is held to the budget as it arrives */
+        r->over_budget = r->discard = true;
+        r->discarded = 0;
+        free(r->body);
+        r->body = NULL;
+        r->body_len = r->body_cap = 0;
+        body_release(r);
+        return MHD_YES;
+    }
     if (r->body_len + n + 1 > r->body_cap) {
         size_t cap = r->body_cap ? r->body_cap : 4096;
         while (cap < r->body_len + n + 1)
@@ -714,6 +833,13 @@ static enum MHD_Result on_body_done(struct vd_http_req *r)
     if (r->too_big) {
         vd_http_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request body is larger than the limit of %zu bytes",
                             r->h->max_body);
+        return finish_or_suspend(r);
+    }
+    if (r->over_budget) {
+        vd_http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE,
+                            "request bodies in flight are over the server's budget of %zu bytes; "
+                            "retry later",
+                            r->h->body_budget);
         return finish_or_suspend(r);
     }
     if (rt->ops) {
@@ -791,6 +917,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_unlock(&r->mu);
     if (unsent)
         MHD_destroy_response(unsent);
+    body_release(r);
+    conn_mark(h, conn, false);
     if (do_abort) {
         r->route->ops->abort(r, r->route->ctx);
         req_put(r);
@@ -816,14 +944,69 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
-    if (toe != MHD_CONNECTION_NOTIFY_STARTED)
+    struct vd_http *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        struct vd_http_conn *c = *socket_context;
+        if (!c)
+            return;
+        /* libmicrohttpd closes the socket after this returns: the reaper, which shuts sockets
+         * down under conn_mu, never sees a descriptor that was closed and reused */
+        pthread_mutex_lock(&h->conn_mu);
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            h->conns = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        h->n_conns--;
+        pthread_mutex_unlock(&h->conn_mu);
+        free(c);
+        *socket_context = NULL;
         return;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci) {
-        /* Small replies must not wait ~40 ms for the peer's delayed ACK. */
-        int one = 1;
-        setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return;
+    /* Small replies must not wait ~40 ms for the peer's delayed ACK. */
+    int one = 1;
+    setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct vd_http_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return; /* untracked: no header deadline, not counted */
+    c->fd = ci->connect_fd;
+    c->since_ns = vd_mono_ns();
+    pthread_mutex_lock(&h->conn_mu);
+    c->next = h->conns;
+    if (h->conns)
+        h->conns->prev = c;
+    h->conns = c;
+    h->n_conns++;
+    pthread_mutex_unlock(&h->conn_mu);
+    *socket_context = c;
+}
+
+/* Disconnects clients that take longer than the header timeout to send a request's headers
+ * (slowloris: a byte now and then keeps libmicrohttpd's idle timeout from firing). Shutting the
+ * socket down makes libmicrohttpd's own thread see the end of the stream and close it. */
+static void *reaper_main(void *arg)
+{
+    struct vd_http *h = arg;
+    uint64_t limit = (uint64_t)h->header_timeout_s * 1000000000ull;
+    pthread_mutex_lock(&h->conn_mu);
+    while (!h->reaper_stop) {
+        struct timespec until;
+        vd_mono_deadline(&until, REAPER_PERIOD_MS);
+        pthread_cond_timedwait(&h->conn_cv, &h->conn_mu, &until);
+        uint64_t now = vd_mono_ns();
+        for (struct vd_http_conn *c = h->conns; c; c = c->next) {
+            if (!c->in_request && !c->cut && now - c->since_ns > limit) {
+                c->cut = true;
+                shutdown(c->fd, SHUT_RDWR);
+            }
+        }
+    }
+    pthread_mutex_unlock(&h->conn_mu);
+    return NULL;
 }
 
 /* Keeps the URL as received so the router splits segments before decoding them. */
@@ -946,6 +1129,10 @@ int vd_http_new(const struct vd_http_opts *o, struct vd_http **out, struct vd_er
     }
     h->max_body = o->max_body ? o->max_body : DEFAULT_MAX_BODY;
     h->idle_timeout_s = o->idle_timeout_s ? o->idle_timeout_s : DEFAULT_IDLE_TIMEOUT_S;
+    h->max_conns = o->max_connections ? o->max_connections : DEFAULT_MAX_CONNS;
+    h->body_budget = o->max_inflight_body ? o->max_inflight_body : DEFAULT_BODY_BUDGET;
+    h->header_timeout_s = o->header_timeout_s ? o->header_timeout_s : DEFAULT_HEADER_TIMEOUT_S;
+    atomic_init(&h->body_inflight, 0);
     snprintf(h->version, sizeof(h->version), "%s", o->version ? o->version : "unknown");
     snprintf(h->commit, sizeof(h->commit), "%s", o->commit ? o->commit : "unknown");
     atomic_init(&h->next_id, 1);
@@ -962,6 +1149,11 @@ int vd_http_new(const struct vd_http_opts *o, struct vd_http **out, struct vd_er
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&h->mu, NULL);
     pthread_mutex_init(&h->metrics_mu, NULL);
+    pthread_mutex_init(&h->conn_mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->conn_cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (vd__http_route_add(h, "GET", "/", VD_ROLE_NONE, h_root, NULL, h) ||
         vd__http_route_add(h, "GET", "/healthz", VD_ROLE_NONE, h_healthz, NULL, h) ||
         vd__http_route_add(h, "GET", "/livez", VD_ROLE_NONE, h_livez, NULL, h) ||
@@ -975,6 +1167,8 @@ int vd_http_new(const struct vd_http_opts *o, struct vd_http **out, struct vd_er
 
 out_free_routes:
     vd__http_routes_free(h);
+    pthread_mutex_destroy(&h->conn_mu);
+    pthread_cond_destroy(&h->conn_cv);
     pthread_mutex_destroy(&h->metrics_mu);
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->idle);
@@ -1044,6 +1238,9 @@ int vd_http_start(struct vd_http *h, struct vd_err *err)
         /* A damaged request (body shorter than announced, client half-closed) is never completed
          * and libmicrohttpd holds its connection until this idle timeout. */
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)h->idle_timeout_s, NULL},
+        /* Past max_conns requests are answered 503; this hard cap, with room for that answer and
+         * for the pool's uneven share of connections, closes the rest at accept. */
+        {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)(h->max_conns * 2u + 64u), NULL},
         /* a pool of one is libmicrohttpd's single internal thread: no pool option then */
         {h->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)h->threads, NULL},
         {MHD_OPTION_END, 0, NULL},
@@ -1057,6 +1254,11 @@ int vd_http_start(struct vd_http *h, struct vd_err *err)
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? di->port : h->port_req;
+    if (pthread_create(&h->reaper, NULL, reaper_main, h) == 0)
+        h->reaper_started = true;
+    else
+        vd_log_warn("http: cannot start the header-timeout thread; slow clients are cut only by "
+                    "the idle timeout");
     vd_log_info("http: listening on %s port %u with %u threads", h->bind, (unsigned)h->port, h->threads);
     return 0;
 }
@@ -1164,6 +1366,14 @@ void vd_http_stop(struct vd_http *h, unsigned deadline_ms)
          * been read, so give connections a short grace before they are cut. */
         wait_idle(h, FORCED_GRACE_MS);
     }
+    if (h->reaper_started) {
+        pthread_mutex_lock(&h->conn_mu);
+        h->reaper_stop = true;
+        pthread_cond_signal(&h->conn_cv);
+        pthread_mutex_unlock(&h->conn_mu);
+        pthread_join(h->reaper, NULL);
+        h->reaper_started = false;
+    }
     MHD_stop_daemon(h->daemon);
     h->daemon = NULL;
     if (lfd != MHD_INVALID_SOCKET)
@@ -1186,6 +1396,8 @@ void vd_http_free(struct vd_http *h)
     }
     h->live = NULL;
     vd__http_routes_free(h);
+    pthread_mutex_destroy(&h->conn_mu);
+    pthread_cond_destroy(&h->conn_cv);
     pthread_mutex_destroy(&h->metrics_mu);
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->idle);
