@@ -166,9 +166,21 @@ char *vd__http_metrics_render(struct vd_http *h, size_t *len)
     pthread_mutex_lock(&h->mu);
     size_t in_flight = h->n_live;
     pthread_mutex_unlock(&h->mu);
+    pthread_mutex_lock(&h->conn_mu);
+    unsigned conns = h->n_conns;
+    pthread_mutex_unlock(&h->conn_mu);
+    size_t body_bytes = atomic_load(&h->body_inflight);
     outf(&o, "# HELP vectord_http_requests_in_flight Requests received and not yet completed.\n"
              "# TYPE vectord_http_requests_in_flight gauge\n"
              "vectord_http_requests_in_flight %zu\n", in_flight);
+    /* what --max-connections and --max-inflight-body-bytes are measured against */
+    outf(&o, "# HELP vectord_http_connections Open HTTP connections.\n"
+             "# TYPE vectord_http_connections gauge\n"
+             "vectord_http_connections %u\n", conns);
+    outf(&o, "# HELP vectord_http_body_bytes_in_flight Request body bytes held against the "
+             "in-flight budget (announced by Content-Length, or received so far when chunked).\n"
+             "# TYPE vectord_http_body_bytes_in_flight gauge\n"
+             "vectord_http_body_bytes_in_flight %zu\n", body_bytes);
     if (o.oom) {
         free(o.p);
         return NULL;

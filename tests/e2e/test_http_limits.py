@@ -89,49 +89,67 @@ class ConnectionLimitTest(NodeTest):
             s.close()
 
 
+def gauge(node, name):
+    """The value of a gauge in GET /metrics."""
+    st, text = node.request("GET", "/metrics", raw=True)
+    if st != 200:
+        raise AssertionError(f"GET /metrics -> {st}: {text[:200]!r}")
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    raise AssertionError(f"no {name} in GET /metrics")
+
+
+def put_points(node, body, chunked=False):
+    """PUT /collections/b/points with a body on its own connection; returns (status, JSON)."""
+    with raw(node) as s:
+        head = (b"PUT /collections/b/points?wait=true HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\n")
+        if chunked:
+            s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+            s.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        else:
+            s.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body))
+            s.sendall(body)
+        return read_reply(s)
+
+
 class BodyBudgetTest(NodeTest):
     node_args = ["--max-inflight-body-bytes", "1000000"]
+    IN_FLIGHT = "vectord_http_body_bytes_in_flight"
 
     def test_bodies_over_the_budget_503(self):
         n = self.node
         n.create("b", 2, "Dot")
+        # a body is held until its request completes, a moment after its reply went out
+        wait_until(lambda: gauge(n, self.IN_FLIGHT) == 0, 10, "the create's body to be released")
         # one client announces 900 kB and sends it slowly: that much is reserved
         slow = raw(n)
         slow.sendall(b"PUT /collections/b/points?wait=true HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 900000\r\n\r\n{")
+        # The others go only once the server holds the slow body's reservation: sent at once,
+        # one of them could be read first, and then the slow one would be the body refused.
+        wait_until(lambda: gauge(n, self.IN_FLIGHT) >= 900000, 10,
+                   "the slow body to be counted against the budget")
         body = json.dumps({"points": [{"id": 1, "vector": [1.0, 2.0]}]}).encode()
         padded = body + b" " * (200000 - len(body))
-
-        def over():
-            with raw(n) as s:
-                s.sendall(b"PUT /collections/b/points?wait=true HTTP/1.1\r\nHost: x\r\n"
-                          b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                          % len(padded))
-                s.sendall(padded)
-                st, j = read_reply(s)
-                return (st, j) if st == 503 else None
-        st, j = wait_until(over, 10, "a body over the budget to be refused")
+        st, j = put_points(n, padded)
+        self.assertEqual(st, 503, j)
         self.assertIn("budget", j["status"]["error"])
         self.assertIn("1000000", j["status"]["error"])
         # a chunked body is held to the budget as it arrives
-        with raw(n) as s:
-            s.sendall(b"PUT /collections/b/points?wait=true HTTP/1.1\r\nHost: x\r\n"
-                      b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-            s.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(padded), padded))
-            st, j = read_reply(s)
-            self.assertEqual(st, 503, j)
-            self.assertIn("budget", j["status"]["error"])
-        # the slow client gives up: its reservation is returned
+        st, j = put_points(n, padded, chunked=True)
+        self.assertEqual(st, 503, j)
+        self.assertIn("budget", j["status"]["error"])
+        # the slow client was never answered, and gives up: its reservation is returned
+        slow.settimeout(0)
+        with self.assertRaises(BlockingIOError, msg="the slow client got a reply"):
+            slow.recv(1)
         slow.close()
-
-        def fits():
-            with raw(n) as s:
-                s.sendall(b"PUT /collections/b/points?wait=true HTTP/1.1\r\nHost: x\r\n"
-                          b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                          % len(padded))
-                s.sendall(padded)
-                return read_reply(s)[0] == 200
-        wait_until(fits, 10, "a body to fit once the slow one is gone")
+        wait_until(lambda: gauge(n, self.IN_FLIGHT) == 0, 10,
+                   "the slow body's reservation to be returned")
+        st, j = put_points(n, padded)
+        self.assertEqual(st, 200, j)
         self.assertEqual(n.ok("POST", "/collections/b/points/count", {"exact": True})["count"], 1)
 
 

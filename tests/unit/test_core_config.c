@@ -189,12 +189,63 @@ static void test_clock_options(void **state)
     assert_null(strstr(vd_config_usage(), "CLOCK_OFFSET"));
 }
 
+/* The HTTP server's limits: defaults left to the server (0), accepted values from flags and the
+ * config file, and every bad value refused with an error naming the option. */
+static void test_http_limit_options(void **state)
+{
+    struct vd_config c;
+    struct vd_err e = {0};
+    char *a0[] = {"vectord"};
+    assert_int_equal(parse(&c, &e, 1, a0), 0);
+    assert_int_equal(c.max_connections, 0);
+    assert_true(c.max_inflight_body_bytes == 0);
+    assert_int_equal(c.header_timeout_seconds, 0);
+    vd_config_release(&c);
+    char *a1[] = {"vectord", "--max-connections", "16", "--max-inflight-body-bytes=1048576",
+                  "--header-timeout-seconds", "5"};
+    assert_int_equal(parse(&c, &e, 6, a1), 0);
+    assert_int_equal(c.max_connections, 16);
+    assert_true(c.max_inflight_body_bytes == 1048576);
+    assert_int_equal(c.header_timeout_seconds, 5);
+    vd_config_release(&c);
+    char *p = write_tmp("{\"max_connections\": 2000, \"max_inflight_body_bytes\": 4096,"
+                        " \"header_timeout_seconds\": 3600}");
+    char *a2[] = {"vectord", "--config", p};
+    assert_int_equal(parse(&c, &e, 3, a2), 0);
+    assert_int_equal(c.max_connections, 2000);
+    assert_true(c.max_inflight_body_bytes == 4096);
+    assert_int_equal(c.header_timeout_seconds, 3600);
+    vd_config_release(&c);
+    unlink(p);
+
+    static const char *const flags[] = {"--max-connections", "--max-inflight-body-bytes",
+                                        "--header-timeout-seconds"};
+    /* zero, negative, not a number, a unit, and one past each maximum */
+    static const char *const bad[][6] = {
+        {"0", "-1", "many", "10k", "", "1000001"},
+        {"0", "-1", "lots", "1MiB", "1023", "1099511627777"},
+        {"0", "-1", "soon", "5s", "", "3601"},
+    };
+    for (size_t f = 0; f < 3; f++) {
+        for (size_t i = 0; i < 6; i++) {
+            char *b[] = {"vectord", (char *)flags[f], (char *)bad[f][i]};
+            expect_error(3, b, flags[f]);
+        }
+        assert_non_null(strstr(vd_config_usage(), flags[f]));
+    }
+    char *pb = write_tmp("{\"max_connections\": 0}");
+    char *b1[] = {"vectord", "--config", pb};
+    expect_error(3, b1, "max_connections");
+    unlink(pb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),   cmocka_unit_test(test_flags),
         cmocka_unit_test(test_bad_flags),  cmocka_unit_test(test_config_file),
         cmocka_unit_test(test_env_key),    cmocka_unit_test(test_clock_options),
+        cmocka_unit_test(test_http_limit_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
