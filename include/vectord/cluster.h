@@ -90,8 +90,10 @@ int vd_cluster_set_payload_index(struct vd_cluster *c, const char *coll, const c
 int vd_cluster_drop_payload_index(struct vd_cluster *c, const char *coll, const char *field,
                                   vd_cluster_done_fn done, void *ctx, struct vd_err *err);
 /* Linearizable barrier (ReadIndex): done once this node has applied everything committed before
- * the call, so a collection created anywhere before is visible here. */
-int vd_cluster_sync(struct vd_cluster *c, vd_cluster_done_fn done, void *ctx, struct vd_err *err);
+ * the call, so a collection created anywhere before is visible here. Waits for a leader at most
+ * timeout_ms (0 = the request deadline), then VD_ETIMEOUT. */
+int vd_cluster_sync(struct vd_cluster *c, uint32_t timeout_ms, vd_cluster_done_fn done, void *ctx,
+                    struct vd_err *err);
 /* Adds the node listening at addr (its cluster address): the leader contacts it, and the node
  * joins if it is fresh (no collections, alone in its own cluster). Done once it is a voter.
  * Errors through done: VD_EINVAL (not reachable or not fresh: err says which), VD_EEXIST. */

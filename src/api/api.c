@@ -3,8 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vectord/cluster.h"
-
 #include "api_int.h"
 
 struct vd_api_opts vd__api;
@@ -92,19 +90,9 @@ struct vd_coll *vd__api_coll(struct vd_http_req *r)
     return c;
 }
 
-static void caught_up(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
-{
-    vd_http_redispatch(ctx, status);
-}
-
-static int not_confirmed(const char *name, int status, const char *why, struct vd_err *err)
-{
-    return vd_errf(err, VD_EUNAVAIL,
-                   "collection '%s' is not on this node and the cluster could not confirm it is "
-                   "missing: %s",
-                   name, why ? why : vd_strerror(status));
-}
-
+/* The collection may have been created through another node and not be applied here yet: in a
+ * cluster a 404 is only given once this node has caught up, and the wait for that holds no pool
+ * thread (the handler returns and runs again from the catch-up's completion). */
 int vd__api_coll_find(struct vd_http_req *r, const char *name, struct vd_coll **out,
                       struct vd_err *err)
 {
@@ -113,17 +101,11 @@ int vd__api_coll_find(struct vd_http_req *r, const char *name, struct vd_coll **
     if (vd__api.cluster) {
         int status;
         if (!vd_http_redispatched(r, &status)) {
-            /* the collection may have been created through another node and not be applied
-             * here yet: a 404 is only given once this node has caught up with the cluster,
-             * and the wait for that holds no pool thread */
-            struct vd_err e;
-            vd_err_clear(&e);
-            if (vd_cluster_sync(vd__api.cluster, caught_up, r, &e))
-                return not_confirmed(name, VD_EUNAVAIL, e.msg[0] ? e.msg : NULL, err);
-            return VD__API_PENDING;
+            int rc = vd__api_cluster_catch_up_start(r, name, err);
+            return rc ? rc : VD__API_PENDING;
         }
         if (status)
-            return not_confirmed(name, status, NULL, err);
+            return vd__api_cluster_unconfirmed(name, status, err);
         if (vd_db_coll_get(vd__api.db, name, out) == 0)
             return 0;
     }
@@ -135,16 +117,9 @@ int vd__api_coll_lookup(const char *name, struct vd_coll **out, struct vd_err *e
     if (vd_db_coll_get(vd__api.db, name, out) == 0)
         return 0;
     if (vd__api.cluster) {
-        /* the collection may have been created through another node and not be applied here
-         * yet: a 404 is only given once this node has caught up with the cluster */
-        int rc = vd__api_cluster_catch_up(err);
-        if (rc) {
-            vd_err_prefix(err,
-                          "collection '%s' is not on this node and the cluster could not "
-                          "confirm it is missing",
-                          name);
+        int rc = vd__api_cluster_catch_up(name, err);
+        if (rc)
             return rc;
-        }
         if (vd_db_coll_get(vd__api.db, name, out) == 0)
             return 0;
     }

@@ -27,21 +27,35 @@ struct vd_coll *vd__api_coll_body(struct vd_http_req *r, bool allow_empty, cJSON
  * again from the start, on a pool thread, once the wait is over. */
 #define VD__API_PENDING 1
 /* Looks a collection up by (valid) name for request r (a non-stream route) without blocking. On
- * a miss in a cluster, starts a catch-up with the cluster (vd_cluster_sync) and returns
- * VD__API_PENDING; the handler then runs again (vd_http_redispatch) and this call looks again,
- * giving VD_ENOTFOUND, or VD_EUNAVAIL when the cluster could not confirm the miss. Returns 0
- * (*out referenced: vd_db_coll_put it); errors named in err. */
+ * a miss in a cluster, starts a catch-up with the cluster (vd__api_cluster_catch_up_start) and
+ * returns VD__API_PENDING; the handler then runs again (vd_http_redispatch) and this call looks
+ * again, giving VD_ENOTFOUND, or VD_EUNAVAIL when the cluster could not confirm the miss within
+ * VD__API_CATCH_UP_MS. Returns 0 (*out referenced: vd_db_coll_put it); errors name the
+ * collection in err. */
 int vd__api_coll_find(struct vd_http_req *r, const char *name, struct vd_coll **out,
                       struct vd_err *err);
-/* Looks a collection up by (valid) name. On a miss in a cluster, first waits until this node has
- * applied everything the cluster committed before the call (vd__api_cluster_catch_up) and looks
- * again. Returns 0 (*out referenced: vd_db_coll_put it), VD_ENOTFOUND, or VD_EUNAVAIL when the
- * cluster could not confirm the miss in time; err says which, naming the collection. Blocks the
- * calling thread for up to 2 s, on the miss path only: only the streamed import's `begin`, which
- * cannot run twice, uses it; every other route uses vd__api_coll_find. */
+/* vd__api_coll_find for the streamed import's `begin`, which cannot run twice: on a miss in a
+ * cluster it blocks the calling pool thread for the catch-up (vd__api_cluster_catch_up), up to
+ * VD__API_CATCH_UP_MS. Same results. */
 int vd__api_coll_lookup(const char *name, struct vd_coll **out, struct vd_err *err);
-/* Waits (up to 2 s) for vd_cluster_sync on vd__api.cluster. 0, or VD_EUNAVAIL with err set. */
-int vd__api_cluster_catch_up(struct vd_err *err);
+
+/* How long a lookup miss in a cluster waits for this node to catch up (ReadIndex) before it
+ * answers 503 instead of 404. It covers a leader election with the default timeouts (a new
+ * leader within 3 s) and stays under the 5 s that Qdrant's Python client waits by default, so
+ * the client reads a 503 rather than its own timeout; the cluster's 10 s request deadline would
+ * not. */
+#define VD__API_CATCH_UP_MS 3000u
+/* Starts a catch-up with the cluster for request r's lookup of collection `name`; its completion
+ * runs r's handler again (vd_http_redispatch) with the catch-up's status as the note (0 or a
+ * VD_E* code, see vd__api_cluster_unconfirmed). Returns 0 (r's handler must return at once
+ * without replying), or VD_EUNAVAIL with err naming the collection (nothing started). */
+int vd__api_cluster_catch_up_start(struct vd_http_req *r, const char *name, struct vd_err *err);
+/* Blocks the calling thread until the catch-up completes, up to VD__API_CATCH_UP_MS. 0, or
+ * VD_EUNAVAIL with err naming the collection. */
+int vd__api_cluster_catch_up(const char *name, struct vd_err *err);
+/* The 503 for a miss the cluster could not confirm: catch-up `status` (a VD_E* code) said in
+ * words, naming the collection. Returns VD_EUNAVAIL. */
+int vd__api_cluster_unconfirmed(const char *name, int status, struct vd_err *err);
 /* Payload index declarations through vd__api.cluster (which must be set), so every node gets
  * them: done runs once the change is applied on this node, with a cluster timeout turned into
  * VD_EUNAVAIL (503). Returns 0 (done will run) or an error (done will not run). */

@@ -256,7 +256,8 @@ static void import_begin(struct vd_http_req *r, void *ctx)
 {
     if (vd__api_write_refused(r))
         return;
-    /* a stream's begin cannot run twice, so its lookup may still wait for a catch-up */
+    /* A stream's begin cannot run again from a completion: on a miss in a cluster this lookup
+     * blocks the pool thread for the catch-up (up to VD__API_CATCH_UP_MS), unlike other routes'. */
     const char *name = vd_http_param(r, "name");
     struct vd_err e;
     struct vd_coll *c;

@@ -11,10 +11,6 @@
 
 #include "api_int.h"
 
-/* How long a lookup miss waits for this node to catch up before giving up. It blocks a pool
- * thread, so it is short; it covers a leader election with the default timeouts. */
-#define CATCH_UP_MS 2000u
-
 /* ---- completions ------------------------------------------------------------------------- */
 
 /* A cluster completion carried to the caller's own, with VD_ETIMEOUT (no leader within the
@@ -128,6 +124,34 @@ void vd_api_cluster_meta(struct vd_cluster *c, struct vd_meta_ops *out)
 
 /* ---- catching up before a 404 ------------------------------------------------------------ */
 
+int vd__api_cluster_unconfirmed(const char *name, int status, struct vd_err *err)
+{
+    char why[96];
+    if (status == VD_ETIMEOUT)
+        snprintf(why, sizeof why, "no cluster leader answered within %u ms; try again later",
+                 VD__API_CATCH_UP_MS);
+    else if (status == VD_ECLOSED)
+        snprintf(why, sizeof why, "the node is shutting down");
+    else
+        snprintf(why, sizeof why, "%s", vd_strerror(status));
+    return vd_errf(err, VD_EUNAVAIL,
+                   "collection '%s' is not on this node and the cluster could not confirm it is "
+                   "missing: %s",
+                   name, why);
+}
+
+static void caught_up(int status, const struct vd_err *err, uint64_t op_id, void *r)
+{
+    vd_http_redispatch(r, status);
+}
+
+int vd__api_cluster_catch_up_start(struct vd_http_req *r, const char *name, struct vd_err *err)
+{
+    struct vd_err e;
+    int rc = vd_cluster_sync(vd__api.cluster, VD__API_CATCH_UP_MS, caught_up, r, &e);
+    return rc ? vd__api_cluster_unconfirmed(name, rc, err) : 0;
+}
+
 /* Shared by the waiting thread and the sync completion; whichever lets go last frees it, so a
  * completion that arrives after the wait gave up touches live memory. */
 struct waiter {
@@ -136,7 +160,6 @@ struct waiter {
     int refs;
     bool done;
     int status;
-    struct vd_err err;
 };
 
 static void waiter_unref_locked(struct waiter *w)
@@ -156,22 +179,22 @@ static void sync_done(int status, const struct vd_err *err, uint64_t op_id, void
     pthread_mutex_lock(&w->mu);
     w->done = true;
     w->status = status;
-    if (err)
-        w->err = *err;
     pthread_cond_signal(&w->cv);
     waiter_unref_locked(w);
 }
 
 /*
- * Blocks the calling (pool) thread until vd_cluster_sync completes or CATCH_UP_MS pass. Only the
- * 404 path calls it, so the blocked thread is rare and short-lived. Returns 0, or VD_EUNAVAIL
- * with err saying why (timeout, no leader, shutting down, out of memory).
+ * The streamed import's `begin` runs once, on the pool thread that read the request's headers,
+ * and its body follows at once, so it cannot be run again from a completion as other handlers
+ * are: on a miss it blocks that pool thread for the catch-up, at most VD__API_CATCH_UP_MS (the
+ * sync's own deadline; the wait's deadline, a little later, only guards against a completion
+ * that never comes). Other connections of that thread wait meanwhile.
  */
-int vd__api_cluster_catch_up(struct vd_err *err)
+int vd__api_cluster_catch_up(const char *name, struct vd_err *err)
 {
     struct waiter *w = calloc(1, sizeof *w);
     if (!w)
-        return vd_errf(err, VD_EUNAVAIL, "out of memory");
+        return vd__api_cluster_unconfirmed(name, VD_ENOMEM, err);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -180,27 +203,23 @@ int vd__api_cluster_catch_up(struct vd_err *err)
     pthread_condattr_destroy(&ca);
     w->refs = 2;
     struct vd_err e;
-    vd_err_clear(&e);
-    if (vd_cluster_sync(vd__api.cluster, sync_done, w, &e)) {
+    int rc = vd_cluster_sync(vd__api.cluster, VD__API_CATCH_UP_MS, sync_done, w, &e);
+    if (rc) {
         pthread_mutex_lock(&w->mu);
         w->refs--; /* the completion will never run */
         waiter_unref_locked(w);
-        return vd_errf(err, VD_EUNAVAIL, "%s", e.msg[0] ? e.msg : "out of memory");
+        return vd__api_cluster_unconfirmed(name, rc, err);
     }
     struct timespec until;
-    vd_mono_deadline(&until, CATCH_UP_MS);
+    vd_mono_deadline(&until, VD__API_CATCH_UP_MS + 500u);
     pthread_mutex_lock(&w->mu);
     while (!w->done) {
         if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)
             break;
     }
-    int rc = 0;
-    if (!w->done)
-        rc = vd_errf(err, VD_EUNAVAIL, "no cluster leader answered within %u ms", CATCH_UP_MS);
-    else if (w->status)
-        rc = vd_errf(err, VD_EUNAVAIL, "%s", w->err.msg[0] ? w->err.msg : vd_strerror(w->status));
+    int status = w->done ? w->status : VD_ETIMEOUT;
     waiter_unref_locked(w);
-    return rc;
+    return status ? vd__api_cluster_unconfirmed(name, status, err) : 0;
 }
 
 /* ---- routes ------------------------------------------------------------------------------ */

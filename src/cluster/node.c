@@ -195,6 +195,7 @@ static void address_check(struct vd_cluster *c, uint64_t now)
                            &cmd);
     o->kind = OP_INTERNAL;
     o->state = ST_NEW;
+    o->timeout_ms = c->request_ms;
     o->deadline = now + c->request_ms;
     pthread_mutex_lock(&c->mu);
     o->seq = c->next_seq++;

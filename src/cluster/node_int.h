@@ -62,6 +62,7 @@ struct op {
     uint64_t seq;
     uint8_t *data; /* entry data: header and command (proposals) */
     size_t len;
+    uint32_t timeout_ms; /* the deadline's distance from the start, for messages */
     uint64_t deadline, last_try, first_try, try_leader, read_ctx, call_id, index, node_id;
     int result;
     struct vd_err err;

@@ -214,7 +214,7 @@ void vd__cluster_ops_progress(struct vd_cluster *c)
             if (waiting_leader)
                 snprintf(msg, sizeof msg,
                          "no cluster leader could be reached within %u ms; try again later",
-                         o->kind == OP_ADD_NODE ? ADD_NODE_TIMEOUT_MS : c->request_ms);
+                         o->timeout_ms);
             else if (o->state == ST_INVITE)
                 snprintf(msg, sizeof msg, "no answer from '%s' within the deadline", o->addr);
             else
@@ -237,6 +237,7 @@ static struct op *op_new(struct vd_cluster *c, enum op_kind kind, uint32_t timeo
         return NULL;
     o->kind = kind;
     o->state = ST_NEW;
+    o->timeout_ms = timeout_ms;
     o->deadline = vd__cluster_now_ms() + timeout_ms;
     o->done = done;
     o->ctx = ctx;
@@ -327,9 +328,10 @@ int vd_cluster_drop_payload_index(struct vd_cluster *c, const char *coll, const 
     return submit_change(c, OP_PINDEX, &cmd, 0, done, ctx, err);
 }
 
-int vd_cluster_sync(struct vd_cluster *c, vd_cluster_done_fn done, void *ctx, struct vd_err *err)
+int vd_cluster_sync(struct vd_cluster *c, uint32_t timeout_ms, vd_cluster_done_fn done, void *ctx,
+                    struct vd_err *err)
 {
-    struct op *o = op_new(c, OP_SYNC, c->request_ms, done, ctx);
+    struct op *o = op_new(c, OP_SYNC, timeout_ms ? timeout_ms : c->request_ms, done, ctx);
     if (!o)
         return vd_errf(err, VD_ENOMEM, "out of memory");
     return op_submit(c, o, err);

@@ -179,7 +179,7 @@ static int delete (int i, const char *name)
 static int sync_node(int i)
 {
     struct vd_err e;
-    assert_int_equal(vd_cluster_sync(nodes[i].c, on_done, &W, &e), 0);
+    assert_int_equal(vd_cluster_sync(nodes[i].c, 0, on_done, &W, &e), 0);
     return wait_for(&W);
 }
 
