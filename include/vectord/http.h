@@ -176,8 +176,10 @@ void vd_http_resume_body(struct vd_http_req *r);
 /* Non-stream routes: a handler that must wait for something (a cluster catch-up) returns
  * without replying; the completion calls vd_http_redispatch(r, note) from any thread, and the
  * route's handler runs again from the start on a pool thread, where vd_http_redispatched tells
- * it how often that happened and the last note. No pool thread waits meanwhile. Ignored once a
- * reply was given (the server's 503 at shutdown). */
+ * it how often that happened and the last note. No pool thread waits meanwhile. The caller of
+ * vd_http_redispatch hands r back to the server: it must not use r afterwards (if the client
+ * left meanwhile, the handler does not run again and r is freed). Ignored once a reply was
+ * given (the server's 503 at shutdown). */
 void vd_http_redispatch(struct vd_http_req *r, int note);
 unsigned vd_http_redispatched(struct vd_http_req *r, int *note);
 

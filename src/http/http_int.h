@@ -106,6 +106,10 @@ struct vd_http_conn {
     struct vd_http_conn *prev, *next;
 };
 
+/* server.c: requests held in memory, answered or not, until their last reference goes (a
+ * request the application still owes a reply stays). For tests. */
+size_t vd__http_live_count(struct vd_http *h);
+
 /* route.c */
 struct vd_http_route *vd__http_match(struct vd_http *h, const char *method, const char *raw_path,
                                      struct vd_http_req *r, bool *path_known, bool *bad_path);

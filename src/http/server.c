@@ -374,8 +374,14 @@ void vd_http_reply_stream(struct vd_http_req *r, int status, const char *content
 void vd_http_redispatch(struct vd_http_req *r, int note)
 {
     pthread_mutex_lock(&r->mu);
-    if (r->replied) { /* the server's 503 at shutdown came first */
+    if (r->replied) {
+        /* the server's 503 at shutdown came first: like a late reply, this lets go of r */
+        bool late = r->forced && r->user_ref;
+        if (late)
+            r->user_ref = false;
         pthread_mutex_unlock(&r->mu);
+        if (late)
+            req_put(r);
         return;
     }
     r->redo = true;
@@ -910,6 +916,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     bool do_abort = r->route && r->route->ops && r->user_ref && !r->ended && !r->forced;
     if (do_abort)
         r->user_ref = false;
+    /* A redispatch asked for and not run: the client left (or the stop's 503 went) while the
+     * connection was suspended. The application let go of r when it asked, so its reference is
+     * dropped here; nobody else would reply and drop it. */
+    bool drop_redo = r->redo && r->user_ref;
+    if (drop_redo) {
+        r->redo = false;
+        r->user_ref = false;
+    }
     /* A reply parked but never queued (the client left first) goes now: a streamed reply holds a
      * reference on r, which would otherwise never drop to zero. */
     struct MHD_Response *unsent = r->resp;
@@ -923,6 +937,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         r->route->ops->abort(r, r->route->ctx);
         req_put(r);
     }
+    if (drop_redo)
+        req_put(r);
     double secs = req_seconds(r);
     unsigned long long bytes = atomic_load(&r->bytes_out);
     int status = r->status_sent;
@@ -1379,6 +1395,16 @@ void vd_http_stop(struct vd_http *h, unsigned deadline_ms)
     if (lfd != MHD_INVALID_SOCKET)
         close(lfd);
     h->stopped = true;
+}
+
+size_t vd__http_live_count(struct vd_http *h)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&h->mu);
+    for (struct vd_http_req *r = h->live; r; r = r->next)
+        n++;
+    pthread_mutex_unlock(&h->mu);
+    return n;
 }
 
 void vd_http_free(struct vd_http *h)

@@ -26,6 +26,8 @@
 
 #include "vectord/http.h"
 
+#include "http_int.h"
+
 /* ---- a tiny blocking client ------------------------------------------------------------- */
 
 struct hresp {
@@ -495,6 +497,19 @@ static void h_park(struct vd_http_req *r, void *ctx)
     atomic_store(&parked, r);
 }
 
+/* Sends GET path on a new connection and waits until its handler parked the request; the only
+ * pool thread is free meanwhile and serves /fast. Returns the connection. */
+static int park_one(uint16_t p, const char *path)
+{
+    atomic_store(&parked, NULL);
+    int fd = hconnect(p);
+    assert_int_equal(send_req(fd, "GET", path, NULL, NULL, 0), 0);
+    WAIT_FOR(atomic_load(&parked) != NULL);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(status_of(p, "GET", "/fast", NULL), 200);
+    return fd;
+}
+
 static void test_deferred_reply_pool_of_one(void **state)
 {
     struct vd_http *h = server(1, 0, NULL, 0);
@@ -502,13 +517,7 @@ static void test_deferred_reply_pool_of_one(void **state)
     assert_int_equal(vd_http_route(h, "GET", "/fast", VD_ROLE_NONE, h_ok, NULL), 0);
     start(h);
     uint16_t p = vd_http_port(h);
-    atomic_store(&parked, NULL);
-    int slow = hconnect(p);
-    assert_int_equal(send_req(slow, "GET", "/slow", NULL, NULL, 0), 0);
-    WAIT_FOR(atomic_load(&parked) != NULL);
-    /* the only pool thread is free: another request is served while /slow waits */
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(status_of(p, "GET", "/fast", NULL), 200);
+    int slow = park_one(p, "/slow");
     struct vd_http_req *r = atomic_load(&parked);
     assert_ptr_equal(vd_http_user(r), (void *)0x1234);
     vd_http_reply_ok(r, "\"late\"", 6); /* from this thread, long after the handler returned */
@@ -518,6 +527,70 @@ static void test_deferred_reply_pool_of_one(void **state)
     assert_int_equal(resp.status, 200);
     assert_non_null(strstr(resp.body, "{\"result\":\"late\",\"status\":\"ok\""));
     hresp_free(&resp);
+    vd_http_free(h);
+}
+
+/* Redispatch: the handler returns without a reply the first time; a completion on another
+ * thread (here the test's) asks for it again, and it runs again on a pool thread. */
+static atomic_int redo_runs;
+
+static void h_again(struct vd_http_req *r, void *ctx)
+{
+    atomic_fetch_add(&redo_runs, 1);
+    int note = 0;
+    unsigned n = vd_http_redispatched(r, &note);
+    if (n == 0) {
+        if (vd_http_query(r, "now"))
+            vd_http_redispatch(r, 5); /* a completion that fires before the handler returns */
+        else
+            atomic_store(&parked, r);
+        return;
+    }
+    char buf[64];
+    snprintf(buf, sizeof(buf), "{\"again\":%u,\"note\":%d}", n, note);
+    vd_http_reply_ok(r, buf, strlen(buf));
+}
+
+static void test_redispatch(void **state)
+{
+    struct vd_http *h = server(1, 0, NULL, 0);
+    assert_int_equal(vd_http_route(h, "GET", "/again", VD_ROLE_NONE, h_again, NULL), 0);
+    assert_int_equal(vd_http_route(h, "GET", "/fast", VD_ROLE_NONE, h_ok, NULL), 0);
+    start(h);
+    uint16_t p = vd_http_port(h);
+
+    /* the wait holds no pool thread: the only one serves others meanwhile */
+    atomic_store(&redo_runs, 0);
+    int fd = park_one(p, "/again");
+    vd_http_redispatch(atomic_exchange(&parked, NULL), -7);
+    struct hresp resp;
+    assert_int_equal(read_resp(fd, &resp), 0);
+    close(fd);
+    assert_int_equal(resp.status, 200);
+    assert_non_null(strstr(resp.body, "{\"again\":1,\"note\":-7}"));
+    assert_int_equal(atomic_load(&redo_runs), 2);
+    hresp_free(&resp);
+
+    /* asked for before the first run returned: it runs again all the same, once */
+    atomic_store(&redo_runs, 0);
+    assert_int_equal(do_req(p, "GET", "/again?now=1", NULL, NULL, &resp), 0);
+    assert_int_equal(resp.status, 200);
+    assert_non_null(strstr(resp.body, "{\"again\":1,\"note\":5}"));
+    assert_int_equal(atomic_load(&redo_runs), 2);
+    hresp_free(&resp);
+
+    /* the client leaves (a reset) while the request waits: the redispatch finds no connection to
+     * run on, and the request is freed rather than held for ever */
+    WAIT_FOR(vd__http_live_count(h) == 0);
+    fd = park_one(p, "/again");
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+    atomic_store(&redo_runs, 0);
+    vd_http_redispatch(atomic_exchange(&parked, NULL), 1);
+    WAIT_FOR(vd__http_live_count(h) == 0);
+    assert_true(atomic_load(&redo_runs) <= 1); /* it may run again if the reset came late */
+    assert_int_equal(status_of(p, "GET", "/fast", NULL), 200);
     vd_http_free(h);
 }
 
@@ -1187,6 +1260,7 @@ int main(void)
         cmocka_unit_test(test_auth_matrix),
         cmocka_unit_test(test_body_limit),
         cmocka_unit_test(test_deferred_reply_pool_of_one),
+        cmocka_unit_test(test_redispatch),
         cmocka_unit_test(test_stream_body_pause_resume),
         cmocka_unit_test(test_stream_body_chunked_pauses_then_stop),
         cmocka_unit_test(test_stream_reply),
