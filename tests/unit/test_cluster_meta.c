@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <cmocka.h>
@@ -1456,7 +1457,7 @@ struct pub_reader {
     struct vd_meta_pub *pub;
     atomic_bool *stop;
     uint64_t base;   /* applied index before the first create */
-    size_t acquired; /* views read */
+    atomic_size_t acquired; /* views read (the publisher polls it) */
     bool ok;
 };
 
@@ -1482,9 +1483,27 @@ static void *pub_reader_main(void *arg)
                 r->ok = false;
         last = applied;
         vd_meta_view_release(v);
-        r->acquired++;
+        atomic_fetch_add(&r->acquired, 1);
     }
     return NULL;
+}
+
+static size_t pub_readers_acquired(struct pub_reader *r, int n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += atomic_load(&r[i].acquired);
+    return total;
+}
+
+/* Waits until the readers have taken more than `since` views in all (they may be slow to get a
+ * core on a loaded machine: reading must overlap publishing, or the test shows nothing). */
+static size_t pub_readers_wait(struct pub_reader *r, int n, size_t since)
+{
+    size_t now;
+    while ((now = pub_readers_acquired(r, n)) <= since)
+        sched_yield();
+    return now;
 }
 
 /* Readers on other threads acquire views while the owner applies and publishes: every view they
@@ -1505,8 +1524,10 @@ static void test_view_publish_concurrent(void **state)
     pthread_t th[READERS];
     for (int i = 0; i < READERS; i++) {
         r[i] = (struct pub_reader){.pub = &pub, .stop = &stop, .base = vd_meta_applied(m)};
+        atomic_init(&r[i].acquired, 0);
         assert_int_equal(pthread_create(&th[i], NULL, pub_reader_main, &r[i]), 0);
     }
+    size_t seen = pub_readers_wait(r, READERS, 0);
     /* a view held across many publishes stays valid */
     struct vd_meta_view *held = vd_meta_pub_acquire(&pub);
     assert_non_null(held);
@@ -1516,13 +1537,15 @@ static void test_view_publish_concurrent(void **state)
         struct vd_coll_schema s = schema(name);
         assert_int_equal(create(m, &s, NULL), 0);
         assert_int_equal(vd_meta_publish(&pub, m), 0);
+        if (i % 30 == 29) /* every 30 publishes, readers must have read meanwhile */
+            seen = pub_readers_wait(r, READERS, seen);
     }
     atomic_store(&stop, true);
     size_t total = 0;
     for (int i = 0; i < READERS; i++) {
         assert_int_equal(pthread_join(th[i], NULL), 0);
         assert_true(r[i].ok);
-        total += r[i].acquired;
+        total += atomic_load(&r[i].acquired);
     }
     print_message("%zu views acquired by %d readers over %d publishes\n", total, READERS, CREATES);
     assert_true(total > 0);
