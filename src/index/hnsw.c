@@ -598,6 +598,15 @@ static bool repair_due(const struct vd_index *ix)
     return tomb > 0 && (tomb * 8 >= live + tomb || tomb >= (1u << 16));
 }
 
+/* True for a slot in the graph that a repair keeps. The state is read first: an upsert (under
+ * ix->mu, which a repair does not hold) fills the meta of a free slot before it publishes the
+ * slot as pending with a release store, so the meta of a slot seen free must not be read. */
+static bool linked_survivor(const struct vd_index *ix, const struct vd__tabs *t, uint32_t s)
+{
+    uint8_t st = state_of(ix, t, s);
+    return st != ST_FREE && st != ST_RECLAIM && vd__meta(ix, t, s)->in_graph;
+}
+
 /*
  * Removes every link to slots deleted so far and returns those slots to the free list. A node
  * that lost links gets, as replacement candidates, the neighbours of the deleted nodes it pointed
@@ -638,9 +647,9 @@ void vd__index_repair(struct vd_index *ix, bool force)
         goto out_free_slots;
     }
     for (uint32_t s = 0; s < n0; s++) {
-        struct vd__meta *mt = vd__meta(ix, t, s);
-        if (!mt->in_graph || state_of(ix, t, s) == ST_RECLAIM)
+        if (!linked_survivor(ix, t, s))
             continue;
+        struct vd__meta *mt = vd__meta(ix, t, s);
         const float *sv = vec_of(ix, t, s);
         for (uint32_t l = 0; l <= mt->level; l++) {
             const uint32_t cap = l == 0 ? ix->m0 : ix->m;
@@ -700,8 +709,7 @@ void vd__index_repair(struct vd_index *ix, bool force)
         uint64_t best = VD_EP_NONE;
         for (uint32_t s = 0; s < n0; s++) {
             struct vd__meta *mt = vd__meta(ix, t, s);
-            if (mt->in_graph && state_of(ix, t, s) != ST_RECLAIM &&
-                (best == VD_EP_NONE || mt->level > (best >> 32)))
+            if (linked_survivor(ix, t, s) && (best == VD_EP_NONE || mt->level > (best >> 32)))
                 best = ((uint64_t)mt->level << 32) | s;
         }
         atomic_store(&ix->ep, best);
