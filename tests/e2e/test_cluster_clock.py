@@ -7,35 +7,18 @@ Every wait polls a condition with a deadline; nothing sleeps for a fixed time to
 """
 import json
 import re
-import unittest
 
 import vdtest
-from vdtest import Node, wait_until
+from vdtest import ClusterCase, agreed, info, wait_until
 
 MAX_OFFSET = 500  # the default --max-clock-offset
 FAST = 5000
 SLIGHT = 200
 
 
-def info(node, timeout=5.0):
-    """GET /cluster result of node, or None when it does not answer."""
-    try:
-        st, j = node.request("GET", "/cluster", timeout=timeout)
-    except (OSError, AssertionError):
-        return None
-    return j["result"] if st == 200 else None
-
-
-def all_voting(nodes):
-    """True when every node sees len(nodes) members, all voters and up, and one leader."""
-    for n in nodes:
-        r = info(n)
-        if r is None or r["raft_info"]["leader"] is None:
-            return False
-        ms = r["nodes"]
-        if len(ms) != len(nodes) or any(m["role"] != "voter" or m["state"] != "up" for m in ms):
-            return False
-    return True
+def skewed(ms):
+    """The environment of a node whose wall clock runs ms ahead."""
+    return {"VECTORD_TEST_CLOCK_OFFSET_MS": str(ms)}
 
 
 def offset_seen(by, of_id):
@@ -53,7 +36,7 @@ def point(i):
     return {"id": i, "vector": [1.0, float(i), 0.5, 0.25], "payload": {"i": i}}
 
 
-class ClockSkewTest(unittest.TestCase):
+class ClockSkewTest(ClusterCase):
     """One cluster for the class: n1 and n2 on the true clock, n3 5 s fast; later n4, 200 ms fast,
     joins. Tests run in name order and build on each other."""
 
@@ -64,22 +47,10 @@ class ClockSkewTest(unittest.TestCase):
         wait_until(lambda: (info(cls.n1) or {}).get("raft_info", {}).get("role") == "Leader", 30,
                    "the first node to lead its one-node cluster")
         cls.n2 = cls.make(join=cls.n1).start()
-        cls.n3 = cls.make(join=cls.n1, offset=FAST).start()
-        wait_until(lambda: all_voting([cls.n1, cls.n2, cls.n3]), 60,
+        cls.n3 = cls.make(join=cls.n1, env=skewed(FAST)).start()
+        wait_until(lambda: agreed([cls.n1, cls.n2, cls.n3], 3), 60,
                    "three voting members, all up")
         cls.ids = {n: info(n)["peer_id"] for n in (cls.n1, cls.n2, cls.n3)}
-
-    @classmethod
-    def make(cls, join=None, offset=0):
-        args = ["--join", f"127.0.0.1:{join.cluster_port}"] if join else []
-        env = {"VECTORD_TEST_CLOCK_OFFSET_MS": str(offset)} if offset else None
-        n = Node(args=args, env=env)
-        cls.nodes.append(n)
-        return n
-
-    @classmethod
-    def tearDownClass(cls):
-        vdtest.stop_nodes(cls.nodes)
 
     def assertSkewRefused(self, st_j, what):
         st, j = st_j
@@ -154,9 +125,9 @@ class ClockSkewTest(unittest.TestCase):
         self.n1.ok("PUT", "/collections/clk/points?wait=true", {"points": [point(12)]})
 
     def test_5_slight_offset_works(self):
-        n4 = self.make(join=self.n1, offset=SLIGHT).start()
+        n4 = self.make(join=self.n1, env=skewed(SLIGHT)).start()
         members = [self.n1, self.n2, self.n3, n4]
-        wait_until(lambda: all_voting(members), 60, "four voting members, all up")
+        wait_until(lambda: agreed(members, 4), 60, "four voting members, all up")
         me = info(n4)["peer_id"]
         # n4 has measured every other member, n1 has measured n4
         wait_until(lambda: all(offset_seen(n4, self.ids[o]) is not None

@@ -274,11 +274,11 @@ class ClusterCase(unittest.TestCase):
     nodes = []
 
     @classmethod
-    def make(cls, join=None, args=()):
+    def make(cls, join=None, args=(), env=None):
         a = list(args)
         if join is not None:
             a += ["--join", f"127.0.0.1:{join.cluster_port}"]
-        n = Node(args=a)
+        n = Node(args=a, env=env)
         cls.nodes.append(n)
         return n
 
