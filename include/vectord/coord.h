@@ -78,6 +78,13 @@ void vd_coord_ring_sort(struct vd_coord_token *tokens, size_t n);
 size_t vd_coord_ring_replicas(const struct vd_coord_ring *ring, uint64_t hash, unsigned rf,
                               uint64_t *out);
 
+/* The ring's arcs (start, end], one per distinct token `end`, in token order, into out (room for
+ * n_tokens entries); returns how many. Every hash lies on exactly one arc (vd_ring_contains) and
+ * is placed as the arc's end is; equal tokens make one arc, and a ring with one distinct token has
+ * the single arc (t, t], the whole ring. The one arc walk: range-restricted search, streaming and
+ * the metadata state machine (vd_meta_arcs) all split the ring by it. */
+size_t vd_coord_ring_arcs(const struct vd_coord_ring *ring, uint64_t (*out)[2]);
+
 /* floor(rf / 2) + 1: what "quorum" and "majority" mean. */
 static inline unsigned vd_coord_quorum(unsigned rf)
 {

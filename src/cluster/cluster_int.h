@@ -264,10 +264,8 @@ int vd_meta_place_point(const struct vd_meta *m, const char *collection, const u
 uint64_t vd_meta_ring_version(const struct vd_meta *m);
 /* Number of tokens on the ring (members UP or LEAVING times VD_META_TOKENS). */
 size_t vd_meta_ring_size(const struct vd_meta *m);
-/* The ring's arcs (start, end], one per distinct token `end`, in token order, into out (room for
- * vd_meta_ring_size entries); returns how many. Every hash lies on exactly one arc
- * (vd_ring_contains), and every hash on an arc is placed as its end is; a ring with one distinct
- * token has the single arc (t, t], the whole ring. */
+/* The ring's arcs, as vd_coord_ring_arcs splits them, into out (room for vd_meta_ring_size
+ * entries); returns how many. */
 size_t vd_meta_arcs(const struct vd_meta *m, uint64_t (*out)[2]);
 
 /* ---- published views ------------------------------------------------------------------------

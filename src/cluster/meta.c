@@ -1101,20 +1101,11 @@ size_t vd_meta_ring_size(const struct vd_meta *m)
     return m->n_ring;
 }
 
-/* Equal tokens (two members hashing to one position) make one arc, owned as placement decides:
- * by the first of them in (token, id) order. */
 size_t vd_meta_arcs(const struct vd_meta *m, uint64_t (*out)[2])
 {
-    size_t n = 0;
-    for (size_t i = 0; i < m->n_ring; i++) {
-        if (n && out[n - 1][1] == m->ring[i].token)
-            continue;
-        out[n][1] = m->ring[i].token;
-        n++;
-    }
-    for (size_t i = 0; i < n; i++)
-        out[i][0] = out[(i + n - 1) % n][1];
-    return n;
+    struct vd_coord_ring ring = {
+        .version = m->ring_version, .tokens = m->ring, .n_tokens = m->n_ring};
+    return vd_coord_ring_arcs(&ring, out);
 }
 
 /* ---- published views ------------------------------------------------------------------------

@@ -909,19 +909,16 @@ static int search_place(struct vd_coord_op *op, const struct vd_coord_ring *ring
     size_t nt = ring->n_tokens;
     op->arcs = calloc(nt, sizeof(*op->arcs));
     op->ranges = calloc(nt, sizeof(*op->ranges));
-    if (!op->arcs || !op->ranges)
+    uint64_t(*split)[2] = calloc(nt ? nt : 1, sizeof(*split));
+    if (!op->arcs || !op->ranges || !split) {
+        free(split);
         return VD_ENOMEM;
-    for (size_t i = 0; i < nt; i++) {
-        uint64_t start = ring->tokens[(i + nt - 1) % nt].token, end = ring->tokens[i].token;
-        if (nt > 1 && start == end)
-            continue; /* equal tokens: an empty arc, not the whole ring */
-        op->arcs[op->n_arcs++] = (struct arc){start, end, range_of(op, ring, end)};
     }
-    if (op->n_arcs == 0 && nt) {
-        /* Every token at one position: one arc, the whole ring. */
-        uint64_t t = ring->tokens[0].token;
-        op->arcs[op->n_arcs++] = (struct arc){t, t, range_of(op, ring, t)};
-    }
+    size_t n = vd_coord_ring_arcs(ring, split);
+    for (size_t i = 0; i < n; i++)
+        op->arcs[op->n_arcs++] =
+            (struct arc){split[i][0], split[i][1], range_of(op, ring, split[i][1])};
+    free(split);
     op->ring_version = ring->version;
     return 0;
 }

@@ -54,3 +54,16 @@ size_t vd_coord_ring_replicas(const struct vd_coord_ring *ring, uint64_t hash, u
     }
     return n;
 }
+
+size_t vd_coord_ring_arcs(const struct vd_coord_ring *ring, uint64_t (*out)[2])
+{
+    size_t n = 0;
+    for (size_t i = 0; i < ring->n_tokens; i++) {
+        if (n && out[n - 1][1] == ring->tokens[i].token)
+            continue;
+        out[n++][1] = ring->tokens[i].token;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i][0] = out[(i + n - 1) % n][1];
+    return n;
+}

@@ -202,6 +202,36 @@ static void verify_reply(struct vd_coord_op *op, const struct vd_coord_action *a
 
 /* ---- writes ------------------------------------------------------------------------------ */
 
+/* Arcs: equal tokens make one arc owned like its end, one distinct token is the whole ring
+ * (t, t], and no tokens make no arcs. */
+static void test_ring_arcs(void **state)
+{
+    (void)state;
+    uint64_t out[4][2];
+    struct vd_coord_token t[4] = {{10, 1}, {10, 2}, {20, 3}, {UINT64_MAX, 1}};
+    struct vd_coord_ring r = {.version = 5, .tokens = t, .n_tokens = 4};
+    assert_int_equal(vd_coord_ring_arcs(&r, out), 3);
+    assert_true(out[0][0] == UINT64_MAX && out[0][1] == 10);
+    assert_true(out[1][0] == 10 && out[1][1] == 20);
+    assert_true(out[2][0] == 20 && out[2][1] == UINT64_MAX);
+    /* every probe on exactly one arc */
+    uint64_t probes[] = {0, 9, 10, 11, 20, 21, UINT64_MAX - 1, UINT64_MAX};
+    for (size_t p = 0; p < sizeof probes / sizeof *probes; p++) {
+        int hits = 0;
+        for (size_t i = 0; i < 3; i++)
+            hits += vd_ring_contains(out[i][0], out[i][1], probes[p]);
+        assert_int_equal(hits, 1);
+    }
+    struct vd_coord_token same[2] = {{7, 1}, {7, 2}};
+    r = (struct vd_coord_ring){.version = 1, .tokens = same, .n_tokens = 2};
+    assert_int_equal(vd_coord_ring_arcs(&r, out), 1);
+    assert_true(out[0][0] == 7 && out[0][1] == 7);
+    assert_true(vd_ring_contains(7, 7, 0) && vd_ring_contains(7, 7, 7) &&
+                vd_ring_contains(7, 7, UINT64_MAX));
+    r.n_tokens = 0;
+    assert_int_equal(vd_coord_ring_arcs(&r, out), 0);
+}
+
 static void test_write_quorum_and_hints(void **state)
 {
     struct acts x;
@@ -580,6 +610,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_core_is_pure),
         cmocka_unit_test(test_ring_placement_property),
+        cmocka_unit_test(test_ring_arcs),
         cmocka_unit_test(test_write_quorum_and_hints),
         cmocka_unit_test(test_write_fails_at_deadline_with_numbers),
         cmocka_unit_test(test_write_fails_fast_when_w_unreachable),
