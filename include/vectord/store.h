@@ -15,7 +15,9 @@
  *               -> empty: the same points in ring order, so a token range is a key range
  *   payloads    format 1 only (payload text apart from the vector); emptied by the migration
  *   changes     seq u64 BE -> incarnation u64 BE ‖ pid key
- *   hints       reserved for hinted handoff (empty for now)
+ *   hints       target node u64 BE ‖ incarnation u64 BE ‖ hint id u64 BE -> created wall-clock ms
+ *               u64 LE ‖ point record: records kept for a replica that did not acknowledge them
+ *               (hinted handoff); per-target counts and bytes are in meta
  *   payload_indexes incarnation u64 BE ‖ field name -> {format u8 = 1, type u8}: the payload
  *               indexes declared on a collection (the indexes themselves live in memory)
  *
@@ -50,6 +52,9 @@ struct vd_store_opts {
     uint64_t map_size; /* initial map size; 0 = default (1 TiB virtual; the file is sparse and
                           grows with use; no MDB_WRITEMAP). Grown on demand when full. */
     bool no_sync;      /* tests only: skip fsync (a crash may lose acknowledged writes) */
+    /* Caps on stored hints, in bytes (key, header and record): per target node and over all
+     * targets; 0 = the defaults, 256 MiB and 1 GiB. A hint past a cap is not stored. */
+    uint64_t hint_target_bytes, hint_total_bytes;
 };
 
 struct vd_store; /* opaque; thread-safe */
@@ -91,6 +96,14 @@ enum vd_wop_kind {
                            field_type; VD_ENOTFOUND if the collection is gone, VD_ERANGE for an
                            empty name or one over VD_STORE_PINDEX_NAME_MAX bytes */
     VD_WOP_PINDEX_DELETE, /* drop the payload index `field`; VD_ENOTFOUND if absent */
+    VD_WOP_HINT_PUT,    /* keep the encoded record rec[rec_len] for node `target` (hinted
+                           handoff); its incarnation is taken from the record and written back,
+                           hint_id gets the new hint's id. Past a cap (vd_store_opts) nothing is
+                           stored and over_cap is set; the batch still commits. VD_EINVAL for a
+                           malformed record or target 0. The collection need not be live here:
+                           a hint of a deleted collection goes with the collection's purge */
+    VD_WOP_HINT_DELETE, /* forget hint (target, incarnation, hint_id), once replayed or expired;
+                           applied = false when it was already gone */
 };
 
 /* Longest payload index field name: the key (8-byte incarnation + name) fits LMDB's 511. */
@@ -120,11 +133,14 @@ struct vd_wop {
     struct vd_coll_schema *schema; /* COLL_CREATE (incarnation, created_hlc filled on success) */
     const char *coll_name;         /* COLL_DELETE */
     const char *field;             /* PINDEX_*: NUL-terminated field name */
+    uint64_t target;               /* HINT_*: the node the hint is for */
+    uint64_t hint_id;              /* HINT_DELETE: which hint; HINT_PUT: output */
     uint8_t field_type;            /* PINDEX_PUT: the caller's type code (1..255, opaque here) */
     /* outputs, valid in the done callback: */
     uint64_t seq;  /* change counter assigned (0 if skipped, and for collection ops) */
     bool applied;  /* point ops: false when skipped by last-write-wins; collection ops: true */
     bool conflict; /* if_version ops: skipped because the stored record is not `expect` */
+    bool over_cap; /* HINT_PUT: not stored, a hint cap was reached */
 };
 
 /* A batch of operations applied atomically. Owned by the caller, who must keep it and everything
@@ -253,6 +269,30 @@ int vd_store_purge_wait(struct vd_store *s, uint64_t timeout_ms);
  * 0 (the default) keeps tombstones forever. */
 void vd_store_set_tombstone_grace(struct vd_store *s, uint64_t grace_ms);
 
-/* TODO: the `hints` table API (hinted handoff) is not implemented yet. */
+/* ---- hints (hinted handoff) ---- */
+
+/* Where a hint sits in its target's order: (incarnation, id), ascending. */
+struct vd_hint_pos {
+    uint64_t incarnation, id;
+};
+struct vd_hint_view {
+    uint64_t target;
+    struct vd_hint_pos pos;
+    uint64_t created_ms; /* wall clock when it was stored, for the hint window */
+    const uint8_t *rec;  /* the point record (vd_record_decode; may be unaligned) */
+    size_t rec_len;
+};
+/* Visits target's hints in (incarnation, id) order, from just after `after` (NULL: the first);
+ * the view is valid during the call. fn returns nonzero to stop (that value is returned). A
+ * replayer reads a page, sends it, deletes what was acknowledged (VD_WOP_HINT_DELETE) and goes
+ * on from the last position. */
+typedef int (*vd_store_hint_fn)(const struct vd_hint_view *h, void *ctx);
+int vd_store_hints_scan(struct vd_rtxn *t, uint64_t target, const struct vd_hint_pos *after,
+                        vd_store_hint_fn fn, void *ctx);
+/* Visits every target that has hints, in id order, with how many and how many bytes (as the
+ * caps count them). fn returns nonzero to stop (that value is returned). */
+typedef int (*vd_store_hint_total_fn)(uint64_t target, uint64_t count, uint64_t bytes,
+                                      void *ctx);
+int vd_store_hint_totals(struct vd_rtxn *t, vd_store_hint_total_fn fn, void *ctx);
 
 #endif

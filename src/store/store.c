@@ -356,6 +356,7 @@ int vd_store_open(const struct vd_store_opts *o, struct vd_store **out, struct v
         return vd_errf(err, VD_ENOMEM, "out of memory");
     s->lock_fd = -1;
     s->no_sync = o->no_sync;
+    vd__store_hint_caps(s, o);
     s->dir = strdup(o->dir);
     if (!s->dir) {
         r = vd_errf(err, VD_ENOMEM, "out of memory");

@@ -27,6 +27,8 @@
 #define VD__META_FORMAT "format"
 #define VD__META_HLC "hlc_floor"       /* highest version HLC durably written (u64 LE) */
 #define VD__META_MIGRATE "migrate_pos" /* format 1 -> 2: the next points key to convert */
+#define VD__META_HINT_ID "hint_id" /* last hint id handed out (u64 LE) */
+#define VD__META_HINT_TOT 'H'       /* 'H' ‖ target BE -> hints count u64 LE ‖ bytes u64 LE */
 #define VD__META_LIVE 'i'
 #define VD__META_PURGE 'p'
 
@@ -38,6 +40,7 @@ struct vd_store {
         dbi_pindex, dbi_hash;
     uint64_t node_id;
     bool no_sync;
+    uint64_t hint_target_max, hint_total_max; /* hint caps in bytes */
 
     /* Map growth excludes readers: mdb_env_set_mapsize needs no transaction open in the
      * process. A count (not a rwlock) because a read may end on another thread than it began. */
@@ -118,6 +121,12 @@ int vd__store_migrate(struct vd_store *s, struct vd_err *err);
  * migration stops with VD_EIO as if the process died (0: never). */
 extern unsigned vd__store_migrate_chunk;
 extern unsigned vd__store_migrate_stop_after;
+/* Hints (store_hints.c): applies a VD_WOP_HINT_* op in the writer's transaction; sets the caps
+ * from the options at open; deletes up to max hints of a deleted incarnation (all targets) and
+ * returns how many, or -1 with the LMDB or errno code in *err. */
+int vd__store_hint_op(struct vd_store *s, MDB_txn *txn, struct vd_wop *op, struct vd_err *err);
+void vd__store_hint_caps(struct vd_store *s, const struct vd_store_opts *o);
+long vd__store_hints_purge(struct vd_store *s, MDB_txn *txn, uint64_t inc, long max, int *err);
 /* Counts pending purges in meta at open; resumes them. */
 int vd__store_count_purges(struct vd_store *s, MDB_txn *txn, uint32_t *out);
 

@@ -464,6 +464,12 @@ static int apply_batch(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
         case VD_WOP_PINDEX_DELETE:
             r = pindex_op(s, txn, g, op, &b->err);
             break;
+        case VD_WOP_HINT_PUT:
+        case VD_WOP_HINT_DELETE:
+            r = vd__store_hint_op(s, txn, op, &b->err);
+            if (r == VD_EFULL)
+                g->map_full = true; /* the only way a hint op fails full: grow and retry */
+            break;
         default:
             r = vd_errf(&b->err, VD_EINVAL, "unknown write operation %d", (int)op->kind);
         }
@@ -488,9 +494,12 @@ static void reset_outputs(struct vd_wbatch *b)
             if (op->seq & SET_HLC)
                 op->schema->created_hlc = 0;
         }
+        if (op->kind == VD_WOP_HINT_PUT)
+            op->hint_id = 0;
         op->seq = 0;
         op->applied = false;
         op->conflict = false;
+        op->over_cap = false;
     }
 }
 
@@ -721,8 +730,9 @@ int vd__store_count_purges(struct vd_store *s, MDB_txn *txn, uint32_t *out)
     return rc == 0 || rc == MDB_NOTFOUND ? 0 : vd__store_mdb_err(rc);
 }
 
-/* Deletes up to `max` keys of `dbi` starting with the 8-byte prefix; returns how many, or < 0. */
-static long delete_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, long max)
+/* Deletes up to `max` keys of `dbi` starting with the 8-byte prefix; returns how many, or -1 with
+ * the LMDB or errno code in *err. */
+static long delete_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, long max, int *err)
 {
     MDB_cursor *cur;
     uint8_t kb[8];
@@ -730,7 +740,7 @@ static long delete_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, long
     MDB_val k = {8, kb}, v;
     int rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc)
-        return -rc;
+        return *err = rc, -1;
     long n = 0;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     while (rc == 0 && n < max && k.mv_size >= 8 && memcmp(k.mv_data, prefix, 8) == 0) {
@@ -744,7 +754,7 @@ static long delete_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, long
     }
     mdb_cursor_close(cur);
     if (rc && rc != MDB_NOTFOUND)
-        return rc > 0 ? -rc : rc;
+        return *err = rc, -1;
     return n;
 }
 
@@ -774,13 +784,12 @@ static int purge_chunk(struct vd_store *s)
     uint8_t mk[9];
     memcpy(mk, k.mv_data, 9);
     mdb_cursor_close(cur);
-    long np = delete_prefix(txn, s->dbi_points, mk + 1, PURGE_CHUNK);
-    long nl = np < 0 ? np : delete_prefix(txn, s->dbi_hash, mk + 1, PURGE_CHUNK);
-    if (np < 0 || nl < 0) {
-        rc = (int)(np < 0 ? -np : -nl);
+    long np = delete_prefix(txn, s->dbi_points, mk + 1, PURGE_CHUNK, &rc);
+    long nl = np < 0 ? -1 : delete_prefix(txn, s->dbi_hash, mk + 1, PURGE_CHUNK, &rc);
+    long nh = nl < 0 ? -1 : vd__store_hints_purge(s, txn, vd_be64_get(mk + 1), PURGE_CHUNK, &rc);
+    if (np < 0 || nl < 0 || nh < 0)
         goto out_abort;
-    }
-    bool done = np == 0 && nl == 0;
+    bool done = np == 0 && nl == 0 && nh == 0;
     if (done) {
         MDB_val ik = {9, mk};
         if ((rc = mdb_del(txn, s->dbi_meta, &ik, NULL)))

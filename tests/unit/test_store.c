@@ -1272,6 +1272,251 @@ static void test_hlc_floor(void **state)
     rm_rf(dir);
 }
 
+/* ---- hints --------------------------------------------------------------------------------- */
+
+/* Encodes the record of point `id` of inc (vector {base..base+3}, version (hlc, 2)) into rb. */
+static size_t hint_rec(uint64_t inc, uint64_t id, uint64_t hlc, float base, uint8_t *rb,
+                       size_t cap)
+{
+    float v[4] = {base, base + 1, base + 2, base + 3};
+    struct vd_rvec rv = {.kind = VD_RVEC_DENSE, .n = 4, .values = v};
+    struct vd_record r = {.id = num(id), .incarnation = inc, .version = {hlc, 2},
+                          .n_vectors = 1, .vectors = &rv};
+    size_t len;
+    assert_int_equal(vd_record_encode(&r, rb, cap, &len), 0);
+    return len;
+}
+
+/* Stores one hint; returns the status, *over_cap and the new hint's id. */
+static int hint_put(struct vd_store *s, uint64_t target, const uint8_t *rec, size_t len,
+                    bool *over_cap, uint64_t *id)
+{
+    struct vd_wop op = {.kind = VD_WOP_HINT_PUT, .target = target, .rec = rec, .rec_len = len};
+    struct vd_wbatch b = {.ops = &op, .n = 1};
+    int r = vd_store_write(s, &b);
+    if (over_cap)
+        *over_cap = op.over_cap;
+    if (id)
+        *id = op.hint_id;
+    assert_int_equal(op.applied, r == 0 && !op.over_cap);
+    return r;
+}
+
+static int hint_del(struct vd_store *s, uint64_t target, struct vd_hint_pos pos, bool *applied)
+{
+    struct vd_wop op = {.kind = VD_WOP_HINT_DELETE, .target = target,
+                        .incarnation = pos.incarnation, .hint_id = pos.id};
+    struct vd_wbatch b = {.ops = &op, .n = 1};
+    int r = vd_store_write(s, &b);
+    *applied = op.applied;
+    return r;
+}
+
+struct hint_list {
+    struct vd_hint_view h[16];
+    uint64_t point[16];
+    size_t n;
+};
+
+static int hint_fn(const struct vd_hint_view *h, void *ctx)
+{
+    struct hint_list *l = ctx;
+    struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+    struct vd_record r;
+    assert_int_equal(vd_record_decode(h->rec, h->rec_len, &r, vecs), 0);
+    assert_int_equal(r.incarnation, h->pos.incarnation);
+    assert_true(l->n < 16);
+    l->point[l->n] = r.id.u.num;
+    l->h[l->n++] = *h;
+    return 0;
+}
+
+static void hints_of(struct vd_store *s, uint64_t target, const struct vd_hint_pos *after,
+                     struct hint_list *l)
+{
+    struct vd_rtxn *t;
+    l->n = 0;
+    assert_int_equal(vd_store_read_begin(s, &t), 0);
+    assert_int_equal(vd_store_hints_scan(t, target, after, hint_fn, l), 0);
+    vd_store_read_end(t);
+}
+
+struct totals {
+    uint64_t target[8], count[8], bytes[8];
+    size_t n;
+};
+
+static int total_fn(uint64_t target, uint64_t count, uint64_t bytes, void *ctx)
+{
+    struct totals *t = ctx;
+    assert_true(t->n < 8);
+    t->target[t->n] = target, t->count[t->n] = count, t->bytes[t->n++] = bytes;
+    return 0;
+}
+
+static void totals_of(struct vd_store *s, struct totals *out)
+{
+    struct vd_rtxn *t;
+    out->n = 0;
+    assert_int_equal(vd_store_read_begin(s, &t), 0);
+    assert_int_equal(vd_store_hint_totals(t, total_fn, out), 0);
+    vd_store_read_end(t);
+}
+
+/*
+ * Hints are kept per target in (incarnation, id) order with their exact record bytes, paged
+ * from a position, deleted once (a second delete is not an error), counted per target, and kept
+ * across a restart; a malformed record or no target is refused and nothing is stored.
+ */
+static void test_hints(void **state)
+{
+    struct fx *f = *state;
+    uint64_t inc2;
+    assert_int_equal(create_coll(f->s, "d", 4, &inc2), 0);
+    uint8_t rb[4][256];
+    size_t rl[4] = {hint_rec(inc2, 1, 100, 1, rb[0], 256), hint_rec(f->inc, 2, 101, 2, rb[1], 256),
+                    hint_rec(f->inc, 3, 102, 3, rb[2], 256), hint_rec(f->inc, 4, 103, 4, rb[3], 256)};
+    uint64_t ids[4];
+    bool over;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(hint_put(f->s, 7, rb[i], rl[i], &over, &ids[i]), 0);
+        assert_false(over);
+    }
+    assert_int_equal(hint_put(f->s, 9, rb[3], rl[3], &over, &ids[3]), 0);
+    assert_true(ids[0] < ids[1] && ids[1] < ids[2] && ids[2] < ids[3]);
+
+    struct hint_list l;
+    hints_of(f->s, 7, NULL, &l);
+    assert_int_equal(l.n, 3);
+    /* collection "c" was created first: its incarnation sorts first */
+    assert_true(f->inc < inc2);
+    assert_int_equal(l.point[0], 2);
+    assert_int_equal(l.point[1], 3);
+    assert_int_equal(l.point[2], 1);
+    assert_int_equal(l.h[0].rec_len, rl[1]);
+    assert_memory_equal(l.h[0].rec, rb[1], rl[1]);
+    assert_true(l.h[0].created_ms > 0 && l.h[0].created_ms <= vd_wall_ms());
+    struct vd_hint_pos after = l.h[0].pos;
+    hints_of(f->s, 7, &after, &l);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.point[0], 3);
+    hints_of(f->s, 8, NULL, &l);
+    assert_int_equal(l.n, 0);
+
+    struct totals t;
+    totals_of(f->s, &t);
+    assert_int_equal(t.n, 2);
+    assert_int_equal(t.target[0], 7);
+    assert_int_equal(t.count[0], 3);
+    assert_int_equal(t.bytes[0], 3 * (24 + 8) + rl[0] + rl[1] + rl[2]);
+    assert_int_equal(t.target[1], 9);
+    assert_int_equal(t.count[1], 1);
+
+    bool applied;
+    assert_int_equal(hint_del(f->s, 7, after, &applied), 0);
+    assert_true(applied);
+    assert_int_equal(hint_del(f->s, 7, after, &applied), 0);
+    assert_false(applied);
+    totals_of(f->s, &t);
+    assert_int_equal(t.count[0], 2);
+    assert_int_equal(t.bytes[0], 2 * (24 + 8) + rl[0] + rl[2]);
+
+    /* refused: nothing stored */
+    uint8_t bad[8] = {0};
+    assert_int_equal(hint_put(f->s, 7, bad, sizeof bad, NULL, NULL), VD_EINVAL);
+    assert_int_equal(hint_put(f->s, 0, rb[0], rl[0], NULL, NULL), VD_EINVAL);
+
+    /* kept across a restart, with their totals */
+    vd_store_close(f->s);
+    f->s = open_store(f->dir, true, 0);
+    hints_of(f->s, 7, NULL, &l);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.point[0], 3);
+    assert_int_equal(l.point[1], 1);
+    totals_of(f->s, &t);
+    assert_int_equal(t.n, 2);
+    assert_int_equal(t.count[0], 2);
+
+    /* the last hint of a target gone: the target has no totals any more */
+    hints_of(f->s, 9, NULL, &l);
+    assert_int_equal(hint_del(f->s, 9, l.h[0].pos, &applied), 0);
+    assert_true(applied);
+    totals_of(f->s, &t);
+    assert_int_equal(t.n, 1);
+    assert_int_equal(t.target[0], 7);
+}
+
+/* Caps: past the per-target cap a hint is not stored (over_cap) while another target still
+ * takes hints, until the total cap; deleting hints makes room again. */
+static void test_hint_caps(void **state)
+{
+    (void)state;
+    char dir[256];
+    make_dir(dir, sizeof dir);
+    uint8_t rb[256];
+    size_t rl = hint_rec(1, 1, 100, 1, rb, sizeof rb), one = 24 + 8 + rl;
+    struct vd_store_opts o = {.dir = dir, .no_sync = true, .hint_target_bytes = 3 * one,
+                              .hint_total_bytes = 5 * one};
+    struct vd_store *s = NULL;
+    struct vd_err e = {0};
+    assert_int_equal(vd_store_open(&o, &s, &e), 0);
+    bool over;
+    uint64_t id;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(hint_put(s, 7, rb, rl, &over, &id), 0);
+        assert_false(over);
+    }
+    assert_int_equal(hint_put(s, 7, rb, rl, &over, &id), 0);
+    assert_true(over);
+    assert_int_equal(id, 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(hint_put(s, 9, rb, rl, &over, NULL), 0);
+        assert_false(over);
+    }
+    assert_int_equal(hint_put(s, 9, rb, rl, &over, NULL), 0);
+    assert_true(over); /* target 9 has room, the total has not */
+    struct hint_list l;
+    hints_of(s, 7, NULL, &l);
+    assert_int_equal(l.n, 3);
+    bool applied;
+    assert_int_equal(hint_del(s, 7, l.h[0].pos, &applied), 0);
+    assert_int_equal(hint_put(s, 9, rb, rl, &over, NULL), 0);
+    assert_false(over);
+    vd_store_close(s);
+    rm_rf(dir);
+}
+
+/* Deleting a collection drops its hints, for every target, and no other collection's. */
+static void test_hints_purged_with_collection(void **state)
+{
+    struct fx *f = *state;
+    uint64_t inc2;
+    assert_int_equal(create_coll(f->s, "d", 4, &inc2), 0);
+    uint8_t rb[256], rb2[256];
+    size_t rl = hint_rec(inc2, 1, 100, 1, rb, sizeof rb);
+    size_t rl2 = hint_rec(f->inc, 2, 100, 1, rb2, sizeof rb2);
+    for (uint64_t target = 5; target <= 7; target++)
+        for (int i = 0; i < 700; i++) /* more than one purge chunk */
+            assert_int_equal(hint_put(f->s, target, rb, rl, NULL, NULL), 0);
+    assert_int_equal(hint_put(f->s, 6, rb2, rl2, NULL, NULL), 0);
+    assert_int_equal(drop_coll(f->s, "d"), 0);
+    assert_int_equal(vd_store_purge_wait(f->s, 30000), 0);
+    struct hint_list l;
+    for (uint64_t target = 5; target <= 7; target++) {
+        hints_of(f->s, target, NULL, &l);
+        assert_int_equal(l.n, target == 6 ? 1 : 0);
+    }
+    assert_int_equal(l.n, 0);
+    hints_of(f->s, 6, NULL, &l);
+    assert_int_equal(l.point[0], 2);
+    struct totals t;
+    totals_of(f->s, &t);
+    assert_int_equal(t.n, 1);
+    assert_int_equal(t.target[0], 6);
+    assert_int_equal(t.count[0], 1);
+    assert_int_equal(t.bytes[0], 24 + 8 + rl2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1292,6 +1537,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hash_range, setup, teardown),
         cmocka_unit_test(test_hlc_floor),
         cmocka_unit_test(test_kill9),
+        cmocka_unit_test_setup_teardown(test_hints, setup, teardown),
+        cmocka_unit_test(test_hint_caps),
+        cmocka_unit_test_setup_teardown(test_hints_purged_with_collection, setup, teardown),
         cmocka_unit_test(test_bench_write),
     };
     vd_log_set_level(VD_LOG_WARN);
