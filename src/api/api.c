@@ -184,6 +184,15 @@ void vd__api_meta_done(int status, const struct vd_err *err, uint64_t op_id, voi
     vd__api_reply_true(r);
 }
 
+int vd__api_refuse(const cJSON *obj, const char *key, const char *path, const char *why,
+                   struct vd_err *err)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it) || ((cJSON_IsObject(it) || cJSON_IsArray(it)) && !it->child))
+        return 0;
+    return vd_errf(err, VD_EINVAL, "'%s' is not supported: %s", path, why);
+}
+
 int vd__api_get_bool(const cJSON *obj, const char *key, bool dflt, bool *out, struct vd_err *err)
 {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);

@@ -75,6 +75,12 @@ void vd__api_write_done(int status, const struct vd_err *err, uint64_t op_id, vo
 /* Done callback for collection changes: replies true or the error. */
 void vd__api_meta_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx);
 
+/* A request field vectord does not implement and that would change results if ignored: present
+ * and neither null nor an empty object/array -> VD_EINVAL "'<path>' is not supported: <why>"
+ * (path: the field's place in the body, e.g. "vectors.multivector_config"); else 0. */
+int vd__api_refuse(const cJSON *obj, const char *key, const char *path, const char *why,
+                   struct vd_err *err);
+
 /* Field readers: absent -> default and 0; wrong type -> VD_EINVAL; out of range -> VD_ERANGE;
  * messages name the field. */
 int vd__api_get_bool(const cJSON *obj, const char *key, bool dflt, bool *out, struct vd_err *err);

@@ -19,10 +19,15 @@ static int parse_schema(const cJSON *body, struct vd_coll_schema *s, struct vd_e
         return vd_errf(err, VD_EINVAL,
                        "named vectors are not supported: 'vectors' must be {\"size\": N, "
                        "\"distance\": ...}");
+    int rc;
+    if ((rc = vd__api_refuse(body, "sparse_vectors", "sparse_vectors",
+                             "vectord stores one dense vector per point", err)) ||
+        (rc = vd__api_refuse(vec, "multivector_config", "vectors.multivector_config",
+                             "vectord stores one vector per point", err)))
+        return rc;
     const cJSON *size = cJSON_GetObjectItemCaseSensitive(vec, "size");
     if (!size || cJSON_IsNull(size))
         return vd_errf(err, VD_EINVAL, "missing field 'vectors.size'");
-    int rc;
     if ((rc = vd__api_get_u32_at(vec, "vectors", "size", 0, 1, 65536, &s->dim, err)))
         return rc;
     const cJSON *dist = cJSON_GetObjectItemCaseSensitive(vec, "distance");

@@ -369,6 +369,8 @@ static void scroll(struct vd_http_req *r, void *ctx)
     bool has_from = false, has_next = false;
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(body, "offset");
     int rc = vd__api_get_u32(body, "limit", 10, 1, VD_API_MAX_LIMIT, &limit, &e);
+    if (!rc)
+        rc = vd__api_refuse(body, "order_by", "order_by", "scroll returns points in id order", &e);
     if (!rc && off && !cJSON_IsNull(off)) {
         rc = vd_json_get_pid(off, &from, &e);
         if (rc)

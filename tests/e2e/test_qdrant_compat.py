@@ -192,6 +192,32 @@ class QdrantCompatTest(vdtest.NodeTest):
         self.assertIn("Validation error in JSON body", j["status"]["error"])
         self.assertIn("At least one field condition must be specified", j["status"]["error"])
 
+    def test_unsupported_parts_are_refused(self):
+        """What vectord does not implement and would change results is a 400 naming it, and
+        nothing is created; an empty or null form of it is accepted as Qdrant accepts it."""
+        n = self.node
+        cases = [
+            ({"vectors": {"size": 4, "distance": "Dot"}, "sparse_vectors": {"text": {}}},
+             "'sparse_vectors' is not supported"),
+            ({"vectors": {"size": 4, "distance": "Dot",
+                          "multivector_config": {"comparator": "max_sim"}}},
+             "'vectors.multivector_config' is not supported"),
+        ]
+        for body, text in cases:
+            st, j = n.request("PUT", "/collections/refused", body)
+            self.assertEqual(st, 400, j)
+            self.assertIn(text, j["status"]["error"])
+            self.assertIs(n.ok("GET", "/collections/refused/exists")["exists"], False)
+        for extra in ({"sparse_vectors": {}}, {"sparse_vectors": None}):
+            body = {"vectors": {"size": 4, "distance": "Dot"}}
+            body.update(extra)
+            self.assertIs(n.ok("PUT", "/collections/accepted", body), True)
+            self.assertIs(n.ok("DELETE", "/collections/accepted"), True)
+        st, j = n.request("POST", "/collections/geo/points/scroll", {"order_by": "city"})
+        self.assertEqual(st, 400, j)
+        self.assertIn("'order_by' is not supported", j["status"]["error"])
+        self.assertIn("points", n.ok("POST", "/collections/geo/points/scroll", {"order_by": None}))
+
     # 7. service endpoints
     def test_root(self):
         st, j = self.node.request("GET", "/")
