@@ -294,6 +294,22 @@ static int submit_change(struct vd_cluster *c, enum op_kind kind, struct vd_buf 
 int vd_cluster_create_collection(struct vd_cluster *c, const struct vd_coll_schema *s,
                                  vd_cluster_done_fn done, void *ctx, struct vd_err *err)
 {
+    /* Checked against this node's view rather than in the state machine: a member joining
+     * meanwhile may make a replica count valid a moment later, and Qdrant decides it at
+     * creation too. Once created, a collection is served with the members that exist. */
+    struct vd_meta_view *v = vd__cluster_view_acquire(c);
+    if (v) {
+        const struct vd_meta *m = vd_meta_view_state(v);
+        size_t members = 0;
+        for (size_t i = 0; i < vd_meta_n_members(m); i++)
+            members += vd_meta_member_at(m, i)->state != VD_MEMBER_JOINING;
+        vd_meta_view_release(v);
+        if (members && s->replication_factor > members)
+            return vd_errf(err, VD_ERANGE,
+                           "Validation error in JSON body: [replication_factor: value %u invalid, "
+                           "the cluster has %zu member%s]",
+                           (unsigned)s->replication_factor, members, members == 1 ? "" : "s");
+    }
     struct vd_coll_schema sc = *s;
     sc.incarnation = 0; /* the state machine assigns it from the entry's index */
     if (!sc.created_hlc)

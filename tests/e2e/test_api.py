@@ -83,6 +83,11 @@ class CollectionsTest(NodeTest):
                                                            "shard_number": 1, "whatever": {"x": 1}}))
         # Qdrant's answer for a collection that is not there: 200 with result false
         self.assertIs(n.ok("DELETE", "/collections/never-was"), False)
+        # one node: a replication factor above 1 cannot be met
+        self.assertError(n.request("PUT", "/collections/rf2", {"vectors": {"size": 2, "distance":
+                                   "Dot"}, "replication_factor": 2}), 422,
+                         "replication_factor: value 2 invalid, the cluster has 1 member")
+        self.assertEqual(n.ok("GET", "/collections/rf2/exists"), {"exists": False})
 
 
 class PointsTest(NodeTest):

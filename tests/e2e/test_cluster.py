@@ -99,6 +99,22 @@ class ThreeNodeTest(ClusterCase):
         for n in (leader, followers[-1]):
             self.assertError(n.request("PUT", "/collections/taken", VEC), 409, "exists")
 
+    def test_03b_replication_factor_against_members(self):
+        # every node knows the three members (test_01); a replication factor above them is a
+        # 422 through any node and nothing is created; three is accepted and reported back
+        leader, followers = self.leader_and_followers()
+        for n in (leader, followers[0]):
+            self.assertError(n.request("PUT", "/collections/too_many",
+                                       dict(VEC, replication_factor=4)),
+                             422, "replication_factor: value 4 invalid, the cluster has 3 members")
+        for n in self.members:
+            self.assertEqual(n.ok("GET", "/collections/too_many/exists"), {"exists": False})
+        followers[-1].ok("PUT", "/collections/rf3", dict(VEC, replication_factor=3))
+        for n in self.members:
+            params = n.ok("GET", "/collections/rf3")["config"]["params"]
+            self.assertEqual(params["replication_factor"], 3)
+            self.assertEqual(params["write_consistency_factor"], 2)
+
     def test_04_delete_through_follower(self):
         leader, followers = self.leader_and_followers()
         leader.ok("PUT", "/collections/doomed", VEC)
