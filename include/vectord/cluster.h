@@ -113,6 +113,20 @@ int vd_cluster_clock_check(struct vd_cluster *c, struct vd_err *err);
 /* Appends the `result` object of GET /cluster (Qdrant's shape plus `nodes`, see
  * docs/cluster.md) as seen by this node right now. */
 void vd_cluster_status_json(struct vd_cluster *c, struct vd_buf *out);
+/* A member as this node last saw it (refreshed with GET /cluster's cache, about every 250 ms). */
+enum vd_cluster_member_state {
+    VD_CLUSTER_UP,      /* in the ring and heard from lately (this node always is) */
+    VD_CLUSTER_DOWN,    /* in the ring, not heard from for a while */
+    VD_CLUSTER_JOINING, /* catching up; holds no range yet */
+    VD_CLUSTER_LEAVING, /* still in the ring until its removal commits */
+};
+struct vd_cluster_member {
+    uint64_t id;
+    enum vd_cluster_member_state state;
+};
+/* Copies up to max members, in id order, into out; returns how many there are (which may be more
+ * than max). Any thread. */
+size_t vd_cluster_members(struct vd_cluster *c, struct vd_cluster_member *out, size_t max);
 uint64_t vd_cluster_node_id(const struct vd_cluster *c);
 /* The cluster port this node listens on (the kernel's choice when opts.port was 0). */
 uint16_t vd_cluster_port(const struct vd_cluster *c);

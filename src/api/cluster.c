@@ -338,12 +338,61 @@ static void remove_node(struct vd_http_req *r, void *ctx)
     }
 }
 
+/*
+ * GET /collections/{name}/cluster in Qdrant's shape. vectord spreads a collection over the ring
+ * rather than over numbered shards, so it reports one shard, 0: this node's copy (the points it
+ * stores) as the local shard and every other member of the ring as a remote replica with its
+ * state (Active: heard from lately; Dead: not; joining members hold no range and are left out).
+ */
+static void coll_cluster(struct vd_http_req *r, void *ctx)
+{
+    struct vd_coll *c = vd__api_coll(r);
+    if (!c)
+        return;
+    struct vd_coll_stats st;
+    vd_db_coll_stats(c, &st);
+    vd_db_coll_put(c);
+    uint64_t self = vd_cluster_node_id(vd__api.cluster);
+    struct vd_buf b;
+    vd_buf_init(&b);
+    vd_buf_printf(&b,
+                  "{\"peer_id\":%llu,\"shard_count\":1,\"local_shards\":[{\"shard_id\":0,"
+                  "\"points_count\":%llu,\"state\":\"Active\"}],\"remote_shards\":[",
+                  (unsigned long long)self, (unsigned long long)st.points);
+    struct vd_cluster_member mb[64], *m = mb;
+    size_t n = vd_cluster_members(vd__api.cluster, mb, 64);
+    if (n > 64) { /* a large cluster: take them all (as many as fit if it grew meanwhile) */
+        size_t cap = n;
+        if ((m = malloc(cap * sizeof *m))) {
+            n = vd_cluster_members(vd__api.cluster, m, cap);
+            n = n < cap ? n : cap;
+        } else {
+            m = mb, n = 64;
+        }
+    }
+    bool first = true;
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].id == self || m[i].state == VD_CLUSTER_JOINING)
+            continue;
+        vd_buf_printf(&b, "%s{\"shard_id\":0,\"peer_id\":%llu,\"state\":\"%s\"}",
+                      first ? "" : ",", (unsigned long long)m[i].id,
+                      m[i].state == VD_CLUSTER_DOWN ? "Dead" : "Active");
+        first = false;
+    }
+    if (m != mb)
+        free(m);
+    vd_buf_puts(&b, "],\"shard_transfers\":[]}");
+    vd__api_reply_buf(r, &b);
+}
+
 int vd__api_cluster_routes(struct vd_http *h)
 {
     int rc;
     if ((rc = vd_http_route(h, "GET", "/cluster", VD_ROLE_RO, status, NULL)) ||
         (rc = vd_http_route(h, "POST", "/cluster/nodes", VD_ROLE_ADMIN, add_node, NULL)) ||
-        (rc = vd_http_route(h, "DELETE", "/cluster/nodes/{id}", VD_ROLE_ADMIN, remove_node, NULL)))
+        (rc = vd_http_route(h, "DELETE", "/cluster/nodes/{id}", VD_ROLE_ADMIN, remove_node, NULL)) ||
+        (rc = vd_http_route(h, "GET", "/collections/{name}/cluster", VD_ROLE_RO, coll_cluster,
+                            NULL)))
         return rc;
     return 0;
 }

@@ -135,13 +135,18 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
                       when, (unsigned)(wall % 1000));
     }
     vd_buf_puts(&b, "\"message_send_failures\":{},\"nodes\":[");
+    static const char *const state_names[] = {"up", "down", "joining", "leaving"};
+    struct vd_cluster_member *seen = n ? malloc(n * sizeof *seen) : NULL;
     for (size_t i = 0; i < n; i++) {
         const struct vd_meta_member *m = vd_meta_member_at(c->meta, i);
         int role = vd_raft_conf_role(conf, m->id);
-        const char *state = m->state == VD_MEMBER_JOINING   ? "joining"
-                            : m->state == VD_MEMBER_LEAVING ? "leaving"
-                            : member_up(c, m->id, now)      ? "up"
-                                                            : "down";
+        enum vd_cluster_member_state st = m->state == VD_MEMBER_JOINING   ? VD_CLUSTER_JOINING
+                                          : m->state == VD_MEMBER_LEAVING ? VD_CLUSTER_LEAVING
+                                          : member_up(c, m->id, now)      ? VD_CLUSTER_UP
+                                                                          : VD_CLUSTER_DOWN;
+        const char *state = state_names[st];
+        if (seen)
+            seen[i] = (struct vd_cluster_member){m->id, st};
         vd_buf_printf(&b, "%s{\"id\":%llu,\"address\":", i ? "," : "", (unsigned long long)m->id);
         vd_buf_json_string(&b, m->addr, strlen(m->addr));
         vd_buf_puts(&b, ",\"rest_address\":");
@@ -160,16 +165,21 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
             vd_buf_puts(&b, ",\"clock_offset_ms\":null}");
     }
     vd_buf_puts(&b, "]}");
-    if (!vd_buf_ok(&b)) {
+    if (!vd_buf_ok(&b) || (n && !seen)) {
         vd_buf_release(&b);
+        free(seen);
         return;
     }
     char *s = vd_buf_steal(&b, NULL);
     pthread_mutex_lock(&c->mu);
     char *old = c->status;
+    struct vd_cluster_member *old_seen = c->members_seen;
     c->status = s;
+    c->members_seen = seen;
+    c->n_seen = n;
     pthread_mutex_unlock(&c->mu);
     free(old);
+    free(old_seen);
     c->last_status = now;
 }
 
@@ -493,6 +503,7 @@ static void cluster_free(struct vd_cluster *c)
     free(c->secret);
     free(c->join);
     free(c->status);
+    free(c->members_seen);
     free(c->rec.acts);
     free(c->rec.iacts);
     pthread_mutex_destroy(&c->mu);

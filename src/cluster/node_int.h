@@ -116,6 +116,8 @@ struct vd_cluster {
     struct ev *q_head, *q_tail;
     bool stopping;
     char *status;    /* cached GET /cluster result */
+    struct vd_cluster_member *members_seen; /* cached with it (n_seen), for vd_cluster_members */
+    size_t n_seen;
     int db_inflight; /* database changes started by reconciliation, not yet completed */
     pthread_cond_t inflight_cv;
     uint64_t next_seq;

@@ -383,6 +383,16 @@ void vd_cluster_status_json(struct vd_cluster *c, struct vd_buf *out)
     pthread_mutex_unlock(&c->mu);
 }
 
+size_t vd_cluster_members(struct vd_cluster *c, struct vd_cluster_member *out, size_t max)
+{
+    pthread_mutex_lock(&c->mu);
+    size_t n = c->n_seen;
+    if (c->members_seen)
+        memcpy(out, c->members_seen, (n < max ? n : max) * sizeof *out);
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
 uint64_t vd_cluster_node_id(const struct vd_cluster *c)
 {
     return c->id;

@@ -114,6 +114,26 @@ class ThreeNodeTest(ClusterCase):
             params = n.ok("GET", "/collections/rf3")["config"]["params"]
             self.assertEqual(params["replication_factor"], 3)
             self.assertEqual(params["write_consistency_factor"], 2)
+        # where the collection lives, in Qdrant's shape: this node's copy is the local shard,
+        # every other member a remote replica, all active
+        ids = {peer_id(n) for n in self.members}
+        for n in self.members:
+            me = peer_id(n)
+            r = n.ok("GET", "/collections/rf3/cluster")
+            self.assertEqual(r["peer_id"], me)
+            self.assertEqual(r["shard_count"], 1)
+            self.assertEqual(r["local_shards"],
+                             [{"shard_id": 0, "points_count": 0, "state": "Active"}])
+            self.assertEqual(sorted(x["peer_id"] for x in r["remote_shards"]), sorted(ids - {me}))
+            self.assertTrue(all(x["state"] == "Active" and x["shard_id"] == 0
+                                for x in r["remote_shards"]), r)
+            self.assertEqual(r["shard_transfers"], [])
+            self.assertError(n.request("GET", "/collections/too_many/cluster"), 404)
+        n = self.members[0]
+        n.ok("PUT", "/collections/rf3/points?wait=true",
+             {"points": [{"id": i, "vector": [1, 0, 0, 0]} for i in range(3)]})
+        self.assertEqual(n.ok("GET", "/collections/rf3/cluster")["local_shards"][0]["points_count"],
+                         3)
 
     def test_04_delete_through_follower(self):
         leader, followers = self.leader_and_followers()
@@ -215,10 +235,14 @@ class ThreeNodeTest(ClusterCase):
         for n in followers:
             for i in range(len(followers)):
                 n.ok("GET", f"/collections/while_down_{i}")
-        # the killed node seen as down by the survivors
+        # the killed node seen as down by the survivors, and as a dead replica
         wait_until(lambda: all(
             [m for m in info(n)["nodes"] if m["id"] == old_id][0]["state"] == "down"
             for n in followers), 30, "the killed node to be shown down")
+        for n in followers:
+            remote = {r["peer_id"]: r["state"]
+                      for r in n.ok("GET", "/collections/while_down_0/cluster")["remote_shards"]}
+            self.assertEqual(remote[old_id], "Dead", remote)
 
         # restart from its data dir: same identity, catches up with what it missed
         leader.start()
