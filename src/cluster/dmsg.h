@@ -1,0 +1,128 @@
+/*
+ * Data messages between a coordinator and the replicas of a collection: the bodies the data
+ * transport carries (which adds the request id and the deadline). Each request names the
+ * collection by name and incarnation and carries the ring version the coordinator placed it on,
+ * so a replica on another ring answers wrong-ring and never applies or denies what it does not
+ * own; each answer echoes the attempt it is for (struct vd_coord_action.attempt).
+ *
+ * Encoding (integers big-endian; floats as their IEEE-754 binary32 bits, big-endian):
+ *   request: u8 VD_DMSG_VERSION, u8 kind, u32 attempt, u64 incarnation, u64 ring_version,
+ *            u8 name_len, name bytes (1..255), then by kind:
+ *     WRITE   u32 n (1..VD_DMSG_MAX_ITEMS), n x (u32 len, a point record: record.h)
+ *     READ    u32 n (1..VD_DMSG_MAX_ITEMS), n x key; u8 with_record (0/1)
+ *     SEARCH  u32 k (1..VD_DMSG_MAX_ITEMS), u32 ef, u8 exact (0/1), u32 n_arcs (0..
+ *             VD_DMSG_MAX_ARCS; 0 = the whole ring), n_arcs x (u64 start, u64 end), query, filter
+ *     VERIFY  u32 n (1..VD_DMSG_MAX_ITEMS), n x key, query, filter
+ *   key:    u8 key_len (9 or 17), the stored key (vd_pid_encode)
+ *   query:  u32 dim (1..65536), dim x f32
+ *   filter: u32 len (0: none), the filter's JSON text
+ *   reply:  u8 VD_DMSG_VERSION, u8 kind (the request's), u8 status, u32 attempt, u64 ring_version
+ *           (the replica's), then by status:
+ *     ERROR   u16 len, the message (what went wrong, for the log and the client)
+ *     OK      by kind:
+ *       WRITE   u32 n, n x u8 (VD_DMSG_APPLIED, VD_DMSG_SKIPPED: an equal or newer version is
+ *               held); every record is durable on the replica when the reply is sent
+ *       READ    u32 n, n x copy, each followed by u32 len and the record when asked for and
+ *               present (else len 0)
+ *       SEARCH  u8 complete, u32 n, n x (key, u64 hlc, u64 node, f32 score), best first
+ *       VERIFY  u32 n, n x (copy, u8 match, f32 score)
+ *     others  nothing
+ *   copy:   u8 flags (bit 0 present, bit 1 tombstone), u64 hlc, u64 node
+ * Nothing may follow the last field. Every rule is checked when decoding, so input from a peer is
+ * never trusted; decoded pointers point into the buffer (floats are copied out, aligned).
+ *
+ * Pure: no I/O; thread-safe.
+ */
+#ifndef VECTORD_CLUSTER_DMSG_H
+#define VECTORD_CLUSTER_DMSG_H
+
+#include "vectord/coord.h"
+#include "vectord/json.h"
+
+#define VD_DMSG_VERSION 1
+#define VD_DMSG_MAX_ITEMS 65536
+#define VD_DMSG_MAX_ARCS 65536
+#define VD_DMSG_MAX_DIM 65536
+
+enum vd_dmsg_kind { VD_DMSG_WRITE = 1, VD_DMSG_READ, VD_DMSG_SEARCH, VD_DMSG_VERIFY };
+
+enum vd_dmsg_status {
+    VD_DMSG_OK = 1,
+    VD_DMSG_WRONG_RING, /* the replica is on another ring version (the reply's ring_version) */
+    VD_DMSG_GONE,       /* the collection incarnation was deleted: the coordinator answers 404 */
+    VD_DMSG_NOT_YET,    /* the incarnation was not applied here before the deadline */
+    VD_DMSG_ERROR,      /* refused or failed (clock skew, storage full, malformed): message */
+};
+
+enum { VD_DMSG_APPLIED = 1, VD_DMSG_SKIPPED = 2 };
+
+struct vd_dmsg_blob {
+    const uint8_t *p;
+    uint32_t len;
+};
+
+struct vd_dmsg_req {
+    uint8_t kind; /* enum vd_dmsg_kind */
+    uint32_t attempt;
+    uint64_t incarnation, ring_version;
+    char coll[256]; /* NUL-terminated */
+    /* WRITE */
+    const struct vd_dmsg_blob *recs;
+    uint32_t n_recs;
+    /* READ, VERIFY */
+    const struct vd_pid *ids;
+    uint32_t n_ids;
+    bool with_record; /* READ */
+    /* SEARCH */
+    uint32_t k, ef;
+    bool exact;
+    const uint64_t (*arcs)[2];
+    uint32_t n_arcs;
+    /* SEARCH, VERIFY */
+    const float *query;
+    uint32_t dim;
+    const char *filter; /* JSON text, filter_len bytes, not NUL-terminated; NULL: none */
+    uint32_t filter_len;
+};
+
+struct vd_dmsg_read_item {
+    struct vd_coord_copy copy;
+    struct vd_dmsg_blob rec; /* len 0: not asked for, or absent */
+};
+
+struct vd_dmsg_verify_item {
+    struct vd_coord_copy copy;
+    bool match;
+    float score;
+};
+
+struct vd_dmsg_reply {
+    uint8_t kind, status;
+    uint32_t attempt;
+    uint64_t ring_version;
+    const char *msg; /* ERROR: msg_len bytes, not NUL-terminated */
+    uint16_t msg_len;
+    /* OK, by kind: */
+    const uint8_t *results; /* WRITE: n_items VD_DMSG_APPLIED / VD_DMSG_SKIPPED */
+    const struct vd_dmsg_read_item *reads;
+    bool complete; /* SEARCH */
+    const struct vd_coord_cand *cands;
+    const struct vd_dmsg_verify_item *verifies;
+    uint32_t n_items;
+};
+
+/* Appends the encoding of r to out (check vd_buf_ok). VD_EINVAL when r breaks a rule above (an
+ * unknown kind, a count out of range, a name that is empty or too long, a record not decodable,
+ * a non-finite query value); out is then unchanged. */
+int vd_dmsg_req_encode(const struct vd_dmsg_req *r, struct vd_buf *out);
+int vd_dmsg_reply_encode(const struct vd_dmsg_reply *r, struct vd_buf *out);
+
+/* Decodes and checks buf[len]. Arrays are allocated (released with vd_dmsg_req_free /
+ * vd_dmsg_reply_free, also after a failure); other pointers point into buf, which must outlive
+ * *out. VD_ECORRUPT for anything but a valid message, VD_ENOMEM. */
+int vd_dmsg_req_decode(const uint8_t *buf, size_t len, struct vd_dmsg_req *out);
+void vd_dmsg_req_free(struct vd_dmsg_req *r);
+int vd_dmsg_reply_decode(const uint8_t *buf, size_t len, struct vd_dmsg_reply *out);
+void vd_dmsg_reply_free(struct vd_dmsg_reply *r);
+
+#endif

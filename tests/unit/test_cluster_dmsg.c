@@ -1,0 +1,379 @@
+/* Data messages: every kind round-trips exactly; every prefix of a valid message, a trailing
+ * byte, and each broken rule is refused; the encoder refuses what it could not send. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dmsg.h"
+#include "vectord/record.h"
+
+static const float QUERY[3] = {0.5f, -1.25f, 3.0f};
+static const char FILTER[] = "{\"must\":[{\"key\":\"a\",\"match\":{\"value\":1}}]}";
+
+static struct vd_pid num(uint64_t n)
+{
+    return (struct vd_pid){.type = VD_PID_NUM, .u.num = n};
+}
+
+static struct vd_pid uuid(uint8_t fill)
+{
+    struct vd_pid p = {.type = VD_PID_UUID};
+    memset(p.u.uuid, fill, 16);
+    return p;
+}
+
+static size_t record(uint64_t id, uint64_t hlc, bool tomb, uint8_t *buf, size_t cap)
+{
+    float v[3] = {1, 2, 3};
+    struct vd_rvec rv = {.kind = VD_RVEC_DENSE, .n = 3, .values = v};
+    struct vd_record r = {.id = num(id), .incarnation = 9, .version = {hlc, 2},
+                          .tombstone = tomb, .n_vectors = tomb ? 0 : 1,
+                          .vectors = tomb ? NULL : &rv, .payload = tomb ? NULL : "{\"a\":1}",
+                          .payload_len = tomb ? 0 : 7};
+    size_t len;
+    assert_int_equal(vd_record_encode(&r, buf, cap, &len), 0);
+    return len;
+}
+
+/* Field by field: structs carry padding that encoding does not keep. */
+static void same_copy(const struct vd_coord_copy *a, const struct vd_coord_copy *b)
+{
+    assert_int_equal(a->present, b->present);
+    assert_int_equal(a->tombstone, b->tombstone);
+    assert_true(vd_version_cmp(a->version, b->version) == 0);
+}
+
+static void same_pid(const struct vd_pid *a, const struct vd_pid *b)
+{
+    assert_int_equal(vd_pid_cmp(a, b), 0);
+}
+
+static void base(struct vd_dmsg_req *r, uint8_t kind)
+{
+    memset(r, 0, sizeof *r);
+    r->kind = kind;
+    r->attempt = 7;
+    r->incarnation = 0x8000000000000011ULL;
+    r->ring_version = 42;
+    strcpy(r->coll, "docs");
+}
+
+/* Encodes r, checks that every proper prefix and one trailing byte are refused, decodes it. */
+static void req_roundtrip(const struct vd_dmsg_req *r, struct vd_buf *b, struct vd_dmsg_req *out)
+{
+    vd_buf_init(b);
+    assert_int_equal(vd_dmsg_req_encode(r, b), 0);
+    assert_true(vd_buf_ok(b));
+    for (size_t n = 0; n < b->len; n++) {
+        struct vd_dmsg_req x;
+        assert_int_equal(vd_dmsg_req_decode((const uint8_t *)b->data, n, &x), VD_ECORRUPT);
+        vd_dmsg_req_free(&x);
+    }
+    vd_buf_append(b, "", 1);
+    assert_int_equal(vd_dmsg_req_decode((const uint8_t *)b->data, b->len, out), VD_ECORRUPT);
+    vd_dmsg_req_free(out);
+    b->len--;
+    assert_int_equal(vd_dmsg_req_decode((const uint8_t *)b->data, b->len, out), 0);
+    assert_int_equal(out->kind, r->kind);
+    assert_int_equal(out->attempt, r->attempt);
+    assert_true(out->incarnation == r->incarnation);
+    assert_true(out->ring_version == r->ring_version);
+    assert_string_equal(out->coll, r->coll);
+}
+
+static void test_requests_roundtrip(void **state)
+{
+    (void)state;
+    struct vd_dmsg_req r, d;
+    struct vd_buf b;
+
+    uint8_t r1[256], r2[256];
+    struct vd_dmsg_blob recs[2] = {{r1, (uint32_t)record(1, 100, false, r1, sizeof r1)},
+                                   {r2, (uint32_t)record(2, 101, true, r2, sizeof r2)}};
+    base(&r, VD_DMSG_WRITE);
+    r.recs = recs;
+    r.n_recs = 2;
+    req_roundtrip(&r, &b, &d);
+    assert_int_equal(d.n_recs, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(d.recs[i].len, recs[i].len);
+        assert_memory_equal(d.recs[i].p, recs[i].p, recs[i].len);
+    }
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+
+    struct vd_pid ids[3] = {num(0), num(UINT64_MAX), uuid(0xab)};
+    base(&r, VD_DMSG_READ);
+    r.ids = ids;
+    r.n_ids = 3;
+    r.with_record = true;
+    req_roundtrip(&r, &b, &d);
+    assert_int_equal(d.n_ids, 3);
+    assert_true(d.with_record);
+    for (int i = 0; i < 3; i++)
+        same_pid(&d.ids[i], &ids[i]);
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+
+    uint64_t arcs[2][2] = {{UINT64_MAX - 5, 10}, {10, 10}};
+    base(&r, VD_DMSG_SEARCH);
+    r.k = 20;
+    r.ef = 64;
+    r.exact = true;
+    r.arcs = (const uint64_t(*)[2])arcs;
+    r.n_arcs = 2;
+    r.query = QUERY;
+    r.dim = 3;
+    r.filter = FILTER;
+    r.filter_len = (uint32_t)strlen(FILTER);
+    req_roundtrip(&r, &b, &d);
+    assert_int_equal(d.k, 20);
+    assert_int_equal(d.ef, 64);
+    assert_true(d.exact);
+    assert_int_equal(d.n_arcs, 2);
+    assert_memory_equal(d.arcs, arcs, sizeof arcs);
+    assert_int_equal(d.dim, 3);
+    assert_memory_equal(d.query, QUERY, sizeof QUERY);
+    assert_int_equal(d.filter_len, strlen(FILTER));
+    assert_memory_equal(d.filter, FILTER, strlen(FILTER));
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+
+    /* the whole ring and no filter */
+    r.n_arcs = 0;
+    r.arcs = NULL;
+    r.filter = NULL;
+    r.filter_len = 0;
+    req_roundtrip(&r, &b, &d);
+    assert_int_equal(d.n_arcs, 0);
+    assert_null(d.filter);
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+
+    base(&r, VD_DMSG_VERIFY);
+    r.ids = ids;
+    r.n_ids = 1;
+    r.query = QUERY;
+    r.dim = 3;
+    req_roundtrip(&r, &b, &d);
+    assert_int_equal(d.n_ids, 1);
+    assert_int_equal(d.dim, 3);
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+}
+
+static void reply_roundtrip(const struct vd_dmsg_reply *r, struct vd_buf *b,
+                            struct vd_dmsg_reply *out)
+{
+    vd_buf_init(b);
+    assert_int_equal(vd_dmsg_reply_encode(r, b), 0);
+    for (size_t n = 0; n < b->len; n++) {
+        struct vd_dmsg_reply x;
+        assert_int_equal(vd_dmsg_reply_decode((const uint8_t *)b->data, n, &x), VD_ECORRUPT);
+        vd_dmsg_reply_free(&x);
+    }
+    vd_buf_append(b, "", 1);
+    assert_int_equal(vd_dmsg_reply_decode((const uint8_t *)b->data, b->len, out), VD_ECORRUPT);
+    vd_dmsg_reply_free(out);
+    b->len--;
+    assert_int_equal(vd_dmsg_reply_decode((const uint8_t *)b->data, b->len, out), 0);
+    assert_int_equal(out->kind, r->kind);
+    assert_int_equal(out->status, r->status);
+    assert_int_equal(out->attempt, r->attempt);
+    assert_true(out->ring_version == r->ring_version);
+    assert_int_equal(out->n_items, r->n_items);
+}
+
+static void test_replies_roundtrip(void **state)
+{
+    (void)state;
+    struct vd_dmsg_reply r, d;
+    struct vd_buf b;
+
+    uint8_t res[3] = {VD_DMSG_APPLIED, VD_DMSG_SKIPPED, VD_DMSG_APPLIED};
+    r = (struct vd_dmsg_reply){.kind = VD_DMSG_WRITE, .status = VD_DMSG_OK, .attempt = 3,
+                               .ring_version = 9, .results = res, .n_items = 3};
+    reply_roundtrip(&r, &b, &d);
+    assert_memory_equal(d.results, res, 3);
+    vd_dmsg_reply_free(&d);
+    vd_buf_release(&b);
+
+    uint8_t rec[256];
+    uint32_t rl = (uint32_t)record(5, 100, false, rec, sizeof rec);
+    struct vd_dmsg_read_item reads[3] = {
+        {.copy = {true, false, {100, 2}}, .rec = {rec, rl}},
+        {.copy = {true, true, {101, 3}}},
+        {.copy = {false, false, {0, 0}}},
+    };
+    r = (struct vd_dmsg_reply){.kind = VD_DMSG_READ, .status = VD_DMSG_OK, .attempt = 1,
+                               .ring_version = 9, .reads = reads, .n_items = 3};
+    reply_roundtrip(&r, &b, &d);
+    for (int i = 0; i < 3; i++) {
+        same_copy(&d.reads[i].copy, &reads[i].copy);
+        assert_int_equal(d.reads[i].rec.len, reads[i].rec.len);
+    }
+    assert_memory_equal(d.reads[0].rec.p, rec, rl);
+    vd_dmsg_reply_free(&d);
+    vd_buf_release(&b);
+
+    struct vd_coord_cand cands[2] = {{num(1), {100, 2}, 0.75f}, {uuid(7), {99, 1}, -3.5f}};
+    r = (struct vd_dmsg_reply){.kind = VD_DMSG_SEARCH, .status = VD_DMSG_OK, .attempt = 2,
+                               .ring_version = 9, .complete = true, .cands = cands,
+                               .n_items = 2};
+    reply_roundtrip(&r, &b, &d);
+    assert_true(d.complete);
+    for (int i = 0; i < 2; i++) {
+        same_pid(&d.cands[i].id, &cands[i].id);
+        assert_true(vd_version_cmp(d.cands[i].version, cands[i].version) == 0);
+        assert_true(d.cands[i].score == cands[i].score);
+    }
+    vd_dmsg_reply_free(&d);
+    vd_buf_release(&b);
+
+    struct vd_dmsg_verify_item ver[2] = {{{true, false, {100, 2}}, true, 0.5f},
+                                         {{false, false, {0, 0}}, false, 0}};
+    r = (struct vd_dmsg_reply){.kind = VD_DMSG_VERIFY, .status = VD_DMSG_OK, .attempt = 2,
+                               .ring_version = 9, .verifies = ver, .n_items = 2};
+    reply_roundtrip(&r, &b, &d);
+    for (int i = 0; i < 2; i++) {
+        same_copy(&d.verifies[i].copy, &ver[i].copy);
+        assert_int_equal(d.verifies[i].match, ver[i].match);
+        assert_true(d.verifies[i].score == ver[i].score);
+    }
+    vd_dmsg_reply_free(&d);
+    vd_buf_release(&b);
+
+    r = (struct vd_dmsg_reply){.kind = VD_DMSG_SEARCH, .status = VD_DMSG_ERROR, .attempt = 2,
+                               .ring_version = 9, .msg = "clock skew", .msg_len = 10};
+    reply_roundtrip(&r, &b, &d);
+    assert_int_equal(d.msg_len, 10);
+    assert_memory_equal(d.msg, "clock skew", 10);
+    vd_buf_release(&b);
+
+    for (uint8_t st = VD_DMSG_WRONG_RING; st <= VD_DMSG_NOT_YET; st++) {
+        r = (struct vd_dmsg_reply){.kind = VD_DMSG_WRITE, .status = st, .attempt = 2,
+                                   .ring_version = 77};
+        reply_roundtrip(&r, &b, &d);
+        vd_buf_release(&b);
+    }
+}
+
+/* Overwrites byte `at` of a valid encoding with v and expects the decoder to refuse it. */
+static void expect_bad_req(const struct vd_buf *b, size_t at, uint8_t v)
+{
+    uint8_t *copy = malloc(b->len);
+    memcpy(copy, b->data, b->len);
+    copy[at] = v;
+    struct vd_dmsg_req d;
+    assert_int_equal(vd_dmsg_req_decode(copy, b->len, &d), VD_ECORRUPT);
+    vd_dmsg_req_free(&d);
+    free(copy);
+}
+
+static void test_broken_rules_refused(void **state)
+{
+    (void)state;
+    struct vd_dmsg_req r;
+    struct vd_buf b;
+    struct vd_pid ids[1] = {num(5)};
+    base(&r, VD_DMSG_VERIFY);
+    r.ids = ids;
+    r.n_ids = 1;
+    r.query = QUERY;
+    r.dim = 3;
+    vd_buf_init(&b);
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), 0);
+    /* header: version 0, kind 1, attempt 2-5, incarnation 6-13, ring 14-21, name len 22,
+     * "docs" 23-26, n 27-30, key len 31, key 32-40, dim 41-44, floats 45-56, filter len */
+    expect_bad_req(&b, 0, 2);  /* unknown version */
+    expect_bad_req(&b, 1, 9);  /* unknown kind */
+    expect_bad_req(&b, 22, 0); /* empty name */
+    expect_bad_req(&b, 24, 0); /* a NUL inside the name */
+    expect_bad_req(&b, 27, 0xff); /* a count the message cannot hold */
+    expect_bad_req(&b, 30, 0); /* n = 0 */
+    expect_bad_req(&b, 31, 8); /* key length */
+    expect_bad_req(&b, 32, 9); /* key type */
+    expect_bad_req(&b, 41, 1); /* dim beyond what is there */
+    ((uint8_t *)b.data)[45] = 0x7f; /* 0.5 is 3f 00 00 00; 7f 80 00 00 is infinity */
+    expect_bad_req(&b, 46, 0x80);
+    vd_buf_release(&b);
+
+    /* a write carrying a damaged record */
+    uint8_t rec[256];
+    struct vd_dmsg_blob blob = {rec, (uint32_t)record(1, 100, false, rec, sizeof rec)};
+    base(&r, VD_DMSG_WRITE);
+    r.recs = &blob;
+    r.n_recs = 1;
+    vd_buf_init(&b);
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), 0);
+    expect_bad_req(&b, 31, 0xee); /* the record's format byte */
+    vd_buf_release(&b);
+
+    /* the encoder refuses what it must not send, leaving the buffer as it was */
+    vd_buf_init(&b);
+    vd_buf_append(&b, "x", 1);
+    rec[0] = 0xee;
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    r.n_recs = 0;
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    base(&r, VD_DMSG_SEARCH);
+    r.k = 0;
+    r.query = QUERY;
+    r.dim = 3;
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    r.k = 5;
+    float nan_q[1] = {NAN};
+    r.query = nan_q;
+    r.dim = 1;
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    r.query = QUERY;
+    r.coll[0] = 0;
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    r.coll[0] = 'd';
+    r.kind = 0;
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    assert_int_equal(b.len, 1);
+    vd_buf_release(&b);
+
+    /* replies: an absent copy with a version, a record beside a tombstone, a bad write result */
+    struct vd_dmsg_reply rp;
+    struct vd_dmsg_read_item rd = {.copy = {true, false, {100, 2}}};
+    rp = (struct vd_dmsg_reply){.kind = VD_DMSG_READ, .status = VD_DMSG_OK, .reads = &rd,
+                                .n_items = 1};
+    vd_buf_init(&b);
+    assert_int_equal(vd_dmsg_reply_encode(&rp, &b), 0);
+    /* version 0, kind 1, status 2, attempt 3-6, ring 7-14, n 15-18, flags 19 */
+    uint8_t *c = (uint8_t *)b.data;
+    struct vd_dmsg_reply d;
+    c[19] = 0; /* absent, yet a version */
+    assert_int_equal(vd_dmsg_reply_decode(c, b.len, &d), VD_ECORRUPT);
+    vd_dmsg_reply_free(&d);
+    c[19] = 4; /* unknown flag */
+    assert_int_equal(vd_dmsg_reply_decode(c, b.len, &d), VD_ECORRUPT);
+    vd_dmsg_reply_free(&d);
+    c[2] = 9; /* unknown status */
+    assert_int_equal(vd_dmsg_reply_decode(c, b.len, &d), VD_ECORRUPT);
+    vd_buf_release(&b);
+    uint8_t bad_res = 3;
+    rp = (struct vd_dmsg_reply){.kind = VD_DMSG_WRITE, .status = VD_DMSG_OK, .results = &bad_res,
+                                .n_items = 1};
+    vd_buf_init(&b);
+    assert_int_equal(vd_dmsg_reply_encode(&rp, &b), VD_EINVAL);
+    assert_int_equal(b.len, 0);
+    vd_buf_release(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_requests_roundtrip),
+        cmocka_unit_test(test_replies_roundtrip),
+        cmocka_unit_test(test_broken_rules_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
