@@ -221,6 +221,9 @@ int vd_meta_apply(struct vd_meta *m, uint64_t index, const uint8_t *cmd, size_t 
 /* Marks index as applied without a command (no-op and configuration entries). */
 void vd_meta_skip(struct vd_meta *m, uint64_t index);
 uint64_t vd_meta_applied(const struct vd_meta *m);
+/* True when incarnation was made by a collection create this state machine has not applied yet
+ * (a fresh incarnation is (1 << 63) | its Raft index): a peer that knows it is ahead of us. */
+bool vd_meta_incarnation_ahead(const struct vd_meta *m, uint64_t incarnation);
 
 /* Whole state as JSON (snapshot), and back. Restore replaces m's state; VD_ECORRUPT on bad input
  * (m unchanged). */
@@ -267,6 +270,18 @@ size_t vd_meta_ring_size(const struct vd_meta *m);
 /* The ring's arcs, as vd_coord_ring_arcs splits them, into out (room for vd_meta_ring_size
  * entries); returns how many. */
 size_t vd_meta_arcs(const struct vd_meta *m, uint64_t (*out)[2]);
+
+/* ---- replica side of the data plane (replica.c) ---- */
+
+struct vd_db;
+/* Serves one data request (dmsg.h) on db as node self of metadata view m, appending the encoded
+ * reply to out: wrong ring, gone or not yet when the request does not match m and db (see
+ * replica.c), an error reply for a request it refuses (naming why), else the answer. Writes are
+ * answered once durable; this blocks the calling thread (a data worker, never the loop) until
+ * then. Returns 0, VD_ECORRUPT for a malformed request (nothing appended: drop the peer), or
+ * VD_ENOMEM. */
+int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self,
+                      const uint8_t *req, size_t len, struct vd_buf *out);
 
 /* ---- published views ------------------------------------------------------------------------
  * The loop thread owns struct vd_meta and changes it with every applied command; other threads

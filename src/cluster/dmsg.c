@@ -173,7 +173,7 @@ static int reply_body(const struct vd_dmsg_reply *r, struct vd_buf *b)
     for (uint32_t i = 0; i < r->n_items; i++) {
         switch (r->kind) {
         case VD_DMSG_WRITE:
-            if (r->results[i] != VD_DMSG_APPLIED && r->results[i] != VD_DMSG_SKIPPED)
+            if (r->results[i] != VD_DMSG_HELD)
                 return VD_EINVAL;
             put_u8(b, r->results[i]);
             break;
@@ -439,7 +439,7 @@ int vd_dmsg_reply_decode(const uint8_t *buf, size_t len, struct vd_dmsg_reply *o
         case VD_DMSG_WRITE: {
             const uint8_t *res = take(&r, n);
             for (uint32_t i = 0; res && i < n; i++)
-                if (res[i] != VD_DMSG_APPLIED && res[i] != VD_DMSG_SKIPPED)
+                if (res[i] != VD_DMSG_HELD)
                     r.bad = true;
             out->results = res;
             break;

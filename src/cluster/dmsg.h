@@ -20,8 +20,8 @@
  *           (the replica's), then by status:
  *     ERROR   u16 len, the message (what went wrong, for the log and the client)
  *     OK      by kind:
- *       WRITE   u32 n, n x u8 (VD_DMSG_APPLIED, VD_DMSG_SKIPPED: an equal or newer version is
- *               held); every record is durable on the replica when the reply is sent
+ *       WRITE   u32 n, n x u8 VD_DMSG_HELD: the record, or a newer version of its point, is
+ *               durable on the replica (last-write-wins keeps the newer; both are an ack)
  *       READ    u32 n, n x copy, each followed by u32 len and the record when asked for and
  *               present (else len 0)
  *       SEARCH  u8 complete, u32 n, n x (key, u64 hlc, u64 node, f32 score), best first
@@ -54,7 +54,7 @@ enum vd_dmsg_status {
     VD_DMSG_ERROR,      /* refused or failed (clock skew, storage full, malformed): message */
 };
 
-enum { VD_DMSG_APPLIED = 1, VD_DMSG_SKIPPED = 2 };
+enum { VD_DMSG_HELD = 1 };
 
 struct vd_dmsg_blob {
     const uint8_t *p;
@@ -103,7 +103,7 @@ struct vd_dmsg_reply {
     const char *msg; /* ERROR: msg_len bytes, not NUL-terminated */
     uint16_t msg_len;
     /* OK, by kind: */
-    const uint8_t *results; /* WRITE: n_items VD_DMSG_APPLIED / VD_DMSG_SKIPPED */
+    const uint8_t *results; /* WRITE: n_items VD_DMSG_HELD */
     const struct vd_dmsg_read_item *reads;
     bool complete; /* SEARCH */
     const struct vd_coord_cand *cands;

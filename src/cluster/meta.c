@@ -1091,6 +1091,11 @@ int vd_meta_place_point(const struct vd_meta *m, const char *collection, const u
     return 0;
 }
 
+bool vd_meta_incarnation_ahead(const struct vd_meta *m, uint64_t incarnation)
+{
+    return (incarnation & TOP_BIT) && (incarnation & ~TOP_BIT) > m->applied;
+}
+
 uint64_t vd_meta_ring_version(const struct vd_meta *m)
 {
     return m->ring_version;
@@ -1272,7 +1277,7 @@ int vd_meta_plan(const struct vd_meta *m, const struct vd_meta_local *local, siz
         /* Created by a command this node has not applied yet: its state machine lags the node's
          * own data (e.g. a snapshot older than the database), and deleting it would destroy a
          * collection the cluster has; it is settled once the log catches up. */
-        bool ahead = (l->incarnation & TOP_BIT) && (l->incarnation & ~TOP_BIT) > m->applied;
+        bool ahead = vd_meta_incarnation_ahead(m, l->incarnation);
         if ((s && s->incarnation == l->incarnation) || ahead) {
             kept[n_kept++] = l;
             continue;

@@ -195,7 +195,7 @@ static void test_replies_roundtrip(void **state)
     struct vd_dmsg_reply r, d;
     struct vd_buf b;
 
-    uint8_t res[3] = {VD_DMSG_APPLIED, VD_DMSG_SKIPPED, VD_DMSG_APPLIED};
+    uint8_t res[3] = {VD_DMSG_HELD, VD_DMSG_HELD, VD_DMSG_HELD};
     r = (struct vd_dmsg_reply){.kind = VD_DMSG_WRITE, .status = VD_DMSG_OK, .attempt = 3,
                                .ring_version = 9, .results = res, .n_items = 3};
     reply_roundtrip(&r, &b, &d);
@@ -359,7 +359,7 @@ static void test_broken_rules_refused(void **state)
     c[2] = 9; /* unknown status */
     assert_int_equal(vd_dmsg_reply_decode(c, b.len, &d), VD_ECORRUPT);
     vd_buf_release(&b);
-    uint8_t bad_res = 3;
+    uint8_t bad_res = 2;
     rp = (struct vd_dmsg_reply){.kind = VD_DMSG_WRITE, .status = VD_DMSG_OK, .results = &bad_res,
                                 .n_items = 1};
     vd_buf_init(&b);

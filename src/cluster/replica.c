@@ -1,0 +1,252 @@
+/*
+ * The replica side of the data plane: one data request (dmsg.h) from a coordinator, served on
+ * this node's database against one metadata view.
+ *
+ * Before touching data a replica checks that it is asked on its own ring version (else
+ * wrong-ring, so it never applies, nor answers "absent" for, a range it may not own), that the
+ * collection incarnation is the one it knows (a newer one it has not applied yet is "not yet"; an
+ * older one was deleted: "gone"), and that it is a replica of every point named (a coordinator on
+ * the same ring version cannot disagree, so that is an error). Writes are answered only once
+ * durable.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster_int.h"
+#include "dmsg.h"
+#include "vectord/db.h"
+#include "vectord/record.h"
+
+/* A write's completion, waited for on the serving (worker) thread. */
+struct wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int status;
+    struct vd_err err;
+};
+
+static void wait_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
+{
+    (void)op_id;
+    struct wait *w = ctx;
+    pthread_mutex_lock(&w->mu);
+    w->status = status;
+    if (err)
+        w->err = *err;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static bool holds(const struct vd_meta *m, uint64_t self, const char *coll, const struct vd_pid *id)
+{
+    uint8_t key[VD_PID_KEY_MAX];
+    size_t kl = vd_pid_encode(id, key);
+    struct vd_placement pl;
+    if (vd_meta_place_point(m, coll, key, kl, &pl))
+        return false;
+    for (size_t i = 0; i < pl.n_natural; i++)
+        if (pl.natural[i] == self)
+            return true;
+    for (size_t i = 0; i < pl.n_pending; i++)
+        if (pl.pending[i] == self)
+            return true;
+    return false;
+}
+
+/* Appends an ERROR reply saying err. */
+static int reply_error(struct vd_dmsg_reply *rp, const struct vd_err *err, struct vd_buf *out)
+{
+    rp->status = VD_DMSG_ERROR;
+    rp->msg = err->msg;
+    rp->msg_len = (uint16_t)strnlen(err->msg, sizeof err->msg);
+    return vd_dmsg_reply_encode(rp, out);
+}
+
+static int serve_write(struct vd_coll *c, const struct vd_dmsg_req *q, struct vd_dmsg_reply *rp,
+                       struct vd_buf *out)
+{
+    const uint8_t **recs = malloc(q->n_recs * sizeof *recs);
+    size_t *lens = malloc(q->n_recs * sizeof *lens);
+    uint8_t *held = malloc(q->n_recs);
+    struct vd_err e = {0};
+    int rc = 0;
+    if (!recs || !lens || !held) {
+        rc = VD_ENOMEM;
+        goto out;
+    }
+    for (uint32_t i = 0; i < q->n_recs; i++) {
+        recs[i] = q->recs[i].p;
+        lens[i] = q->recs[i].len;
+        held[i] = VD_DMSG_HELD;
+    }
+    struct wait w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    if (vd_db_apply(c, recs, lens, q->n_recs, wait_done, &w, &e)) {
+        rc = reply_error(rp, &e, out);
+        goto out;
+    }
+    pthread_mutex_lock(&w.mu);
+    while (!w.done)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+    if (w.status) {
+        if (!w.err.msg[0])
+            vd_errf(&w.err, w.status, "write failed: %s", vd_strerror(w.status));
+        rc = reply_error(rp, &w.err, out);
+        goto out;
+    }
+    rp->results = held;
+    rp->n_items = q->n_recs;
+    rc = vd_dmsg_reply_encode(rp, out);
+out:
+    free(recs);
+    free(lens);
+    free(held);
+    return rc;
+}
+
+/* The encoded record of r (of collection incarnation inc) appended to buf: the bytes every
+ * replica stores for that version. */
+static int encode_record(const struct vd_db_record *r, uint64_t inc, struct vd_buf *buf)
+{
+    struct vd_rvec v = {.kind = VD_RVEC_DENSE, .n = r->dim, .values = r->vec};
+    struct vd_record rec = {.id = r->id,
+                            .incarnation = inc,
+                            .version = r->version,
+                            .n_vectors = r->vec ? 1 : 0,
+                            .vectors = &v,
+                            .payload = r->payload,
+                            .payload_len = r->payload_len};
+    size_t need = vd_record_size(&rec), len;
+    if (!vd_buf_reserve(buf, need))
+        return VD_ENOMEM;
+    int rc = vd_record_encode(&rec, (uint8_t *)buf->data + buf->len, need, &len);
+    if (rc == 0)
+        buf->len += len;
+    return rc;
+}
+
+static int serve_read(struct vd_coll *c, const struct vd_dmsg_req *q, struct vd_dmsg_reply *rp,
+                      struct vd_buf *out)
+{
+    struct vd_db_record *recs = NULL;
+    size_t n = 0;
+    struct vd_err e = {0};
+    if (vd_db_retrieve(c, q->ids, q->n_ids, q->with_record, true, &recs, &n, &e))
+        return reply_error(rp, &e, out);
+    struct vd_dmsg_read_item *items = calloc(q->n_ids, sizeof *items);
+    size_t *at = calloc(q->n_ids, sizeof *at); /* where item i's record starts in bytes */
+    struct vd_buf bytes;
+    vd_buf_init(&bytes);
+    int rc = 0;
+    if (!items || !at) {
+        rc = VD_ENOMEM;
+        goto out;
+    }
+    /* records come in request order, an id once, ids never written left out */
+    size_t j = 0;
+    uint64_t inc = vd_db_coll_schema(c)->incarnation;
+    for (uint32_t i = 0; i < q->n_ids; i++) {
+        if (j >= n || vd_pid_cmp(&recs[j].id, &q->ids[i]) != 0)
+            continue; /* absent (or a repeat of an id already answered: absent too) */
+        const struct vd_db_record *r = &recs[j++];
+        items[i].copy = (struct vd_coord_copy){true, r->tombstone, r->version};
+        if (q->with_record && !r->tombstone) {
+            at[i] = bytes.len;
+            if ((rc = encode_record(r, inc, &bytes)))
+                goto out;
+            items[i].rec.len = (uint32_t)(bytes.len - at[i]);
+        }
+    }
+    for (uint32_t i = 0; i < q->n_ids; i++)
+        if (items[i].rec.len)
+            items[i].rec.p = (const uint8_t *)bytes.data + at[i];
+    rp->reads = items;
+    rp->n_items = q->n_ids;
+    rc = vd_dmsg_reply_encode(rp, out);
+out:
+    vd_buf_release(&bytes);
+    free(items);
+    free(at);
+    vd_db_records_free(recs, n);
+    return rc;
+}
+
+int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self,
+                      const uint8_t *req, size_t len, struct vd_buf *out)
+{
+    struct vd_dmsg_req q;
+    int rc = vd_dmsg_req_decode(req, len, &q);
+    if (rc) {
+        vd_dmsg_req_free(&q);
+        return rc;
+    }
+    struct vd_dmsg_reply rp = {.kind = q.kind,
+                               .status = VD_DMSG_OK,
+                               .attempt = q.attempt,
+                               .ring_version = vd_meta_ring_version(m)};
+    struct vd_err e = {0};
+    struct vd_coll *c = NULL;
+    if (q.ring_version != rp.ring_version) {
+        rp.status = VD_DMSG_WRONG_RING;
+        goto out_reply;
+    }
+    const struct vd_coll_schema *s = vd_meta_collection(m, q.coll);
+    if (!s || s->incarnation != q.incarnation) {
+        rp.status = vd_meta_incarnation_ahead(m, q.incarnation) ? VD_DMSG_NOT_YET : VD_DMSG_GONE;
+        goto out_reply;
+    }
+    /* every point named must be this node's on this ring */
+    for (uint32_t i = 0; i < q.n_recs + q.n_ids; i++) {
+        struct vd_pid id;
+        if (i < q.n_recs) {
+            struct vd_record r;
+            struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+            vd_record_decode(q.recs[i].p, q.recs[i].len, &r, vecs); /* checked by the decoder */
+            if (r.incarnation != q.incarnation) {
+                vd_errf(&e, VD_EINVAL, "records[%u]: incarnation %llu is not the request's", i,
+                        (unsigned long long)r.incarnation);
+                rc = reply_error(&rp, &e, out);
+                goto out;
+            }
+            id = r.id;
+        } else {
+            id = q.ids[i - q.n_recs];
+        }
+        if (!holds(m, self, q.coll, &id)) {
+            char ids[VD_PID_STR_MAX];
+            vd_pid_format(&id, ids);
+            vd_errf(&e, VD_EINVAL, "node %llu is not a replica of point %s on ring %llu",
+                    (unsigned long long)self, ids, (unsigned long long)rp.ring_version);
+            rc = reply_error(&rp, &e, out);
+            goto out;
+        }
+    }
+    /* the database follows the metadata a moment later */
+    if (vd_db_coll_get(db, q.coll, &c) || vd_db_coll_schema(c)->incarnation != q.incarnation) {
+        rp.status = VD_DMSG_NOT_YET;
+        goto out_reply;
+    }
+    switch (q.kind) {
+    case VD_DMSG_WRITE:
+        rc = serve_write(c, &q, &rp, out);
+        goto out;
+    case VD_DMSG_READ:
+        rc = serve_read(c, &q, &rp, out);
+        goto out;
+    default:
+        vd_errf(&e, VD_EINVAL, "this node does not serve %s requests",
+                q.kind == VD_DMSG_SEARCH ? "search" : "verify");
+        rc = reply_error(&rp, &e, out);
+        goto out;
+    }
+out_reply:
+    rc = vd_dmsg_reply_encode(&rp, out);
+out:
+    if (c)
+        vd_db_coll_put(c);
+    vd_dmsg_req_free(&q);
+    return rc;
+}
