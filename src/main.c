@@ -9,6 +9,7 @@
 #include "vectord/config.h"
 #include "vectord/db.h"
 #include "vectord/http.h"
+#include "vectord/notify.h"
 #include "vd_commit.h"
 
 #ifndef VD_VERSION
@@ -176,6 +177,14 @@ int main(int argc, char **argv)
     }
     vd_log_info("serving REST on %s:%u (%s)", cfg.bind, vd_http_port(http),
                 cfg.n_keys ? "API keys required" : "no API key configured");
+    /* READY=1 promises what /readyz answers: a node not ready yet says nothing */
+    if (ready_hook(db)) {
+        char where[320];
+        snprintf(where, sizeof where, "%s:%u", cfg.bind, vd_http_port(http));
+        vd_notify_ready(where);
+    } else {
+        vd_log_warn("storage not ready after start-up: the service manager is not told READY=1");
+    }
 
     int sig = 0;
     sigwait(&sigs, &sig);
@@ -185,6 +194,7 @@ int main(int argc, char **argv)
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
+    vd_notify_stopping();
     vd_http_stop(http, 10000);
     status = 0;
 out_http:
