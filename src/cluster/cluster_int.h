@@ -59,7 +59,12 @@ enum vd_frame_type {
     /* body: refused type u8 ‖ its request id u64 ‖ how far ahead its HLC was (ms) u64 ‖ the
      * refuser's max clock offset (ms) u64 */
     VD_FRAME_SKEW = 21,
+    /* data channel only, not gated: the receiver's credit, body VD_DATA_CREDIT_LEN bytes
+     * (data transport below) */
+    VD_FRAME_CREDIT = 22,
     VD_FRAME_DATA = 32,
+    VD_FRAME_DATA_REQ = 32,   /* data channel: one chunk of a request (data transport below) */
+    VD_FRAME_DATA_REPLY = 33, /* data channel: one chunk of a reply */
 };
 #define VD_FRAME_SKEW_LEN 25
 
@@ -74,6 +79,10 @@ struct vd_frame {
     const uint8_t *body; /* points into the decoded buffer */
     uint32_t len;
 };
+
+/* The largest body of a frame on a data connection (HLC and MAC not counted); a larger message
+ * travels as chunks (data transport below). */
+#define VD_DATA_FRAME_MAX (1u << 20)
 
 /* Writes the 12-byte header for a body of len bytes into hdr. */
 void vd__frame_header(uint8_t type, const void *body, uint32_t len, uint8_t hdr[VD_FRAME_HDR]);
@@ -112,6 +121,18 @@ int vd__frame_decode(const uint8_t *buf, size_t n, uint32_t max_body, struct vd_
  * peer id uses an established connection to it, else dials its known address; frames queued
  * while a peer is unreachable are kept up to a bounded number of bytes (older ones are dropped:
  * Raft retransmits), and redialing backs off from 50 ms to 2 s.
+ *
+ * Channels: a pair of nodes keeps two connections, so that Raft never waits behind data. The
+ * control connection (everything above) and a data connection, asked for by a channel byte in
+ * the HELLO (covered by its proof; a HELLO without one asks for control, as before). A data
+ * connection is authenticated, numbered and MAC'd exactly like a control one, carries frames of
+ * at most VD_DATA_FRAME_MAX bytes, and hands every frame to the data transport registered with
+ * vd_transport_set_data (refused for clock skew or not); without one, data connections are
+ * refused. Its queue is never trimmed: the data transport sends only under the credit the
+ * receiver granted on that connection, so what is queued is bounded, and when the connection
+ * closes its queue is dropped (the requests it carried fail) and it is redialed with backoff.
+ * Data-type frames that arrive on a control connection keep the old behaviour (gate, then
+ * on_frame).
  */
 struct vd_transport;
 
@@ -162,6 +183,172 @@ bool vd_transport_connected(const struct vd_transport *t, uint64_t id);
 /* Closes the listener and every connection; frees t once the handles have closed (the caller
  * keeps running its loop until uv_run returns). */
 void vd_transport_close(struct vd_transport *t);
+
+/* A frame that came on the data connection of node `from`; body excludes HLC and MAC and is
+ * valid during the call only. gate is 0, or VD_EUNAVAIL when the frame was refused for its
+ * clock (the VD_FRAME_SKEW answer is already queued; the frame must not be applied). A non-zero
+ * return closes the connection, logging err->msg as the reason. */
+typedef int (*vd_transport_data_fn)(void *ctx, uint64_t from, uint8_t type, uint64_t hlc,
+                                    const uint8_t *body, size_t len, int gate,
+                                    struct vd_err *err);
+/* The data connection to `peer` opened (up) or closed. Every up is followed by one down before
+ * the next up; frames sent before a down that were not yet written are dropped. */
+typedef void (*vd_transport_link_fn)(void *ctx, uint64_t peer, bool up);
+/* Registers the data transport (NULL callbacks: none). Must be cleared before ctx dies; the
+ * callbacks run on the loop thread, also from inside vd_transport_* calls and while closing. */
+void vd_transport_set_data(struct vd_transport *t, vd_transport_data_fn on_data,
+                           vd_transport_link_fn on_link, void *ctx);
+/* Keeps a data connection to node `to` open (dials it now, redials it when lost), at the
+ * address known for its control connection. VD_ENOTFOUND when none is known. */
+int vd_transport_data_open(struct vd_transport *t, uint64_t to);
+/* Queues one frame on the open data connection to `to` (body copied, never dropped while that
+ * connection lives). VD_ECLOSED when no data connection is open; VD_ETOOBIG above
+ * VD_DATA_FRAME_MAX. */
+int vd_transport_send_data(struct vd_transport *t, uint64_t to, uint8_t type, const void *body,
+                           size_t len);
+bool vd_transport_data_connected(const struct vd_transport *t, uint64_t id);
+
+/* ---- data transport ---------------------------------------------------------------------------
+ * Requests between replicas (data.c) on the data connections above, so that however much data
+ * is waiting, Raft and metadata never queue behind it.
+ *
+ * A node sends a request to node X with (collection incarnation, ring_version, deadline) and a
+ * body; X hands the whole body to a handler on one of its worker threads (never the loop
+ * thread), and the handler's status and reply bytes come back to the sender's callback.
+ *
+ * Flow control, by credit: on each new data connection each end grants the other a window of
+ * request bytes and frames (VD_FRAME_CREDIT: cumulative totals on that connection, so a grant is
+ * idempotent). A sender writes a request chunk only while it fits in the credit granted, and
+ * holds the rest in its own queue, never dropping one; the receiver grants more as its workers
+ * finish requests. A receiver whose workers stall therefore holds at most one window per peer,
+ * the sender's queue grows instead, and vd_data_send reports it (queued bytes), so a coordinator
+ * can stop reading requests rather than buffer without bound. Replies are not credited: each
+ * answers a request the requester chose to send.
+ *
+ * Chunks: a message (request or reply body) of up to max_message bytes travels as numbered chunk
+ * frames of at most VD_DATA_FRAME_MAX bytes, in order and back to back on the connection:
+ *   request id u64 ‖ chunk number u32 ‖ flags u8 (VD_CHUNK_LAST) ‖
+ *   [chunk 0 only: total length u32 ‖ w0 u64 ‖ w1 u64 ‖ w2 u64] ‖ bytes
+ * with (w0, w1, w2) = (incarnation, ring_version, deadline in wall-clock ms) for a request and
+ * (status as a signed 64-bit VD_E* code, 0, 0) for a reply. A message is handed on only whole;
+ * any other sequence (a gap, an interleaved message, more bytes than announced, a length above
+ * the limit, a request beyond the credit) closes the connection with a log line.
+ *
+ * Outcomes: a request ends exactly once, by its reply, by its deadline (no credit, no reply),
+ * when the connection that carried any of it closes (at once, not at the deadline), when either
+ * clock is refused (VD_FRAME_SKEW), or at vd_data_close.
+ */
+#define VD_CHUNK_HDR 13
+#define VD_CHUNK_HEAD 28 /* the extra fields of chunk 0 */
+#define VD_CHUNK_LAST 0x01
+#define VD_DATA_CREDIT_LEN 16 /* granted bytes u64 ‖ granted frames u64 */
+
+/* One message being reassembled from its chunks (pure: frame.c; a fuzzer drives it). Zero-filled
+ * is empty; vd__reasm_release frees what it holds. */
+struct vd__reasm {
+    bool open;          /* a message is in progress */
+    bool discard;       /* its chunks are being dropped (one was refused for clock skew) */
+    uint64_t id;
+    uint32_t next;      /* the chunk number expected */
+    uint32_t total;     /* announced length */
+    uint64_t w[3];      /* chunk 0's fields */
+    uint8_t *buf;       /* malloc'd, have of total bytes */
+    size_t have, cap;
+};
+/* A message reassembled whole: buf (malloc'd, len bytes; may be NULL when len is 0) passes to
+ * the caller. */
+struct vd__reasm_msg {
+    uint64_t id;
+    uint64_t w[3];
+    uint8_t *buf;
+    size_t len;
+};
+enum { VD_REASM_MORE = 0, VD_REASM_DONE = 1, VD_REASM_DROPPED = 2 };
+/*
+ * Feeds one chunk body b[0..n). `refused`: the chunk was refused for its clock, so the message
+ * is dropped (its id still names it). Returns VD_REASM_MORE, VD_REASM_DONE (out filled), or
+ * VD_REASM_DROPPED (a dropped message ended) ; or VD_ECORRUPT / VD_ETOOBIG (a total above
+ * max_message) / VD_ENOMEM with err saying what was wrong: the caller closes the connection and
+ * releases r. *id gets the chunk's request id whenever it could be read (else 0).
+ */
+int vd__reasm_feed(struct vd__reasm *r, const uint8_t *b, size_t n, uint32_t max_message,
+                   bool refused, uint64_t *id, struct vd__reasm_msg *out, struct vd_err *err);
+void vd__reasm_release(struct vd__reasm *r);
+/* Writes the header of chunk `seq` of message id (first: with total and w) into out (room for
+ * VD_CHUNK_HDR + VD_CHUNK_HEAD); returns its length. */
+size_t vd__chunk_header(uint64_t id, uint32_t seq, bool last, uint32_t total, const uint64_t w[3],
+                        uint8_t *out);
+
+struct vd_data;
+
+/* A request as its sender addressed it. deadline_ms is wall-clock ms (vd_wall_ms), on both
+ * nodes: their clocks agree within the maximum clock offset. */
+struct vd_data_hdr {
+    uint64_t incarnation;
+    uint64_t ring_version;
+    uint64_t deadline_ms;
+};
+
+enum vd_data_outcome {
+    VD_DATA_REPLIED = 0, /* the handler answered: its status and reply bytes */
+    VD_DATA_TIMEOUT,     /* no reply by the deadline (no credit, slow or silent replica) */
+    VD_DATA_CLOSED,      /* the data connection closed while the request was in flight */
+    VD_DATA_SKEW,        /* refused: a clock is beyond the maximum offset (either direction) */
+    VD_DATA_SHUTDOWN,    /* vd_data_close ran first */
+};
+
+/* The end of one request, on the loop thread; called exactly once per accepted vd_data_send,
+ * never from inside vd_data_send. status: the handler's (0 or VD_E*) when REPLIED, else 0.
+ * reply is valid during the call only (NULL unless REPLIED). */
+typedef void (*vd_data_done_fn)(void *arg, enum vd_data_outcome outcome, int status,
+                                const uint8_t *reply, size_t len);
+/* Serves one whole request from node `from`, on a worker thread (several run at once): appends
+ * the reply to *reply (an empty buffer the transport owns) and returns the status the sender
+ * sees. req is valid during the call only. Not called for a request past its deadline (the
+ * sender has given up: it gets nothing, as for a timeout). */
+typedef int (*vd_data_handler_fn)(void *ctx, uint64_t from, const struct vd_data_hdr *h,
+                                  const uint8_t *req, size_t len, struct vd_buf *reply);
+
+struct vd_data_opts {
+    void *loop;                 /* uv_loop_t * of the transport's loop */
+    struct vd_transport *tp;    /* carries the data connections; outlives the vd_data */
+    vd_data_handler_fn handler; /* NULL: requests are answered VD_ENOTFOUND */
+    void *ctx;                  /* handler's */
+    unsigned workers;           /* 0 = 2 */
+    uint32_t window;            /* request bytes granted per peer; 0 = 64 MiB; at least
+                                   max_message + one chunk */
+    uint32_t window_frames;     /* request chunks granted per peer; 0 = 4096 */
+    uint32_t max_message;       /* largest request or reply body; 0 = 32 MiB */
+};
+
+/* Starts the worker threads and registers with opts->tp. Errors: VD_EINVAL, VD_ENOMEM. On the
+ * loop thread, like every vd_data_* call below except vd_data_pause_workers. */
+int vd_data_start(const struct vd_data_opts *o, struct vd_data **out, struct vd_err *err);
+/*
+ * Sends one request (body copied) to node `to`; done(arg, ...) reports its end. Returns 0 (done
+ * will be called), or without calling done: VD_ENOTFOUND (no address known for `to`),
+ * VD_ETOOBIG (len above max_message), VD_ECLOSED (closing). *queued (may be NULL) gets the
+ * bytes now waiting for credit to `to`, this request's included once it cannot go at once:
+ * the caller's backpressure signal.
+ */
+int vd_data_send(struct vd_data *d, uint64_t to, const struct vd_data_hdr *h, const void *body,
+                 size_t len, vd_data_done_fn done, void *arg, size_t *queued);
+/* Bytes of requests to `to` waiting for credit (0 for an unknown node). */
+size_t vd_data_queued(const struct vd_data *d, uint64_t to);
+/* Tests: holds every worker before its next request (true) or lets them go (false). Any
+ * thread. */
+void vd_data_pause_workers(struct vd_data *d, bool pause);
+struct vd_data_stats {
+    uint64_t served;        /* requests handed to the handler (or answered past deadline) */
+    uint64_t held_bytes;    /* request bytes received and not yet finished, all peers */
+    uint64_t held_max;      /* the most held_bytes ever was */
+};
+void vd_data_stats(const struct vd_data *d, struct vd_data_stats *out);
+/* Fails every request still pending with VD_DATA_SHUTDOWN (callbacks run before it returns),
+ * stops and joins the workers (waiting for handlers running now), unregisters from the
+ * transport and frees d once its handles have closed (the loop keeps running). Call before
+ * vd_transport_close. NULL ignored. */
+void vd_data_close(struct vd_data *d);
 
 /* ---- metadata state machine -----------------------------------------------------------------
  * Pure: no I/O, no clock, no randomness; every node applies the same committed commands in the

@@ -62,6 +62,9 @@ struct fqueue {
 
 enum conn_state { C_CONNECTING, C_WAIT_CHALLENGE, C_WAIT_HELLO, C_WAIT_WELCOME, C_OPEN };
 
+/* The two connections a pair of nodes keeps (cluster_int.h, "channels"). */
+enum chan { CHAN_CTRL = 0, CHAN_DATA = 1 };
+
 struct peer;
 
 struct conn {
@@ -71,6 +74,7 @@ struct conn {
     struct conn *prev, *next; /* t->conns: every conn not yet closing */
     struct peer *peer;        /* dialer: the peer dialed; acceptor: set once open */
     enum conn_state state;
+    uint8_t chan; /* enum chan: the dialer's peer's, or what the HELLO asked for */
     bool dialer, closing;
     uint64_t started_ms;
     uint64_t remote_id;
@@ -90,10 +94,13 @@ struct dial_req {
     struct peer *peer; /* NULL once the peer is gone: the answer is then dropped */
 };
 
+/* One per node and channel: a node known to the data transport has a second struct peer with
+ * chan CHAN_DATA, its own connection, queue and backoff. */
 struct peer {
     struct peer *prev, *next;
     struct vd_transport *t;
-    uint64_t id;       /* 0: known only by address */
+    uint8_t chan;      /* enum chan */
+    uint64_t id;       /* 0: known only by address (control only) */
     char *addr;        /* dial address, or NULL */
     bool addr_learnt;  /* addr came from the peer's handshake, not from set_peer */
     struct conn *conn; /* open connection */
@@ -102,7 +109,7 @@ struct peer {
     struct fqueue q;
     uv_timer_t timer; /* redial backoff; the peer is freed in its close callback */
     bool timer_armed;
-    bool up; /* last state logged */
+    bool up; /* last state logged; for a data peer also what on_link was last told */
     unsigned backoff_ms;
     uint64_t skew_logged; /* loop time of the last clock-skew refusal logged; 0: none */
 };
@@ -133,6 +140,9 @@ struct vd_transport {
     bool refuse_all;
     vd_transport_frame_fn on_frame;
     void *ctx;
+    vd_transport_data_fn on_data; /* NULL: data connections are refused */
+    vd_transport_link_fn on_link;
+    void *data_ctx;
     struct peer *peers;
     struct conn *conns;
     unsigned pending; /* open handles plus resolutions in flight */
@@ -473,10 +483,10 @@ static void flush(struct conn *c, struct fqueue *q)
 
 /* ---- peers ----------------------------------------------------------------------------------- */
 
-static struct peer *peer_by_id(const struct vd_transport *t, uint64_t id)
+static struct peer *peer_by_id(const struct vd_transport *t, uint64_t id, uint8_t chan)
 {
     for (struct peer *p = t->peers; p; p = p->next)
-        if (p->id == id && id)
+        if (p->id == id && id && p->chan == chan)
             return p;
     return NULL;
 }
@@ -484,7 +494,7 @@ static struct peer *peer_by_id(const struct vd_transport *t, uint64_t id)
 static struct peer *peer_by_addr(const struct vd_transport *t, const char *addr)
 {
     for (struct peer *p = t->peers; p; p = p->next)
-        if (p->addr && strcmp(p->addr, addr) == 0)
+        if (p->addr && p->chan == CHAN_CTRL && strcmp(p->addr, addr) == 0)
             return p;
     return NULL;
 }
@@ -505,11 +515,12 @@ static void on_peer_closed(uv_handle_t *h)
     maybe_free(t);
 }
 
-static struct peer *peer_new(struct vd_transport *t, uint64_t id, const char *addr)
+static struct peer *peer_new(struct vd_transport *t, uint64_t id, const char *addr, uint8_t chan)
 {
     struct peer *p = vd_xcalloc(1, sizeof(*p));
     p->t = t;
     p->id = id;
+    p->chan = chan;
     p->addr = addr ? vd_xstrdup(addr) : NULL;
     p->backoff_ms = BACKOFF_MIN_MS;
     uv_timer_init(t->loop, &p->timer);
@@ -531,8 +542,10 @@ static void peer_remove(struct peer *p)
         t->peers = p->next;
     if (p->next)
         p->next->prev = p->prev;
-    if (p->up && !t->closing)
+    if (p->up && !t->closing && p->chan == CHAN_CTRL)
         vd_log_info("cluster: disconnected from node %llu (removed)", (unsigned long long)p->id);
+    bool was_up = p->up;
+    p->up = false;
     struct conn *cs[2] = {p->conn, p->dial};
     p->conn = p->dial = NULL;
     for (int i = 0; i < 2; i++) {
@@ -550,6 +563,8 @@ static void peer_remove(struct peer *p)
     free(p->addr);
     p->addr = NULL;
     uv_close((uv_handle_t *)&p->timer, on_peer_closed);
+    if (was_up && p->chan == CHAN_DATA && t->on_link)
+        t->on_link(t->data_ctx, p->id, false);
 }
 
 /* Arms the redial timer and doubles the next delay, up to BACKOFF_MAX_MS. */
@@ -599,6 +614,7 @@ static void connect_to(struct peer *p, const struct sockaddr *sa)
     struct conn *c = conn_new(p->t);
     c->dialer = true;
     c->state = C_CONNECTING;
+    c->chan = p->chan;
     c->peer = p;
     p->dial = c;
     struct sockaddr_storage ss;
@@ -679,7 +695,9 @@ static void pump(struct peer *p)
         flush(p->conn, &p->q);
         return;
     }
-    if (!p->q.head || p->dial || p->resolving || p->timer_armed || !p->addr)
+    /* a data peer is dialed with nothing queued: its credit comes with the connection */
+    if ((!p->q.head && p->chan != CHAN_DATA) || p->dial || p->resolving || p->timer_armed ||
+        !p->addr)
         return;
     dial(p);
 }
@@ -722,7 +740,21 @@ static void peer_attach(struct peer *p, struct conn *c)
         uv_timer_stop(&p->timer);
         p->timer_armed = false;
     }
-    if (!p->up) {
+    if (p->chan == CHAN_DATA) {
+        /* a new data connection starts with fresh credit: tell the data transport, which
+         * forgets the old one */
+        if (p->up) {
+            fqueue_free(&p->q);
+            if (t->on_link)
+                t->on_link(t->data_ctx, p->id, false);
+        }
+        p->up = true;
+        vd_log_debug("cluster: data connection to node %llu at %s (%s)", (unsigned long long)p->id,
+                     c->remote_adv[0] ? c->remote_adv : c->remote_ip,
+                     c->dialer ? "dialed" : "accepted");
+        if (t->on_link)
+            t->on_link(t->data_ctx, p->id, true);
+    } else if (!p->up) {
         p->up = true;
         vd_log_info("cluster: connected to node %llu at %s (%s)", (unsigned long long)p->id,
                     c->remote_adv[0] ? c->remote_adv : c->remote_ip,
@@ -759,17 +791,27 @@ static void conn_close(struct conn *c)
         p->dial = NULL;
         backoff(p);
     }
+    bool data_down = false;
     if (p && p->conn == c) {
         p->conn = NULL;
-        if (p->up) {
+        if (p->chan == CHAN_DATA) {
+            /* frames queued for a data connection were sent under its credit: they die with
+             * it (the data transport fails their requests), and it is redialed at once */
+            fqueue_free(&p->q);
+            data_down = p->up;
             p->up = false;
-            if (!t->closing)
-                vd_log_info("cluster: connection to node %llu at %s lost",
-                            (unsigned long long)p->id,
-                            c->remote_adv[0] ? c->remote_adv : c->remote_ip);
-        }
-        if (p->q.head)
             backoff(p);
+        } else {
+            if (p->up) {
+                p->up = false;
+                if (!t->closing)
+                    vd_log_info("cluster: connection to node %llu at %s lost",
+                                (unsigned long long)p->id,
+                                c->remote_adv[0] ? c->remote_adv : c->remote_ip);
+            }
+            if (p->q.head)
+                backoff(p);
+        }
     }
     if (c->prev)
         c->prev->next = c->next;
@@ -779,6 +821,8 @@ static void conn_close(struct conn *c)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    if (data_down && t->on_link)
+        t->on_link(t->data_ctx, p->id, false);
 }
 
 /* HMAC-SHA256 with the cluster secret over a label (so a HELLO proof never passes for a WELCOME
@@ -855,7 +899,9 @@ static int get_ident(struct conn *c, const uint8_t *b, size_t n, size_t rest)
     return c->remote_id ? 0 : VD_EINVAL;
 }
 
-/* Dialer got CHALLENGE: answer HELLO = id ‖ addr ‖ our nonce ‖ proof. */
+/* Dialer got CHALLENGE: answer HELLO = id ‖ addr ‖ our nonce ‖ [channel] ‖ proof. The channel
+ * byte is sent for data connections only (a HELLO without one asks for the control channel, as
+ * every HELLO did before there were two), and the proof covers it. */
 static void on_challenge(struct conn *c, const struct vd_frame *f)
 {
     struct vd_transport *t = c->t;
@@ -865,10 +911,12 @@ static void on_challenge(struct conn *c, const struct vd_frame *f)
     }
     memcpy(c->nonce_remote, f->body, NONCE_LEN);
     randombytes_buf(c->nonce_local, NONCE_LEN);
-    uint8_t b[10 + ADDR_MAX + NONCE_LEN + PROOF_LEN];
+    uint8_t b[10 + ADDR_MAX + NONCE_LEN + 1 + PROOF_LEN];
     uint8_t *e = put_ident(b, t->self_id, t->advertise);
     memcpy(e, c->nonce_local, NONCE_LEN);
     e += NONCE_LEN;
+    if (c->chan != CHAN_CTRL)
+        *e++ = c->chan;
     if (t->secret) {
         proof(t, "vectord hello", c->nonce_remote, NULL, b, (size_t)(e - b), e);
         e += PROOF_LEN;
@@ -882,12 +930,19 @@ static void on_hello(struct conn *c, const struct vd_frame *f)
 {
     struct vd_transport *t = c->t;
     size_t pl = proof_len(t);
-    if (f->type != VD_FRAME_HELLO || get_ident(c, f->body, f->len, NONCE_LEN + pl)) {
+    bool has_chan = f->type == VD_FRAME_HELLO && !get_ident(c, f->body, f->len, NONCE_LEN + 1 + pl);
+    if (f->type != VD_FRAME_HELLO ||
+        (!has_chan && get_ident(c, f->body, f->len, NONCE_LEN + pl))) {
         refuse(c, "malformed hello%s", t->secret ? " (or the peer has no cluster secret)" : "");
         return;
     }
-    const uint8_t *nonce = f->body + f->len - pl - NONCE_LEN;
+    const uint8_t *nonce = f->body + f->len - pl - (has_chan ? 1 : 0) - NONCE_LEN;
     memcpy(c->nonce_remote, nonce, NONCE_LEN);
+    c->chan = has_chan ? nonce[NONCE_LEN] : CHAN_CTRL;
+    if (c->chan > CHAN_DATA || (c->chan == CHAN_DATA && !t->on_data)) {
+        refuse(c, "the peer asked for channel %u, which this node does not serve", c->chan);
+        return;
+    }
     if (t->secret) {
         uint8_t want[PROOF_LEN];
         proof(t, "vectord hello", c->nonce_local, NULL, f->body, f->len - pl, want);
@@ -910,9 +965,9 @@ static void on_hello(struct conn *c, const struct vd_frame *f)
         return;
     session_keys(c);
     c->state = C_OPEN;
-    struct peer *p = peer_by_id(t, c->remote_id);
+    struct peer *p = peer_by_id(t, c->remote_id, c->chan);
     if (!p)
-        p = peer_new(t, c->remote_id, NULL);
+        p = peer_new(t, c->remote_id, NULL, c->chan);
     if (!p->addr && c->remote_adv[0]) {
         /* lets a reply reach a node that has no address yet (a joining one) if this connection
          * drops; set_peer replaces it */
@@ -958,7 +1013,7 @@ static void on_welcome(struct conn *c, const struct vd_frame *f)
     session_keys(c);
     c->state = C_OPEN;
     if (!p->id) {
-        struct peer *q = peer_by_id(t, c->remote_id);
+        struct peer *q = peer_by_id(t, c->remote_id, CHAN_CTRL);
         if (q) {
             /* this address belongs to a node we know by id: one peer, one queue */
             p->dial = NULL;
@@ -1028,19 +1083,35 @@ static void refuse_skewed(struct conn *c, uint8_t type, uint64_t ahead_ms, const
     enqueue(t, p, VD_FRAME_SKEW, b, sizeof(b));
 }
 
-/* The clock gate (cluster_int.h), then the user's callback. */
+/*
+ * The clock gate (cluster_int.h), then the user's callback. A data connection hands every frame
+ * to the data transport, a refused one too (with gate set), since the credit it used must come
+ * back; a frame the data transport rejects closes the connection.
+ */
 static void deliver(struct conn *c, uint8_t type, uint64_t hlc, const uint8_t *body, size_t len)
 {
     struct vd_transport *t = c->t;
+    int gate = 0;
     if (vd__frame_is_data(type)) {
         uint64_t now = vd_wall_ms();
         if (vd_hlc_check_skew(hlc, now, t->max_offset_ms)) {
             refuse_skewed(c, type, VD_HLC_PHYS(hlc) - now, body, len);
-            return;
+            gate = VD_EUNAVAIL;
+        } else {
+            vd_hlc_observe(hlc);
         }
-        vd_hlc_observe(hlc);
     }
-    if (t->on_frame)
+    if (c->chan == CHAN_DATA) {
+        struct vd_err err = {0};
+        if (!t->on_data) {
+            conn_close(c);
+        } else if (t->on_data(t->data_ctx, c->remote_id, type, hlc, body, len, gate, &err) &&
+                   !c->closing) {
+            refuse(c, "%s", err.msg[0] ? err.msg : "malformed data frame");
+        }
+        return;
+    }
+    if (!gate && t->on_frame)
         t->on_frame(t->ctx, c->remote_id, c->remote_adv, type, hlc, body, len);
 }
 
@@ -1109,8 +1180,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     while (!c->closing) {
         struct vd_frame f;
         size_t used;
-        uint32_t lim = c->state != C_OPEN ? HS_MAX_BODY
-                                          : t->max_frame + VD_FRAME_HLC + (c->auth ? TAG_LEN : 0);
+        uint32_t max = c->chan == CHAN_DATA && t->max_frame > VD_DATA_FRAME_MAX
+                           ? VD_DATA_FRAME_MAX
+                           : t->max_frame;
+        uint32_t lim =
+            c->state != C_OPEN ? HS_MAX_BODY : max + VD_FRAME_HLC + (c->auth ? TAG_LEN : 0);
         int r = vd__frame_decode(c->rbuf + off, c->rlen - off, lim, &f, &used);
         if (r == VD_ETOOBIG) {
             refuse(c, "frame of %u bytes is over the limit of %u",
@@ -1397,27 +1471,32 @@ void vd_transport_set_peer(struct vd_transport *t, uint64_t id, const char *addr
 {
     if (t->closing || !id || id == t->self_id || !addr)
         return;
-    struct peer *p = peer_by_id(t, id);
-    if (!p) {
-        peer_new(t, id, addr);
-        return;
-    }
-    if (p->addr && strcmp(p->addr, addr) == 0) {
+    for (uint8_t chan = CHAN_CTRL; chan <= CHAN_DATA; chan++) {
+        struct peer *p = peer_by_id(t, id, chan);
+        if (!p) {
+            if (chan == CHAN_CTRL)
+                peer_new(t, id, addr, chan);
+            continue; /* a data peer is made by its first use */
+        }
+        if (p->addr && strcmp(p->addr, addr) == 0) {
+            p->addr_learnt = false;
+            continue;
+        }
+        free(p->addr);
+        p->addr = vd_xstrdup(addr);
         p->addr_learnt = false;
-        return;
+        p->backoff_ms = BACKOFF_MIN_MS;
+        pump(p);
     }
-    free(p->addr);
-    p->addr = vd_xstrdup(addr);
-    p->addr_learnt = false;
-    p->backoff_ms = BACKOFF_MIN_MS;
-    pump(p);
 }
 
 void vd_transport_remove_peer(struct vd_transport *t, uint64_t id)
 {
-    struct peer *p = peer_by_id(t, id);
-    if (p)
-        peer_remove(p);
+    for (uint8_t chan = CHAN_CTRL; chan <= CHAN_DATA; chan++) {
+        struct peer *p = peer_by_id(t, id, chan);
+        if (p)
+            peer_remove(p);
+    }
 }
 
 static int enqueue(struct vd_transport *t, struct peer *p, uint8_t type, const void *body,
@@ -1426,7 +1505,8 @@ static int enqueue(struct vd_transport *t, struct peer *p, uint8_t type, const v
     struct qframe *f = frame_new(type, body, len);
     if (!f)
         return VD_ENOMEM;
-    fqueue_push(&p->q, f, t->max_queue);
+    /* the data transport bounds what it queues by its credit and must lose nothing */
+    fqueue_push(&p->q, f, p->chan == CHAN_DATA ? SIZE_MAX : t->max_queue);
     pump(p);
     return 0;
 }
@@ -1448,10 +1528,73 @@ int vd_transport_send(struct vd_transport *t, uint64_t to, uint8_t type, const v
     int r = check_send(t, type, len);
     if (r)
         return r;
-    struct peer *p = peer_by_id(t, to);
+    struct peer *p = peer_by_id(t, to, CHAN_CTRL);
     if (!p || (!p->conn && !p->addr))
         return VD_ENOTFOUND;
     return enqueue(t, p, type, body, len);
+}
+
+void vd_transport_set_data(struct vd_transport *t, vd_transport_data_fn on_data,
+                           vd_transport_link_fn on_link, void *ctx)
+{
+    t->on_data = on_data;
+    t->on_link = on_link;
+    t->data_ctx = ctx;
+    if (on_data)
+        return;
+    /* nobody to serve them: stop keeping data connections */
+    for (struct peer *p = t->peers, *next; p; p = next) {
+        next = p->next;
+        if (p->chan == CHAN_DATA)
+            peer_remove(p);
+    }
+}
+
+/* The data peer of `to`, made on first use with the control peer's address. */
+static struct peer *data_peer(struct vd_transport *t, uint64_t to)
+{
+    struct peer *p = peer_by_id(t, to, CHAN_DATA);
+    if (p)
+        return p;
+    const struct peer *ctl = peer_by_id(t, to, CHAN_CTRL);
+    const char *addr = ctl && ctl->addr ? ctl->addr
+                       : ctl && ctl->conn && ctl->conn->remote_adv[0] ? ctl->conn->remote_adv
+                                                                      : NULL;
+    if (!addr)
+        return NULL;
+    p = peer_new(t, to, addr, CHAN_DATA);
+    return p;
+}
+
+int vd_transport_data_open(struct vd_transport *t, uint64_t to)
+{
+    if (t->closing)
+        return VD_ECLOSED;
+    struct peer *p = data_peer(t, to);
+    if (!p)
+        return VD_ENOTFOUND;
+    pump(p);
+    return 0;
+}
+
+int vd_transport_send_data(struct vd_transport *t, uint64_t to, uint8_t type, const void *body,
+                           size_t len)
+{
+    int r = check_send(t, type, len);
+    if (r)
+        return r;
+    if (len > VD_DATA_FRAME_MAX)
+        return VD_ETOOBIG;
+    struct peer *p = peer_by_id(t, to, CHAN_DATA);
+    if (!p || !p->conn)
+        return VD_ECLOSED; /* frames only go with the credit of an open connection */
+    return enqueue(t, p, type, body, len);
+}
+
+bool vd_transport_data_connected(const struct vd_transport *t, uint64_t id)
+{
+    const struct peer *p = peer_by_id(t, id, CHAN_DATA);
+    return p && p->conn && p->conn->state == C_OPEN;
 }
 
 int vd_transport_send_addr(struct vd_transport *t, const char *addr, uint8_t type, const void *body,
@@ -1466,13 +1609,13 @@ int vd_transport_send_addr(struct vd_transport *t, const char *addr, uint8_t typ
         return VD_EINVAL;
     struct peer *p = peer_by_addr(t, addr);
     if (!p)
-        p = peer_new(t, 0, addr);
+        p = peer_new(t, 0, addr, CHAN_CTRL);
     return enqueue(t, p, type, body, len);
 }
 
 bool vd_transport_connected(const struct vd_transport *t, uint64_t id)
 {
-    const struct peer *p = peer_by_id(t, id);
+    const struct peer *p = peer_by_id(t, id, CHAN_CTRL);
     return p && p->conn && p->conn->state == C_OPEN;
 }
 

@@ -177,6 +177,7 @@ struct fx {
     /* transports still open: teardown closes them when a test fails half-way (the nodes live
      * on the failed test's stack, so only the transport pointers are kept here) */
     struct vd_transport *live[16];
+    struct vd_data *live_data[16]; /* closed first: they hold handles of the same loop */
 };
 
 static void adopt(struct fx *fx, struct node *n)
@@ -287,6 +288,8 @@ static int fx_setup(void **state)
 static int fx_teardown(void **state)
 {
     struct fx *fx = *state;
+    for (int i = 0; i < 16; i++)
+        vd_data_close(fx->live_data[i]);
     for (int i = 0; i < 16; i++)
         vd_transport_close(fx->live[i]);
     uv_close((uv_handle_t *)&fx->tick, NULL);
@@ -1101,12 +1104,13 @@ static void rawp_send(struct rawp *p, uint8_t type, uint64_t hlc, const void *bo
     assert_int_equal(send(p->fd, out, n, MSG_NOSIGNAL), (ssize_t)n);
 }
 
-/* Dials port and runs the dialer's handshake as node id without a secret (a loopback peer). */
-static void rawp_open(struct fx *fx, struct rawp *p, uint16_t port, uint64_t id)
+/* Dials port and runs the dialer's handshake as node id without a secret (a loopback peer), for
+ * channel chan (0: control, sent without a channel byte as before channels existed). */
+static void rawp_open_chan(struct fx *fx, struct rawp *p, uint16_t port, uint64_t id, uint8_t chan)
 {
     memset(p, 0, sizeof(*p));
     p->fd = raw_connect(port);
-    uint8_t b[512], hello[8 + 2 + 11 + 32], out[VD_FRAME_HDR + sizeof(hello)];
+    uint8_t b[512], hello[8 + 2 + 11 + 32 + 1], out[VD_FRAME_HDR + sizeof(hello)];
     size_t len;
     assert_int_equal(rawp_next(fx, p, b, &len), VD_FRAME_CHALLENGE);
     vd_be64_put(hello, id);
@@ -1114,9 +1118,15 @@ static void rawp_open(struct fx *fx, struct rawp *p, uint16_t port, uint64_t id)
     hello[9] = 11;
     memcpy(hello + 10, "127.0.0.1:7", 11);
     randombytes_buf(hello + 21, 32);
-    size_t n = make_frame(out, VD_FRAME_HELLO, hello, sizeof(hello));
+    hello[53] = chan;
+    size_t n = make_frame(out, VD_FRAME_HELLO, hello, sizeof(hello) - (chan ? 0 : 1));
     assert_int_equal(send(p->fd, out, n, MSG_NOSIGNAL), (ssize_t)n);
     assert_int_equal(rawp_next(fx, p, b, &len), VD_FRAME_WELCOME);
+}
+
+static void rawp_open(struct fx *fx, struct rawp *p, uint16_t port, uint64_t id)
+{
+    rawp_open_chan(fx, p, port, id, 0);
 }
 
 /* Lines of stderr written while the capture runs, into a temporary file. */
@@ -1356,6 +1366,601 @@ static void test_start_errors(void **state)
     node_stop(&a);
 }
 
+/* ---- data transport ---------------------------------------------------------------------------
+ * Requests between two real transports on loopback, with a vd_data on each; the handler runs on
+ * the workers, and its results are checked from the loop. */
+
+/* Chunk sequences, good and bad, through the reassembler alone. */
+static void test_chunk_reasm(void **state)
+{
+    (void)state;
+    enum { N = 3000 };
+    static uint8_t msg[N];
+    for (size_t i = 0; i < N; i++)
+        msg[i] = (uint8_t)(i * 7);
+    uint64_t w[3] = {11, 22, 33};
+    struct vd__reasm r = {0};
+    struct vd__reasm_msg m;
+    struct vd_err err;
+    uint64_t id;
+    uint8_t c[VD_CHUNK_HDR + VD_CHUNK_HEAD + 1000];
+    /* three chunks of 1000 bytes */
+    for (uint32_t seq = 0; seq < 3; seq++) {
+        size_t h = vd__chunk_header(9, seq, seq == 2, N, w, c);
+        memcpy(c + h, msg + seq * 1000, 1000);
+        int rc = vd__reasm_feed(&r, c, h + 1000, N, false, &id, &m, &err);
+        assert_int_equal(id, 9);
+        assert_int_equal(rc, seq == 2 ? VD_REASM_DONE : VD_REASM_MORE);
+    }
+    assert_int_equal(m.id, 9);
+    assert_int_equal(m.len, N);
+    assert_memory_equal(m.buf, msg, N);
+    assert_int_equal(m.w[0], 11);
+    assert_int_equal(m.w[2], 33);
+    free(m.buf);
+    /* an empty message is one chunk */
+    size_t h = vd__chunk_header(10, 0, true, 0, w, c);
+    assert_int_equal(vd__reasm_feed(&r, c, h, N, false, &id, &m, &err), VD_REASM_DONE);
+    assert_int_equal(m.len, 0);
+    free(m.buf);
+    /* a refused chunk drops its message, which still has to end properly */
+    h = vd__chunk_header(11, 0, false, 2, w, c);
+    c[h] = 1;
+    assert_int_equal(vd__reasm_feed(&r, c, h + 1, N, true, &id, &m, &err), VD_REASM_MORE);
+    h = vd__chunk_header(11, 1, true, 2, w, c);
+    c[h] = 2;
+    assert_int_equal(vd__reasm_feed(&r, c, h + 1, N, false, &id, &m, &err), VD_REASM_DROPPED);
+    assert_false(r.open);
+
+    /* malformed sequences: each is an error with a reason */
+    struct {
+        uint64_t id;
+        uint32_t seq;
+        bool last;
+        uint32_t total;
+        size_t payload;
+    } bad[][2] = {
+        {{1, 1, true, 5, 5}},                     /* no chunk 0 */
+        {{1, 0, true, N + 1, 0}},                 /* over the limit */
+        {{1, 0, false, 10, 5}, {2, 0, true, 5, 5}}, /* interleaved */
+        {{1, 0, false, 10, 5}, {1, 2, true, 10, 5}}, /* gap */
+        {{1, 0, true, 10, 5}},                    /* ends short */
+        {{1, 0, false, 4, 4}, {1, 1, true, 4, 1}}, /* longer than announced */
+    };
+    int want[] = {VD_ECORRUPT, VD_ETOOBIG, VD_ECORRUPT, VD_ECORRUPT, VD_ECORRUPT, VD_ECORRUPT};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int rc = 0;
+        for (int k = 0; k < 2 && rc >= 0 && (k == 0 || bad[i][k].total); k++) {
+            h = vd__chunk_header(bad[i][k].id, bad[i][k].seq, bad[i][k].last, bad[i][k].total, w,
+                                 c);
+            memset(c + h, 0, bad[i][k].payload);
+            err.msg[0] = 0;
+            rc = vd__reasm_feed(&r, c, h + bad[i][k].payload, N, false, &id, &m, &err);
+        }
+        assert_int_equal(rc, want[i]);
+        assert_true(strlen(err.msg) > 10);
+        vd__reasm_release(&r);
+    }
+    /* short chunks and unknown flags */
+    assert_int_equal(vd__reasm_feed(&r, c, VD_CHUNK_HDR - 1, N, false, &id, &m, &err),
+                     VD_ECORRUPT);
+    h = vd__chunk_header(3, 0, true, 0, w, c);
+    assert_int_equal(vd__reasm_feed(&r, c, h - 1, N, false, &id, &m, &err), VD_ECORRUPT);
+    c[12] = 0x80;
+    assert_int_equal(vd__reasm_feed(&r, c, h, N, false, &id, &m, &err), VD_ECORRUPT);
+    vd__reasm_release(&r);
+}
+
+static uv_thread_t loop_thread;
+
+/* What the handler saw, per request number (the body's first 4 bytes). */
+#define DREQ_MAX 2048
+struct dserve {
+    atomic_int seen[DREQ_MAX];
+    atomic_int on_loop;
+    atomic_int calls;
+    struct vd_data_hdr last_hdr;
+};
+
+/* Replies "re:" ‖ the request's number ‖ its length ‖ a checksum of its bytes. */
+static int dserve_handler(void *ctx, uint64_t from, const struct vd_data_hdr *h,
+                          const uint8_t *req, size_t len, struct vd_buf *reply)
+{
+    struct dserve *s = ctx;
+    (void)from;
+    uv_thread_t self = uv_thread_self();
+    if (uv_thread_equal(&self, &loop_thread))
+        atomic_fetch_add(&s->on_loop, 1);
+    atomic_fetch_add(&s->calls, 1);
+    if (len >= 4 && vd_be32_get(req) == 0)
+        s->last_hdr = *h; /* one request writes it: workers run at once */
+    if (len < 4)
+        return VD_EINVAL;
+    uint32_t n = vd_be32_get(req);
+    if (n < DREQ_MAX)
+        atomic_fetch_add(&s->seen[n], 1);
+    uint8_t out[3 + 4 + 8 + 4];
+    memcpy(out, "re:", 3);
+    memcpy(out + 3, req, 4);
+    vd_be64_put(out + 7, len);
+    vd_be32_put(out + 15, vd_crc32c(0, req, len));
+    vd_buf_append(reply, out, sizeof(out));
+    return 0;
+}
+
+struct dres {
+    int calls;
+    enum vd_data_outcome outcome;
+    int status;
+    uint8_t reply[32];
+    size_t len;
+    uint64_t at_ms;
+};
+
+static void dres_done(void *arg, enum vd_data_outcome outcome, int status, const uint8_t *reply,
+                      size_t len)
+{
+    struct dres *r = arg;
+    r->calls++;
+    r->outcome = outcome;
+    r->status = status;
+    r->len = len;
+    r->at_ms = vd_wall_ms();
+    if (reply)
+        memcpy(r->reply, reply, len < sizeof(r->reply) ? len : sizeof(r->reply));
+}
+
+/* How many of r[0..n) have ended. */
+static int dres_count(const struct dres *r, int n)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        k += r[i].calls > 0;
+    return k;
+}
+
+static struct vd_data *data_start(struct fx *fx, struct node *n, struct dserve *s,
+                                  uint32_t max_message, uint32_t window)
+{
+    struct vd_data_opts o = {
+        .loop = &fx->loop,
+        .tp = n->t,
+        .handler = dserve_handler,
+        .ctx = s,
+        .max_message = max_message,
+        .window = window,
+    };
+    struct vd_data *d;
+    struct vd_err err;
+    assert_int_equal(vd_data_start(&o, &d, &err), 0);
+    for (int i = 0; i < 16; i++) {
+        if (!fx->live_data[i]) {
+            fx->live_data[i] = d;
+            return d;
+        }
+    }
+    fail_msg("too many data transports");
+    return NULL;
+}
+
+static void data_stop(struct fx *fx, struct vd_data *d)
+{
+    for (int i = 0; i < 16; i++)
+        if (fx->live_data[i] == d)
+            fx->live_data[i] = NULL;
+    vd_data_close(d);
+}
+
+/* A request of len bytes numbered n (its first 4 bytes), the rest a pattern of n. */
+static int dsend(struct vd_data *d, uint64_t to, uint32_t n, size_t len, uint64_t deadline_ms,
+                 struct dres *r, size_t *queued)
+{
+    uint8_t *b = malloc(len < 4 ? 4 : len);
+    vd_be32_put(b, n);
+    for (size_t i = 4; i < len; i++)
+        b[i] = (uint8_t)(n + i);
+    struct vd_data_hdr h = {.incarnation = 0x8000000000000005ull,
+                            .ring_version = 42,
+                            .deadline_ms = deadline_ms};
+    int rc = vd_data_send(d, to, &h, b, len, dres_done, r, queued);
+    free(b);
+    return rc;
+}
+
+/* The reply to request n of len bytes, as dserve_handler makes it. */
+static void assert_dreply(const struct dres *r, uint32_t n, size_t len)
+{
+    assert_int_equal(r->calls, 1);
+    assert_int_equal(r->outcome, VD_DATA_REPLIED);
+    assert_int_equal(r->status, 0);
+    assert_int_equal(r->len, 19);
+    assert_memory_equal(r->reply, "re:", 3);
+    assert_int_equal(vd_be32_get(r->reply + 3), n);
+    assert_int_equal(vd_be64_get(r->reply + 7), len);
+    uint8_t *b = malloc(len);
+    vd_be32_put(b, n);
+    for (size_t i = 4; i < len; i++)
+        b[i] = (uint8_t)(n + i);
+    assert_int_equal(vd_be32_get(r->reply + 15), vd_crc32c(0, b, len));
+    free(b);
+}
+
+static void two_nodes(struct fx *fx, struct node *a, struct node *b, const char *secret)
+{
+    node_start(fx, a, 1, secret);
+    node_start(fx, b, 2, secret);
+    vd_transport_set_peer(a->t, 2, b->addr);
+    vd_transport_set_peer(b->t, 1, a->addr);
+}
+
+/*
+ * Small and 5 MiB requests round trip on an authenticated data connection: each is handled once,
+ * whole, on a worker thread, with the header it was sent with, and its reply reaches the right
+ * callback. The data connection is not the control one: control frames still flow.
+ */
+static void test_data_roundtrip(void **state)
+{
+    struct fx *fx = *state;
+    loop_thread = uv_thread_self();
+    struct node a = {0}, b = {0};
+    two_nodes(fx, &a, &b, "s3cret");
+    static struct dserve sa, sb;
+    memset(&sa, 0, sizeof(sa));
+    memset(&sb, 0, sizeof(sb));
+    struct vd_data *da = data_start(fx, &a, &sa, 0, 0), *db = data_start(fx, &b, &sb, 0, 0);
+    static struct dres r[8];
+    memset(r, 0, sizeof(r));
+    uint64_t dl = vd_wall_ms() + 20000;
+    size_t big = (size_t)5 << 20;
+    assert_int_equal(dsend(da, 2, 0, 10, dl, &r[0], NULL), 0);
+    assert_int_equal(dsend(da, 2, 1, big, dl, &r[1], NULL), 0);
+    assert_int_equal(dsend(da, 2, 2, VD_DATA_FRAME_MAX, dl, &r[2], NULL), 0);
+    assert_int_equal(dsend(db, 1, 3, 4, dl, &r[3], NULL), 0); /* and the other way */
+    assert_int_equal(r[0].calls + r[1].calls, 0);            /* never from inside send */
+    assert_int_equal(send_str(&a, 2, "control"), 0);
+    WAIT_FOR(fx, r[0].calls && r[1].calls && r[2].calls && r[3].calls && b.n_rx == 1, 10000);
+    assert_dreply(&r[0], 0, 10);
+    assert_dreply(&r[1], 1, big);
+    assert_dreply(&r[2], 2, VD_DATA_FRAME_MAX);
+    assert_dreply(&r[3], 3, 4);
+    assert_int_equal(atomic_load(&sb.seen[1]), 1);
+    assert_int_equal(atomic_load(&sb.calls), 3);
+    assert_int_equal(atomic_load(&sb.on_loop) + atomic_load(&sa.on_loop), 0);
+    assert_int_equal(sb.last_hdr.incarnation, 0x8000000000000005ull);
+    assert_int_equal(sb.last_hdr.ring_version, 42);
+    assert_int_equal(sb.last_hdr.deadline_ms, dl);
+    assert_true(vd_transport_data_connected(a.t, 2) && vd_transport_connected(a.t, 2));
+    /* too big and unknown node: refused at once, no callback */
+    assert_int_equal(dsend(da, 2, 4, (32u << 20) + 1, dl, &r[4], NULL), VD_ETOOBIG);
+    assert_int_equal(dsend(da, 9, 4, 4, dl, &r[4], NULL), VD_ENOTFOUND);
+    run_for(fx, 50);
+    assert_int_equal(r[4].calls, 0);
+    data_stop(fx, da);
+    data_stop(fx, db);
+    node_stop(&a);
+    node_stop(&b);
+}
+
+/* Loop-thread side of the starvation test: Raft-like heartbeats from a to b on the control
+ * connection, and a steady stream of requests from a to b on the data connection. */
+struct flood {
+    struct node *a, *b;
+    struct vd_data *da;
+    struct dres *res;
+    uint32_t sent, max;
+    size_t req_len;
+    size_t queued_peak;
+    uv_timer_t hb, data;
+};
+
+static void on_flood_hb(uv_timer_t *t)
+{
+    struct flood *f = t->data;
+    vd_transport_send(f->a->t, 2, VD_FRAME_RAFT, "hb", 2);
+}
+
+static void on_flood_data(uv_timer_t *t)
+{
+    struct flood *f = t->data;
+    for (int i = 0; i < 2 && f->sent < f->max; i++) {
+        size_t q = 0;
+        assert_int_equal(dsend(f->da, 2, f->sent, f->req_len, vd_wall_ms() + 60000,
+                               &f->res[f->sent], &q),
+                         0);
+        f->sent++;
+        if (q > f->queued_peak)
+            f->queued_peak = q;
+    }
+}
+
+/*
+ * While b's data workers are paused, a keeps sending requests: b's credit runs out, the rest
+ * waits in a's queue (reported to the caller), and b's heartbeats keep arriving: the largest gap
+ * between two stays under a quarter of the default election timeout (250 ms of 1000, at the
+ * default 100 ms heartbeat). Once the workers resume, every request is handled exactly once and
+ * answered.
+ */
+static void test_data_pause_no_starvation(void **state)
+{
+    struct fx *fx = *state;
+    loop_thread = uv_thread_self();
+    struct node a = {0}, b = {0};
+    two_nodes(fx, &a, &b, "s3cret");
+    static struct dserve sb;
+    memset(&sb, 0, sizeof(sb));
+    enum { MAX_MSG = 1 << 20, REQ = 48 << 10, N = 600, HB_MS = 100, ELECTION_MS = 1000 };
+    struct vd_data *da = data_start(fx, &a, NULL, MAX_MSG, 1), *db = data_start(fx, &b, &sb, MAX_MSG, 1);
+    static struct dres res[N];
+    memset(res, 0, sizeof(res));
+    /* connected both ways before the clock starts */
+    assert_int_equal(send_str(&a, 2, "hi"), 0);
+    WAIT_FOR(fx, b.n_rx == 1, 5000);
+    vd_data_pause_workers(db, true);
+
+    /* static: its timers are freed by the loop after this function returns */
+    static struct flood f;
+    f = (struct flood){.a = &a, .b = &b, .da = da, .res = res, .max = N, .req_len = REQ};
+    uv_timer_init(&fx->loop, &f.hb);
+    uv_timer_init(&fx->loop, &f.data);
+    f.hb.data = f.data.data = &f;
+    uv_timer_start(&f.hb, on_flood_hb, HB_MS, HB_MS);
+    uv_timer_start(&f.data, on_flood_data, 0, 5);
+    /* 600 requests of 48 KiB at 2 per 5 ms: 1.5 s, about 28 MiB against a 2 MiB window */
+    uint64_t t0 = uv_hrtime();
+    size_t seen = b.n_rx;
+    uint64_t last = 0, max_gap = 0, sum_gap = 0, n_gap = 0;
+    while (f.sent < N || uv_hrtime() - t0 < 2000000000ull) {
+        uv_run(&fx->loop, UV_RUN_ONCE);
+        while (seen < b.n_rx) {
+            if (b.rx[seen].type == VD_FRAME_RAFT) {
+                uint64_t now = uv_hrtime() / 1000000u;
+                if (last) {
+                    uint64_t gap = now - last;
+                    max_gap = gap > max_gap ? gap : max_gap;
+                    sum_gap += gap;
+                    n_gap++;
+                }
+                last = now;
+            }
+            seen++;
+        }
+        assert_true(uv_hrtime() - t0 < 30000000000ull);
+    }
+    uv_timer_stop(&f.data);
+    uv_timer_stop(&f.hb);
+    struct vd_data_stats st;
+    vd_data_stats(db, &st);
+    size_t served_paused = (size_t)st.served;
+    size_t queued_end = vd_data_queued(da, 2);
+    print_message("data flood with paused workers: %u requests of %u KiB sent; heartbeats every "
+                  "%d ms: %llu gaps, max %llu ms, mean %llu ms (limit %d ms); sender queue peak "
+                  "%zu KiB, at the end %zu KiB; receiver held at most %llu KiB\n",
+                  f.sent, REQ >> 10, HB_MS, (unsigned long long)n_gap,
+                  (unsigned long long)max_gap,
+                  (unsigned long long)(n_gap ? sum_gap / n_gap : 0), ELECTION_MS / 4,
+                  f.queued_peak >> 10, queued_end >> 10, (unsigned long long)(st.held_max >> 10));
+    assert_true(n_gap >= 15);
+    assert_true(max_gap < ELECTION_MS / 4);
+    assert_int_equal(served_paused, 0);
+    /* backpressure: most of it waited at the sender, the receiver held no more than a window */
+    assert_true(queued_end > (size_t)16 << 20);
+    assert_true(st.held_max <= 2u * MAX_MSG + 4096);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i].calls, 0);
+
+    vd_data_pause_workers(db, false);
+    WAIT_FOR(fx, dres_count(res, N) == N, 30000);
+    for (int i = 0; i < N; i++) {
+        assert_dreply(&res[i], (uint32_t)i, REQ);
+        assert_int_equal(atomic_load(&sb.seen[i]), 1);
+    }
+    assert_int_equal(atomic_load(&sb.calls), N);
+    assert_int_equal(vd_data_queued(da, 2), 0);
+    uv_close((uv_handle_t *)&f.hb, NULL);
+    uv_close((uv_handle_t *)&f.data, NULL);
+    run_for(fx, 10);
+    data_stop(fx, da);
+    data_stop(fx, db);
+    node_stop(&a);
+    node_stop(&b);
+}
+
+/*
+ * Closing the data connection fails the requests it carried at once, long before their deadline;
+ * requests that had not left wait for a new connection instead.
+ */
+static void test_data_close_fails_inflight(void **state)
+{
+    struct fx *fx = *state;
+    loop_thread = uv_thread_self();
+    struct node a = {0}, b = {0};
+    two_nodes(fx, &a, &b, NULL);
+    static struct dserve sb;
+    memset(&sb, 0, sizeof(sb));
+    struct vd_data *da = data_start(fx, &a, NULL, 0, 0), *db = data_start(fx, &b, &sb, 0, 0);
+    vd_data_pause_workers(db, true);
+    static struct dres r[5];
+    memset(r, 0, sizeof(r));
+    uint64_t dl = vd_wall_ms() + 60000;
+    for (uint32_t i = 0; i < 5; i++)
+        assert_int_equal(dsend(da, 2, i, 100000, dl, &r[i], NULL), 0);
+    struct vd_data_stats st;
+    WAIT_FOR(fx, (vd_data_stats(db, &st), st.held_bytes >= 5 * 100000), 5000);
+    uint64_t t0 = vd_wall_ms();
+    data_stop(fx, db);
+    node_stop(&b);
+    WAIT_FOR(fx, dres_count(r, 5) == 5, 5000);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(r[i].calls, 1);
+        assert_int_equal(r[i].outcome, VD_DATA_CLOSED);
+        assert_true(r[i].at_ms - t0 < 2000);
+    }
+    assert_int_equal(atomic_load(&sb.calls), 0);
+
+    /* a node that is down: the request waits (redials) until its deadline */
+    static struct dres late;
+    memset(&late, 0, sizeof(late));
+    t0 = vd_wall_ms();
+    assert_int_equal(dsend(da, 2, 9, 10, t0 + 300, &late, NULL), 0);
+    WAIT_FOR(fx, late.calls == 1, 5000);
+    assert_int_equal(late.outcome, VD_DATA_TIMEOUT);
+    assert_true(late.at_ms >= t0 + 300 && late.at_ms < t0 + 2000);
+    data_stop(fx, da);
+    node_stop(&a);
+}
+
+/*
+ * Deadlines: a request that gets no reply in time (workers paused) fails with a timeout near its
+ * deadline; one that never got credit leaves the sender's queue and never reaches the handler;
+ * one that arrived but expired while waiting is not handled either. Requests with time left are
+ * served once the workers resume.
+ */
+static void test_data_deadline(void **state)
+{
+    struct fx *fx = *state;
+    loop_thread = uv_thread_self();
+    struct node a = {0}, b = {0};
+    two_nodes(fx, &a, &b, NULL);
+    static struct dserve sb;
+    memset(&sb, 0, sizeof(sb));
+    enum { MAX_MSG = 1 << 20 };
+    struct vd_data *da = data_start(fx, &a, NULL, MAX_MSG, 1), *db = data_start(fx, &b, &sb, MAX_MSG, 1);
+    vd_data_pause_workers(db, true);
+    static struct dres r[4];
+    memset(r, 0, sizeof(r));
+    uint64_t t0 = vd_wall_ms();
+    /* 0 and 1 fill the 2 MiB window; 2 gets no credit; 0 and 2 expire, 1 and 3 do not */
+    assert_int_equal(dsend(da, 2, 0, MAX_MSG, t0 + 300, &r[0], NULL), 0);
+    assert_int_equal(dsend(da, 2, 1, MAX_MSG - 64, t0 + 60000, &r[1], NULL), 0);
+    size_t q = 0;
+    assert_int_equal(dsend(da, 2, 2, 1000, t0 + 300, &r[2], &q), 0);
+    assert_int_equal(dsend(da, 2, 3, 1000, t0 + 60000, &r[3], NULL), 0);
+    WAIT_FOR(fx, r[0].calls && r[2].calls, 5000);
+    assert_true(q >= 1000);
+    for (int i = 0; i < 3; i += 2) {
+        assert_int_equal(r[i].outcome, VD_DATA_TIMEOUT);
+        assert_true(r[i].at_ms >= t0 + 300 && r[i].at_ms < t0 + 2000);
+    }
+    assert_int_equal(r[1].calls + r[3].calls, 0);
+    vd_data_pause_workers(db, false);
+    WAIT_FOR(fx, r[1].calls && r[3].calls, 10000);
+    assert_dreply(&r[1], 1, MAX_MSG - 64);
+    assert_dreply(&r[3], 3, 1000);
+    assert_int_equal(atomic_load(&sb.seen[0]) + atomic_load(&sb.seen[2]), 0);
+    assert_int_equal(atomic_load(&sb.calls), 2);
+    run_for(fx, 50);
+    assert_int_equal(r[0].calls + r[2].calls, 2); /* the expired one's late answer is ignored */
+    data_stop(fx, da);
+    data_stop(fx, db);
+    node_stop(&a);
+    node_stop(&b);
+}
+
+/* One data chunk from a raw peer: header fields as given, payload bytes of value 7. */
+static void rawp_chunk(struct rawp *p, uint8_t type, uint64_t hlc, uint64_t id, uint32_t seq,
+                       bool last, uint32_t total, size_t payload)
+{
+    uint8_t c[64];
+    uint64_t w[3] = {1, 2, vd_wall_ms() + 60000};
+    size_t h = vd__chunk_header(id, seq, last, total, w, c);
+    assert_true(h + payload <= sizeof(c));
+    memset(c + h, 7, payload);
+    rawp_send(p, type, hlc, c, h + payload);
+}
+
+/* Reads frames until one of type `type` (credit grants are skipped); returns its body length. */
+static size_t rawp_expect(struct fx *fx, struct rawp *p, uint8_t type, uint8_t *body)
+{
+    size_t len;
+    uint8_t got;
+    while ((got = rawp_next(fx, p, body, &len)) == VD_FRAME_CREDIT)
+        ;
+    assert_int_equal(got, type);
+    return len;
+}
+
+/*
+ * A raw peer on a data connection: a request within the clock offset is served and answered; one
+ * stamped too far ahead is answered VD_FRAME_SKEW and never handled, and its credit comes back;
+ * malformed chunk sequences close the connection (with a log line naming the fault, rate-limited
+ * per address), and the node serves the next connection.
+ */
+static void test_data_raw_peer(void **state)
+{
+    struct fx *fx = *state;
+    loop_thread = uv_thread_self();
+    struct node b = {0};
+    node_start(fx, &b, 2, NULL);
+    static struct dserve sb;
+    memset(&sb, 0, sizeof(sb));
+    struct vd_data *db = data_start(fx, &b, &sb, 1000, 0);
+    struct rawp p;
+    rawp_open_chan(fx, &p, b.port, 7, 1);
+    uint8_t body[512];
+    size_t len = rawp_next(fx, &p, body, &len) == VD_FRAME_CREDIT ? len : 0;
+    assert_int_equal(len, VD_FRAME_HLC + VD_DATA_CREDIT_LEN);
+
+    rawp_chunk(&p, VD_FRAME_DATA_REQ, vd_hlc_now(), 5, 0, true, 10, 10);
+    len = rawp_expect(fx, &p, VD_FRAME_DATA_REPLY, body);
+    assert_int_equal(vd_be64_get(body + VD_FRAME_HLC), 5);
+    assert_int_equal(atomic_load(&sb.calls), 1);
+
+    /* skew: refused, not handled; a credit grant follows (its bytes are back) */
+    uint64_t far = VD_HLC_MAKE(vd_wall_ms() + 5000, 1);
+    rawp_chunk(&p, VD_FRAME_DATA_REQ, far, 6, 0, true, 10, 10);
+    len = rawp_expect(fx, &p, VD_FRAME_SKEW, body);
+    assert_int_equal(len, VD_FRAME_HLC + VD_FRAME_SKEW_LEN);
+    assert_int_equal(body[VD_FRAME_HLC], VD_FRAME_DATA_REQ);
+    assert_int_equal(vd_be64_get(body + VD_FRAME_HLC + 1), 6);
+    assert_int_equal(rawp_next(fx, &p, body, &len), VD_FRAME_CREDIT);
+    rawp_chunk(&p, VD_FRAME_DATA_REQ, vd_hlc_now(), 8, 0, true, 0, 0);
+    rawp_expect(fx, &p, VD_FRAME_DATA_REPLY, body);
+    assert_int_equal(atomic_load(&sb.calls), 2);
+    close(p.fd);
+
+    struct {
+        const char *why;
+        uint64_t id[2];
+        uint32_t seq[2];
+        bool last[2];
+        uint32_t total[2];
+        size_t payload[2];
+        int n;
+    } bad[] = {
+        {"without its chunk 0", {1}, {3}, {true}, {0}, {4}, 1},
+        {"over the limit", {1}, {0}, {true}, {1001}, {0}, 1},
+        {"was expected", {1, 2}, {0, 0}, {false, true}, {10, 5}, {5, 5}, 2},
+        {"longer than the", {1, 1}, {0, 1}, {false, true}, {6, 6}, {5, 5}, 2},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        rawp_open_chan(fx, &p, b.port, 10 + i, 1);
+        rawp_next(fx, &p, body, &len);
+        struct capture cap;
+        capture_start(&cap);
+        for (int k = 0; k < bad[i].n; k++)
+            rawp_chunk(&p, VD_FRAME_DATA_REQ, vd_hlc_now(), bad[i].id[k], bad[i].seq[k],
+                       bad[i].last[k], bad[i].total[k], bad[i].payload[k]);
+        WAIT_FOR(fx, raw_closed(p.fd), 5000);
+        /* refusals are logged once a minute per address: the first names its fault, the
+         * others only close (the reassembler's own test checks each fault's message) */
+        const char *words[] = {"refused", bad[i].why};
+        assert_int_equal(capture_stop(&cap, words, 2), i == 0);
+        close(p.fd);
+    }
+    /* a control frame type on a data connection is refused too */
+    rawp_open_chan(fx, &p, b.port, 20, 1);
+    rawp_send(&p, VD_FRAME_RAFT, vd_hlc_now(), "x", 1);
+    WAIT_FOR(fx, raw_closed(p.fd), 5000);
+    close(p.fd);
+    /* and still serves */
+    rawp_open_chan(fx, &p, b.port, 21, 1);
+    rawp_chunk(&p, VD_FRAME_DATA_REQ, vd_hlc_now(), 5, 0, true, 4, 4);
+    rawp_expect(fx, &p, VD_FRAME_DATA_REPLY, body);
+    close(p.fd);
+    data_stop(fx, db);
+    node_stop(&b);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -1383,6 +1988,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_other_version, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_close_pending, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_start_errors, fx_setup, fx_teardown),
+        cmocka_unit_test(test_chunk_reasm),
+        cmocka_unit_test_setup_teardown(test_data_roundtrip, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_data_pause_no_starvation, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_data_close_fails_inflight, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_data_deadline, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_data_raw_peer, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
