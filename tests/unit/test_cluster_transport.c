@@ -1765,6 +1765,20 @@ static void test_data_pause_no_starvation(void **state)
     node_stop(&b);
 }
 
+/* Two nodes (1 = a, 2 = b) with a vd_data each, b serving into *sb (cleared), b's workers
+ * paused: the start of every test of what happens while a replica does not keep up. */
+static void paused_pair(struct fx *fx, struct node *a, struct node *b, struct dserve *sb,
+                        uint32_t max_message, uint32_t window, struct vd_data **da,
+                        struct vd_data **db)
+{
+    loop_thread = uv_thread_self();
+    two_nodes(fx, a, b, NULL);
+    memset(sb, 0, sizeof(*sb));
+    *da = data_start(fx, a, NULL, max_message, window);
+    *db = data_start(fx, b, sb, max_message, window);
+    vd_data_pause_workers(*db, true);
+}
+
 /*
  * Closing the data connection fails the requests it carried at once, long before their deadline;
  * requests that had not left wait for a new connection instead.
@@ -1772,13 +1786,10 @@ static void test_data_pause_no_starvation(void **state)
 static void test_data_close_fails_inflight(void **state)
 {
     struct fx *fx = *state;
-    loop_thread = uv_thread_self();
     struct node a = {0}, b = {0};
-    two_nodes(fx, &a, &b, NULL);
     static struct dserve sb;
-    memset(&sb, 0, sizeof(sb));
-    struct vd_data *da = data_start(fx, &a, NULL, 0, 0), *db = data_start(fx, &b, &sb, 0, 0);
-    vd_data_pause_workers(db, true);
+    struct vd_data *da, *db;
+    paused_pair(fx, &a, &b, &sb, 0, 0, &da, &db);
     static struct dres r[5];
     memset(r, 0, sizeof(r));
     uint64_t dl = vd_wall_ms() + 60000;
@@ -1818,14 +1829,11 @@ static void test_data_close_fails_inflight(void **state)
 static void test_data_deadline(void **state)
 {
     struct fx *fx = *state;
-    loop_thread = uv_thread_self();
     struct node a = {0}, b = {0};
-    two_nodes(fx, &a, &b, NULL);
     static struct dserve sb;
-    memset(&sb, 0, sizeof(sb));
     enum { MAX_MSG = 1 << 20 };
-    struct vd_data *da = data_start(fx, &a, NULL, MAX_MSG, 1), *db = data_start(fx, &b, &sb, MAX_MSG, 1);
-    vd_data_pause_workers(db, true);
+    struct vd_data *da, *db;
+    paused_pair(fx, &a, &b, &sb, MAX_MSG, 1, &da, &db);
     static struct dres r[4];
     memset(r, 0, sizeof(r));
     uint64_t t0 = vd_wall_ms();
