@@ -14,6 +14,21 @@
 
 #include "vectord/core.h"
 
+/* Scalar int8 quantization, as Qdrant's "scalar" quantization of type int8: every value is
+ * clipped to one range [lo, hi] shared by all dimensions, holding the `quantile` share of the
+ * values seen when training, and mapped to 256 levels. The graph is walked on these codes (a
+ * quarter of the float bytes) and the best candidates are rescored with the float vectors. */
+struct vd_index_quant {
+    bool enabled;
+    float quantile;  /* 0.5..1; 0 = 0.99 */
+    bool always_ram; /* kept and reported; both values keep the float vectors in memory */
+};
+
+/* Points needed before the range is trained; below that (and until the first training) the graph
+ * is walked on the float vectors. The range is trained again, and every code rewritten, when the
+ * index has grown to 4 times the points it was last trained on. */
+#define VD_INDEX_QUANT_TRAIN_MIN 1024
+
 struct vd_index_params {
     uint32_t dim;
     enum vd_metric metric;
@@ -23,6 +38,7 @@ struct vd_index_params {
      * switch to exact automatically; vd_index_params_init() fills Qdrant's default, 10000. */
     uint32_t full_scan_threshold_kb;
     uint64_t seed;                   /* levels are drawn from this seed */
+    struct vd_index_quant quant;     /* disabled by default */
 };
 
 /* Fills p with the defaults above for a dim-dimensional index of the given metric. */
@@ -89,6 +105,15 @@ struct vd_search_req {
      * list is read only during the call and stays owned by the caller. */
     const struct vd_pid *candidates;
     uint32_t n_candidates;
+    /* Quantized indexes only (Qdrant's params.quantization). The graph walk uses the int8 codes
+     * unless quant_ignore; then, unless quant_no_rescore (scores are then the codes' estimate),
+     * candidates are rescored with the float vectors: the best ceil(k * oversampling) when
+     * oversampling is set (ef is raised to at least that many), else every candidate of the
+     * beam (ef of them). Exact scans, candidate lists and the unlinked tail always score the
+     * float vectors. */
+    bool quant_ignore;
+    bool quant_no_rescore;
+    float oversampling; /* >= 1, or 0 = rescore the whole beam */
 };
 
 struct vd_search_hit {
@@ -110,14 +135,30 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
  * and the links around it repaired). Points that were still pending when saved come back pending.
  * vd_index_load returns VD_ENOTFOUND (no file), VD_ECORRUPT (truncated, bad checksum, or params
  * that do not match p: dim, metric, m), VD_EIO, VD_ENOMEM or a fetch error; the caller rebuilds.
- * Saving blocks searches and linking for the time it takes to serialise the graph. */
+ * Saving blocks searches and linking for the time it takes to serialise the graph. A quantized
+ * index also saves its trained range; load quantizes the fetched vectors with it when p asks for
+ * quantization (the codes themselves are not in the file, as the vectors are not). */
 typedef int (*vd_index_fetch_fn)(const struct vd_pid *id, float *out, void *ctx);
 int vd_index_save(struct vd_index *ix, const char *path);
 int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fetch_fn fetch,
                   void *ctx, struct vd_index **out);
 
-/* Bytes held by the index (vectors, links, id map, search contexts). */
+/* Bytes held by the index (vectors, codes, links, id map, search contexts). */
 size_t vd_index_memory(const struct vd_index *ix);
+/* Bytes of vector data held in memory: the float vectors plus, when quantized, the codes. */
+size_t vd_index_vector_memory(const struct vd_index *ix);
+
+/* Changes the quantization of a live index (PATCH of a collection): enabling it allocates the
+ * codes and, when the index holds at least VD_INDEX_QUANT_TRAIN_MIN points, trains the range and
+ * quantizes every stored point before returning; disabling it frees the codes; a new quantile
+ * retrains. Blocks searches and linking for the time it takes (a pass over the vectors).
+ * Returns 0, VD_ERANGE (quantile outside 0.5..1) or VD_ENOMEM (the index is left unquantized). */
+int vd_index_set_quant(struct vd_index *ix, const struct vd_index_quant *q);
+/* Whether the graph is currently walked on codes (quantization enabled and trained). */
+bool vd_index_quant_ready(const struct vd_index *ix);
+
+/* Name of the code kernel set chosen at start ("avx512vnni", "avx512bw", "avx2" or "scalar"). */
+const char *vd_index_code_kernel_name(void);
 
 /* Name of the distance kernel set chosen at start ("avx512", "avx2" or "scalar"). Static. */
 const char *vd_index_kernel_name(void);

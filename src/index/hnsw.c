@@ -204,6 +204,7 @@ static void ctx_free(struct vd__sctx *c)
     free(c->top);
     free(c->tmp);
     free(c->ids);
+    free(c->qcode);
     free(c);
 }
 
@@ -297,9 +298,34 @@ static inline void prefetch_vec(const struct vd_index *ix, const float *v)
         __builtin_prefetch(p + 64 * i);
 }
 
+/* Prefetches what the distance to slot v reads: its code row when walking on codes (qc set),
+ * else its vector. */
+static inline void prefetch_node(const struct vd_index *ix, const struct vd__tabs *t,
+                                 const uint8_t *qc, uint32_t v)
+{
+    if (!qc) {
+        prefetch_vec(ix, vec_of(ix, t, v));
+        return;
+    }
+    const char *p = (const char *)vd__code(ix, t, v);
+    size_t lines = ix->code_size / 64;
+    if (lines > PREFETCH_LINES)
+        lines = PREFETCH_LINES;
+    for (size_t i = 0; i < lines; i++)
+        __builtin_prefetch(p + 64 * i);
+}
+
+/* Distance from the query to slot v: on codes when qc (the query's code row) is given. */
+static inline float node_dist(const struct vd_index *ix, const struct vd__tabs *t, const float *q,
+                              const uint8_t *qc, uint32_t v)
+{
+    return qc ? vd__code_dist(ix, qc, vd__code(ix, t, v)) : dist(ix, q, vec_of(ix, t, v));
+}
+
 /* Greedy walk on upper layer l (paper, Alg. 5 with ef = 1): returns the closest node found. */
 static uint32_t greedy_layer(struct vd_index *ix, struct vd__sctx *c, const struct vd__tabs **tp,
-                             const float *q, uint32_t cur, float *curd, uint32_t l)
+                             const float *q, const uint8_t *qc, uint32_t cur, float *curd,
+                             uint32_t l)
 {
     bool changed = true;
     while (changed) {
@@ -312,7 +338,7 @@ static uint32_t greedy_layer(struct vd_index *ix, struct vd__sctx *c, const stru
             uint32_t v = atomic_load_explicit(&ll[j], memory_order_acquire);
             if (v >= c->lim && !refresh_tabs(ix, c, tp, v))
                 continue;
-            float d = dist(ix, q, vec_of(ix, *tp, v));
+            float d = node_dist(ix, *tp, q, qc, v);
             if (d < *curd) {
                 *curd = d;
                 cur = v;
@@ -331,8 +357,8 @@ static uint32_t greedy_layer(struct vd_index *ix, struct vd__sctx *c, const stru
  * graph is exhausted.
  */
 static void search_layer(struct vd_index *ix, struct vd__sctx *c, const struct vd__tabs **tp,
-                         const float *q, uint32_t ep, float epd, uint32_t ef, uint32_t l,
-                         vd_index_filter_fn filter, void *fctx, bool filtering)
+                         const float *q, const uint8_t *qc, uint32_t ep, float epd, uint32_t ef,
+                         uint32_t l, vd_index_filter_fn filter, void *fctx, bool filtering)
 {
     const struct vd__tabs *t = *tp;
     ctx_new_epoch(c);
@@ -375,14 +401,14 @@ static void search_layer(struct vd_index *ix, struct vd__sctx *c, const struct v
             todo[k++] = v;
         }
         if (k)
-            prefetch_vec(ix, vec_of(ix, t, todo[0]));
+            prefetch_node(ix, t, qc, todo[0]);
         /* Pass 2: distances, each vector fetched while the previous one is being summed. */
         for (uint32_t i = 0; i < k; i++) {
             uint32_t v = todo[i];
             if (i + 1 < k)
-                prefetch_vec(ix, vec_of(ix, t, todo[i + 1]));
+                prefetch_node(ix, t, qc, todo[i + 1]);
             const uint8_t *vb = vd__blk(ix, t, v);
-            float d = dist(ix, q, (const float *)vb);
+            float d = qc ? vd__code_dist(ix, qc, vd__code(ix, t, v)) : dist(ix, q, (const float *)vb);
             if (c->ntop < ef || d < lower) {
                 if (c->ncand + 1 >= c->cand_cap && grow_cands(&c->cand, &c->cand_cap, c->ncand + 2))
                     continue;
@@ -531,10 +557,10 @@ static int link_one(struct vd_index *ix, struct vd__sctx *c, uint32_t s)
     uint32_t cur = (uint32_t)epv;
     float curd = dist(ix, q, vec_of(ix, t, cur));
     for (uint32_t l = maxl; l > level; l--)
-        cur = greedy_layer(ix, c, &t, q, cur, &curd, l);
+        cur = greedy_layer(ix, c, &t, q, NULL, cur, &curd, l);
 
     for (int l = (int)(level < maxl ? level : maxl); l >= 0; l--) {
-        search_layer(ix, c, &t, q, cur, curd, ix->p.ef_construct, (uint32_t)l, NULL, NULL,
+        search_layer(ix, c, &t, q, NULL, cur, curd, ix->p.ef_construct, (uint32_t)l, NULL, NULL,
                      atomic_load_explicit(&ix->tomb, memory_order_relaxed) > 0);
         uint32_t n = drain_sorted(c);
         /* never link to ourselves (s can be reached while LINKING through a racing linker) */
@@ -755,9 +781,11 @@ static int tabs_grow(struct vd_index *ix)
         return VD_ENOMEM;
     nt->blk = calloc(cap, sizeof(*nt->blk));
     nt->meta = calloc(cap, sizeof(*nt->meta));
-    if (!nt->blk || !nt->meta) {
+    nt->code = calloc(cap, sizeof(*nt->code));
+    if (!nt->blk || !nt->meta || !nt->code) {
         free(nt->blk);
         free(nt->meta);
+        free(nt->code);
         free(nt);
         return VD_ENOMEM;
     }
@@ -765,6 +793,7 @@ static int tabs_grow(struct vd_index *ix)
     if (old) {
         memcpy(nt->blk, old->blk, old->cap * sizeof(*nt->blk));
         memcpy(nt->meta, old->meta, old->cap * sizeof(*nt->meta));
+        memcpy(nt->code, old->code, old->cap * sizeof(*nt->code));
     }
     nt->prev = old;
     atomic_store_explicit(&ix->tabs, nt, memory_order_release);
@@ -788,11 +817,17 @@ int vd__index_alloc_slot(struct vd_index *ix, uint32_t *out)
         size_t bytes = ((size_t)1 << ix->chunk_shift) * ix->slot_size;
         uint8_t *b = aligned_alloc(64, bytes);
         struct vd__meta *m = calloc((size_t)1 << ix->chunk_shift, sizeof(*m));
-        if (!b || !m) {
+        size_t cbytes = ((size_t)1 << ix->chunk_shift) * ix->code_size;
+        uint8_t *cc = ix->q.enabled ? aligned_alloc(64, cbytes) : NULL;
+        if (!b || !m || (ix->q.enabled && !cc)) {
             free(b);
             free(m);
+            free(cc);
             return VD_ENOMEM;
         }
+        if (cc)
+            memset(cc, 0, cbytes);
+        t->code[ix->nchunks] = cc;
         memset(b, 0, bytes);
         for (uint32_t i = 0; i < (1u << ix->chunk_shift); i++) {
             atomic_flag_clear(&m[i].lock);
@@ -977,6 +1012,9 @@ int vd_index_new(const struct vd_index_params *p, struct vd_index **out)
     uint32_t m = p->m ? p->m : 16;
     if (m < 2 || m > 128)
         return VD_ERANGE;
+    if (p->quant.enabled && p->quant.quantile != 0.0f &&
+        !(p->quant.quantile >= 0.5f && p->quant.quantile <= 1.0f))
+        return VD_ERANGE;
     struct vd_index *ix = calloc(1, sizeof(*ix));
     if (!ix)
         return VD_ENOMEM;
@@ -988,6 +1026,10 @@ int vd_index_new(const struct vd_index_params *p, struct vd_index **out)
     ix->m0 = 2 * m;
     ix->ml = 1.0 / log((double)m);
     ix->k = vd__index_kernels();
+    ix->ck = vd__index_code_kernels();
+    ix->q = p->quant;
+    ix->code_size = (16 + (size_t)p->dim + 63) / 64 * 64;
+    atomic_flag_clear(&ix->qtraining);
     ix->raw = p->metric == VD_METRIC_EUCLID ? ix->k->l2
               : p->metric == VD_METRIC_MANHATTAN ? ix->k->l1 : ix->k->dot;
     ix->negate = p->metric == VD_METRIC_COSINE || p->metric == VD_METRIC_DOT;
@@ -1036,11 +1078,13 @@ void vd_index_free(struct vd_index *ix)
     for (uint32_t c = 0; c < ix->nchunks; c++) {
         free(t->blk[c]);
         free(t->meta[c]);
+        free(t->code[c]);
     }
     while (t) {
         struct vd__tabs *prev = t->prev;
         free(t->blk);
         free(t->meta);
+        free(t->code);
         free(t);
         t = prev;
     }
@@ -1111,6 +1155,8 @@ int vd_index_upsert(struct vd_index *ix, const struct vd_pid *id, const float *v
     uint8_t *b = vd__blk(ix, t, s);
     struct vd__meta *mt = vd__meta(ix, t, s);
     memcpy(b, vec, ix->vec_bytes);
+    if (atomic_load_explicit(&ix->qready, memory_order_relaxed))
+        vd__quant_encode(ix, vec, vd__code(ix, t, s));
     atomic_store_explicit(&vd__l0(ix, b)[0], 0, memory_order_relaxed);
     mt->id = *id;
     mt->level = 0;
@@ -1152,10 +1198,25 @@ int vd_index_delete(struct vd_index *ix, const struct vd_pid *id, uint64_t seq)
     return found ? 0 : VD_ENOTFOUND;
 }
 
+/* Whether the quantization range should be (re)trained: enough points and none trained yet, or
+ * the index has grown fourfold since. */
+static bool train_due(struct vd_index *ix)
+{
+    pthread_mutex_lock(&ix->mu);
+    size_t live = atomic_load_explicit(&ix->live, memory_order_relaxed);
+    bool due = ix->q.enabled && live >= VD_INDEX_QUANT_TRAIN_MIN &&
+               (!atomic_load_explicit(&ix->qready, memory_order_relaxed) ||
+                live >= 4 * ix->qtrained_n);
+    pthread_mutex_unlock(&ix->mu);
+    return due;
+}
+
 size_t vd_index_link_pending(struct vd_index *ix, size_t max)
 {
     if (repair_due(ix))
         vd__index_repair(ix, false);
+    if (train_due(ix))
+        (void)vd__quant_train(ix); /* out of memory: the walk stays on floats; retried later */
     size_t done = 0;
     while (done < max) {
         pthread_rwlock_rdlock(&ix->gate);
@@ -1367,6 +1428,28 @@ static int candidate_scan(struct vd_index *ix, struct vd__sctx *c, const struct 
     return 0;
 }
 
+/* Keeps the best n of c->top (scored on codes, or exactly for the unlinked tail) and scores them
+ * again with the float vectors: the order the caller sees is the exact one among them. t covers
+ * every slot in c->top. Returns 0 or VD_ENOMEM (growing the pooled scratch). */
+static int rescore_top(struct vd_index *ix, struct vd__sctx *c, const struct vd__tabs *t,
+                       const float *q, uint32_t n)
+{
+    while (c->ntop > n)
+        maxheap_pop(c->top, &c->ntop);
+    n = c->ntop;
+    if (grow_cands(&c->tmp, &c->tmp_cap, n + 1))
+        return VD_ENOMEM;
+    memcpy(c->tmp, c->top, (size_t)n * sizeof(*c->tmp));
+    c->ntop = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t s = c->tmp[i].id;
+        if (i + 1 < n)
+            prefetch_vec(ix, vec_of(ix, t, c->tmp[i + 1].id));
+        maxheap_push(c->top, &c->ntop, (struct vd__cand){dist(ix, q, vec_of(ix, t, s)), s});
+    }
+    return 0;
+}
+
 int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct vd_search_hit *out,
                     uint32_t *n_out)
 {
@@ -1379,6 +1462,20 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
     if (ef < r->k)
         ef = r->k;
     pthread_rwlock_rdlock(&ix->gate);
+    /* Walk on codes. Rescored: ceil(k * oversampling) candidates when asked (ef covers them),
+     * else the whole beam, whose float distances cost a small share of the walk's and bring the
+     * recall back to the float walk's at the same ef. */
+    bool qz = !r->quant_ignore && atomic_load_explicit(&ix->qready, memory_order_acquire);
+    bool rescore = qz && !r->quant_no_rescore;
+    uint32_t nres = ef;
+    if (rescore && r->oversampling > 0.0f) {
+        double want = ceil((double)r->k * r->oversampling);
+        nres = want >= 100000.0 ? 100000 : (uint32_t)want;
+        if (nres < r->k)
+            nres = r->k;
+        if (ef < nres)
+            ef = nres;
+    }
     /* entry point first: the table loaded after it covers its slot */
     uint64_t epv = atomic_load_explicit(&ix->ep, memory_order_acquire);
     const struct vd__tabs *t = tabs_get(ix);
@@ -1403,12 +1500,23 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
     } else if (exact) {
         exact_scan(ix, c, t, r->query, r->k, r->filter, r->filter_ctx);
     } else {
+        const uint8_t *qc = NULL;
+        if (qz) {
+            if (!c->qcode && !(c->qcode = aligned_alloc(64, ix->code_size))) {
+                ctx_put(ix, c);
+                pthread_rwlock_unlock(&ix->gate);
+                return VD_ENOMEM;
+            }
+            vd__quant_encode(ix, r->query, c->qcode);
+            qc = c->qcode;
+        }
         uint32_t cur = (uint32_t)epv;
-        float curd = dist(ix, r->query, vec_of(ix, t, cur));
+        float curd = node_dist(ix, t, r->query, qc, cur);
         for (uint32_t l = (uint32_t)(epv >> 32); l > 0; l--)
-            cur = greedy_layer(ix, c, &t, r->query, cur, &curd, l);
+            cur = greedy_layer(ix, c, &t, r->query, qc, cur, &curd, l);
         bool filtering = r->filter || atomic_load_explicit(&ix->tomb, memory_order_relaxed) > 0;
-        search_layer(ix, c, &t, r->query, cur, curd, ef, 0, r->filter, r->filter_ctx, filtering);
+        search_layer(ix, c, &t, r->query, qc, cur, curd, ef, 0, r->filter, r->filter_ctx,
+                     filtering);
         /* The unlinked tail, exactly. The counter is read first so that searches do not all
          * take mu when nothing is pending; an upsert that returned before this search began
          * has already raised it. */
@@ -1439,6 +1547,11 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
         }
         if (tail)
             pthread_mutex_unlock(&ix->mu);
+        if (rescore && rescore_top(ix, c, t, r->query, nres)) {
+            ctx_put(ix, c);
+            pthread_rwlock_unlock(&ix->gate);
+            return VD_ENOMEM;
+        }
     }
     while (c->ntop > keep)
         maxheap_pop(c->top, &c->ntop);
@@ -1464,13 +1577,31 @@ size_t vd_index_memory(const struct vd_index *ix)
     for (const struct vd__tabs *x = t; x; x = x->prev)
         b += sizeof(*x) + x->cap * (sizeof(*x->blk) + sizeof(*x->meta));
     b += atomic_load_explicit(&mix->upper_bytes, memory_order_relaxed);
+    for (uint32_t c = 0; c < ix->nchunks; c++)
+        b += t->code[c] ? chunk_slots * ix->code_size : 0;
+    for (const struct vd__tabs *x = t; x; x = x->prev)
+        b += x->cap * sizeof(*x->code);
     b += (ix->free_cap + ix->pend_cap + ix->todo_cap + ix->map_cap) * sizeof(uint32_t);
     pthread_mutex_unlock(&mix->mu);
     pthread_mutex_lock(&mix->pool_mu);
     for (size_t i = 0; i < ix->npool; i++) {
         const struct vd__sctx *c = ix->pool[i];
-        b += sizeof(*c) + c->tag_cap * 2 + (c->cand_cap + c->top_cap + c->tmp_cap) * 8 + c->ids_cap * 4;
+        b += sizeof(*c) + c->tag_cap * 2 + (c->cand_cap + c->top_cap + c->tmp_cap) * 8 + c->ids_cap * 4 +
+             (c->qcode ? ix->code_size : 0);
     }
     pthread_mutex_unlock(&mix->pool_mu);
+    return b;
+}
+
+size_t vd_index_vector_memory(const struct vd_index *ix)
+{
+    struct vd_index *mix = (struct vd_index *)ix;
+    pthread_mutex_lock(&mix->mu);
+    const struct vd__tabs *t = tabs_get(ix);
+    size_t chunk_slots = (size_t)1 << ix->chunk_shift;
+    size_t b = ix->nchunks * chunk_slots * ix->vec_bytes;
+    for (uint32_t c = 0; c < ix->nchunks; c++)
+        b += t->code[c] ? chunk_slots * ix->code_size : 0;
+    pthread_mutex_unlock(&mix->mu);
     return b;
 }

@@ -46,6 +46,7 @@ struct vd__tabs {
     uint32_t cap;             /* entries in blk and meta */
     uint8_t **blk;
     struct vd__meta **meta;
+    uint8_t **code;           /* int8 code chunks (NULL entries when not quantized) */
     struct vd__tabs *prev;    /* older, smaller table; freed with the index */
 };
 
@@ -68,6 +69,7 @@ struct vd__sctx {
     uint32_t tmp_cap;
     uint32_t *ids;
     uint32_t ids_cap;
+    uint8_t *qcode; /* the query's code row (quantized indexes), code_size bytes */
 };
 
 struct vd_index {
@@ -107,7 +109,26 @@ struct vd_index {
     pthread_mutex_t pool_mu;
     struct vd__sctx **pool;
     size_t npool, pool_cap, nctx;
+
+    /* int8 quantization. A code row per slot, in chunks parallel to the blocks:
+     *     [sum of codes u32][pad u32][sum of squared codes u64][dim codes]  (padded to 64)
+     * so that dot products and squared distances of codes need one integer kernel each.
+     * q, the range and the codes change only with gate held exclusively and mu held (upserts
+     * encode their own row under mu); searches read them under gate shared once qready. */
+    struct vd_index_quant q;
+    const struct vd__code_kernels *ck;
+    size_t code_size;
+    _Atomic bool qready;    /* range trained and every slot's row written */
+    float qlo, qalpha;      /* value = qlo + qalpha * code */
+    float qc0, qc1, qc2;    /* dim * lo^2, lo * alpha, alpha^2 */
+    size_t qtrained_n;      /* live points when last trained */
+    atomic_flag qtraining;  /* one training at a time */
 };
+
+static inline uint8_t *vd__code(const struct vd_index *ix, const struct vd__tabs *t, uint32_t s)
+{
+    return t->code[s >> ix->chunk_shift] + (size_t)(s & ix->chunk_mask) * ix->code_size;
+}
 
 static inline uint8_t *vd__blk(const struct vd_index *ix, const struct vd__tabs *t, uint32_t s)
 {
@@ -133,6 +154,42 @@ int vd__index_alloc_slot(struct vd_index *ix, uint32_t *out);
 int vd__index_map_put(struct vd_index *ix, uint32_t slot); /* VD_EEXIST on a duplicate id */
 int vd__index_pend_push(struct vd_index *ix, uint32_t slot);
 int vd__index_free_push(struct vd_index *ix, uint32_t slot);
+/* Quantization helpers (quant.c). */
+/* Allocates the code chunk of every slot chunk that lacks one (mu held, or no concurrency). */
+int vd__quant_alloc_chunks(struct vd_index *ix);
+/* Writes the code row of v with the current range. */
+void vd__quant_encode(const struct vd_index *ix, const float *v, uint8_t *row);
+/* Sets the range (value = lo + alpha * code, alpha > 0) and writes every slot's code row, then
+ * publishes qready. gate exclusive and mu held. */
+void vd__quant_apply_range(struct vd_index *ix, float lo, float alpha);
+/* Trains the range from a sample of the stored vectors and quantizes every slot; takes gate and
+ * mu itself. Returns 0, VD_EBUSY (another training runs) or VD_ENOMEM. */
+int vd__quant_train(struct vd_index *ix);
+/* Distance of two code rows, in the index's internal units (as dist()). */
+static inline float vd__code_dist(const struct vd_index *ix, const uint8_t *a, const uint8_t *b)
+{
+    uint32_t dim = ix->p.dim;
+    uint32_t sa, sb;
+    uint64_t qa, qb;
+    switch (ix->p.metric) {
+    case VD_METRIC_COSINE:
+    case VD_METRIC_DOT: {
+        __builtin_memcpy(&sa, a, 4);
+        __builtin_memcpy(&sb, b, 4);
+        float d = (float)ix->ck->dot(a + 16, b + 16, dim);
+        return -(ix->qc0 + ix->qc1 * (float)(sa + sb) + ix->qc2 * d);
+    }
+    case VD_METRIC_EUCLID: {
+        __builtin_memcpy(&qa, a + 8, 8);
+        __builtin_memcpy(&qb, b + 8, 8);
+        int64_t d = (int64_t)(qa + qb) - 2 * (int64_t)ix->ck->dot(a + 16, b + 16, dim);
+        return ix->qc2 * (float)d;
+    }
+    default:
+        return ix->qalpha * (float)ix->ck->l1(a + 16, b + 16, dim);
+    }
+}
+
 /* Repairs links around deleted slots and frees them; takes gate and mu itself. force ignores
  * the threshold. */
 void vd__index_repair(struct vd_index *ix, bool force);

@@ -8,6 +8,8 @@
  *           kinds 1..3: u8 key length, key (vd_pid_encode); kinds 1 and 3: u8 level, then for
  *           each layer 0..level: u32 count, count x u32 links
  *   trailer u64 total length of everything before it, u32 CRC-32C of everything before it
+ * Version 2 (written only by a quantized index whose range is trained) adds, right after the
+ * header, f32 lo, f32 alpha of the int8 range (value = lo + alpha * code); the codes are made again from the fetched vectors.
  * Vectors are not stored: storage has them, and asking it for them (fetch) keeps one source of
  * truth and the file about 1/10 of the vector bytes. Deleted-but-linked slots keep their links so
  * the graph stays connected; load repairs around them at once.
@@ -15,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +28,7 @@
 
 #define MAGIC "VDHNSW\0\1"
 #define VERSION 1u
+#define VERSION_QUANT 2u
 #define HDR_LEN 48
 
 enum { K_FREE = 0, K_LINKED = 1, K_PENDING = 2, K_TOMB = 3 };
@@ -106,8 +110,9 @@ int vd_index_save(struct vd_index *ix, const char *path)
     const struct vd__tabs *t = atomic_load(&ix->tabs);
     uint32_t n = atomic_load(&ix->nslots);
     uint64_t epv = atomic_load(&ix->ep);
+    bool quant = ix->q.enabled && atomic_load(&ix->qready);
     put(&w, MAGIC, 8);
-    put_u32(&w, VERSION);
+    put_u32(&w, quant ? VERSION_QUANT : VERSION);
     put_u32(&w, ix->p.dim);
     put_u32(&w, (uint32_t)ix->p.metric);
     put_u32(&w, ix->m);
@@ -116,6 +121,10 @@ int vd_index_save(struct vd_index *ix, const char *path)
     put_u32(&w, epv == VD_EP_NONE ? UINT32_MAX : (uint32_t)epv);
     put_u32(&w, epv == VD_EP_NONE ? 0 : (uint32_t)(epv >> 32));
     put_u32(&w, 0);
+    if (quant) {
+        put(&w, &ix->qlo, 4);
+        put(&w, &ix->qalpha, 4);
+    }
     for (uint32_t s = 0; s < n; s++) {
         uint8_t *b = vd__blk(ix, t, s);
         struct vd__meta *mt = vd__meta(ix, t, s);
@@ -313,7 +322,17 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
     uint64_t seq = get_u64(&r);
     uint32_t nslots = get_u32(&r), ep = get_u32(&r), ep_level = get_u32(&r);
     (void)get_u32(&r);
-    if (version != VERSION || dim != p->dim || metric != (uint32_t)p->metric ||
+    float qlo = 0.0f, qhi = 0.0f;
+    if (version == VERSION_QUANT) {
+        const uint8_t *qr = get(&r, 8);
+        if (!qr)
+            goto out_free_buf;
+        memcpy(&qlo, qr, 4);
+        memcpy(&qhi, qr + 4, 4);
+        if (!isfinite(qlo) || !isfinite(qhi) || !(qhi > 0.0f))
+            goto out_free_buf;
+    }
+    if ((version != VERSION && version != VERSION_QUANT) || dim != p->dim || metric != (uint32_t)p->metric ||
         m != (p->m ? p->m : 16) || nslots >= VD_SLOT_NONE - 2 ||
         (ep != UINT32_MAX && (ep >= nslots || ep_level > VD_HNSW_MAX_LEVEL)))
         goto out_free_buf;
@@ -401,6 +420,20 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
     }
     if (dropped)
         vd__index_repair(ix, true);
+    if (ix->q.enabled) {
+        /* the saved range when there is one (searches answer as before the restart), else a
+         * fresh training once there are enough points */
+        if (version == VERSION_QUANT) {
+            pthread_rwlock_wrlock(&ix->gate);
+            pthread_mutex_lock(&ix->mu);
+            vd__quant_apply_range(ix, qlo, qhi);
+            pthread_mutex_unlock(&ix->mu);
+            pthread_rwlock_unlock(&ix->gate);
+        } else if (atomic_load(&ix->live) >= VD_INDEX_QUANT_TRAIN_MIN &&
+                   (rc = vd__quant_train(ix)) != 0) {
+            goto out_free_index;
+        }
+    }
     free(buf);
     *out = ix;
     return 0;

@@ -151,10 +151,11 @@ static void insert_all(struct vd_index *ix, const float *v, size_t n, uint32_t d
     }
 }
 
-/* Mean recall@k of the index over nq queries; ids are base + point index. */
-static double recall(struct vd_index *ix, enum vd_metric m, const float *v, size_t n, uint32_t dim,
-                     const float *qs, size_t nq, uint32_t k, uint32_t ef, const bool *skip,
-                     uint64_t base)
+/* Mean recall@k of the index over nq queries, each asked as *opts (query, k and ef filled in);
+ * ids are base + point index. */
+static double recall_opts(struct vd_index *ix, enum vd_metric m, const float *v, size_t n,
+                          uint32_t dim, const float *qs, size_t nq, uint32_t k, uint32_t ef,
+                          const bool *skip, uint64_t base, const struct vd_search_req *opts)
 {
     uint64_t *truth = malloc(k * sizeof(*truth));
     struct vd_search_hit *hits = malloc(k * sizeof(*hits));
@@ -162,7 +163,10 @@ static double recall(struct vd_index *ix, enum vd_metric m, const float *v, size
     for (size_t qi = 0; qi < nq; qi++) {
         const float *q = qs + qi * dim;
         brute_topk(m, v, n, dim, q, k, skip, truth);
-        struct vd_search_req r = {.query = q, .k = k, .ef = ef};
+        struct vd_search_req r = *opts;
+        r.query = q;
+        r.k = k;
+        r.ef = ef;
         uint32_t got;
         assert_int_equal(vd_index_search(ix, &r, hits, &got), 0);
         for (uint32_t i = 0; i < got; i++)
@@ -175,6 +179,14 @@ static double recall(struct vd_index *ix, enum vd_metric m, const float *v, size
     free(truth);
     free(hits);
     return (double)good / (double)(nq * k);
+}
+
+static double recall(struct vd_index *ix, enum vd_metric m, const float *v, size_t n, uint32_t dim,
+                     const float *qs, size_t nq, uint32_t k, uint32_t ef, const bool *skip,
+                     uint64_t base)
+{
+    struct vd_search_req opts = {0};
+    return recall_opts(ix, m, v, n, dim, qs, nq, k, ef, skip, base, &opts);
 }
 
 /* ---- kernels ------------------------------------------------------------------------------ */
@@ -1017,6 +1029,349 @@ static void test_load_free_slots_reuse(void **state)
     free(v);
 }
 
+
+/* ---- int8 quantization -------------------------------------------------------------------- */
+
+/* Code kernels are exact integer sums: every variant must equal the scalar one bit for bit, on
+ * every length up to 300 (all tail shapes), long vectors, unaligned starts and the extreme codes
+ * 0 and 255 (where a saturating or sign-confused kernel would go wrong). */
+static void check_code_kernels(const struct vd__code_kernels *k)
+{
+    assert_non_null(k);
+    const struct vd__code_kernels *ref = vd__index_code_kernels_scalar();
+    size_t max = 65536 + 8;
+    uint8_t *a = malloc(max), *b = malloc(max);
+    assert_non_null(a);
+    assert_non_null(b);
+    rng_state = 4242;
+    for (size_t i = 0; i < max; i++) {
+        a[i] = (uint8_t)rnd();
+        b[i] = (uint8_t)(rnd() >> 17);
+    }
+    size_t dims[] = {511, 512, 513, 768, 1023, 1536, 3072, 4099, 65536};
+    size_t nd = 300 + sizeof(dims) / sizeof(dims[0]);
+    for (int pass = 0; pass < 3; pass++) {
+        if (pass == 1) {
+            memset(a, 255, max);
+            memset(b, 255, max);
+        } else if (pass == 2) {
+            memset(b, 0, max);
+        }
+        for (size_t di = 0; di < nd; di++) {
+            size_t n = di < 300 ? di + 1 : dims[di - 300];
+            for (size_t off = 0; off < 4; off++) {
+                const uint8_t *x = a + off, *y = b + (3 - off);
+                if (k->dot(x, y, n) != ref->dot(x, y, n) || k->l1(x, y, n) != ref->l1(x, y, n))
+                    fail_msg("%s code kernels differ from scalar at n %zu offset %zu pass %d: "
+                             "dot %llu/%llu l1 %llu/%llu",
+                             k->name, n, off, pass, (unsigned long long)k->dot(x, y, n),
+                             (unsigned long long)ref->dot(x, y, n),
+                             (unsigned long long)k->l1(x, y, n),
+                             (unsigned long long)ref->l1(x, y, n));
+            }
+        }
+    }
+    /* the scalar reference itself, on values small enough to check by hand */
+    uint8_t x[3] = {255, 0, 7}, y[3] = {255, 9, 2};
+    assert_int_equal(ref->dot(x, y, 3), 255 * 255 + 14);
+    assert_int_equal(ref->l1(x, y, 3), 14);
+    free(a);
+    free(b);
+}
+
+static void check_code_kernel_set(const struct vd__code_kernels *k, const char *name,
+                                  const char *flags)
+{
+    bool has = cpu_has(flags);
+    if (has && !k)
+        fail_msg("the CPU has %s but the %s code kernels are not offered", flags, name);
+    if (!has && k)
+        fail_msg("the %s code kernels are offered but /proc/cpuinfo lacks %s", name, flags);
+    if (!has) {
+        print_message("%s code kernels not tested: this CPU lacks %s\n", name, flags);
+        return;
+    }
+    check_code_kernels(k);
+    print_message("%s code kernels match the scalar ones\n", name);
+}
+
+static void test_code_kernels_avx2(void **state)
+{
+    (void)state;
+    check_code_kernel_set(vd__index_code_kernels_avx2(), "avx2", "avx2 fma");
+}
+
+static void test_code_kernels_avx512bw(void **state)
+{
+    (void)state;
+    check_code_kernel_set(vd__index_code_kernels_avx512bw(), "avx512bw", "avx512f avx512bw");
+}
+
+static void test_code_kernels_vnni(void **state)
+{
+    (void)state;
+    check_code_kernel_set(vd__index_code_kernels_vnni(), "avx512vnni",
+                          "avx512f avx512bw avx512_vnni");
+}
+
+static void test_code_kernels_chosen(void **state)
+{
+    (void)state;
+    assert_string_equal(vd_index_code_kernel_name(), vd__index_code_kernels()->name);
+    check_code_kernels(vd__index_code_kernels());
+}
+
+static struct vd_index *new_quant_index(uint32_t dim, enum vd_metric m, uint32_t efc, float qt)
+{
+    struct vd_index_params p;
+    vd_index_params_init(&p, dim, m);
+    p.ef_construct = efc;
+    p.full_scan_threshold_kb = 0;
+    p.quant.enabled = true;
+    p.quant.quantile = qt;
+    struct vd_index *ix;
+    assert_int_equal(vd_index_new(&p, &ix), 0);
+    return ix;
+}
+
+/* Recall floors on fixed seeds for the graph walked on int8 codes: rescoring the beam within 0.01
+ * of the float walk at the same ef, rescoring 2k candidates and codes alone still useful, and
+ * ignore = the float walk. Scores without rescoring are the codes' estimate in the same units as
+ * the exact ones (a squared or negated score would be far off). */
+static void check_quant_recall(enum vd_metric m, double floor_rescored, double floor_raw,
+                               float max_score_err)
+{
+    size_t n = small_scale() ? 3000 : 10000, nq = small_scale() ? 50 : 200;
+    uint32_t dim = small_scale() ? 32 : 128;
+    float *v = make_data(n, dim, m, 1234 + (uint64_t)m);
+    float *q = make_data(nq, dim, m, 999 + (uint64_t)m);
+    struct vd_index *ix = new_quant_index(dim, m, 100, 0.99f);
+    insert_all(ix, v, n, dim, 0);
+    assert_false(vd_index_quant_ready(ix)); /* trained by the linker, not by the upserts */
+    while (vd_index_link_pending(ix, 1000) > 0)
+        ;
+    assert_true(vd_index_quant_ready(ix));
+    struct vd_search_req plain = {0}, raw = {.quant_no_rescore = true},
+                         ign = {.quant_ignore = true}, over = {.oversampling = 2.0f};
+    double r_float = recall_opts(ix, m, v, n, dim, q, nq, 10, 64, NULL, 0, &ign);
+    double r_res = recall_opts(ix, m, v, n, dim, q, nq, 10, 64, NULL, 0, &plain);
+    double r_over = recall_opts(ix, m, v, n, dim, q, nq, 10, 64, NULL, 0, &over);
+    double r_raw = recall_opts(ix, m, v, n, dim, q, nq, 10, 64, NULL, 0, &raw);
+    print_message("metric %d int8 (%s): recall@10 at ef 64: float %.4f, rescored %.4f, "
+                  "oversampling 2 %.4f, codes only %.4f\n",
+                  (int)m, vd_index_code_kernel_name(), r_float, r_res, r_over, r_raw);
+    assert_true(r_float >= 0.95);
+    assert_true(r_res >= floor_rescored && r_res >= r_float - 0.01);
+    assert_true(r_over >= 0.94);
+    assert_true(r_raw >= floor_raw);
+    /* rescored scores are exact; code scores are near them */
+    struct vd_search_hit h[10];
+    uint32_t got;
+    float worst = 0.0f;
+    for (size_t i = 0; i < 5; i++) {
+        const float *qq = q + i * dim;
+        struct vd_search_req r = {.query = qq, .k = 10, .ef = 64};
+        assert_int_equal(vd_index_search(ix, &r, h, &got), 0);
+        assert_int_equal(got, 10);
+        for (uint32_t j = 0; j < got; j++) {
+            float d = ref_dist(m, qq, v + h[j].id.u.num * dim, dim);
+            float want = m == VD_METRIC_EUCLID ? sqrtf(d) : m == VD_METRIC_MANHATTAN ? d : -d;
+            assert_true(fabsf(h[j].score - want) <= 1e-3f * (fabsf(want) + 1.0f));
+            if (j)
+                assert_true(m == VD_METRIC_EUCLID || m == VD_METRIC_MANHATTAN
+                                ? h[j].score >= h[j - 1].score
+                                : h[j].score <= h[j - 1].score);
+        }
+        r.quant_no_rescore = true;
+        assert_int_equal(vd_index_search(ix, &r, h, &got), 0);
+        for (uint32_t j = 0; j < got; j++) {
+            float d = ref_dist(m, qq, v + h[j].id.u.num * dim, dim);
+            float want = m == VD_METRIC_EUCLID ? sqrtf(d) : m == VD_METRIC_MANHATTAN ? d : -d;
+            float err = fabsf(h[j].score - want) / (fabsf(want) + 1.0f);
+            if (err > worst)
+                worst = err;
+        }
+    }
+    print_message("worst relative error of code scores: %.4f\n", worst);
+    assert_true(worst <= max_score_err);
+    /* the codes (a byte per value and a 16-byte header) come on top of the floats */
+    assert_true(vd_index_vector_memory(ix) >= (size_t)n * (dim * 5 + 16));
+    vd_index_free(ix);
+    free(v);
+    free(q);
+}
+
+static void test_quant_recall_cosine(void **state)
+{
+    (void)state;
+    check_quant_recall(VD_METRIC_COSINE, 0.99, 0.82, 0.25f);
+}
+
+static void test_quant_recall_euclid(void **state)
+{
+    (void)state;
+    check_quant_recall(VD_METRIC_EUCLID, 0.99, 0.92, 0.25f);
+}
+
+static void test_quant_recall_dot(void **state)
+{
+    (void)state;
+    check_quant_recall(VD_METRIC_DOT, 0.95, 0.82, 0.25f);
+}
+
+static void test_quant_recall_manhattan(void **state)
+{
+    (void)state;
+    check_quant_recall(VD_METRIC_MANHATTAN, 0.99, 0.92, 0.25f);
+}
+
+/* Below VD_INDEX_QUANT_TRAIN_MIN points nothing is trained and searches walk the floats; a
+ * quantile outside 0.5..1 is refused at creation and on change. */
+static void test_quant_untrained_and_params(void **state)
+{
+    (void)state;
+    uint32_t dim = 16;
+    size_t n = VD_INDEX_QUANT_TRAIN_MIN - 1;
+    float *v = make_data(n, dim, VD_METRIC_EUCLID, 5);
+    struct vd_index *ix = new_quant_index(dim, VD_METRIC_EUCLID, 64, 0.0f);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000) > 0)
+        ;
+    assert_false(vd_index_quant_ready(ix));
+    double rc = recall(ix, VD_METRIC_EUCLID, v, n, dim, v, 20, 10, 64, NULL, 0);
+    assert_true(rc >= 0.95);
+    struct vd_index_quant bad = {.enabled = true, .quantile = 0.3f};
+    assert_int_equal(vd_index_set_quant(ix, &bad), VD_ERANGE);
+    bad.quantile = 1.5f;
+    assert_int_equal(vd_index_set_quant(ix, &bad), VD_ERANGE);
+    vd_index_free(ix);
+    struct vd_index_params p;
+    vd_index_params_init(&p, dim, VD_METRIC_EUCLID);
+    p.quant = bad;
+    assert_int_equal(vd_index_new(&p, &ix), VD_ERANGE);
+    p.quant.quantile = 0.49f;
+    assert_int_equal(vd_index_new(&p, &ix), VD_ERANGE);
+    p.quant.quantile = 0.5f;
+    assert_int_equal(vd_index_new(&p, &ix), 0);
+    vd_index_free(ix);
+    free(v);
+}
+
+/* Enabling quantization on a populated index quantizes every stored point at once; changing the
+ * quantile retrains; disabling returns to the float walk with exactly the float results. */
+static void test_quant_set_live(void **state)
+{
+    (void)state;
+    size_t n = 4000, nq = 50;
+    uint32_t dim = 64;
+    float *v = make_data(n, dim, VD_METRIC_COSINE, 31);
+    float *q = make_data(nq, dim, VD_METRIC_COSINE, 32);
+    struct vd_index *ix = new_index(dim, VD_METRIC_COSINE, 100);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000) > 0)
+        ;
+    struct vd_search_hit before[10], after[10];
+    uint32_t nb, na;
+    struct vd_search_req r = {.query = q, .k = 10, .ef = 64};
+    assert_int_equal(vd_index_search(ix, &r, before, &nb), 0);
+    size_t vm_float = vd_index_vector_memory(ix);
+    struct vd_index_quant on = {.enabled = true, .quantile = 0.99f};
+    assert_int_equal(vd_index_set_quant(ix, &on), 0);
+    assert_true(vd_index_quant_ready(ix));
+    assert_true(vd_index_vector_memory(ix) > vm_float);
+    double r1 = recall(ix, VD_METRIC_COSINE, v, n, dim, q, nq, 10, 64, NULL, 0);
+    float lo1 = ix->qlo;
+    on.quantile = 0.9f;
+    assert_int_equal(vd_index_set_quant(ix, &on), 0);
+    assert_true(vd_index_quant_ready(ix));
+    assert_true(ix->qlo > lo1); /* a narrower range */
+    double r2 = recall(ix, VD_METRIC_COSINE, v, n, dim, q, nq, 10, 64, NULL, 0);
+    print_message("enabled on a populated index: recall %.4f (q 0.99), %.4f (q 0.9)\n", r1, r2);
+    assert_true(r1 >= 0.97 && r2 >= 0.95);
+    /* points upserted while quantized get codes */
+    float *extra = make_data(500, dim, VD_METRIC_COSINE, 33);
+    insert_all(ix, extra, 500, dim, n);
+    while (vd_index_link_pending(ix, 1000) > 0)
+        ;
+    struct vd_search_req self = {.query = extra + 7 * dim, .k = 1, .ef = 64};
+    assert_int_equal(vd_index_search(ix, &self, after, &na), 0);
+    assert_int_equal(na, 1);
+    assert_int_equal(after[0].id.u.num, n + 7);
+    struct vd_index_quant off = {0};
+    assert_int_equal(vd_index_set_quant(ix, &off), 0);
+    assert_false(vd_index_quant_ready(ix));
+    assert_true(vd_index_vector_memory(ix) < vm_float * 2);
+    vd_index_free(ix);
+    free(v);
+    free(q);
+    free(extra);
+}
+
+/* A quantized index saves its range: the loaded index answers exactly as the saved one, with and
+ * without rescoring. A file saved without quantization loads into a quantized index (trained at
+ * load) and the other way round. */
+static void test_quant_save_load(void **state)
+{
+    (void)state;
+    size_t n = 3000;
+    uint32_t dim = 24;
+    float *v = make_data(n, dim, VD_METRIC_DOT, 41);
+    float *q = make_data(30, dim, VD_METRIC_DOT, 42);
+    struct vd_index *ix = new_quant_index(dim, VD_METRIC_DOT, 64, 0.95f);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    assert_true(vd_index_quant_ready(ix));
+    char path[128];
+    tmp_path(path, sizeof(path));
+    assert_int_equal(vd_index_save(ix, path), 0);
+    struct vd_index_params p = ix->p;
+    struct store st = {v, dim, n, UINT64_MAX};
+    struct vd_index *lx;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
+    assert_true(vd_index_quant_ready(lx));
+    assert_true(lx->qlo == ix->qlo && lx->qalpha == ix->qalpha);
+    for (int mode = 0; mode < 2; mode++) {
+        for (size_t i = 0; i < 30; i++) {
+            struct vd_search_hit a[10], b[10];
+            uint32_t na, nb;
+            struct vd_search_req r = {.query = q + i * dim, .k = 10, .ef = 32,
+                                      .quant_no_rescore = mode == 1};
+            assert_int_equal(vd_index_search(ix, &r, a, &na), 0);
+            assert_int_equal(vd_index_search(lx, &r, b, &nb), 0);
+            assert_int_equal(na, nb);
+            for (uint32_t j = 0; j < na; j++) {
+                assert_int_equal(a[j].id.u.num, b[j].id.u.num);
+                assert_true(a[j].score == b[j].score);
+            }
+        }
+    }
+    vd_index_free(lx);
+    /* the same file into an unquantized index: floats only */
+    p.quant.enabled = false;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
+    assert_false(vd_index_quant_ready(lx));
+    assert_int_equal(vd_index_count(lx), n);
+    vd_index_free(lx);
+    vd_index_free(ix);
+    /* an unquantized file into a quantized index: trained at load */
+    struct vd_index *fx = new_index(dim, VD_METRIC_DOT, 64);
+    insert_all(fx, v, n, dim, 0);
+    while (vd_index_link_pending(fx, 1000))
+        ;
+    assert_int_equal(vd_index_save(fx, path), 0);
+    p.quant.enabled = true;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
+    assert_true(vd_index_quant_ready(lx));
+    double rc = recall(lx, VD_METRIC_DOT, v, n, dim, q, 30, 10, 64, NULL, 0);
+    assert_true(rc >= 0.9);
+    vd_index_free(lx);
+    vd_index_free(fx);
+    unlink(path);
+    free(v);
+    free(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1038,6 +1393,17 @@ int main(void)
         cmocka_unit_test(test_save_load),
         cmocka_unit_test(test_byte_flips),
         cmocka_unit_test(test_load_free_slots_reuse),
+        cmocka_unit_test(test_code_kernels_avx2),
+        cmocka_unit_test(test_code_kernels_avx512bw),
+        cmocka_unit_test(test_code_kernels_vnni),
+        cmocka_unit_test(test_code_kernels_chosen),
+        cmocka_unit_test(test_quant_recall_cosine),
+        cmocka_unit_test(test_quant_recall_euclid),
+        cmocka_unit_test(test_quant_recall_dot),
+        cmocka_unit_test(test_quant_recall_manhattan),
+        cmocka_unit_test(test_quant_untrained_and_params),
+        cmocka_unit_test(test_quant_set_live),
+        cmocka_unit_test(test_quant_save_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,176 @@
+/*
+ * Scalar int8 quantization of the index's vectors (the codes the graph walk reads when a
+ * collection asks for quantization).
+ *
+ * One range [lo, hi] for all dimensions, as Qdrant's scalar quantization: the quantile q keeps
+ * the central q share of a sample of stored values inside the range and clips the rest, so a few
+ * outliers do not waste the 256 levels. Codes are unsigned (value = lo + alpha * code): the dot
+ * product of two vectors is then an affine function of the integer dot product of their codes and
+ * of each row's code sum, which the row keeps, so one integer kernel serves every metric.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hnsw_int.h"
+
+/* Values sampled to place the range: enough for a stable 0.99 quantile whatever the dimension,
+ * few enough to sort in a few tens of milliseconds. */
+#define SAMPLE_VALUES (1u << 20)
+
+int vd__quant_alloc_chunks(struct vd_index *ix)
+{
+    struct vd__tabs *t = atomic_load_explicit(&ix->tabs, memory_order_acquire);
+    size_t bytes = ((size_t)1 << ix->chunk_shift) * ix->code_size;
+    for (uint32_t c = 0; c < ix->nchunks; c++) {
+        if (t->code[c])
+            continue;
+        uint8_t *p = aligned_alloc(64, bytes);
+        if (!p)
+            return VD_ENOMEM;
+        memset(p, 0, bytes);
+        t->code[c] = p;
+    }
+    return 0;
+}
+
+void vd__quant_encode(const struct vd_index *ix, const float *v, uint8_t *row)
+{
+    const float lo = ix->qlo, inv = 1.0f / ix->qalpha;
+    uint32_t sum = 0;
+    uint64_t sq = 0;
+    uint8_t *c = row + 16;
+    for (uint32_t i = 0; i < ix->p.dim; i++) {
+        float x = (v[i] - lo) * inv;
+        uint32_t k = x <= 0.0f ? 0 : x >= 255.0f ? 255 : (uint32_t)(x + 0.5f);
+        c[i] = (uint8_t)k;
+        sum += k;
+        sq += k * k;
+    }
+    memset(row, 0, 16);
+    memcpy(row, &sum, 4);
+    memcpy(row + 8, &sq, 8);
+}
+
+void vd__quant_apply_range(struct vd_index *ix, float lo, float alpha)
+{
+    ix->qlo = lo;
+    ix->qalpha = alpha;
+    ix->qc0 = (float)ix->p.dim * lo * lo;
+    ix->qc1 = lo * ix->qalpha;
+    ix->qc2 = ix->qalpha * ix->qalpha;
+    const struct vd__tabs *t = atomic_load_explicit(&ix->tabs, memory_order_acquire);
+    uint32_t n = atomic_load_explicit(&ix->nslots, memory_order_relaxed);
+    for (uint32_t s = 0; s < n; s++)
+        vd__quant_encode(ix, (const float *)vd__blk(ix, t, s), vd__code(ix, t, s));
+    ix->qtrained_n = atomic_load(&ix->live);
+    atomic_store_explicit(&ix->qready, true, memory_order_release);
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+int vd__quant_train(struct vd_index *ix)
+{
+    if (atomic_flag_test_and_set(&ix->qtraining))
+        return VD_EBUSY;
+    int rc = 0;
+    uint32_t dim = ix->p.dim;
+    uint32_t want = SAMPLE_VALUES / dim ? SAMPLE_VALUES / dim : 1;
+    float *sample = NULL;
+    size_t nv = 0;
+    /* The sample is copied under mu alone (vectors are written under mu), so searches go on
+     * while it is sorted; only the encoding pass below holds the gate. */
+    pthread_mutex_lock(&ix->mu);
+    uint32_t n = atomic_load(&ix->nslots);
+    uint32_t step = n / want > 1 ? n / want : 1;
+    sample = malloc(((size_t)n / step + 1) * dim * sizeof(float));
+    if (!sample) {
+        pthread_mutex_unlock(&ix->mu);
+        rc = VD_ENOMEM;
+        goto out_clear;
+    }
+    const struct vd__tabs *t = atomic_load_explicit(&ix->tabs, memory_order_acquire);
+    for (uint32_t s = 0; s < n; s += step) {
+        uint8_t st = atomic_load(vd__state(ix, vd__blk(ix, t, s)));
+        if (st != ST_PENDING && st != ST_LINKING && st != ST_LIVE)
+            continue;
+        memcpy(sample + nv, vd__blk(ix, t, s), (size_t)dim * sizeof(float));
+        nv += dim;
+    }
+    pthread_mutex_unlock(&ix->mu);
+    if (nv == 0)
+        goto out_free;
+    qsort(sample, nv, sizeof(float), cmp_float);
+    pthread_rwlock_wrlock(&ix->gate);
+    pthread_mutex_lock(&ix->mu);
+    /* the quantile is read here, so a change that raced with this training still applies */
+    double q = ix->q.quantile > 0.0f ? ix->q.quantile : 0.99;
+    size_t ilo = (size_t)floor((1.0 - q) / 2.0 * (double)(nv - 1));
+    size_t ihi = (size_t)ceil((1.0 + q) / 2.0 * (double)(nv - 1));
+    if (ihi > nv - 1)
+        ihi = nv - 1;
+    float lo = sample[ilo], alpha = (sample[ihi] - lo) / 255.0f;
+    if (!(alpha > 0.0f))
+        alpha = 1e-6f; /* every sampled value equal: any positive step encodes them exactly */
+    if (ix->q.enabled && (rc = vd__quant_alloc_chunks(ix)) == 0)
+        vd__quant_apply_range(ix, lo, alpha);
+    pthread_mutex_unlock(&ix->mu);
+    pthread_rwlock_unlock(&ix->gate);
+out_free:
+    free(sample);
+out_clear:
+    atomic_flag_clear(&ix->qtraining);
+    return rc;
+}
+
+/* Frees every code chunk and stops code searches (gate exclusive and mu held). */
+static void drop_codes(struct vd_index *ix)
+{
+    atomic_store(&ix->qready, false);
+    struct vd__tabs *t = atomic_load(&ix->tabs);
+    for (uint32_t c = 0; c < ix->nchunks; c++) {
+        free(t->code[c]);
+        t->code[c] = NULL;
+    }
+    /* older tables hold copies of the pointers freed above; nothing reads them (a search loads
+     * the current table under the gate), but they must not be freed twice either */
+    for (struct vd__tabs *o = t->prev; o; o = o->prev)
+        memset(o->code, 0, o->cap * sizeof(*o->code));
+    ix->qtrained_n = 0;
+}
+
+int vd_index_set_quant(struct vd_index *ix, const struct vd_index_quant *q)
+{
+    if (q->enabled && q->quantile != 0.0f && !(q->quantile >= 0.5f && q->quantile <= 1.0f))
+        return VD_ERANGE;
+    int rc = 0;
+    pthread_rwlock_wrlock(&ix->gate);
+    pthread_mutex_lock(&ix->mu);
+    bool retrain = q->enabled && (!ix->q.enabled || q->quantile != ix->q.quantile);
+    if (!q->enabled || retrain)
+        drop_codes(ix);
+    ix->q = *q;
+    if (q->enabled && (rc = vd__quant_alloc_chunks(ix)) != 0) {
+        drop_codes(ix);
+        ix->q.enabled = false;
+    }
+    size_t live = atomic_load(&ix->live);
+    pthread_mutex_unlock(&ix->mu);
+    pthread_rwlock_unlock(&ix->gate);
+    if (rc == 0 && retrain && live >= VD_INDEX_QUANT_TRAIN_MIN) {
+        /* a training already running reads the new quantile when it takes the gate */
+        rc = vd__quant_train(ix);
+        if (rc == VD_EBUSY)
+            rc = 0;
+    }
+    return rc;
+}
+
+bool vd_index_quant_ready(const struct vd_index *ix)
+{
+    return atomic_load_explicit(&((struct vd_index *)ix)->qready, memory_order_acquire);
+}
