@@ -175,6 +175,9 @@ struct vd_db_search {
     uint32_t limit, offset;
     uint32_t ef; /* 0 = automatic */
     bool exact;
+    /* params.quantization (quantized collections; see struct vd_search_req) */
+    bool quant_ignore, quant_no_rescore;
+    float oversampling; /* 0 = not given */
     const struct vd_filter *filter; /* or NULL */
     bool has_threshold;
     float score_threshold;

@@ -42,6 +42,10 @@ struct vd_coll_schema {
     enum vd_metric metric;
     uint32_t hnsw_m, hnsw_ef_construct, full_scan_threshold_kb;
     uint32_t replication_factor, write_consistency_factor;
+    /* Qdrant's quantization_config {"scalar": {"type": "int8", "quantile", "always_ram"}}: */
+    bool quant_enabled;
+    float quant_quantile;     /* 0.5..1, or 0 when not given (vectord uses 0.99) */
+    uint8_t quant_always_ram; /* 0 not given, 1 false, 2 true */
     uint64_t incarnation; /* unique per (re)creation; assigned by the store on create if 0 */
     uint64_t created_hlc; /* set to vd_hlc_now() on create if 0 */
 };

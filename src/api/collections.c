@@ -4,6 +4,82 @@
 
 #include "api_int.h"
 
+/* Reads Qdrant's quantization_config found at `path` ({"scalar": {"type": "int8", "quantile":
+ * 0.5..1, "always_ram": bool}}, or null for none) into s. vectord quantizes to int8 only:
+ * product and binary quantization, and other scalar types, are refused by name. */
+static int parse_quant(const cJSON *q, const char *path, struct vd_coll_schema *s,
+                       struct vd_err *err)
+{
+    s->quant_enabled = false;
+    s->quant_quantile = 0.0f;
+    s->quant_always_ram = 0;
+    if (!q || cJSON_IsNull(q))
+        return 0;
+    if (!cJSON_IsObject(q))
+        return vd_errf(err, VD_EINVAL,
+                       "'%s' must be an object ({\"scalar\": {\"type\": \"int8\"}}) or null", path);
+    static const char *const other[] = {"product", "binary"};
+    for (size_t i = 0; i < 2; i++)
+        if (cJSON_GetObjectItemCaseSensitive(q, other[i]))
+            return vd_errf(err, VD_EINVAL,
+                           "'%s.%s': %s quantization is not supported; vectord offers scalar int8 "
+                           "quantization ({\"scalar\": {\"type\": \"int8\"}})",
+                           path, other[i], other[i]);
+    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(q, "scalar");
+    if (!cJSON_IsObject(sc))
+        return vd_errf(err, VD_EINVAL,
+                       "'%s' must be {\"scalar\": {\"type\": \"int8\", \"quantile\": ..., "
+                       "\"always_ram\": ...}}",
+                       path);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(sc, "type");
+    if (!type)
+        return vd_errf(err, VD_EINVAL, "missing field '%s.scalar.type' (\"int8\")", path);
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "int8") != 0)
+        return vd_errf(err, VD_EINVAL,
+                       "'%s.scalar.type': unknown scalar quantization type%s%s%s; the only type "
+                       "is \"int8\"",
+                       path, cJSON_IsString(type) ? " \"" : "",
+                       cJSON_IsString(type) ? type->valuestring : "",
+                       cJSON_IsString(type) ? "\"" : "");
+    const cJSON *qt = cJSON_GetObjectItemCaseSensitive(sc, "quantile");
+    if (qt && !cJSON_IsNull(qt)) {
+        if (!cJSON_IsNumber(qt))
+            return vd_errf(err, VD_EINVAL, "'%s.scalar.quantile' must be a number", path);
+        if (!(qt->valuedouble >= 0.5 && qt->valuedouble <= 1.0))
+            return vd_errf(err, VD_ERANGE,
+                           "Validation error in JSON body: [%s.scalar.quantile: value %g invalid, "
+                           "must be from 0.5 to 1]",
+                           path, qt->valuedouble);
+        s->quant_quantile = (float)qt->valuedouble;
+    }
+    const cJSON *ar = cJSON_GetObjectItemCaseSensitive(sc, "always_ram");
+    if (ar && !cJSON_IsNull(ar)) {
+        if (!cJSON_IsBool(ar))
+            return vd_errf(err, VD_EINVAL, "'%s.scalar.always_ram' must be a boolean", path);
+        s->quant_always_ram = cJSON_IsTrue(ar) ? 2 : 1;
+    }
+    s->quant_enabled = true;
+    return 0;
+}
+
+/* Qdrant's "quantization_config" of a collection: null, or the scalar config as it was given. */
+static void put_quant(struct vd_buf *b, const struct vd_coll_schema *s)
+{
+    if (!s->quant_enabled) {
+        vd_buf_puts(b, "null");
+        return;
+    }
+    vd_buf_puts(b, "{\"scalar\":{\"type\":\"int8\"");
+    if (s->quant_quantile != 0.0f) {
+        char f[32];
+        vd_json_fmt_float(s->quant_quantile, f);
+        vd_buf_printf(b, ",\"quantile\":%s", f);
+    }
+    if (s->quant_always_ram)
+        vd_buf_puts(b, s->quant_always_ram == 2 ? ",\"always_ram\":true" : ",\"always_ram\":false");
+    vd_buf_puts(b, "}}");
+}
+
 /* Reads the body of PUT /collections/{name} into a schema. */
 static int parse_schema(const cJSON *body, struct vd_coll_schema *s, struct vd_err *err)
 {
@@ -50,6 +126,14 @@ static int parse_schema(const cJSON *body, struct vd_coll_schema *s, struct vd_e
                                  err)) ||
         (rc = vd__api_get_u32_at(h, hpath, "full_scan_threshold", 10000, 0, UINT32_MAX,
                                  &s->full_scan_threshold_kb, err)))
+        return rc;
+    const char *qpath = "quantization_config";
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(body, qpath);
+    if (!q || cJSON_IsNull(q)) {
+        q = cJSON_GetObjectItemCaseSensitive(vec, "quantization_config");
+        qpath = "vectors.quantization_config";
+    }
+    if ((rc = parse_quant(q, qpath, s, err)))
         return rc;
     if ((rc = vd__api_get_u32(body, "replication_factor", 1, 1, 64, &s->replication_factor, err)))
         return rc;
@@ -200,11 +284,13 @@ static void info(struct vd_http_req *r, void *ctx)
         "\"indexing_threshold\":20000,\"flush_interval_sec\":5,"
         "\"max_optimization_threads\":null},"
         "\"wal_config\":{\"wal_capacity_mb\":32,\"wal_segments_ahead\":0},"
-        "\"quantization_config\":null},\"payload_schema\":",
+        "\"quantization_config\":",
         st.pending ? "yellow" : "green", (unsigned long long)st.points,
         (unsigned long long)st.indexed, (unsigned long long)st.points, s->dim,
         vd_metric_name(s->metric), s->replication_factor, s->write_consistency_factor, s->hnsw_m,
         s->hnsw_ef_construct, s->full_scan_threshold_kb);
+    put_quant(&b, s);
+    vd_buf_puts(&b, "},\"payload_schema\":");
     put_payload_schema(&b, c);
     vd_buf_puts(&b, "}");
     vd_db_coll_put(c);

@@ -41,6 +41,34 @@ static int read_query_vector(struct vd_coll *c, const cJSON *v, const char *fiel
     return rc;
 }
 
+/* params.quantization: {"ignore": bool, "rescore": bool, "oversampling": >= 1}, each optional
+ * (null is absent). Collections without quantization accept and ignore it, as Qdrant does. */
+static int read_quant_params(const cJSON *q, const char *ppath, struct vd_db_search *s,
+                             struct vd_err *err)
+{
+    if (!q || cJSON_IsNull(q))
+        return 0;
+    if (!cJSON_IsObject(q))
+        return vd_errf(err, VD_EINVAL, "'params.quantization' must be an object");
+    bool rescore, present;
+    int rc;
+    if ((rc = vd__api_get_bool(q, "ignore", false, &s->quant_ignore, err)) ||
+        (rc = vd__api_get_bool(q, "rescore", true, &rescore, err)) ||
+        (rc = vd__api_get_float(q, "oversampling", &present, &s->oversampling, err))) {
+        vd_err_prefix(err, "params.quantization");
+        return rc;
+    }
+    s->quant_no_rescore = !rescore;
+    if (present && !(s->oversampling >= 1.0f))
+        return vd_errf(err, VD_ERANGE,
+                       "Validation error in JSON body: [%s.quantization.oversampling: value %g "
+                       "invalid, must be 1 or larger]",
+                       ppath, (double)s->oversampling);
+    if (!present)
+        s->oversampling = 0.0f;
+    return 0;
+}
+
 /* vpath: where Qdrant's validation messages place the request's fields ("search_request" for a
  * search, "internal" for a query), so that a limit of 0 reads as Qdrant's does. */
 static int read_common(struct vd_coll *c, const cJSON *b, struct sargs *a, bool payload_dflt,
@@ -73,6 +101,9 @@ static int read_common(struct vd_coll *c, const cJSON *b, struct sargs *a, bool 
             vd_err_prefix(err, "params");
             return rc;
         }
+        if ((rc = read_quant_params(cJSON_GetObjectItemCaseSensitive(p, "quantization"), ppath,
+                                    &a->s, err)))
+            return rc;
     }
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(b, "using");
     if (cJSON_IsString(u) && u->valuestring[0])

@@ -95,6 +95,10 @@ static void put_schema_fields(struct vd_buf *b, const struct vd_coll_schema *s)
     put_u64(b, s->incarnation);
     vd_buf_puts(b, ",\"created_hlc\":");
     put_u64(b, s->created_hlc);
+    /* only when set, so that commands and snapshots without quantization read as before */
+    if (s->quant_enabled)
+        vd_buf_printf(b, ",\"quant\":{\"quantile\":%.9g,\"always_ram\":%u}",
+                      (double)s->quant_quantile, (unsigned)s->quant_always_ram);
 }
 
 static void put_schema(struct vd_buf *b, const struct vd_coll_schema *s)
@@ -279,6 +283,25 @@ static int check_addr(const char *key, const char *s, bool allow_empty, struct v
  * so anything the API accepts passes and nothing else does. The incarnation may be 0 here (the
  * caller decides whether that is allowed). Errors: VD_EINVAL naming the field.
  */
+/* The optional "quant" object of a schema: {"quantile": 0 or 0.5..1, "always_ram": 0..2}. */
+static int parse_quant(const cJSON *o, struct vd_coll_schema *s, struct vd_err *e)
+{
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(o, "quant");
+    if (!q)
+        return 0;
+    const cJSON *qt = cJSON_GetObjectItemCaseSensitive(q, "quantile");
+    const cJSON *ar = cJSON_GetObjectItemCaseSensitive(q, "always_ram");
+    if (!cJSON_IsObject(q) || !cJSON_IsNumber(qt) || !cJSON_IsNumber(ar) ||
+        !(qt->valuedouble == 0.0 || (qt->valuedouble >= 0.5 && qt->valuedouble <= 1.0)) ||
+        ar->valuedouble < 0 || ar->valuedouble > 2 || ar->valuedouble != (int)ar->valuedouble)
+        return vd_errf(e, VD_EINVAL, "'quant' must be {\"quantile\": 0 or 0.5..1, "
+                                     "\"always_ram\": 0..2}");
+    s->quant_enabled = true;
+    s->quant_quantile = (float)qt->valuedouble;
+    s->quant_always_ram = (uint8_t)ar->valuedouble;
+    return 0;
+}
+
 static int parse_schema(const cJSON *o, struct vd_coll_schema *s, struct vd_err *e)
 {
     memset(s, 0, sizeof *s);
@@ -310,7 +333,7 @@ static int parse_schema(const cJSON *o, struct vd_coll_schema *s, struct vd_err 
         (rc = get_u64(o, "incarnation", &s->incarnation, e)) ||
         (rc = get_u64(o, "created_hlc", &s->created_hlc, e)))
         return rc;
-    return 0;
+    return parse_quant(o, s, e);
 }
 
 /* ---- tables -----------------------------------------------------------------------------------

@@ -20,6 +20,9 @@ static struct vd_index_params index_params(const struct vd_coll_schema *s)
         .ef_construct = s->hnsw_ef_construct,
         .full_scan_threshold_kb = s->full_scan_threshold_kb,
         .seed = s->incarnation,
+        .quant = {.enabled = s->quant_enabled,
+                  .quantile = s->quant_quantile,
+                  .always_ram = s->quant_always_ram != 1},
     };
 }
 

@@ -189,6 +189,9 @@ int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const str
         .k = k,
         .ef = s->ef ? (s->ef > k ? s->ef : k) : 0,
         .exact = s->exact,
+        .quant_ignore = s->quant_ignore,
+        .quant_no_rescore = s->quant_no_rescore,
+        .oversampling = s->oversampling,
         .filter = filtered ? filter_cb : NULL,
         .filter_ctx = &fc,
     };

@@ -155,7 +155,8 @@ size_t vd__store_schema_encode(const struct vd_coll_schema *c, uint8_t *buf)
 {
     uint8_t *p = buf;
     size_t nl = strnlen(c->name, sizeof c->name - 1);
-    *p++ = 1; /* format version */
+    /* format 2 adds the quantization config; an unquantized schema stays format 1 */
+    *p++ = c->quant_enabled ? 2 : 1;
     vd__store_le32_put(p, c->dim), p += 4;
     *p++ = (uint8_t)c->metric;
     vd__store_le32_put(p, c->hnsw_m), p += 4;
@@ -165,6 +166,12 @@ size_t vd__store_schema_encode(const struct vd_coll_schema *c, uint8_t *buf)
     vd__store_le32_put(p, c->write_consistency_factor), p += 4;
     vd__store_le64_put(p, c->incarnation), p += 8;
     vd__store_le64_put(p, c->created_hlc), p += 8;
+    if (c->quant_enabled) {
+        uint32_t qbits;
+        memcpy(&qbits, &c->quant_quantile, 4);
+        *p++ = c->quant_always_ram;
+        vd__store_le32_put(p, qbits), p += 4;
+    }
     memcpy(p, c->name, nl), p += nl;
     return (size_t)(p - buf);
 }
@@ -172,9 +179,10 @@ size_t vd__store_schema_encode(const struct vd_coll_schema *c, uint8_t *buf)
 int vd__store_schema_decode(const MDB_val *v, struct vd_coll_schema *out)
 {
     const uint8_t *p = v->mv_data;
-    const size_t fixed = 1 + 4 + 1 + 5 * 4 + 8 + 8;
-    if (v->mv_size < fixed + 1 || v->mv_size > fixed + 255 || p[0] != 1)
+    const size_t fixed = 1 + 4 + 1 + 5 * 4 + 8 + 8 + (v->mv_size && p[0] == 2 ? 5 : 0);
+    if (v->mv_size < fixed + 1 || v->mv_size > fixed + 255 || (p[0] != 1 && p[0] != 2))
         return VD_ECORRUPT;
+    bool quant = p[0] == 2;
     memset(out, 0, sizeof *out);
     p++;
     out->dim = vd__store_le32_get(p), p += 4;
@@ -186,6 +194,17 @@ int vd__store_schema_decode(const MDB_val *v, struct vd_coll_schema *out)
     out->write_consistency_factor = vd__store_le32_get(p), p += 4;
     out->incarnation = vd__store_le64_get(p), p += 8;
     out->created_hlc = vd__store_le64_get(p), p += 8;
+    if (quant) {
+        uint32_t qbits;
+        out->quant_enabled = true;
+        out->quant_always_ram = *p++;
+        qbits = vd__store_le32_get(p), p += 4;
+        memcpy(&out->quant_quantile, &qbits, 4);
+        if (out->quant_always_ram > 2 ||
+            (out->quant_quantile != 0.0f &&
+             !(out->quant_quantile >= 0.5f && out->quant_quantile <= 1.0f)))
+            return VD_ECORRUPT;
+    }
     memcpy(out->name, p, v->mv_size - fixed);
     return 0;
 }

@@ -108,7 +108,7 @@ void vd__store_le32_put(uint8_t *p, uint32_t v);
 uint32_t vd__store_le32_get(const uint8_t *p);
 int vd__store_schema_decode(const MDB_val *v, struct vd_coll_schema *out);
 size_t vd__store_schema_encode(const struct vd_coll_schema *c, uint8_t *buf);
-#define VD__SCHEMA_MAX (1 + 4 + 1 + 5 * 4 + 8 + 8 + 256)
+#define VD__SCHEMA_MAX (1 + 4 + 1 + 5 * 4 + 8 + 8 + 5 + 256)
 
 /* Writer thread (store_write.c). */
 void *vd__store_writer_main(void *arg);
