@@ -258,20 +258,26 @@ static bool cpu_has(const char *want)
 
 /* A kernel set is checked wherever the CPU can run it: its absence on a CPU that has the
  * instructions (a detection bug, or kernels compiled out) fails, and so does its presence on one
- * that lacks them. On a CPU without them the set can never be chosen, and the test says so. */
-static void check_kernel_set(const struct vd__kernels *k, const char *name, const char *flags)
+ * that lacks them. On a CPU without them the set can never be chosen, and the test says so.
+ * Returns whether the set is there to be checked. */
+static bool kernel_set_testable(bool offered, const char *name, const char *flags)
 {
     bool has = cpu_has(flags);
-    if (has && !k)
+    if (has && !offered)
         fail_msg("the CPU has %s but the %s kernels are not offered, so they go untested", flags,
                  name);
-    if (!has && k)
+    if (!has && offered)
         fail_msg("the %s kernels are offered but /proc/cpuinfo lacks %s", name, flags);
-    if (!has) {
+    if (!has)
         print_message("%s kernels not tested: this CPU lacks %s, so they are never chosen here\n",
                       name, flags);
+    return has;
+}
+
+static void check_kernel_set(const struct vd__kernels *k, const char *name, const char *flags)
+{
+    if (!kernel_set_testable(k != NULL, name, flags))
         return;
-    }
     check_kernels(k);
     print_message("%s kernels match the scalar ones\n", name);
 }
@@ -1082,15 +1088,8 @@ static void check_code_kernels(const struct vd__code_kernels *k)
 static void check_code_kernel_set(const struct vd__code_kernels *k, const char *name,
                                   const char *flags)
 {
-    bool has = cpu_has(flags);
-    if (has && !k)
-        fail_msg("the CPU has %s but the %s code kernels are not offered", flags, name);
-    if (!has && k)
-        fail_msg("the %s code kernels are offered but /proc/cpuinfo lacks %s", name, flags);
-    if (!has) {
-        print_message("%s code kernels not tested: this CPU lacks %s\n", name, flags);
+    if (!kernel_set_testable(k != NULL, name, flags))
         return;
-    }
     check_code_kernels(k);
     print_message("%s code kernels match the scalar ones\n", name);
 }
