@@ -22,6 +22,48 @@ struct vd_meta_ops {
 /* Single-node metadata: applied directly to the local database. */
 void vd_api_local_meta(struct vd_db *db, struct vd_meta_ops *out);
 
+/* Point reads and writes go through this interface, the data counterpart of vd_meta_ops, so the
+ * handlers are the same on one node and in a cluster (where an implementation will route each
+ * request through the coordinator to the replicas). c is the collection the handler looked up
+ * (borrowed for the call). Writes follow vd_db's contracts: 0 means done will run once (any
+ * thread), an error means it will not and err says why. Reads return records (vectord/db.h)
+ * that the caller frees with vd_db_records_free; they never return tombstones. */
+struct vd_data_ops {
+    /* Stamps a new version on each point and writes it whole (vd_db_upsert). */
+    int (*upsert)(void *impl, struct vd_coll *c, const struct vd_db_point *pts, size_t n,
+                  vd_db_done_fn done, void *ctx, struct vd_err *err);
+    /* Applies encoded whole records under the versions they carry (vd_db_apply). */
+    int (*apply)(void *impl, struct vd_coll *c, const uint8_t *const *recs, const size_t *lens,
+                 size_t n, vd_db_done_fn done, void *ctx, struct vd_err *err);
+    /* Deletes ids[n], or every point matching f when f is set. */
+    int (*delete_points)(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
+                         const struct vd_filter *f, vd_db_done_fn done, void *ctx,
+                         struct vd_err *err);
+    /* A payload edit of ids[n], or of the points matching f when f is set (vd_db_payload_edit). */
+    int (*payload_edit)(void *impl, struct vd_coll *c, enum vd_db_payload_op op,
+                        const cJSON *payload_or_keys, const struct vd_pid *ids, size_t n,
+                        const struct vd_filter *f, vd_db_done_fn done, void *ctx,
+                        struct vd_err *err);
+    /* Live records of ids, in request order, each once (vd_db_retrieve). */
+    int (*retrieve)(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
+                    bool with_vector, struct vd_db_record **out, size_t *n_out,
+                    struct vd_err *err);
+    /* Scored records, best first (vd_db_search). */
+    int (*search)(void *impl, struct vd_coll *c, const struct vd_db_search *s, bool with_vector,
+                  struct vd_db_record **out, size_t *n_out, struct vd_err *err);
+    /* A page of records in id order (vd_db_scroll). */
+    int (*scroll)(void *impl, struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                  const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
+                  size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err);
+    /* Live points matching f (NULL = all). */
+    int (*count)(void *impl, struct vd_coll *c, const struct vd_filter *f, uint64_t *out,
+                 struct vd_err *err);
+    void *impl;
+};
+
+/* Point reads and writes served by the local database (impl is db, borrowed). */
+void vd_api_local_data(struct vd_db *db, struct vd_data_ops *out);
+
 struct vd_cluster;
 
 /* Cluster metadata: create and delete go through the cluster's Raft group (any node may take
@@ -35,6 +77,9 @@ struct vd_api_opts {
     /* Collection changes. Ignored when `cluster` is set (the cluster's are used); when neither
      * is set, changes go straight to `db`. */
     struct vd_meta_ops meta;
+    /* Point reads and writes; when unset (upsert NULL), served by `db` (vd_api_local_data), on
+     * one node and in a cluster alike for now. */
+    struct vd_data_ops data;
     /* Not owned; outlives the server. NULL = a database without a cluster (unit tests): no
      * /cluster routes, and a lookup miss answers 404 at once. When set: the /cluster routes,
      * collection changes through Raft, and a lookup miss first waits (up to 2 s) for this node

@@ -162,14 +162,6 @@ void vd_db_pindex_list_free(struct vd_db_pindex_info *v, size_t n);
 
 /* ---- reads ---- */
 
-/* What to return with each point: payload (all keys, or only those listed in keys), vector. */
-struct vd_db_with {
-    bool payload;
-    const cJSON *payload_keys;    /* array of key strings, or NULL for all */
-    const cJSON *payload_exclude; /* array of key strings to drop, or NULL */
-    bool vector;
-};
-
 struct vd_db_search {
     const float *query; /* raw query (normalised here for cosine) */
     uint32_t limit, offset;
@@ -192,49 +184,47 @@ struct vd_db_search {
     const struct vd_pid *exclude;
 };
 
-/* Runs a search and appends the JSON array of scored points ([{"id","version","score","payload",
- * "vector"}]) to out. */
-int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const struct vd_db_with *w,
-                      struct vd_buf *out, struct vd_err *err);
-/* A point as stored, with its version: what reads return before JSON is made of it. */
+/* A point as stored, with its version: what every read (retrieve, search, scroll) returns. JSON
+ * is made of it at the edge (the API), so one point reads the same whichever read found it. */
 struct vd_db_record {
     struct vd_pid id;
     struct vd_version version; /* (HLC, node) of the write that made this record */
     uint64_t seq;              /* this node's change counter of it */
-    bool tombstone;
+    bool tombstone;            /* only from vd_db_retrieve with_tombstones */
+    float score;               /* search results: the similarity (distance for Euclid and
+                                  Manhattan); 0 for the other reads */
     float *vec;        /* dim values; NULL when not asked for, and for tombstones */
     uint32_t dim;
-    char *payload;     /* JSON object text, payload_len bytes, not NUL-terminated; NULL if none */
+    char *payload;     /* JSON object text, payload_len bytes as stored, not NUL-terminated;
+                          NULL if none */
     size_t payload_len;
 };
+/* Frees an array of n records from any read below (NULL is fine). */
+void vd_db_records_free(struct vd_db_record *r, size_t n);
+
+/* Runs a search: the live points found, best first, after s->offset of them, each with its
+ * score, payload and (with_vector) vector. Points deleted while the search ran are left out
+ * (never a tombstone). *out (n_out records) is the caller's, freed with vd_db_records_free, and
+ * set (possibly empty) whenever 0 is returned. Errors: VD_EINVAL (zero query for Cosine),
+ * VD_ENOMEM, index or storage errors; err says which. */
+int vd_db_search(struct vd_coll *c, const struct vd_db_search *s, bool with_vector,
+                 struct vd_db_record **out, size_t *n_out, struct vd_err *err);
 /* The records of ids in request order, each id once; ids never written are skipped, and deleted
  * ones unless with_tombstones. *out (n_out records) is the caller's, freed with
  * vd_db_records_free. Errors: VD_ENOMEM, storage errors. */
 int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool with_vector,
                    bool with_tombstones, struct vd_db_record **out, size_t *n_out,
                    struct vd_err *err);
-void vd_db_records_free(struct vd_db_record *r, size_t n);
-/* Appends one record as Qdrant's JSON ({"id", "payload", "vector"} as w selects). */
-void vd_db_record_json(struct vd_buf *out, const struct vd_db_record *r,
-                       const struct vd_db_with *w);
-/* Appends the JSON array of records for ids (missing ids are skipped, as Qdrant does): the
- * records of vd_db_retrieve, rendered by vd_db_record_json. */
-int vd_db_retrieve_json(struct vd_coll *c, const struct vd_pid *ids, size_t n,
-                        const struct vd_db_with *w, struct vd_buf *out, struct vd_err *err);
 /* Copies the stored vector of one live point into out[dim]; VD_ENOTFOUND. */
 int vd_db_get_vector(struct vd_coll *c, const struct vd_pid *id, float *out);
 
-/* Scroll: up to limit live points in id order from `from` (NULL = first) matching f; appends
- * "points":[...] records and sets *next (has_next false at the end). */
-int vd_db_scroll_json(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
-                      const struct vd_filter *f, const struct vd_db_with *w, struct vd_buf *out,
-                      struct vd_pid *next, bool *has_next, struct vd_err *err);
-/* Export page: like scroll, but appends one NDJSON line per point:
- * {"id": …, "vector": [… shortest round-trip floats …], "payload": {…}} (payload omitted when
- * the point has none). */
-int vd_db_export_ndjson(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
-                        const struct vd_filter *f, struct vd_buf *out, struct vd_pid *next,
-                        bool *has_next, struct vd_err *err);
+/* Scroll: up to limit live points in id order from `from` (inclusive; NULL = first) matching f
+ * (NULL = all), never a tombstone, each with its payload and (with_vector) vector. *next is the
+ * id to start the next page from when *has_next (false at the end). *out as for vd_db_search.
+ * Errors: VD_ENOMEM, storage errors. */
+int vd_db_scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                 const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
+                 size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err);
 /* Exact number of live points matching f (NULL = all). */
 int vd_db_count(struct vd_coll *c, const struct vd_filter *f, uint64_t *out);
 

@@ -26,6 +26,78 @@ void vd_api_local_meta(struct vd_db *db, struct vd_meta_ops *out)
     out->impl = db;
 }
 
+static int local_upsert(void *impl, struct vd_coll *c, const struct vd_db_point *pts, size_t n,
+                        vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    return vd_db_upsert(c, pts, n, done, ctx, err);
+}
+
+static int local_apply(void *impl, struct vd_coll *c, const uint8_t *const *recs,
+                       const size_t *lens, size_t n, vd_db_done_fn done, void *ctx,
+                       struct vd_err *err)
+{
+    return vd_db_apply(c, recs, lens, n, done, ctx, err);
+}
+
+static int local_delete_points(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
+                               const struct vd_filter *f, vd_db_done_fn done, void *ctx,
+                               struct vd_err *err)
+{
+    if (f)
+        return vd_db_delete_filter(c, f, done, ctx, err);
+    return vd_db_delete(c, ids, n, done, ctx, err);
+}
+
+static int local_payload_edit(void *impl, struct vd_coll *c, enum vd_db_payload_op op,
+                              const cJSON *payload_or_keys, const struct vd_pid *ids, size_t n,
+                              const struct vd_filter *f, vd_db_done_fn done, void *ctx,
+                              struct vd_err *err)
+{
+    return vd_db_payload_edit(c, op, payload_or_keys, f ? NULL : ids, n, f, done, ctx, err);
+}
+
+static int local_retrieve(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
+                          bool with_vector, struct vd_db_record **out, size_t *n_out,
+                          struct vd_err *err)
+{
+    return vd_db_retrieve(c, ids, n, with_vector, false, out, n_out, err);
+}
+
+static int local_search(void *impl, struct vd_coll *c, const struct vd_db_search *s,
+                        bool with_vector, struct vd_db_record **out, size_t *n_out,
+                        struct vd_err *err)
+{
+    return vd_db_search(c, s, with_vector, out, n_out, err);
+}
+
+static int local_scroll(void *impl, struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                        const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
+                        size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err)
+{
+    return vd_db_scroll(c, from, limit, f, with_vector, out, n_out, next, has_next, err);
+}
+
+static int local_count(void *impl, struct vd_coll *c, const struct vd_filter *f, uint64_t *out,
+                       struct vd_err *err)
+{
+    return vd_db_count(c, f, out);
+}
+
+void vd_api_local_data(struct vd_db *db, struct vd_data_ops *out)
+{
+    *out = (struct vd_data_ops){
+        .upsert = local_upsert,
+        .apply = local_apply,
+        .delete_points = local_delete_points,
+        .payload_edit = local_payload_edit,
+        .retrieve = local_retrieve,
+        .search = local_search,
+        .scroll = local_scroll,
+        .count = local_count,
+        .impl = db,
+    };
+}
+
 int vd_api_register(struct vd_http *h, const struct vd_api_opts *o)
 {
     vd__api = *o;
@@ -36,6 +108,10 @@ int vd_api_register(struct vd_http *h, const struct vd_api_opts *o)
         vd_api_cluster_meta(vd__api.cluster, &vd__api.meta);
     else if (!vd__api.meta.create_collection)
         vd_api_local_meta(vd__api.db, &vd__api.meta);
+    /* a cluster node serves points from its own database too, until a coordinator's
+     * implementation routes them to their replicas */
+    if (!vd__api.data.upsert)
+        vd_api_local_data(vd__api.db, &vd__api.data);
     int rc;
     /* literal paths before captures: GET .../points/export before GET .../points/{id} */
     if ((rc = vd__api_bulk_routes(h)) || (rc = vd__api_collections_routes(h)) ||
@@ -266,7 +342,8 @@ static bool all_strings(const cJSON *a)
     return true;
 }
 
-int vd__api_get_with(const cJSON *obj, bool payload_dflt, struct vd_db_with *w, struct vd_err *err)
+int vd__api_get_with(const cJSON *obj, bool payload_dflt, struct vd_api_with *w,
+                     struct vd_err *err)
 {
     memset(w, 0, sizeof *w);
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(obj, "with_payload");

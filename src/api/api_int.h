@@ -94,8 +94,34 @@ int vd__api_get_u32_at(const cJSON *obj, const char *path, const char *key, uint
                        uint32_t min, uint32_t max, uint32_t *out, struct vd_err *err);
 int vd__api_get_float(const cJSON *obj, const char *key, bool *present, float *out,
                       struct vd_err *err);
-/* with_payload (bool, list of keys, {"include": [...]}, {"exclude": [...]}) and with_vector. */
-int vd__api_get_with(const cJSON *obj, bool payload_dflt, struct vd_db_with *w, struct vd_err *err);
+/* What a reply shows of each point: the payload (all keys, only those listed in payload_keys,
+ * and without those in payload_exclude) and the vector. */
+struct vd_api_with {
+    bool payload;
+    const cJSON *payload_keys;    /* array of key strings, or NULL for all */
+    const cJSON *payload_exclude; /* array of key strings to drop, or NULL */
+    bool vector;
+};
+/* with_payload (bool, list of keys, {"include": [...]}, {"exclude": [...]}) and with_vector. The
+ * key arrays in *w point into obj. */
+int vd__api_get_with(const cJSON *obj, bool payload_dflt, struct vd_api_with *w,
+                     struct vd_err *err);
+
+/* The JSON forms of a point. Every reply that shows points renders them through
+ * vd__api_point_json, so with_payload and with_vector mean the same in each. */
+enum vd_api_point_form {
+    VD_API_POINT_RECORD, /* retrieve, scroll, query without a query: {"id","payload","vector"} */
+    VD_API_POINT_SCORED, /* search, query: {"id","version","score","payload","vector"} */
+    VD_API_POINT_EXPORT, /* an export line: {"id","vector","payload"}, payload left out when the
+                            point has none or w does not ask for it */
+};
+/* Appends record r as form says; payload and vector are shown as w asks (null when not asked
+ * for, or when r holds no vector). A payload is copied as stored unless w selects keys. */
+void vd__api_point_json(struct vd_buf *out, const struct vd_db_record *r,
+                        const struct vd_api_with *w, enum vd_api_point_form form);
+/* Appends the JSON array of r[n], each by vd__api_point_json. */
+void vd__api_points_json(struct vd_buf *out, const struct vd_db_record *r, size_t n,
+                         const struct vd_api_with *w, enum vd_api_point_form form);
 /* "filter" (absent or null -> NULL). Caller frees with vd_filter_free. */
 int vd__api_get_filter(const cJSON *obj, struct vd_filter **out, struct vd_err *err);
 /* Array of point ids under key (required). *ids malloc'd. */

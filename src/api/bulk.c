@@ -172,7 +172,7 @@ static int flush(struct import *im)
         pthread_mutex_lock(&im->mu);
         im->inflight++;
         pthread_mutex_unlock(&im->mu);
-        rc = vd_db_upsert(im->c, im->pts, n, batch_done, bt, &e);
+        rc = vd__api.data.upsert(vd__api.data.impl, im->c, im->pts, n, batch_done, bt, &e);
     }
     for (size_t i = 0; i < n; i++)
         cJSON_Delete(im->docs[i]);
@@ -378,9 +378,22 @@ static long export_fill(void *arg, char *buf, size_t max)
         bool from = x->started;
         x->started = true;
         struct vd_pid start = x->next;
-        if (vd_db_export_ndjson(x->c, from ? &start : NULL, 128, x->filter, &x->page, &x->next,
-                                &x->has_next, &e)) {
+        struct vd_db_record *recs;
+        size_t n;
+        if (vd__api.data.scroll(vd__api.data.impl, x->c, from ? &start : NULL, 128, x->filter,
+                                true, &recs, &n, &x->next, &x->has_next, &e)) {
             vd_log_error("export of '%s' failed: %s", vd_db_coll_schema(x->c)->name, e.msg);
+            return -1;
+        }
+        /* every point as it is stored: its whole payload and its vector */
+        static const struct vd_api_with all = {.payload = true, .vector = true};
+        for (size_t i = 0; i < n; i++) {
+            vd__api_point_json(&x->page, &recs[i], &all, VD_API_POINT_EXPORT);
+            vd_buf_puts(&x->page, "\n");
+        }
+        vd_db_records_free(recs, n);
+        if (!vd_buf_ok(&x->page)) {
+            vd_log_error("export of '%s' failed: out of memory", vd_db_coll_schema(x->c)->name);
             return -1;
         }
         if (x->page.len == 0)

@@ -158,7 +158,7 @@ static void upsert(struct vd_http_req *r, void *ctx)
     else
         rc = vd_errf(&e, VD_EINVAL, "expected 'points' (a list of points) or 'batch'");
     if (rc == 0)
-        rc = vd_db_upsert(c, u.pts, u.n, vd__api_write_done, r, &e);
+        rc = vd__api.data.upsert(vd__api.data.impl, c, u.pts, u.n, vd__api_write_done, r, &e);
     if (rc)
         vd_http_reply_err(r, &e);
     upsert_release(&u);
@@ -177,7 +177,9 @@ static void retrieve(struct vd_http_req *r, void *ctx)
     struct vd_pid *ids = NULL;
     size_t n = 0;
     struct vd_err e;
-    struct vd_db_with w;
+    struct vd_api_with w;
+    struct vd_db_record *recs = NULL;
+    size_t nr = 0;
     struct vd_buf b;
     vd_buf_init(&b);
     int rc = 0;
@@ -188,12 +190,15 @@ static void retrieve(struct vd_http_req *r, void *ctx)
         rc = vd_errf(&e, VD_EINVAL, "missing field 'ids'");
     if (!rc && !(rc = vd__api_get_ids(arr, "ids", &ids, &n, &e)) &&
         !(rc = vd__api_get_with(body, true, &w, &e)))
-        rc = vd_db_retrieve_json(c, ids, n, &w, &b, &e);
-    if (rc)
+        rc = vd__api.data.retrieve(vd__api.data.impl, c, ids, n, w.vector, &recs, &nr, &e);
+    if (rc) {
         vd_http_reply_err(r, &e);
-    else
+    } else {
+        vd__api_points_json(&b, recs, nr, &w, VD_API_POINT_RECORD);
         vd__api_reply_buf(r, &b);
+    }
 out:
+    vd_db_records_free(recs, nr);
     vd_buf_release(&b);
     free(ids);
     cJSON_Delete(body);
@@ -223,18 +228,19 @@ static void get_one(struct vd_http_req *r, void *ctx)
     struct vd_err e;
     struct vd_buf b;
     vd_buf_init(&b);
-    struct vd_db_with w = {.payload = true, .vector = true};
-    if (path_pid(vd_http_param(r, "id"), &id, &e) || vd_db_retrieve_json(c, &id, 1, &w, &b, &e)) {
+    struct vd_api_with w = {.payload = true, .vector = true};
+    struct vd_db_record *recs = NULL;
+    size_t nr = 0;
+    if (path_pid(vd_http_param(r, "id"), &id, &e) ||
+        vd__api.data.retrieve(vd__api.data.impl, c, &id, 1, true, &recs, &nr, &e)) {
         vd_http_reply_err(r, &e);
-    } else if (b.len <= 2) {
+    } else if (nr == 0) {
         vd_http_reply_error(r, 404, "point %s not found", vd_http_param(r, "id"));
     } else {
-        /* the one record, without the array brackets */
-        struct vd_buf one;
-        vd_buf_init(&one);
-        vd_buf_append(&one, b.data + 1, b.len - 2);
-        vd__api_reply_buf(r, &one);
+        vd__api_point_json(&b, &recs[0], &w, VD_API_POINT_RECORD);
+        vd__api_reply_buf(r, &b);
     }
+    vd_db_records_free(recs, nr);
     vd_buf_release(&b);
     vd_db_coll_put(c);
 }
@@ -278,12 +284,11 @@ static void delete_points(struct vd_http_req *r, void *ctx)
     if (body) {
         int rc = read_selector(body, &s, &e);
         if (rc == 0) {
-            if (s.filter)
-                rc = vd_db_delete_filter(c, s.filter, vd__api_write_done, r, &e);
-            else if (s.n == 0)
+            if (!s.filter && s.n == 0)
                 vd__api_write_done(0, NULL, 0, r);
             else
-                rc = vd_db_delete(c, s.ids, s.n, vd__api_write_done, r, &e);
+                rc = vd__api.data.delete_points(vd__api.data.impl, c, s.ids, s.n, s.filter,
+                                                vd__api_write_done, r, &e);
         }
         if (rc)
             vd_http_reply_err(r, &e);
@@ -322,8 +327,8 @@ static void payload_edit(struct vd_http_req *r, enum vd_db_payload_op op)
     if (!rc)
         rc = read_selector(body, &s, &e);
     if (!rc)
-        rc = vd_db_payload_edit(c, op, arg, s.filter ? NULL : s.ids, s.n, s.filter,
-                                vd__api_write_done, r, &e);
+        rc = vd__api.data.payload_edit(vd__api.data.impl, c, op, arg, s.filter ? NULL : s.ids,
+                                       s.n, s.filter, vd__api_write_done, r, &e);
     if (rc)
         vd_http_reply_err(r, &e);
 out:
@@ -358,13 +363,15 @@ static void scroll(struct vd_http_req *r, void *ctx)
         return;
     cJSON *body = vd__api_body(r, true);
     struct vd_filter *f = NULL;
+    struct vd_db_record *recs = NULL;
+    size_t nr = 0;
     struct vd_err e;
     struct vd_buf b;
     vd_buf_init(&b);
     if (!body)
         goto out;
     uint32_t limit;
-    struct vd_db_with w;
+    struct vd_api_with w;
     struct vd_pid from, next;
     bool has_from = false, has_next = false;
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(body, "offset");
@@ -381,14 +388,15 @@ static void scroll(struct vd_http_req *r, void *ctx)
         rc = vd__api_get_with(body, true, &w, &e);
     if (!rc)
         rc = vd__api_get_filter(body, &f, &e);
-    if (!rc) {
-        vd_buf_puts(&b, "{\"points\":");
-        rc = vd_db_scroll_json(c, has_from ? &from : NULL, limit, f, &w, &b, &next, &has_next, &e);
-    }
+    if (!rc)
+        rc = vd__api.data.scroll(vd__api.data.impl, c, has_from ? &from : NULL, limit, f,
+                                 w.vector, &recs, &nr, &next, &has_next, &e);
     if (rc) {
         vd_http_reply_err(r, &e);
         goto out;
     }
+    vd_buf_puts(&b, "{\"points\":");
+    vd__api_points_json(&b, recs, nr, &w, VD_API_POINT_RECORD);
     vd_buf_puts(&b, ",\"next_page_offset\":");
     if (has_next)
         vd_buf_json_pid(&b, &next);
@@ -397,6 +405,7 @@ static void scroll(struct vd_http_req *r, void *ctx)
     vd_buf_puts(&b, "}");
     vd__api_reply_buf(r, &b);
 out:
+    vd_db_records_free(recs, nr);
     vd_buf_release(&b);
     vd_filter_free(f);
     cJSON_Delete(body);
@@ -419,7 +428,10 @@ static void count(struct vd_http_req *r, void *ctx)
         goto out;
     }
     uint64_t n = 0;
-    vd_db_count(c, f, &n);
+    if (vd__api.data.count(vd__api.data.impl, c, f, &n, &e)) {
+        vd_http_reply_err(r, &e);
+        goto out;
+    }
     char buf[64];
     int len = snprintf(buf, sizeof buf, "{\"count\":%llu}", (unsigned long long)n);
     vd_http_reply_ok(r, buf, (size_t)len);

@@ -6,7 +6,7 @@
 
 struct sargs {
     struct vd_db_search s;
-    struct vd_db_with w;
+    struct vd_api_with w;
     float *vec;            /* owned */
     struct vd_filter *filter;
     bool scroll;           /* query without a query: scroll order */
@@ -128,6 +128,29 @@ static int parse_search(struct vd_coll *c, const cJSON *b, struct sargs *a, stru
     return 0;
 }
 
+/* The stored vector of point id, for a query by point id: *out malloc'd (dim floats). */
+static int point_vector(struct vd_coll *c, const struct vd_pid *id, float **out,
+                        struct vd_err *err)
+{
+    uint32_t dim = vd_db_coll_schema(c)->dim;
+    struct vd_db_record *rec;
+    size_t n;
+    int rc = vd__api.data.retrieve(vd__api.data.impl, c, id, 1, true, &rec, &n, err);
+    if (rc)
+        return rc;
+    if (n == 1 && rec[0].vec && rec[0].dim == dim) {
+        *out = rec[0].vec;
+        rec[0].vec = NULL; /* taken */
+    } else {
+        char s[VD_PID_STR_MAX];
+        vd_pid_format(id, s);
+        /* Qdrant's words for a query by an id that is not stored */
+        rc = vd_errf(err, VD_ENOTFOUND, "Not found: No point with id %s found", s);
+    }
+    vd_db_records_free(rec, n);
+    return rc;
+}
+
 static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struct vd_err *err)
 {
     memset(a, 0, sizeof *a);
@@ -155,15 +178,8 @@ static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struc
             vd_err_prefix(err, "query");
             return rc;
         }
-        a->vec = malloc(sizeof(float) * vd_db_coll_schema(c)->dim);
-        if (!a->vec)
-            return vd_errf(err, VD_ENOMEM, "out of memory");
-        if (vd_db_get_vector(c, &a->exclude, a->vec)) {
-            char s[VD_PID_STR_MAX];
-            vd_pid_format(&a->exclude, s);
-            /* Qdrant's words for a query by an id that is not stored */
-            return vd_errf(err, VD_ENOTFOUND, "Not found: No point with id %s found", s);
-        }
+        if ((rc = point_vector(c, &a->exclude, &a->vec, err)))
+            return rc;
         a->s.exclude = &a->exclude;
     } else if ((rc = read_query_vector(c, q, "query", &a->vec, err))) {
         return rc;
@@ -172,34 +188,43 @@ static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struc
     return 0;
 }
 
+/* Runs one search or query and appends its points (a JSON array) to out. */
 static int run(struct vd_coll *c, struct sargs *a, struct vd_buf *out, struct vd_err *err)
 {
-    if (a->scroll) {
-        struct vd_pid from, next;
-        bool has_from = false, has_next;
-        if (a->s.offset) {
-            /* skip `offset` points in scroll order: their records are built and thrown away */
-            struct vd_buf skip;
-            struct vd_db_with none = {0};
-            vd_buf_init(&skip);
-            int rc = vd_db_scroll_json(c, NULL, a->s.offset, a->filter, &none, &skip, &from,
-                                       &has_from, err);
-            vd_buf_release(&skip);
-            if (rc)
-                return rc;
-            if (!has_from) {
-                vd_buf_puts(out, "[]");
-                return 0;
-            }
-        }
-        if (a->s.limit == 0) {
+    const struct vd_data_ops *d = &vd__api.data;
+    struct vd_db_record *recs = NULL;
+    size_t n = 0;
+    int rc;
+    if (!a->scroll) {
+        if ((rc = d->search(d->impl, c, &a->s, a->w.vector, &recs, &n, err)))
+            return rc;
+        vd__api_points_json(out, recs, n, &a->w, VD_API_POINT_SCORED);
+        vd_db_records_free(recs, n);
+        return 0;
+    }
+    struct vd_pid from, next;
+    bool has_from = false, has_next;
+    if (a->s.offset) {
+        /* skip `offset` points in scroll order: their records are read and thrown away */
+        if ((rc = d->scroll(d->impl, c, NULL, a->s.offset, a->filter, false, &recs, &n, &from,
+                            &has_from, err)))
+            return rc;
+        vd_db_records_free(recs, n);
+        if (!has_from) {
             vd_buf_puts(out, "[]");
             return 0;
         }
-        return vd_db_scroll_json(c, has_from ? &from : NULL, a->s.limit, a->filter, &a->w, out,
-                                 &next, &has_next, err);
     }
-    return vd_db_search_json(c, &a->s, &a->w, out, err);
+    if (a->s.limit == 0) {
+        vd_buf_puts(out, "[]");
+        return 0;
+    }
+    if ((rc = d->scroll(d->impl, c, has_from ? &from : NULL, a->s.limit, a->filter, a->w.vector,
+                        &recs, &n, &next, &has_next, err)))
+        return rc;
+    vd__api_points_json(out, recs, n, &a->w, VD_API_POINT_RECORD);
+    vd_db_records_free(recs, n);
+    return 0;
 }
 
 typedef int (*parse_fn)(struct vd_coll *, const cJSON *, struct sargs *, struct vd_err *);

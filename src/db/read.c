@@ -1,48 +1,10 @@
-/* The read paths: search, retrieve, scroll and count, with Qdrant-shaped JSON output. */
+/* The read paths: search, retrieve, scroll and count. They return records copied out of
+ * storage (struct vd_db_record); JSON is made of them by the API. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "db_int.h"
-#include "vectord/json.h"
-
-/* Appends the payload: stored text as is, or the parts with_payload's include / exclude keys
- * select (vd_payload_select). */
-static void put_payload(struct vd_buf *out, const struct vd_point_view *v,
-                        const struct vd_db_with *w)
-{
-    if (!v->payload || !v->payload_len) {
-        vd_buf_puts(out, "{}");
-        return;
-    }
-    if (!w->payload_keys && !w->payload_exclude) {
-        vd_buf_append(out, v->payload, v->payload_len);
-        return;
-    }
-    cJSON *j = NULL;
-    struct vd_err e;
-    if (vd_json_parse(v->payload, v->payload_len, VD_JSON_MAX_DEPTH, &j, &e)) {
-        vd_buf_puts(out, "{}");
-        return;
-    }
-    vd_payload_select(j, w->payload_keys, w->payload_exclude);
-    vd_buf_json(out, j);
-    cJSON_Delete(j);
-}
-
-static void put_with(struct vd_buf *out, const struct vd_point_view *v, const struct vd_db_with *w)
-{
-    vd_buf_puts(out, ",\"payload\":");
-    if (w->payload)
-        put_payload(out, v, w);
-    else
-        vd_buf_puts(out, "null");
-    vd_buf_puts(out, ",\"vector\":");
-    if (w->vector && v->vec)
-        vd_buf_json_floats(out, v->vec, v->dim);
-    else
-        vd_buf_puts(out, "null");
-}
 
 /* The ids of the map slots set in b, at most n of them, into a new array *out (caller frees) of
  * *n_out ids: the index scores just these, where an exact scan would ask the filter about every
@@ -155,15 +117,76 @@ static bool passes(enum vd_metric m, float score, float threshold)
     return score >= threshold;
 }
 
-int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const struct vd_db_with *w,
-                      struct vd_buf *out, struct vd_err *err)
+/* A growing array of records copied out of storage views: what every read returns. */
+struct rec_list {
+    struct vd_db_record *v;
+    size_t n, cap;
+};
+
+void vd_db_records_free(struct vd_db_record *r, size_t n)
 {
+    for (size_t i = 0; r && i < n; i++) {
+        free(r[i].vec);
+        free(r[i].payload);
+    }
+    free(r);
+}
+
+/* Appends a copy of view v (its vector only when with_vector): the view's memory lives no longer
+ * than the read transaction, the record as long as the caller wants. Returns 0 or VD_ENOMEM
+ * (nothing appended). */
+static int rec_push(struct rec_list *l, const struct vd_point_view *v, bool with_vector,
+                    float score)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        struct vd_db_record *nv = realloc(l->v, sizeof *nv * cap);
+        if (!nv)
+            return VD_ENOMEM;
+        l->v = nv;
+        l->cap = cap;
+    }
+    struct vd_db_record *d = &l->v[l->n];
+    *d = (struct vd_db_record){.id = v->id, .version = {v->version, v->node}, .seq = v->seq,
+                               .tombstone = v->tombstone, .score = score};
+    if (v->payload) {
+        if (!(d->payload = malloc(v->payload_len ? v->payload_len : 1)))
+            return VD_ENOMEM;
+        memcpy(d->payload, v->payload, v->payload_len);
+        d->payload_len = v->payload_len;
+    }
+    if (with_vector && v->vec) {
+        if (!(d->vec = malloc(sizeof(float) * v->dim))) {
+            free(d->payload);
+            return VD_ENOMEM;
+        }
+        memcpy(d->vec, v->vec, sizeof(float) * v->dim);
+        d->dim = v->dim;
+    }
+    l->n++;
+    return 0;
+}
+
+/* Hands the list to the caller (an empty one as a valid, freeable array). */
+static int rec_take(struct rec_list *l, struct vd_db_record **out, size_t *n_out)
+{
+    if (!l->v && !(l->v = malloc(sizeof *l->v)))
+        return VD_ENOMEM;
+    *out = l->v;
+    *n_out = l->n;
+    return 0;
+}
+
+int vd_db_search(struct vd_coll *c, const struct vd_db_search *s, bool with_vector,
+                 struct vd_db_record **out, size_t *n_out, struct vd_err *err)
+{
+    *out = NULL;
+    *n_out = 0;
+    struct rec_list l = {0};
     uint32_t dim = c->schema.dim;
     uint32_t k = s->limit + s->offset;
-    if (k == 0) {
-        vd_buf_puts(out, "[]");
-        return 0;
-    }
+    if (k == 0)
+        return rec_take(&l, out, n_out) ? vd_errf(err, VD_ENOMEM, "out of memory") : 0;
     float qbuf[1024];
     float *q = dim <= 1024 ? qbuf : malloc(sizeof(float) * dim);
     struct vd_search_hit hbuf[128];
@@ -242,54 +265,29 @@ int vd_db_search_json(struct vd_coll *c, const struct vd_db_search *s, const str
         vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
         goto out_free;
     }
-    vd_buf_puts(out, "[");
-    bool first = true;
     for (uint32_t i = s->offset; i < nh; i++) {
         if (s->has_threshold && !passes(c->schema.metric, hits[i].score, s->score_threshold))
             break; /* hits are best first */
         struct vd_point_view v;
         if (vd_store_point_get(t, c->schema.incarnation, &hits[i].id, &v) || v.tombstone)
             continue; /* deleted after the search ran */
-        if (!first)
-            vd_buf_puts(out, ",");
-        first = false;
-        vd_buf_puts(out, "{\"id\":");
-        vd_buf_json_pid(out, &hits[i].id);
-        vd_buf_printf(out, ",\"version\":%llu,\"score\":", (unsigned long long)v.seq);
-        char num[32];
-        vd_json_fmt_float(hits[i].score, num);
-        vd_buf_puts(out, num);
-        put_with(out, &v, w);
-        vd_buf_puts(out, "}");
+        if ((rc = rec_push(&l, &v, with_vector, hits[i].score))) {
+            vd_errf(err, rc, "out of memory");
+            break;
+        }
+        vd_store_read_release_views(t);
     }
-    vd_buf_puts(out, "]");
     vd_store_read_end(t);
+    if (rc == 0 && rec_take(&l, out, n_out))
+        rc = vd_errf(err, VD_ENOMEM, "out of memory");
 out_free:
+    if (rc)
+        vd_db_records_free(l.v, l.n);
     if (q != qbuf)
         free(q);
     if (hits != hbuf)
         free(hits);
-    if (rc == 0 && !vd_buf_ok(out))
-        rc = vd_errf(err, VD_ENOMEM, "out of memory building the reply");
     return rc;
-}
-
-static void put_record(struct vd_buf *out, const struct vd_point_view *v,
-                       const struct vd_db_with *w)
-{
-    vd_buf_puts(out, "{\"id\":");
-    vd_buf_json_pid(out, &v->id);
-    put_with(out, v, w);
-    vd_buf_puts(out, "}");
-}
-
-void vd_db_records_free(struct vd_db_record *r, size_t n)
-{
-    for (size_t i = 0; r && i < n; i++) {
-        free(r[i].vec);
-        free(r[i].payload);
-    }
-    free(r);
 }
 
 int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool with_vector,
@@ -298,16 +296,11 @@ int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool w
 {
     *out = NULL;
     *n_out = 0;
-    struct vd_db_record *r = calloc(n ? n : 1, sizeof *r);
-    if (!r)
-        return vd_errf(err, VD_ENOMEM, "out of memory");
+    struct rec_list l = {0};
     struct vd_rtxn *t;
     int rc = vd_store_read_begin(c->db->store, &t);
-    if (rc) {
-        free(r);
+    if (rc)
         return vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
-    }
-    size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         struct vd_point_view v;
         if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v) ||
@@ -319,59 +312,18 @@ int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool w
             dup = vd_pid_eq(&ids[j], &ids[i]);
         if (dup)
             continue;
-        struct vd_db_record *d = &r[k++];
-        *d = (struct vd_db_record){.id = v.id, .version = {v.version, v.node}, .seq = v.seq,
-                                   .tombstone = v.tombstone, .payload_len = v.payload_len};
-        if ((v.payload && !(d->payload = malloc(v.payload_len ? v.payload_len : 1))) ||
-            (with_vector && v.vec && !(d->vec = malloc(sizeof(float) * v.dim)))) {
-            rc = vd_errf(err, VD_ENOMEM, "out of memory");
+        if ((rc = rec_push(&l, &v, with_vector, 0))) {
+            vd_errf(err, rc, "out of memory");
             break;
-        }
-        if (d->payload)
-            memcpy(d->payload, v.payload, v.payload_len);
-        if (d->vec) {
-            memcpy(d->vec, v.vec, sizeof(float) * v.dim);
-            d->dim = v.dim;
         }
         vd_store_read_release_views(t);
     }
     vd_store_read_end(t);
-    if (rc) {
-        vd_db_records_free(r, k);
-        return rc;
-    }
-    *out = r;
-    *n_out = k;
-    return 0;
-}
-
-void vd_db_record_json(struct vd_buf *out, const struct vd_db_record *r,
-                       const struct vd_db_with *w)
-{
-    struct vd_point_view v = {.id = r->id, .vec = r->vec, .dim = r->dim, .payload = r->payload,
-                              .payload_len = r->payload_len};
-    put_record(out, &v, w);
-}
-
-int vd_db_retrieve_json(struct vd_coll *c, const struct vd_pid *ids, size_t n,
-                        const struct vd_db_with *w, struct vd_buf *out, struct vd_err *err)
-{
-    struct vd_db_record *r;
-    size_t k;
-    int rc = vd_db_retrieve(c, ids, n, w->vector, false, &r, &k, err);
+    if (rc == 0 && rec_take(&l, out, n_out))
+        rc = vd_errf(err, VD_ENOMEM, "out of memory");
     if (rc)
-        return rc;
-    vd_buf_puts(out, "[");
-    for (size_t i = 0; i < k; i++) {
-        if (i)
-            vd_buf_puts(out, ",");
-        vd_db_record_json(out, &r[i], w);
-    }
-    vd_buf_puts(out, "]");
-    vd_db_records_free(r, k);
-    if (!vd_buf_ok(out))
-        return vd_errf(err, VD_ENOMEM, "out of memory building the reply");
-    return 0;
+        vd_db_records_free(l.v, l.n);
+    return rc;
 }
 
 int vd_db_get_vector(struct vd_coll *c, const struct vd_pid *id, float *out)
@@ -393,12 +345,11 @@ int vd_db_get_vector(struct vd_coll *c, const struct vd_pid *id, float *out)
 struct scroll_ctx {
     struct vd_coll *c;
     const struct vd_filter *f;
-    const struct vd_db_with *w;
-    struct vd_buf *out;
-    uint32_t limit, emitted;
+    bool with_vector;
+    struct rec_list *l;
+    uint32_t limit;
     struct vd_pid *next;
     bool *has_next;
-    bool ndjson; /* export lines instead of a JSON array of records */
 };
 
 static int scroll_cb(const struct vd_point_view *v, void *arg)
@@ -409,28 +360,12 @@ static int scroll_cb(const struct vd_point_view *v, void *arg)
         if (!e || !vd_filter_match_bin(s->f, &v->id, e->bin, e->len))
             return 0;
     }
-    if (s->emitted == s->limit) {
+    if (s->l->n == s->limit) {
         *s->next = v->id;
         *s->has_next = true;
         return 1;
     }
-    if (s->ndjson) {
-        vd_buf_puts(s->out, "{\"id\":");
-        vd_buf_json_pid(s->out, &v->id);
-        vd_buf_puts(s->out, ",\"vector\":");
-        vd_buf_json_floats(s->out, v->vec, v->dim);
-        if (v->payload && v->payload_len) {
-            vd_buf_puts(s->out, ",\"payload\":");
-            vd_buf_append(s->out, v->payload, v->payload_len);
-        }
-        vd_buf_puts(s->out, "}\n");
-    } else {
-        if (s->emitted)
-            vd_buf_puts(s->out, ",");
-        put_record(s->out, v, s->w);
-    }
-    s->emitted++;
-    return 0;
+    return rec_push(s->l, v, s->with_vector, 0);
 }
 
 static int pid_qcmp(const void *a, const void *b)
@@ -476,10 +411,13 @@ static int scroll_plan(struct vd_coll *c, const struct vd_filter *f, struct vd_p
     return 0;
 }
 
-static int scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
-                  const struct vd_filter *f, const struct vd_db_with *w, struct vd_buf *out,
-                  struct vd_pid *next, bool *has_next, bool ndjson, struct vd_err *err)
+int vd_db_scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                 const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
+                 size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err)
 {
+    *out = NULL;
+    *n_out = 0;
+    *has_next = false;
     struct vd_pid *ids = NULL;
     size_t nids = 0;
     int rc;
@@ -495,10 +433,8 @@ static int scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
         free(ids);
         return vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
     }
-    *has_next = false;
-    struct scroll_ctx s = {c, f, w, out, limit, 0, next, has_next, ndjson};
-    if (!ndjson)
-        vd_buf_puts(out, "[");
+    struct rec_list l = {0};
+    struct scroll_ctx s = {c, f, with_vector, &l, limit, next, has_next};
     if (ids) {
         /* the filter was applied by the plan; a point deleted since is skipped */
         s.f = NULL;
@@ -522,30 +458,17 @@ static int scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
         rc = vd_store_scan(t, c->schema.incarnation, from, false, scroll_cb, &s);
         if (f)
             pthread_rwlock_unlock(&c->plock);
+        if (rc > 0)
+            rc = 0;
     }
-    if (!ndjson)
-        vd_buf_puts(out, "]");
     vd_store_read_end(t);
     if (rc < 0)
-        return vd_errf(err, rc, "scroll failed: %s", vd_strerror(rc));
-    if (!vd_buf_ok(out))
-        return vd_errf(err, VD_ENOMEM, "out of memory building the reply");
-    return 0;
-}
-
-int vd_db_scroll_json(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
-                      const struct vd_filter *f, const struct vd_db_with *w, struct vd_buf *out,
-                      struct vd_pid *next, bool *has_next, struct vd_err *err)
-{
-    return scroll(c, from, limit, f, w, out, next, has_next, false, err);
-}
-
-int vd_db_export_ndjson(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
-                        const struct vd_filter *f, struct vd_buf *out, struct vd_pid *next,
-                        bool *has_next, struct vd_err *err)
-{
-    struct vd_db_with w = {.payload = true, .vector = true};
-    return scroll(c, from, limit, f, &w, out, next, has_next, true, err);
+        vd_errf(err, rc, "scroll failed: %s", vd_strerror(rc));
+    else if (rec_take(&l, out, n_out))
+        rc = vd_errf(err, VD_ENOMEM, "out of memory");
+    if (rc)
+        vd_db_records_free(l.v, l.n);
+    return rc;
 }
 
 int vd_db_count(struct vd_coll *c, const struct vd_filter *f, uint64_t *out)

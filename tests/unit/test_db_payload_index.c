@@ -548,14 +548,17 @@ static char *scroll_ids(struct vd_coll *c, const struct vd_filter *f)
 {
     struct vd_buf b;
     vd_buf_init(&b);
-    struct vd_db_with w = {.payload = true};
     struct vd_pid next, from;
     bool has_next = true, first = true;
     struct vd_err e;
     /* small pages, so that resuming from `from` is exercised too */
     while (has_next) {
-        if (vd_db_scroll_json(c, first ? NULL : &from, 7, f, &w, &b, &next, &has_next, &e))
+        struct vd_db_record *r;
+        size_t n;
+        if (vd_db_scroll(c, first ? NULL : &from, 7, f, false, &r, &n, &next, &has_next, &e))
             fail_msg("scroll: %s", e.msg);
+        records_text(&b, r, n, false);
+        vd_db_records_free(r, n);
         from = next;
         first = false;
     }
@@ -569,10 +572,13 @@ static char *search_text(struct vd_coll *c, const struct vd_filter *f, bool exac
     vd_buf_init(&b);
     float q[2] = {(float)rnd(100), (float)rnd(100)};
     struct vd_db_search s = {.query = q, .limit = 10, .filter = f, .exact = exact};
-    struct vd_db_with w = {.payload = true};
     struct vd_err e;
-    if (vd_db_search_json(c, &s, &w, &b, &e))
+    struct vd_db_record *r;
+    size_t n;
+    if (vd_db_search(c, &s, false, &r, &n, &e))
         fail_msg("search: %s", e.msg);
+    records_text(&b, r, n, true);
+    vd_db_records_free(r, n);
     /* ids, scores and payloads: the version differs between the two collections */
     cJSON *j = cJSON_ParseWithLength(b.data, b.len);
     assert_non_null(j);
