@@ -1,0 +1,332 @@
+/* The point and search handlers over a real HTTP server and a real database, with a data
+ * implementation (struct vd_data_ops) that records which operation each request used: every
+ * handler reaches the data only through it, and renders whatever records it returns, as a
+ * coordinator's implementation will return records that this node does not hold. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "vectord/api.h"
+
+#include "unit/db_fixture.h"
+
+enum { OP_UPSERT, OP_APPLY, OP_DELETE, OP_PAYLOAD, OP_RETRIEVE, OP_SEARCH, OP_SCROLL, OP_COUNT,
+       OP_N };
+
+/* Wraps the local implementation: counts each call; with `fake`, reads answer one made-up
+ * record (id 42, version (7, 9), payload {"a":1,"b":2}, vector [0.5, 0.25], score 0.75)
+ * instead of the database's. */
+struct spy {
+    struct vd_data_ops local;
+    atomic_int calls[OP_N];
+    bool fake;
+};
+
+static struct spy S;
+
+static int fake_records(struct vd_db_record **out, size_t *n, bool with_vector, float score)
+{
+    struct vd_db_record *r = calloc(1, sizeof *r);
+    static const char pl[] = "{\"a\":1,\"b\":2}";
+    r->id = (struct vd_pid){.type = VD_PID_NUM, .u.num = 42};
+    r->version = (struct vd_version){7, 9};
+    r->seq = 3;
+    r->score = score;
+    r->payload = malloc(sizeof pl - 1);
+    memcpy(r->payload, pl, sizeof pl - 1);
+    r->payload_len = sizeof pl - 1;
+    if (with_vector) {
+        r->vec = malloc(2 * sizeof(float));
+        r->vec[0] = 0.5f;
+        r->vec[1] = 0.25f;
+        r->dim = 2;
+    }
+    *out = r;
+    *n = 1;
+    return 0;
+}
+
+static int spy_upsert(void *impl, struct vd_coll *c, const struct vd_db_point *pts, size_t n,
+                      vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    S.calls[OP_UPSERT]++;
+    return S.local.upsert(S.local.impl, c, pts, n, done, ctx, err);
+}
+
+static int spy_apply(void *impl, struct vd_coll *c, const uint8_t *const *recs,
+                     const size_t *lens, size_t n, vd_db_done_fn done, void *ctx,
+                     struct vd_err *err)
+{
+    S.calls[OP_APPLY]++;
+    return S.local.apply(S.local.impl, c, recs, lens, n, done, ctx, err);
+}
+
+static int spy_delete(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
+                      const struct vd_filter *f, vd_db_done_fn done, void *ctx,
+                      struct vd_err *err)
+{
+    S.calls[OP_DELETE]++;
+    return S.local.delete_points(S.local.impl, c, ids, n, f, done, ctx, err);
+}
+
+static int spy_payload(void *impl, struct vd_coll *c, enum vd_db_payload_op op,
+                       const cJSON *arg, const struct vd_pid *ids, size_t n,
+                       const struct vd_filter *f, vd_db_done_fn done, void *ctx,
+                       struct vd_err *err)
+{
+    S.calls[OP_PAYLOAD]++;
+    return S.local.payload_edit(S.local.impl, c, op, arg, ids, n, f, done, ctx, err);
+}
+
+static int spy_retrieve(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
+                        bool with_vector, struct vd_db_record **out, size_t *n_out,
+                        struct vd_err *err)
+{
+    S.calls[OP_RETRIEVE]++;
+    if (S.fake)
+        return fake_records(out, n_out, with_vector, 0);
+    return S.local.retrieve(S.local.impl, c, ids, n, with_vector, out, n_out, err);
+}
+
+static int spy_search(void *impl, struct vd_coll *c, const struct vd_db_search *s,
+                      bool with_vector, struct vd_db_record **out, size_t *n_out,
+                      struct vd_err *err)
+{
+    S.calls[OP_SEARCH]++;
+    if (S.fake)
+        return fake_records(out, n_out, with_vector, 0.75f);
+    return S.local.search(S.local.impl, c, s, with_vector, out, n_out, err);
+}
+
+static int spy_scroll(void *impl, struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                      const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
+                      size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err)
+{
+    S.calls[OP_SCROLL]++;
+    if (S.fake) {
+        *has_next = false;
+        return fake_records(out, n_out, with_vector, 0);
+    }
+    return S.local.scroll(S.local.impl, c, from, limit, f, with_vector, out, n_out, next,
+                          has_next, err);
+}
+
+static int spy_count(void *impl, struct vd_coll *c, const struct vd_filter *f, uint64_t *out,
+                     struct vd_err *err)
+{
+    S.calls[OP_COUNT]++;
+    if (S.fake) {
+        *out = 1234;
+        return 0;
+    }
+    return S.local.count(S.local.impl, c, f, out, err);
+}
+
+/* ---- a node: database, API over the spy, HTTP server on an ephemeral port ---- */
+
+struct node {
+    struct vd_db *db;
+    struct vd_http *h;
+    uint16_t port;
+};
+
+static void node_start(struct node *n)
+{
+    fixture_mkdir();
+    n->db = open_db();
+    struct vd_coll *c = create_coll(n->db, "c", 2, VD_METRIC_EUCLID, 64, 0);
+    vd_db_coll_put(c);
+    memset(&S, 0, sizeof S);
+    vd_api_local_data(n->db, &S.local);
+    struct vd_http_opts ho = {.bind = "127.0.0.1", .threads = 2};
+    struct vd_err e;
+    assert_int_equal(vd_http_new(&ho, &n->h, &e), 0);
+    struct vd_api_opts ao = {.db = n->db,
+                             .data = {.upsert = spy_upsert,
+                                      .apply = spy_apply,
+                                      .delete_points = spy_delete,
+                                      .payload_edit = spy_payload,
+                                      .retrieve = spy_retrieve,
+                                      .search = spy_search,
+                                      .scroll = spy_scroll,
+                                      .count = spy_count,
+                                      .impl = &S}};
+    assert_int_equal(vd_api_register(n->h, &ao), 0);
+    assert_int_equal(vd_http_start(n->h, &e), 0);
+    n->port = vd_http_port(n->h);
+}
+
+static void node_stop(struct node *n)
+{
+    vd_http_stop(n->h, 2000);
+    vd_http_free(n->h);
+    vd_db_close(n->db);
+    fixture_rmdir();
+}
+
+/* One request on a new connection (Connection: close); returns the status and puts the body,
+ * NUL-terminated, in *body (caller frees). A chunked reply (export) is left as sent: the tests
+ * look for text inside its one chunk. */
+static int call(const struct node *n, const char *method, const char *path, const char *json,
+                char **body)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct timeval tv = {.tv_sec = 30};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(n->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    char head[512];
+    size_t blen = json ? strlen(json) : 0;
+    int hl = snprintf(head, sizeof head,
+                      "%s %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                      method, path, blen);
+    assert_int_equal(send(fd, head, (size_t)hl, MSG_NOSIGNAL), hl);
+    if (blen)
+        assert_int_equal(send(fd, json, blen, MSG_NOSIGNAL), (ssize_t)blen);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    ssize_t got;
+    while ((got = recv(fd, buf + len, cap - len - 1, 0)) > 0) {
+        len += (size_t)got;
+        if (cap - len < 4096)
+            buf = realloc(buf, cap *= 2);
+    }
+    close(fd);
+    buf[len] = '\0';
+    int status = 0;
+    assert_int_equal(sscanf(buf, "HTTP/1.%*d %d", &status), 1);
+    char *sep = strstr(buf, "\r\n\r\n");
+    assert_non_null(sep);
+    *body = strdup(sep + 4);
+    free(buf);
+    return status;
+}
+
+/* call() that expects `status` and a body containing `want` (NULL: any body). */
+static void expect(const struct node *n, const char *method, const char *path, const char *json,
+                   int status, const char *want)
+{
+    char *body;
+    int st = call(n, method, path, json, &body);
+    if (st != status || (want && !strstr(body, want)))
+        fail_msg("%s %s: %d %s (expected %d with %s)", method, path, st, body, status,
+                 want ? want : "any body");
+    free(body);
+}
+
+/* Each point and search route calls its operation of the data interface, once per request (per
+ * search in a batch), and never another one. */
+static void test_handlers_use_data_ops(void **state)
+{
+    struct node n;
+    node_start(&n);
+    static const struct {
+        const char *method, *path, *body, *want;
+        int op, calls, also; /* also: a second operation called once, or OP_N */
+    } t[] = {
+        {"PUT", "/collections/c/points?wait=true",
+         "{\"points\":[{\"id\":1,\"vector\":[1,0],\"payload\":{\"k\":\"x\"}},"
+         "{\"id\":2,\"vector\":[0,1]},{\"id\":3,\"vector\":[1,1]}]}",
+         "\"completed\"", OP_UPSERT, 1, OP_N},
+        {"POST", "/collections/c/points", "{\"ids\":[1,2]}", "\"k\":\"x\"", OP_RETRIEVE, 1, OP_N},
+        {"GET", "/collections/c/points/2", NULL, "\"id\":2", OP_RETRIEVE, 1, OP_N},
+        {"POST", "/collections/c/points/scroll", "{\"limit\":2}", "\"next_page_offset\":3",
+         OP_SCROLL, 1, OP_N},
+        {"POST", "/collections/c/points/search", "{\"vector\":[1,0],\"limit\":1}",
+         "\"score\":0", OP_SEARCH, 1, OP_N},
+        {"POST", "/collections/c/points/search/batch",
+         "{\"searches\":[{\"vector\":[1,0],\"limit\":1},{\"vector\":[0,1],\"limit\":1}]}",
+         "\"id\":2", OP_SEARCH, 2, OP_N},
+        {"POST", "/collections/c/points/query", "{\"query\":[1,0],\"limit\":1}", "\"id\":1",
+         OP_SEARCH, 1, OP_N},
+        /* a query by point id reads that point's vector through retrieve, then searches */
+        {"POST", "/collections/c/points/query", "{\"query\":1,\"limit\":1}", "\"id\":3",
+         OP_RETRIEVE, 1, OP_SEARCH},
+        {"POST", "/collections/c/points/query", "{\"limit\":1,\"offset\":1}", "\"id\":2",
+         OP_SCROLL, 2, OP_N},
+        {"POST", "/collections/c/points/count", "{}", "\"count\":3", OP_COUNT, 1, OP_N},
+        /* one page of export: every point fits in it */
+        {"GET", "/collections/c/points/export", NULL, "{\"id\":3,\"vector\":[1.0,1.0]}",
+         OP_SCROLL, 1, OP_N},
+        {"POST", "/collections/c/points/payload?wait=true",
+         "{\"payload\":{\"z\":1},\"points\":[2]}", "\"completed\"", OP_PAYLOAD, 1, OP_N},
+        {"POST", "/collections/c/points/payload/clear?wait=true", "{\"points\":[2]}",
+         "\"completed\"", OP_PAYLOAD, 1, OP_N},
+        {"POST", "/collections/c/points/delete?wait=true",
+         "{\"filter\":{\"must\":[{\"has_id\":[3]}]}}", "\"completed\"", OP_DELETE, 1, OP_N},
+        {"POST", "/collections/c/points/delete?wait=true", "{\"points\":[2]}", "\"completed\"",
+         OP_DELETE, 1, OP_N},
+        {"POST", "/collections/c/points/count", "{}", "\"count\":1", OP_COUNT, 1, OP_N},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        int before[OP_N];
+        for (int k = 0; k < OP_N; k++)
+            before[k] = S.calls[k];
+        expect(&n, t[i].method, t[i].path, t[i].body, 200, t[i].want);
+        for (int k = 0; k < OP_N; k++) {
+            int d = S.calls[k] - before[k];
+            int want = k == t[i].op ? t[i].calls : k == t[i].also ? 1 : 0;
+            if (d != want)
+                fail_msg("request %zu (%s %s): operation %d called %d times, expected %d", i,
+                         t[i].method, t[i].path, k, d, want);
+        }
+    }
+    node_stop(&n);
+}
+
+/* Replies are made from the records the data interface returns, not from this node's database
+ * (empty here), through the one renderer: with_payload and with_vector select the same way for
+ * retrieve, scroll, search and query, and search hits carry the score they came with. */
+static void test_handlers_render_data_ops_records(void **state)
+{
+    struct node n;
+    node_start(&n);
+    S.fake = true;
+    const char *rec = "{\"id\":42,\"payload\":{\"a\":1},\"vector\":[0.5,0.25]}";
+    const char *scored =
+        "{\"id\":42,\"version\":3,\"score\":0.75,\"payload\":{\"a\":1},\"vector\":[0.5,0.25]}";
+    const char *sel = ",\"with_payload\":{\"include\":[\"a\"]},\"with_vector\":true}";
+    char req[256];
+    snprintf(req, sizeof req, "{\"ids\":[42]%s", sel);
+    expect(&n, "POST", "/collections/c/points", req, 200, rec);
+    snprintf(req, sizeof req, "{\"limit\":5%s", sel);
+    expect(&n, "POST", "/collections/c/points/scroll", req, 200, rec);
+    snprintf(req, sizeof req, "{\"vector\":[1,0],\"limit\":5%s", sel);
+    expect(&n, "POST", "/collections/c/points/search", req, 200, scored);
+    snprintf(req, sizeof req, "{\"query\":[1,0],\"limit\":5%s", sel);
+    expect(&n, "POST", "/collections/c/points/query", req, 200, scored);
+    expect(&n, "GET", "/collections/c/points/42", NULL, 200,
+           "{\"id\":42,\"payload\":{\"a\":1,\"b\":2},\"vector\":[0.5,0.25]}");
+    expect(&n, "POST", "/collections/c/points/search",
+           "{\"vector\":[1,0],\"limit\":5,\"with_payload\":[\"b\"]}", 200,
+           "\"score\":0.75,\"payload\":{\"b\":2},\"vector\":null}");
+    expect(&n, "POST", "/collections/c/points/count", "{}", 200, "\"count\":1234");
+    /* an export line, whole payload and vector (the reply is one small chunk) */
+    expect(&n, "GET", "/collections/c/points/export", NULL, 200,
+           "{\"id\":42,\"vector\":[0.5,0.25],\"payload\":{\"a\":1,\"b\":2}}\n");
+    node_stop(&n);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_handlers_use_data_ops),
+        cmocka_unit_test(test_handlers_render_data_ops_records),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
