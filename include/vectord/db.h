@@ -215,8 +215,6 @@ int vd_db_search(struct vd_coll *c, const struct vd_db_search *s, bool with_vect
 int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool with_vector,
                    bool with_tombstones, struct vd_db_record **out, size_t *n_out,
                    struct vd_err *err);
-/* Copies the stored vector of one live point into out[dim]; VD_ENOTFOUND. */
-int vd_db_get_vector(struct vd_coll *c, const struct vd_pid *id, float *out);
 
 /* Scroll: up to limit live points in id order from `from` (inclusive; NULL = first) matching f
  * (NULL = all), never a tombstone, each with its payload and (with_vector) vector. *next is the

@@ -326,22 +326,6 @@ int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool w
     return rc;
 }
 
-int vd_db_get_vector(struct vd_coll *c, const struct vd_pid *id, float *out)
-{
-    struct vd_rtxn *t;
-    int rc = vd_store_read_begin(c->db->store, &t);
-    if (rc)
-        return rc;
-    struct vd_point_view v;
-    rc = vd_store_point_get(t, c->schema.incarnation, id, &v);
-    if (rc == 0 && (v.tombstone || v.dim != c->schema.dim))
-        rc = VD_ENOTFOUND;
-    if (rc == 0)
-        memcpy(out, v.vec, sizeof(float) * v.dim);
-    vd_store_read_end(t);
-    return rc;
-}
-
 struct scroll_ctx {
     struct vd_coll *c;
     const struct vd_filter *f;
