@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcjson-dev liblmdb-dev
       libuv1-dev libsodium-dev libcmocka-dev)
 if [ "${1:-}" = "--test" ]; then
-    pkgs+=(clang libclang-rt-dev python3 python3-numpy curl iproute2)
+    pkgs+=(clang libclang-rt-dev python3 python3-numpy curl iproute2 systemd)
     command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 if [ "${1:-}" = "--bench" ]; then
