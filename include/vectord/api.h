@@ -16,6 +16,10 @@ struct vd_meta_ops {
                              void *ctx, struct vd_err *err);
     int (*delete_collection)(void *impl, const char *name, vd_db_done_fn done, void *ctx,
                              struct vd_err *err);
+    /* sets the quantization config of s->name (incarnation s->incarnation) to s's; NULL: a
+     * PATCH of the quantization config answers that it cannot be changed */
+    int (*update_collection)(void *impl, const struct vd_coll_schema *s, vd_db_done_fn done,
+                             void *ctx, struct vd_err *err);
     void *impl;
 };
 

@@ -75,6 +75,10 @@ typedef vd_db_done_fn vd_cluster_done_fn;
  * or 0 (done will be called exactly once). */
 int vd_cluster_create_collection(struct vd_cluster *c, const struct vd_coll_schema *s,
                                  vd_cluster_done_fn done, void *ctx, struct vd_err *err);
+/* Sets the quantization config of collection s->name (incarnation s->incarnation) to s's through
+ * the state machine; done once applied locally, as for create. */
+int vd_cluster_update_collection(struct vd_cluster *c, const struct vd_coll_schema *s,
+                                 vd_cluster_done_fn done, void *ctx, struct vd_err *err);
 int vd_cluster_delete_collection(struct vd_cluster *c, const char *name, vd_cluster_done_fn done,
                                  void *ctx, struct vd_err *err);
 /* Payload index declarations through Raft, so every node holds the same indexes: set declares

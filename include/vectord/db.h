@@ -50,6 +50,18 @@ int vd_db_coll_delete(struct vd_db *db, const char *name, vd_db_done_fn done, vo
 int vd_db_coll_get(struct vd_db *db, const char *name, struct vd_coll **out);
 void vd_db_coll_put(struct vd_coll *c);
 const struct vd_coll_schema *vd_db_coll_schema(const struct vd_coll *c);
+/* Copies the schema of c; unlike reading through vd_db_coll_schema, safe against a concurrent
+ * vd_db_coll_update (which changes the quantization fields only). */
+void vd_db_coll_schema_copy(struct vd_coll *c, struct vd_coll_schema *out);
+/* Sets the quantization config of the collection schema->name to schema's: schema must be the
+ * collection's own (same incarnation and other fields) but for the quant_* fields. Stores it,
+ * then quantizes the index (every stored point, when there are enough to train on), unquantizes
+ * it or retrains it for a new quantile; that pass blocks the collection's searches and runs on
+ * the storage writer's completion thread. done as for vd_db_coll_create. Errors (returned or
+ * given to done): VD_ENOTFOUND, VD_EINVAL (other fields differ), VD_ERANGE, VD_ENOMEM, storage
+ * errors. */
+int vd_db_coll_update(struct vd_db *db, const struct vd_coll_schema *schema, vd_db_done_fn done,
+                      void *ctx, struct vd_err *err);
 /* Names of all collections, sorted; caller frees the array and each name. */
 int vd_db_coll_names(struct vd_db *db, char ***names, size_t *n);
 

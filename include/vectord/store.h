@@ -94,6 +94,9 @@ enum vd_wop_kind {
                            from it (written back into the op). VD_EINVAL for a malformed record
                            or, on a live one, no unnamed dense vector of the collection's size */
     VD_WOP_COLL_CREATE, /* schema; VD_EEXIST if name exists */
+    VD_WOP_COLL_UPDATE, /* schema: replaces the stored schema of the live collection with that
+                           name and incarnation (only the quantization config may differ);
+                           VD_ENOTFOUND if there is none, VD_EINVAL if other fields differ */
     VD_WOP_COLL_DELETE, /* by name; VD_ENOTFOUND if absent; points of that incarnation are purged
                            in the background in chunks (never in one huge txn) */
     VD_WOP_PINDEX_PUT,  /* declare (or retype) the payload index `field` of incarnation with
@@ -134,7 +137,8 @@ struct vd_wop {
      * deleted or rewritten after the read is never overwritten by what was built from it. */
     bool if_version;
     struct vd_version expect;
-    struct vd_coll_schema *schema; /* COLL_CREATE (incarnation, created_hlc filled on success) */
+    struct vd_coll_schema *schema; /* COLL_CREATE (incarnation, created_hlc filled on success),
+                                      COLL_UPDATE */
     const char *coll_name;         /* COLL_DELETE */
     const char *field;             /* PINDEX_*: NUL-terminated field name */
     uint64_t target;               /* HINT_*: the node the hint is for */

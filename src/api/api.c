@@ -13,6 +13,12 @@ static int local_create(void *impl, const struct vd_coll_schema *s, vd_db_done_f
     return vd_db_coll_create(impl, s, done, ctx, err);
 }
 
+static int local_update(void *impl, const struct vd_coll_schema *s, vd_db_done_fn done,
+                        void *ctx, struct vd_err *err)
+{
+    return vd_db_coll_update(impl, s, done, ctx, err);
+}
+
 static int local_delete(void *impl, const char *name, vd_db_done_fn done, void *ctx,
                         struct vd_err *err)
 {
@@ -23,6 +29,7 @@ void vd_api_local_meta(struct vd_db *db, struct vd_meta_ops *out)
 {
     out->create_collection = local_create;
     out->delete_collection = local_delete;
+    out->update_collection = local_update;
     out->impl = db;
 }
 

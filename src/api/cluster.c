@@ -79,6 +79,18 @@ static int cluster_create(void *impl, const struct vd_coll_schema *s, vd_db_done
     return rc;
 }
 
+static int cluster_update(void *impl, const struct vd_coll_schema *s, vd_db_done_fn done, void *ctx,
+                          struct vd_err *err)
+{
+    struct relay *rl = relay_new(done, ctx, err);
+    if (!rl)
+        return VD_ENOMEM;
+    int rc = vd_cluster_update_collection(impl, s, relay_done, rl, err);
+    if (rc)
+        free(rl);
+    return rc;
+}
+
 static int cluster_delete(void *impl, const char *name, vd_db_done_fn done, void *ctx,
                           struct vd_err *err)
 {
@@ -119,6 +131,7 @@ void vd_api_cluster_meta(struct vd_cluster *c, struct vd_meta_ops *out)
 {
     out->create_collection = cluster_create;
     out->delete_collection = cluster_delete;
+    out->update_collection = cluster_update;
     out->impl = c;
 }
 

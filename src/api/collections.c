@@ -195,6 +195,60 @@ static void drop(struct vd_http_req *r, void *ctx)
         vd_http_reply_err(r, &e);
 }
 
+/* PATCH /collections/{name}: Qdrant's collection update. vectord changes the quantization config
+ * ({"scalar": …} sets it, "Disabled" removes it, null or absent leaves it); the optimizer
+ * settings are accepted and ignored (vectord has no optimizer), and the other parts, which would
+ * change how the collection answers, are refused by name. */
+static void patch(struct vd_http_req *r, void *ctx)
+{
+    struct vd_coll *c = vd__api_coll(r);
+    if (!c)
+        return;
+    struct vd_coll_schema s;
+    vd_db_coll_schema_copy(c, &s);
+    vd_db_coll_put(c);
+    struct vd_err e;
+    cJSON *body = vd__api_body(r, false);
+    if (!body)
+        return;
+    int rc = 0;
+    static const char *const fixed[] = {"vectors", "hnsw_config", "params", "sparse_vectors",
+                                        "strict_mode_config"};
+    for (size_t i = 0; !rc && i < sizeof fixed / sizeof *fixed; i++) {
+        const cJSON *it = cJSON_GetObjectItemCaseSensitive(body, fixed[i]);
+        if (it && !cJSON_IsNull(it))
+            rc = vd_errf(&e, VD_EINVAL,
+                         "'%s' cannot be changed on an existing collection; only "
+                         "'quantization_config' can",
+                         fixed[i]);
+    }
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(body, "quantization_config");
+    bool change = q && !cJSON_IsNull(q);
+    if (!rc && cJSON_IsString(q) && strcmp(q->valuestring, "Disabled") == 0) {
+        s.quant_enabled = false;
+        s.quant_quantile = 0.0f;
+        s.quant_always_ram = 0;
+    } else if (!rc && change) {
+        rc = parse_quant(q, "quantization_config", &s, &e);
+    }
+    cJSON_Delete(body);
+    if (rc) {
+        vd_http_reply_err(r, &e);
+        return;
+    }
+    if (!change) {
+        vd_http_reply_ok(r, "true", 4);
+        return;
+    }
+    if (!vd__api.meta.update_collection) {
+        vd_errf(&e, VD_EINVAL, "the quantization config cannot be changed on this node");
+        vd_http_reply_err(r, &e);
+        return;
+    }
+    if (vd__api.meta.update_collection(vd__api.meta.impl, &s, vd__api_meta_done, r, &e))
+        vd_http_reply_err(r, &e);
+}
+
 static void list(struct vd_http_req *r, void *ctx)
 {
     char **names;
@@ -264,7 +318,9 @@ static void info(struct vd_http_req *r, void *ctx)
     struct vd_coll *c = vd__api_coll(r);
     if (!c)
         return;
-    const struct vd_coll_schema *s = vd_db_coll_schema(c);
+    struct vd_coll_schema sc;
+    vd_db_coll_schema_copy(c, &sc);
+    const struct vd_coll_schema *s = &sc;
     struct vd_coll_stats st;
     vd_db_coll_stats(c, &st);
     struct vd_buf b;
@@ -303,6 +359,7 @@ int vd__api_collections_routes(struct vd_http *h)
     if ((rc = vd_http_route(h, "GET", "/collections", VD_ROLE_RO, list, NULL)) ||
         (rc = vd_http_route(h, "PUT", "/collections/{name}", VD_ROLE_ADMIN, create, NULL)) ||
         (rc = vd_http_route(h, "GET", "/collections/{name}", VD_ROLE_RO, info, NULL)) ||
+        (rc = vd_http_route(h, "PATCH", "/collections/{name}", VD_ROLE_ADMIN, patch, NULL)) ||
         (rc = vd_http_route(h, "DELETE", "/collections/{name}", VD_ROLE_ADMIN, drop, NULL)) ||
         (rc = vd_http_route(h, "GET", "/collections/{name}/exists", VD_ROLE_RO, exists, NULL)))
         return rc;

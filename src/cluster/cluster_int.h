@@ -383,6 +383,9 @@ void vd_meta_free(struct vd_meta *m);
 
 /* Command builders: append the JSON text of one command to out. */
 void vd_meta_cmd_create_collection(const struct vd_coll_schema *s, struct vd_buf *out);
+/* Command setting the quantization config of collection s->name, incarnation s->incarnation, to
+ * s's (its other fields are not changed). */
+void vd_meta_cmd_update_collection(const struct vd_coll_schema *s, struct vd_buf *out);
 void vd_meta_cmd_delete_collection(const char *name, struct vd_buf *out);
 void vd_meta_cmd_add_member(uint64_t id, const char *addr, const char *http_addr,
                             struct vd_buf *out);
@@ -528,9 +531,13 @@ struct vd_meta_view *vd__cluster_view_acquire(struct vd_cluster *c);
 struct vd_meta_local {
     const char *name;
     uint64_t incarnation;
+    /* the local schema, or NULL: when given, a kept collection whose quantization config differs
+     * from the state machine's gets an update action */
+    const struct vd_coll_schema *schema;
 };
 struct vd_meta_action {
-    bool create;                   /* else delete */
+    bool create;                   /* else delete, or update */
+    bool update;                   /* the quantization config of schema */
     char name[256];
     struct vd_coll_schema schema;  /* create: the schema to create with */
     uint64_t incarnation;          /* delete: the incarnation to delete */

@@ -141,6 +141,13 @@ static void put_member(struct vd_buf *b, const struct vd_meta_member *mb)
     vd_buf_puts(b, "]}");
 }
 
+void vd_meta_cmd_update_collection(const struct vd_coll_schema *s, struct vd_buf *out)
+{
+    vd_buf_puts(out, "{\"op\":\"update_collection\",\"schema\":");
+    put_schema(out, s);
+    vd_buf_puts(out, "}");
+}
+
 void vd_meta_cmd_create_collection(const struct vd_coll_schema *s, struct vd_buf *out)
 {
     vd_buf_puts(out, "{\"op\":\"create_collection\",\"schema\":");
@@ -500,6 +507,30 @@ static int op_create_collection(struct vd_meta *m, uint64_t index, const cJSON *
     return 0;
 }
 
+/* Replaces the quantization config of a collection; the command names its incarnation, so a
+ * change meant for a collection since deleted and re-created does not touch the new one. */
+static int op_update_collection(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
+{
+    struct vd_coll_schema s;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(cmd, "schema");
+    if (!so)
+        return vd_errf(e, VD_EINVAL, "missing field 'schema'");
+    int rc = parse_schema(so, &s, e);
+    if (rc) {
+        vd_err_prefix(e, "schema");
+        return rc;
+    }
+    bool found;
+    size_t at = coll_find(m, s.name, &found);
+    if (!found || m->colls[at].s.incarnation != s.incarnation)
+        return vd_errf(e, VD_ENOTFOUND, "collection '%s' not found", s.name);
+    struct vd_coll_schema *cur = &m->colls[at].s;
+    cur->quant_enabled = s.quant_enabled;
+    cur->quant_quantile = s.quant_quantile;
+    cur->quant_always_ram = s.quant_always_ram;
+    return 0;
+}
+
 static int op_delete_collection(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
 {
     const char *name;
@@ -748,6 +779,8 @@ int vd_meta_apply(struct vd_meta *m, uint64_t index, const uint8_t *cmd, size_t 
         goto out_free_root;
     if (!strcmp(op, "create_collection"))
         rc = op_create_collection(m, index, root, &e);
+    else if (!strcmp(op, "update_collection"))
+        rc = op_update_collection(m, root, &e);
     else if (!strcmp(op, "delete_collection"))
         rc = op_delete_collection(m, root, &e);
     else if (!strcmp(op, "set_payload_index"))
@@ -1278,7 +1311,15 @@ static int local_cmp(const void *a, const void *b)
                   (*(const struct vd_meta_local *const *)b)->name);
 }
 
-/* Contract in cluster_int.h. Deletes come in the order of local[], creates in name order. */
+static bool quant_differs(const struct vd_coll_schema *a, const struct vd_coll_schema *b)
+{
+    return a->quant_enabled != b->quant_enabled ||
+           (a->quant_enabled && (a->quant_quantile != b->quant_quantile ||
+                                 a->quant_always_ram != b->quant_always_ram));
+}
+
+/* Contract in cluster_int.h. Deletes and updates come in the order of local[], creates in name
+ * order. */
 int vd_meta_plan(const struct vd_meta *m, const struct vd_meta_local *local, size_t n_local,
                  struct vd_meta_action **out, size_t *n_out)
 {
@@ -1303,6 +1344,13 @@ int vd_meta_plan(const struct vd_meta *m, const struct vd_meta_local *local, siz
         bool ahead = vd_meta_incarnation_ahead(m, l->incarnation);
         if ((s && s->incarnation == l->incarnation) || ahead) {
             kept[n_kept++] = l;
+            if (s && l->schema && quant_differs(s, l->schema)) {
+                struct vd_meta_action *a = &acts[n++];
+                a->update = true;
+                memcpy(a->name, s->name, sizeof a->name);
+                a->schema = *s;
+                a->incarnation = s->incarnation;
+            }
             continue;
         }
         struct vd_meta_action *a = &acts[n++];

@@ -44,6 +44,7 @@ enum op_kind {
     OP_REMOVE_NODE,
     OP_INTERNAL,
     OP_PINDEX, /* payload index set or drop */
+    OP_UPDATE, /* collection quantization config */
 };
 enum op_state {
     ST_NEW = 1,     /* to propose (or forward), or to ask a read index for */

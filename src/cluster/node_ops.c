@@ -319,6 +319,14 @@ int vd_cluster_create_collection(struct vd_cluster *c, const struct vd_coll_sche
     return submit_change(c, OP_CREATE, &cmd, 0, done, ctx, err);
 }
 
+int vd_cluster_update_collection(struct vd_cluster *c, const struct vd_coll_schema *s,
+                                 vd_cluster_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct vd_buf cmd = {0};
+    vd_meta_cmd_update_collection(s, &cmd);
+    return submit_change(c, OP_UPDATE, &cmd, 0, done, ctx, err);
+}
+
 int vd_cluster_delete_collection(struct vd_cluster *c, const char *name, vd_cluster_done_fn done,
                                  void *ctx, struct vd_err *err)
 {

@@ -190,6 +190,10 @@ static void rec_step(struct vd_cluster *c)
             vd_log_info("cluster: creating collection '%s' (incarnation %llx)", a->name,
                         (unsigned long long)a->schema.incarnation);
             rc = vd_db_coll_create(c->db, &a->schema, rec_done, c, &err);
+        } else if (a->update) {
+            vd_log_info("cluster: collection '%s': quantization %s", a->name,
+                        a->schema.quant_enabled ? "int8" : "off");
+            rc = vd_db_coll_update(c->db, &a->schema, rec_done, c, &err);
         } else {
             vd_log_info("cluster: deleting collection '%s' (incarnation %llx)", a->name,
                         (unsigned long long)a->incarnation);
@@ -247,20 +251,24 @@ void vd__cluster_reconcile_kick(struct vd_cluster *c)
     if (vd_db_coll_names(c->db, &names, &n))
         return;
     struct vd_meta_local *loc = calloc(n ? n : 1, sizeof *loc);
+    struct vd_coll_schema *sch = calloc(n ? n : 1, sizeof *sch);
     size_t k = 0;
-    for (size_t i = 0; loc && i < n; i++) {
+    for (size_t i = 0; loc && sch && i < n; i++) {
         struct vd_coll *coll;
         if (vd_db_coll_get(c->db, names[i], &coll))
             continue;
+        vd_db_coll_schema_copy(coll, &sch[k]);
         loc[k].name = names[i];
-        loc[k].incarnation = vd_db_coll_schema(coll)->incarnation;
+        loc[k].incarnation = sch[k].incarnation;
+        loc[k].schema = &sch[k];
         k++;
         vd_db_coll_put(coll);
     }
     struct vd_meta_action *acts = NULL;
     size_t na = 0;
-    int rc = loc ? vd_meta_plan(c->meta, loc, k, &acts, &na) : VD_ENOMEM;
+    int rc = loc && sch ? vd_meta_plan(c->meta, loc, k, &acts, &na) : VD_ENOMEM;
     free(loc);
+    free(sch);
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);

@@ -723,6 +723,64 @@ int vd_db_coll_create(struct vd_db *db, const struct vd_coll_schema *schema, vd_
     return 0;
 }
 
+void vd_db_coll_schema_copy(struct vd_coll *c, struct vd_coll_schema *out)
+{
+    pthread_mutex_lock(&c->db->mu);
+    *out = c->schema;
+    pthread_mutex_unlock(&c->db->mu);
+}
+
+static void update_done(struct vd_wbatch *b, int status, void *arg)
+{
+    struct meta_op *m = arg;
+    struct vd_coll *c;
+    if (status == 0 && vd_db_coll_get(m->db, m->schema.name, &c) == 0) {
+        if (c->schema.incarnation == m->schema.incarnation) {
+            pthread_mutex_lock(&m->db->mu);
+            c->schema.quant_enabled = m->schema.quant_enabled;
+            c->schema.quant_quantile = m->schema.quant_quantile;
+            c->schema.quant_always_ram = m->schema.quant_always_ram;
+            pthread_mutex_unlock(&m->db->mu);
+            struct vd_index_params p = index_params(&m->schema);
+            int rc = vd_index_set_quant(c->ix, &p.quant);
+            if (rc)
+                status = vd_errf(&b->err, rc, "collection '%s': cannot quantize the index: %s",
+                                 m->schema.name, vd_strerror(rc));
+        }
+        vd_db_coll_put(c);
+    }
+    m->done(status, status ? &b->err : NULL, m->op.seq, m->ctx);
+    free(m);
+}
+
+int vd_db_coll_update(struct vd_db *db, const struct vd_coll_schema *schema, vd_db_done_fn done,
+                      void *ctx, struct vd_err *err)
+{
+    struct vd_coll *c;
+    if (vd_db_coll_get(db, schema->name, &c))
+        return vd_errf(err, VD_ENOTFOUND, "collection '%s' not found", schema->name);
+    vd_db_coll_put(c);
+    struct meta_op *m = calloc(1, sizeof *m);
+    if (!m)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    m->db = db;
+    m->schema = *schema;
+    m->op.kind = VD_WOP_COLL_UPDATE;
+    m->op.schema = &m->schema;
+    m->b.ops = &m->op;
+    m->b.n = 1;
+    m->b.done = update_done;
+    m->b.ctx = m;
+    m->done = done;
+    m->ctx = ctx;
+    int rc = vd_store_submit(db->store, &m->b);
+    if (rc) {
+        free(m);
+        return vd_errf(err, rc, "cannot write: %s", vd_strerror(rc));
+    }
+    return 0;
+}
+
 static void delete_done(struct vd_wbatch *b, int status, void *arg)
 {
     struct meta_op *m = arg;

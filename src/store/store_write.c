@@ -356,6 +356,54 @@ static int coll_create(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
     return 0;
 }
 
+/* Whether two schemas differ only in their quantization config. */
+static bool same_but_quant(const struct vd_coll_schema *a, const struct vd_coll_schema *b)
+{
+    return strcmp(a->name, b->name) == 0 && a->dim == b->dim && a->metric == b->metric &&
+           a->hnsw_m == b->hnsw_m && a->hnsw_ef_construct == b->hnsw_ef_construct &&
+           a->full_scan_threshold_kb == b->full_scan_threshold_kb &&
+           a->replication_factor == b->replication_factor &&
+           a->write_consistency_factor == b->write_consistency_factor &&
+           a->incarnation == b->incarnation && a->created_hlc == b->created_hlc;
+}
+
+static int coll_update(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
+                       struct vd_err *err)
+{
+    const struct vd_coll_schema *c = op->schema;
+    if (!c)
+        return vd_errf(err, VD_EINVAL, "no schema given");
+    size_t nl = strnlen(c->name, sizeof c->name);
+    if (nl == 0 || nl > 255)
+        return vd_errf(err, VD_ENOTFOUND, "collection '%s' not found", c->name);
+    MDB_val k = {nl, (void *)c->name}, v;
+    int rc = mdb_get(txn, s->dbi_colls, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return vd_errf(err, VD_ENOTFOUND, "collection '%s' not found", c->name);
+    if (rc)
+        return vd_errf(err, mdbck(g, rc), "reading collections: %s", mdb_strerror(rc));
+    struct vd_coll_schema old;
+    int r = vd__store_schema_decode(&v, &old);
+    if (r)
+        return vd_errf(err, r, "collection '%s': stored schema is malformed", c->name);
+    if (old.incarnation != c->incarnation)
+        return vd_errf(err, VD_ENOTFOUND, "collection '%s' (incarnation %llu) not found", c->name,
+                       (unsigned long long)c->incarnation);
+    if (!same_but_quant(&old, c))
+        return vd_errf(err, VD_EINVAL,
+                       "collection '%s': only the quantization config can be changed", c->name);
+    if (c->quant_enabled && c->quant_quantile != 0.0f &&
+        !(c->quant_quantile >= 0.5f && c->quant_quantile <= 1.0f))
+        return vd_errf(err, VD_ERANGE, "collection '%s': quantile %g is not in 0.5..1", c->name,
+                       (double)c->quant_quantile);
+    uint8_t sb[VD__SCHEMA_MAX];
+    MDB_val nv = {vd__store_schema_encode(c, sb), sb};
+    if ((rc = mdb_put(txn, s->dbi_colls, &k, &nv, 0)))
+        return vd_errf(err, mdbck(g, rc), "writing collection: %s", mdb_strerror(rc));
+    op->applied = true;
+    return 0;
+}
+
 static int coll_delete(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
                        struct vd_err *err)
 {
@@ -460,6 +508,9 @@ static int apply_batch(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
             g->cache_inc = 0;
             r = coll_delete(s, txn, g, op, &b->err);
             break;
+        case VD_WOP_COLL_UPDATE:
+            r = coll_update(s, txn, g, op, &b->err);
+            break;
         case VD_WOP_PINDEX_PUT:
         case VD_WOP_PINDEX_DELETE:
             r = pindex_op(s, txn, g, op, &b->err);
@@ -506,7 +557,8 @@ static void reset_outputs(struct vd_wbatch *b)
 static void finish_outputs(struct vd_wbatch *b)
 {
     for (size_t i = 0; i < b->n; i++)
-        if (b->ops[i].kind == VD_WOP_COLL_CREATE || b->ops[i].kind == VD_WOP_COLL_DELETE)
+        if (b->ops[i].kind == VD_WOP_COLL_CREATE || b->ops[i].kind == VD_WOP_COLL_DELETE ||
+            b->ops[i].kind == VD_WOP_COLL_UPDATE)
             b->ops[i].seq = 0;
 }
 

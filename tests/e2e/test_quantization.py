@@ -1,5 +1,6 @@
-"""Scalar int8 quantization over REST: Qdrant's quantization_config at creation, its report in
-the collection info, params.quantization on searches, refused parameters, and a restart."""
+"""Scalar int8 quantization over REST: Qdrant's quantization_config at creation and by PATCH,
+its report in the collection info, params.quantization on searches, refused parameters, and
+restarts."""
 import math
 import random
 
@@ -105,7 +106,7 @@ class QuantizationTest(NodeTest):
                 self.assertAlmostEqual(h["score"], l2(q, vecs[h["id"]]), delta=1e-3)
             self.assertEqual([h["score"] for h in res], sorted(h["score"] for h in res))
             hits += len(set(exact) & {h["id"] for h in res})
-            fhits += len(set(exact) & {h["id"] for h in search(node, "q_float", q)})
+
             raw = search(node, "q_data", q, quantization={"rescore": False})
             # the codes' estimate: near the float distance, not equal to all of them
             for h in raw:
@@ -114,8 +115,10 @@ class QuantizationTest(NodeTest):
                 estimated += err > 1e-3
             over = search(node, "q_data", q, quantization={"rescore": True, "oversampling": 2.0})
             self.assertEqual(len(over), 10)
+            # the same graph walked on floats
             ign = search(node, "q_data", q, quantization={"ignore": True})
             self.assertEqual(len(ign), 10)
+            fhits += len(set(exact) & {h["id"] for h in ign})
             # an unquantized collection accepts the parameters and answers as without them
             self.assertEqual(search(node, "q_float", q, quantization={"rescore": False}),
                              search(node, "q_float", q))
@@ -137,6 +140,60 @@ class QuantizationTest(NodeTest):
         for q, (res, raw) in zip(queries, before):
             self.assertEqual(search(node, "q_data", q), res)
             self.assertEqual(search(node, "q_data", q, quantization={"rescore": False}), raw)
+
+    def test_patch(self):
+        node = self.node
+        vecs = vectors(N, 11)
+        queries = vectors(10, 12)
+        node.create("q_patch", DIM, "Euclid", hnsw_config={"full_scan_threshold": 0})
+        upload(node, "q_patch", vecs)
+        wait_until(lambda: green(node, "q_patch"), 120, "green")
+
+        def estimated():
+            """How many code-estimated scores (off the float distance) a codes-only search gives."""
+            n = 0
+            for q in queries:
+                for h in search(node, "q_patch", q, quantization={"rescore": False}):
+                    n += abs(h["score"] - l2(q, vecs[h["id"]])) > 1e-3
+            return n
+
+        self.assertEqual(estimated(), 0)
+        # refused: bad parameters, parts vectord cannot change; nothing changes
+        for body, status, fragment in [
+                ({"quantization_config": {"scalar": {"type": "int8", "quantile": 0.2}}}, 422,
+                 "quantile"),
+                ({"quantization_config": {"product": {"compression": "x4"}}}, 400, "product"),
+                ({"quantization_config": "Enabled"}, 400, "quantization_config"),
+                ({"hnsw_config": {"m": 32}}, 400, "hnsw_config")]:
+            with self.subTest(body=body):
+                self.assertError(node.request("PATCH", "/collections/q_patch", body), status,
+                                 fragment)
+        self.assertIsNone(node.ok("GET", "/collections/q_patch")["config"]["quantization_config"])
+        self.assertError(node.request("PATCH", "/collections/q_nope",
+                                      {"quantization_config": self.SCALAR}), 404)
+        # accepted without a change
+        self.assertTrue(node.ok("PATCH", "/collections/q_patch", {"optimizers_config": {}}))
+        # enabling quantizes the points already there
+        cfg = {"scalar": {"type": "int8", "quantile": 0.95}}
+        self.assertTrue(node.ok("PATCH", "/collections/q_patch", {"quantization_config": cfg}))
+        self.assertEqual(node.ok("GET", "/collections/q_patch")["config"]["quantization_config"],
+                         cfg)
+        self.assertGreater(estimated(), 0)
+        for q in queries:
+            for h in search(node, "q_patch", q):
+                self.assertAlmostEqual(h["score"], l2(q, vecs[h["id"]]), delta=1e-3)
+        # kept across a restart
+        node.stop()
+        node.start()
+        wait_until(lambda: green(node, "q_patch"), 120, "green after restart")
+        self.assertEqual(node.ok("GET", "/collections/q_patch")["config"]["quantization_config"],
+                         cfg)
+        self.assertGreater(estimated(), 0)
+        # disabled: floats again
+        self.assertTrue(node.ok("PATCH", "/collections/q_patch",
+                                {"quantization_config": "Disabled"}))
+        self.assertIsNone(node.ok("GET", "/collections/q_patch")["config"]["quantization_config"])
+        self.assertEqual(estimated(), 0)
 
 
 if __name__ == "__main__":

@@ -1570,6 +1570,61 @@ static const struct vd_meta_action *find_action(const struct vd_meta_action *a, 
     return NULL;
 }
 
+/* The quantization config changes through its own command, only for the named incarnation, and
+ * travels in create commands; a local copy whose config differs gets an update action. */
+static void test_update_quant(void **state)
+{
+    (void)state;
+    struct vd_meta *m = new_meta();
+    struct vd_coll_schema s = schema("q");
+    assert_int_equal(create(m, &s, NULL), 0);
+    struct vd_coll_schema want = *vd_meta_collection(m, "q");
+    assert_false(want.quant_enabled);
+    want.quant_enabled = true;
+    want.quant_quantile = 0.95f;
+    want.quant_always_ram = 1;
+    struct vd_buf b = {0};
+    vd_meta_cmd_update_collection(&want, &b);
+    assert_int_equal(apply_buf(m, &b, NULL), 0);
+    const struct vd_coll_schema *got = vd_meta_collection(m, "q");
+    assert_true(got->quant_enabled && got->quant_quantile == 0.95f && got->quant_always_ram == 1);
+    assert_memory_equal(got, &want, sizeof want);
+    /* another incarnation: not found, nothing changes */
+    struct vd_coll_schema stale = want;
+    stale.incarnation ^= 1;
+    stale.quant_enabled = false;
+    struct vd_err e;
+    vd_meta_cmd_update_collection(&stale, &b);
+    assert_int_equal(apply_buf(m, &b, &e), VD_ENOTFOUND);
+    assert_true(vd_meta_collection(m, "q")->quant_enabled);
+    /* a create carrying the config keeps it */
+    struct vd_coll_schema q2 = schema("q2");
+    q2.quant_enabled = true;
+    q2.quant_always_ram = 2;
+    assert_int_equal(create(m, &q2, NULL), 0);
+    assert_true(vd_meta_collection(m, "q2")->quant_enabled);
+    assert_int_equal(vd_meta_collection(m, "q2")->quant_always_ram, 2);
+    /* plan: the local copies lack the config */
+    struct vd_coll_schema l1 = *vd_meta_collection(m, "q"), l2 = *vd_meta_collection(m, "q2");
+    l1.quant_enabled = l2.quant_enabled = false;
+    struct vd_meta_local local[] = {{"q", l1.incarnation, &l1}, {"q2", l2.incarnation, &l2}};
+    struct vd_meta_action *a;
+    size_t n;
+    assert_int_equal(vd_meta_plan(m, local, 2, &a, &n), 0);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        assert_true(a[i].update && !a[i].create);
+        assert_memory_equal(&a[i].schema, vd_meta_collection(m, a[i].name), sizeof a[i].schema);
+    }
+    free(a);
+    /* once they match, nothing to do */
+    struct vd_meta_local same[] = {{"q", l1.incarnation, vd_meta_collection(m, "q")},
+                                   {"q2", l2.incarnation, vd_meta_collection(m, "q2")}};
+    assert_int_equal(vd_meta_plan(m, same, 2, &a, &n), 0);
+    assert_int_equal(n, 0);
+    vd_meta_free(m);
+}
+
 static void test_plan(void **state)
 {
     struct vd_meta *m = new_meta();
@@ -1601,13 +1656,13 @@ static void test_plan(void **state)
     free(a);
 
     struct vd_meta_local local[] = {
-        {"same", TOP | 1},   /* matches: nothing */
-        {"other", TOP | 9},  /* another incarnation, old enough: delete then create */
-        {"extra", TOP | 3},  /* unknown, created before the applied index: delete */
-        {"ahead", TOP | 11}, /* unknown, created after the applied index: lagging, keep */
-        {"precl", 777},      /* pre-cluster incarnation unknown to the machine: delete */
-        {"adopted", 555},    /* adopted pre-cluster: matches */
-        {"oldpre", 12},      /* no top bit: index rule does not apply even though 12 > 10 */
+        {"same", TOP | 1, NULL},   /* matches: nothing */
+        {"other", TOP | 9, NULL},  /* another incarnation, old enough: delete then create */
+        {"extra", TOP | 3, NULL},  /* unknown, created before the applied index: delete */
+        {"ahead", TOP | 11, NULL}, /* unknown, created after the applied index: lagging, keep */
+        {"precl", 777, NULL},      /* pre-cluster incarnation unknown to the machine: delete */
+        {"adopted", 555, NULL},    /* adopted pre-cluster: matches */
+        {"oldpre", 12, NULL},      /* no top bit: index rule does not apply even though 12 > 10 */
     };
     size_t nl = sizeof local / sizeof local[0];
     assert_int_equal(vd_meta_plan(m, local, nl, &a, &n), 0);
@@ -1642,12 +1697,12 @@ static void test_plan(void **state)
     /* A lagging local copy of a known name under a newer incarnation: left alone, and not
      * re-created either (the name is taken by the newer collection). */
     struct vd_meta_local lag[] = {
-        {"fresh", TOP | 50}, {"same", TOP | 1}, {"other", TOP | 2}, {"adopted", 555}};
+        {"fresh", TOP | 50, NULL}, {"same", TOP | 1, NULL}, {"other", TOP | 2, NULL}, {"adopted", 555, NULL}};
     assert_int_equal(vd_meta_plan(m, lag, 4, &a, &n), 0);
     assert_int_equal(n, 0);
     assert_null(a);
     /* Exactly at the applied index is not "above": deleted. */
-    struct vd_meta_local at[] = {{"gone", TOP | 10}};
+    struct vd_meta_local at[] = {{"gone", TOP | 10, NULL}};
     assert_int_equal(vd_meta_plan(m, at, 1, &a, &n), 0);
     assert_true(n == 5 && !a[0].create && a[0].incarnation == (TOP | 10));
     free(a);
@@ -2017,6 +2072,7 @@ int main(void)
         cmocka_unit_test(test_view_is_immutable),
         cmocka_unit_test(test_view_publish_concurrent),
         cmocka_unit_test(test_plan),
+        cmocka_unit_test(test_update_quant),
         cmocka_unit_test(test_payload_indexes),
         cmocka_unit_test(test_payload_index_snapshots),
         cmocka_unit_test(test_fuzz_apply_and_restore),

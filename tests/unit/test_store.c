@@ -495,6 +495,56 @@ static int names_fn(const struct vd_coll_schema *c, void *ctx)
     return 0;
 }
 
+/* The quantization config is stored with the schema (format 2 only when set) and changed by
+ * COLL_UPDATE, which refuses any other change and unknown collections or incarnations; the
+ * config survives a reopen. */
+static void test_coll_update_quant(void **state)
+{
+    struct fx *f = *state;
+    struct vd_rtxn *t;
+    struct vd_coll_schema sc, want;
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    assert_int_equal(vd_store_coll_get(t, "c", &sc), 0);
+    vd_store_read_end(t);
+    assert_false(sc.quant_enabled);
+    want = sc;
+    want.quant_enabled = true;
+    want.quant_quantile = 0.9f;
+    want.quant_always_ram = 1;
+    struct vd_wop op = {.kind = VD_WOP_COLL_UPDATE, .schema = &want};
+    struct vd_wbatch b = {.ops = &op, .n = 1};
+    assert_int_equal(vd_store_write(f->s, &b), 0);
+    struct vd_coll_schema bad = want;
+    bad.dim = 8;
+    op.schema = &bad;
+    assert_int_equal(vd_store_write(f->s, &b), VD_EINVAL);
+    bad = want;
+    bad.incarnation++;
+    assert_int_equal(vd_store_write(f->s, &b), VD_ENOTFOUND);
+    bad = want;
+    snprintf(bad.name, sizeof bad.name, "nope");
+    assert_int_equal(vd_store_write(f->s, &b), VD_ENOTFOUND);
+    bad = want;
+    bad.quant_quantile = 0.2f;
+    assert_int_equal(vd_store_write(f->s, &b), VD_ERANGE);
+    vd_store_close(f->s);
+    f->s = open_store(f->dir, true, 0);
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    assert_int_equal(vd_store_coll_get(t, "c", &sc), 0);
+    vd_store_read_end(t);
+    assert_memory_equal(&sc, &want, sizeof sc);
+    /* and back to none: format 1 again */
+    want.quant_enabled = false;
+    want.quant_quantile = 0.0f;
+    want.quant_always_ram = 0;
+    op.schema = &want;
+    assert_int_equal(vd_store_write(f->s, &b), 0);
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    assert_int_equal(vd_store_coll_get(t, "c", &sc), 0);
+    vd_store_read_end(t);
+    assert_memory_equal(&sc, &want, sizeof sc);
+}
+
 static void test_collections(void **state)
 {
     struct fx *f = *state;
@@ -1525,6 +1575,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_if_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_collections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coll_update_quant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_changes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_atomic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart, setup, teardown),
