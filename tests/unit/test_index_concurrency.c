@@ -89,7 +89,31 @@ struct shared {
     atomic_size_t searches;
     atomic_size_t self_miss;
     atomic_int failures;
+    atomic_size_t toggles;
 };
+
+/* Changes the quantization of the index while the others write, link and search: on with one
+ * quantile, another quantile (retrain), off; up to 30 changes while points are being written or
+ * linked (each after 50 more searches while points are written), then on. */
+static void *toggler(void *arg)
+{
+    struct shared *sh = arg;
+    size_t k = 0;
+    while (k < 30 && !(atomic_load(&sh->writer_done) && vd_index_pending(sh->ix) == 0)) {
+        struct vd_index_quant q = {.enabled = k % 3 != 2, .quantile = k % 3 ? 0.95f : 0.99f};
+        if (vd_index_set_quant(sh->ix, &q) != 0)
+            atomic_fetch_add(&sh->failures, 1);
+        atomic_fetch_add(&sh->toggles, 1);
+        k++;
+        size_t seen = atomic_load(&sh->searches);
+        while (atomic_load(&sh->searches) < seen + 50 && !atomic_load(&sh->writer_done))
+            sched_yield();
+    }
+    struct vd_index_quant on = {.enabled = true, .quantile = 0.99f};
+    if (vd_index_set_quant(sh->ix, &on) != 0)
+        atomic_fetch_add(&sh->failures, 1);
+    return NULL;
+}
 
 static void *writer(void *arg)
 {
@@ -170,9 +194,8 @@ static void *searcher(void *arg)
     return NULL;
 }
 
-static void test_search_upsert_link_threads(void **state)
+static void check_threads(bool quant)
 {
-    (void)state;
     size_t n = small_scale() ? 3000 : 20000;
     uint32_t dim = 32;
     float *v = make_data(n, dim, 77);
@@ -182,19 +205,28 @@ static void test_search_upsert_link_threads(void **state)
     p.ef_construct = 64;
     struct shared sh = {.v = v, .n = n, .dim = dim};
     assert_int_equal(vd_index_new(&p, &sh.ix), 0);
-    pthread_t w, l[3], s[2];
+    pthread_t w, l[3], s[2], tg;
     assert_int_equal(pthread_create(&w, NULL, writer, &sh), 0);
+    if (quant)
+        assert_int_equal(pthread_create(&tg, NULL, toggler, &sh), 0);
     for (int i = 0; i < 3; i++)
         assert_int_equal(pthread_create(&l[i], NULL, linker, &sh), 0);
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_create(&s[i], NULL, searcher, &sh), 0);
     pthread_join(w, NULL);
+    if (quant)
+        pthread_join(tg, NULL);
     for (int i = 0; i < 3; i++)
         pthread_join(l[i], NULL);
     atomic_store(&sh.stop, true);
     for (int i = 0; i < 2; i++)
         pthread_join(s[i], NULL);
-    print_message("%zu searches during the build\n", atomic_load(&sh.searches));
+    print_message("%zu searches during the build, %zu quantization changes\n",
+                  atomic_load(&sh.searches), atomic_load(&sh.toggles));
+    if (quant) {
+        assert_true(atomic_load(&sh.toggles) > 0);
+        assert_true(vd_index_quant_ready(sh.ix));
+    }
     assert_int_equal(atomic_load(&sh.failures), 0);
     assert_true(atomic_load(&sh.self_miss) <= atomic_load(&sh.searches) / 100);
     size_t deleted = (n - n / 2 + 2) / 3;
@@ -216,6 +248,20 @@ static void test_search_upsert_link_threads(void **state)
     assert_true(found >= live * 99 / 100);
     vd_index_free(sh.ix);
     free(v);
+}
+
+static void test_search_upsert_link_threads(void **state)
+{
+    (void)state;
+    check_threads(false);
+}
+
+/* The same while the quantization is switched on, retrained and off again under load: no
+ * search fails or returns a deleted point, and the index ends quantized. */
+static void test_quant_changes_under_load(void **state)
+{
+    (void)state;
+    check_threads(true);
 }
 
 struct link_arg {
@@ -297,6 +343,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_search_upsert_link_threads),
+        cmocka_unit_test(test_quant_changes_under_load),
         cmocka_unit_test(test_parallel_build_recall),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
