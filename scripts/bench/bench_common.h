@@ -16,6 +16,7 @@ struct bench_args {
     const char *graph; /* load the index from here if it exists, else build and save it here */
     unsigned m, efc, threads, k;
     int search, exact;
+    int quant; /* vectord only: int8 quantization (walk on codes, rescore with floats) */
     unsigned efs[32];
     unsigned nefs;
 };
@@ -127,6 +128,7 @@ static inline void bench_parse(int argc, char **argv, struct bench_args *a)
         else if (!strcmp(argv[i], "--threads")) a->threads = (unsigned)atoi(v), i++;
         else if (!strcmp(argv[i], "--search")) a->search = 1;
         else if (!strcmp(argv[i], "--exact")) a->exact = 1;
+        else if (!strcmp(argv[i], "--quant")) a->quant = 1;
         else if (!strcmp(argv[i], "--efs")) {
             char *s = strdup(v), *save = NULL;
             for (char *t = strtok_r(s, ",", &save); t && a->nefs < 32; t = strtok_r(NULL, ",", &save))
