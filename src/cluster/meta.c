@@ -474,18 +474,25 @@ static const struct vd_coll_schema *coll_by_incarnation(const struct vd_meta *m,
     return NULL;
 }
 
+/* The "schema" object of a command. */
+static int cmd_schema(const cJSON *cmd, struct vd_coll_schema *s, struct vd_err *e)
+{
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(cmd, "schema");
+    if (!so)
+        return vd_errf(e, VD_EINVAL, "missing field 'schema'");
+    int rc = parse_schema(so, s, e);
+    if (rc)
+        vd_err_prefix(e, "schema");
+    return rc;
+}
+
 static int op_create_collection(struct vd_meta *m, uint64_t index, const cJSON *cmd,
                                 struct vd_err *e)
 {
     struct vd_coll_schema s;
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(cmd, "schema");
-    if (!so)
-        return vd_errf(e, VD_EINVAL, "missing field 'schema'");
-    int rc = parse_schema(so, &s, e);
-    if (rc) {
-        vd_err_prefix(e, "schema");
+    int rc = cmd_schema(cmd, &s, e);
+    if (rc)
         return rc;
-    }
     bool found;
     size_t at = coll_find(m, s.name, &found);
     if (found)
@@ -512,14 +519,9 @@ static int op_create_collection(struct vd_meta *m, uint64_t index, const cJSON *
 static int op_update_collection(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
 {
     struct vd_coll_schema s;
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(cmd, "schema");
-    if (!so)
-        return vd_errf(e, VD_EINVAL, "missing field 'schema'");
-    int rc = parse_schema(so, &s, e);
-    if (rc) {
-        vd_err_prefix(e, "schema");
+    int rc = cmd_schema(cmd, &s, e);
+    if (rc)
         return rc;
-    }
     bool found;
     size_t at = coll_find(m, s.name, &found);
     if (!found || m->colls[at].s.incarnation != s.incarnation)

@@ -665,6 +665,27 @@ struct meta_op {
     void *ctx;
 };
 
+/* Submits m's one operation (kind and schema or name filled in) with fin as its completion, which
+ * calls done and frees m. On failure frees m and returns the error. */
+static int meta_submit(struct vd_db *db, struct meta_op *m,
+                       void (*fin)(struct vd_wbatch *b, int status, void *arg), vd_db_done_fn done,
+                       void *ctx, struct vd_err *err)
+{
+    m->db = db;
+    m->b.ops = &m->op;
+    m->b.n = 1;
+    m->b.done = fin;
+    m->b.ctx = m;
+    m->done = done;
+    m->ctx = ctx;
+    int rc = vd_store_submit(db->store, &m->b);
+    if (rc) {
+        free(m);
+        return vd_errf(err, rc, "cannot write: %s", vd_strerror(rc));
+    }
+    return 0;
+}
+
 static void create_done(struct vd_wbatch *b, int status, void *arg)
 {
     struct meta_op *m = arg;
@@ -710,17 +731,7 @@ int vd_db_coll_create(struct vd_db *db, const struct vd_coll_schema *schema, vd_
         m->schema.created_hlc = vd_hlc_now();
     m->op.kind = VD_WOP_COLL_CREATE;
     m->op.schema = &m->schema;
-    m->b.ops = &m->op;
-    m->b.n = 1;
-    m->b.done = create_done;
-    m->b.ctx = m;
-    m->done = done;
-    m->ctx = ctx;
-    if ((rc = vd_store_submit(db->store, &m->b))) {
-        free(m);
-        return vd_errf(err, rc, "cannot write: %s", vd_strerror(rc));
-    }
-    return 0;
+    return meta_submit(db, m, create_done, done, ctx, err);
 }
 
 void vd_db_coll_schema_copy(struct vd_coll *c, struct vd_coll_schema *out)
@@ -767,18 +778,7 @@ int vd_db_coll_update(struct vd_db *db, const struct vd_coll_schema *schema, vd_
     m->schema = *schema;
     m->op.kind = VD_WOP_COLL_UPDATE;
     m->op.schema = &m->schema;
-    m->b.ops = &m->op;
-    m->b.n = 1;
-    m->b.done = update_done;
-    m->b.ctx = m;
-    m->done = done;
-    m->ctx = ctx;
-    int rc = vd_store_submit(db->store, &m->b);
-    if (rc) {
-        free(m);
-        return vd_errf(err, rc, "cannot write: %s", vd_strerror(rc));
-    }
-    return 0;
+    return meta_submit(db, m, update_done, done, ctx, err);
 }
 
 static void delete_done(struct vd_wbatch *b, int status, void *arg)
@@ -819,18 +819,7 @@ int vd_db_coll_delete(struct vd_db *db, const char *name, vd_db_done_fn done, vo
     snprintf(m->name, sizeof m->name, "%s", name);
     m->op.kind = VD_WOP_COLL_DELETE;
     m->op.coll_name = m->name;
-    m->b.ops = &m->op;
-    m->b.n = 1;
-    m->b.done = delete_done;
-    m->b.ctx = m;
-    m->done = done;
-    m->ctx = ctx;
-    int rc = vd_store_submit(db->store, &m->b);
-    if (rc) {
-        free(m);
-        return vd_errf(err, rc, "cannot write: %s", vd_strerror(rc));
-    }
-    return 0;
+    return meta_submit(db, m, delete_done, done, ctx, err);
 }
 
 void vd_db_metrics(struct vd_db *db, struct vd_buf *out)
