@@ -233,8 +233,9 @@ int vd_store_coll_get(struct vd_rtxn *t, const char *name, struct vd_coll_schema
 typedef int (*vd_store_pindex_fn)(const char *field, uint8_t type, void *ctx);
 int vd_store_pindex_list(struct vd_rtxn *t, uint64_t incarnation, vd_store_pindex_fn fn,
                          void *ctx);
-/* Changes with seq > after, in seq order: (incarnation, id, seq) of every point op applied, for
- * replaying into the in-memory index after restart. The id pointer is valid during the call.
+/* Changes with seq > after, in seq order: (incarnation, id, seq) of the latest op applied to each
+ * point (a point's earlier entries are dropped when it changes again, so the log holds at most
+ * one entry per point), for replaying into the in-memory index. The id pointer is valid during the call.
  * Entries of deleted collections stay until trimmed while their points are purged: a consumer
  * looks the point up and skips incarnations it does not know or ids that are gone. */
 typedef int (*vd_store_change_fn)(uint64_t incarnation, const struct vd_pid *id, uint64_t seq,
@@ -248,9 +249,17 @@ int vd_store_changes_trim(struct vd_store *s, uint64_t upto);
 /* How many entries the change log holds and the lowest counter among them (0 when empty). */
 int vd_store_changes_stat(struct vd_rtxn *t, uint64_t *entries, uint64_t *first);
 
-/* Storage statistics for /metrics: size of data.mdb on disk, bytes of pages in use (up to the
- * highest page written; pages on LMDB's free list are counted as used). */
-int vd_store_stats(struct vd_store *s, uint64_t *file_bytes, uint64_t *used_bytes);
+/* Space of the data file, for /metrics and tests. */
+struct vd_store_space {
+    uint64_t file_bytes; /* size of data.mdb on disk */
+    uint64_t used_bytes; /* pages up to the highest one written (the file's high-water mark) */
+    uint64_t free_bytes; /* of used_bytes, pages on LMDB's free list: reusable once no read
+                          * transaction older than their release is open */
+    uint64_t page_size;
+};
+/* Fills *out; reads LMDB's free list in a read transaction (cost: its few pages). VD_EIO if the
+ * file cannot be examined. */
+int vd_store_stats(struct vd_store *s, struct vd_store_space *out);
 
 /* Writer counters since open (monotonic; for /metrics and tests). */
 struct vd_store_counters {

@@ -824,7 +824,7 @@ int vd_db_coll_delete(struct vd_db *db, const char *name, vd_db_done_fn done, vo
 
 void vd_db_metrics(struct vd_db *db, struct vd_buf *out)
 {
-    uint64_t fb = 0, ub = 0, ce = 0, cf = 0;
+    uint64_t ce = 0, cf = 0;
     struct vd_rtxn *t;
     if (vd_store_read_begin(db->store, &t) == 0) {
         int rc = vd_store_changes_stat(t, &ce, &cf);
@@ -837,13 +837,19 @@ void vd_db_metrics(struct vd_db *db, struct vd_buf *out)
                           (unsigned long long)ce);
         }
     }
-    if (vd_store_stats(db->store, &fb, &ub) == 0) {
+    struct vd_store_space sp;
+    if (vd_store_stats(db->store, &sp) == 0) {
         vd_buf_puts(out, "# HELP vectord_storage_file_bytes Size of the data file.\n"
                          "# TYPE vectord_storage_file_bytes gauge\n");
-        vd_buf_printf(out, "vectord_storage_file_bytes %llu\n", (unsigned long long)fb);
-        vd_buf_puts(out, "# HELP vectord_storage_used_bytes Bytes of the data file in use.\n"
+        vd_buf_printf(out, "vectord_storage_file_bytes %llu\n", (unsigned long long)sp.file_bytes);
+        vd_buf_puts(out, "# HELP vectord_storage_used_bytes Bytes of the data file in use (up to "
+                         "the highest page written, free pages included).\n"
                          "# TYPE vectord_storage_used_bytes gauge\n");
-        vd_buf_printf(out, "vectord_storage_used_bytes %llu\n", (unsigned long long)ub);
+        vd_buf_printf(out, "vectord_storage_used_bytes %llu\n", (unsigned long long)sp.used_bytes);
+        vd_buf_puts(out, "# HELP vectord_storage_free_bytes Bytes of used pages on the free list, "
+                         "reused for new writes before the file grows.\n"
+                         "# TYPE vectord_storage_free_bytes gauge\n");
+        vd_buf_printf(out, "vectord_storage_free_bytes %llu\n", (unsigned long long)sp.free_bytes);
     }
     vd_buf_puts(out, "# HELP vectord_collection_points Live points per collection.\n"
                      "# TYPE vectord_collection_points gauge\n");

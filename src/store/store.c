@@ -520,7 +520,7 @@ uint64_t vd_store_last_seq(const struct vd_store *s)
     return v;
 }
 
-int vd_store_stats(struct vd_store *s, uint64_t *file_bytes, uint64_t *used_bytes)
+int vd_store_stats(struct vd_store *s, struct vd_store_space *out)
 {
     char path[4200];
     struct stat st;
@@ -531,8 +531,34 @@ int vd_store_stats(struct vd_store *s, uint64_t *file_bytes, uint64_t *used_byte
     MDB_stat mst;
     mdb_env_info(s->env, &info);
     mdb_env_stat(s->env, &mst);
-    *file_bytes = (uint64_t)st.st_size;
-    *used_bytes = ((uint64_t)info.me_last_pgno + 1) * mst.ms_psize;
+    out->file_bytes = (uint64_t)st.st_size;
+    out->page_size = mst.ms_psize;
+    out->used_bytes = ((uint64_t)info.me_last_pgno + 1) * mst.ms_psize;
+    /* The free list is table 0: each record is a list of page numbers, its count first. */
+    struct vd_rtxn *t;
+    int r = vd_store_read_begin(s, &t);
+    if (r)
+        return r;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    uint64_t pages = 0;
+    int rc = mdb_cursor_open(t->txn, 0, &cur);
+    if (rc == 0) {
+        while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+            size_t n;
+            if (v.mv_size < sizeof n) {
+                rc = MDB_CORRUPTED;
+                break;
+            }
+            memcpy(&n, v.mv_data, sizeof n);
+            pages += n;
+        }
+        mdb_cursor_close(cur);
+    }
+    vd_store_read_end(t);
+    if (rc != MDB_NOTFOUND)
+        return vd__store_mdb_err(rc);
+    out->free_bytes = pages * mst.ms_psize;
     return 0;
 }
 

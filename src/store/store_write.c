@@ -175,6 +175,27 @@ static void max_hlc(struct group_ctx *g, uint64_t hlc)
         g->max_hlc = hlc;
 }
 
+/* Deletes the change-log entry seq if it is the one of points key k. The log keeps one entry
+ * per point, its latest change: a consumer reads the point's current state, so an older entry
+ * would only be skipped, and keeping every write since the last graph save made the file grow
+ * with the write rate times the save period instead of with the data. The entry may be gone
+ * already (trimmed). */
+static int drop_change(struct vd_store *s, MDB_txn *txn, uint64_t seq, const MDB_val *k)
+{
+    MDB_cursor *cur;
+    uint8_t sk[8];
+    vd_be64_put(sk, seq);
+    MDB_val ck = {8, sk}, v;
+    int rc = mdb_cursor_open(txn, s->dbi_changes, &cur);
+    if (rc)
+        return rc;
+    rc = mdb_cursor_get(cur, &ck, &v, MDB_SET_KEY);
+    if (rc == 0 && v.mv_size == k->mv_size && memcmp(v.mv_data, k->mv_data, v.mv_size) == 0)
+        rc = mdb_cursor_del(cur, 0);
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 /* Writes one whole record under the points key of (op->incarnation, op->id), keeping the newer
  * version; r is the decoded record, enc its encoding when the caller already has it (APPLY) or
  * NULL to encode r here. */
@@ -192,6 +213,8 @@ static int put_record(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, str
     bool tomb = false;
     if (exists && vd__store_pt_version(&cur, &old, &tomb))
         return vd_errf(err, VD_ECORRUPT, "stored point record is malformed");
+    /* read now: the put below may move the page cur points into */
+    uint64_t old_seq = exists ? vd__store_le64_get(cur.mv_data) : 0;
     if (op->if_version && (!exists || tomb || vd_version_cmp(old, op->expect) != 0)) {
         op->conflict = true; /* changed since it was read: the caller reads it again */
         return 0;
@@ -225,6 +248,8 @@ static int put_record(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, str
             return vd_errf(err, mdbck(g, rc), "writing hash entry: %s", mdb_strerror(rc));
     }
     uint8_t sk[8];
+    if (exists && (rc = drop_change(s, txn, old_seq, &k)))
+        return vd_errf(err, mdbck(g, rc), "updating change log: %s", mdb_strerror(rc));
     vd_be64_put(sk, seq);
     MDB_val ck = {8, sk};
     /* Keys only grow, so APPEND skips the search and fills pages completely. */
