@@ -13,7 +13,10 @@ order), and reports:
   - the node's resident memory (VmRSS) after the warm-up and at the end: its growth must stay
     under --max-growth; the anonymous part (heap, index) and the file-backed part (LMDB's
     mapped pages) are reported apart, as are their growths, to say where growth comes from;
-  - per minute: operations, errors, p50 and p99 latency, RSS (total, anonymous, file-backed);
+  - per minute: operations, errors, p50 and p99 latency, RSS (total, anonymous, file-backed),
+    and the data file: its size, its high-water mark and free-list part (/metrics) and the
+    change-log entries, so a growing file-backed RSS can be told from a growing database;
+  - the data file's size after the warm-up and at the end;
   - the node's exit status on SIGTERM and sanitizer reports in its log (run against an
     AddressSanitizer build, LeakSanitizer checks for leaks when the node exits).
 Exit status 0 when every check passed.
@@ -55,6 +58,31 @@ def rss_kib(pid):
     except OSError:
         return None
     return out if len(out) == len(RSS_FIELDS) else None
+
+
+# /metrics gauges of the data file sampled with the RSS: the file-backed RSS follows the part of
+# LMDB's map that is touched, so a growing file shows there.
+STORE_GAUGES = ("vectord_storage_used_bytes", "vectord_storage_free_bytes",
+                "vectord_storage_change_log_entries")
+
+
+def store_sample(node):
+    """{"file": data.mdb size in bytes, gauge: value} (missing keys when unavailable)."""
+    out = {}
+    try:
+        out["file"] = os.stat(os.path.join(node.data_dir, "data", "data.mdb")).st_size
+    except OSError:
+        pass
+    try:
+        st, body = node.request("GET", "/metrics", raw=True, timeout=30)
+    except OSError:
+        return out
+    if st == 200:
+        for line in body.decode(errors="replace").splitlines():
+            name, _, val = line.partition(" ")
+            if name in STORE_GAUGES:
+                out[name] = float(val)
+    return out
 
 
 def growth_pct(before, after):
@@ -201,6 +229,7 @@ class Soak:
         self.n_errors = 0
         self.reconnects = 0
         self.rss = []  # (seconds since start, {VmRSS, RssAnon, RssFile})
+        self.store = []  # (seconds since start, store_sample())
         self.t0 = None
         self.node = None
 
@@ -233,20 +262,30 @@ class Soak:
             n.ok("PUT", f"/collections/{COLL}/points?wait=true", {"points": pts})
 
     def sample_rss(self):
+        n = 0
         while True:
             r = rss_kib(self.node.proc.pid)
             if r:
                 with self.lock:
                     self.rss.append((time.monotonic() - self.t0, r))
+            if n % 5 == 0:  # every 10 s: a /metrics request is one more operation on the node
+                st = store_sample(self.node)
+                with self.lock:
+                    self.store.append((time.monotonic() - self.t0, st))
+            n += 1
             if self.stop.wait(2.0):
                 return
 
-    def rss_at(self, t):
-        """The first RSS sample taken at or after t seconds."""
-        for s, r in self.rss:
+    @staticmethod
+    def sample_at(samples, t):
+        """The first sample taken at or after t seconds (else the last one)."""
+        for s, r in samples:
             if s >= t:
                 return r
-        return self.rss[-1][1] if self.rss else None
+        return samples[-1][1] if samples else None
+
+    def rss_at(self, t):
+        return self.sample_at(self.rss, t)
 
     def run(self):
         a = self.args
@@ -267,8 +306,11 @@ class Soak:
             for c in clients:
                 c.start()
             last = 0
+            # data: size of LMDB's data file; used/free: its pages in use and on LMDB's free
+            # list (reusable); log: change-log entries (MiB and entries from /metrics)
             print(f"{'minute':>6} {'ops':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} "
-                  f"{'anon':>8} {'file':>8}", flush=True)
+                  f"{'anon':>8} {'file':>8} {'data MiB':>8} {'used':>8} {'free':>8} {'log':>8}",
+                  flush=True)
             while True:
                 el = time.monotonic() - self.t0
                 if el >= a.seconds:
@@ -285,6 +327,7 @@ class Soak:
             for m in range(last, max(self.minutes, default=-1) + 1):
                 self.print_minute(m)
             end = rss_kib(self.node.proc.pid)
+            end_store = store_sample(self.node)
         finally:
             self.stop.set()
             rc = self.node.stop(timeout=120)
@@ -319,6 +362,12 @@ class Soak:
         else:
             print("soak: no RSS samples")
             ok = False
+        ws = self.sample_at(self.store, a.warmup) or {}
+        if "file" in ws and "file" in end_store:
+            print(f"soak: data file after warm-up {ws['file'] / 2**20:.1f} MiB, at the end "
+                  f"{end_store['file'] / 2**20:.1f} MiB ({growth_pct(ws['file'], end_store['file']):+.2f} %)"
+                  + "".join(f"; {k[len('vectord_storage_'):]} {ws[k]:.0f} -> {end_store[k]:.0f}"
+                            for k in STORE_GAUGES if k in ws and k in end_store))
         print(f"soak: node exit status on SIGTERM {rc}")
         if rc != 0:
             ok = False
@@ -334,9 +383,16 @@ class Soak:
         if not b:
             return
         r = self.rss_at((m + 1) * 60) or dict.fromkeys(RSS_FIELDS, 0)
+        st = self.sample_at(self.store, (m + 1) * 60) or {}
+
+        def mib(k):
+            return f"{st[k] / 2**20:>8.1f}" if k in st else f"{'-':>8}"
+        log = st.get("vectord_storage_change_log_entries")
         print(f"{m + 1:>6} {b['ops']:>8} {b['errors']:>6} {pct(b['lat'], 50) * 1000:>8.2f} "
               f"{pct(b['lat'], 99) * 1000:>8.2f} {r['VmRSS'] / 1024:>8.1f} "
-              f"{r['RssAnon'] / 1024:>8.1f} {r['RssFile'] / 1024:>8.1f}", flush=True)
+              f"{r['RssAnon'] / 1024:>8.1f} {r['RssFile'] / 1024:>8.1f} {mib('file')} "
+              f"{mib('vectord_storage_used_bytes')} {mib('vectord_storage_free_bytes')} "
+              f"{'-' if log is None else int(log):>8}", flush=True)
 
 
 def main():
