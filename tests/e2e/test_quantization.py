@@ -5,7 +5,7 @@ import math
 import random
 
 import vdtest
-from vdtest import Node, NodeTest, wait_until
+from vdtest import ClusterCase, NodeTest, wait_until
 
 DIM = 32
 N = 1500 if vdtest.SCALE_SMALL else 3000
@@ -194,6 +194,39 @@ class QuantizationTest(NodeTest):
                                 {"quantization_config": "Disabled"}))
         self.assertIsNone(node.ok("GET", "/collections/q_patch")["config"]["quantization_config"])
         self.assertEqual(estimated(), 0)
+
+
+def quant_of(node, name):
+    st, j = node.request("GET", f"/collections/{name}")
+    return j["result"]["config"]["quantization_config"] if st == 200 else "missing"
+
+
+class ClusterQuantizationTest(ClusterCase):
+    """In a cluster the config goes through the state machine: a PATCH through any node reaches
+    every node, and a node that was down when it changed catches up when it comes back."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_cluster(3)
+
+    def test_patch_reaches_every_node(self):
+        a, b, c = self.members
+        cfg = {"scalar": {"type": "int8", "quantile": 0.98}}
+        b.ok("PUT", "/collections/cq", {"vectors": {"size": DIM, "distance": "Dot"},
+                                        "quantization_config": cfg})
+        wait_until(lambda: all(quant_of(n, "cq") == cfg for n in self.members), 30,
+                   "the created config on every node")
+        c.ok("PATCH", "/collections/cq", {"quantization_config": "Disabled"})
+        wait_until(lambda: all(quant_of(n, "cq") is None for n in self.members), 30,
+                   "the disabled config on every node")
+        # a node down while the config changes applies it when it is back
+        self.assertEqual(c.stop(), 0)
+        cfg2 = {"scalar": {"type": "int8", "always_ram": False}}
+        a.ok("PATCH", "/collections/cq", {"quantization_config": cfg2})
+        self.assertEqual(quant_of(a, "cq"), cfg2)
+        c.start()
+        wait_until(lambda: quant_of(c, "cq") == cfg2, 60, "the restarted node to catch up")
+        self.assertEqual(quant_of(b, "cq"), cfg2)
 
 
 if __name__ == "__main__":
