@@ -187,7 +187,7 @@ static int parse_path_str(struct ctx *x, const char *s, struct vd__filter_path *
     out->segs = calloc(n ? n : 1, sizeof *out->segs);
     if (!out->segs)
         return vd_errf(x->err, VD_ENOMEM, "out of memory");
-    struct vd__filter_segv sv;
+    struct vd__filter_segv sv = {0}; /* gcc -O3 cannot see the scanner sets idx */
     int r;
     while ((r = vd__filter_seg_next(s, n, &pos, &sv)) == 1) {
         struct vd__filter_seg *sg = &out->segs[out->nseg++];
