@@ -122,6 +122,7 @@ struct vd_index {
     float qlo, qalpha;      /* value = qlo + qalpha * code */
     float qc0, qc1, qc2;    /* dim * lo^2, lo * alpha, alpha^2 */
     size_t qtrained_n;      /* live points when last trained */
+    float qtrained_q;       /* the quantile the range was trained for */
     atomic_flag qtraining;  /* one training at a time */
 };
 
@@ -165,6 +166,12 @@ void vd__quant_apply_range(struct vd_index *ix, float lo, float alpha);
 /* Trains the range from a sample of the stored vectors and quantizes every slot; takes gate and
  * mu itself. Returns 0, VD_EBUSY (another training runs) or VD_ENOMEM. */
 int vd__quant_train(struct vd_index *ix);
+/* The quantile a config asks for (0 = the default, 0.99). */
+static inline float vd__quant_quantile(const struct vd_index_quant *q)
+{
+    return q->quantile > 0.0f ? q->quantile : 0.99f;
+}
+
 /* Distance of two code rows, in the index's internal units (as dist()). */
 static inline float vd__code_dist(const struct vd_index *ix, const uint8_t *a, const uint8_t *b)
 {

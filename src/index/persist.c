@@ -9,7 +9,8 @@
  *           each layer 0..level: u32 count, count x u32 links
  *   trailer u64 total length of everything before it, u32 CRC-32C of everything before it
  * Version 2 (written only by a quantized index whose range is trained) adds, right after the
- * header, f32 lo, f32 alpha of the int8 range (value = lo + alpha * code); the codes are made again from the fetched vectors.
+ * header, f32 lo, f32 alpha of the int8 range (value = lo + alpha * code) and f32 the quantile
+ * it was trained for; the codes are made again from the fetched vectors.
  * Vectors are not stored: storage has them, and asking it for them (fetch) keeps one source of
  * truth and the file about 1/10 of the vector bytes. Deleted-but-linked slots keep their links so
  * the graph stays connected; load repairs around them at once.
@@ -124,6 +125,7 @@ int vd_index_save(struct vd_index *ix, const char *path)
     if (quant) {
         put(&w, &ix->qlo, 4);
         put(&w, &ix->qalpha, 4);
+        put(&w, &ix->qtrained_q, 4);
     }
     for (uint32_t s = 0; s < n; s++) {
         uint8_t *b = vd__blk(ix, t, s);
@@ -322,14 +324,15 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
     uint64_t seq = get_u64(&r);
     uint32_t nslots = get_u32(&r), ep = get_u32(&r), ep_level = get_u32(&r);
     (void)get_u32(&r);
-    float qlo = 0.0f, qhi = 0.0f;
+    float qlo = 0.0f, qalpha = 0.0f, qq = 0.0f;
     if (version == VERSION_QUANT) {
-        const uint8_t *qr = get(&r, 8);
+        const uint8_t *qr = get(&r, 12);
         if (!qr)
             goto out_free_buf;
         memcpy(&qlo, qr, 4);
-        memcpy(&qhi, qr + 4, 4);
-        if (!isfinite(qlo) || !isfinite(qhi) || !(qhi > 0.0f))
+        memcpy(&qalpha, qr + 4, 4);
+        memcpy(&qq, qr + 8, 4);
+        if (!isfinite(qlo) || !isfinite(qalpha) || !(qalpha > 0.0f) || !(qq >= 0.5f && qq <= 1.0f))
             goto out_free_buf;
     }
     if ((version != VERSION && version != VERSION_QUANT) || dim != p->dim || metric != (uint32_t)p->metric ||
@@ -421,12 +424,14 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
     if (dropped)
         vd__index_repair(ix, true);
     if (ix->q.enabled) {
-        /* the saved range when there is one (searches answer as before the restart), else a
-         * fresh training once there are enough points */
-        if (version == VERSION_QUANT) {
+        /* the saved range when there is one for this quantile (searches answer as before the
+         * restart), else a fresh training once there are enough points: the quantile may have
+         * changed after the graph was last saved */
+        if (version == VERSION_QUANT && qq == vd__quant_quantile(&ix->q)) {
             pthread_rwlock_wrlock(&ix->gate);
             pthread_mutex_lock(&ix->mu);
-            vd__quant_apply_range(ix, qlo, qhi);
+            vd__quant_apply_range(ix, qlo, qalpha);
+            ix->qtrained_q = qq;
             pthread_mutex_unlock(&ix->mu);
             pthread_rwlock_unlock(&ix->gate);
         } else if (atomic_load(&ix->live) >= VD_INDEX_QUANT_TRAIN_MIN &&

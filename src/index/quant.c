@@ -108,16 +108,18 @@ int vd__quant_train(struct vd_index *ix)
     pthread_rwlock_wrlock(&ix->gate);
     pthread_mutex_lock(&ix->mu);
     /* the quantile is read here, so a change that raced with this training still applies */
-    double q = ix->q.quantile > 0.0f ? ix->q.quantile : 0.99;
-    size_t ilo = (size_t)floor((1.0 - q) / 2.0 * (double)(nv - 1));
-    size_t ihi = (size_t)ceil((1.0 + q) / 2.0 * (double)(nv - 1));
+    float q = vd__quant_quantile(&ix->q);
+    size_t ilo = (size_t)floor((1.0 - (double)q) / 2.0 * (double)(nv - 1));
+    size_t ihi = (size_t)ceil((1.0 + (double)q) / 2.0 * (double)(nv - 1));
     if (ihi > nv - 1)
         ihi = nv - 1;
     float lo = sample[ilo], alpha = (sample[ihi] - lo) / 255.0f;
     if (!(alpha > 0.0f))
         alpha = 1e-6f; /* every sampled value equal: any positive step encodes them exactly */
-    if (ix->q.enabled && (rc = vd__quant_alloc_chunks(ix)) == 0)
+    if (ix->q.enabled && (rc = vd__quant_alloc_chunks(ix)) == 0) {
         vd__quant_apply_range(ix, lo, alpha);
+        ix->qtrained_q = q;
+    }
     pthread_mutex_unlock(&ix->mu);
     pthread_rwlock_unlock(&ix->gate);
 out_free:

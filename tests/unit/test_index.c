@@ -1346,6 +1346,13 @@ static void test_quant_save_load(void **state)
         }
     }
     vd_index_free(lx);
+    /* a quantile changed since the save: trained again at load, not the saved range */
+    p.quant.quantile = 0.9f;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
+    assert_true(vd_index_quant_ready(lx));
+    assert_true(lx->qlo > ix->qlo && lx->qtrained_q == 0.9f);
+    vd_index_free(lx);
+    p.quant.quantile = 0.95f;
     /* the same file into an unquantized index: floats only */
     p.quant.enabled = false;
     assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
