@@ -372,17 +372,10 @@ static void coll_cluster(struct vd_http_req *r, void *ctx)
                   "{\"peer_id\":%llu,\"shard_count\":1,\"local_shards\":[{\"shard_id\":0,"
                   "\"points_count\":%llu,\"state\":\"Active\"}],\"remote_shards\":[",
                   (unsigned long long)self, (unsigned long long)st.points);
-    struct vd_cluster_member mb[64], *m = mb;
-    size_t n = vd_cluster_members(vd__api.cluster, mb, 64);
-    if (n > 64) { /* a large cluster: take them all (as many as fit if it grew meanwhile) */
-        size_t cap = n;
-        if ((m = malloc(cap * sizeof *m))) {
-            n = vd_cluster_members(vd__api.cluster, m, cap);
-            n = n < cap ? n : cap;
-        } else {
-            m = mb, n = 64;
-        }
-    }
+    /* a cluster has at most VD_RAFT_MAX_NODES (16) members */
+    struct vd_cluster_member m[64];
+    size_t n = vd_cluster_members(vd__api.cluster, m, 64);
+    n = n < 64 ? n : 64;
     bool first = true;
     for (size_t i = 0; i < n; i++) {
         if (m[i].id == self || m[i].state == VD_CLUSTER_JOINING)
@@ -392,8 +385,6 @@ static void coll_cluster(struct vd_http_req *r, void *ctx)
                       m[i].state == VD_CLUSTER_DOWN ? "Dead" : "Active");
         first = false;
     }
-    if (m != mb)
-        free(m);
     vd_buf_puts(&b, "],\"shard_transfers\":[]}");
     vd__api_reply_buf(r, &b);
 }
