@@ -108,6 +108,38 @@ int vd_cluster_add_node(struct vd_cluster *c, const char *addr, vd_cluster_done_
 int vd_cluster_remove_node(struct vd_cluster *c, uint64_t id, vd_cluster_done_fn done, void *ctx,
                            struct vd_err *err);
 
+/* ---- the data plane: points over the ring ----
+ * A coordinator stamps nothing: the caller builds whole point records (vectord/record.h) under
+ * a version (vd_hlc_now(), this node's id) and this node carries them to the replicas of each
+ * point on its current ring. */
+
+/* Writes n records of collection coll (of that incarnation), each to its replicas; done runs once
+ * w replicas of every point hold it durably (w 0: the collection's write_consistency_factor),
+ * or with VD_EUNAVAIL and the numbers ("write needs 2 of 3 replicas, 1 answered within 2000
+ * ms") when some point could not get them by timeout_ms (0: the node's request timeout); what
+ * reached replicas stays and converges (hints). VD_ENOTFOUND when the collection is not that
+ * incarnation here. Records are copied. done runs on the loop thread. Errors returned (done not
+ * called): VD_EINVAL, VD_ENOMEM, VD_ECLOSED. */
+int vd_cluster_write(struct vd_cluster *c, const char *coll, uint64_t incarnation,
+                     const uint8_t *const *recs, const size_t *lens, size_t n, unsigned w,
+                     uint32_t timeout_ms, vd_cluster_done_fn done, void *ctx, struct vd_err *err);
+
+/* A record a read returns: p[len] is the encoded record, p NULL when the point is absent or
+ * deleted. Valid during the callback only. */
+struct vd_cluster_rec {
+    const uint8_t *p;
+    uint32_t len;
+};
+typedef void (*vd_cluster_read_fn)(int status, const struct vd_err *err,
+                                   const struct vd_cluster_rec *recs, size_t n, void *ctx);
+/* Reads ids of collection coll at r replicas per point (0: a quorum of its replication factor)
+ * and answers the newest version of each, in request order (recs NULL unless status is 0);
+ * stale replicas are repaired (blocking when r is a quorum). Errors and threads as
+ * vd_cluster_write. */
+int vd_cluster_read(struct vd_cluster *c, const char *coll, uint64_t incarnation,
+                    const struct vd_pid *ids, size_t n, unsigned r, uint32_t timeout_ms,
+                    vd_cluster_read_fn done, void *ctx, struct vd_err *err);
+
 /* The clock rule for data writes (docs/cluster.md, "The clock guarantee"): 0 while this node's
  * clock is within max_clock_offset_ms of a majority of the members, as estimated from pings to
  * the members heard from in the last few seconds; else VD_EUNAVAIL (HTTP 503) with err saying

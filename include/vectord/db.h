@@ -107,6 +107,22 @@ int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done
 int vd_db_apply(struct vd_coll *c, const uint8_t *const *recs, const size_t *lens, size_t n,
                 vd_db_done_fn done, void *ctx, struct vd_err *err);
 
+/* Keeps the encoded record rec[len] as a hint for node target (hinted handoff): queued to
+ * storage and returns at once; a failure or a full hint cap is logged (a hint is best effort: it
+ * never counts as a replica's ack). Errors: VD_ENOMEM, VD_ECLOSED. */
+int vd_db_hint_put(struct vd_db *db, uint64_t target, const uint8_t *rec, size_t len,
+                   struct vd_err *err);
+
+/* The hints kept for target, from just after `after` (vd_store_hints_scan), and the totals of
+ * every target (vd_store_hint_totals), each in one short read. */
+int vd_db_hints_scan(struct vd_db *db, uint64_t target, const struct vd_hint_pos *after,
+                     vd_store_hint_fn fn, void *ctx);
+int vd_db_hint_totals(struct vd_db *db, vd_store_hint_total_fn fn, void *ctx);
+/* Forgets the hints at pos[0..n) of target (replayed, or expired), durably; blocks until then
+ * (not from a storage callback). */
+int vd_db_hints_delete(struct vd_db *db, uint64_t target, const struct vd_hint_pos *pos,
+                       size_t n, struct vd_err *err);
+
 /* Payload edits (by ids, or by filter when ids is NULL). */
 enum vd_db_payload_op {
     VD_DB_PAYLOAD_SET,       /* merge keys into the payload */

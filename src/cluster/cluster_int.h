@@ -411,6 +411,8 @@ int vd_meta_apply(struct vd_meta *m, uint64_t index, const uint8_t *cmd, size_t 
 /* Marks index as applied without a command (no-op and configuration entries). */
 void vd_meta_skip(struct vd_meta *m, uint64_t index);
 uint64_t vd_meta_applied(const struct vd_meta *m);
+/* m's ring as the coordinator core takes it (pointing into m: valid until the next apply). */
+void vd_meta_coord_ring(const struct vd_meta *m, struct vd_coord_ring *out);
 /* True when incarnation was made by a collection create this state machine has not applied yet
  * (a fresh incarnation is (1 << 63) | its Raft index): a peer that knows it is ahead of us. */
 bool vd_meta_incarnation_ahead(const struct vd_meta *m, uint64_t incarnation);

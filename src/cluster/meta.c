@@ -1123,10 +1123,16 @@ const struct vd_meta_member *vd_meta_member_at(const struct vd_meta *m, size_t i
  * ending at it, (previous token, token], which is what vd_ring_contains tests, so a new member
  * takes keys only from the arcs its tokens split. out holds at least rf ids.
  */
+void vd_meta_coord_ring(const struct vd_meta *m, struct vd_coord_ring *out)
+{
+    *out = (struct vd_coord_ring){
+        .version = m->ring_version, .tokens = m->ring, .n_tokens = m->n_ring};
+}
+
 size_t vd_meta_replicas(const struct vd_meta *m, uint64_t hash, unsigned rf, uint64_t *out)
 {
-    struct vd_coord_ring ring = {
-        .version = m->ring_version, .tokens = m->ring, .n_tokens = m->n_ring};
+    struct vd_coord_ring ring;
+    vd_meta_coord_ring(m, &ring);
     return vd_coord_ring_replicas(&ring, hash, rf, out);
 }
 
@@ -1166,8 +1172,8 @@ size_t vd_meta_ring_size(const struct vd_meta *m)
 
 size_t vd_meta_arcs(const struct vd_meta *m, uint64_t (*out)[2])
 {
-    struct vd_coord_ring ring = {
-        .version = m->ring_version, .tokens = m->ring, .n_tokens = m->n_ring};
+    struct vd_coord_ring ring;
+    vd_meta_coord_ring(m, &ring);
     return vd_coord_ring_arcs(&ring, out);
 }
 

@@ -275,6 +275,7 @@ int vd_cluster_clock_check(struct vd_cluster *c, struct vd_err *err)
 static void on_house(uv_timer_t *t)
 {
     struct vd_cluster *c = t->data;
+    vd__cluster_data_tick(c);
     if (c->broken) {
         vd__cluster_ops_progress(c);
         return;
@@ -334,6 +335,7 @@ static void shutdown_loop(struct vd_cluster *c)
 {
     while (c->ops)
         vd__cluster_op_fail(c, c->ops, VD_ECLOSED, "%s", "the node is shutting down");
+    vd__cluster_data_stop(c);
     uv_close((uv_handle_t *)&c->async, on_closed);
     uv_close((uv_handle_t *)&c->raft_timer, on_closed);
     uv_close((uv_handle_t *)&c->house_timer, on_closed);
@@ -371,6 +373,7 @@ static void on_async(uv_async_t *a)
             shutdown_loop(c);
         return;
     }
+    vd__cluster_data_events(c);
     vd__cluster_drive(c);
 }
 
@@ -561,6 +564,8 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     }
     c->port = vd_transport_port(c->tp);
     c->advertise = vd_xstrdup(vd_transport_advertise(c->tp));
+    if ((rc = vd__cluster_data_start(c, err)))
+        goto fail;
 
     struct vd_raftlog_opts lo = {.dir = c->data_dir, .no_sync = c->no_sync};
     if ((rc = vd_raftlog_open(&lo, &c->log, err)))
@@ -644,7 +649,8 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     *out = c;
     return 0;
 fail:
-    /* the transport's handles close through the loop, which has not run yet */
+    /* the transports' handles close through the loop, which has not run yet */
+    vd__cluster_data_stop(c);
     vd_transport_close(c->tp);
     c->tp = NULL;
     uv_run(&c->loop, UV_RUN_DEFAULT);

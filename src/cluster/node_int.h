@@ -116,6 +116,7 @@ struct vd_cluster {
     pthread_mutex_t mu;
     struct ev *q_head, *q_tail;
     bool stopping;
+    struct dreq *dq_head; /* data requests queued for the loop (node_data.c) */
     char *status;    /* cached GET /cluster result */
     struct vd_cluster_member *members_seen; /* cached with it (n_seen), for vd_cluster_members */
     size_t n_seen;
@@ -136,6 +137,9 @@ struct vd_cluster {
     bool broken; /* the Raft log failed: nothing more is promised */
     bool driving, need_drive;
     struct op *ops; /* pending operations */
+    struct vd_data *data;  /* the data transport */
+    struct dreq *dreqs;    /* data requests under way */
+    bool dreqs_open;       /* false once vd__cluster_data_stop ran */
     uint64_t next_ctx, next_call;
     uint64_t catchup; /* last log index at start-up: reconcile once applied reaches it */
     uint64_t synced;  /* the database reflects the state machine up to this index */
@@ -218,6 +222,17 @@ void vd__cluster_ops_progress(struct vd_cluster *c);
 /* Entry data: header (origin, seq) then the command (*out: caller frees). VD_ENOMEM. */
 int vd__cluster_entry_data(uint64_t origin, uint64_t seq, const struct vd_buf *cmd, uint8_t **out,
                            size_t *len);
+
+/* ---- node_data.c: the coordinator side of the data plane ---- */
+struct dreq;
+/* Starts the data transport with the replica side as its handler (dreqs open). */
+int vd__cluster_data_start(struct vd_cluster *c, struct vd_err *err);
+/* Takes the data requests other threads queued. */
+void vd__cluster_data_events(struct vd_cluster *c);
+/* Deadlines, retries and rerouting after a ring change; from housekeeping. */
+void vd__cluster_data_tick(struct vd_cluster *c);
+/* Fails every data request (shutdown), then closes the data transport. */
+void vd__cluster_data_stop(struct vd_cluster *c);
 
 /* ---- node.c ---- */
 /* The member's liveness record (created on first use; the least recently heard is forgotten

@@ -653,6 +653,88 @@ uint64_t vd_db_node_id(const struct vd_db *db)
     return db->node_id;
 }
 
+/* ---- hints ---- */
+
+struct hint_put {
+    struct vd_wbatch b;
+    struct vd_wop op;
+    uint64_t target;
+    uint8_t rec[];
+};
+
+static void hint_done(struct vd_wbatch *b, int status, void *ctx)
+{
+    struct hint_put *h = ctx;
+    if (status)
+        vd_log_warn("storage: a hint for node %llu was not stored: %s",
+                    (unsigned long long)h->target, b->err.msg);
+    else if (h->op.over_cap)
+        vd_log_warn("storage: a hint for node %llu was dropped: the hint cap is reached",
+                    (unsigned long long)h->target);
+    free(h);
+}
+
+int vd_db_hint_put(struct vd_db *db, uint64_t target, const uint8_t *rec, size_t len,
+                   struct vd_err *err)
+{
+    struct hint_put *h = malloc(sizeof *h + len);
+    if (!h)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    memcpy(h->rec, rec, len);
+    h->target = target;
+    h->op = (struct vd_wop){.kind = VD_WOP_HINT_PUT, .target = target, .rec = h->rec,
+                            .rec_len = len};
+    h->b = (struct vd_wbatch){.ops = &h->op, .n = 1, .done = hint_done, .ctx = h};
+    int rc = vd_store_submit(db->store, &h->b);
+    if (rc) {
+        free(h);
+        return vd_errf(err, rc, "storage is closed");
+    }
+    return 0;
+}
+
+int vd_db_hints_scan(struct vd_db *db, uint64_t target, const struct vd_hint_pos *after,
+                     vd_store_hint_fn fn, void *ctx)
+{
+    struct vd_rtxn *t;
+    int rc = vd_store_read_begin(db->store, &t);
+    if (rc)
+        return rc;
+    rc = vd_store_hints_scan(t, target, after, fn, ctx);
+    vd_store_read_end(t);
+    return rc;
+}
+
+int vd_db_hint_totals(struct vd_db *db, vd_store_hint_total_fn fn, void *ctx)
+{
+    struct vd_rtxn *t;
+    int rc = vd_store_read_begin(db->store, &t);
+    if (rc)
+        return rc;
+    rc = vd_store_hint_totals(t, fn, ctx);
+    vd_store_read_end(t);
+    return rc;
+}
+
+int vd_db_hints_delete(struct vd_db *db, uint64_t target, const struct vd_hint_pos *pos,
+                       size_t n, struct vd_err *err)
+{
+    if (n == 0)
+        return 0;
+    struct vd_wop *ops = calloc(n, sizeof *ops);
+    if (!ops)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        ops[i] = (struct vd_wop){.kind = VD_WOP_HINT_DELETE, .target = target,
+                                 .incarnation = pos[i].incarnation, .hint_id = pos[i].id};
+    struct vd_wbatch b = {.ops = ops, .n = n};
+    int rc = vd_store_write(db->store, &b);
+    if (rc)
+        vd_errf(err, rc, "%s", b.err.msg);
+    free(ops);
+    return rc;
+}
+
 /* ---- collection create / delete ---- */
 
 struct meta_op {

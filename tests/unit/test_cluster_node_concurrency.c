@@ -6,112 +6,11 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <cmocka.h>
-
-#include <cjson/cJSON.h>
-
-#include "vectord/cluster.h"
-#include "cluster_int.h"
-#include "vectord/db.h"
 
 #define N 3
 
-#include "unit/waiter.h"
-
-static struct waiter W = WAITER_INIT;
-
-struct node {
-    char dir[64];
-    uint16_t port;
-    struct vd_db *db;
-    struct vd_cluster *c;
-};
-static struct node nodes[N + 4];
-static uint32_t snap_every; /* 0 = the default */
-static char root[64];
-
-static void start(int i, const char *join)
-{
-    struct node *n = &nodes[i];
-    struct vd_err e;
-    struct vd_db_opts o = {.data_dir = n->dir, .no_sync = true, .index_threads = 1};
-    if (vd_db_open(&o, &n->db, &e))
-        fail_msg("open %d: %s", i, e.msg);
-    char http[32];
-    snprintf(http, sizeof http, "127.0.0.1:%u", 7000 + i);
-    struct vd_cluster_opts co = {
-        .db = n->db,
-        .data_dir = n->dir,
-        .bind = "127.0.0.1",
-        .port = n->port,
-        .http_advertise = http,
-        .join = join,
-        .election_timeout_ms = 300,
-        .heartbeat_ms = 50,
-        .request_timeout_ms = 10000,
-        .snapshot_every = snap_every,
-        .no_sync = true,
-    };
-    if (vd_cluster_start(&co, &n->c, &e))
-        fail_msg("cluster start %d: %s", i, e.msg);
-}
-
-static void stop(int i)
-{
-    vd_cluster_stop(nodes[i].c);
-    nodes[i].c = NULL;
-    vd_db_close(nodes[i].db);
-    nodes[i].db = NULL;
-}
-
-static cJSON *status(int i)
-{
-    struct vd_buf b = {0};
-    vd_cluster_status_json(nodes[i].c, &b);
-    cJSON *j = NULL;
-    struct vd_err e;
-    /* the strict parser keeps the number text: node ids are above 2^53 */
-    if (vd_json_parse(b.data, b.len, 0, &j, &e))
-        fail_msg("GET /cluster result does not parse: %s", e.msg);
-    vd_buf_release(&b);
-    return j;
-}
-
-/* Leader id as node i sees it (0 if none). */
-static uint64_t leader_of(int i)
-{
-    cJSON *j = status(i);
-    const cJSON *l = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "raft_info"), "leader");
-    uint64_t id = 0;
-    if (l && !cJSON_IsNull(l) && vd_json_get_u64(l, &id))
-        fail_msg("raft_info.leader is not a u64");
-    cJSON_Delete(j);
-    return id;
-}
-
-/* Number of voters in state up that node i sees. */
-static int voters_up(int i)
-{
-    cJSON *j = status(i);
-    int n = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "nodes"))
-    {
-        const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(it, "state"));
-        const char *role = cJSON_GetStringValue(cJSON_GetObjectItem(it, "role"));
-        if (st && role && !strcmp(st, "up") && !strcmp(role, "voter"))
-            n++;
-    }
-    cJSON_Delete(j);
-    return n;
-}
+#include "unit/cluster_fixture.h"
 
 /* Members whose clock offset node i has estimated, within 100 ms of its own (one process, one
  * clock: every estimate is its round trip's error). */
@@ -129,57 +28,15 @@ static int offsets_near(int i)
     return n;
 }
 
-static uint64_t ms(void)
-{
-    return vd_mono_ns() / 1000000u;
-}
-
-/* Polls cond for up to limit_ms; returns the time it took, or fails the test. */
-#define POLL(cond, limit_ms, what)                                                                 \
-    ({                                                                                             \
-        uint64_t t0_ = ms();                                                                       \
-        while (!(cond)) {                                                                          \
-            if (ms() - t0_ > (limit_ms))                                                           \
-                fail_msg("timed out after %u ms waiting for %s", (unsigned)(limit_ms), what);      \
-            usleep(10000);                                                                         \
-        }                                                                                          \
-        ms() - t0_;                                                                                \
-    })
-
-static bool has_coll(int i, const char *name)
-{
-    struct vd_coll *c;
-    if (vd_db_coll_get(nodes[i].db, name, &c))
-        return false;
-    vd_db_coll_put(c);
-    return true;
-}
-
 static int create(int i, const char *name)
 {
-    struct vd_coll_schema s = {.dim = 4,
-                               .metric = VD_METRIC_COSINE,
-                               .hnsw_m = 16,
-                               .hnsw_ef_construct = 64,
-                               .replication_factor = 1,
-                               .write_consistency_factor = 1};
-    snprintf(s.name, sizeof s.name, "%s", name);
-    struct vd_err e;
-    assert_int_equal(vd_cluster_create_collection(nodes[i].c, &s, on_done, &W, &e), 0);
-    return wait_for(&W);
+    return create_coll(i, name, VD_METRIC_COSINE, 1);
 }
 
 static int delete (int i, const char *name)
 {
     struct vd_err e;
     assert_int_equal(vd_cluster_delete_collection(nodes[i].c, name, on_done, &W, &e), 0);
-    return wait_for(&W);
-}
-
-static int sync_node(int i)
-{
-    struct vd_err e;
-    assert_int_equal(vd_cluster_sync(nodes[i].c, 0, on_done, &W, &e), 0);
     return wait_for(&W);
 }
 
@@ -222,50 +79,6 @@ static int drop_idx(int i, const char *coll, const char *field)
     struct vd_err e;
     assert_int_equal(vd_cluster_drop_payload_index(nodes[i].c, coll, field, on_done, &W, &e), 0);
     return wait_for(&W);
-}
-
-static int index_of_leader(void)
-{
-    for (int i = 0; i < N; i++)
-        if (nodes[i].c && leader_of(i) == vd_cluster_node_id(nodes[i].c))
-            return i;
-    return -1;
-}
-
-/* A port nobody listens on now: the kernel picks it for a socket bound to port 0. */
-static uint16_t free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static int setup(void **state)
-{
-    (void)state;
-    snprintf(root, sizeof root, "/tmp/vd_cluster_node_XXXXXX");
-    assert_non_null(mkdtemp(root));
-    for (int i = 0; i < N + 4; i++) {
-        snprintf(nodes[i].dir, sizeof nodes[i].dir, "%s/n%d", root, i);
-        nodes[i].port = free_port();
-    }
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    for (int i = 0; i < N + 4; i++)
-        if (nodes[i].c)
-            stop(i);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
-    return system(cmd) == 0 ? 0 : -1;
 }
 
 static void test_form_create_failover(void **state)
