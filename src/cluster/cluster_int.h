@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vectord/coord.h"
 #include "vectord/core.h"
 #include "vectord/db.h"
 #include "vectord/json.h"

@@ -451,8 +451,8 @@ int vd_dmsg_reply_decode(const uint8_t *buf, size_t len, struct vd_dmsg_reply *o
                 get_copy(&r, &it[i].copy);
                 it[i].rec.len = get_u32(&r);
                 it[i].rec.p = take(&r, it[i].rec.len);
-                if (it[i].rec.len && (!it[i].copy.present || it[i].copy.tombstone))
-                    r.bad = true; /* a record only with a live copy */
+                if (it[i].rec.len && !it[i].copy.present)
+                    r.bad = true; /* a record only with a copy (a tombstone's too) */
             }
             break;
         }

@@ -115,7 +115,8 @@ static int encode_record(const struct vd_db_record *r, uint64_t inc, struct vd_b
     struct vd_record rec = {.id = r->id,
                             .incarnation = inc,
                             .version = r->version,
-                            .n_vectors = r->vec ? 1 : 0,
+                            .tombstone = r->tombstone,
+                            .n_vectors = r->vec && !r->tombstone ? 1 : 0,
                             .vectors = &v,
                             .payload = r->payload,
                             .payload_len = r->payload_len};
@@ -153,7 +154,8 @@ static int serve_read(struct vd_coll *c, const struct vd_dmsg_req *q, struct vd_
             continue; /* absent (or a repeat of an id already answered: absent too) */
         const struct vd_db_record *r = &recs[j++];
         items[i].copy = (struct vd_coord_copy){true, r->tombstone, r->version};
-        if (q->with_record && !r->tombstone) {
+        /* a tombstone's record too: read repair sends it to the replicas that missed the delete */
+        if (q->with_record) {
             at[i] = bytes.len;
             if ((rc = encode_record(r, inc, &bytes)))
                 goto out;

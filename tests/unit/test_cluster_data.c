@@ -13,6 +13,7 @@
 #define N 3
 
 #include "unit/cluster_fixture.h"
+#include "node_int.h"
 #include "vectord/record.h"
 
 #define NPTS 24
@@ -139,6 +140,27 @@ static size_t held_at(int i, const struct rec *recs, size_t n)
     return got;
 }
 
+struct hint_count {
+    uint64_t target, count;
+};
+
+static int count_hints(uint64_t target, uint64_t count, uint64_t bytes, void *ctx)
+{
+    (void)bytes;
+    struct hint_count *h = ctx;
+    if (target == h->target)
+        h->count = count;
+    return 0;
+}
+
+/* How many hints node i keeps for target. */
+static uint64_t hints_for(int i, uint64_t target)
+{
+    struct hint_count h = {target, 0};
+    assert_int_equal(vd_db_hint_totals(nodes[i].db, count_hints, &h), 0);
+    return h.count;
+}
+
 static void test_replicated_writes_and_reads(void **state)
 {
     (void)state;
@@ -183,7 +205,8 @@ static void test_replicated_writes_and_reads(void **state)
     make_rec(&newer[0], ids[0], vd_cluster_node_id(nodes[2].c), 500, false, inc);
     make_rec(&newer[1], ids[1], vd_cluster_node_id(nodes[2].c), 0, true, inc);
     assert_int_equal(write_through(2, newer, 2, 0, inc, NULL, 0), 0);
-    assert_int_equal(read_through(0, ids, 3, 0, inc, &rr), 0);
+    if (read_through(0, ids, 3, 0, inc, &rr) != 0)
+        fail_msg("read at quorum failed: %s", rr.msg);
     assert_memory_equal(rr.recs[0].b, newer[0].b, newer[0].len);
     assert_false(rr.present[1]);
     assert_true(rr.present[2]);
@@ -191,12 +214,25 @@ static void test_replicated_writes_and_reads(void **state)
     /* an unknown incarnation is not found */
     assert_int_equal(write_through(0, recs, 1, 0, inc + 1, msg, sizeof msg), VD_ENOTFOUND);
 
-    /* node 2 stops: W 2 and R 2 still succeed, W 3 and R 3 fail naming the numbers */
+    /* node 2's workers pause (no reply, no reset: a silent replica): a write at W 2 is
+     * acknowledged by the other two, and node 2's missing answer by the deadline leaves a hint */
+    uint64_t id2 = vd_cluster_node_id(nodes[2].c);
+    assert_int_equal(hints_for(0, id2), 0);
+    vd_data_pause_workers(nodes[2].c->data, true);
+    static struct rec slow[1];
+    make_rec(&slow[0], 300, id0, 7, false, inc);
+    assert_int_equal(write_through(0, slow, 1, 2, inc, msg, sizeof msg), 0);
+    POLL(hints_for(0, id2) == 1, 5000, "a hint on node 0 for the write node 2 did not answer");
+    vd_data_pause_workers(nodes[2].c->data, false);
+
+    /* node 2 stops: W 2 and R 2 still succeed, W 3 and R 3 fail naming the numbers; the
+     * coordinator keeps a hint for each write the stopped replica did not acknowledge */
     stop(2);
     static struct rec later[4];
     for (size_t k = 0; k < 4; k++)
         make_rec(&later[k], 200 + k, id0, (float)k, false, inc);
     assert_int_equal(write_through(0, later, 4, 2, inc, msg, sizeof msg), 0);
+    POLL(hints_for(0, id2) == 5, 5000, "a hint on node 0 for each write node 2 missed");
     uint64_t lids[4] = {200, 201, 202, 203};
     assert_int_equal(read_through(1, lids, 4, 2, inc, &rr), 0);
     for (size_t k = 0; k < 4; k++)

@@ -188,10 +188,12 @@ static void test_write_then_read(void **state)
     assert_true(rp.reads[0].copy.version.hlc == 100 && rp.reads[0].copy.version.node == 2);
     assert_int_equal(rp.reads[0].rec.len, lens[0]);
     assert_memory_equal(rp.reads[0].rec.p, bufs[0], lens[0]);
-    /* mine[1]: the tombstone, no record */
+    /* mine[1]: the tombstone, and its record (what read repair sends to a replica that missed
+     * the delete) */
     assert_true(rp.reads[1].copy.present && rp.reads[1].copy.tombstone);
     assert_true(rp.reads[1].copy.version.hlc == 200);
-    assert_int_equal(rp.reads[1].rec.len, 0);
+    assert_int_equal(rp.reads[1].rec.len, ml[1]);
+    assert_memory_equal(rp.reads[1].rec.p, more[1], ml[1]);
     assert_memory_equal(rp.reads[2].rec.p, bufs[2], lens[2]);
     /* mine[3]: never written */
     assert_false(rp.reads[3].copy.present);
