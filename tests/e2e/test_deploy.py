@@ -35,6 +35,7 @@ import time
 import unittest
 
 import vdtest
+from netns import Net, run
 from vdtest import SANITIZER_MARKS, agreed, wait_until
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -57,13 +58,6 @@ def unit_settings(path=UNIT):
             k, _, v = line.partition("=")
             out.setdefault(k.strip(), []).append(v.strip())
     return out
-
-
-def run(cmd, check=True):
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stdout}")
-    return p
 
 
 class UnitAndConfigs(unittest.TestCase):
@@ -140,57 +134,6 @@ class UnitAndConfigs(unittest.TestCase):
             p = run([vdtest.BINARY, "--config", f.name, "--version"], check=False)
             self.assertEqual(p.returncode, 2, p.stdout)
             self.assertIn("replication_factor", p.stdout)
-
-
-class Net:
-    """A bridge in this namespace and one network namespace per node on a veth to it, on a /24
-    of 10.0.0.0/8 that no interface here uses yet."""
-
-    def __init__(self, count):
-        if os.geteuid() != 0:
-            raise AssertionError("network namespaces need root (the test does not skip)")
-        if shutil.which("ip") is None:
-            raise AssertionError("ip is missing (Debian package iproute2)")
-        tag = str(os.getpid())
-        used = run(["ip", "-4", "-o", "addr", "show"]).stdout
-        for k in range(200):
-            n = (os.getpid() + k) % 200
-            prefix = f"10.{55 + n // 250 % 200}.{n % 250}"
-            if f" {prefix}." not in used:
-                break
-        self.prefix = prefix
-        self.bridge = f"vdbr{tag}"[:15]
-        self.names = [f"vectord-{tag}-n{i}" for i in range(1, count + 1)]
-        self.addrs = [f"{prefix}.{10 + i}" for i in range(1, count + 1)]
-        self.created = []
-        try:
-            run(["ip", "link", "add", self.bridge, "type", "bridge"])
-            self.created.append(("link", self.bridge))
-            run(["ip", "addr", "add", f"{prefix}.1/24", "dev", self.bridge])
-            run(["ip", "link", "set", self.bridge, "up"])
-            for i, (ns, addr) in enumerate(zip(self.names, self.addrs), 1):
-                host, peer = f"vdv{tag}h{i}"[:15], f"vdv{tag}p{i}"[:15]
-                run(["ip", "netns", "add", ns])
-                self.created.append(("netns", ns))
-                run(["ip", "link", "add", host, "type", "veth", "peer", "name", peer])
-                self.created.append(("link", host))
-                run(["ip", "link", "set", peer, "netns", ns])
-                run(["ip", "link", "set", host, "master", self.bridge])
-                run(["ip", "link", "set", host, "up"])
-                run(["ip", "netns", "exec", ns, "ip", "addr", "add", f"{addr}/24", "dev", peer])
-                run(["ip", "netns", "exec", ns, "ip", "link", "set", peer, "up"])
-                run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self):
-        for kind, name in reversed(self.created):
-            if kind == "netns":
-                run(["ip", "netns", "del", name], check=False)
-            else:
-                run(["ip", "link", "del", name], check=False)
-        self.created = []
 
 
 class DeployedNode:

@@ -41,20 +41,22 @@ def wait_until(cond, timeout=30.0, what="condition"):
 class Node:
     """One vectord process with its own data directory."""
 
-    def __init__(self, data_dir=None, args=(), env=None, host="127.0.0.1", port=None):
+    def __init__(self, data_dir=None, args=(), env=None, host="127.0.0.1", port=None,
+                 cluster_port=None):
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="vectord-e2e-")
         self.host = host
         self.port = port or free_port(host)
-        self.cluster_port = free_port(host)
+        self.cluster_port = cluster_port or free_port(host)
         self.args = list(args)
         self.env = dict(os.environ, **(env or {}))
         self.proc = None
         self.log_path = os.path.join(self.data_dir, "..", os.path.basename(self.data_dir) + ".log")
         self.api_key = None
+        self.prefix = []  # a command the process runs under (e.g. ip netns exec NS)
 
     def start(self, wait=True):
-        cmd = [BINARY, "--data-dir", self.data_dir, "--bind", self.host, "--port", str(self.port),
+        cmd = self.prefix + [BINARY, "--data-dir", self.data_dir, "--bind", self.host, "--port", str(self.port),
                "--cluster-port", str(self.cluster_port), "--log-level", "warn"] + self.args
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=self.env)
