@@ -140,6 +140,73 @@ int vd_cluster_read(struct vd_cluster *c, const char *coll, uint64_t incarnation
                     const struct vd_pid *ids, size_t n, unsigned r, uint32_t timeout_ms,
                     vd_cluster_read_fn done, void *ctx, struct vd_err *err);
 
+/* ---- searches, scroll and count over the ring ----
+ * Two-phase (DESIGN §6, docs/cluster.md): r replicas of every range of the ring list their best
+ * candidates as (id, version, score); every candidate not listed at one version by all of them is
+ * verified with the others (newest version, tombstone, filter match, score), so a deleted point,
+ * or a stale copy that matches a filter the newest version does not, is never an answer. A range
+ * whose list ends above what the merged result needs is asked again with twice the limit (at
+ * most three rounds). Then the records of the result are read at r (only when a payload or a
+ * vector is asked for). Stale replicas met on the way are repaired in the background.
+ *
+ * Answers are struct vd_db_record arrays shaped as the local reads' (id, version, score,
+ * payload, vector), so one renderer serves both: score is in the metric's own sense (similarity;
+ * distance for Euclid and Manhattan), seq is 0 (a change counter is one node's), tombstone is
+ * false, payload is set only with with_payload and vec only with with_vector. The array is valid
+ * during the callback only. Callbacks run on the loop thread and must not block. Errors
+ * returned (the callback then never runs): VD_EINVAL (bad arguments, a filter that does not
+ * parse), VD_ENOMEM, VD_ECLOSED. Through the callback: VD_ENOTFOUND (the collection is not that
+ * incarnation here), VD_EUNAVAIL with the numbers ("search needs 2 of 3 replicas of every range,
+ * ..."), VD_EINVAL / storage errors a replica reported (err says which), VD_ECLOSED. */
+typedef void (*vd_cluster_records_fn)(int status, const struct vd_err *err,
+                                      const struct vd_db_record *recs, size_t n, void *ctx);
+
+struct vd_cluster_search {
+    /* query (the collection's dim values, raw: replicas normalise it for Cosine), limit (>= 1),
+     * offset, ef, exact, quant_ignore, quant_no_rescore, oversampling, has_threshold and
+     * score_threshold (applied to the merged result) and exclude, as for vd_db_search; its
+     * filter and ranges are not read. Copied at the call. */
+    const struct vd_db_search *s;
+    uint32_t dim;         /* values in s->query: the collection's size */
+    const cJSON *filter;  /* the request's "filter" object (Qdrant's syntax), or NULL (or a JSON
+                             null) for none; copied as text at the call */
+    bool with_payload;    /* answer each record's payload */
+    bool with_vector;     /* answer each record's vector */
+    unsigned r;           /* replicas per range: 0 = a quorum of the replication factor */
+    uint32_t timeout_ms;  /* 0 = the node's request timeout */
+};
+/* The verified top s->offset .. s->offset + s->limit of the whole collection, best first. */
+int vd_cluster_search(struct vd_cluster *c, const char *coll, uint64_t incarnation,
+                      const struct vd_cluster_search *q, vd_cluster_records_fn done, void *ctx,
+                      struct vd_err *err);
+
+struct vd_cluster_scroll {
+    const struct vd_pid *from; /* first id of the page (inclusive), NULL = the first; copied */
+    uint32_t limit;            /* >= 1 */
+    const cJSON *filter;       /* as for vd_cluster_search */
+    bool with_payload, with_vector;
+    unsigned r;
+    uint32_t timeout_ms;
+};
+/* next: the id the next page starts from, NULL after the last page; valid during the call. */
+typedef void (*vd_cluster_scroll_fn)(int status, const struct vd_err *err,
+                                     const struct vd_db_record *recs, size_t n,
+                                     const struct vd_pid *next, void *ctx);
+/* One page of the live points matching the filter in id order (Qdrant's scroll order) over the
+ * whole ring, each id once, tombstones and stale matches verified away. */
+int vd_cluster_scroll(struct vd_cluster *c, const char *coll, uint64_t incarnation,
+                      const struct vd_cluster_scroll *q, vd_cluster_scroll_fn done, void *ctx,
+                      struct vd_err *err);
+
+typedef void (*vd_cluster_count_fn)(int status, const struct vd_err *err, uint64_t count,
+                                    void *ctx);
+/* The exact number of live points matching filter (NULL: all) at r replicas per range: the ids
+ * are scrolled through and verified as for vd_cluster_scroll, so it costs a pass over the
+ * matching ids (Qdrant's approximate count, exact: false, is the caller's to serve otherwise). */
+int vd_cluster_count(struct vd_cluster *c, const char *coll, uint64_t incarnation,
+                     const cJSON *filter, unsigned r, uint32_t timeout_ms, vd_cluster_count_fn done,
+                     void *ctx, struct vd_err *err);
+
 /* The clock rule for data writes (docs/cluster.md, "The clock guarantee"): 0 while this node's
  * clock is within max_clock_offset_ms of a majority of the members, as estimated from pings to
  * the members heard from in the last few seconds; else VD_EUNAVAIL (HTTP 503) with err saying
