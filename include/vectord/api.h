@@ -26,42 +26,69 @@ struct vd_meta_ops {
 /* Single-node metadata: applied directly to the local database. */
 void vd_api_local_meta(struct vd_db *db, struct vd_meta_ops *out);
 
+/* Per-request options of a data operation, read from the query string by vd_api_data_req_parse
+ * (Qdrant's `consistency` and `timeout`, and `wait`). */
+struct vd_data_req {
+    /* Replicas of each point that must answer, already resolved against the collection's
+     * replication factor (1..RF); 0 = the default: a quorum for reads, the collection's
+     * write_consistency_factor for writes. Ignored on a node without a cluster. */
+    unsigned consistency;
+    uint32_t timeout_ms; /* the request's deadline; 0 = the node's default */
+    /* writes: false answers Qdrant's "acknowledged" (in a cluster) instead of "completed"; the
+     * write is durable on the replicas asked for either way */
+    bool wait;
+};
+
+/* Reads the query parameters `consistency` (an integer 1..rf, "majority", "quorum" (both
+ * floor(rf/2)+1) or "all" (rf)), `timeout` (whole seconds, 1..3600) and `wait` ("true" or
+ * "false"); each NULL when absent. rf is the collection's replication factor, 1 on a node
+ * without a cluster. Fills *out (defaults for what is absent). VD_EINVAL (HTTP 400) with err
+ * naming the parameter and its allowed values; *out is then unspecified. Pure; thread-safe. */
+int vd_api_data_req_parse(const char *consistency, const char *timeout, const char *wait,
+                          unsigned rf, struct vd_data_req *out, struct vd_err *err);
+
 /* Point reads and writes go through this interface, the data counterpart of vd_meta_ops, so the
- * handlers are the same on one node and in a cluster (where an implementation will route each
+ * handlers are the same on one node and in a cluster (where an implementation routes each
  * request through the coordinator to the replicas). c is the collection the handler looked up
- * (borrowed for the call). Writes follow vd_db's contracts: 0 means done will run once (any
- * thread), an error means it will not and err says why. Reads return records (vectord/db.h)
- * that the caller frees with vd_db_records_free; they never return tombstones. */
+ * (borrowed for the call); o the request's options (borrowed for the call). Writes follow
+ * vd_db's contracts: 0 means done will run once (any thread), an error means it will not and
+ * err says why. Reads return records (vectord/db.h) that the caller frees with
+ * vd_db_records_free; they never return tombstones. A read may block the calling thread until
+ * the replicas answered or o's deadline passed. */
 struct vd_data_ops {
     /* Stamps a new version on each point and writes it whole (vd_db_upsert). */
-    int (*upsert)(void *impl, struct vd_coll *c, const struct vd_db_point *pts, size_t n,
-                  vd_db_done_fn done, void *ctx, struct vd_err *err);
+    int (*upsert)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                  const struct vd_db_point *pts, size_t n, vd_db_done_fn done, void *ctx,
+                  struct vd_err *err);
     /* Applies encoded whole records under the versions they carry (vd_db_apply). */
-    int (*apply)(void *impl, struct vd_coll *c, const uint8_t *const *recs, const size_t *lens,
-                 size_t n, vd_db_done_fn done, void *ctx, struct vd_err *err);
+    int (*apply)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                 const uint8_t *const *recs, const size_t *lens, size_t n, vd_db_done_fn done,
+                 void *ctx, struct vd_err *err);
     /* Deletes ids[n], or every point matching f when f is set. */
-    int (*delete_points)(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
-                         const struct vd_filter *f, vd_db_done_fn done, void *ctx,
-                         struct vd_err *err);
+    int (*delete_points)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                         const struct vd_pid *ids, size_t n, const struct vd_filter *f,
+                         vd_db_done_fn done, void *ctx, struct vd_err *err);
     /* A payload edit of ids[n], or of the points matching f when f is set (vd_db_payload_edit). */
-    int (*payload_edit)(void *impl, struct vd_coll *c, enum vd_db_payload_op op,
-                        const cJSON *payload_or_keys, const struct vd_pid *ids, size_t n,
-                        const struct vd_filter *f, vd_db_done_fn done, void *ctx,
-                        struct vd_err *err);
+    int (*payload_edit)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                        enum vd_db_payload_op op, const cJSON *payload_or_keys,
+                        const struct vd_pid *ids, size_t n, const struct vd_filter *f,
+                        vd_db_done_fn done, void *ctx, struct vd_err *err);
     /* Live records of ids, in request order, each once (vd_db_retrieve). */
-    int (*retrieve)(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
-                    bool with_vector, struct vd_db_record **out, size_t *n_out,
-                    struct vd_err *err);
+    int (*retrieve)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                    const struct vd_pid *ids, size_t n, bool with_vector,
+                    struct vd_db_record **out, size_t *n_out, struct vd_err *err);
     /* Scored records, best first (vd_db_search). */
-    int (*search)(void *impl, struct vd_coll *c, const struct vd_db_search *s, bool with_vector,
-                  struct vd_db_record **out, size_t *n_out, struct vd_err *err);
+    int (*search)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                  const struct vd_db_search *s, bool with_vector, struct vd_db_record **out,
+                  size_t *n_out, struct vd_err *err);
     /* A page of records in id order (vd_db_scroll). */
-    int (*scroll)(void *impl, struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
-                  const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
-                  size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err);
+    int (*scroll)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                  const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
+                  bool with_vector, struct vd_db_record **out, size_t *n_out,
+                  struct vd_pid *next, bool *has_next, struct vd_err *err);
     /* Live points matching f (NULL = all). */
-    int (*count)(void *impl, struct vd_coll *c, const struct vd_filter *f, uint64_t *out,
-                 struct vd_err *err);
+    int (*count)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                 const struct vd_filter *f, uint64_t *out, struct vd_err *err);
     void *impl;
 };
 

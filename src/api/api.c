@@ -33,59 +33,61 @@ void vd_api_local_meta(struct vd_db *db, struct vd_meta_ops *out)
     out->impl = db;
 }
 
-static int local_upsert(void *impl, struct vd_coll *c, const struct vd_db_point *pts, size_t n,
-                        vd_db_done_fn done, void *ctx, struct vd_err *err)
+static int local_upsert(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                        const struct vd_db_point *pts, size_t n, vd_db_done_fn done, void *ctx,
+                        struct vd_err *err)
 {
     return vd_db_upsert(c, pts, n, done, ctx, err);
 }
 
-static int local_apply(void *impl, struct vd_coll *c, const uint8_t *const *recs,
-                       const size_t *lens, size_t n, vd_db_done_fn done, void *ctx,
-                       struct vd_err *err)
+static int local_apply(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                       const uint8_t *const *recs, const size_t *lens, size_t n,
+                       vd_db_done_fn done, void *ctx, struct vd_err *err)
 {
     return vd_db_apply(c, recs, lens, n, done, ctx, err);
 }
 
-static int local_delete_points(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
-                               const struct vd_filter *f, vd_db_done_fn done, void *ctx,
-                               struct vd_err *err)
+static int local_delete_points(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                               const struct vd_pid *ids, size_t n, const struct vd_filter *f,
+                               vd_db_done_fn done, void *ctx, struct vd_err *err)
 {
     if (f)
         return vd_db_delete_filter(c, f, done, ctx, err);
     return vd_db_delete(c, ids, n, done, ctx, err);
 }
 
-static int local_payload_edit(void *impl, struct vd_coll *c, enum vd_db_payload_op op,
-                              const cJSON *payload_or_keys, const struct vd_pid *ids, size_t n,
-                              const struct vd_filter *f, vd_db_done_fn done, void *ctx,
-                              struct vd_err *err)
+static int local_payload_edit(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                              enum vd_db_payload_op op, const cJSON *payload_or_keys,
+                              const struct vd_pid *ids, size_t n, const struct vd_filter *f,
+                              vd_db_done_fn done, void *ctx, struct vd_err *err)
 {
     return vd_db_payload_edit(c, op, payload_or_keys, f ? NULL : ids, n, f, done, ctx, err);
 }
 
-static int local_retrieve(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
-                          bool with_vector, struct vd_db_record **out, size_t *n_out,
-                          struct vd_err *err)
+static int local_retrieve(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                          const struct vd_pid *ids, size_t n, bool with_vector,
+                          struct vd_db_record **out, size_t *n_out, struct vd_err *err)
 {
     return vd_db_retrieve(c, ids, n, with_vector, false, out, n_out, err);
 }
 
-static int local_search(void *impl, struct vd_coll *c, const struct vd_db_search *s,
-                        bool with_vector, struct vd_db_record **out, size_t *n_out,
-                        struct vd_err *err)
+static int local_search(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                        const struct vd_db_search *s, bool with_vector,
+                        struct vd_db_record **out, size_t *n_out, struct vd_err *err)
 {
     return vd_db_search(c, s, with_vector, out, n_out, err);
 }
 
-static int local_scroll(void *impl, struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
-                        const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
-                        size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err)
+static int local_scroll(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                        const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
+                        bool with_vector, struct vd_db_record **out, size_t *n_out,
+                        struct vd_pid *next, bool *has_next, struct vd_err *err)
 {
     return vd_db_scroll(c, from, limit, f, with_vector, out, n_out, next, has_next, err);
 }
 
-static int local_count(void *impl, struct vd_coll *c, const struct vd_filter *f, uint64_t *out,
-                       struct vd_err *err)
+static int local_count(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                       const struct vd_filter *f, uint64_t *out, struct vd_err *err)
 {
     return vd_db_count(c, f, out);
 }
@@ -103,6 +105,78 @@ void vd_api_local_data(struct vd_db *db, struct vd_data_ops *out)
         .count = local_count,
         .impl = db,
     };
+}
+
+/* An unsigned decimal of at most 9 digits (so it fits without overflow), or -1. */
+static long small_uint(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > 9)
+        return -1;
+    long v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+int vd_api_data_req_parse(const char *consistency, const char *timeout, const char *wait,
+                          unsigned rf, struct vd_data_req *out, struct vd_err *err)
+{
+    *out = (struct vd_data_req){.wait = true};
+    if (rf == 0)
+        rf = 1;
+    if (consistency) {
+        long v = small_uint(consistency);
+        if (!strcmp(consistency, "majority") || !strcmp(consistency, "quorum"))
+            out->consistency = rf / 2 + 1;
+        else if (!strcmp(consistency, "all"))
+            out->consistency = rf;
+        else if (v >= 1 && v <= (long)rf)
+            out->consistency = (unsigned)v;
+        else
+            return vd_errf(err, VD_EINVAL,
+                           "query parameter 'consistency': '%.64s' is not allowed; expected an "
+                           "integer from 1 to %u (the collection's replication_factor), "
+                           "'majority', 'quorum' or 'all'",
+                           consistency, rf);
+    }
+    if (timeout) {
+        long v = small_uint(timeout);
+        if (v < 1 || v > 3600)
+            return vd_errf(err, VD_EINVAL,
+                           "query parameter 'timeout': '%.64s' is not allowed; expected whole "
+                           "seconds from 1 to 3600",
+                           timeout);
+        out->timeout_ms = (uint32_t)v * 1000u;
+    }
+    if (wait) {
+        if (!strcmp(wait, "true") || !wait[0])
+            out->wait = true;
+        else if (!strcmp(wait, "false"))
+            out->wait = false;
+        else
+            return vd_errf(err, VD_EINVAL,
+                           "query parameter 'wait': '%.64s' is not allowed; expected 'true' or "
+                           "'false'",
+                           wait);
+    }
+    return 0;
+}
+
+int vd__api_data_req(struct vd_http_req *r, struct vd_coll *c, struct vd_data_req *out,
+                     struct vd_err *err)
+{
+    unsigned rf = 1;
+    if (vd__api.cluster) {
+        struct vd_coll_schema s;
+        vd_db_coll_schema_copy(c, &s);
+        rf = s.replication_factor;
+    }
+    return vd_api_data_req_parse(vd_http_query(r, "consistency"), vd_http_query(r, "timeout"),
+                                 vd_http_query(r, "wait"), rf, out, err);
 }
 
 int vd_api_register(struct vd_http *h, const struct vd_api_opts *o)
@@ -237,7 +311,8 @@ void vd__api_reply_true(struct vd_http_req *r)
     vd_http_reply_ok(r, "true", 4);
 }
 
-void vd__api_write_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
+static void write_reply(int status, const struct vd_err *err, uint64_t op_id, void *ctx,
+                        const char *word)
 {
     struct vd_http_req *r = ctx;
     if (status) {
@@ -249,9 +324,24 @@ void vd__api_write_done(int status, const struct vd_err *err, uint64_t op_id, vo
         return;
     }
     char buf[96];
-    int n = snprintf(buf, sizeof buf, "{\"operation_id\":%llu,\"status\":\"completed\"}",
-                     (unsigned long long)op_id);
+    int n = snprintf(buf, sizeof buf, "{\"operation_id\":%llu,\"status\":\"%s\"}",
+                     (unsigned long long)op_id, word);
     vd_http_reply_ok(r, buf, (size_t)n);
+}
+
+void vd__api_write_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
+{
+    write_reply(status, err, op_id, ctx, "completed");
+}
+
+static void write_acked(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
+{
+    write_reply(status, err, op_id, ctx, "acknowledged");
+}
+
+vd_db_done_fn vd__api_write_done_for(const struct vd_data_req *o)
+{
+    return vd__api.cluster && !o->wait ? write_acked : vd__api_write_done;
 }
 
 void vd__api_meta_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)

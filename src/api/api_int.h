@@ -67,6 +67,14 @@ int vd__api_cluster_drop_pindex(const char *coll, const char *field, vd_db_done_
  * true, with a 503 already sent, while this node's clock is skewed from the cluster's
  * (vd_cluster_clock_check); false (nothing sent) otherwise and without a cluster. */
 bool vd__api_write_refused(struct vd_http_req *r);
+/* The options of data request r on collection c from its query string (vd_api_data_req_parse,
+ * with the collection's replication factor in a cluster and 1 without one). 0, or VD_EINVAL
+ * with err naming the parameter (nothing sent: the caller replies). */
+int vd__api_data_req(struct vd_http_req *r, struct vd_coll *c, struct vd_data_req *out,
+                     struct vd_err *err);
+/* The done callback of a write made with options o: vd__api_write_done, or, for wait=false in
+ * a cluster, one that answers Qdrant's status "acknowledged". */
+vd_db_done_fn vd__api_write_done_for(const struct vd_data_req *o);
 /* Reply helpers. */
 void vd__api_reply_buf(struct vd_http_req *r, struct vd_buf *b); /* {"result": <b>} */
 void vd__api_reply_true(struct vd_http_req *r);

@@ -17,6 +17,7 @@ struct import {
     struct vd_http_req *r;
     struct vd_ndjson *nd;
     uint32_t dim;
+    struct vd_data_req o; /* the request's consistency and deadline, for every batch */
     bool abort_on_error;
     bool stopped;        /* abort mode hit a bad line: the rest is read and ignored */
     /* the batch being filled */
@@ -172,7 +173,7 @@ static int flush(struct import *im)
         pthread_mutex_lock(&im->mu);
         im->inflight++;
         pthread_mutex_unlock(&im->mu);
-        rc = vd__api.data.upsert(vd__api.data.impl, im->c, im->pts, n, batch_done, bt, &e);
+        rc = vd__api.data.upsert(vd__api.data.impl, im->c, &im->o, im->pts, n, batch_done, bt, &e);
     }
     for (size_t i = 0; i < n; i++)
         cJSON_Delete(im->docs[i]);
@@ -265,6 +266,12 @@ static void import_begin(struct vd_http_req *r, void *ctx)
         vd_http_reply_err(r, &e);
         return;
     }
+    struct vd_data_req o;
+    if (vd__api_data_req(r, c, &o, &e)) {
+        vd_http_reply_err(r, &e);
+        vd_db_coll_put(c);
+        return;
+    }
     const char *oe = vd_http_query(r, "on_error");
     if (oe && strcmp(oe, "skip") && strcmp(oe, "abort")) {
         vd_http_reply_error(r, 400, "on_error must be 'skip' or 'abort'");
@@ -287,6 +294,7 @@ static void import_begin(struct vd_http_req *r, void *ctx)
     }
     im->c = c;
     im->r = r;
+    im->o = o;
     im->abort_on_error = oe && !strcmp(oe, "abort");
     pthread_mutex_init(&im->mu, NULL);
     vd_buf_init(&im->errors);
@@ -350,6 +358,7 @@ static void import_abort(struct vd_http_req *r, void *ctx)
 
 struct export {
     struct vd_coll *c;
+    struct vd_data_req o;
     struct vd_filter *filter;
     struct vd_buf page;
     size_t pos;
@@ -380,8 +389,8 @@ static long export_fill(void *arg, char *buf, size_t max)
         struct vd_pid start = x->next;
         struct vd_db_record *recs;
         size_t n;
-        if (vd__api.data.scroll(vd__api.data.impl, x->c, from ? &start : NULL, 128, x->filter,
-                                true, &recs, &n, &x->next, &x->has_next, &e)) {
+        if (vd__api.data.scroll(vd__api.data.impl, x->c, &x->o, from ? &start : NULL, 128,
+                                x->filter, true, &recs, &n, &x->next, &x->has_next, &e)) {
             vd_log_error("export of '%s' failed: %s", vd_db_coll_schema(x->c)->name, e.msg);
             return -1;
         }
@@ -413,6 +422,13 @@ static void export_points(struct vd_http_req *r, void *ctx)
     if (!c)
         return;
     struct vd_filter *f = NULL;
+    struct vd_data_req o;
+    struct vd_err oe;
+    if (vd__api_data_req(r, c, &o, &oe)) {
+        vd_http_reply_err(r, &oe);
+        vd_db_coll_put(c);
+        return;
+    }
     size_t len;
     const char *body = vd_http_body(r, &len);
     if (body && len) {
@@ -438,6 +454,7 @@ static void export_points(struct vd_http_req *r, void *ctx)
         return;
     }
     x->c = c;
+    x->o = o;
     x->filter = f;
     vd_buf_init(&x->page);
     vd_http_reply_stream(r, 200, "application/x-ndjson", export_fill, export_free, x);

@@ -149,16 +149,20 @@ static void upsert(struct vd_http_req *r, void *ctx)
     struct upsert u = {0};
     struct vd_err e;
     int rc;
+    struct vd_data_req o;
     const cJSON *points = cJSON_GetObjectItemCaseSensitive(body, "points");
     const cJSON *batch = cJSON_GetObjectItemCaseSensitive(body, "batch");
-    if (points)
-        rc = parse_list(points, dim, &u, &e);
-    else if (batch)
-        rc = parse_batch(batch, dim, &u, &e);
-    else
-        rc = vd_errf(&e, VD_EINVAL, "expected 'points' (a list of points) or 'batch'");
+    if ((rc = vd__api_data_req(r, c, &o, &e)) == 0) {
+        if (points)
+            rc = parse_list(points, dim, &u, &e);
+        else if (batch)
+            rc = parse_batch(batch, dim, &u, &e);
+        else
+            rc = vd_errf(&e, VD_EINVAL, "expected 'points' (a list of points) or 'batch'");
+    }
     if (rc == 0)
-        rc = vd__api.data.upsert(vd__api.data.impl, c, u.pts, u.n, vd__api_write_done, r, &e);
+        rc = vd__api.data.upsert(vd__api.data.impl, c, &o, u.pts, u.n, vd__api_write_done_for(&o),
+                                 r, &e);
     if (rc)
         vd_http_reply_err(r, &e);
     upsert_release(&u);
@@ -178,6 +182,7 @@ static void retrieve(struct vd_http_req *r, void *ctx)
     size_t n = 0;
     struct vd_err e;
     struct vd_api_with w;
+    struct vd_data_req o;
     struct vd_db_record *recs = NULL;
     size_t nr = 0;
     struct vd_buf b;
@@ -186,11 +191,12 @@ static void retrieve(struct vd_http_req *r, void *ctx)
     if (!body)
         goto out;
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(body, "ids");
-    if (!arr)
+    rc = vd__api_data_req(r, c, &o, &e);
+    if (!rc && !arr)
         rc = vd_errf(&e, VD_EINVAL, "missing field 'ids'");
     if (!rc && !(rc = vd__api_get_ids(arr, "ids", &ids, &n, &e)) &&
         !(rc = vd__api_get_with(body, true, &w, &e)))
-        rc = vd__api.data.retrieve(vd__api.data.impl, c, ids, n, w.vector, &recs, &nr, &e);
+        rc = vd__api.data.retrieve(vd__api.data.impl, c, &o, ids, n, w.vector, &recs, &nr, &e);
     if (rc) {
         vd_http_reply_err(r, &e);
     } else {
@@ -231,8 +237,9 @@ static void get_one(struct vd_http_req *r, void *ctx)
     struct vd_api_with w = {.payload = true, .vector = true};
     struct vd_db_record *recs = NULL;
     size_t nr = 0;
-    if (path_pid(vd_http_param(r, "id"), &id, &e) ||
-        vd__api.data.retrieve(vd__api.data.impl, c, &id, 1, true, &recs, &nr, &e)) {
+    struct vd_data_req o;
+    if (vd__api_data_req(r, c, &o, &e) || path_pid(vd_http_param(r, "id"), &id, &e) ||
+        vd__api.data.retrieve(vd__api.data.impl, c, &o, &id, 1, true, &recs, &nr, &e)) {
         vd_http_reply_err(r, &e);
     } else if (nr == 0) {
         vd_http_reply_error(r, 404, "point %s not found", vd_http_param(r, "id"));
@@ -281,14 +288,17 @@ static void delete_points(struct vd_http_req *r, void *ctx)
     cJSON *body = vd__api_body(r, false);
     struct selector s = {0};
     struct vd_err e;
+    struct vd_data_req o;
     if (body) {
-        int rc = read_selector(body, &s, &e);
+        int rc = vd__api_data_req(r, c, &o, &e);
+        if (!rc)
+            rc = read_selector(body, &s, &e);
         if (rc == 0) {
             if (!s.filter && s.n == 0)
-                vd__api_write_done(0, NULL, 0, r);
+                vd__api_write_done_for(&o)(0, NULL, 0, r);
             else
-                rc = vd__api.data.delete_points(vd__api.data.impl, c, s.ids, s.n, s.filter,
-                                                vd__api_write_done, r, &e);
+                rc = vd__api.data.delete_points(vd__api.data.impl, c, &o, s.ids, s.n, s.filter,
+                                                vd__api_write_done_for(&o), r, &e);
         }
         if (rc)
             vd_http_reply_err(r, &e);
@@ -308,10 +318,13 @@ static void payload_edit(struct vd_http_req *r, enum vd_db_payload_op op)
     cJSON *body = vd__api_body(r, false);
     struct selector s = {0};
     struct vd_err e;
+    struct vd_data_req o;
     int rc = 0;
     if (!body)
         goto out;
     const cJSON *arg = NULL;
+    if ((rc = vd__api_data_req(r, c, &o, &e)))
+        goto reply;
     if (op == VD_DB_PAYLOAD_SET || op == VD_DB_PAYLOAD_OVERWRITE) {
         arg = cJSON_GetObjectItemCaseSensitive(body, "payload");
         if (!cJSON_IsObject(arg))
@@ -327,8 +340,10 @@ static void payload_edit(struct vd_http_req *r, enum vd_db_payload_op op)
     if (!rc)
         rc = read_selector(body, &s, &e);
     if (!rc)
-        rc = vd__api.data.payload_edit(vd__api.data.impl, c, op, arg, s.filter ? NULL : s.ids,
-                                       s.n, s.filter, vd__api_write_done, r, &e);
+        rc = vd__api.data.payload_edit(vd__api.data.impl, c, &o, op, arg,
+                                       s.filter ? NULL : s.ids, s.n, s.filter,
+                                       vd__api_write_done_for(&o), r, &e);
+reply:
     if (rc)
         vd_http_reply_err(r, &e);
 out:
@@ -374,8 +389,11 @@ static void scroll(struct vd_http_req *r, void *ctx)
     struct vd_api_with w;
     struct vd_pid from, next;
     bool has_from = false, has_next = false;
+    struct vd_data_req o;
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(body, "offset");
-    int rc = vd__api_get_u32(body, "limit", 10, 1, VD_API_MAX_LIMIT, &limit, &e);
+    int rc = vd__api_data_req(r, c, &o, &e);
+    if (!rc)
+        rc = vd__api_get_u32(body, "limit", 10, 1, VD_API_MAX_LIMIT, &limit, &e);
     if (!rc)
         rc = vd__api_refuse(body, "order_by", "order_by", "scroll returns points in id order", &e);
     if (!rc && off && !cJSON_IsNull(off)) {
@@ -389,7 +407,7 @@ static void scroll(struct vd_http_req *r, void *ctx)
     if (!rc)
         rc = vd__api_get_filter(body, &f, &e);
     if (!rc)
-        rc = vd__api.data.scroll(vd__api.data.impl, c, has_from ? &from : NULL, limit, f,
+        rc = vd__api.data.scroll(vd__api.data.impl, c, &o, has_from ? &from : NULL, limit, f,
                                  w.vector, &recs, &nr, &next, &has_next, &e);
     if (rc) {
         vd_http_reply_err(r, &e);
@@ -421,14 +439,16 @@ static void count(struct vd_http_req *r, void *ctx)
     struct vd_filter *f = NULL;
     struct vd_err e;
     bool exact;
+    struct vd_data_req o;
     if (!body)
         goto out;
-    if (vd__api_get_bool(body, "exact", true, &exact, &e) || vd__api_get_filter(body, &f, &e)) {
+    if (vd__api_data_req(r, c, &o, &e) || vd__api_get_bool(body, "exact", true, &exact, &e) ||
+        vd__api_get_filter(body, &f, &e)) {
         vd_http_reply_err(r, &e);
         goto out;
     }
     uint64_t n = 0;
-    if (vd__api.data.count(vd__api.data.impl, c, f, &n, &e)) {
+    if (vd__api.data.count(vd__api.data.impl, c, &o, f, &n, &e)) {
         vd_http_reply_err(r, &e);
         goto out;
     }

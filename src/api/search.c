@@ -111,7 +111,8 @@ static int read_common(struct vd_coll *c, const cJSON *b, struct sargs *a, bool 
     return 0;
 }
 
-static int parse_search(struct vd_coll *c, const cJSON *b, struct sargs *a, struct vd_err *err)
+static int parse_search(struct vd_coll *c, const struct vd_data_req *o, const cJSON *b,
+                        struct sargs *a, struct vd_err *err)
 {
     memset(a, 0, sizeof *a);
     if (!cJSON_IsObject(b))
@@ -129,13 +130,14 @@ static int parse_search(struct vd_coll *c, const cJSON *b, struct sargs *a, stru
 }
 
 /* The stored vector of point id, for a query by point id: *out malloc'd (dim floats). */
-static int point_vector(struct vd_coll *c, const struct vd_pid *id, float **out,
+static int point_vector(struct vd_coll *c, const struct vd_data_req *o, const struct vd_pid *id,
+                        float **out,
                         struct vd_err *err)
 {
     uint32_t dim = vd_db_coll_schema(c)->dim;
     struct vd_db_record *rec;
     size_t n;
-    int rc = vd__api.data.retrieve(vd__api.data.impl, c, id, 1, true, &rec, &n, err);
+    int rc = vd__api.data.retrieve(vd__api.data.impl, c, o, id, 1, true, &rec, &n, err);
     if (rc)
         return rc;
     if (n == 1 && rec[0].vec && rec[0].dim == dim) {
@@ -151,7 +153,8 @@ static int point_vector(struct vd_coll *c, const struct vd_pid *id, float **out,
     return rc;
 }
 
-static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struct vd_err *err)
+static int parse_query(struct vd_coll *c, const struct vd_data_req *o, const cJSON *b,
+                       struct sargs *a, struct vd_err *err)
 {
     memset(a, 0, sizeof *a);
     if (!cJSON_IsObject(b))
@@ -178,7 +181,7 @@ static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struc
             vd_err_prefix(err, "query");
             return rc;
         }
-        if ((rc = point_vector(c, &a->exclude, &a->vec, err)))
+        if ((rc = point_vector(c, o, &a->exclude, &a->vec, err)))
             return rc;
         a->s.exclude = &a->exclude;
     } else if ((rc = read_query_vector(c, q, "query", &a->vec, err))) {
@@ -189,14 +192,15 @@ static int parse_query(struct vd_coll *c, const cJSON *b, struct sargs *a, struc
 }
 
 /* Runs one search or query and appends its points (a JSON array) to out. */
-static int run(struct vd_coll *c, struct sargs *a, struct vd_buf *out, struct vd_err *err)
+static int run(struct vd_coll *c, const struct vd_data_req *o, struct sargs *a,
+               struct vd_buf *out, struct vd_err *err)
 {
     const struct vd_data_ops *d = &vd__api.data;
     struct vd_db_record *recs = NULL;
     size_t n = 0;
     int rc;
     if (!a->scroll) {
-        if ((rc = d->search(d->impl, c, &a->s, a->w.vector, &recs, &n, err)))
+        if ((rc = d->search(d->impl, c, o, &a->s, a->w.vector, &recs, &n, err)))
             return rc;
         vd__api_points_json(out, recs, n, &a->w, VD_API_POINT_SCORED);
         vd_db_records_free(recs, n);
@@ -206,7 +210,7 @@ static int run(struct vd_coll *c, struct sargs *a, struct vd_buf *out, struct vd
     bool has_from = false, has_next;
     if (a->s.offset) {
         /* skip `offset` points in scroll order: their records are read and thrown away */
-        if ((rc = d->scroll(d->impl, c, NULL, a->s.offset, a->filter, false, &recs, &n, &from,
+        if ((rc = d->scroll(d->impl, c, o, NULL, a->s.offset, a->filter, false, &recs, &n, &from,
                             &has_from, err)))
             return rc;
         vd_db_records_free(recs, n);
@@ -219,7 +223,7 @@ static int run(struct vd_coll *c, struct sargs *a, struct vd_buf *out, struct vd
         vd_buf_puts(out, "[]");
         return 0;
     }
-    if ((rc = d->scroll(d->impl, c, has_from ? &from : NULL, a->s.limit, a->filter, a->w.vector,
+    if ((rc = d->scroll(d->impl, c, o, has_from ? &from : NULL, a->s.limit, a->filter, a->w.vector,
                         &recs, &n, &next, &has_next, err)))
         return rc;
     vd__api_points_json(out, recs, n, &a->w, VD_API_POINT_RECORD);
@@ -227,7 +231,8 @@ static int run(struct vd_coll *c, struct sargs *a, struct vd_buf *out, struct vd
     return 0;
 }
 
-typedef int (*parse_fn)(struct vd_coll *, const cJSON *, struct sargs *, struct vd_err *);
+typedef int (*parse_fn)(struct vd_coll *, const struct vd_data_req *, const cJSON *,
+                        struct sargs *, struct vd_err *);
 
 static void single(struct vd_http_req *r, parse_fn parse, bool wrap_points)
 {
@@ -243,7 +248,9 @@ static void single(struct vd_http_req *r, parse_fn parse, bool wrap_points)
         goto out;
     if (wrap_points)
         vd_buf_puts(&b, "{\"points\":");
-    if (parse(c, body, &a, &e) || run(c, &a, &b, &e)) {
+    struct vd_data_req o;
+    if (vd__api_data_req(r, c, &o, &e) || parse(c, &o, body, &a, &e) ||
+        run(c, &o, &a, &b, &e)) {
         vd_http_reply_err(r, &e);
         goto out;
     }
@@ -269,6 +276,11 @@ static void batch(struct vd_http_req *r, parse_fn parse, bool wrap_points)
     if (!body)
         goto out;
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(body, "searches");
+    struct vd_data_req o;
+    if (vd__api_data_req(r, c, &o, &e)) {
+        vd_http_reply_err(r, &e);
+        goto out;
+    }
     if (!cJSON_IsArray(list)) {
         vd_http_reply_error(r, 400, "'searches' must be an array of requests");
         goto out;
@@ -283,9 +295,9 @@ static void batch(struct vd_http_req *r, parse_fn parse, bool wrap_points)
             vd_buf_puts(&b, ",");
         if (wrap_points)
             vd_buf_puts(&b, "{\"points\":");
-        int rc = parse(c, q, &a, &e);
+        int rc = parse(c, &o, q, &a, &e);
         if (!rc)
-            rc = run(c, &a, &b, &e);
+            rc = run(c, &o, &a, &b, &e);
         sargs_release(&a);
         if (rc) {
             vd_err_prefix(&e, "searches[%zu]", i);

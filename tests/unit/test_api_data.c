@@ -32,6 +32,7 @@ struct spy {
     struct vd_data_ops local;
     atomic_int calls[OP_N];
     bool fake;
+    struct vd_data_req last; /* the options of the last call */
 };
 
 static struct spy S;
@@ -58,80 +59,88 @@ static int fake_records(struct vd_db_record **out, size_t *n, bool with_vector, 
     return 0;
 }
 
-static int spy_upsert(void *impl, struct vd_coll *c, const struct vd_db_point *pts, size_t n,
+static int spy_upsert(void *impl, struct vd_coll *c, const struct vd_data_req *o, const struct vd_db_point *pts, size_t n,
                       vd_db_done_fn done, void *ctx, struct vd_err *err)
 {
     S.calls[OP_UPSERT]++;
-    return S.local.upsert(S.local.impl, c, pts, n, done, ctx, err);
+    S.last = *o;
+    return S.local.upsert(S.local.impl, c, o, pts, n, done, ctx, err);
 }
 
-static int spy_apply(void *impl, struct vd_coll *c, const uint8_t *const *recs,
+static int spy_apply(void *impl, struct vd_coll *c, const struct vd_data_req *o, const uint8_t *const *recs,
                      const size_t *lens, size_t n, vd_db_done_fn done, void *ctx,
                      struct vd_err *err)
 {
     S.calls[OP_APPLY]++;
-    return S.local.apply(S.local.impl, c, recs, lens, n, done, ctx, err);
+    S.last = *o;
+    return S.local.apply(S.local.impl, c, o, recs, lens, n, done, ctx, err);
 }
 
-static int spy_delete(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
+static int spy_delete(void *impl, struct vd_coll *c, const struct vd_data_req *o, const struct vd_pid *ids, size_t n,
                       const struct vd_filter *f, vd_db_done_fn done, void *ctx,
                       struct vd_err *err)
 {
     S.calls[OP_DELETE]++;
-    return S.local.delete_points(S.local.impl, c, ids, n, f, done, ctx, err);
+    S.last = *o;
+    return S.local.delete_points(S.local.impl, c, o, ids, n, f, done, ctx, err);
 }
 
-static int spy_payload(void *impl, struct vd_coll *c, enum vd_db_payload_op op,
+static int spy_payload(void *impl, struct vd_coll *c, const struct vd_data_req *o, enum vd_db_payload_op op,
                        const cJSON *arg, const struct vd_pid *ids, size_t n,
                        const struct vd_filter *f, vd_db_done_fn done, void *ctx,
                        struct vd_err *err)
 {
     S.calls[OP_PAYLOAD]++;
-    return S.local.payload_edit(S.local.impl, c, op, arg, ids, n, f, done, ctx, err);
+    S.last = *o;
+    return S.local.payload_edit(S.local.impl, c, o, op, arg, ids, n, f, done, ctx, err);
 }
 
-static int spy_retrieve(void *impl, struct vd_coll *c, const struct vd_pid *ids, size_t n,
+static int spy_retrieve(void *impl, struct vd_coll *c, const struct vd_data_req *o, const struct vd_pid *ids, size_t n,
                         bool with_vector, struct vd_db_record **out, size_t *n_out,
                         struct vd_err *err)
 {
     S.calls[OP_RETRIEVE]++;
+    S.last = *o;
     if (S.fake)
         return fake_records(out, n_out, with_vector, 0);
-    return S.local.retrieve(S.local.impl, c, ids, n, with_vector, out, n_out, err);
+    return S.local.retrieve(S.local.impl, c, o, ids, n, with_vector, out, n_out, err);
 }
 
-static int spy_search(void *impl, struct vd_coll *c, const struct vd_db_search *s,
+static int spy_search(void *impl, struct vd_coll *c, const struct vd_data_req *o, const struct vd_db_search *s,
                       bool with_vector, struct vd_db_record **out, size_t *n_out,
                       struct vd_err *err)
 {
     S.calls[OP_SEARCH]++;
+    S.last = *o;
     if (S.fake)
         return fake_records(out, n_out, with_vector, 0.75f);
-    return S.local.search(S.local.impl, c, s, with_vector, out, n_out, err);
+    return S.local.search(S.local.impl, c, o, s, with_vector, out, n_out, err);
 }
 
-static int spy_scroll(void *impl, struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+static int spy_scroll(void *impl, struct vd_coll *c, const struct vd_data_req *o, const struct vd_pid *from, uint32_t limit,
                       const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
                       size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err)
 {
     S.calls[OP_SCROLL]++;
+    S.last = *o;
     if (S.fake) {
         *has_next = false;
         return fake_records(out, n_out, with_vector, 0);
     }
-    return S.local.scroll(S.local.impl, c, from, limit, f, with_vector, out, n_out, next,
+    return S.local.scroll(S.local.impl, c, o, from, limit, f, with_vector, out, n_out, next,
                           has_next, err);
 }
 
-static int spy_count(void *impl, struct vd_coll *c, const struct vd_filter *f, uint64_t *out,
+static int spy_count(void *impl, struct vd_coll *c, const struct vd_data_req *o, const struct vd_filter *f, uint64_t *out,
                      struct vd_err *err)
 {
     S.calls[OP_COUNT]++;
+    S.last = *o;
     if (S.fake) {
         *out = 1234;
         return 0;
     }
-    return S.local.count(S.local.impl, c, f, out, err);
+    return S.local.count(S.local.impl, c, o, f, out, err);
 }
 
 /* ---- a node: database, API over the spy, HTTP server on an ephemeral port ---- */
@@ -322,11 +331,124 @@ static void test_handlers_render_data_ops_records(void **state)
     node_stop(&n);
 }
 
+
+/* The query parameters of every data request: consistency resolved against the replication
+ * factor, the timeout in seconds, wait; anything else is refused naming the parameter. */
+static void test_data_req_parse(void **state)
+{
+    struct vd_data_req o;
+    struct vd_err e;
+    assert_int_equal(vd_api_data_req_parse(NULL, NULL, NULL, 3, &o, &e), 0);
+    assert_int_equal(o.consistency, 0);
+    assert_int_equal(o.timeout_ms, 0);
+    assert_true(o.wait);
+    static const struct {
+        const char *c;
+        unsigned rf, want;
+    } ok[] = {{"1", 3, 1}, {"2", 3, 2},       {"3", 3, 3},        {"all", 3, 3},
+              {"all", 5, 5}, {"quorum", 3, 2}, {"majority", 3, 2}, {"quorum", 4, 3},
+              {"majority", 5, 3}, {"quorum", 1, 1}, {"all", 1, 1}, {"1", 1, 1}};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        assert_int_equal(vd_api_data_req_parse(ok[i].c, NULL, NULL, ok[i].rf, &o, &e), 0);
+        if (o.consistency != ok[i].want)
+            fail_msg("consistency=%s at RF %u: %u, expected %u", ok[i].c, ok[i].rf,
+                     o.consistency, ok[i].want);
+    }
+    static const struct {
+        const char *c;
+        unsigned rf;
+    } bad[] = {{"0", 3},  {"-1", 3},   {"abc", 3}, {"4", 3},    {"2", 1},
+               {"", 3},   {"1.5", 3},  {"ALL", 3}, {" 1", 3},   {"99999999999999999999", 3}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(vd_api_data_req_parse(bad[i].c, NULL, NULL, bad[i].rf, &o, &e),
+                         VD_EINVAL);
+        if (!strstr(e.msg, "'consistency'") || !strstr(e.msg, "'quorum'") ||
+            !strstr(e.msg, "'all'"))
+            fail_msg("consistency=%s: message '%s' does not name the parameter and values",
+                     bad[i].c, e.msg);
+    }
+    assert_int_equal(vd_api_data_req_parse(NULL, "5", "false", 3, &o, &e), 0);
+    assert_int_equal(o.timeout_ms, 5000);
+    assert_false(o.wait);
+    assert_int_equal(vd_api_data_req_parse(NULL, NULL, "true", 3, &o, &e), 0);
+    assert_true(o.wait);
+    static const char *bad_t[] = {"0", "-1", "abc", "1.5", "", "3601", "99999999999"};
+    for (size_t i = 0; i < sizeof bad_t / sizeof bad_t[0]; i++) {
+        assert_int_equal(vd_api_data_req_parse(NULL, bad_t[i], NULL, 3, &o, &e), VD_EINVAL);
+        assert_non_null(strstr(e.msg, "'timeout'"));
+    }
+    assert_int_equal(vd_api_data_req_parse(NULL, NULL, "maybe", 3, &o, &e), VD_EINVAL);
+    assert_non_null(strstr(e.msg, "'wait'"));
+}
+
+/* Every data endpoint reads the options and hands them to its operation; a bad value is a 400
+ * naming the parameter before any operation runs (so nothing is written). Without a cluster the
+ * replication factor is 1: consistency 2 is refused, "all" is 1. */
+static void test_handlers_take_options(void **state)
+{
+    struct node n;
+    node_start(&n);
+    static const struct {
+        const char *method, *path, *body;
+    } t[] = {
+        {"PUT", "/collections/c/points", "{\"points\":[{\"id\":1,\"vector\":[1,0]}]}"},
+        {"POST", "/collections/c/points", "{\"ids\":[1]}"},
+        {"GET", "/collections/c/points/1", NULL},
+        {"POST", "/collections/c/points/delete", "{\"points\":[5]}"},
+        {"POST", "/collections/c/points/payload", "{\"payload\":{\"z\":1},\"points\":[1]}"},
+        {"PUT", "/collections/c/points/payload", "{\"payload\":{\"z\":1},\"points\":[1]}"},
+        {"POST", "/collections/c/points/payload/delete", "{\"keys\":[\"z\"],\"points\":[1]}"},
+        {"POST", "/collections/c/points/payload/clear", "{\"points\":[1]}"},
+        {"POST", "/collections/c/points/scroll", "{}"},
+        {"POST", "/collections/c/points/count", "{}"},
+        {"POST", "/collections/c/points/search", "{\"vector\":[1,0],\"limit\":1}"},
+        {"POST", "/collections/c/points/search/batch",
+         "{\"searches\":[{\"vector\":[1,0],\"limit\":1}]}"},
+        {"POST", "/collections/c/points/query", "{\"query\":[1,0],\"limit\":1}"},
+        {"POST", "/collections/c/points/query/batch",
+         "{\"searches\":[{\"query\":[1,0],\"limit\":1}]}"},
+        {"GET", "/collections/c/points/export", NULL},
+        {"POST", "/collections/c/points/import", "{\"id\":9,\"vector\":[1,0]}\n"},
+    };
+    static const struct {
+        const char *q, *word;
+    } bad[] = {{"consistency=0", "'consistency'"},  {"consistency=-1", "'consistency'"},
+               {"consistency=abc", "'consistency'"}, {"consistency=2", "'consistency'"},
+               {"timeout=0", "'timeout'"},          {"timeout=abc", "'timeout'"},
+               {"wait=maybe", "'wait'"}};
+    char path[256];
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+            int before[OP_N];
+            for (int j = 0; j < OP_N; j++)
+                before[j] = S.calls[j];
+            snprintf(path, sizeof path, "%s?%s", t[i].path, bad[k].q);
+            expect(&n, t[i].method, path, t[i].body, 400, bad[k].word);
+            for (int j = 0; j < OP_N; j++)
+                if (S.calls[j] != before[j])
+                    fail_msg("%s %s: operation %d ran", t[i].method, path, j);
+        }
+        snprintf(path, sizeof path, "%s?consistency=all&timeout=7", t[i].path);
+        memset(&S.last, 0, sizeof S.last);
+        expect(&n, t[i].method, path, t[i].body, 200, NULL);
+        if (S.last.consistency != 1 || S.last.timeout_ms != 7000)
+            fail_msg("%s %s: the operation got consistency %u, timeout %u ms", t[i].method, path,
+                     S.last.consistency, S.last.timeout_ms);
+    }
+    /* wait=false reaches the write; without a cluster the reply is still "completed" */
+    expect(&n, "PUT", "/collections/c/points?wait=false",
+           "{\"points\":[{\"id\":2,\"vector\":[1,0]}]}", 200, "\"completed\"");
+    assert_false(S.last.wait);
+    node_stop(&n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_handlers_use_data_ops),
         cmocka_unit_test(test_handlers_render_data_ops_records),
+        cmocka_unit_test(test_data_req_parse),
+        cmocka_unit_test(test_handlers_take_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
