@@ -164,7 +164,8 @@ int main(int argc, char **argv)
         vd_log_error("cannot set up HTTP: %s", err.msg);
         goto out_cluster;
     }
-    struct vd_api_opts ao = {.db = db, .cluster = cluster};
+    struct vd_api_opts ao = {
+        .db = db, .cluster = cluster, .replication_factor = cfg.replication_factor};
     if (vd_api_register(http, &ao)) {
         vd_log_error("cannot register routes");
         goto out_http;

@@ -118,6 +118,8 @@ struct vd_api_opts {
      * reported missing. */
     struct vd_cluster *cluster;
     size_t max_import_line;      /* longest NDJSON line accepted by import (0 = 64 MiB) */
+    /* replication_factor of a collection created without one (--replication-factor); 0 = 1 */
+    unsigned replication_factor;
 };
 
 /* Registers every route on h. The options are copied. */

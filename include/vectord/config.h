@@ -32,6 +32,7 @@ struct vd_config {
     unsigned index_threads;  /* background graph-linking threads, 0 = automatic */
     unsigned index_save_seconds; /* periodic graph save interval, default 300 */
     uint64_t max_clock_offset_ms; /* peers' clocks this far ahead are refused, default 500 */
+    unsigned replication_factor;  /* of a collection created without one, 1..64, default 1 */
     int64_t test_clock_offset_ms; /* tests only: VECTORD_TEST_CLOCK_OFFSET_MS, default 0 */
     struct vd_config_key *keys;
     size_t n_keys;

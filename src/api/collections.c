@@ -135,7 +135,9 @@ static int parse_schema(const cJSON *body, struct vd_coll_schema *s, struct vd_e
     }
     if ((rc = parse_quant(q, qpath, s, err)))
         return rc;
-    if ((rc = vd__api_get_u32(body, "replication_factor", 1, 1, 64, &s->replication_factor, err)))
+    uint32_t rdef = vd__api.replication_factor ? vd__api.replication_factor : 1;
+    if ((rc = vd__api_get_u32(body, "replication_factor", rdef, 1, 64, &s->replication_factor,
+                              err)))
         return rc;
     uint32_t wdef = s->replication_factor / 2 + 1;
     if ((rc = vd__api_get_u32(body, "write_consistency_factor", wdef, 1, s->replication_factor,

@@ -21,6 +21,7 @@ void vd_config_init(struct vd_config *c)
     c->index_save_seconds = 300;
     c->raft_election_ms = 1000;
     c->max_clock_offset_ms = VD_MAX_CLOCK_OFFSET_MS_DEFAULT;
+    c->replication_factor = 1;
 }
 
 static void free_keys(struct vd_config *c)
@@ -203,6 +204,10 @@ static int apply(struct vd_config *c, const char *opt, const char *v, const char
             return vd_errf(err, VD_EINVAL,
                            "%s: '%s' is not a number of milliseconds (1-3600000)", name, v);
         c->max_clock_offset_ms = n;
+    } else if (!strcmp(opt, "replication-factor") || !strcmp(opt, "replication_factor")) {
+        if (parse_uint(v, 1, 64, &n))
+            return vd_errf(err, VD_EINVAL, "%s: '%s' is not a replication factor (1-64)", name, v);
+        c->replication_factor = (unsigned)n;
     } else if (!strcmp(opt, "max-body-bytes") || !strcmp(opt, "max_body_bytes")) {
         if (parse_uint(v, 1024, (uint64_t)1 << 34, &n))
             return vd_errf(err, VD_EINVAL, "%s: '%s' is not a size in bytes (1024-17179869184)",
@@ -351,6 +356,8 @@ static const char *usage_text =
     "  --max-clock-offset MS  largest clock offset between members: data frames further ahead\n"
     "                         are refused, and a node this far from a majority refuses writes\n"
     "                         (default 500)\n"
+    "  --replication-factor N replication_factor of a collection created without one\n"
+    "                         (default 1, as in Qdrant)\n"
     "  --max-connections N    open HTTP connections served; requests past it get 503 (default 1024)\n"
     "  --max-inflight-body-bytes N\n"
     "                         request body bytes buffered at once over all connections; 503\n"
