@@ -16,9 +16,16 @@
 #define VD_VERSION "0.0.0"
 #endif
 
+struct metrics_src {
+    struct vd_db *db;
+    struct vd_cluster *cluster;
+};
+
 static void metrics_hook(struct vd_buf *out, void *ctx)
 {
-    vd_db_metrics(ctx, out);
+    struct metrics_src *m = ctx;
+    vd_db_metrics(m->db, out);
+    vd_cluster_metrics(m->cluster, out);
 }
 
 static bool ready_hook(void *ctx)
@@ -94,6 +101,8 @@ int main(int argc, char **argv)
         .data_dir = cfg.data_dir,
         .index_threads = cfg.index_threads,
         .index_save_seconds = cfg.index_save_seconds,
+        .hint_target_bytes = cfg.hint_node_bytes,
+        .hint_total_bytes = cfg.hint_total_bytes,
     };
     if (vd_db_open(&dbo, &db, &err)) {
         vd_log_error("cannot open the database: %s", err.msg);
@@ -134,6 +143,7 @@ int main(int argc, char **argv)
         .refuse_peers = refuse_peers,
         .election_timeout_ms = cfg.raft_election_ms,
         .max_clock_offset_ms = cfg.max_clock_offset_ms,
+        .hint_window_ms = cfg.hint_window_seconds * 1000,
     };
     if (vd_cluster_start(&co, &cluster, &err)) {
         vd_log_error("cannot start the cluster node on %s:%u: %s", cfg.bind, cfg.cluster_port,
@@ -170,7 +180,8 @@ int main(int argc, char **argv)
         vd_log_error("cannot register routes");
         goto out_http;
     }
-    vd_http_set_metrics_hook(http, metrics_hook, db);
+    struct metrics_src msrc = {db, cluster};
+    vd_http_set_metrics_hook(http, metrics_hook, &msrc);
     vd_http_set_ready_hook(http, ready_hook, db);
     if (vd_http_start(http, &err)) {
         vd_log_error("cannot listen on %s:%u: %s", cfg.bind, cfg.port, err.msg);

@@ -40,10 +40,14 @@ struct vd_cluster_opts {
     uint32_t request_timeout_ms;  /* deadline of a metadata change or sync; 0 = 10000 */
     uint32_t snapshot_every;      /* applied entries between log compactions; 0 = 1024 */
     uint64_t max_clock_offset_ms; /* --max-clock-offset; 0 = VD_MAX_CLOCK_OFFSET_MS_DEFAULT */
+    uint64_t hint_window_ms;      /* --hint-window: older hints are dropped as expired and their
+                                     target marked needs-repair; 0 = VD_HINT_WINDOW_MS_DEFAULT */
     bool no_sync;                 /* tests only */
 };
 
 struct vd_cluster; /* opaque; thread-safe */
+
+#define VD_HINT_WINDOW_MS_DEFAULT (3ULL * 3600 * 1000) /* three hours */
 
 /* Hex length of a secret from vd_cluster_derive_secret. */
 #define VD_CLUSTER_DERIVED_SECRET_LEN 64
@@ -212,6 +216,17 @@ int vd_cluster_count(struct vd_cluster *c, const char *coll, uint64_t incarnatio
  * the members heard from in the last few seconds; else VD_EUNAVAIL (HTTP 503) with err saying
  * "clock skew: ..." and the offset. Any thread; does not block. A node alone is never skewed. */
 int vd_cluster_clock_check(struct vd_cluster *c, struct vd_err *err);
+
+/* Hinted handoff as this node sees it: hints stored and not yet replayed (all targets), and
+ * since start the hints replayed (delivered, or rewritten to the point's current replicas),
+ * expired (past the hint window) and dropped (over a cap, for a deleted collection or for a
+ * node that left). Any thread. */
+struct vd_cluster_hint_stats {
+    uint64_t pending, replayed, expired, dropped;
+};
+void vd_cluster_hint_stats(struct vd_cluster *c, struct vd_cluster_hint_stats *out);
+/* Appends the cluster's Prometheus series (vectord_hints_*) for GET /metrics. Any thread. */
+void vd_cluster_metrics(struct vd_cluster *c, struct vd_buf *out);
 
 /* Appends the `result` object of GET /cluster (Qdrant's shape plus `nodes`, see
  * docs/cluster.md) as seen by this node right now. */

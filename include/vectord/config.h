@@ -33,6 +33,9 @@ struct vd_config {
     unsigned index_save_seconds; /* periodic graph save interval, default 300 */
     uint64_t max_clock_offset_ms; /* peers' clocks this far ahead are refused, default 500 */
     unsigned replication_factor;  /* of a collection created without one, 1..64, default 1 */
+    uint64_t hint_window_seconds; /* --hint-window, default 10800 */
+    uint64_t hint_node_bytes;     /* --hint-node-bytes: hint cap per target, default 256 MiB */
+    uint64_t hint_total_bytes;    /* --hint-total-bytes: hint cap over all, default 1 GiB */
     int64_t test_clock_offset_ms; /* tests only: VECTORD_TEST_CLOCK_OFFSET_MS, default 0 */
     struct vd_config_key *keys;
     size_t n_keys;

@@ -22,6 +22,8 @@ struct vd_db_opts {
     bool no_sync;                /* tests only */
     unsigned index_threads;      /* background graph-linking threads (0 = automatic) */
     unsigned index_save_seconds; /* periodic graph save when changed (0 = only at close) */
+    uint64_t hint_target_bytes;  /* hint caps (vd_store_opts); 0 = the store's defaults */
+    uint64_t hint_total_bytes;
 };
 
 struct vd_db;
@@ -112,6 +114,12 @@ int vd_db_apply(struct vd_coll *c, const uint8_t *const *recs, const size_t *len
  * never counts as a replica's ack). Errors: VD_ENOMEM, VD_ECLOSED. */
 int vd_db_hint_put(struct vd_db *db, uint64_t target, const uint8_t *rec, size_t len,
                    struct vd_err *err);
+
+/* Visits every target for which a hint was not stored since the database opened (a hint cap
+ * was reached, or storage failed), with how many: fn(target, count, ctx), on the calling thread.
+ * The first 63 targets are told apart; later ones are counted under target 0. Any thread. */
+typedef void (*vd_db_hint_refused_fn)(uint64_t target, uint64_t count, void *ctx);
+void vd_db_hints_refused(struct vd_db *db, vd_db_hint_refused_fn fn, void *ctx);
 
 /* The hints kept for target, from just after `after` (vd_store_hints_scan), and the totals of
  * every target (vd_store_hint_totals), each in one short read. */

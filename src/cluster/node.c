@@ -160,9 +160,11 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
         int64_t off = 0;
         const struct member_clock *mc = vd__cluster_clock_find(c, m->id);
         if (m->id == c->id || (mc && vd_clock_peer_offset(&mc->est, &off, NULL) == 0))
-            vd_buf_printf(&b, ",\"clock_offset_ms\":%lld}", (long long)off);
+            vd_buf_printf(&b, ",\"clock_offset_ms\":%lld", (long long)off);
         else
-            vd_buf_puts(&b, ",\"clock_offset_ms\":null}");
+            vd_buf_puts(&b, ",\"clock_offset_ms\":null");
+        vd_buf_printf(&b, ",\"needs_repair\":%s}",
+                      vd__cluster_hints_needs_repair(c, m->id) ? "true" : "false");
     }
     vd_buf_puts(&b, "]}");
     if (!vd_buf_ok(&b) || (n && !seen)) {
@@ -276,6 +278,7 @@ static void on_house(uv_timer_t *t)
 {
     struct vd_cluster *c = t->data;
     vd__cluster_data_tick(c);
+    vd__cluster_hints_tick(c);
     if (c->broken) {
         vd__cluster_ops_progress(c);
         return;
@@ -335,6 +338,7 @@ static void shutdown_loop(struct vd_cluster *c)
 {
     while (c->ops)
         vd__cluster_op_fail(c, c->ops, VD_ECLOSED, "%s", "the node is shutting down");
+    vd__cluster_hints_close(c);
     vd__cluster_data_stop(c);
     uv_close((uv_handle_t *)&c->async, on_closed);
     uv_close((uv_handle_t *)&c->raft_timer, on_closed);
@@ -509,6 +513,7 @@ static void cluster_free(struct vd_cluster *c)
     free(c->members_seen);
     free(c->rec.acts);
     free(c->rec.iacts);
+    vd__cluster_hints_free(c);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->inflight_cv);
     free(c);
@@ -532,6 +537,13 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     c->max_offset_ms =
         o->max_clock_offset_ms ? o->max_clock_offset_ms : VD_MAX_CLOCK_OFFSET_MS_DEFAULT;
     c->no_sync = o->no_sync;
+    if (vd__cluster_hints_new(c, o->hint_window_ms ? o->hint_window_ms
+                                                   : VD_HINT_WINDOW_MS_DEFAULT)) {
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->inflight_cv);
+        free(c);
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    }
     c->data_dir = vd_xstrdup(o->data_dir);
     c->bind = vd_xstrdup(o->bind ? o->bind : "127.0.0.1");
     c->secret = o->secret && o->secret[0] ? vd_xstrdup(o->secret) : NULL;

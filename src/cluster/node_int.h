@@ -157,6 +157,7 @@ struct vd_cluster {
         size_t in, ii;
         uint64_t target, retry_at;
     } rec;
+    struct vd_hints *hints; /* hint replay (node_hints.c) */
     struct applied_req applied[APPLIED_MEMORY];
     size_t applied_pos;
     struct member_clock clocks[MAX_MEMBERS * 2];
@@ -233,6 +234,19 @@ void vd__cluster_data_events(struct vd_cluster *c);
 void vd__cluster_data_tick(struct vd_cluster *c);
 /* Fails every data request (shutdown), then closes the data transport. */
 void vd__cluster_data_stop(struct vd_cluster *c);
+
+/* ---- node_hints.c: hint replay ---- */
+struct vd_hints;
+/* Sets up hint replay with its window (0: hints never expire). VD_ENOMEM. */
+int vd__cluster_hints_new(struct vd_cluster *c, uint64_t window_ms);
+/* Replays, expires and drops hints as they are due; from housekeeping. */
+void vd__cluster_hints_tick(struct vd_cluster *c);
+/* Shutdown: batches still in flight end without deleting anything, and none starts. */
+void vd__cluster_hints_close(struct vd_cluster *c);
+/* Frees the replay state (after the loop stopped). */
+void vd__cluster_hints_free(struct vd_cluster *c);
+/* True when node id missed writes that no hint will bring (expired, or over a cap). Any thread. */
+bool vd__cluster_hints_needs_repair(struct vd_cluster *c, uint64_t id);
 
 /* ---- node.c ---- */
 /* The member's liveness record (created on first use; the least recently heard is forgotten

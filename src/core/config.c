@@ -22,6 +22,9 @@ void vd_config_init(struct vd_config *c)
     c->raft_election_ms = 1000;
     c->max_clock_offset_ms = VD_MAX_CLOCK_OFFSET_MS_DEFAULT;
     c->replication_factor = 1;
+    c->hint_window_seconds = 10800;
+    c->hint_node_bytes = 256ULL << 20;
+    c->hint_total_bytes = 1ULL << 30;
 }
 
 static void free_keys(struct vd_config *c)
@@ -230,6 +233,21 @@ static int apply(struct vd_config *c, const char *opt, const char *v, const char
             return vd_errf(err, VD_EINVAL, "%s: '%s' is not a number of seconds (1-3600)", name,
                            v);
         c->header_timeout_seconds = (unsigned)n;
+    } else if (!strcmp(opt, "hint-window") || !strcmp(opt, "hint_window")) {
+        if (parse_uint(v, 1, 86400 * 30, &n))
+            return vd_errf(err, VD_EINVAL, "%s: '%s' is not a number of seconds (1-2592000)",
+                           name, v);
+        c->hint_window_seconds = n;
+    } else if (!strcmp(opt, "hint-node-bytes") || !strcmp(opt, "hint_node_bytes")) {
+        if (parse_uint(v, 1024, (uint64_t)1 << 44, &n))
+            return vd_errf(err, VD_EINVAL, "%s: '%s' is not a size in bytes (1024-17592186044416)",
+                           name, v);
+        c->hint_node_bytes = n;
+    } else if (!strcmp(opt, "hint-total-bytes") || !strcmp(opt, "hint_total_bytes")) {
+        if (parse_uint(v, 1024, (uint64_t)1 << 44, &n))
+            return vd_errf(err, VD_EINVAL, "%s: '%s' is not a size in bytes (1024-17592186044416)",
+                           name, v);
+        c->hint_total_bytes = n;
     } else {
         return vd_errf(err, VD_EINVAL, "%s: unknown option", name);
     }
@@ -364,6 +382,11 @@ static const char *usage_text =
     "                         past it (default 536870912)\n"
     "  --header-timeout-seconds N\n"
     "                         time a connection has to send a request's headers (default 30)\n"
+    "  --hint-window SECONDS  hints for a replica older than this are dropped and the replica\n"
+    "                         marked needs-repair (default 10800, three hours)\n"
+    "  --hint-node-bytes N    hints kept for one replica at most; past it writes for it are\n"
+    "                         not hinted and it is marked needs-repair (default 268435456)\n"
+    "  --hint-total-bytes N   hints kept for all replicas at most (default 1073741824)\n"
     "  --help                 this text\n"
     "  --version              print the version\n";
 

@@ -541,6 +541,7 @@ int vd_db_open(const struct vd_db_opts *o, struct vd_db **out, struct vd_err *er
     if (!db)
         return vd_errf(err, VD_ENOMEM, "out of memory");
     pthread_mutex_init(&db->mu, NULL);
+    pthread_mutex_init(&db->hint_mu, NULL);
     pthread_cond_init(&db->work, NULL);
     db->dir = strdup(o->data_dir);
     db->save_seconds = o->index_save_seconds;
@@ -550,7 +551,10 @@ int vd_db_open(const struct vd_db_opts *o, struct vd_db **out, struct vd_err *er
         rc = vd_errf(err, VD_ENOMEM, "out of memory");
         goto out_free;
     }
-    struct vd_store_opts so = {.dir = o->data_dir, .no_sync = o->no_sync};
+    struct vd_store_opts so = {.dir = o->data_dir,
+                               .no_sync = o->no_sync,
+                               .hint_target_bytes = o->hint_target_bytes,
+                               .hint_total_bytes = o->hint_total_bytes};
     if ((rc = vd_store_open(&so, &db->store, err)))
         goto out_free;
     db->node_id = vd_store_node_id(db->store);
@@ -639,6 +643,7 @@ void vd_db_close(struct vd_db *db)
     free(db->colls);
     pthread_cond_destroy(&db->work);
     pthread_mutex_destroy(&db->mu);
+    pthread_mutex_destroy(&db->hint_mu);
     free(db->dir);
     free(db);
 }
@@ -658,13 +663,49 @@ uint64_t vd_db_node_id(const struct vd_db *db)
 struct hint_put {
     struct vd_wbatch b;
     struct vd_wop op;
+    struct vd_db *db;
     uint64_t target;
     uint8_t rec[];
 };
 
+/* Counts a hint for target that was not stored: the target has missed a write for good, which
+ * the cluster turns into "needs repair". */
+static void hint_refused(struct vd_db *db, uint64_t target)
+{
+    pthread_mutex_lock(&db->hint_mu);
+    size_t cap = sizeof db->refused / sizeof db->refused[0], i = 0;
+    while (i < db->n_refused && db->refused[i].target != target)
+        i++;
+    if (i == db->n_refused && i < cap - 1) {
+        db->refused[db->n_refused++].target = target;
+    } else if (i == db->n_refused) { /* full: the last slot counts every other target */
+        i = cap - 1;
+        db->refused[i].target = 0;
+        db->n_refused = cap;
+    }
+    db->refused[i].count++;
+    pthread_mutex_unlock(&db->hint_mu);
+}
+
+void vd_db_hints_refused(struct vd_db *db, vd_db_hint_refused_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&db->hint_mu);
+    size_t n = db->n_refused;
+    uint64_t t[64], k[64];
+    for (size_t i = 0; i < n; i++) {
+        t[i] = db->refused[i].target;
+        k[i] = db->refused[i].count;
+    }
+    pthread_mutex_unlock(&db->hint_mu);
+    for (size_t i = 0; i < n; i++)
+        fn(t[i], k[i], ctx);
+}
+
 static void hint_done(struct vd_wbatch *b, int status, void *ctx)
 {
     struct hint_put *h = ctx;
+    if (status || h->op.over_cap)
+        hint_refused(h->db, h->target);
     if (status)
         vd_log_warn("storage: a hint for node %llu was not stored: %s",
                     (unsigned long long)h->target, b->err.msg);
@@ -681,6 +722,7 @@ int vd_db_hint_put(struct vd_db *db, uint64_t target, const uint8_t *rec, size_t
     if (!h)
         return vd_errf(err, VD_ENOMEM, "out of memory");
     memcpy(h->rec, rec, len);
+    h->db = db;
     h->target = target;
     h->op = (struct vd_wop){.kind = VD_WOP_HINT_PUT, .target = target, .rec = h->rec,
                             .rec_len = len};

@@ -49,6 +49,12 @@ struct vd_db {
     /* Highest change counter whose write completion has run (stored by the storage writer
      * thread only): every change at or below it is in memory, or noted for catch-up. */
     _Atomic uint64_t applied_through;
+    /* hints not stored, per target (vd_db_hints_refused); under hint_mu */
+    pthread_mutex_t hint_mu;
+    struct {
+        uint64_t target, count;
+    } refused[64];
+    size_t n_refused;
 };
 
 void vd__db_coll_unref(struct vd_coll *c);

@@ -30,6 +30,7 @@ struct node {
 };
 static struct node nodes[N + 4];
 static uint32_t snap_every __attribute__((unused)); /* 0 = the default */
+static uint64_t hint_window_ms __attribute__((unused)); /* 0 = the default */
 static char root[64];
 
 static inline void start(int i, const char *join)
@@ -52,6 +53,7 @@ static inline void start(int i, const char *join)
         .heartbeat_ms = 50,
         .request_timeout_ms = 10000,
         .snapshot_every = snap_every,
+        .hint_window_ms = hint_window_ms,
         .no_sync = true,
     };
     if (vd_cluster_start(&co, &n->c, &e))

@@ -257,13 +257,42 @@ static void test_http_limit_options(void **state)
     unlink(pb);
 }
 
+static void test_hint_options(void **state)
+{
+    (void)state;
+    struct vd_config c;
+    struct vd_err e = {0};
+    char *none[] = {"vectord"};
+    assert_int_equal(parse(&c, &e, 1, none), 0);
+    assert_int_equal(c.hint_window_seconds, 10800);
+    assert_int_equal(c.hint_node_bytes, 256ULL << 20);
+    assert_int_equal(c.hint_total_bytes, 1ULL << 30);
+    vd_config_release(&c);
+    char *argv[] = {"vectord", "--hint-window", "60", "--hint-node-bytes", "4096",
+                    "--hint-total-bytes=8192"};
+    assert_int_equal(parse(&c, &e, 6, argv), 0);
+    assert_int_equal(c.hint_window_seconds, 60);
+    assert_int_equal(c.hint_node_bytes, 4096);
+    assert_int_equal(c.hint_total_bytes, 8192);
+    vd_config_release(&c);
+    char *w0[] = {"vectord", "--hint-window", "0"};
+    expect_error(3, w0, "--hint-window: '0' is not a number of seconds");
+    char *wx[] = {"vectord", "--hint-window", "3h"};
+    expect_error(3, wx, "--hint-window");
+    char *nb[] = {"vectord", "--hint-node-bytes", "10"};
+    expect_error(3, nb, "--hint-node-bytes: '10' is not a size in bytes");
+    char *tb[] = {"vectord", "--hint-total-bytes", "-1"};
+    expect_error(3, tb, "--hint-total-bytes");
+    assert_non_null(strstr(vd_config_usage(), "--hint-window"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),   cmocka_unit_test(test_flags),
         cmocka_unit_test(test_bad_flags),  cmocka_unit_test(test_config_file),
         cmocka_unit_test(test_env_key),    cmocka_unit_test(test_clock_options),
-        cmocka_unit_test(test_http_limit_options),
+        cmocka_unit_test(test_http_limit_options), cmocka_unit_test(test_hint_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

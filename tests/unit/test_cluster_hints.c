@@ -1,0 +1,168 @@
+/*
+ * Hint replay, three nodes in one process (real databases, real TCP): the hints a coordinator
+ * keeps for a replica that missed writes reach it once it answers again (a paused replica, a
+ * stopped one that returns), and are forgotten, counted, when they pass the hint window (the
+ * replica then needs repair) or their collection is deleted.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <cmocka.h>
+
+#define N 3
+
+#include "unit/cluster_fixture.h"
+#include "node_int.h"
+#include "unit/cluster_points.h"
+
+static struct vd_cluster_hint_stats stats_of(int i)
+{
+    struct vd_cluster_hint_stats st;
+    vd_cluster_hint_stats(nodes[i].c, &st);
+    return st;
+}
+
+/* needs_repair of member id in node i's GET /cluster. */
+static bool needs_repair(int i, uint64_t id)
+{
+    cJSON *j = status(i);
+    bool r = false;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "nodes"))
+    {
+        uint64_t mid = 0;
+        if (vd_json_get_u64(cJSON_GetObjectItem(it, "id"), &mid) == 0 && mid == id)
+            r = cJSON_IsTrue(cJSON_GetObjectItem(it, "needs_repair"));
+    }
+    cJSON_Delete(j);
+    return r;
+}
+
+/* Three voters and collection "pts" at RF 3 on every node; returns its incarnation. */
+static uint64_t three_nodes(void)
+{
+    char join[32];
+    snprintf(join, sizeof join, "127.0.0.1:%u", nodes[0].port);
+    start(0, NULL);
+    start(1, join);
+    start(2, join);
+    for (int i = 0; i < N; i++)
+        POLL(voters_up(i) == N && leader_of(i) != 0, 15000, "three voters up");
+    assert_int_equal(create_coll(0, "pts", VD_METRIC_DOT, 3), 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(sync_node(i), 0);
+        POLL(has_coll(i, "pts"), 5000, "the collection on every node");
+    }
+    return incarnation_of(0, "pts");
+}
+
+static void test_paused_replica_gets_its_hints(void **state)
+{
+    (void)state;
+    hint_window_ms = 0;
+    uint64_t inc = three_nodes();
+    uint64_t id0 = vd_cluster_node_id(nodes[0].c), id2 = vd_cluster_node_id(nodes[2].c);
+    static struct rec recs[8];
+    for (size_t k = 0; k < 8; k++)
+        make_rec(&recs[k], 400 + k, id0, (float)k, false, inc);
+    /* node 2 silent: the writes are acknowledged by the other two and node 2 gets hints; its
+     * workers are held past the write's deadline, so the write itself never reaches it */
+    vd_data_pause_workers(nodes[2].c->data, true);
+    char msg[256];
+    assert_int_equal(write_through(0, recs, 8, 2, inc, msg, sizeof msg), 0);
+    POLL(hints_for(0, id2) == 8, 5000, "a hint on node 0 for each write node 2 missed");
+    POLL(stats_of(0).pending == 8, 5000, "eight hints pending on node 0");
+    assert_int_equal(held_at(2, recs, 8), 0);
+    vd_data_pause_workers(nodes[2].c->data, false);
+    POLL(held_at(2, recs, 8) == 8, 30000, "the hinted records on node 2");
+    POLL(stats_of(0).pending == 0, 5000, "no hint pending on node 0");
+    assert_int_equal(hints_for(0, id2), 0);
+    assert_int_equal(stats_of(0).replayed, 8);
+    assert_int_equal(stats_of(0).expired, 0);
+    assert_false(needs_repair(0, id2));
+}
+
+static void test_stopped_node_gets_its_hints_when_back(void **state)
+{
+    (void)state;
+    hint_window_ms = 0;
+    uint64_t inc = three_nodes();
+    uint64_t id1 = vd_cluster_node_id(nodes[1].c), id2 = vd_cluster_node_id(nodes[2].c);
+    stop(2);
+    static struct rec recs[6];
+    for (size_t k = 0; k < 6; k++)
+        make_rec(&recs[k], 500 + k, id1, (float)k, false, inc);
+    char msg[256];
+    assert_int_equal(write_through(1, recs, 6, 2, inc, msg, sizeof msg), 0);
+    POLL(hints_for(1, id2) == 6, 5000, "a hint on node 1 for each write node 2 missed");
+    /* a down target keeps its hints: nothing is sent while it is away */
+    POLL(stats_of(1).pending == 6, 5000, "six hints pending on node 1");
+    assert_int_equal(stats_of(1).replayed, 0);
+    start(2, NULL);
+    POLL(held_at(2, recs, 6) == 6, 30000, "the hinted records on node 2 once back");
+    POLL(stats_of(1).pending == 0, 5000, "no hint pending on node 1");
+    assert_int_equal(stats_of(1).replayed, 6);
+}
+
+static void test_expired_hints_dropped_and_counted(void **state)
+{
+    (void)state;
+    hint_window_ms = 1500;
+    uint64_t inc = three_nodes();
+    uint64_t id0 = vd_cluster_node_id(nodes[0].c), id2 = vd_cluster_node_id(nodes[2].c);
+    stop(2);
+    static struct rec recs[3];
+    for (size_t k = 0; k < 3; k++)
+        make_rec(&recs[k], 600 + k, id0, (float)k, false, inc);
+    char msg[256];
+    assert_int_equal(write_through(0, recs, 3, 2, inc, msg, sizeof msg), 0);
+    POLL(hints_for(0, id2) == 3, 5000, "a hint on node 0 for each write node 2 missed");
+    assert_false(needs_repair(0, id2));
+    /* past the window, with node 2 still away: dropped, counted, node 2 marked */
+    POLL(stats_of(0).expired == 3, 15000, "three hints expired on node 0");
+    assert_int_equal(hints_for(0, id2), 0);
+    POLL(stats_of(0).pending == 0, 5000, "no hint pending on node 0");
+    assert_int_equal(stats_of(0).replayed, 0);
+    POLL(needs_repair(0, id2), 5000, "node 2 marked needs-repair in node 0's GET /cluster");
+    assert_false(needs_repair(0, vd_cluster_node_id(nodes[1].c)));
+}
+
+static void test_deleted_collection_hints_vanish(void **state)
+{
+    (void)state;
+    hint_window_ms = 0;
+    uint64_t inc = three_nodes();
+    uint64_t id0 = vd_cluster_node_id(nodes[0].c), id2 = vd_cluster_node_id(nodes[2].c);
+    stop(2);
+    static struct rec recs[4];
+    for (size_t k = 0; k < 4; k++)
+        make_rec(&recs[k], 700 + k, id0, (float)k, false, inc);
+    char msg[256];
+    assert_int_equal(write_through(0, recs, 4, 2, inc, msg, sizeof msg), 0);
+    POLL(hints_for(0, id2) == 4, 5000, "a hint on node 0 for each write node 2 missed");
+    struct vd_err e;
+    assert_int_equal(vd_cluster_delete_collection(nodes[0].c, "pts", on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    POLL(hints_for(0, id2) == 0, 15000, "the deleted collection's hints gone");
+    POLL(stats_of(0).pending == 0, 5000, "no hint pending on node 0");
+    assert_int_equal(stats_of(0).replayed, 0);
+    /* node 2 returns to nothing: it deletes the collection too, and no record reaches it */
+    start(2, NULL);
+    POLL(voters_up(0) == N, 15000, "node 2 back");
+    assert_int_equal(sync_node(2), 0);
+    POLL(!has_coll(2, "pts"), 5000, "the collection gone on node 2");
+    assert_int_equal(stats_of(0).replayed, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_paused_replica_gets_its_hints, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stopped_node_gets_its_hints_when_back, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_expired_hints_dropped_and_counted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deleted_collection_hints_vanish, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
