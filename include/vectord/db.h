@@ -259,6 +259,30 @@ int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool w
 int vd_db_scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
                  const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
                  size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err);
+/* vd_db_scroll restricted to the points whose placement hash lies on one of the ring arcs
+ * ranges[0..n_ranges) (as vd_db_search's ranges; 0 arcs = every point): a replica's page of
+ * the ranges it is asked for. */
+int vd_db_scroll_arcs(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                      const struct vd_filter *f, const uint64_t (*ranges)[2], size_t n_ranges,
+                      bool with_vector, struct vd_db_record **out, size_t *n_out,
+                      struct vd_pid *next, bool *has_next, struct vd_err *err);
+
+/* What this node holds of one id, for the verification of a search or scroll candidate. */
+struct vd_db_check {
+    bool present;              /* stored at all (a tombstone is) */
+    bool tombstone;
+    struct vd_version version; /* of what is stored (zero when absent) */
+    bool match;                /* live, searchable here, and matching the filter */
+    float score;               /* match and a query: the score vd_db_search gives that vector
+                                  (similarity, distance for Euclid and Manhattan) */
+};
+/* Checks ids[0..n) into out[0..n) against filter f (NULL = all) and, when query is not NULL,
+ * scores the matching ones with the exact kernel over the float vectors: the score an exact or
+ * a rescored search gives (an unrescored int8 search gives an estimate instead). Errors:
+ * VD_EINVAL (zero query for Cosine), VD_ENOMEM, storage errors. */
+int vd_db_check(struct vd_coll *c, const float *query, const struct vd_filter *f,
+                const struct vd_pid *ids, size_t n, struct vd_db_check *out, struct vd_err *err);
+
 /* Exact number of live points matching f (NULL = all). */
 int vd_db_count(struct vd_coll *c, const struct vd_filter *f, uint64_t *out);
 

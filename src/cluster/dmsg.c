@@ -68,18 +68,45 @@ static bool count_ok(uint32_t n, uint32_t min, uint32_t max)
     return n >= min && n <= max;
 }
 
-static int put_query_filter(struct vd_buf *b, const struct vd_dmsg_req *r)
+/* Qdrant's oversampling: absent (0) or at least 1. */
+static bool oversampling_ok(float f)
 {
-    if (!r->query || !count_ok(r->dim, 1, VD_DMSG_MAX_DIM) || !finite_all(r->query, r->dim) ||
-        (r->filter_len && !r->filter))
+    return f == 0.0f || (isfinite(f) && f >= 1.0f);
+}
+
+static int put_filter(struct vd_buf *b, const struct vd_dmsg_req *r)
+{
+    if (r->filter_len && !r->filter)
         return VD_EINVAL;
-    put_u32(b, r->dim);
-    for (uint32_t i = 0; i < r->dim; i++)
-        put_f32(b, r->query[i]);
     put_u32(b, r->filter ? r->filter_len : 0);
     if (r->filter)
         vd_buf_append(b, r->filter, r->filter_len);
     return 0;
+}
+
+static int put_arcs(struct vd_buf *b, const struct vd_dmsg_req *r)
+{
+    if (r->n_arcs > VD_DMSG_MAX_ARCS || (r->n_arcs && !r->arcs))
+        return VD_EINVAL;
+    put_u32(b, r->n_arcs);
+    for (uint32_t i = 0; i < r->n_arcs; i++) {
+        put_u64(b, r->arcs[i][0]);
+        put_u64(b, r->arcs[i][1]);
+    }
+    return 0;
+}
+
+/* A verify without a query (dim 0) serves a scroll: nothing to score. */
+static int put_query_filter(struct vd_buf *b, const struct vd_dmsg_req *r)
+{
+    uint32_t min = r->kind == VD_DMSG_VERIFY ? 0 : 1;
+    if ((r->dim && !r->query) || !count_ok(r->dim, min, VD_DMSG_MAX_DIM) ||
+        !finite_all(r->query, r->dim))
+        return VD_EINVAL;
+    put_u32(b, r->dim);
+    for (uint32_t i = 0; i < r->dim; i++)
+        put_f32(b, r->query[i]);
+    return put_filter(b, r);
 }
 
 static int req_body(const struct vd_dmsg_req *r, struct vd_buf *b)
@@ -120,18 +147,27 @@ static int req_body(const struct vd_dmsg_req *r, struct vd_buf *b)
             return 0;
         }
         return put_query_filter(b, r);
-    case VD_DMSG_SEARCH:
-        if (!count_ok(r->k, 1, VD_DMSG_MAX_ITEMS) || r->n_arcs > VD_DMSG_MAX_ARCS)
+    case VD_DMSG_SEARCH: {
+        if (!count_ok(r->k, 1, VD_DMSG_MAX_ITEMS) || !oversampling_ok(r->oversampling))
             return VD_EINVAL;
         put_u32(b, r->k);
         put_u32(b, r->ef);
         put_u8(b, r->exact);
-        put_u32(b, r->n_arcs);
-        for (uint32_t i = 0; i < r->n_arcs; i++) {
-            put_u64(b, r->arcs[i][0]);
-            put_u64(b, r->arcs[i][1]);
-        }
-        return put_query_filter(b, r);
+        put_u8(b, (uint8_t)((r->quant_ignore ? 1 : 0) | (r->quant_no_rescore ? 2 : 0)));
+        put_f32(b, r->oversampling);
+        int rc = put_arcs(b, r);
+        return rc ? rc : put_query_filter(b, r);
+    }
+    case VD_DMSG_SCROLL: {
+        if (!count_ok(r->k, 1, VD_DMSG_MAX_ITEMS))
+            return VD_EINVAL;
+        put_u32(b, r->k);
+        put_u8(b, r->has_from);
+        if (r->has_from)
+            put_key(b, &r->from);
+        int rc = put_arcs(b, r);
+        return rc ? rc : put_filter(b, r);
+    }
     default:
         return VD_EINVAL;
     }
@@ -148,7 +184,7 @@ int vd_dmsg_req_encode(const struct vd_dmsg_req *r, struct vd_buf *out)
 
 static int reply_body(const struct vd_dmsg_reply *r, struct vd_buf *b)
 {
-    if (r->kind < VD_DMSG_WRITE || r->kind > VD_DMSG_VERIFY || r->status < VD_DMSG_OK ||
+    if (r->kind < VD_DMSG_WRITE || r->kind > VD_DMSG_SCROLL || r->status < VD_DMSG_OK ||
         r->status > VD_DMSG_ERROR)
         return VD_EINVAL;
     put_u8(b, VD_DMSG_VERSION);
@@ -167,7 +203,7 @@ static int reply_body(const struct vd_dmsg_reply *r, struct vd_buf *b)
         return 0;
     if (r->n_items > VD_DMSG_MAX_ITEMS)
         return VD_EINVAL;
-    if (r->kind == VD_DMSG_SEARCH)
+    if (r->kind == VD_DMSG_SEARCH || r->kind == VD_DMSG_SCROLL)
         put_u8(b, r->complete);
     put_u32(b, r->n_items);
     for (uint32_t i = 0; i < r->n_items; i++) {
@@ -183,6 +219,7 @@ static int reply_body(const struct vd_dmsg_reply *r, struct vd_buf *b)
             vd_buf_append(b, r->reads[i].rec.p, r->reads[i].rec.len);
             break;
         case VD_DMSG_SEARCH:
+        case VD_DMSG_SCROLL:
             if (!isfinite(r->cands[i].score))
                 return VD_EINVAL;
             put_key(b, &r->cands[i].id);
@@ -320,16 +357,32 @@ static int finish(const struct rd *r, bool oom)
     return r->bad || r->n ? VD_ECORRUPT : 0;
 }
 
+static void get_filter(struct rd *r, struct vd_dmsg_req *q)
+{
+    q->filter_len = get_u32(r);
+    const uint8_t *f = take(r, q->filter_len);
+    q->filter = q->filter_len ? (const char *)f : NULL;
+}
+
+static void get_arcs(struct rd *r, struct vd_dmsg_req *q, bool *oom)
+{
+    q->n_arcs = get_count(r, 0, VD_DMSG_MAX_ARCS, 16);
+    uint64_t(*arcs)[2] = alloc_n(r, q->n_arcs, sizeof *arcs, oom);
+    q->arcs = (const uint64_t(*)[2])arcs;
+    for (uint32_t i = 0; arcs && i < q->n_arcs; i++) {
+        arcs[i][0] = get_u64(r);
+        arcs[i][1] = get_u64(r);
+    }
+}
+
 static void get_query_filter(struct rd *r, struct vd_dmsg_req *q, bool *oom)
 {
-    q->dim = get_count(r, 1, VD_DMSG_MAX_DIM, 4);
+    q->dim = get_count(r, q->kind == VD_DMSG_VERIFY ? 0 : 1, VD_DMSG_MAX_DIM, 4);
     float *v = alloc_n(r, q->dim, sizeof *v, oom);
     for (uint32_t i = 0; v && i < q->dim; i++)
         v[i] = get_f32(r);
     q->query = v;
-    q->filter_len = get_u32(r);
-    const uint8_t *f = take(r, q->filter_len);
-    q->filter = q->filter_len ? (const char *)f : NULL;
+    get_filter(r, q);
 }
 
 int vd_dmsg_req_decode(const uint8_t *buf, size_t len, struct vd_dmsg_req *out)
@@ -385,14 +438,27 @@ int vd_dmsg_req_decode(const uint8_t *buf, size_t len, struct vd_dmsg_req *out)
             r.bad = true;
         out->ef = get_u32(&r);
         out->exact = get_bool(&r);
-        out->n_arcs = get_count(&r, 0, VD_DMSG_MAX_ARCS, 16);
-        uint64_t(*arcs)[2] = alloc_n(&r, out->n_arcs, sizeof *arcs, &oom);
-        out->arcs = (const uint64_t(*)[2])arcs;
-        for (uint32_t i = 0; arcs && i < out->n_arcs; i++) {
-            arcs[i][0] = get_u64(&r);
-            arcs[i][1] = get_u64(&r);
-        }
+        uint8_t quant = get_u8(&r);
+        if (quant > 3)
+            r.bad = true;
+        out->quant_ignore = quant & 1;
+        out->quant_no_rescore = quant & 2;
+        out->oversampling = get_f32(&r);
+        if (!oversampling_ok(out->oversampling))
+            r.bad = true;
+        get_arcs(&r, out, &oom);
         get_query_filter(&r, out, &oom);
+        break;
+    }
+    case VD_DMSG_SCROLL: {
+        out->k = get_u32(&r);
+        if (out->k < 1 || out->k > VD_DMSG_MAX_ITEMS)
+            r.bad = true;
+        out->has_from = get_bool(&r);
+        if (out->has_from)
+            get_key(&r, &out->from);
+        get_arcs(&r, out, &oom);
+        get_filter(&r, out);
         break;
     }
     default:
@@ -424,16 +490,16 @@ int vd_dmsg_reply_decode(const uint8_t *buf, size_t len, struct vd_dmsg_reply *o
     out->status = get_u8(&r);
     out->attempt = get_u32(&r);
     out->ring_version = get_u64(&r);
-    if (r.bad || out->kind < VD_DMSG_WRITE || out->kind > VD_DMSG_VERIFY ||
+    if (r.bad || out->kind < VD_DMSG_WRITE || out->kind > VD_DMSG_SCROLL ||
         out->status < VD_DMSG_OK || out->status > VD_DMSG_ERROR)
         return VD_ECORRUPT;
     if (out->status == VD_DMSG_ERROR) {
         out->msg_len = get_u16(&r);
         out->msg = (const char *)take(&r, out->msg_len);
     } else if (out->status == VD_DMSG_OK) {
-        if (out->kind == VD_DMSG_SEARCH)
+        if (out->kind == VD_DMSG_SEARCH || out->kind == VD_DMSG_SCROLL)
             out->complete = get_bool(&r);
-        static const size_t least[] = {0, 1, 17 + 4, 1 + 9 + 16 + 4, 17 + 1 + 4};
+        static const size_t least[] = {0, 1, 17 + 4, 1 + 9 + 16 + 4, 17 + 1 + 4, 1 + 9 + 16 + 4};
         uint32_t n = out->n_items = get_count(&r, 0, VD_DMSG_MAX_ITEMS, least[out->kind]);
         switch (out->kind) {
         case VD_DMSG_WRITE: {
@@ -456,7 +522,8 @@ int vd_dmsg_reply_decode(const uint8_t *buf, size_t len, struct vd_dmsg_reply *o
             }
             break;
         }
-        case VD_DMSG_SEARCH: {
+        case VD_DMSG_SEARCH:
+        case VD_DMSG_SCROLL: {
             struct vd_coord_cand *c = alloc_n(&r, n, sizeof *c, &oom);
             out->cands = c;
             for (uint32_t i = 0; c && i < n; i++) {

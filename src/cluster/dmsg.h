@@ -10,11 +10,16 @@
  *            u8 name_len, name bytes (1..255), then by kind:
  *     WRITE   u32 n (1..VD_DMSG_MAX_ITEMS), n x (u32 len, a point record: record.h)
  *     READ    u32 n (1..VD_DMSG_MAX_ITEMS), n x key; u8 with_record (0/1)
- *     SEARCH  u32 k (1..VD_DMSG_MAX_ITEMS), u32 ef, u8 exact (0/1), u32 n_arcs (0..
- *             VD_DMSG_MAX_ARCS; 0 = the whole ring), n_arcs x (u64 start, u64 end), query, filter
- *     VERIFY  u32 n (1..VD_DMSG_MAX_ITEMS), n x key, query, filter
+ *     SEARCH  u32 k (1..VD_DMSG_MAX_ITEMS), u32 ef, u8 exact (0/1), u8 quant (bit 0 ignore the
+ *             int8 codes, bit 1 no rescoring), f32 oversampling (0, or 1 and more), u32 n_arcs
+ *             (0..VD_DMSG_MAX_ARCS; 0 = the whole ring), n_arcs x (u64 start, u64 end), query,
+ *             filter
+ *     SCROLL  u32 k (1..VD_DMSG_MAX_ITEMS), u8 has_from (0/1), [key: the first id], u32 n_arcs,
+ *             n_arcs x (u64 start, u64 end), filter
+ *     VERIFY  u32 n (1..VD_DMSG_MAX_ITEMS), n x key, query (dim 0 allowed: no score, as for a
+ *             scroll), filter
  *   key:    u8 key_len (9 or 17), the stored key (vd_pid_encode)
- *   query:  u32 dim (1..65536), dim x f32
+ *   query:  u32 dim (1..65536; VERIFY 0..65536), dim x f32
  *   filter: u32 len (0: none), the filter's JSON text
  *   reply:  u8 VD_DMSG_VERSION, u8 kind (the request's), u8 status, u32 attempt, u64 ring_version
  *           (the replica's), then by status:
@@ -25,6 +30,7 @@
  *       READ    u32 n, n x copy, each followed by u32 len and the record when asked for and
  *               present (else len 0)
  *       SEARCH  u8 complete, u32 n, n x (key, u64 hlc, u64 node, f32 score), best first
+ *       SCROLL  as SEARCH, the score 0, in id order
  *       VERIFY  u32 n, n x (copy, u8 match, f32 score)
  *     others  nothing
  *   copy:   u8 flags (bit 0 present, bit 1 tombstone), u64 hlc, u64 node
@@ -44,7 +50,13 @@
 #define VD_DMSG_MAX_ARCS 65536
 #define VD_DMSG_MAX_DIM 65536
 
-enum vd_dmsg_kind { VD_DMSG_WRITE = 1, VD_DMSG_READ, VD_DMSG_SEARCH, VD_DMSG_VERIFY };
+enum vd_dmsg_kind {
+    VD_DMSG_WRITE = 1,
+    VD_DMSG_READ,
+    VD_DMSG_SEARCH,
+    VD_DMSG_VERIFY,
+    VD_DMSG_SCROLL,
+};
 
 enum vd_dmsg_status {
     VD_DMSG_OK = 1,
@@ -73,12 +85,16 @@ struct vd_dmsg_req {
     const struct vd_pid *ids;
     uint32_t n_ids;
     bool with_record; /* READ */
-    /* SEARCH */
+    /* SEARCH (k, arcs: SCROLL too) */
     uint32_t k, ef;
-    bool exact;
+    bool exact, quant_ignore, quant_no_rescore;
+    float oversampling;
     const uint64_t (*arcs)[2];
     uint32_t n_arcs;
-    /* SEARCH, VERIFY */
+    /* SCROLL: the first id when has_from */
+    bool has_from;
+    struct vd_pid from;
+    /* SEARCH, VERIFY (filter: SCROLL too); VERIFY dim 0: no query */
     const float *query;
     uint32_t dim;
     const char *filter; /* JSON text, filter_len bytes, not NUL-terminated; NULL: none */
@@ -105,7 +121,7 @@ struct vd_dmsg_reply {
     /* OK, by kind: */
     const uint8_t *results; /* WRITE: n_items VD_DMSG_HELD */
     const struct vd_dmsg_read_item *reads;
-    bool complete; /* SEARCH */
+    bool complete; /* SEARCH, SCROLL */
     const struct vd_coord_cand *cands;
     const struct vd_dmsg_verify_item *verifies;
     uint32_t n_items;

@@ -16,6 +16,7 @@
 #include "cluster_int.h"
 #include "dmsg.h"
 #include "vectord/db.h"
+#include "vectord/filter.h"
 #include "vectord/record.h"
 
 /* A write's completion, waited for on the serving (worker) thread. */
@@ -176,6 +177,176 @@ out:
     return rc;
 }
 
+/* ---- searches, scroll and their verification ----
+ * Candidates are ranked "higher is better" (coord.h): a distance (Euclid, Manhattan) is negated,
+ * exactly, so the coordinator compares like with like; it maps the merged scores back.
+ *
+ * Scores are those of vd_db_search over the float vectors. A quantized (int8) collection rescores
+ * its candidates with the float vectors by default, so a listed score and a verified one (the
+ * exact kernel, vd_db_check) agree; a search asked with quantization.rescore false lists the
+ * codes' estimate, which verification does not reproduce: the newest version's score is then the
+ * estimate of whichever replica listed it, or the exact one when only verification found it. */
+
+static float higher_better(enum vd_metric m, float score)
+{
+    return m == VD_METRIC_EUCLID || m == VD_METRIC_MANHATTAN ? -score : score;
+}
+
+/* The request's filter (JSON text), parsed; *out NULL when there is none. */
+static int parse_filter(const struct vd_dmsg_req *q, struct vd_filter **out, struct vd_err *e)
+{
+    *out = NULL;
+    if (!q->filter)
+        return 0;
+    cJSON *j = NULL;
+    int rc = vd_json_parse(q->filter, q->filter_len, VD_JSON_MAX_DEPTH, &j, e);
+    if (rc == 0 && !cJSON_IsNull(j))
+        rc = vd_filter_parse(j, out, e);
+    cJSON_Delete(j);
+    if (rc)
+        vd_err_prefix(e, "filter");
+    return rc;
+}
+
+/* Disjoint arcs whose lengths add up to the whole ring (2^64, i.e. 0 modulo 2^64) are the whole
+ * ring: then no point needs its hash checked. A single arc (t, t] is the whole ring too. */
+static size_t arcs_needed(const struct vd_dmsg_req *q)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < q->n_arcs; i++)
+        total += q->arcs[i][1] - q->arcs[i][0];
+    return total == 0 ? 0 : q->n_arcs;
+}
+
+/* Best first: higher score, then lower id (the coordinator's order). */
+static int cand_rank(const void *pa, const void *pb)
+{
+    const struct vd_coord_cand *a = pa, *b = pb;
+    if (a->score != b->score)
+        return a->score > b->score ? -1 : 1;
+    return vd_pid_cmp(&a->id, &b->id);
+}
+
+/* Lists recs[0..n) as candidates (scores mapped as above unless scroll: 0) and encodes the
+ * reply. */
+static int reply_cands(struct vd_coll *c, const struct vd_db_record *recs, size_t n, bool scroll,
+                       bool complete, struct vd_dmsg_reply *rp, struct vd_buf *out)
+{
+    struct vd_coord_cand *cands = calloc(n ? n : 1, sizeof *cands);
+    if (!cands)
+        return VD_ENOMEM;
+    enum vd_metric m = vd_db_coll_schema(c)->metric;
+    for (size_t i = 0; i < n; i++)
+        cands[i] = (struct vd_coord_cand){recs[i].id, recs[i].version,
+                                          scroll ? 0.0f : higher_better(m, recs[i].score)};
+    if (!scroll)
+        qsort(cands, n, sizeof *cands, cand_rank);
+    rp->cands = cands;
+    rp->n_items = (uint32_t)n;
+    rp->complete = complete;
+    int rc = vd_dmsg_reply_encode(rp, out);
+    free(cands);
+    return rc;
+}
+
+/* Phase 1 of a search: this node's top k of the points in the arcs that match the filter. */
+static int serve_search(struct vd_coll *c, const struct vd_dmsg_req *q, struct vd_dmsg_reply *rp,
+                        struct vd_buf *out)
+{
+    struct vd_err e = {0};
+    struct vd_filter *f = NULL;
+    if (q->dim != vd_db_coll_schema(c)->dim) {
+        vd_errf(&e, VD_EINVAL, "the query has %u values, the collection %u", q->dim,
+                vd_db_coll_schema(c)->dim);
+        return reply_error(rp, &e, out);
+    }
+    if (parse_filter(q, &f, &e))
+        return reply_error(rp, &e, out);
+    struct vd_db_search s = {.query = q->query,
+                             .limit = q->k,
+                             .ef = q->ef,
+                             .exact = q->exact,
+                             .quant_ignore = q->quant_ignore,
+                             .quant_no_rescore = q->quant_no_rescore,
+                             .oversampling = q->oversampling,
+                             .filter = f,
+                             .ranges = q->arcs,
+                             .n_ranges = arcs_needed(q)};
+    struct vd_db_record *recs = NULL;
+    size_t n = 0;
+    int rc;
+    if (vd_db_search(c, &s, false, &recs, &n, &e))
+        rc = reply_error(rp, &e, out);
+    else
+        rc = reply_cands(c, recs, n, false, n < q->k, rp, out);
+    vd_db_records_free(recs, n);
+    vd_filter_free(f);
+    return rc;
+}
+
+/* Phase 1 of a scroll: this node's first k ids from q->from in the arcs that match the filter. */
+static int serve_scroll(struct vd_coll *c, const struct vd_dmsg_req *q, struct vd_dmsg_reply *rp,
+                        struct vd_buf *out)
+{
+    struct vd_err e = {0};
+    struct vd_filter *f = NULL;
+    if (parse_filter(q, &f, &e))
+        return reply_error(rp, &e, out);
+    struct vd_db_record *recs = NULL;
+    size_t n = 0;
+    struct vd_pid next;
+    bool more = false;
+    int rc;
+    if (vd_db_scroll_arcs(c, q->has_from ? &q->from : NULL, q->k, f, q->arcs, arcs_needed(q),
+                          false, &recs, &n, &next, &more, &e))
+        rc = reply_error(rp, &e, out);
+    else
+        rc = reply_cands(c, recs, n, true, !more, rp, out);
+    vd_db_records_free(recs, n);
+    vd_filter_free(f);
+    return rc;
+}
+
+/* Phase 2: what this node holds of each id (version, tombstone, filter match, score). */
+static int serve_verify(struct vd_coll *c, const struct vd_dmsg_req *q, struct vd_dmsg_reply *rp,
+                        struct vd_buf *out)
+{
+    struct vd_err e = {0};
+    struct vd_filter *f = NULL;
+    if (q->dim && q->dim != vd_db_coll_schema(c)->dim) {
+        vd_errf(&e, VD_EINVAL, "the query has %u values, the collection %u", q->dim,
+                vd_db_coll_schema(c)->dim);
+        return reply_error(rp, &e, out);
+    }
+    if (parse_filter(q, &f, &e))
+        return reply_error(rp, &e, out);
+    struct vd_db_check *chk = calloc(q->n_ids, sizeof *chk);
+    struct vd_dmsg_verify_item *items = calloc(q->n_ids, sizeof *items);
+    int rc = 0;
+    if (!chk || !items) {
+        rc = VD_ENOMEM;
+        goto out;
+    }
+    if (vd_db_check(c, q->dim ? q->query : NULL, f, q->ids, q->n_ids, chk, &e)) {
+        rc = reply_error(rp, &e, out);
+        goto out;
+    }
+    enum vd_metric m = vd_db_coll_schema(c)->metric;
+    for (uint32_t i = 0; i < q->n_ids; i++)
+        items[i] = (struct vd_dmsg_verify_item){
+            .copy = {chk[i].present, chk[i].tombstone, chk[i].version},
+            .match = chk[i].match,
+            .score = chk[i].match && q->dim ? higher_better(m, chk[i].score) : 0.0f};
+    rp->verifies = items;
+    rp->n_items = q->n_ids;
+    rc = vd_dmsg_reply_encode(rp, out);
+out:
+    free(chk);
+    free(items);
+    vd_filter_free(f);
+    return rc;
+}
+
 int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self,
                       const uint8_t *req, size_t len, struct vd_buf *out)
 {
@@ -238,10 +409,14 @@ int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self,
     case VD_DMSG_READ:
         rc = serve_read(c, &q, &rp, out);
         goto out;
+    case VD_DMSG_SEARCH:
+        rc = serve_search(c, &q, &rp, out);
+        goto out;
+    case VD_DMSG_SCROLL:
+        rc = serve_scroll(c, &q, &rp, out);
+        goto out;
     default:
-        vd_errf(&e, VD_EINVAL, "this node does not serve %s requests",
-                q.kind == VD_DMSG_SEARCH ? "search" : "verify");
-        rc = reply_error(&rp, &e, out);
+        rc = serve_verify(c, &q, &rp, out);
         goto out;
     }
 out_reply:

@@ -42,17 +42,24 @@ static bool bit_has(const struct pidx_bits *b, uint32_t s)
     return s / 64 < b->nw && (b->w[s / 64] >> (s % 64)) & 1;
 }
 
-static bool in_ranges(const struct filter_ctx *fc, const struct vd_pid *id)
+/* Whether id's placement hash lies on one of the ring arcs (none: every id does). */
+static bool id_in_arcs(const struct vd_coll *c, const uint64_t (*ranges)[2], size_t n_ranges,
+                       const struct vd_pid *id)
 {
-    if (!fc->n_ranges)
+    if (!n_ranges)
         return true;
     uint8_t key[VD_PID_KEY_MAX];
     size_t n = vd_pid_encode(id, key);
-    uint64_t h = vd_place_hash(fc->c->schema.name, key, n);
-    for (size_t i = 0; i < fc->n_ranges; i++)
-        if (vd_ring_contains(fc->ranges[i][0], fc->ranges[i][1], h))
+    uint64_t h = vd_place_hash(c->schema.name, key, n);
+    for (size_t i = 0; i < n_ranges; i++)
+        if (vd_ring_contains(ranges[i][0], ranges[i][1], h))
             return true;
     return false;
+}
+
+static bool in_ranges(const struct filter_ctx *fc, const struct vd_pid *id)
+{
+    return id_in_arcs(fc->c, fc->ranges, fc->n_ranges, id);
 }
 
 /* Called during graph traversal with the payload lock held for reading by the searcher. */
@@ -329,6 +336,8 @@ int vd_db_retrieve(struct vd_coll *c, const struct vd_pid *ids, size_t n, bool w
 struct scroll_ctx {
     struct vd_coll *c;
     const struct vd_filter *f;
+    const uint64_t (*ranges)[2];
+    size_t n_ranges;
     bool with_vector;
     struct rec_list *l;
     uint32_t limit;
@@ -339,6 +348,8 @@ struct scroll_ctx {
 static int scroll_cb(const struct vd_point_view *v, void *arg)
 {
     struct scroll_ctx *s = arg;
+    if (!id_in_arcs(s->c, s->ranges, s->n_ranges, &v->id))
+        return 0;
     if (s->f) {
         const struct pmap_entry *e = pmap_get(&s->c->pm, &v->id);
         if (!e || !vd_filter_match_bin(s->f, &v->id, e->bin, e->len))
@@ -399,6 +410,15 @@ int vd_db_scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
                  const struct vd_filter *f, bool with_vector, struct vd_db_record **out,
                  size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err)
 {
+    return vd_db_scroll_arcs(c, from, limit, f, NULL, 0, with_vector, out, n_out, next, has_next,
+                             err);
+}
+
+int vd_db_scroll_arcs(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
+                      const struct vd_filter *f, const uint64_t (*ranges)[2], size_t n_ranges,
+                      bool with_vector, struct vd_db_record **out, size_t *n_out,
+                      struct vd_pid *next, bool *has_next, struct vd_err *err)
+{
     *out = NULL;
     *n_out = 0;
     *has_next = false;
@@ -418,7 +438,7 @@ int vd_db_scroll(struct vd_coll *c, const struct vd_pid *from, uint32_t limit,
         return vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
     }
     struct rec_list l = {0};
-    struct scroll_ctx s = {c, f, with_vector, &l, limit, next, has_next};
+    struct scroll_ctx s = {c, f, ranges, n_ranges, with_vector, &l, limit, next, has_next};
     if (ids) {
         /* the filter was applied by the plan; a point deleted since is skipped */
         s.f = NULL;
@@ -480,4 +500,80 @@ int vd_db_count(struct vd_coll *c, const struct vd_filter *f, uint64_t *out)
     pthread_rwlock_unlock(&c->plock);
     *out = n;
     return 0;
+}
+
+int vd_db_check(struct vd_coll *c, const float *query, const struct vd_filter *f,
+                const struct vd_pid *ids, size_t n, struct vd_db_check *out, struct vd_err *err)
+{
+    memset(out, 0, sizeof *out * n);
+    if (n == 0)
+        return 0;
+    uint32_t dim = c->schema.dim;
+    struct vd_pid *live = malloc(sizeof *live * n);
+    struct vd_search_hit *hits = malloc(sizeof *hits * n);
+    float *q = query ? malloc(sizeof(float) * dim) : NULL;
+    int rc = 0;
+    if (!live || !hits || (query && !q)) {
+        rc = vd_errf(err, VD_ENOMEM, "out of memory");
+        goto out_free;
+    }
+    struct vd_rtxn *t;
+    if ((rc = vd_store_read_begin(c->db->store, &t))) {
+        vd_errf(err, rc, "cannot read: %s", vd_strerror(rc));
+        goto out_free;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct vd_point_view v;
+        if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v))
+            continue;
+        out[i].present = true;
+        out[i].tombstone = v.tombstone;
+        out[i].version = (struct vd_version){v.version, v.node};
+        vd_store_read_release_views(t);
+    }
+    vd_store_read_end(t);
+    /* the filter reads the payload columns, as a filtered search does */
+    uint32_t nl = 0;
+    pthread_rwlock_rdlock(&c->plock);
+    for (size_t i = 0; i < n; i++) {
+        if (!out[i].present || out[i].tombstone)
+            continue;
+        const struct pmap_entry *e = pmap_get(&c->pm, &ids[i]);
+        out[i].match = !f || (e && vd_filter_match_bin(f, &ids[i], e->bin, e->len));
+        if (out[i].match)
+            live[nl++] = ids[i];
+    }
+    pthread_rwlock_unlock(&c->plock);
+    if (!query || nl == 0)
+        goto out_free;
+    memcpy(q, query, sizeof(float) * dim);
+    if (c->schema.metric == VD_METRIC_COSINE && vd_vec_normalize(q, dim)) {
+        rc = vd_errf(err, VD_EINVAL, "a zero query vector cannot be used with Cosine distance");
+        goto out_free;
+    }
+    /* A candidate list is scored by the exact scan's kernel over the float vectors: the scores
+     * an exact search, and a rescored quantized one, give the same vectors. */
+    struct vd_search_req r = {
+        .query = q, .k = nl, .exact = true, .candidates = live, .n_candidates = nl};
+    uint32_t nh = 0;
+    if ((rc = vd_index_search(c->ix, &r, hits, &nh))) {
+        vd_errf(err, rc, "search failed: %s", vd_strerror(rc));
+        goto out_free;
+    }
+    /* An id stored but not (yet) in the index is not searchable here: no match. */
+    for (size_t i = 0; i < n; i++) {
+        if (!out[i].match)
+            continue;
+        out[i].match = false;
+        for (uint32_t h = 0; h < nh && !out[i].match; h++)
+            if (vd_pid_eq(&hits[h].id, &ids[i])) {
+                out[i].match = true;
+                out[i].score = hits[h].score;
+            }
+    }
+out_free:
+    free(live);
+    free(hits);
+    free(q);
+    return rc;
 }

@@ -304,13 +304,18 @@ static void test_refusals_touch_nothing(void **state)
     }
     expect_status(f, &r, VD_DMSG_NOT_YET, NULL);
 
-    /* kinds this node does not serve say so */
+    /* a search whose query does not have the collection's size, or whose filter does not
+     * parse, is refused naming it */
     float qv[3] = {1, 0, 0};
     struct vd_dmsg_req s = req(f, VD_DMSG_SEARCH);
     s.k = 3;
     s.query = qv;
+    s.dim = 2;
+    expect_status(f, &s, VD_DMSG_ERROR, "the query has 2 values");
     s.dim = 3;
-    expect_status(f, &s, VD_DMSG_ERROR, "does not serve search");
+    s.filter = "{\"must\": 5}";
+    s.filter_len = (uint32_t)strlen(s.filter);
+    expect_status(f, &s, VD_DMSG_ERROR, "filter");
 
     /* a malformed request is refused with nothing written to out */
     vd_buf_init(&raw);
