@@ -247,6 +247,11 @@ void vd_coord_search_items(const struct vd_coord_op *op, const struct vd_coord_i
 /* A search's ranges: replicas filter their points with vd_coord_search_in_range. */
 uint32_t vd_coord_search_n_ranges(const struct vd_coord_op *op);
 bool vd_coord_search_in_range(const struct vd_coord_op *op, uint32_t range, uint64_t hash);
+/* The arcs (start, end] of range, in ring order, into out (room for max of them): what a SEND of
+ * that range asks the replica to search. Returns how many the range has (which may be more than
+ * max). */
+size_t vd_coord_search_arcs(const struct vd_coord_op *op, uint32_t range, uint64_t (*out)[2],
+                            size_t max);
 
 /* The version order the operation uses (vd_version_cmp, unless a planted bug changes it). */
 int vd_coord_version_cmp(const struct vd_coord_op *op, struct vd_version a, struct vd_version b);

@@ -587,6 +587,7 @@ void vd__cluster_data_events(struct vd_cluster *c)
         dreq_begin(c, r);
         r = next;
     }
+    vd__cluster_search_events(c);
 }
 
 /* Deadlines, speculative reads and retries; reroutes after a ring change (housekeeping). */
@@ -610,6 +611,7 @@ void vd__cluster_data_tick(struct vd_cluster *c)
         }
         dreq_drive(c, r); /* may free r */
     }
+    vd__cluster_search_tick(c);
 }
 
 /* Fails every request at shutdown (their replies will never be fed), then closes the transport,
@@ -635,6 +637,7 @@ void vd__cluster_data_stop(struct vd_cluster *c)
         else
             dreq_free(r);
     }
+    vd__cluster_search_stop(c); /* after the reads it may wait for have answered */
     vd_data_close(c->data);
     c->data = NULL;
 }

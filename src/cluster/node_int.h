@@ -117,6 +117,7 @@ struct vd_cluster {
     struct ev *q_head, *q_tail;
     bool stopping;
     struct dreq *dq_head; /* data requests queued for the loop (node_data.c) */
+    struct sreq *sq_head; /* searches, scrolls and counts queued for the loop (node_search.c) */
     char *status;    /* cached GET /cluster result */
     struct vd_cluster_member *members_seen; /* cached with it (n_seen), for vd_cluster_members */
     size_t n_seen;
@@ -139,6 +140,7 @@ struct vd_cluster {
     struct op *ops; /* pending operations */
     struct vd_data *data;  /* the data transport */
     struct dreq *dreqs;    /* data requests under way */
+    struct sreq *sreqs;    /* searches, scrolls and counts under way */
     bool dreqs_open;       /* false once vd__cluster_data_stop ran */
     uint64_t next_ctx, next_call;
     uint64_t catchup; /* last log index at start-up: reconcile once applied reaches it */
@@ -256,5 +258,14 @@ struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id);
 struct member_clock *vd__cluster_clock_find(struct vd_cluster *c, uint64_t id);
 /* Rebuilds the cached GET /cluster result. */
 void vd__cluster_status_refresh(struct vd_cluster *c);
+
+/* ---- node_search.c: searches, scroll and count over the ring ---- */
+struct sreq;
+/* Starts the searches other threads queued (called with the data requests' events). */
+void vd__cluster_search_events(struct vd_cluster *c);
+/* Deadlines, speculative asks and reroutes (housekeeping). */
+void vd__cluster_search_tick(struct vd_cluster *c);
+/* Fails every search at shutdown, before the data transport closes (dreqs_open is false). */
+void vd__cluster_search_stop(struct vd_cluster *c);
 
 #endif

@@ -975,6 +975,21 @@ bool vd_coord_search_in_range(const struct vd_coord_op *op, uint32_t range, uint
     return false;
 }
 
+size_t vd_coord_search_arcs(const struct vd_coord_op *op, uint32_t range, uint64_t (*out)[2],
+                            size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; op->kind == OP_SEARCH && i < op->n_arcs; i++)
+        if (op->arcs[i].range == range) {
+            if (n < max) {
+                out[n][0] = op->arcs[i].start;
+                out[n][1] = op->arcs[i].end;
+            }
+            n++;
+        }
+    return n;
+}
+
 void vd_coord_search_items(const struct vd_coord_op *op, const struct vd_coord_item **items,
                            size_t *n, bool *complete)
 {
