@@ -155,6 +155,20 @@ static void test_requests_roundtrip(void **state)
     vd_dmsg_req_free(&d);
     vd_buf_release(&b);
 
+    /* the quantization parameters of a search */
+    base(&r, VD_DMSG_SEARCH);
+    r.k = 5;
+    r.query = QUERY;
+    r.dim = 3;
+    r.quant_no_rescore = true;
+    r.oversampling = 2.5f;
+    req_roundtrip(&r, &b, &d);
+    assert_false(d.quant_ignore);
+    assert_true(d.quant_no_rescore);
+    assert_true(d.oversampling == 2.5f);
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+
     base(&r, VD_DMSG_VERIFY);
     r.ids = ids;
     r.n_ids = 1;
@@ -163,6 +177,44 @@ static void test_requests_roundtrip(void **state)
     req_roundtrip(&r, &b, &d);
     assert_int_equal(d.n_ids, 1);
     assert_int_equal(d.dim, 3);
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+
+    /* a scroll's verification has no query */
+    r.query = NULL;
+    r.dim = 0;
+    r.filter = FILTER;
+    r.filter_len = (uint32_t)strlen(FILTER);
+    req_roundtrip(&r, &b, &d);
+    assert_int_equal(d.dim, 0);
+    assert_null(d.query);
+    assert_int_equal(d.filter_len, strlen(FILTER));
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+
+    /* a scroll page from an id, and from the start */
+    base(&r, VD_DMSG_SCROLL);
+    r.k = 8;
+    r.has_from = true;
+    r.from = uuid(0x42);
+    r.arcs = (const uint64_t(*)[2])arcs;
+    r.n_arcs = 2;
+    r.filter = FILTER;
+    r.filter_len = (uint32_t)strlen(FILTER);
+    req_roundtrip(&r, &b, &d);
+    assert_int_equal(d.k, 8);
+    assert_true(d.has_from);
+    same_pid(&d.from, &r.from);
+    assert_int_equal(d.n_arcs, 2);
+    assert_memory_equal(d.arcs, arcs, sizeof arcs);
+    assert_int_equal(d.filter_len, strlen(FILTER));
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+    r.has_from = false;
+    r.n_arcs = 0;
+    r.arcs = NULL;
+    req_roundtrip(&r, &b, &d);
+    assert_false(d.has_from);
     vd_dmsg_req_free(&d);
     vd_buf_release(&b);
 }
@@ -232,6 +284,17 @@ static void test_replies_roundtrip(void **state)
         assert_true(vd_version_cmp(d.cands[i].version, cands[i].version) == 0);
         assert_true(d.cands[i].score == cands[i].score);
     }
+    vd_dmsg_reply_free(&d);
+    vd_buf_release(&b);
+
+    /* a scroll page: the same list, scores 0, in id order */
+    struct vd_coord_cand page[2] = {{num(1), {100, 2}, 0}, {num(9), {99, 1}, 0}};
+    r = (struct vd_dmsg_reply){.kind = VD_DMSG_SCROLL, .status = VD_DMSG_OK, .attempt = 2,
+                               .ring_version = 9, .complete = false, .cands = page,
+                               .n_items = 2};
+    reply_roundtrip(&r, &b, &d);
+    assert_false(d.complete);
+    same_pid(&d.cands[1].id, &page[1].id);
     vd_dmsg_reply_free(&d);
     vd_buf_release(&b);
 
@@ -327,6 +390,12 @@ static void test_broken_rules_refused(void **state)
     r.dim = 3;
     assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
     r.k = 5;
+    r.dim = 0; /* only a verify goes without a query */
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    r.dim = 3;
+    r.oversampling = 0.5f; /* Qdrant's oversampling is 1 or more */
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    r.oversampling = 0;
     float nan_q[1] = {NAN};
     r.query = nan_q;
     r.dim = 1;
