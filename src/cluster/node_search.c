@@ -31,7 +31,8 @@
 #include "vectord/filter.h"
 #include "vectord/record.h"
 
-#define SEARCH_SPEC_MS 20    /* a range slower than this on one replica asks one more */
+#define SEARCH_SPEC_MS 50    /* a range slower than this on one replica asks one more (a
+                              * search costs a replica more than a read: a longer delay) */
 #define SEARCH_RETRY_MS 50   /* a replica behind on the ring is asked again after this */
 #define COUNT_PAGE 4096      /* ids per page when counting */
 

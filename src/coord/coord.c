@@ -262,16 +262,22 @@ static void retry_due(struct vd_coord_op *op)
             ask(op, &op->s[i], 0, 0, 0);
 }
 
-static int place(struct vd_coord_op *op, const struct vd_coord_ring *ring)
+/* The preferred replica (the coordinator itself) is asked first: a read or a search at one is
+ * local. */
+static void prefer_first(const struct vd_coord_op *op, uint64_t *ids, size_t n)
 {
-    uint64_t ids[VD_COORD_MAX_RF];
-    size_t n = vd_coord_ring_replicas(ring, op->hash, op->p.rf, ids);
-    /* The preferred replica (the coordinator itself) is asked first: a read at one is local. */
     for (size_t i = 1; i < n && op->p.prefer; i++)
         if (ids[i] == op->p.prefer) {
             memmove(ids + 1, ids, i * sizeof(ids[0]));
             ids[0] = op->p.prefer;
         }
+}
+
+static int place(struct vd_coord_op *op, const struct vd_coord_ring *ring)
+{
+    uint64_t ids[VD_COORD_MAX_RF];
+    size_t n = vd_coord_ring_replicas(ring, op->hash, op->p.rf, ids);
+    prefer_first(op, ids, n);
     memset(op->s, 0, sizeof(op->s));
     for (size_t i = 0; i < n; i++)
         op->s[i].node = ids[i];
@@ -893,6 +899,7 @@ static uint32_t range_of(struct vd_coord_op *op, const struct vd_coord_ring *rin
             return r;
     }
     struct range *g = &op->ranges[op->n_ranges];
+    prefer_first(op, ids, n);
     for (size_t a = 0; a < n; a++)
         g->s[a].node = ids[a];
     g->n = (unsigned)n;

@@ -481,6 +481,24 @@ static struct vd_pid pid(uint64_t n)
     return (struct vd_pid){.type = VD_PID_NUM, .u.num = n};
 }
 
+/* A search prefers the coordinator as a read does: at R = 1 each range is asked of it alone
+ * when it is a replica, so a search at consistency 1 stays local. */
+static void test_search_prefers_coordinator(void **state)
+{
+    (void)state;
+    for (uint64_t self = 1; self <= 3; self++) {
+        struct vd_coord_params p = params(1);
+        p.prefer = self;
+        struct vd_coord_op *op;
+        assert_int_equal(vd_coord_search_new(&p, &ring3, 0, 5, &op), 0);
+        struct acts x;
+        drain(op, &x);
+        assert_int_equal(count(&x, VD_COORD_SEND), 1);
+        assert_int_equal(find(&x, VD_COORD_SEND, 0)->node, self);
+        vd_coord_op_free(op);
+    }
+}
+
 static void test_search_verifies_disagreement(void **state)
 {
     /* One range (every arc has replicas {1, 2, 3}), R = 2. */
@@ -619,6 +637,7 @@ int main(void)
         cmocka_unit_test(test_read_blocking_repair),
         cmocka_unit_test(test_read_background_repair_and_tombstone),
         cmocka_unit_test(test_read_timeout),
+        cmocka_unit_test(test_search_prefers_coordinator),
         cmocka_unit_test(test_search_verifies_disagreement),
         cmocka_unit_test(test_search_rounds_capped),
         cmocka_unit_test(test_search_timeout),
