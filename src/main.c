@@ -176,6 +176,7 @@ int main(int argc, char **argv)
     }
     struct vd_api_opts ao = {
         .db = db, .cluster = cluster, .replication_factor = cfg.replication_factor};
+    vd_api_cluster_data(cluster, &ao.data);
     if (vd_api_register(http, &ao)) {
         vd_log_error("cannot register routes");
         goto out_http;

@@ -97,6 +97,15 @@ void vd_api_local_data(struct vd_db *db, struct vd_data_ops *out);
 
 struct vd_cluster;
 
+/* Point reads and writes coordinated by cluster node c over the ring (c borrowed; outlives the
+ * server): writes as whole records under versions this node stamps, at the request's
+ * consistency or the collection's write_consistency_factor; retrieve by id at the request's
+ * consistency or a quorum (the calling thread waits for the replicas, up to the deadline); a
+ * payload edit reads at a quorum and writes the edited record whole under a new version. A
+ * 503 carries the coordinator's numbers. Searches, scroll and count are this node's replica's;
+ * deletes and payload edits by filter act on the ids this node's replica matches. */
+void vd_api_cluster_data(struct vd_cluster *c, struct vd_data_ops *out);
+
 /* Cluster metadata: create and delete go through the cluster's Raft group (any node may take
  * them; a follower forwards to the leader). A change that finds no leader within the cluster's
  * deadline completes with VD_EUNAVAIL (HTTP 503) saying so. c is borrowed and must outlive the
@@ -108,8 +117,8 @@ struct vd_api_opts {
     /* Collection changes. Ignored when `cluster` is set (the cluster's are used); when neither
      * is set, changes go straight to `db`. */
     struct vd_meta_ops meta;
-    /* Point reads and writes; when unset (upsert NULL), served by `db` (vd_api_local_data), on
-     * one node and in a cluster alike for now. */
+    /* Point reads and writes; when unset (upsert NULL), served by `db` (vd_api_local_data).
+     * A cluster node sets vd_api_cluster_data's. */
     struct vd_data_ops data;
     /* Not owned; outlives the server. NULL = a database without a cluster (unit tests): no
      * /cluster routes, and a lookup miss answers 404 at once. When set: the /cluster routes,

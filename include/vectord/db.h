@@ -84,6 +84,12 @@ struct vd_db_point {
     const float *vec;
     const cJSON *payload; /* object or NULL */
 };
+/* Prepares the vector of a point for c as every write stores it: copies src (the collection's
+ * dim values) into dst (dim floats) and normalises it for Cosine. VD_EINVAL ("a zero vector
+ * cannot be used with Cosine distance"). A coordinator building records (vectord/record.h)
+ * calls this so they hold exactly what vd_db_upsert would store. */
+int vd_db_prepare_vector(const struct vd_coll *c, const float *src, float *dst,
+                         struct vd_err *err);
 /* Validates every point first (nothing is written when one is bad), then commits the batch
  * atomically and durably, applies it to the index and calls done. */
 int vd_db_upsert(struct vd_coll *c, const struct vd_db_point *pts, size_t n, vd_db_done_fn done,
@@ -138,6 +144,13 @@ enum vd_db_payload_op {
     VD_DB_PAYLOAD_DELETE_KEYS,
     VD_DB_PAYLOAD_CLEAR,
 };
+/* The payload a payload edit gives a point whose payload is text[len] (JSON object text; NULL or
+ * len 0: none): a new cJSON object the caller deletes, or NULL with err set (VD_ENOMEM, or the
+ * stored text does not parse). arg is the edit's payload object (SET, OVERWRITE) or array of
+ * keys (DELETE_KEYS), borrowed. A coordinator editing records over the ring uses it, so an edit
+ * means the same on one node and in a cluster. */
+cJSON *vd_db_payload_edited(enum vd_db_payload_op op, const cJSON *arg, const char *text,
+                            size_t len, struct vd_err *err);
 /* Each point is read and written whole on the condition that it is still the version read
  * (vd_wop.if_version): one changed in between is read and edited again, one deleted in between
  * is skipped like an absent id, so an edit never resurrects a point nor undoes a write it did not

@@ -54,6 +54,7 @@ struct dreq {
     size_t n, n_replied, n_done;
     unsigned inflight; /* messages sent and not yet settled or dropped */
     bool answered, driving, again;
+    char refusal[160]; /* the last replica's reason for refusing, told to the client */
     vd_cluster_done_fn done;
     vd_cluster_read_fn read_done;
     void *ctx;
@@ -110,6 +111,11 @@ static void dreq_answer(struct dreq *r)
     for (size_t i = 0; i < r->n && !status; i++)
         status = vd_coord_result(r->ops[i].op, &e);
     r->answered = true;
+    if (status && r->refusal[0]) {
+        /* the numbers alone do not say why (a full disk, a skewed clock) */
+        size_t l = strlen(e.msg);
+        snprintf(e.msg + l, sizeof e.msg - l, " (%s)", r->refusal);
+    }
     if (r->kind == VD_DMSG_WRITE) {
         if (r->done)
             r->done(status, status ? &e : NULL, 0, r->ctx);
@@ -156,14 +162,22 @@ static void dsend_settle(struct dsend *s, const struct vd_dmsg_reply *rp, uint8_
     struct dreq *r = s->r;
     if (rp && rp->status == VD_DMSG_WRONG_RING)
         status = VD_COORD_WRONG_RING;
+    else if (rp && rp->status == VD_DMSG_NOT_YET)
+        /* the replica has not applied the collection yet (a create that just committed): on
+         * the same ring (else it would answer wrong-ring), so it is asked again shortly, up to
+         * the deadline, as a replica behind on the ring is */
+        status = VD_COORD_WRONG_RING;
     else if (rp && rp->status != VD_DMSG_OK)
         status = VD_COORD_REFUSED; /* gone, not yet, an error: it holds nothing new */
     else if (rp && rp->n_items != s->n)
         status = VD_COORD_REFUSED; /* a reply that does not match the request */
-    if (rp && rp->status == VD_DMSG_ERROR)
+    if (rp && rp->status == VD_DMSG_ERROR) {
         vd_log_warn("cluster: node %llu refused a %s of collection '%s': %.*s",
                     (unsigned long long)s->node, s->kind == VD_DMSG_READ ? "read" : "write",
                     r->coll, (int)rp->msg_len, rp->msg);
+        snprintf(r->refusal, sizeof r->refusal, "node %llu: %.*s", (unsigned long long)s->node,
+                 (int)rp->msg_len, rp->msg);
+    }
     for (size_t i = 0; i < s->n; i++) {
         struct dop *o = &r->ops[s->ops[i]];
         if (o->done)

@@ -218,6 +218,16 @@ static int prepare_payload(struct wreq *w, size_t i, const cJSON *payload, struc
     return 0;
 }
 
+int vd_db_prepare_vector(const struct vd_coll *c, const float *src, float *dst,
+                         struct vd_err *err)
+{
+    uint32_t dim = c->schema.dim;
+    memcpy(dst, src, sizeof(float) * dim);
+    if (c->schema.metric == VD_METRIC_COSINE && vd_vec_normalize(dst, dim))
+        return vd_errf(err, VD_EINVAL, "a zero vector cannot be used with Cosine distance");
+    return 0;
+}
+
 int vd_db_upsert(struct vd_coll *c, const struct vd_db_point *pts, size_t n, vd_db_done_fn done,
                  void *ctx, struct vd_err *err)
 {
@@ -230,10 +240,8 @@ int vd_db_upsert(struct vd_coll *c, const struct vd_db_point *pts, size_t n, vd_
     int rc;
     for (size_t i = 0; i < n; i++) {
         float *v = w->vecs + i * dim;
-        memcpy(v, pts[i].vec, sizeof(float) * dim);
-        if (c->schema.metric == VD_METRIC_COSINE && vd_vec_normalize(v, dim)) {
-            rc = vd_errf(err, VD_EINVAL,
-                         "points[%zu]: a zero vector cannot be used with Cosine distance", i);
+        if ((rc = vd_db_prepare_vector(c, pts[i].vec, v, err))) {
+            vd_err_prefix(err, "points[%zu]", i);
             goto out_free;
         }
         struct vd_wop *op = &w->ops[i];
@@ -330,10 +338,8 @@ int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done
     return rc;
 }
 
-/* New payload for one point given its current payload text. Returns a cJSON object (caller
- * deletes) or NULL with err set. */
-static cJSON *edited_payload(enum vd_db_payload_op op, const cJSON *arg, const char *text,
-                             size_t len, struct vd_err *err)
+cJSON *vd_db_payload_edited(enum vd_db_payload_op op, const cJSON *arg, const char *text,
+                            size_t len, struct vd_err *err)
 {
     cJSON *cur = NULL;
     if (op != VD_DB_PAYLOAD_OVERWRITE && op != VD_DB_PAYLOAD_CLEAR && text && len) {
@@ -453,7 +459,7 @@ static int edit_round(struct edit *ed, const struct vd_pid *ids, size_t n, struc
         if (vd_store_point_get(t, c->schema.incarnation, &ids[i], &v) || v.tombstone ||
             v.dim != dim)
             continue; /* Qdrant skips ids that do not exist */
-        cJSON *np = edited_payload(ed->op, ed->arg, v.payload, v.payload_len, err);
+        cJSON *np = vd_db_payload_edited(ed->op, ed->arg, v.payload, v.payload_len, err);
         if (!np) {
             rc = err ? err->code : VD_ENOMEM;
             vd_store_read_end(t);

@@ -344,15 +344,15 @@ class ThreeNodeTest(ClusterCase):
         leader, followers = self.leader_and_followers()
         live = self.live()
         f, g = followers[0], followers[-1]
-        f.ok("PUT", "/collections/pidx", VEC)
+        f.ok("PUT", "/collections/pidx", dict(VEC, replication_factor=len(live)))
         rnd = random.Random(3)
         pts = [{"id": i, "vector": [rnd.random() for _ in range(4)],
                 "payload": {"color": rnd.choice(["red", "blue"]), "n": i}} for i in range(60)]
-        # the same points through every node, so that every node holds them all and each node's
-        # own index covers the same points
+        # one replica on every member, written at consistency=all: every node holds them all,
+        # and each node's own index covers the same points
         for n in live:
             eventually_found(self, n, "/collections/pidx")
-            n.ok("PUT", "/collections/pidx/points?wait=true", {"points": pts})
+        f.ok("PUT", "/collections/pidx/points?wait=true&consistency=all", {"points": pts})
         red = sorted(p["id"] for p in pts if p["payload"]["color"] == "red")
 
         def schema(n):

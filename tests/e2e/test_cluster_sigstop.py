@@ -13,7 +13,8 @@ import time
 import vdtest
 from vdtest import ClusterCase, agreed, check_log, info, wait_until
 
-VEC = {"vectors": {"size": 4, "distance": "Dot"}}
+# a replica on every member: writes reach W (2 of 3) without the frozen one
+VEC = {"vectors": {"size": 4, "distance": "Dot"}, "replication_factor": 3}
 FREEZE_S = 30
 
 

@@ -1,0 +1,534 @@
+/*
+ * The data operations of a cluster node (struct vd_data_ops over vd_cluster_write/read): the
+ * node that receives a request coordinates it over the ring.
+ *
+ * Writes are built here as whole records (vectord/record.h) under a version this node stamps
+ * (vd_hlc_now(), its id), so every replica stores the same bytes: an upsert's vectors prepared as
+ * the local write path prepares them (vd_db_prepare_vector), a delete as tombstones, a payload
+ * edit as read (at a quorum), edit (vd_db_payload_edited), write the whole record again under a
+ * new version. W is the request's consistency, else the collection's write_consistency_factor;
+ * every acknowledged write is durable on W replicas whatever `wait` says.
+ *
+ * Reads by id go to R replicas (the request's consistency, else a quorum) and answer the newest
+ * version; the calling pool thread waits for the coordinator's answer, which comes by the
+ * request's deadline. Searches, scroll and count are still served by this node's own replica, and
+ * deletes and payload edits by filter act on the ids this node's replica matches.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "api_int.h"
+#include "vectord/cluster.h"
+#include "vectord/record.h"
+
+/* The wait of a read beyond its deadline: the coordinator answers by the deadline, so this only
+ * guards against an answer that never comes. */
+#define READ_GRACE_MS 2000u
+/* The deadline of a request without a timeout: the cluster's default request timeout. */
+#define DEFAULT_TIMEOUT_MS 10000u
+
+/* ---- records ------------------------------------------------------------------------------- */
+
+/* n encoded records, each malloc'd. */
+struct recs {
+    uint8_t **p;
+    size_t *len;
+    size_t n;
+};
+
+static void recs_release(struct recs *r)
+{
+    for (size_t i = 0; i < r->n; i++)
+        free(r->p[i]);
+    free(r->p);
+    free(r->len);
+    memset(r, 0, sizeof *r);
+}
+
+static int recs_alloc(struct recs *r, size_t cap, struct vd_err *err)
+{
+    memset(r, 0, sizeof *r);
+    r->p = calloc(cap ? cap : 1, sizeof *r->p);
+    r->len = calloc(cap ? cap : 1, sizeof *r->len);
+    if (!r->p || !r->len) {
+        recs_release(r);
+        return vd_errf(err, VD_ENOMEM, "out of memory for %zu records", cap);
+    }
+    return 0;
+}
+
+/* Appends the encoding of rec. */
+static int recs_add(struct recs *r, const struct vd_record *rec, struct vd_err *err)
+{
+    size_t size = vd_record_size(rec);
+    uint8_t *b = malloc(size);
+    if (!b)
+        return vd_errf(err, VD_ENOMEM, "out of memory for a record of %zu bytes", size);
+    size_t len;
+    int rc = vd_record_encode(rec, b, size, &len);
+    if (rc) {
+        free(b);
+        return vd_errf(err, rc, "cannot encode the point record: %s", vd_strerror(rc));
+    }
+    r->p[r->n] = b;
+    r->len[r->n++] = len;
+    return 0;
+}
+
+/* A new version of this node for a write it coordinates. */
+static struct vd_version stamp(struct vd_cluster *d)
+{
+    return (struct vd_version){vd_hlc_now(), vd_cluster_node_id(d)};
+}
+
+/* Writes recs over the ring at o's consistency; done as vd_cluster_write. With no record, done
+ * runs at once: there is nothing to write. */
+static int write_recs(struct vd_cluster *d, const struct vd_coll_schema *s, const struct vd_data_req *o,
+                      struct recs *r, vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    if (r->n == 0) {
+        done(0, NULL, 0, ctx);
+        return 0;
+    }
+    return vd_cluster_write(d, s->name, s->incarnation, (const uint8_t *const *)r->p,
+                            r->len, r->n, o->consistency, o->timeout_ms, done, ctx, err);
+}
+
+/* ---- upsert, apply, delete ------------------------------------------------------------------ */
+
+static int c_upsert(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                    const struct vd_db_point *pts, size_t n, vd_db_done_fn done, void *ctx,
+                    struct vd_err *err)
+{
+    struct vd_cluster *d = impl;
+    struct vd_coll_schema s;
+    vd_db_coll_schema_copy(c, &s);
+    if (n == 0)
+        return vd_errf(err, VD_EINVAL, "no points given");
+    float *vec = malloc(sizeof(float) * s.dim);
+    struct recs r;
+    int rc = recs_alloc(&r, n, err);
+    if (rc == 0 && !vec)
+        rc = vd_errf(err, VD_ENOMEM, "out of memory");
+    struct vd_buf pl;
+    vd_buf_init(&pl);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if ((rc = vd_db_prepare_vector(c, pts[i].vec, vec, err))) {
+            vd_err_prefix(err, "points[%zu]", i);
+            break;
+        }
+        pl.len = 0;
+        if (pts[i].payload)
+            vd_buf_json(&pl, pts[i].payload);
+        if (!vd_buf_ok(&pl)) {
+            rc = vd_errf(err, VD_ENOMEM, "out of memory");
+            break;
+        }
+        struct vd_rvec v = {.kind = VD_RVEC_DENSE, .n = s.dim, .values = vec};
+        struct vd_record rec = {.id = pts[i].id,
+                                .incarnation = s.incarnation,
+                                .version = stamp(d),
+                                .n_vectors = 1,
+                                .vectors = &v,
+                                .payload = pts[i].payload ? pl.data : NULL,
+                                .payload_len = pts[i].payload ? pl.len : 0};
+        if ((rc = recs_add(&r, &rec, err)))
+            vd_err_prefix(err, "points[%zu]", i);
+    }
+    if (rc == 0)
+        rc = write_recs(d, &s, o, &r, done, ctx, err);
+    vd_buf_release(&pl);
+    recs_release(&r);
+    free(vec);
+    return rc;
+}
+
+static int c_apply(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                   const uint8_t *const *recs, const size_t *lens, size_t n, vd_db_done_fn done,
+                   void *ctx, struct vd_err *err)
+{
+    struct vd_cluster *d = impl;
+    struct vd_coll_schema s;
+    vd_db_coll_schema_copy(c, &s);
+    return vd_cluster_write(d, s.name, s.incarnation, recs, lens, n, o->consistency,
+                            o->timeout_ms, done, ctx, err);
+}
+
+/* The live points of this node's replica that match f, in id order (*ids malloc'd). */
+static int local_matches(struct vd_coll *c, const struct vd_filter *f, struct vd_pid **ids,
+                         size_t *n, struct vd_err *err)
+{
+    *ids = NULL;
+    *n = 0;
+    size_t cap = 0;
+    struct vd_pid from, next;
+    bool has_from = false, has_next = true;
+    while (has_next) {
+        struct vd_db_record *recs;
+        size_t nr;
+        int rc = vd_db_scroll(c, has_from ? &from : NULL, 1024, f, false, &recs, &nr, &next,
+                              &has_next, err);
+        if (rc) {
+            free(*ids);
+            *ids = NULL;
+            return rc;
+        }
+        if (*n + nr > cap) {
+            cap = (*n + nr) * 2;
+            struct vd_pid *p = realloc(*ids, cap * sizeof *p);
+            if (!p) {
+                vd_db_records_free(recs, nr);
+                free(*ids);
+                *ids = NULL;
+                return vd_errf(err, VD_ENOMEM, "out of memory");
+            }
+            *ids = p;
+        }
+        for (size_t i = 0; i < nr; i++)
+            (*ids)[(*n)++] = recs[i].id;
+        vd_db_records_free(recs, nr);
+        from = next;
+        has_from = true;
+    }
+    return 0;
+}
+
+static int c_delete(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                    const struct vd_pid *ids, size_t n, const struct vd_filter *f,
+                    vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    struct vd_cluster *d = impl;
+    struct vd_coll_schema s;
+    vd_db_coll_schema_copy(c, &s);
+    struct vd_pid *found = NULL;
+    int rc = 0;
+    if (f) {
+        if ((rc = local_matches(c, f, &found, &n, err)))
+            return rc;
+        ids = found;
+    }
+    struct recs r;
+    if ((rc = recs_alloc(&r, n, err)) == 0) {
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            struct vd_record rec = {.id = ids[i],
+                                    .incarnation = s.incarnation,
+                                    .version = stamp(d),
+                                    .tombstone = true};
+            rc = recs_add(&r, &rec, err);
+        }
+        if (rc == 0)
+            rc = write_recs(d, &s, o, &r, done, ctx, err);
+        recs_release(&r);
+    }
+    free(found);
+    return rc;
+}
+
+/* ---- payload edits: read at a quorum, edit, write whole under a new version ------------------ */
+
+struct edit {
+    struct vd_cluster *d;
+    struct vd_coll_schema s;
+    struct vd_data_req o;
+    enum vd_db_payload_op op;
+    cJSON *arg; /* owned copy */
+    vd_db_done_fn done;
+    void *ctx;
+};
+
+static void edit_free(struct edit *ed)
+{
+    cJSON_Delete(ed->arg);
+    free(ed);
+}
+
+/* Builds the edited record of the live record p[len] into r. */
+static int edit_one(struct edit *ed, const uint8_t *p, size_t len, struct recs *r,
+                    struct vd_err *err)
+{
+    struct vd_record old;
+    struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+    if (vd_record_decode(p, len, &old, vecs))
+        return vd_errf(err, VD_ECORRUPT, "a replica answered a malformed point record");
+    cJSON *np = vd_db_payload_edited(ed->op, ed->arg, old.payload, old.payload_len, err);
+    if (!np)
+        return err->code ? err->code : VD_ENOMEM;
+    struct vd_buf pl;
+    vd_buf_init(&pl);
+    vd_buf_json(&pl, np);
+    cJSON_Delete(np);
+    int rc;
+    if (!vd_buf_ok(&pl)) {
+        rc = vd_errf(err, VD_ENOMEM, "out of memory");
+    } else {
+        struct vd_record rec = old; /* its vectors, the edited payload, a new version */
+        rec.version = stamp(ed->d);
+        /* newer than what it edits even if that came from a clock ahead of this node's */
+        if (rec.version.hlc <= old.version.hlc)
+            rec.version.hlc = old.version.hlc + 1;
+        rec.payload = pl.data;
+        rec.payload_len = pl.len;
+        rc = recs_add(r, &rec, err);
+    }
+    vd_buf_release(&pl);
+    return rc;
+}
+
+/* Runs on the loop thread, with the newest version of every id (NULL: absent or deleted,
+ * skipped as the local edit skips them). */
+static void edit_read_done(int status, const struct vd_err *rerr, const struct vd_cluster_rec *got,
+                           size_t n, void *arg)
+{
+    struct edit *ed = arg;
+    struct vd_err e = {0};
+    struct recs r = {0};
+    int rc = status;
+    if (rc) {
+        e = *rerr;
+    } else if ((rc = recs_alloc(&r, n, &e)) == 0) {
+        for (size_t i = 0; rc == 0 && i < n; i++)
+            if (got[i].p)
+                rc = edit_one(ed, got[i].p, got[i].len, &r, &e);
+        if (rc == 0)
+            rc = write_recs(ed->d, &ed->s, &ed->o, &r, ed->done, ed->ctx, &e);
+    }
+    recs_release(&r);
+    if (rc)
+        ed->done(rc, &e, 0, ed->ctx);
+    edit_free(ed);
+}
+
+static int c_payload_edit(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                          enum vd_db_payload_op op, const cJSON *arg, const struct vd_pid *ids,
+                          size_t n, const struct vd_filter *f, vd_db_done_fn done, void *ctx,
+                          struct vd_err *err)
+{
+    struct vd_cluster *d = impl;
+    struct vd_pid *found = NULL;
+    int rc;
+    if (f) {
+        if ((rc = local_matches(c, f, &found, &n, err)))
+            return rc;
+        ids = found;
+    }
+    if (n == 0) {
+        free(found);
+        done(0, NULL, 0, ctx);
+        return 0;
+    }
+    struct edit *ed = calloc(1, sizeof *ed);
+    if (!ed || (arg && !(ed->arg = cJSON_Duplicate(arg, true)))) {
+        free(ed);
+        free(found);
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    }
+    ed->d = d;
+    vd_db_coll_schema_copy(c, &ed->s);
+    ed->o = *o;
+    ed->op = op;
+    ed->done = done;
+    ed->ctx = ctx;
+    /* read at a quorum whatever the write asks: the edit must start from the newest version a
+     * quorum write left, or it would write an older vector back under a newer version */
+    rc = vd_cluster_read(d, ed->s.name, ed->s.incarnation, ids, n, 0, o->timeout_ms,
+                         edit_read_done, ed, err);
+    if (rc)
+        edit_free(ed);
+    free(found);
+    return rc;
+}
+
+/* ---- reads by id ------------------------------------------------------------------------------ */
+
+/* Shared by the waiting pool thread and the read's completion on the loop thread; whichever
+ * lets go last frees it, so an answer that comes after the wait gave up touches live memory. */
+struct rwait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    bool done, with_vector;
+    int status;
+    struct vd_err err;
+    struct vd_db_record *recs; /* taken by the waiter */
+    size_t n;
+};
+
+static void rwait_unref_locked(struct rwait *w)
+{
+    bool last = --w->refs == 0;
+    pthread_mutex_unlock(&w->mu);
+    if (last) {
+        vd_db_records_free(w->recs, w->n);
+        pthread_cond_destroy(&w->cv);
+        pthread_mutex_destroy(&w->mu);
+        free(w);
+    }
+}
+
+/* The API's form of a live record. */
+static int to_db_record(const uint8_t *p, size_t len, bool with_vector, struct vd_db_record *out)
+{
+    struct vd_record rec;
+    struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+    if (vd_record_decode(p, len, &rec, vecs))
+        return VD_ECORRUPT;
+    memset(out, 0, sizeof *out);
+    out->id = rec.id;
+    out->version = rec.version;
+    const struct vd_rvec *v = vd_record_vector(&rec, "", 0);
+    if (with_vector && v && v->kind == VD_RVEC_DENSE) {
+        if (!(out->vec = malloc(sizeof(float) * v->n)))
+            return VD_ENOMEM;
+        vd_record_copy_values(v, out->vec);
+        out->dim = v->n;
+    }
+    if (rec.payload_len) {
+        if (!(out->payload = malloc(rec.payload_len)))
+            return VD_ENOMEM;
+        memcpy(out->payload, rec.payload, rec.payload_len);
+        out->payload_len = rec.payload_len;
+    }
+    return 0;
+}
+
+static void read_done(int status, const struct vd_err *err, const struct vd_cluster_rec *got,
+                      size_t n, void *arg)
+{
+    struct rwait *w = arg;
+    pthread_mutex_lock(&w->mu);
+    if (status == 0 && !(w->recs = calloc(n ? n : 1, sizeof *w->recs)))
+        status = vd_errf(&w->err, VD_ENOMEM, "out of memory");
+    for (size_t i = 0; status == 0 && i < n; i++) {
+        if (!got[i].p)
+            continue;
+        int rc = to_db_record(got[i].p, got[i].len, w->with_vector, &w->recs[w->n++]);
+        if (rc)
+            status = vd_errf(&w->err, rc, "cannot read a replica's point record: %s",
+                             vd_strerror(rc));
+    }
+    if (status && err)
+        w->err = *err;
+    w->status = status;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    rwait_unref_locked(w);
+}
+
+/* ids without repeats, first occurrence kept (*out malloc'd). */
+static int unique_ids(const struct vd_pid *ids, size_t n, struct vd_pid **out, size_t *n_out)
+{
+    struct vd_pid *u = malloc(sizeof *u * (n ? n : 1));
+    if (!u)
+        return VD_ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool seen = false;
+        for (size_t j = 0; j < k && !seen; j++)
+            seen = vd_pid_eq(&u[j], &ids[i]);
+        if (!seen)
+            u[k++] = ids[i];
+    }
+    *out = u;
+    *n_out = k;
+    return 0;
+}
+
+static int c_retrieve(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                      const struct vd_pid *ids, size_t n, bool with_vector,
+                      struct vd_db_record **out, size_t *n_out, struct vd_err *err)
+{
+    struct vd_cluster *d = impl;
+    *out = NULL;
+    *n_out = 0;
+    if (n == 0)
+        return 0;
+    struct vd_coll_schema s;
+    vd_db_coll_schema_copy(c, &s);
+    struct vd_pid *u;
+    size_t nu;
+    if (unique_ids(ids, n, &u, &nu))
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    struct rwait *w = calloc(1, sizeof *w);
+    if (!w) {
+        free(u);
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->refs = 2;
+    w->with_vector = with_vector;
+    int rc = vd_cluster_read(d, s.name, s.incarnation, u, nu, o->consistency,
+                             o->timeout_ms, read_done, w, err);
+    free(u);
+    if (rc) {
+        pthread_mutex_lock(&w->mu);
+        w->refs--; /* the completion will never run */
+        rwait_unref_locked(w);
+        return rc;
+    }
+    struct timespec until;
+    vd_mono_deadline(&until, (o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS) +
+                                 READ_GRACE_MS);
+    pthread_mutex_lock(&w->mu);
+    while (!w->done)
+        if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)
+            break;
+    if (!w->done)
+        rc = vd_errf(err, VD_EUNAVAIL, "read of %zu points got no answer from the cluster", nu);
+    else if (w->status)
+        rc = vd_errf(err, w->status, "%s",
+                     w->err.msg[0] ? w->err.msg : vd_strerror(w->status));
+    else {
+        *out = w->recs;
+        *n_out = w->n;
+        w->recs = NULL;
+        w->n = 0;
+    }
+    rwait_unref_locked(w);
+    return rc;
+}
+
+/* ---- searches, scroll, count: this node's replica for now ------------------------------------ */
+
+static int c_search(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                    const struct vd_db_search *s, bool with_vector, struct vd_db_record **out,
+                    size_t *n_out, struct vd_err *err)
+{
+    return vd_db_search(c, s, with_vector, out, n_out, err);
+}
+
+static int c_scroll(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                    const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
+                    bool with_vector, struct vd_db_record **out, size_t *n_out,
+                    struct vd_pid *next, bool *has_next, struct vd_err *err)
+{
+    return vd_db_scroll(c, from, limit, f, with_vector, out, n_out, next, has_next, err);
+}
+
+static int c_count(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                   const struct vd_filter *f, uint64_t *out, struct vd_err *err)
+{
+    return vd_db_count(c, f, out);
+}
+
+void vd_api_cluster_data(struct vd_cluster *cluster, struct vd_data_ops *out)
+{
+    *out = (struct vd_data_ops){
+        .upsert = c_upsert,
+        .apply = c_apply,
+        .delete_points = c_delete,
+        .payload_edit = c_payload_edit,
+        .retrieve = c_retrieve,
+        .search = c_search,
+        .scroll = c_scroll,
+        .count = c_count,
+        .impl = cluster,
+    };
+}

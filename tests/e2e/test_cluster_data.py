@@ -1,0 +1,246 @@
+"""Points over the ring with real processes: three nodes started with --replication-factor 3, one
+collection created without a factor (so RF 3, W 2). Writes through every node are read back at
+consistency=all from every node with identical bodies; payload edits through one node are seen
+through another; kill -9 of one node under a write load through the other two fails no write
+and loses no acknowledged point; deletes and overwrites made while it was down win once it is
+back; bad consistency, timeout and write_consistency_factor values are 4xx naming the parameter,
+with nothing written.
+
+Every wait polls a condition with a deadline; nothing sleeps for a fixed time to synchronise.
+"""
+import threading
+
+import vdtest
+from vdtest import ClusterCase, agreed, wait_until
+
+COLL = "pts"
+DIM = 4
+
+
+def vec(i, gen=0):
+    return [float(i % 97), float(i // 97), float(gen), 1.0]
+
+
+def point(i, gen=0, payload=None):
+    p = {"id": i, "vector": vec(i, gen)}
+    if payload is not None:
+        p["payload"] = payload
+    return p
+
+
+def retrieve(node, ids, consistency=None):
+    q = f"?consistency={consistency}" if consistency else ""
+    return node.ok("POST", f"/collections/{COLL}/points{q}",
+                   {"ids": ids, "with_payload": True, "with_vector": True})
+
+
+def by_id(records):
+    return {r["id"]: r for r in records}
+
+
+class ClusterDataTest(ClusterCase):
+    """One cluster for the whole class; tests run in name order and build on each other."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.n1, cls.n2, cls.n3 = cls.start_cluster(3, args=["--replication-factor", "3"])
+        cls.n1.create(COLL, DIM, "Dot")
+        for n in cls.members:
+            wait_until(lambda: n.request("GET", f"/collections/{COLL}")[0] == 200, 30,
+                       f"the collection on the node on port {n.port}")
+
+    def test_01_factors_from_the_flag(self):
+        for n in self.members:
+            params = n.ok("GET", f"/collections/{COLL}")["config"]["params"]
+            self.assertEqual(params["replication_factor"], 3, params)
+            self.assertEqual(params["write_consistency_factor"], 2, params)
+
+    def test_02_writes_through_every_node_read_at_all_everywhere(self):
+        ids = []
+        for k, n in enumerate(self.members):
+            pts = [point(1000 * (k + 1) + j, payload={"via": k, "j": j}) for j in range(25)]
+            ids += [p["id"] for p in pts]
+            r = n.ok("PUT", f"/collections/{COLL}/points?wait=true", {"points": pts})
+            self.assertEqual(r["status"], "completed")
+        # the batch form and wait=false (durable on W replicas all the same)
+        r = self.n2.ok("PUT", f"/collections/{COLL}/points?wait=false",
+                       {"batch": {"ids": [5000, 5001], "vectors": [vec(5000), vec(5001)],
+                                  "payloads": [{"b": 1}, None]}})
+        self.assertEqual(r["status"], "acknowledged")
+        ids += [5000, 5001]
+        bodies = []
+        for n in self.members:
+            got = retrieve(n, ids, "all")
+            self.assertEqual(sorted(r["id"] for r in got), sorted(ids))
+            bodies.append(sorted(got, key=lambda r: r["id"]))
+            for r in got:
+                self.assertEqual(r["vector"], vec(r["id"]), r)
+        self.assertEqual(bodies[0], bodies[1])
+        self.assertEqual(bodies[0], bodies[2])
+        one = [n.ok("GET", f"/collections/{COLL}/points/2003?consistency=all")
+               for n in self.members]
+        self.assertEqual(one[0], one[1])
+        self.assertEqual(one[0], one[2])
+        self.assertEqual(one[0]["payload"], {"via": 1, "j": 3})
+        st, j = self.n3.request("GET", f"/collections/{COLL}/points/999999?consistency=all")
+        self.assertEqual(st, 404, j)
+
+    def test_03_payload_edits_seen_through_another_node(self):
+        ids = [1000, 1001, 1002]
+        self.n1.ok("POST", f"/collections/{COLL}/points/payload?wait=true",
+                   {"payload": {"color": "red"}, "points": ids})
+        for r in retrieve(self.n2, ids, "all"):
+            self.assertEqual(r["payload"]["color"], "red", r)
+            self.assertEqual(r["payload"]["via"], 0, r)
+            self.assertEqual(r["vector"], vec(r["id"]), r)  # the vector is kept
+        self.n2.ok("POST", f"/collections/{COLL}/points/payload/delete?wait=true",
+                   {"keys": ["via"], "points": ids})
+        for r in retrieve(self.n3, ids, "all"):
+            self.assertEqual(r["payload"], {"j": r["id"] - 1000, "color": "red"}, r)
+        self.n3.ok("PUT", f"/collections/{COLL}/points/payload?wait=true",
+                   {"payload": {"only": True}, "points": [1000]})
+        self.n1.ok("POST", f"/collections/{COLL}/points/payload/clear?wait=true",
+                   {"points": [1001]})
+        got = by_id(retrieve(self.n2, ids, "all"))
+        self.assertEqual(got[1000]["payload"], {"only": True})
+        self.assertEqual(got[1001]["payload"], {})  # as a single node clears it
+        self.assertEqual(got[1002]["payload"], {"j": 2, "color": "red"})
+        # an edit of an absent id creates nothing
+        self.n1.ok("POST", f"/collections/{COLL}/points/payload?wait=true",
+                   {"payload": {"x": 1}, "points": [777777]})
+        self.assertEqual(retrieve(self.n3, [777777], "all"), [])
+        # a delete through one node is gone through the others
+        self.n2.ok("POST", f"/collections/{COLL}/points/delete?wait=true", {"points": [1002]})
+        for n in self.members:
+            self.assertEqual(retrieve(n, [1002], "all"), [])
+
+    def test_04_bad_values_are_refused_and_write_nothing(self):
+        body = {"points": [point(424242)]}
+        for bad in ("0", "-1", "abc", "4", "1.5"):
+            for n in self.members:
+                self.assertError(n.request("PUT", f"/collections/{COLL}/points?consistency={bad}",
+                                           body), 400, "'consistency'")
+                self.assertError(n.request("POST", f"/collections/{COLL}/points?consistency={bad}",
+                                           {"ids": [1000]}), 400, "'consistency'")
+                self.assertError(n.request(
+                    "POST", f"/collections/{COLL}/points/delete?consistency={bad}",
+                    {"points": [1000]}), 400, "'consistency'")
+                self.assertError(n.request(
+                    "POST", f"/collections/{COLL}/points/payload?consistency={bad}",
+                    {"payload": {"bad": 1}, "points": [1000]}), 400, "'consistency'")
+        for bad in ("0", "-1", "abc"):
+            self.assertError(self.n1.request("PUT", f"/collections/{COLL}/points?timeout={bad}",
+                                             body), 400, "'timeout'")
+        self.assertEqual(retrieve(self.n2, [424242], "all"), [])
+        r = by_id(retrieve(self.n3, [1000], "all"))[1000]
+        self.assertNotIn("bad", r["payload"] or {})
+        # the good values: a number, quorum, majority, all, and a timeout
+        for good in ("1", "2", "3", "quorum", "majority", "all"):
+            self.n2.ok("PUT", f"/collections/{COLL}/points?consistency={good}&timeout=5", body)
+            self.assertEqual(len(retrieve(self.n1, [424242], good)), 1)
+        # write_consistency_factor and replication_factor at creation
+        for extra, word in (({"write_consistency_factor": 0}, "write_consistency_factor"),
+                            ({"write_consistency_factor": 4}, "write_consistency_factor"),
+                            ({"replication_factor": 2, "write_consistency_factor": 3},
+                             "write_consistency_factor"),
+                            ({"replication_factor": 0}, "replication_factor"),
+                            ({"replication_factor": 4}, "replication_factor")):
+            b = {"vectors": {"size": DIM, "distance": "Dot"}}
+            b.update(extra)
+            self.assertError(self.n2.request("PUT", "/collections/refused", b), (400, 422), word)
+        for n in self.members:
+            st, j = n.request("GET", "/collections/refused/exists")
+            self.assertEqual((st, j["result"]["exists"]), (200, False), j)
+        self.assertTrue(self.n3.ok("PUT", "/collections/wcf3",
+                                   {"vectors": {"size": DIM, "distance": "Dot"},
+                                    "write_consistency_factor": 3}))
+        for n in self.members:
+            wait_until(lambda: n.request("GET", "/collections/wcf3")[0] == 200, 30, "wcf3")
+            params = n.ok("GET", "/collections/wcf3")["config"]["params"]
+            self.assertEqual((params["replication_factor"], params["write_consistency_factor"]),
+                             (3, 3))
+
+    def test_05_kill9_under_load_then_it_returns(self):
+        acked = {}  # id -> generation acknowledged
+        errors = []
+        batches = [0, 0]
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def writer(w, node):
+            base = 100000 * (w + 1)
+            b = 0
+            while not stop.is_set():
+                pts = [point(base + b * 10 + j) for j in range(10)]
+                try:
+                    st, j = node.request("PUT", f"/collections/{COLL}/points?wait=true",
+                                         {"points": pts}, timeout=30)
+                except OSError as e:
+                    st, j = None, str(e)
+                with lock:
+                    if st == 200:
+                        for p in pts:
+                            acked[p["id"]] = 0
+                        batches[w] += 1
+                    else:
+                        errors.append((w, b, st, j))
+                b += 1
+
+        threads = [threading.Thread(target=writer, args=(w, n))
+                   for w, n in enumerate((self.n1, self.n2))]
+        for t in threads:
+            t.start()
+        try:
+            wait_until(lambda: min(batches) >= 5, 60, "writes under way through two nodes")
+            self.n3.kill9()
+            after = list(batches)
+            wait_until(lambda: min(b - a for a, b in zip(after, batches)) >= 15 or errors, 120,
+                       "writes to go on with one node killed")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        self.assertEqual(errors, [], "writes failed with one node of three killed")
+        ids = sorted(acked)
+        got = by_id(retrieve(self.n1, ids, "2"))
+        self.assertEqual(sorted(got), ids, "acknowledged points lost")
+        for i in ids:
+            self.assertEqual(got[i]["vector"], vec(i), i)
+
+        # while it is down: deletes and overwrites at the collection's W (2 of the 3)
+        deleted = ids[::7]
+        overwritten = ids[3::7]
+        self.n1.ok("POST", f"/collections/{COLL}/points/delete?wait=true", {"points": deleted})
+        self.n2.ok("PUT", f"/collections/{COLL}/points?wait=true",
+                   {"points": [point(i, gen=1) for i in overwritten]})
+        self.n2.ok("POST", f"/collections/{COLL}/points/payload?wait=true",
+                   {"payload": {"late": True}, "points": overwritten[:5]})
+
+        self.n3.start()
+        wait_until(lambda: agreed(self.members, 3), 60, "the node back as a voter")
+        gone = set(deleted)
+        for n in self.members:
+            got = by_id(retrieve(n, ids, "all"))
+            self.assertEqual(sorted(got), sorted(set(ids) - gone))
+            for i in overwritten:
+                self.assertEqual(got[i]["vector"], vec(i, gen=1), i)
+            for i in overwritten[:5]:
+                self.assertEqual(got[i]["payload"], {"late": True}, i)
+
+    def test_06_write_at_all_right_after_create(self):
+        # the replicas that have not applied the new collection yet are asked again until
+        # they have, within the deadline, instead of counting as refusals
+        for k, n in enumerate(self.members):
+            name = f"fresh{k}"
+            self.assertTrue(n.ok("PUT", f"/collections/{name}",
+                                 {"vectors": {"size": DIM, "distance": "Dot"}}))
+            n.ok("PUT", f"/collections/{name}/points?wait=true&consistency=all",
+                 {"points": [point(i) for i in range(5)]})
+            for m in self.members:
+                got = m.ok("POST", f"/collections/{name}/points?consistency=all",
+                           {"ids": list(range(5))})
+                self.assertEqual(sorted(r["id"] for r in got), list(range(5)))
+
+
+if __name__ == "__main__":
+    vdtest.main()
