@@ -97,7 +97,7 @@ struct ssend {
 
 static void sreq_drive(struct vd_cluster *c, struct sreq *r);
 
-/* ---- the end of a request ---------------------------------------------------------------------- */
+/* ---- the end of a request -------------------------------------------------------------------- */
 
 static void sreq_free(struct sreq *r)
 {
@@ -154,7 +154,7 @@ static void sreq_maybe_free(struct vd_cluster *c, struct sreq *r)
     }
 }
 
-/* ---- replies ----------------------------------------------------------------------------------- */
+/* ---- replies --------------------------------------------------------------------------------- */
 
 static void ssend_free(struct ssend *s)
 {
@@ -284,7 +284,7 @@ static void local_after(uv_work_t *w, int status)
     ssend_end(s);
 }
 
-/* ---- messages ---------------------------------------------------------------------------------- */
+/* ---- messages -------------------------------------------------------------------------------- */
 
 /* Sends s (its request q encoded) to its node; on any failure the core hears a refusal. */
 static void ssend_start(struct vd_cluster *c, struct ssend *s, const struct vd_dmsg_req *q)
@@ -417,7 +417,7 @@ static void send_repairs(struct vd_cluster *c, struct sreq *r, const struct vd_p
                     r->coll, e.msg);
 }
 
-/* ---- the answer -------------------------------------------------------------------------------- */
+/* ---- the answer ------------------------------------------------------------------------------ */
 
 /* A metric's score from the core's "higher is better" one. */
 static float metric_score(enum vd_metric m, float hb)
@@ -554,7 +554,7 @@ static void sreq_result(struct vd_cluster *c, struct sreq *r)
     free(ids);
 }
 
-/* ---- driving the core -------------------------------------------------------------------------- */
+/* ---- driving the core ------------------------------------------------------------------------ */
 
 static int action_order(const void *pa, const void *pb)
 {
@@ -772,7 +772,7 @@ void vd__cluster_search_stop(struct vd_cluster *c)
     }
 }
 
-/* ---- requests from other threads --------------------------------------------------------------- */
+/* ---- requests from other threads ------------------------------------------------------------- */
 
 static int enqueue(struct vd_cluster *c, struct sreq *r, struct vd_err *err)
 {

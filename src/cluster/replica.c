@@ -274,8 +274,18 @@ static int serve_search(struct vd_coll *c, const struct vd_dmsg_req *q, struct v
                              .n_ranges = arcs_needed(q)};
     struct vd_db_record *recs = NULL;
     size_t n = 0;
-    int rc;
-    if (vd_db_search(c, &s, false, &recs, &n, &e))
+    int rc = vd_db_search(c, &s, false, &recs, &n, &e);
+    if (rc == 0 && n < q->k && !q->exact) {
+        /* Fewer than k says "complete" (the coordinator then trusts that nothing lies below
+         * this list): a graph walk that skipped most of its points (a filter, arcs this node
+         * holds few points of) may stop short, so the few are found again by an exact scan. */
+        vd_db_records_free(recs, n);
+        recs = NULL;
+        n = 0;
+        s.exact = true;
+        rc = vd_db_search(c, &s, false, &recs, &n, &e);
+    }
+    if (rc)
         rc = reply_error(rp, &e, out);
     else
         rc = reply_cands(c, recs, n, false, n < q->k, rp, out);

@@ -90,13 +90,14 @@ static bool few(const struct vd_coll *c, uint64_t n)
     return n <= 256 || n * c->schema.dim * sizeof(float) < thr;
 }
 
-/* How many live points pass the filter: exact for small collections, else from a sample of
- * about 4096 map slots. The index uses it to choose an exact scan of the few matching points
- * over a graph walk that would have to skip almost everything. Called with plock held. */
+/* How many live points pass the filter and lie in the ring arcs: exact for small collections,
+ * else from a sample of about 4096 map slots. The index uses it to choose an exact scan of the
+ * few matching points over a graph walk that would have to skip almost everything. Called with
+ * plock held. */
 static uint32_t filter_estimate(struct vd_coll *c, const struct filter_ctx *fc)
 {
     const struct pmap *m = &c->pm;
-    if (!fc->f || m->count == 0)
+    if ((!fc->f && !fc->n_ranges) || m->count == 0)
         return 0;
     size_t step = m->cap > 4096 ? m->cap / 4096 : 1;
     size_t seen = 0, hit = 0;
@@ -105,7 +106,8 @@ static uint32_t filter_estimate(struct vd_coll *c, const struct filter_ctx *fc)
         if (!e->used)
             continue;
         seen++;
-        if (in_ranges(fc, &e->id) && vd_filter_match_bin(fc->f, &e->id, e->bin, e->len))
+        if (in_ranges(fc, &e->id) &&
+            (!fc->f || vd_filter_match_bin(fc->f, &e->id, e->bin, e->len)))
             hit++;
     }
     if (!seen)
@@ -229,6 +231,12 @@ int vd_db_search(struct vd_coll *c, const struct vd_db_search *s, bool with_vect
     struct pidx_bits *bits = NULL;
     struct vd_pid *cands = NULL;
     bool none = false;
+    if (!s->filter && s->n_ranges) {
+        /* a replica asked for a few of its arcs: few points in them make an exact scan */
+        pthread_rwlock_rdlock(&c->plock);
+        r.filter_estimate = filter_estimate(c, &fc);
+        pthread_rwlock_unlock(&c->plock);
+    }
     if (s->filter) {
         pthread_rwlock_rdlock(&c->plock);
         /* Indexed conditions give the matching set (or a superset) at once: its size replaces

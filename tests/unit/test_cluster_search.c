@@ -26,7 +26,7 @@
 /* The points as the test wrote them: what every answer is checked against. */
 struct pt {
     uint64_t id;
-    float v[16];
+    float v[32];
     int g; /* payload {"g": g} */
     bool live;
 };
@@ -62,7 +62,7 @@ static size_t encode(const struct pt *p, bool tomb, uint64_t node, uint8_t *out,
     return len;
 }
 
-static uint8_t bufs[512][160];
+static uint8_t bufs[512][256];
 
 /* Writes pts[from..to) through node i at the collection's W. */
 static void write_pts(int i, const char *coll, size_t from, size_t to)
@@ -106,6 +106,17 @@ static uint64_t count_local(int i, const char *coll)
     vd_db_count(c, NULL, &n);
     vd_db_coll_put(c);
     return n;
+}
+
+static uint64_t pending_local(int i, const char *coll)
+{
+    struct vd_coll *c;
+    if (vd_db_coll_get(nodes[i].db, coll, &c))
+        return UINT64_MAX;
+    struct vd_coll_stats st;
+    vd_db_coll_stats(c, &st);
+    vd_db_coll_put(c);
+    return st.pending;
 }
 
 /* ---- answers ---- */
@@ -545,28 +556,32 @@ static void test_exact_stale_paging_scroll_count(void **state)
     cJSON_Delete(f);
 }
 
-/* Graph mode (no exact scan: the scan threshold is 1 KiB) on RF 2, where each replica is asked
- * only for the arcs of one replica set: recall@10 against the brute force. */
+/* Graph mode (a scan threshold of 0: never an exact scan; every point linked first) on RF 2,
+ * where each replica is asked only for the arcs of one replica set: recall@10 against the brute
+ * force, and every match of a rare filter. */
 static void test_graph_recall(void **state)
 {
     (void)state;
     start_cluster();
-    dim = 16;
-    create("pts", dim, 2, 1);
+    dim = 32;
+    create("pts", dim, 2, 0);
     n_pts = MAXPTS;
     for (size_t k = 0; k < MAXPTS; k++) {
         pts[k].id = 1 + k;
         for (uint32_t d = 0; d < dim; d++)
             pts[k].v[d] = frand();
-        pts[k].g = (int)(k % 3);
+        pts[k].g = k % 100 == 0 ? 7 : (int)(k % 3); /* 7: a rare value */
         pts[k].live = true;
     }
     write_pts(0, "pts", 0, MAXPTS);
     POLL(count_local(0, "pts") + count_local(1, "pts") + count_local(2, "pts") == 2 * MAXPTS,
          20000, "every point on its two replicas");
+    /* every point linked into the graphs: no exact scan of an unlinked tail */
+    for (int i = 0; i < N; i++)
+        POLL(pending_local(i, "pts") == 0, 60000, "every point linked");
     size_t hit = 0, total = 0;
     for (int qn = 0; qn < 60; qn++) {
-        float q[16];
+        float q[32];
         for (uint32_t d = 0; d < dim; d++)
             q[d] = frand();
         brute(q, -1, bf);
@@ -582,6 +597,19 @@ static void test_graph_recall(void **state)
                     break;
                 }
         }
+    }
+    /* a filter that 1 % of the points match (the graph is walked, skipping almost every point;
+     * fewer than limit found must mean no more): every match, in brute-force order */
+    for (int i = 0; i < N; i++) {
+        float q[32];
+        for (uint32_t d = 0; d < dim; d++)
+            q[d] = frand();
+        size_t nb = brute(q, 7, bf);
+        assert_int_equal(nb, MAXPTS / 100);
+        struct sq s = {.q = q, .limit = 40, .g = 7};
+        if (search_through(i, "pts", &s))
+            fail_msg("search: %s", G.msg);
+        expect_brute(0, nb, "a graph search under a rare filter");
     }
     double recall = (double)hit / (double)total;
     print_message("graph search over the ring: recall@10 %.3f over %zu queries\n", recall,
