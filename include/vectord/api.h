@@ -37,6 +37,12 @@ struct vd_data_req {
     /* writes: false answers Qdrant's "acknowledged" (in a cluster) instead of "completed"; the
      * write is durable on the replicas asked for either way */
     bool wait;
+    /* Set by the handler for an operation given a filter: the request's "filter" object as
+     * sent (NULL: none; borrowed for the call), beside the parsed struct vd_filter, for an
+     * implementation that sends the filter on to other nodes. */
+    const cJSON *filter;
+    /* searches and scroll: whether the reply shows payloads (false: they need not be read) */
+    bool with_payload;
 };
 
 /* Reads the query parameters `consistency` (an integer 1..rf, "majority", "quorum" (both
@@ -101,9 +107,10 @@ struct vd_cluster;
  * server): writes as whole records under versions this node stamps, at the request's
  * consistency or the collection's write_consistency_factor; retrieve by id at the request's
  * consistency or a quorum (the calling thread waits for the replicas, up to the deadline); a
- * payload edit reads at a quorum and writes the edited record whole under a new version. A
- * 503 carries the coordinator's numbers. Searches, scroll and count are this node's replica's;
- * deletes and payload edits by filter act on the ids this node's replica matches. */
+ * payload edit reads at a quorum and writes the edited record whole under a new version; a
+ * search, scroll or count is two-phase over the ring at the request's consistency (default a
+ * quorum), and a delete or payload edit by filter acts on the ids such a scroll finds. A 503
+ * carries the coordinator's numbers. */
 void vd_api_cluster_data(struct vd_cluster *c, struct vd_data_ops *out);
 
 /* Cluster metadata: create and delete go through the cluster's Raft group (any node may take

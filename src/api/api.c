@@ -125,7 +125,7 @@ static long small_uint(const char *s)
 int vd_api_data_req_parse(const char *consistency, const char *timeout, const char *wait,
                           unsigned rf, struct vd_data_req *out, struct vd_err *err)
 {
-    *out = (struct vd_data_req){.wait = true};
+    *out = (struct vd_data_req){.wait = true, .with_payload = true};
     if (rf == 0)
         rf = 1;
     if (consistency) {

@@ -358,7 +358,8 @@ static void import_abort(struct vd_http_req *r, void *ctx)
 
 struct export {
     struct vd_coll *c;
-    struct vd_data_req o;
+    struct vd_data_req o; /* o.filter points into body */
+    cJSON *body;          /* the request's, or NULL */
     struct vd_filter *filter;
     struct vd_buf page;
     size_t pos;
@@ -371,6 +372,7 @@ static void export_free(void *arg)
     struct export *x = arg;
     vd_buf_release(&x->page);
     vd_filter_free(x->filter);
+    cJSON_Delete(x->body);
     vd_db_coll_put(x->c);
     free(x);
 }
@@ -431,16 +433,16 @@ static void export_points(struct vd_http_req *r, void *ctx)
     }
     size_t len;
     const char *body = vd_http_body(r, &len);
+    cJSON *j = NULL;
     if (body && len) {
-        cJSON *j = vd__api_body(r, false);
-        if (!j) {
+        if (!(j = vd__api_body(r, false))) {
             vd_db_coll_put(c);
             return;
         }
         struct vd_err e;
         int rc = vd__api_get_filter(j, &f, &e);
-        cJSON_Delete(j);
         if (rc) {
+            cJSON_Delete(j);
             vd_http_reply_err(r, &e);
             vd_db_coll_put(c);
             return;
@@ -448,13 +450,16 @@ static void export_points(struct vd_http_req *r, void *ctx)
     }
     struct export *x = calloc(1, sizeof *x);
     if (!x) {
+        cJSON_Delete(j);
         vd_filter_free(f);
         vd_db_coll_put(c);
         vd_http_reply_error(r, 500, "out of memory");
         return;
     }
     x->c = c;
+    x->body = j;
     x->o = o;
+    x->o.filter = cJSON_GetObjectItemCaseSensitive(j, "filter");
     x->filter = f;
     vd_buf_init(&x->page);
     vd_http_reply_stream(r, 200, "application/x-ndjson", export_fill, export_free, x);

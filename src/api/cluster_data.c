@@ -10,9 +10,10 @@
  * every acknowledged write is durable on W replicas whatever `wait` says.
  *
  * Reads by id go to R replicas (the request's consistency, else a quorum) and answer the newest
- * version; the calling pool thread waits for the coordinator's answer, which comes by the
- * request's deadline. Searches, scroll and count are still served by this node's own replica, and
- * deletes and payload edits by filter act on the ids this node's replica matches.
+ * version. Searches, scroll and count are two-phase over the ring (vd_cluster_search, _scroll,
+ * _count); deletes and payload edits by filter act on the ids such a scroll finds. For every
+ * read the calling pool thread waits for the coordinator's answer, which comes by the request's
+ * deadline.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -157,9 +158,16 @@ static int c_apply(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                             o->timeout_ms, done, ctx, err);
 }
 
-/* The live points of this node's replica that match f, in id order (*ids malloc'd). */
-static int local_matches(struct vd_coll *c, const struct vd_filter *f, struct vd_pid **ids,
-                         size_t *n, struct vd_err *err)
+static int scroll_page(struct vd_cluster *d, const struct vd_coll_schema *sc,
+                       const struct vd_data_req *o, const struct vd_pid *from, uint32_t limit,
+                       bool with_payload, bool with_vector, struct vd_db_record **out,
+                       size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err);
+
+/* The live points that match o->filter over the whole ring, in id order (*ids malloc'd): a
+ * delete or a payload edit by filter acts on these ids as on ids given. */
+static int ring_matches(struct vd_cluster *d, const struct vd_coll_schema *sc,
+                        const struct vd_data_req *o, struct vd_pid **ids, size_t *n,
+                        struct vd_err *err)
 {
     *ids = NULL;
     *n = 0;
@@ -169,8 +177,8 @@ static int local_matches(struct vd_coll *c, const struct vd_filter *f, struct vd
     while (has_next) {
         struct vd_db_record *recs;
         size_t nr;
-        int rc = vd_db_scroll(c, has_from ? &from : NULL, 1024, f, false, &recs, &nr, &next,
-                              &has_next, err);
+        int rc = scroll_page(d, sc, o, has_from ? &from : NULL, 1024, false, false, &recs, &nr,
+                             &next, &has_next, err);
         if (rc) {
             free(*ids);
             *ids = NULL;
@@ -206,7 +214,7 @@ static int c_delete(void *impl, struct vd_coll *c, const struct vd_data_req *o,
     struct vd_pid *found = NULL;
     int rc = 0;
     if (f) {
-        if ((rc = local_matches(c, f, &found, &n, err)))
+        if ((rc = ring_matches(d, &s, o, &found, &n, err)))
             return rc;
         ids = found;
     }
@@ -310,7 +318,9 @@ static int c_payload_edit(void *impl, struct vd_coll *c, const struct vd_data_re
     struct vd_pid *found = NULL;
     int rc;
     if (f) {
-        if ((rc = local_matches(c, f, &found, &n, err)))
+        struct vd_coll_schema sc;
+        vd_db_coll_schema_copy(c, &sc);
+        if ((rc = ring_matches(d, &sc, o, &found, &n, err)))
             return rc;
         ids = found;
     }
@@ -341,10 +351,11 @@ static int c_payload_edit(void *impl, struct vd_coll *c, const struct vd_data_re
     return rc;
 }
 
-/* ---- reads by id ------------------------------------------------------------------------------ */
+/* ---- reads: the calling thread waits for the coordinator's answer ---------------------------- */
 
-/* Shared by the waiting pool thread and the read's completion on the loop thread; whichever
- * lets go last frees it, so an answer that comes after the wait gave up touches live memory. */
+/* Shared by the waiting pool thread and the completion on the loop thread; whichever lets go
+ * last frees it, so an answer that comes after the wait gave up touches live memory. The
+ * completion copies what it is given (valid during the callback only) into it. */
 struct rwait {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -354,7 +365,26 @@ struct rwait {
     struct vd_err err;
     struct vd_db_record *recs; /* taken by the waiter */
     size_t n;
+    struct vd_pid next; /* scroll: where the next page starts, when has_next */
+    bool has_next;
+    uint64_t count;
 };
+
+static struct rwait *rwait_new(bool with_vector)
+{
+    struct rwait *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->refs = 2;
+    w->with_vector = with_vector;
+    return w;
+}
 
 static void rwait_unref_locked(struct rwait *w)
 {
@@ -368,8 +398,53 @@ static void rwait_unref_locked(struct rwait *w)
     }
 }
 
-/* The API's form of a live record. */
-static int to_db_record(const uint8_t *p, size_t len, bool with_vector, struct vd_db_record *out)
+/* The completion's end (w->mu held): records status (err's message when it failed), wakes the
+ * waiter and lets go. */
+static void rwait_finish(struct rwait *w, int status, const struct vd_err *err)
+{
+    if (status && err && !w->err.msg[0])
+        w->err = *err;
+    w->status = status;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    rwait_unref_locked(w);
+}
+
+/* Waits for the completion of a call that returned `started` (0: the completion will run; an
+ * error: it will not, and err says why). Then 0, with the records moved to *out (when out is
+ * set), or the call's error. `what` names the request for an answer that never came. */
+static int rwait_wait(struct rwait *w, int started, const struct vd_data_req *o, const char *what,
+                      struct vd_db_record **out, size_t *n_out, struct vd_err *err)
+{
+    pthread_mutex_lock(&w->mu);
+    if (started) {
+        w->refs--; /* the completion will never run */
+        rwait_unref_locked(w);
+        return started;
+    }
+    struct timespec until;
+    vd_mono_deadline(&until, (o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS) +
+                                 READ_GRACE_MS);
+    while (!w->done)
+        if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)
+            break;
+    int rc = 0;
+    if (!w->done)
+        rc = vd_errf(err, VD_EUNAVAIL, "%s got no answer from the cluster", what);
+    else if (w->status)
+        rc = vd_errf(err, w->status, "%s", w->err.msg[0] ? w->err.msg : vd_strerror(w->status));
+    else if (out) {
+        *out = w->recs;
+        *n_out = w->n;
+        w->recs = NULL;
+        w->n = 0;
+    }
+    return rc; /* w->mu still held: the caller reads what else it needs, then lets go */
+}
+
+/* The API's form of a live encoded record. */
+static int decoded_record(const uint8_t *p, size_t len, bool with_vector,
+                          struct vd_db_record *out)
 {
     struct vd_record rec;
     struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
@@ -394,6 +469,36 @@ static int to_db_record(const uint8_t *p, size_t len, bool with_vector, struct v
     return 0;
 }
 
+/* A copy of r that owns its vector and payload. */
+static int copied_record(const struct vd_db_record *r, struct vd_db_record *out)
+{
+    *out = *r;
+    out->vec = NULL;
+    out->payload = NULL;
+    if (r->vec && !(out->vec = malloc(sizeof(float) * r->dim)))
+        return VD_ENOMEM;
+    if (r->vec)
+        memcpy(out->vec, r->vec, sizeof(float) * r->dim);
+    if (r->payload && !(out->payload = malloc(r->payload_len)))
+        return VD_ENOMEM;
+    if (r->payload)
+        memcpy(out->payload, r->payload, r->payload_len);
+    return 0;
+}
+
+/* Copies recs[n] into w (w->mu held). */
+static int rwait_take(struct rwait *w, const struct vd_db_record *recs, size_t n)
+{
+    if (!(w->recs = calloc(n ? n : 1, sizeof *w->recs)))
+        return vd_errf(&w->err, VD_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        int rc = copied_record(&recs[i], &w->recs[w->n++]);
+        if (rc)
+            return vd_errf(&w->err, rc, "out of memory");
+    }
+    return 0;
+}
+
 static void read_done(int status, const struct vd_err *err, const struct vd_cluster_rec *got,
                       size_t n, void *arg)
 {
@@ -404,17 +509,44 @@ static void read_done(int status, const struct vd_err *err, const struct vd_clus
     for (size_t i = 0; status == 0 && i < n; i++) {
         if (!got[i].p)
             continue;
-        int rc = to_db_record(got[i].p, got[i].len, w->with_vector, &w->recs[w->n++]);
+        int rc = decoded_record(got[i].p, got[i].len, w->with_vector, &w->recs[w->n++]);
         if (rc)
             status = vd_errf(&w->err, rc, "cannot read a replica's point record: %s",
                              vd_strerror(rc));
     }
-    if (status && err)
-        w->err = *err;
-    w->status = status;
-    w->done = true;
-    pthread_cond_signal(&w->cv);
-    rwait_unref_locked(w);
+    rwait_finish(w, status, err);
+}
+
+static void records_done(int status, const struct vd_err *err, const struct vd_db_record *recs,
+                         size_t n, void *arg)
+{
+    struct rwait *w = arg;
+    pthread_mutex_lock(&w->mu);
+    if (status == 0)
+        status = rwait_take(w, recs, n);
+    rwait_finish(w, status, err);
+}
+
+static void scroll_done(int status, const struct vd_err *err, const struct vd_db_record *recs,
+                        size_t n, const struct vd_pid *next, void *arg)
+{
+    struct rwait *w = arg;
+    pthread_mutex_lock(&w->mu);
+    if (status == 0)
+        status = rwait_take(w, recs, n);
+    if (status == 0 && next) {
+        w->next = *next;
+        w->has_next = true;
+    }
+    rwait_finish(w, status, err);
+}
+
+static void count_done(int status, const struct vd_err *err, uint64_t count, void *arg)
+{
+    struct rwait *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->count = count;
+    rwait_finish(w, status, err);
 }
 
 /* ids without repeats, first occurrence kept (*out malloc'd). */
@@ -449,59 +581,71 @@ static int c_retrieve(void *impl, struct vd_coll *c, const struct vd_data_req *o
     vd_db_coll_schema_copy(c, &s);
     struct vd_pid *u;
     size_t nu;
+    struct rwait *w;
     if (unique_ids(ids, n, &u, &nu))
         return vd_errf(err, VD_ENOMEM, "out of memory");
-    struct rwait *w = calloc(1, sizeof *w);
-    if (!w) {
+    if (!(w = rwait_new(with_vector))) {
         free(u);
         return vd_errf(err, VD_ENOMEM, "out of memory");
     }
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    w->refs = 2;
-    w->with_vector = with_vector;
-    int rc = vd_cluster_read(d, s.name, s.incarnation, u, nu, o->consistency,
-                             o->timeout_ms, read_done, w, err);
+    int rc = vd_cluster_read(d, s.name, s.incarnation, u, nu, o->consistency, o->timeout_ms,
+                             read_done, w, err);
     free(u);
-    if (rc) {
-        pthread_mutex_lock(&w->mu);
-        w->refs--; /* the completion will never run */
-        rwait_unref_locked(w);
-        return rc;
-    }
-    struct timespec until;
-    vd_mono_deadline(&until, (o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS) +
-                                 READ_GRACE_MS);
-    pthread_mutex_lock(&w->mu);
-    while (!w->done)
-        if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)
-            break;
-    if (!w->done)
-        rc = vd_errf(err, VD_EUNAVAIL, "read of %zu points got no answer from the cluster", nu);
-    else if (w->status)
-        rc = vd_errf(err, w->status, "%s",
-                     w->err.msg[0] ? w->err.msg : vd_strerror(w->status));
-    else {
-        *out = w->recs;
-        *n_out = w->n;
-        w->recs = NULL;
-        w->n = 0;
-    }
+    rc = rwait_wait(w, rc, o, "a read by id", out, n_out, err);
     rwait_unref_locked(w);
     return rc;
 }
 
-/* ---- searches, scroll, count: this node's replica for now ------------------------------------ */
+/* ---- searches, scroll and count: two-phase over the ring ------------------------------------- */
 
 static int c_search(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                     const struct vd_db_search *s, bool with_vector, struct vd_db_record **out,
                     size_t *n_out, struct vd_err *err)
 {
-    return vd_db_search(c, s, with_vector, out, n_out, err);
+    struct vd_cluster *d = impl;
+    struct vd_coll_schema sc;
+    vd_db_coll_schema_copy(c, &sc);
+    struct rwait *w = rwait_new(with_vector);
+    if (!w)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    struct vd_cluster_search q = {.s = s,
+                                  .dim = sc.dim,
+                                  .filter = o->filter,
+                                  .with_payload = o->with_payload,
+                                  .with_vector = with_vector,
+                                  .r = o->consistency,
+                                  .timeout_ms = o->timeout_ms};
+    int rc = vd_cluster_search(d, sc.name, sc.incarnation, &q, records_done, w, err);
+    rc = rwait_wait(w, rc, o, "a search", out, n_out, err);
+    rwait_unref_locked(w);
+    return rc;
+}
+
+/* One page of the ring's scroll into out; *next and *has_next as for vd_db_scroll. */
+static int scroll_page(struct vd_cluster *d, const struct vd_coll_schema *sc,
+                       const struct vd_data_req *o, const struct vd_pid *from, uint32_t limit,
+                       bool with_payload, bool with_vector, struct vd_db_record **out,
+                       size_t *n_out, struct vd_pid *next, bool *has_next, struct vd_err *err)
+{
+    struct rwait *w = rwait_new(with_vector);
+    if (!w)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    struct vd_cluster_scroll q = {.from = from,
+                                  .limit = limit,
+                                  .filter = o->filter,
+                                  .with_payload = with_payload,
+                                  .with_vector = with_vector,
+                                  .r = o->consistency,
+                                  .timeout_ms = o->timeout_ms};
+    int rc = vd_cluster_scroll(d, sc->name, sc->incarnation, &q, scroll_done, w, err);
+    rc = rwait_wait(w, rc, o, "a scroll", out, n_out, err);
+    if (rc == 0) {
+        *has_next = w->has_next;
+        if (w->has_next)
+            *next = w->next;
+    }
+    rwait_unref_locked(w);
+    return rc;
 }
 
 static int c_scroll(void *impl, struct vd_coll *c, const struct vd_data_req *o,
@@ -509,13 +653,28 @@ static int c_scroll(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                     bool with_vector, struct vd_db_record **out, size_t *n_out,
                     struct vd_pid *next, bool *has_next, struct vd_err *err)
 {
-    return vd_db_scroll(c, from, limit, f, with_vector, out, n_out, next, has_next, err);
+    struct vd_coll_schema sc;
+    vd_db_coll_schema_copy(c, &sc);
+    return scroll_page(impl, &sc, o, from, limit, o->with_payload, with_vector, out, n_out, next,
+                       has_next, err);
 }
 
 static int c_count(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                    const struct vd_filter *f, uint64_t *out, struct vd_err *err)
 {
-    return vd_db_count(c, f, out);
+    struct vd_cluster *d = impl;
+    struct vd_coll_schema sc;
+    vd_db_coll_schema_copy(c, &sc);
+    struct rwait *w = rwait_new(false);
+    if (!w)
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    int rc = vd_cluster_count(d, sc.name, sc.incarnation, o->filter, o->consistency,
+                              o->timeout_ms, count_done, w, err);
+    rc = rwait_wait(w, rc, o, "a count", NULL, NULL, err);
+    if (rc == 0)
+        *out = w->count;
+    rwait_unref_locked(w);
+    return rc;
 }
 
 void vd_api_cluster_data(struct vd_cluster *cluster, struct vd_data_ops *out)

@@ -293,6 +293,7 @@ static void delete_points(struct vd_http_req *r, void *ctx)
         int rc = vd__api_data_req(r, c, &o, &e);
         if (!rc)
             rc = read_selector(body, &s, &e);
+        o.filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
         if (rc == 0) {
             if (!s.filter && s.n == 0)
                 vd__api_write_done_for(&o)(0, NULL, 0, r);
@@ -339,6 +340,7 @@ static void payload_edit(struct vd_http_req *r, enum vd_db_payload_op op)
     }
     if (!rc)
         rc = read_selector(body, &s, &e);
+    o.filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
     if (!rc)
         rc = vd__api.data.payload_edit(vd__api.data.impl, c, &o, op, arg,
                                        s.filter ? NULL : s.ids, s.n, s.filter,
@@ -406,6 +408,8 @@ static void scroll(struct vd_http_req *r, void *ctx)
         rc = vd__api_get_with(body, true, &w, &e);
     if (!rc)
         rc = vd__api_get_filter(body, &f, &e);
+    o.filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
+    o.with_payload = w.payload;
     if (!rc)
         rc = vd__api.data.scroll(vd__api.data.impl, c, &o, has_from ? &from : NULL, limit, f,
                                  w.vector, &recs, &nr, &next, &has_next, &e);
@@ -448,6 +452,7 @@ static void count(struct vd_http_req *r, void *ctx)
         goto out;
     }
     uint64_t n = 0;
+    o.filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
     if (vd__api.data.count(vd__api.data.impl, c, &o, f, &n, &e)) {
         vd_http_reply_err(r, &e);
         goto out;

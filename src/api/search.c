@@ -9,6 +9,7 @@ struct sargs {
     struct vd_api_with w;
     float *vec;            /* owned */
     struct vd_filter *filter;
+    const cJSON *filter_json; /* the request's "filter", in its body */
     bool scroll;           /* query without a query: scroll order */
     struct vd_pid exclude; /* query by point id: that point (s.exclude points here) */
 };
@@ -89,6 +90,7 @@ static int read_common(struct vd_coll *c, const cJSON *b, struct sargs *a, bool 
                                 &a->s.score_threshold, err)))
         return rc;
     a->s.filter = a->filter;
+    a->filter_json = cJSON_GetObjectItemCaseSensitive(b, "filter");
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(b, "params");
     if (p && !cJSON_IsNull(p)) {
         if (!cJSON_IsObject(p))
@@ -192,9 +194,13 @@ static int parse_query(struct vd_coll *c, const struct vd_data_req *o, const cJS
 }
 
 /* Runs one search or query and appends its points (a JSON array) to out. */
-static int run(struct vd_coll *c, const struct vd_data_req *o, struct sargs *a,
+static int run(struct vd_coll *c, const struct vd_data_req *req, struct sargs *a,
                struct vd_buf *out, struct vd_err *err)
 {
+    struct vd_data_req ro = *req;
+    ro.filter = a->filter_json;
+    ro.with_payload = a->w.payload;
+    const struct vd_data_req *o = &ro;
     const struct vd_data_ops *d = &vd__api.data;
     struct vd_db_record *recs = NULL;
     size_t n = 0;

@@ -227,6 +227,47 @@ class ClusterDataTest(ClusterCase):
             for i in overwritten[:5]:
                 self.assertEqual(got[i]["payload"], {"late": True}, i)
 
+    def test_05b_search_scroll_count_through_every_node(self):
+        name = "srch"
+        self.assertTrue(self.n1.ok("PUT", f"/collections/{name}",
+                                   {"vectors": {"size": DIM, "distance": "Euclid"},
+                                    "replication_factor": 1}))
+        for n in self.members:
+            wait_until(lambda: n.request("GET", f"/collections/{name}")[0] == 200, 30, name)
+        pts = [point(i, payload={"odd": i % 2}) for i in range(300)]
+        self.n2.ok("PUT", f"/collections/{name}/points?wait=true", {"points": pts})
+        q = [3.0, 1.0, 0.0, 1.0]
+        want = sorted(range(300), key=lambda i: (sum((a - b) ** 2 for a, b in
+                                                      zip(vec(i), q)), i))[:10]
+        odd = {"must": [{"key": "odd", "match": {"value": 1}}]}
+        for n in self.members:
+            res = n.ok("POST", f"/collections/{name}/points/search",
+                       {"vector": q, "limit": 10, "params": {"exact": True}})
+            self.assertEqual([r["id"] for r in res][:3], want[:3], f"node on {n.port}")
+            self.assertEqual(n.ok("POST", f"/collections/{name}/points/count",
+                                  {"exact": True})["count"], 300)
+            self.assertEqual(n.ok("POST", f"/collections/{name}/points/count",
+                                  {"filter": odd})["count"], 150)
+            seen, off = [], None
+            while True:
+                page = n.ok("POST", f"/collections/{name}/points/scroll",
+                            {"limit": 64, "offset": off})
+                seen += [r["id"] for r in page["points"]]
+                off = page["next_page_offset"]
+                if off is None:
+                    break
+            self.assertEqual(seen, list(range(300)), f"node on {n.port}")
+        # a delete and a payload edit by filter reach every replica, wherever the points live
+        self.n3.ok("POST", f"/collections/{name}/points/payload?wait=true",
+                   {"payload": {"tag": "x"}, "filter": odd})
+        self.n1.ok("POST", f"/collections/{name}/points/delete?wait=true",
+                   {"filter": {"must_not": [{"key": "odd", "match": {"value": 1}}]}})
+        for n in self.members:
+            self.assertEqual(n.ok("POST", f"/collections/{name}/points/count", {})["count"], 150)
+            got = n.ok("POST", f"/collections/{name}/points", {"ids": list(range(10))})
+            self.assertEqual(sorted(r["id"] for r in got), [1, 3, 5, 7, 9])
+            self.assertTrue(all(r["payload"]["tag"] == "x" for r in got), got)
+
     def test_06_write_at_all_right_after_create(self):
         # the replicas that have not applied the new collection yet are asked again until
         # they have, within the deadline, instead of counting as refusals
