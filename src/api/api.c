@@ -1,7 +1,9 @@
 /* Shared request helpers and route registration. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api_int.h"
 
@@ -177,6 +179,16 @@ int vd__api_data_req(struct vd_http_req *r, struct vd_coll *c, struct vd_data_re
     }
     return vd_api_data_req_parse(vd_http_query(r, "consistency"), vd_http_query(r, "timeout"),
                                  vd_http_query(r, "wait"), rf, out, err);
+}
+
+void vd__api_wait_init(pthread_mutex_t *mu, pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(mu, NULL);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
 }
 
 int vd_api_register(struct vd_http *h, const struct vd_api_opts *o)

@@ -2,6 +2,7 @@
 #ifndef VD_API_INT_H
 #define VD_API_INT_H
 
+#include <pthread.h>
 #include <stdio.h>
 
 #include <cjson/cJSON.h>
@@ -75,6 +76,9 @@ int vd__api_data_req(struct vd_http_req *r, struct vd_coll *c, struct vd_data_re
 /* The done callback of a write made with options o: vd__api_write_done, or, for wait=false in
  * a cluster, one that answers Qdrant's status "acknowledged". */
 vd_db_done_fn vd__api_write_done_for(const struct vd_data_req *o);
+/* Initialises a mutex and a condition variable whose timed waits take CLOCK_MONOTONIC
+ * deadlines (vd_mono_deadline), for a thread that waits for a cluster's completion. */
+void vd__api_wait_init(pthread_mutex_t *mu, pthread_cond_t *cv);
 /* Reply helpers. */
 void vd__api_reply_buf(struct vd_http_req *r, struct vd_buf *b); /* {"result": <b>} */
 void vd__api_reply_true(struct vd_http_req *r);

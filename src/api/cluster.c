@@ -208,12 +208,7 @@ int vd__api_cluster_catch_up(const char *name, struct vd_err *err)
     struct waiter *w = calloc(1, sizeof *w);
     if (!w)
         return vd__api_cluster_unconfirmed(name, VD_ENOMEM, err);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    vd__api_wait_init(&w->mu, &w->cv);
     w->refs = 2;
     struct vd_err e;
     int rc = vd_cluster_sync(vd__api.cluster, VD__API_CATCH_UP_MS, sync_done, w, &e);

@@ -375,12 +375,7 @@ static struct rwait *rwait_new(bool with_vector)
     struct rwait *w = calloc(1, sizeof *w);
     if (!w)
         return NULL;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    vd__api_wait_init(&w->mu, &w->cv);
     w->refs = 2;
     w->with_vector = with_vector;
     return w;
