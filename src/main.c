@@ -1,8 +1,10 @@
 /* vectord: flags and config, wiring of the modules, signals. No logic of its own. */
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vectord/api.h"
 #include "vectord/cluster.h"
@@ -26,6 +28,20 @@ static void metrics_hook(struct vd_buf *out, void *ctx)
     struct metrics_src *m = ctx;
     vd_db_metrics(m->db, out);
     vd_cluster_metrics(m->cluster, out);
+}
+
+/* A cluster node that cannot go on as started (a refused --join) ends the process through the
+ * same path as SIGTERM, and main exits non-zero with the reason. */
+static atomic_bool fatal_set;
+static char fatal_msg[512];
+
+static void on_fatal(const char *msg, void *ctx)
+{
+    (void)ctx;
+    if (atomic_exchange(&fatal_set, true))
+        return;
+    snprintf(fatal_msg, sizeof fatal_msg, "%s", msg);
+    kill(getpid(), SIGTERM);
 }
 
 static bool ready_hook(void *ctx)
@@ -144,6 +160,7 @@ int main(int argc, char **argv)
         .election_timeout_ms = cfg.raft_election_ms,
         .max_clock_offset_ms = cfg.max_clock_offset_ms,
         .hint_window_ms = cfg.hint_window_seconds * 1000,
+        .on_fatal = on_fatal,
     };
     if (vd_cluster_start(&co, &cluster, &err)) {
         vd_log_error("cannot start the cluster node on %s:%u: %s", cfg.bind, cfg.cluster_port,
@@ -201,15 +218,19 @@ int main(int argc, char **argv)
 
     int sig = 0;
     sigwait(&sigs, &sig);
-    vd_log_info("received %s: shutting down (send it again to exit at once)",
-                sig == SIGINT ? "SIGINT" : "SIGTERM");
+    bool fatal = atomic_load(&fatal_set);
+    if (fatal)
+        vd_log_error("shutting down: %s", fatal_msg);
+    else
+        vd_log_info("received %s: shutting down (send it again to exit at once)",
+                    sig == SIGINT ? "SIGINT" : "SIGTERM");
     /* a second signal takes the default action: immediate exit */
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
     vd_notify_stopping();
     vd_http_stop(http, 10000);
-    status = 0;
+    status = fatal ? 1 : 0;
 out_http:
     /* After HTTP stopped accepting, before the server is freed: the requests the cluster fails
      * on its way out (VD_ECLOSED) reply to requests the server still owns, which it discards.

@@ -43,6 +43,11 @@ struct vd_cluster_opts {
     uint64_t hint_window_ms;      /* --hint-window: older hints are dropped as expired and their
                                      target marked needs-repair; 0 = VD_HINT_WINDOW_MS_DEFAULT */
     bool no_sync;                 /* tests only */
+    /* Called at most once, on the loop thread, when this node cannot go on as started: a --join
+     * that the cluster refuses for good (its collections hold points), msg saying why (valid
+     * during the call). The process should exit with the message. NULL: logged only. */
+    void (*on_fatal)(const char *msg, void *ctx);
+    void *fatal_ctx;
 };
 
 struct vd_cluster; /* opaque; thread-safe */
@@ -104,11 +109,13 @@ int vd_cluster_sync(struct vd_cluster *c, uint32_t timeout_ms, vd_cluster_done_f
                     struct vd_err *err);
 /* Adds the node listening at addr (its cluster address): the leader contacts it, and the node
  * joins if it is fresh (no collections, alone in its own cluster). Done once it is a voter.
- * Errors through done: VD_EINVAL (not reachable or not fresh: err says which), VD_EEXIST. */
+ * Errors through done: VD_EINVAL (not reachable or not fresh: err says which), VD_EEXIST (a
+ * member already, or a collection holds points: ownership would move without the points, so
+ * membership changes wait until points stream to new owners; err says which). */
 int vd_cluster_add_node(struct vd_cluster *c, const char *addr, vd_cluster_done_fn done, void *ctx,
                         struct vd_err *err);
 /* Removes member id (a leader hands leadership over first). VD_ENOTFOUND for an unknown id,
- * VD_EINVAL for the last voter. */
+ * VD_EINVAL for the last voter, VD_EEXIST while a collection holds points (as for add). */
 int vd_cluster_remove_node(struct vd_cluster *c, uint64_t id, vd_cluster_done_fn done, void *ctx,
                            struct vd_err *err);
 

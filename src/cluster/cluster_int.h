@@ -388,6 +388,9 @@ void vd_meta_cmd_create_collection(const struct vd_coll_schema *s, struct vd_buf
  * s's (its other fields are not changed). */
 void vd_meta_cmd_update_collection(const struct vd_coll_schema *s, struct vd_buf *out);
 void vd_meta_cmd_delete_collection(const char *name, struct vd_buf *out);
+/* Marks collection name (of that incarnation) as having held points: sticky until the collection
+ * is deleted. A node proposes it once its own copy holds a point. */
+void vd_meta_cmd_collection_has_points(const char *name, uint64_t incarnation, struct vd_buf *out);
 void vd_meta_cmd_add_member(uint64_t id, const char *addr, const char *http_addr,
                             struct vd_buf *out);
 void vd_meta_cmd_set_member(uint64_t id, enum vd_meta_state state, const char *addr,
@@ -425,6 +428,21 @@ int vd_meta_restore(struct vd_meta *m, const uint8_t *data, size_t len, struct v
 
 /* Lookups. Returned pointers point into m and stay valid until the next apply/restore. */
 const struct vd_coll_schema *vd_meta_collection(const struct vd_meta *m, const char *name);
+/*
+ * Membership and points: until data streams to new owners when members change, adding a member
+ * (other than the first) or marking an up one leaving is refused with VD_EEXIST while a collection has
+ * held points (vd_meta_cmd_collection_has_points): ownership would move with no data, and
+ * acknowledged points would become invisible. The message is VD_META_POINTS_REFUSAL with what
+ * was asked and the collection's name. Deleting the collection lifts the refusal.
+ */
+#define VD_META_POINTS_REFUSAL                                                                     \
+    "cannot %s while collection '%s' holds points: vectord does not move points to their new "   \
+    "owners when members change yet, so acknowledged points would become unreachable; add and "  \
+    "remove nodes before writing points, or delete the collections first"
+/* The name of a collection that has held points (the first by name), or NULL: valid until the
+ * next apply. */
+const char *vd_meta_collection_with_points(const struct vd_meta *m);
+bool vd_meta_collection_has_points(const struct vd_meta *m, const char *name);
 size_t vd_meta_n_collections(const struct vd_meta *m);
 const struct vd_coll_schema *vd_meta_collection_at(const struct vd_meta *m, size_t i); /* by name */
 /* The payload indexes of collection name, sorted by field (*out points into m, NULL when there
@@ -457,6 +475,10 @@ void vd_meta_place(const struct vd_meta *m, uint64_t hash, unsigned rf, struct v
  * replication factor. VD_ENOTFOUND when m has no such collection (out untouched). */
 int vd_meta_place_point(const struct vd_meta *m, const char *collection, const uint8_t *key,
                         size_t key_len, struct vd_placement *out);
+/* True when node is a natural or pending replica of point id of collection on m's ring (false
+ * for an unknown collection). */
+bool vd_meta_is_replica(const struct vd_meta *m, const char *collection, const struct vd_pid *id,
+                        uint64_t node);
 uint64_t vd_meta_ring_version(const struct vd_meta *m);
 /* Number of tokens on the ring (members UP or LEAVING times VD_META_TOKENS). */
 size_t vd_meta_ring_size(const struct vd_meta *m);

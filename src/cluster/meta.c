@@ -29,6 +29,7 @@ struct coll {
     struct vd_coll_schema s;
     struct vd_meta_pindex *idx; /* owned; NULL when n_idx is 0 */
     size_t n_idx;
+    bool has_points; /* some node held a point of this incarnation once (sticky) */
 };
 
 struct vd_meta {
@@ -121,6 +122,8 @@ static void put_coll(struct vd_buf *b, const struct coll *c)
         }
         vd_buf_puts(b, "]");
     }
+    if (c->has_points)
+        vd_buf_puts(b, ",\"has_points\":true");
     vd_buf_puts(b, "}");
 }
 
@@ -152,6 +155,15 @@ void vd_meta_cmd_create_collection(const struct vd_coll_schema *s, struct vd_buf
 {
     vd_buf_puts(out, "{\"op\":\"create_collection\",\"schema\":");
     put_schema(out, s);
+    vd_buf_puts(out, "}");
+}
+
+void vd_meta_cmd_collection_has_points(const char *name, uint64_t incarnation, struct vd_buf *out)
+{
+    vd_buf_puts(out, "{\"op\":\"collection_has_points\",\"name\":");
+    put_str(out, name);
+    vd_buf_puts(out, ",\"incarnation\":");
+    put_u64(out, incarnation);
     vd_buf_puts(out, "}");
 }
 
@@ -551,6 +563,46 @@ static int op_delete_collection(struct vd_meta *m, const cJSON *cmd, struct vd_e
     return 0;
 }
 
+static int op_collection_has_points(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
+{
+    const char *name;
+    uint64_t inc;
+    int rc;
+    if ((rc = get_str(cmd, "name", true, &name, e)) || (rc = get_u64(cmd, "incarnation", &inc, e)))
+        return rc;
+    bool found;
+    size_t at = coll_find(m, name, &found);
+    if (!found || m->colls[at].s.incarnation != inc)
+        return vd_errf(e, VD_ENOTFOUND, "collection '%s' incarnation %llu not found", name,
+                       (unsigned long long)inc);
+    m->colls[at].has_points = true;
+    return 0;
+}
+
+const char *vd_meta_collection_with_points(const struct vd_meta *m)
+{
+    for (size_t i = 0; i < m->n_colls; i++)
+        if (m->colls[i].has_points)
+            return m->colls[i].s.name;
+    return NULL;
+}
+
+bool vd_meta_collection_has_points(const struct vd_meta *m, const char *name)
+{
+    bool found;
+    size_t at = coll_find(m, name, &found);
+    return found && m->colls[at].has_points;
+}
+
+/* The refusal of a membership change while collections hold points (see cluster_int.h). */
+static int refuse_while_points(const struct vd_meta *m, const char *what, struct vd_err *e)
+{
+    const char *name = vd_meta_collection_with_points(m);
+    if (!name)
+        return 0;
+    return vd_errf(e, VD_EEXIST, VD_META_POINTS_REFUSAL, what, name);
+}
+
 /* Index of field in c's sorted payload indexes, or where it would go (*found false). */
 static size_t idx_find(const struct coll *c, const char *field, bool *found)
 {
@@ -677,6 +729,9 @@ static int op_add_member(struct vd_meta *m, const cJSON *cmd, struct vd_err *e)
     size_t at = member_find(m, id, &found);
     if (found)
         return vd_errf(e, VD_EEXIST, "member %llu already exists", (unsigned long long)id);
+    /* the first member (bootstrap) owns everything already: nothing moves */
+    if (m->n_members && (rc = refuse_while_points(m, "add a node", e)))
+        return rc;
     if (grow((void **)&m->members, &m->cap_members, m->n_members, sizeof *m->members))
         return vd_errf(e, VD_ENOMEM, "out of memory");
     struct vd_meta_member mb;
@@ -713,6 +768,10 @@ static int op_set_member(struct vd_meta *m, uint64_t index, const cJSON *cmd, st
     if (!found)
         return vd_errf(e, VD_ENOTFOUND, "member %llu not found", (unsigned long long)id);
     struct vd_meta_member *mb = &m->members[at], old = *mb;
+    /* a joining member owns nothing yet: it may go */
+    if (state == VD_MEMBER_LEAVING && old.state == VD_MEMBER_UP &&
+        (rc = refuse_while_points(m, "remove a node", e)))
+        return rc;
     if (state)
         mb->state = state;
     if (addr)
@@ -785,6 +844,8 @@ int vd_meta_apply(struct vd_meta *m, uint64_t index, const uint8_t *cmd, size_t 
         rc = op_update_collection(m, root, &e);
     else if (!strcmp(op, "delete_collection"))
         rc = op_delete_collection(m, root, &e);
+    else if (!strcmp(op, "collection_has_points"))
+        rc = op_collection_has_points(m, root, &e);
     else if (!strcmp(op, "set_payload_index"))
         rc = op_set_payload_index(m, root, &e);
     else if (!strcmp(op, "drop_payload_index"))
@@ -998,6 +1059,7 @@ static int restore_into(struct vd_meta *s, const cJSON *root, struct vd_err *e)
             vd_err_prefix(e, "collections[%zu]", s->n_colls - 1);
             return rc;
         }
+        c->has_points = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "has_points"));
         /* Only a create assigns an incarnation; a stored collection always has one. */
         if (c->s.incarnation == 0)
             return vd_errf(e, VD_EINVAL, "collections[%zu]: incarnation 0", s->n_colls - 1);
@@ -1155,6 +1217,23 @@ int vd_meta_place_point(const struct vd_meta *m, const char *collection, const u
     return 0;
 }
 
+bool vd_meta_is_replica(const struct vd_meta *m, const char *collection, const struct vd_pid *id,
+                        uint64_t node)
+{
+    uint8_t key[VD_PID_KEY_MAX];
+    size_t kl = vd_pid_encode(id, key);
+    struct vd_placement pl;
+    if (vd_meta_place_point(m, collection, key, kl, &pl))
+        return false;
+    for (size_t i = 0; i < pl.n_natural; i++)
+        if (pl.natural[i] == node)
+            return true;
+    for (size_t i = 0; i < pl.n_pending; i++)
+        if (pl.pending[i] == node)
+            return true;
+    return false;
+}
+
 bool vd_meta_incarnation_ahead(const struct vd_meta *m, uint64_t incarnation)
 {
     return (incarnation & TOP_BIT) && (incarnation & ~TOP_BIT) > m->applied;
@@ -1197,6 +1276,7 @@ static int state_copy(struct vd_meta *dst, const struct vd_meta *src)
         for (size_t i = 0; i < src->n_colls; i++) {
             const struct coll *c = &src->colls[i];
             dst->colls[i].s = c->s;
+            dst->colls[i].has_points = c->has_points;
             dst->n_colls++;
             if (c->n_idx) {
                 if (!(dst->colls[i].idx = malloc(c->n_idx * sizeof *c->idx)))

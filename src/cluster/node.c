@@ -134,7 +134,15 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
                       "\"last_update\":\"%s.%03uZ\"},",
                       when, (unsigned)(wall % 1000));
     }
-    vd_buf_puts(&b, "\"message_send_failures\":{},\"nodes\":[");
+    /* why a membership change would be refused now (see vd_meta_collection_with_points) */
+    const char *held = vd_meta_collection_with_points(c->meta);
+    vd_buf_printf(&b, "\"membership_changes\":{\"allowed\":%s,\"blocked_by\":",
+                  held ? "false" : "true");
+    if (held)
+        vd_buf_json_string(&b, held, strlen(held));
+    else
+        vd_buf_puts(&b, "null");
+    vd_buf_puts(&b, "},\"message_send_failures\":{},\"nodes\":[");
     static const char *const state_names[] = {"up", "down", "joining", "leaving"};
     struct vd_cluster_member *seen = n ? malloc(n * sizeof *seen) : NULL;
     for (size_t i = 0; i < n; i++) {
@@ -199,29 +207,15 @@ static void address_check(struct vd_cluster *c, uint64_t now)
         if (o->kind == OP_INTERNAL)
             return;
     c->last_addr_fix = now;
-    struct op *o = calloc(1, sizeof *o);
-    if (!o)
-        return;
     struct vd_buf cmd = {0};
     vd_meta_cmd_set_member(c->id, (enum vd_meta_state)m->state, c->advertise, c->http_advertise,
                            &cmd);
-    o->kind = OP_INTERNAL;
-    o->state = ST_NEW;
-    o->timeout_ms = c->request_ms;
-    o->deadline = now + c->request_ms;
-    pthread_mutex_lock(&c->mu);
-    o->seq = c->next_seq++;
-    pthread_mutex_unlock(&c->mu);
-    int rc = vd__cluster_entry_data(c->id, o->seq, &cmd, &o->data, &o->len);
+    int rc = vd__cluster_op_internal(c, OP_INTERNAL, &cmd);
     vd_buf_release(&cmd);
-    if (rc) {
-        free(o);
+    if (rc)
         return;
-    }
     vd_log_info("cluster: this node's address changed to %s (REST %s); telling the cluster",
                 c->advertise, c->http_advertise);
-    o->next = c->ops;
-    c->ops = o;
 }
 
 /*
@@ -321,6 +315,7 @@ static void on_house(uv_timer_t *t)
     }
     vd__cluster_membership_step(c, now);
     address_check(c, now);
+    vd__cluster_points_watch(c, now);
     vd__cluster_ops_progress(c);
     if (now - c->last_status >= 200)
         vd__cluster_status_refresh(c);
@@ -537,6 +532,8 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     c->max_offset_ms =
         o->max_clock_offset_ms ? o->max_clock_offset_ms : VD_MAX_CLOCK_OFFSET_MS_DEFAULT;
     c->no_sync = o->no_sync;
+    c->on_fatal = o->on_fatal;
+    c->fatal_ctx = o->fatal_ctx;
     if (vd__cluster_hints_new(c, o->hint_window_ms ? o->hint_window_ms
                                                    : VD_HINT_WINDOW_MS_DEFAULT)) {
         pthread_mutex_destroy(&c->mu);
@@ -596,6 +593,7 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
             goto fail;
         }
         c->join = vd_xstrdup(o->join);
+        c->join_asked = true;
         vd_log_info("cluster: node %llu joining the cluster at %s", (unsigned long long)c->id,
                     c->join);
     } else if (fresh) {

@@ -252,6 +252,7 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
         }
         const struct vd_meta_member *m = vd_meta_member(c->meta, id);
         struct member_clock *mc = vd__cluster_clock_of(c, id);
+        struct vd_err pe;
         uint64_t now = vd__cluster_now_ms();
         struct vd_buf cmd = {0};
         if (m) {
@@ -263,6 +264,11 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
             }
         } else if (vd_meta_n_members(c->meta) >= MAX_MEMBERS) {
             send_reply(c, from, call_id, VD_ERANGE, leader, "the cluster is full", "");
+            return;
+        } else if (vd__cluster_points_refusal(c, "add a node", &pe)) {
+            vd_log_warn("cluster: node %llu (%s) asks to join: refused: %s",
+                        (unsigned long long)id, addr, pe.msg);
+            send_reply(c, from, call_id, VD_EEXIST, leader, pe.msg, "");
             return;
         } else if (!mc->last_action || now - mc->last_action >= 1000) {
             vd_log_info("cluster: node %llu (%s) asks to join", (unsigned long long)id, addr);
@@ -298,6 +304,7 @@ static void on_call(struct vd_cluster *c, uint64_t from, const uint8_t *body, si
         }
         free(c->join);
         c->join = vd_xstrdup(join);
+        c->join_asked = false; /* invited: a refusal is the inviter's to report */
         c->last_join = 0;
         send_reply(c, from, call_id, 0, c->id, "", "");
         return;
@@ -313,7 +320,7 @@ static void on_reply(struct vd_cluster *c, const uint8_t *body, size_t len)
     uint64_t call_id = vd__cluster_rd_u64(&r);
     int status = (int)(int64_t)vd__cluster_rd_u64(&r);
     uint64_t node = vd__cluster_rd_u64(&r);
-    char msg[256], addr[256];
+    char msg[sizeof(struct vd_err){0}.msg], addr[256];
     vd__cluster_rd_str(&r, msg, sizeof msg);
     vd__cluster_rd_str(&r, addr, sizeof addr);
     if (r.bad)
@@ -339,6 +346,13 @@ static void on_reply(struct vd_cluster *c, const uint8_t *body, size_t len)
         free(c->join);
         c->join = vd_xstrdup(addr);
         c->last_join = 0;
+    } else if (c->join && status == VD_EEXIST && c->join_asked) {
+        /* refused for good (collections hold points): retrying cannot succeed */
+        vd_log_error("cluster: join refused: %s", msg);
+        free(c->join);
+        c->join = NULL;
+        if (c->on_fatal)
+            c->on_fatal(msg, c->fatal_ctx);
     } else if (c->join && status && status != VD_EUNAVAIL && status != VD_ENOTLEADER) {
         vd_log_warn("cluster: join refused: %s", msg);
     }

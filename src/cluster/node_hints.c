@@ -367,24 +367,6 @@ static const struct vd_coll_schema *coll_by_incarnation(const struct vd_meta *m,
     return NULL;
 }
 
-/* True when node is a natural or pending replica of the record's point on m's ring. */
-static bool owns(const struct vd_meta *m, const char *coll, const struct vd_record *r,
-                 uint64_t node)
-{
-    uint8_t key[VD_PID_KEY_MAX];
-    size_t kl = vd_pid_encode(&r->id, key);
-    struct vd_placement pl;
-    if (vd_meta_place_point(m, coll, key, kl, &pl))
-        return false;
-    for (size_t i = 0; i < pl.n_natural; i++)
-        if (pl.natural[i] == node)
-            return true;
-    for (size_t i = 0; i < pl.n_pending; i++)
-        if (pl.pending[i] == node)
-            return true;
-    return false;
-}
-
 static struct hent *add(struct hbatch *b, const struct vd_hint_view *v, uint8_t fate)
 {
     if (b->n == b->cap) {
@@ -433,8 +415,9 @@ static int scan_one(const struct vd_hint_view *v, void *ctx)
         return add(b, v, F_DROPPED) ? 0 : 1;
     b->incarnation = v->pos.incarnation;
     snprintf(b->coll, sizeof b->coll, "%s", s->name);
-    uint8_t fate = b->target != c->id && owns(c->meta, s->name, &r, b->target) ? F_SEND
-                                                                                : F_REWRITE;
+    uint8_t fate = b->target != c->id && vd_meta_is_replica(c->meta, s->name, &r.id, b->target)
+                        ? F_SEND
+                        : F_REWRITE;
     struct hent *e = add(b, v, fate);
     if (!e)
         return 1;

@@ -45,6 +45,7 @@ enum op_kind {
     OP_INTERNAL,
     OP_PINDEX, /* payload index set or drop */
     OP_UPDATE, /* collection quantization config */
+    OP_POINTS, /* a collection's flag "has held points", of this node's making */
 };
 enum op_state {
     ST_NEW = 1,     /* to propose (or forward), or to ask a read index for */
@@ -145,9 +146,12 @@ struct vd_cluster {
     uint64_t next_ctx, next_call;
     uint64_t catchup; /* last log index at start-up: reconcile once applied reaches it */
     uint64_t synced;  /* the database reflects the state machine up to this index */
-    uint64_t last_ping, last_join, last_status;
+    uint64_t last_ping, last_join, last_status, last_points_watch;
     uint64_t seen_term, seen_leader, last_addr_fix;
     char *join; /* where to send join requests (NULL once a member) */
+    bool join_asked; /* join came from the start options (--join), not an invitation */
+    void (*on_fatal)(const char *msg, void *ctx); /* set at start (vd_cluster_opts) */
+    void *fatal_ctx;
     bool was_member;
     struct {
         bool running;
@@ -216,6 +220,16 @@ void vd__cluster_reconcile_kick(struct vd_cluster *c);
 void vd__cluster_rec_event(struct vd_cluster *c, int status, const char *msg);
 
 /* ---- node_ops.c ---- */
+/* Queues an operation of this node's own making (nobody waits for it) proposing cmd (copied).
+ * VD_ENOMEM. */
+int vd__cluster_op_internal(struct vd_cluster *c, enum op_kind kind, const struct vd_buf *cmd);
+/* Proposes the "has held points" flag of a collection whose local copy holds a point; from
+ * housekeeping. */
+void vd__cluster_points_watch(struct vd_cluster *c, uint64_t now);
+/* VD_EEXIST with VD_META_POINTS_REFUSAL ("cannot <what> while collection ... holds points") when
+ * a collection has held points as far as this node knows (flags applied, its own copies); else
+ * 0. */
+int vd__cluster_points_refusal(struct vd_cluster *c, const char *what, struct vd_err *err);
 void vd__cluster_op_free(struct op *o);
 /* Unlinks o from the pending list, calls its completion with an error and frees it. */
 void vd__cluster_op_fail(struct vd_cluster *c, struct op *o, int code, const char *fmt,

@@ -105,6 +105,11 @@ static bool op_start(struct vd_cluster *c, struct op *o, uint64_t leader, uint64
                                     o->addr);
                 return true;
             }
+        struct vd_err e;
+        if (vd__cluster_points_refusal(c, "add a node", &e)) {
+            op_finish(c, o, e.code, &e);
+            return true;
+        }
         struct vd_buf args = {0};
         vd__cluster_wr_str(&args, c->advertise);
         o->call_id = ++c->next_call;
@@ -120,6 +125,11 @@ static bool op_start(struct vd_cluster *c, struct op *o, uint64_t leader, uint64
         const struct vd_meta_member *m = vd_meta_member(c->meta, o->node_id);
         if (m && vd_meta_n_members(c->meta) <= 1) {
             vd__cluster_op_fail(c, o, VD_EINVAL, "%s", "cannot remove the last node of a cluster");
+            return true;
+        }
+        struct vd_err e;
+        if (m && m->state == VD_MEMBER_UP && vd__cluster_points_refusal(c, "remove a node", &e)) {
+            op_finish(c, o, e.code, &e);
             return true;
         }
         propose_or_forward(c, o, leader, now);
@@ -267,6 +277,84 @@ static int op_submit(struct vd_cluster *c, struct op *o, struct vd_err *err)
     pthread_mutex_unlock(&c->mu);
     uv_async_send(&c->async);
     return 0;
+}
+
+int vd__cluster_op_internal(struct vd_cluster *c, enum op_kind kind, const struct vd_buf *cmd)
+{
+    struct op *o = op_new(c, kind, c->request_ms, NULL, NULL);
+    if (!o)
+        return VD_ENOMEM;
+    pthread_mutex_lock(&c->mu);
+    o->seq = c->next_seq++;
+    pthread_mutex_unlock(&c->mu);
+    int rc = vd__cluster_entry_data(c->id, o->seq, cmd, &o->data, &o->len);
+    if (rc) {
+        vd__cluster_op_free(o);
+        return rc;
+    }
+    o->next = c->ops;
+    c->ops = o;
+    return 0;
+}
+
+/* ---- membership while collections hold points -------------------------------------------------
+ * Until points stream to their new owners when members change, membership changes are refused
+ * while any collection holds points (VD_META_POINTS_REFUSAL). "Holds points" is cluster-wide: a
+ * node with a replication factor below the member count may hold none of a collection's points
+ * while others do, so each node watches its own copies and, the first time one holds a point,
+ * proposes a sticky flag on the collection in the state machine; the state machine refuses an
+ * added or leaving member once any collection carries it (decided in log order, identically on
+ * every node), and the node asked refuses at once on the flags it has applied plus its own
+ * copies. A point written in the last moments before the change, on another node whose flag is
+ * not committed yet, is the one case this cannot see; every write acknowledged before the flag's
+ * commit plus the watch period is. */
+
+#define POINTS_WATCH_MS 100
+
+/* True when this node's copy of collection s (that incarnation) holds a live point now. */
+static bool local_points(struct vd_cluster *c, const struct vd_coll_schema *s)
+{
+    struct vd_coll *coll;
+    if (vd_db_coll_get(c->db, s->name, &coll))
+        return false;
+    struct vd_coll_stats st = {0};
+    if (vd_db_coll_schema(coll)->incarnation == s->incarnation)
+        vd_db_coll_stats(coll, &st);
+    vd_db_coll_put(coll);
+    return st.points > 0;
+}
+
+int vd__cluster_points_refusal(struct vd_cluster *c, const char *what, struct vd_err *err)
+{
+    const char *name = vd_meta_collection_with_points(c->meta);
+    size_t n = vd_meta_n_collections(c->meta);
+    for (size_t i = 0; !name && i < n; i++) {
+        const struct vd_coll_schema *s = vd_meta_collection_at(c->meta, i);
+        if (local_points(c, s))
+            name = s->name;
+    }
+    return name ? vd_errf(err, VD_EEXIST, VD_META_POINTS_REFUSAL, what, name) : 0;
+}
+
+void vd__cluster_points_watch(struct vd_cluster *c, uint64_t now)
+{
+    if (now - c->last_points_watch < POINTS_WATCH_MS || !vd_meta_member(c->meta, c->id))
+        return;
+    c->last_points_watch = now;
+    for (struct op *o = c->ops; o; o = o->next)
+        if (o->kind == OP_POINTS)
+            return; /* one flag at a time: each takes a commit */
+    size_t n = vd_meta_n_collections(c->meta);
+    for (size_t i = 0; i < n; i++) {
+        const struct vd_coll_schema *s = vd_meta_collection_at(c->meta, i);
+        if (vd_meta_collection_has_points(c->meta, s->name) || !local_points(c, s))
+            continue;
+        struct vd_buf cmd = {0};
+        vd_meta_cmd_collection_has_points(s->name, s->incarnation, &cmd);
+        vd__cluster_op_internal(c, OP_POINTS, &cmd);
+        vd_buf_release(&cmd);
+        return;
+    }
 }
 
 /* A proposal operation: the command behind this node's header and a fresh sequence number. */

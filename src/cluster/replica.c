@@ -41,22 +41,6 @@ static void wait_done(int status, const struct vd_err *err, uint64_t op_id, void
     pthread_mutex_unlock(&w->mu);
 }
 
-static bool holds(const struct vd_meta *m, uint64_t self, const char *coll, const struct vd_pid *id)
-{
-    uint8_t key[VD_PID_KEY_MAX];
-    size_t kl = vd_pid_encode(id, key);
-    struct vd_placement pl;
-    if (vd_meta_place_point(m, coll, key, kl, &pl))
-        return false;
-    for (size_t i = 0; i < pl.n_natural; i++)
-        if (pl.natural[i] == self)
-            return true;
-    for (size_t i = 0; i < pl.n_pending; i++)
-        if (pl.pending[i] == self)
-            return true;
-    return false;
-}
-
 /* Appends an ERROR reply saying err. */
 static int reply_error(struct vd_dmsg_reply *rp, const struct vd_err *err, struct vd_buf *out)
 {
@@ -398,7 +382,7 @@ int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self,
         } else {
             id = q.ids[i - q.n_recs];
         }
-        if (!holds(m, self, q.coll, &id)) {
+        if (!vd_meta_is_replica(m, q.coll, &id, self)) {
             char ids[VD_PID_STR_MAX];
             vd_pid_format(&id, ids);
             vd_errf(&e, VD_EINVAL, "node %llu is not a replica of point %s on ring %llu",

@@ -260,6 +260,12 @@ class ThreeNodeTest(ClusterCase):
     def test_07_membership_under_load(self):
         cls = type(self)
         leader, followers = self.leader_and_followers()
+        # membership changes are refused while a collection holds points (see
+        # test_cluster_membership_data.py): test_03b's points go with their collection
+        leader.ok("DELETE", "/collections/rf3")
+        for m in self.members:
+            wait_until(lambda m=m: info(m)["membership_changes"]["allowed"], 30,
+                       "membership changes allowed again")
         stop = threading.Event()
         lock = threading.Lock()
         targets = list(self.members)

@@ -128,9 +128,17 @@ class ClockSkewTest(ClusterCase):
         self.n1.ok("PUT", "/collections/clk/points?wait=true", {"points": [point(12)]})
 
     def test_5_slight_offset_works(self):
+        # a member joins only while no collection holds points (test_cluster_membership_data.py):
+        # the points written so far go with their collection, which is made again once n4 is in
+        self.n1.ok("DELETE", "/collections/clk")
+        for n in (self.n1, self.n2, self.n3):
+            wait_until(lambda n=n: info(n)["membership_changes"]["allowed"], 30,
+                       "membership changes allowed")
         n4 = self.make(join=self.n1, env=skewed(SLIGHT)).start()
         members = [self.n1, self.n2, self.n3, n4]
         wait_until(lambda: agreed(members, 4), 60, "four voting members, all up")
+        self.n1.create("clk", 4, "Dot", replication_factor=3)
+        self.wait_collection("clk")
         me = info(n4)["peer_id"]
         # n4 has measured every other member, n1 has measured n4
         wait_until(lambda: all(offset_seen(n4, self.ids[o]) is not None

@@ -105,4 +105,24 @@ static inline uint64_t hints_for(int i, uint64_t target)
     return h.count;
 }
 
+/* Starts the N nodes (the others joining node 0), waits until all are voters and up, creates
+ * collection "pts" (replication factor rf) through node 0 and waits until every node holds it;
+ * returns its incarnation. */
+static inline uint64_t start_with_pts(uint32_t rf)
+{
+    char join[32];
+    snprintf(join, sizeof join, "127.0.0.1:%u", nodes[0].port);
+    start(0, NULL);
+    for (int i = 1; i < N; i++)
+        start(i, join);
+    for (int i = 0; i < N; i++)
+        POLL(voters_up(i) == N && leader_of(i) != 0, 15000, "every node a voter and up");
+    assert_int_equal(create_coll(0, "pts", VD_METRIC_DOT, rf), 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(sync_node(i), 0);
+        POLL(has_coll(i, "pts"), 5000, "the collection on every node");
+    }
+    return incarnation_of(0, "pts");
+}
+
 #endif

@@ -67,19 +67,7 @@ static int read_through(int i, const uint64_t *idv, size_t n, unsigned r_need, u
 static void test_replicated_writes_and_reads(void **state)
 {
     (void)state;
-    char join[32];
-    snprintf(join, sizeof join, "127.0.0.1:%u", nodes[0].port);
-    start(0, NULL);
-    start(1, join);
-    start(2, join);
-    for (int i = 0; i < N; i++)
-        POLL(voters_up(i) == N && leader_of(i) != 0, 15000, "three voters up");
-    assert_int_equal(create_coll(0, "pts", VD_METRIC_DOT, 3), 0);
-    for (int i = 0; i < N; i++) {
-        assert_int_equal(sync_node(i), 0);
-        POLL(has_coll(i, "pts"), 5000, "the collection on every node");
-    }
-    uint64_t inc = incarnation_of(0, "pts");
+    uint64_t inc = start_with_pts(3);
     uint64_t id0 = vd_cluster_node_id(nodes[0].c);
 
     /* written through node 0 at the collection's W (2 of 3): every replica ends with them */

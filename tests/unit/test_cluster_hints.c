@@ -39,39 +39,31 @@ static bool needs_repair(int i, uint64_t id)
     return r;
 }
 
-/* Three voters and collection "pts" at RF 3 on every node; returns its incarnation. */
-static uint64_t three_nodes(void)
+/* Writes n records (ids first, first + 1, ...) through node i at W 2 while node 2 (id2) misses
+ * them (stopped, or its workers paused); returns once node i keeps a hint of each for it. */
+static void write_missed(int i, uint64_t id2, struct rec *recs, size_t n, uint64_t first,
+                         uint64_t inc)
 {
-    char join[32];
-    snprintf(join, sizeof join, "127.0.0.1:%u", nodes[0].port);
-    start(0, NULL);
-    start(1, join);
-    start(2, join);
-    for (int i = 0; i < N; i++)
-        POLL(voters_up(i) == N && leader_of(i) != 0, 15000, "three voters up");
-    assert_int_equal(create_coll(0, "pts", VD_METRIC_DOT, 3), 0);
-    for (int i = 0; i < N; i++) {
-        assert_int_equal(sync_node(i), 0);
-        POLL(has_coll(i, "pts"), 5000, "the collection on every node");
-    }
-    return incarnation_of(0, "pts");
+    uint64_t writer = vd_cluster_node_id(nodes[i].c);
+    for (size_t k = 0; k < n; k++)
+        make_rec(&recs[k], first + k, writer, (float)k, false, inc);
+    char msg[256];
+    if (write_through(i, recs, n, 2, inc, msg, sizeof msg))
+        fail_msg("write at W 2 with node 2 away: %s", msg);
+    POLL(hints_for(i, id2) == n, 5000, "a hint for each write node 2 missed");
 }
 
 static void test_paused_replica_gets_its_hints(void **state)
 {
     (void)state;
     hint_window_ms = 0;
-    uint64_t inc = three_nodes();
-    uint64_t id0 = vd_cluster_node_id(nodes[0].c), id2 = vd_cluster_node_id(nodes[2].c);
+    uint64_t inc = start_with_pts(3);
+    uint64_t id2 = vd_cluster_node_id(nodes[2].c);
     static struct rec recs[8];
-    for (size_t k = 0; k < 8; k++)
-        make_rec(&recs[k], 400 + k, id0, (float)k, false, inc);
     /* node 2 silent: the writes are acknowledged by the other two and node 2 gets hints; its
      * workers are held past the write's deadline, so the write itself never reaches it */
     vd_data_pause_workers(nodes[2].c->data, true);
-    char msg[256];
-    assert_int_equal(write_through(0, recs, 8, 2, inc, msg, sizeof msg), 0);
-    POLL(hints_for(0, id2) == 8, 5000, "a hint on node 0 for each write node 2 missed");
+    write_missed(0, id2, recs, 8, 400, inc);
     POLL(stats_of(0).pending == 8, 5000, "eight hints pending on node 0");
     assert_int_equal(held_at(2, recs, 8), 0);
     vd_data_pause_workers(nodes[2].c->data, false);
@@ -87,15 +79,11 @@ static void test_stopped_node_gets_its_hints_when_back(void **state)
 {
     (void)state;
     hint_window_ms = 0;
-    uint64_t inc = three_nodes();
-    uint64_t id1 = vd_cluster_node_id(nodes[1].c), id2 = vd_cluster_node_id(nodes[2].c);
+    uint64_t inc = start_with_pts(3);
+    uint64_t id2 = vd_cluster_node_id(nodes[2].c);
     stop(2);
     static struct rec recs[6];
-    for (size_t k = 0; k < 6; k++)
-        make_rec(&recs[k], 500 + k, id1, (float)k, false, inc);
-    char msg[256];
-    assert_int_equal(write_through(1, recs, 6, 2, inc, msg, sizeof msg), 0);
-    POLL(hints_for(1, id2) == 6, 5000, "a hint on node 1 for each write node 2 missed");
+    write_missed(1, id2, recs, 6, 500, inc);
     /* a down target keeps its hints: nothing is sent while it is away */
     POLL(stats_of(1).pending == 6, 5000, "six hints pending on node 1");
     assert_int_equal(stats_of(1).replayed, 0);
@@ -109,15 +97,11 @@ static void test_expired_hints_dropped_and_counted(void **state)
 {
     (void)state;
     hint_window_ms = 1500;
-    uint64_t inc = three_nodes();
-    uint64_t id0 = vd_cluster_node_id(nodes[0].c), id2 = vd_cluster_node_id(nodes[2].c);
+    uint64_t inc = start_with_pts(3);
+    uint64_t id2 = vd_cluster_node_id(nodes[2].c);
     stop(2);
     static struct rec recs[3];
-    for (size_t k = 0; k < 3; k++)
-        make_rec(&recs[k], 600 + k, id0, (float)k, false, inc);
-    char msg[256];
-    assert_int_equal(write_through(0, recs, 3, 2, inc, msg, sizeof msg), 0);
-    POLL(hints_for(0, id2) == 3, 5000, "a hint on node 0 for each write node 2 missed");
+    write_missed(0, id2, recs, 3, 600, inc);
     assert_false(needs_repair(0, id2));
     /* past the window, with node 2 still away: dropped, counted, node 2 marked */
     POLL(stats_of(0).expired == 3, 15000, "three hints expired on node 0");
@@ -132,15 +116,11 @@ static void test_deleted_collection_hints_vanish(void **state)
 {
     (void)state;
     hint_window_ms = 0;
-    uint64_t inc = three_nodes();
-    uint64_t id0 = vd_cluster_node_id(nodes[0].c), id2 = vd_cluster_node_id(nodes[2].c);
+    uint64_t inc = start_with_pts(3);
+    uint64_t id2 = vd_cluster_node_id(nodes[2].c);
     stop(2);
     static struct rec recs[4];
-    for (size_t k = 0; k < 4; k++)
-        make_rec(&recs[k], 700 + k, id0, (float)k, false, inc);
-    char msg[256];
-    assert_int_equal(write_through(0, recs, 4, 2, inc, msg, sizeof msg), 0);
-    POLL(hints_for(0, id2) == 4, 5000, "a hint on node 0 for each write node 2 missed");
+    write_missed(0, id2, recs, 4, 700, inc);
     struct vd_err e;
     assert_int_equal(vd_cluster_delete_collection(nodes[0].c, "pts", on_done, &W, &e), 0);
     assert_int_equal(wait_for(&W), 0);
