@@ -644,6 +644,7 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     c->house_timer.data = c;
     uv_timer_start(&c->house_timer, on_house, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
     vd__cluster_peers_refresh(c);
+    vd__cluster_peers_from_log(c, &st);
     vd__cluster_status_refresh(c);
     vd__cluster_arm_raft_timer(c);
     if (pthread_create(&c->thread, NULL, loop_main, c)) {

@@ -86,6 +86,34 @@ void vd__cluster_peers_refresh(struct vd_cluster *c)
     }
 }
 
+void vd__cluster_peers_from_log(struct vd_cluster *c, const struct vd_raft_state *st)
+{
+    if (st->n_entries == 0)
+        return;
+    struct vd_meta *m;
+    if (vd_meta_new(&m))
+        return;
+    struct vd_err e;
+    if (st->snapshot && vd_meta_restore(m, st->snapshot->data, st->snapshot->len, &e)) {
+        vd_meta_free(m);
+        return;
+    }
+    for (size_t i = 0; i < st->n_entries; i++) {
+        const struct vd_raft_entry *en = &st->entries[i];
+        if (en->type == VD_RAFT_ENTRY_NORMAL && en->len >= REQ_HDR)
+            vd_meta_apply(m, en->index, en->data + REQ_HDR, en->len - REQ_HDR, NULL);
+        else
+            vd_meta_skip(m, en->index);
+    }
+    size_t n = vd_meta_n_members(m);
+    for (size_t i = 0; i < n; i++) {
+        const struct vd_meta_member *mb = vd_meta_member_at(m, i);
+        if (mb->id != c->id && mb->addr[0] && !vd_meta_member(c->meta, mb->id))
+            vd_transport_set_peer(c->tp, mb->id, mb->addr);
+    }
+    vd_meta_free(m);
+}
+
 void vd__cluster_send_call(struct vd_cluster *c, uint64_t to, const char *addr, uint64_t call_id,
                            uint8_t op, const struct vd_buf *args)
 {

@@ -191,6 +191,11 @@ void vd__cluster_wr_str(struct vd_buf *b, const char *s);
 /* ---- node_call.c: calls between nodes ---- */
 /* Tells the transport the address of every member (the state machine is the directory). */
 void vd__cluster_peers_refresh(struct vd_cluster *c);
+/* At start, before the log is committed again: the addresses of the members its entries name,
+ * stored ones included that were not yet applied (an entry not committed only adds a peer to
+ * dial). Without them a cluster restarted whole would never elect a leader: the addresses live in
+ * the state the log builds, and nothing is applied before a leader says what is committed. */
+void vd__cluster_peers_from_log(struct vd_cluster *c, const struct vd_raft_state *st);
 /* Sends a CALL with op and args to node `to`, or to whoever listens at addr when addr is set. */
 void vd__cluster_send_call(struct vd_cluster *c, uint64_t to, const char *addr, uint64_t call_id,
                            uint8_t op, const struct vd_buf *args);
