@@ -216,6 +216,14 @@ class ClusterDataTest(ClusterCase):
         self.n2.ok("POST", f"/collections/{COLL}/points/payload?wait=true",
                    {"payload": {"late": True}, "points": overwritten[:5]})
 
+        # all three cannot answer: a 503 naming the numbers, at once or by the deadline given
+        self.assertError(self.n1.request(
+            "PUT", f"/collections/{COLL}/points?wait=true&consistency=all&timeout=2",
+            {"points": [point(999001)]}), 503, "write needs 3 of 3 replicas")
+        self.assertError(self.n2.request(
+            "POST", f"/collections/{COLL}/points?consistency=all&timeout=2", {"ids": ids[:3]}),
+            503, "needs 3 of 3 replicas")
+
         self.n3.start()
         wait_until(lambda: agreed(self.members, 3), 60, "the node back as a voter")
         gone = set(deleted)
