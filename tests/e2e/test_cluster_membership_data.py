@@ -1,8 +1,9 @@
 """Membership changes while collections hold points, over real processes: POST /cluster/nodes and
 DELETE /cluster/nodes/{id} answer 409 naming the collection, a node started with --join is
 refused and exits with that message, and the membership stays as it was; before any point, and
-once the collection is deleted, the same changes go through. Also: the hint series in /metrics
-and needs_repair in GET /cluster.
+once the collection is deleted, the same changes go through. Also hinted handoff seen from
+outside: a stopped node's hints pending in /metrics on the coordinator, drained once it returns,
+after which it alone serves every point at consistency=1.
 
 Every wait polls a condition with a deadline; nothing sleeps for a fixed time to synchronise.
 """
@@ -126,6 +127,48 @@ class TwoNodes(ClusterCase):
         self.n2.ok("POST", "/cluster/nodes", {"address": f"127.0.0.1:{n3.cluster_port}"},
                    timeout=60)
         wait_until(lambda: agreed([self.n1, self.n2, n3], 3), 60, "three voters")
+
+
+class HintsDrain(ClusterCase):
+    """Three nodes at replication factor 3; one stops, writes go on at W 2 through another, whose
+    hints for it drain (pending back to 0, replayed counted) once it returns."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.n1, cls.n2, cls.n3 = cls.start_cluster(3)
+
+    def test_1_hints_drain_to_the_returning_node(self):
+        n1, n2, n3 = self.n1, self.n2, self.n3
+        n1.create("hinted", 4, "Dot", replication_factor=3)
+        for n in (n1, n2, n3):
+            wait_until(lambda n=n: n.request("GET", "/collections/hinted")[0] == 200, 30,
+                       "the collection on every node")
+        id3 = info(n3)["peer_id"]
+        gauge = f'vectord_hints_pending{{target="{id3}"}}'
+        self.assertEqual(metrics(n1).get(gauge, 0.0), 0.0)
+        self.assertEqual(n3.stop(), 0)
+        ids = list(range(1, 51))
+        pts = [{"id": i, "vector": [float(i), 1.0, 2.0, 3.0]} for i in ids]
+        r = n1.ok("PUT", "/collections/hinted/points?wait=true", {"points": pts}, timeout=60)
+        self.assertEqual(r["status"], "completed")
+        wait_until(lambda: metrics(n1).get(gauge) == len(ids), 30,
+                   "a hint pending on node 1 for each point node 3 missed")
+        replayed = metrics(n1)["vectord_hints_replayed_total"]
+        n3.start()
+        wait_until(lambda: agreed([n1, n2, n3], 3), 60, "node 3 back as a voter")
+        wait_until(lambda: metrics(n1).get(gauge) == 0.0, 60, "node 1's hints for node 3 drained")
+        m = metrics(n1)
+        self.assertGreaterEqual(m["vectord_hints_replayed_total"] - replayed, len(ids))
+        self.assertEqual(m["vectord_hints_expired_total"], 0.0)
+        self.assertFalse(next(x for x in info(n1)["nodes"] if x["id"] == id3)["needs_repair"])
+        # node 3 alone: it holds every point it missed
+        self.assertEqual(n1.stop(), 0)
+        self.assertEqual(n2.stop(), 0)
+        got = n3.ok("POST", "/collections/hinted/points?consistency=1",
+                    {"ids": ids, "with_vector": True}, timeout=60)
+        self.assertEqual(sorted(p["id"] for p in got), ids)
+        for p in got:
+            self.assertEqual(p["vector"], [float(p["id"]), 1.0, 2.0, 3.0])
 
 
 if __name__ == "__main__":
