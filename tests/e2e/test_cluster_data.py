@@ -134,10 +134,13 @@ class ClusterDataTest(ClusterCase):
         self.assertEqual(retrieve(self.n2, [424242], "all"), [])
         r = by_id(retrieve(self.n3, [1000], "all"))[1000]
         self.assertNotIn("bad", r["payload"] or {})
-        # the good values: a number, quorum, majority, all, and a timeout
+        # the good values: a number, quorum, majority, all, and a timeout (the read at a level
+        # that overlaps every write: R + W > RF)
         for good in ("1", "2", "3", "quorum", "majority", "all"):
             self.n2.ok("PUT", f"/collections/{COLL}/points?consistency={good}&timeout=5", body)
-            self.assertEqual(len(retrieve(self.n1, [424242], good)), 1)
+            self.assertEqual(len(retrieve(self.n1, [424242], "all")), 1)
+            if good != "1":
+                self.assertEqual(len(retrieve(self.n3, [424242], good)), 1)
         # write_consistency_factor and replication_factor at creation
         for extra, word in (({"write_consistency_factor": 0}, "write_consistency_factor"),
                             ({"write_consistency_factor": 4}, "write_consistency_factor"),

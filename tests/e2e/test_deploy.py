@@ -128,12 +128,12 @@ class UnitAndConfigs(unittest.TestCase):
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
             with open(EXAMPLE) as e:
                 j = json.load(e)
-            j["replication_factor"] = 3
+            j["replication_factr"] = 3
             json.dump(j, f)
             f.flush()
             p = run([vdtest.BINARY, "--config", f.name, "--version"], check=False)
             self.assertEqual(p.returncode, 2, p.stdout)
-            self.assertIn("replication_factor", p.stdout)
+            self.assertIn("replication_factr", p.stdout)
 
 
 class DeployedNode:
