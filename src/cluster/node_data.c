@@ -69,10 +69,6 @@ struct dsend {
     uint8_t kind; /* of the message */
     size_t *ops;  /* indexes into r->ops, in message order */
     size_t n;
-    uint8_t *body; /* local sends: the request, and the reply once served */
-    size_t body_len;
-    struct vd_buf reply;
-    uv_work_t work;
 };
 
 static void dreq_drive(struct vd_cluster *c, struct dreq *r);
@@ -224,8 +220,6 @@ static void dreq_maybe_free(struct vd_cluster *c, struct dreq *r)
 
 static void dsend_free(struct dsend *s)
 {
-    vd_buf_release(&s->reply);
-    free(s->body);
     free(s->ops);
     free(s);
 }
@@ -244,7 +238,7 @@ static void dsend_end(struct dsend *s, bool settled)
 
 static void dsend_reply_bytes(struct dsend *s, const uint8_t *b, size_t len, uint8_t status)
 {
-    struct vd_dmsg_reply rp;
+    struct vd_dmsg_reply rp = {0}; /* freed below even when nothing was decoded */
     if (b && vd_dmsg_reply_decode(b, len, &rp) == 0 && rp.kind == s->kind &&
         rp.attempt == s->attempt) {
         dsend_settle(s, &rp, VD_COORD_OK);
@@ -257,46 +251,18 @@ static void dsend_reply_bytes(struct dsend *s, const uint8_t *b, size_t len, uin
     vd_dmsg_reply_free(&rp);
 }
 
-/* A peer's answer (data transport, loop thread). */
-static void on_peer_done(void *arg, enum vd_data_outcome outcome, int status,
-                         const uint8_t *reply, size_t len)
+/* A message's end (node_dcall.c, loop thread). */
+static void on_dcall(void *arg, enum vd_data_outcome outcome, const uint8_t *reply, size_t len)
 {
     struct dsend *s = arg;
-    if (outcome == VD_DATA_SHUTDOWN || !s->c->dreqs_open) {
+    if (outcome == VD_DATA_SHUTDOWN) {
         dsend_free(s); /* the requests were failed and freed by vd__cluster_data_stop */
         return;
     }
-    if (outcome == VD_DATA_REPLIED && status == 0)
+    if (outcome == VD_DATA_REPLIED)
         dsend_reply_bytes(s, reply, len, VD_COORD_REFUSED);
-    else if (outcome == VD_DATA_TIMEOUT)
-        dsend_settle(s, NULL, VD_COORD_REFUSED); /* the deadline counts it out anyway */
-    else
+    else /* a timeout: the deadline counts it out anyway */
         dsend_settle(s, NULL, outcome == VD_DATA_CLOSED ? VD_COORD_CLOSED : VD_COORD_REFUSED);
-    dsend_end(s, true);
-}
-
-/* A message to this node, served on the thread pool as a peer would serve it. */
-static void local_work(uv_work_t *w)
-{
-    struct dsend *s = w->data;
-    struct vd_meta_view *v = vd__cluster_view_acquire(s->c);
-    if (!v)
-        return;
-    if (vd__replica_serve(s->c->db, vd_meta_view_state(v), s->c->id, s->body, s->body_len,
-                          &s->reply))
-        s->reply.len = 0;
-    vd_meta_view_release(v);
-}
-
-static void local_after(uv_work_t *w, int status)
-{
-    struct dsend *s = w->data;
-    if (status == UV_ECANCELED || !s->c->dreqs_open) {
-        dsend_free(s);
-        return;
-    }
-    dsend_reply_bytes(s, s->reply.len ? (const uint8_t *)s->reply.data : NULL, s->reply.len,
-                      VD_COORD_REFUSED);
     dsend_end(s, true);
 }
 
@@ -336,7 +302,6 @@ static void dsend_start(struct vd_cluster *c, struct dreq *r, uint64_t node, uin
     s->node = node;
     s->attempt = attempt;
     s->kind = kind;
-    vd_buf_init(&s->reply);
     struct vd_dmsg_req q = {.kind = kind,
                             .attempt = attempt,
                             .incarnation = r->incarnation,
@@ -372,19 +337,13 @@ static void dsend_start(struct vd_cluster *c, struct dreq *r, uint64_t node, uin
         r->inflight++;
         goto fail_settle;
     }
-    s->body = (uint8_t *)vd_buf_steal(&b, &s->body_len);
+    size_t len;
+    uint8_t *body = (uint8_t *)vd_buf_steal(&b, &len);
     r->inflight++;
-    if (node == c->id) {
-        s->work.data = s;
-        if (uv_queue_work(&c->loop, &s->work, local_work, local_after) == 0)
-            return;
-    } else {
-        struct vd_data_hdr h = {r->incarnation, ring_version,
-                                vd_wall_ms() + (r->timeout_ms ? r->timeout_ms : c->request_ms)};
-        if (c->data &&
-            vd_data_send(c->data, node, &h, s->body, s->body_len, on_peer_done, s, NULL) == 0)
-            return;
-    }
+    struct vd_data_hdr h = {r->incarnation, ring_version,
+                            vd_wall_ms() + (r->timeout_ms ? r->timeout_ms : c->request_ms)};
+    if (vd__cluster_dcall(c, node, &h, body, len, on_dcall, s) == 0)
+        return;
 fail_settle:
     /* not sent: the replica holds nothing new from it (a hint covers it later) */
     dsend_settle(s, NULL, VD_COORD_REFUSED);

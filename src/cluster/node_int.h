@@ -278,6 +278,19 @@ struct member_clock *vd__cluster_clock_find(struct vd_cluster *c, uint64_t id);
 /* Rebuilds the cached GET /cluster result. */
 void vd__cluster_status_refresh(struct vd_cluster *c);
 
+/* ---- node_dcall.c: one data message to one replica ---- */
+/* The end of a message: REPLIED with the reply's bytes (valid during the call; NULL when the
+ * replica failed to answer), TIMEOUT, CLOSED or SKEW (vd_data_outcome), or SHUTDOWN: the node is
+ * stopping (vd__cluster_data_stop ran), and the caller's requests are gone. Loop thread. */
+typedef void (*vd__dcall_fn)(void *arg, enum vd_data_outcome outcome, const uint8_t *reply,
+                             size_t len);
+/* Sends the data message body[len] (taken: freed here) to node: this node's is served on the
+ * thread pool as a peer's would be, a peer's goes over the data transport with header h. Returns
+ * 0 (fn will run once, never inside this call) or an error (fn will not run): VD_ENOMEM,
+ * VD_ECLOSED, or vd_data_send's. Loop thread. */
+int vd__cluster_dcall(struct vd_cluster *c, uint64_t node, const struct vd_data_hdr *h,
+                      uint8_t *body, size_t len, vd__dcall_fn fn, void *arg);
+
 /* ---- node_search.c: searches, scroll and count over the ring ---- */
 struct sreq;
 /* Starts the searches other threads queued (called with the data requests' events). */

@@ -89,10 +89,6 @@ struct ssend {
     uint32_t *ranges; /* VERIFY: the range of each id */
     struct vd_pid *ids;
     uint32_t n;
-    uint8_t *body;
-    size_t body_len;
-    struct vd_buf reply;
-    uv_work_t work;
 };
 
 static void sreq_drive(struct vd_cluster *c, struct sreq *r);
@@ -158,8 +154,6 @@ static void sreq_maybe_free(struct vd_cluster *c, struct sreq *r)
 
 static void ssend_free(struct ssend *s)
 {
-    vd_buf_release(&s->reply);
-    free(s->body);
     free(s->ranges);
     free(s->ids);
     free(s);
@@ -232,7 +226,7 @@ static void ssend_end(struct ssend *s)
 
 static void ssend_reply_bytes(struct ssend *s, const uint8_t *b, size_t len, uint8_t status)
 {
-    struct vd_dmsg_reply rp;
+    struct vd_dmsg_reply rp = {0}; /* freed below even when nothing was decoded */
     if (b && vd_dmsg_reply_decode(b, len, &rp) == 0 && rp.kind == s->kind &&
         rp.attempt == s->attempt) {
         ssend_settle(s, &rp, VD_COORD_OK);
@@ -245,42 +239,18 @@ static void ssend_reply_bytes(struct ssend *s, const uint8_t *b, size_t len, uin
     vd_dmsg_reply_free(&rp);
 }
 
-static void on_peer_done(void *arg, enum vd_data_outcome outcome, int status,
-                         const uint8_t *reply, size_t len)
+/* A message's end (node_dcall.c, loop thread). */
+static void on_dcall(void *arg, enum vd_data_outcome outcome, const uint8_t *reply, size_t len)
 {
     struct ssend *s = arg;
-    if (outcome == VD_DATA_SHUTDOWN || !s->c->dreqs_open) {
+    if (outcome == VD_DATA_SHUTDOWN) {
         ssend_free(s); /* the requests were failed and freed by vd__cluster_search_stop */
         return;
     }
-    if (outcome == VD_DATA_REPLIED && status == 0)
+    if (outcome == VD_DATA_REPLIED)
         ssend_reply_bytes(s, reply, len, VD_COORD_REFUSED);
     else
         ssend_settle(s, NULL, outcome == VD_DATA_CLOSED ? VD_COORD_CLOSED : VD_COORD_REFUSED);
-    ssend_end(s);
-}
-
-static void local_work(uv_work_t *w)
-{
-    struct ssend *s = w->data;
-    struct vd_meta_view *v = vd__cluster_view_acquire(s->c);
-    if (!v)
-        return;
-    if (vd__replica_serve(s->c->db, vd_meta_view_state(v), s->c->id, s->body, s->body_len,
-                          &s->reply))
-        s->reply.len = 0;
-    vd_meta_view_release(v);
-}
-
-static void local_after(uv_work_t *w, int status)
-{
-    struct ssend *s = w->data;
-    if (status == UV_ECANCELED || !s->c->dreqs_open) {
-        ssend_free(s);
-        return;
-    }
-    ssend_reply_bytes(s, s->reply.len ? (const uint8_t *)s->reply.data : NULL, s->reply.len,
-                      VD_COORD_REFUSED);
     ssend_end(s);
 }
 
@@ -290,7 +260,6 @@ static void local_after(uv_work_t *w, int status)
 static void ssend_start(struct vd_cluster *c, struct ssend *s, const struct vd_dmsg_req *q)
 {
     struct sreq *r = s->r;
-    vd_buf_init(&s->reply);
     struct vd_buf b;
     vd_buf_init(&b);
     r->inflight++;
@@ -298,17 +267,11 @@ static void ssend_start(struct vd_cluster *c, struct ssend *s, const struct vd_d
         vd_buf_release(&b);
         goto fail_settle;
     }
-    s->body = (uint8_t *)vd_buf_steal(&b, &s->body_len);
-    if (s->node == c->id) {
-        s->work.data = s;
-        if (uv_queue_work(&c->loop, &s->work, local_work, local_after) == 0)
-            return;
-    } else {
-        struct vd_data_hdr h = {r->incarnation, q->ring_version, vd_wall_ms() + r->timeout_ms};
-        if (c->data &&
-            vd_data_send(c->data, s->node, &h, s->body, s->body_len, on_peer_done, s, NULL) == 0)
-            return;
-    }
+    size_t len;
+    uint8_t *body = (uint8_t *)vd_buf_steal(&b, &len);
+    struct vd_data_hdr h = {r->incarnation, q->ring_version, vd_wall_ms() + r->timeout_ms};
+    if (vd__cluster_dcall(c, s->node, &h, body, len, on_dcall, s) == 0)
+        return;
 fail_settle:
     ssend_settle(s, NULL, VD_COORD_REFUSED);
     ssend_end(s);

@@ -1,0 +1,87 @@
+/*
+ * One data message (dmsg.h) from this node's coordinator to one replica: to a peer over the data
+ * transport, to this node on libuv's thread pool, where the replica side (replica.c) serves it
+ * exactly as it serves a peer's. Writes, reads (node_data.c) and searches (node_search.c) send
+ * through here, so a local replica and a remote one answer alike.
+ */
+#include <stdlib.h>
+
+#include "node_int.h"
+
+struct dcall {
+    struct vd_cluster *c;
+    uint8_t *body;
+    size_t len;
+    struct vd_buf reply;
+    uv_work_t work;
+    vd__dcall_fn fn;
+    void *arg;
+};
+
+static void dcall_free(struct dcall *d)
+{
+    vd_buf_release(&d->reply);
+    free(d->body);
+    free(d);
+}
+
+static void on_peer_done(void *arg, enum vd_data_outcome outcome, int status,
+                         const uint8_t *reply, size_t len)
+{
+    struct dcall *d = arg;
+    if (!d->c->dreqs_open)
+        outcome = VD_DATA_SHUTDOWN;
+    if (outcome == VD_DATA_REPLIED && status != 0)
+        reply = NULL, len = 0; /* the peer's handler failed: no answer */
+    d->fn(d->arg, outcome, reply, len);
+    dcall_free(d);
+}
+
+static void local_work(uv_work_t *w)
+{
+    struct dcall *d = w->data;
+    struct vd_meta_view *v = vd__cluster_view_acquire(d->c);
+    if (!v)
+        return;
+    if (vd__replica_serve(d->c->db, vd_meta_view_state(v), d->c->id, d->body, d->len, &d->reply))
+        d->reply.len = 0;
+    vd_meta_view_release(v);
+}
+
+static void local_after(uv_work_t *w, int status)
+{
+    struct dcall *d = w->data;
+    if (status == UV_ECANCELED || !d->c->dreqs_open)
+        d->fn(d->arg, VD_DATA_SHUTDOWN, NULL, 0);
+    else
+        d->fn(d->arg, VD_DATA_REPLIED, d->reply.len ? (const uint8_t *)d->reply.data : NULL,
+              d->reply.len);
+    dcall_free(d);
+}
+
+int vd__cluster_dcall(struct vd_cluster *c, uint64_t node, const struct vd_data_hdr *h,
+                      uint8_t *body, size_t len, vd__dcall_fn fn, void *arg)
+{
+    struct dcall *d = calloc(1, sizeof *d);
+    if (!d) {
+        free(body);
+        return VD_ENOMEM;
+    }
+    *d = (struct dcall){.c = c, .body = body, .len = len, .fn = fn, .arg = arg};
+    vd_buf_init(&d->reply);
+    int rc;
+    if (node == c->id) {
+        d->work.data = d;
+        rc = uv_queue_work(&c->loop, &d->work, local_work, local_after) ? VD_ECLOSED : 0;
+    } else {
+        rc = c->data ? vd_data_send(c->data, node, h, body, len, on_peer_done, d, NULL)
+                     : VD_ECLOSED;
+        if (rc == 0) { /* the transport keeps its own copy */
+            free(d->body);
+            d->body = NULL;
+        }
+    }
+    if (rc)
+        dcall_free(d);
+    return rc;
+}
