@@ -7,11 +7,13 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "cluster_int.h"
 #include "dmsg.h"
 #include "unit/db_fixture.h"
+#include "vectord/index.h"
 #include "vectord/record.h"
 
 #define SELF 1
@@ -209,6 +211,241 @@ static void test_write_then_read(void **state)
     vd_buf_release(&raw);
 }
 
+/* Phase 1 lists and phase 2 answers agree: a listed score is bit for bit the score a verify
+ * gives the same version, a tombstone is never listed and verifies as one, a filter drops a
+ * point in both, and a scroll page is in id order from its start. */
+static void test_search_scroll_verify(void **state)
+{
+    struct fx *f = *state;
+    uint8_t bufs[8][256];
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
+        lens[i] = rec_of(f, &f->mine[i], 100 + (uint64_t)i, (float)i * 0.5f - 1.0f, false,
+                         bufs[i]);
+    write_recs(f, bufs, lens, 8);
+    uint8_t tomb[1][256];
+    size_t tl[1] = {rec_of(f, &f->mine[3], 300, 0, true, tomb[0])};
+    write_recs(f, tomb, tl, 1);
+
+    float qv[3] = {0.25f, -0.5f, 1.0f};
+    struct vd_dmsg_req q = req(f, VD_DMSG_SEARCH);
+    q.k = 10;
+    q.query = qv;
+    q.dim = 3;
+    struct vd_buf raw;
+    struct vd_dmsg_reply rp;
+    serve(f, &q, &raw, &rp);
+    assert_int_equal(rp.status, VD_DMSG_OK);
+    assert_int_equal(rp.n_items, 7); /* eight written, one deleted */
+    assert_true(rp.complete);
+    struct vd_coord_cand listed[7];
+    memcpy(listed, rp.cands, sizeof listed);
+    for (uint32_t i = 0; i < 7; i++) {
+        assert_false(vd_pid_eq(&listed[i].id, &f->mine[3]));
+        if (i)
+            assert_true(listed[i - 1].score >= listed[i].score);
+    }
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+    /* two fewer than held: not complete */
+    q.k = 5;
+    serve(f, &q, &raw, &rp);
+    assert_int_equal(rp.n_items, 5);
+    assert_false(rp.complete);
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+
+    /* verify every point written: the same scores, the tombstone as such */
+    struct vd_dmsg_req v = req(f, VD_DMSG_VERIFY);
+    v.ids = f->mine;
+    v.n_ids = 8;
+    v.query = qv;
+    v.dim = 3;
+    serve(f, &v, &raw, &rp);
+    assert_int_equal(rp.status, VD_DMSG_OK);
+    assert_int_equal(rp.n_items, 8);
+    for (uint32_t i = 0; i < 8; i++) {
+        const struct vd_dmsg_verify_item *it = &rp.verifies[i];
+        assert_true(it->copy.present);
+        if (i == 3) {
+            assert_true(it->copy.tombstone);
+            assert_false(it->match);
+            assert_true(it->copy.version.hlc == 300);
+            continue;
+        }
+        assert_true(it->match && !it->copy.tombstone);
+        assert_true(it->copy.version.hlc == 100 + i);
+        bool found = false;
+        for (uint32_t j = 0; j < 7; j++)
+            if (vd_pid_eq(&listed[j].id, &f->mine[i])) {
+                assert_memory_equal(&listed[j].score, &it->score, sizeof(float));
+                found = true;
+            }
+        assert_true(found);
+    }
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+
+    /* a filter on the payload ({"x": i * 0.5 - 1 truncated}): x == 0 for mine[1], [2] and [3]
+     * only, and mine[3] is deleted */
+    static const char *flt = "{\"must\":[{\"key\":\"x\",\"match\":{\"value\":0}}]}";
+    v.filter = flt;
+    v.filter_len = (uint32_t)strlen(flt);
+    serve(f, &v, &raw, &rp);
+    for (uint32_t i = 0; i < 8; i++)
+        assert_int_equal(rp.verifies[i].match, i == 1 || i == 2);
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+    q.filter = flt;
+    q.filter_len = (uint32_t)strlen(flt);
+    q.k = 10;
+    serve(f, &q, &raw, &rp);
+    assert_int_equal(rp.n_items, 2);
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+
+    /* a scroll page: ids in order from its start, the tombstone left out */
+    struct vd_dmsg_req sc = req(f, VD_DMSG_SCROLL);
+    sc.k = 3;
+    sc.has_from = true;
+    sc.from = f->mine[2];
+    serve(f, &sc, &raw, &rp);
+    assert_int_equal(rp.status, VD_DMSG_OK);
+    assert_int_equal(rp.n_items, 3);
+    assert_false(rp.complete);
+    assert_true(vd_pid_eq(&rp.cands[0].id, &f->mine[2]));
+    assert_true(vd_pid_eq(&rp.cands[1].id, &f->mine[4])); /* mine[3] is deleted */
+    assert_true(vd_pid_eq(&rp.cands[2].id, &f->mine[5]));
+    assert_true(rp.cands[0].score == 0 && rp.cands[0].version.hlc == 102);
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+    sc.k = 10;
+    serve(f, &sc, &raw, &rp);
+    assert_int_equal(rp.n_items, 5);
+    assert_true(rp.complete);
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+}
+
+/* An int8-quantized collection walks its graph on the codes and rescores the candidates with
+ * the float vectors (the default): the scores listed are then bit for bit the ones a verify
+ * gives, so the coordinator compares like with like. */
+static void test_quantized_scores_agree(void **state)
+{
+    struct fx *f = *state;
+    struct vd_coll_schema s = {.dim = 8, .metric = VD_METRIC_COSINE, .hnsw_m = 16,
+                               .hnsw_ef_construct = 64, .full_scan_threshold_kb = 0,
+                               .replication_factor = 2, .write_consistency_factor = 2,
+                               .quant_enabled = true, .created_hlc = 1};
+    strcpy(s.name, "q");
+    struct vd_buf b = {0};
+    vd_meta_cmd_create_collection(&s, &b);
+    apply_cmd(f->m, &b);
+    s = *vd_meta_collection(f->m, "q");
+    struct vd_err e;
+    assert_int_equal(vd_db_coll_create(f->db, &s, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    /* 1500 points this node holds: enough to train the codes */
+    enum { NQ = 1500 };
+    static uint8_t recs[NQ][128];
+    static struct vd_dmsg_blob blobs[NQ];
+    uint64_t rng = 12345;
+    uint32_t n = 0;
+    for (uint64_t i = 1; n < NQ; i++) {
+        struct vd_pid id = {.type = VD_PID_NUM, .u.num = i};
+        uint8_t key[VD_PID_KEY_MAX];
+        struct vd_placement pl;
+        assert_int_equal(vd_meta_place_point(f->m, "q", key, vd_pid_encode(&id, key), &pl), 0);
+        if (pl.natural[0] != SELF && pl.natural[1] != SELF)
+            continue;
+        float v[8];
+        for (int d = 0; d < 8; d++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            v[d] = (float)(rng >> 40) / (float)(1u << 24) - 0.5f;
+        }
+        vd_vec_normalize(v, 8);
+        struct vd_rvec rv = {.kind = VD_RVEC_DENSE, .n = 8, .values = v};
+        struct vd_record r = {.id = id, .incarnation = s.incarnation, .version = {10, 2},
+                              .n_vectors = 1, .vectors = &rv};
+        size_t len;
+        assert_int_equal(vd_record_encode(&r, recs[n], sizeof recs[n], &len), 0);
+        blobs[n] = (struct vd_dmsg_blob){recs[n], (uint32_t)len};
+        n++;
+    }
+    struct vd_dmsg_req q = req(f, VD_DMSG_WRITE);
+    strcpy(q.coll, "q");
+    q.incarnation = s.incarnation;
+    q.recs = blobs;
+    q.n_recs = NQ;
+    struct vd_buf raw;
+    struct vd_dmsg_reply rp;
+    serve(f, &q, &raw, &rp);
+    assert_int_equal(rp.status, VD_DMSG_OK);
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+    struct vd_coll *c;
+    assert_int_equal(vd_db_coll_get(f->db, "q", &c), 0);
+    for (int tries = 0; tries < 3000; tries++) { /* every point linked: the graph is walked */
+        struct vd_coll_stats st;
+        vd_db_coll_stats(c, &st);
+        if (st.pending == 0)
+            break;
+        usleep(10000);
+    }
+    struct vd_coll_stats st;
+    vd_db_coll_stats(c, &st);
+    vd_db_coll_put(c);
+    assert_int_equal(st.pending, 0);
+
+    float qv[8] = {0.3f, -0.2f, 0.9f, 0.1f, -0.4f, 0.25f, 0.5f, -0.1f}; /* not normalised */
+    q = req(f, VD_DMSG_SEARCH);
+    strcpy(q.coll, "q");
+    q.incarnation = s.incarnation;
+    q.k = 20;
+    q.query = qv;
+    q.dim = 8;
+    serve(f, &q, &raw, &rp);
+    assert_int_equal(rp.status, VD_DMSG_OK);
+    assert_int_equal(rp.n_items, 20);
+    struct vd_coord_cand listed[20];
+    memcpy(listed, rp.cands, sizeof listed);
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+    struct vd_pid vids[20];
+    for (int i = 0; i < 20; i++)
+        vids[i] = listed[i].id;
+    struct vd_dmsg_req v = req(f, VD_DMSG_VERIFY);
+    strcpy(v.coll, "q");
+    v.incarnation = s.incarnation;
+    v.ids = vids;
+    v.n_ids = 20;
+    v.query = qv;
+    v.dim = 8;
+    serve(f, &v, &raw, &rp);
+    assert_int_equal(rp.status, VD_DMSG_OK);
+    for (int i = 0; i < 20; i++) {
+        assert_true(rp.verifies[i].match);
+        if (memcmp(&rp.verifies[i].score, &listed[i].score, sizeof(float)))
+            fail_msg("point %d: listed %.9g, verified %.9g", i, (double)listed[i].score,
+                     (double)rp.verifies[i].score);
+    }
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+    /* the codes are in use: without rescoring, the listed scores are their estimates, which
+     * differ from the exact ones (the coordinator then trusts whichever replica listed) */
+    q.quant_no_rescore = true;
+    serve(f, &q, &raw, &rp);
+    assert_int_equal(rp.n_items, 20);
+    int differ = 0;
+    for (uint32_t i = 0; i < 20; i++)
+        for (int j = 0; j < 20; j++)
+            if (vd_pid_eq(&rp.cands[i].id, &listed[j].id))
+                differ += rp.cands[i].score != listed[j].score;
+    assert_true(differ > 0);
+    vd_dmsg_reply_free(&rp);
+    vd_buf_release(&raw);
+}
+
 static void expect_status(const struct fx *f, const struct vd_dmsg_req *q, uint8_t status,
                           const char *msg)
 {
@@ -330,6 +567,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_write_then_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals_touch_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_search_scroll_verify, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quantized_scores_agree, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
