@@ -7,11 +7,12 @@
  * reads one batch: hints of one collection incarnation, at most HINT_BATCH_BYTES of records. Each
  * hint of the batch gets a fate:
  *   send     the target is a member, reachable, and a replica of the point on this node's ring:
- *            the batch's records go to it as one WRITE data message on that ring version, and
- *            are forgotten once it answers that it holds them;
- *   rewrite  the target no longer owns the point (the ring moved), or is this node: the record
- *            is written through the coordinator to the point's current replicas at W 1,
- *            keeping its version, and forgotten once that write is acknowledged;
+ *            the batch's records go to it as one WRITE data message on that ring version (this
+ *            node's own through the same path as a peer's), and are forgotten once it answers
+ *            that it holds them;
+ *   rewrite  the target no longer owns the point (the ring moved): the record is written
+ *            through the coordinator to the point's current replicas at W 1, keeping its
+ *            version, and forgotten once that write is acknowledged;
  *   expired  older than the hint window: forgotten, and the target marked needs-repair;
  *   dropped  its collection incarnation was deleted, or the target left the cluster: forgotten.
  * Deleting hints blocks on the storage writer, so it runs on libuv's thread pool. A target whose
@@ -233,16 +234,15 @@ static void settle_fate(struct hbatch *b, uint8_t fate, bool done, uint64_t retr
 
 /* ---- sending --------------------------------------------------------------------------------- */
 
-static void on_sent(void *arg, enum vd_data_outcome outcome, int status, const uint8_t *reply,
-                    size_t len)
+static void on_sent(void *arg, enum vd_data_outcome outcome, const uint8_t *reply, size_t len)
 {
     struct hbatch *b = arg;
     struct vd_dmsg_reply rp;
     memset(&rp, 0, sizeof rp);
     if (outcome == VD_DATA_SHUTDOWN) {
         settle_fate(b, F_SEND, false, 0);
-    } else if (outcome != VD_DATA_REPLIED || status ||
-               vd_dmsg_reply_decode(reply, len, &rp) || rp.kind != VD_DMSG_WRITE) {
+    } else if (outcome != VD_DATA_REPLIED || !reply || vd_dmsg_reply_decode(reply, len, &rp) ||
+               rp.kind != VD_DMSG_WRITE) {
         settle_fate(b, F_SEND, false, HINT_RETRY_MS);
     } else if (rp.status == VD_DMSG_OK) {
         size_t k = 0;
@@ -321,10 +321,12 @@ static void send_part(struct vd_cluster *c, struct hbatch *b, size_t n)
     if (vd_dmsg_req_encode(&q, &body) || !vd_buf_ok(&body))
         goto fail;
     struct vd_data_hdr hdr = {b->incarnation, rv, vd_wall_ms() + c->request_ms};
-    if (!c->data || vd_data_send(c->data, b->target, &hdr, body.data, body.len, on_sent, b, NULL))
-        goto fail;
+    size_t len;
+    uint8_t *msg = (uint8_t *)vd_buf_steal(&body, &len);
     free(blobs);
-    vd_buf_release(&body);
+    blobs = NULL;
+    if (!msg || vd__cluster_dcall(c, b->target, &hdr, msg, len, on_sent, b))
+        goto fail;
     return;
 fail:
     free(blobs);
@@ -415,9 +417,7 @@ static int scan_one(const struct vd_hint_view *v, void *ctx)
         return add(b, v, F_DROPPED) ? 0 : 1;
     b->incarnation = v->pos.incarnation;
     snprintf(b->coll, sizeof b->coll, "%s", s->name);
-    uint8_t fate = b->target != c->id && vd_meta_is_replica(c->meta, s->name, &r.id, b->target)
-                        ? F_SEND
-                        : F_REWRITE;
+    uint8_t fate = vd_meta_is_replica(c->meta, s->name, &r.id, b->target) ? F_SEND : F_REWRITE;
     struct hent *e = add(b, v, fate);
     if (!e)
         return 1;
