@@ -216,6 +216,7 @@ struct sq {
     float thr;
     int g; /* filter g == g, or -1 */
     unsigned r;
+    uint32_t timeout_ms; /* 0: 5000 */
 };
 
 static int search_through(int i, const char *coll, const struct sq *s)
@@ -232,7 +233,7 @@ static int search_through(int i, const char *coll, const struct sq *s)
                                   .filter = f,
                                   .with_payload = s->with_payload,
                                   .r = s->r,
-                                  .timeout_ms = 5000};
+                                  .timeout_ms = s->timeout_ms ? s->timeout_ms : 5000};
     got_reset();
     struct vd_err e;
     assert_int_equal(vd_cluster_search(nodes[i].c, coll, inc, &q, on_search, NULL, &e), 0);
@@ -541,6 +542,45 @@ static void test_exact_stale_paging_scroll_count(void **state)
                 fail_msg("count through node %d (filter %d): %llu, want %llu", i, g,
                          (unsigned long long)G.count, (unsigned long long)want);
         }
+    }
+
+    /* a silent replica (its data workers held: no answer, no reset) costs a search at R 2 one
+     * speculative ask of the third after 50 ms, not a failure; each coordinator asks itself and
+     * one other first, so silencing each other node in turn meets that case */
+    uint64_t slowest = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            if (j == i)
+                continue;
+            vd_data_pause_workers(nodes[j].c->data, true);
+            for (uint32_t d = 0; d < DIM; d++)
+                q[d] = frand();
+            size_t nb = brute(q, -1, bf);
+            struct sq st = {.q = q, .limit = 5, .exact = true, .g = -1, .r = 2};
+            uint64_t t0 = ms();
+            if (search_through(i, "pts", &st))
+                fail_msg("search through node %d with node %d silent: %s", i, j, G.msg);
+            uint64_t took = ms() - t0;
+            slowest = took > slowest ? took : slowest;
+            vd_data_pause_workers(nodes[j].c->data, false);
+            assert_true(took < 1000);
+            expect_brute(0, nb < 5 ? nb : 5, "search with a silent replica");
+        }
+    print_message("search at R 2 with a silent replica: at most %llu ms\n",
+                  (unsigned long long)slowest);
+    assert_true(slowest >= 40); /* the silent replica was asked at least once */
+    /* node 2 stopped: R 2 still answers, R 3 fails naming the numbers */
+    stop(2);
+    {
+        brute(q, -1, bf);
+        struct sq st = {.q = q, .limit = 5, .exact = true, .g = -1, .r = 2};
+        assert_int_equal(search_through(0, "pts", &st), 0);
+        expect_brute(0, 5, "search with a replica down");
+        st.r = 3;
+        st.timeout_ms = 500;
+        assert_int_equal(search_through(1, "pts", &st), VD_EUNAVAIL);
+        if (!strstr(G.msg, "needs 3 of 3"))
+            fail_msg("the message does not name the numbers: %s", G.msg);
     }
 
     /* an unknown incarnation is not found; a bad filter is refused at the call */
