@@ -2,7 +2,8 @@
  * Hint replay, three nodes in one process (real databases, real TCP): the hints a coordinator
  * keeps for a replica that missed writes reach it once it answers again (a paused replica, a
  * stopped one that returns), and are forgotten, counted, when they pass the hint window (the
- * replica then needs repair) or their collection is deleted.
+ * replica then needs repair) or their collection is deleted; a hint for a node that no longer
+ * owns the point reaches the point's replica instead.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -135,6 +136,49 @@ static void test_deleted_collection_hints_vanish(void **state)
     assert_int_equal(stats_of(0).replayed, 0);
 }
 
+/* Hints that cannot go to their target as they are: for a node that owns the point no more
+ * (rewritten to the point's replica, counted replayed), for a node that is not a member and
+ * for a collection incarnation that does not exist (both dropped, counted). */
+static void test_hints_rewritten_or_dropped(void **state)
+{
+    (void)state;
+    hint_window_ms = 0;
+    uint64_t inc = start_with_pts(1);
+    uint64_t ids[N];
+    for (int i = 0; i < N; i++)
+        ids[i] = vd_cluster_node_id(nodes[i].c);
+    /* a point at replication factor 1 and a member that is not its replica */
+    static struct rec recs[3];
+    make_rec(&recs[0], 900, ids[0], 1, false, inc);
+    struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+    struct vd_record r;
+    assert_int_equal(vd_record_decode(recs[0].b, recs[0].len, &r, vecs), 0);
+    struct vd_meta_view *v = vd__cluster_view_acquire(nodes[0].c);
+    int owner = -1, other = -1;
+    for (int i = 0; i < N; i++) {
+        if (vd_meta_is_replica(vd_meta_view_state(v), "pts", &r.id, ids[i]))
+            owner = i;
+        else
+            other = i;
+    }
+    vd_meta_view_release(v);
+    assert_true(owner >= 0 && other >= 0);
+    make_rec(&recs[1], 901, ids[0], 2, false, inc);
+    make_rec(&recs[2], 902, ids[0], 3, false, 77); /* no such incarnation */
+    struct vd_err e;
+    uint64_t stranger = 0x5eed5eed5eedULL;
+    assert_int_equal(vd_db_hint_put(nodes[0].db, ids[other], recs[0].b, recs[0].len, &e), 0);
+    assert_int_equal(vd_db_hint_put(nodes[0].db, stranger, recs[1].b, recs[1].len, &e), 0);
+    assert_int_equal(vd_db_hint_put(nodes[0].db, ids[1], recs[2].b, recs[2].len, &e), 0);
+    POLL(held_at(owner, recs, 1) == 1, 15000, "the record rewritten to its replica");
+    POLL(hints_for(0, ids[other]) == 0 && hints_for(0, stranger) == 0 && hints_for(0, ids[1]) == 0,
+         15000, "every hint gone");
+    POLL(stats_of(0).dropped == 2 && stats_of(0).replayed == 1, 5000,
+         "one hint replayed and two dropped");
+    assert_int_equal(held_at(other, recs, 1), 0);
+    assert_int_equal(stats_of(0).expired, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -143,6 +187,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_expired_hints_dropped_and_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deleted_collection_hints_vanish, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hints_rewritten_or_dropped, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
