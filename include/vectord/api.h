@@ -53,6 +53,19 @@ struct vd_data_req {
 int vd_api_data_req_parse(const char *consistency, const char *timeout, const char *wait,
                           unsigned rf, struct vd_data_req *out, struct vd_err *err);
 
+/* What an asynchronous read answers: recs[n] (retrieve, scroll; owned by the callee, valid
+ * during the callback), next (a scroll page with more after it: where the next starts, else
+ * NULL) and count (count). */
+struct vd_data_result {
+    const struct vd_db_record *recs;
+    size_t n;
+    const struct vd_pid *next;
+    uint64_t count;
+};
+/* status 0 with res, or a VD_E* code with err saying why (res NULL). */
+typedef void (*vd_data_read_fn)(int status, const struct vd_err *err,
+                                const struct vd_data_result *res, void *ctx);
+
 /* Point reads and writes go through this interface, the data counterpart of vd_meta_ops, so the
  * handlers are the same on one node and in a cluster (where an implementation routes each
  * request through the coordinator to the replicas). c is the collection the handler looked up
@@ -95,6 +108,19 @@ struct vd_data_ops {
     /* Live points matching f (NULL = all). */
     int (*count)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                  const struct vd_filter *f, uint64_t *out, struct vd_err *err);
+    /* Optional asynchronous forms of retrieve, scroll and count, for an implementation whose
+     * reads wait on other nodes: a handler that can use them holds no thread meanwhile. Same
+     * arguments and results as above, delivered to done (once, any thread); an error returned
+     * means done will not run. NULL: the synchronous forms are used. */
+    int (*retrieve_async)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                          const struct vd_pid *ids, size_t n, bool with_vector,
+                          vd_data_read_fn done, void *ctx, struct vd_err *err);
+    int (*scroll_async)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                        const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
+                        bool with_vector, vd_data_read_fn done, void *ctx, struct vd_err *err);
+    int (*count_async)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                       const struct vd_filter *f, vd_data_read_fn done, void *ctx,
+                       struct vd_err *err);
     void *impl;
 };
 

@@ -494,21 +494,31 @@ static int rwait_take(struct rwait *w, const struct vd_db_record *recs, size_t n
     return 0;
 }
 
+/* The live records among got[n] in the API's form: *out (*n_out of them) the caller's, freed
+ * with vd_db_records_free even on an error (err says which). */
+static int decoded_records(const struct vd_cluster_rec *got, size_t n, bool with_vector,
+                           struct vd_db_record **out, size_t *n_out, struct vd_err *err)
+{
+    *n_out = 0;
+    if (!(*out = calloc(n ? n : 1, sizeof **out)))
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (!got[i].p)
+            continue;
+        int rc = decoded_record(got[i].p, got[i].len, with_vector, &(*out)[(*n_out)++]);
+        if (rc)
+            return vd_errf(err, rc, "cannot read a replica's point record: %s", vd_strerror(rc));
+    }
+    return 0;
+}
+
 static void read_done(int status, const struct vd_err *err, const struct vd_cluster_rec *got,
                       size_t n, void *arg)
 {
     struct rwait *w = arg;
     pthread_mutex_lock(&w->mu);
-    if (status == 0 && !(w->recs = calloc(n ? n : 1, sizeof *w->recs)))
-        status = vd_errf(&w->err, VD_ENOMEM, "out of memory");
-    for (size_t i = 0; status == 0 && i < n; i++) {
-        if (!got[i].p)
-            continue;
-        int rc = decoded_record(got[i].p, got[i].len, w->with_vector, &w->recs[w->n++]);
-        if (rc)
-            status = vd_errf(&w->err, rc, "cannot read a replica's point record: %s",
-                             vd_strerror(rc));
-    }
+    if (status == 0)
+        status = decoded_records(got, n, w->with_vector, &w->recs, &w->n, &w->err);
     rwait_finish(w, status, err);
 }
 
@@ -672,6 +682,125 @@ static int c_count(void *impl, struct vd_coll *c, const struct vd_data_req *o,
     return rc;
 }
 
+/* ---- the asynchronous reads: the caller's completion runs from the cluster's ---------------- */
+
+struct aread {
+    vd_data_read_fn done;
+    void *ctx;
+    bool with_vector;
+};
+
+static struct aread *aread_new(vd_data_read_fn done, void *ctx, bool with_vector,
+                               struct vd_err *err)
+{
+    struct aread *a = malloc(sizeof *a);
+    if (!a) {
+        vd_errf(err, VD_ENOMEM, "out of memory");
+        return NULL;
+    }
+    *a = (struct aread){done, ctx, with_vector};
+    return a;
+}
+
+/* Hands the outcome to the caller's completion and frees a. */
+static void aread_end(struct aread *a, int status, const struct vd_err *err,
+                      const struct vd_data_result *res)
+{
+    a->done(status, status ? err : NULL, status ? NULL : res, a->ctx);
+    free(a);
+}
+
+static void aread_read_done(int status, const struct vd_err *err,
+                            const struct vd_cluster_rec *got, size_t n, void *arg)
+{
+    struct aread *a = arg;
+    struct vd_err e = {0};
+    struct vd_db_record *recs = NULL;
+    size_t k = 0;
+    if (status == 0 && (status = decoded_records(got, n, a->with_vector, &recs, &k, &e)))
+        err = &e;
+    struct vd_data_result res = {.recs = recs, .n = k};
+    aread_end(a, status, err, &res);
+    vd_db_records_free(recs, k);
+}
+
+static void aread_scroll_done(int status, const struct vd_err *err,
+                              const struct vd_db_record *recs, size_t n,
+                              const struct vd_pid *next, void *arg)
+{
+    struct vd_data_result res = {.recs = recs, .n = n, .next = next};
+    aread_end(arg, status, err, &res);
+}
+
+static void aread_count_done(int status, const struct vd_err *err, uint64_t count, void *arg)
+{
+    struct vd_data_result res = {.count = count};
+    aread_end(arg, status, err, &res);
+}
+
+static int c_retrieve_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                            const struct vd_pid *ids, size_t n, bool with_vector,
+                            vd_data_read_fn done, void *ctx, struct vd_err *err)
+{
+    if (n == 0) {
+        struct vd_data_result res = {0};
+        done(0, NULL, &res, ctx);
+        return 0;
+    }
+    struct vd_coll_schema s;
+    vd_db_coll_schema_copy(c, &s);
+    struct vd_pid *u;
+    size_t nu;
+    if (unique_ids(ids, n, &u, &nu))
+        return vd_errf(err, VD_ENOMEM, "out of memory");
+    struct aread *a = aread_new(done, ctx, with_vector, err);
+    int rc = a ? vd_cluster_read(impl, s.name, s.incarnation, u, nu, o->consistency,
+                                 o->timeout_ms, aread_read_done, a, err)
+               : VD_ENOMEM;
+    if (rc)
+        free(a);
+    free(u);
+    return rc;
+}
+
+static int c_scroll_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                          const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
+                          bool with_vector, vd_data_read_fn done, void *ctx, struct vd_err *err)
+{
+    struct vd_coll_schema s;
+    vd_db_coll_schema_copy(c, &s);
+    struct aread *a = aread_new(done, ctx, with_vector, err);
+    if (!a)
+        return VD_ENOMEM;
+    struct vd_cluster_scroll q = {.from = from,
+                                  .limit = limit,
+                                  .filter = o->filter,
+                                  .with_payload = o->with_payload,
+                                  .with_vector = with_vector,
+                                  .r = o->consistency,
+                                  .timeout_ms = o->timeout_ms};
+    int rc = vd_cluster_scroll(impl, s.name, s.incarnation, &q, aread_scroll_done, a, err);
+    if (rc)
+        free(a);
+    return rc;
+}
+
+static int c_count_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                         const struct vd_filter *f, vd_data_read_fn done, void *ctx,
+                         struct vd_err *err)
+{
+    struct vd_coll_schema s;
+    vd_db_coll_schema_copy(c, &s);
+    struct aread *a = aread_new(done, ctx, false, err);
+    if (!a)
+        return VD_ENOMEM;
+    int rc = vd_cluster_count(impl, s.name, s.incarnation, o->filter, o->consistency,
+                              o->timeout_ms, aread_count_done, a, err);
+    if (rc)
+        free(a);
+    return rc;
+}
+
 void vd_api_cluster_data(struct vd_cluster *cluster, struct vd_data_ops *out)
 {
     *out = (struct vd_data_ops){
@@ -683,6 +812,9 @@ void vd_api_cluster_data(struct vd_cluster *cluster, struct vd_data_ops *out)
         .search = c_search,
         .scroll = c_scroll,
         .count = c_count,
+        .retrieve_async = c_retrieve_async,
+        .scroll_async = c_scroll_async,
+        .count_async = c_count_async,
         .impl = cluster,
     };
 }

@@ -170,45 +170,144 @@ static void upsert(struct vd_http_req *r, void *ctx)
     vd_db_coll_put(c);
 }
 
-/* ---- retrieve ---- */
+/* ---- reads: retrieve, get by id, scroll, count ----
+ * Each builds a read context, runs its data operation and replies from the result through
+ * read_reply: at once for a synchronous operation, or from the completion of an asynchronous one
+ * (vd_data_ops' *_async: no pool thread waits for other nodes meanwhile), which then owns the
+ * context. */
 
-static void retrieve(struct vd_http_req *r, void *ctx)
+enum read_kind { READ_IDS, READ_ONE, READ_SCROLL, READ_COUNT };
+
+struct read {
+    struct vd_http_req *r;
+    enum read_kind kind;
+    struct vd_coll *c;     /* referenced */
+    cJSON *body;           /* w's key arrays point into it */
+    struct vd_pid *ids;    /* READ_IDS */
+    struct vd_filter *f;   /* READ_SCROLL, READ_COUNT */
+    struct vd_api_with w;
+    struct vd_data_req o;
+};
+
+static void read_free(struct read *rd);
+
+/* The start of every read: the collection named by the path and, for a body_mode other than
+ * READ_NO_BODY, the request's body (READ_BODY_OR_EMPTY: an empty one is {}). NULL once a
+ * reply was sent (or the handler is to run again after a catch-up). */
+enum { READ_NO_BODY, READ_BODY, READ_BODY_OR_EMPTY };
+static struct read *read_begin(struct vd_http_req *r, enum read_kind kind, int body_mode)
 {
     struct vd_coll *c = vd__api_coll(r);
     if (!c)
-        return;
-    cJSON *body = vd__api_body(r, false);
-    struct vd_pid *ids = NULL;
-    size_t n = 0;
-    struct vd_err e;
-    struct vd_api_with w;
-    struct vd_data_req o;
-    struct vd_db_record *recs = NULL;
-    size_t nr = 0;
+        return NULL;
+    struct read *rd = calloc(1, sizeof *rd);
+    if (!rd) {
+        vd_db_coll_put(c);
+        vd_http_reply_error(r, 500, "out of memory");
+        return NULL;
+    }
+    rd->r = r;
+    rd->kind = kind;
+    rd->c = c;
+    if (body_mode != READ_NO_BODY &&
+        !(rd->body = vd__api_body(r, body_mode == READ_BODY_OR_EMPTY))) {
+        read_free(rd);
+        return NULL;
+    }
+    return rd;
+}
+
+static void read_free(struct read *rd)
+{
+    free(rd->ids);
+    vd_filter_free(rd->f);
+    cJSON_Delete(rd->body);
+    if (rd->c)
+        vd_db_coll_put(rd->c);
+    free(rd);
+}
+
+/* Replies to rd's request with res (or the error) and frees rd. */
+static void read_reply(int status, const struct vd_err *err, const struct vd_data_result *res,
+                       void *arg)
+{
+    struct read *rd = arg;
+    struct vd_http_req *r = rd->r;
     struct vd_buf b;
     vd_buf_init(&b);
-    int rc = 0;
-    if (!body)
+    if (status) {
+        if (err && err->msg[0])
+            vd_http_reply_err(r, err);
+        else
+            vd_http_reply_error(r, vd_err_http_status(status), "%s", vd_strerror(status));
         goto out;
-    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(body, "ids");
-    rc = vd__api_data_req(r, c, &o, &e);
+    }
+    switch (rd->kind) {
+    case READ_IDS:
+        vd__api_points_json(&b, res->recs, res->n, &rd->w, VD_API_POINT_RECORD);
+        break;
+    case READ_ONE:
+        if (res->n == 0) {
+            vd_http_reply_error(r, 404, "point %s not found", vd_http_param(r, "id"));
+            goto out;
+        }
+        vd__api_point_json(&b, &res->recs[0], &rd->w, VD_API_POINT_RECORD);
+        break;
+    case READ_SCROLL:
+        vd_buf_puts(&b, "{\"points\":");
+        vd__api_points_json(&b, res->recs, res->n, &rd->w, VD_API_POINT_RECORD);
+        vd_buf_puts(&b, ",\"next_page_offset\":");
+        if (res->next)
+            vd_buf_json_pid(&b, res->next);
+        else
+            vd_buf_puts(&b, "null");
+        vd_buf_puts(&b, "}");
+        break;
+    case READ_COUNT:
+        vd_buf_printf(&b, "{\"count\":%llu}", (unsigned long long)res->count);
+        break;
+    }
+    vd__api_reply_buf(r, &b);
+out:
+    vd_buf_release(&b);
+    read_free(rd);
+}
+
+/* The result of a synchronous read, answered through read_reply. */
+static void read_reply_now(struct read *rd, int rc, const struct vd_err *e,
+                           struct vd_db_record *recs, size_t n, const struct vd_pid *next,
+                           uint64_t count)
+{
+    struct vd_data_result res = {.recs = recs, .n = n, .next = next, .count = count};
+    read_reply(rc, e, rc ? NULL : &res, rd);
+    vd_db_records_free(recs, n);
+}
+
+static void retrieve(struct vd_http_req *r, void *ctx)
+{
+    struct read *rd = read_begin(r, READ_IDS, READ_BODY);
+    if (!rd)
+        return;
+    struct vd_coll *c = rd->c;
+    const struct vd_data_ops *d = &vd__api.data;
+    size_t n = 0;
+    struct vd_err e;
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(rd->body, "ids");
+    int rc = vd__api_data_req(r, c, &rd->o, &e);
     if (!rc && !arr)
         rc = vd_errf(&e, VD_EINVAL, "missing field 'ids'");
-    if (!rc && !(rc = vd__api_get_ids(arr, "ids", &ids, &n, &e)) &&
-        !(rc = vd__api_get_with(body, true, &w, &e)))
-        rc = vd__api.data.retrieve(vd__api.data.impl, c, &o, ids, n, w.vector, &recs, &nr, &e);
-    if (rc) {
-        vd_http_reply_err(r, &e);
-    } else {
-        vd__api_points_json(&b, recs, nr, &w, VD_API_POINT_RECORD);
-        vd__api_reply_buf(r, &b);
+    if (!rc && !(rc = vd__api_get_ids(arr, "ids", &rd->ids, &n, &e)))
+        rc = vd__api_get_with(rd->body, true, &rd->w, &e);
+    if (!rc && d->retrieve_async) {
+        rc = d->retrieve_async(d->impl, c, &rd->o, rd->ids, n, rd->w.vector, read_reply, rd, &e);
+        if (!rc)
+            return; /* rd is the completion's */
     }
-out:
-    vd_db_records_free(recs, nr);
-    vd_buf_release(&b);
-    free(ids);
-    cJSON_Delete(body);
-    vd_db_coll_put(c);
+    struct vd_db_record *recs = NULL;
+    size_t nr = 0;
+    if (!rc)
+        rc = d->retrieve(d->impl, c, &rd->o, rd->ids, n, rd->w.vector, &recs, &nr, &e);
+    read_reply_now(rd, rc, &e, recs, nr, NULL, 0);
 }
 
 /* A point id written in a path: digits or a UUID. */
@@ -227,29 +326,27 @@ static int path_pid(const char *s, struct vd_pid *out, struct vd_err *err)
 
 static void get_one(struct vd_http_req *r, void *ctx)
 {
-    struct vd_coll *c = vd__api_coll(r);
-    if (!c)
+    struct read *rd = read_begin(r, READ_ONE, READ_NO_BODY);
+    if (!rd)
         return;
+    struct vd_coll *c = rd->c;
+    rd->w = (struct vd_api_with){.payload = true, .vector = true};
+    const struct vd_data_ops *d = &vd__api.data;
     struct vd_pid id;
     struct vd_err e;
-    struct vd_buf b;
-    vd_buf_init(&b);
-    struct vd_api_with w = {.payload = true, .vector = true};
+    int rc = vd__api_data_req(r, c, &rd->o, &e);
+    if (!rc)
+        rc = path_pid(vd_http_param(r, "id"), &id, &e);
+    if (!rc && d->retrieve_async) {
+        rc = d->retrieve_async(d->impl, c, &rd->o, &id, 1, true, read_reply, rd, &e);
+        if (!rc)
+            return;
+    }
     struct vd_db_record *recs = NULL;
     size_t nr = 0;
-    struct vd_data_req o;
-    if (vd__api_data_req(r, c, &o, &e) || path_pid(vd_http_param(r, "id"), &id, &e) ||
-        vd__api.data.retrieve(vd__api.data.impl, c, &o, &id, 1, true, &recs, &nr, &e)) {
-        vd_http_reply_err(r, &e);
-    } else if (nr == 0) {
-        vd_http_reply_error(r, 404, "point %s not found", vd_http_param(r, "id"));
-    } else {
-        vd__api_point_json(&b, &recs[0], &w, VD_API_POINT_RECORD);
-        vd__api_reply_buf(r, &b);
-    }
-    vd_db_records_free(recs, nr);
-    vd_buf_release(&b);
-    vd_db_coll_put(c);
+    if (!rc)
+        rc = d->retrieve(d->impl, c, &rd->o, &id, 1, true, &recs, &nr, &e);
+    read_reply_now(rd, rc, &e, recs, nr, NULL, 0);
 }
 
 /* ---- delete, payload edits: by "points" ids or by "filter" ---- */
@@ -371,29 +468,20 @@ static void payload_clear(struct vd_http_req *r, void *ctx)
     payload_edit(r, VD_DB_PAYLOAD_CLEAR);
 }
 
-/* ---- scroll and count ---- */
-
 static void scroll(struct vd_http_req *r, void *ctx)
 {
-    struct vd_coll *c = vd__api_coll(r);
-    if (!c)
+    struct read *rd = read_begin(r, READ_SCROLL, READ_BODY_OR_EMPTY);
+    if (!rd)
         return;
-    cJSON *body = vd__api_body(r, true);
-    struct vd_filter *f = NULL;
-    struct vd_db_record *recs = NULL;
-    size_t nr = 0;
+    struct vd_coll *c = rd->c;
+    const struct vd_data_ops *d = &vd__api.data;
+    cJSON *body = rd->body;
     struct vd_err e;
-    struct vd_buf b;
-    vd_buf_init(&b);
-    if (!body)
-        goto out;
     uint32_t limit;
-    struct vd_api_with w;
-    struct vd_pid from, next;
-    bool has_from = false, has_next = false;
-    struct vd_data_req o;
+    struct vd_pid from;
+    bool has_from = false;
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(body, "offset");
-    int rc = vd__api_data_req(r, c, &o, &e);
+    int rc = vd__api_data_req(r, c, &rd->o, &e);
     if (!rc)
         rc = vd__api_get_u32(body, "limit", 10, 1, VD_API_MAX_LIMIT, &limit, &e);
     if (!rc)
@@ -405,65 +493,51 @@ static void scroll(struct vd_http_req *r, void *ctx)
         has_from = true;
     }
     if (!rc)
-        rc = vd__api_get_with(body, true, &w, &e);
+        rc = vd__api_get_with(body, true, &rd->w, &e);
     if (!rc)
-        rc = vd__api_get_filter(body, &f, &e);
-    o.filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
-    o.with_payload = w.payload;
-    if (!rc)
-        rc = vd__api.data.scroll(vd__api.data.impl, c, &o, has_from ? &from : NULL, limit, f,
-                                 w.vector, &recs, &nr, &next, &has_next, &e);
-    if (rc) {
-        vd_http_reply_err(r, &e);
-        goto out;
+        rc = vd__api_get_filter(body, &rd->f, &e);
+    rd->o.filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
+    rd->o.with_payload = rd->w.payload;
+    if (!rc && d->scroll_async) {
+        rc = d->scroll_async(d->impl, c, &rd->o, has_from ? &from : NULL, limit, rd->f,
+                             rd->w.vector, read_reply, rd, &e);
+        if (!rc)
+            return;
     }
-    vd_buf_puts(&b, "{\"points\":");
-    vd__api_points_json(&b, recs, nr, &w, VD_API_POINT_RECORD);
-    vd_buf_puts(&b, ",\"next_page_offset\":");
-    if (has_next)
-        vd_buf_json_pid(&b, &next);
-    else
-        vd_buf_puts(&b, "null");
-    vd_buf_puts(&b, "}");
-    vd__api_reply_buf(r, &b);
-out:
-    vd_db_records_free(recs, nr);
-    vd_buf_release(&b);
-    vd_filter_free(f);
-    cJSON_Delete(body);
-    vd_db_coll_put(c);
+    struct vd_db_record *recs = NULL;
+    size_t nr = 0;
+    struct vd_pid next;
+    bool has_next = false;
+    if (!rc)
+        rc = d->scroll(d->impl, c, &rd->o, has_from ? &from : NULL, limit, rd->f, rd->w.vector,
+                       &recs, &nr, &next, &has_next, &e);
+    read_reply_now(rd, rc, &e, recs, nr, has_next ? &next : NULL, 0);
 }
 
 static void count(struct vd_http_req *r, void *ctx)
 {
-    struct vd_coll *c = vd__api_coll(r);
-    if (!c)
+    struct read *rd = read_begin(r, READ_COUNT, READ_BODY_OR_EMPTY);
+    if (!rd)
         return;
-    cJSON *body = vd__api_body(r, true);
-    struct vd_filter *f = NULL;
+    struct vd_coll *c = rd->c;
+    const struct vd_data_ops *d = &vd__api.data;
     struct vd_err e;
     bool exact;
-    struct vd_data_req o;
-    if (!body)
-        goto out;
-    if (vd__api_data_req(r, c, &o, &e) || vd__api_get_bool(body, "exact", true, &exact, &e) ||
-        vd__api_get_filter(body, &f, &e)) {
-        vd_http_reply_err(r, &e);
-        goto out;
+    int rc = vd__api_data_req(r, c, &rd->o, &e);
+    if (!rc)
+        rc = vd__api_get_bool(rd->body, "exact", true, &exact, &e);
+    if (!rc)
+        rc = vd__api_get_filter(rd->body, &rd->f, &e);
+    rd->o.filter = cJSON_GetObjectItemCaseSensitive(rd->body, "filter");
+    if (!rc && d->count_async) {
+        rc = d->count_async(d->impl, c, &rd->o, rd->f, read_reply, rd, &e);
+        if (!rc)
+            return;
     }
     uint64_t n = 0;
-    o.filter = cJSON_GetObjectItemCaseSensitive(body, "filter");
-    if (vd__api.data.count(vd__api.data.impl, c, &o, f, &n, &e)) {
-        vd_http_reply_err(r, &e);
-        goto out;
-    }
-    char buf[64];
-    int len = snprintf(buf, sizeof buf, "{\"count\":%llu}", (unsigned long long)n);
-    vd_http_reply_ok(r, buf, (size_t)len);
-out:
-    vd_filter_free(f);
-    cJSON_Delete(body);
-    vd_db_coll_put(c);
+    if (!rc)
+        rc = d->count(d->impl, c, &rd->o, rd->f, &n, &e);
+    read_reply_now(rd, rc, &e, NULL, 0, NULL, n);
 }
 
 int vd__api_points_routes(struct vd_http *h)

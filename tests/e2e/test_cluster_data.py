@@ -8,7 +8,10 @@ with nothing written.
 
 Every wait polls a condition with a deadline; nothing sleeps for a fixed time to synchronise.
 """
+import re
+import signal
 import threading
+import time
 
 import vdtest
 from vdtest import ClusterCase, agreed, wait_until
@@ -43,7 +46,9 @@ class ClusterDataTest(ClusterCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.n1, cls.n2, cls.n3 = cls.start_cluster(3, args=["--replication-factor", "3"])
+        # one HTTP thread: a read that waits for replicas must not hold it (test_07)
+        cls.n1, cls.n2, cls.n3 = cls.start_cluster(
+            3, args=["--replication-factor", "3", "--http-threads", "1"])
         cls.n1.create(COLL, DIM, "Dot")
         for n in cls.members:
             wait_until(lambda: n.request("GET", f"/collections/{COLL}")[0] == 200, 30,
@@ -292,6 +297,41 @@ class ClusterDataTest(ClusterCase):
                 got = m.ok("POST", f"/collections/{name}/points?consistency=all",
                            {"ids": list(range(5))})
                 self.assertEqual(sorted(r["id"] for r in got), list(range(5)))
+
+    def test_07_a_waiting_read_holds_no_thread(self):
+        # n3 silent (no reset, no answer): reads at all wait for it until their deadline, while
+        # the node's single HTTP thread goes on serving others
+        slow = {"ids": [1000]}
+        paths = [f"/collections/{COLL}/points?consistency=all&timeout=3",
+                 f"/collections/{COLL}/points/scroll?consistency=all&timeout=3",
+                 f"/collections/{COLL}/points/count?consistency=all&timeout=3"]
+        results = []
+
+        def ask(path):
+            results.append(self.n1.request("POST", path, slow if "scroll" not in path and
+                                           "count" not in path else {}, timeout=30))
+
+        def in_flight():
+            st, text = self.n1.request("GET", "/metrics", raw=True, timeout=30)
+            m = re.search(rb"^vectord_http_requests_in_flight (\d+)", text, re.M)
+            return m and int(m.group(1)) >= len(paths) + 1  # the waiting reads and this one
+
+        self.n3.proc.send_signal(signal.SIGSTOP)
+        try:
+            threads = [threading.Thread(target=ask, args=(p,)) for p in paths]
+            for t in threads:
+                t.start()
+            wait_until(in_flight, 2.5, "the waiting reads and /metrics in flight at once")
+            t0 = time.monotonic()
+            st, _ = self.n1.request("GET", "/healthz", raw=True)
+            self.assertEqual(st, 200)
+            self.assertLess(time.monotonic() - t0, 1.5)
+            for t in threads:
+                t.join()
+        finally:
+            self.n3.proc.send_signal(signal.SIGCONT)
+        for st, j in results:
+            self.assertError((st, j), 503, "3 of 3")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,73 @@ static int spy_count(void *impl, struct vd_coll *c, const struct vd_data_req *o,
     return S.local.count(S.local.impl, c, o, f, out, err);
 }
 
+/* The asynchronous forms: the local result, handed to the handler's completion from another
+ * thread, as a cluster's completion comes from its loop thread. */
+struct later {
+    int rc;
+    struct vd_err e;
+    struct vd_db_record *recs;
+    size_t n;
+    struct vd_pid next;
+    bool has_next;
+    uint64_t count;
+    vd_data_read_fn done;
+    void *ctx;
+};
+
+static void *later_run(void *p)
+{
+    struct later *l = p;
+    struct vd_data_result res = {.recs = l->recs, .n = l->n,
+                                 .next = l->has_next ? &l->next : NULL, .count = l->count};
+    l->done(l->rc, l->rc ? &l->e : NULL, l->rc ? NULL : &res, l->ctx);
+    vd_db_records_free(l->recs, l->n);
+    free(l);
+    return NULL;
+}
+
+static int later_start(struct later *l, vd_data_read_fn done, void *ctx)
+{
+    l->done = done;
+    l->ctx = ctx;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, later_run, l), 0);
+    pthread_detach(t);
+    return 0;
+}
+
+static int spy_retrieve_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                              const struct vd_pid *ids, size_t n, bool with_vector,
+                              vd_data_read_fn done, void *ctx, struct vd_err *err)
+{
+    struct later *l = calloc(1, sizeof *l);
+    l->rc = spy_retrieve(impl, c, o, ids, n, with_vector, &l->recs, &l->n, &l->e);
+    return later_start(l, done, ctx);
+}
+
+static int spy_scroll_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                            const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
+                            bool with_vector, vd_data_read_fn done, void *ctx,
+                            struct vd_err *err)
+{
+    struct later *l = calloc(1, sizeof *l);
+    l->rc = spy_scroll(impl, c, o, from, limit, f, with_vector, &l->recs, &l->n, &l->next,
+                       &l->has_next, &l->e);
+    return later_start(l, done, ctx);
+}
+
+static int spy_count_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                           const struct vd_filter *f, vd_data_read_fn done, void *ctx,
+                           struct vd_err *err)
+{
+    struct later *l = calloc(1, sizeof *l);
+    l->rc = spy_count(impl, c, o, f, &l->count, &l->e);
+    return later_start(l, done, ctx);
+}
+
+/* node_start gives the API the asynchronous forms too */
+static bool use_async;
+
 /* ---- a node: database, API over the spy, HTTP server on an ephemeral port ---- */
 
 struct node {
@@ -172,6 +239,11 @@ static void node_start(struct node *n)
                                       .scroll = spy_scroll,
                                       .count = spy_count,
                                       .impl = &S}};
+    if (use_async) {
+        ao.data.retrieve_async = spy_retrieve_async;
+        ao.data.scroll_async = spy_scroll_async;
+        ao.data.count_async = spy_count_async;
+    }
     assert_int_equal(vd_api_register(n->h, &ao), 0);
     assert_int_equal(vd_http_start(n->h, &e), 0);
     n->port = vd_http_port(n->h);
@@ -442,6 +514,36 @@ static void test_handlers_take_options(void **state)
     node_stop(&n);
 }
 
+/* With the asynchronous forms, retrieve, get by id, scroll and count reply from the completion
+ * (another thread here) with the same bodies, errors included. */
+static void test_handlers_async_reads(void **state)
+{
+    use_async = true;
+    struct node n;
+    node_start(&n);
+    expect(&n, "PUT", "/collections/c/points?wait=true",
+           "{\"points\":[{\"id\":1,\"vector\":[1,0],\"payload\":{\"k\":\"x\"}},"
+           "{\"id\":2,\"vector\":[0,1]},{\"id\":3,\"vector\":[1,1]}]}",
+           200, "\"completed\"");
+    int before = S.calls[OP_RETRIEVE];
+    expect(&n, "POST", "/collections/c/points", "{\"ids\":[1,2]}", 200, "\"k\":\"x\"");
+    expect(&n, "GET", "/collections/c/points/2?consistency=1", NULL, 200, "\"id\":2");
+    expect(&n, "GET", "/collections/c/points/9", NULL, 404, "point 9 not found");
+    assert_int_equal(S.calls[OP_RETRIEVE] - before, 3);
+    expect(&n, "POST", "/collections/c/points/scroll", "{\"limit\":2}",
+           200, "\"next_page_offset\":3");
+    expect(&n, "POST", "/collections/c/points/scroll", "{\"limit\":2,\"offset\":3}",
+           200, "\"next_page_offset\":null");
+    expect(&n, "POST", "/collections/c/points/count", "{}", 200, "\"count\":3");
+    expect(&n, "POST", "/collections/c/points/count?timeout=2", "{}", 200, "\"count\":3");
+    assert_int_equal(S.last.timeout_ms, 2000);
+    S.fake = true;
+    expect(&n, "GET", "/collections/c/points/42", NULL, 200,
+           "{\"id\":42,\"payload\":{\"a\":1,\"b\":2},\"vector\":[0.5,0.25]}");
+    node_stop(&n);
+    use_async = false;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -449,6 +551,7 @@ int main(void)
         cmocka_unit_test(test_handlers_render_data_ops_records),
         cmocka_unit_test(test_data_req_parse),
         cmocka_unit_test(test_handlers_take_options),
+        cmocka_unit_test(test_handlers_async_reads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
