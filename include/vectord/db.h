@@ -132,6 +132,12 @@ void vd_db_hints_refused(struct vd_db *db, vd_db_hint_refused_fn fn, void *ctx);
 int vd_db_hints_scan(struct vd_db *db, uint64_t target, const struct vd_hint_pos *after,
                      vd_store_hint_fn fn, void *ctx);
 int vd_db_hint_totals(struct vd_db *db, vd_store_hint_total_fn fn, void *ctx);
+/* Visits the records c stores, tombstones included, in id order from `from` (inclusive, NULL =
+ * the first), each as its encoded bytes (include/vectord/record.h: the very bytes replicas
+ * exchange), in one read snapshot; id and rec are valid during the call only. fn returns nonzero
+ * to stop (that value is returned, unless negative errors of the read itself). */
+typedef int (*vd_db_rec_fn)(const struct vd_pid *id, const uint8_t *rec, size_t len, void *ctx);
+int vd_db_scan_records(struct vd_coll *c, const struct vd_pid *from, vd_db_rec_fn fn, void *ctx);
 /* Forgets the hints at pos[0..n) of target (replayed, or expired), durably; blocks until then
  * (not from a storage callback). */
 int vd_db_hints_delete(struct vd_db *db, uint64_t target, const struct vd_hint_pos *pos,

@@ -174,7 +174,10 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
         vd_buf_printf(&b, ",\"needs_repair\":%s}",
                       vd__cluster_hints_needs_repair(c, m->id) ? "true" : "false");
     }
-    vd_buf_puts(&b, "]}");
+    /* a data directory written before replication has its points placed on the ring once */
+    vd_buf_printf(&b, "],\"points_placement\":{\"state\":\"%s\",\"records_placed\":%llu}}",
+                  vd__cluster_place_state_name(c),
+                  (unsigned long long)atomic_load(&c->place_points));
     if (!vd_buf_ok(&b) || (n && !seen)) {
         vd_buf_release(&b);
         free(seen);
@@ -654,6 +657,8 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
         rc = vd_errf(err, VD_ENOMEM, "cluster: cannot start the loop thread");
         goto fail_free;
     }
+    if (vd__cluster_place_start(c))
+        vd_log_warn("cluster: cannot start placing this data directory's points on the ring");
     vd_log_info("cluster: node %llu listening for peers on %s:%u (advertised as %s)%s",
                 (unsigned long long)c->id, c->bind, vd_transport_port(c->tp), c->advertise,
                 c->secret ? "" : "; no cluster secret: only loopback peers are accepted");
@@ -698,6 +703,7 @@ void vd_cluster_stop(struct vd_cluster *c)
         free(e);
         e = next;
     }
+    vd__cluster_place_stop(c);
     cluster_free(c);
 }
 

@@ -164,6 +164,14 @@ struct vd_cluster {
         uint64_t target, retry_at;
     } rec;
     struct vd_hints *hints; /* hint replay (node_hints.c) */
+    /* placing a data directory's points on the ring (node_place.c): its thread and progress */
+    pthread_t place_thread;
+    bool place_running;
+    pthread_mutex_t place_mu;
+    pthread_cond_t place_cv;
+    bool place_stop;                 /* under place_mu */
+    _Atomic int place_state;         /* enum vd_place_state, read by any thread */
+    _Atomic uint64_t place_points;   /* records placed so far */
     struct applied_req applied[APPLIED_MEMORY];
     size_t applied_pos;
     struct member_clock clocks[MAX_MEMBERS * 2];
@@ -268,6 +276,17 @@ void vd__cluster_hints_close(struct vd_cluster *c);
 void vd__cluster_hints_free(struct vd_cluster *c);
 /* True when node id missed writes that no hint will bring (expired, or over a cap). Any thread. */
 bool vd__cluster_hints_needs_repair(struct vd_cluster *c, uint64_t id);
+
+/* ---- node_place.c: placing the points of a data directory written before replication ---- */
+enum vd_place_state { VD_PLACE_STARTING = 0, VD_PLACE_WAITING, VD_PLACE_RUNNING, VD_PLACE_DONE };
+/* Starts the placing thread unless this data directory's points are placed already. After the
+ * loop started. VD_ENOMEM. */
+int vd__cluster_place_start(struct vd_cluster *c);
+/* Stops the thread (a pass cut short goes on at the next start). After the loop thread ended and
+ * its requests were failed. */
+void vd__cluster_place_stop(struct vd_cluster *c);
+/* "starting", "waiting" (for the cluster's state), "placing" or "done". Any thread. */
+const char *vd__cluster_place_state_name(const struct vd_cluster *c);
 
 /* ---- node.c ---- */
 /* The member's liveness record (created on first use; the least recently heard is forgotten

@@ -758,6 +758,29 @@ int vd_db_hint_totals(struct vd_db *db, vd_store_hint_total_fn fn, void *ctx)
     return rc;
 }
 
+struct rec_scan {
+    vd_db_rec_fn fn;
+    void *ctx;
+};
+
+static int rec_scan_cb(const struct vd_point_view *p, void *ctx)
+{
+    struct rec_scan *s = ctx;
+    return s->fn(&p->id, p->rec, p->rec_len, s->ctx);
+}
+
+int vd_db_scan_records(struct vd_coll *c, const struct vd_pid *from, vd_db_rec_fn fn, void *ctx)
+{
+    struct vd_rtxn *t;
+    int rc = vd_store_read_begin(c->db->store, &t);
+    if (rc)
+        return rc;
+    struct rec_scan s = {fn, ctx};
+    rc = vd_store_scan(t, c->schema.incarnation, from, true, rec_scan_cb, &s);
+    vd_store_read_end(t);
+    return rc;
+}
+
 int vd_db_hints_delete(struct vd_db *db, uint64_t target, const struct vd_hint_pos *pos,
                        size_t n, struct vd_err *err)
 {
