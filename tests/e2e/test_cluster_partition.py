@@ -19,7 +19,7 @@ import unittest
 
 import vdtest
 from netns import Net, NsNode
-from vdtest import agreed, stop_nodes, wait_until
+from vdtest import agreed, info, stop_nodes, wait_until
 
 DIM = 8
 COLL = "part"
@@ -55,6 +55,22 @@ class Partition(unittest.TestCase):
             if self.net:
                 self.net.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def wait(self, cond, what):
+        """wait_until, failing with what every node says of its members and hints."""
+        try:
+            wait_until(cond, 120, what)
+        except AssertionError as e:
+            state = []
+            for n in self.nodes:
+                c = info(n) or {}
+                members = [(m["id"], m["state"], m["role"]) for m in c.get("nodes", [])]
+                try:
+                    pending = hints_pending(n)
+                except (OSError, AssertionError) as why:
+                    pending = f"unknown ({why})"
+                state.append(f"{n.host}: members {members}, hints pending {pending}")
+            raise AssertionError(f"{e}\n" + "\n".join(state)) from None
 
     def points(self, node, ids, consistency):
         st, j = node.request("POST", f"/collections/{COLL}/points?consistency={consistency}",
@@ -115,14 +131,13 @@ class Partition(unittest.TestCase):
         # each record c missed is kept as one hint by the node that coordinated its write, once
         # c's part of the write has run out of time
         missed = len(over) + 30 + len(new)
-        wait_until(lambda: hints_pending(a) + hints_pending(b) == missed, 60,
-                   f"{missed} hints kept for the node cut off")
+        self.wait(lambda: hints_pending(a) + hints_pending(b) == missed,
+                  f"{missed} hints kept for the node cut off")
 
         # healed: c back among the voters, every hint delivered, every replica the same
         self.net.heal(2)
-        wait_until(lambda: agreed(self.nodes, 3), 60, "three voters up after healing")
-        wait_until(lambda: all(hints_pending(n) == 0 for n in self.nodes), 60,
-                   "every hint delivered")
+        self.wait(lambda: agreed(self.nodes, 3), "three voters up after healing")
+        self.wait(lambda: all(hints_pending(n) == 0 for n in self.nodes), "every hint delivered")
         for n in self.nodes:
             got = self.points(n, every, "1")
             missing = sorted(set(expect) - set(got))
