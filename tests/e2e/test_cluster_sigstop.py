@@ -3,6 +3,10 @@ continued: the others serve every request meanwhile, and the frozen node rejoins
 the leader again, every member votes) and catches up the collections created and deleted while
 it was stopped.
 
+Points with a frozen replica: writes at 2 of 3, reads and searches at a quorum through the two
+others never fail, and none takes longer than the failure detector's time (2.5 s, after which the
+frozen member is down) plus 100 ms; the latencies before and during the freeze are printed.
+
 Every wait polls a condition with a deadline; the 30 s freeze is the fault being tested, not a
 wait for something to happen.
 """
@@ -16,6 +20,7 @@ from vdtest import ClusterCase, agreed, check_log, info, wait_until
 # a replica on every member: writes reach W (2 of 3) without the frozen one
 VEC = {"vectors": {"size": 4, "distance": "Dot"}, "replication_factor": 3}
 FREEZE_S = 30
+DOWN_AFTER_S = 2.5  # a member not heard from for this long is down (docs/cluster.md)
 
 
 def names_on(node):
@@ -123,6 +128,66 @@ class SigstopTest(ClusterCase):
               f"collections live and {len(want_gone)} deleted, no error; the member rejoined")
         for n in self.members:
             check_log(self, n)
+
+    def test_points_with_a_frozen_replica(self):
+        leader_id, _ = wait_until(lambda: agreed(self.members, 3), 60, "three voters")
+        victim = next(n for n in self.members if info(n)["peer_id"] != leader_id)
+        others = [n for n in self.members if n is not victim]
+        others[0].create("frozen_pts", 4, distance="Dot", replication_factor=3)
+        for n in self.members:
+            wait_until(lambda: n.request("GET", "/collections/frozen_pts")[0] == 200, 30,
+                       f"the collection on port {n.port}")
+        others[0].ok("PUT", "/collections/frozen_pts/points?wait=true",
+                     {"points": [{"id": k, "vector": [1, k, 0, 1]} for k in range(1, 101)]})
+
+        def pct(v, p):
+            v = sorted(v)
+            return v[min(len(v) - 1, int(p / 100 * len(v)))] if v else 0.0
+
+        def load(seconds):
+            """Writes, reads and searches in turn through the two others for `seconds`; returns
+            (latencies by kind, failures)."""
+            lat = {"write": [], "read": [], "search": []}
+            fails = []
+            end = time.monotonic() + seconds
+            i = 0
+            while time.monotonic() < end:
+                node = others[i % 2]
+                k = 1 + i % 100
+                reqs = {"write": ("PUT", "/collections/frozen_pts/points?wait=true",
+                                  {"points": [{"id": k, "vector": [1, k, i % 7, 1]}]}),
+                        "read": ("POST", "/collections/frozen_pts/points",
+                                 {"ids": [k, 1 + (k + 50) % 100], "with_payload": True}),
+                        "search": ("POST", "/collections/frozen_pts/points/search",
+                                   {"vector": [1, k, 0, 1], "limit": 5})}
+                for kind, (method, path, body) in reqs.items():
+                    t0 = time.monotonic()
+                    try:
+                        st, j = node.request(method, path, body, timeout=30)
+                    except OSError as e:
+                        st, j = None, str(e)
+                    lat[kind].append(time.monotonic() - t0)
+                    if st != 200:
+                        fails.append(f"{kind} via {node.port}: {st} {j}")
+                i += 1
+            return lat, fails
+
+        before, fails = load(3)
+        self.assertEqual(fails, [])
+        victim.proc.send_signal(signal.SIGSTOP)
+        try:
+            # past the failure detector's time, so both sides of it are measured
+            during, fails = load(DOWN_AFTER_S + 3)
+        finally:
+            victim.proc.send_signal(signal.SIGCONT)
+        self.assertEqual(fails, [])
+        for kind, v in during.items():
+            print(f"\n{kind}: {len(v)} with a frozen replica, p50 {pct(v, 50) * 1e3:.1f} ms, "
+                  f"p99 {pct(v, 99) * 1e3:.1f} ms, max {max(v) * 1e3:.1f} ms; before: p50 "
+                  f"{pct(before[kind], 50) * 1e3:.1f} ms, p99 {pct(before[kind], 99) * 1e3:.1f} ms")
+            self.assertLessEqual(max(v), DOWN_AFTER_S + 0.1,
+                                 f"a {kind} took {max(v):.3f} s with a frozen replica")
+        wait_until(lambda: agreed(self.members, 3), 60, "the continued member to rejoin")
 
 
 if __name__ == "__main__":
