@@ -72,6 +72,7 @@ struct vd_coll_stats {
     uint64_t indexed; /* linked into the graph */
     uint64_t pending; /* stored, searchable by exact scan, not yet linked */
     size_t index_bytes;
+    size_t vector_bytes; /* of index_bytes, the vectors held in memory (floats and/or codes) */
 };
 void vd_db_coll_stats(struct vd_coll *c, struct vd_coll_stats *out);
 

@@ -21,7 +21,29 @@
 struct vd_index_quant {
     bool enabled;
     float quantile;  /* 0.5..1; 0 = 0.99 */
-    bool always_ram; /* kept and reported; both values keep the float vectors in memory */
+    /* false: once the codes are trained the float vectors leave memory and are read from the
+     * index's source (struct vd_index_source) for rescoring and exact scans; the graph is then
+     * linked on the codes. Takes effect only for an index created (or loaded) with it and a
+     * source; a change to false on a live index that holds its floats in its blocks applies at
+     * the next load. */
+    bool always_ram;
+};
+
+/* Where an index whose float vectors stay out of memory (quantized with always_ram false) reads
+ * them: a storage snapshot per begin..end. begin opens one for the calling thread (*rd is handed
+ * back to get and end); get points *out at the vector of id (dim floats, float-aligned), valid
+ * until the next get or end, or returns VD_ENOTFOUND when the point is gone (deleted: the index
+ * leaves it out of results); end closes the snapshot. The snapshot may be newer than the index
+ * (a write not yet applied to it): the index then scores the point's newest vector. The index
+ * opens a read holding at most its search gate shared, never its mutex (so a thread that holds a
+ * storage read while it applies a write never waits for one that waits for storage), reads the
+ * points it needs (the rescored candidates; every point for an exact scan or to bring the floats
+ * back) and ends before returning; callbacks must be thread-safe. */
+struct vd_index_source {
+    int (*begin)(void *ctx, void **rd);
+    int (*get)(void *ctx, void *rd, const struct vd_pid *id, const float **out);
+    void (*end)(void *ctx, void *rd);
+    void *ctx; /* owned by the caller; must outlive the index */
 };
 
 /* Points needed before the range is trained; below that (and until the first training) the graph
@@ -39,6 +61,7 @@ struct vd_index_params {
     uint32_t full_scan_threshold_kb;
     uint64_t seed;                   /* levels are drawn from this seed */
     struct vd_index_quant quant;     /* disabled by default */
+    struct vd_index_source src;      /* begin NULL = none: the floats always stay in memory */
 };
 
 /* Fills p with the defaults above for a dim-dimensional index of the given metric. */
@@ -110,7 +133,9 @@ struct vd_search_req {
      * candidates are rescored with the float vectors: the best ceil(k * oversampling) when
      * oversampling is set (ef is raised to at least that many), else every candidate of the
      * beam (ef of them). Exact scans, candidate lists and the unlinked tail always score the
-     * float vectors. */
+     * float vectors, except that with the floats on disk (always_ram false) the unlinked tail is
+     * scored on its codes and rescored with the rest, and quant_ignore walks the codes too (there
+     * is no float walk without floats in memory). */
     bool quant_ignore;
     bool quant_no_rescore;
     float oversampling; /* >= 1, or 0 = rescore the whole beam */
@@ -145,14 +170,18 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
 
 /* Bytes held by the index (vectors, codes, links, id map, search contexts). */
 size_t vd_index_memory(const struct vd_index *ix);
-/* Bytes of vector data held in memory: the float vectors plus, when quantized, the codes. */
+/* Bytes of vector data held in memory: the float vectors (none once a quantized index keeps
+ * them on disk) plus, when quantized, the codes. */
 size_t vd_index_vector_memory(const struct vd_index *ix);
 
 /* Changes the quantization of a live index (PATCH of a collection): enabling it allocates the
  * codes and, when the index holds at least VD_INDEX_QUANT_TRAIN_MIN points, trains the range and
  * quantizes every stored point before returning; disabling it frees the codes; a new quantile
- * retrains. Blocks searches and linking for the time it takes (a pass over the vectors).
- * Returns 0, VD_ERANGE (quantile outside 0.5..1) or VD_ENOMEM (the index is left unquantized). */
+ * retrains. Blocks searches and linking for the time it takes (a pass over the vectors). An index
+ * keeping its floats on disk first reads them all back from its source when the new config is
+ * always_ram true or unquantized, drops them again when it is always_ram false, and re-encodes
+ * its codes from the old ones for a new quantile. Returns 0, VD_ERANGE (quantile outside
+ * 0.5..1), VD_ENOMEM (the index is left unquantized) or the source's error (nothing changed). */
 int vd_index_set_quant(struct vd_index *ix, const struct vd_index_quant *q);
 /* Whether the graph is currently walked on codes (quantization enabled and trained). */
 bool vd_index_quant_ready(const struct vd_index *ix);

@@ -11,7 +11,41 @@
 
 /* ---- collection objects ---- */
 
-static struct vd_index_params index_params(const struct vd_coll_schema *s)
+/* The source of a quantized index that keeps its float vectors on disk (always_ram false): the
+ * point records in storage, read through a short read transaction per search (the vectors of
+ * 1536-d points sit on overflow pages and are used in place, in LMDB's map). */
+static int src_begin(void *ctx, void **rd)
+{
+    struct vd_coll *c = ctx;
+    struct vd_rtxn *t;
+    int rc = vd_store_read_begin(c->db->store, &t);
+    *rd = rc ? NULL : t;
+    return rc;
+}
+
+static int src_get(void *ctx, void *rd, const struct vd_pid *id, const float **out)
+{
+    struct vd_coll *c = ctx;
+    struct vd_point_view v;
+    /* the index uses each vector before asking for the next: aligned copies of small vectors
+     * are not kept for the whole read (an exact scan reads every point) */
+    vd_store_read_release_views(rd);
+    int rc = vd_store_point_get(rd, c->schema.incarnation, id, &v);
+    if (rc)
+        return rc;
+    if (v.tombstone || !v.vec || v.dim != c->schema.dim)
+        return VD_ENOTFOUND;
+    *out = v.vec;
+    return 0;
+}
+
+static void src_end(void *ctx, void *rd)
+{
+    (void)ctx;
+    vd_store_read_end(rd);
+}
+
+static struct vd_index_params index_params(struct vd_coll *c, const struct vd_coll_schema *s)
 {
     return (struct vd_index_params){
         .dim = s->dim,
@@ -23,6 +57,7 @@ static struct vd_index_params index_params(const struct vd_coll_schema *s)
         .quant = {.enabled = s->quant_enabled,
                   .quantile = s->quant_quantile,
                   .always_ram = s->quant_always_ram != 1},
+        .src = {.begin = src_begin, .get = src_get, .end = src_end, .ctx = c},
     };
 }
 
@@ -130,6 +165,7 @@ void vd_db_coll_stats(struct vd_coll *c, struct vd_coll_stats *out)
     size_t cnt = vd_index_count(c->ix);
     out->indexed = cnt > out->pending ? cnt - out->pending : 0;
     out->index_bytes = vd_index_memory(c->ix);
+    out->vector_bytes = vd_index_vector_memory(c->ix);
 }
 
 int vd_db_check_name(const char *name, struct vd_err *err)
@@ -275,7 +311,7 @@ static int load_collection(const struct vd_coll_schema *s, void *arg)
     struct vd_coll *c = coll_alloc(db, s);
     if (!c)
         return VD_ENOMEM;
-    struct vd_index_params p = index_params(s);
+    struct vd_index_params p = index_params(c, s);
     struct load_ctx l = {.c = c};
     uint64_t t0 = vd_mono_ns();
     int rc = vd_store_read_begin(db->store, &l.t);
@@ -839,7 +875,7 @@ static void create_done(struct vd_wbatch *b, int status, void *arg)
     struct vd_db *db = m->db;
     if (status == 0) {
         struct vd_coll *c = coll_alloc(db, &m->schema);
-        struct vd_index_params p = index_params(&m->schema);
+        struct vd_index_params p = index_params(c, &m->schema);
         if (!c || vd_index_new(&p, &c->ix)) {
             if (c)
                 vd__db_coll_unref(c);
@@ -899,7 +935,7 @@ static void update_done(struct vd_wbatch *b, int status, void *arg)
             c->schema.quant_quantile = m->schema.quant_quantile;
             c->schema.quant_always_ram = m->schema.quant_always_ram;
             pthread_mutex_unlock(&m->db->mu);
-            struct vd_index_params p = index_params(&m->schema);
+            struct vd_index_params p = index_params(c, &m->schema);
             int rc = vd_index_set_quant(c->ix, &p.quant);
             if (rc)
                 status = vd_errf(&b->err, rc, "collection '%s': cannot quantize the index: %s",

@@ -60,7 +60,34 @@ static inline struct vd__tabs *tabs_get(const struct vd_index *ix)
 
 static inline const float *vec_of(const struct vd_index *ix, const struct vd__tabs *t, uint32_t s)
 {
-    return (const float *)vd__blk(ix, t, s);
+    return vd__vec(ix, t, s);
+}
+
+/* Distance between two stored slots: on the floats when they are in memory, else on the codes
+ * (a lean index without its floats links and repairs its graph on the codes). */
+static inline float slot_dist(const struct vd_index *ix, const struct vd__tabs *t, uint32_t a,
+                              uint32_t b)
+{
+    if (vd__floats(ix))
+        return dist(ix, vec_of(ix, t, a), vec_of(ix, t, b));
+    return vd__code_dist(ix, vd__code(ix, t, a), vd__code(ix, t, b));
+}
+
+/* Distance from q to the float vector of slot s: in memory when rd is NULL, else read through
+ * the open source read rd. Returns 0, VD_ENOTFOUND (the point is gone from storage: leave it
+ * out) or the source's error. */
+static inline int float_dist(const struct vd_index *ix, const struct vd__tabs *t, void *rd,
+                             const float *q, uint32_t s, float *d)
+{
+    if (!rd) {
+        *d = dist(ix, q, vec_of(ix, t, s));
+        return 0;
+    }
+    const float *v;
+    int rc = ix->p.src.get(ix->p.src.ctx, rd, &vd__meta(ix, t, s)->id, &v);
+    if (rc == 0)
+        *d = dist(ix, q, v);
+    return rc;
 }
 
 /* Neighbour list of slot s on layer l: word 0 count, then links. */
@@ -408,7 +435,7 @@ static void search_layer(struct vd_index *ix, struct vd__sctx *c, const struct v
             if (i + 1 < k)
                 prefetch_node(ix, t, qc, todo[i + 1]);
             const uint8_t *vb = vd__blk(ix, t, v);
-            float d = qc ? vd__code_dist(ix, qc, vd__code(ix, t, v)) : dist(ix, q, (const float *)vb);
+            float d = qc ? vd__code_dist(ix, qc, vd__code(ix, t, v)) : dist(ix, q, vec_of(ix, t, v));
             if (c->ntop < ef || d < lower) {
                 if (c->ncand + 1 >= c->cand_cap && grow_cands(&c->cand, &c->cand_cap, c->ncand + 2))
                     continue;
@@ -442,10 +469,9 @@ static uint32_t select_heuristic(struct vd_index *ix, const struct vd__tabs *t,
     }
     uint32_t kept = 0;
     for (uint32_t i = 0; i < n && kept < max; i++) {
-        const float *cv = vec_of(ix, t, cands[i].id);
         bool good = true;
         for (uint32_t j = 0; j < kept; j++) {
-            if (dist(ix, cv, vec_of(ix, t, out[j])) < cands[i].d) {
+            if (slot_dist(ix, t, cands[i].id, out[j]) < cands[i].d) {
                 good = false;
                 break;
             }
@@ -500,12 +526,11 @@ static void add_link(struct vd_index *ix, const struct vd__tabs *t, struct vd__s
     }
     /* Full: re-select among the old links plus s. c->tmp is free here (caller copied out). */
     struct vd__cand *cs = c->tmp + ix->m0 + 1;
-    const float *nv = vec_of(ix, t, nb);
     uint32_t k = 0;
     cs[k++] = (struct vd__cand){d_s, s};
     for (uint32_t j = 1; j <= n; j++) {
         uint32_t v = atomic_load_explicit(&ll[j], memory_order_relaxed);
-        cs[k++] = (struct vd__cand){dist(ix, nv, vec_of(ix, t, v)), v};
+        cs[k++] = (struct vd__cand){slot_dist(ix, t, nb, v), v};
     }
     qsort(cs, k, sizeof(*cs), cand_cmp);
     uint32_t *sel = c->ids;
@@ -522,7 +547,9 @@ static int link_one(struct vd_index *ix, struct vd__sctx *c, uint32_t s)
 {
     const struct vd__tabs *t = tabs_get(ix);
     struct vd__meta *mt = vd__meta(ix, t, s);
-    const float *q = vec_of(ix, t, s);
+    /* without floats in memory the new point is placed by its code row (its own query) */
+    const float *q = vd__floats(ix) ? vec_of(ix, t, s) : NULL;
+    const uint8_t *qc = q ? NULL : vd__code(ix, t, s);
     uint32_t level = random_level(ix);
     if (level > 0) {
         _Atomic uint32_t *up = calloc((size_t)level * (ix->m + 1), sizeof(*up));
@@ -555,12 +582,12 @@ static int link_one(struct vd_index *ix, struct vd__sctx *c, uint32_t s)
     }
     c->lim = t->cap << ix->chunk_shift;
     uint32_t cur = (uint32_t)epv;
-    float curd = dist(ix, q, vec_of(ix, t, cur));
+    float curd = node_dist(ix, t, q, qc, cur);
     for (uint32_t l = maxl; l > level; l--)
-        cur = greedy_layer(ix, c, &t, q, NULL, cur, &curd, l);
+        cur = greedy_layer(ix, c, &t, q, qc, cur, &curd, l);
 
     for (int l = (int)(level < maxl ? level : maxl); l >= 0; l--) {
-        search_layer(ix, c, &t, q, NULL, cur, curd, ix->p.ef_construct, (uint32_t)l, NULL, NULL,
+        search_layer(ix, c, &t, q, qc, cur, curd, ix->p.ef_construct, (uint32_t)l, NULL, NULL,
                      atomic_load_explicit(&ix->tomb, memory_order_relaxed) > 0);
         uint32_t n = drain_sorted(c);
         /* never link to ourselves (s can be reached while LINKING through a racing linker) */
@@ -676,7 +703,6 @@ void vd__index_repair(struct vd_index *ix, bool force)
         if (!linked_survivor(ix, t, s))
             continue;
         struct vd__meta *mt = vd__meta(ix, t, s);
-        const float *sv = vec_of(ix, t, s);
         for (uint32_t l = 0; l <= mt->level; l++) {
             const uint32_t cap = l == 0 ? ix->m0 : ix->m;
             _Atomic uint32_t *ll = links_of(ix, t, s, l);
@@ -717,7 +743,7 @@ void vd__index_repair(struct vd_index *ix, bool force)
                 kept = k;
             } else {
                 for (uint32_t i = 0; i < k; i++)
-                    c->tmp[i].d = dist(ix, sv, vec_of(ix, t, c->tmp[i].id));
+                    c->tmp[i].d = slot_dist(ix, t, s, c->tmp[i].id);
                 qsort(c->tmp, k, sizeof(*c->tmp), cand_cmp);
                 kept = select_heuristic(ix, t, c->tmp, k, cap, c->ids);
             }
@@ -782,10 +808,12 @@ static int tabs_grow(struct vd_index *ix)
     nt->blk = calloc(cap, sizeof(*nt->blk));
     nt->meta = calloc(cap, sizeof(*nt->meta));
     nt->code = calloc(cap, sizeof(*nt->code));
-    if (!nt->blk || !nt->meta || !nt->code) {
+    nt->fvec = calloc(cap, sizeof(*nt->fvec));
+    if (!nt->blk || !nt->meta || !nt->code || !nt->fvec) {
         free(nt->blk);
         free(nt->meta);
         free(nt->code);
+        free(nt->fvec);
         free(nt);
         return VD_ENOMEM;
     }
@@ -794,6 +822,7 @@ static int tabs_grow(struct vd_index *ix)
         memcpy(nt->blk, old->blk, old->cap * sizeof(*nt->blk));
         memcpy(nt->meta, old->meta, old->cap * sizeof(*nt->meta));
         memcpy(nt->code, old->code, old->cap * sizeof(*nt->code));
+        memcpy(nt->fvec, old->fvec, old->cap * sizeof(*nt->fvec));
     }
     nt->prev = old;
     atomic_store_explicit(&ix->tabs, nt, memory_order_release);
@@ -819,15 +848,21 @@ int vd__index_alloc_slot(struct vd_index *ix, uint32_t *out)
         struct vd__meta *m = calloc((size_t)1 << ix->chunk_shift, sizeof(*m));
         size_t cbytes = ((size_t)1 << ix->chunk_shift) * ix->code_size;
         uint8_t *cc = ix->q.enabled ? aligned_alloc(64, cbytes) : NULL;
-        if (!b || !m || (ix->q.enabled && !cc)) {
+        bool fv = ix->lean && (ix->fheld || ix->fcollect);
+        float *fc = fv ? aligned_alloc(64, ((size_t)1 << ix->chunk_shift) * ix->vec_bytes) : NULL;
+        if (!b || !m || (ix->q.enabled && !cc) || (fv && !fc)) {
             free(b);
             free(m);
             free(cc);
+            free(fc);
             return VD_ENOMEM;
         }
         if (cc)
             memset(cc, 0, cbytes);
+        if (fc)
+            memset(fc, 0, ((size_t)1 << ix->chunk_shift) * ix->vec_bytes);
         t->code[ix->nchunks] = cc;
+        t->fvec[ix->nchunks] = fc;
         memset(b, 0, bytes);
         for (uint32_t i = 0; i < (1u << ix->chunk_shift); i++) {
             atomic_flag_clear(&m[i].lock);
@@ -990,6 +1025,95 @@ static void seq_note(struct vd_index *ix, uint64_t seq)
         ;
 }
 
+/* ---- floats of a lean index ----------------------------------------------------------------- */
+
+int vd__index_alloc_fvec(struct vd_index *ix)
+{
+    struct vd__tabs *t = tabs_get(ix);
+    size_t bytes = ((size_t)1 << ix->chunk_shift) * ix->vec_bytes;
+    for (uint32_t c = 0; c < ix->nchunks; c++) {
+        if (t->fvec[c])
+            continue;
+        float *p = aligned_alloc(64, bytes);
+        if (!p)
+            return VD_ENOMEM;
+        memset(p, 0, bytes);
+        t->fvec[c] = p;
+    }
+    return 0;
+}
+
+void vd__index_drop_floats(struct vd_index *ix)
+{
+    struct vd__tabs *t = tabs_get(ix);
+    for (uint32_t c = 0; c < ix->nchunks; c++) {
+        free(t->fvec[c]);
+        t->fvec[c] = NULL;
+    }
+    /* older tables hold copies of the freed pointers; nothing reads them (a reader loads the
+     * current table under the gate), but they must not be freed twice either */
+    for (struct vd__tabs *o = t->prev; o; o = o->prev)
+        memset(o->fvec, 0, o->cap * sizeof(*o->fvec));
+    ix->fheld = false;
+}
+
+/*
+ * Brings the floats of a lean index back into memory (the config now wants them there, or the
+ * quantization goes). The reads from the source run with the gate held shared only (searches go
+ * on; no repair can free and reuse a slot meanwhile) and without mu, since a storage read must
+ * not wait for a thread that applies a write; upserts meanwhile copy their own floats (fcollect).
+ * A slot whose point storage no longer has is being deleted and keeps zeros. Returns 0, VD_ENOMEM
+ * or the source's error (the floats then stay on disk).
+ */
+int vd__index_restore_floats(struct vd_index *ix)
+{
+    pthread_rwlock_rdlock(&ix->gate);
+    pthread_mutex_lock(&ix->mu);
+    if (vd__floats(ix)) {
+        pthread_mutex_unlock(&ix->mu);
+        pthread_rwlock_unlock(&ix->gate);
+        return 0;
+    }
+    const struct vd__tabs *t = tabs_get(ix);
+    uint32_t n = atomic_load(&ix->nslots);
+    int rc = vd__index_alloc_fvec(ix);
+    uint32_t *slots = rc ? NULL : malloc(((size_t)n + 1) * sizeof(*slots));
+    uint32_t ns = 0;
+    if (!rc && !slots)
+        rc = VD_ENOMEM;
+    for (uint32_t s = 0; !rc && s < n; s++)
+        if (visible(state_of(ix, t, s)))
+            slots[ns++] = s;
+    if (!rc)
+        ix->fcollect = true;
+    pthread_mutex_unlock(&ix->mu);
+    void *rd = NULL;
+    if (!rc)
+        rc = ix->p.src.begin(ix->p.src.ctx, &rd);
+    for (uint32_t i = 0; !rc && i < ns; i++) {
+        const float *v;
+        int g = ix->p.src.get(ix->p.src.ctx, rd, &vd__meta(ix, t, slots[i])->id, &v);
+        if (g == 0)
+            memcpy(vd__vec(ix, t, slots[i]), v, ix->vec_bytes);
+        else if (g != VD_ENOTFOUND)
+            rc = g;
+    }
+    if (rd)
+        ix->p.src.end(ix->p.src.ctx, rd);
+    free(slots);
+    pthread_rwlock_unlock(&ix->gate);
+    pthread_rwlock_wrlock(&ix->gate);
+    pthread_mutex_lock(&ix->mu);
+    ix->fcollect = false;
+    if (rc)
+        vd__index_drop_floats(ix);
+    else
+        ix->fheld = true;
+    pthread_mutex_unlock(&ix->mu);
+    pthread_rwlock_unlock(&ix->gate);
+    return rc;
+}
+
 /* ---- public API -------------------------------------------------------------------------- */
 
 void vd_index_params_init(struct vd_index_params *p, uint32_t dim, enum vd_metric metric)
@@ -1034,8 +1158,12 @@ int vd_index_new(const struct vd_index_params *p, struct vd_index **out)
               : p->metric == VD_METRIC_MANHATTAN ? ix->k->l1 : ix->k->dot;
     ix->negate = p->metric == VD_METRIC_COSINE || p->metric == VD_METRIC_DOT;
     ix->vec_bytes = (size_t)p->dim * sizeof(float);
-    ix->link_off = ix->vec_bytes;
-    size_t raw = ix->vec_bytes + 4 + 4 * (1 + (size_t)ix->m0);
+    /* floats kept on disk: blocks without a vector; the floats sit in side chunks until the
+     * codes are trained (and whenever the config asks for them in memory again) */
+    ix->lean = p->quant.enabled && !p->quant.always_ram && p->src.begin && p->src.get && p->src.end;
+    ix->fheld = ix->lean;
+    ix->link_off = ix->lean ? 0 : ix->vec_bytes;
+    size_t raw = ix->link_off + 4 + 4 * (1 + (size_t)ix->m0);
     /* Cache-line aligned slots save split loads, but only when the padding costs little (at most
      * 1/32 of the slot): the memory budget is 1.25 x the vector bytes plus layer-0 links. */
     size_t padded = (raw + 63) / 64 * 64;
@@ -1079,12 +1207,14 @@ void vd_index_free(struct vd_index *ix)
         free(t->blk[c]);
         free(t->meta[c]);
         free(t->code[c]);
+        free(t->fvec[c]);
     }
     while (t) {
         struct vd__tabs *prev = t->prev;
         free(t->blk);
         free(t->meta);
         free(t->code);
+        free(t->fvec);
         free(t);
         t = prev;
     }
@@ -1154,7 +1284,8 @@ int vd_index_upsert(struct vd_index *ix, const struct vd_pid *id, const float *v
     t = tabs_get(ix);
     uint8_t *b = vd__blk(ix, t, s);
     struct vd__meta *mt = vd__meta(ix, t, s);
-    memcpy(b, vec, ix->vec_bytes);
+    if (vd__floats(ix) || ix->fcollect)
+        memcpy(vd__vec(ix, t, s), vec, ix->vec_bytes);
     if (atomic_load_explicit(&ix->qready, memory_order_relaxed))
         vd__quant_encode(ix, vec, vd__code(ix, t, s));
     atomic_store_explicit(&vd__l0(ix, b)[0], 0, memory_order_relaxed);
@@ -1293,15 +1424,54 @@ int vd_index_get_vector(const struct vd_index *ix, const struct vd_pid *id, floa
     const struct vd__tabs *t = tabs_get(ix);
     bool found;
     size_t pos = map_find(ix, t, id, &found);
-    if (found && out)
+    bool in_ram = vd__floats(ix);
+    if (found && out && in_ram)
         memcpy(out, vec_of(ix, t, ix->map[pos]), ix->vec_bytes);
     pthread_mutex_unlock(&mix->mu);
-    return found ? 0 : VD_ENOTFOUND;
+    if (!found || !out || in_ram)
+        return found ? 0 : VD_ENOTFOUND;
+    /* floats on disk: storage's copy (no lock held while reading it) */
+    void *rd;
+    const float *v;
+    int rc = ix->p.src.begin(ix->p.src.ctx, &rd);
+    if (rc)
+        return rc;
+    if ((rc = ix->p.src.get(ix->p.src.ctx, rd, id, &v)) == 0)
+        memcpy(out, v, ix->vec_bytes);
+    ix->p.src.end(ix->p.src.ctx, rd);
+    return rc;
 }
 
-/* Exact top-k over every visible slot (c->top holds the result). */
-static void exact_scan(struct vd_index *ix, struct vd__sctx *c, const struct vd__tabs *t,
-                       const float *q, uint32_t k, vd_index_filter_fn filter, void *fctx)
+/* Opens a source read when the floats are not in memory (*rd NULL otherwise, or already open). */
+static int src_open(struct vd_index *ix, void **rd)
+{
+    if (*rd || vd__floats(ix))
+        return 0;
+    return ix->p.src.begin(ix->p.src.ctx, rd);
+}
+
+static void src_close(struct vd_index *ix, void *rd)
+{
+    if (rd)
+        ix->p.src.end(ix->p.src.ctx, rd);
+}
+
+/* Keeps s with distance d in the max-heap c->top of at most k; returns the new bound. */
+static inline float top_offer(struct vd__sctx *c, uint32_t k, float d, uint32_t s)
+{
+    if (c->ntop < k) {
+        maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
+    } else if (d < c->top[0].d) {
+        maxheap_pop(c->top, &c->ntop);
+        maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
+    }
+    return c->top[0].d;
+}
+
+/* Exact top-k over every visible slot (c->top holds the result); the floats come from memory, or
+ * through the source read rd. Returns 0 or the source's error. */
+static int exact_scan(struct vd_index *ix, struct vd__sctx *c, const struct vd__tabs *t,
+                      const float *q, uint32_t k, vd_index_filter_fn filter, void *fctx, void *rd)
 {
     uint32_t n = atomic_load_explicit(&ix->nslots, memory_order_acquire);
     c->ntop = 0;
@@ -1322,17 +1492,21 @@ static void exact_scan(struct vd_index *ix, struct vd__sctx *c, const struct vd_
             uint32_t s = (chunk << ix->chunk_shift) | i;
             if (filter && !filter(&t->meta[chunk][i].id, s, fctx))
                 continue;
-            float d = dist(ix, q, (const float *)b);
-            if (c->ntop < k) {
-                maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
-                lower = c->top[0].d;
-            } else if (d < lower) {
-                maxheap_pop(c->top, &c->ntop);
-                maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
-                lower = c->top[0].d;
+            float d;
+            if (!rd) {
+                d = dist(ix, q, vec_of(ix, t, s));
+            } else {
+                int rc = float_dist(ix, t, rd, q, s, &d);
+                if (rc == VD_ENOTFOUND)
+                    continue;
+                if (rc)
+                    return rc;
             }
+            if (c->ntop < k || d < lower)
+                lower = top_offer(c, k, d, s);
         }
     }
+    return 0;
 }
 
 /* Sorts a[n] ascending in place (heapsort: no allocation, unlike qsort). */
@@ -1368,7 +1542,7 @@ static void sort_u32(uint32_t *a, uint32_t n)
  * since, its state says so and it is skipped. Ids listed twice are scored once (visited tags).
  * Returns 0 or VD_ENOMEM (growing the pooled scratch). */
 static int candidate_scan(struct vd_index *ix, struct vd__sctx *c, const struct vd__tabs **tp,
-                          const struct vd_search_req *r)
+                          const struct vd_search_req *r, void *rd)
 {
     c->ntop = 0;
     pthread_mutex_lock(&ix->mu);
@@ -1408,31 +1582,32 @@ static int candidate_scan(struct vd_index *ix, struct vd__sctx *c, const struct 
     float lower = INFINITY;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t s = c->ids[i];
-        if (i + 2 < n)
+        if (i + 2 < n && !rd)
             prefetch_vec(ix, vec_of(ix, t, c->ids[i + 2]));
         if (!visible(state_of(ix, t, s)))
             continue;
         if (r->filter && !r->filter(&vd__meta(ix, t, s)->id, s, r->filter_ctx))
             continue;
-        float d = dist(ix, r->query, vec_of(ix, t, s));
-        if (c->ntop < r->k) {
-            maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
-            lower = c->top[0].d;
-        } else if (d < lower) {
-            maxheap_pop(c->top, &c->ntop);
-            maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
-            lower = c->top[0].d;
-        }
+        float d;
+        int rc = float_dist(ix, t, rd, r->query, s, &d);
+        if (rc == VD_ENOTFOUND)
+            continue;
+        if (rc)
+            return rc;
+        if (c->ntop < r->k || d < lower)
+            lower = top_offer(c, r->k, d, s);
     }
     *tp = t;
     return 0;
 }
 
 /* Keeps the best n of c->top (scored on codes, or exactly for the unlinked tail) and scores them
- * again with the float vectors: the order the caller sees is the exact one among them. t covers
- * every slot in c->top. Returns 0 or VD_ENOMEM (growing the pooled scratch). */
+ * again with the float vectors (from memory, or through the source read rd: only these n are
+ * read): the order the caller sees is the exact one among them; a point storage no longer has is
+ * left out. t covers every slot in c->top. Returns 0, VD_ENOMEM (growing the pooled scratch) or
+ * the source's error. */
 static int rescore_top(struct vd_index *ix, struct vd__sctx *c, const struct vd__tabs *t,
-                       const float *q, uint32_t n)
+                       const float *q, uint32_t n, void *rd)
 {
     while (c->ntop > n)
         maxheap_pop(c->top, &c->ntop);
@@ -1443,9 +1618,15 @@ static int rescore_top(struct vd_index *ix, struct vd__sctx *c, const struct vd_
     c->ntop = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t s = c->tmp[i].id;
-        if (i + 1 < n)
+        if (i + 1 < n && !rd)
             prefetch_vec(ix, vec_of(ix, t, c->tmp[i + 1].id));
-        maxheap_push(c->top, &c->ntop, (struct vd__cand){dist(ix, q, vec_of(ix, t, s)), s});
+        float d;
+        int rc = float_dist(ix, t, rd, q, s, &d);
+        if (rc == VD_ENOTFOUND)
+            continue;
+        if (rc)
+            return rc;
+        maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
     }
     return 0;
 }
@@ -1464,8 +1645,11 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
     pthread_rwlock_rdlock(&ix->gate);
     /* Walk on codes. Rescored: ceil(k * oversampling) candidates when asked (ef covers them),
      * else the whole beam, whose float distances cost a small share of the walk's and bring the
-     * recall back to the float walk's at the same ef. */
-    bool qz = !r->quant_ignore && atomic_load_explicit(&ix->qready, memory_order_acquire);
+     * recall back to the float walk's at the same ef. Without floats in memory there is no float
+     * walk: "ignore" walks the codes too, and the floats are read from the source only for the
+     * rescored candidates. */
+    bool qready = atomic_load_explicit(&ix->qready, memory_order_acquire);
+    bool qz = qready && (!r->quant_ignore || !vd__floats(ix));
     bool rescore = qz && !r->quant_no_rescore;
     uint32_t nres = ef;
     if (rescore && r->oversampling > 0.0f) {
@@ -1490,22 +1674,20 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
                  (r->filter && r->filter_estimate &&
                   (uint64_t)r->filter_estimate * ix->vec_bytes < thr);
     uint32_t keep = r->k;
+    void *rd = NULL; /* source read (floats on disk), opened after the last use of mu */
+    int rc = 0;
     if (r->candidates) {
-        int rc = candidate_scan(ix, c, &t, r);
-        if (rc) {
-            ctx_put(ix, c);
-            pthread_rwlock_unlock(&ix->gate);
-            return rc;
-        }
+        if ((rc = src_open(ix, &rd)) == 0)
+            rc = candidate_scan(ix, c, &t, r, rd);
     } else if (exact) {
-        exact_scan(ix, c, t, r->query, r->k, r->filter, r->filter_ctx);
+        if ((rc = src_open(ix, &rd)) == 0)
+            rc = exact_scan(ix, c, t, r->query, r->k, r->filter, r->filter_ctx, rd);
     } else {
         const uint8_t *qc = NULL;
         if (qz) {
             if (!c->qcode && !(c->qcode = aligned_alloc(64, ix->code_size))) {
-                ctx_put(ix, c);
-                pthread_rwlock_unlock(&ix->gate);
-                return VD_ENOMEM;
+                rc = VD_ENOMEM;
+                goto out_put;
             }
             vd__quant_encode(ix, r->query, c->qcode);
             qc = c->qcode;
@@ -1517,14 +1699,16 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
         bool filtering = r->filter || atomic_load_explicit(&ix->tomb, memory_order_relaxed) > 0;
         search_layer(ix, c, &t, r->query, qc, cur, curd, ef, 0, r->filter, r->filter_ctx,
                      filtering);
-        /* The unlinked tail, exactly. The counter is read first so that searches do not all
-         * take mu when nothing is pending; an upsert that returned before this search began
-         * has already raised it. */
+        /* The unlinked tail, exactly (on the codes when the floats are on disk: the rescoring
+         * below reads the floats of the best). The counter is read first so that searches do
+         * not all take mu when nothing is pending; an upsert that returned before this search
+         * began has already raised it. */
         bool tail = atomic_load(&ix->pending) > 0;
         if (tail)
             pthread_mutex_lock(&ix->mu);
         if (tail && ix->npend) {
             const struct vd__tabs *tn = tabs_get(ix);
+            bool on_codes = !vd__floats(ix);
             if (ctx_tags_fit(c, tn->cap << ix->chunk_shift) == 0) {
                 float lower = c->ntop ? c->top[0].d : INFINITY;
                 for (size_t i = 0; i < ix->npend; i++) {
@@ -1533,26 +1717,22 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
                         continue;
                     if (r->filter && !r->filter(&vd__meta(ix, tn, s)->id, s, r->filter_ctx))
                         continue;
-                    float d = dist(ix, r->query, vec_of(ix, tn, s));
-                    if (c->ntop < ef) {
-                        maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
-                    } else if (d < lower) {
-                        maxheap_pop(c->top, &c->ntop);
-                        maxheap_push(c->top, &c->ntop, (struct vd__cand){d, s});
-                    }
-                    lower = c->top[0].d;
+                    float d = on_codes ? vd__code_dist(ix, qc, vd__code(ix, tn, s))
+                                       : dist(ix, r->query, vec_of(ix, tn, s));
+                    if (c->ntop < ef || d < lower)
+                        lower = top_offer(c, ef, d, s);
                 }
             }
             t = tn;
         }
         if (tail)
             pthread_mutex_unlock(&ix->mu);
-        if (rescore && rescore_top(ix, c, t, r->query, nres)) {
-            ctx_put(ix, c);
-            pthread_rwlock_unlock(&ix->gate);
-            return VD_ENOMEM;
-        }
+        if (rescore && (rc = src_open(ix, &rd)) == 0)
+            rc = rescore_top(ix, c, t, r->query, nres, rd);
     }
+    src_close(ix, rd);
+    if (rc)
+        goto out_put;
     while (c->ntop > keep)
         maxheap_pop(c->top, &c->ntop);
     uint32_t n = c->ntop;
@@ -1562,9 +1742,10 @@ int vd_index_search(struct vd_index *ix, const struct vd_search_req *r, struct v
         out[i - 1].score = to_score(ix, h.d);
     }
     *n_out = n;
+out_put:
     ctx_put(ix, c);
     pthread_rwlock_unlock(&ix->gate);
-    return 0;
+    return rc;
 }
 
 size_t vd_index_memory(const struct vd_index *ix)
@@ -1578,9 +1759,10 @@ size_t vd_index_memory(const struct vd_index *ix)
         b += sizeof(*x) + x->cap * (sizeof(*x->blk) + sizeof(*x->meta));
     b += atomic_load_explicit(&mix->upper_bytes, memory_order_relaxed);
     for (uint32_t c = 0; c < ix->nchunks; c++)
-        b += t->code[c] ? chunk_slots * ix->code_size : 0;
+        b += (t->code[c] ? chunk_slots * ix->code_size : 0) +
+             (t->fvec[c] ? chunk_slots * ix->vec_bytes : 0);
     for (const struct vd__tabs *x = t; x; x = x->prev)
-        b += x->cap * sizeof(*x->code);
+        b += x->cap * (sizeof(*x->code) + sizeof(*x->fvec));
     b += (ix->free_cap + ix->pend_cap + ix->todo_cap + ix->map_cap) * sizeof(uint32_t);
     pthread_mutex_unlock(&mix->mu);
     pthread_mutex_lock(&mix->pool_mu);
@@ -1599,9 +1781,10 @@ size_t vd_index_vector_memory(const struct vd_index *ix)
     pthread_mutex_lock(&mix->mu);
     const struct vd__tabs *t = tabs_get(ix);
     size_t chunk_slots = (size_t)1 << ix->chunk_shift;
-    size_t b = ix->nchunks * chunk_slots * ix->vec_bytes;
+    size_t b = ix->lean ? 0 : ix->nchunks * chunk_slots * ix->vec_bytes;
     for (uint32_t c = 0; c < ix->nchunks; c++)
-        b += t->code[c] ? chunk_slots * ix->code_size : 0;
+        b += (t->code[c] ? chunk_slots * ix->code_size : 0) +
+             (t->fvec[c] ? chunk_slots * ix->vec_bytes : 0);
     pthread_mutex_unlock(&mix->mu);
     return b;
 }

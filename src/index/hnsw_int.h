@@ -47,6 +47,7 @@ struct vd__tabs {
     uint8_t **blk;
     struct vd__meta **meta;
     uint8_t **code;           /* int8 code chunks (NULL entries when not quantized) */
+    float **fvec;             /* float chunks of a lean index while it holds its floats */
     struct vd__tabs *prev;    /* older, smaller table; freed with the index */
 };
 
@@ -79,6 +80,13 @@ struct vd_index {
     bool negate;          /* internal distance = -dot (cosine, dot) */
     uint32_t m, m0;       /* links per upper layer, on layer 0 */
     size_t vec_bytes, slot_size, link_off;
+    /* Lean layout (quantized, always_ram false, with a source; chosen at creation): blocks hold
+     * no vector, only [state][count][links]; the floats live in t->fvec chunks while `fheld`,
+     * which is true until the codes are trained and again when the config asks for the floats
+     * in memory. Without them every float is read from p.src. fheld changes with gate held
+     * exclusively and mu held; `fcollect` (mu) makes upserts fill fvec while floats are being
+     * read back from the source. */
+    bool lean, fheld, fcollect;
     uint32_t chunk_shift, chunk_mask;
     double ml;
 
@@ -131,6 +139,21 @@ static inline uint8_t *vd__code(const struct vd_index *ix, const struct vd__tabs
     return t->code[s >> ix->chunk_shift] + (size_t)(s & ix->chunk_mask) * ix->code_size;
 }
 
+/* The float vector of slot s: in its block, or in the lean index's float chunks (only while
+ * vd__floats()). */
+static inline float *vd__vec(const struct vd_index *ix, const struct vd__tabs *t, uint32_t s)
+{
+    if (ix->lean)
+        return t->fvec[s >> ix->chunk_shift] + (size_t)(s & ix->chunk_mask) * ix->p.dim;
+    return (float *)(t->blk[s >> ix->chunk_shift] + (size_t)(s & ix->chunk_mask) * ix->slot_size);
+}
+/* Whether the float vectors are in memory (else they are read from p.src and the graph is
+ * walked and linked on the codes). Stable while gate or mu is held. */
+static inline bool vd__floats(const struct vd_index *ix)
+{
+    return !ix->lean || ix->fheld;
+}
+
 static inline uint8_t *vd__blk(const struct vd_index *ix, const struct vd__tabs *t, uint32_t s)
 {
     return t->blk[s >> ix->chunk_shift] + (size_t)(s & ix->chunk_mask) * ix->slot_size;
@@ -160,9 +183,24 @@ int vd__index_free_push(struct vd_index *ix, uint32_t slot);
 int vd__quant_alloc_chunks(struct vd_index *ix);
 /* Writes the code row of v with the current range. */
 void vd__quant_encode(const struct vd_index *ix, const float *v, uint8_t *row);
-/* Sets the range (value = lo + alpha * code, alpha > 0) and writes every slot's code row, then
- * publishes qready. gate exclusive and mu held. */
+/* Sets the range (value = lo + alpha * code, alpha > 0) without touching any code row. */
+void vd__quant_set_range(struct vd_index *ix, float lo, float alpha);
+/* Sets the range and writes every slot's code row (from the floats, or, when they are out of
+ * memory, from the old codes decoded), publishes qready, and drops the floats of a lean index
+ * that keeps them on disk. gate exclusive and mu held. */
 void vd__quant_apply_range(struct vd_index *ix, float lo, float alpha);
+/* Frees the float chunks of a lean index (gate exclusive and mu held). */
+void vd__index_drop_floats(struct vd_index *ix);
+/* Allocates the float chunk of every slot chunk that lacks one (mu held). */
+int vd__index_alloc_fvec(struct vd_index *ix);
+/* Reads the floats of a lean index back from its source into memory; takes gate and mu itself
+ * (neither may be held). Returns 0, VD_ENOMEM or the source's error. */
+int vd__index_restore_floats(struct vd_index *ix);
+/* Whether the config keeps the floats of this lean index out of memory. */
+static inline bool vd__floats_on_disk(const struct vd_index *ix)
+{
+    return ix->lean && ix->q.enabled && !ix->q.always_ram;
+}
 /* Trains the range from a sample of the stored vectors and quantizes every slot; takes gate and
  * mu itself. Returns 0, VD_EBUSY (another training runs) or VD_ENOMEM. */
 int vd__quant_train(struct vd_index *ix);

@@ -344,6 +344,19 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
         goto out_free_buf;
     atomic_store(&ix->seq, seq);
     bool dropped = false;
+    /* A lean index that keeps its floats on disk and has its saved range encodes each fetched
+     * vector at once and never holds the floats (they pass through one scratch vector). */
+    bool direct = version == VERSION_QUANT && qq == vd__quant_quantile(&ix->q) &&
+                  vd__floats_on_disk(ix);
+    float *scratch = NULL;
+    if (direct) {
+        if (!(scratch = malloc(ix->vec_bytes))) {
+            rc = VD_ENOMEM;
+            goto out_free_index;
+        }
+        vd__quant_set_range(ix, qlo, qalpha);
+        ix->fheld = false;
+    }
     /* Record s goes to slot s, since links name slots. Free slots join the free list only after
      * the loop: alloc_slot hands out free-list slots first, so pushing them here would give a
      * later record an earlier slot and leave nslots short of the slots actually in use (which
@@ -373,12 +386,16 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
             if ((rc = load_links(ix, &r, s, nslots)) != 0)
                 goto out_free_index;
         }
-        int fr = kind == K_TOMB ? VD_ENOTFOUND : fetch(&mt->id, (float *)b, ctx);
+        float *dst = direct ? scratch : vd__vec(ix, t, s);
+        int fr = kind == K_TOMB ? VD_ENOTFOUND : fetch(&mt->id, dst, ctx);
+        if (fr == 0 && direct)
+            vd__quant_encode(ix, scratch, vd__code(ix, t, s));
         if (fr == VD_ENOTFOUND) {
             if (kind == K_PENDING)
                 continue; /* never linked: simply free, pushed after the loop */
             /* still linked: a tombstone until the repair below */
-            memset(b, 0, ix->vec_bytes);
+            if (!direct)
+                memset(dst, 0, ix->vec_bytes);
             atomic_store(vd__state(ix, b), ST_DELETED);
             atomic_fetch_add(&ix->tomb, 1);
             dropped = true;
@@ -421,9 +438,14 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
         }
         atomic_store(&ix->ep, ((uint64_t)ep_level << 32) | ep);
     }
+    if (direct) {
+        ix->qtrained_n = atomic_load(&ix->live);
+        ix->qtrained_q = qq;
+        atomic_store(&ix->qready, true);
+    }
     if (dropped)
         vd__index_repair(ix, true);
-    if (ix->q.enabled) {
+    if (ix->q.enabled && !direct) {
         /* the saved range when there is one for this quantile (searches answer as before the
          * restart), else a fresh training once there are enough points: the quantile may have
          * changed after the graph was last saved */
@@ -439,11 +461,13 @@ int vd_index_load(const char *path, const struct vd_index_params *p, vd_index_fe
             goto out_free_index;
         }
     }
+    free(scratch);
     free(buf);
     *out = ix;
     return 0;
 
 out_free_index:
+    free(scratch);
     vd_index_free(ix);
 out_free_buf:
     free(buf);

@@ -52,19 +52,53 @@ void vd__quant_encode(const struct vd_index *ix, const float *v, uint8_t *row)
     memcpy(row + 8, &sq, 8);
 }
 
-void vd__quant_apply_range(struct vd_index *ix, float lo, float alpha)
+void vd__quant_set_range(struct vd_index *ix, float lo, float alpha)
 {
     ix->qlo = lo;
     ix->qalpha = alpha;
     ix->qc0 = (float)ix->p.dim * lo * lo;
     ix->qc1 = lo * ix->qalpha;
     ix->qc2 = ix->qalpha * ix->qalpha;
+}
+
+/* Rewrites a code row made with the range (olo, oalpha) for the current range, in place, from
+ * the values its codes stand for: how a lean index without its floats follows a new range (the
+ * old rounding error stays, at most half a step of the old range). */
+static void reencode_row(const struct vd_index *ix, float olo, float oalpha, uint8_t *row)
+{
+    const float lo = ix->qlo, inv = 1.0f / ix->qalpha;
+    uint32_t sum = 0;
+    uint64_t sq = 0;
+    uint8_t *c = row + 16;
+    for (uint32_t i = 0; i < ix->p.dim; i++) {
+        float x = (olo + oalpha * (float)c[i] - lo) * inv;
+        uint32_t k = x <= 0.0f ? 0 : x >= 255.0f ? 255 : (uint32_t)(x + 0.5f);
+        c[i] = (uint8_t)k;
+        sum += k;
+        sq += k * k;
+    }
+    memset(row, 0, 16);
+    memcpy(row, &sum, 4);
+    memcpy(row + 8, &sq, 8);
+}
+
+void vd__quant_apply_range(struct vd_index *ix, float lo, float alpha)
+{
+    float olo = ix->qlo, oalpha = ix->qalpha;
+    bool from_codes = !vd__floats(ix);
+    vd__quant_set_range(ix, lo, alpha);
     const struct vd__tabs *t = atomic_load_explicit(&ix->tabs, memory_order_acquire);
     uint32_t n = atomic_load_explicit(&ix->nslots, memory_order_relaxed);
-    for (uint32_t s = 0; s < n; s++)
-        vd__quant_encode(ix, (const float *)vd__blk(ix, t, s), vd__code(ix, t, s));
+    for (uint32_t s = 0; s < n; s++) {
+        if (from_codes)
+            reencode_row(ix, olo, oalpha, vd__code(ix, t, s));
+        else
+            vd__quant_encode(ix, vd__vec(ix, t, s), vd__code(ix, t, s));
+    }
     ix->qtrained_n = atomic_load(&ix->live);
     atomic_store_explicit(&ix->qready, true, memory_order_release);
+    if (vd__floats_on_disk(ix) && ix->fheld)
+        vd__index_drop_floats(ix);
 }
 
 static int cmp_float(const void *a, const void *b)
@@ -82,26 +116,49 @@ int vd__quant_train(struct vd_index *ix)
     uint32_t want = SAMPLE_VALUES / dim ? SAMPLE_VALUES / dim : 1;
     float *sample = NULL;
     size_t nv = 0;
+    struct vd_pid *ids = NULL;
+    size_t nids = 0;
     /* The sample is copied under mu alone (vectors are written under mu), so searches go on
-     * while it is sorted; only the encoding pass below holds the gate. */
+     * while it is sorted; only the encoding pass below holds the gate. Without floats in memory
+     * the sampled points' ids are copied instead and their floats read from the source with no
+     * lock held. */
     pthread_mutex_lock(&ix->mu);
     uint32_t n = atomic_load(&ix->nslots);
     uint32_t step = n / want > 1 ? n / want : 1;
+    bool in_ram = vd__floats(ix);
     sample = malloc(((size_t)n / step + 1) * dim * sizeof(float));
-    if (!sample) {
+    ids = in_ram ? NULL : malloc(((size_t)n / step + 1) * sizeof(*ids));
+    if (!sample || (!in_ram && !ids)) {
         pthread_mutex_unlock(&ix->mu);
         rc = VD_ENOMEM;
-        goto out_clear;
+        goto out_free;
     }
     const struct vd__tabs *t = atomic_load_explicit(&ix->tabs, memory_order_acquire);
     for (uint32_t s = 0; s < n; s += step) {
         uint8_t st = atomic_load(vd__state(ix, vd__blk(ix, t, s)));
         if (st != ST_PENDING && st != ST_LINKING && st != ST_LIVE)
             continue;
-        memcpy(sample + nv, vd__blk(ix, t, s), (size_t)dim * sizeof(float));
+        if (!in_ram) {
+            ids[nids++] = vd__meta(ix, t, s)->id;
+            continue;
+        }
+        memcpy(sample + nv, vd__vec(ix, t, s), (size_t)dim * sizeof(float));
         nv += dim;
     }
     pthread_mutex_unlock(&ix->mu);
+    if (nids) {
+        void *rd;
+        if ((rc = ix->p.src.begin(ix->p.src.ctx, &rd)) != 0)
+            goto out_free;
+        for (size_t i = 0; i < nids; i++) {
+            const float *v;
+            if (ix->p.src.get(ix->p.src.ctx, rd, &ids[i], &v) != 0)
+                continue; /* deleted since: one sample fewer */
+            memcpy(sample + nv, v, (size_t)dim * sizeof(float));
+            nv += dim;
+        }
+        ix->p.src.end(ix->p.src.ctx, rd);
+    }
     if (nv == 0)
         goto out_free;
     qsort(sample, nv, sizeof(float), cmp_float);
@@ -116,15 +173,23 @@ int vd__quant_train(struct vd_index *ix)
     float lo = sample[ilo], alpha = (sample[ihi] - lo) / 255.0f;
     if (!(alpha > 0.0f))
         alpha = 1e-6f; /* every sampled value equal: any positive step encodes them exactly */
-    if (ix->q.enabled && (rc = vd__quant_alloc_chunks(ix)) == 0) {
+    /* Without floats in memory a new range is applied by re-encoding the codes, which adds the
+     * new rounding to the old: a range within one old step of the current one (data whose
+     * spread has not changed) is kept as it is. */
+    bool keep = !vd__floats(ix) && atomic_load(&ix->qready) && q == ix->qtrained_q &&
+                fabsf(lo - ix->qlo) <= ix->qalpha &&
+                fabsf((lo + 255.0f * alpha) - (ix->qlo + 255.0f * ix->qalpha)) <= ix->qalpha;
+    if (keep) {
+        ix->qtrained_n = atomic_load(&ix->live);
+    } else if (ix->q.enabled && (rc = vd__quant_alloc_chunks(ix)) == 0) {
         vd__quant_apply_range(ix, lo, alpha);
         ix->qtrained_q = q;
     }
     pthread_mutex_unlock(&ix->mu);
     pthread_rwlock_unlock(&ix->gate);
 out_free:
+    free(ids);
     free(sample);
-out_clear:
     atomic_flag_clear(&ix->qtraining);
     return rc;
 }
@@ -150,12 +215,27 @@ int vd_index_set_quant(struct vd_index *ix, const struct vd_index_quant *q)
     if (q->enabled && q->quantile != 0.0f && !(q->quantile >= 0.5f && q->quantile <= 1.0f))
         return VD_ERANGE;
     int rc = 0;
-    pthread_rwlock_wrlock(&ix->gate);
-    pthread_mutex_lock(&ix->mu);
+    /* a lean index without its floats reads them back first when the new config walks or
+     * keeps floats (nothing else could score its points once the codes go) */
+    bool want_floats = !q->enabled || q->always_ram;
+    for (;;) {
+        if (want_floats && (rc = vd__index_restore_floats(ix)) != 0)
+            return rc;
+        pthread_rwlock_wrlock(&ix->gate);
+        pthread_mutex_lock(&ix->mu);
+        if (!want_floats || vd__floats(ix))
+            break;
+        /* a training dropped them again in between (under the old config): once more */
+        pthread_mutex_unlock(&ix->mu);
+        pthread_rwlock_unlock(&ix->gate);
+    }
     bool retrain = q->enabled && (!ix->q.enabled || q->quantile != ix->q.quantile);
-    if (!q->enabled || retrain)
+    /* without floats the codes stay until the retraining re-encodes them */
+    if (!q->enabled || (retrain && vd__floats(ix)))
         drop_codes(ix);
     ix->q = *q;
+    if (vd__floats_on_disk(ix) && ix->fheld && atomic_load(&ix->qready))
+        vd__index_drop_floats(ix); /* trained already: the floats can go at once */
     if (q->enabled && (rc = vd__quant_alloc_chunks(ix)) != 0) {
         drop_codes(ix);
         ix->q.enabled = false;

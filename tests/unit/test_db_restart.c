@@ -269,12 +269,121 @@ static void test_change_log_trimmed_after_save(void **state)
     fixture_rmdir();
 }
 
+/* Vector of point i, before and after a move, both drawn from [0, 1) (the range the codes were
+ * trained on: a point moved outside it would clip to codes that no walk can tell apart). */
+static void inrange_vec(int i, bool moved, float *v)
+{
+    uint64_t s = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1) + (moved ? 77 : 0);
+    for (int d = 0; d < DIM; d++)
+        v[d] = rnd(&s);
+}
+
+static void upsert_vecs(struct vd_coll *c, int from, int to, bool moved)
+{
+    int n = to - from;
+    float *v = malloc(sizeof(float) * DIM * (size_t)n);
+    struct vd_db_point *p = calloc((size_t)n, sizeof *p);
+    assert_non_null(v);
+    assert_non_null(p);
+    for (int i = 0; i < n; i++) {
+        inrange_vec(from + i, moved, v + (size_t)i * DIM);
+        p[i].id = (struct vd_pid){.type = VD_PID_NUM, .u.num = (uint64_t)(from + i)};
+        p[i].vec = v + (size_t)i * DIM;
+    }
+    struct vd_err e;
+    assert_int_equal(vd_db_upsert(c, p, (size_t)n, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    free(p);
+    free(v);
+}
+
+/* A collection quantized with always_ram false keeps only the codes in memory and reads the
+ * floats from storage: graph and exact searches find every point by its own vector, an
+ * overwritten point is found where it is now, a deleted one never, and all of it again after a
+ * restart on the saved graph (loaded without reading the floats into memory). */
+static void test_quant_floats_on_disk(void **state)
+{
+    (void)state;
+    fixture_mkdir();
+    struct vd_db *db = open_db();
+    struct vd_coll_schema s = {.dim = DIM, .metric = VD_METRIC_EUCLID, .hnsw_m = 16,
+                               .hnsw_ef_construct = 64, .replication_factor = 1,
+                               .write_consistency_factor = 1, .quant_enabled = true,
+                               .quant_quantile = 0.99f, .quant_always_ram = 1};
+    snprintf(s.name, sizeof s.name, "ondisk");
+    struct vd_err e;
+    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    /* the same points with the floats in memory (always_ram true), for the memory figure */
+    snprintf(s.name, sizeof s.name, "inram");
+    s.quant_always_ram = 2;
+    assert_int_equal(vd_db_coll_create(db, &s, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    struct vd_coll *c;
+    assert_int_equal(vd_db_coll_get(db, "inram", &c), 0);
+    upsert_vecs(c, 0, N_POINTS, false);
+    wait_linked(c);
+    struct vd_coll_stats ram;
+    vd_db_coll_stats(c, &ram);
+    vd_db_coll_put(c);
+    assert_int_equal(vd_db_coll_get(db, "ondisk", &c), 0);
+    upsert_vecs(c, 0, N_POINTS, false);
+    wait_linked(c);
+    float q[DIM];
+    for (int round = 0; round < 2; round++) {
+        struct vd_coll_stats st;
+        vd_db_coll_stats(c, &st);
+        /* codes (a byte per value and a header) but no float: a quarter of the other's bytes
+         * per point, less after the rounding to whole chunks (of more slots for the smaller
+         * blocks); with the floats it would hold more than the other */
+        print_message("round %d: vector bytes in memory %zu, with the floats in memory %zu\n",
+                      round, st.vector_bytes, ram.vector_bytes);
+        assert_true(st.vector_bytes > 0 && st.vector_bytes * 3 / 2 <= ram.vector_bytes);
+        if (round == 0) {
+            upsert_vecs(c, 0, N_MOVED, true); /* the first N_MOVED get new vectors */
+            struct vd_pid gone[10];
+            for (int i = 0; i < 10; i++)
+                gone[i] = (struct vd_pid){.type = VD_PID_NUM, .u.num = (uint64_t)(N_MOVED + i)};
+            assert_int_equal(vd_db_delete(c, gone, 10, on_done, &W, &e), 0);
+            assert_int_equal(wait_for(&W), 0);
+            wait_linked(c);
+        }
+        int missed = 0, missed_exact = 0;
+        for (int i = 0; i < N_POINTS; i += 7) {
+            inrange_vec(i, i < N_MOVED, q);
+            struct vd_db_search sr = {.query = q, .limit = 3, .ef = 64};
+            struct vd_db_search sx = {.query = q, .limit = 3, .exact = true};
+            int want = i >= N_MOVED && i < N_MOVED + 10 ? -1 : i;
+            cJSON *hits = search(c, &sr);
+            for (int j = 0; j < 3; j++)
+                assert_true(hit_id(hits, j) < N_MOVED || hit_id(hits, j) >= N_MOVED + 10);
+            missed += want >= 0 && hit_id(hits, 0) != want;
+            cJSON_Delete(hits);
+            hits = search(c, &sx);
+            for (int j = 0; j < 3; j++)
+                assert_true(hit_id(hits, j) < N_MOVED || hit_id(hits, j) >= N_MOVED + 10);
+            missed_exact += want >= 0 && hit_id(hits, 0) != want;
+            cJSON_Delete(hits);
+        }
+        print_message("round %d: points not found first: graph %d, exact %d of %d\n", round,
+                      missed, missed_exact, N_POINTS / 7 + 1);
+        assert_int_equal(missed_exact, 0);
+        assert_true(missed <= N_POINTS / 7 / 100);
+        if (round == 0)
+            reopen(&db, &c, "ondisk"); /* saves the graph at close, loads it at open */
+    }
+    vd_db_coll_put(c);
+    vd_db_close(db);
+    fixture_rmdir();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_moved_points_relinked_after_crash),
         cmocka_unit_test(test_index_catches_up_after_failed_apply),
         cmocka_unit_test(test_change_log_trimmed_after_save),
+        cmocka_unit_test(test_quant_floats_on_disk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

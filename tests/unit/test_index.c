@@ -1378,6 +1378,301 @@ static void test_quant_save_load(void **state)
     free(q);
 }
 
+/* ---- int8 with the floats on disk (always_ram false) -------------------------------------- */
+
+/* The storage stand-in of an index whose floats stay on disk: the vectors of ids 0..n-1 except
+ * `missing` (deleted in storage, not yet in the index); counts reads and open snapshots. */
+struct disk {
+    const float *v;
+    uint32_t dim;
+    size_t n;
+    uint64_t missing;
+    size_t gets;
+    int open;
+};
+
+static int disk_begin(void *ctx, void **rd)
+{
+    struct disk *d = ctx;
+    d->open++;
+    *rd = d;
+    return 0;
+}
+
+static int disk_get(void *ctx, void *rd, const struct vd_pid *id, const float **out)
+{
+    struct disk *d = ctx;
+    assert_ptr_equal(rd, d);
+    assert_true(d->open == 1);
+    d->gets++;
+    if (id->type != VD_PID_NUM || id->u.num >= d->n || id->u.num == d->missing)
+        return VD_ENOTFOUND;
+    *out = d->v + id->u.num * d->dim;
+    return 0;
+}
+
+static void disk_end(void *ctx, void *rd)
+{
+    struct disk *d = ctx;
+    (void)rd;
+    d->open--;
+}
+
+static struct vd_index_params disk_params(uint32_t dim, enum vd_metric m, struct disk *d)
+{
+    struct vd_index_params p;
+    vd_index_params_init(&p, dim, m);
+    p.ef_construct = 100;
+    p.full_scan_threshold_kb = 0;
+    p.quant.enabled = true;
+    p.quant.quantile = 0.99f;
+    p.quant.always_ram = false;
+    p.src = (struct vd_index_source){disk_begin, disk_get, disk_end, d};
+    return p;
+}
+
+/* Bytes of the code rows of n points (what a disk index holds of its vectors), chunk-rounded. */
+static size_t code_bytes(const struct vd_index *ix, size_t n)
+{
+    size_t chunk = (size_t)1 << ix->chunk_shift;
+    return (n + chunk - 1) / chunk * chunk * ix->code_size;
+}
+
+/* always_ram false: once trained, the index holds the codes and no float; it is linked on the
+ * codes, and rescoring (reading only the rescored candidates from the source) brings recall
+ * within 0.01 of a float index at the same ef; exact scans read every point and are exact; a
+ * point the source no longer has is left out; the unlinked tail is found; get_vector reads the
+ * source. Fixed seeds. */
+static void check_quant_disk(enum vd_metric m)
+{
+    size_t n = small_scale() ? 3000 : 10000, nq = small_scale() ? 50 : 200;
+    uint32_t dim = small_scale() ? 32 : 128;
+    float *v = make_data(n, dim, m, 2234 + (uint64_t)m);
+    float *q = make_data(nq, dim, m, 1999 + (uint64_t)m);
+    struct disk d = {v, dim, n, UINT64_MAX, 0, 0};
+    struct vd_index_params p = disk_params(dim, m, &d);
+    struct vd_index *ix, *fx = new_index(dim, m, 100);
+    assert_int_equal(vd_index_new(&p, &ix), 0);
+    insert_all(ix, v, n, dim, 0);
+    insert_all(fx, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000) > 0)
+        ;
+    while (vd_index_link_pending(fx, 1000) > 0)
+        ;
+    assert_true(vd_index_quant_ready(ix));
+    assert_int_equal(d.open, 0);
+    /* no float left in memory: the codes are all the vector bytes it holds */
+    assert_int_equal(vd_index_vector_memory(ix), code_bytes(ix, n));
+    assert_true(ix->link_off == 0); /* blocks without a vector */
+    struct vd_search_req plain = {0}, over = {.oversampling = 2.0f}, ign = {.quant_ignore = true};
+    double r_float = recall(fx, m, v, n, dim, q, nq, 10, 64, NULL, 0);
+    double r_disk = recall_opts(ix, m, v, n, dim, q, nq, 10, 64, NULL, 0, &plain);
+    /* at a small ef too, where the recall is below 1 and a worse graph or walk would show */
+    double r_float16 = recall(fx, m, v, n, dim, q, nq, 10, 16, NULL, 0);
+    double r_disk16 = recall_opts(ix, m, v, n, dim, q, nq, 10, 16, NULL, 0, &plain);
+    /* the same walk with the floats in memory (always_ram true): the same recall at small ef,
+     * where the codes' walk is below the float walk on these clustered vectors */
+    struct vd_index_params pr = p;
+    pr.quant.always_ram = true;
+    struct vd_index *rx;
+    assert_int_equal(vd_index_new(&pr, &rx), 0);
+    insert_all(rx, v, n, dim, 0);
+    while (vd_index_link_pending(rx, 1000) > 0)
+        ;
+    double r_ram16 = recall_opts(rx, m, v, n, dim, q, nq, 10, 16, NULL, 0, &plain);
+    vd_index_free(rx);
+    double r_over = recall_opts(ix, m, v, n, dim, q, nq, 10, 64, NULL, 0, &over);
+    double r_ign = recall_opts(ix, m, v, n, dim, q, nq, 10, 64, NULL, 0, &ign);
+    print_message("metric %d floats on disk: recall@10 at ef 64: float index %.4f, int8 rescored "
+                  "%.4f, oversampling 2 %.4f, ignore %.4f; at ef 16: float %.4f, int8 floats in "
+                  "memory %.4f, int8 floats on disk %.4f\n",
+                  (int)m, r_float, r_disk, r_over, r_ign, r_float16, r_ram16, r_disk16);
+    assert_true(r_disk >= r_float - 0.01);
+    assert_true(r_disk16 >= r_ram16 - 0.01);
+    assert_true(r_over >= 0.93);
+    assert_true(r_ign == r_disk); /* no float walk without floats: ignore walks the codes */
+    /* rescoring reads only the rescored candidates, and the scores are exact */
+    struct vd_search_hit h[10];
+    uint32_t got;
+    d.gets = 0;
+    struct vd_search_req r = {.query = q, .k = 10, .ef = 64};
+    assert_int_equal(vd_index_search(ix, &r, h, &got), 0);
+    assert_int_equal(got, 10);
+    assert_true(d.gets <= 64 && d.gets >= 10);
+    for (uint32_t j = 0; j < got; j++) {
+        float dd = ref_dist(m, q, v + h[j].id.u.num * dim, dim);
+        float want = m == VD_METRIC_EUCLID ? sqrtf(dd) : m == VD_METRIC_MANHATTAN ? dd : -dd;
+        assert_true(fabsf(h[j].score - want) <= 1e-3f * (fabsf(want) + 1.0f));
+    }
+    d.gets = 0;
+    r.oversampling = 2.0f;
+    assert_int_equal(vd_index_search(ix, &r, h, &got), 0);
+    assert_true(d.gets <= 20);
+    /* exact: every point read, the brute-force answer */
+    uint64_t truth[10];
+    brute_topk(m, v, n, dim, q, 10, NULL, truth);
+    struct vd_search_req ex = {.query = q, .k = 10, .exact = true};
+    d.gets = 0;
+    assert_int_equal(vd_index_search(ix, &ex, h, &got), 0);
+    assert_int_equal(d.gets, n);
+    assert_int_equal(got, 10);
+    for (uint32_t j = 0; j < got; j++)
+        assert_int_equal(h[j].id.u.num, truth[j]);
+    /* deleted in storage, not yet in the index: never returned */
+    d.missing = truth[0];
+    assert_int_equal(vd_index_search(ix, &ex, h, &got), 0);
+    assert_int_equal(h[0].id.u.num, truth[1]);
+    r.oversampling = 0.0f;
+    assert_int_equal(vd_index_search(ix, &r, h, &got), 0);
+    for (uint32_t j = 0; j < got; j++)
+        assert_true(h[j].id.u.num != truth[0]);
+    d.missing = UINT64_MAX;
+    /* get_vector reads the source */
+    float out[128];
+    struct vd_pid id5 = num(5);
+    assert_int_equal(vd_index_get_vector(ix, &id5, out), 0);
+    assert_memory_equal(out, v + 5 * dim, dim * sizeof(float));
+    /* the unlinked tail: found at once, scored on its codes and rescored */
+    float *extra = make_data(50, dim, m, 77);
+    insert_all(ix, extra, 50, dim, n);
+    assert_int_equal(vd_index_pending(ix), 50);
+    d.v = NULL; /* the extra points are not in the stand-in: give it both sets */
+    float *all = malloc((n + 50) * dim * sizeof(float));
+    memcpy(all, v, n * dim * sizeof(float));
+    memcpy(all + n * dim, extra, 50 * dim * sizeof(float));
+    d.v = all;
+    d.n = n + 50;
+    struct vd_search_req self = {.query = extra + 9 * dim, .k = 1, .ef = 64};
+    assert_int_equal(vd_index_search(ix, &self, h, &got), 0);
+    assert_int_equal(got, 1);
+    assert_int_equal(h[0].id.u.num, n + 9);
+    assert_int_equal(vd_index_vector_memory(ix), code_bytes(ix, n + 50));
+    assert_int_equal(d.open, 0);
+    vd_index_free(ix);
+    vd_index_free(fx);
+    free(all);
+    free(extra);
+    free(v);
+    free(q);
+}
+
+static void test_quant_disk_cosine(void **state)
+{
+    (void)state;
+    check_quant_disk(VD_METRIC_COSINE);
+}
+
+static void test_quant_disk_euclid(void **state)
+{
+    (void)state;
+    check_quant_disk(VD_METRIC_EUCLID);
+}
+
+/* Saved and loaded with the floats on disk: the load encodes each fetched vector and keeps no
+ * float; the loaded index answers as the saved one. Loaded with always_ram true it holds them. */
+static void test_quant_disk_save_load(void **state)
+{
+    (void)state;
+    size_t n = 3000;
+    uint32_t dim = 32;
+    float *v = make_data(n, dim, VD_METRIC_COSINE, 51);
+    float *q = make_data(30, dim, VD_METRIC_COSINE, 52);
+    struct disk d = {v, dim, n, UINT64_MAX, 0, 0};
+    struct vd_index_params p = disk_params(dim, VD_METRIC_COSINE, &d);
+    struct vd_index *ix, *lx;
+    assert_int_equal(vd_index_new(&p, &ix), 0);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    char path[128];
+    tmp_path(path, sizeof(path));
+    assert_int_equal(vd_index_save(ix, path), 0);
+    struct store st = {v, dim, n, UINT64_MAX};
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
+    assert_true(vd_index_quant_ready(lx));
+    assert_int_equal(vd_index_vector_memory(lx), code_bytes(lx, n));
+    for (size_t i = 0; i < 30; i++) {
+        struct vd_search_hit a[10], b[10];
+        uint32_t na, nb;
+        struct vd_search_req r = {.query = q + i * dim, .k = 10, .ef = 32};
+        assert_int_equal(vd_index_search(ix, &r, a, &na), 0);
+        assert_int_equal(vd_index_search(lx, &r, b, &nb), 0);
+        assert_int_equal(na, nb);
+        for (uint32_t j = 0; j < na; j++) {
+            assert_int_equal(a[j].id.u.num, b[j].id.u.num);
+            assert_true(a[j].score == b[j].score);
+        }
+    }
+    vd_index_free(lx);
+    p.quant.always_ram = true;
+    assert_int_equal(vd_index_load(path, &p, fetch, &st, &lx), 0);
+    assert_true(vd_index_vector_memory(lx) >= (size_t)n * dim * sizeof(float));
+    assert_true(recall(lx, VD_METRIC_COSINE, v, n, dim, q, 30, 10, 64, NULL, 0) >= 0.95);
+    vd_index_free(lx);
+    vd_index_free(ix);
+    assert_int_equal(d.open, 0);
+    unlink(path);
+    free(v);
+    free(q);
+}
+
+/* Changing the config of a disk index: always_ram true reads the floats back (then the float walk
+ * is there again); false drops them at once; quantization off reads them back and walks floats;
+ * on again with always_ram false trains and drops them. */
+static void test_quant_disk_set_live(void **state)
+{
+    (void)state;
+    size_t n = 3000, nq = 30;
+    uint32_t dim = 32;
+    float *v = make_data(n, dim, VD_METRIC_EUCLID, 61);
+    float *q = make_data(nq, dim, VD_METRIC_EUCLID, 62);
+    struct disk d = {v, dim, n, UINT64_MAX, 0, 0};
+    struct vd_index_params p = disk_params(dim, VD_METRIC_EUCLID, &d);
+    struct vd_index *ix;
+    assert_int_equal(vd_index_new(&p, &ix), 0);
+    insert_all(ix, v, n, dim, 0);
+    while (vd_index_link_pending(ix, 1000))
+        ;
+    size_t codes = code_bytes(ix, n), floats = (size_t)n * dim * sizeof(float);
+    assert_int_equal(vd_index_vector_memory(ix), codes);
+    struct vd_index_quant q_ram = {.enabled = true, .quantile = 0.99f, .always_ram = true};
+    assert_int_equal(vd_index_set_quant(ix, &q_ram), 0);
+    assert_true(vd_index_vector_memory(ix) >= codes + floats);
+    struct vd_search_req ign = {.quant_ignore = true};
+    d.gets = 0;
+    double r_ram = recall_opts(ix, VD_METRIC_EUCLID, v, n, dim, q, nq, 10, 64, NULL, 0, &ign);
+    assert_int_equal(d.gets, 0); /* the floats are in memory: nothing read */
+    struct vd_index_quant q_disk = {.enabled = true, .quantile = 0.99f, .always_ram = false};
+    assert_int_equal(vd_index_set_quant(ix, &q_disk), 0);
+    assert_int_equal(vd_index_vector_memory(ix), codes);
+    double r_disk = recall(ix, VD_METRIC_EUCLID, v, n, dim, q, nq, 10, 64, NULL, 0);
+    /* a new quantile without floats: re-encoded from the codes */
+    q_disk.quantile = 0.9f;
+    float lo = ix->qlo;
+    assert_int_equal(vd_index_set_quant(ix, &q_disk), 0);
+    assert_true(ix->qlo > lo);
+    assert_int_equal(vd_index_vector_memory(ix), codes);
+    double r_q9 = recall(ix, VD_METRIC_EUCLID, v, n, dim, q, nq, 10, 64, NULL, 0);
+    struct vd_index_quant off = {0};
+    assert_int_equal(vd_index_set_quant(ix, &off), 0);
+    assert_false(vd_index_quant_ready(ix));
+    assert_int_equal(vd_index_vector_memory(ix), floats + (code_bytes(ix, n) / ix->code_size *
+                                                           dim * sizeof(float) - floats));
+    double r_off = recall(ix, VD_METRIC_EUCLID, v, n, dim, q, nq, 10, 64, NULL, 0);
+    assert_int_equal(vd_index_set_quant(ix, &q_disk), 0);
+    assert_true(vd_index_quant_ready(ix));
+    assert_int_equal(vd_index_vector_memory(ix), codes);
+    double r_again = recall(ix, VD_METRIC_EUCLID, v, n, dim, q, nq, 10, 64, NULL, 0);
+    print_message("disk index changed live: recall ram %.4f, disk %.4f, q 0.9 %.4f, off %.4f, "
+                  "disk again %.4f\n", r_ram, r_disk, r_q9, r_off, r_again);
+    assert_true(r_ram >= 0.95 && r_disk >= 0.95 && r_q9 >= 0.93 && r_off >= 0.95 &&
+                r_again >= 0.95);
+    assert_int_equal(d.open, 0);
+    vd_index_free(ix);
+    free(v);
+    free(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1410,6 +1705,10 @@ int main(void)
         cmocka_unit_test(test_quant_untrained_and_params),
         cmocka_unit_test(test_quant_set_live),
         cmocka_unit_test(test_quant_save_load),
+        cmocka_unit_test(test_quant_disk_cosine),
+        cmocka_unit_test(test_quant_disk_euclid),
+        cmocka_unit_test(test_quant_disk_save_load),
+        cmocka_unit_test(test_quant_disk_set_live),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -90,7 +90,37 @@ struct shared {
     atomic_size_t self_miss;
     atomic_int failures;
     atomic_size_t toggles;
+    bool disk;            /* floats on disk: the index reads them from the source below */
+    atomic_uchar *stored; /* per id: 1 stored, 2 deleted (storage is written before the index) */
+    atomic_int reads_open;
 };
+
+/* The storage stand-in of an index whose floats stay on disk: a point's vector is readable from
+ * the moment it is stored until it is deleted, as in the store (written before the index). */
+static int src_begin(void *ctx, void **rd)
+{
+    struct shared *sh = ctx;
+    atomic_fetch_add(&sh->reads_open, 1);
+    *rd = sh;
+    return 0;
+}
+
+static int src_get(void *ctx, void *rd, const struct vd_pid *id, const float **out)
+{
+    struct shared *sh = ctx;
+    if (rd != ctx || id->type != VD_PID_NUM || id->u.num >= sh->n ||
+        atomic_load(&sh->stored[id->u.num]) != 1)
+        return VD_ENOTFOUND;
+    *out = sh->v + id->u.num * sh->dim;
+    return 0;
+}
+
+static void src_end(void *ctx, void *rd)
+{
+    struct shared *sh = ctx;
+    (void)rd;
+    atomic_fetch_sub(&sh->reads_open, 1);
+}
 
 /* Changes the quantization of the index while the others write, link and search: on with one
  * quantile, another quantile (retrain), off; up to 30 changes while points are being written or
@@ -100,7 +130,9 @@ static void *toggler(void *arg)
     struct shared *sh = arg;
     size_t k = 0;
     while (k < 30 && !(atomic_load(&sh->writer_done) && vd_index_pending(sh->ix) == 0)) {
-        struct vd_index_quant q = {.enabled = k % 3 != 2, .quantile = k % 3 ? 0.95f : 0.99f};
+        /* with floats on disk also: in memory again (always_ram) and back out */
+        struct vd_index_quant q = {.enabled = k % 3 != 2, .quantile = k % 3 ? 0.95f : 0.99f,
+                                   .always_ram = !sh->disk || k % 6 == 1};
         if (vd_index_set_quant(sh->ix, &q) != 0)
             atomic_fetch_add(&sh->failures, 1);
         atomic_fetch_add(&sh->toggles, 1);
@@ -109,7 +141,7 @@ static void *toggler(void *arg)
         while (atomic_load(&sh->searches) < seen + 50 && !atomic_load(&sh->writer_done))
             sched_yield();
     }
-    struct vd_index_quant on = {.enabled = true, .quantile = 0.99f};
+    struct vd_index_quant on = {.enabled = true, .quantile = 0.99f, .always_ram = !sh->disk};
     if (vd_index_set_quant(sh->ix, &on) != 0)
         atomic_fetch_add(&sh->failures, 1);
     return NULL;
@@ -121,6 +153,7 @@ static void *writer(void *arg)
     size_t half = sh->n / 2;
     for (size_t i = 0; i < sh->n; i++) {
         struct vd_pid id = num(i);
+        atomic_store(&sh->stored[i], 1);
         if (vd_index_upsert(sh->ix, &id, sh->v + i * sh->dim, i + 1) != 0)
             atomic_fetch_add(&sh->failures, 1);
         atomic_store(&sh->inserted, i + 1);
@@ -128,6 +161,7 @@ static void *writer(void *arg)
             size_t d = i - half;
             if (d % 3 == 0) {
                 struct vd_pid did = num(d);
+                atomic_store(&sh->stored[d], 2);
                 if (vd_index_delete(sh->ix, &did, i + 1) != 0)
                     atomic_fetch_add(&sh->failures, 1);
             }
@@ -194,7 +228,9 @@ static void *searcher(void *arg)
     return NULL;
 }
 
-static void check_threads(bool quant)
+/* quant: the quantization is changed under load; disk: and the floats are kept on disk (read
+ * from a source), brought back into memory and dropped again meanwhile. */
+static void check_threads(bool quant, bool disk)
 {
     size_t n = small_scale() ? 3000 : 20000;
     uint32_t dim = 32;
@@ -203,7 +239,13 @@ static void check_threads(bool quant)
     vd_index_params_init(&p, dim, VD_METRIC_COSINE);
     p.full_scan_threshold_kb = 0;
     p.ef_construct = 64;
-    struct shared sh = {.v = v, .n = n, .dim = dim};
+    struct shared sh = {.v = v, .n = n, .dim = dim, .disk = disk};
+    sh.stored = calloc(n, sizeof(*sh.stored));
+    assert_non_null(sh.stored);
+    if (disk) {
+        p.quant.enabled = true;
+        p.src = (struct vd_index_source){src_begin, src_get, src_end, &sh};
+    }
     assert_int_equal(vd_index_new(&p, &sh.ix), 0);
     pthread_t w, l[3], s[2], tg;
     assert_int_equal(pthread_create(&w, NULL, writer, &sh), 0);
@@ -246,14 +288,18 @@ static void check_threads(bool quant)
             found += h[j].id.u.num == i;
     }
     assert_true(found >= live * 99 / 100);
+    assert_int_equal(atomic_load(&sh.reads_open), 0);
+    if (disk) /* the codes only: the floats are on disk again */
+        assert_true(vd_index_vector_memory(sh.ix) < vd_index_count(sh.ix) * dim * sizeof(float));
     vd_index_free(sh.ix);
+    free(sh.stored);
     free(v);
 }
 
 static void test_search_upsert_link_threads(void **state)
 {
     (void)state;
-    check_threads(false);
+    check_threads(false, false);
 }
 
 /* The same while the quantization is switched on, retrained and off again under load: no
@@ -261,7 +307,16 @@ static void test_search_upsert_link_threads(void **state)
 static void test_quant_changes_under_load(void **state)
 {
     (void)state;
-    check_threads(true);
+    check_threads(true, false);
+}
+
+/* The same with the floats on disk: searches rescore from the source while points are written,
+ * replaced and deleted and the floats are brought back into memory and dropped again; none
+ * returns a deleted point and every read of the source is ended. */
+static void test_quant_disk_under_load(void **state)
+{
+    (void)state;
+    check_threads(true, true);
 }
 
 struct link_arg {
@@ -344,6 +399,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_search_upsert_link_threads),
         cmocka_unit_test(test_quant_changes_under_load),
+        cmocka_unit_test(test_quant_disk_under_load),
         cmocka_unit_test(test_parallel_build_recall),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
