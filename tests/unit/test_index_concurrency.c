@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "hnsw_int.h"
 #include "vectord/index.h"
 
 static bool small_scale(void)
@@ -270,7 +271,9 @@ static void check_threads(bool quant, bool disk)
         assert_true(vd_index_quant_ready(sh.ix));
     }
     assert_int_equal(atomic_load(&sh.failures), 0);
-    assert_true(atomic_load(&sh.self_miss) <= atomic_load(&sh.searches) / 100);
+    /* with the floats on disk the graph is linked on the codes: a little more slack */
+    size_t slack = disk ? 50 : 100;
+    assert_true(atomic_load(&sh.self_miss) <= atomic_load(&sh.searches) / slack);
     size_t deleted = (n - n / 2 + 2) / 3;
     assert_int_equal(vd_index_count(sh.ix), n - deleted);
     assert_int_equal(vd_index_pending(sh.ix), 0);
@@ -287,10 +290,16 @@ static void check_threads(bool quant, bool disk)
         for (uint32_t j = 0; j < got; j++)
             found += h[j].id.u.num == i;
     }
-    assert_true(found >= live * 99 / 100);
+    print_message("self misses during the build %zu of %zu searches; found after it %zu of %zu\n",
+                  atomic_load(&sh.self_miss), atomic_load(&sh.searches), found, live);
+    assert_true(found >= live * (100 - 100 / slack) / 100);
     assert_int_equal(atomic_load(&sh.reads_open), 0);
-    if (disk) /* the codes only: the floats are on disk again */
-        assert_true(vd_index_vector_memory(sh.ix) < vd_index_count(sh.ix) * dim * sizeof(float));
+    if (disk) { /* the codes only: the floats are on disk again */
+        struct vd_index *ix = sh.ix;
+        assert_false(ix->fheld);
+        assert_int_equal(vd_index_vector_memory(ix),
+                         (size_t)ix->nchunks * ((size_t)1 << ix->chunk_shift) * ix->code_size);
+    }
     vd_index_free(sh.ix);
     free(sh.stored);
     free(v);
