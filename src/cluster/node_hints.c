@@ -30,14 +30,14 @@
 #include "vectord/db.h"
 #include "vectord/record.h"
 
-#define HINT_SCAN_MS 100          /* how often the totals are read */
-#define HINT_EXPIRE_SCAN_MS 2000  /* expiry pass of a target that is down */
+#define HINT_SCAN_MS 100         /* how often the totals are read */
+#define HINT_EXPIRE_SCAN_MS 2000 /* expiry pass of a target that is down */
 #define HINT_BATCH_BYTES (1u << 20)
-#define HINT_BATCH_MAX 1024       /* hints per batch */
-#define HINT_MAX_INFLIGHT 4       /* batches in flight over all targets */
-#define HINT_RETRY_MS 1000        /* a batch not delivered: its target waits this long */
-#define HINT_RETRY_RING_MS 100    /* wrong ring or not yet: the ring catches up soon */
-#define HINT_TARGETS 64           /* targets tracked at once */
+#define HINT_BATCH_MAX 1024    /* hints per batch */
+#define HINT_MAX_INFLIGHT 4    /* batches in flight over all targets */
+#define HINT_RETRY_MS 1000     /* a batch not delivered: its target waits this long */
+#define HINT_RETRY_RING_MS 100 /* wrong ring or not yet: the ring catches up soon */
+#define HINT_TARGETS 64        /* targets tracked at once */
 
 enum fate { F_SEND = 1, F_REWRITE, F_EXPIRED, F_DROPPED };
 
@@ -260,8 +260,7 @@ static void on_sent(void *arg, enum vd_data_outcome outcome, const uint8_t *repl
         settle_fate(b, F_SEND, false, HINT_RETRY_RING_MS);
     } else {
         vd_log_warn("cluster: node %llu refused replayed hints of collection '%s': %.*s",
-                    (unsigned long long)b->target, b->coll, (int)rp.msg_len,
-                    rp.msg ? rp.msg : "");
+                    (unsigned long long)b->target, b->coll, (int)rp.msg_len, rp.msg ? rp.msg : "");
         settle_fate(b, F_SEND, false, HINT_RETRY_MS);
     }
     vd_dmsg_reply_free(&rp);
@@ -602,26 +601,28 @@ void vd_cluster_metrics(struct vd_cluster *c, struct vd_buf *out)
     struct vd_hints *h = c->hints;
     struct vd_cluster_hint_stats st;
     vd_cluster_hint_stats(c, &st);
-    vd_buf_puts(out, "# HELP vectord_hints_pending Hints stored for a replica and not yet replayed, "
-                     "by target node.\n"
-                     "# TYPE vectord_hints_pending gauge\n");
+    vd_buf_puts(out,
+                "# HELP vectord_hints_pending Hints stored for a replica and not yet replayed, "
+                "by target node.\n"
+                "# TYPE vectord_hints_pending gauge\n");
     pthread_mutex_lock(&h->mu);
     for (size_t i = 0; i < h->n_t; i++)
         vd_buf_printf(out, "vectord_hints_pending{target=\"%llu\"} %llu\n",
                       (unsigned long long)h->t[i].id, (unsigned long long)h->t[i].count);
     pthread_mutex_unlock(&h->mu);
-    vd_buf_printf(out,
-                  "# HELP vectord_hints_replayed_total Hints delivered to their replica (or "
-                  "rewritten to the point's current replicas) and forgotten.\n"
-                  "# TYPE vectord_hints_replayed_total counter\n"
-                  "vectord_hints_replayed_total %llu\n"
-                  "# HELP vectord_hints_expired_total Hints forgotten for passing the hint window.\n"
-                  "# TYPE vectord_hints_expired_total counter\n"
-                  "vectord_hints_expired_total %llu\n"
-                  "# HELP vectord_hints_dropped_total Hints not kept: over a hint cap, for a "
-                  "deleted collection, or for a node that left the cluster.\n"
-                  "# TYPE vectord_hints_dropped_total counter\n"
-                  "vectord_hints_dropped_total %llu\n",
-                  (unsigned long long)st.replayed, (unsigned long long)st.expired,
-                  (unsigned long long)st.dropped);
+    vd_buf_printf(
+        out,
+        "# HELP vectord_hints_replayed_total Hints delivered to their replica (or "
+        "rewritten to the point's current replicas) and forgotten.\n"
+        "# TYPE vectord_hints_replayed_total counter\n"
+        "vectord_hints_replayed_total %llu\n"
+        "# HELP vectord_hints_expired_total Hints forgotten for passing the hint window.\n"
+        "# TYPE vectord_hints_expired_total counter\n"
+        "vectord_hints_expired_total %llu\n"
+        "# HELP vectord_hints_dropped_total Hints not kept: over a hint cap, for a "
+        "deleted collection, or for a node that left the cluster.\n"
+        "# TYPE vectord_hints_dropped_total counter\n"
+        "vectord_hints_dropped_total %llu\n",
+        (unsigned long long)st.replayed, (unsigned long long)st.expired,
+        (unsigned long long)st.dropped);
 }

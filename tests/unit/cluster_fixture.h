@@ -31,13 +31,17 @@ struct node {
 static struct node nodes[N + 4];
 static uint32_t snap_every __attribute__((unused)); /* 0 = the default */
 static uint64_t hint_window_ms __attribute__((unused)); /* 0 = the default */
+static uint64_t hint_node_bytes __attribute__((unused)); /* hint cap per target; 0 = default */
 static char root[64];
 
 static inline void start(int i, const char *join)
 {
     struct node *n = &nodes[i];
     struct vd_err e;
-    struct vd_db_opts o = {.data_dir = n->dir, .no_sync = true, .index_threads = 1};
+    struct vd_db_opts o = {.data_dir = n->dir,
+                           .no_sync = true,
+                           .index_threads = 1,
+                           .hint_target_bytes = hint_node_bytes};
     if (vd_db_open(&o, &n->db, &e))
         fail_msg("open %d: %s", i, e.msg);
     char http[32];

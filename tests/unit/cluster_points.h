@@ -16,7 +16,7 @@ struct rec {
 };
 
 static inline void make_rec(struct rec *r, uint64_t id, uint64_t node, float x, bool tomb,
-                     uint64_t incarnation)
+                            uint64_t incarnation)
 {
     float v[4] = {x, x + 1, x + 2, x + 3};
     struct vd_rvec rv = {.kind = VD_RVEC_DENSE, .n = 4, .values = v};
@@ -44,7 +44,7 @@ static inline uint64_t incarnation_of(int i, const char *coll)
 
 /* Writes recs[0..n) through node i at w; returns the outcome, its message in msg. */
 static inline int write_through(int i, const struct rec *recs, size_t n, unsigned w, uint64_t inc,
-                         char *msg, size_t cap)
+                                char *msg, size_t cap)
 {
     const uint8_t *p[NPTS];
     size_t lens[NPTS];
@@ -53,8 +53,7 @@ static inline int write_through(int i, const struct rec *recs, size_t n, unsigne
         lens[k] = recs[k].len;
     }
     struct vd_err e;
-    assert_int_equal(vd_cluster_write(nodes[i].c, "pts", inc, p, lens, n, w, 2000, on_done, &W,
-                                      &e),
+    assert_int_equal(vd_cluster_write(nodes[i].c, "pts", inc, p, lens, n, w, 2000, on_done, &W, &e),
                      0);
     int rc = wait_for(&W);
     if (msg)

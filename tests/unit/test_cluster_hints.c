@@ -179,6 +179,36 @@ static void test_hints_rewritten_or_dropped(void **state)
     assert_int_equal(stats_of(0).expired, 0);
 }
 
+/* Past the hint cap for a target, a write it misses is not hinted: counted dropped, and the
+ * target marked needs-repair; what was kept under the cap is still replayed when it returns. */
+static void test_hint_cap_marks_needs_repair(void **state)
+{
+    (void)state;
+    hint_window_ms = 0;
+    hint_node_bytes = 1024; /* room for a few hints of these small records */
+    uint64_t inc = start_with_pts(3);
+    uint64_t id2 = vd_cluster_node_id(nodes[2].c);
+    stop(2);
+    static struct rec recs[NPTS];
+    uint64_t writer = vd_cluster_node_id(nodes[0].c);
+    for (size_t k = 0; k < NPTS; k++)
+        make_rec(&recs[k], 1000 + k, writer, (float)k, false, inc);
+    char msg[256];
+    if (write_through(0, recs, NPTS, 2, inc, msg, sizeof msg))
+        fail_msg("write at W 2 with node 2 away: %s", msg);
+    /* every missed write is either kept or counted dropped */
+    POLL(hints_for(0, id2) + stats_of(0).dropped == NPTS, 5000,
+         "each missed write hinted or dropped");
+    uint64_t kept = hints_for(0, id2);
+    assert_true(kept > 0 && kept < NPTS);
+    POLL(needs_repair(0, id2), 5000, "node 2 marked needs-repair");
+    hint_node_bytes = 0;
+    start(2, NULL);
+    POLL(stats_of(0).replayed == kept, 30000, "the hints kept replayed to node 2");
+    POLL(held_at(2, recs, NPTS) == kept, 5000, "node 2 holds what was hinted, no more");
+    assert_true(needs_repair(0, id2));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -188,6 +218,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expired_hints_dropped_and_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deleted_collection_hints_vanish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hints_rewritten_or_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hint_cap_marks_needs_repair, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,7 +16,8 @@
 #include "node_int.h"
 #include "unit/cluster_points.h"
 
-/* ---- the state machine ------------------------------------------------------------------------ */
+/* ---- the state machine ------------------------------------------------------------------------
+ */
 
 static uint64_t idx;
 
@@ -57,8 +58,11 @@ static void test_flag_refuses_membership_changes(void **state)
     assert_int_equal(set_state(m, 1, VD_MEMBER_UP, &e), 0);
     add_member(m, 2, 0);
     assert_int_equal(set_state(m, 2, VD_MEMBER_UP, &e), 0);
-    struct vd_coll_schema s = {.dim = 4, .metric = VD_METRIC_DOT, .hnsw_m = 16,
-                               .hnsw_ef_construct = 64, .replication_factor = 1,
+    struct vd_coll_schema s = {.dim = 4,
+                               .metric = VD_METRIC_DOT,
+                               .hnsw_m = 16,
+                               .hnsw_ef_construct = 64,
+                               .replication_factor = 1,
                                .write_consistency_factor = 1};
     snprintf(s.name, sizeof s.name, "docs");
     struct vd_buf b = {0};
@@ -111,7 +115,8 @@ static void test_flag_refuses_membership_changes(void **state)
     vd_meta_free(m);
 }
 
-/* ---- three nodes ------------------------------------------------------------------------------ */
+/* ---- three nodes ------------------------------------------------------------------------------
+ */
 
 static bool flagged(int i, const char *coll)
 {
