@@ -236,21 +236,6 @@ static void dsend_end(struct dsend *s, bool settled)
     }
 }
 
-static void dsend_reply_bytes(struct dsend *s, const uint8_t *b, size_t len, uint8_t status)
-{
-    struct vd_dmsg_reply rp = {0}; /* freed below even when nothing was decoded */
-    if (b && vd_dmsg_reply_decode(b, len, &rp) == 0 && rp.kind == s->kind &&
-        rp.attempt == s->attempt) {
-        dsend_settle(s, &rp, VD_COORD_OK);
-    } else {
-        if (b)
-            vd_log_warn("cluster: a malformed data reply from node %llu",
-                        (unsigned long long)s->node);
-        dsend_settle(s, NULL, status);
-    }
-    vd_dmsg_reply_free(&rp);
-}
-
 /* A message's end (node_dcall.c, loop thread). */
 static void on_dcall(void *arg, enum vd_data_outcome outcome, const uint8_t *reply, size_t len)
 {
@@ -259,10 +244,11 @@ static void on_dcall(void *arg, enum vd_data_outcome outcome, const uint8_t *rep
         dsend_free(s); /* the requests were failed and freed by vd__cluster_data_stop */
         return;
     }
-    if (outcome == VD_DATA_REPLIED)
-        dsend_reply_bytes(s, reply, len, VD_COORD_REFUSED);
-    else /* a timeout: the deadline counts it out anyway */
-        dsend_settle(s, NULL, outcome == VD_DATA_CLOSED ? VD_COORD_CLOSED : VD_COORD_REFUSED);
+    struct vd_dmsg_reply rp;
+    uint8_t status;
+    bool got = vd__dcall_reply(s->node, outcome, reply, len, s->kind, s->attempt, &rp, &status);
+    dsend_settle(s, got ? &rp : NULL, status);
+    vd_dmsg_reply_free(&rp);
     dsend_end(s, true);
 }
 

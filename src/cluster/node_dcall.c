@@ -5,7 +5,9 @@
  * through here, so a local replica and a remote one answer alike.
  */
 #include <stdlib.h>
+#include <string.h>
 
+#include "dmsg.h"
 #include "node_int.h"
 
 struct dcall {
@@ -57,6 +59,25 @@ static void local_after(uv_work_t *w, int status)
         d->fn(d->arg, VD_DATA_REPLIED, d->reply.len ? (const uint8_t *)d->reply.data : NULL,
               d->reply.len);
     dcall_free(d);
+}
+
+bool vd__dcall_reply(uint64_t node, enum vd_data_outcome outcome, const uint8_t *reply,
+                     size_t len, uint8_t kind, uint32_t attempt, struct vd_dmsg_reply *rp,
+                     uint8_t *status)
+{
+    memset(rp, 0, sizeof *rp);
+    if (outcome == VD_DATA_REPLIED && reply) {
+        if (vd_dmsg_reply_decode(reply, len, rp) == 0 && rp->kind == kind &&
+            rp->attempt == attempt) {
+            *status = VD_COORD_OK;
+            return true;
+        }
+        vd_dmsg_reply_free(rp);
+        vd_log_warn("cluster: a malformed data reply from node %llu", (unsigned long long)node);
+    }
+    /* a timeout counts as a refusal: the deadline counts the replica out anyway */
+    *status = outcome == VD_DATA_CLOSED ? VD_COORD_CLOSED : VD_COORD_REFUSED;
+    return false;
 }
 
 int vd__cluster_dcall(struct vd_cluster *c, uint64_t node, const struct vd_data_hdr *h,

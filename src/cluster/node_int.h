@@ -309,6 +309,14 @@ typedef void (*vd__dcall_fn)(void *arg, enum vd_data_outcome outcome, const uint
  * VD_ECLOSED, or vd_data_send's. Loop thread. */
 int vd__cluster_dcall(struct vd_cluster *c, uint64_t node, const struct vd_data_hdr *h,
                       uint8_t *body, size_t len, vd__dcall_fn fn, void *arg);
+struct vd_dmsg_reply;
+/* What a message's end (not SHUTDOWN) tells the coordinator core: true with the reply decoded
+ * into *rp (of that kind and attempt, *status VD_COORD_OK), or false with *status its reading of
+ * no answer (VD_COORD_CLOSED, VD_COORD_REFUSED; a malformed reply is logged). Release *rp with
+ * vd_dmsg_reply_free either way. */
+bool vd__dcall_reply(uint64_t node, enum vd_data_outcome outcome, const uint8_t *reply,
+                     size_t len, uint8_t kind, uint32_t attempt, struct vd_dmsg_reply *rp,
+                     uint8_t *status);
 
 /* ---- node_search.c: searches, scroll and count over the ring ---- */
 struct sreq;
