@@ -27,8 +27,8 @@ static void dcall_free(struct dcall *d)
     free(d);
 }
 
-static void on_peer_done(void *arg, enum vd_data_outcome outcome, int status,
-                         const uint8_t *reply, size_t len)
+static void on_peer_done(void *arg, enum vd_data_outcome outcome, int status, const uint8_t *reply,
+                         size_t len)
 {
     struct dcall *d = arg;
     if (!d->c->dreqs_open)
@@ -61,9 +61,8 @@ static void local_after(uv_work_t *w, int status)
     dcall_free(d);
 }
 
-bool vd__dcall_reply(uint64_t node, enum vd_data_outcome outcome, const uint8_t *reply,
-                     size_t len, uint8_t kind, uint32_t attempt, struct vd_dmsg_reply *rp,
-                     uint8_t *status)
+bool vd__dcall_reply(uint64_t node, enum vd_data_outcome outcome, const uint8_t *reply, size_t len,
+                     uint8_t kind, uint32_t attempt, struct vd_dmsg_reply *rp, uint8_t *status)
 {
     memset(rp, 0, sizeof *rp);
     if (outcome == VD_DATA_REPLIED && reply) {
@@ -95,8 +94,8 @@ int vd__cluster_dcall(struct vd_cluster *c, uint64_t node, const struct vd_data_
         d->work.data = d;
         rc = uv_queue_work(&c->loop, &d->work, local_work, local_after) ? VD_ECLOSED : 0;
     } else {
-        rc = c->data ? vd_data_send(c->data, node, h, body, len, on_peer_done, d, NULL)
-                     : VD_ECLOSED;
+        rc =
+            c->data ? vd_data_send(c->data, node, h, body, len, on_peer_done, d, NULL) : VD_ECLOSED;
         if (rc == 0) { /* the transport keeps its own copy */
             free(d->body);
             d->body = NULL;

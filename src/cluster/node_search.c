@@ -31,10 +31,11 @@
 #include "vectord/filter.h"
 #include "vectord/record.h"
 
-#define SEARCH_SPEC_MS 50    /* a range slower than this on one replica asks one more (a
-                              * search costs a replica more than a read: a longer delay) */
-#define SEARCH_RETRY_MS 50   /* a replica behind on the ring is asked again after this */
-#define COUNT_PAGE 4096      /* ids per page when counting */
+/* A range slower than this on one replica asks one more (a search costs a replica more than a
+ * read: a longer delay than a read's). */
+#define SEARCH_SPEC_MS 50
+#define SEARCH_RETRY_MS 50 /* a replica behind on the ring is asked again after this */
+#define COUNT_PAGE 4096    /* ids per page when counting */
 
 enum sreq_kind { SR_SEARCH = 1, SR_SCROLL, SR_COUNT };
 
@@ -269,8 +270,8 @@ static struct ssend *ssend_new(struct vd_cluster *c, struct sreq *r, uint64_t no
     struct ssend *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    *s = (struct ssend){.c = c, .r = r, .gen = r->gen, .node = node, .attempt = attempt,
-                        .kind = kind};
+    *s = (struct ssend){
+        .c = c, .r = r, .gen = r->gen, .node = node, .attempt = attempt, .kind = kind};
     return s;
 }
 
@@ -360,8 +361,8 @@ static void repair_done(int status, const struct vd_err *err, const struct vd_cl
 static void send_repairs(struct vd_cluster *c, struct sreq *r, const struct vd_pid *ids, size_t n)
 {
     struct vd_err e;
-    if (n && vd_cluster_read(c, r->coll, r->incarnation, ids, n, r->rf, r->timeout_ms,
-                             repair_done, NULL, &e))
+    if (n && vd_cluster_read(c, r->coll, r->incarnation, ids, n, r->rf, r->timeout_ms, repair_done,
+                             NULL, &e))
         vd_log_warn("cluster: a repair of %zu points of collection '%s' was not started: %s", n,
                     r->coll, e.msg);
 }

@@ -291,8 +291,8 @@ static int serve_scroll(struct vd_coll *c, const struct vd_dmsg_req *q, struct v
     struct vd_pid next;
     bool more = false;
     int rc;
-    if (vd_db_scroll_arcs(c, q->has_from ? &q->from : NULL, q->k, f, q->arcs, arcs_needed(q),
-                          false, &recs, &n, &next, &more, &e))
+    if (vd_db_scroll_arcs(c, q->has_from ? &q->from : NULL, q->k, f, q->arcs, arcs_needed(q), false,
+                          &recs, &n, &next, &more, &e))
         rc = reply_error(rp, &e, out);
     else
         rc = reply_cands(c, recs, n, true, !more, rp, out);
@@ -341,8 +341,8 @@ out:
     return rc;
 }
 
-int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self,
-                      const uint8_t *req, size_t len, struct vd_buf *out)
+int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self, const uint8_t *req,
+                      size_t len, struct vd_buf *out)
 {
     struct vd_dmsg_req q;
     int rc = vd_dmsg_req_decode(req, len, &q);

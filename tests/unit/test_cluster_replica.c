@@ -30,8 +30,7 @@ static void apply_cmd(struct vd_meta *m, struct vd_buf *b)
 {
     assert_true(vd_buf_ok(b));
     struct vd_err e = {0};
-    assert_int_equal(vd_meta_apply(m, vd_meta_applied(m) + 1, (const uint8_t *)b->data, b->len,
-                                   &e),
+    assert_int_equal(vd_meta_apply(m, vd_meta_applied(m) + 1, (const uint8_t *)b->data, b->len, &e),
                      0);
     vd_buf_release(b);
 }
@@ -63,9 +62,13 @@ static int setup(void **state)
         vd_meta_cmd_set_member(id, VD_MEMBER_UP, NULL, NULL, &b);
         apply_cmd(f->m, &b);
     }
-    struct vd_coll_schema s = {.dim = 3, .metric = VD_METRIC_DOT, .hnsw_m = 16,
-                               .hnsw_ef_construct = 64, .replication_factor = 2,
-                               .write_consistency_factor = 2, .created_hlc = 1};
+    struct vd_coll_schema s = {.dim = 3,
+                               .metric = VD_METRIC_DOT,
+                               .hnsw_m = 16,
+                               .hnsw_ef_construct = 64,
+                               .replication_factor = 2,
+                               .write_consistency_factor = 2,
+                               .created_hlc = 1};
     strcpy(s.name, "c");
     vd_meta_cmd_create_collection(&s, &b);
     apply_cmd(f->m, &b);
@@ -104,7 +107,9 @@ static int teardown(void **state)
 
 static struct vd_dmsg_req req(const struct fx *f, uint8_t kind)
 {
-    struct vd_dmsg_req q = {.kind = kind, .attempt = 5, .incarnation = f->s.incarnation,
+    struct vd_dmsg_req q = {.kind = kind,
+                            .attempt = 5,
+                            .incarnation = f->s.incarnation,
                             .ring_version = vd_meta_ring_version(f->m)};
     strcpy(q.coll, "c");
     return q;
@@ -133,9 +138,13 @@ static size_t rec_of(const struct fx *f, const struct vd_pid *id, uint64_t hlc, 
     struct vd_rvec rv = {.kind = VD_RVEC_DENSE, .n = 3, .values = v};
     char pl[32];
     int pn = snprintf(pl, sizeof pl, "{\"x\":%d}", (int)x);
-    struct vd_record r = {.id = *id, .incarnation = f->s.incarnation, .version = {hlc, 2},
-                          .tombstone = tomb, .n_vectors = tomb ? 0 : 1,
-                          .vectors = tomb ? NULL : &rv, .payload = tomb ? NULL : pl,
+    struct vd_record r = {.id = *id,
+                          .incarnation = f->s.incarnation,
+                          .version = {hlc, 2},
+                          .tombstone = tomb,
+                          .n_vectors = tomb ? 0 : 1,
+                          .vectors = tomb ? NULL : &rv,
+                          .payload = tomb ? NULL : pl,
                           .payload_len = tomb ? 0 : (size_t)pn};
     size_t len;
     assert_int_equal(vd_record_encode(&r, buf, 256, &len), 0);
@@ -220,8 +229,7 @@ static void test_search_scroll_verify(void **state)
     uint8_t bufs[8][256];
     size_t lens[8];
     for (int i = 0; i < 8; i++)
-        lens[i] = rec_of(f, &f->mine[i], 100 + (uint64_t)i, (float)i * 0.5f - 1.0f, false,
-                         bufs[i]);
+        lens[i] = rec_of(f, &f->mine[i], 100 + (uint64_t)i, (float)i * 0.5f - 1.0f, false, bufs[i]);
     write_recs(f, bufs, lens, 8);
     uint8_t tomb[1][256];
     size_t tl[1] = {rec_of(f, &f->mine[3], 300, 0, true, tomb[0])};
@@ -333,10 +341,15 @@ static void test_search_scroll_verify(void **state)
 static void test_quantized_scores_agree(void **state)
 {
     struct fx *f = *state;
-    struct vd_coll_schema s = {.dim = 8, .metric = VD_METRIC_COSINE, .hnsw_m = 16,
-                               .hnsw_ef_construct = 64, .full_scan_threshold_kb = 0,
-                               .replication_factor = 2, .write_consistency_factor = 2,
-                               .quant_enabled = true, .created_hlc = 1};
+    struct vd_coll_schema s = {.dim = 8,
+                               .metric = VD_METRIC_COSINE,
+                               .hnsw_m = 16,
+                               .hnsw_ef_construct = 64,
+                               .full_scan_threshold_kb = 0,
+                               .replication_factor = 2,
+                               .write_consistency_factor = 2,
+                               .quant_enabled = true,
+                               .created_hlc = 1};
     strcpy(s.name, "q");
     struct vd_buf b = {0};
     vd_meta_cmd_create_collection(&s, &b);
@@ -365,8 +378,11 @@ static void test_quantized_scores_agree(void **state)
         }
         vd_vec_normalize(v, 8);
         struct vd_rvec rv = {.kind = VD_RVEC_DENSE, .n = 8, .values = v};
-        struct vd_record r = {.id = id, .incarnation = s.incarnation, .version = {10, 2},
-                              .n_vectors = 1, .vectors = &rv};
+        struct vd_record r = {.id = id,
+                              .incarnation = s.incarnation,
+                              .version = {10, 2},
+                              .n_vectors = 1,
+                              .vectors = &rv};
         size_t len;
         assert_int_equal(vd_record_encode(&r, recs[n], sizeof recs[n], &len), 0);
         blobs[n] = (struct vd_dmsg_blob){recs[n], (uint32_t)len};
@@ -519,9 +535,8 @@ static void test_refusals_touch_nothing(void **state)
     s2.incarnation = 0;
     struct vd_buf b = {0};
     vd_meta_cmd_create_collection(&s2, &b);
-    assert_int_equal(vd_meta_apply(f->m, vd_meta_applied(f->m) + 1, (const uint8_t *)b.data,
-                                   b.len, NULL),
-                     0);
+    assert_int_equal(
+        vd_meta_apply(f->m, vd_meta_applied(f->m) + 1, (const uint8_t *)b.data, b.len, NULL), 0);
     vd_buf_release(&b);
     r = req(f, VD_DMSG_READ);
     strcpy(r.coll, "later");
@@ -534,8 +549,7 @@ static void test_refusals_touch_nothing(void **state)
         any.u.num = i;
         uint8_t key[VD_PID_KEY_MAX];
         struct vd_placement pl;
-        assert_int_equal(vd_meta_place_point(f->m, "later", key, vd_pid_encode(&any, key), &pl),
-                         0);
+        assert_int_equal(vd_meta_place_point(f->m, "later", key, vd_pid_encode(&any, key), &pl), 0);
         if (pl.natural[0] == SELF || pl.natural[1] == SELF)
             break;
     }

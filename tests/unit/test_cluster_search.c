@@ -475,8 +475,7 @@ static void test_exact_stale_paging_scroll_count(void **state)
             struct sq st = {.q = q, .limit = 5, .exact = true, .g = -1, .r = r};
             assert_int_equal(search_through(i, "pts", &st), 0);
             if (in_result(dead))
-                fail_msg("a deleted point came back from a search through node %d at R %u", i,
-                         r);
+                fail_msg("a deleted point came back from a search through node %d at R %u", i, r);
             size_t nb = brute(q, -1, bf);
             expect_brute(0, nb < 5 ? nb : 5, "search beside a stale copy");
         }
@@ -632,8 +631,8 @@ static void test_graph_recall(void **state)
         pts[k].live = true;
     }
     write_pts(0, "pts", 0, MAXPTS);
-    POLL(count_local(0, "pts") + count_local(1, "pts") + count_local(2, "pts") == 2 * MAXPTS,
-         20000, "every point on its two replicas");
+    POLL(count_local(0, "pts") + count_local(1, "pts") + count_local(2, "pts") == 2 * MAXPTS, 20000,
+         "every point on its two replicas");
     /* every point linked into the graphs: no exact scan of an unlinked tail */
     for (int i = 0; i < N; i++)
         POLL(pending_local(i, "pts") == 0, 60000, "every point linked");
