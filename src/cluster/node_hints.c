@@ -38,6 +38,9 @@
 #define HINT_RETRY_MS 1000     /* a batch not delivered: its target waits this long */
 #define HINT_RETRY_RING_MS 100 /* wrong ring or not yet: the ring catches up soon */
 #define HINT_TARGETS 64        /* targets tracked at once */
+/* a batch's deadline: a target that went silent (not marked down yet) holds its batch no longer,
+ * so expiry and the next try come soon; a live replica stores a 1 MiB batch well within it */
+#define HINT_SEND_MS 3000
 
 enum fate { F_SEND = 1, F_REWRITE, F_EXPIRED, F_DROPPED };
 
@@ -319,7 +322,8 @@ static void send_part(struct vd_cluster *c, struct hbatch *b, size_t n)
     snprintf(q.coll, sizeof q.coll, "%s", b->coll);
     if (vd_dmsg_req_encode(&q, &body) || !vd_buf_ok(&body))
         goto fail;
-    struct vd_data_hdr hdr = {b->incarnation, rv, vd_wall_ms() + c->request_ms};
+    uint64_t wait = c->request_ms < HINT_SEND_MS ? c->request_ms : HINT_SEND_MS;
+    struct vd_data_hdr hdr = {b->incarnation, rv, vd_wall_ms() + wait};
     size_t len;
     uint8_t *msg = (uint8_t *)vd_buf_steal(&body, &len);
     free(blobs);

@@ -105,7 +105,7 @@ static void test_expired_hints_dropped_and_counted(void **state)
     write_missed(0, id2, recs, 3, 600, inc);
     assert_false(needs_repair(0, id2));
     /* past the window, with node 2 still away: dropped, counted, node 2 marked */
-    POLL(stats_of(0).expired == 3, 15000, "three hints expired on node 0");
+    POLL(stats_of(0).expired == 3, 30000, "three hints expired on node 0");
     assert_int_equal(hints_for(0, id2), 0);
     POLL(stats_of(0).pending == 0, 5000, "no hint pending on node 0");
     assert_int_equal(stats_of(0).replayed, 0);
