@@ -115,6 +115,12 @@ struct vd_coord_params {
                               after this long (0: never) */
     uint64_t retry_ms;     /* a replica behind on the ring is asked again after this (>= 1) */
     uint64_t prefer;       /* a node to ask first when it is a replica (the coordinator), or 0 */
+    /* Replicas for which down(down_ctx, node) is true (the host's failure detector holds them
+     * down) are asked after the others, so a read or a search does not wait a speculative delay
+     * on a dead or silent one before asking the next; NULL: none is. Called while placing (at
+     * creation and vd_coord_reroute) only. */
+    bool (*down)(void *down_ctx, uint64_t node);
+    void *down_ctx;
     enum vd_coord_bug bug; /* VD_COORD_BUG_NONE outside the simulator's planted-bug tests */
 };
 

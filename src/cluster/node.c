@@ -62,6 +62,15 @@ static bool member_up(struct vd_cluster *c, uint64_t id, uint64_t now)
     return m->heard && now - m->heard < DOWN_AFTER_MS;
 }
 
+bool vd__cluster_member_down(void *ctx, uint64_t id)
+{
+    struct vd_cluster *c = ctx;
+    if (id == c->id)
+        return false;
+    const struct member_clock *m = vd__cluster_clock_find(c, id);
+    return !m || !m->heard || vd__cluster_now_ms() - m->heard >= DOWN_AFTER_MS;
+}
+
 static const char *raft_role_name(enum vd_raft_role r)
 {
     switch (r) {

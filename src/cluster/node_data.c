@@ -501,7 +501,9 @@ static void dreq_begin(struct vd_cluster *c, struct dreq *r)
                                 .timeout_ms = r->timeout_ms ? r->timeout_ms : c->request_ms,
                                 .spec_ms = r->kind == VD_DMSG_READ ? DATA_SPEC_MS : 0,
                                 .retry_ms = DATA_RETRY_MS,
-                                .prefer = c->id};
+                                .prefer = c->id,
+                                .down = vd__cluster_member_down,
+                                .down_ctx = c};
     for (size_t i = 0; i < r->n; i++) {
         struct dop *o = &r->ops[i];
         uint8_t key[VD_PID_KEY_MAX];

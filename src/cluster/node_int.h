@@ -294,6 +294,9 @@ const char *vd__cluster_place_state_name(const struct vd_cluster *c);
 struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id);
 /* The member's record if there is one (never creates or evicts: pointers stay valid). */
 struct member_clock *vd__cluster_clock_find(struct vd_cluster *c, uint64_t id);
+/* True when member id (ctx: the cluster) has not been heard from for DOWN_AFTER_MS, as GET
+ * /cluster shows it down: data reads ask it last (vd_coord_params.down). Loop thread. */
+bool vd__cluster_member_down(void *ctx, uint64_t id);
 /* Rebuilds the cached GET /cluster result. */
 void vd__cluster_status_refresh(struct vd_cluster *c);
 

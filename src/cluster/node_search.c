@@ -610,7 +610,9 @@ static int sreq_start_op(struct vd_cluster *c, struct sreq *r, struct vd_err *e)
                                 .timeout_ms = r->deadline_ms - now,
                                 .spec_ms = SEARCH_SPEC_MS,
                                 .retry_ms = SEARCH_RETRY_MS,
-                                .prefer = c->id};
+                                .prefer = c->id,
+                                .down = vd__cluster_member_down,
+                                .down_ctx = c};
     /* the core keeps offset + limit; exclude, threshold and offset are applied to its answer */
     uint64_t want;
     if (r->kind == SR_SEARCH)

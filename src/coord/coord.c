@@ -262,8 +262,8 @@ static void retry_due(struct vd_coord_op *op)
             ask(op, &op->s[i], 0, 0, 0);
 }
 
-/* The preferred replica (the coordinator itself) is asked first: a read or a search at one is
- * local. */
+/* The order replicas are asked in: the preferred one (the coordinator itself) first, so a read or
+ * a search at one is local; those held down last, each group in ring order. */
 static void prefer_first(const struct vd_coord_op *op, uint64_t *ids, size_t n)
 {
     for (size_t i = 1; i < n && op->p.prefer; i++)
@@ -271,6 +271,18 @@ static void prefer_first(const struct vd_coord_op *op, uint64_t *ids, size_t n)
             memmove(ids + 1, ids, i * sizeof(ids[0]));
             ids[0] = op->p.prefer;
         }
+    if (!op->p.down)
+        return;
+    uint64_t up[VD_COORD_MAX_RF], down[VD_COORD_MAX_RF];
+    size_t nu = 0, nd = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] != op->p.prefer && op->p.down(op->p.down_ctx, ids[i]))
+            down[nd++] = ids[i];
+        else
+            up[nu++] = ids[i];
+    }
+    memcpy(ids, up, nu * sizeof(ids[0]));
+    memcpy(ids + nu, down, nd * sizeof(ids[0]));
 }
 
 static int place(struct vd_coord_op *op, const struct vd_coord_ring *ring)

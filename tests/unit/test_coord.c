@@ -499,6 +499,46 @@ static void test_search_prefers_coordinator(void **state)
     }
 }
 
+static bool node2_down(void *ctx, uint64_t node)
+{
+    (void)ctx;
+    return node == 2;
+}
+
+/* A replica the host holds down is asked last: a read at 2 of 3 asks the coordinator and the
+ * other live replica, and a search at 1 from a node that is no replica skips it too. */
+static void test_down_replicas_asked_last(void **state)
+{
+    (void)state;
+    struct vd_coord_params p = params(2);
+    p.prefer = 1;
+    p.down = node2_down;
+    struct vd_coord_op *op;
+    assert_int_equal(vd_coord_read_new(&p, &ring3, 0, &op), 0);
+    struct acts x;
+    drain(op, &x);
+    assert_int_equal(count(&x, VD_COORD_SEND), 2);
+    for (size_t i = 0; i < x.n; i++)
+        assert_true(x.a[i].type != VD_COORD_SEND || x.a[i].node != 2);
+    vd_coord_op_free(op);
+    p = params(1);
+    p.prefer = 9;
+    p.down = node2_down;
+    for (uint64_t h = 50; h < 400; h += 100) {
+        assert_int_equal(vd_coord_read_new(&p, &ring3, h, &op), 0);
+        drain(op, &x);
+        assert_int_equal(count(&x, VD_COORD_SEND), 1);
+        assert_true(find(&x, VD_COORD_SEND, 0)->node != 2);
+        vd_coord_op_free(op);
+    }
+    /* without the detector, a key whose arc node 2 owns (150: replicas 2, 3, 1) asks node 2 */
+    p.down = NULL;
+    assert_int_equal(vd_coord_read_new(&p, &ring3, 150, &op), 0);
+    drain(op, &x);
+    assert_int_equal(find(&x, VD_COORD_SEND, 0)->node, 2);
+    vd_coord_op_free(op);
+}
+
 static void test_search_verifies_disagreement(void **state)
 {
     /* One range (every arc has replicas {1, 2, 3}), R = 2. */
@@ -638,6 +678,7 @@ int main(void)
         cmocka_unit_test(test_read_background_repair_and_tombstone),
         cmocka_unit_test(test_read_timeout),
         cmocka_unit_test(test_search_prefers_coordinator),
+        cmocka_unit_test(test_down_replicas_asked_last),
         cmocka_unit_test(test_search_verifies_disagreement),
         cmocka_unit_test(test_search_rounds_capped),
         cmocka_unit_test(test_search_timeout),
