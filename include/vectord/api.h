@@ -108,10 +108,14 @@ struct vd_data_ops {
     /* Live points matching f (NULL = all). */
     int (*count)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                  const struct vd_filter *f, uint64_t *out, struct vd_err *err);
-    /* Optional asynchronous forms of retrieve, scroll and count, for an implementation whose
-     * reads wait on other nodes: a handler that can use them holds no thread meanwhile. Same
-     * arguments and results as above, delivered to done (once, any thread); an error returned
-     * means done will not run. NULL: the synchronous forms are used. */
+    /* Optional asynchronous forms of retrieve, search, scroll and count, for an implementation
+     * whose reads wait on other nodes: a handler that can use them holds no thread meanwhile.
+     * Same arguments and results as above (s and its query are read during the call only),
+     * delivered to done (once, any thread); an error returned means done will not run. NULL:
+     * the synchronous forms are used. */
+    int (*search_async)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                        const struct vd_db_search *s, bool with_vector, vd_data_read_fn done,
+                        void *ctx, struct vd_err *err);
     int (*retrieve_async)(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                           const struct vd_pid *ids, size_t n, bool with_vector,
                           vd_data_read_fn done, void *ctx, struct vd_err *err);

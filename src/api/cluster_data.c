@@ -601,6 +601,32 @@ static int c_retrieve(void *impl, struct vd_coll *c, const struct vd_data_req *o
     return rc;
 }
 
+/* The cluster's form of a search or a scroll page with o's filter, consistency and deadline. */
+static struct vd_cluster_search search_of(const struct vd_coll_schema *sc,
+                                          const struct vd_data_req *o,
+                                          const struct vd_db_search *s, bool with_vector)
+{
+    return (struct vd_cluster_search){.s = s,
+                                      .dim = sc->dim,
+                                      .filter = o->filter,
+                                      .with_payload = o->with_payload,
+                                      .with_vector = with_vector,
+                                      .r = o->consistency,
+                                      .timeout_ms = o->timeout_ms};
+}
+
+static struct vd_cluster_scroll scroll_of(const struct vd_data_req *o, const struct vd_pid *from,
+                                          uint32_t limit, bool with_payload, bool with_vector)
+{
+    return (struct vd_cluster_scroll){.from = from,
+                                      .limit = limit,
+                                      .filter = o->filter,
+                                      .with_payload = with_payload,
+                                      .with_vector = with_vector,
+                                      .r = o->consistency,
+                                      .timeout_ms = o->timeout_ms};
+}
+
 /* ---- searches, scroll and count: two-phase over the ring ------------------------------------- */
 
 static int c_search(void *impl, struct vd_coll *c, const struct vd_data_req *o,
@@ -613,13 +639,7 @@ static int c_search(void *impl, struct vd_coll *c, const struct vd_data_req *o,
     struct rwait *w = rwait_new(with_vector);
     if (!w)
         return vd_errf(err, VD_ENOMEM, "out of memory");
-    struct vd_cluster_search q = {.s = s,
-                                  .dim = sc.dim,
-                                  .filter = o->filter,
-                                  .with_payload = o->with_payload,
-                                  .with_vector = with_vector,
-                                  .r = o->consistency,
-                                  .timeout_ms = o->timeout_ms};
+    struct vd_cluster_search q = search_of(&sc, o, s, with_vector);
     int rc = vd_cluster_search(d, sc.name, sc.incarnation, &q, records_done, w, err);
     rc = rwait_wait(w, rc, o, "a search", out, n_out, err);
     rwait_unref_locked(w);
@@ -635,13 +655,7 @@ static int scroll_page(struct vd_cluster *d, const struct vd_coll_schema *sc,
     struct rwait *w = rwait_new(with_vector);
     if (!w)
         return vd_errf(err, VD_ENOMEM, "out of memory");
-    struct vd_cluster_scroll q = {.from = from,
-                                  .limit = limit,
-                                  .filter = o->filter,
-                                  .with_payload = with_payload,
-                                  .with_vector = with_vector,
-                                  .r = o->consistency,
-                                  .timeout_ms = o->timeout_ms};
+    struct vd_cluster_scroll q = scroll_of(o, from, limit, with_payload, with_vector);
     int rc = vd_cluster_scroll(d, sc->name, sc->incarnation, &q, scroll_done, w, err);
     rc = rwait_wait(w, rc, o, "a scroll", out, n_out, err);
     if (rc == 0) {
@@ -763,6 +777,29 @@ static int c_retrieve_async(void *impl, struct vd_coll *c, const struct vd_data_
     return rc;
 }
 
+static void aread_records_done(int status, const struct vd_err *err,
+                               const struct vd_db_record *recs, size_t n, void *arg)
+{
+    struct vd_data_result res = {.recs = recs, .n = n};
+    aread_end(arg, status, err, &res);
+}
+
+static int c_search_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                          const struct vd_db_search *s, bool with_vector, vd_data_read_fn done,
+                          void *ctx, struct vd_err *err)
+{
+    struct vd_coll_schema sc;
+    vd_db_coll_schema_copy(c, &sc);
+    struct aread *a = aread_new(done, ctx, with_vector, err);
+    if (!a)
+        return VD_ENOMEM;
+    struct vd_cluster_search q = search_of(&sc, o, s, with_vector);
+    int rc = vd_cluster_search(impl, sc.name, sc.incarnation, &q, aread_records_done, a, err);
+    if (rc)
+        free(a);
+    return rc;
+}
+
 static int c_scroll_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                           const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
                           bool with_vector, vd_data_read_fn done, void *ctx, struct vd_err *err)
@@ -772,13 +809,7 @@ static int c_scroll_async(void *impl, struct vd_coll *c, const struct vd_data_re
     struct aread *a = aread_new(done, ctx, with_vector, err);
     if (!a)
         return VD_ENOMEM;
-    struct vd_cluster_scroll q = {.from = from,
-                                  .limit = limit,
-                                  .filter = o->filter,
-                                  .with_payload = o->with_payload,
-                                  .with_vector = with_vector,
-                                  .r = o->consistency,
-                                  .timeout_ms = o->timeout_ms};
+    struct vd_cluster_scroll q = scroll_of(o, from, limit, o->with_payload, with_vector);
     int rc = vd_cluster_scroll(impl, s.name, s.incarnation, &q, aread_scroll_done, a, err);
     if (rc)
         free(a);
@@ -813,6 +844,7 @@ void vd_api_cluster_data(struct vd_cluster *cluster, struct vd_data_ops *out)
         .scroll = c_scroll,
         .count = c_count,
         .retrieve_async = c_retrieve_async,
+        .search_async = c_search_async,
         .scroll_async = c_scroll_async,
         .count_async = c_count_async,
         .impl = cluster,

@@ -194,12 +194,19 @@ static int parse_query(struct vd_coll *c, const struct vd_data_req *o, const cJS
 }
 
 /* Runs one search or query and appends its points (a JSON array) to out. */
-static int run(struct vd_coll *c, const struct vd_data_req *req, struct sargs *a,
-               struct vd_buf *out, struct vd_err *err)
+/* The options of a's data operations: the request's, with a's filter and payload choice. */
+static struct vd_data_req search_req(const struct vd_data_req *req, const struct sargs *a)
 {
     struct vd_data_req ro = *req;
     ro.filter = a->filter_json;
     ro.with_payload = a->w.payload;
+    return ro;
+}
+
+static int run(struct vd_coll *c, const struct vd_data_req *req, struct sargs *a,
+               struct vd_buf *out, struct vd_err *err)
+{
+    struct vd_data_req ro = search_req(req, a);
     const struct vd_data_req *o = &ro;
     const struct vd_data_ops *d = &vd__api.data;
     struct vd_db_record *recs = NULL;
@@ -240,34 +247,91 @@ static int run(struct vd_coll *c, const struct vd_data_req *req, struct sargs *a
 typedef int (*parse_fn)(struct vd_coll *, const struct vd_data_req *, const cJSON *,
                         struct sargs *, struct vd_err *);
 
+/* One search or query in flight: answered from the completion of the asynchronous search
+ * (vd_data_ops.search_async), which then owns it, or at once. */
+struct single {
+    struct vd_http_req *r;
+    struct vd_coll *c; /* referenced */
+    cJSON *body;       /* a.w's key arrays point into it */
+    struct sargs a;
+    bool wrap_points;
+};
+
+static void single_free(struct single *q)
+{
+    sargs_release(&q->a);
+    cJSON_Delete(q->body);
+    vd_db_coll_put(q->c);
+    free(q);
+}
+
+static void single_reply(int status, const struct vd_err *err, const struct vd_data_result *res,
+                         void *arg)
+{
+    struct single *q = arg;
+    if (status) {
+        if (err && err->msg[0])
+            vd_http_reply_err(q->r, err);
+        else
+            vd_http_reply_error(q->r, vd_err_http_status(status), "%s", vd_strerror(status));
+    } else {
+        struct vd_buf b;
+        vd_buf_init(&b);
+        if (q->wrap_points)
+            vd_buf_puts(&b, "{\"points\":");
+        vd__api_points_json(&b, res->recs, res->n, &q->a.w, VD_API_POINT_SCORED);
+        if (q->wrap_points)
+            vd_buf_puts(&b, "}");
+        vd__api_reply_buf(q->r, &b);
+    }
+    single_free(q);
+}
+
 static void single(struct vd_http_req *r, parse_fn parse, bool wrap_points)
 {
     struct vd_coll *c = vd__api_coll(r);
     if (!c)
         return;
-    cJSON *body = vd__api_body(r, false);
-    struct sargs a = {0};
+    struct single *q = calloc(1, sizeof *q);
+    if (!q) {
+        vd_db_coll_put(c);
+        vd_http_reply_error(r, 500, "out of memory");
+        return;
+    }
+    q->r = r;
+    q->c = c;
+    q->wrap_points = wrap_points;
+    if (!(q->body = vd__api_body(r, false))) {
+        single_free(q);
+        return;
+    }
+    const struct vd_data_ops *d = &vd__api.data;
     struct vd_err e;
+    struct vd_data_req o;
+    int rc = vd__api_data_req(r, c, &o, &e);
+    if (!rc)
+        rc = parse(c, &o, q->body, &q->a, &e);
+    if (!rc && !q->a.scroll && d->search_async) {
+        struct vd_data_req so = search_req(&o, &q->a);
+        rc = d->search_async(d->impl, c, &so, &q->a.s, q->a.w.vector, single_reply, q, &e);
+        if (!rc)
+            return; /* q is the completion's */
+    }
     struct vd_buf b;
     vd_buf_init(&b);
-    if (!body)
-        goto out;
     if (wrap_points)
         vd_buf_puts(&b, "{\"points\":");
-    struct vd_data_req o;
-    if (vd__api_data_req(r, c, &o, &e) || parse(c, &o, body, &a, &e) ||
-        run(c, &o, &a, &b, &e)) {
+    if (!rc)
+        rc = run(c, &o, &q->a, &b, &e);
+    if (rc) {
         vd_http_reply_err(r, &e);
-        goto out;
+    } else {
+        if (wrap_points)
+            vd_buf_puts(&b, "}");
+        vd__api_reply_buf(r, &b);
     }
-    if (wrap_points)
-        vd_buf_puts(&b, "}");
-    vd__api_reply_buf(r, &b);
-out:
     vd_buf_release(&b);
-    sargs_release(&a);
-    cJSON_Delete(body);
-    vd_db_coll_put(c);
+    single_free(q);
 }
 
 static void batch(struct vd_http_req *r, parse_fn parse, bool wrap_points)

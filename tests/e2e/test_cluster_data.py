@@ -304,12 +304,13 @@ class ClusterDataTest(ClusterCase):
         slow = {"ids": [1000]}
         paths = [f"/collections/{COLL}/points?consistency=all&timeout=3",
                  f"/collections/{COLL}/points/scroll?consistency=all&timeout=3",
-                 f"/collections/{COLL}/points/count?consistency=all&timeout=3"]
+                 f"/collections/{COLL}/points/count?consistency=all&timeout=3",
+                 f"/collections/{COLL}/points/search?consistency=all&timeout=3"]
+        bodies = [slow, {}, {}, {"vector": vec(1), "limit": 1}]
         results = []
 
-        def ask(path):
-            results.append(self.n1.request("POST", path, slow if "scroll" not in path and
-                                           "count" not in path else {}, timeout=30))
+        def ask(path, body):
+            results.append(self.n1.request("POST", path, body, timeout=30))
 
         def in_flight():
             st, text = self.n1.request("GET", "/metrics", raw=True, timeout=30)
@@ -318,7 +319,7 @@ class ClusterDataTest(ClusterCase):
 
         self.n3.proc.send_signal(signal.SIGSTOP)
         try:
-            threads = [threading.Thread(target=ask, args=(p,)) for p in paths]
+            threads = [threading.Thread(target=ask, args=pb) for pb in zip(paths, bodies)]
             for t in threads:
                 t.start()
             wait_until(in_flight, 2.5, "the waiting reads and /metrics in flight at once")

@@ -187,6 +187,15 @@ static int spy_retrieve_async(void *impl, struct vd_coll *c, const struct vd_dat
     return later_start(l, done, ctx);
 }
 
+static int spy_search_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
+                            const struct vd_db_search *s, bool with_vector, vd_data_read_fn done,
+                            void *ctx, struct vd_err *err)
+{
+    struct later *l = calloc(1, sizeof *l);
+    l->rc = spy_search(impl, c, o, s, with_vector, &l->recs, &l->n, &l->e);
+    return later_start(l, done, ctx);
+}
+
 static int spy_scroll_async(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                             const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
                             bool with_vector, vd_data_read_fn done, void *ctx,
@@ -241,6 +250,7 @@ static void node_start(struct node *n)
                                       .impl = &S}};
     if (use_async) {
         ao.data.retrieve_async = spy_retrieve_async;
+        ao.data.search_async = spy_search_async;
         ao.data.scroll_async = spy_scroll_async;
         ao.data.count_async = spy_count_async;
     }
@@ -514,8 +524,8 @@ static void test_handlers_take_options(void **state)
     node_stop(&n);
 }
 
-/* With the asynchronous forms, retrieve, get by id, scroll and count reply from the completion
- * (another thread here) with the same bodies, errors included. */
+/* With the asynchronous forms, retrieve, get by id, search, query, scroll and count reply from
+ * the completion (another thread here) with the same bodies, errors included. */
 static void test_handlers_async_reads(void **state)
 {
     use_async = true;
@@ -537,6 +547,14 @@ static void test_handlers_async_reads(void **state)
     expect(&n, "POST", "/collections/c/points/count", "{}", 200, "\"count\":3");
     expect(&n, "POST", "/collections/c/points/count?timeout=2", "{}", 200, "\"count\":3");
     assert_int_equal(S.last.timeout_ms, 2000);
+    before = S.calls[OP_SEARCH];
+    expect(&n, "POST", "/collections/c/points/search", "{\"vector\":[1,0],\"limit\":1}", 200,
+           "\"id\":1,\"version\"");
+    expect(&n, "POST", "/collections/c/points/query", "{\"query\":[0,1],\"limit\":1}", 200,
+           "{\"points\":[{\"id\":2,");
+    expect(&n, "POST", "/collections/c/points/search", "{\"vector\":[0,0,1],\"limit\":1}",
+           400, "dim");
+    assert_int_equal(S.calls[OP_SEARCH] - before, 2);
     S.fake = true;
     expect(&n, "GET", "/collections/c/points/42", NULL, 200,
            "{\"id\":42,\"payload\":{\"a\":1,\"b\":2},\"vector\":[0.5,0.25]}");
