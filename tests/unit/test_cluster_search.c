@@ -131,6 +131,8 @@ struct got {
     uint64_t ids[MAXPTS + 64];
     float scores[MAXPTS + 64];
     char payload[64][32];
+    float vec[64][32];
+    uint32_t vdim[64];
     bool has_next;
     uint64_t next;
     uint64_t count;
@@ -164,9 +166,13 @@ static void got_records(int status, const struct vd_err *err, const struct vd_db
     for (size_t k = 0; k < n && k < MAXPTS + 64; k++) {
         G.ids[k] = recs[k].id.u.num;
         G.scores[k] = recs[k].score;
-        if (k < 64)
+        if (k < 64) {
             snprintf(G.payload[k], sizeof G.payload[k], "%.*s", (int)recs[k].payload_len,
                      recs[k].payload ? recs[k].payload : "");
+            G.vdim[k] = recs[k].vec && recs[k].dim <= 32 ? recs[k].dim : 0;
+            if (G.vdim[k])
+                memcpy(G.vec[k], recs[k].vec, sizeof(float) * recs[k].dim);
+        }
     }
     G.n = n;
     G.has_next = next != NULL;
@@ -212,7 +218,7 @@ static cJSON *filter_g(int g)
 struct sq {
     const float *q;
     uint32_t limit, offset;
-    bool exact, with_payload, has_thr;
+    bool exact, with_payload, with_vector, has_thr;
     float thr;
     int g; /* filter g == g, or -1 */
     unsigned r;
@@ -232,6 +238,7 @@ static int search_through(int i, const char *coll, const struct sq *s)
                                   .dim = dim,
                                   .filter = f,
                                   .with_payload = s->with_payload,
+                                  .with_vector = s->with_vector,
                                   .r = s->r,
                                   .timeout_ms = s->timeout_ms ? s->timeout_ms : 5000};
     got_reset();
@@ -452,7 +459,7 @@ static void test_exact_stale_paging_scroll_count(void **state)
             expect_brute(0, 6, "search under a distance threshold");
         }
     }
-    /* with_payload reads the records of the result */
+    /* with_payload and with_vector read the records of the result; without them, none */
     struct sq s = {.q = q, .limit = 3, .exact = true, .with_payload = true, .g = -1};
     brute(q, -1, bf);
     assert_int_equal(search_through(1, "pts", &s), 0);
@@ -463,7 +470,23 @@ static void test_exact_stale_paging_scroll_count(void **state)
             if (pts[j].id == G.ids[k])
                 snprintf(want, sizeof want, "{\"g\":%d}", pts[j].g);
         assert_string_equal(G.payload[k], want);
+        assert_int_equal(G.vdim[k], 0);
     }
+    s.with_payload = false;
+    s.with_vector = true;
+    assert_int_equal(search_through(2, "pts", &s), 0);
+    expect_brute(0, 3, "search with vector");
+    for (size_t k = 0; k < 3; k++) {
+        assert_string_equal(G.payload[k], "");
+        assert_int_equal(G.vdim[k], DIM);
+        for (size_t j = 0; j < n_pts; j++)
+            if (pts[j].id == G.ids[k])
+                assert_memory_equal(G.vec[k], pts[j].v, sizeof(float) * DIM);
+    }
+    s.with_vector = false;
+    assert_int_equal(search_through(0, "pts", &s), 0);
+    assert_int_equal(G.n, 3);
+    assert_true(G.vdim[0] == 0 && G.payload[0][0] == 0);
 
     /* a point deleted on nodes 0 and 1 while node 2 keeps a stale copy, nearest to the query:
      * never a result, whichever replicas answer (node 2 is asked first through itself) */
