@@ -87,15 +87,16 @@ static struct vd_version stamp(struct vd_cluster *d)
 
 /* Writes recs over the ring at o's consistency; done as vd_cluster_write. With no record, done
  * runs at once: there is nothing to write. */
-static int write_recs(struct vd_cluster *d, const struct vd_coll_schema *s, const struct vd_data_req *o,
-                      struct recs *r, vd_db_done_fn done, void *ctx, struct vd_err *err)
+static int write_recs(struct vd_cluster *d, const struct vd_coll_schema *s,
+                      const struct vd_data_req *o, struct recs *r, vd_db_done_fn done, void *ctx,
+                      struct vd_err *err)
 {
     if (r->n == 0) {
         done(0, NULL, 0, ctx);
         return 0;
     }
-    return vd_cluster_write(d, s->name, s->incarnation, (const uint8_t *const *)r->p,
-                            r->len, r->n, o->consistency, o->timeout_ms, done, ctx, err);
+    return vd_cluster_write(d, s->name, s->incarnation, (const uint8_t *const *)r->p, r->len, r->n,
+                            o->consistency, o->timeout_ms, done, ctx, err);
 }
 
 /* ---- upsert, apply, delete ------------------------------------------------------------------ */
@@ -154,8 +155,8 @@ static int c_apply(void *impl, struct vd_coll *c, const struct vd_data_req *o,
     struct vd_cluster *d = impl;
     struct vd_coll_schema s;
     vd_db_coll_schema_copy(c, &s);
-    return vd_cluster_write(d, s.name, s.incarnation, recs, lens, n, o->consistency,
-                            o->timeout_ms, done, ctx, err);
+    return vd_cluster_write(d, s.name, s.incarnation, recs, lens, n, o->consistency, o->timeout_ms,
+                            done, ctx, err);
 }
 
 static int scroll_page(struct vd_cluster *d, const struct vd_coll_schema *sc,
@@ -221,10 +222,8 @@ static int c_delete(void *impl, struct vd_coll *c, const struct vd_data_req *o,
     struct recs r;
     if ((rc = recs_alloc(&r, n, err)) == 0) {
         for (size_t i = 0; rc == 0 && i < n; i++) {
-            struct vd_record rec = {.id = ids[i],
-                                    .incarnation = s.incarnation,
-                                    .version = stamp(d),
-                                    .tombstone = true};
+            struct vd_record rec = {
+                .id = ids[i], .incarnation = s.incarnation, .version = stamp(d), .tombstone = true};
             rc = recs_add(&r, &rec, err);
         }
         if (rc == 0)
@@ -343,8 +342,8 @@ static int c_payload_edit(void *impl, struct vd_coll *c, const struct vd_data_re
     ed->ctx = ctx;
     /* read at a quorum whatever the write asks: the edit must start from the newest version a
      * quorum write left, or it would write an older vector back under a newer version */
-    rc = vd_cluster_read(d, ed->s.name, ed->s.incarnation, ids, n, 0, o->timeout_ms,
-                         edit_read_done, ed, err);
+    rc = vd_cluster_read(d, ed->s.name, ed->s.incarnation, ids, n, 0, o->timeout_ms, edit_read_done,
+                         ed, err);
     if (rc)
         edit_free(ed);
     free(found);
@@ -418,8 +417,7 @@ static int rwait_wait(struct rwait *w, int started, const struct vd_data_req *o,
         return started;
     }
     struct timespec until;
-    vd_mono_deadline(&until, (o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS) +
-                                 READ_GRACE_MS);
+    vd_mono_deadline(&until, (o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS) + READ_GRACE_MS);
     while (!w->done)
         if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)
             break;
@@ -438,8 +436,7 @@ static int rwait_wait(struct rwait *w, int started, const struct vd_data_req *o,
 }
 
 /* The API's form of a live encoded record. */
-static int decoded_record(const uint8_t *p, size_t len, bool with_vector,
-                          struct vd_db_record *out)
+static int decoded_record(const uint8_t *p, size_t len, bool with_vector, struct vd_db_record *out)
 {
     struct vd_record rec;
     struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
@@ -603,8 +600,8 @@ static int c_retrieve(void *impl, struct vd_coll *c, const struct vd_data_req *o
 
 /* The cluster's form of a search or a scroll page with o's filter, consistency and deadline. */
 static struct vd_cluster_search search_of(const struct vd_coll_schema *sc,
-                                          const struct vd_data_req *o,
-                                          const struct vd_db_search *s, bool with_vector)
+                                          const struct vd_data_req *o, const struct vd_db_search *s,
+                                          bool with_vector)
 {
     return (struct vd_cluster_search){.s = s,
                                       .dim = sc->dim,
@@ -669,8 +666,8 @@ static int scroll_page(struct vd_cluster *d, const struct vd_coll_schema *sc,
 
 static int c_scroll(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                     const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
-                    bool with_vector, struct vd_db_record **out, size_t *n_out,
-                    struct vd_pid *next, bool *has_next, struct vd_err *err)
+                    bool with_vector, struct vd_db_record **out, size_t *n_out, struct vd_pid *next,
+                    bool *has_next, struct vd_err *err)
 {
     struct vd_coll_schema sc;
     vd_db_coll_schema_copy(c, &sc);
@@ -687,8 +684,8 @@ static int c_count(void *impl, struct vd_coll *c, const struct vd_data_req *o,
     struct rwait *w = rwait_new(false);
     if (!w)
         return vd_errf(err, VD_ENOMEM, "out of memory");
-    int rc = vd_cluster_count(d, sc.name, sc.incarnation, o->filter, o->consistency,
-                              o->timeout_ms, count_done, w, err);
+    int rc = vd_cluster_count(d, sc.name, sc.incarnation, o->filter, o->consistency, o->timeout_ms,
+                              count_done, w, err);
     rc = rwait_wait(w, rc, o, "a count", NULL, NULL, err);
     if (rc == 0)
         *out = w->count;
@@ -724,8 +721,8 @@ static void aread_end(struct aread *a, int status, const struct vd_err *err,
     free(a);
 }
 
-static void aread_read_done(int status, const struct vd_err *err,
-                            const struct vd_cluster_rec *got, size_t n, void *arg)
+static void aread_read_done(int status, const struct vd_err *err, const struct vd_cluster_rec *got,
+                            size_t n, void *arg)
 {
     struct aread *a = arg;
     struct vd_err e = {0};
@@ -738,9 +735,8 @@ static void aread_read_done(int status, const struct vd_err *err,
     vd_db_records_free(recs, k);
 }
 
-static void aread_scroll_done(int status, const struct vd_err *err,
-                              const struct vd_db_record *recs, size_t n,
-                              const struct vd_pid *next, void *arg)
+static void aread_scroll_done(int status, const struct vd_err *err, const struct vd_db_record *recs,
+                              size_t n, const struct vd_pid *next, void *arg)
 {
     struct vd_data_result res = {.recs = recs, .n = n, .next = next};
     aread_end(arg, status, err, &res);
@@ -768,8 +764,8 @@ static int c_retrieve_async(void *impl, struct vd_coll *c, const struct vd_data_
     if (unique_ids(ids, n, &u, &nu))
         return vd_errf(err, VD_ENOMEM, "out of memory");
     struct aread *a = aread_new(done, ctx, with_vector, err);
-    int rc = a ? vd_cluster_read(impl, s.name, s.incarnation, u, nu, o->consistency,
-                                 o->timeout_ms, aread_read_done, a, err)
+    int rc = a ? vd_cluster_read(impl, s.name, s.incarnation, u, nu, o->consistency, o->timeout_ms,
+                                 aread_read_done, a, err)
                : VD_ENOMEM;
     if (rc)
         free(a);
@@ -825,8 +821,8 @@ static int c_count_async(void *impl, struct vd_coll *c, const struct vd_data_req
     struct aread *a = aread_new(done, ctx, false, err);
     if (!a)
         return VD_ENOMEM;
-    int rc = vd_cluster_count(impl, s.name, s.incarnation, o->filter, o->consistency,
-                              o->timeout_ms, aread_count_done, a, err);
+    int rc = vd_cluster_count(impl, s.name, s.incarnation, o->filter, o->consistency, o->timeout_ms,
+                              aread_count_done, a, err);
     if (rc)
         free(a);
     return rc;
