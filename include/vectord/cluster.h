@@ -252,6 +252,11 @@ struct vd_cluster_member {
 /* Copies up to max members, in id order, into out; returns how many there are (which may be more
  * than max). Any thread. */
 size_t vd_cluster_members(struct vd_cluster *c, struct vd_cluster_member *out, size_t max);
+/* The share of the ring's hash space (0..1) this node replicates at replication factor rf, from
+ * the published ring: the sum of the arcs it is one of the rf replicas of. Points hash evenly, so
+ * a collection's points number about (this node's points) / share. 1 without a ring. Any
+ * thread. */
+double vd_cluster_ring_share(struct vd_cluster *c, unsigned rf);
 uint64_t vd_cluster_node_id(const struct vd_cluster *c);
 /* The cluster port this node listens on (the kernel's choice when opts.port was 0). */
 uint16_t vd_cluster_port(const struct vd_cluster *c);

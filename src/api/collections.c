@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "api_int.h"
+#include "vectord/cluster.h"
 
 /* Reads Qdrant's quantization_config found at `path` ({"scalar": {"type": "int8", "quantile":
  * 0.5..1, "always_ram": bool}}, or null for none) into s. vectord quantizes to int8 only:
@@ -325,6 +326,15 @@ static void info(struct vd_http_req *r, void *ctx)
     const struct vd_coll_schema *s = &sc;
     struct vd_coll_stats st;
     vd_db_coll_stats(c, &st);
+    /* In a cluster, points_count is the collection's, approximately (as Qdrant says it is): this
+     * node's points scaled by the share of the ring it replicates; the vector counts stay this
+     * node's, the index it searches. */
+    uint64_t points = st.points;
+    if (vd__api.cluster) {
+        double share = vd_cluster_ring_share(vd__api.cluster, s->replication_factor);
+        if (share > 0.0 && share < 1.0)
+            points = (uint64_t)((double)st.points / share + 0.5);
+    }
     struct vd_buf b;
     vd_buf_init(&b);
     /* green: fully indexed; yellow: background linking in progress (Qdrant's meaning) */
@@ -344,7 +354,7 @@ static void info(struct vd_http_req *r, void *ctx)
         "\"wal_config\":{\"wal_capacity_mb\":32,\"wal_segments_ahead\":0},"
         "\"quantization_config\":",
         st.pending ? "yellow" : "green", (unsigned long long)st.points,
-        (unsigned long long)st.indexed, (unsigned long long)st.points, s->dim,
+        (unsigned long long)st.indexed, (unsigned long long)points, s->dim,
         vd_metric_name(s->metric), s->replication_factor, s->write_consistency_factor, s->hnsw_m,
         s->hnsw_ef_construct, s->full_scan_threshold_kb);
     put_quant(&b, s);

@@ -489,6 +489,34 @@ size_t vd_cluster_members(struct vd_cluster *c, struct vd_cluster_member *out, s
     return n;
 }
 
+double vd_cluster_ring_share(struct vd_cluster *c, unsigned rf)
+{
+    struct vd_meta_view *v = vd__cluster_view_acquire(c);
+    if (!v)
+        return 1.0;
+    struct vd_coord_ring ring;
+    vd_meta_coord_ring(vd_meta_view_state(v), &ring);
+    if (rf > VD_COORD_MAX_RF)
+        rf = VD_COORD_MAX_RF;
+    uint64_t(*arcs)[2] = ring.n_tokens ? malloc(ring.n_tokens * sizeof *arcs) : NULL;
+    size_t n = arcs ? vd_coord_ring_arcs(&ring, arcs) : 0;
+    double share = n ? 0.0 : 1.0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t ids[VD_COORD_MAX_RF];
+        size_t k = vd_coord_ring_replicas(&ring, arcs[i][1], rf, ids);
+        for (size_t j = 0; j < k; j++)
+            if (ids[j] == c->id) {
+                /* (start, end], the whole ring when start == end; unsigned wrap does the rest */
+                uint64_t len = arcs[i][1] - arcs[i][0];
+                share += len ? (double)len / 18446744073709551616.0 : 1.0;
+                break;
+            }
+    }
+    free(arcs);
+    vd_meta_view_release(v);
+    return share;
+}
+
 uint64_t vd_cluster_node_id(const struct vd_cluster *c)
 {
     return c->id;
