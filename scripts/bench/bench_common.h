@@ -17,6 +17,7 @@ struct bench_args {
     unsigned m, efc, threads, k;
     int search, exact;
     int quant; /* vectord only: int8 quantization (walk on codes, rescore with floats) */
+    int disk;  /* vectord only, with quant: always_ram false (floats read from the base file) */
     unsigned efs[32];
     unsigned nefs;
 };
@@ -47,6 +48,24 @@ static inline long bench_rss_bytes(void)
         rss = 0;
     fclose(f);
     return rss * 4096L;
+}
+
+/* Resident anonymous (heap) and file-backed bytes of this process (/proc/self/status). */
+static inline void bench_rss_split(long *anon, long *file)
+{
+    char line[256];
+    long kb;
+    *anon = *file = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "RssAnon: %ld kB", &kb) == 1)
+            *anon = kb * 1024;
+        else if (sscanf(line, "RssFile: %ld kB", &kb) == 1)
+            *file = kb * 1024;
+    }
+    fclose(f);
 }
 
 /* Streaming read bandwidth of this machine (GB/s) over a buffer of `bytes`: the yardstick for the
@@ -129,6 +148,7 @@ static inline void bench_parse(int argc, char **argv, struct bench_args *a)
         else if (!strcmp(argv[i], "--search")) a->search = 1;
         else if (!strcmp(argv[i], "--exact")) a->exact = 1;
         else if (!strcmp(argv[i], "--quant")) a->quant = 1;
+        else if (!strcmp(argv[i], "--disk")) a->quant = a->disk = 1;
         else if (!strcmp(argv[i], "--efs")) {
             char *s = strdup(v), *save = NULL;
             for (char *t = strtok_r(s, ",", &save); t && a->nefs < 32; t = strtok_r(NULL, ",", &save))

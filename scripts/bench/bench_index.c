@@ -7,8 +7,16 @@
  * rescores the beam with the floats, "search_float" walks the same graph on floats
  * (quantization ignored), "search_codes" returns the codes' scores without rescoring;
  * "vector_bytes" is what the index holds for vectors (floats + codes) and "float_vector_bytes"
- * the floats alone.
+ * the floats alone. With --disk (impl "vectord-int8-disk") the index keeps its floats on disk
+ * (always_ram false): they are read, for rescoring and exact scans, in place from a read-only
+ * memory map of the base file, as the server reads them from LMDB's map (without LMDB's key
+ * lookup). A load reports the resident bytes it added ("rss_load_delta_bytes"), and the searches
+ * the heap and file-backed resident bytes they added ("rss_search_anon_delta_bytes",
+ * "rss_search_file_delta_bytes": file pages are the page cache's, reclaimable).
  */
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -28,6 +36,35 @@ struct fetch_ctx {
     size_t n;
     unsigned dim;
 };
+
+/* The base file mapped read-only: the floats of an index that keeps them on disk. */
+struct disk_src {
+    const float *map; /* rows of 1 + dim words: the dim, then the floats */
+    size_t n;
+    unsigned dim;
+};
+
+static int disk_begin(void *ctx, void **rd)
+{
+    *rd = ctx;
+    return 0;
+}
+
+static int disk_get(void *ctx, void *rd, const struct vd_pid *id, const float **out)
+{
+    const struct disk_src *d = ctx;
+    (void)rd;
+    if (id->type != VD_PID_NUM || id->u.num >= d->n)
+        return VD_ENOTFOUND;
+    *out = d->map + id->u.num * (d->dim + 1) + 1;
+    return 0;
+}
+
+static void disk_end(void *ctx, void *rd)
+{
+    (void)ctx;
+    (void)rd;
+}
 
 static int fetch_base(const struct vd_pid *id, float *out, void *ctx)
 {
@@ -53,18 +90,35 @@ int main(int argc, char **argv)
     p.seed = 100;
     p.quant.enabled = a.quant != 0;
     p.quant.quantile = 0.99f;
-    const char *impl = a.quant ? "vectord-int8" : "vectord";
+    p.quant.always_ram = !a.disk;
+    struct disk_src ds = {NULL, n, dim};
+    if (a.disk) {
+        int fd = open(a.base, O_RDONLY);
+        struct stat sb;
+        void *m = fd < 0 || fstat(fd, &sb) ? MAP_FAILED
+                                           : mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED || (size_t)sb.st_size < n * (dim + 1) * sizeof(float)) {
+            fprintf(stderr, "cannot map %s\n", a.base);
+            return 1;
+        }
+        close(fd);
+        ds.map = m;
+        p.src = (struct vd_index_source){disk_begin, disk_get, disk_end, &ds};
+    }
+    const char *impl = a.disk ? "vectord-int8-disk" : a.quant ? "vectord-int8" : "vectord";
     struct vd_index *ix;
     unsigned nt = a.threads ? (a.threads > 64 ? 64 : a.threads) : 1;
     if (a.graph && access(a.graph, R_OK) == 0) {
         struct fetch_ctx fc = {base, n, dim};
+        long l0 = bench_rss_bytes();
         if (vd_index_load(a.graph, &p, fetch_base, &fc, &ix) != 0) {
             fprintf(stderr, "cannot load %s\n", a.graph);
             return 1;
         }
         printf("{\"impl\":\"%s\",\"kernel\":\"%s\",\"n\":%zu,\"dim\":%u,\"threads\":%u,"
-               "\"loaded\":true",
-               impl, vd_index_kernel_name(), n, dim, nt);
+               "\"loaded\":true,\"rss_load_delta_bytes\":%ld,\"index_bytes\":%zu",
+               impl, vd_index_kernel_name(), n, dim, nt, bench_rss_bytes() - l0,
+               vd_index_memory(ix));
         goto search;
     }
     if (vd_index_new(&p, &ix) != 0) {
@@ -101,6 +155,8 @@ search:
                vd_index_code_kernel_name(), vd_index_quant_ready(ix) ? "true" : "false",
                vd_index_vector_memory(ix), n * dim * sizeof(float));
     if (a.search) {
+        long anon0, file0, anon1, file1;
+        bench_rss_split(&anon0, &file0);
         unsigned qd, gk;
         size_t nq, ng;
         float *qs = bench_load_vecs(a.query, 4, &qd, &nq);
@@ -145,6 +201,9 @@ search:
         free(qs);
         free(gt);
         free(res);
+        bench_rss_split(&anon1, &file1);
+        printf(",\"rss_search_anon_delta_bytes\":%ld,\"rss_search_file_delta_bytes\":%ld",
+               anon1 - anon0, file1 - file0);
     }
     printf("}\n");
     vd_index_free(ix);

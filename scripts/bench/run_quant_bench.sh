@@ -1,8 +1,10 @@
 #!/bin/sh
-# int8 quantization benchmark, in process: vectord with scalar int8 quantization against native
-# hnswlib (float) on the 1536-d embedding-like set, same M, ef_construction and flags, interleaved
-# rounds (who goes first alternates). Round 1 builds both graphs with one thread and saves them;
-# later rounds load them and only search. Writes build/bench/results/quant.jsonl and prints the
+# int8 quantization benchmark, in process: vectord with scalar int8 quantization, with the float
+# vectors in memory (always_ram true) and on disk (always_ram false: read from a memory map of
+# the base file), against native hnswlib (float) on the 1536-d embedding-like set, same M,
+# ef_construction and flags, interleaved rounds (the order rotates). Round 1 builds the three
+# graphs with one thread and saves them; later rounds load them (the resident bytes a load adds
+# are the memory figure) and only search. Writes build/bench/results/quant.jsonl and prints the
 # summary of report_quant.py.
 #
 # Environment: ROUNDS (default 3), EFS (ef list), SMALL=1 (20k x 1536 instead of 100k),
@@ -28,7 +30,7 @@ else
     "$PY" "$ROOT/scripts/bench/prepare_data.py" "$DATA" --sets synth1536
 fi
 mkdir -p "$OUT"
-rm -f "$OUT/quant.jsonl" "$OUT/quant_int8.graph" "$OUT/quant_hnswlib.graph"
+rm -f "$OUT/quant.jsonl" "$OUT/quant_int8.graph" "$OUT/quant_int8disk.graph" "$OUT/quant_hnswlib.graph"
 
 run() { # name round driver-args...
     name=$1 r=$2
@@ -38,15 +40,20 @@ run() { # name round driver-args...
         sed "s/^{/{\"set\":\"synth1536\",\"round\":$r,/" | tee -a "$OUT/quant.jsonl"
 }
 
+one() { # which round
+    case $1 in
+    0) run int8 $2 "$B/scripts/bench/bench_index" --quant ;;
+    1) run int8disk $2 "$B/scripts/bench/bench_index" --disk ;;
+    2) run hnswlib $2 "$B/scripts/bench/bench_hnswlib" ;;
+    esac
+}
+
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
-    if [ $((r % 2)) = 1 ]; then
-        run int8 $r "$B/scripts/bench/bench_index" --quant
-        run hnswlib $r "$B/scripts/bench/bench_hnswlib"
-    else
-        run hnswlib $r "$B/scripts/bench/bench_hnswlib"
-        run int8 $r "$B/scripts/bench/bench_index" --quant
-    fi
+    echo "round $r, load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    one $((r % 3)) $r
+    one $(((r + 1) % 3)) $r
+    one $(((r + 2) % 3)) $r
     r=$((r + 1))
 done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
