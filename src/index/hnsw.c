@@ -1158,18 +1158,24 @@ int vd_index_new(const struct vd_index_params *p, struct vd_index **out)
               : p->metric == VD_METRIC_MANHATTAN ? ix->k->l1 : ix->k->dot;
     ix->negate = p->metric == VD_METRIC_COSINE || p->metric == VD_METRIC_DOT;
     ix->vec_bytes = (size_t)p->dim * sizeof(float);
-    /* floats kept on disk: blocks without a vector; the floats sit in side chunks until the
-     * codes are trained (and whenever the config asks for them in memory again) */
-    ix->lean = p->quant.enabled && !p->quant.always_ram && p->src.begin && p->src.get && p->src.end;
+    /* Quantized: blocks without a vector, so that the walk on codes reads links and states from
+     * small dense blocks (in a block behind a 1536-d vector each expanded node costs a cache and
+     * TLB miss of its own). The floats sit in side chunks, for good with always_ram, else until
+     * the codes are trained (and whenever the config asks for them in memory again). */
+    ix->lean = p->quant.enabled;
     ix->fheld = ix->lean;
+    ix->has_src = p->src.begin && p->src.get && p->src.end;
     ix->link_off = ix->lean ? 0 : ix->vec_bytes;
     size_t raw = ix->link_off + 4 + 4 * (1 + (size_t)ix->m0);
     /* Cache-line aligned slots save split loads, but only when the padding costs little (at most
      * 1/32 of the slot): the memory budget is 1.25 x the vector bytes plus layer-0 links. */
     size_t padded = (raw + 63) / 64 * 64;
     ix->slot_size = padded - raw <= raw / 32 ? padded : (raw + 7) / 8 * 8;
+    /* chunks of at most about 4 MiB of blocks, codes and side floats together: whole chunks are
+     * allocated at once, and a lean block is a small share of a slot's bytes */
+    size_t per_slot = ix->slot_size + (ix->lean ? ix->code_size + ix->vec_bytes : 0);
     uint32_t shift = 6;
-    while (shift < 14 && ((size_t)2 << shift) * ix->slot_size <= ((size_t)4 << 20))
+    while (shift < 14 && ((size_t)2 << shift) * per_slot <= ((size_t)4 << 20))
         shift++;
     ix->chunk_shift = shift;
     ix->chunk_mask = (1u << shift) - 1;

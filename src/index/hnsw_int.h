@@ -5,7 +5,8 @@
  * Memory layout. Slots are numbered from 0. Each slot owns one fixed-size block:
  *     [vector: dim floats][state u8, 3 pad][count u32][2M links u32]   (padded to 64 bytes)
  * so a distance computation and the neighbour list of a node share cache lines, as in hnswlib's
- * level-0 block. Blocks live in chunks of 2^chunk_shift slots; the chunk table grows by copying
+ * level-0 block. A quantized index ("lean", chosen at creation) has blocks without the vector
+ * (the walk reads code rows, kept in their own chunks) and its floats in side chunks. Blocks live in chunks of 2^chunk_shift slots; the chunk table grows by copying
  * into a bigger table (old tables stay allocated until vd_index_free), so a reader holding any
  * table can use it for every slot below that table's capacity without locks. Per-slot metadata
  * that the hot loop does not need (id, level, upper-layer links) lives in parallel chunks.
@@ -80,13 +81,14 @@ struct vd_index {
     bool negate;          /* internal distance = -dot (cosine, dot) */
     uint32_t m, m0;       /* links per upper layer, on layer 0 */
     size_t vec_bytes, slot_size, link_off;
-    /* Lean layout (quantized, always_ram false, with a source; chosen at creation): blocks hold
-     * no vector, only [state][count][links]; the floats live in t->fvec chunks while `fheld`,
-     * which is true until the codes are trained and again when the config asks for the floats
+    /* Lean layout (quantized at creation): blocks hold no vector, only [state][count][links];
+     * the floats live in t->fvec chunks while `fheld`: always with always_ram (or without a
+     * source), else until the codes are trained and again when the config asks for the floats
      * in memory. Without them every float is read from p.src. fheld changes with gate held
      * exclusively and mu held; `fcollect` (mu) makes upserts fill fvec while floats are being
      * read back from the source. */
     bool lean, fheld, fcollect;
+    bool has_src; /* p.src is set: the floats can be left on disk */
     uint32_t chunk_shift, chunk_mask;
     double ml;
 
@@ -199,7 +201,7 @@ int vd__index_restore_floats(struct vd_index *ix);
 /* Whether the config keeps the floats of this lean index out of memory. */
 static inline bool vd__floats_on_disk(const struct vd_index *ix)
 {
-    return ix->lean && ix->q.enabled && !ix->q.always_ram;
+    return ix->lean && ix->has_src && ix->q.enabled && !ix->q.always_ram;
 }
 /* Trains the range from a sample of the stored vectors and quantizes every slot; takes gate and
  * mu itself. Returns 0, VD_EBUSY (another training runs) or VD_ENOMEM. */
