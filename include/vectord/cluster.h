@@ -257,6 +257,9 @@ size_t vd_cluster_members(struct vd_cluster *c, struct vd_cluster_member *out, s
  * a collection's points number about (this node's points) / share. 1 without a ring. Any
  * thread. */
 double vd_cluster_ring_share(struct vd_cluster *c, unsigned rf);
+/* True when this node is the cluster's only member (none joining or leaving): every point is
+ * here and nowhere else. Any thread. */
+bool vd_cluster_alone(struct vd_cluster *c);
 uint64_t vd_cluster_node_id(const struct vd_cluster *c);
 /* The cluster port this node listens on (the kernel's choice when opts.port was 0). */
 uint16_t vd_cluster_port(const struct vd_cluster *c);

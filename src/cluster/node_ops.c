@@ -489,6 +489,17 @@ size_t vd_cluster_members(struct vd_cluster *c, struct vd_cluster_member *out, s
     return n;
 }
 
+bool vd_cluster_alone(struct vd_cluster *c)
+{
+    struct vd_meta_view *v = vd__cluster_view_acquire(c);
+    if (!v)
+        return false;
+    const struct vd_meta *m = vd_meta_view_state(v);
+    bool alone = vd_meta_n_members(m) == 1 && vd_meta_member_at(m, 0)->id == c->id;
+    vd_meta_view_release(v);
+    return alone;
+}
+
 double vd_cluster_ring_share(struct vd_cluster *c, unsigned rf)
 {
     struct vd_meta_view *v = vd__cluster_view_acquire(c);
