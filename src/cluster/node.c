@@ -67,6 +67,9 @@ bool vd__cluster_member_down(void *ctx, uint64_t id)
     struct vd_cluster *c = ctx;
     if (id == c->id)
         return false;
+    /* missed writes no hint will bring: a read that one replica answers must not be its */
+    if (vd__cluster_hints_needs_repair(c, id))
+        return true;
     const struct member_clock *m = vd__cluster_clock_find(c, id);
     return !m || !m->heard || vd__cluster_now_ms() - m->heard >= DOWN_AFTER_MS;
 }

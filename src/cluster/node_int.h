@@ -295,7 +295,9 @@ struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id);
 /* The member's record if there is one (never creates or evicts: pointers stay valid). */
 struct member_clock *vd__cluster_clock_find(struct vd_cluster *c, uint64_t id);
 /* True when member id (ctx: the cluster) has not been heard from for DOWN_AFTER_MS, as GET
- * /cluster shows it down: data reads ask it last (vd_coord_params.down). Loop thread. */
+ * /cluster shows it down, or this node marked it needs-repair: data reads ask it last
+ * (vd_coord_params.down), so a read at consistency 1 is not served by a replica known to have
+ * missed writes while another can serve it. Loop thread. */
 bool vd__cluster_member_down(void *ctx, uint64_t id);
 /* Rebuilds the cached GET /cluster result. */
 void vd__cluster_status_refresh(struct vd_cluster *c);

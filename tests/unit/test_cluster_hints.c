@@ -209,6 +209,93 @@ static void test_hint_cap_marks_needs_repair(void **state)
     assert_true(needs_repair(0, id2));
 }
 
+struct one_read {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done, present;
+    int status;
+};
+
+static void on_one_read(int status, const struct vd_err *err, const struct vd_cluster_rec *recs,
+                        size_t n, void *ctx)
+{
+    (void)err;
+    struct one_read *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    r->status = status;
+    r->present = status == 0 && n == 1 && recs[0].p != NULL;
+    r->done = true;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Whether a read of id at consistency 1 through node i finds the point. */
+static bool found_at_one(int i, uint64_t id, uint64_t inc)
+{
+    struct one_read r = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    struct vd_pid pid = {.type = VD_PID_NUM, .u.num = id};
+    struct vd_err e;
+    assert_int_equal(vd_cluster_read(nodes[i].c, "pts", inc, &pid, 1, 1, 2000, on_one_read, &r, &e),
+                     0);
+    pthread_mutex_lock(&r.mu);
+    while (!r.done)
+        pthread_cond_wait(&r.cv, &r.mu);
+    pthread_mutex_unlock(&r.mu);
+    assert_int_equal(r.status, 0);
+    return r.present;
+}
+
+/* A replica a coordinator marked needs-repair serves none of its reads at consistency 1 while
+ * another replica can: points placed on (node 2, node 1) in that order, written through node 0
+ * (no replica of them) while node 2 is away and every hint for it is refused by the cap, are
+ * found through node 0 at consistency 1 once node 2 is back without them. */
+static void test_needs_repair_replica_serves_no_one_replica_reads(void **state)
+{
+    (void)state;
+    hint_window_ms = 0;
+    hint_node_bytes = 1; /* no hint fits: node 2 will need repair */
+    uint64_t inc = start_with_pts(2);
+    uint64_t id1 = vd_cluster_node_id(nodes[1].c), id2 = vd_cluster_node_id(nodes[2].c);
+    /* ids whose replicas are node 2 then node 1; the last one probes that node 2 answers */
+    uint64_t ids[5];
+    size_t n = 0;
+    struct vd_meta_view *v = vd__cluster_view_acquire(nodes[0].c);
+    for (uint64_t id = 1; id < 100000 && n < 5; id++) {
+        struct vd_pid pid = {.type = VD_PID_NUM, .u.num = id};
+        uint8_t key[VD_PID_KEY_MAX];
+        size_t kl = vd_pid_encode(&pid, key);
+        struct vd_placement pl;
+        assert_int_equal(vd_meta_place_point(vd_meta_view_state(v), "pts", key, kl, &pl), 0);
+        if (pl.n_natural == 2 && pl.natural[0] == id2 && pl.natural[1] == id1)
+            ids[n++] = id;
+    }
+    vd_meta_view_release(v);
+    assert_int_equal(n, 5);
+    n = 4;
+    stop(2);
+    static struct rec recs[4];
+    uint64_t writer = vd_cluster_node_id(nodes[0].c);
+    for (size_t k = 0; k < n; k++)
+        make_rec(&recs[k], ids[k], writer, (float)k, false, inc);
+    char msg[256];
+    if (write_through(0, recs, n, 1, inc, msg, sizeof msg))
+        fail_msg("write at W 1 with node 2 away: %s", msg);
+    POLL(needs_repair(0, id2), 5000, "node 2 marked needs-repair by node 0");
+    hint_node_bytes = 0;
+    start(2, NULL);
+    POLL(voters_up(0) == N, 15000, "node 2 back and up");
+    /* node 0 reaches node 2 again: a write of the probe needs both replicas */
+    static struct rec probe[1];
+    make_rec(&probe[0], ids[4], writer, 9, false, inc);
+    POLL(write_through(0, probe, 1, 2, inc, NULL, 0) == 0, 15000,
+         "a write through node 0 acknowledged by node 2");
+    assert_int_equal(held_at(2, recs, n), 0);
+    for (size_t k = 0; k < n; k++)
+        if (!found_at_one(0, ids[k], inc))
+            fail_msg("point %llu not found at consistency 1: asked the replica needing repair",
+                     (unsigned long long)ids[k]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -219,6 +306,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deleted_collection_hints_vanish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hints_rewritten_or_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hint_cap_marks_needs_repair, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_needs_repair_replica_serves_no_one_replica_reads,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
