@@ -8,6 +8,7 @@
 #ifndef VECTORD_CLUSTER_INT_H
 #define VECTORD_CLUSTER_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -570,5 +571,22 @@ struct vd_meta_action {
 /* Fills out (caller frees *out). Errors: VD_ENOMEM. */
 int vd_meta_plan(const struct vd_meta *m, const struct vd_meta_local *local, size_t n_local,
                  struct vd_meta_action **out, size_t *n_out);
+
+/* ---- waiting for a completion (wait.c) ---- */
+
+/* A database or cluster completion waited for by the calling thread: init with
+ * VD_CLUSTER_WAIT_INIT, pass vd__wait_done and &w as the callback and its ctx, then vd__wait. */
+struct vd_cluster_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int status;
+    struct vd_err err; /* the completion's message, when it gave one */
+};
+#define VD_CLUSTER_WAIT_INIT {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER}
+/* A vd_db_done_fn (and vd_cluster_done_fn). */
+void vd__wait_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx);
+/* Blocks until the completion ran; returns its status. */
+int vd__wait(struct vd_cluster_wait *w);
 
 #endif

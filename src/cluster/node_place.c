@@ -65,36 +65,6 @@ static int page_add(const struct vd_pid *id, const uint8_t *rec, size_t len, voi
     return 0;
 }
 
-struct wait {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done;
-    int status;
-    struct vd_err err;
-};
-
-static void on_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
-{
-    (void)op_id;
-    struct wait *w = ctx;
-    pthread_mutex_lock(&w->mu);
-    w->status = status;
-    if (err)
-        w->err = *err;
-    w->done = true;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
-static int wait_for(struct wait *w)
-{
-    pthread_mutex_lock(&w->mu);
-    while (!w->done)
-        pthread_cond_wait(&w->cv, &w->mu);
-    pthread_mutex_unlock(&w->mu);
-    return w->status;
-}
-
 /* Sleeps ms unless the node stops first; returns true when it stops. */
 static bool nap(struct vd_cluster *c, uint64_t ms)
 {
@@ -131,11 +101,11 @@ static int place_page(struct vd_cluster *c, const char *coll, uint64_t inc, stru
         recs[i] = p->bytes + p->off[i];
     uint64_t last_warn = 0;
     for (;;) {
-        struct wait w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-        int rc = vd_cluster_write(c, coll, inc, recs, p->lens, p->n, 0, WRITE_TIMEOUT_MS, on_done,
-                                  &w, &w.err);
+        struct vd_cluster_wait w = VD_CLUSTER_WAIT_INIT;
+        int rc = vd_cluster_write(c, coll, inc, recs, p->lens, p->n, 0, WRITE_TIMEOUT_MS,
+                                  vd__wait_done, &w, &w.err);
         if (rc == 0)
-            rc = wait_for(&w);
+            rc = vd__wait(&w);
         if (rc == 0 || rc == VD_ENOTFOUND || rc == VD_ECLOSED)
             return rc;
         uint64_t now = vd__cluster_now_ms();
@@ -218,10 +188,10 @@ static void *place_main(void *arg)
     /* the collections and the ring as the cluster has them, not as this node last saw them */
     atomic_store(&c->place_state, VD_PLACE_WAITING);
     for (;;) {
-        struct wait w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-        int rc = vd_cluster_sync(c, 5000, on_done, &w, &w.err);
+        struct vd_cluster_wait w = VD_CLUSTER_WAIT_INIT;
+        int rc = vd_cluster_sync(c, 5000, vd__wait_done, &w, &w.err);
         if (rc == 0)
-            rc = wait_for(&w);
+            rc = vd__wait(&w);
         if (rc == 0)
             break;
         if (rc == VD_ECLOSED || nap(c, PLACE_RETRY_MS))

@@ -19,28 +19,6 @@
 #include "vectord/filter.h"
 #include "vectord/record.h"
 
-/* A write's completion, waited for on the serving (worker) thread. */
-struct wait {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done;
-    int status;
-    struct vd_err err;
-};
-
-static void wait_done(int status, const struct vd_err *err, uint64_t op_id, void *ctx)
-{
-    (void)op_id;
-    struct wait *w = ctx;
-    pthread_mutex_lock(&w->mu);
-    w->status = status;
-    if (err)
-        w->err = *err;
-    w->done = true;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
 /* Appends an ERROR reply saying err. */
 static int reply_error(struct vd_dmsg_reply *rp, const struct vd_err *err, struct vd_buf *out)
 {
@@ -67,16 +45,12 @@ static int serve_write(struct vd_coll *c, const struct vd_dmsg_req *q, struct vd
         lens[i] = q->recs[i].len;
         held[i] = VD_DMSG_HELD;
     }
-    struct wait w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    if (vd_db_apply(c, recs, lens, q->n_recs, wait_done, &w, &e)) {
+    struct vd_cluster_wait w = VD_CLUSTER_WAIT_INIT;
+    if (vd_db_apply(c, recs, lens, q->n_recs, vd__wait_done, &w, &e)) {
         rc = reply_error(rp, &e, out);
         goto out;
     }
-    pthread_mutex_lock(&w.mu);
-    while (!w.done)
-        pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
-    if (w.status) {
+    if (vd__wait(&w)) {
         if (!w.err.msg[0])
             vd_errf(&w.err, w.status, "write failed: %s", vd_strerror(w.status));
         rc = reply_error(rp, &w.err, out);
