@@ -271,8 +271,9 @@ static void check_threads(bool quant, bool disk)
         assert_true(vd_index_quant_ready(sh.ix));
     }
     assert_int_equal(atomic_load(&sh.failures), 0);
-    /* with the floats on disk the graph is linked on the codes: a little more slack */
-    size_t slack = disk ? 50 : 100;
+    /* a point searched for while the quantization changes under it, or with the graph linked on
+     * the codes (floats on disk), misses itself a little more often: 2 %, not 1 % */
+    size_t slack = quant || disk ? 50 : 100;
     assert_true(atomic_load(&sh.self_miss) <= atomic_load(&sh.searches) / slack);
     size_t deleted = (n - n / 2 + 2) / 3;
     assert_int_equal(vd_index_count(sh.ix), n - deleted);
