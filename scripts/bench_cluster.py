@@ -105,8 +105,10 @@ class Cluster:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def measure(a, cl, rf, base, queries, gt, read_levels):
-    """Upload base through node 0, then search; returns {level: figures} for each read level."""
+def measure(a, cl, rf, base, queries, gt, read_levels, ref_ef=None):
+    """Upload base through node 0, then search; returns {level: figures} for each read level.
+    With ref_ef (the ef one node needed), a level that needs another ef is measured at ref_ef too,
+    so the costs can also be compared at equal ef."""
     c = Client("127.0.0.1", cl.ports[0])
     spec = {"vectors": {"size": a.dim, "distance": "Cosine"}, "replication_factor": rf,
             "hnsw_config": {"m": a.m, "ef_construct": a.ef_construct}}
@@ -162,6 +164,8 @@ def measure(a, cl, rf, base, queries, gt, read_levels):
             if one["recall@10"] >= a.target:
                 break
         out[level or "default"] = {"one": one, "many": run(one["ef"], level, a.clients)}
+        if ref_ef and one["ef"] != ref_ef:
+            out[level or "default"]["at_ref_ef"] = run(ref_ef, level, 1)
     if len(cl.procs) == 3 and rf == 3:
         # one replica stopped (SIGSTOP: no reset, as a hung host): the same searches through
         # node 0, from the moment it stops, so the failure detector's delay is in the figures
@@ -204,7 +208,8 @@ def main():
         nodes, rf, levels = setups[name]
         cl = Cluster(a.binary, nodes, a.port)
         try:
-            results[name] = measure(a, cl, rf, base, queries, gt, levels)
+            ref = results["a"]["default"]["one"]["ef"] if "a" in results else None
+            results[name] = measure(a, cl, rf, base, queries, gt, levels, ref)
         finally:
             cl.close()
     with open(a.out, "w") as f:
@@ -250,6 +255,12 @@ def main():
         if "d" in results:
             checks.append(("(d) CPU per write", ratio(results["d"]["cpu_s_per_write"],
                                  base_r["cpu_s_per_write"]), 1.3))
+        for name, level in (("b", "default"), ("b", "1"), ("d", "default")):
+            e = results.get(name, {}).get(level, {}).get("at_ref_ef")
+            if e:
+                print(f"  {labels[(name, level)]} at (a)'s ef {e['ef']}: recall {e['recall@10']:.3f},"
+                      f" CPU per search {ratio(e['cpu_s_per_search'], base_s['cpu_s_per_search']):.2f}x"
+                      f" (a)'s, p99 {ratio(e['p99_ms'], base_s['p99_ms']):.2f}x")
         for what, r, limit in checks:
             if r != r:
                 print(f"  {what:<22}   n/a  (too little CPU time to measure: use more points)")
