@@ -142,6 +142,9 @@ int vd_clock_peer_sample(struct vd_clock_peer *p, uint64_t t_send_ms, uint64_t r
 /* The estimate: the peer's clock minus ours in ms, and the round trip it came from (its error
  * bound is rtt / 2). VD_ENOTFOUND when there is no sample yet. */
 int vd_clock_peer_offset(const struct vd_clock_peer *p, int64_t *offset_ms, uint64_t *rtt_ms);
+/* The longest round trip among the samples held (of the last VD_CLOCK_SAMPLES), the estimate of
+ * the peer's slowest trips; 0 when there is none. */
+uint64_t vd_clock_peer_rtt_max(const struct vd_clock_peer *p);
 /* True when the peer's clock is certainly more than max_offset_ms away from ours, either way:
  * |offset| - rtt / 2 > max_offset_ms. False without samples. */
 bool vd_clock_peer_far(const struct vd_clock_peer *p, uint64_t max_offset_ms);

@@ -62,6 +62,20 @@ static bool member_up(struct vd_cluster *c, uint64_t id, uint64_t now)
     return m->heard && now - m->heard < DOWN_AFTER_MS;
 }
 
+uint64_t vd__cluster_spec_ms(struct vd_cluster *c, uint64_t floor_ms)
+{
+    uint64_t m = floor_ms;
+    size_t n = vd_meta_n_members(c->meta);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t id = vd_meta_member_at(c->meta, i)->id;
+        const struct member_clock *mc = vd__cluster_clock_find(c, id);
+        uint64_t rtt = mc ? vd_clock_peer_rtt_max(&mc->est) : 0;
+        if (rtt > m)
+            m = rtt;
+    }
+    return m;
+}
+
 bool vd__cluster_member_down(void *ctx, uint64_t id)
 {
     struct vd_cluster *c = ctx;

@@ -294,6 +294,10 @@ const char *vd__cluster_place_state_name(const struct vd_cluster *c);
 struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id);
 /* The member's record if there is one (never creates or evicts: pointers stay valid). */
 struct member_clock *vd__cluster_clock_find(struct vd_cluster *c, uint64_t id);
+/* The speculative delay of a data read: the slowest recent ping round trip to any member (a
+ * replica slower than its usual slowest trip is likely stalled), at least floor_ms. Loop
+ * thread. */
+uint64_t vd__cluster_spec_ms(struct vd_cluster *c, uint64_t floor_ms);
 /* True when member id (ctx: the cluster) has not been heard from for DOWN_AFTER_MS, as GET
  * /cluster shows it down, or this node marked it needs-repair: data reads ask it last
  * (vd_coord_params.down), so a read at consistency 1 is not served by a replica known to have

@@ -608,7 +608,7 @@ static int sreq_start_op(struct vd_cluster *c, struct sreq *r, struct vd_err *e)
                                 .need = r->need,
                                 .now_ms = now,
                                 .timeout_ms = r->deadline_ms - now,
-                                .spec_ms = SEARCH_SPEC_MS,
+                                .spec_ms = vd__cluster_spec_ms(c, SEARCH_SPEC_MS),
                                 .retry_ms = SEARCH_RETRY_MS,
                                 .prefer = c->id,
                                 .down = vd__cluster_member_down,

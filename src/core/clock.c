@@ -128,6 +128,15 @@ int vd_clock_peer_offset(const struct vd_clock_peer *p, int64_t *offset_ms, uint
     return 0;
 }
 
+uint64_t vd_clock_peer_rtt_max(const struct vd_clock_peer *p)
+{
+    uint64_t m = 0;
+    for (unsigned i = 0; i < p->n; i++)
+        if (p->s[i].rtt_ms > m)
+            m = p->s[i].rtt_ms;
+    return m;
+}
+
 bool vd_clock_peer_far(const struct vd_clock_peer *p, uint64_t max_offset_ms)
 {
     int64_t off;

@@ -223,6 +223,7 @@ static void test_clock_peer_offset(void **state)
     uint64_t rtt;
     assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), VD_ENOTFOUND);
     assert_false(vd_clock_peer_far(&p, 0));
+    assert_int_equal(vd_clock_peer_rtt_max(&p), 0);
     const uint64_t t = UINT64_C(1764900000000);
     /* peer 300 ms ahead, symmetric 20 ms trip: it read t + 10 + 300 at the midpoint */
     assert_int_equal(vd_clock_peer_sample(&p, t, VD_HLC_MAKE(t + 310, 3), t + 20), 0);
@@ -233,6 +234,7 @@ static void test_clock_peer_offset(void **state)
     assert_int_equal(vd_clock_peer_sample(&p, t + 1000, VD_HLC_MAKE(t + 1301, 0), t + 1400), 0);
     assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), 0);
     assert_true(off == 300 && rtt == 20);
+    assert_int_equal(vd_clock_peer_rtt_max(&p), 400); /* the slowest trip held */
     /* a faster one replaces it; an odd round trip keeps its half millisecond, rounded */
     assert_int_equal(vd_clock_peer_sample(&p, t + 2000, VD_HLC_MAKE(t + 2302, 0), t + 2005), 0);
     assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), 0);
@@ -245,6 +247,7 @@ static void test_clock_peer_offset(void **state)
                          0);
     assert_int_equal(vd_clock_peer_offset(&p, &off, &rtt), 0);
     assert_true(off == -40 && rtt == 50);
+    assert_int_equal(vd_clock_peer_rtt_max(&p), 50); /* the slow trip aged out with the others */
     /* a trip the local clock stepped back during is no sample */
     assert_int_equal(vd_clock_peer_sample(&p, t + 10, VD_HLC_MAKE(t, 0), t + 9), VD_EINVAL);
     assert_int_equal(vd_clock_peer_sample(&p, t, 0, t + 1), VD_EINVAL);
