@@ -34,14 +34,18 @@ int vd__quant_alloc_chunks(struct vd_index *ix)
     return 0;
 }
 
-void vd__quant_encode(const struct vd_index *ix, const float *v, uint8_t *row)
+/* Writes into row the codes, for the current range, of the dim values v[i] or, when v is NULL,
+ * olo + oalpha * c[i] for the codes c already in row (rewritten in place), and the row's header
+ * (sum and sum of squares of the codes). */
+static void encode_row(const struct vd_index *ix, const float *v, float olo, float oalpha,
+                       uint8_t *row)
 {
     const float lo = ix->qlo, inv = 1.0f / ix->qalpha;
     uint32_t sum = 0;
     uint64_t sq = 0;
     uint8_t *c = row + 16;
     for (uint32_t i = 0; i < ix->p.dim; i++) {
-        float x = (v[i] - lo) * inv;
+        float x = ((v ? v[i] : olo + oalpha * (float)c[i]) - lo) * inv;
         uint32_t k = x <= 0.0f ? 0 : x >= 255.0f ? 255 : (uint32_t)(x + 0.5f);
         c[i] = (uint8_t)k;
         sum += k;
@@ -50,6 +54,11 @@ void vd__quant_encode(const struct vd_index *ix, const float *v, uint8_t *row)
     memset(row, 0, 16);
     memcpy(row, &sum, 4);
     memcpy(row + 8, &sq, 8);
+}
+
+void vd__quant_encode(const struct vd_index *ix, const float *v, uint8_t *row)
+{
+    encode_row(ix, v, 0.0f, 0.0f, row);
 }
 
 void vd__quant_set_range(struct vd_index *ix, float lo, float alpha)
@@ -61,27 +70,6 @@ void vd__quant_set_range(struct vd_index *ix, float lo, float alpha)
     ix->qc2 = ix->qalpha * ix->qalpha;
 }
 
-/* Rewrites a code row made with the range (olo, oalpha) for the current range, in place, from
- * the values its codes stand for: how a lean index without its floats follows a new range (the
- * old rounding error stays, at most half a step of the old range). */
-static void reencode_row(const struct vd_index *ix, float olo, float oalpha, uint8_t *row)
-{
-    const float lo = ix->qlo, inv = 1.0f / ix->qalpha;
-    uint32_t sum = 0;
-    uint64_t sq = 0;
-    uint8_t *c = row + 16;
-    for (uint32_t i = 0; i < ix->p.dim; i++) {
-        float x = (olo + oalpha * (float)c[i] - lo) * inv;
-        uint32_t k = x <= 0.0f ? 0 : x >= 255.0f ? 255 : (uint32_t)(x + 0.5f);
-        c[i] = (uint8_t)k;
-        sum += k;
-        sq += k * k;
-    }
-    memset(row, 0, 16);
-    memcpy(row, &sum, 4);
-    memcpy(row + 8, &sq, 8);
-}
-
 void vd__quant_apply_range(struct vd_index *ix, float lo, float alpha)
 {
     float olo = ix->qlo, oalpha = ix->qalpha;
@@ -91,7 +79,9 @@ void vd__quant_apply_range(struct vd_index *ix, float lo, float alpha)
     uint32_t n = atomic_load_explicit(&ix->nslots, memory_order_relaxed);
     for (uint32_t s = 0; s < n; s++) {
         if (from_codes)
-            reencode_row(ix, olo, oalpha, vd__code(ix, t, s));
+            /* from the values the codes stand for: the old rounding error stays (at most half a
+             * step of the old range) */
+            encode_row(ix, NULL, olo, oalpha, vd__code(ix, t, s));
         else
             vd__quant_encode(ix, vd__vec(ix, t, s), vd__code(ix, t, s));
     }
