@@ -106,6 +106,7 @@ void vd__cluster_peers_from_log(struct vd_cluster *c, const struct vd_raft_state
             vd_meta_skip(m, en->index);
     }
     size_t n = vd_meta_n_members(m);
+    c->log_alone = n == 1 && vd_meta_member_at(m, 0)->id == c->id;
     for (size_t i = 0; i < n; i++) {
         const struct vd_meta_member *mb = vd_meta_member_at(m, i);
         if (mb->id != c->id && mb->addr[0] && !vd_meta_member(c->meta, mb->id))

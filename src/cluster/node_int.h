@@ -108,6 +108,9 @@ struct vd_cluster {
     uint32_t election_ms, heartbeat_ms, request_ms, snapshot_every;
     uint64_t max_offset_ms; /* --max-clock-offset */
     bool no_sync;
+    /* the stored Raft log names this node as the only member: until the log is applied again
+     * after a restart, the published view is empty and this answers vd_cluster_alone */
+    bool log_alone;
 
     /* written by the loop, read by any thread: 0 while this node's clock is within max_offset_ms
      * of a majority of the members, else its offset from them in ms (vd_cluster_clock_check) */
@@ -202,7 +205,8 @@ void vd__cluster_peers_refresh(struct vd_cluster *c);
 /* At start, before the log is committed again: the addresses of the members its entries name,
  * stored ones included that were not yet applied (an entry not committed only adds a peer to
  * dial). Without them a cluster restarted whole would never elect a leader: the addresses live in
- * the state the log builds, and nothing is applied before a leader says what is committed. */
+ * the state the log builds, and nothing is applied before a leader says what is committed. Also
+ * sets c->log_alone. */
 void vd__cluster_peers_from_log(struct vd_cluster *c, const struct vd_raft_state *st);
 /* Sends a CALL with op and args to node `to`, or to whoever listens at addr when addr is set. */
 void vd__cluster_send_call(struct vd_cluster *c, uint64_t to, const char *addr, uint64_t call_id,

@@ -495,7 +495,9 @@ bool vd_cluster_alone(struct vd_cluster *c)
     if (!v)
         return false;
     const struct vd_meta *m = vd_meta_view_state(v);
-    bool alone = vd_meta_n_members(m) == 1 && vd_meta_member_at(m, 0)->id == c->id;
+    size_t n = vd_meta_n_members(m);
+    /* no members yet: a restarted node has not applied its stored log again */
+    bool alone = n == 1 ? vd_meta_member_at(m, 0)->id == c->id : n == 0 && c->log_alone;
     vd_meta_view_release(v);
     return alone;
 }
