@@ -264,4 +264,57 @@ int vd_coord_version_cmp(const struct vd_coord_op *op, struct vd_version a, stru
 
 const char *vd_coord_bug_name(enum vd_coord_bug bug);
 
+/* ---- hash trees for anti-entropy repair (merkle.c) -------------------------------------------
+ * A replica summarises what it holds of one ring arc (start, end] as a hash tree: the arc is cut
+ * into VD_MERKLE_FANOUT^depth leaves of equal width (by placement hash), each leaf hashes the
+ * entries (placement hash, version, hash of the record bytes) that fall in it, in hash order, and
+ * each inner node hashes its VD_MERKLE_FANOUT children. Two replicas that hold the same versions
+ * of the same points, byte for byte, build the same tree; comparing two trees from the root down
+ * names the leaves (hash sub-arcs) that differ, so only those need their records listed. An empty
+ * leaf or subtree hashes to 0. The memory is fixed (the struct), whatever the arc holds. */
+#define VD_MERKLE_FANOUT 16
+#define VD_MERKLE_MAX_DEPTH 3
+#define VD_MERKLE_MAX_LEAVES 4096 /* VD_MERKLE_FANOUT ^ VD_MERKLE_MAX_DEPTH */
+#define VD_MERKLE_MAX_NODES 4369  /* 1 + 16 + 256 + 4096 */
+
+struct vd_merkle {
+    uint64_t start, end; /* the arc (start, end]; start == end: the whole ring */
+    unsigned depth;      /* 1..VD_MERKLE_MAX_DEPTH */
+    uint64_t width;      /* placement hashes per leaf (the last leaf may hold fewer) */
+    uint64_t count;      /* entries added */
+    uint64_t last_off;   /* offset in the arc of the last entry added (hash order check) */
+    bool finished;
+    /* level by level from the root: level k holds FANOUT^k nodes from (FANOUT^k - 1) / 15 */
+    uint64_t node[VD_MERKLE_MAX_NODES];
+};
+
+/* An empty tree over the arc (start, end] with FANOUT^depth leaves. VD_EINVAL for a depth out of
+ * 1..VD_MERKLE_MAX_DEPTH. */
+int vd_merkle_init(struct vd_merkle *t, uint64_t start, uint64_t end, unsigned depth);
+/* Number of leaves of a tree of that depth (FANOUT^depth). */
+uint32_t vd_merkle_n_leaves(unsigned depth);
+/* The leaf whose sub-arc holds placement hash h, or -1 when h is not on the tree's arc. */
+int64_t vd_merkle_leaf_of(const struct vd_merkle *t, uint64_t h);
+/* Adds one entry: a point's placement hash, its version and a hash of its stored record bytes
+ * (vd_hash64). Entries come in hash order along the arc (equal hashes in one order on every
+ * replica: the hash-ordered table's). VD_EINVAL for a hash off the arc or out of order, or after
+ * vd_merkle_finish (t unchanged). */
+int vd_merkle_add(struct vd_merkle *t, uint64_t h, struct vd_version v, uint64_t rec_hash);
+/* Computes the inner nodes from the leaves; the tree can then be compared. */
+void vd_merkle_finish(struct vd_merkle *t);
+uint64_t vd_merkle_root(const struct vd_merkle *t);
+/* The leaf hashes (n_leaves of them, in arc order), to send them; points into t. */
+const uint64_t *vd_merkle_leaves(const struct vd_merkle *t);
+/* Sets the leaves of a tree received from a peer (init'd with the same arc and depth) and
+ * finishes it. VD_EINVAL when n differs from the tree's leaf count. */
+int vd_merkle_set_leaves(struct vd_merkle *t, const uint64_t *leaves, uint32_t n);
+/* The leaves where two finished trees differ, in arc order, into out (room for n_leaves); *n gets
+ * how many. Walks from the root and descends only into differing nodes. VD_EINVAL when the trees
+ * cover other arcs or depths. */
+int vd_merkle_diff(const struct vd_merkle *a, const struct vd_merkle *b, uint32_t *out,
+                   uint32_t *n);
+/* The sub-arc (*s, *e] of leaf i. False (and nothing written) for a leaf out of range or one
+ * that holds no hash at all (an arc narrower than its leaf count). */
+bool vd_merkle_leaf_arc(const struct vd_merkle *t, uint32_t i, uint64_t *s, uint64_t *e);
+
 #endif
