@@ -139,6 +139,15 @@ int vd_db_hint_totals(struct vd_db *db, vd_store_hint_total_fn fn, void *ctx);
  * to stop (that value is returned, unless negative errors of the read itself). */
 typedef int (*vd_db_rec_fn)(const struct vd_pid *id, const uint8_t *rec, size_t len, void *ctx);
 int vd_db_scan_records(struct vd_coll *c, const struct vd_pid *from, vd_db_rec_fn fn, void *ctx);
+/* Visits the records c stores whose placement hash (vd_place_hash of the collection name and the
+ * stored key) lies on the ring arc (start, end], tombstones included, in hash order (the
+ * hash-ordered table's: vd_store_scan_hash_range), in one read snapshot: the id, the hash, the
+ * version, the tombstone flag and the encoded record bytes (valid during the call only). fn
+ * returns nonzero to stop (that value is returned). Anti-entropy repair summarises and lists an
+ * arc with it. */
+typedef int (*vd_db_hrec_fn)(const struct vd_pid *id, uint64_t hash, struct vd_version v,
+                             bool tombstone, const uint8_t *rec, size_t len, void *ctx);
+int vd_db_scan_hash(struct vd_coll *c, uint64_t start, uint64_t end, vd_db_hrec_fn fn, void *ctx);
 /* Forgets the hints at pos[0..n) of target (replayed, or expired), durably; blocks until then
  * (not from a storage callback). */
 int vd_db_hints_delete(struct vd_db *db, uint64_t target, const struct vd_hint_pos *pos,

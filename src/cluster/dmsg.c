@@ -74,6 +74,30 @@ static bool oversampling_ok(float f)
     return f == 0.0f || (isfinite(f) && f >= 1.0f);
 }
 
+static bool depth_ok(uint8_t d)
+{
+    return d >= 1 && d <= VD_MERKLE_MAX_DEPTH;
+}
+
+/* A tree's leaves travel whole or not at all. */
+static bool n_leaves_ok(uint8_t depth, uint32_t n)
+{
+    return n == 0 || n == vd_merkle_n_leaves(depth);
+}
+
+static int put_tree(struct vd_buf *b, const struct vd_dmsg_reply *r)
+{
+    if (!depth_ok(r->depth) || !n_leaves_ok(r->depth, r->n_leaves) || (r->n_leaves && !r->leaves))
+        return VD_EINVAL;
+    put_u64(b, r->tree_count);
+    put_u64(b, r->tree_root);
+    put_u8(b, r->depth);
+    put_u32(b, r->n_leaves);
+    for (uint32_t i = 0; i < r->n_leaves; i++)
+        put_u64(b, r->leaves[i]);
+    return 0;
+}
+
 static int put_filter(struct vd_buf *b, const struct vd_dmsg_req *r)
 {
     if (r->filter_len && !r->filter)
@@ -168,6 +192,21 @@ static int req_body(const struct vd_dmsg_req *r, struct vd_buf *b)
         int rc = put_arcs(b, r);
         return rc ? rc : put_filter(b, r);
     }
+    case VD_DMSG_TREE:
+        if (!depth_ok(r->depth))
+            return VD_EINVAL;
+        put_u64(b, r->range[0]);
+        put_u64(b, r->range[1]);
+        put_u8(b, r->depth);
+        put_u8(b, r->with_leaves);
+        return 0;
+    case VD_DMSG_LEAF:
+        if (!count_ok(r->k, 1, VD_DMSG_MAX_ITEMS))
+            return VD_EINVAL;
+        put_u64(b, r->range[0]);
+        put_u64(b, r->range[1]);
+        put_u32(b, r->k);
+        return 0;
     default:
         return VD_EINVAL;
     }
@@ -184,7 +223,7 @@ int vd_dmsg_req_encode(const struct vd_dmsg_req *r, struct vd_buf *out)
 
 static int reply_body(const struct vd_dmsg_reply *r, struct vd_buf *b)
 {
-    if (r->kind < VD_DMSG_WRITE || r->kind > VD_DMSG_SCROLL || r->status < VD_DMSG_OK ||
+    if (r->kind < VD_DMSG_WRITE || r->kind > VD_DMSG_KIND_LAST || r->status < VD_DMSG_OK ||
         r->status > VD_DMSG_ERROR)
         return VD_EINVAL;
     put_u8(b, VD_DMSG_VERSION);
@@ -201,9 +240,11 @@ static int reply_body(const struct vd_dmsg_reply *r, struct vd_buf *b)
     }
     if (r->status != VD_DMSG_OK)
         return 0;
+    if (r->kind == VD_DMSG_TREE)
+        return put_tree(b, r);
     if (r->n_items > VD_DMSG_MAX_ITEMS)
         return VD_EINVAL;
-    if (r->kind == VD_DMSG_SEARCH || r->kind == VD_DMSG_SCROLL)
+    if (r->kind == VD_DMSG_SEARCH || r->kind == VD_DMSG_SCROLL || r->kind == VD_DMSG_LEAF)
         put_u8(b, r->complete);
     put_u32(b, r->n_items);
     for (uint32_t i = 0; i < r->n_items; i++) {
@@ -226,6 +267,12 @@ static int reply_body(const struct vd_dmsg_reply *r, struct vd_buf *b)
             put_u64(b, r->cands[i].version.hlc);
             put_u64(b, r->cands[i].version.node);
             put_f32(b, r->cands[i].score);
+            break;
+        case VD_DMSG_LEAF:
+            if (!r->listing[i].copy.present)
+                return VD_EINVAL;
+            put_key(b, &r->listing[i].id);
+            put_copy(b, &r->listing[i].copy);
             break;
         default:
             if (!isfinite(r->verifies[i].score))
@@ -461,6 +508,21 @@ int vd_dmsg_req_decode(const uint8_t *buf, size_t len, struct vd_dmsg_req *out)
         get_filter(&r, out);
         break;
     }
+    case VD_DMSG_TREE:
+        out->range[0] = get_u64(&r);
+        out->range[1] = get_u64(&r);
+        out->depth = get_u8(&r);
+        if (!depth_ok(out->depth))
+            r.bad = true;
+        out->with_leaves = get_bool(&r);
+        break;
+    case VD_DMSG_LEAF:
+        out->range[0] = get_u64(&r);
+        out->range[1] = get_u64(&r);
+        out->k = get_u32(&r);
+        if (out->k < 1 || out->k > VD_DMSG_MAX_ITEMS)
+            r.bad = true;
+        break;
     default:
         return VD_ECORRUPT;
     }
@@ -490,16 +552,31 @@ int vd_dmsg_reply_decode(const uint8_t *buf, size_t len, struct vd_dmsg_reply *o
     out->status = get_u8(&r);
     out->attempt = get_u32(&r);
     out->ring_version = get_u64(&r);
-    if (r.bad || out->kind < VD_DMSG_WRITE || out->kind > VD_DMSG_SCROLL ||
+    if (r.bad || out->kind < VD_DMSG_WRITE || out->kind > VD_DMSG_KIND_LAST ||
         out->status < VD_DMSG_OK || out->status > VD_DMSG_ERROR)
         return VD_ECORRUPT;
     if (out->status == VD_DMSG_ERROR) {
         out->msg_len = get_u16(&r);
         out->msg = (const char *)take(&r, out->msg_len);
+    } else if (out->status == VD_DMSG_OK && out->kind == VD_DMSG_TREE) {
+        out->tree_count = get_u64(&r);
+        out->tree_root = get_u64(&r);
+        out->depth = get_u8(&r);
+        out->n_leaves = get_u32(&r);
+        if (!depth_ok(out->depth) || !n_leaves_ok(out->depth, out->n_leaves) ||
+            (size_t)out->n_leaves * 8 > r.n)
+            r.bad = true;
+        uint64_t *lv = alloc_n(&r, out->n_leaves, sizeof *lv, &oom);
+        for (uint32_t i = 0; lv && i < out->n_leaves; i++)
+            lv[i] = get_u64(&r);
+        out->leaves = lv;
     } else if (out->status == VD_DMSG_OK) {
-        if (out->kind == VD_DMSG_SEARCH || out->kind == VD_DMSG_SCROLL)
+        if (out->kind == VD_DMSG_SEARCH || out->kind == VD_DMSG_SCROLL ||
+            out->kind == VD_DMSG_LEAF)
             out->complete = get_bool(&r);
-        static const size_t least[] = {0, 1, 17 + 4, 1 + 9 + 16 + 4, 17 + 1 + 4, 1 + 9 + 16 + 4};
+        /* the fewest bytes an item of each kind takes (TREE has none) */
+        static const size_t least[] = {0, 1, 17 + 4, 1 + 9 + 16 + 4, 17 + 1 + 4, 1 + 9 + 16 + 4,
+                                       0, 1 + 9 + 17};
         uint32_t n = out->n_items = get_count(&r, 0, VD_DMSG_MAX_ITEMS, least[out->kind]);
         switch (out->kind) {
         case VD_DMSG_WRITE: {
@@ -534,6 +611,17 @@ int vd_dmsg_reply_decode(const uint8_t *buf, size_t len, struct vd_dmsg_reply *o
             }
             break;
         }
+        case VD_DMSG_LEAF: {
+            struct vd_dmsg_leaf_item *it = alloc_n(&r, n, sizeof *it, &oom);
+            out->listing = it;
+            for (uint32_t i = 0; it && i < n; i++) {
+                get_key(&r, &it[i].id);
+                get_copy(&r, &it[i].copy);
+                if (!it[i].copy.present)
+                    r.bad = true;
+            }
+            break;
+        }
         default: {
             struct vd_dmsg_verify_item *v = alloc_n(&r, n, sizeof *v, &oom);
             out->verifies = v;
@@ -553,7 +641,11 @@ void vd_dmsg_reply_free(struct vd_dmsg_reply *r)
     free((void *)r->reads);
     free((void *)r->cands);
     free((void *)r->verifies);
+    free((void *)r->listing);
+    free((void *)r->leaves);
     r->reads = NULL;
     r->cands = NULL;
     r->verifies = NULL;
+    r->listing = NULL;
+    r->leaves = NULL;
 }

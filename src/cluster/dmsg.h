@@ -18,6 +18,9 @@
  *             n_arcs x (u64 start, u64 end), filter
  *     VERIFY  u32 n (1..VD_DMSG_MAX_ITEMS), n x key, query (dim 0 allowed: no score, as for a
  *             scroll), filter
+ *     TREE    u64 start, u64 end (the ring arc (start, end]), u8 depth (1..VD_MERKLE_MAX_DEPTH),
+ *             u8 with_leaves (0/1)
+ *     LEAF    u64 start, u64 end (a sub-arc), u32 k (1..VD_DMSG_MAX_ITEMS)
  *   key:    u8 key_len (9 or 17), the stored key (vd_pid_encode)
  *   query:  u32 dim (1..65536; VERIFY 0..65536), dim x f32
  *   filter: u32 len (0: none), the filter's JSON text
@@ -32,6 +35,10 @@
  *       SEARCH  u8 complete, u32 n, n x (key, u64 hlc, u64 node, f32 score), best first
  *       SCROLL  as SEARCH, the score 0, in id order
  *       VERIFY  u32 n, n x (copy, u8 match, f32 score)
+ *       TREE    u64 count, u64 root, u8 depth (1..VD_MERKLE_MAX_DEPTH), u32 n (0, or
+ *               16^depth when asked with_leaves), n x u64 leaf hash (coord.h, vd_merkle)
+ *       LEAF    u8 complete, u32 n, n x (key, copy: present), in placement-hash order; at most
+ *               k, complete when the sub-arc holds no more
  *     others  nothing
  *   copy:   u8 flags (bit 0 present, bit 1 tombstone), u64 hlc, u64 node
  * Nothing may follow the last field. Every rule is checked when decoding, so input from a peer is
@@ -45,7 +52,8 @@
 #include "vectord/coord.h"
 #include "vectord/json.h"
 
-#define VD_DMSG_VERSION 1
+/* 2: TREE and LEAF (anti-entropy repair); a peer of another version is refused as malformed */
+#define VD_DMSG_VERSION 2
 #define VD_DMSG_MAX_ITEMS 65536
 #define VD_DMSG_MAX_ARCS 65536
 #define VD_DMSG_MAX_DIM 65536
@@ -56,7 +64,10 @@ enum vd_dmsg_kind {
     VD_DMSG_SEARCH,
     VD_DMSG_VERIFY,
     VD_DMSG_SCROLL,
+    VD_DMSG_TREE, /* the hash tree of what a replica holds of a ring arc */
+    VD_DMSG_LEAF, /* (id, version, tombstone) of every point a replica holds in a sub-arc */
 };
+#define VD_DMSG_KIND_LAST VD_DMSG_LEAF
 
 enum vd_dmsg_status {
     VD_DMSG_OK = 1,
@@ -99,6 +110,10 @@ struct vd_dmsg_req {
     uint32_t dim;
     const char *filter; /* JSON text, filter_len bytes, not NUL-terminated; NULL: none */
     uint32_t filter_len;
+    /* TREE, LEAF (k: LEAF too): the arc (range[0], range[1]] */
+    uint64_t range[2];
+    uint8_t depth;     /* TREE */
+    bool with_leaves;  /* TREE */
 };
 
 struct vd_dmsg_read_item {
@@ -110,6 +125,11 @@ struct vd_dmsg_verify_item {
     struct vd_coord_copy copy;
     bool match;
     float score;
+};
+
+struct vd_dmsg_leaf_item {
+    struct vd_pid id;
+    struct vd_coord_copy copy; /* present */
 };
 
 struct vd_dmsg_reply {
@@ -124,7 +144,13 @@ struct vd_dmsg_reply {
     bool complete; /* SEARCH, SCROLL */
     const struct vd_coord_cand *cands;
     const struct vd_dmsg_verify_item *verifies;
+    const struct vd_dmsg_leaf_item *listing; /* LEAF (complete too) */
     uint32_t n_items;
+    /* TREE */
+    uint64_t tree_count, tree_root;
+    uint8_t depth;
+    const uint64_t *leaves; /* n_leaves of them */
+    uint32_t n_leaves;
 };
 
 /* Appends the encoding of r to out (check vd_buf_ok). VD_EINVAL when r breaks a rule above (an

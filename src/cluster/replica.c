@@ -315,6 +315,111 @@ out:
     return rc;
 }
 
+/* ---- anti-entropy repair: summaries and listings of an arc ---- */
+
+/* The record's bytes are hashed whole: one version is the same bytes on every replica, so equal
+ * trees mean equal copies, tombstones included. */
+static int tree_add(const struct vd_pid *id, uint64_t hash, struct vd_version v, bool tombstone,
+                    const uint8_t *rec, size_t len, void *ctx)
+{
+    (void)id;
+    (void)tombstone;
+    return vd_merkle_add(ctx, hash, v, vd_hash64(rec, len, 0)) ? VD_ECORRUPT : 0;
+}
+
+/* Appends an ERROR reply saying the arc could not be read (err: a VD_E* code). */
+static int reply_arc_error(const struct vd_dmsg_req *q, int err, struct vd_dmsg_reply *rp,
+                           struct vd_buf *out)
+{
+    struct vd_err e = {0};
+    vd_errf(&e, err, "reading the arc (%llu, %llu]: %s", (unsigned long long)q->range[0],
+            (unsigned long long)q->range[1], vd_strerror(err));
+    return reply_error(rp, &e, out);
+}
+
+/* The hash tree of what this node holds of the arc: its root and count, and its leaves when
+ * asked for them. */
+static int serve_tree(struct vd_coll *c, const struct vd_dmsg_req *q, struct vd_dmsg_reply *rp,
+                      struct vd_buf *out)
+{
+    struct vd_merkle *t = malloc(sizeof *t); /* 35 KiB: not on a worker's stack */
+    int rc;
+    if (!t)
+        return VD_ENOMEM;
+    vd_merkle_init(t, q->range[0], q->range[1], q->depth); /* depth checked by the decoder */
+    rc = vd_db_scan_hash(c, q->range[0], q->range[1], tree_add, t);
+    if (rc) {
+        rc = reply_arc_error(q, rc, rp, out);
+        goto out;
+    }
+    vd_merkle_finish(t);
+    rp->tree_count = t->count;
+    rp->tree_root = vd_merkle_root(t);
+    rp->depth = q->depth;
+    if (q->with_leaves) {
+        rp->leaves = vd_merkle_leaves(t);
+        rp->n_leaves = vd_merkle_n_leaves(q->depth);
+    }
+    rc = vd_dmsg_reply_encode(rp, out);
+out:
+    free(t);
+    return rc;
+}
+
+struct listing {
+    struct vd_dmsg_leaf_item *items;
+    uint32_t n, k;
+    bool more;
+};
+
+static int leaf_add(const struct vd_pid *id, uint64_t hash, struct vd_version v, bool tombstone,
+                    const uint8_t *rec, size_t len, void *ctx)
+{
+    (void)hash;
+    (void)rec;
+    (void)len;
+    struct listing *l = ctx;
+    if (l->n == l->k) {
+        l->more = true;
+        return 1;
+    }
+    l->items[l->n++] = (struct vd_dmsg_leaf_item){*id, {true, tombstone, v}};
+    return 0;
+}
+
+/* (id, version, tombstone) of the first k points this node holds in the sub-arc. */
+static int serve_leaf(struct vd_coll *c, const struct vd_dmsg_req *q, struct vd_dmsg_reply *rp,
+                      struct vd_buf *out)
+{
+    struct listing l = {.items = calloc(q->k, sizeof *l.items), .k = q->k};
+    if (!l.items)
+        return VD_ENOMEM;
+    int rc = vd_db_scan_hash(c, q->range[0], q->range[1], leaf_add, &l);
+    if (rc < 0) {
+        rc = reply_arc_error(q, rc, rp, out);
+    } else {
+        rp->listing = l.items;
+        rp->n_items = l.n;
+        rp->complete = !l.more;
+        rc = vd_dmsg_reply_encode(rp, out);
+    }
+    free(l.items);
+    return rc;
+}
+
+/* True when self is a natural or pending replica of the arc ending at `end` (every hash of one
+ * ring arc is placed alike; a repair asks about one arc, or a part of one). */
+static bool owns_arc(const struct vd_meta *m, const struct vd_coll_schema *s, uint64_t end,
+                     uint64_t self)
+{
+    struct vd_placement p;
+    vd_meta_place(m, end, s->replication_factor, &p);
+    for (size_t i = 0; i < p.n_natural + p.n_pending; i++)
+        if ((i < p.n_natural ? p.natural[i] : p.pending[i - p.n_natural]) == self)
+            return true;
+    return false;
+}
+
 int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self, const uint8_t *req,
                       size_t len, struct vd_buf *out)
 {
@@ -365,6 +470,13 @@ int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self, 
             goto out;
         }
     }
+    if ((q.kind == VD_DMSG_TREE || q.kind == VD_DMSG_LEAF) && !owns_arc(m, s, q.range[1], self)) {
+        vd_errf(&e, VD_EINVAL, "node %llu is not a replica of the arc (%llu, %llu] on ring %llu",
+                (unsigned long long)self, (unsigned long long)q.range[0],
+                (unsigned long long)q.range[1], (unsigned long long)rp.ring_version);
+        rc = reply_error(&rp, &e, out);
+        goto out;
+    }
     /* the database follows the metadata a moment later */
     if (vd_db_coll_get(db, q.coll, &c) || vd_db_coll_schema(c)->incarnation != q.incarnation) {
         rp.status = VD_DMSG_NOT_YET;
@@ -382,6 +494,12 @@ int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self, 
         goto out;
     case VD_DMSG_SCROLL:
         rc = serve_scroll(c, &q, &rp, out);
+        goto out;
+    case VD_DMSG_TREE:
+        rc = serve_tree(c, &q, &rp, out);
+        goto out;
+    case VD_DMSG_LEAF:
+        rc = serve_leaf(c, &q, &rp, out);
         goto out;
     default:
         rc = serve_verify(c, &q, &rp, out);

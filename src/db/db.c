@@ -817,6 +817,33 @@ int vd_db_scan_records(struct vd_coll *c, const struct vd_pid *from, vd_db_rec_f
     return rc;
 }
 
+struct hash_scan {
+    const char *name;
+    vd_db_hrec_fn fn;
+    void *ctx;
+};
+
+static int hash_scan_cb(const struct vd_point_view *p, void *ctx)
+{
+    struct hash_scan *s = ctx;
+    uint8_t key[VD_PID_KEY_MAX];
+    size_t kl = vd_pid_encode(&p->id, key);
+    return s->fn(&p->id, vd_place_hash(s->name, key, kl), (struct vd_version){p->version, p->node},
+                 p->tombstone, p->rec, p->rec_len, s->ctx);
+}
+
+int vd_db_scan_hash(struct vd_coll *c, uint64_t start, uint64_t end, vd_db_hrec_fn fn, void *ctx)
+{
+    struct vd_rtxn *t;
+    int rc = vd_store_read_begin(c->db->store, &t);
+    if (rc)
+        return rc;
+    struct hash_scan s = {c->schema.name, fn, ctx};
+    rc = vd_store_scan_hash_range(t, c->schema.incarnation, start, end, true, hash_scan_cb, &s);
+    vd_store_read_end(t);
+    return rc;
+}
+
 int vd_db_hints_delete(struct vd_db *db, uint64_t target, const struct vd_hint_pos *pos,
                        size_t n, struct vd_err *err)
 {

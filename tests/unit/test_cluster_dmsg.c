@@ -353,7 +353,7 @@ static void test_broken_rules_refused(void **state)
     assert_int_equal(vd_dmsg_req_encode(&r, &b), 0);
     /* header: version 0, kind 1, attempt 2-5, incarnation 6-13, ring 14-21, name len 22,
      * "docs" 23-26, n 27-30, key len 31, key 32-40, dim 41-44, floats 45-56, filter len */
-    expect_bad_req(&b, 0, 2);  /* unknown version */
+    expect_bad_req(&b, 0, 1);  /* the version before TREE and LEAF */
     expect_bad_req(&b, 1, 9);  /* unknown kind */
     expect_bad_req(&b, 22, 0); /* empty name */
     expect_bad_req(&b, 24, 0); /* a NUL inside the name */
@@ -437,12 +437,118 @@ static void test_broken_rules_refused(void **state)
     vd_buf_release(&b);
 }
 
+/* TREE and LEAF (anti-entropy repair): round trips, and what the codec refuses. */
+static void test_repair_messages(void **state)
+{
+    (void)state;
+    struct vd_dmsg_req r, d;
+    struct vd_buf b;
+    base(&r, VD_DMSG_TREE);
+    r.range[0] = UINT64_MAX - 5;
+    r.range[1] = 77;
+    r.depth = 2;
+    r.with_leaves = true;
+    req_roundtrip(&r, &b, &d);
+    assert_true(d.range[0] == UINT64_MAX - 5 && d.range[1] == 77);
+    assert_int_equal(d.depth, 2);
+    assert_true(d.with_leaves);
+    /* after the name (23-26): start 27-34, end 35-42, depth 43, with_leaves 44 */
+    expect_bad_req(&b, 43, 0);
+    expect_bad_req(&b, 43, VD_MERKLE_MAX_DEPTH + 1);
+    expect_bad_req(&b, 44, 2);
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+    base(&r, VD_DMSG_LEAF);
+    r.range[0] = 5;
+    r.range[1] = 9;
+    r.k = 1000;
+    req_roundtrip(&r, &b, &d);
+    assert_true(d.range[0] == 5 && d.range[1] == 9);
+    assert_int_equal(d.k, 1000);
+    expect_bad_req(&b, 43, 0xff); /* k above VD_DMSG_MAX_ITEMS */
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+    vd_buf_init(&b);
+    r.k = 0;
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    base(&r, VD_DMSG_TREE);
+    r.depth = 0;
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), VD_EINVAL);
+    assert_int_equal(b.len, 0);
+    vd_buf_release(&b);
+
+    struct vd_dmsg_reply rp, rd;
+    uint64_t leaves[256];
+    for (int i = 0; i < 256; i++)
+        leaves[i] = (uint64_t)i * 0x9e3779b97f4a7c15ULL;
+    rp = (struct vd_dmsg_reply){.kind = VD_DMSG_TREE, .status = VD_DMSG_OK, .attempt = 4,
+                                .ring_version = 9, .tree_count = 12345, .tree_root = 99,
+                                .depth = 2, .leaves = leaves, .n_leaves = 256};
+    reply_roundtrip(&rp, &b, &rd);
+    assert_true(rd.tree_count == 12345 && rd.tree_root == 99);
+    assert_int_equal(rd.depth, 2);
+    assert_int_equal(rd.n_leaves, 256);
+    assert_memory_equal(rd.leaves, leaves, sizeof leaves);
+    vd_dmsg_reply_free(&rd);
+    vd_buf_release(&b);
+    rp.n_leaves = 0; /* the root alone */
+    reply_roundtrip(&rp, &b, &rd);
+    assert_int_equal(rd.n_leaves, 0);
+    assert_null(rd.leaves);
+    vd_dmsg_reply_free(&rd);
+    vd_buf_release(&b);
+    vd_buf_init(&b);
+    rp.n_leaves = 255; /* leaves travel whole */
+    assert_int_equal(vd_dmsg_reply_encode(&rp, &b), VD_EINVAL);
+    rp.n_leaves = 0;
+    rp.depth = VD_MERKLE_MAX_DEPTH + 1;
+    assert_int_equal(vd_dmsg_reply_encode(&rp, &b), VD_EINVAL);
+    assert_int_equal(b.len, 0);
+    rp.depth = 1;
+    assert_int_equal(vd_dmsg_reply_encode(&rp, &b), 0);
+    /* version 0, kind 1, status 2, attempt 3-6, ring 7-14, count 15-22, root 23-30, depth 31,
+     * n 32-35 */
+    uint8_t *c = (uint8_t *)b.data;
+    c[35] = 16; /* 16 leaves announced, none there */
+    assert_int_equal(vd_dmsg_reply_decode(c, b.len, &rd), VD_ECORRUPT);
+    vd_dmsg_reply_free(&rd);
+    vd_buf_release(&b);
+
+    struct vd_dmsg_leaf_item items[2] = {{num(3), {true, false, {100, 2}}},
+                                         {uuid(0xab), {true, true, {101, 1}}}};
+    rp = (struct vd_dmsg_reply){.kind = VD_DMSG_LEAF, .status = VD_DMSG_OK, .attempt = 1,
+                                .ring_version = 9, .listing = items, .n_items = 2};
+    reply_roundtrip(&rp, &b, &rd);
+    assert_false(rd.complete);
+    for (int i = 0; i < 2; i++) {
+        same_pid(&rd.listing[i].id, &items[i].id);
+        same_copy(&rd.listing[i].copy, &items[i].copy);
+    }
+    vd_dmsg_reply_free(&rd);
+    vd_buf_release(&b);
+    rp.complete = true;
+    reply_roundtrip(&rp, &b, &rd);
+    assert_true(rd.complete);
+    vd_dmsg_reply_free(&rd);
+    /* ... n 16-19, key len 20, key 21-29, flags 30: a listed point is present */
+    c = (uint8_t *)b.data;
+    c[30] = 0;
+    assert_int_equal(vd_dmsg_reply_decode(c, b.len, &rd), VD_ECORRUPT);
+    vd_dmsg_reply_free(&rd);
+    vd_buf_release(&b);
+    vd_buf_init(&b);
+    items[0].copy.present = false;
+    assert_int_equal(vd_dmsg_reply_encode(&rp, &b), VD_EINVAL);
+    vd_buf_release(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_requests_roundtrip),
         cmocka_unit_test(test_replies_roundtrip),
         cmocka_unit_test(test_broken_rules_refused),
+        cmocka_unit_test(test_repair_messages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
