@@ -257,6 +257,10 @@ size_t vd_cluster_members(struct vd_cluster *c, struct vd_cluster_member *out, s
  * a collection's points number about (this node's points) / share. 1 without a ring. Any
  * thread. */
 double vd_cluster_ring_share(struct vd_cluster *c, unsigned rf);
+/* True when this node is one of the rf replicas of every hash of the published ring (the ring
+ * has at most rf members, this node among them): a read that needs one replica per range is
+ * answered by this node's own database. Any thread. */
+bool vd_cluster_holds_all(struct vd_cluster *c, unsigned rf);
 /* True when this node is the cluster's only member (none joining or leaving): every point is
  * here and nowhere else. Any thread. */
 bool vd_cluster_alone(struct vd_cluster *c);

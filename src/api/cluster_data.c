@@ -853,6 +853,26 @@ static const struct vd_data_ops *solo(void *impl)
     return &solo_ops;
 }
 
+/* The database's operations for a read that this node answers alone, else NULL: when it is the
+ * only member, or when the read needs one replica per range (consistency 1) and this node is a
+ * replica of every range. The coordinator would ask this node first and no other, so its answer
+ * is the same without the two phases and the hops between threads. */
+static const struct vd_data_ops *local_read(void *impl, struct vd_coll *c,
+                                            const struct vd_data_req *o)
+{
+    const struct vd_data_ops *l = solo(impl);
+    if (l || !vd__api.db)
+        return l;
+    struct vd_coll_schema sc;
+    vd_db_coll_schema_copy(c, &sc);
+    unsigned rf = sc.replication_factor;
+    unsigned need = o->consistency ? o->consistency : rf / 2 + 1;
+    if (need != 1 || !vd_cluster_holds_all(impl, rf))
+        return NULL;
+    pthread_once(&solo_once, solo_init);
+    return &solo_ops;
+}
+
 static int s_upsert(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                     const struct vd_db_point *pts, size_t n, vd_db_done_fn done, void *ctx,
                     struct vd_err *err)
@@ -894,7 +914,7 @@ static int s_retrieve(void *impl, struct vd_coll *c, const struct vd_data_req *o
                       const struct vd_pid *ids, size_t n, bool with_vector,
                       struct vd_db_record **out, size_t *n_out, struct vd_err *err)
 {
-    const struct vd_data_ops *l = solo(impl);
+    const struct vd_data_ops *l = local_read(impl, c, o);
     return l ? l->retrieve(l->impl, c, o, ids, n, with_vector, out, n_out, err)
              : c_retrieve(impl, c, o, ids, n, with_vector, out, n_out, err);
 }
@@ -903,7 +923,7 @@ static int s_search(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                     const struct vd_db_search *s, bool with_vector, struct vd_db_record **out,
                     size_t *n_out, struct vd_err *err)
 {
-    const struct vd_data_ops *l = solo(impl);
+    const struct vd_data_ops *l = local_read(impl, c, o);
     return l ? l->search(l->impl, c, o, s, with_vector, out, n_out, err)
              : c_search(impl, c, o, s, with_vector, out, n_out, err);
 }
@@ -913,7 +933,7 @@ static int s_scroll(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                     bool with_vector, struct vd_db_record **out, size_t *n_out, struct vd_pid *next,
                     bool *has_next, struct vd_err *err)
 {
-    const struct vd_data_ops *l = solo(impl);
+    const struct vd_data_ops *l = local_read(impl, c, o);
     return l ? l->scroll(l->impl, c, o, from, limit, f, with_vector, out, n_out, next, has_next,
                          err)
              : c_scroll(impl, c, o, from, limit, f, with_vector, out, n_out, next, has_next, err);
@@ -922,7 +942,7 @@ static int s_scroll(void *impl, struct vd_coll *c, const struct vd_data_req *o,
 static int s_count(void *impl, struct vd_coll *c, const struct vd_data_req *o,
                    const struct vd_filter *f, uint64_t *out, struct vd_err *err)
 {
-    const struct vd_data_ops *l = solo(impl);
+    const struct vd_data_ops *l = local_read(impl, c, o);
     return l ? l->count(l->impl, c, o, f, out, err) : c_count(impl, c, o, f, out, err);
 }
 
@@ -941,7 +961,7 @@ static int s_retrieve_async(void *impl, struct vd_coll *c, const struct vd_data_
                             const struct vd_pid *ids, size_t n, bool with_vector,
                             vd_data_read_fn done, void *ctx, struct vd_err *err)
 {
-    const struct vd_data_ops *l = solo(impl);
+    const struct vd_data_ops *l = local_read(impl, c, o);
     if (!l)
         return c_retrieve_async(impl, c, o, ids, n, with_vector, done, ctx, err);
     struct vd_db_record *recs = NULL;
@@ -955,7 +975,7 @@ static int s_search_async(void *impl, struct vd_coll *c, const struct vd_data_re
                           const struct vd_db_search *s, bool with_vector, vd_data_read_fn done,
                           void *ctx, struct vd_err *err)
 {
-    const struct vd_data_ops *l = solo(impl);
+    const struct vd_data_ops *l = local_read(impl, c, o);
     if (!l)
         return c_search_async(impl, c, o, s, with_vector, done, ctx, err);
     struct vd_db_record *recs = NULL;
@@ -969,7 +989,7 @@ static int s_scroll_async(void *impl, struct vd_coll *c, const struct vd_data_re
                           const struct vd_pid *from, uint32_t limit, const struct vd_filter *f,
                           bool with_vector, vd_data_read_fn done, void *ctx, struct vd_err *err)
 {
-    const struct vd_data_ops *l = solo(impl);
+    const struct vd_data_ops *l = local_read(impl, c, o);
     if (!l)
         return c_scroll_async(impl, c, o, from, limit, f, with_vector, done, ctx, err);
     struct vd_db_record *recs = NULL;
@@ -986,7 +1006,7 @@ static int s_count_async(void *impl, struct vd_coll *c, const struct vd_data_req
                          const struct vd_filter *f, vd_data_read_fn done, void *ctx,
                          struct vd_err *err)
 {
-    const struct vd_data_ops *l = solo(impl);
+    const struct vd_data_ops *l = local_read(impl, c, o);
     if (!l)
         return c_count_async(impl, c, o, f, done, ctx, err);
     uint64_t count = 0;

@@ -530,6 +530,37 @@ double vd_cluster_ring_share(struct vd_cluster *c, unsigned rf)
     return share;
 }
 
+bool vd_cluster_holds_all(struct vd_cluster *c, unsigned rf)
+{
+    struct vd_meta_view *v = vd__cluster_view_acquire(c);
+    if (!v)
+        return false;
+    struct vd_coord_ring ring;
+    vd_meta_coord_ring(vd_meta_view_state(v), &ring);
+    if (rf > VD_COORD_MAX_RF)
+        rf = VD_COORD_MAX_RF;
+    /* the replicas of a hash are the next rf distinct members: with no more than rf members in
+     * the ring, every member replicates every hash */
+    uint64_t seen[VD_COORD_MAX_RF];
+    size_t n = 0;
+    bool self = false, all = ring.n_tokens > 0;
+    for (size_t i = 0; i < ring.n_tokens && all; i++) {
+        uint64_t id = ring.tokens[i].node;
+        self |= id == c->id;
+        size_t j = 0;
+        while (j < n && seen[j] != id)
+            j++;
+        if (j == n) {
+            if (n == rf)
+                all = false;
+            else
+                seen[n++] = id;
+        }
+    }
+    vd_meta_view_release(v);
+    return all && self;
+}
+
 uint64_t vd_cluster_node_id(const struct vd_cluster *c)
 {
     return c->id;

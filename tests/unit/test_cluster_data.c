@@ -70,6 +70,14 @@ static void test_replicated_writes_and_reads(void **state)
     uint64_t inc = start_with_pts(3);
     uint64_t id0 = vd_cluster_node_id(nodes[0].c);
 
+    /* at RF 3 on three members each holds every range: consistency-1 reads stay local */
+    for (int i = 0; i < N; i++) {
+        assert_true(vd_cluster_holds_all(nodes[i].c, 3));
+        assert_true(vd_cluster_holds_all(nodes[i].c, 5));
+        assert_false(vd_cluster_holds_all(nodes[i].c, 2));
+        assert_false(vd_cluster_holds_all(nodes[i].c, 1));
+    }
+
     /* written through node 0 at the collection's W (2 of 3): every replica ends with them */
     static struct rec recs[NPTS];
     uint64_t ids[NPTS];
