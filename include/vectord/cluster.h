@@ -232,7 +232,9 @@ struct vd_cluster_hint_stats {
     uint64_t pending, replayed, expired, dropped;
 };
 void vd_cluster_hint_stats(struct vd_cluster *c, struct vd_cluster_hint_stats *out);
-/* Appends the cluster's Prometheus series (vectord_hints_*) for GET /metrics. Any thread. */
+/* Appends the cluster's Prometheus series for GET /metrics (Raft state, members, peers' round
+ * trips, coordinated requests by outcome, read repairs, hints; docs/operations.md lists them).
+ * Any thread. */
 void vd_cluster_metrics(struct vd_cluster *c, struct vd_buf *out);
 
 /* Appends the `result` object of GET /cluster (Qdrant's shape plus `nodes`, see

@@ -130,6 +130,7 @@ struct vd_clock_peer {
     struct {
         int64_t offset_ms;
         uint64_t rtt_ms;
+        uint64_t rtt_us; /* the same trip on a finer clock, for metrics (loopback trips < 1 ms) */
     } s[VD_CLOCK_SAMPLES];
     unsigned n, next; /* samples held; where the next one goes */
 };
@@ -139,6 +140,13 @@ void vd_clock_peer_init(struct vd_clock_peer *p);
  * when t_recv < t_send (the local clock stepped back during the trip) or remote_hlc is 0. */
 int vd_clock_peer_sample(struct vd_clock_peer *p, uint64_t t_send_ms, uint64_t remote_hlc,
                          uint64_t t_recv_ms);
+/* As vd_clock_peer_sample, with the round trip also measured on a monotonic clock in µs (rtt_us;
+ * 0 = not measured: taken from the ms times). The ms times still estimate the offset. */
+int vd_clock_peer_sample_us(struct vd_clock_peer *p, uint64_t t_send_ms, uint64_t remote_hlc,
+                            uint64_t t_recv_ms, uint64_t rtt_us);
+/* The last round trip and the longest of the samples held, in µs. VD_ENOTFOUND when there is no
+ * sample yet. */
+int vd_clock_peer_rtt_us(const struct vd_clock_peer *p, uint64_t *last_us, uint64_t *max_us);
 /* The estimate: the peer's clock minus ours in ms, and the round trip it came from (its error
  * bound is rtt / 2). VD_ENOTFOUND when there is no sample yet. */
 int vd_clock_peer_offset(const struct vd_clock_peer *p, int64_t *offset_ms, uint64_t *rtt_ms);

@@ -102,6 +102,154 @@ static const char *raft_role_name(enum vd_raft_role r)
     }
 }
 
+/* ---- metrics --------------------------------------------------------------------------------- */
+
+static const char *const outcome_names[VD__OUTCOMES] = {"ok", "unavailable", "timeout",
+                                                        "not_found", "error"};
+
+void vd__cluster_request_end(struct vd_cluster *c, enum vd__req_kind kind, int status,
+                             bool timed_out)
+{
+    enum vd__req_outcome o = status == 0                            ? VD__OUT_OK
+                             : status == VD_EUNAVAIL && timed_out   ? VD__OUT_TIMEOUT
+                             : status == VD_EUNAVAIL                ? VD__OUT_UNAVAILABLE
+                             : status == VD_ENOTFOUND               ? VD__OUT_NOT_FOUND
+                                                                    : VD__OUT_ERROR;
+    atomic_fetch_add_explicit(&c->outcomes[kind][o], 1, memory_order_relaxed);
+}
+
+/*
+ * The series only the loop can read (Raft state, members as this node sees them, peers' round
+ * trips), rendered into *b once per status refresh: a scrape copies the text instead of asking
+ * the loop. st[i] is the state of member i as GET /cluster shows it.
+ */
+static void metrics_build(struct vd_cluster *c, const enum vd_cluster_member_state *st,
+                          uint64_t now, struct vd_buf *b)
+{
+    const struct vd_raft_conf *conf = vd_raft_conf(c->raft);
+    uint64_t term = vd_raft_term(c->raft), leader = vd_raft_leader(c->raft);
+    if (leader && term != c->leader_counted_term) {
+        c->leader_counted_term = term;
+        c->leader_changes++;
+    }
+    enum vd_raft_role role = vd_raft_role(c->raft);
+    vd_buf_printf(b,
+                  "# HELP vectord_cluster_node_info This node's id.\n"
+                  "# TYPE vectord_cluster_node_info gauge\n"
+                  "vectord_cluster_node_info{node=\"%llu\"} 1\n"
+                  "# HELP vectord_raft_term The Raft term this node is in.\n"
+                  "# TYPE vectord_raft_term gauge\n"
+                  "vectord_raft_term %llu\n"
+                  "# HELP vectord_raft_commit_index The highest Raft log index known committed.\n"
+                  "# TYPE vectord_raft_commit_index gauge\n"
+                  "vectord_raft_commit_index %llu\n"
+                  "# HELP vectord_raft_applied_index The highest Raft log index applied to the "
+                  "cluster's metadata on this node.\n"
+                  "# TYPE vectord_raft_applied_index gauge\n"
+                  "vectord_raft_applied_index %llu\n"
+                  "# HELP vectord_raft_has_leader 1 when this node knows a leader for its term.\n"
+                  "# TYPE vectord_raft_has_leader gauge\n"
+                  "vectord_raft_has_leader %d\n",
+                  (unsigned long long)c->id, (unsigned long long)term,
+                  (unsigned long long)vd_raft_commit(c->raft),
+                  (unsigned long long)vd_raft_applied(c->raft), leader ? 1 : 0);
+    vd_buf_puts(b, "# HELP vectord_raft_leader_info The leader this node knows (label node).\n"
+                   "# TYPE vectord_raft_leader_info gauge\n");
+    if (leader)
+        vd_buf_printf(b, "vectord_raft_leader_info{node=\"%llu\"} 1\n", (unsigned long long)leader);
+    static const struct {
+        enum vd_raft_role r;
+        const char *name;
+    } roles[] = {{VD_RAFT_LEADER, "leader"},
+                 {VD_RAFT_CANDIDATE, "candidate"},
+                 {VD_RAFT_PRECANDIDATE, "precandidate"},
+                 {VD_RAFT_FOLLOWER, "follower"}};
+    vd_buf_puts(b, "# HELP vectord_raft_role This node's Raft role (1 for the one it has).\n"
+                   "# TYPE vectord_raft_role gauge\n");
+    for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
+        vd_buf_printf(b, "vectord_raft_role{role=\"%s\"} %d\n", roles[i].name,
+                      roles[i].r == role ? 1 : 0);
+    vd_buf_printf(b,
+                  "# HELP vectord_raft_leader_changes_total Terms in which this node learned of a "
+                  "leader.\n"
+                  "# TYPE vectord_raft_leader_changes_total counter\n"
+                  "vectord_raft_leader_changes_total %llu\n",
+                  (unsigned long long)c->leader_changes);
+    size_t n = vd_meta_n_members(c->meta), by_state[4] = {0}, voters = 0;
+    for (size_t i = 0; i < n; i++) {
+        by_state[st[i]]++;
+        voters += vd_raft_conf_role(conf, vd_meta_member_at(c->meta, i)->id) == VD_RAFT_VOTER;
+    }
+    static const char *const state_names[] = {"up", "down", "joining", "leaving"};
+    vd_buf_puts(b, "# HELP vectord_cluster_members Members by state, as this node sees them.\n"
+                   "# TYPE vectord_cluster_members gauge\n");
+    for (int i = 0; i < 4; i++)
+        vd_buf_printf(b, "vectord_cluster_members{state=\"%s\"} %zu\n", state_names[i],
+                      by_state[i]);
+    vd_buf_printf(b,
+                  "# HELP vectord_cluster_members_by_role Members by Raft role (a joining node is "
+                  "a non-voter until caught up).\n"
+                  "# TYPE vectord_cluster_members_by_role gauge\n"
+                  "vectord_cluster_members_by_role{role=\"voter\"} %zu\n"
+                  "vectord_cluster_members_by_role{role=\"non_voter\"} %zu\n",
+                  voters, n - voters);
+    vd_buf_puts(b, "# HELP vectord_peer_up 1 when the member was heard from within the last "
+                   "2.5 s (pings go out every 250 ms).\n"
+                   "# TYPE vectord_peer_up gauge\n");
+    for (size_t i = 0; i < n; i++) {
+        uint64_t id = vd_meta_member_at(c->meta, i)->id;
+        const struct member_clock *mc = vd__cluster_clock_find(c, id);
+        if (id != c->id)
+            vd_buf_printf(b, "vectord_peer_up{peer=\"%llu\"} %d\n", (unsigned long long)id,
+                          mc && mc->heard && now - mc->heard < DOWN_AFTER_MS ? 1 : 0);
+    }
+    static const char *const rtt_names[] = {"vectord_peer_rtt_seconds",
+                                            "vectord_peer_rtt_max_seconds"};
+    static const char *const rtt_help[] = {"The last ping round trip to the member.",
+                                           "The longest of the member's last 8 ping round trips."};
+    for (int k = 0; k < 2; k++) {
+        vd_buf_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", rtt_names[k], rtt_help[k],
+                      rtt_names[k]);
+        for (size_t i = 0; i < n; i++) {
+            uint64_t id = vd_meta_member_at(c->meta, i)->id, rtt[2];
+            const struct member_clock *mc = vd__cluster_clock_find(c, id);
+            if (id != c->id && mc && vd_clock_peer_rtt_us(&mc->est, &rtt[0], &rtt[1]) == 0)
+                vd_buf_printf(b, "%s{peer=\"%llu\"} %.6f\n", rtt_names[k],
+                              (unsigned long long)id, (double)rtt[k] / 1e6);
+        }
+    }
+}
+
+void vd_cluster_metrics(struct vd_cluster *c, struct vd_buf *out)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->metrics)
+        vd_buf_puts(out, c->metrics);
+    pthread_mutex_unlock(&c->mu);
+    static const char *const kinds[VD__REQ_KINDS][2] = {
+        {"vectord_cluster_writes_total", "Writes this node coordinated, by outcome."},
+        {"vectord_cluster_reads_total", "Reads by id this node coordinated (those a search makes "
+                                        "included), by outcome."},
+        {"vectord_cluster_searches_total", "Searches, scrolls and counts this node coordinated, "
+                                           "by outcome."}};
+    for (int k = 0; k < VD__REQ_KINDS; k++) {
+        vd_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n", kinds[k][0], kinds[k][1],
+                      kinds[k][0]);
+        for (int o = 0; o < VD__OUTCOMES; o++)
+            vd_buf_printf(out, "%s{outcome=\"%s\"} %llu\n", kinds[k][0], outcome_names[o],
+                          (unsigned long long)atomic_load_explicit(&c->outcomes[k][o],
+                                                                   memory_order_relaxed));
+    }
+    vd_buf_printf(out,
+                  "# HELP vectord_cluster_read_repairs_total Stale replica copies a read sent the "
+                  "newest version to.\n"
+                  "# TYPE vectord_cluster_read_repairs_total counter\n"
+                  "vectord_cluster_read_repairs_total %llu\n",
+                  (unsigned long long)atomic_load_explicit(&c->read_repairs,
+                                                           memory_order_relaxed));
+    vd__cluster_hints_metrics(c, out);
+}
+
 /* Rebuilds the cached GET /cluster result. */
 void vd__cluster_status_refresh(struct vd_cluster *c)
 {
@@ -171,6 +319,7 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
     vd_buf_puts(&b, "},\"message_send_failures\":{},\"nodes\":[");
     static const char *const state_names[] = {"up", "down", "joining", "leaving"};
     struct vd_cluster_member *seen = n ? malloc(n * sizeof *seen) : NULL;
+    enum vd_cluster_member_state *states = n ? malloc(n * sizeof *states) : NULL;
     for (size_t i = 0; i < n; i++) {
         const struct vd_meta_member *m = vd_meta_member_at(c->meta, i);
         int role = vd_raft_conf_role(conf, m->id);
@@ -181,6 +330,8 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
         const char *state = state_names[st];
         if (seen)
             seen[i] = (struct vd_cluster_member){m->id, st};
+        if (states)
+            states[i] = st;
         vd_buf_printf(&b, "%s{\"id\":%llu,\"address\":", i ? "," : "", (unsigned long long)m->id);
         vd_buf_json_string(&b, m->addr, strlen(m->addr));
         vd_buf_puts(&b, ",\"rest_address\":");
@@ -204,21 +355,35 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
     vd_buf_printf(&b, "],\"points_placement\":{\"state\":\"%s\",\"records_placed\":%llu}}",
                   vd__cluster_place_state_name(c),
                   (unsigned long long)atomic_load(&c->place_points));
+    struct vd_buf mb;
+    vd_buf_init(&mb);
+    if (!n || states)
+        metrics_build(c, states, now, &mb);
+    free(states);
+    char *mtext = vd_buf_ok(&mb) && mb.len ? vd_buf_steal(&mb, NULL) : NULL;
+    vd_buf_release(&mb);
     if (!vd_buf_ok(&b) || (n && !seen)) {
         vd_buf_release(&b);
         free(seen);
+        free(mtext);
         return;
     }
     char *s = vd_buf_steal(&b, NULL);
     pthread_mutex_lock(&c->mu);
     char *old = c->status;
     struct vd_cluster_member *old_seen = c->members_seen;
+    char *old_metrics = c->metrics;
     c->status = s;
     c->members_seen = seen;
     c->n_seen = n;
+    if (mtext)
+        c->metrics = mtext;
+    else
+        old_metrics = NULL; /* out of memory: the last series stay */
     pthread_mutex_unlock(&c->mu);
     free(old);
     free(old_seen);
+    free(old_metrics);
     c->last_status = now;
 }
 
@@ -309,8 +474,11 @@ static void on_house(uv_timer_t *t)
     uint64_t now = vd__cluster_now_ms();
     if (now - c->last_ping >= PING_MS) {
         c->last_ping = now;
-        uint8_t sent[8];
+        /* wall time for the clock offset; monotonic time for the round trip in /metrics (a
+         * peer echoes the body whatever its length, so an older one answers these too) */
+        uint8_t sent[16];
         vd_be64_put(sent, vd_wall_ms());
+        vd_be64_put(sent + 8, vd_mono_ns());
         size_t n = vd_meta_n_members(c->meta);
         for (size_t i = 0; i < n; i++) {
             const struct vd_meta_member *m = vd_meta_member_at(c->meta, i);
@@ -534,6 +702,7 @@ static void cluster_free(struct vd_cluster *c)
     free(c->secret);
     free(c->join);
     free(c->status);
+    free(c->metrics);
     free(c->members_seen);
     free(c->rec.acts);
     free(c->rec.iacts);

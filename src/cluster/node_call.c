@@ -409,8 +409,12 @@ void vd__cluster_on_frame(void *ctx, uint64_t from, const char *from_addr, uint8
         return;
     case VD_FRAME_PONG:
         /* refused (VD_EINVAL) when our wall clock stepped back during the trip */
-        if (len == 8)
-            vd_clock_peer_sample(&mc->est, vd_be64_get(body), hlc, vd_wall_ms());
+        if (len == 8 || len == 16) {
+            uint64_t mono = len == 16 ? vd_be64_get(body + 8) : 0, now_ns = vd_mono_ns();
+            uint64_t rtt_us = mono && mono <= now_ns ? (now_ns - mono) / 1000 : 0;
+            vd_clock_peer_sample_us(&mc->est, vd_be64_get(body), hlc, vd_wall_ms(),
+                                    rtt_us ? rtt_us : (mono ? 1 : 0));
+        }
         return;
     case VD_FRAME_RAFT: {
         struct vd_raft_entry ents[256];

@@ -48,6 +48,7 @@ struct dreq {
     uint64_t incarnation;
     unsigned rf, need;
     uint32_t timeout_ms;
+    uint64_t deadline_ms; /* monotonic, from the start on the loop: tells a timeout (metrics) */
     uint8_t *recs; /* writes: the records back to back */
     size_t *off, *len;
     struct dop *ops;
@@ -107,6 +108,8 @@ static void dreq_answer(struct dreq *r)
     for (size_t i = 0; i < r->n && !status; i++)
         status = vd_coord_result(r->ops[i].op, &e);
     r->answered = true;
+    vd__cluster_request_end(r->c, r->kind == VD_DMSG_WRITE ? VD__REQ_WRITE : VD__REQ_READ, status,
+                            vd__cluster_now_ms() >= r->deadline_ms);
     if (status && r->refusal[0]) {
         /* the numbers alone do not say why (a full disk, a skewed clock) */
         size_t l = strlen(e.msg);
@@ -424,6 +427,9 @@ static void drive_rounds(struct vd_cluster *c, struct dreq *r)
             case VD_COORD_NEED_RING:
                 o->need_ring = true;
                 break;
+            case VD_COORD_REPAIR:
+                atomic_fetch_add_explicit(&c->read_repairs, 1, memory_order_relaxed);
+                break;
             case VD_COORD_REPLY:
                 if (!o->replied) {
                     o->replied = true;
@@ -470,6 +476,8 @@ static void dreq_fail(struct dreq *r, int code, const char *msg)
 {
     struct vd_err e;
     vd_errf(&e, code, "%s", msg);
+    vd__cluster_request_end(r->c, r->kind == VD_DMSG_WRITE ? VD__REQ_WRITE : VD__REQ_READ, code,
+                            false);
     if (r->kind == VD_DMSG_WRITE) {
         if (r->done)
             r->done(code, &e, 0, r->ctx);
@@ -496,6 +504,7 @@ static void dreq_begin(struct vd_cluster *c, struct dreq *r)
     struct vd_coord_ring ring;
     vd_meta_coord_ring(c->meta, &ring);
     uint64_t spec_ms = r->kind == VD_DMSG_READ ? vd__cluster_spec_ms(c, DATA_SPEC_MS) : 0;
+    r->deadline_ms = vd__cluster_now_ms() + (r->timeout_ms ? r->timeout_ms : c->request_ms);
     struct vd_coord_params p = {.rf = r->rf,
                                 .need = r->need,
                                 .now_ms = vd__cluster_now_ms(),

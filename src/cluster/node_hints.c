@@ -600,7 +600,7 @@ void vd_cluster_hint_stats(struct vd_cluster *c, struct vd_cluster_hint_stats *o
     pthread_mutex_unlock(&h->mu);
 }
 
-void vd_cluster_metrics(struct vd_cluster *c, struct vd_buf *out)
+void vd__cluster_hints_metrics(struct vd_cluster *c, struct vd_buf *out)
 {
     struct vd_hints *h = c->hints;
     struct vd_cluster_hint_stats st;

@@ -99,6 +99,17 @@ struct member_clock {
     struct vd_clock_peer est; /* its wall clock's offset from ours, from ping round trips */
 };
 
+/* What a coordinated request was, and how it ended, as GET /metrics counts them. */
+enum vd__req_kind { VD__REQ_WRITE, VD__REQ_READ, VD__REQ_SEARCH, VD__REQ_KINDS };
+enum vd__req_outcome {
+    VD__OUT_OK,
+    VD__OUT_UNAVAILABLE, /* too few replicas answered (or could), before the deadline */
+    VD__OUT_TIMEOUT,     /* too few replicas answered by the deadline */
+    VD__OUT_NOT_FOUND,   /* the collection (incarnation) is gone */
+    VD__OUT_ERROR,       /* anything else: shutdown, out of memory, a malformed request */
+    VD__OUTCOMES
+};
+
 struct vd_cluster {
     /* set at start, read-only afterwards */
     struct vd_db *db;
@@ -116,6 +127,10 @@ struct vd_cluster {
      * of a majority of the members, else its offset from them in ms (vd_cluster_clock_check) */
     _Atomic int64_t skew_ms;
 
+    /* GET /metrics counters: written by the loop, read by any thread */
+    _Atomic uint64_t outcomes[VD__REQ_KINDS][VD__OUTCOMES];
+    _Atomic uint64_t read_repairs; /* stale copies a read sent the newest version to */
+
     /* shared with other threads, under mu */
     pthread_mutex_t mu;
     struct ev *q_head, *q_tail;
@@ -123,6 +138,7 @@ struct vd_cluster {
     struct dreq *dq_head; /* data requests queued for the loop (node_data.c) */
     struct sreq *sq_head; /* searches, scrolls and counts queued for the loop (node_search.c) */
     char *status;    /* cached GET /cluster result */
+    char *metrics;   /* cached Raft, member and peer series of GET /metrics, rebuilt with it */
     struct vd_cluster_member *members_seen; /* cached with it (n_seen), for vd_cluster_members */
     size_t n_seen;
     int db_inflight; /* database changes started by reconciliation, not yet completed */
@@ -151,6 +167,7 @@ struct vd_cluster {
     uint64_t synced;  /* the database reflects the state machine up to this index */
     uint64_t last_ping, last_join, last_status, last_points_watch;
     uint64_t seen_term, seen_leader, last_addr_fix;
+    uint64_t leader_changes, leader_counted_term; /* terms in which a leader became known */
     char *join; /* where to send join requests (NULL once a member) */
     bool join_asked; /* join came from the start options (--join), not an invitation */
     void (*on_fatal)(const char *msg, void *ctx); /* set at start (vd_cluster_opts) */
@@ -278,6 +295,8 @@ void vd__cluster_hints_tick(struct vd_cluster *c);
 void vd__cluster_hints_close(struct vd_cluster *c);
 /* Frees the replay state (after the loop stopped). */
 void vd__cluster_hints_free(struct vd_cluster *c);
+/* Appends the vectord_hints_* series of GET /metrics. Any thread. */
+void vd__cluster_hints_metrics(struct vd_cluster *c, struct vd_buf *out);
 /* True when node id missed writes that no hint will bring (expired, or over a cap). Any thread. */
 bool vd__cluster_hints_needs_repair(struct vd_cluster *c, uint64_t id);
 
@@ -307,8 +326,12 @@ uint64_t vd__cluster_spec_ms(struct vd_cluster *c, uint64_t floor_ms);
  * (vd_coord_params.down), so a read at consistency 1 is not served by a replica known to have
  * missed writes while another can serve it. Loop thread. */
 bool vd__cluster_member_down(void *ctx, uint64_t id);
-/* Rebuilds the cached GET /cluster result. */
+/* Rebuilds the cached GET /cluster result and the cluster's series of GET /metrics. */
 void vd__cluster_status_refresh(struct vd_cluster *c);
+/* Counts a coordinated request's end for GET /metrics: status 0 or its error code; timed_out
+ * when its deadline had passed. Loop thread. */
+void vd__cluster_request_end(struct vd_cluster *c, enum vd__req_kind kind, int status,
+                             bool timed_out);
 
 /* ---- node_dcall.c: one data message to one replica ---- */
 /* The end of a message: REPLIED with the reply's bytes (valid during the call; NULL when the

@@ -120,6 +120,7 @@ static void sreq_answer(struct sreq *r, int status, const struct vd_err *e)
     if (r->answered)
         return;
     r->answered = true;
+    vd__cluster_request_end(r->c, VD__REQ_SEARCH, status, vd__cluster_now_ms() >= r->deadline_ms);
     const struct vd_err *err = status ? e : NULL;
     switch (r->kind) {
     case SR_SEARCH:

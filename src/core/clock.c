@@ -99,6 +99,12 @@ void vd_clock_peer_init(struct vd_clock_peer *p)
 int vd_clock_peer_sample(struct vd_clock_peer *p, uint64_t t_send_ms, uint64_t remote_hlc,
                          uint64_t t_recv_ms)
 {
+    return vd_clock_peer_sample_us(p, t_send_ms, remote_hlc, t_recv_ms, 0);
+}
+
+int vd_clock_peer_sample_us(struct vd_clock_peer *p, uint64_t t_send_ms, uint64_t remote_hlc,
+                            uint64_t t_recv_ms, uint64_t rtt_us)
+{
     if (t_recv_ms < t_send_ms || remote_hlc == 0)
         return VD_EINVAL;
     uint64_t rtt = t_recv_ms - t_send_ms;
@@ -108,6 +114,7 @@ int vd_clock_peer_sample(struct vd_clock_peer *p, uint64_t t_send_ms, uint64_t r
     int64_t d = remote2 - mid2;
     p->s[p->next].offset_ms = d >= 0 ? (d + 1) / 2 : -((-d + 1) / 2); /* half away from 0 */
     p->s[p->next].rtt_ms = rtt;
+    p->s[p->next].rtt_us = rtt_us ? rtt_us : rtt * 1000;
     p->next = (p->next + 1) % VD_CLOCK_SAMPLES;
     if (p->n < VD_CLOCK_SAMPLES)
         p->n++;
@@ -135,6 +142,20 @@ uint64_t vd_clock_peer_rtt_max(const struct vd_clock_peer *p)
         if (p->s[i].rtt_ms > m)
             m = p->s[i].rtt_ms;
     return m;
+}
+
+int vd_clock_peer_rtt_us(const struct vd_clock_peer *p, uint64_t *last_us, uint64_t *max_us)
+{
+    if (p->n == 0)
+        return VD_ENOTFOUND;
+    uint64_t m = 0;
+    for (unsigned i = 0; i < p->n; i++)
+        if (p->s[i].rtt_us > m)
+            m = p->s[i].rtt_us;
+    /* next is where the coming sample goes: the last one sits just before it */
+    *last_us = p->s[(p->next + VD_CLOCK_SAMPLES - 1) % VD_CLOCK_SAMPLES].rtt_us;
+    *max_us = m;
+    return 0;
 }
 
 bool vd_clock_peer_far(const struct vd_clock_peer *p, uint64_t max_offset_ms)

@@ -1061,19 +1061,25 @@ void vd_db_metrics(struct vd_db *db, struct vd_buf *out)
                          "# TYPE vectord_storage_free_bytes gauge\n");
         vd_buf_printf(out, "vectord_storage_free_bytes %llu\n", (unsigned long long)sp.free_bytes);
     }
-    vd_buf_puts(out, "# HELP vectord_collection_points Live points per collection.\n"
-                     "# TYPE vectord_collection_points gauge\n");
+    /* each family in one group under its TYPE: exposition parsers refuse interleaved ones */
+    static const char *const fams[3][2] = {
+        {"vectord_collection_points", "Live points per collection."},
+        {"vectord_collection_index_pending", "Points written and not yet linked into the graph."},
+        {"vectord_collection_index_bytes", "Memory of the collection's index (vectors and links)."}};
     size_t n;
     struct vd_coll **v = snapshot(db, &n);
-    for (size_t i = 0; i < n; i++) {
-        struct vd_coll_stats st;
-        vd_db_coll_stats(v[i], &st);
-        vd_buf_printf(out, "vectord_collection_points{collection=\"%s\"} %llu\n", v[i]->schema.name,
-                      (unsigned long long)st.points);
-        vd_buf_printf(out, "vectord_collection_index_pending{collection=\"%s\"} %llu\n",
-                      v[i]->schema.name, (unsigned long long)st.pending);
-        vd_buf_printf(out, "vectord_collection_index_bytes{collection=\"%s\"} %zu\n",
-                      v[i]->schema.name, st.index_bytes);
+    struct vd_coll_stats *st = n ? calloc(n, sizeof *st) : NULL;
+    for (size_t i = 0; st && i < n; i++)
+        vd_db_coll_stats(v[i], &st[i]);
+    for (int f = 0; f < 3; f++) {
+        vd_buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", fams[f][0], fams[f][1], fams[f][0]);
+        for (size_t i = 0; st && i < n; i++) {
+            unsigned long long x = f == 0   ? (unsigned long long)st[i].points
+                                   : f == 1 ? (unsigned long long)st[i].pending
+                                            : (unsigned long long)st[i].index_bytes;
+            vd_buf_printf(out, "%s{collection=\"%s\"} %llu\n", fams[f][0], v[i]->schema.name, x);
+        }
     }
+    free(st);
     snapshot_put(v, n);
 }

@@ -261,6 +261,36 @@ static void test_clock_peer_offset(void **state)
     assert_false(vd_clock_peer_far(&q, 695)); /* within rtt / 2 of the limit: not certain */
 }
 
+/* Round trips for /metrics: the last and the longest held, in µs, measured finely when the
+ * caller can (a loopback trip is well under a millisecond), else from the ms times. */
+static void test_clock_peer_rtt_us(void **state)
+{
+    (void)state;
+    const uint64_t t = UINT64_C(1764900000000);
+    struct vd_clock_peer p = {0};
+    uint64_t last, max;
+    assert_int_equal(vd_clock_peer_rtt_us(&p, &last, &max), VD_ENOTFOUND);
+    assert_int_equal(vd_clock_peer_sample_us(&p, t, VD_HLC_MAKE(t, 0), t, 180), 0);
+    assert_int_equal(vd_clock_peer_rtt_us(&p, &last, &max), 0);
+    assert_true(last == 180 && max == 180);
+    assert_int_equal(vd_clock_peer_rtt_max(&p), 0); /* the ms view is unchanged */
+    assert_int_equal(vd_clock_peer_sample(&p, t + 10, VD_HLC_MAKE(t + 12, 0), t + 13), 0);
+    assert_int_equal(vd_clock_peer_rtt_us(&p, &last, &max), 0);
+    assert_true(last == 3000 && max == 3000); /* not measured finely: from the ms times */
+    assert_int_equal(vd_clock_peer_sample_us(&p, t + 20, VD_HLC_MAKE(t + 20, 0), t + 20, 95), 0);
+    assert_int_equal(vd_clock_peer_rtt_us(&p, &last, &max), 0);
+    assert_true(last == 95 && max == 3000);
+    /* the last is the newest even after the ring of samples wrapped */
+    for (uint64_t i = 0; i < VD_CLOCK_SAMPLES + 3; i++)
+        assert_int_equal(vd_clock_peer_sample_us(&p, t, VD_HLC_MAKE(t, 0), t, 10 + i), 0);
+    assert_int_equal(vd_clock_peer_rtt_us(&p, &last, &max), 0);
+    assert_true(last == 10 + VD_CLOCK_SAMPLES + 2 && max == 10 + VD_CLOCK_SAMPLES + 2);
+    /* a refused sample (the clock stepped back) leaves them */
+    assert_int_equal(vd_clock_peer_sample_us(&p, t + 5, VD_HLC_MAKE(t, 0), t, 7), VD_EINVAL);
+    assert_int_equal(vd_clock_peer_rtt_us(&p, &last, &max), 0);
+    assert_true(last == 10 + VD_CLOCK_SAMPLES + 2);
+}
+
 /* A node among peers: near (offset 0), far ahead and far behind ones; skewed exactly when a
  * majority of the members (itself included) is far from it. */
 static void test_clock_skewed_majority(void **state)
@@ -304,6 +334,7 @@ int main(void)
         cmocka_unit_test(test_hlc_clock_jumps_back_an_hour),
         cmocka_unit_test(test_hlc_check_skew),
         cmocka_unit_test(test_clock_peer_offset),
+        cmocka_unit_test(test_clock_peer_rtt_us),
         cmocka_unit_test(test_clock_skewed_majority),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
