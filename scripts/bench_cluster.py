@@ -105,10 +105,9 @@ class Cluster:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def measure(a, cl, rf, base, queries, gt, read_levels, ref_ef=None):
-    """Upload base through node 0, then search; returns {level: figures} for each read level.
-    With ref_ef (the ef one node needed), a level that needs another ef is measured at ref_ef too,
-    so the costs can also be compared at equal ef."""
+def load(a, cl, rf, base):
+    """Uploads base through node 0 and waits until every node's graph holds it; the write
+    figures."""
     c = Client("127.0.0.1", cl.ports[0])
     spec = {"vectors": {"size": a.dim, "distance": "Cosine"}, "replication_factor": rf,
             "hnsw_config": {"m": a.m, "ef_construct": a.ef_construct}}
@@ -127,55 +126,53 @@ def measure(a, cl, rf, base, queries, gt, read_levels, ref_ef=None):
     cl.wait(lambda: all((cl.get(i, "/collections/bench") or {}).get("result", {}).get("status")
                         == "green" for i in range(len(cl.ports))), "every node green", 3600)
     # a write's CPU includes linking it into every replica's graph, which goes on after the ack
-    out = {"upsert_points_per_s": a.n / up_s, "cpu_s_per_write": (cl.cpu() - cpu0) / a.n,
-           "green_s": time.perf_counter() - t0, "load1_upsert": loadavg()}
+    return {"upsert_points_per_s": a.n / up_s, "cpu_s_per_write": (cl.cpu() - cpu0) / a.n,
+            "green_s": time.perf_counter() - t0, "load1_upsert": loadavg()}
 
-    def run(ef, level, clients):
-        qb = [json.dumps({"vector": q.tolist(), "limit": 10, "params": {"hnsw_ef": ef}}).encode()
-              for q in queries]
-        path = "/collections/bench/points/search" + (f"?consistency={level}" if level else "")
-        lat, res = [], [None] * len(qb)
 
-        def worker(mine):
-            w = Client("127.0.0.1", cl.ports[0])
-            for i in mine:
-                t = time.perf_counter()
-                res[i] = w.req("POST", path, qb[i])
-                lat.append(time.perf_counter() - t)
-        cpu1, t1 = cl.cpu(), time.perf_counter()
-        th = [threading.Thread(target=worker, args=(list(range(k, len(qb), clients)),))
-              for k in range(clients)]
-        for t in th:
-            t.start()
-        for t in th:
-            t.join()
-        wall = time.perf_counter() - t1
-        hits = sum(len({p["id"] for p in json.loads(r)["result"]} & set(gt[i].tolist()))
-                   for i, r in enumerate(res))
-        return {"ef": ef, "clients": clients, "p50_ms": pct(lat, 50) * 1e3,
-                "p99_ms": pct(lat, 99) * 1e3, "qps": len(qb) / wall,
-                "recall@10": hits / (10.0 * len(qb)),
-                "cpu_s_per_search": (cl.cpu() - cpu1) / len(qb), "load1": loadavg()}
+def quiet(cl):
+    """Waits until the nodes use no CPU for a second (graph saves, hint replays, pings after
+    the upload), so that a search round is charged for searches only."""
+    def idle():
+        c0 = cl.cpu()
+        time.sleep(1.0)
+        return cl.cpu() - c0 <= 0.05 * len(cl.procs)
+    cl.wait(idle, "the nodes idle", 600)
 
-    for level in read_levels:
-        one = None
-        for ef in a.efs:
-            one = run(ef, level, 1)
-            if one["recall@10"] >= a.target:
-                break
-        out[level or "default"] = {"one": one, "many": run(one["ef"], level, a.clients)}
-        if ref_ef and one["ef"] != ref_ef:
-            out[level or "default"]["at_ref_ef"] = run(ref_ef, level, 1)
-    if len(cl.procs) == 3 and rf == 3:
-        # one replica stopped (SIGSTOP: no reset, as a hung host): the same searches through
-        # node 0, from the moment it stops, so the failure detector's delay is in the figures
-        ef = out["default"]["one"]["ef"]
-        cl.procs[2].send_signal(signal.SIGSTOP)
-        try:
-            out["stopped"] = {"one": run(ef, None, 1), "many": run(ef, None, a.clients)}
-        finally:
-            cl.procs[2].send_signal(signal.SIGCONT)
-    return out
+
+def search(cl, ef, level, clients, queries, gt):
+    """queries through node 0 with clients concurrent clients; latency, QPS, recall and the CPU
+    seconds per search summed over every node."""
+    qb = [json.dumps({"vector": q.tolist(), "limit": 10, "params": {"hnsw_ef": ef}}).encode()
+          for q in queries]
+    path = "/collections/bench/points/search" + (f"?consistency={level}" if level else "")
+    lat, res = [], [None] * len(qb)
+
+    def worker(mine):
+        w = Client("127.0.0.1", cl.ports[0])
+        for i in mine:
+            t = time.perf_counter()
+            res[i] = w.req("POST", path, qb[i])
+            lat.append(time.perf_counter() - t)
+    cpu1, t1 = cl.cpu(), time.perf_counter()
+    th = [threading.Thread(target=worker, args=(list(range(k, len(qb), clients)),))
+          for k in range(clients)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    wall = time.perf_counter() - t1
+    hits = sum(len({p["id"] for p in json.loads(r)["result"]} & set(gt[i].tolist()))
+               for i, r in enumerate(res))
+    return {"ef": ef, "clients": clients, "p50_ms": pct(lat, 50) * 1e3,
+            "p99_ms": pct(lat, 99) * 1e3, "qps": len(qb) / wall,
+            "recall@10": hits / (10.0 * len(qb)),
+            "cpu_s_per_search": (cl.cpu() - cpu1) / len(qb), "load1": loadavg()}
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def main():
@@ -195,6 +192,8 @@ def main():
     ap.add_argument("--configs", default="a,b,d", help="a: one node; b: RF 3 (with c: "
                     "consistency 1 on the same cluster); d: RF 1 on three nodes")
     ap.add_argument("--port", type=int, default=17333)
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="search rounds, alternating between the setups; figures are medians")
     ap.add_argument("--out", default="bench_cluster.json")
     a = ap.parse_args()
     a.efs = [int(x) for x in a.efs.split(",")]
@@ -203,14 +202,72 @@ def main():
     base, queries = data[:a.n], data[a.n:]
     gt = np.argsort(-(queries @ base.T), axis=1)[:, :10]
     setups = {"a": (1, 1, [None]), "b": (3, 3, [None, "1"]), "d": (3, 1, [None])}
-    results = {"n": a.n, "dim": a.dim, "batch": a.batch, "target": a.target}
-    for name in a.configs.split(","):
-        nodes, rf, levels = setups[name]
-        cl = Cluster(a.binary, nodes, a.port)
-        try:
-            ref = results["a"]["default"]["one"]["ef"] if "a" in results else None
-            results[name] = measure(a, cl, rf, base, queries, gt, levels, ref)
-        finally:
+    results = {"n": a.n, "dim": a.dim, "batch": a.batch, "target": a.target,
+               "rounds": a.rounds}
+    clusters = {}
+    try:
+        # every setup stays up, so that search rounds can alternate between them: a machine
+        # shared with other work then loads each setup alike, and the ratios are taken within
+        # a round
+        for i, name in enumerate(a.configs.split(",")):
+            nodes, rf, _ = setups[name]
+            clusters[name] = Cluster(a.binary, nodes, a.port + 100 * i)
+            results[name] = load(a, clusters[name], rf, base)
+            print(f"({name}) loaded: {results[name]['upsert_points_per_s']:,.0f} points/s",
+                  flush=True)
+        runs = [(name, level) for name in clusters for level in setups[name][2]]
+        for name in clusters:
+            quiet(clusters[name])
+        efs = {}
+        for name, level in runs:
+            one = None
+            for ef in a.efs:
+                one = search(clusters[name], ef, level, 1, queries, gt)
+                if one["recall@10"] >= a.target:
+                    break
+            efs[(name, level)] = one["ef"]
+        ref = efs.get(("a", None))
+        rounds = {run: [] for run in runs}
+        at_ref = {run: [] for run in runs if ref and efs[run] != ref}
+        for k in range(a.rounds):
+            for run in runs:
+                name, level = run
+                rounds[run].append(search(clusters[name], efs[run], level, 1, queries, gt))
+                if run in at_ref:
+                    at_ref[run].append(search(clusters[name], ref, level, 1, queries, gt))
+            print(f"round {k + 1} of {a.rounds} done", flush=True)
+        for run in runs:
+            name, level = run
+            rs = rounds[run]
+            one = {key: median([r[key] for r in rs]) for key in rs[0]}
+            entry = {"one": one, "rounds": rs,
+                     "many": search(clusters[name], efs[run], level, a.clients, queries, gt)}
+            if "a" in clusters:
+                base_rs = rounds[("a", None)]
+                entry["ratio_cpu"] = median([r["cpu_s_per_search"] / b["cpu_s_per_search"]
+                                             for r, b in zip(rs, base_rs)])
+                entry["ratio_p99"] = median([r["p99_ms"] / b["p99_ms"]
+                                             for r, b in zip(rs, base_rs)])
+                if run in at_ref:
+                    e = at_ref[run]
+                    entry["at_ref_ef"] = {key: median([r[key] for r in e]) for key in e[0]}
+                    entry["at_ref_ef"]["ratio_cpu"] = median(
+                        [r["cpu_s_per_search"] / b["cpu_s_per_search"] for r, b in zip(e, base_rs)])
+                    entry["at_ref_ef"]["ratio_p99"] = median(
+                        [r["p99_ms"] / b["p99_ms"] for r, b in zip(e, base_rs)])
+            results[name][level or "default"] = entry
+        if "b" in clusters:
+            # one replica stopped (SIGSTOP: no reset, as a hung host): the same searches through
+            # node 0, from the moment it stops, so the failure detector's delay is in the figures
+            cl, ef = clusters["b"], efs[("b", None)]
+            cl.procs[2].send_signal(signal.SIGSTOP)
+            try:
+                results["b"]["stopped"] = {"one": search(cl, ef, None, 1, queries, gt),
+                                           "many": search(cl, ef, None, a.clients, queries, gt)}
+            finally:
+                cl.procs[2].send_signal(signal.SIGCONT)
+    finally:
+        for cl in clusters.values():
             cl.close()
     with open(a.out, "w") as f:
         json.dump(results, f, indent=2)
@@ -231,27 +288,27 @@ def main():
         s, m = r[level]["one"], r[level]["many"]
         rows.append((name, level, r, s))
         print(f"{label:<28}{r['upsert_points_per_s']:>10,.0f}{r['cpu_s_per_write'] * 1e3:>10.3f}"
-              f"{s['ef']:>5}{s['p50_ms']:>8.2f}{s['p99_ms']:>8.2f}{s['qps']:>7.0f}"
+              f"{int(s['ef']):>5}{s['p50_ms']:>8.2f}{s['p99_ms']:>8.2f}{s['qps']:>7.0f}"
               f"{s['recall@10']:>8.3f}{s['cpu_s_per_search'] * 1e3:>10.3f}{m['qps']:>9.0f}"
               f"{s['load1']:>7.2f}")
     if "a" in results:
         base_r = results["a"]
         base_s = base_r["default"]["one"]
-        print("\nratios to (a), with the targets:")
+        print(f"\nratios to (a), with the targets (searches: median over {a.rounds} rounds of the "
+              f"ratio within the round):")
         checks = []
         if "b" in results:
-            b, c = results["b"]["default"]["one"], results["b"]["1"]["one"]
+            b = results["b"]["default"]["one"]
             if "stopped" in results["b"]:
                 st = results["b"]["stopped"]["one"]
                 print(f"  (b) search p99 with one node stopped {st['p99_ms'] / b['p99_ms']:.2f}x "
                       f"(b)'s, {ratio(st['p99_ms'], base_s['p99_ms']):.2f}x (a)'s (no target)")
-            checks += [("(b) search p99", ratio(b["p99_ms"], base_s["p99_ms"]), 3.0),
-                       ("(b) CPU per search", ratio(b["cpu_s_per_search"], base_s["cpu_s_per_search"]),
-                        2.3),
+            bd, cd = results["b"]["default"], results["b"]["1"]
+            checks += [("(b) search p99", bd["ratio_p99"], 3.0),
+                       ("(b) CPU per search", bd["ratio_cpu"], 2.3),
                        ("(b) CPU per write", ratio(results["b"]["cpu_s_per_write"],
                               base_r["cpu_s_per_write"]), 3.5),
-                       ("(c) CPU per search", ratio(c["cpu_s_per_search"], base_s["cpu_s_per_search"]),
-                        1.3)]
+                       ("(c) CPU per search", cd["ratio_cpu"], 1.3)]
         if "d" in results:
             checks.append(("(d) CPU per write", ratio(results["d"]["cpu_s_per_write"],
                                  base_r["cpu_s_per_write"]), 1.3))
@@ -259,8 +316,7 @@ def main():
             e = results.get(name, {}).get(level, {}).get("at_ref_ef")
             if e:
                 print(f"  {labels[(name, level)]} at (a)'s ef {e['ef']}: recall {e['recall@10']:.3f},"
-                      f" CPU per search {ratio(e['cpu_s_per_search'], base_s['cpu_s_per_search']):.2f}x"
-                      f" (a)'s, p99 {ratio(e['p99_ms'], base_s['p99_ms']):.2f}x")
+                      f" CPU per search {e['ratio_cpu']:.2f}x (a)'s, p99 {e['ratio_p99']:.2f}x")
         for what, r, limit in checks:
             if r != r:
                 print(f"  {what:<22}   n/a  (too little CPU time to measure: use more points)")

@@ -118,7 +118,7 @@ static void diff_at(const struct vd_merkle *a, const struct vd_merkle *b, unsign
     uint32_t at = level_start(k) + i;
     if (a->node[at] == b->node[at])
         return;
-    if (k == a->depth) {
+    if (k >= a->depth || k >= VD_MERKLE_MAX_DEPTH) { /* the second: for the compiler's bounds */
         out[(*n)++] = i;
         return;
     }
