@@ -151,7 +151,10 @@ enum vd_coord_status {
     VD_COORD_OK = 1,
     VD_COORD_WRONG_RING, /* the replica is on another ring version (ring_version says which) */
     VD_COORD_REFUSED,    /* refused (clock skew, overload, an error): it holds nothing new */
-    VD_COORD_CLOSED      /* the connection closed before an answer */
+    VD_COORD_CLOSED,     /* the connection closed before an answer */
+    VD_COORD_GONE        /* the replica applied the deletion of the collection incarnation: the
+                            operation answers VD_ENOTFOUND and ends (no hint, no repair: the
+                            deleted data is purged everywhere) */
 };
 
 enum vd_coord_reply_type {
@@ -240,8 +243,9 @@ void vd_coord_advance(struct vd_coord_op *op);
  * or ran out of time, and background repair is over. */
 bool vd_coord_done(const struct vd_coord_op *op);
 
-/* The client's answer once VD_COORD_REPLY came out: 0, or VD_EUNAVAIL with the sentence a user
- * reads in err (e.g. "write needs 2 of 3 replicas, 1 answered within 2000 ms"). VD_EBUSY before. */
+/* The client's answer once VD_COORD_REPLY came out: 0, VD_EUNAVAIL with the sentence a user
+ * reads in err (e.g. "write needs 2 of 3 replicas, 1 answered within 2000 ms"), or VD_ENOTFOUND
+ * when a replica answered VD_COORD_GONE (the host names the collection). VD_EBUSY before. */
 int vd_coord_result(const struct vd_coord_op *op, struct vd_err *err);
 /* A read's answer: the newest copy the replicas hold (present false, or tombstone: not found)
  * and a node holding it. */

@@ -110,7 +110,9 @@ static void dreq_answer(struct dreq *r)
     r->answered = true;
     vd__cluster_request_end(r->c, r->kind == VD_DMSG_WRITE ? VD__REQ_WRITE : VD__REQ_READ, status,
                             vd__cluster_now_ms() >= r->deadline_ms);
-    if (status && r->refusal[0]) {
+    if (status == VD_ENOTFOUND)
+        vd__cluster_coll_gone(&e, r->coll);
+    else if (status && r->refusal[0]) {
         /* the numbers alone do not say why (a full disk, a skewed clock) */
         size_t l = strlen(e.msg);
         snprintf(e.msg + l, sizeof e.msg - l, " (%s)", r->refusal);
@@ -161,13 +163,15 @@ static void dsend_settle(struct dsend *s, const struct vd_dmsg_reply *rp, uint8_
     struct dreq *r = s->r;
     if (rp && rp->status == VD_DMSG_WRONG_RING)
         status = VD_COORD_WRONG_RING;
+    else if (rp && rp->status == VD_DMSG_GONE)
+        status = VD_COORD_GONE; /* deleted while the request was on its way: a 404 */
     else if (rp && rp->status == VD_DMSG_NOT_YET)
         /* the replica has not applied the collection yet (a create that just committed): on
          * the same ring (else it would answer wrong-ring), so it is asked again shortly, up to
          * the deadline, as a replica behind on the ring is */
         status = VD_COORD_WRONG_RING;
     else if (rp && rp->status != VD_DMSG_OK)
-        status = VD_COORD_REFUSED; /* gone, not yet, an error: it holds nothing new */
+        status = VD_COORD_REFUSED; /* an error: it holds nothing new */
     else if (rp && rp->n_items != s->n)
         status = VD_COORD_REFUSED; /* a reply that does not match the request */
     if (rp && rp->status == VD_DMSG_ERROR) {
@@ -491,9 +495,9 @@ static void dreq_begin(struct vd_cluster *c, struct dreq *r)
 {
     const struct vd_coll_schema *s = vd_meta_collection(c->meta, r->coll);
     if (!s || s->incarnation != r->incarnation) {
-        char msg[300];
-        snprintf(msg, sizeof msg, "Collection `%s` doesn't exist!", r->coll);
-        dreq_fail(r, VD_ENOTFOUND, msg);
+        struct vd_err e;
+        vd__cluster_coll_gone(&e, r->coll);
+        dreq_fail(r, VD_ENOTFOUND, e.msg);
         return;
     }
     r->rf = s->replication_factor > VD_COORD_MAX_RF ? VD_COORD_MAX_RF : s->replication_factor;

@@ -79,6 +79,11 @@ bool vd__dcall_reply(uint64_t node, enum vd_data_outcome outcome, const uint8_t 
     return false;
 }
 
+int vd__cluster_coll_gone(struct vd_err *e, const char *coll)
+{
+    return vd_errf(e, VD_ENOTFOUND, "Not found: Collection `%s` doesn't exist!", coll);
+}
+
 int vd__cluster_dcall(struct vd_cluster *c, uint64_t node, const struct vd_data_hdr *h,
                       uint8_t *body, size_t len, vd__dcall_fn fn, void *arg)
 {

@@ -353,6 +353,10 @@ struct vd_dmsg_reply;
 bool vd__dcall_reply(uint64_t node, enum vd_data_outcome outcome, const uint8_t *reply,
                      size_t len, uint8_t kind, uint32_t attempt, struct vd_dmsg_reply *rp,
                      uint8_t *status);
+/* Fills e with the client's answer (VD_ENOTFOUND, Qdrant's words) for a data request on
+ * collection `coll` that does not exist: deleted before the request began, or while it was on
+ * its way (a replica answered gone). Returns VD_ENOTFOUND. */
+int vd__cluster_coll_gone(struct vd_err *e, const char *coll);
 
 /* ---- node_search.c: searches, scroll and count over the ring ---- */
 struct sreq;

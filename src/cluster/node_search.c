@@ -169,6 +169,8 @@ static void ssend_settle(struct ssend *s, const struct vd_dmsg_reply *rp, uint8_
         return; /* an earlier page's message */
     if (rp && rp->status == VD_DMSG_WRONG_RING)
         status = VD_COORD_WRONG_RING;
+    else if (rp && rp->status == VD_DMSG_GONE)
+        status = VD_COORD_GONE; /* deleted while the request was on its way: a 404 */
     else if (rp && rp->status != VD_DMSG_OK)
         status = VD_COORD_REFUSED;
     else if (rp && s->kind == VD_DMSG_VERIFY && rp->n_items != s->n)
@@ -435,6 +437,8 @@ static void sreq_result(struct vd_cluster *c, struct sreq *r)
 {
     struct vd_err e = {0};
     int status = vd_coord_result(r->op, &e);
+    if (status == VD_ENOTFOUND)
+        vd__cluster_coll_gone(&e, r->coll);
     if (status) {
         sreq_answer(r, status, &e);
         return;
@@ -635,9 +639,9 @@ static void sreq_begin(struct vd_cluster *c, struct sreq *r)
 {
     const struct vd_coll_schema *s = vd_meta_collection(c->meta, r->coll);
     if (!s || s->incarnation != r->incarnation) {
-        char msg[300];
-        snprintf(msg, sizeof msg, "Collection `%s` doesn't exist!", r->coll);
-        sreq_fail(r, VD_ENOTFOUND, msg);
+        struct vd_err e;
+        vd__cluster_coll_gone(&e, r->coll);
+        sreq_fail(r, VD_ENOTFOUND, e.msg);
         sreq_free(r);
         return;
     }

@@ -75,6 +75,7 @@ struct vd_coord_op {
     uint32_t gen;
     bool need_ring; /* a NEED_RING is outstanding */
     bool replied, finished;
+    bool deleted; /* a replica answered VD_COORD_GONE */
     int result;
     struct vd_err err;
 
@@ -195,6 +196,20 @@ static void fail_oom(struct vd_coord_op *op)
     }
     vd_errf(&op->err, VD_ENOMEM, "coordinator out of memory");
     reply(op, VD_ENOMEM);
+    op->finished = true;
+}
+
+/* A replica applied the deletion of the collection incarnation. Raft orders the deletion before
+ * anything that could bring the incarnation back, so one such answer is final: the client hears
+ * "not found" (never a 503 for a collection that no longer exists), and the operation ends with
+ * no hint or repair for data that every node purges. */
+static void gone(struct vd_coord_op *op)
+{
+    if (!op->replied) {
+        vd_errf(&op->err, VD_ENOTFOUND, "the collection was deleted");
+        reply(op, VD_ENOTFOUND);
+    }
+    op->deleted = true;
     op->finished = true;
 }
 
@@ -1125,7 +1140,8 @@ void vd_coord_op_free(struct vd_coord_op *op)
 
 int vd_coord_step(struct vd_coord_op *op, const struct vd_coord_reply *r)
 {
-    if (op->finished && op->kind != OP_WRITE)
+    /* a finished write still counts late acks; after a deletion nothing counts */
+    if (op->finished && (op->kind != OP_WRITE || op->deleted))
         return 0;
     int rc = 0;
     if (op->kind == OP_SEARCH) {
@@ -1137,6 +1153,10 @@ int vd_coord_step(struct vd_coord_op *op, const struct vd_coord_reply *r)
         struct slot *s = find_slot(g->s, g->n, r->from);
         if (!s || op->replied)
             return 0;
+        if (r->status == VD_COORD_GONE) {
+            gone(op);
+            return 0;
+        }
         rc = r->type == VD_COORD_R_SEARCH ? search_phase1(op, r, g, s) : search_verify(op, r, g, s);
     } else {
         struct slot *s = find_slot(op->s, op->n, r->from);
@@ -1144,6 +1164,10 @@ int vd_coord_step(struct vd_coord_op *op, const struct vd_coord_reply *r)
             return 0;
         if (r->type != VD_COORD_R_REPAIR && r->attempt != s->gen)
             return 0;
+        if (r->status == VD_COORD_GONE) {
+            gone(op);
+            return 0;
+        }
         rc = op->kind == OP_WRITE ? write_step(op, r, s) : read_step(op, r, s);
     }
     if (rc == VD_ENOMEM || op->oom) {

@@ -663,6 +663,83 @@ static void test_search_timeout(void **state)
     vd_coord_op_free(op);
 }
 
+/* After a gone answer was stepped into op: the client heard "not found", nobody more is asked
+ * or repaired, and the operation is over; frees op. */
+static void assert_gone(struct vd_coord_op *op)
+{
+    struct acts x;
+    drain(op, &x);
+    assert_non_null(find(&x, VD_COORD_REPLY, 0));
+    assert_int_equal(count(&x, VD_COORD_SEND) + count(&x, VD_COORD_REPAIR) +
+                         count(&x, VD_COORD_VERIFY),
+                     0);
+    assert_int_equal(vd_coord_result(op, NULL), VD_ENOTFOUND);
+    assert_true(vd_coord_done(op));
+    vd_coord_op_free(op);
+}
+
+/* A replica that applied the deletion of the collection incarnation answers gone: a write, a
+ * read and a search each answer "not found" (never 503) at once, ask nobody more, store no hint
+ * and take nothing that comes after. */
+static void test_gone_is_not_found(void **state)
+{
+    (void)state;
+    struct acts x;
+    struct vd_err e;
+    /* a write with W already met and one replica gone: the client had its answer (0) before */
+    struct vd_coord_op *op = write_150(3, &x);
+    struct vd_coord_action s1 = *find(&x, VD_COORD_SEND, 1), s2 = *find(&x, VD_COORD_SEND, 2),
+                           s3 = *find(&x, VD_COORD_SEND, 3);
+    struct vd_coord_reply r = ack_of(&s2, VD_COORD_R_WRITE, VD_COORD_OK);
+    step_ok(op, &r);
+    r = ack_of(&s3, VD_COORD_R_WRITE, VD_COORD_GONE);
+    step_ok(op, &r);
+    drain(op, &x);
+    assert_non_null(find(&x, VD_COORD_REPLY, 0));
+    assert_int_equal(count(&x, VD_COORD_HINT), 0);
+    assert_int_equal(vd_coord_result(op, &e), VD_ENOTFOUND);
+    assert_true(vd_coord_done(op));
+    /* a late refusal or ack changes nothing, and no deadline is left */
+    r = ack_of(&s1, VD_COORD_R_WRITE, VD_COORD_REFUSED);
+    step_ok(op, &r);
+    vd_coord_tick(op, 5000);
+    drain(op, &x);
+    assert_int_equal(x.n, 0);
+    assert_int_equal(vd_coord_next_deadline(op), UINT64_MAX);
+    assert_int_equal(vd_coord_result(op, NULL), VD_ENOTFOUND);
+    vd_coord_op_free(op);
+
+    /* a read: one replica held the point, the other applied the deletion */
+    op = read_150(2, 1, &x);
+    struct vd_coord_action a = x.a[0], b = x.a[1];
+    r = read_reply(&a, true, false, 50, 1);
+    step_ok(op, &r);
+    r = ack_of(&b, VD_COORD_R_READ, VD_COORD_GONE);
+    step_ok(op, &r);
+    assert_gone(op);
+
+    /* a search gone in phase 1, and one gone while verifying */
+    op = search_ring3(0, 2, &x);
+    r = ack_of(&x.a[1], VD_COORD_R_SEARCH, VD_COORD_GONE);
+    step_ok(op, &r);
+    assert_gone(op);
+
+    op = search_ring3(0, 2, &x);
+    a = x.a[0];
+    b = x.a[1];
+    struct vd_coord_cand la[] = {{pid(7), {10, 1}, 0.9f}};
+    struct vd_coord_cand lb[] = {{pid(8), {20, 1}, 0.5f}};
+    list_reply(op, &a, la, 1, true);
+    list_reply(op, &b, lb, 1, true);
+    drain(op, &x);
+    const struct vd_coord_action *v = find(&x, VD_COORD_VERIFY, 0);
+    assert_non_null(v);
+    r = ack_of(v, VD_COORD_R_VERIFY, VD_COORD_GONE);
+    r.id = v->id;
+    step_ok(op, &r);
+    assert_gone(op);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -682,6 +759,7 @@ int main(void)
         cmocka_unit_test(test_search_verifies_disagreement),
         cmocka_unit_test(test_search_rounds_capped),
         cmocka_unit_test(test_search_timeout),
+        cmocka_unit_test(test_gone_is_not_found),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
