@@ -73,6 +73,30 @@ void vd_log(enum vd_log_level lvl, const char *fmt, ...) __attribute__((format(p
 #define vd_log_warn(...) vd_log(VD_LOG_WARN, __VA_ARGS__)
 #define vd_log_error(...) vd_log(VD_LOG_ERROR, __VA_ARGS__)
 
+/* ---- request ids ------------------------------------------------------------------------- */
+
+/*
+ * A request id names one client request in the logs of every node that worked on it: the REST
+ * front end takes it from the client's X-Request-Id header or makes one, the coordinator carries
+ * it in its data messages, and each replica logs it. Ids are at most VD_REQID_MAX visible ASCII
+ * characters (0x21..0x7e): no space or control byte can split or forge a log line.
+ */
+#define VD_REQID_MAX 64
+#define VD_REQID_GEN_LEN 16 /* hex digits of a generated id */
+/* True when s[0..len) is a usable request id: 1..VD_REQID_MAX visible ASCII characters. */
+bool vd_reqid_valid(const char *s, size_t len);
+/* Writes a new id of VD_REQID_GEN_LEN lowercase hex digits and a NUL into out (at least
+ * VD_REQID_GEN_LEN + 1 bytes). Unique within the process (a counter through a bijective mix,
+ * seeded per process), so ids of different nodes differ too but for chance. No allocation;
+ * thread-safe. */
+void vd_reqid_new(char *out);
+/* The id of the request this thread works for now ("" for none); the string lives until the
+ * thread's next vd_reqid_set. Thread-local: modules between the REST front end and the cluster
+ * pass it along without a parameter on every call. */
+const char *vd_reqid_current(void);
+/* Makes id (copied; NULL or "" for none; cut at VD_REQID_MAX) this thread's current one. */
+void vd_reqid_set(const char *id);
+
 /* ---- time -------------------------------------------------------------------------------- */
 
 /* Wall clock in ms since the epoch (plus the test offset below) and a monotonic clock in ns. */

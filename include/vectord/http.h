@@ -147,6 +147,9 @@ const char *vd_http_header(const struct vd_http_req *r, const char *name); /* ca
 const char *vd_http_body(const struct vd_http_req *r, size_t *len);
 enum vd_role vd_http_role(const struct vd_http_req *r);
 uint64_t vd_http_request_id(const struct vd_http_req *r);
+/* The request's id as the logs and the X-Request-Id reply header show it: the client's
+ * X-Request-Id when it is 1..64 visible ASCII characters, else 16 hex digits made here. */
+const char *vd_http_request_rid(const struct vd_http_req *r);
 /* Per-request user pointer (for stream routes and deferred replies); the server never frees it. */
 void vd_http_set_user(struct vd_http_req *r, void *p);
 void *vd_http_user(const struct vd_http_req *r);

@@ -6,6 +6,23 @@
 #include "dmsg.h"
 #include "vectord/record.h"
 
+const char *vd_dmsg_kind_name(uint8_t kind)
+{
+    static const char *const names[] = {"write",  "read", "search", "verify",
+                                        "scroll", "tree", "leaf"};
+    _Static_assert(sizeof names / sizeof names[0] == VD_DMSG_KIND_LAST, "a name per kind");
+    return kind >= VD_DMSG_WRITE && kind <= VD_DMSG_KIND_LAST ? names[kind - VD_DMSG_WRITE]
+                                                              : "unknown";
+}
+
+const char *vd_dmsg_status_name(uint8_t status)
+{
+    static const char *const names[] = {"ok", "wrong ring", "gone", "not yet", "error"};
+    _Static_assert(sizeof names / sizeof names[0] == VD_DMSG_ERROR, "a name per status");
+    return status >= VD_DMSG_OK && status <= VD_DMSG_ERROR ? names[status - VD_DMSG_OK]
+                                                           : "unknown";
+}
+
 /* ---- writing ---- */
 
 static void put_u8(struct vd_buf *b, uint8_t v)
@@ -145,6 +162,11 @@ static int req_body(const struct vd_dmsg_req *r, struct vd_buf *b)
     put_u64(b, r->ring_version);
     put_u8(b, (uint8_t)nl);
     vd_buf_append(b, r->coll, nl);
+    size_t il = strnlen(r->rid, sizeof r->rid);
+    if (il >= sizeof r->rid || (il && !vd_reqid_valid(r->rid, il)))
+        return VD_EINVAL;
+    put_u8(b, (uint8_t)il);
+    vd_buf_append(b, r->rid, il);
     switch (r->kind) {
     case VD_DMSG_WRITE:
         if (!count_ok(r->n_recs, 1, VD_DMSG_MAX_ITEMS))
@@ -451,6 +473,12 @@ int vd_dmsg_req_decode(const uint8_t *buf, size_t len, struct vd_dmsg_req *out)
     out->coll[nl] = 0;
     if (memchr(out->coll, 0, nl))
         return VD_ECORRUPT;
+    uint8_t il = get_u8(&r);
+    const uint8_t *rid = take(&r, il);
+    if (r.bad || il > VD_REQID_MAX || (il && !vd_reqid_valid((const char *)rid, il)))
+        return VD_ECORRUPT;
+    memcpy(out->rid, rid, il);
+    out->rid[il] = 0;
     switch (out->kind) {
     case VD_DMSG_WRITE: {
         out->n_recs = get_count(&r, 1, VD_DMSG_MAX_ITEMS, 4);

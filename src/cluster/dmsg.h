@@ -1,13 +1,15 @@
 /*
  * Data messages between a coordinator and the replicas of a collection: the bodies the data
- * transport carries (which adds the request id and the deadline). Each request names the
+ * transport carries (which adds its own message id and the deadline). Each request names the
  * collection by name and incarnation and carries the ring version the coordinator placed it on,
  * so a replica on another ring answers wrong-ring and never applies or denies what it does not
  * own; each answer echoes the attempt it is for (struct vd_coord_action.attempt).
  *
  * Encoding (integers big-endian; floats as their IEEE-754 binary32 bits, big-endian):
  *   request: u8 VD_DMSG_VERSION, u8 kind, u32 attempt, u64 incarnation, u64 ring_version,
- *            u8 name_len, name bytes (1..255), then by kind:
+ *            u8 name_len, name bytes (1..255), u8 rid_len (0..VD_REQID_MAX), rid bytes (the
+ *            client request's id, visible ASCII: core.h; 0 bytes for work of the node's own,
+ *            such as hint replay), then by kind:
  *     WRITE   u32 n (1..VD_DMSG_MAX_ITEMS), n x (u32 len, a point record: record.h)
  *     READ    u32 n (1..VD_DMSG_MAX_ITEMS), n x key; u8 with_record (0/1)
  *     SEARCH  u32 k (1..VD_DMSG_MAX_ITEMS), u32 ef, u8 exact (0/1), u8 quant (bit 0 ignore the
@@ -52,8 +54,9 @@
 #include "vectord/coord.h"
 #include "vectord/json.h"
 
-/* 2: TREE and LEAF (anti-entropy repair); a peer of another version is refused as malformed */
-#define VD_DMSG_VERSION 2
+/* 2: TREE and LEAF (anti-entropy repair); 3: requests carry the client request's id. A peer of
+ * another version is refused as malformed. */
+#define VD_DMSG_VERSION 3
 #define VD_DMSG_MAX_ITEMS 65536
 #define VD_DMSG_MAX_ARCS 65536
 #define VD_DMSG_MAX_DIM 65536
@@ -89,6 +92,9 @@ struct vd_dmsg_req {
     uint32_t attempt;
     uint64_t incarnation, ring_version;
     char coll[256]; /* NUL-terminated */
+    /* the client request's id (NUL-terminated; "" for none), logged by the replica so that one
+     * grep over every node's log follows a request */
+    char rid[VD_REQID_MAX + 1];
     /* WRITE */
     const struct vd_dmsg_blob *recs;
     uint32_t n_recs;
@@ -152,6 +158,11 @@ struct vd_dmsg_reply {
     const uint64_t *leaves; /* n_leaves of them */
     uint32_t n_leaves;
 };
+
+/* "write", "read", ... ("unknown" for another value); for logs. */
+const char *vd_dmsg_kind_name(uint8_t kind);
+/* "ok", "wrong ring", "gone", "not yet", "error" ("unknown" for another value); for logs. */
+const char *vd_dmsg_status_name(uint8_t status);
 
 /* Appends the encoding of r to out (check vd_buf_ok). VD_EINVAL when r breaks a rule above (an
  * unknown kind, a count out of range, a name that is empty or too long, a record not decodable,

@@ -108,14 +108,20 @@ static const char *const outcome_names[VD__OUTCOMES] = {"ok", "unavailable", "ti
                                                         "not_found", "error"};
 
 void vd__cluster_request_end(struct vd_cluster *c, enum vd__req_kind kind, int status,
-                             bool timed_out)
+                             bool timed_out, const char *coll, const char *rid,
+                             const struct vd_err *e)
 {
+    static const char *const kind_names[VD__REQ_KINDS] = {"write", "read", "search"};
     enum vd__req_outcome o = status == 0                            ? VD__OUT_OK
                              : status == VD_EUNAVAIL && timed_out   ? VD__OUT_TIMEOUT
                              : status == VD_EUNAVAIL                ? VD__OUT_UNAVAILABLE
                              : status == VD_ENOTFOUND               ? VD__OUT_NOT_FOUND
                                                                     : VD__OUT_ERROR;
     atomic_fetch_add_explicit(&c->outcomes[kind][o], 1, memory_order_relaxed);
+    /* a failure is what an operator greps for; a success only when asked (--log-level debug) */
+    vd_log(status ? VD_LOG_INFO : VD_LOG_DEBUG, "cluster: %s of collection '%s': %s%s%s rid=%s",
+           kind_names[kind], coll, outcome_names[o], status ? ": " : "",
+           status ? (e && e->msg[0] ? e->msg : vd_strerror(status)) : "", rid[0] ? rid : "-");
 }
 
 /*

@@ -45,6 +45,7 @@ struct dreq {
     struct vd_cluster *c;
     uint8_t kind; /* VD_DMSG_WRITE or VD_DMSG_READ */
     char coll[256];
+    char rid[VD_REQID_MAX + 1]; /* the client request's id, sent to the replicas */
     uint64_t incarnation;
     unsigned rf, need;
     uint32_t timeout_ms;
@@ -108,8 +109,6 @@ static void dreq_answer(struct dreq *r)
     for (size_t i = 0; i < r->n && !status; i++)
         status = vd_coord_result(r->ops[i].op, &e);
     r->answered = true;
-    vd__cluster_request_end(r->c, r->kind == VD_DMSG_WRITE ? VD__REQ_WRITE : VD__REQ_READ, status,
-                            vd__cluster_now_ms() >= r->deadline_ms);
     if (status == VD_ENOTFOUND)
         vd__cluster_coll_gone(&e, r->coll);
     else if (status && r->refusal[0]) {
@@ -117,9 +116,14 @@ static void dreq_answer(struct dreq *r)
         size_t l = strlen(e.msg);
         snprintf(e.msg + l, sizeof e.msg - l, " (%s)", r->refusal);
     }
+    vd__cluster_request_end(r->c, r->kind == VD_DMSG_WRITE ? VD__REQ_WRITE : VD__REQ_READ, status,
+                            vd__cluster_now_ms() >= r->deadline_ms, r->coll, r->rid,
+                            status ? &e : NULL);
+    vd_reqid_set(r->rid); /* a request the completion starts (read-modify-write) carries it too */
     if (r->kind == VD_DMSG_WRITE) {
         if (r->done)
             r->done(status, status ? &e : NULL, 0, r->ctx);
+        vd_reqid_set(NULL);
         return;
     }
     struct vd_cluster_rec *out = calloc(r->n ? r->n : 1, sizeof *out);
@@ -138,6 +142,7 @@ static void dreq_answer(struct dreq *r)
         }
     }
     r->read_done(status, status ? &e : NULL, status ? NULL : out, r->n, r->ctx);
+    vd_reqid_set(NULL);
     free(out);
 }
 
@@ -301,6 +306,7 @@ static void dsend_start(struct vd_cluster *c, struct dreq *r, uint64_t node, uin
                             .ring_version = ring_version,
                             .with_record = true};
     snprintf(q.coll, sizeof q.coll, "%s", r->coll);
+    memcpy(q.rid, r->rid, sizeof q.rid);
     for (size_t i = 0; i < n; i++) {
         s->ops[s->n] = idx[i];
         if (kind == VD_DMSG_WRITE && !record_of(r, idx[i], acts[i], &blobs[s->n]))
@@ -481,7 +487,7 @@ static void dreq_fail(struct dreq *r, int code, const char *msg)
     struct vd_err e;
     vd_errf(&e, code, "%s", msg);
     vd__cluster_request_end(r->c, r->kind == VD_DMSG_WRITE ? VD__REQ_WRITE : VD__REQ_READ, code,
-                            false);
+                            false, r->coll, r->rid, &e);
     if (r->kind == VD_DMSG_WRITE) {
         if (r->done)
             r->done(code, &e, 0, r->ctx);
@@ -643,6 +649,7 @@ static struct dreq *dreq_new(struct vd_cluster *c, uint8_t kind, const char *col
     r->c = c;
     r->kind = kind;
     snprintf(r->coll, sizeof r->coll, "%s", coll);
+    snprintf(r->rid, sizeof r->rid, "%s", vd_reqid_current());
     r->incarnation = incarnation;
     r->n = n;
     r->need = need;

@@ -328,10 +328,12 @@ uint64_t vd__cluster_spec_ms(struct vd_cluster *c, uint64_t floor_ms);
 bool vd__cluster_member_down(void *ctx, uint64_t id);
 /* Rebuilds the cached GET /cluster result and the cluster's series of GET /metrics. */
 void vd__cluster_status_refresh(struct vd_cluster *c);
-/* Counts a coordinated request's end for GET /metrics: status 0 or its error code; timed_out
- * when its deadline had passed. Loop thread. */
+/* A coordinated request's end: counted for GET /metrics (status 0 or its error code; timed_out
+ * when its deadline had passed) and logged with the client request's id rid ("" for none) and
+ * the error e: at info when it failed, at debug when it succeeded. Loop thread. */
 void vd__cluster_request_end(struct vd_cluster *c, enum vd__req_kind kind, int status,
-                             bool timed_out);
+                             bool timed_out, const char *coll, const char *rid,
+                             const struct vd_err *e);
 
 /* ---- node_dcall.c: one data message to one replica ---- */
 /* The end of a message: REPLIED with the reply's bytes (valid during the call; NULL when the

@@ -44,6 +44,7 @@ struct sreq {
     struct vd_cluster *c;
     uint8_t kind; /* enum sreq_kind */
     char coll[256];
+    char rid[VD_REQID_MAX + 1]; /* the client request's id, sent to the replicas */
     uint64_t incarnation;
     unsigned need, rf;
     uint32_t timeout_ms;
@@ -120,7 +121,9 @@ static void sreq_answer(struct sreq *r, int status, const struct vd_err *e)
     if (r->answered)
         return;
     r->answered = true;
-    vd__cluster_request_end(r->c, VD__REQ_SEARCH, status, vd__cluster_now_ms() >= r->deadline_ms);
+    vd__cluster_request_end(r->c, VD__REQ_SEARCH, status, vd__cluster_now_ms() >= r->deadline_ms,
+                            r->coll, r->rid, status ? e : NULL);
+    vd_reqid_set(r->rid); /* a request the completion starts carries it too */
     const struct vd_err *err = status ? e : NULL;
     switch (r->kind) {
     case SR_SEARCH:
@@ -133,6 +136,7 @@ static void sreq_answer(struct sreq *r, int status, const struct vd_err *e)
     default:
         r->count_done(status, err, status ? 0 : r->counted, r->ctx);
     }
+    vd_reqid_set(NULL);
 }
 
 static void sreq_fail(struct sreq *r, int code, const char *msg)
@@ -288,6 +292,7 @@ static void req_base(const struct sreq *r, uint8_t kind, uint32_t attempt, uint6
                               .filter = r->filter,
                               .filter_len = r->filter_len};
     snprintf(q->coll, sizeof q->coll, "%s", r->coll);
+    memcpy(q->rid, r->rid, sizeof q->rid);
 }
 
 /* Phase 1 of range a->range from a->node. */
@@ -364,8 +369,12 @@ static void repair_done(int status, const struct vd_err *err, const struct vd_cl
 static void send_repairs(struct vd_cluster *c, struct sreq *r, const struct vd_pid *ids, size_t n)
 {
     struct vd_err e;
-    if (n && vd_cluster_read(c, r->coll, r->incarnation, ids, n, r->rf, r->timeout_ms, repair_done,
-                             NULL, &e))
+    vd_reqid_set(r->rid);
+    int rc = n ? vd_cluster_read(c, r->coll, r->incarnation, ids, n, r->rf, r->timeout_ms,
+                                 repair_done, NULL, &e)
+               : 0;
+    vd_reqid_set(NULL);
+    if (rc)
         vd_log_warn("cluster: a repair of %zu points of collection '%s' was not started: %s", n,
                     r->coll, e.msg);
 }
@@ -501,8 +510,11 @@ static void sreq_result(struct vd_cluster *c, struct sreq *r)
     r->fetching = true;
     uint64_t now = vd__cluster_now_ms();
     uint32_t left = r->deadline_ms > now ? (uint32_t)(r->deadline_ms - now) : 1;
-    if (vd_cluster_read(c, r->coll, r->incarnation, ids, r->n_recs, r->need, left, fetch_done, r,
-                        &e)) {
+    vd_reqid_set(r->rid);
+    int rc = vd_cluster_read(c, r->coll, r->incarnation, ids, r->n_recs, r->need, left, fetch_done,
+                             r, &e);
+    vd_reqid_set(NULL);
+    if (rc) {
         r->fetching = false;
         sreq_answer(r, e.code ? e.code : VD_ENOMEM, &e);
     }
@@ -763,6 +775,7 @@ static struct sreq *sreq_new(struct vd_cluster *c, uint8_t kind, const char *col
     r->c = c;
     r->kind = kind;
     snprintf(r->coll, sizeof r->coll, "%s", coll);
+    snprintf(r->rid, sizeof r->rid, "%s", vd_reqid_current());
     r->incarnation = incarnation;
     r->need = need;
     r->timeout_ms = timeout_ms;

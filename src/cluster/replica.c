@@ -508,6 +508,11 @@ int vd__replica_serve(struct vd_db *db, const struct vd_meta *m, uint64_t self, 
 out_reply:
     rc = vd_dmsg_reply_encode(&rp, out);
 out:
+    /* the coordinator logged the same id: one grep over every node's log follows the request */
+    if (q.rid[0])
+        vd_log_debug("replica: %s of collection '%s' (attempt %u): %s rid=%s",
+                     vd_dmsg_kind_name(q.kind), q.coll, (unsigned)q.attempt,
+                     rc ? "failed" : vd_dmsg_status_name(rp.status), q.rid);
     if (c)
         vd_db_coll_put(c);
     vd_dmsg_req_free(&q);

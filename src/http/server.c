@@ -54,6 +54,7 @@ struct vd_http_req {
     struct vd_http_route *route; /* NULL: unmatched */
     atomic_int refs;
     uint64_t id;
+    char rid[VD_REQID_MAX + 1]; /* X-Request-Id: the client's when usable, else one of ours */
     uint64_t t0_ns;
     char method[16];
     char *path; /* raw, without the query */
@@ -218,10 +219,11 @@ static void deliver(struct vd_http_req *r, struct MHD_Response *resp, int status
             r->user_ref = false;
             drop_user = true;
         }
-        uint64_t id = r->id;
+        char rid[VD_REQID_MAX + 1];
+        memcpy(rid, r->rid, sizeof rid);
         pthread_mutex_unlock(&r->mu);
         if (!late)
-            vd_log_error("http: second reply to request %llu ignored", (unsigned long long)id);
+            vd_log_error("http: second reply to request rid=%s ignored", rid);
         if (resp)
             MHD_destroy_response(resp);
         if (drop_user)
@@ -295,7 +297,7 @@ void vd_http_reply_err(struct vd_http_req *r, const struct vd_err *e)
 {
     int status = vd_err_http_status(e->code);
     if (status >= 500)
-        vd_log_error("http: request %llu: %s", (unsigned long long)r->id,
+        vd_log_error("http: request rid=%s: %s", r->rid,
                      e->msg[0] ? e->msg : vd_strerror(e->code));
     reply_json_error(r, status, e->msg[0] ? e->msg : vd_strerror(e->code));
 }
@@ -444,6 +446,7 @@ const char *vd_http_method(const struct vd_http_req *r) { return r->method; }
 const char *vd_http_path(const struct vd_http_req *r) { return r->path; }
 enum vd_role vd_http_role(const struct vd_http_req *r) { return r->role; }
 uint64_t vd_http_request_id(const struct vd_http_req *r) { return r->id; }
+const char *vd_http_request_rid(const struct vd_http_req *r) { return r->rid; }
 void vd_http_set_user(struct vd_http_req *r, void *p) { r->user = p; }
 void *vd_http_user(const struct vd_http_req *r) { return r->user; }
 
@@ -489,6 +492,7 @@ static enum MHD_Result queue_parked(struct vd_http_req *r)
         return MHD_YES;
     r->dispatched = r->queued = true;
     r->status_sent = status;
+    MHD_add_response_header(resp, "X-Request-Id", r->rid);
     atomic_fetch_add(&r->bytes_out, (uint64_t)nbytes);
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
@@ -634,6 +638,21 @@ static bool conn_mark(struct vd_http *h, struct MHD_Connection *conn, bool in_re
     return over;
 }
 
+/* The request's id: the client's X-Request-Id when it is usable as one (vd_reqid_valid: it goes
+ * into logs and data messages as is), else a new one, so a bad or forged header is never echoed
+ * or logged. */
+static void request_id(struct MHD_Connection *conn, char *out)
+{
+    const char *x = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    size_t n = x ? strnlen(x, VD_REQID_MAX + 1) : 0;
+    if (vd_reqid_valid(x, n)) {
+        memcpy(out, x, n);
+        out[n] = '\0';
+    } else {
+        vd_reqid_new(out);
+    }
+}
+
 static enum MHD_Result on_first(struct vd_http *h, struct MHD_Connection *conn, const char *url,
                                 const char *method, void **con_cls)
 {
@@ -652,6 +671,8 @@ static enum MHD_Result on_first(struct vd_http *h, struct MHD_Connection *conn, 
     atomic_init(&r->bytes_out, 0);
     atomic_init(&r->wake_pending, false);
     r->id = atomic_fetch_add(&h->next_id, 1);
+    request_id(conn, r->rid);
+    vd_reqid_set(r->rid);
     r->t0_ns = vd_mono_ns();
     snprintf(r->method, sizeof(r->method), "%s", method);
     pthread_mutex_lock(&h->mu);
@@ -880,13 +901,20 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                                  const char *version, const char *upload_data, size_t *upload_data_size,
                                  void **con_cls)
 {
+    /* The application's code runs inside these calls (handlers, stream chunks, redispatches):
+     * the thread's current request id (vd_reqid_current) is this request's meanwhile, so the
+     * cluster's data requests it starts carry it. */
     struct vd_http_req *r = *con_cls;
-    if (!r)
-        return on_first(cls, conn, url, method, con_cls);
-    wake_seen(r);
-    if (*upload_data_size)
-        return on_body(r, upload_data, upload_data_size);
-    return on_body_done(r);
+    enum MHD_Result ret;
+    if (!r) {
+        ret = on_first(cls, conn, url, method, con_cls);
+    } else {
+        vd_reqid_set(r->rid);
+        wake_seen(r);
+        ret = *upload_data_size ? on_body(r, upload_data, upload_data_size) : on_body_done(r);
+    }
+    vd_reqid_set(NULL);
+    return ret;
 }
 
 /* A raw path for the log: control bytes would let a client forge log lines. */
@@ -947,8 +975,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     vd__http_stats_record(h, r->route, r->method, status, secs);
     char shown[128];
     const char *what = r->route ? r->route->pattern : printable(r->path, shown, sizeof(shown));
-    vd_log_info("http %s %s %d %lluB %.3fms id=%llu%s", r->method, what,
-                status, bytes, secs * 1e3, (unsigned long long)r->id,
+    vd_log_info("http %s %s %d %lluB %.3fms rid=%s%s", r->method, what, status, bytes, secs * 1e3,
+                r->rid,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
     pthread_mutex_lock(&h->mu);
     h->n_live--;

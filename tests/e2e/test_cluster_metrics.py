@@ -1,8 +1,15 @@
-"""GET /metrics of a three-node cluster (real processes): every node's text parses as Prometheus
-exposition, every series has its TYPE; the Raft series agree on one leader, every peer is up with a
-measured round trip, writes through a node move its write counters, and each latency histogram is
-cumulative with its +Inf bucket equal to its _count, which counts the requests made exactly.
+"""GET /metrics and request ids on a three-node cluster (real processes, --log-level debug).
+
+Metrics: every node's text parses as Prometheus exposition, every series has its TYPE; the Raft
+series agree on one leader, every peer is up with a measured round trip, writes through a node
+move its write counters, and each latency histogram is cumulative with its +Inf bucket equal to its
+_count, which counts the requests made exactly.
+
+Request ids: a write sent to node 0 with `X-Request-Id: abc-123` gets it back, and the id is in
+node 0's log and in the log of the other replicas that served it; an unusable X-Request-Id (too
+long, a control byte) is replaced by one of 16 hex digits, never echoed or logged.
 """
+import json
 import math
 import re
 
@@ -88,7 +95,8 @@ def histograms(samples, family):
 class ClusterMetrics(vdtest.ClusterCase):
     @classmethod
     def setUpClass(cls):
-        cls.start_cluster(3)
+        # debug: the replicas log each data request they serve with its id
+        cls.start_cluster(3, args=["--log-level", "debug"])
 
     def node_id(self, samples):
         ids = [ls["node"] for n, ls, _ in samples if n == "vectord_cluster_node_info"]
@@ -166,6 +174,52 @@ class ClusterMetrics(vdtest.ClusterCase):
             self.assertGreaterEqual(sm, 0, k)
         self.assertEqual(histograms(s, "vectord_http_request_duration_seconds")[key][2], made)
         self.assertGreater(total, 0)
+
+    def put_with_id(self, node, coll, rid, k):
+        """PUT one point through node with X-Request-Id rid; returns the reply's X-Request-Id."""
+        c = node.conn(30)
+        try:
+            body = json.dumps({"points": [{"id": k, "vector": [1, 2, 3, k]}]}).encode()
+            c.putrequest("PUT", f"/collections/{coll}/points?wait=true")
+            c.putheader("Content-Type", "application/json")
+            c.putheader("Content-Length", str(len(body)))
+            c.putheader("X-Request-Id", rid)
+            c.endheaders(body)
+            r = c.getresponse()
+            r.read()
+            self.assertEqual(r.status, 200)
+            return r.getheader("X-Request-Id")
+        finally:
+            c.close()
+
+    @staticmethod
+    def full_log(node):
+        with open(node.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def test_request_id_across_nodes(self):
+        n0 = self.members[0]
+        n0.create("r", 4, "Dot", replication_factor=3)
+        self.assertEqual(self.put_with_id(n0, "r", "abc-123", 1), "abc-123")
+        self.assertIn("rid=abc-123", self.full_log(n0))
+
+        def on_a_replica():
+            return [i for i, n in enumerate(self.members[1:], 1)
+                    if re.search(r"replica: write of collection 'r' .*rid=abc-123",
+                                 self.full_log(n))]
+        # the write was acknowledged at W 2: the second replica may answer just after
+        seen = wait_until(on_a_replica, 10, "abc-123 in another node's log")
+        self.assertTrue(seen)
+        # the coordinator's own line for the write, at debug as it succeeded
+        self.assertRegex(self.full_log(n0), r"cluster: write of collection 'r': ok rid=abc-123")
+
+        for bad in ("x" * 65, "ab\x01cd", "ab\x1b[31mcd"):
+            got = self.put_with_id(n0, "r", bad, 2)
+            self.assertRegex(got, r"^[0-9a-f]{16}$")
+            self.assertNotIn(bad, self.full_log(n0))
+            wait_until(lambda: any(f"rid={got}" in self.full_log(n)
+                                   for n in self.members[1:]), 10,
+                       f"the replacement id {got} on another node")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ static void base(struct vd_dmsg_req *r, uint8_t kind)
     r->attempt = 7;
     r->incarnation = 0x8000000000000011ULL;
     r->ring_version = 42;
-    strcpy(r->coll, "docs");
+    strcpy(r->coll, "docs"); /* and no request id: one byte, its length 0 */
 }
 
 /* Encodes r, checks that every proper prefix and one trailing byte are refused, decodes it. */
@@ -84,6 +84,7 @@ static void req_roundtrip(const struct vd_dmsg_req *r, struct vd_buf *b, struct 
     assert_true(out->incarnation == r->incarnation);
     assert_true(out->ring_version == r->ring_version);
     assert_string_equal(out->coll, r->coll);
+    assert_string_equal(out->rid, r->rid);
 }
 
 static void test_requests_roundtrip(void **state)
@@ -96,6 +97,7 @@ static void test_requests_roundtrip(void **state)
     struct vd_dmsg_blob recs[2] = {{r1, (uint32_t)record(1, 100, false, r1, sizeof r1)},
                                    {r2, (uint32_t)record(2, 101, true, r2, sizeof r2)}};
     base(&r, VD_DMSG_WRITE);
+    strcpy(r.rid, "abc-123");
     r.recs = recs;
     r.n_recs = 2;
     req_roundtrip(&r, &b, &d);
@@ -122,6 +124,7 @@ static void test_requests_roundtrip(void **state)
 
     uint64_t arcs[2][2] = {{UINT64_MAX - 5, 10}, {10, 10}};
     base(&r, VD_DMSG_SEARCH);
+    strcpy(r.rid, "0123456789abcdef");
     r.k = 20;
     r.ef = 64;
     r.exact = true;
@@ -352,18 +355,21 @@ static void test_broken_rules_refused(void **state)
     vd_buf_init(&b);
     assert_int_equal(vd_dmsg_req_encode(&r, &b), 0);
     /* header: version 0, kind 1, attempt 2-5, incarnation 6-13, ring 14-21, name len 22,
-     * "docs" 23-26, n 27-30, key len 31, key 32-40, dim 41-44, floats 45-56, filter len */
+     * "docs" 23-26, request id len 27 (none), n 28-31, key len 32, key 33-41, dim 42-45, floats
+     * 46-57, filter len */
     expect_bad_req(&b, 0, 1);  /* the version before TREE and LEAF */
+    expect_bad_req(&b, 0, 2);  /* the version before request ids */
     expect_bad_req(&b, 1, 9);  /* unknown kind */
     expect_bad_req(&b, 22, 0); /* empty name */
     expect_bad_req(&b, 24, 0); /* a NUL inside the name */
-    expect_bad_req(&b, 27, 0xff); /* a count the message cannot hold */
-    expect_bad_req(&b, 30, 0); /* n = 0 */
-    expect_bad_req(&b, 31, 8); /* key length */
-    expect_bad_req(&b, 32, 9); /* key type */
-    expect_bad_req(&b, 41, 1); /* dim beyond what is there */
-    ((uint8_t *)b.data)[45] = 0x7f; /* 0.5 is 3f 00 00 00; 7f 80 00 00 is infinity */
-    expect_bad_req(&b, 46, 0x80);
+    expect_bad_req(&b, 27, 4); /* a request id that takes the count's bytes: not visible ASCII */
+    expect_bad_req(&b, 28, 0xff); /* a count the message cannot hold */
+    expect_bad_req(&b, 31, 0); /* n = 0 */
+    expect_bad_req(&b, 32, 8); /* key length */
+    expect_bad_req(&b, 33, 9); /* key type */
+    expect_bad_req(&b, 42, 1); /* dim beyond what is there */
+    ((uint8_t *)b.data)[46] = 0x7f; /* 0.5 is 3f 00 00 00; 7f 80 00 00 is infinity */
+    expect_bad_req(&b, 47, 0x80);
     vd_buf_release(&b);
 
     /* a write carrying a damaged record */
@@ -374,7 +380,7 @@ static void test_broken_rules_refused(void **state)
     r.n_recs = 1;
     vd_buf_init(&b);
     assert_int_equal(vd_dmsg_req_encode(&r, &b), 0);
-    expect_bad_req(&b, 31, 0xee); /* the record's format byte */
+    expect_bad_req(&b, 32, 0xee); /* the record's format byte */
     vd_buf_release(&b);
 
     /* the encoder refuses what it must not send, leaving the buffer as it was */
@@ -452,10 +458,11 @@ static void test_repair_messages(void **state)
     assert_true(d.range[0] == UINT64_MAX - 5 && d.range[1] == 77);
     assert_int_equal(d.depth, 2);
     assert_true(d.with_leaves);
-    /* after the name (23-26): start 27-34, end 35-42, depth 43, with_leaves 44 */
-    expect_bad_req(&b, 43, 0);
-    expect_bad_req(&b, 43, VD_MERKLE_MAX_DEPTH + 1);
-    expect_bad_req(&b, 44, 2);
+    /* after the name (23-26) and the request id's length (27): start 28-35, end 36-43, depth
+     * 44, with_leaves 45 */
+    expect_bad_req(&b, 44, 0);
+    expect_bad_req(&b, 44, VD_MERKLE_MAX_DEPTH + 1);
+    expect_bad_req(&b, 45, 2);
     vd_dmsg_req_free(&d);
     vd_buf_release(&b);
     base(&r, VD_DMSG_LEAF);
@@ -465,7 +472,7 @@ static void test_repair_messages(void **state)
     req_roundtrip(&r, &b, &d);
     assert_true(d.range[0] == 5 && d.range[1] == 9);
     assert_int_equal(d.k, 1000);
-    expect_bad_req(&b, 43, 0xff); /* k above VD_DMSG_MAX_ITEMS */
+    expect_bad_req(&b, 44, 0xff); /* k above VD_DMSG_MAX_ITEMS */
     vd_dmsg_req_free(&d);
     vd_buf_release(&b);
     vd_buf_init(&b);
@@ -542,10 +549,67 @@ static void test_repair_messages(void **state)
     vd_buf_release(&b);
 }
 
+/* The client request's id travels with every request kind: any visible ASCII up to 64 bytes, or
+ * none; a control byte, a space or a longer id is refused by the encoder and the decoder. */
+static void test_request_id(void **state)
+{
+    (void)state;
+    struct vd_dmsg_req r, d;
+    struct vd_buf b;
+    struct vd_pid ids[1] = {num(5)};
+    base(&r, VD_DMSG_READ);
+    r.ids = ids;
+    r.n_ids = 1;
+    memset(r.rid, '~', VD_REQID_MAX);
+    r.rid[0] = '!';
+    r.rid[VD_REQID_MAX] = 0;
+    req_roundtrip(&r, &b, &d);
+    assert_int_equal(strlen(d.rid), VD_REQID_MAX);
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+    r.rid[0] = 0; /* none: hint replay, repair */
+    req_roundtrip(&r, &b, &d);
+    assert_string_equal(d.rid, "");
+    vd_dmsg_req_free(&d);
+
+    /* where the id sits: after the name (base: "docs") */
+    const size_t at = 1 + 1 + 4 + 8 + 8 + 1 + 4;
+    strcpy(r.rid, "abc-123");
+    vd_buf_release(&b);
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), 0);
+    assert_int_equal((uint8_t)b.data[at], 7);
+    assert_memory_equal(b.data + at + 1, "abc-123", 7);
+    const char bad[] = {'\n', '\r', ' ', 0x7f, (char)0xc3, 0x01};
+    for (size_t i = 0; i < sizeof bad; i++) {
+        b.data[at + 4] = bad[i];
+        assert_int_equal(vd_dmsg_req_decode((const uint8_t *)b.data, b.len, &d), VD_ECORRUPT);
+        vd_dmsg_req_free(&d);
+        struct vd_buf e = {0};
+        r.rid[3] = bad[i];
+        assert_int_equal(vd_dmsg_req_encode(&r, &e), VD_EINVAL);
+        assert_int_equal(e.len, 0);
+        vd_buf_release(&e);
+        r.rid[3] = '-';
+    }
+    b.data[at + 4] = '1';
+    assert_int_equal(vd_dmsg_req_decode((const uint8_t *)b.data, b.len, &d), 0);
+    vd_dmsg_req_free(&d);
+    /* a length past 64 is refused even when the bytes are there */
+    vd_buf_release(&b);
+    memset(r.rid, 'x', VD_REQID_MAX);
+    r.rid[VD_REQID_MAX] = 0;
+    assert_int_equal(vd_dmsg_req_encode(&r, &b), 0);
+    b.data[at] = VD_REQID_MAX + 1;
+    assert_int_equal(vd_dmsg_req_decode((const uint8_t *)b.data, b.len, &d), VD_ECORRUPT);
+    vd_dmsg_req_free(&d);
+    vd_buf_release(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_requests_roundtrip),
+        cmocka_unit_test(test_request_id),
         cmocka_unit_test(test_replies_roundtrip),
         cmocka_unit_test(test_broken_rules_refused),
         cmocka_unit_test(test_repair_messages),

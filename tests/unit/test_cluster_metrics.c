@@ -190,8 +190,8 @@ static void test_outcomes_and_repairs(void **state)
     vd_data_pause_workers(nodes[2].c->data, false);
 
     /* refused before the deadline (too few replicas could answer), and anything else */
-    vd__cluster_request_end(nodes[0].c, VD__REQ_WRITE, VD_EUNAVAIL, false);
-    vd__cluster_request_end(nodes[0].c, VD__REQ_SEARCH, VD_ECLOSED, false);
+    vd__cluster_request_end(nodes[0].c, VD__REQ_WRITE, VD_EUNAVAIL, false, "pts", "", NULL);
+    vd__cluster_request_end(nodes[0].c, VD__REQ_SEARCH, VD_ECLOSED, false, "pts", "", NULL);
     assert_true(metric(0, "vectord_cluster_writes_total{outcome=\"unavailable\"}") == 1);
     assert_true(metric(0, "vectord_cluster_searches_total{outcome=\"error\"}") == 1);
     assert_true(metric(0, "vectord_cluster_writes_total{outcome=\"ok\"}") == 1);

@@ -4,6 +4,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <pthread.h>
+
 #include "vectord/core.h"
 
 static void test_pid_roundtrip(void **state)
@@ -291,6 +293,57 @@ static void test_clock_peer_rtt_us(void **state)
     assert_true(last == 10 + VD_CLOCK_SAMPLES + 2);
 }
 
+/* Request ids: a client's is taken when it is 1..64 visible ASCII characters; ours are 16 hex
+ * digits, never repeated, never all zeros; the current one is per thread. */
+static void *other_thread_id(void *arg)
+{
+    (void)arg;
+    return (void *)(uintptr_t)strlen(vd_reqid_current());
+}
+
+static void test_reqid(void **state)
+{
+    (void)state;
+    assert_true(vd_reqid_valid("abc-123", 7));
+    assert_true(vd_reqid_valid("!~", 2));
+    char max[VD_REQID_MAX + 2];
+    memset(max, 'a', sizeof max);
+    assert_true(vd_reqid_valid(max, VD_REQID_MAX));
+    assert_false(vd_reqid_valid(max, VD_REQID_MAX + 1)); /* too long */
+    assert_false(vd_reqid_valid("", 0));
+    assert_false(vd_reqid_valid(NULL, 0));
+    const char *bad[] = {"a b", "a\tb", "a\nb", "a\rb", "a\x7f", "caf\xc3\xa9", "a\x01"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(vd_reqid_valid(bad[i], strlen(bad[i])));
+    assert_false(vd_reqid_valid("a\0b", 3)); /* a NUL inside */
+
+    char seen[64][VD_REQID_GEN_LEN + 1];
+    for (int i = 0; i < 64; i++) {
+        vd_reqid_new(seen[i]);
+        assert_int_equal(strlen(seen[i]), VD_REQID_GEN_LEN);
+        assert_true(vd_reqid_valid(seen[i], VD_REQID_GEN_LEN));
+        assert_int_equal(strspn(seen[i], "0123456789abcdef"), VD_REQID_GEN_LEN);
+        assert_string_not_equal(seen[i], "0000000000000000");
+        for (int k = 0; k < i; k++)
+            assert_string_not_equal(seen[i], seen[k]);
+    }
+
+    assert_string_equal(vd_reqid_current(), "");
+    vd_reqid_set("abc-123");
+    assert_string_equal(vd_reqid_current(), "abc-123");
+    pthread_t t;
+    void *len;
+    assert_int_equal(pthread_create(&t, NULL, other_thread_id, NULL), 0);
+    assert_int_equal(pthread_join(t, &len), 0);
+    assert_int_equal((uintptr_t)len, 0); /* another thread has its own */
+    memset(max, 'b', sizeof max - 1);
+    max[sizeof max - 1] = 0;
+    vd_reqid_set(max); /* cut at the limit */
+    assert_int_equal(strlen(vd_reqid_current()), VD_REQID_MAX);
+    vd_reqid_set(NULL);
+    assert_string_equal(vd_reqid_current(), "");
+}
+
 /* A node among peers: near (offset 0), far ahead and far behind ones; skewed exactly when a
  * majority of the members (itself included) is far from it. */
 static void test_clock_skewed_majority(void **state)
@@ -335,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_hlc_check_skew),
         cmocka_unit_test(test_clock_peer_offset),
         cmocka_unit_test(test_clock_peer_rtt_us),
+        cmocka_unit_test(test_reqid),
         cmocka_unit_test(test_clock_skewed_majority),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1093,6 +1093,128 @@ static bool metrics_has(uint16_t port, const char *needle)
     return metrics_has_h(port, NULL, needle);
 }
 
+/* The rendered histogram of a route: cumulative buckets in increasing bounds, the +Inf one
+ * equal to _count, which counts exactly the requests made. */
+static void test_histogram_cumulative(void **state)
+{
+    struct vd_http *h = server(2, 0, NULL, 0);
+    assert_int_equal(vd_http_route(h, "GET", "/h/{x}", VD_ROLE_NONE, h_ok, NULL), 0);
+    start(h);
+    uint16_t p = vd_http_port(h);
+    const int made = 9;
+    for (int i = 0; i < made; i++)
+        assert_int_equal(status_of(p, "GET", "/h/1", NULL), 200);
+    WAIT_FOR(metrics_has(p, "vectord_http_request_duration_seconds_count{route=\"/h/{x}\","
+                            "method=\"GET\"} 9\n"));
+    size_t len;
+    char *text = vd__http_metrics_render(h, &len);
+    assert_non_null(text);
+    assert_int_equal(strlen(text), len);
+    const char *pre = "vectord_http_request_duration_seconds_bucket{route=\"/h/{x}\",method=\"GET\",le=\"";
+    double last_le = -1, sum = -1;
+    unsigned long long last = 0, inf = 0, count = 0;
+    int buckets = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        if (!strncmp(line, pre, strlen(pre))) {
+            char *q = line + strlen(pre);
+            unsigned long long c = strtoull(strrchr(line, ' ') + 1, NULL, 10);
+            assert_true(c >= last);
+            last = c;
+            buckets++;
+            if (!strncmp(q, "+Inf\"", 5)) {
+                inf = c;
+            } else {
+                double le = strtod(q, NULL);
+                assert_true(le > last_le);
+                last_le = le;
+            }
+        } else if (!strncmp(line, "vectord_http_request_duration_seconds_sum{route=\"/h/{x}\"", 53)) {
+            sum = strtod(strrchr(line, ' ') + 1, NULL);
+        } else if (!strncmp(line, "vectord_http_request_duration_seconds_count{route=\"/h/{x}\"", 55)) {
+            count = strtoull(strrchr(line, ' ') + 1, NULL, 10);
+        }
+    }
+    free(text);
+    assert_int_equal(buckets, VD_HTTP_N_BUCKETS + 1);
+    assert_int_equal(inf, made);
+    assert_int_equal(count, made);
+    assert_true(sum > 0);
+    vd_http_free(h);
+}
+
+static void h_rid(struct vd_http_req *r, void *ctx)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"rid\":\"%s\",\"current\":\"%s\"}", vd_http_request_rid(r),
+             vd_reqid_current());
+    vd_http_reply_ok(r, buf, strlen(buf));
+}
+
+/* Sends a request with header line hdr (or none); returns the X-Request-Id of the reply into out
+ * and the body's "current" (the thread's request id while the handler ran) into cur. */
+static int rid_of(uint16_t p, const char *path, const char *hdr, char *out, char *cur)
+{
+    struct hresp r;
+    assert_int_equal(do_req(p, "GET", path, hdr, NULL, &r), 0);
+    const char *x = find_header(r.head, "X-Request-Id");
+    assert_non_null(x);
+    size_t n = strcspn(x, "\r\n");
+    assert_true(n <= VD_REQID_MAX);
+    memcpy(out, x, n);
+    out[n] = 0;
+    cur[0] = 0;
+    const char *c = strstr(r.body, "\"current\":\"");
+    if (c) {
+        c += 11;
+        size_t m = strcspn(c, "\"");
+        memcpy(cur, c, m);
+        cur[m] = 0;
+    }
+    int st = r.status;
+    hresp_free(&r);
+    return st;
+}
+
+/* X-Request-Id: the client's when it is 1..64 visible ASCII characters, echoed in the reply and
+ * current on the handler's thread; otherwise (absent, too long, a space or control byte) one of
+ * 16 hex digits made by the server, never the client's bytes. Errors carry it too. */
+static void test_request_id(void **state)
+{
+    struct vd_http_key keys[] = {{"k", VD_ROLE_ADMIN}};
+    struct vd_http *h = server(2, 0, keys, 1);
+    assert_int_equal(vd_http_route(h, "GET", "/rid", VD_ROLE_NONE, h_rid, NULL), 0);
+    assert_int_equal(vd_http_route(h, "GET", "/locked", VD_ROLE_RO, h_rid, NULL), 0);
+    start(h);
+    uint16_t p = vd_http_port(h);
+    char id[VD_REQID_MAX + 1], cur[VD_REQID_MAX + 1], id2[VD_REQID_MAX + 1];
+    assert_int_equal(rid_of(p, "/rid", "X-Request-Id: abc-123\r\n", id, cur), 200);
+    assert_string_equal(id, "abc-123");
+    assert_string_equal(cur, "abc-123");
+    char hdr[256], long_id[VD_REQID_MAX + 2];
+    memset(long_id, 'z', VD_REQID_MAX);
+    long_id[VD_REQID_MAX] = 0;
+    snprintf(hdr, sizeof hdr, "x-request-id: %s\r\n", long_id);
+    assert_int_equal(rid_of(p, "/rid", hdr, id, cur), 200);
+    assert_string_equal(id, long_id); /* 64 is still taken */
+    const char *bad[] = {NULL, "X-Request-Id: zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\r\n",
+                         "X-Request-Id: a\x01" "b\r\n", "X-Request-Id: a b\r\n",
+                         "X-Request-Id: caf\xc3\xa9\r\n", "X-Request-Id: a\x7f\r\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(rid_of(p, "/rid", bad[i], id, cur), 200);
+        assert_int_equal(strlen(id), VD_REQID_GEN_LEN);
+        assert_int_equal(strspn(id, "0123456789abcdef"), VD_REQID_GEN_LEN);
+        assert_string_equal(cur, id);
+    }
+    assert_int_equal(rid_of(p, "/rid", NULL, id2, cur), 200);
+    assert_string_not_equal(id, id2);
+    /* answered by the server itself, before any handler */
+    assert_int_equal(rid_of(p, "/nothing", "X-Request-Id: e-404\r\n", id, cur), 404);
+    assert_string_equal(id, "e-404");
+    assert_int_equal(rid_of(p, "/locked", "X-Request-Id: e-401\r\n", id, cur), 401);
+    assert_string_equal(id, "e-401");
+    vd_http_free(h);
+}
+
 static void test_metrics(void **state)
 {
     struct vd_http *h = server(2, 0, NULL, 0);
@@ -1266,6 +1388,8 @@ int main(void)
         cmocka_unit_test(test_stream_reply),
         cmocka_unit_test(test_graceful_stop),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_histogram_cumulative),
+        cmocka_unit_test(test_request_id),
         cmocka_unit_test(test_url_decode),
         cmocka_unit_test(test_malformed_requests),
         cmocka_unit_test(test_random_garbage),
