@@ -43,6 +43,10 @@ struct vd_data_req {
     const cJSON *filter;
     /* searches and scroll: whether the reply shows payloads (false: they need not be read) */
     bool with_payload;
+    /* A write that reads first (a payload edit): the replicas to read, as `consistency` for a
+     * read; 0 = a quorum. An update batch reads enough of them to see its own earlier writes
+     * whatever their W. */
+    unsigned read_consistency;
 };
 
 /* Reads the query parameters `consistency` (an integer 1..rf, "majority", "quorum" (both

@@ -140,9 +140,55 @@ int vd__api_get_filter(const cJSON *obj, struct vd_filter **out, struct vd_err *
 int vd__api_get_ids(const cJSON *arr, const char *what, struct vd_pid **ids, size_t *n,
                     struct vd_err *err);
 
+/* Qdrant's point update operations (src/api/updates.c): every write endpoint is one, and
+ * POST .../points/batch a list of them. */
+enum vd__api_upd_kind {
+    VD__API_UPD_UPSERT,
+    VD__API_UPD_DELETE,
+    VD__API_UPD_SET_PAYLOAD,
+    VD__API_UPD_OVERWRITE_PAYLOAD,
+    VD__API_UPD_DELETE_PAYLOAD,
+    VD__API_UPD_CLEAR_PAYLOAD,
+    VD__API_UPD_UPDATE_VECTORS,
+    VD__API_UPD_DELETE_VECTORS,
+    VD__API_UPD_N
+};
+/* One parsed operation. Pointers into the JSON it was parsed from (payloads, arg, filter_json)
+ * are borrowed: that JSON must outlive it. */
+struct vd__api_upd {
+    enum vd__api_upd_kind kind;
+    /* UPSERT, UPDATE_VECTORS: the points (the payloads are UPSERT's); vecs holds their vectors
+     * as given (not normalised) */
+    struct vd_db_point *pts;
+    float *vecs;
+    size_t n_pts;
+    /* the other kinds: the points selected, by ids, or by filter (then filter_json is the
+     * filter object as sent) */
+    struct vd_pid *ids;
+    size_t n_ids;
+    struct vd_filter *filter;
+    const cJSON *filter_json;
+    const cJSON *arg; /* SET/OVERWRITE_PAYLOAD: the payload object; DELETE_PAYLOAD: the keys */
+};
+/* Parses the operation of `kind` from obj (its body: Qdrant's PointInsertOperations,
+ * PointsSelector, SetPayload, DeletePayload, UpdateVectors or DeleteVectors) against collection
+ * c: every id, vector (c's dimension, finite, not zero under Cosine), filter and payload is
+ * checked, so that nothing is refused once writing began. 0, or VD_EINVAL / VD_ERANGE /
+ * VD_ENOMEM with err naming the field (e.g. "points[2]: Vector dimension error: …") and *u
+ * empty. DELETE_VECTORS, once well-formed, is refused (VD_EINVAL): a point cannot lose its one
+ * vector. Release *u with vd__api_upd_release. */
+int vd__api_upd_parse(enum vd__api_upd_kind kind, const cJSON *obj, struct vd_coll *c,
+                      struct vd__api_upd *u, struct vd_err *err);
+void vd__api_upd_release(struct vd__api_upd *u);
+/* Qdrant's name of the operation ("upsert", "set_payload", …); a static string. */
+const char *vd__api_upd_name(enum vd__api_upd_kind kind);
+/* Appends Qdrant's UpdateResult {"operation_id": op_id, "status": status}. */
+void vd__api_update_result_json(struct vd_buf *out, uint64_t op_id, const char *status);
+
 /* Route registration per resource file. */
 int vd__api_collections_routes(struct vd_http *h);
-int vd__api_points_routes(struct vd_http *h);
+int vd__api_points_routes(struct vd_http *h); /* with vd__api_update_routes' */
+int vd__api_update_routes(struct vd_http *h);
 int vd__api_search_routes(struct vd_http *h);
 int vd__api_bulk_routes(struct vd_http *h);
 int vd__api_payload_index_routes(struct vd_http *h);

@@ -340,10 +340,11 @@ static int c_payload_edit(void *impl, struct vd_coll *c, const struct vd_data_re
     ed->op = op;
     ed->done = done;
     ed->ctx = ctx;
-    /* read at a quorum whatever the write asks: the edit must start from the newest version a
-     * quorum write left, or it would write an older vector back under a newer version */
-    rc = vd_cluster_read(d, ed->s.name, ed->s.incarnation, ids, n, 0, o->timeout_ms, edit_read_done,
-                         ed, err);
+    /* read at a quorum (or more when asked) whatever the write asks: the edit must start from
+     * the newest version a quorum write left, or it would write an older vector back under a
+     * newer version */
+    rc = vd_cluster_read(d, ed->s.name, ed->s.incarnation, ids, n, o->read_consistency,
+                         o->timeout_ms, edit_read_done, ed, err);
     if (rc)
         edit_free(ed);
     free(found);

@@ -1,4 +1,5 @@
-/* Points as JSON: the one place where a record read from the database becomes reply text. */
+/* Points as JSON: the one place where a record read from the database becomes reply text; and
+ * the results of updates. */
 #include "api_int.h"
 
 /* Appends the payload: the stored text as is, or the parts with_payload's include / exclude keys
@@ -77,4 +78,10 @@ void vd__api_points_json(struct vd_buf *out, const struct vd_db_record *r, size_
         vd__api_point_json(out, &r[i], w, form);
     }
     vd_buf_puts(out, "]");
+}
+
+void vd__api_update_result_json(struct vd_buf *out, uint64_t op_id, const char *status)
+{
+    vd_buf_printf(out, "{\"operation_id\":%llu,\"status\":\"%s\"}", (unsigned long long)op_id,
+                  status);
 }

@@ -562,6 +562,59 @@ static void test_handlers_async_reads(void **state)
     use_async = false;
 }
 
+/* A batch of updates reaches the data only through the same operations as the single
+ * endpoints, in order: update_vectors reads the points, then applies whole records; a filter is
+ * handed to the write as it is, or, with the asynchronous forms (whose implementations would
+ * otherwise block for it), resolved first through the asynchronous scroll. */
+static void test_batch_through_data_ops(void **state)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        use_async = pass == 1;
+        struct node n;
+        node_start(&n);
+        const char *ops =
+            "{\"operations\":["
+            "{\"upsert\":{\"points\":[{\"id\":1,\"vector\":[1,0],\"payload\":{\"k\":1}},"
+            "{\"id\":2,\"vector\":[0,1],\"payload\":{\"k\":2}}]}},"
+            "{\"update_vectors\":{\"points\":[{\"id\":2,\"vector\":[5,5]}]}},"
+            "{\"set_payload\":{\"payload\":{\"s\":1},\"filter\":{\"must\":[{\"key\":\"k\","
+            "\"match\":{\"value\":2}}]}}},"
+            "{\"delete\":{\"filter\":{\"must\":[{\"key\":\"k\",\"match\":{\"value\":1}}]}}}"
+            "]}";
+        int before[OP_N];
+        for (int k = 0; k < OP_N; k++)
+            before[k] = S.calls[k];
+        expect(&n, "POST", "/collections/c/points/batch?wait=true", ops, 200,
+               "\"status\":\"completed\"},{\"operation_id\":");
+        /* upsert; update_vectors: a look-up of the points updated after the first operation,
+         * its read, its write; the two filters: one scroll each with the asynchronous forms */
+        int want[OP_N] = {[OP_UPSERT] = 1, [OP_RETRIEVE] = 2, [OP_APPLY] = 1, [OP_PAYLOAD] = 1,
+                          [OP_DELETE] = 1, [OP_SCROLL] = use_async ? 2 : 0};
+        for (int k = 0; k < OP_N; k++)
+            if (S.calls[k] - before[k] != want[k])
+                fail_msg("pass %d: operation %d called %d times, expected %d", pass, k,
+                         S.calls[k] - before[k], want[k]);
+        expect(&n, "POST", "/collections/c/points",
+               "{\"ids\":[1,2],\"with_vector\":true}", 200,
+               "[{\"id\":2,\"payload\":{\"k\":2,\"s\":1},\"vector\":[5.0,5.0]}]");
+        /* refused whole: nothing reaches the data */
+        for (int k = 0; k < OP_N; k++)
+            before[k] = S.calls[k];
+        expect(&n, "POST", "/collections/c/points/batch",
+               "{\"operations\":[{\"delete\":{\"points\":[2]}},"
+               "{\"update_vectors\":{\"points\":[{\"id\":2,\"vector\":[1,1]}]}}]}",
+               404, "operations[1].update_vectors: No point with id 2 found");
+        expect(&n, "POST", "/collections/c/points/batch",
+               "{\"operations\":[{\"delete\":{\"points\":[2]}},{\"upsert\":{\"points\":"
+               "[{\"id\":3,\"vector\":[1]}]}}]}",
+               400, "operations[1].upsert: points[0]: Vector dimension error");
+        assert_int_equal(S.calls[OP_DELETE] - before[OP_DELETE], 0);
+        assert_int_equal(S.calls[OP_UPSERT] - before[OP_UPSERT], 0);
+        node_stop(&n);
+    }
+    use_async = false;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -570,6 +623,7 @@ int main(void)
         cmocka_unit_test(test_data_req_parse),
         cmocka_unit_test(test_handlers_take_options),
         cmocka_unit_test(test_handlers_async_reads),
+        cmocka_unit_test(test_batch_through_data_ops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
