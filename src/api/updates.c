@@ -964,11 +964,14 @@ static int check_ordering(struct vd_http_req *r, struct vd_err *err)
                    v);
 }
 
-/* The level of the reads a run makes in a cluster: a quorum, and at least enough replicas that
- * every read overlaps the W replicas each earlier write of the run was acknowledged by. */
-static unsigned read_level(const struct vd_coll_schema *s, const struct vd_data_req *o)
+/* The level of the reads a run makes in a cluster (0: a quorum): for a batch, at least enough
+ * replicas that every read overlaps the W replicas each earlier write of the batch was
+ * acknowledged by. A single operation reads at a quorum, as it always did: nothing before it in
+ * the request needs seeing, and a write at a low W keeps working with replicas down. */
+static unsigned read_level(const struct run *u, const struct vd_coll_schema *s,
+                           const struct vd_data_req *o)
 {
-    if (!vd__api.cluster)
+    if (!vd__api.cluster || u->n < 2)
         return 0;
     unsigned rf = s->replication_factor ? s->replication_factor : 1;
     unsigned w = o->consistency ? o->consistency : s->write_consistency_factor;
@@ -1019,7 +1022,7 @@ static void update(struct vd_http_req *r, enum vd__api_upd_kind kind)
         run_free(u);
         return;
     }
-    u->o.read_consistency = read_level(&u->s, &u->o);
+    u->o.read_consistency = read_level(u, &u->s, &u->o);
     u->ro = u->o;
     u->ro.consistency = u->o.read_consistency;
     advance(u); /* u is the run's from here on */

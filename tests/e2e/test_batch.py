@@ -268,6 +268,25 @@ class BatchTest(NodeTest):
         self.assertError(self.node.request("PUT", "/collections/nope/points/vectors",
                                            {"points": [{"id": 1, "vector": [1, 2, 3, 4]}]}), 404)
 
+    def test_single_endpoints_refuse_what_they_do_not_implement(self):
+        c = self.coll()
+        self.node.ok("PUT", f"/collections/{c}/points?wait=true&ordering=strong",
+                     {"points": [{"id": 1, "vector": [1, 2, 3, 4], "payload": {"k": 1}}]})
+        before = state(self.node, c)
+        p = [{"id": 1, "vector": [4, 3, 2, 1]}]
+        for method, path, body, fragment in [
+                ("PUT", "points?ordering=fastest", {"points": p}, "query parameter 'ordering'"),
+                ("PUT", "points", {"points": p, "update_filter": {"must": [{"has_id": [1]}]}},
+                 "'update_filter' is not supported"),
+                ("PUT", "points", {"points": p, "update_mode": "update_only"},
+                 "'update_mode' is not supported"),
+                ("POST", "points/payload", {"payload": {"x": 1}, "points": [1], "key": "a"},
+                 "'key' is not supported"),
+                ("POST", "points/delete?ordering=x", {"points": [1]}, "ordering")]:
+            self.assertError(self.node.request(method, f"/collections/{c}/{path}", body), 400,
+                             fragment)
+        self.assertEqual(state(self.node, c), before)
+
     def test_delete_vectors_endpoint(self):
         c = self.coll()
         self.node.ok("PUT", f"/collections/{c}/points?wait=true",
