@@ -164,6 +164,35 @@ class BatchTest(NodeTest):
         self.assertError(batch(self.node, "no_such_collection", [GOOD]), 404, "not found")
         self.assertEqual(state(self.node, c), before)
 
+    def test_failure_while_applying_names_the_operation(self):
+        # a delete by filter leaves unknown which points it removes: an update_vectors of a
+        # point it removed fails when the batch comes to it, and what came before stays
+        c = self.coll()
+        self.node.ok("PUT", f"/collections/{c}/points?wait=true", {"points": [
+            {"id": 1, "vector": [1, 0, 0, 0], "payload": {"gone": True}},
+            {"id": 2, "vector": [0, 1, 0, 0]}]})
+        ops = [{"set_payload": {"payload": {"first": 1}, "points": [2]}},
+               {"delete": {"filter": {"must": [{"key": "gone", "match": {"value": True}}]}}},
+               {"update_vectors": {"points": [{"id": 1, "vector": [1, 1, 1, 1]}]}},
+               {"set_payload": {"payload": {"never": 1}, "points": [2]}}]
+        self.assertError(batch(self.node, c, ops), 404,
+                         "operations[2].update_vectors: No point with id 1 found")
+        self.assertEqual(state(self.node, c), {2: ({"first": 1}, [0.0, 1.0, 0.0, 0.0])})
+
+    def test_full_range_and_uuid_ids(self):
+        c = self.coll()
+        big, u = 18446744073709551615, "550e8400-e29b-41d4-a716-446655440000"
+        body = (b'{"operations": [{"upsert": {"points": [{"id": 18446744073709551615, '
+                b'"vector": [1, 2, 3, 4]}, {"id": "550E8400E29B41D4A716446655440000", '
+                b'"vector": [4, 3, 2, 1]}]}}, {"update_vectors": {"points": [{"id": '
+                b'18446744073709551615, "vector": [9, 9, 9, 9]}]}}, {"set_payload": '
+                b'{"payload": {"u": 1}, "points": ["550e8400-e29b-41d4-a716-446655440000"]}}]}')
+        st, j = self.node.request("POST", f"/collections/{c}/points/batch?wait=true", body,
+                                  {"Content-Type": "application/json"})
+        self.assertEqual(st, 200, j)
+        self.assertEqual(state(self.node, c), {big: ({}, [9.0, 9.0, 9.0, 9.0]),
+                                               u: ({"u": 1}, [4.0, 3.0, 2.0, 1.0])})
+
     def test_zero_vector_under_cosine_writes_nothing(self):
         c = self.coll("Cosine")
         self.node.ok("PUT", f"/collections/{c}/points?wait=true",
