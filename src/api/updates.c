@@ -912,8 +912,9 @@ static void finish(struct run *u)
         run_free(u);
         return;
     }
-    /* Qdrant's "acknowledged" tells a write that did not wait; here every write is durable on
-     * the replicas asked for before the answer, and a node alone always answers completed */
+    /* Qdrant's "acknowledged" tells a write that did not wait (as vd__api_write_done_for says
+     * it): every write is durable on the replicas asked for before the answer all the same, and
+     * a database without a cluster answers completed */
     const char *word = vd__api.cluster && !u->o.wait ? "acknowledged" : "completed";
     struct vd_buf b;
     vd_buf_init(&b);
