@@ -160,6 +160,7 @@ int main(int argc, char **argv)
         .election_timeout_ms = cfg.raft_election_ms,
         .max_clock_offset_ms = cfg.max_clock_offset_ms,
         .hint_window_ms = cfg.hint_window_seconds * 1000,
+        .repair_interval_ms = cfg.repair_interval_seconds * 1000,
         .on_fatal = on_fatal,
     };
     if (vd_cluster_start(&co, &cluster, &err)) {

@@ -42,6 +42,8 @@ struct vd_cluster_opts {
     uint64_t max_clock_offset_ms; /* --max-clock-offset; 0 = VD_MAX_CLOCK_OFFSET_MS_DEFAULT */
     uint64_t hint_window_ms;      /* --hint-window: older hints are dropped as expired and their
                                      target marked needs-repair; 0 = VD_HINT_WINDOW_MS_DEFAULT */
+    uint64_t repair_interval_ms;  /* --repair-interval: an anti-entropy repair of every
+                                     collection this often; 0 = only when asked */
     bool no_sync;                 /* tests only */
     /* Called at most once, on the loop thread, when this node cannot go on as started: a --join
      * that the cluster refuses for good (its collections hold points), msg saying why (valid
@@ -232,9 +234,30 @@ struct vd_cluster_hint_stats {
     uint64_t pending, replayed, expired, dropped;
 };
 void vd_cluster_hint_stats(struct vd_cluster *c, struct vd_cluster_hint_stats *out);
+/* Anti-entropy repair (docs/cluster.md, "Repair"): the replicas of every ring range this node
+ * replicates compare hash trees of what they hold and exchange only the records that differ, the
+ * newest version (tombstones included) going to every replica that lacks it. A run covers one
+ * collection (coll) or all (NULL); runs go one at a time, and an ask while one is queued joins it
+ * (widened to every collection when the two differ). *id gets the run's id. With done, done runs
+ * once on the loop thread when that run ended: status 0 with its report (ranges that could not be
+ * repaired, a replica being down, are counted in it, not an error), or VD_ECLOSED / VD_ENOMEM
+ * with report NULL. Errors returned (done not called): VD_ENOTFOUND (no such collection),
+ * VD_ECLOSED, VD_ENOMEM. Any thread; does not block. */
+struct vd_cluster_repair_report {
+    uint64_t id;
+    uint64_t ranges;           /* ranges compared */
+    uint64_t ranges_failed;    /* of those, not repaired (a replica did not answer) */
+    uint64_t leaves_differing; /* hash tree leaves that differed */
+    uint64_t points_sent;      /* records written to replicas that lacked them */
+};
+typedef void (*vd_cluster_repair_fn)(int status, const struct vd_err *err,
+                                     const struct vd_cluster_repair_report *report, void *ctx);
+int vd_cluster_repair(struct vd_cluster *c, const char *coll, vd_cluster_repair_fn done, void *ctx,
+                      uint64_t *id, struct vd_err *err);
+
 /* Appends the cluster's Prometheus series for GET /metrics (Raft state, members, peers' round
- * trips, coordinated requests by outcome, read repairs, hints; docs/operations.md lists them).
- * Any thread. */
+ * trips, coordinated requests by outcome, read repairs, hints, anti-entropy repair;
+ * docs/operations.md lists them). Any thread. */
 void vd_cluster_metrics(struct vd_cluster *c, struct vd_buf *out);
 
 /* Appends the `result` object of GET /cluster (Qdrant's shape plus `nodes`, see

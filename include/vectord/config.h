@@ -36,6 +36,8 @@ struct vd_config {
     uint64_t hint_window_seconds; /* --hint-window, default 10800 */
     uint64_t hint_node_bytes;     /* --hint-node-bytes: hint cap per target, default 256 MiB */
     uint64_t hint_total_bytes;    /* --hint-total-bytes: hint cap over all, default 1 GiB */
+    uint64_t repair_interval_seconds; /* --repair-interval: anti-entropy repair of every
+                                         collection this often, default 86400; 0 = only asked */
     int64_t test_clock_offset_ms; /* tests only: VECTORD_TEST_CLOCK_OFFSET_MS, default 0 */
     struct vd_config_key *keys;
     size_t n_keys;

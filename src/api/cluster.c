@@ -346,6 +346,90 @@ static void remove_node(struct vd_http_req *r, void *ctx)
     }
 }
 
+/* ---- anti-entropy repair ---------------------------------------------------------------- */
+
+static void repair_report_json(struct vd_buf *b, const struct vd_cluster_repair_report *rep)
+{
+    vd_buf_printf(b,
+                  "{\"repair_id\":%llu,\"ranges\":%llu,\"ranges_failed\":%llu,"
+                  "\"leaves_differing\":%llu,\"points_sent\":%llu}",
+                  (unsigned long long)rep->id, (unsigned long long)rep->ranges,
+                  (unsigned long long)rep->ranges_failed,
+                  (unsigned long long)rep->leaves_differing,
+                  (unsigned long long)rep->points_sent);
+}
+
+static void repair_done(int status, const struct vd_err *err,
+                        const struct vd_cluster_repair_report *rep, void *ctx)
+{
+    struct vd_http_req *r = ctx;
+    if (status) {
+        vd__api_meta_done(status, err, 0, r); /* the error reply */
+        return;
+    }
+    struct vd_buf b;
+    vd_buf_init(&b);
+    repair_report_json(&b, rep);
+    vd__api_reply_buf(r, &b);
+}
+
+/*
+ * POST /cluster/repair[?wait=true], body optional: {"collection": "name"}. Without wait the run
+ * is queued and the answer is 202 with its id (GET /cluster shows its progress); with wait the
+ * answer comes once that run ended, with its report.
+ */
+static void repair(struct vd_http_req *r, void *ctx)
+{
+    struct vd_err e;
+    const char *wq = vd_http_query(r, "wait");
+    bool wait = false;
+    if (wq && (!strcmp(wq, "true") || !wq[0]))
+        wait = true;
+    else if (wq && strcmp(wq, "false")) {
+        vd_http_reply_error(r, 400,
+                            "query parameter 'wait': '%.64s' is not allowed; expected 'true' or "
+                            "'false'",
+                            wq);
+        return;
+    }
+    cJSON *body = vd__api_body(r, true);
+    if (!body)
+        return;
+    const char *coll = NULL;
+    for (const cJSON *it = body->child; it; it = it->next) {
+        if (strcmp(it->string, "collection")) {
+            vd_errf(&e, VD_EINVAL, "unknown field '%.64s': the body takes only 'collection'",
+                    it->string);
+            goto out_reply_err;
+        }
+        if (cJSON_IsNull(it))
+            continue;
+        if (!cJSON_IsString(it)) {
+            vd_errf(&e, VD_EINVAL, "'collection' must be a collection name (a string)");
+            goto out_reply_err;
+        }
+        if (vd_db_check_name(it->valuestring, &e))
+            goto out_reply_err;
+        coll = it->valuestring;
+    }
+    uint64_t id;
+    if (vd_cluster_repair(vd__api.cluster, coll, wait ? repair_done : NULL, r, &id, &e))
+        goto out_reply_err;
+    cJSON_Delete(body);
+    if (!wait) {
+        struct vd_buf b;
+        vd_buf_init(&b);
+        vd_buf_printf(&b, "{\"result\":{\"repair_id\":%llu},\"status\":\"accepted\",\"time\":0}",
+                      (unsigned long long)id);
+        vd_http_reply_raw(r, 202, "application/json", &b);
+        vd_buf_release(&b);
+    }
+    return;
+out_reply_err:
+    cJSON_Delete(body);
+    vd_http_reply_err(r, &e);
+}
+
 /*
  * GET /collections/{name}/cluster in Qdrant's shape. vectord spreads a collection over the ring
  * rather than over numbered shards, so it reports one shard, 0: this node's copy (the points it
@@ -390,6 +474,7 @@ int vd__api_cluster_routes(struct vd_http *h)
     if ((rc = vd_http_route(h, "GET", "/cluster", VD_ROLE_RO, status, NULL)) ||
         (rc = vd_http_route(h, "POST", "/cluster/nodes", VD_ROLE_ADMIN, add_node, NULL)) ||
         (rc = vd_http_route(h, "DELETE", "/cluster/nodes/{id}", VD_ROLE_ADMIN, remove_node, NULL)) ||
+        (rc = vd_http_route(h, "POST", "/cluster/repair", VD_ROLE_ADMIN, repair, NULL)) ||
         (rc = vd_http_route(h, "GET", "/collections/{name}/cluster", VD_ROLE_RO, coll_cluster,
                             NULL)))
         return rc;

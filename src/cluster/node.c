@@ -254,6 +254,7 @@ void vd_cluster_metrics(struct vd_cluster *c, struct vd_buf *out)
                   (unsigned long long)atomic_load_explicit(&c->read_repairs,
                                                            memory_order_relaxed));
     vd__cluster_hints_metrics(c, out);
+    vd__cluster_repair_metrics(c, out);
 }
 
 /* Rebuilds the cached GET /cluster result. */
@@ -358,9 +359,11 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
                       vd__cluster_hints_needs_repair(c, m->id) ? "true" : "false");
     }
     /* a data directory written before replication has its points placed on the ring once */
-    vd_buf_printf(&b, "],\"points_placement\":{\"state\":\"%s\",\"records_placed\":%llu}}",
+    vd_buf_printf(&b, "],\"points_placement\":{\"state\":\"%s\",\"records_placed\":%llu},",
                   vd__cluster_place_state_name(c),
                   (unsigned long long)atomic_load(&c->place_points));
+    vd__cluster_repair_status_json(c, &b);
+    vd_buf_puts(&b, "}");
     struct vd_buf mb;
     vd_buf_init(&mb);
     if (!n || states)
@@ -473,6 +476,7 @@ static void on_house(uv_timer_t *t)
     struct vd_cluster *c = t->data;
     vd__cluster_data_tick(c);
     vd__cluster_hints_tick(c);
+    vd__cluster_repair_tick(c);
     if (c->broken) {
         vd__cluster_ops_progress(c);
         return;
@@ -537,6 +541,7 @@ static void shutdown_loop(struct vd_cluster *c)
     while (c->ops)
         vd__cluster_op_fail(c, c->ops, VD_ECLOSED, "%s", "the node is shutting down");
     vd__cluster_hints_close(c);
+    vd__cluster_repair_close(c);
     vd__cluster_data_stop(c);
     uv_close((uv_handle_t *)&c->async, on_closed);
     uv_close((uv_handle_t *)&c->raft_timer, on_closed);
@@ -713,6 +718,7 @@ static void cluster_free(struct vd_cluster *c)
     free(c->rec.acts);
     free(c->rec.iacts);
     vd__cluster_hints_free(c);
+    vd__cluster_repair_free(c);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->inflight_cv);
     free(c);
@@ -739,7 +745,9 @@ int vd_cluster_start(const struct vd_cluster_opts *o, struct vd_cluster **out, s
     c->on_fatal = o->on_fatal;
     c->fatal_ctx = o->fatal_ctx;
     if (vd__cluster_hints_new(c, o->hint_window_ms ? o->hint_window_ms
-                                                   : VD_HINT_WINDOW_MS_DEFAULT)) {
+                                                   : VD_HINT_WINDOW_MS_DEFAULT) ||
+        vd__cluster_repair_new(c, o->repair_interval_ms)) {
+        vd__cluster_hints_free(c);
         pthread_mutex_destroy(&c->mu);
         pthread_cond_destroy(&c->inflight_cv);
         free(c);

@@ -52,6 +52,7 @@ struct htarget {
     uint64_t count;     /* hints stored, at the last scan */
     uint64_t refused;   /* hints not stored, as last counted */
     bool needs_repair;
+    uint64_t marks; /* times marked needs-repair (node_repair.c clears a mark not renewed) */
     bool seen; /* in the last totals */
 };
 
@@ -122,11 +123,13 @@ static struct htarget *target_of(struct vd_hints *h, uint64_t id, bool create)
 
 static void mark_repair(struct vd_cluster *c, struct htarget *t, const char *why)
 {
-    if (t->needs_repair)
-        return;
     pthread_mutex_lock(&c->hints->mu);
+    t->marks++; /* a repair under way does not cover what this mark is for */
+    bool was = t->needs_repair;
     t->needs_repair = true;
     pthread_mutex_unlock(&c->hints->mu);
+    if (was)
+        return;
     vd_log_warn("cluster: node %llu needs repair: %s; it serves no consistency-1 reads until "
                 "repaired",
                 (unsigned long long)t->id, why);
@@ -585,6 +588,29 @@ bool vd__cluster_hints_needs_repair(struct vd_cluster *c, uint64_t id)
     bool r = t && t->needs_repair;
     pthread_mutex_unlock(&h->mu);
     return r;
+}
+
+bool vd__cluster_hints_repair_mark(struct vd_cluster *c, uint64_t id, uint64_t *marks)
+{
+    struct vd_hints *h = c->hints;
+    pthread_mutex_lock(&h->mu);
+    const struct htarget *t = target_of(h, id, false);
+    bool r = t && t->needs_repair;
+    *marks = t ? t->marks : 0;
+    pthread_mutex_unlock(&h->mu);
+    return r;
+}
+
+bool vd__cluster_hints_repair_clear(struct vd_cluster *c, uint64_t id, uint64_t marks)
+{
+    struct vd_hints *h = c->hints;
+    pthread_mutex_lock(&h->mu);
+    struct htarget *t = target_of(h, id, false);
+    bool cleared = t && t->needs_repair && t->marks == marks;
+    if (cleared)
+        t->needs_repair = false;
+    pthread_mutex_unlock(&h->mu);
+    return cleared;
 }
 
 void vd_cluster_hint_stats(struct vd_cluster *c, struct vd_cluster_hint_stats *out)

@@ -184,6 +184,7 @@ struct vd_cluster {
         uint64_t target, retry_at;
     } rec;
     struct vd_hints *hints; /* hint replay (node_hints.c) */
+    struct vd_repair *repair; /* anti-entropy repair (node_repair.c) */
     /* placing a data directory's points on the ring (node_place.c): its thread and progress */
     pthread_t place_thread;
     bool place_running;
@@ -299,6 +300,28 @@ void vd__cluster_hints_free(struct vd_cluster *c);
 void vd__cluster_hints_metrics(struct vd_cluster *c, struct vd_buf *out);
 /* True when node id missed writes that no hint will bring (expired, or over a cap). Any thread. */
 bool vd__cluster_hints_needs_repair(struct vd_cluster *c, uint64_t id);
+
+/* Whether node id is marked needs-repair here, and how many times it was marked (*marks): a repair
+ * clears the mark only if no new one came since it began. Any thread. */
+bool vd__cluster_hints_repair_mark(struct vd_cluster *c, uint64_t id, uint64_t *marks);
+/* Clears node id's needs-repair mark unless it was marked again since *marks was read; true when
+ * it cleared one. Loop thread. */
+bool vd__cluster_hints_repair_clear(struct vd_cluster *c, uint64_t id, uint64_t marks);
+
+/* ---- node_repair.c: anti-entropy repair ---- */
+struct vd_repair;
+/* Sets up repair, run every interval_ms (0: only when asked). VD_ENOMEM. */
+int vd__cluster_repair_new(struct vd_cluster *c, uint64_t interval_ms);
+/* Starts a run when one is asked or due, and moves it on; from housekeeping. */
+void vd__cluster_repair_tick(struct vd_cluster *c);
+/* Shutdown: the run stops, waiters get VD_ECLOSED. Before the data transport closes. */
+void vd__cluster_repair_close(struct vd_cluster *c);
+/* Frees the repair state (after the loop stopped). */
+void vd__cluster_repair_free(struct vd_cluster *c);
+/* Appends the "repair" member of GET /cluster's result ("repair":{...}). Any thread. */
+void vd__cluster_repair_status_json(struct vd_cluster *c, struct vd_buf *b);
+/* Appends the vectord_repair_* series. Any thread. */
+void vd__cluster_repair_metrics(struct vd_cluster *c, struct vd_buf *out);
 
 /* ---- node_place.c: placing the points of a data directory written before replication ---- */
 enum vd_place_state { VD_PLACE_STARTING = 0, VD_PLACE_WAITING, VD_PLACE_RUNNING, VD_PLACE_DONE };

@@ -25,6 +25,7 @@ void vd_config_init(struct vd_config *c)
     c->hint_window_seconds = 10800;
     c->hint_node_bytes = 256ULL << 20;
     c->hint_total_bytes = 1ULL << 30;
+    c->repair_interval_seconds = 86400;
 }
 
 static void free_keys(struct vd_config *c)
@@ -248,6 +249,12 @@ static int apply(struct vd_config *c, const char *opt, const char *v, const char
             return vd_errf(err, VD_EINVAL, "%s: '%s' is not a size in bytes (1024-17592186044416)",
                            name, v);
         c->hint_total_bytes = n;
+    } else if (!strcmp(opt, "repair-interval") || !strcmp(opt, "repair_interval")) {
+        /* 0 is allowed: no scheduled repair, only POST /cluster/repair */
+        if (parse_uint(v, 0, 86400 * 365, &n))
+            return vd_errf(err, VD_EINVAL,
+                           "%s: '%s' is not a number of seconds (0-31536000; 0 = off)", name, v);
+        c->repair_interval_seconds = n;
     } else {
         return vd_errf(err, VD_EINVAL, "%s: unknown option", name);
     }
@@ -387,6 +394,9 @@ static const char *usage_text =
     "  --hint-node-bytes N    hints kept for one replica at most; past it writes for it are\n"
     "                         not hinted and it is marked needs-repair (default 268435456)\n"
     "  --hint-total-bytes N   hints kept for all replicas at most (default 1073741824)\n"
+    "  --repair-interval SECONDS\n"
+    "                         anti-entropy repair of every collection this often (default\n"
+    "                         86400, daily; 0 = only when asked with POST /cluster/repair)\n"
     "  --help                 this text\n"
     "  --version              print the version\n";
 

@@ -32,6 +32,7 @@ static struct node nodes[N + 4];
 static uint32_t snap_every __attribute__((unused)); /* 0 = the default */
 static uint64_t hint_window_ms __attribute__((unused)); /* 0 = the default */
 static uint64_t hint_node_bytes __attribute__((unused)); /* hint cap per target; 0 = default */
+static uint64_t repair_interval_ms __attribute__((unused)); /* 0 = repair only when asked */
 static char root[64];
 
 static inline void start(int i, const char *join)
@@ -58,6 +59,7 @@ static inline void start(int i, const char *join)
         .request_timeout_ms = 10000,
         .snapshot_every = snap_every,
         .hint_window_ms = hint_window_ms,
+        .repair_interval_ms = repair_interval_ms,
         .no_sync = true,
     };
     if (vd_cluster_start(&co, &n->c, &e))
@@ -114,6 +116,21 @@ static inline int voters_up(int i)
     return n;
 }
 
+/* needs_repair of member id in node i's GET /cluster. */
+static inline bool needs_repair(int i, uint64_t id)
+{
+    cJSON *j = status(i);
+    bool r = false;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "nodes"))
+    {
+        uint64_t mid = 0;
+        if (vd_json_get_u64(cJSON_GetObjectItem(it, "id"), &mid) == 0 && mid == id)
+            r = cJSON_IsTrue(cJSON_GetObjectItem(it, "needs_repair"));
+    }
+    cJSON_Delete(j);
+    return r;
+}
 
 static inline uint64_t ms(void)
 {

@@ -24,21 +24,6 @@ static struct vd_cluster_hint_stats stats_of(int i)
     return st;
 }
 
-/* needs_repair of member id in node i's GET /cluster. */
-static bool needs_repair(int i, uint64_t id)
-{
-    cJSON *j = status(i);
-    bool r = false;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "nodes"))
-    {
-        uint64_t mid = 0;
-        if (vd_json_get_u64(cJSON_GetObjectItem(it, "id"), &mid) == 0 && mid == id)
-            r = cJSON_IsTrue(cJSON_GetObjectItem(it, "needs_repair"));
-    }
-    cJSON_Delete(j);
-    return r;
-}
 
 /* Writes n records (ids first, first + 1, ...) through node i at W 2 while node 2 (id2) misses
  * them (stopped, or its workers paused); returns once node i keeps a hint of each for it. */

@@ -286,6 +286,36 @@ static void test_hint_options(void **state)
     assert_non_null(strstr(vd_config_usage(), "--hint-window"));
 }
 
+/* --repair-interval: daily by default, 0 turns the schedule off, anything else not a count of
+ * seconds up to a year is a start-up error naming the flag. */
+static void test_repair_interval(void **state)
+{
+    (void)state;
+    struct vd_config c;
+    struct vd_err e = {0};
+    char *none[] = {"vectord"};
+    assert_int_equal(parse(&c, &e, 1, none), 0);
+    assert_int_equal(c.repair_interval_seconds, 86400);
+    vd_config_release(&c);
+    char *off[] = {"vectord", "--repair-interval", "0"};
+    assert_int_equal(parse(&c, &e, 3, off), 0);
+    assert_int_equal(c.repair_interval_seconds, 0);
+    vd_config_release(&c);
+    char *hour[] = {"vectord", "--repair-interval=3600"};
+    assert_int_equal(parse(&c, &e, 2, hour), 0);
+    assert_int_equal(c.repair_interval_seconds, 3600);
+    vd_config_release(&c);
+    char *neg[] = {"vectord", "--repair-interval", "-1"};
+    expect_error(3, neg, "--repair-interval: '-1' is not a number of seconds");
+    char *word[] = {"vectord", "--repair-interval", "daily"};
+    expect_error(3, word, "--repair-interval: 'daily'");
+    char *big[] = {"vectord", "--repair-interval", "31536001"};
+    expect_error(3, big, "--repair-interval");
+    char *empty[] = {"vectord", "--repair-interval="};
+    expect_error(2, empty, "--repair-interval");
+    assert_non_null(strstr(vd_config_usage(), "--repair-interval"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -293,6 +323,7 @@ int main(void)
         cmocka_unit_test(test_bad_flags),  cmocka_unit_test(test_config_file),
         cmocka_unit_test(test_env_key),    cmocka_unit_test(test_clock_options),
         cmocka_unit_test(test_http_limit_options), cmocka_unit_test(test_hint_options),
+        cmocka_unit_test(test_repair_interval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
