@@ -112,7 +112,13 @@ struct vd_coord_params {
     uint64_t now_ms;       /* the time the operation starts */
     uint64_t timeout_ms;   /* the request deadline is now_ms + timeout_ms */
     uint64_t spec_ms;      /* reads and searches: ask one more replica when R have not answered
-                              after this long (0: never) */
+                              after this long (0: never), at least */
+    /* The speculative delay of one replica: its usual slowest round trip (the host's p99 of its
+     * recent ones), so a replica is deemed late only past what it normally takes. A read or a
+     * search asks one more replica once the slowest of those it awaits is past its delay (and
+     * spec_ms). NULL: spec_ms for every replica. Called when replicas are asked. */
+    uint64_t (*spec_of)(void *spec_ctx, uint64_t node);
+    void *spec_ctx;
     uint64_t retry_ms;     /* a replica behind on the ring is asked again after this (>= 1) */
     uint64_t prefer;       /* a node to ask first when it is a replica (the coordinator), or 0 */
     /* Replicas for which down(down_ctx, node) is true (the host's failure detector holds them

@@ -188,6 +188,24 @@ bool vd_clock_peer_far(const struct vd_clock_peer *p, uint64_t max_offset_ms);
 bool vd_clock_skewed(const struct vd_clock_peer *const *peers, size_t n_peers, size_t n_members,
                      uint64_t max_offset_ms);
 
+/*
+ * The recent round trips of one peer's data requests, in µs: the last VD_RTT_WINDOW of them. Its
+ * 99th percentile is the peer's usual slowest trip; a reply later than that is a sign the peer
+ * stalled, so a read asks one more replica then (the speculative delay). Pure; the caller guards
+ * a window used from several threads. A zeroed struct is an empty window.
+ */
+#define VD_RTT_WINDOW 128
+struct vd_rtt_window {
+    uint32_t us[VD_RTT_WINDOW];
+    unsigned n, next; /* samples held; where the next one goes */
+};
+/* Adds one round trip (above UINT32_MAX µs it counts as UINT32_MAX), replacing the oldest once
+ * the window is full. */
+void vd_rtt_window_add(struct vd_rtt_window *w, uint64_t rtt_us);
+/* The 99th percentile of the trips held, by nearest rank (the ceil(0.99 n)-th smallest; with
+ * fewer than 100 samples the largest); 0 when the window is empty. */
+uint64_t vd_rtt_window_p99(const struct vd_rtt_window *w);
+
 /* A version of a point: the HLC of the write and the id of the node that stamped it. The newer
  * version wins everywhere (last-write-wins); equal HLCs are ordered by node id, so two writes
  * never tie unless they are the same write. Replicas, the coordinator and its simulator all use

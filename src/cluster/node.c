@@ -62,18 +62,23 @@ static bool member_up(struct vd_cluster *c, uint64_t id, uint64_t now)
     return m->heard && now - m->heard < DOWN_AFTER_MS;
 }
 
-uint64_t vd__cluster_spec_ms(struct vd_cluster *c, uint64_t floor_ms)
+uint64_t vd__cluster_spec_of(void *ctx, uint64_t id)
 {
-    uint64_t m = floor_ms;
-    size_t n = vd_meta_n_members(c->meta);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t id = vd_meta_member_at(c->meta, i)->id;
-        const struct member_clock *mc = vd__cluster_clock_find(c, id);
-        uint64_t rtt = mc ? vd_clock_peer_rtt_max(&mc->est) : 0;
-        if (rtt > m)
-            m = rtt;
-    }
-    return m;
+    struct vd_cluster *c = ctx;
+    const struct member_clock *mc = id == c->id ? NULL : vd__cluster_clock_find(c, id);
+    if (!mc)
+        return 0; /* this node (no network) or one never heard from: the floor */
+    uint64_t us = vd_rtt_window_p99(&mc->data_rtt);
+    /* before its first data reply, its pings say how slow it usually is */
+    uint64_t ms = us ? (us + 999) / 1000 : vd_clock_peer_rtt_max(&mc->est);
+    return ms < SPEC_MAX_MS ? ms : SPEC_MAX_MS;
+}
+
+void vd__cluster_data_rtt(struct vd_cluster *c, uint64_t id, uint64_t rtt_us)
+{
+    struct member_clock *mc = vd__cluster_clock_find(c, id);
+    if (mc)
+        vd_rtt_window_add(&mc->data_rtt, rtt_us);
 }
 
 bool vd__cluster_member_down(void *ctx, uint64_t id)

@@ -21,7 +21,7 @@
 #include "vectord/db.h"
 #include "vectord/record.h"
 
-#define DATA_SPEC_MS 20 /* a read slower than this (or the slowest ping) asks one more replica */
+#define DATA_SPEC_MS 20 /* the least speculative delay of a read (a replica's p99 may be more) */
 #define DATA_RETRY_MS 50 /* a replica behind on the ring is asked again after this */
 
 /* What one replica answered for a read: its copy and, when live, its record bytes. */
@@ -513,13 +513,15 @@ static void dreq_begin(struct vd_cluster *c, struct dreq *r)
         r->need = r->rf;
     struct vd_coord_ring ring;
     vd_meta_coord_ring(c->meta, &ring);
-    uint64_t spec_ms = r->kind == VD_DMSG_READ ? vd__cluster_spec_ms(c, DATA_SPEC_MS) : 0;
+    uint64_t spec_ms = r->kind == VD_DMSG_READ ? DATA_SPEC_MS : 0;
     r->deadline_ms = vd__cluster_now_ms() + (r->timeout_ms ? r->timeout_ms : c->request_ms);
     struct vd_coord_params p = {.rf = r->rf,
                                 .need = r->need,
                                 .now_ms = vd__cluster_now_ms(),
                                 .timeout_ms = r->timeout_ms ? r->timeout_ms : c->request_ms,
                                 .spec_ms = spec_ms,
+                                .spec_of = vd__cluster_spec_of,
+                                .spec_ctx = c,
                                 .retry_ms = DATA_RETRY_MS,
                                 .prefer = c->id,
                                 .down = vd__cluster_member_down,

@@ -12,6 +12,9 @@
 
 struct dcall {
     struct vd_cluster *c;
+    uint64_t node;
+    uint64_t sent_ns; /* monotonic */
+    uint8_t kind;     /* of the request (dmsg.h) */
     uint8_t *body;
     size_t len;
     struct vd_buf reply;
@@ -27,6 +30,14 @@ static void dcall_free(struct dcall *d)
     free(d);
 }
 
+/* The kinds whose replies time a peer for the speculative delay of reads and searches (a
+ * write's trip includes its commit, which reads never wait for). */
+static bool timed_kind(uint8_t kind)
+{
+    return kind == VD_DMSG_READ || kind == VD_DMSG_SEARCH || kind == VD_DMSG_SCROLL ||
+           kind == VD_DMSG_VERIFY;
+}
+
 static void on_peer_done(void *arg, enum vd_data_outcome outcome, int status, const uint8_t *reply,
                          size_t len)
 {
@@ -35,6 +46,8 @@ static void on_peer_done(void *arg, enum vd_data_outcome outcome, int status, co
         outcome = VD_DATA_SHUTDOWN;
     if (outcome == VD_DATA_REPLIED && status != 0)
         reply = NULL, len = 0; /* the peer's handler failed: no answer */
+    else if (outcome == VD_DATA_REPLIED && timed_kind(d->kind))
+        vd__cluster_data_rtt(d->c, d->node, (vd_mono_ns() - d->sent_ns) / 1000);
     d->fn(d->arg, outcome, reply, len);
     dcall_free(d);
 }
@@ -92,7 +105,15 @@ int vd__cluster_dcall(struct vd_cluster *c, uint64_t node, const struct vd_data_
         free(body);
         return VD_ENOMEM;
     }
-    *d = (struct dcall){.c = c, .body = body, .len = len, .fn = fn, .arg = arg};
+    /* dmsg.h: a request begins with its version byte, then its kind */
+    *d = (struct dcall){.c = c,
+                        .node = node,
+                        .sent_ns = vd_mono_ns(),
+                        .kind = len >= 2 ? body[1] : 0,
+                        .body = body,
+                        .len = len,
+                        .fn = fn,
+                        .arg = arg};
     vd_buf_init(&d->reply);
     int rc;
     if (node == c->id) {

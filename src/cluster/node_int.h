@@ -26,6 +26,9 @@
 #define HOUSEKEEPING_MS 50
 #define PING_MS 250 /* liveness and clock offsets (vd_clock_peer): a few samples a second */
 #define DOWN_AFTER_MS 2500
+/* A peer's speculative delay never exceeds this: trips that waited out a stall (a stopped
+ * process resumed) must not teach the coordinator to wait seconds before asking another. */
+#define SPEC_MAX_MS 500
 #define RETRY_MS 3000      /* a forwarded proposal not applied by then is sent again */
 #define READ_RETRY_MS 1000 /* a ReadIndex not answered by then is asked again */
 #define JOIN_RETRY_MS 500
@@ -97,6 +100,7 @@ struct member_clock {
     uint64_t heard;       /* last frame from it (monotonic ms) */
     uint64_t last_action; /* leader: last membership step taken for it */
     struct vd_clock_peer est; /* its wall clock's offset from ours, from ping round trips */
+    struct vd_rtt_window data_rtt; /* its recent read, search and verify round trips */
 };
 
 /* What a coordinated request was, and how it ended, as GET /metrics counts them. */
@@ -340,10 +344,14 @@ const char *vd__cluster_place_state_name(const struct vd_cluster *c);
 struct member_clock *vd__cluster_clock_of(struct vd_cluster *c, uint64_t id);
 /* The member's record if there is one (never creates or evicts: pointers stay valid). */
 struct member_clock *vd__cluster_clock_find(struct vd_cluster *c, uint64_t id);
-/* The speculative delay of a data read: the slowest recent ping round trip to any member (a
- * replica slower than its usual slowest trip is likely stalled), at least floor_ms. Loop
- * thread. */
-uint64_t vd__cluster_spec_ms(struct vd_cluster *c, uint64_t floor_ms);
+/* The speculative delay of member id (ctx: the cluster; vd_coord_params.spec_of): the p99 of
+ * its recent data round trips (before any, its slowest recent ping), in ms rounded up, at most
+ * SPEC_MAX_MS; 0 for this node. A replica slower than its usual slowest trip is likely stalled,
+ * and a read then asks one more. Loop thread. */
+uint64_t vd__cluster_spec_of(void *ctx, uint64_t id);
+/* One data round trip to member id (a read, a search, a scroll or a verify that was answered),
+ * in µs, into its window. Loop thread. */
+void vd__cluster_data_rtt(struct vd_cluster *c, uint64_t id, uint64_t rtt_us);
 /* True when member id (ctx: the cluster) has not been heard from for DOWN_AFTER_MS, as GET
  * /cluster shows it down, or this node marked it needs-repair: data reads ask it last
  * (vd_coord_params.down), so a read at consistency 1 is not served by a replica known to have

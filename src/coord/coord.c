@@ -246,6 +246,23 @@ static void ask_next(struct vd_coord_op *op, struct slot *s, unsigned n, uint32_
         }
 }
 
+/* When a read or a search asks one more replica if those asked in s[0..n) have not all
+ * answered: after the longest speculative delay among the replicas still awaited (a replica is
+ * late once it exceeds its own usual round trip, spec_of), at least spec_ms; never when spec_ms
+ * is 0. */
+static uint64_t spec_deadline(const struct vd_coord_op *op, const struct slot *s, unsigned n)
+{
+    if (!op->p.spec_ms)
+        return UINT64_MAX;
+    uint64_t d = op->p.spec_ms;
+    for (unsigned i = 0; op->p.spec_of && i < n; i++)
+        if (s[i].st == S_ASKED) {
+            uint64_t x = op->p.spec_of(op->p.spec_ctx, s[i].node);
+            d = x > d ? x : d;
+        }
+    return op->now + d;
+}
+
 static void ask_hint(struct vd_coord_op *op, struct slot *s)
 {
     if (s->hint_asked)
@@ -446,7 +463,7 @@ static void read_start(struct vd_coord_op *op)
     op->have = 0;
     for (unsigned i = 0; i < op->n && i < op->p.need; i++)
         ask(op, &op->s[i], 0, 0, 0);
-    op->spec_at = op->p.spec_ms ? op->now + op->p.spec_ms : UINT64_MAX;
+    op->spec_at = spec_deadline(op, op->s, op->n);
 }
 
 static bool read_blocking(const struct vd_coord_op *op)
@@ -574,7 +591,7 @@ static void read_tick(struct vd_coord_op *op)
         /* A silent replica (stopped process, cut link: no reset) must not turn reads into
          * 503s: after the speculative delay one more replica is asked. */
         read_ask_next(op);
-        op->spec_at = op->now + op->p.spec_ms;
+        op->spec_at = spec_deadline(op, op->s, op->n);
     }
 }
 
@@ -642,7 +659,7 @@ static void range_start(struct vd_coord_op *op, uint32_t r)
             range_ask_next(op, g, r);
             asked++;
         }
-    g->spec_at = op->p.spec_ms ? op->now + op->p.spec_ms : UINT64_MAX;
+    g->spec_at = spec_deadline(op, g->s, g->n);
 }
 
 static int cand_cmp(const void *pa, const void *pb)
@@ -990,7 +1007,7 @@ static void search_tick(struct vd_coord_op *op)
         }
         if (!g->listed && op->now >= g->spec_at) {
             range_ask_next(op, g, r);
-            g->spec_at = op->now + op->p.spec_ms;
+            g->spec_at = spec_deadline(op, g->s, g->n);
         }
     }
 }

@@ -1,6 +1,7 @@
 /* Wall and monotonic clocks, and the hybrid logical clock. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -142,6 +143,31 @@ uint64_t vd_clock_peer_rtt_max(const struct vd_clock_peer *p)
         if (p->s[i].rtt_ms > m)
             m = p->s[i].rtt_ms;
     return m;
+}
+
+void vd_rtt_window_add(struct vd_rtt_window *w, uint64_t rtt_us)
+{
+    w->us[w->next] = rtt_us > UINT32_MAX ? UINT32_MAX : (uint32_t)rtt_us;
+    w->next = (w->next + 1) % VD_RTT_WINDOW;
+    if (w->n < VD_RTT_WINDOW)
+        w->n++;
+}
+
+static int u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+uint64_t vd_rtt_window_p99(const struct vd_rtt_window *w)
+{
+    if (w->n == 0)
+        return 0;
+    uint32_t sorted[VD_RTT_WINDOW];
+    memcpy(sorted, w->us, w->n * sizeof sorted[0]);
+    qsort(sorted, w->n, sizeof sorted[0], u32_cmp);
+    unsigned rank = (w->n * 99 + 99) / 100; /* ceil(0.99 n), 1-based */
+    return sorted[rank - 1];
 }
 
 int vd_clock_peer_rtt_us(const struct vd_clock_peer *p, uint64_t *last_us, uint64_t *max_us)

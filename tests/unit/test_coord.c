@@ -419,19 +419,25 @@ static void test_read_blocking_repair(void **state)
     vd_coord_op_free(op);
 }
 
+/* Nothing happens to op until time at, when it asks node, alone, speculatively (into x). */
+static void assert_spec_asks(struct vd_coord_op *op, uint64_t at, uint64_t node, struct acts *x)
+{
+    vd_coord_tick(op, at - 1);
+    drain(op, x);
+    assert_int_equal(x->n, 0);
+    vd_coord_tick(op, at);
+    drain(op, x);
+    assert_int_equal(count(x, VD_COORD_SEND), 1);
+    assert_int_equal(x->a[0].node, node);
+}
+
 static void test_read_background_repair_and_tombstone(void **state)
 {
     struct acts x;
     struct vd_coord_op *op = read_150(1, 0, &x);
     assert_int_equal(count(&x, VD_COORD_SEND), 1);
     /* Silent for the speculative delay: one more replica is asked. */
-    vd_coord_tick(op, 1019);
-    drain(op, &x);
-    assert_int_equal(x.n, 0);
-    vd_coord_tick(op, 1020);
-    drain(op, &x);
-    assert_int_equal(count(&x, VD_COORD_SEND), 1);
-    assert_int_equal(x.a[0].node, 3);
+    assert_spec_asks(op, 1020, 3, &x);
     struct vd_coord_action s3 = x.a[0];
     struct vd_coord_reply r = read_reply(&s3, true, true, 90, 3);
     step_ok(op, &r);
@@ -740,6 +746,45 @@ static void test_gone_is_not_found(void **state)
     assert_gone(op);
 }
 
+/* Replica 2 usually answers within 100 ms, replica 3 within 5 (their p99s, from the host). */
+static uint64_t spec_2_slow(void *ctx, uint64_t node)
+{
+    (void)ctx;
+    return node == 2 ? 100 : node == 3 ? 5 : 0;
+}
+
+/* The speculative delay is the awaited replica's own: a read asking replica 2 waits its 100 ms
+ * (not the 20 ms floor) before asking one more, and a search range likewise; a replica faster
+ * than the floor waits the floor. */
+static void test_spec_delay_per_replica(void **state)
+{
+    (void)state;
+    struct vd_coord_params p = params(1);
+    p.spec_of = spec_2_slow;
+    struct vd_coord_op *op;
+    struct acts x;
+    /* hash 150: replicas 2, 3, 1; R = 1 asks node 2 */
+    assert_int_equal(vd_coord_read_new(&p, &ring3, 150, &op), 0);
+    drain(op, &x);
+    assert_int_equal(find(&x, VD_COORD_SEND, 0)->node, 2);
+    assert_int_equal(vd_coord_next_deadline(op), 1100);
+    assert_spec_asks(op, 1100, 3, &x);
+    vd_coord_op_free(op);
+    /* hash 250: replicas 3, 1, 2; node 3 is fast, so the floor applies */
+    assert_int_equal(vd_coord_read_new(&p, &ring3, 250, &op), 0);
+    drain(op, &x);
+    assert_int_equal(find(&x, VD_COORD_SEND, 0)->node, 3);
+    assert_int_equal(vd_coord_next_deadline(op), 1020);
+    vd_coord_op_free(op);
+    /* a search range asking node 2 at R = 1 */
+    p.prefer = 2;
+    assert_int_equal(vd_coord_search_new(&p, &ring3, 0, 5, &op), 0);
+    drain(op, &x);
+    assert_int_equal(find(&x, VD_COORD_SEND, 0)->node, 2);
+    assert_int_equal(vd_coord_next_deadline(op), 1100);
+    vd_coord_op_free(op);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -760,6 +805,7 @@ int main(void)
         cmocka_unit_test(test_search_rounds_capped),
         cmocka_unit_test(test_search_timeout),
         cmocka_unit_test(test_gone_is_not_found),
+        cmocka_unit_test(test_spec_delay_per_replica),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -375,6 +375,43 @@ static void test_clock_skewed_majority(void **state)
     assert_true(vd_clock_skewed(p6, 2, 3, 500));
 }
 
+/* The p99 of a peer's recent data round trips: nearest rank over the last VD_RTT_WINDOW trips, so
+ * one stall among a hundred and more does not move it, two do, and old trips age out. */
+static void test_rtt_window_p99(void **state)
+{
+    (void)state;
+    struct vd_rtt_window w = {0};
+    assert_int_equal(vd_rtt_window_p99(&w), 0);
+    vd_rtt_window_add(&w, 700);
+    assert_int_equal(vd_rtt_window_p99(&w), 700);
+    /* fewer than 100 trips: the p99 is the slowest */
+    for (int i = 0; i < 50; i++)
+        vd_rtt_window_add(&w, 300 + (uint64_t)i);
+    assert_int_equal(vd_rtt_window_p99(&w), 700);
+    /* a full window of 1..128 ms: rank ceil(0.99 * 128) = 127 */
+    memset(&w, 0, sizeof w);
+    for (uint64_t i = 1; i <= VD_RTT_WINDOW; i++)
+        vd_rtt_window_add(&w, i * 1000);
+    assert_int_equal(w.n, VD_RTT_WINDOW);
+    assert_int_equal(vd_rtt_window_p99(&w), 127000);
+    /* the window slides: after 128 fast trips and one stall, the stall alone is above p99 */
+    for (int i = 0; i < VD_RTT_WINDOW - 1; i++)
+        vd_rtt_window_add(&w, 400);
+    vd_rtt_window_add(&w, 5000000);
+    assert_int_equal(vd_rtt_window_p99(&w), 400);
+    /* a second stall is the 1 % the p99 no longer ignores */
+    vd_rtt_window_add(&w, 4000000);
+    assert_int_equal(vd_rtt_window_p99(&w), 4000000);
+    /* and once 128 newer trips came, both are forgotten */
+    for (int i = 0; i < VD_RTT_WINDOW; i++)
+        vd_rtt_window_add(&w, 900);
+    assert_int_equal(vd_rtt_window_p99(&w), 900);
+    /* a trip beyond 32 bits of µs is kept as the largest */
+    vd_rtt_window_add(&w, UINT64_MAX);
+    vd_rtt_window_add(&w, UINT64_MAX);
+    assert_int_equal(vd_rtt_window_p99(&w), UINT32_MAX);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -389,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_clock_peer_offset),
         cmocka_unit_test(test_clock_peer_rtt_us),
         cmocka_unit_test(test_reqid),
+        cmocka_unit_test(test_rtt_window_p99),
         cmocka_unit_test(test_clock_skewed_majority),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
