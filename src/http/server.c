@@ -146,10 +146,12 @@ static void req_put(struct vd_http_req *r)
 {
     if (atomic_fetch_sub(&r->refs, 1) != 1)
         return;
-    struct vd_http *h = r->h;
-    pthread_mutex_lock(&h->mu);
-    req_unlink_locked(h, r);
-    pthread_mutex_unlock(&h->mu);
+    struct vd_http *h = r->h; /* NULL: the server is gone (vd_http_free left it to its replier) */
+    if (h) {
+        pthread_mutex_lock(&h->mu);
+        req_unlink_locked(h, r);
+        pthread_mutex_unlock(&h->mu);
+    }
     req_free(r);
 }
 
@@ -1440,15 +1442,29 @@ void vd_http_free(struct vd_http *h)
     if (!h)
         return;
     vd_http_stop(h, 0);
-    /* Left: requests answered 503 whose application never replied. */
+    /* Left: requests answered 503 whose application has not replied yet. A stream not ended is
+     * aborted (its application then never replies) and freed here. Any other is still owed a
+     * reply that may come from another thread at any moment (a storage write completing): it
+     * leaves the server and is freed by that late reply, which finds no server to tell. */
+    pthread_mutex_lock(&h->mu);
     struct vd_http_req *r = h->live, *next;
+    h->live = NULL;
+    pthread_mutex_unlock(&h->mu);
     for (; r; r = next) {
         next = r->next;
-        if (r->user_ref && r->route && r->route->ops && !r->ended)
+        pthread_mutex_lock(&r->mu);
+        bool owed = r->user_ref, stream = r->route && r->route->ops && !r->ended;
+        if (owed && !stream) {
+            r->h = NULL;
+            r->prev = r->next = NULL;
+        }
+        pthread_mutex_unlock(&r->mu);
+        if (owed && !stream)
+            continue; /* the server holds no reference any more (connections completed) */
+        if (owed)
             r->route->ops->abort(r, r->route->ctx);
         req_free(r);
     }
-    h->live = NULL;
     vd__http_routes_free(h);
     pthread_mutex_destroy(&h->conn_mu);
     pthread_cond_destroy(&h->conn_cv);
