@@ -116,6 +116,15 @@ int vd_db_delete_filter(struct vd_coll *c, const struct vd_filter *f, vd_db_done
 int vd_db_apply(struct vd_coll *c, const uint8_t *const *recs, const size_t *lens, size_t n,
                 vd_db_done_fn done, void *ctx, struct vd_err *err);
 
+/* Drops this node's copies of points ids[0..n) outright, each only while it is still exactly
+ * versions[i] (a newer copy is kept): no tombstone and nothing another node will ever see; the
+ * points leave the index and the payload columns as a delete's do. For copies the node should
+ * not hold (not a replica of them) once their replicas hold them. done runs once durable, with
+ * op_id the last change counter used. Errors: VD_EINVAL (n is 0), VD_ENOMEM, storage errors
+ * (VD_ENOTFOUND: the collection was deleted). */
+int vd_db_forget(struct vd_coll *c, const struct vd_pid *ids, const struct vd_version *versions,
+                 size_t n, vd_db_done_fn done, void *ctx, struct vd_err *err);
+
 /* Keeps the encoded record rec[len] as a hint for node target (hinted handoff): queued to
  * storage and returns at once; a failure or a full hint cap is logged (a hint is best effort: it
  * never counts as a replica's ack). Errors: VD_ENOMEM, VD_ECLOSED. */

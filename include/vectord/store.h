@@ -111,6 +111,13 @@ enum vd_wop_kind {
                            a hint of a deleted collection goes with the collection's purge */
     VD_WOP_HINT_DELETE, /* forget hint (target, incarnation, hint_id), once replayed or expired;
                            applied = false when it was already gone */
+    VD_WOP_FORGET,      /* drops this node's copy of (incarnation, id) outright when it is
+                           exactly version `version` by `node` (a copy the node should not hold,
+                           already written to the points' replicas): no tombstone is left, the
+                           hash entry goes, and the point's change-log entry is replaced by one
+                           naming the now absent key (seq set), so the index, replaying the log
+                           after a crash, drops it too. Another version, or none, is kept
+                           (applied = false). VD_ENOTFOUND if the collection is not live */
 };
 
 /* Longest payload index field name: the key (8-byte incarnation + name) fits LMDB's 511. */

@@ -364,9 +364,12 @@ void vd__cluster_status_refresh(struct vd_cluster *c)
                       vd__cluster_hints_needs_repair(c, m->id) ? "true" : "false");
     }
     /* a data directory written before replication has its points placed on the ring once */
-    vd_buf_printf(&b, "],\"points_placement\":{\"state\":\"%s\",\"records_placed\":%llu},",
+    vd_buf_printf(&b,
+                  "],\"points_placement\":{\"state\":\"%s\",\"records_placed\":%llu,"
+                  "\"copies_dropped\":%llu},",
                   vd__cluster_place_state_name(c),
-                  (unsigned long long)atomic_load(&c->place_points));
+                  (unsigned long long)atomic_load(&c->place_points),
+                  (unsigned long long)atomic_load(&c->place_dropped));
     vd__cluster_repair_status_json(c, &b);
     vd_buf_puts(&b, "}");
     struct vd_buf mb;

@@ -197,6 +197,7 @@ struct vd_cluster {
     bool place_stop;                 /* under place_mu */
     _Atomic int place_state;         /* enum vd_place_state, read by any thread */
     _Atomic uint64_t place_points;   /* records placed so far */
+    _Atomic uint64_t place_dropped;  /* of those, copies dropped (no replica of them) */
     struct applied_req applied[APPLIED_MEMORY];
     size_t applied_pos;
     struct member_clock clocks[MAX_MEMBERS * 2];

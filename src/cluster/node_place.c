@@ -9,8 +9,11 @@
  * fails (a replica still on the old version, no quorum yet) is retried until it succeeds or the
  * node stops. A fresh data directory has nothing to place and is marked at once.
  *
- * The node's own copies of points it does not replicate stay where they are (reads never ask it
- * for them); they go when the operations that move ranges between nodes can drop them.
+ * Once a page is acknowledged, the node drops its own copies of the page's points it is no
+ * replica of (vd_db_forget: no tombstone, only the version that was placed), so its database
+ * holds what the ring gives it and GET /collections/{c}/cluster counts only those; a copy that
+ * changed meanwhile is kept. A pass interrupted between the two steps places the rest again on
+ * the next start and drops what it placed then.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +26,7 @@
 
 #include "node_int.h"
 #include "vectord/db.h"
+#include "vectord/record.h"
 
 #define PLACED_FILE "points-placed"
 #define PAGE_RECORDS 256
@@ -92,6 +96,19 @@ static bool stopping(struct vd_cluster *c)
     return stop;
 }
 
+/* A step on collection coll failed for `why`: says so at most once a minute (*last_warn), then
+ * waits before the retry. Returns true when the node stops meanwhile. */
+static bool wait_retry(struct vd_cluster *c, uint64_t *last_warn, const char *step,
+                       const char *coll, const char *why)
+{
+    uint64_t now = vd__cluster_now_ms();
+    if (now - *last_warn >= 60000) {
+        vd_log_warn("cluster: %s of collection '%s' waits: %s", step, coll, why);
+        *last_warn = now;
+    }
+    return nap(c, PLACE_RETRY_MS);
+}
+
 /* Writes one page through the coordinator until it is acknowledged. Returns 0, VD_ENOTFOUND (the
  * collection is gone or another incarnation: nothing of it to place) or VD_ECLOSED (stopping). */
 static int place_page(struct vd_cluster *c, const char *coll, uint64_t inc, struct page *p)
@@ -108,15 +125,52 @@ static int place_page(struct vd_cluster *c, const char *coll, uint64_t inc, stru
             rc = vd__wait(&w);
         if (rc == 0 || rc == VD_ENOTFOUND || rc == VD_ECLOSED)
             return rc;
-        uint64_t now = vd__cluster_now_ms();
-        if (now - last_warn >= 60000) {
-            vd_log_warn("cluster: placing the points of collection '%s' waits: %s", coll,
-                        w.err.msg);
-            last_warn = now;
-        }
-        if (nap(c, PLACE_RETRY_MS))
+        if (wait_retry(c, &last_warn, "placing the points", coll, w.err.msg))
             return VD_ECLOSED;
     }
+}
+
+/* Drops this node's copies of the points of page p (acknowledged by their replicas) that it is
+ * no replica of, on the current ring of collection `name` at incarnation inc. Retried until it
+ * succeeds; returns 0, VD_ENOTFOUND (the collection is gone) or VD_ECLOSED (stopping). */
+static int drop_unowned(struct vd_cluster *c, struct vd_coll *coll, const char *name,
+                        uint64_t inc, const struct page *p)
+{
+    struct vd_pid ids[PAGE_RECORDS];
+    struct vd_version versions[PAGE_RECORDS];
+    size_t n = 0;
+    struct vd_meta_view *v = vd__cluster_view_acquire(c);
+    if (!v)
+        return VD_ECLOSED;
+    const struct vd_meta *m = vd_meta_view_state(v);
+    const struct vd_coll_schema *s = vd_meta_collection(m, name);
+    for (size_t i = 0; s && s->incarnation == inc && i < p->n; i++) {
+        struct vd_record r;
+        struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+        if (vd_record_decode(p->bytes + p->off[i], p->lens[i], &r, vecs))
+            continue; /* the write of it would have failed: not placed, kept */
+        if (vd_meta_is_replica(m, name, &r.id, c->id))
+            continue;
+        ids[n] = r.id;
+        versions[n++] = r.version;
+    }
+    vd_meta_view_release(v);
+    uint64_t last_warn = 0;
+    while (n) {
+        struct vd_cluster_wait w = VD_CLUSTER_WAIT_INIT;
+        int rc = vd_db_forget(coll, ids, versions, n, vd__wait_done, &w, &w.err);
+        if (rc == 0)
+            rc = vd__wait(&w);
+        if (rc == 0) {
+            atomic_fetch_add(&c->place_dropped, n);
+            break;
+        }
+        if (rc == VD_ENOTFOUND || rc == VD_ECLOSED)
+            return rc;
+        if (wait_retry(c, &last_warn, "dropping the placed copies", name, w.err.msg))
+            return VD_ECLOSED;
+    }
+    return 0;
 }
 
 /* Places every record of collection `name`; returns 0 or VD_ECLOSED. */
@@ -144,6 +198,8 @@ static int place_collection(struct vd_cluster *c, const char *name)
         if (p.n == 0)
             break;
         rc = place_page(c, name, inc, &p);
+        if (rc == 0)
+            rc = drop_unowned(c, coll, name, inc, &p);
         if (rc == VD_ENOTFOUND) {
             rc = 0;
             break;

@@ -650,3 +650,20 @@ out_free:
     wreq_free(w);
     return rc;
 }
+
+int vd_db_forget(struct vd_coll *c, const struct vd_pid *ids, const struct vd_version *versions,
+                 size_t n, vd_db_done_fn done, void *ctx, struct vd_err *err)
+{
+    if (n == 0)
+        return vd_errf(err, VD_EINVAL, "no points given");
+    struct wreq *w = wreq_new(c, n, false, done, ctx);
+    if (!w)
+        return vd_errf(err, VD_ENOMEM, "out of memory for %zu points", n);
+    for (size_t i = 0; i < n; i++)
+        w->ops[i] = (struct vd_wop){.kind = VD_WOP_FORGET,
+                                    .incarnation = c->schema.incarnation,
+                                    .id = ids[i],
+                                    .version = versions[i].hlc,
+                                    .node = versions[i].node};
+    return submit(w, err);
+}

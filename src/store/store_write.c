@@ -262,6 +262,52 @@ static int put_record(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, str
     return 0;
 }
 
+/* VD_WOP_FORGET: removes the points row, its hash entry and its change-log entry, and logs the
+ * key again under a new counter, as the change of a point that is now absent: the log keeps one
+ * entry per stored point, and a consumer replaying it (a restart's index) finds the key gone and
+ * drops it. */
+static int forget_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
+                        struct vd_err *err)
+{
+    uint32_t dim;
+    int rc = live_dim_of(s, txn, g, op->incarnation, &dim, err);
+    if (rc)
+        return rc;
+    uint8_t kb[VD__PT_KEY_MAX];
+    MDB_val k = {vd__store_pt_key(op->incarnation, &op->id, kb), kb}, cur;
+    rc = mdb_get(txn, s->dbi_points, &k, &cur);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return vd_errf(err, mdbck(g, rc), "reading point: %s", mdb_strerror(rc));
+    struct vd_version old;
+    bool tomb;
+    if (vd__store_pt_version(&cur, &old, &tomb))
+        return vd_errf(err, VD_ECORRUPT, "stored point record is malformed");
+    if (vd_version_cmp(old, (struct vd_version){op->version, op->node}) != 0)
+        return 0; /* changed since the caller read it: that version is not the caller's to drop */
+    uint64_t old_seq = vd__store_le64_get(cur.mv_data);
+    if ((rc = mdb_del(txn, s->dbi_points, &k, NULL)))
+        return vd_errf(err, mdbck(g, rc), "deleting point: %s", mdb_strerror(rc));
+    uint8_t hk[VD__HK_MAX];
+    MDB_val hkv = {vd__store_hash_key(op->incarnation, g->cache_name, &op->id, hk), hk};
+    rc = mdb_del(txn, s->dbi_hash, &hkv, NULL);
+    if (rc && rc != MDB_NOTFOUND)
+        return vd_errf(err, mdbck(g, rc), "deleting hash entry: %s", mdb_strerror(rc));
+    if ((rc = drop_change(s, txn, old_seq, &k)))
+        return vd_errf(err, mdbck(g, rc), "updating change log: %s", mdb_strerror(rc));
+    uint64_t seq = s->next_seq + 1;
+    uint8_t sk[8];
+    vd_be64_put(sk, seq);
+    MDB_val ck = {8, sk};
+    if ((rc = mdb_put(txn, s->dbi_changes, &ck, &k, MDB_APPEND)))
+        return vd_errf(err, mdbck(g, rc), "writing change log: %s", mdb_strerror(rc));
+    s->next_seq = seq;
+    op->seq = seq;
+    op->applied = true;
+    return 0;
+}
+
 static int apply_point(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, struct vd_wop *op,
                        struct vd_err *err)
 {
@@ -539,6 +585,9 @@ static int apply_batch(struct vd_store *s, MDB_txn *txn, struct group_ctx *g, st
         case VD_WOP_PINDEX_PUT:
         case VD_WOP_PINDEX_DELETE:
             r = pindex_op(s, txn, g, op, &b->err);
+            break;
+        case VD_WOP_FORGET:
+            r = forget_point(s, txn, g, op, &b->err);
             break;
         case VD_WOP_HINT_PUT:
         case VD_WOP_HINT_DELETE:

@@ -8,8 +8,12 @@ was written through: collections `rf1` (replication factor 1, Dot) and `rf3` (re
 1000*i overwritten with vector [9, 9, 9, 9] and payload {"node": i, "k": 0, "v": 2}.
 
 Started on those directories, every node places what it holds on the ring (GET /cluster shows
-`points_placement` done), after which every point is found through every node at consistency
-`all` with its payload and vector, the deleted ones stay deleted, and counts are exact.
+`points_placement` done) and drops its copies of points it is no replica of, so each node's
+store holds only what the ring gives it (the local points_count of GET /collections/{c}/cluster,
+summed over the nodes, is the replication factor times the points: 1 x 300 for `rf1`, where
+every node held 100 before and owns about a third, and 3 x 297 for `rf3`); after which every
+point is found through every node at consistency `all` with its payload and vector, the deleted
+ones stay deleted, and counts are exact.
 """
 import math
 import os
@@ -71,6 +75,23 @@ class Upgrade(unittest.TestCase):
             self.assertGreaterEqual(s["records_placed"], 100, states)
 
         want = expected()
+        rf = {"rf1": 1, "rf3": 3}
+        for s in states:
+            self.assertIn("copies_dropped", s, states)
+
+        def local_counts(coll):
+            return [n.ok("GET", f"/collections/{coll}/cluster")["local_shards"][0]["points_count"]
+                    for n in self.nodes]
+        for coll, points in want.items():
+            # rf3 at W 2 may leave a replica to its hint for a moment: poll
+            wait_until(lambda: sum(local_counts(coll)) == rf[coll] * len(points), 60,
+                       f"{coll}: the nodes to hold {rf[coll]} x {len(points)} points")
+            for count in local_counts(coll):
+                self.assertLessEqual(count, len(points), coll)
+        # RF 1 on 3 nodes: each holds a part, none all (the ring spreads 300 points)
+        self.assertTrue(all(0 < k < 300 for k in local_counts("rf1")), local_counts("rf1"))
+        # rf1: every node held its 100 writes, most of them another node's to keep
+        self.assertGreater(sum(s["copies_dropped"] for s in states), 0, states)
         every = list(range(1000, 3100))
         for coll, points in want.items():
             for n in self.nodes:

@@ -580,12 +580,55 @@ static void test_edit_races(void **state)
     fixture_rmdir();
 }
 
+/* Forgetting copies: the version named goes from storage, the index and the payload columns (and
+ * stays gone after a restart), while a copy at another version is kept. */
+static void test_forget_copies(void **state)
+{
+    (void)state;
+    fixture_mkdir();
+    struct vd_db *db = open_db();
+    struct vd_coll *c = create_coll(db, "f", 2, VD_METRIC_EUCLID, 64, 0);
+    float v[2] = {1, 2};
+    int st;
+    for (uint64_t id = 1; id <= 3; id++) {
+        assert_int_equal(apply_rec(c, id, (struct vd_version){100 + id, 7}, v, "{\"k\":1}", &st),
+                         0);
+        assert_int_equal(st, 0);
+    }
+    reopen(&db, &c, "f"); /* the saved graph holds all three */
+    struct vd_pid ids[2] = {{.type = VD_PID_NUM, .u.num = 1}, {.type = VD_PID_NUM, .u.num = 2}};
+    struct vd_version vers[2] = {{101, 7}, {999, 7}}; /* 2: not the version stored */
+    struct vd_err e;
+    assert_int_equal(vd_db_forget(c, ids, vers, 0, on_done, &W, &e), VD_EINVAL);
+    assert_int_equal(vd_db_forget(c, ids, vers, 2, on_done, &W, &e), 0);
+    assert_int_equal(wait_for(&W), 0);
+    for (int round = 0; round < 2; round++) {
+        uint64_t n = 0;
+        assert_int_equal(vd_db_count(c, NULL, &n), 0);
+        assert_int_equal(n, 2);
+        struct vd_coll_stats cs;
+        vd_db_coll_stats(c, &cs);
+        assert_int_equal(cs.points, 2);
+        char *j = retrieve(c, 1);
+        assert_string_equal(j, "[]");
+        free(j);
+        j = retrieve(c, 2);
+        assert_non_null(strstr(j, "\"k\":1"));
+        free(j);
+        reopen(&db, &c, "f");
+    }
+    vd_db_coll_put(c);
+    vd_db_close(db);
+    fixture_rmdir();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_search_restart),
         cmocka_unit_test(test_cosine_zero_vector_rejected),
         cmocka_unit_test(test_apply_records),
+        cmocka_unit_test(test_forget_copies),
         cmocka_unit_test(test_structured_reads),
         cmocka_unit_test(test_edit_races),
     };

@@ -1365,6 +1365,76 @@ static void test_hash_range(void **state)
     vd_store_read_end(t);
 }
 
+/* One VD_WOP_FORGET of (id, version by node 1); returns status, *applied, *seq. */
+static int forget(struct vd_store *s, uint64_t inc, struct vd_pid id, uint64_t version,
+                  bool *applied, uint64_t *seq)
+{
+    return put(s, VD_WOP_FORGET, inc, id, version, 1, NULL, 0, NULL, applied, seq);
+}
+
+/* Forgetting a copy drops it outright when it is exactly the version named: no tombstone, no
+ * hash entry, and the change log holds one entry for the key, newer than the forgotten write,
+ * so a replay finds it absent; another version or an absent id is kept as it is, and the id can
+ * be written again later. */
+static void test_forget(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(upsert(f->s, f->inc, num(1), 5, 0, "{\"a\":1}"), 0);                 /* 1 */
+    assert_int_equal(upsert(f->s, f->inc, num(2), 5, 0, NULL), 0);                        /* 2 */
+    assert_int_equal(put(f->s, VD_WOP_DELETE, f->inc, num(3), 6, 1, NULL, 0, NULL, NULL, NULL),
+                     0);                                                                  /* 3 */
+    bool applied = true;
+    uint64_t seq = 99;
+    /* another version than the stored one: kept */
+    assert_int_equal(forget(f->s, f->inc, num(1), 4, &applied, &seq), 0);
+    assert_false(applied);
+    assert_int_equal(seq, 0);
+    assert_int_equal(forget(f->s, f->inc, num(9), 5, &applied, &seq), 0); /* absent */
+    assert_false(applied);
+    assert_int_equal(forget(f->s, f->inc, num(1), 5, &applied, &seq), 0);
+    assert_true(applied);
+    assert_int_equal(seq, 4);
+    assert_int_equal(forget(f->s, f->inc, num(3), 6, &applied, &seq), 0); /* a tombstone too */
+    assert_true(applied);
+    assert_int_equal(seq, 5);
+    assert_int_equal(vd_store_last_seq(f->s), 5);
+    struct vd_rtxn *t;
+    struct vd_point_view pv;
+    assert_int_equal(get(f->s, f->inc, num(1), &pv, &t), VD_ENOTFOUND);
+    assert_int_equal(vd_store_point_get(t, f->inc, &(struct vd_pid){.type = VD_PID_NUM,
+                                                                   .u.num = 3}, &pv),
+                     VD_ENOTFOUND);
+    vd_store_read_end(t);
+    assert_int_equal(count_points(f->s, f->inc, true), 1);
+    /* the hash-ordered table holds point 2 alone */
+    static struct hvisit got;
+    got.n = 0;
+    assert_int_equal(vd_store_read_begin(f->s, &t), 0);
+    assert_int_equal(vd_store_scan_hash_range(t, f->inc, 0, 0, true, hvisit_fn, &got), 0);
+    assert_int_equal(got.n, 1);
+    assert_int_equal(got.ids[0].u.num, 2);
+    /* one entry per key: 2 at seq 2, then the forgotten 1 and 3 at their new counters */
+    struct changes c = {0};
+    assert_int_equal(vd_store_changes_since(t, 0, changes_fn, &c), 0);
+    vd_store_read_end(t);
+    assert_int_equal(c.n, 3);
+    assert_int_equal(c.id[0].u.num, 2);
+    assert_int_equal(c.seq[0], 2);
+    assert_int_equal(c.id[1].u.num, 1);
+    assert_int_equal(c.seq[1], 4);
+    assert_int_equal(c.id[2].u.num, 3);
+    assert_int_equal(c.seq[2], 5);
+    /* written again, even under an older version than the forgotten one: nothing is left of it
+     * to win over the new write */
+    assert_int_equal(upsert(f->s, f->inc, num(1), 3, 7, NULL), 0);
+    assert_int_equal(get(f->s, f->inc, num(1), &pv, &t), 0);
+    assert_int_equal(pv.version, 3);
+    vd_store_read_end(t);
+    /* a collection that is not live */
+    assert_int_equal(drop_coll(f->s, "c"), 0);
+    assert_int_equal(forget(f->s, f->inc, num(2), 5, &applied, &seq), VD_ENOTFOUND);
+}
+
 /* A restarted node's clock starts above every version it made durable: a write stamped by a
  * clock far ahead (in a child process, so this one's clock never saw it) lifts the next
  * vd_hlc_now() of the process that reopens the directory. */
@@ -1675,6 +1745,7 @@ int main(void)
         cmocka_unit_test(test_closed),
         cmocka_unit_test(test_format_mismatch),
         cmocka_unit_test_setup_teardown(test_hash_range, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forget, setup, teardown),
         cmocka_unit_test(test_hlc_floor),
         cmocka_unit_test(test_kill9),
         cmocka_unit_test_setup_teardown(test_hints, setup, teardown),
