@@ -88,6 +88,7 @@ struct node {
     struct vd_hlc hlc;
     uint64_t ring_ver;
     uint32_t disk_ms;
+    uint64_t spec_ms; /* its speculative delay (the host's p99 round trip); 0: the floor */
     struct chk_copy store[CHK_MAX_KEYS];
     struct hint *hints;
     size_t n_hints, cap_hints;
@@ -580,6 +581,13 @@ static struct sop *op_begin(uint8_t kind, int coord, unsigned key)
     return o;
 }
 
+/* A replica's speculative delay, as a host's p99 window gives it (vd_coord_params.spec_of). */
+static uint64_t node_spec_ms(void *ctx, uint64_t node)
+{
+    (void)ctx;
+    return node <= MAX_NODES ? S.nodes[node].spec_ms : 0;
+}
+
 static struct vd_coord_params op_params(int coord, unsigned need)
 {
     return (struct vd_coord_params){.rf = RF,
@@ -587,6 +595,7 @@ static struct vd_coord_params op_params(int coord, unsigned need)
                                     .now_ms = S.now,
                                     .timeout_ms = 1000 + rnd_below(1001),
                                     .spec_ms = 20 + rnd_below(40),
+                                    .spec_of = node_spec_ms,
                                     .retry_ms = 10,
                                     .prefer = (uint64_t)coord,
                                     .bug = S.bug};
@@ -1005,6 +1014,8 @@ static bool run_seed(uint64_t seed, uint64_t *steps)
         S.nodes[i].alive = true;
         S.nodes[i].ring_ver = 1;
         S.nodes[i].disk_ms = 1 + (uint32_t)rnd_below(20);
+        /* half the replicas are usually slower than the floor, some far slower */
+        S.nodes[i].spec_ms = chance(0.5) ? 0 : rnd_below(chance(0.2) ? 800 : 120);
         for (unsigned t = 0; t < per; t++)
             S.tokens[S.n_tokens++] = (struct vd_coord_token){rnd(), i};
     }
