@@ -64,6 +64,9 @@ enum vd_frame_type {
     /* data channel only, not gated: the receiver's credit, body VD_DATA_CREDIT_LEN bytes
      * (data transport below) */
     VD_FRAME_CREDIT = 22,
+    /* body: n x u64 BE, the members the sender has marked needs-repair (node_hints.c), resent
+     * every second while any is marked; a node that does not know the type ignores it */
+    VD_FRAME_MARKS = 23,
     VD_FRAME_DATA = 32,
     VD_FRAME_DATA_REQ = 32,   /* data channel: one chunk of a request (data transport below) */
     VD_FRAME_DATA_REPLY = 33, /* data channel: one chunk of a reply */

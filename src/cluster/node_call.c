@@ -433,6 +433,9 @@ void vd__cluster_on_frame(void *ctx, uint64_t from, const char *from_addr, uint8
     case VD_FRAME_CALL_REPLY:
         on_reply(c, body, len);
         break;
+    case VD_FRAME_MARKS:
+        vd__cluster_hints_on_marks(c, from, body, len);
+        return;
     default:
         return;
     }

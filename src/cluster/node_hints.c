@@ -38,6 +38,10 @@
 #define HINT_RETRY_MS 1000     /* a batch not delivered: its target waits this long */
 #define HINT_RETRY_RING_MS 100 /* wrong ring or not yet: the ring catches up soon */
 #define HINT_TARGETS 64        /* targets tracked at once */
+/* needs-repair marks told to the other members while any is held, and trusted from a member for
+ * a few of its sends: a mark cleared (or a member gone silent) is forgotten within MARKS_TTL_MS */
+#define MARKS_SEND_MS 1000
+#define MARKS_TTL_MS 3500
 /* a batch's deadline: a target that went silent (not marked down yet) holds its batch no longer,
  * so expiry and the next try come soon; a live replica stores a 1 MiB batch well within it */
 #define HINT_SEND_MS 3000
@@ -56,17 +60,26 @@ struct htarget {
     bool seen; /* in the last totals */
 };
 
+/* The marks another member said it holds. */
+struct reporter {
+    uint64_t from, heard; /* heard: monotonic ms of its last VD_FRAME_MARKS */
+    uint32_t n;
+    uint64_t ids[HINT_TARGETS];
+};
+
 struct vd_hints {
     /* under mu: what other threads read (metrics, GET /cluster) */
     pthread_mutex_t mu;
     struct htarget t[HINT_TARGETS];
     size_t n_t;
+    struct reporter rep[MAX_MEMBERS];
+    size_t n_rep;
     uint64_t replayed, expired, dropped, refused;
     uint64_t refused_other; /* refused hints the database counts under target 0 */
     /* loop thread only */
     uint64_t window_ms;
     unsigned inflight;
-    uint64_t last_scan;
+    uint64_t last_scan, last_marks;
     bool closing;
 };
 
@@ -517,6 +530,57 @@ static void on_refused(uint64_t target, uint64_t count, void *ctx)
         mark_repair(c, t, "a hint for it was not stored (a hint cap was reached)");
 }
 
+/* Tells every other member which members this node has marked needs-repair, so that they too
+ * ask them last (a mark is this node's knowledge: the hints were dropped here). */
+static void marks_send(struct vd_cluster *c, uint64_t now)
+{
+    struct vd_hints *h = c->hints;
+    if (now - h->last_marks < MARKS_SEND_MS)
+        return;
+    h->last_marks = now;
+    uint8_t body[HINT_TARGETS * 8];
+    size_t n = 0;
+    pthread_mutex_lock(&h->mu);
+    for (size_t i = 0; i < h->n_t; i++)
+        if (h->t[i].needs_repair)
+            vd_be64_put(body + 8 * n++, h->t[i].id);
+    pthread_mutex_unlock(&h->mu);
+    if (n == 0)
+        return; /* a cleared mark is forgotten by the others after MARKS_TTL_MS */
+    for (size_t i = 0; i < vd_meta_n_members(c->meta); i++) {
+        uint64_t id = vd_meta_member_at(c->meta, i)->id;
+        if (id != c->id)
+            vd_transport_send(c->tp, id, VD_FRAME_MARKS, body, 8 * n);
+    }
+}
+
+void vd__cluster_hints_on_marks(struct vd_cluster *c, uint64_t from, const uint8_t *body,
+                                size_t len)
+{
+    struct vd_hints *h = c->hints;
+    if (!h || len % 8 || len / 8 > HINT_TARGETS || !vd_meta_member(c->meta, from))
+        return;
+    uint64_t now = vd__cluster_now_ms();
+    pthread_mutex_lock(&h->mu);
+    struct reporter *r = NULL;
+    for (size_t i = 0; i < h->n_rep && !r; i++)
+        if (h->rep[i].from == from)
+            r = &h->rep[i];
+    for (size_t i = 0; i < h->n_rep && !r; i++) /* reuse one gone silent */
+        if (now - h->rep[i].heard >= MARKS_TTL_MS)
+            r = &h->rep[i];
+    if (!r && h->n_rep < MAX_MEMBERS)
+        r = &h->rep[h->n_rep++];
+    if (r) {
+        r->from = from;
+        r->heard = now;
+        r->n = (uint32_t)(len / 8);
+        for (uint32_t k = 0; k < r->n; k++)
+            r->ids[k] = vd_be64_get(body + 8 * k);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
 void vd__cluster_hints_tick(struct vd_cluster *c)
 {
     struct vd_hints *h = c->hints;
@@ -533,6 +597,7 @@ void vd__cluster_hints_tick(struct vd_cluster *c)
             h->t[i].count = 0;
     pthread_mutex_unlock(&h->mu);
     vd_db_hints_refused(c->db, on_refused, c);
+    marks_send(c, now);
     /* a node deciding what to drop must know the cluster as it is: not before it applied what
      * its log held at start, and not while it is still joining */
     if (c->broken || c->join || vd_meta_applied(c->meta) < c->catchup ||
@@ -583,9 +648,14 @@ bool vd__cluster_hints_needs_repair(struct vd_cluster *c, uint64_t id)
     struct vd_hints *h = c->hints;
     if (!h)
         return false;
+    uint64_t now = vd__cluster_now_ms();
     pthread_mutex_lock(&h->mu);
     const struct htarget *t = target_of(h, id, false);
     bool r = t && t->needs_repair;
+    for (size_t i = 0; i < h->n_rep && !r; i++)
+        if (h->rep[i].from != id && now - h->rep[i].heard < MARKS_TTL_MS)
+            for (uint32_t k = 0; k < h->rep[i].n && !r; k++)
+                r = h->rep[i].ids[k] == id;
     pthread_mutex_unlock(&h->mu);
     return r;
 }

@@ -303,8 +303,12 @@ void vd__cluster_hints_close(struct vd_cluster *c);
 void vd__cluster_hints_free(struct vd_cluster *c);
 /* Appends the vectord_hints_* series of GET /metrics. Any thread. */
 void vd__cluster_hints_metrics(struct vd_cluster *c, struct vd_buf *out);
-/* True when node id missed writes that no hint will bring (expired, or over a cap). Any thread. */
+/* True when node id missed writes that no hint will bring (expired, or over a cap), as this node
+ * marked it or as a member heard from lately says it marked it (VD_FRAME_MARKS). Any thread. */
 bool vd__cluster_hints_needs_repair(struct vd_cluster *c, uint64_t id);
+/* The marks member `from` says it holds (a VD_FRAME_MARKS body). Loop thread. */
+void vd__cluster_hints_on_marks(struct vd_cluster *c, uint64_t from, const uint8_t *body,
+                                size_t len);
 
 /* Whether node id is marked needs-repair here, and how many times it was marked (*marks): a repair
  * clears the mark only if no new one came since it began. Any thread. */

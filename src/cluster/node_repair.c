@@ -696,8 +696,7 @@ static int plan_run(struct vd_cluster *c, struct rrun *run, const char *only)
             bool mine = false, urgent = false;
             for (size_t j = 0; j < p.n_natural; j++) {
                 mine |= p.natural[j] == c->id;
-                for (size_t x = 0; x < run->n_marks; x++)
-                    urgent |= run->marks[x].id == p.natural[j];
+                urgent |= vd__cluster_hints_needs_repair(c, p.natural[j]); /* others' marks too */
             }
             if (!mine || p.n_natural < 2)
                 continue; /* one replica has no one to compare with */

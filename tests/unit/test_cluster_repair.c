@@ -194,6 +194,8 @@ static void test_repair_converges(void **state)
         make_rec(&missed[k], 300 + k, id0, (float)k, k == 3, inc);
     assert_int_equal(write_through(0, missed, 4, 2, inc, NULL, 0), 0);
     POLL(needs_repair(0, id2), 15000, "node 2 marked needs-repair on node 0");
+    /* node 0 tells the others: node 1 too asks node 2 last */
+    POLL(needs_repair(1, id2), 5000, "node 0's mark known on node 1");
     assert_int_equal(hints_for(0, id2), 0);
     /* while it is down its ranges cannot be repaired, and the mark stays */
     r = repair_through(0, NULL);
@@ -206,6 +208,7 @@ static void test_repair_converges(void **state)
     assert_int_equal(r.ranges_failed, 0);
     assert_int_equal(r.points_sent, 4);
     POLL(!needs_repair(0, id2), 2000, "node 2's mark cleared in GET /cluster");
+    POLL(!needs_repair(1, id2), 6000, "the cleared mark forgotten on node 1");
     assert_int_equal(held_at(2, missed, 4), 4);
     assert_int_equal(same_everywhere(), NPTS + 2 + 4);
 
