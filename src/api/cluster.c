@@ -7,7 +7,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <sodium.h>
+
 #include "vectord/cluster.h"
+#include "vectord/record.h"
 
 #include "api_int.h"
 
@@ -431,6 +434,103 @@ out_reply_err:
 }
 
 /*
+ * GET /collections/{name}/cluster/local[?records=true]: what this node itself stores of the
+ * collection, read from its own database and from no other node: live points, tombstones, and a
+ * BLAKE2b-256 digest over every stored record (id and the record's bytes, in id order, tombstones
+ * included). Two replicas holding the same records byte for byte show the same digest, so an
+ * operator (or a test) can check that replicas converged, e.g. after a repair. With records=true
+ * the answer lists each record (id, version, tombstone, the first 16 bytes of its BLAKE2b-256) to
+ * find where two differ; it reads the whole collection in one read snapshot and answers it in one
+ * reply, so it is for inspection, not for large collections.
+ */
+struct local_scan {
+    crypto_generichash_state all;
+    struct vd_buf *list; /* NULL unless records=true */
+    uint64_t points, tombstones;
+    bool first;
+};
+
+static int local_one(const struct vd_pid *id, const uint8_t *rec, size_t len, void *ctx)
+{
+    struct local_scan *ls = ctx;
+    struct vd_record r;
+    struct vd_rvec vecs[VD_RECORD_MAX_VECTORS];
+    if (vd_record_decode(rec, len, &r, vecs))
+        return VD_ECORRUPT;
+    char ids[VD_PID_STR_MAX];
+    vd_pid_format(id, ids);
+    uint8_t n[8];
+    vd_be64_put(n, len);
+    /* the id's text and the length frame each record: no two sequences hash alike */
+    crypto_generichash_update(&ls->all, (const uint8_t *)ids, strlen(ids) + 1);
+    crypto_generichash_update(&ls->all, n, sizeof n);
+    crypto_generichash_update(&ls->all, rec, len);
+    if (r.tombstone)
+        ls->tombstones++;
+    else
+        ls->points++;
+    if (ls->list) {
+        uint8_t h[32];
+        char hex[33];
+        crypto_generichash(h, sizeof h, rec, len, NULL, 0);
+        sodium_bin2hex(hex, sizeof hex, h, 16);
+        vd_buf_printf(ls->list,
+                      "%s{\"id\":\"%s\",\"version\":{\"hlc\":%llu,\"node\":%llu},"
+                      "\"tombstone\":%s,\"hash\":\"%s\"}",
+                      ls->first ? "" : ",", ids, (unsigned long long)r.version.hlc,
+                      (unsigned long long)r.version.node, r.tombstone ? "true" : "false", hex);
+        ls->first = false;
+    }
+    return 0;
+}
+
+static void coll_local(struct vd_http_req *r, void *ctx)
+{
+    const char *rq = vd_http_query(r, "records");
+    bool list = rq && (!strcmp(rq, "true") || !rq[0]);
+    if (rq && !list && strcmp(rq, "false")) {
+        vd_http_reply_error(r, 400,
+                            "query parameter 'records': '%.64s' is not allowed; expected 'true' "
+                            "or 'false'",
+                            rq);
+        return;
+    }
+    struct vd_coll *c = vd__api_coll(r);
+    if (!c)
+        return;
+    struct vd_buf recs, b;
+    vd_buf_init(&recs);
+    vd_buf_init(&b);
+    struct local_scan ls = {.list = list ? &recs : NULL, .first = true};
+    crypto_generichash_init(&ls.all, NULL, 0, 32);
+    int rc = vd_db_scan_records(c, NULL, local_one, &ls);
+    vd_db_coll_put(c);
+    if (rc) {
+        vd_buf_release(&recs);
+        vd_http_reply_error(r, rc == VD_ECORRUPT ? 500 : vd_err_http_status(rc),
+                            "reading this node's records failed: %s", vd_strerror(rc));
+        return;
+    }
+    uint8_t d[32];
+    char hex[65];
+    crypto_generichash_final(&ls.all, d, sizeof d);
+    sodium_bin2hex(hex, sizeof hex, d, sizeof d);
+    vd_buf_printf(&b, "{\"peer_id\":%llu,\"points\":%llu,\"tombstones\":%llu,\"digest\":\"%s\"",
+                  (unsigned long long)vd_cluster_node_id(vd__api.cluster),
+                  (unsigned long long)ls.points, (unsigned long long)ls.tombstones, hex);
+    if (list) {
+        vd_buf_puts(&b, ",\"records\":[");
+        vd_buf_append(&b, recs.data, recs.len);
+        vd_buf_puts(&b, "]");
+        if (!vd_buf_ok(&recs))
+            b.oom = true;
+    }
+    vd_buf_puts(&b, "}");
+    vd_buf_release(&recs);
+    vd__api_reply_buf(r, &b);
+}
+
+/*
  * GET /collections/{name}/cluster in Qdrant's shape. vectord spreads a collection over the ring
  * rather than over numbered shards, so it reports one shard, 0: this node's copy (the points it
  * stores) as the local shard and every other member of the ring as a remote replica with its
@@ -475,6 +575,8 @@ int vd__api_cluster_routes(struct vd_http *h)
         (rc = vd_http_route(h, "POST", "/cluster/nodes", VD_ROLE_ADMIN, add_node, NULL)) ||
         (rc = vd_http_route(h, "DELETE", "/cluster/nodes/{id}", VD_ROLE_ADMIN, remove_node, NULL)) ||
         (rc = vd_http_route(h, "POST", "/cluster/repair", VD_ROLE_ADMIN, repair, NULL)) ||
+        (rc = vd_http_route(h, "GET", "/collections/{name}/cluster/local", VD_ROLE_RO,
+                            coll_local, NULL)) ||
         (rc = vd_http_route(h, "GET", "/collections/{name}/cluster", VD_ROLE_RO, coll_cluster,
                             NULL)))
         return rc;

@@ -11,15 +11,11 @@ One node is cut off by taking its veth down (its packets vanish; no connection i
 
 Needs root and iproute2 (netns.py); without them the test fails with the reason.
 """
-import secrets
-import shutil
-import tempfile
 import time
-import unittest
 
 import vdtest
-from netns import Net, NsNode
-from vdtest import agreed, info, stop_nodes, wait_until
+from netns import NetCase
+from vdtest import agreed, info, wait_until
 
 DIM = 8
 COLL = "part"
@@ -42,20 +38,7 @@ def hints_pending(node):
                if line.startswith("vectord_hints_pending"))
 
 
-class Partition(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="vectord-partition-")
-        self.net = None
-        self.nodes = []
-
-    def tearDown(self):
-        try:
-            stop_nodes(self.nodes)
-        finally:
-            if self.net:
-                self.net.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
+class Partition(NetCase):
     def wait(self, cond, what):
         """wait_until, failing with what every node says of its members and hints."""
         try:
@@ -85,17 +68,7 @@ class Partition(unittest.TestCase):
         return time.monotonic() - t0
 
     def test_cut_off_node_is_a_dead_node_and_converges_after_healing(self):
-        self.net = Net(3)
-        secret = secrets.token_hex(16)
-        first = f"{self.net.addrs[0]}:6335"
-        for i, (ns, addr) in enumerate(zip(self.net.names, self.net.addrs)):
-            args = ["--cluster-secret", secret, "--insecure"]
-            if i:
-                args += ["--join", first]
-            n = NsNode(ns, addr, data_dir=tempfile.mkdtemp(dir=self.tmp), args=args)
-            self.nodes.append(n)
-            n.start()
-        a, b, c = self.nodes
+        a, b, c = self.start_nodes(3)
         wait_until(lambda: agreed(self.nodes, 3), 60, "three voters up")
         a.create(COLL, DIM, distance="Dot", replication_factor=3)
         for n in self.nodes:
