@@ -19,9 +19,15 @@
 #include "vectord/filter.h"
 #include "vectord/record.h"
 
-/* Appends an ERROR reply saying err. */
+/* Appends an ERROR reply saying err; or GONE when err says the collection is not there
+ * (VD_ENOTFOUND: it was deleted between the checks above and the database's work), which the
+ * coordinator answers 404 as it does a deletion seen up front. */
 static int reply_error(struct vd_dmsg_reply *rp, const struct vd_err *err, struct vd_buf *out)
 {
+    if (err->code == VD_ENOTFOUND) {
+        rp->status = VD_DMSG_GONE;
+        return vd_dmsg_reply_encode(rp, out);
+    }
     rp->status = VD_DMSG_ERROR;
     rp->msg = err->msg;
     rp->msg_len = (uint16_t)strnlen(err->msg, sizeof err->msg);
