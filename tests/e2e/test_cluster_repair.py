@@ -187,5 +187,26 @@ class Repair(NetCase):
                 self.assertIn("--repair-interval", p.stderr.decode())
 
 
+class RepairAuth(vdtest.KeyedNodeTest):
+    """POST /cluster/repair is an admin's; GET .../cluster/local a reader's. One node alone has no
+    replica to compare with: its run compares nothing."""
+
+    def test_roles(self):
+        n = self.node
+        for role, status in (("ro", 403), ("rw", 403)):
+            with self.subTest(role=role):
+                st, j = n.request("POST", "/cluster/repair?wait=true", key=self.keys[role])
+                self.assertEqual(st, status, j)
+        st, j = n.request("POST", "/cluster/repair?wait=true", key="")
+        self.assertEqual(st, 401, j)
+        st, j = n.request("POST", "/cluster/repair?wait=true", {"collection": "a"},
+                          key=self.keys["admin"])
+        self.assertEqual(st, 200, j)
+        self.assertEqual((j["result"]["ranges"], j["result"]["points_sent"]), (0, 0))
+        st, j = n.request("GET", "/collections/a/cluster/local", key=self.keys["ro"])
+        self.assertEqual(st, 200, j)
+        self.assertEqual((j["result"]["points"], j["result"]["tombstones"]), (0, 0))
+
+
 if __name__ == "__main__":
     vdtest.main()
